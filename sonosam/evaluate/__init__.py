@@ -1,0 +1,28 @@
+"""Evaluation harness: the SonoSAM papers' simulated-click protocol, metrics, datasets and reports.
+
+    from sonosam.evaluate import colin27_samples, evaluate, write_report
+    from sonosam.models import load_model
+    from sonosam.predictor import Predictor
+
+    samples = colin27_samples(max_samples=10)               # real MRI slices with AAL labels
+    result = evaluate(Predictor(load_model("litemedsam")), samples, n_clicks=10, start="box")
+    write_report([result], "report/")                       # per_image.csv, summary.md/.csv, dice_vs_clicks.png
+
+The click simulator (``sonosam.evaluate.clicks``) is shared with training's prompt sampler.
+See docs/evaluate.md for the protocol and its conventions.
+"""
+
+from .clicks import Click, ClickSimulator, Prompts, box_from_mask, centroid_click, first_click, next_click
+from .datasets import Sample, colin27_samples, find_pairs, load_pair, load_samples, samples_from_arrays
+from .harness import ImageResult, ModelResult, evaluate, evaluate_models, run_sample
+from .metrics import (FrameRecord, clicks_per_loop, dice, dice_drop_before_intervention, interventions_per_loop,
+                      iou, max_dice, noc, summarize_curves, summarize_tracking)
+from .report import summary_table, write_report
+
+__all__ = [
+    "Click", "ClickSimulator", "Prompts", "box_from_mask", "centroid_click", "first_click", "next_click",
+    "Sample", "colin27_samples", "find_pairs", "load_pair", "load_samples", "samples_from_arrays",
+    "ImageResult", "ModelResult", "evaluate", "evaluate_models", "run_sample",
+    "FrameRecord", "clicks_per_loop", "dice", "dice_drop_before_intervention", "interventions_per_loop", "iou",
+    "max_dice", "noc", "summarize_curves", "summarize_tracking", "summary_table", "write_report",
+]

@@ -1,0 +1,264 @@
+"""The evaluation loop: simulated interactive segmentation of every sample with any predictor.
+
+A predictor is any object with ``predict(image, points=, labels=, box=, mask_logits=, multimask=, key=)``
+returning a prediction with ``masks`` (N, H, W) sorted best first and ``low_res_logits`` (N, 256, 256)
+(``sonosam.predictor.Predictor``, see docs/CORE_API.md). A bare model (``encode``/``decode``) is wrapped
+in a Predictor.
+
+Protocol per sample (interaction 1 = the first prompt):
+
+1. a positive click at the ground-truth centroid (``start="point"``) or the ground-truth box with optional
+   jitter (``start="box"``); ``start="auto"`` picks the point when the model takes clicks, else the box;
+   a single first click asks for 3 masks (``multimask``) and keeps the one with the best predicted IoU;
+2. interactions 2..N: one click in the largest error region of the current mask (see ``clicks``), all
+   previous prompts kept, the previous best low-res logits passed as the mask prompt (if the model takes
+   masks), one mask asked; when the mask is already perfect, the Dice is carried forward.
+
+A model that takes no clicks (``spec.prompt_kinds`` lacks ``"point"``, e.g. LiteMedSAM) is run with the
+box only; its later interactions are recorded as NaN ("not measured") and the result says
+``clicks_supported=False``. A sample whose prediction raises is recorded with its error message and NaN
+Dice, never as a zero, and is left out of the means; the summary counts such errors.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..errors import SonoSAMError, UnsupportedPromptError
+from . import metrics
+from .clicks import ClickSimulator
+from .datasets import Sample
+
+__all__ = ["ImageResult", "ModelResult", "evaluate", "evaluate_models", "prompt_kinds", "as_predictor"]
+
+
+@dataclass
+class ImageResult:
+    """The interactive run on one sample."""
+
+    model: str
+    name: str
+    label: int
+    area: int
+    start: str
+    dice: list[float]                       # after each interaction 1..N (NaN: not measured)
+    clicks: list[tuple[int, int, int]] = field(default_factory=list)   # (x, y, label) in order
+    box: tuple[int, int, int, int] | None = None
+    scores: list[float] = field(default_factory=list)                  # predicted IoU per interaction
+    seconds: float = 0.0
+    error: str | None = None
+    refused: str | None = None              # the model refused corrective clicks (undeclared box-only)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class ModelResult:
+    """All samples for one model, with the protocol's settings."""
+
+    model: str
+    start: str
+    n_clicks: int
+    images: list[ImageResult]
+    clicks_supported: bool = True
+    seconds: float = 0.0
+    encoder_calls: int | None = None
+    box_jitter: float = 0.0
+
+    @property
+    def curves(self) -> list[list[float]]:
+        return [r.dice for r in self.images if r.ok]
+
+    @property
+    def errors(self) -> list[ImageResult]:
+        return [r for r in self.images if not r.ok]
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.images) / self.seconds if self.seconds > 0 else float("nan")
+
+    def summary(self, thresholds: Sequence[float] = (0.8, 0.9)) -> dict:
+        """``metrics.summarize_curves`` over the successful samples, plus ``errors`` and timing."""
+        out = metrics.summarize_curves(self.curves, thresholds, self.n_clicks)
+        out.update(model=self.model, start=self.start, errors=len(self.errors), n_clicks=self.n_clicks,
+                   clicks_supported=self.clicks_supported, seconds=self.seconds,
+                   seconds_per_image=self.seconds / len(self.images) if self.images else float("nan"),
+                   encoder_calls=self.encoder_calls)
+        return out
+
+
+def prompt_kinds(predictor) -> set[str] | None:
+    """The prompt kinds a predictor (or its model) declares in ``spec.prompt_kinds``; None if unknown."""
+    for holder in (predictor, getattr(predictor, "model", None)):
+        spec = getattr(holder, "spec", None)
+        kinds = getattr(spec, "prompt_kinds", None)
+        if kinds is not None:
+            return set(kinds)
+    return None
+
+
+def model_name(predictor) -> str:
+    for holder in (predictor, getattr(predictor, "model", None)):
+        name = getattr(getattr(holder, "spec", None), "name", None)
+        if name:
+            return str(name)
+    return type(predictor).__name__
+
+
+def as_predictor(model):
+    """``model`` itself when it has ``predict``; a bare model (encode/decode) wrapped in a Predictor."""
+    if hasattr(model, "predict"):
+        return model
+    if hasattr(model, "encode") and hasattr(model, "decode"):
+        from ..predictor import Predictor
+
+        return Predictor(model)
+    raise TypeError(f"{type(model).__name__} has neither predict() nor encode()/decode(); cannot evaluate it.")
+
+
+def _best(pred, shape) -> tuple[np.ndarray, np.ndarray | None, float]:
+    masks = np.asarray(pred.masks)
+    if masks.ndim == 2:
+        masks = masks[None]
+    mask = masks[0].astype(bool, copy=False)
+    if mask.shape != tuple(shape):
+        raise SonoSAMError(f"The model returned a {mask.shape} mask for a {tuple(shape)} image.")
+    logits = getattr(pred, "low_res_logits", None)
+    logits = None if logits is None else np.asarray(logits)[0]
+    scores = getattr(pred, "scores", None)
+    score = float(np.asarray(scores).ravel()[0]) if scores is not None and np.size(scores) else float("nan")
+    return mask, logits, score
+
+
+def _resolve_start(start: str, kinds: set[str] | None, name: str) -> str:
+    if start not in ("auto", "point", "box"):
+        raise ValueError(f"start must be 'auto', 'point' or 'box', not {start!r}")
+    takes_points = kinds is None or "point" in kinds
+    if start == "auto":
+        return "point" if takes_points else "box"
+    if start == "point" and not takes_points:
+        raise UnsupportedPromptError(
+            f"Model {name!r} takes no clicks (its prompt kinds: {', '.join(sorted(kinds))}); "
+            "evaluate it with a box start (start='box', CLI --start box) or use a click-trained model.")
+    if start == "box" and kinds is not None and "box" not in kinds:
+        raise UnsupportedPromptError(f"Model {name!r} takes no boxes (its prompt kinds: "
+                                     f"{', '.join(sorted(kinds))}); use start='point'.")
+    return start
+
+
+def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "point",
+               clicks_supported: bool = True, masks_supported: bool = True, box_jitter: float = 0.0,
+               box_margin: int = 0, rng: np.random.Generator | None = None, multimask_first: bool = True,
+               name: str = "model") -> ImageResult:
+    """The interactive protocol on one sample (exceptions propagate; ``evaluate`` records them)."""
+    gt = np.asarray(sample.mask, dtype=bool)
+    sim = ClickSimulator(rng=rng if rng is not None else np.random.default_rng(0), box_jitter=box_jitter,
+                         box_margin=box_margin)
+    result = ImageResult(name, sample.name, sample.label, sample.area, start, [float("nan")] * n_clicks)
+    began = time.perf_counter()
+    prompts = sim.start(gt, start)
+    result.box = prompts.box
+    result.clicks = [(x, y, l) for (x, y), l in zip(prompts.points, prompts.labels)]
+    multimask = bool(multimask_first and start == "point")
+    pred = predictor.predict(sample.image, **prompts.kwargs(), mask_logits=None, multimask=multimask,
+                             key=sample.key)
+    mask, logits, score = _best(pred, gt.shape)
+    result.dice[0], result.scores = metrics.dice(mask, gt), [score]
+    for step in range(1, n_clicks if clicks_supported else 1):
+        click = sim.correct(mask, gt, prompts)
+        if click is None:  # perfect already: nothing left to click on
+            result.dice[step] = result.dice[step - 1]
+            result.scores.append(result.scores[-1])
+            continue
+        result.clicks.append((click.x, click.y, click.label))
+        try:
+            pred = predictor.predict(sample.image, **prompts.kwargs(),
+                                     mask_logits=logits if masks_supported else None, multimask=False,
+                                     key=sample.key)
+        except UnsupportedPromptError as error:
+            # a model that did not declare its prompt kinds refuses clicks: stop here, say so
+            result.clicks.pop()
+            result.refused = str(error)
+            break
+        mask, logits, score = _best(pred, gt.shape)
+        result.dice[step] = metrics.dice(mask, gt)
+        result.scores.append(score)
+    result.seconds = time.perf_counter() - began
+    return result
+
+
+def evaluate(predictor, samples: Sequence[Sample], *, n_clicks: int = 10, start: str = "auto",
+             box_jitter: float = 0.0, box_margin: int = 0, seed: int = 0, name: str | None = None,
+             progress: bool = True, on_error: str = "record", multimask_first: bool = True) -> ModelResult:
+    """Run the click protocol (module doc) on every sample; ``on_error="raise"`` stops at the first
+    failing sample, ``"record"`` keeps its message in the result and goes on."""
+    if n_clicks < 1:
+        raise ValueError("n_clicks must be >= 1")
+    if on_error not in ("record", "raise"):
+        raise ValueError("on_error must be 'record' or 'raise'")
+    predictor = as_predictor(predictor)
+    name = name or model_name(predictor)
+    kinds = prompt_kinds(predictor)
+    start = _resolve_start(start, kinds, name)
+    clicks_supported = kinds is None or "point" in kinds
+    masks_supported = kinds is None or "mask" in kinds
+    if not clicks_supported and n_clicks > 1:
+        warnings.warn(f"Model {name!r} takes no clicks (prompt kinds: {', '.join(sorted(kinds))}): only the "
+                      f"box is evaluated; Dice after clicks 2..{n_clicks} is reported as not measured.",
+                      stacklevel=2)
+    calls_before = getattr(predictor, "encoder_calls", None)
+    images: list[ImageResult] = []
+    began = time.perf_counter()
+    bar = _progress(samples, name, progress)
+    try:
+        for index, sample in enumerate(bar):
+            rng = np.random.default_rng([seed, index])
+            try:
+                result = run_sample(predictor, sample, n_clicks=n_clicks, start=start,
+                                    clicks_supported=clicks_supported, masks_supported=masks_supported,
+                                    box_jitter=box_jitter, box_margin=box_margin, rng=rng,
+                                    multimask_first=multimask_first, name=name)
+            except Exception as error:  # noqa: BLE001 - recorded with its message, never as a zero
+                if on_error == "raise":
+                    raise
+                result = ImageResult(name, sample.name, sample.label, sample.area, start,
+                                     [float("nan")] * n_clicks, error=f"{type(error).__name__}: {error}")
+                warnings.warn(f"{name} on {sample.name}: {result.error}", stacklevel=2)
+            if result.refused and clicks_supported:
+                clicks_supported = False
+                warnings.warn(f"Model {name!r} refused a click ({result.refused}); later samples are "
+                              "evaluated with the first prompt only.", stacklevel=2)
+            images.append(result)
+            if progress and hasattr(bar, "set_postfix") and result.ok:
+                bar.set_postfix(dice1=f"{result.dice[0]:.3f}", last=f"{np.nanmax(result.dice):.3f}")
+    finally:
+        if hasattr(bar, "close"):
+            bar.close()
+    seconds = time.perf_counter() - began
+    calls_after = getattr(predictor, "encoder_calls", None)
+    encoder_calls = calls_after - calls_before if isinstance(calls_after, int) and isinstance(calls_before, int) else None
+    if images and all(not r.ok for r in images):
+        raise SonoSAMError(f"Model {name!r} failed on every sample; first error: {images[0].error}")
+    return ModelResult(name, start, n_clicks, images, clicks_supported, seconds, encoder_calls, box_jitter)
+
+
+def _progress(samples, name: str, enabled: bool):
+    if not enabled:
+        return samples
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is a declared dependency; stay usable without it
+        return samples
+    return tqdm(samples, desc=f"evaluate {name}", unit="img", leave=True)
+
+
+def evaluate_models(models: Mapping[str, object], samples: Sequence[Sample], **kwargs) -> list[ModelResult]:
+    """``evaluate`` for each ``name -> predictor`` on the same samples (same clicks for the same masks)."""
+    return [evaluate(predictor, samples, name=name, **kwargs) for name, predictor in models.items()]

@@ -1,0 +1,189 @@
+"""Report writing: per-image CSV, summary table (markdown + CSV, the paper's columns), Dice-vs-clicks plot."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import DataFileError
+from . import metrics
+from .harness import ModelResult
+
+__all__ = ["SUMMARY_COLUMNS", "summary_table", "write_per_image_csv", "write_summary", "plot_dice_curves",
+           "write_report", "format_markdown"]
+
+# The SonoSAM paper's table (Dice after 1/3/5/N clicks, MaxDSC, NoC@80/90, FR@80/90), with the run's facts.
+SUMMARY_COLUMNS = ["Model", "Start", "Images", "Errors", "Dice@1", "Dice@3", "Dice@5", "Dice@N", "MaxDSC",
+                   "NoC@80", "NoC@90", "FR@80 (%)", "FR@90 (%)", "Clicks", "s/image"]
+
+
+def _pct(value: float) -> float:
+    return float("nan") if value is None or not np.isfinite(value) else round(100.0 * float(value), 1)
+
+
+def _at(curve: np.ndarray, k: int) -> float:
+    return float(curve[k - 1]) if 0 < k <= len(curve) else float("nan")
+
+
+def summary_table(results: Sequence[ModelResult]) -> list[dict]:
+    """One row per model. Dice and MaxDSC in %, NoC in clicks (N+1 when never reached), FR in % of images;
+    ``Clicks`` is N, or ``box only`` for models that take no clicks (their Dice@k>1 are not measured)."""
+    rows = []
+    for result in results:
+        s = result.summary()
+        curve = s["mean_dice"]
+        rows.append({
+            "Model": result.model,
+            "Start": result.start + (f" (jitter {result.box_jitter:g})" if result.start == "box" and result.box_jitter else ""),
+            "Images": s["n"],
+            "Errors": s["errors"],
+            "Dice@1": _pct(_at(curve, 1)),
+            "Dice@3": _pct(_at(curve, 3)),
+            "Dice@5": _pct(_at(curve, 5)),
+            "Dice@N": _pct(_at(curve, result.n_clicks)),
+            "MaxDSC": _pct(s["max_dsc"]),
+            "NoC@80": round(s["noc@80"], 2) if np.isfinite(s["noc@80"]) else float("nan"),
+            "NoC@90": round(s["noc@90"], 2) if np.isfinite(s["noc@90"]) else float("nan"),
+            "FR@80 (%)": round(s["fr@80"], 1) if np.isfinite(s["fr@80"]) else float("nan"),
+            "FR@90 (%)": round(s["fr@90"], 1) if np.isfinite(s["fr@90"]) else float("nan"),
+            "Clicks": result.n_clicks if result.clicks_supported else "box only",
+            "s/image": round(s["seconds_per_image"], 2) if np.isfinite(s["seconds_per_image"]) else float("nan"),
+        })
+    return rows
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:g}"
+    return str(value)
+
+
+def format_markdown(rows: list[dict], columns: Sequence[str] = SUMMARY_COLUMNS) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _ensure_dir(out_dir) -> Path:
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataFileError(f"Cannot create the report folder {out_dir}: {error.strerror or error}.") from error
+    return out_dir
+
+
+def write_per_image_csv(results: Sequence[ModelResult], path) -> Path:
+    """One row per (model, sample): Dice after each interaction (fraction, blank = not measured), NoC@80/90,
+    MaxDSC, the prompts used (``x:y:+`` clicks, box) and any error message."""
+    path = Path(path)
+    n_max = max((r.n_clicks for r in results), default=0)
+    header = (["model", "image", "label", "area_px", "start", "box"] + [f"dice_{k}" for k in range(1, n_max + 1)]
+              + ["noc80", "noc90", "max_dice", "clicks", "seconds", "error", "note"])
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for result in results:
+            for image in result.images:
+                dices = [("" if not np.isfinite(d) else f"{d:.4f}") for d in image.dice]
+                dices += [""] * (n_max - len(dices))
+                if image.ok:
+                    extra = [metrics.noc(image.dice, 0.8, result.n_clicks), metrics.noc(image.dice, 0.9, result.n_clicks),
+                             f"{metrics.max_dice(image.dice):.4f}"]
+                else:
+                    extra = ["", "", ""]
+                clicks = " ".join(f"{x}:{y}:{'+' if l else '-'}" for x, y, l in image.clicks)
+                box = " ".join(map(str, image.box)) if image.box else ""
+                note = ("box only (model takes no clicks)" if not result.clicks_supported else "")
+                if image.refused:
+                    note = f"clicks refused: {image.refused}"
+                writer.writerow([result.model, image.name, image.label, image.area, image.start, box, *dices,
+                                 *extra, clicks, f"{image.seconds:.3f}", image.error or "", note])
+    return path
+
+
+def write_summary(results: Sequence[ModelResult], out_dir) -> tuple[Path, Path]:
+    """``summary.csv`` and ``summary.md`` (the table, then the conventions and any errors)."""
+    out_dir = _ensure_dir(out_dir)
+    rows = summary_table(results)
+    csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _cell(v) for k, v in row.items()})
+    n = max((r.n_clicks for r in results), default=0)
+    notes = [
+        "# Interactive segmentation: simulated clicks", "",
+        format_markdown(rows), "",
+        f"Interaction 1 is the first prompt (a click at the ground-truth centroid, or the box); interactions "
+        f"2..{n} add one click each at the centre of the largest error region (positive on a miss, negative "
+        "on a false positive), the previous mask logits fed back. Dice and MaxDSC in %. NoC@t: clicks to reach "
+        f"t % Dice, counted as N+1 = {n + 1} for an image that never reaches it (a lower bound: read it with "
+        "FR@t, the % of images that never reach t). MaxDSC: mean over images of each image's best Dice.",
+    ]
+    box_only = [r.model for r in results if not r.clicks_supported]
+    if box_only:
+        notes += ["", f"Box only (the model takes no clicks; Dice after 1 interaction only, NoC/FR count the box "
+                      f"alone): {', '.join(box_only)}."]
+    failures = [(r.model, i) for r in results for i in r.errors]
+    if failures:
+        notes += ["", f"## Errors ({len(failures)} samples, left out of the means)", ""]
+        notes += [f"- {model} / {image.name}: {image.error}" for model, image in failures[:50]]
+        if len(failures) > 50:
+            notes.append(f"- ... and {len(failures) - 50} more (see per_image.csv)")
+    md_path.write_text("\n".join(notes) + "\n")
+    return csv_path, md_path
+
+
+def plot_dice_curves(results: Sequence[ModelResult], path, title: str | None = None) -> Path:
+    """Mean Dice (%) vs number of interactions, one curve per model, with the 80/90 % lines."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure  # no pyplot: no global state, safe in threads and Slicer
+
+    fig = Figure(figsize=(6.4, 4.4), dpi=120)
+    ax = fig.add_subplot(1, 1, 1)
+    n_max = max((r.n_clicks for r in results), default=1)
+    for result in results:
+        curve = result.summary()["mean_dice"] * 100.0
+        x = np.arange(1, len(curve) + 1)
+        finite = np.isfinite(curve)
+        label = f"{result.model} ({result.start} start, n={len(result.curves)})"
+        if not result.clicks_supported:
+            label += ", box only"
+        ax.plot(x[finite], curve[finite], marker="o", markersize=4, label=label)
+    for t in (80, 90):
+        ax.axhline(t, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlim(0.5, n_max + 0.5)
+    ax.set_xticks(np.arange(1, n_max + 1))
+    ax.set_xlabel("interactions (1 = first click or box)")
+    ax.set_ylabel("mean Dice (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "Dice vs simulated clicks")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
+def write_report(results: Sequence[ModelResult], out_dir, title: str | None = None) -> dict[str, Path]:
+    """Everything into ``out_dir``: per_image.csv, summary.csv, summary.md, dice_vs_clicks.png."""
+    if not results:
+        raise ValueError("No results to report.")
+    out_dir = _ensure_dir(out_dir)
+    csv_path, md_path = write_summary(results, out_dir)
+    return {
+        "per_image": write_per_image_csv(results, out_dir / "per_image.csv"),
+        "summary_csv": csv_path,
+        "summary_md": md_path,
+        "plot": plot_dice_curves(results, out_dir / "dice_vs_clicks.png", title),
+    }
