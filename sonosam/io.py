@@ -433,6 +433,8 @@ def read_cine(path: PathLike, *, keep_rgb: bool = False) -> Cine:
     if not known:
         spacing, source = (1.0, 1.0), "unknown"
         notes.append("No physical calibration in the file: spacing is 1.0 (pixels), not millimetres.")
+    if int(ds.get("BitsStored", 8)) > 8:
+        notes.append(f"{ds.BitsStored}-bit pixels were scaled linearly (loop min..max) to 0..255.")
     frame_time = _frame_time_ms(ds)
     if frame_time is None and gray.shape[0] > 1:
         notes.append("No frame time in the file (FrameTime, FrameTimeVector, CineRate, RecommendedDisplayFrameRate).")
