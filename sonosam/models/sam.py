@@ -1,0 +1,176 @@
+"""One SAM-family network (a `segment_anything.modeling.Sam`, whatever its encoder) with its own
+preprocessing and prompt rules, split into the two calls interactive use needs: encode once, decode
+per prompt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from ..errors import PromptError, SonoSAMError, UnsupportedPromptError
+from ..image import to_uint8_rgb
+
+if TYPE_CHECKING:
+    from . import ModelSpec
+
+LOW_RES = 256  # SAM's mask prompt / low-res logits side, for every family
+
+
+@dataclass
+class Embedding:
+    """The image encoder's output for one image, with what decoding needs to map back to pixels."""
+    features: torch.Tensor          # (1, 256, 64, 64) on the model's device
+    original_size: tuple[int, int]  # (H, W) of the image given to encode()
+    input_size: tuple[int, int]     # (h, w) after resizing the longest side to the encoder's input
+    model_id: str
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.element_size() * self.features.nelement()
+
+
+@dataclass
+class Prediction:
+    """Masks for one prompt set, best first (highest predicted IoU)."""
+    masks: np.ndarray           # (N, H, W) bool
+    scores: np.ndarray          # (N,) predicted IoU
+    low_res_logits: np.ndarray  # (N, 256, 256) float32; feed one back as `mask_logits` to refine
+    notes: list[str] = field(default_factory=list)  # how the prompts were interpreted, for the user
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.masks[0]
+
+    @property
+    def score(self) -> float:
+        return float(self.scores[0])
+
+    @property
+    def logits(self) -> np.ndarray:
+        return self.low_res_logits[0]
+
+
+class SamModel:
+    def __init__(self, spec: "ModelSpec", sam: torch.nn.Module, checkpoint: Path | None = None):
+        self.spec = spec
+        self.sam = sam
+        self.checkpoint = checkpoint
+        self.transform = ResizeLongestSide(spec.image_size)
+        # Embeddings are only valid for the weights that made them: the id keys the cache.
+        stamp = f"{checkpoint.stat().st_size}-{int(checkpoint.stat().st_mtime)}" if checkpoint else "untrained"
+        self.model_id = f"{spec.name}:{stamp}"
+
+    def __repr__(self):
+        return f"SamModel({self.spec.name!r}, device={self.device}, checkpoint={str(self.checkpoint)!r})"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.sam.parameters()).device
+
+    def preprocess(self, image, window=None) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """image -> (1, 3, S, S) normalised and padded encoder input, original and resized sizes."""
+        rgb = to_uint8_rgb(image, window)
+        resized = self.transform.apply_image(rgb)  # same PIL resize as SamPredictor, for identical results
+        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1)[None].float()
+        if self.spec.normalization == "minmax":  # MedSAM/LiteMedSAM: per-image min-max after resizing
+            low, high = tensor.min(), tensor.max()
+            tensor = (tensor - low) / torch.clamp(high - low, min=1e-8) * 255.0
+        return self.sam.preprocess(tensor), rgb.shape[:2], tuple(resized.shape[:2])
+
+    @torch.inference_mode()
+    def encode(self, image, window=None) -> Embedding:
+        batch, original_size, input_size = self.preprocess(image, window)
+        features = self.sam.image_encoder(batch)
+        return Embedding(features, original_size, input_size, self.model_id)
+
+    @torch.inference_mode()
+    def decode(self, embedding: Embedding, points=None, labels=None, box=None, mask_logits=None,
+               multimask: bool = True) -> Prediction:
+        if embedding.model_id != self.model_id:
+            raise SonoSAMError(f"This embedding was made by {embedding.model_id}, not {self.model_id}; "
+                               "encode the image again with this model.")
+        points, labels, box, mask_logits, notes = self._check_prompts(
+            embedding.original_size, points, labels, box, mask_logits)
+        if multimask and not self.spec.multimask:  # its other heads are untrained: their masks are noise
+            multimask = False
+        device, size = self.device, embedding.original_size
+        point_input = box_input = mask_input = None
+        if points is not None:
+            coords = torch.as_tensor(self.transform.apply_coords(points, size), dtype=torch.float, device=device)
+            point_input = (coords[None], torch.as_tensor(labels, dtype=torch.int, device=device)[None])
+        if box is not None:
+            box_input = torch.as_tensor(self.transform.apply_boxes(box[None], size), dtype=torch.float, device=device)
+        if mask_logits is not None:
+            mask_input = torch.as_tensor(mask_logits, dtype=torch.float, device=device)[None, None]
+
+        sparse, dense = self.sam.prompt_encoder(points=point_input, boxes=box_input, masks=mask_input)
+        low_res, iou = self.sam.mask_decoder(
+            image_embeddings=embedding.features, image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
+        masks = self.sam.postprocess_masks(low_res, embedding.input_size, size) > self.sam.mask_threshold
+        order = torch.argsort(iou[0], descending=True)
+        return Prediction(masks[0, order].cpu().numpy(), iou[0, order].float().cpu().numpy(),
+                          low_res[0, order].float().cpu().numpy(), notes)
+
+    def _check_prompts(self, size, points, labels, box, mask_logits):
+        """Validate prompts in pixel coordinates and apply the model's prompt rules."""
+        height, width = size
+        notes: list[str] = []
+        if points is not None and len(points) == 0:
+            points = None
+        if points is not None:
+            points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+            labels = np.ones(len(points), dtype=np.int64) if labels is None else np.asarray(labels).reshape(-1)
+            if len(labels) != len(points) or not np.isin(labels, (0, 1)).all():
+                raise PromptError(f"Got {len(points)} points and labels {labels.tolist()}: give one label per "
+                                  "point, 1 (foreground) or 0 (background).")
+            _check_inside(points, width, height, "Point")
+        if box is not None:
+            box = np.asarray(box, dtype=np.float64).reshape(-1)
+            if box.shape != (4,):
+                raise PromptError(f"Box {box.tolist()} is not four numbers (x0, y0, x1, y1).")
+            _check_inside(box.reshape(2, 2), width, height, "Box corner")
+            if not (box[0] < box[2] and box[1] < box[3]):
+                raise PromptError(f"Box {box.tolist()} is not (x0, y0, x1, y1) with x0 < x1 and y0 < y1.")
+        if mask_logits is not None:
+            mask_logits = np.asarray(mask_logits, dtype=np.float32).reshape(-1, LOW_RES, LOW_RES)[0]
+            if not np.isfinite(mask_logits).all():
+                raise PromptError("The mask prompt has NaN/Inf values.")
+        if points is None and box is None and mask_logits is None:
+            raise PromptError("No prompt: give at least a point, a box or a mask.")
+
+        kinds = self.spec.prompt_kinds
+        if points is not None and "point" not in kinds:
+            positives = points[labels == 1]
+            if box is not None:
+                notes.append(f"{self.spec.name} takes boxes only: the {len(points)} click(s) were not used.")
+            elif len(positives) >= 2 and np.ptp(positives, axis=0).min() >= 4:
+                # Clicks on a structure's extremes outline it: their bounding box is a fair box prompt.
+                box = np.concatenate([positives.min(axis=0), positives.max(axis=0)])
+                notes.append(f"{self.spec.name} takes boxes only: used the box spanned by the "
+                             f"{len(positives)} positive clicks, {np.round(box).astype(int).tolist()}.")
+            else:
+                raise UnsupportedPromptError(
+                    f"{self.spec.name} was trained with boxes only and returns empty masks for clicks. Draw a box "
+                    "(or click two opposite extremes of the structure), or choose a click-capable model such as "
+                    "sam_vit_b.")
+            points = labels = None
+        if mask_logits is not None and "mask" not in kinds and points is None and box is None:
+            raise UnsupportedPromptError(f"{self.spec.name} cannot segment from a mask prompt alone; add a box.")
+        return points, labels, box, mask_logits, notes
+
+
+def _check_inside(xy: np.ndarray, width: int, height: int, what: str) -> None:
+    if not np.isfinite(xy).all():
+        raise PromptError(f"{what} coordinates {xy.tolist()} are not finite numbers.")
+    outside = (xy[:, 0] < -0.5) | (xy[:, 0] > width - 0.5) | (xy[:, 1] < -0.5) | (xy[:, 1] > height - 0.5)
+    if outside.any():
+        bad = xy[outside][0]
+        raise PromptError(f"{what} ({bad[0]:g}, {bad[1]:g}) lies outside the {width}x{height} image "
+                          f"(x must be in 0..{width - 1}, y in 0..{height - 1}).")

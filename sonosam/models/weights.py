@@ -1,0 +1,118 @@
+"""Checkpoint files: where they live, how they are downloaded and verified, and how they are loaded
+without executing anything (weights_only pickles, checksums, clear errors)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError, WeightsNotAvailableError
+
+
+def cache_dir() -> Path:
+    """Folder for downloaded weights: $SONOSAM_HOME/weights, else ~/.cache/sonosam/weights."""
+    root = os.environ.get("SONOSAM_HOME") or Path.home() / ".cache" / "sonosam"
+    return Path(root) / "weights"
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(path: str | Path, expected: str | None) -> None:
+    """Check a file against "algorithm:hexdigest" (sha256 or md5); no expectation -> nothing to check."""
+    if not expected:
+        return
+    algorithm, _, hexdigest = expected.partition(":")
+    actual = file_digest(path, algorithm)
+    if actual != hexdigest.lower():
+        raise CheckpointError(
+            f"Checksum mismatch for {path}: {algorithm} is {actual}, expected {hexdigest}. The file is corrupt, "
+            "truncated or a different release; delete it and download it again.")
+
+
+def download(url: str, destination: Path, expected: str | None, progress: bool = True) -> Path:
+    """Download to a temporary file beside `destination`, verify, then move into place atomically."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=destination.name, suffix=".part", dir=destination.parent)
+    temp = Path(temp_name)
+    try:
+        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            total = int(response.headers.get("Content-Length") or 0)
+            bar = _progress_bar(total, destination.name) if progress else None
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+                if bar is not None:
+                    bar.update(len(block))
+            if bar is not None:
+                bar.close()
+        verify(temp, expected)
+        temp.replace(destination)
+    except (urllib.error.URLError, OSError) as error:
+        raise WeightsNotAvailableError(
+            f"Could not download {url} ({getattr(error, 'reason', error)}). Without network, download the file "
+            f"on another machine and put it at {destination}, or pass the checkpoint path explicitly.") from error
+    finally:
+        temp.unlink(missing_ok=True)
+    return destination
+
+
+def _progress_bar(total: int, name: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total or None, unit="B", unit_scale=True, desc=f"Downloading {name}", file=sys.stderr)
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a checkpoint's tensors only: a pickle that would run code is refused, not executed."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotAvailableError(f"Checkpoint {path} does not exist.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path} holds Python objects besides tensors, so it could run code when loaded; refusing it. "
+            "Save a plain state dict (torch.save(model.state_dict(), path)).") from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint ({path.stat().st_size} bytes; {error}). "
+            "It is probably truncated or corrupt: download it again.") from error
+    for key in ("model", "state_dict"):  # training checkpoints wrap the weights
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise CheckpointError(f"{path} does not contain a state dict of tensors.")
+    return {k.removeprefix("module."): v for k, v in checkpoint.items()}
+
+
+def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path, architecture: str) -> None:
+    """Strictly load `state`; a mismatch names the file, the architecture and the first differences."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                   for k in expected.keys() & state.keys() if state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong_shape:
+        def some(items):
+            return ", ".join(items[:3]) + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
+        details = "; ".join(part for part in (
+            missing and f"{len(missing)} missing keys: {some(missing)}",
+            unexpected and f"{len(unexpected)} unexpected keys: {some(unexpected)}",
+            wrong_shape and f"{len(wrong_shape)} shape mismatches: {some(wrong_shape)}") if part)
+        raise CheckpointError(f"{path} does not fit the {architecture} architecture: {details}. "
+                              "Choose the model that matches this checkpoint.")
+    module.load_state_dict(state, strict=True)

@@ -1,0 +1,166 @@
+"""Interactive prediction: encode each image once, answer every click from the cached embedding.
+
+The cache is keyed by (model, image key): give a key such as ("volume-id", axis, index) when you
+know the image's identity; otherwise the image's bytes are hashed. Embeddings can be computed ahead
+of the user in a background thread (`prefetch`), so that a slice or frame is ready when they land on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Hashable, Iterable
+
+import numpy as np
+
+from .models import Embedding, Prediction, SamModel
+
+ImageSource = "np.ndarray | Callable[[], np.ndarray]"
+
+
+def image_key(image: np.ndarray, window=None) -> str:
+    """Content key of an image: same pixels (and window) -> same embedding."""
+    array = np.ascontiguousarray(image)
+    digest = hashlib.blake2b(array.view(np.uint8).reshape(-1), digest_size=16)
+    digest.update(f"{array.shape}{array.dtype}{window}".encode())
+    return digest.hexdigest()
+
+
+class EmbeddingCache:
+    """Least-recently-used embeddings within a memory budget (MiB); thread-safe."""
+
+    def __init__(self, budget_mib: float = 1024):
+        self.budget_bytes = int(budget_mib * 2**20)
+        self._items: OrderedDict[Hashable, Embedding] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Embedding | None:
+        with self._lock:
+            embedding = self._items.get(key)
+            if embedding is not None:
+                self._items.move_to_end(key)
+            return embedding
+
+    def put(self, key: Hashable, embedding: Embedding) -> None:
+        with self._lock:
+            self._items[key] = embedding
+            self._items.move_to_end(key)
+            while len(self._items) > 1 and self.nbytes > self.budget_bytes:
+                self._items.popitem(last=False)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for e in self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+class PrefetchJob:
+    """A background encoding run over a list of images; cancel() stops it after the current image."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.done_count = 0
+        self._cancel = threading.Event()
+        self.future: Future | None = None
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def done(self) -> bool:
+        return self.future is not None and self.future.done()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until finished; re-raises an error from the worker."""
+        self.future.result(timeout)
+
+
+class Predictor:
+    def __init__(self, model: SamModel, cache_mib: float = 1024):
+        self.model = model
+        self.cache = EmbeddingCache(cache_mib)
+        self.encoder_calls = 0
+        self._encoding: dict[Hashable, Future] = {}  # keys being encoded now, by any thread
+        self._lock = threading.Lock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sonosam-prefetch")
+
+    def _cache_key(self, image, key, window) -> tuple:
+        return (self.model.model_id, key if key is not None else image_key(image, window), window)
+
+    def is_cached(self, key: Hashable, window=None) -> bool:
+        return (self.model.model_id, key, window) in self.cache
+
+    def embedding(self, image: ImageSource, key: Hashable | None = None, window=None) -> Embedding:
+        """The image's embedding, from the cache, from an encoding already under way, or encoded now."""
+        if callable(image) and key is None:
+            image = image()
+        cache_key = self._cache_key(image, key, window)
+        embedding = self.cache.get(cache_key)
+        if embedding is not None:
+            return embedding
+        with self._lock:
+            pending = self._encoding.get(cache_key)
+            owner = pending is None
+            if owner:
+                pending = self._encoding[cache_key] = Future()
+        if not owner:  # another thread is encoding this very image: wait for it instead of encoding twice
+            return pending.result()
+        try:
+            embedding = self.model.encode(image() if callable(image) else image, window)
+            self.encoder_calls += 1
+            self.cache.put(cache_key, embedding)
+            pending.set_result(embedding)
+            return embedding
+        except BaseException as error:
+            pending.set_exception(error)
+            raise
+        finally:
+            with self._lock:
+                self._encoding.pop(cache_key, None)
+
+    def predict(self, image: ImageSource, points=None, labels=None, box=None, mask_logits=None,
+                multimask: bool = False, key: Hashable | None = None, window=None) -> Prediction:
+        embedding = self.embedding(image, key, window)
+        return self.model.decode(embedding, points=points, labels=labels, box=box, mask_logits=mask_logits,
+                                 multimask=multimask)
+
+    def prefetch(self, items: Iterable[tuple[Hashable, ImageSource]], window=None,
+                 on_progress: Callable[[int, int], None] | None = None) -> PrefetchJob:
+        """Encode (key, image-or-callable) items in the background thread, nearest first as given.
+
+        Only one prefetch runs at a time: a new one waits for the previous, so cancel the old job
+        when the user moves on.
+        """
+        items = list(items)
+        job = PrefetchJob(len(items))
+
+        def run():
+            for key, image in items:
+                if job.cancelled:
+                    return
+                if not self.is_cached(key, window):
+                    self.embedding(image, key, window)
+                job.done_count += 1
+                if on_progress is not None:
+                    on_progress(job.done_count, job.total)
+
+        job.future = self._worker.submit(run)
+        return job
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)
