@@ -97,12 +97,12 @@ def max_distance_point(region) -> tuple[int, int]:
 
 
 def centroid_click(gt) -> Click:
-    """Positive click at the centroid of ``gt`` (rounded to the nearest pixel); when that pixel is not in
+    """Positive click at the centroid of ``gt`` (rounded to the nearest pixel, halves up); when that pixel is not in
     the mask (concave or split structures), at the mask's point of maximum distance to its boundary."""
     gt = _as_mask(gt, "ground-truth mask")
     _require_structure(gt)
     rows, cols = np.nonzero(gt)
-    row, col = int(round(float(rows.mean()))), int(round(float(cols.mean())))
+    row, col = int(np.floor(rows.mean() + 0.5)), int(np.floor(cols.mean() + 0.5))  # halves round up
     if gt[row, col]:
         return Click(col, row, 1)
     x, y = max_distance_point(gt)

@@ -1,0 +1,250 @@
+"""The evaluation loop and report with tiny stand-in models (the real model runs in test_evaluate_e2e.py).
+
+The stand-ins are models, not mocks of the harness: each answers prompts from the image it is given."""
+
+import csv
+import math
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from sonosam.errors import PromptError, SonoSAMError, UnsupportedPromptError
+from sonosam.evaluate import Sample, evaluate, evaluate_models, summary_table, write_report
+
+
+@dataclass
+class Pred:
+    masks: np.ndarray
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+
+
+def pred_of(mask, n=1):
+    masks = np.repeat(mask[None], n, axis=0)
+    return Pred(masks, np.ones(n), np.where(masks, 10.0, -10.0).astype(np.float32)[:, :256, :256])
+
+
+class Recorder:
+    def __init__(self, kinds=("point", "box", "mask")):
+        self.kinds = frozenset(kinds)
+        self.spec = SimpleNamespace(name=type(self).__name__.lower(), prompt_kinds=self.kinds)
+        self.calls = []
+
+    def predict(self, image, points=None, labels=None, box=None, mask_logits=None, multimask=False, key=None):
+        self.calls.append(dict(points=points, labels=labels, box=box, mask_logits=mask_logits,
+                               multimask=multimask, key=key))
+        if box is not None and "box" not in self.kinds:
+            raise UnsupportedPromptError("no boxes")
+        if points and "point" not in self.kinds:
+            raise UnsupportedPromptError("this model takes no point prompts")
+        mask = self.answer(np.asarray(image), points, labels, box)
+        return pred_of(mask, 3 if multimask else 1)
+
+
+class Oracle(Recorder):
+    """Segments the bright pixels: a perfect model on images that draw their mask."""
+
+    def answer(self, image, points, labels, box):
+        return image > 127
+
+
+class Empty(Recorder):
+    def answer(self, image, points, labels, box):
+        return np.zeros(image.shape, bool)
+
+
+class Components(Recorder):
+    """Bright connected components holding a positive click (or inside the box), minus those holding a
+    negative click: needs one click per structure."""
+
+    def answer(self, image, points, labels, box):
+        comps, _ = ndimage.label(image > 127)
+        keep = np.zeros(image.shape, bool)
+        if box is not None:
+            x0, y0, x1, y1 = box
+            inside = np.unique(comps[y0:y1 + 1, x0:x1 + 1])
+            keep |= np.isin(comps, inside[inside > 0])
+        for (x, y), l in zip(points or [], labels or []):
+            if comps[y, x]:
+                keep = keep | (comps == comps[y, x]) if l else keep & (comps != comps[y, x])
+        return keep
+
+
+class AllBright(Recorder):
+    """Every bright pixel, minus the components holding a negative click."""
+
+    def answer(self, image, points, labels, box):
+        comps, _ = ndimage.label(image > 127)
+        keep = image > 127
+        for (x, y), l in zip(points or [], labels or []):
+            if not l and comps[y, x]:
+                keep &= comps != comps[y, x]
+        return keep
+
+
+class Broken(Recorder):
+    def answer(self, image, points, labels, box):
+        raise RuntimeError("out of memory (simulated)")
+
+
+def square_samples(n=4, size=64):
+    samples = []
+    for i in range(n):
+        mask = np.zeros((size, size), bool)
+        mask[8 + i:30 + 2 * i, 10:40 + i] = True
+        samples.append(Sample((mask * 200).astype(np.uint8), mask, f"sq{i}", ("sq", i), 1))
+    return samples
+
+
+def two_blob_sample(gt_both: bool):
+    a = np.zeros((64, 64), bool)
+    a[5:35, 5:35] = True                   # big square
+    b = np.zeros((64, 64), bool)
+    b[45:60, 45:60] = True                 # small square
+    image = ((a | b) * 200).astype(np.uint8)
+    return Sample(image, (a | b) if gt_both else a, "blobs", ("blobs",), 1)
+
+
+def test_oracle_reaches_90_with_one_click_and_never_fails():
+    model = Oracle()
+    result = evaluate(model, square_samples(), n_clicks=5, progress=False)
+    s = result.summary()
+    assert s["noc@90"] == 1 and s["noc@80"] == 1
+    assert s["fr@90"] == 0 and s["fr@80"] == 0 and s["max_dsc"] == 1
+    assert all(r.dice == [1.0] * 5 for r in result.images)
+    # perfect after click 1: no corrective clicks were asked; first click asks for 3 masks
+    assert len(model.calls) == 4 and all(c["multimask"] for c in model.calls)
+    assert model.calls[0]["points"] == [(25, 19)] and model.calls[0]["labels"] == [1]
+    assert model.calls[0]["key"] == ("sq", 0)
+
+
+def test_always_empty_model_fails_everything():
+    result = evaluate(Empty(), square_samples(), n_clicks=10, progress=False)
+    s = result.summary()
+    assert s["fr@80"] == 100 and s["fr@90"] == 100
+    assert s["noc@90"] == 11  # N + 1
+    assert s["max_dsc"] == 0 and s["errors"] == 0
+
+
+def test_missed_structure_gets_a_positive_click_and_logits_are_fed_back():
+    model = Components()
+    result = evaluate(model, [two_blob_sample(gt_both=True)], n_clicks=3, progress=False)
+    image = result.images[0]
+    assert image.dice[0] < 0.9 and image.dice[1] == 1.0 and image.dice[2] == 1.0
+    assert result.summary()["noc@90"] == 2
+    (x1, y1, l1), (x2, y2, l2) = image.clicks
+    assert l1 == 1 and 5 <= x1 < 35 and 5 <= y1 < 35      # centroid lies between: moved into the big square
+    assert (x2, y2, l2) == (52, 52, 1)                    # centre of the missed small square
+    second = model.calls[1]
+    assert second["points"] == [(x1, y1), (52, 52)] and second["labels"] == [1, 1]
+    assert second["multimask"] is False
+    assert second["mask_logits"] is not None and second["mask_logits"].shape == (64, 64)
+
+
+def test_false_positive_gets_a_negative_click():
+    result = evaluate(AllBright(), [two_blob_sample(gt_both=False)], n_clicks=2, progress=False)
+    image = result.images[0]
+    assert image.dice[0] < 0.9 and image.dice[1] == 1.0
+    assert image.clicks[1] == (52, 52, 0)
+
+
+def test_box_only_model_starts_from_a_box_and_reports_clicks_as_not_measured():
+    model = Oracle(kinds=("box", "mask"))
+    with pytest.warns(UserWarning, match="takes no clicks"):
+        result = evaluate(model, square_samples(2), n_clicks=10, progress=False)
+    assert result.start == "box" and not result.clicks_supported
+    assert all(c["points"] is None and c["box"] is not None for c in model.calls)
+    assert len(model.calls) == 2
+    image = result.images[0]
+    assert image.dice[0] == 1.0 and all(math.isnan(d) for d in image.dice[1:])
+    assert result.summary()["noc@90"] == 1
+    row = summary_table([result])[0]
+    assert row["Clicks"] == "box only" and row["Dice@1"] == 100 and math.isnan(row["Dice@5"])
+    with pytest.raises(UnsupportedPromptError, match="takes no clicks"):
+        evaluate(model, square_samples(1), start="point", progress=False)
+
+
+def test_box_start_then_clicks():
+    model = Components()
+    result = evaluate(model, [two_blob_sample(gt_both=False)], n_clicks=3, start="box", box_jitter=0.1,
+                      progress=False)
+    assert result.start == "box" and model.calls[0]["box"] is not None and model.calls[0]["multimask"] is False
+    assert result.images[0].dice[0] == 1.0
+
+
+def test_undeclared_model_that_refuses_clicks_is_reported_not_zeroed():
+    class Undeclared(Oracle):
+        def answer(self, image, points, labels, box):
+            if points:
+                raise UnsupportedPromptError("this decoder takes no point prompts")
+            return (image > 127) & (np.arange(image.shape[1]) < 30)  # half right: needs a click
+
+    model = Undeclared()
+    model.spec = SimpleNamespace(name="undeclared")  # no prompt_kinds
+    with pytest.warns(UserWarning, match="refused a click"):
+        result = evaluate(model, square_samples(2), n_clicks=4, start="box", progress=False)
+    assert not result.clicks_supported
+    first = result.images[0]
+    assert first.refused and math.isfinite(first.dice[0]) and all(math.isnan(d) for d in first.dice[1:])
+
+
+def test_errors_are_recorded_with_their_message_never_as_zero(tmp_path):
+    class Flaky(Oracle):
+        def answer(self, image, points, labels, box):
+            if image.sum() % 2:  # fails on some images only
+                raise RuntimeError("decoder blew up")
+            return image > 127
+
+    samples = square_samples(4)
+    samples[1].image[0, 0] = 1  # odd sum -> fails
+    with pytest.warns(UserWarning, match="decoder blew up"):
+        result = evaluate(Flaky(), samples, n_clicks=3, progress=False)
+    assert len(result.errors) == 1 and "RuntimeError: decoder blew up" in result.errors[0].error
+    assert all(math.isnan(d) for d in result.errors[0].dice)
+    s = result.summary()
+    assert s["n"] == 3 and s["errors"] == 1 and s["fr@90"] == 0  # the error is not a failure at Dice 0
+    paths = write_report([result], tmp_path)
+    assert "decoder blew up" in paths["summary_md"].read_text()
+    with pytest.raises(RuntimeError):
+        evaluate(Flaky(), samples, n_clicks=3, progress=False, on_error="raise")
+    with pytest.raises(SonoSAMError, match="every sample"), pytest.warns(UserWarning):
+        evaluate(Broken(), samples, n_clicks=3, progress=False)
+
+
+def test_report_files_for_two_models(tmp_path):
+    samples = square_samples(3)
+    results = evaluate_models({"oracle": Oracle(), "empty": Empty()}, samples, n_clicks=4, progress=False)
+    paths = write_report(results, tmp_path / "report")
+    rows = list(csv.DictReader(open(paths["per_image"])))
+    assert len(rows) == 6 and {r["model"] for r in rows} == {"oracle", "empty"}
+    oracle_rows = [r for r in rows if r["model"] == "oracle"]
+    assert oracle_rows[0]["dice_1"] == "1.0000" and oracle_rows[0]["noc90"] == "1"
+    assert [r["noc90"] for r in rows if r["model"] == "empty"] == ["5"] * 3
+    summary = list(csv.DictReader(open(paths["summary_csv"])))
+    assert [r["Model"] for r in summary] == ["oracle", "empty"]
+    assert summary[0]["NoC@90"] == "1" and summary[0]["FR@90 (%)"] == "0"
+    assert summary[1]["FR@90 (%)"] == "100" and summary[1]["NoC@90"] == "5"
+    md = paths["summary_md"].read_text()
+    assert "| Model | Start | Images |" in md and "N+1 = 5" in md
+    png = Image.open(paths["plot"])
+    assert png.size[0] > 300 and png.size[1] > 200
+    assert np.asarray(png.convert("L")).std() > 5  # something was drawn
+
+
+def test_prediction_of_the_wrong_size_is_an_error_not_a_score():
+    class Wrong(Oracle):
+        def answer(self, image, points, labels, box):
+            return np.ones((10, 10), bool)
+
+    with pytest.raises(SonoSAMError, match="mask for a"):
+        evaluate(Wrong(), square_samples(1), progress=False, on_error="raise")
+
+
+def test_empty_ground_truth_sample_is_reported():
+    sample = Sample(np.zeros((20, 20), np.uint8), np.zeros((20, 20), bool), "empty", ("e",))
+    with pytest.raises(PromptError):
+        evaluate(Oracle(), [sample], progress=False, on_error="raise")
