@@ -19,7 +19,8 @@ Each distinct non-zero value of a label map is one structure (``labels=`` picks 
   ``NAME-label`` / ``NAME.seg.nrrd``;
 * a ``.csv``/``.txt`` list: one ``image,label`` pair per line (paths relative to the list; ``#`` comments).
 
-Reading goes through SimpleITK (pydicom-decoded pixels where SimpleITK cannot decode a DICOM file).
+Reading goes through SimpleITK; Slicer ``.seg.nrrd`` files and multi-frame ultrasound DICOM (grayscale
+frames) through ``sonosam.io``; pydicom decodes a DICOM file SimpleITK cannot.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ def read_array(path) -> tuple[np.ndarray, bool, object]:
     path = Path(path)
     if not path.exists():
         raise DataFileError(f"{path}: no such file or folder.")
+    special = _read_with_sonosam_io(path)
+    if special is not None:
+        return special
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
@@ -107,6 +111,40 @@ def read_array(path) -> tuple[np.ndarray, bool, object]:
     if vector and array.shape[-1] == 4:  # RGBA -> RGB
         array = array[..., :3]
     return array, vector, image
+
+
+def _read_with_sonosam_io(path: Path):
+    """Slicer ``.seg.nrrd`` files and multi-frame ultrasound DICOM go through ``sonosam.io`` (segment
+    metadata; SequenceOfUltrasoundRegions, YBR handling). None: not one of those, read with SimpleITK."""
+    name = path.name.lower()
+    if path.is_file() and name.endswith(".nrrd"):
+        try:
+            import nrrd
+
+            header = nrrd.read_header(str(path))
+        except Exception:  # noqa: BLE001 - SimpleITK will report what is wrong with the file
+            return None
+        if not any(key.startswith("Segment0_") for key in header):
+            return None
+        from ..io import read_segmentation
+
+        seg = read_segmentation(path)
+        if seg.labelmap.ndim == 4:
+            raise DataFileError(f"{path}: its segments overlap (stored in {seg.labelmap.shape[0]} layers); "
+                                "evaluation needs one label per voxel: export a labelmap from Slicer.")
+        return seg.labelmap, False, None
+    if path.is_file() and name.endswith(".dcm"):
+        try:
+            import pydicom
+
+            frames = int(pydicom.dcmread(str(path), stop_before_pixels=True).get("NumberOfFrames", 1) or 1)
+        except Exception:  # noqa: BLE001 - not DICOM enough for pydicom: let SimpleITK try
+            return None
+        if frames > 1:
+            from ..io import read_cine
+
+            return read_cine(path).frames, False, None
+    return None
 
 
 def _read_dicom_pydicom(path: Path, error: Exception):

@@ -1,0 +1,160 @@
+"""Image/label pairs from files: 2D PNG, 3D volumes sliced with a minimum area, cine loops, list files."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+from sonosam.errors import DataFileError, InputImageError
+from sonosam.evaluate.datasets import colin27_samples, find_pairs, load_pair, load_samples, samples_from_arrays
+
+
+def write(array, path, spacing=None, vector=False):
+    image = sitk.GetImageFromArray(array, isVector=vector)
+    if spacing:
+        image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def volume_and_labels():
+    rng = np.random.default_rng(0)
+    volume = rng.integers(0, 1000, (6, 40, 50)).astype(np.int16)
+    labels = np.zeros((6, 40, 50), np.uint8)
+    labels[1:5, 5:25, 5:25] = 1          # 400 px per slice on slices 1..4
+    labels[2, 30:35, 30:35] = 2          # 25 px, slice 2 only
+    labels[3, 30:38, 30:45] = 2          # 120 px on slice 3
+    return volume, labels
+
+
+def test_volume_sliced_with_minimum_area(tmp_path):
+    volume, labels = volume_and_labels()
+    img = write(volume, tmp_path / "ct.nrrd")
+    lab = write(labels, tmp_path / "ct_label.nrrd")
+    samples = load_pair(img, lab, min_area=100)
+    assert [(s.meta["slice"], s.label) for s in samples] == [(1, 1), (2, 1), (3, 1), (3, 2), (4, 1)]
+    s = samples[3]
+    np.testing.assert_array_equal(s.image, volume[3])
+    np.testing.assert_array_equal(s.mask, labels[3] == 2)
+    assert s.area == 120 and s.key == (str(img), 0, 3)
+    assert samples[2].key == s.key  # two structures of one slice share the image key (one embedding)
+    assert len(load_pair(img, lab, min_area=10)) == 6
+    assert [s.label for s in load_pair(img, lab, labels=[2], min_area=10)] == [2, 2]
+    # along another axis: axis 2 slices are (k, j) planes
+    side = load_pair(img, lab, axis=2, min_area=20, labels=[1])
+    assert {s.meta["slice"] for s in side} == set(range(5, 25))
+    assert side[0].image.shape == (6, 40) and side[0].area == 4 * 20
+
+
+def test_label_map_on_a_coarser_grid_is_resampled(tmp_path):
+    volume, labels = volume_and_labels()
+    img = write(volume, tmp_path / "vol.nii.gz", spacing=(1.0, 1.0, 1.0))
+    coarse = labels[:, ::2, ::2]
+    lab = write(np.ascontiguousarray(coarse), tmp_path / "vol_seg.nii.gz", spacing=(2.0, 2.0, 1.0))
+    samples = load_pair(img, lab, labels=[1], min_area=100)
+    assert [s.meta["slice"] for s in samples] == [1, 2, 3, 4]
+    assert samples[0].mask.shape == (40, 50)
+    assert abs(samples[0].area - 400) <= 60
+
+
+def test_png_folder_with_images_and_labels(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for i in range(3):
+        image = np.zeros((32, 48, 3), np.uint8)
+        image[..., 0] = 50 + i
+        image[8:20, 10:30] = 200
+        Image.fromarray(image).save(tmp_path / "images" / f"case{i}.png")
+        mask = np.zeros((32, 48), np.uint8)
+        mask[8:20, 10:30] = 255            # 0/255 masks are one structure
+        Image.fromarray(mask).save(tmp_path / "labels" / f"case{i}_mask.png")
+    pairs = find_pairs(tmp_path)
+    assert [p[0].name for p in pairs] == ["case0.png", "case1.png", "case2.png"]
+    samples = load_samples(tmp_path, min_area=10)
+    assert len(samples) == 3
+    assert samples[0].image.shape == (32, 48, 3) and samples[0].mask.shape == (32, 48)
+    assert samples[0].label == 255 and samples[0].area == 240
+    assert samples[1].image[0, 0, 0] == 51
+
+
+def test_flat_folder_and_list_file(tmp_path):
+    volume, labels = volume_and_labels()
+    write(volume[2], tmp_path / "a.nrrd")
+    write(labels[2], tmp_path / "a-label.nrrd")
+    write(volume[3], tmp_path / "b.mha")
+    write(labels[3], tmp_path / "b_seg.mha")
+    pairs = find_pairs(tmp_path)
+    assert [(i.name, l.name) for i, l in pairs] == [("a.nrrd", "a-label.nrrd"), ("b.mha", "b_seg.mha")]
+    listing = tmp_path / "list.csv"
+    listing.write_text("image,label\n# a comment\nb.mha,b_seg.mha\n")
+    samples = load_samples(listing, min_area=50)
+    assert [(s.label, s.area) for s in samples] == [(1, 400), (2, 120)]
+    assert samples[0].key == (str(tmp_path / "b.mha"),)
+
+
+def test_nnunet_naming(tmp_path):
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    volume, labels = volume_and_labels()
+    write(volume, tmp_path / "imagesTr" / "brain_001_0000.nii.gz")
+    write(labels, tmp_path / "labelsTr" / "brain_001.nii.gz")
+    assert len(load_samples(tmp_path, min_area=100)) == 5
+
+
+def test_cine_loop_with_per_frame_masks(tmp_path):
+    frames = np.zeros((5, 30, 40, 3), np.uint8)
+    masks = np.zeros((5, 30, 40), np.uint8)
+    for t in range(5):
+        frames[t, 5 + t:20 + t, 10:25] = 180
+        masks[t, 5 + t:20 + t, 10:25] = 1
+    masks[4] = 0  # no structure on the last frame
+    img = write(frames, tmp_path / "loop.nrrd", vector=True)
+    mask_dir = tmp_path / "loop_masks"
+    mask_dir.mkdir()
+    for t in range(5):
+        Image.fromarray(masks[t] * 255).save(mask_dir / f"frame{t:03d}.png")
+    samples = load_pair(img, mask_dir, min_area=10)
+    assert [s.meta["frame"] for s in samples] == [0, 1, 2, 3]
+    assert samples[2].image.shape == (30, 40, 3) and samples[2].meta["kind"] == "cine"
+    np.testing.assert_array_equal(samples[2].mask, masks[2] > 0)
+
+
+def test_samples_from_arrays_and_max_samples():
+    volume, labels = volume_and_labels()
+    samples = samples_from_arrays(volume, labels, min_area=1, name="v")
+    assert len(samples) == 6
+    thin = load_samples_from(samples)
+    assert len(thin) == 3
+
+
+def load_samples_from(samples):
+    from sonosam.evaluate.datasets import _thin
+
+    return _thin(samples, 3)
+
+
+def test_clear_errors(tmp_path):
+    volume, labels = volume_and_labels()
+    with pytest.raises(InputImageError, match="differ"):
+        samples_from_arrays(volume, labels[:, :10], name="v")
+    with pytest.raises(DataFileError, match="no such"):
+        load_samples(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    write(volume[0], tmp_path / "empty" / "x.nrrd")
+    with pytest.raises(DataFileError, match="no image/label pairs"):
+        find_pairs(tmp_path / "empty")
+    write(labels[0], tmp_path / "empty" / "x_label.nrrd")   # slice 0 has no structure
+    with pytest.raises(DataFileError, match="No structure"):
+        load_samples(tmp_path / "empty")
+
+
+def test_colin27_slices_are_real_labelled_mri():
+    try:
+        samples = colin27_samples(labels=[7], max_samples=3)
+    except DataFileError:
+        pytest.skip("Colin27 MRI not installed (make data)")
+    assert len(samples) == 3
+    for s in samples:
+        assert s.image.shape == (217, 181) and s.mask.shape == (217, 181)
+        assert s.area >= 300 and s.label == 7
+        assert s.image[s.mask].mean() > 30  # grey matter is not background
