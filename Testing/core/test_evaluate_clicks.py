@@ -92,13 +92,14 @@ def test_box_tight_jittered_and_clipped():
     assert len(boxes) > 40
     for x0, y0, x1, y1 in boxes:
         assert abs(x0 - 30) <= 10 and abs(x1 - 79) <= 10 and abs(y0 - 20) <= 8 and abs(y1 - 59) <= 8
-        assert x0 <= x1 and y0 <= y1
+        assert x0 < x1 and y0 < y1
     # same seed, same box
     assert box_from_mask(gt, 0.2, np.random.default_rng(3)) == box_from_mask(gt, 0.2, np.random.default_rng(3))
     edge = rect((50, 50), 0, 49, 0, 49)
     for s in range(20):
         x0, y0, x1, y1 = box_from_mask(edge, jitter=0.3, rng=np.random.default_rng(s))
-        assert 0 <= x0 <= x1 <= 49 and 0 <= y0 <= y1 <= 49
+        assert 0 <= x0 < x1 <= 49 and 0 <= y0 < y1 <= 49
+    assert box_from_mask(rect((10, 10), 3, 3, 9, 9)) == (8, 3, 9, 4)   # one pixel in a corner: 2x2 box
 
 
 def test_jittered_first_click_stays_inside_and_moves():

@@ -132,7 +132,8 @@ def box_from_mask(gt, jitter: float = 0.0, rng: np.random.Generator | None = Non
                   margin: int = 0) -> tuple[int, int, int, int]:
     """Bounding box ``(x0, y0, x1, y1)`` (inclusive) of ``gt``, grown by ``margin`` pixels on each side; with
     ``jitter>0`` each side also moves independently by a uniform ``[-jitter, +jitter]`` x the box's
-    width (x sides) or height (y sides), MedSAM-style. The box is clipped to the image and never inverted."""
+    width (x sides) or height (y sides), MedSAM-style. The box is clipped to the image, with
+    ``x0 < x1`` and ``y0 < y1`` (at least two pixels each way, as the models require)."""
     gt = _as_mask(gt, "ground-truth mask")
     _require_structure(gt)
     rows, cols = np.nonzero(gt)
@@ -147,11 +148,18 @@ def box_from_mask(gt, jitter: float = 0.0, rng: np.random.Generator | None = Non
     h, w = gt.shape
     x0, x1 = int(np.clip(round(x0), 0, w - 1)), int(np.clip(round(x1), 0, w - 1))
     y0, y1 = int(np.clip(round(y0), 0, h - 1)), int(np.clip(round(y1), 0, h - 1))
-    if x1 < x0:
-        x0 = x1 = (x0 + x1) // 2
-    if y1 < y0:
-        y0 = y1 = (y0 + y1) // 2
+    x0, x1 = _proper_span(x0, x1, w)
+    y0, y1 = _proper_span(y0, y1, h)
     return x0, y0, x1, y1
+
+
+def _proper_span(low: int, high: int, size: int) -> tuple[int, int]:
+    # models want low < high: an inverted or one-pixel span becomes two pixels around its middle
+    if high > low or size < 2:
+        return low, high
+    middle = (low + high) // 2
+    low = min(max(middle, 0), size - 2)
+    return low, low + 1
 
 
 def error_regions(pred, gt) -> list[tuple[np.ndarray, int, int]]:

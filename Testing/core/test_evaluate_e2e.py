@@ -1,0 +1,80 @@
+"""End to end on real labelled MRI (Colin27 T1 + AAL labels) with the real default model (LiteMedSAM).
+
+A few slices only: the encoder costs seconds per image on a 2-core CPU."""
+
+import argparse
+import csv
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sonosam.errors import DataFileError, UnsupportedPromptError
+
+ALTERNATE_MRICRON = "/tmp/mricron/x/usr/share/mricron/templates"
+
+
+@pytest.fixture(scope="module")
+def mri_samples():
+    from sonosam.evaluate import colin27_samples
+
+    try:
+        return colin27_samples(max_samples=3, slices=range(70, 110))
+    except DataFileError:
+        if not Path(ALTERNATE_MRICRON, "ch2.nii.gz").exists():
+            pytest.skip("Colin27 MRI not installed: run `make data`")
+        os.environ["SONOSAM_DATA"] = ALTERNATE_MRICRON
+        return colin27_samples(max_samples=3, slices=range(70, 110))
+
+
+@pytest.fixture(scope="module")
+def predictor(default_model):
+    from sonosam.predictor import Predictor
+
+    predictor = Predictor(default_model)
+    yield predictor
+    predictor.close()
+
+
+def test_default_model_on_real_mri_writes_report_and_plot(mri_samples, predictor, tmp_path):
+    from sonosam.evaluate import evaluate, write_report
+
+    assert len(mri_samples) == 3 and len({s.label for s in mri_samples}) > 1
+    before = predictor.encoder_calls
+    with pytest.warns(UserWarning, match="takes no clicks"):
+        result = evaluate(predictor, mri_samples, n_clicks=10, start="auto", progress=False)
+    # LiteMedSAM takes boxes only: the protocol starts from the box and says so
+    assert result.start == "box" and not result.clicks_supported
+    assert predictor.encoder_calls - before == 3  # one encoder run per slice
+    assert not result.errors
+    dices = [r.dice[0] for r in result.images]
+    assert all(0.3 < d <= 1 for d in dices), dices  # a box on a gyrus gives a real, imperfect mask
+    paths = write_report([result], tmp_path)
+    rows = list(csv.DictReader(open(paths["per_image"])))
+    assert len(rows) == 3 and all(r["box"] and r["dice_2"] == "" for r in rows)
+    assert math.isclose(float(rows[0]["dice_1"]), dices[0], abs_tol=1e-4)
+    assert "box only" in paths["summary_md"].read_text()
+    assert Image.open(paths["plot"]).size[0] > 300
+    with pytest.raises(UnsupportedPromptError, match="takes no clicks"):
+        evaluate(predictor, mri_samples, start="point", progress=False)
+
+
+def test_cli_on_real_mri(mri_samples, tmp_path, capsys):
+    from sonosam.cli import evaluate as evaluate_cli
+
+    parser = argparse.ArgumentParser(prog="sonosam")
+    parser.add_argument("--device", default="cpu")
+    evaluate_cli.register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "report"
+    args = parser.parse_args(["evaluate", "--data", "colin27", "--label", "85", "--slices", "80:90",
+                              "--max-images", "1", "--clicks", "3", "--box-jitter", "0.1", "-o", str(out),
+                              "--no-progress"])
+    assert args.func(args) == 0
+    table = capsys.readouterr().out
+    assert "| litemedsam | box (jitter 0.1) | 1 | 0 |" in table
+    assert {p.name for p in out.iterdir()} == {"per_image.csv", "summary.csv", "summary.md", "dice_vs_clicks.png"}
+    with pytest.raises(DataFileError, match="already holds a report"):
+        args.func(args)

@@ -1,0 +1,129 @@
+"""`sonosam evaluate`: the simulated-click protocol on labelled data, for one or more models.
+
+    sonosam evaluate --data DIR_OR_LIST [--data IMAGE,LABEL] --model litemedsam [--model sam_vit_b=ckpt.pth]
+                     [--label 7] [--clicks 10] [--start auto|point|box] -o report/
+
+Writes report/per_image.csv, summary.csv, summary.md and dice_vs_clicks.png (one curve per model).
+``--data colin27`` uses the real Colin27 MRI with AAL labels (Debian mricron-data, `make data`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from ..errors import DataFileError, SonoSAMError
+
+REPORT_FILES = ("per_image.csv", "summary.csv", "summary.md", "dice_vs_clicks.png")
+
+
+def _slices(text: str) -> range | list[int]:
+    try:
+        if ":" in text:
+            start, stop = text.split(":", 1)
+            return range(int(start), int(stop))
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"slices {text!r} must be START:STOP or I,J,K") from None
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "evaluate", help="simulated-click evaluation (Dice vs clicks, NoC@80/90, FR@80/90) on labelled data",
+        description="Runs the SonoSAM papers' click protocol: a first click at the ground-truth centroid (or a "
+                    "box), then clicks at the centre of the largest error region; writes per-image and summary "
+                    "tables and a Dice-vs-clicks plot.")
+    parser.add_argument("--data", action="append", required=True, metavar="SOURCE",
+                        help="a folder (images/ + labels/, or NAME + NAME_label files), a .csv/.txt list of "
+                             "'image,label' lines, an IMAGE,LABEL pair, or 'colin27'; repeatable")
+    parser.add_argument("--model", action="append", metavar="NAME[=CHECKPOINT]",
+                        help="model to evaluate (see `sonosam models`), optionally with its weights file; "
+                             "repeatable for a comparison (default: litemedsam)")
+    parser.add_argument("--label", type=int, action="append", metavar="L",
+                        help="label value(s) to evaluate (default: every non-zero label; colin27: 7,8,85,86)")
+    parser.add_argument("--clicks", type=int, default=10, help="interactions per image, first prompt included (10)")
+    parser.add_argument("--start", choices=("auto", "point", "box"), default="auto",
+                        help="first prompt: centroid click, ground-truth box, or auto = click if the model takes "
+                             "clicks, else box (default)")
+    parser.add_argument("--box-jitter", type=float, default=0.0,
+                        help="move each box side by up to this fraction of the box size (0)")
+    parser.add_argument("--box-margin", type=int, default=0, help="grow the box by this many pixels (0)")
+    parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2),
+                        help="numpy axis of 3D volumes to slice along (0 = k, axial for axial scans)")
+    parser.add_argument("--slices", type=_slices, metavar="A:B|I,J", help="only these slice/frame indices")
+    parser.add_argument("--min-area", type=int, default=100, help="skip structures smaller than this in a slice (px)")
+    parser.add_argument("--max-images", type=int, help="evaluate an evenly spaced subset of this many samples")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for box jitter (0)")
+    parser.add_argument("-o", "--out", required=True, help="report folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _parse_model(text: str) -> tuple[str, str | None]:
+    name, _, checkpoint = text.partition("=")
+    return name.strip(), (checkpoint.strip() or None)
+
+
+def _sources(items: list[str]):
+    sources = []
+    for item in items:
+        if item.lower() == "colin27":
+            from ..data import mri_colin27_paths
+
+            sources.append(tuple(mri_colin27_paths()))
+        elif "," in item and not Path(item).exists():
+            image, label = (part.strip() for part in item.split(",", 1))
+            sources.append((Path(image), Path(label)))
+        else:
+            sources.append(Path(item))
+    return sources
+
+
+def run(args) -> int:
+    from ..evaluate import evaluate, load_samples, write_report
+    from ..evaluate.report import format_markdown, summary_table
+
+    out = Path(args.out)
+    existing = [name for name in REPORT_FILES if (out / name).exists()]
+    if existing and not args.overwrite:
+        raise DataFileError(f"{out} already holds a report ({', '.join(existing)}); pass --overwrite or "
+                            "choose another -o folder.")
+    if args.clicks < 1:
+        raise SonoSAMError("--clicks must be at least 1.")
+    labels = args.label
+    if labels is None and all(item.lower() == "colin27" for item in args.data):
+        labels = [7, 8, 85, 86]
+    samples = load_samples(_sources(args.data), labels=labels, axis=args.axis, min_area=args.min_area,
+                           max_samples=args.max_images, slices=args.slices)
+    print(f"{len(samples)} samples from {', '.join(args.data)}", file=sys.stderr)
+
+    from ..models import load_model
+    from ..predictor import Predictor
+
+    results = []
+    for text in args.model or ["litemedsam"]:
+        name, checkpoint = _parse_model(text)
+        model = load_model(name, checkpoint=checkpoint, device=getattr(args, "device", None))
+        predictor = Predictor(model)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = evaluate(predictor, samples, n_clicks=args.clicks, start=args.start,
+                              box_jitter=args.box_jitter, box_margin=args.box_margin, seed=args.seed,
+                              name=name if checkpoint is None else f"{name} ({Path(checkpoint).name})",
+                              progress=not args.no_progress)
+        for message in dict.fromkeys(str(w.message) for w in caught):
+            print(f"warning: {message}", file=sys.stderr)
+        results.append(result)
+        predictor.close()
+    paths = write_report(results, out)
+    print(format_markdown(summary_table(results)))
+    print("\n".join(f"wrote {path}" for path in paths.values()), file=sys.stderr)
+    errors = sum(len(r.errors) for r in results)
+    if errors:
+        print(f"sonosam evaluate: {errors} sample(s) failed; see {paths['summary_md']}", file=sys.stderr)
+        return 1
+    return 0
