@@ -1,0 +1,555 @@
+"""SonoSAMSegment logic without Qt: MRML node -> numpy + geometry -> `sonosam` core -> mask -> segment.
+
+Runs inside Slicer and headless on `slicer-core` (the tests). Only MRML / vtkSegmentationCore calls,
+taken from the nodes' own scene -- never ``slicer.app``, ``slicer.mrmlScene`` or ``slicer.modules``.
+
+Console use inside Slicer::
+
+    from SonoSAMSegmentLib.logic import SonoSAMSegmentLogic
+    logic = SonoSAMSegmentLogic()                      # default model: litemedsam (boxes)
+    volume = getNode("MRHead"); seg = getNode("Segmentation")
+    sid = seg.GetSegmentation().GetSegmentIdBySegmentName("tumor")
+    logic.segment(volume, seg, sid, box_ras=[[10, -5, 20], [40, 25, 20]], sliceAxis="axial")
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import geometry as geo
+
+MODES = ("replace", "add", "remove")
+
+try:  # the core's error types, so that one `except SonoSAMError` catches everything
+    from sonosam.errors import InputImageError, PromptError, SonoSAMError
+except ImportError:  # the core is not installed yet (first start in Slicer): same hierarchy, local
+    class SonoSAMError(Exception):
+        """Base class: a problem the user can act on."""
+
+    class InputImageError(SonoSAMError, ValueError):
+        """The image or volume cannot be segmented as given."""
+
+    class PromptError(SonoSAMError, ValueError):
+        """A point, box or mask prompt is malformed or lies outside the image."""
+
+
+class NoVolumeError(InputImageError):
+    """No (usable) volume was given."""
+
+
+class SegmentationError(SonoSAMError, ValueError):
+    """The segmentation node or segment cannot be written (missing, wrong type)."""
+
+
+class MissingDependencyError(SonoSAMError, ImportError):
+    """The `sonosam` core or one of its dependencies (torch...) is not installed."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plain data passed between the logic, the effect and the tests
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class VolumeInfo:
+    node_id: str
+    array: np.ndarray            # (K, J, I[, C]) view on the node's voxels (not a copy)
+    ijk_to_world: np.ndarray     # 4x4, parent transforms included
+    dims_ijk: tuple
+    key: str                     # node ID + image-data modified time: identifies the pixels for the cache
+    window: tuple | None         # intensity window given to the model (volume-wide, so slices agree)
+
+
+@dataclass
+class SlicePrediction:
+    """A mask for one slice (or oblique plane), not yet written: the effect's preview."""
+    volume_key: str
+    geometry: object             # geo.SliceGeometry or geo.ObliquePlane
+    mask: np.ndarray             # (H, W) bool, in the slice image's (x, y) layout
+    score: float
+    logits: np.ndarray | None    # (256, 256) low-res logits; feed back as mask_logits to refine
+    points_xy: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    box_xy: tuple | None = None
+    notes: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def cache_key(self):
+        return self.geometry.key(self.volume_key)
+
+
+# ---------------------------------------------------------------------------------------------------
+# MRML helpers (work on any scene: the real Slicer one or a headless slicer-core one)
+# ---------------------------------------------------------------------------------------------------
+
+def _vtk_to_numpy_matrix(vtk_matrix) -> np.ndarray:
+    return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _numpy_to_vtk_matrix(matrix):
+    import vtk
+
+    out = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            out.SetElement(r, c, float(matrix[r, c]))
+    return out
+
+
+def node_to_world(node) -> np.ndarray:
+    """4x4 from the node's coordinates to world RAS (identity without a parent transform)."""
+    import vtk
+
+    parent = node.GetParentTransformNode() if node is not None else None
+    if parent is None:
+        return np.eye(4)
+    if not parent.IsTransformToWorldLinear():
+        raise InputImageError(f"'{node.GetName()}' is under a non-linear transform ('{parent.GetName()}'); "
+                              "harden the transform (Data module, right-click > Harden transform) first.")
+    m = vtk.vtkMatrix4x4()
+    parent.GetMatrixTransformToWorld(m)
+    return _vtk_to_numpy_matrix(m)
+
+
+def volume_array(volume_node) -> np.ndarray:
+    """(K, J, I[, C]) numpy view on a volume node's voxels (as slicer.util.arrayFromVolume, scene-free)."""
+    from vtk.util import numpy_support
+
+    image = volume_node.GetImageData()
+    dims = image.GetDimensions()
+    scalars = image.GetPointData().GetScalars()
+    comps = image.GetNumberOfScalarComponents()
+    shape = tuple(reversed(dims)) + ((comps,) if comps > 1 else ())
+    return numpy_support.vtk_to_numpy(scalars).reshape(shape)
+
+
+def _segment_and_label(segmentation_node, segment_id):
+    if segmentation_node is None or not segmentation_node.IsA("vtkMRMLSegmentationNode"):
+        raise SegmentationError("No segmentation selected: choose or create a segmentation node.")
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id) if segment_id else None
+    if segment is None:
+        names = [segmentation_node.GetSegmentation().GetNthSegmentID(i)
+                 for i in range(segmentation_node.GetSegmentation().GetNumberOfSegments())]
+        raise SegmentationError(f"Segment {segment_id!r} is not in '{segmentation_node.GetName()}' "
+                                f"(segments: {', '.join(names) or 'none'}); add a segment first.")
+    return segment
+
+
+def read_segment_block(segmentation_node, segment_id, image_to_seg: np.ndarray, extent) -> np.ndarray:
+    """The segment's voxels inside ``extent`` of a grid given by ``image_to_seg`` (grid IJK -> segmentation
+    coordinates), as a (K, J, I) bool array; resampled (nearest) when the segmentation's own labelmap
+    has another geometry. Shared labelmap layers are handled (only this segment's label value)."""
+    import slicer
+    from vtk.util import numpy_support
+
+    segment = _segment_and_label(segmentation_node, segment_id)
+    shape = (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
+    out = np.zeros(shape, dtype=bool)
+    labelmap = slicer.vtkOrientedImageData()
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    if not logic.GetSegmentBinaryLabelmapRepresentation(segmentation_node, segment_id, labelmap, False):
+        return out  # no labelmap yet (empty segment)
+    ext = labelmap.GetExtent()
+    if ext[0] > ext[1] or ext[2] > ext[3] or ext[4] > ext[5] or labelmap.GetPointData().GetScalars() is None:
+        return out
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    labelmap.GetImageToWorldMatrix(matrix)
+    same_grid = np.allclose(_vtk_to_numpy_matrix(matrix), image_to_seg, atol=1e-6)
+    if not same_grid:
+        reference = slicer.vtkOrientedImageData()
+        reference.SetImageToWorldMatrix(_numpy_to_vtk_matrix(image_to_seg))
+        reference.SetExtent(*extent)
+        resampled = slicer.vtkOrientedImageData()
+        slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+            labelmap, reference, resampled, False, True)
+        labelmap = resampled
+        ext = labelmap.GetExtent()
+        if ext[0] > ext[1] or labelmap.GetPointData().GetScalars() is None:
+            return out
+    full = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()).reshape(
+        ext[5] - ext[4] + 1, ext[3] - ext[2] + 1, ext[1] - ext[0] + 1)
+    lo = [max(extent[2 * a], ext[2 * a]) for a in range(3)]
+    hi = [min(extent[2 * a + 1], ext[2 * a + 1]) for a in range(3)]
+    if any(lo[a] > hi[a] for a in range(3)):
+        return out
+    src = full[lo[2] - ext[4]:hi[2] - ext[4] + 1, lo[1] - ext[2]:hi[1] - ext[2] + 1, lo[0] - ext[0]:hi[0] - ext[0] + 1]
+    out[lo[2] - extent[4]:hi[2] - extent[4] + 1, lo[1] - extent[2]:hi[1] - extent[2] + 1,
+        lo[0] - extent[0]:hi[0] - extent[0] + 1] = src == segment.GetLabelValue()
+    return out
+
+
+def write_segment_block(segmentation_node, segment_id, block_kji: np.ndarray, image_to_seg: np.ndarray, extent,
+                        current_kji: np.ndarray | None = None):
+    """Make the segment equal ``block_kji`` inside ``extent`` (and change nothing outside it); other
+    segments are left as they are (a segment sharing a labelmap layer is moved to its own layer if they
+    overlap).
+
+    Slicer's MODE_REPLACE would clear the segment outside the extent, so the region is set with a
+    merge-max (adds the new voxels) then a merge-min (drops the voxels not in the block), both limited
+    to the extent -- only the operations that change something are run.
+    """
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    _segment_and_label(segmentation_node, segment_id)
+    block = np.ascontiguousarray(block_kji, dtype=bool)
+    if current_kji is None:
+        current_kji = read_segment_block(segmentation_node, segment_id, image_to_seg, extent)
+    need_add = bool((block & ~current_kji).any())
+    need_remove = bool((current_kji & ~block).any())
+    if not (need_add or need_remove):
+        return False
+    labelmap = slicer.vtkOrientedImageData()
+    labelmap.SetImageToWorldMatrix(_numpy_to_vtk_matrix(image_to_seg))
+    labelmap.SetExtent(*extent)
+    labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())[:] = block.view(np.uint8).ravel()
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    modes = ([logic.MODE_MERGE_MAX] if need_add else []) + ([logic.MODE_MERGE_MIN] if need_remove else [])
+    for mode in modes:
+        if not logic.SetBinaryLabelmapToSegment(labelmap, segmentation_node, segment_id, mode, list(extent)):
+            raise SegmentationError(f"Slicer could not write segment {segment_id!r} of "
+                                    f"'{segmentation_node.GetName()}'.")
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------
+# The logic
+# ---------------------------------------------------------------------------------------------------
+
+class SonoSAMSegmentLogic:
+    """MRML in, MRML out; the model work is the core's ``Predictor``.
+
+    ``predictor`` may be any object with ``predict(image, points=, labels=, box=, mask_logits=,
+    multimask=, key=, window=)`` returning something with ``mask``, ``score``, ``logits`` (and
+    optionally ``prefetch`` / ``model.spec.prompt_kinds``); by default the core's Predictor with
+    ``model`` is built on first use.
+    """
+
+    def __init__(self, model: str = "litemedsam", checkpoint=None, device=None, cache_mib: float = 1024,
+                 predictor=None):
+        self.model_name = model
+        self.checkpoint = checkpoint
+        self.device = device
+        self.cache_mib = cache_mib
+        self._predictor = predictor
+        self._windows: dict[str, tuple | None] = {}
+        self._last: dict[tuple, SlicePrediction] = {}  # (seg node ID, segment ID, slice key) -> last written
+        self.last_timings: dict = {}
+
+    # -- model ---------------------------------------------------------------------------------------
+    @property
+    def predictor(self):
+        if self._predictor is None:
+            try:
+                from sonosam.models import load_model
+                from sonosam.predictor import Predictor
+            except ImportError as error:
+                raise MissingDependencyError(
+                    f"SonoSAM's Python dependencies are not installed ({error}). Open the SonoSAMSegment module "
+                    "and click 'Install dependencies', or run `pip install sonosam` in this Python.") from error
+            model = load_model(self.model_name, checkpoint=self.checkpoint, device=self.device)
+            self._predictor = Predictor(model, cache_mib=self.cache_mib)
+        return self._predictor
+
+    def set_model(self, model: str = "litemedsam", checkpoint=None, device=None, cache_mib: float | None = None):
+        """Switch model/device/cache budget; the model is (re)loaded on next use."""
+        if self._predictor is not None and hasattr(self._predictor, "close"):
+            self._predictor.close()
+        self.model_name, self.checkpoint, self.device = model, checkpoint, device
+        if cache_mib is not None:
+            self.cache_mib = cache_mib
+        self._predictor = None
+        self._last.clear()
+
+    def prompt_kinds(self) -> frozenset:
+        model = getattr(self.predictor, "model", None)
+        spec = getattr(model, "spec", None)
+        return frozenset(getattr(spec, "prompt_kinds", {"point", "box", "mask"}))
+
+    # -- volume --------------------------------------------------------------------------------------
+    def volume_info(self, volume_node) -> VolumeInfo:
+        import vtk
+
+        if volume_node is None or not volume_node.IsA("vtkMRMLScalarVolumeNode"):
+            raise NoVolumeError("No volume selected: choose the volume to segment (Source volume).")
+        image = volume_node.GetImageData()
+        if image is None or image.GetPointData().GetScalars() is None:
+            raise NoVolumeError(f"Volume '{volume_node.GetName()}' has no voxels loaded.")
+        comps = image.GetNumberOfScalarComponents()
+        if comps not in (1, 3, 4) or (comps > 1 and not volume_node.IsA("vtkMRMLVectorVolumeNode")):
+            raise InputImageError(
+                f"Volume '{volume_node.GetName()}' has {comps} values per voxel (a 4D / multi-volume): pick one "
+                "frame or component as a scalar volume (e.g. Sequences or Vector to Scalar Volume) first.")
+        if volume_node.IsA("vtkMRMLVectorVolumeNode") and comps not in (3, 4):
+            raise InputImageError(f"Volume '{volume_node.GetName()}' is not a scalar or RGB volume.")
+        ijk = vtk.vtkMatrix4x4()
+        volume_node.GetIJKToRASMatrix(ijk)
+        ijk_to_world = node_to_world(volume_node) @ _vtk_to_numpy_matrix(ijk)
+        array = volume_array(volume_node)
+        key = f"{volume_node.GetID()}@{image.GetMTime()}"
+        if key not in self._windows:
+            self._windows = {k: v for k, v in self._windows.items() if not k.startswith(volume_node.GetID() + "@")}
+            self._windows[key] = self._volume_window(array)
+        return VolumeInfo(volume_node.GetID(), array, ijk_to_world, tuple(image.GetDimensions()), key,
+                          self._windows[key])
+
+    @staticmethod
+    def _volume_window(array: np.ndarray):
+        """One window for the whole volume (0.5-99.5 percentiles), so every slice is scaled alike."""
+        if array.dtype == np.uint8:
+            return None
+        sample = array.reshape(-1)[:: max(1, array.size // 2_000_000)]
+        if np.issubdtype(sample.dtype, np.floating):
+            sample = sample[np.isfinite(sample)]
+        if sample.size == 0:
+            return None
+        low, high = (float(v) for v in np.percentile(sample, (0.5, 99.5)))
+        if high <= low:
+            low, high = float(sample.min()), float(sample.max())
+        return (low, high) if high > low else None
+
+    # -- geometry ------------------------------------------------------------------------------------
+    def _to_ijk_checked(self, info: VolumeInfo, points_ras, what: str) -> np.ndarray:
+        ijk = geo.ras_to_ijk(points_ras, info.ijk_to_world)
+        dims = np.asarray(info.dims_ijk)
+        outside = np.any((ijk < -0.5) | (ijk > dims - 0.5), axis=1)
+        if outside.any():
+            bad = np.atleast_2d(points_ras)[outside][0]
+            lo = geo.ijk_to_ras([[-0.5, -0.5, -0.5]], info.ijk_to_world)[0]
+            hi = geo.ijk_to_ras([dims - 0.5], info.ijk_to_world)[0]
+            raise PromptError(f"{what} at RAS ({bad[0]:.1f}, {bad[1]:.1f}, {bad[2]:.1f}) is outside the volume "
+                              f"(its corners are at RAS {np.round(lo, 1).tolist()} and {np.round(hi, 1).tolist()}); "
+                              "click inside the image.")
+        return ijk
+
+    def slice_geometry(self, volume_node, sliceAxis="axial", points_ras=None, box_ras=None, sliceIndex=None,
+                       sliceToRAS=None, info: VolumeInfo | None = None):
+        """The slice the prompts lie on: a ``SliceGeometry`` (voxel slice) or an ``ObliquePlane``.
+
+        ``sliceToRAS`` (a slice view's 4x4) wins over ``sliceAxis``: an aligned view gives a voxel slice
+        shown in that view's orientation, an oblique one a resampled plane through the view's origin.
+        """
+        info = info or self.volume_info(volume_node)
+        prompts = [np.atleast_2d(np.asarray(p, float)) for p in (points_ras, box_ras) if p is not None and len(p)]
+        prompt_ras = np.vstack(prompts) if prompts else np.zeros((0, 3))
+        if prompt_ras.shape[1:] != (3,):
+            raise PromptError(f"Prompts must be RAS points (x, y, z); got an array of shape {prompt_ras.shape}.")
+        prompt_ijk = self._to_ijk_checked(info, prompt_ras, "The prompt") if len(prompt_ras) else prompt_ras
+        try:
+            if sliceToRAS is not None:
+                s = np.asarray(sliceToRAS, float)
+                axis, cos = geo.axis_for_normal(info.ijk_to_world, s[:3, 2] if np.linalg.norm(s[:3, 2]) > 0
+                                                else np.cross(s[:3, 0], s[:3, 1]))
+                if cos < geo.ALIGNED_COS:
+                    plane = geo.make_oblique_plane(info.ijk_to_world, info.dims_ijk, s)
+                    if len(prompt_ras):
+                        w = plane.ras_to_xyw(prompt_ras)[:, 2]
+                        tolerance = 0.5 * float(np.abs(info.ijk_to_world[:3, :3].T @ plane.normal).max())
+                        if np.abs(w).max() > tolerance:
+                            raise PromptError("The prompts are not on the slice plane of this view.")
+                    return plane
+                right, up = s[:3, 0], s[:3, 1]
+                if sliceIndex is None and not len(prompt_ras):
+                    sliceIndex = int(np.round(geo.ras_to_ijk(s[:3, 3], info.ijk_to_world)[0, axis]))
+            else:
+                axis, right, up = geo.resolve_axis(info.ijk_to_world, sliceAxis)
+            if sliceIndex is None:
+                if not len(prompt_ras):
+                    raise PromptError("No prompt: give points_ras or box_ras (or a slice index).")
+                sliceIndex = geo.slice_index_for_points(prompt_ijk, axis, info.dims_ijk)
+            return geo.make_slice_geometry(info.ijk_to_world, info.dims_ijk, axis, int(sliceIndex), right, up)
+        except geo.GeometryError as error:
+            raise PromptError(str(error)) from error
+
+    def slice_image(self, info: VolumeInfo, geometry) -> np.ndarray:
+        if isinstance(geometry, geo.ObliquePlane):
+            if info.array.ndim == 4:
+                return np.stack([geometry.sample(info.array[..., c], info.ijk_to_world) for c in range(3)], -1)
+            return geometry.sample(info.array, info.ijk_to_world)
+        return geometry.extract(info.array)
+
+    def _prompts_xy(self, info, geometry, points_ras, labels, box_ras):
+        points_xy = labels_out = box_xy = None
+        if points_ras is not None and len(points_ras):
+            pts = np.atleast_2d(np.asarray(points_ras, float))
+            if isinstance(geometry, geo.ObliquePlane):
+                points_xy = geometry.ras_to_xyw(pts)[:, :2]
+            else:
+                points_xy = geometry.ijk_to_xy(geo.ras_to_ijk(pts, info.ijk_to_world))
+            labels_out = np.ones(len(pts), int) if labels is None else np.asarray(labels, int).reshape(-1)
+            if len(labels_out) != len(points_xy):
+                raise PromptError(f"Got {len(points_xy)} points but {len(labels_out)} labels; give one label per "
+                                  "point (1 = inside, 0 = outside).")
+        if box_ras is not None and len(box_ras):
+            corners = np.atleast_2d(np.asarray(box_ras, float))
+            if corners.shape != (2, 3):
+                raise PromptError("box_ras must be two opposite corners [[r, a, s], [r, a, s]] on the slice.")
+            if isinstance(geometry, geo.ObliquePlane):
+                cxy = geometry.ras_to_xyw(corners)[:, :2]
+            else:
+                cxy = geometry.ijk_to_xy(geo.ras_to_ijk(corners, info.ijk_to_world))
+            x0, y0 = cxy.min(0)
+            x1, y1 = cxy.max(0)
+            if x1 - x0 < 1 or y1 - y0 < 1:
+                raise PromptError("The box is less than one voxel wide on this slice: drag a larger box.")
+            box_xy = (float(x0), float(y0), float(x1), float(y1))
+        return points_xy, labels_out, box_xy
+
+    # -- predict (preview) ---------------------------------------------------------------------------
+    def predict(self, volumeNode, points_ras=None, labels=None, box_ras=None, sliceAxis="axial", sliceIndex=None,
+                sliceToRAS=None, mask_logits=None, segmentationNode=None, segmentId=None, refine: bool = True,
+                multimask: bool = False) -> SlicePrediction:
+        """Segment one slice from RAS prompts; nothing is written (use ``apply`` or ``segment``).
+
+        With ``refine`` and a segment given, an existing mask of that segment on this slice is passed to
+        the model as its mask prompt (the model's own logits when the segment still holds its last answer).
+        """
+        t0 = time.perf_counter()
+        info = self.volume_info(volumeNode)
+        geometry = self.slice_geometry(volumeNode, sliceAxis, points_ras, box_ras, sliceIndex, sliceToRAS, info)
+        points_xy, labels_xy, box_xy = self._prompts_xy(info, geometry, points_ras, labels, box_ras)
+        if points_xy is None and box_xy is None and mask_logits is None:
+            raise PromptError("No prompt: give points_ras (with labels) or box_ras.")
+        image = self.slice_image(info, geometry)
+        if mask_logits is None and refine and segmentationNode is not None and segmentId:
+            mask_logits = self._refinement_logits(info, geometry, segmentationNode, segmentId)
+        t1 = time.perf_counter()
+        result = self.predictor.predict(image, points=points_xy, labels=labels_xy, box=box_xy,
+                                        mask_logits=mask_logits, multimask=multimask,
+                                        key=geometry.key(info.key), window=info.window)
+        t2 = time.perf_counter()
+        mask = np.asarray(result.mask, dtype=bool)
+        if mask.shape != image.shape[:2]:
+            raise SonoSAMError(f"The model returned a {mask.shape} mask for a {image.shape[:2]} slice.")
+        return SlicePrediction(info.key, geometry, mask, float(result.score), getattr(result, "logits", None),
+                               points_xy, labels_xy, box_xy, list(getattr(result, "notes", []) or []),
+                               {"prepare_s": t1 - t0, "model_s": t2 - t1})
+
+    def _refinement_logits(self, info, geometry, segmentation_node, segment_id):
+        if isinstance(geometry, geo.ObliquePlane) or "mask" not in self.prompt_kinds():
+            return None
+        if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
+            return None
+        current = self.read_slice_mask(segmentation_node, segment_id, info, geometry)
+        if not current.any():
+            return None
+        last = self._last.get((segmentation_node.GetID(), segment_id, geometry.key(info.key)))
+        if last is not None and last.logits is not None and np.array_equal(last.mask, current):
+            return last.logits
+        return geo.mask_to_low_res_logits(current)
+
+    # -- write ---------------------------------------------------------------------------------------
+    def _grid_to_segmentation(self, info: VolumeInfo, segmentation_node) -> np.ndarray:
+        """Volume IJK -> segmentation-node coordinates (the labelmap frame SetBinaryLabelmapToSegment takes)."""
+        return np.linalg.inv(node_to_world(segmentation_node)) @ info.ijk_to_world
+
+    def _ensure_reference_geometry(self, segmentation_node, volume_node):
+        import slicer
+
+        role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+        segmentation = segmentation_node.GetSegmentation()
+        has_geometry = segmentation_node.GetNodeReference(role) is not None or bool(
+            segmentation.GetConversionParameter(slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()))
+        if not has_geometry:
+            segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+
+    def read_slice_mask(self, segmentation_node, segment_id, info: VolumeInfo, geometry) -> np.ndarray:
+        """The segment on this slice, in the slice image's (x, y) layout."""
+        image_to_seg = self._grid_to_segmentation(info, segmentation_node)
+        if isinstance(geometry, geo.ObliquePlane):
+            extent, slab, px, py = geometry.voxel_footprint(info.ijk_to_world, info.dims_ijk)
+            block = read_segment_block(segmentation_node, segment_id, image_to_seg, extent)
+            out = np.zeros(geometry.shape, bool)
+            out[py[slab & block], px[slab & block]] = True
+            return out
+        block = read_segment_block(segmentation_node, segment_id, image_to_seg, geometry.extent)
+        return geometry.from_block(block)
+
+    def apply(self, prediction: SlicePrediction, volumeNode, segmentationNode, segmentId, mode: str = "replace"):
+        """Write a prediction into the segment: only the prediction's slice (or plane) changes."""
+        if mode not in MODES:
+            raise SegmentationError(f"Unknown mode {mode!r}; use one of {', '.join(MODES)}.")
+        t0 = time.perf_counter()
+        info = self.volume_info(volumeNode)
+        if info.key != prediction.volume_key:
+            raise SegmentationError("The volume changed since this preview was computed; click again.")
+        _segment_and_label(segmentationNode, segmentId)
+        self._ensure_reference_geometry(segmentationNode, volumeNode)
+        image_to_seg = self._grid_to_segmentation(info, segmentationNode)
+        geometry = prediction.geometry
+        if isinstance(geometry, geo.ObliquePlane):
+            extent, slab, px, py = geometry.voxel_footprint(info.ijk_to_world, info.dims_ijk)
+            current = read_segment_block(segmentationNode, segmentId, image_to_seg, extent)
+            on_plane = prediction.mask[py, px] & slab
+            new = current.copy()
+            if mode == "replace":
+                new[slab] = on_plane[slab]
+            elif mode == "add":
+                new |= on_plane
+            else:
+                new &= ~on_plane
+        else:
+            extent = geometry.extent
+            current = read_segment_block(segmentationNode, segmentId, image_to_seg, extent)
+            mask_block = geometry.to_block(prediction.mask).astype(bool)
+            new = mask_block if mode == "replace" else (current | mask_block if mode == "add" else current & ~mask_block)
+        changed = write_segment_block(segmentationNode, segmentId, new, image_to_seg, extent, current)
+        self._last[(segmentationNode.GetID(), segmentId, prediction.cache_key)] = prediction
+        prediction.timings["write_s"] = time.perf_counter() - t0
+        return changed
+
+    def segment(self, volumeNode, segmentationNode, segmentId, points_ras=None, labels=None, box_ras=None,
+                sliceAxis="axial", mode: str = "replace", sliceIndex=None, sliceToRAS=None, refine: bool = True,
+                mask_logits=None) -> SlicePrediction:
+        """Console API: segment the slice the prompts lie on and write it into ``segmentId``.
+
+        ``points_ras``: [[r, a, s], ...] with ``labels`` (1 inside, 0 outside); ``box_ras``: two opposite
+        corners; ``sliceAxis``: "axial"/"coronal"/"sagittal" (the volume axis closest to it), or "I"/"J"/"K";
+        ``mode``: "replace" the segment on this slice, "add" to it, or "remove" from it.
+        Returns the prediction (mask, score, timings); raises a ``SonoSAMError`` with a clear message.
+        """
+        if mode not in MODES:
+            raise SegmentationError(f"Unknown mode {mode!r}; use one of {', '.join(MODES)}.")
+        _segment_and_label(segmentationNode, segmentId)
+        t0 = time.perf_counter()
+        prediction = self.predict(volumeNode, points_ras, labels, box_ras, sliceAxis, sliceIndex, sliceToRAS,
+                                  mask_logits, segmentationNode, segmentId, refine and mode == "replace")
+        self.apply(prediction, volumeNode, segmentationNode, segmentId, mode)
+        prediction.timings["total_s"] = time.perf_counter() - t0
+        self.last_timings = dict(prediction.timings)
+        return prediction
+
+    # -- background encoding -------------------------------------------------------------------------
+    def prefetch(self, volumeNode, geometries, on_progress=None):
+        """Encode the given slices in the core's background thread (nearest first as given); returns the
+        job (``done``, ``done_count``, ``cancel()``) for the caller to poll -- the effect uses a QTimer."""
+        info = self.volume_info(volumeNode)
+        predictor = self.predictor
+        if not hasattr(predictor, "prefetch"):
+            return None
+        items = [(g.key(info.key), (lambda g=g: self.slice_image(info, g))) for g in geometries]
+        return predictor.prefetch(items, window=info.window, on_progress=on_progress)
+
+    def is_cached(self, volumeNode, geometry) -> bool:
+        info = self.volume_info(volumeNode)
+        check = getattr(self.predictor, "is_cached", None)
+        return bool(check and check(geometry.key(info.key), info.window))
+
+    def neighbour_geometries(self, volumeNode, geometry, radius: int = 2):
+        """This slice and its neighbours along the same axis, nearest first (to encode ahead of the user)."""
+        if isinstance(geometry, geo.ObliquePlane):
+            return [geometry]
+        out = [geometry]
+        for d in range(1, radius + 1):
+            for idx in (geometry.index + d, geometry.index - d):
+                if 0 <= idx < geometry.dims_ijk[geometry.axis]:
+                    out.append(geo.SliceGeometry(geometry.axis, idx, geometry.dims_ijk, geometry.x_axis,
+                                                 geometry.y_axis, geometry.x_flip, geometry.y_flip))
+        return out

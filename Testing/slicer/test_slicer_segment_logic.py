@@ -1,0 +1,506 @@
+"""SonoSAMSegment logic against the real MRML scene (slicer-core, headless).
+
+Geometry is tested with small deterministic predictors defined here (the network plays no part in
+where a click lands); one test runs the real default model (litemedsam) end to end on the real MRI.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="slicer-core is not installed")
+ndimage = pytest.importorskip("scipy.ndimage")
+
+from mrml_scene import (add_volume_from_array, make_scene, read_segmentation, read_volume_file,  # noqa: E402
+                        write_segmentation)
+from SonoSAMSegmentLib import geometry as geo  # noqa: E402
+from SonoSAMSegmentLib.logic import (NoVolumeError, SegmentationError, SonoSAMSegmentLogic,  # noqa: E402
+                                     read_segment_block)
+
+from sonosam.errors import InputImageError, PromptError, SonoSAMError  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------------
+# Deterministic stand-ins for the model (dependency injection)
+# ---------------------------------------------------------------------------------------------------
+
+class ThresholdPredictor:
+    """Mask = the connected part of (image > threshold) holding the positive clicks (and inside the box);
+    components holding a negative click are dropped. Records every call."""
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+        self.calls = []
+
+    def predict(self, image, points=None, labels=None, box=None, mask_logits=None, multimask=False, key=None,
+                window=None):
+        self.calls.append(SimpleNamespace(image=np.array(image), points=points, labels=labels, box=box,
+                                          mask_logits=mask_logits, key=key, window=window))
+        fg = np.asarray(image) > self.threshold
+        if box is not None:
+            x0, y0, x1, y1 = (int(round(v)) for v in box)
+            inside = np.zeros_like(fg)
+            inside[y0:y1 + 1, x0:x1 + 1] = True
+            fg &= inside
+        if points is not None:
+            comp, _ = ndimage.label(fg)
+            keep = np.zeros_like(fg)
+            for (x, y), lab in zip(np.asarray(points), np.asarray(labels)):
+                c = comp[int(round(y)), int(round(x))]
+                if c and lab == 1:
+                    keep |= comp == c
+            for (x, y), lab in zip(np.asarray(points), np.asarray(labels)):
+                c = comp[int(round(y)), int(round(x))]
+                if c and lab == 0:
+                    keep &= comp != c
+            fg = keep
+        return SimpleNamespace(mask=fg, score=1.0, logits=np.zeros((256, 256), np.float32), notes=[])
+
+
+class PixelPredictor:
+    """Mask = only the pixel under the (first) click: shows exactly where a click landed."""
+
+    def __init__(self):
+        self.calls = []
+
+    def predict(self, image, points=None, labels=None, box=None, **kw):
+        self.calls.append(SimpleNamespace(image=np.array(image), points=points))
+        mask = np.zeros(np.shape(image)[:2], bool)
+        x, y = np.asarray(points)[0]
+        mask[int(round(y)), int(round(x))] = True
+        return SimpleNamespace(mask=mask, score=1.0, logits=None, notes=[])
+
+
+# ---------------------------------------------------------------------------------------------------
+# A synthetic volume: rotated, flipped direction matrix and anisotropic spacing, with a sphere in RAS
+# ---------------------------------------------------------------------------------------------------
+
+DIMS = (40, 34, 28)  # I, J, K
+SPACING = np.array([0.8, 1.3, 2.1])
+CENTER_IJK = np.array([19.3, 16.6, 13.2])
+RADIUS = 9.0
+
+
+def rotation(axis, degrees):
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    a = np.radians(degrees)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k
+
+
+def synthetic_matrix():
+    direction = rotation([1, 2, 3], 25) @ np.diag([-1, -1, 1])  # LPS-like flips, then an oblique rotation
+    m = np.eye(4)
+    m[:3, :3] = direction @ np.diag(SPACING)
+    m[:3, 3] = [12.0, -30.0, 7.0]
+    return m
+
+
+def voxel_ras(m, dims=DIMS):
+    kk, jj, ii = np.meshgrid(*(np.arange(d) for d in dims[::-1]), indexing="ij")
+    ijk = np.stack([ii, jj, kk, np.ones_like(ii)], -1).astype(float)
+    return (ijk @ m.T)[..., :3]
+
+
+@pytest.fixture
+def sphere(mrml):
+    m = synthetic_matrix()
+    center_ras = (m @ np.r_[CENTER_IJK, 1])[:3]
+    inside = np.linalg.norm(voxel_ras(m) - center_ras, axis=-1) <= RADIUS  # (K, J, I)
+    code = np.arange(inside.size, dtype=np.float32).reshape(inside.shape)  # unique per voxel
+    volume = add_volume_from_array(mrml.scene, (inside * 100000.0 + code).astype(np.float32), m, "sphere")
+    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    return SimpleNamespace(m=m, center_ras=center_ras, inside=inside, code=code, volume=volume,
+                           segmentation=segmentation, scene=mrml.scene)
+
+
+def add_segment(segmentation, name):
+    return segmentation.GetSegmentation().AddEmptySegment(name, name)
+
+
+def segment_array(segmentation, segment_id, m, dims=DIMS):
+    """The segment as a (K, J, I) bool array on the volume grid (read through vtkSegmentationCore)."""
+    return read_segment_block(segmentation, segment_id, m, [0, dims[0] - 1, 0, dims[1] - 1, 0, dims[2] - 1])
+
+
+def slice_of(array_kji, axis, index):
+    return np.take(np.moveaxis(array_kji, (0, 1, 2), (2, 1, 0)), index, axis=axis)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Geometry
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_click_lands_on_the_voxel_and_segment_equals_analytic_sphere(sphere, axis):
+    """A RAS click near the sphere centre on each voxel axis: the model sees the right voxel under the
+    click, and the segment written back is exactly the sphere's cross-section on that slice."""
+    predictor = ThresholdPredictor(50000)
+    logic = SonoSAMSegmentLogic(predictor=predictor)
+    sid = add_segment(sphere.segmentation, "sphere")
+    target_ijk = np.round(CENTER_IJK).astype(int) + np.array([1, -1, 1])
+    click_ijk = target_ijk + np.array([0.3, -0.2, 0.1])  # sub-voxel offset: rounds to target
+    click_ras = (sphere.m @ np.r_[click_ijk, 1])[:3]
+
+    prediction = logic.segment(sphere.volume, sphere.segmentation, sid, points_ras=[click_ras], labels=[1],
+                               sliceAxis="IJK"[axis])
+
+    call = predictor.calls[-1]
+    x, y = np.round(call.points[0]).astype(int)
+    i, j, k = target_ijk
+    assert call.image[y, x] == sphere.code[k, j, i] + 100000.0  # the pixel under the click is that voxel
+    assert prediction.geometry.axis == axis and prediction.geometry.index == target_ijk[axis]
+    seg = segment_array(sphere.segmentation, sid, sphere.m)
+    expected = np.zeros_like(sphere.inside)
+    idx = [slice(None)] * 3
+    idx[2 - axis] = target_ijk[axis]
+    expected[tuple(idx)] = sphere.inside[tuple(idx)]
+    assert expected.sum() > 20
+    np.testing.assert_array_equal(seg, expected)
+
+
+@pytest.mark.parametrize("view", ["axial", "coronal", "sagittal"])
+def test_anatomical_view_names_pick_the_closest_voxel_axis_and_box_prompts(sphere, view):
+    predictor = ThresholdPredictor(50000)
+    logic = SonoSAMSegmentLogic(predictor=predictor)
+    sid = add_segment(sphere.segmentation, "s")
+    right, up = geo.view_preset(view)
+    normal = np.cross(right, up)
+    expected_axis = int(np.argmax([abs(geo.slice_normal(sphere.m, a) @ normal) for a in range(3)]))
+    # a box of two RAS corners on the slice through the centre voxel, covering the sphere
+    axis_index = int(np.round(CENTER_IJK[expected_axis]))
+    lo, hi = np.zeros(3), np.array(DIMS, float) - 1
+    lo[expected_axis] = hi[expected_axis] = axis_index
+    corners = [(sphere.m @ np.r_[c, 1])[:3] for c in (lo, hi)]
+    prediction = logic.segment(sphere.volume, sphere.segmentation, sid, box_ras=corners, sliceAxis=view)
+    assert prediction.geometry.axis == expected_axis
+    x0, y0, x1, y1 = predictor.calls[-1].box
+    h, w = predictor.calls[-1].image.shape
+    assert (x0, y0) == pytest.approx((0, 0)) and (x1, y1) == pytest.approx((w - 1, h - 1))
+    seg = segment_array(sphere.segmentation, sid, sphere.m)
+    np.testing.assert_array_equal(slice_of(seg, expected_axis, axis_index),
+                                  slice_of(sphere.inside, expected_axis, axis_index))
+    assert seg.sum() == slice_of(sphere.inside, expected_axis, axis_index).sum()
+
+
+def test_slice_image_is_oriented_like_the_slice_view():
+    """Identity-direction (RAS) volume, axial view: screen right = patient left, screen up = anterior."""
+    m = np.diag([1.0, 1.0, 1.0, 1.0])
+    g = geo.make_slice_geometry(m, (5, 4, 3), 2, 1, *geo.view_preset("axial"))
+    assert (g.x_axis, g.y_axis, g.x_flip, g.y_flip) == (0, 1, True, True)
+    vol = np.arange(60).reshape(3, 4, 5)
+    image = g.extract(vol)
+    assert image.shape == (4, 5)
+    assert image[0, 0] == vol[1, 3, 4]  # top-left = most anterior, most left voxel
+    np.testing.assert_array_equal(g.to_block(image)[0], vol[1])
+    np.testing.assert_allclose(g.xy_to_ijk(g.ijk_to_xy([[2, 1, 1]])), [[2, 1, 1]])
+
+
+def test_oblique_view_is_resampled_and_mapped_back(sphere):
+    """A view tilted 30 degrees off every voxel axis: the plane is resampled, and the voxels written are
+    the ones the plane cuts through inside the sphere (analytic disc)."""
+    predictor = ThresholdPredictor(50000)
+    logic = SonoSAMSegmentLogic(predictor=predictor)
+    sid = add_segment(sphere.segmentation, "oblique")
+    view = np.eye(4)
+    view[:3, :3] = rotation([0.3, 1, 0.2], 30) @ np.array([[-1, 0, 0], [0, 1, 0], [0, 0, 1.0]])
+    view[:3, 3] = sphere.center_ras
+    _, cos = geo.axis_for_normal(sphere.m, view[:3, 2])
+    assert cos < geo.ALIGNED_COS
+    prediction = logic.segment(sphere.volume, sphere.segmentation, sid, points_ras=[sphere.center_ras], labels=[1],
+                               sliceToRAS=view)
+    assert isinstance(prediction.geometry, geo.ObliquePlane)
+    seg = segment_array(sphere.segmentation, sid, sphere.m)
+    ras = voxel_ras(sphere.m)
+    normal = view[:3, 2] / np.linalg.norm(view[:3, 2])
+    half = 0.5 * np.abs(sphere.m[:3, :3].T @ normal).max()
+    dist = (ras - sphere.center_ras) @ normal
+    analytic = (dist >= -half) & (dist < half) & sphere.inside
+    dice = 2 * (seg & analytic).sum() / (seg.sum() + analytic.sum())
+    assert dice > 0.93, dice
+    assert not (seg & ~((dist >= -half) & (dist < half))).any()  # nothing off the plane
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing: round trip, other segments, modes
+# ---------------------------------------------------------------------------------------------------
+
+def test_segment_saved_as_seg_nrrd_reads_back_equal_and_other_segments_untouched(sphere, tmp_path):
+    logic = SonoSAMSegmentLogic(predictor=ThresholdPredictor(50000))
+    other = add_segment(sphere.segmentation, "other")
+    target = add_segment(sphere.segmentation, "target")
+    other_block = np.zeros_like(sphere.inside)
+    other_block[10:16, 12:20, 15:25] = True  # overlaps the sphere on the slice we segment
+    from SonoSAMSegmentLib.logic import write_segment_block
+
+    full = [0, DIMS[0] - 1, 0, DIMS[1] - 1, 0, DIMS[2] - 1]
+    write_segment_block(sphere.segmentation, other, other_block, sphere.m, full)
+    k = int(np.round(CENTER_IJK[2]))
+    click = (sphere.m @ np.r_[CENTER_IJK[0], CENTER_IJK[1], k, 1])[:3]
+    prediction = logic.segment(sphere.volume, sphere.segmentation, target, points_ras=[click], labels=[1],
+                               sliceAxis="K")
+    expected = prediction.geometry.to_block(prediction.mask)
+    assert expected.sum() > 50
+    np.testing.assert_array_equal(segment_array(sphere.segmentation, other, sphere.m), other_block)
+
+    path = tmp_path / "result.seg.nrrd"
+    write_segmentation(sphere.segmentation, path)
+    fresh = make_scene()
+    try:
+        loaded = read_segmentation(fresh.scene, path)
+        segs = loaded.GetSegmentation()
+        assert segs.GetNumberOfSegments() == 2
+        t_id = segs.GetSegmentIdBySegmentName("target")
+        o_id = segs.GetSegmentIdBySegmentName("other")
+        target_back = segment_array(loaded, t_id, sphere.m)
+        np.testing.assert_array_equal(target_back[k], expected[0])
+        assert target_back.sum() == expected.sum()
+        np.testing.assert_array_equal(segment_array(loaded, o_id, sphere.m), other_block)
+    finally:
+        fresh.close()
+
+
+def _fill_slices(logic, sphere, sid, ks):
+    for k in ks:
+        click = (sphere.m @ np.r_[CENTER_IJK[0], CENTER_IJK[1], k, 1])[:3]
+        logic.segment(sphere.volume, sphere.segmentation, sid, points_ras=[click], labels=[1], sliceAxis="K")
+
+
+def test_refine_changes_only_the_target_slice_and_passes_the_segment_as_mask_prompt(sphere):
+    predictor = ThresholdPredictor(50000)
+    logic = SonoSAMSegmentLogic(predictor=predictor)
+    sid = add_segment(sphere.segmentation, "s")
+    k = int(np.round(CENTER_IJK[2]))
+    _fill_slices(logic, sphere, sid, [k - 1, k, k + 1])
+    before = segment_array(sphere.segmentation, sid, sphere.m)
+    assert all(before[kk].any() for kk in (k - 1, k, k + 1))
+
+    # refine slice k with a smaller box: only the part of the sphere inside it remains
+    c = np.round(CENTER_IJK).astype(int)
+    corners = [(sphere.m @ np.r_[c[0] - 3, c[1] - 2, k, 1])[:3], (sphere.m @ np.r_[c[0] + 4, c[1] + 5, k, 1])[:3]]
+    logic.segment(sphere.volume, sphere.segmentation, sid, box_ras=corners, sliceAxis="K", mode="replace")
+    call = predictor.calls[-1]
+    assert call.mask_logits is not None and call.mask_logits.shape == (256, 256)
+    # the model's own logits were reused: the segment still held its last answer on this slice
+    assert np.array_equal(call.mask_logits, np.zeros((256, 256), np.float32))
+    after = segment_array(sphere.segmentation, sid, sphere.m)
+    for kk in range(DIMS[2]):
+        if kk != k:
+            np.testing.assert_array_equal(after[kk], before[kk])
+    box = np.zeros_like(after[k])
+    box[c[1] - 2:c[1] + 6, c[0] - 3:c[0] + 5] = True
+    np.testing.assert_array_equal(after[k], sphere.inside[k] & box)
+
+    # an edited segment (not the model's last answer) goes in as a binary mask prompt
+    from SonoSAMSegmentLib.logic import write_segment_block
+
+    edited = after.copy()
+    edited[k, c[1], c[0] + 6] = True
+    write_segment_block(sphere.segmentation, sid, edited[k:k + 1], sphere.m, [0, DIMS[0] - 1, 0, DIMS[1] - 1, k, k])
+    logic.segment(sphere.volume, sphere.segmentation, sid, box_ras=corners, sliceAxis="K")
+    logits = predictor.calls[-1].mask_logits
+    assert logits is not None and logits.max() > 0 and logits.min() < 0
+
+
+@pytest.mark.parametrize("mode", ["remove", "add"])
+def test_remove_and_add_never_touch_other_slices(sphere, mode):
+    logic = SonoSAMSegmentLogic(predictor=ThresholdPredictor(50000))
+    sid = add_segment(sphere.segmentation, "s")
+    k = int(np.round(CENTER_IJK[2]))
+    _fill_slices(logic, sphere, sid, [k - 2, k - 1, k, k + 1])
+    before = segment_array(sphere.segmentation, sid, sphere.m)
+    c = np.round(CENTER_IJK).astype(int)
+    corners = [(sphere.m @ np.r_[c[0] - 2, c[1] - 2, k, 1])[:3], (sphere.m @ np.r_[c[0] + 2, c[1] + 9, k, 1])[:3]]
+    if mode == "add":  # first remove a part so there is something to add back
+        logic.segment(sphere.volume, sphere.segmentation, sid, box_ras=corners, sliceAxis="K", mode="remove")
+        before = segment_array(sphere.segmentation, sid, sphere.m)
+    prediction = logic.segment(sphere.volume, sphere.segmentation, sid, box_ras=corners, sliceAxis="K", mode=mode)
+    after = segment_array(sphere.segmentation, sid, sphere.m)
+    for kk in range(DIMS[2]):
+        if kk != k:
+            np.testing.assert_array_equal(after[kk], before[kk])
+    mask = prediction.geometry.to_block(prediction.mask)[0]
+    assert mask.any()
+    expected = before[k] & ~mask if mode == "remove" else before[k] | mask
+    np.testing.assert_array_equal(after[k], expected)
+    assert after[k].sum() != before[k].sum()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The real MRI (Colin27): geometry checked against SimpleITK's independent reading of the file
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def colin(mrml):
+    data = pytest.importorskip("sonosam.data")
+    try:
+        t1, aal = data.mri_colin27_paths()
+    except SonoSAMError as error:
+        pytest.skip(str(error))
+    import SimpleITK as sitk
+
+    volume = read_volume_file(mrml.scene, t1, "ch2")
+    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    return SimpleNamespace(scene=mrml.scene, volume=volume, segmentation=segmentation, t1=t1, aal=aal,
+                           itk=sitk.ReadImage(str(t1)), itk_aal=sitk.ReadImage(str(aal)))
+
+
+def itk_ras(image, ijk):
+    lps = image.TransformContinuousIndexToPhysicalPoint([float(v) for v in ijk])
+    return np.array([-lps[0], -lps[1], lps[2]])
+
+
+@pytest.mark.parametrize("view", ["axial", "coronal", "sagittal"])
+def test_real_mri_click_lands_on_the_voxel_itk_says(colin, view):
+    import SimpleITK as sitk
+
+    predictor = PixelPredictor()
+    logic = SonoSAMSegmentLogic(predictor=predictor)
+    sid = add_segment(colin.segmentation, "p")
+    ijk = np.array([97, 121, 64])  # an off-centre voxel inside the head
+    prediction = logic.segment(colin.volume, colin.segmentation, sid, points_ras=[itk_ras(colin.itk, ijk)],
+                               labels=[1], sliceAxis=view)
+    itk_array = sitk.GetArrayFromImage(colin.itk)
+    x, y = np.round(predictor.calls[-1].points[0]).astype(int)
+    assert predictor.calls[-1].image[y, x] == itk_array[ijk[2], ijk[1], ijk[0]]
+    m = logic.volume_info(colin.volume).ijk_to_world
+    seg = segment_array(colin.segmentation, sid, m, colin.volume.GetImageData().GetDimensions())
+    assert seg.sum() == 1 and seg[ijk[2], ijk[1], ijk[0]]
+    assert prediction.geometry.index == ijk[prediction.geometry.axis]
+
+
+@pytest.mark.parametrize("axis", ["I", "J", "K"])
+def test_real_label_map_region_segmented_on_each_axis_equals_itk_slice(colin, axis):
+    """The AAL atlas loaded as the volume; the threshold predictor on (label == clicked label) must give
+    back exactly SimpleITK's voxels of that region on that slice."""
+    import SimpleITK as sitk
+
+    aal_volume = read_volume_file(colin.scene, colin.aal, "aal")
+    labels = sitk.GetArrayFromImage(colin.itk_aal)
+    region = 71  # a deep grey-matter region (caudate, left in AAL's numbering)
+    k, j, i = np.argwhere(labels == region)[len(np.argwhere(labels == region)) // 2]
+    a = "IJK".index(axis)
+    index = (i, j, k)[a]
+    region_slice = slice_of(labels == region, a, index)  # indexed by the two remaining IJK axes, in order
+
+    class LabelPredictor(ThresholdPredictor):
+        def predict(self, image, points=None, labels=None, box=None, **kw):
+            x, y = np.round(points[0]).astype(int)
+            value = image[y, x]
+            return super().predict((image == value).astype(np.float32), points, labels, box, **kw)
+
+    logic = SonoSAMSegmentLogic(predictor=LabelPredictor(0.5))
+    sid = add_segment(colin.segmentation, "region")
+    logic.segment(aal_volume, colin.segmentation, sid, points_ras=[itk_ras(colin.itk_aal, (i, j, k))], labels=[1],
+                  sliceAxis=axis)
+    m = logic.volume_info(aal_volume).ijk_to_world
+    seg = segment_array(colin.segmentation, sid, m, aal_volume.GetImageData().GetDimensions())
+    got = slice_of(seg, a, index)
+    # every voxel written is the region on this slice, connected to the clicked voxel
+    lab2d, _ = ndimage.label(region_slice)
+    pos = [(i, j, k)[b] for b in range(3) if b != a]
+    clicked = lab2d[pos[0], pos[1]]
+    np.testing.assert_array_equal(got, lab2d == clicked)
+    assert seg.sum() == got.sum() > 5
+
+
+# ---------------------------------------------------------------------------------------------------
+# Errors reach the caller as SonoSAMError subclasses with clear text
+# ---------------------------------------------------------------------------------------------------
+
+def test_errors_are_sonosam_errors_with_clear_messages(sphere, mrml):
+    logic = SonoSAMSegmentLogic(predictor=ThresholdPredictor(50000))
+    sid = add_segment(sphere.segmentation, "s")
+    inside = [sphere.center_ras]
+
+    with pytest.raises(NoVolumeError, match="No volume selected"):
+        logic.segment(None, sphere.segmentation, sid, points_ras=inside, labels=[1])
+    assert issubclass(NoVolumeError, InputImageError) and issubclass(NoVolumeError, SonoSAMError)
+
+    far = sphere.center_ras + np.array([500.0, 0, 0])
+    with pytest.raises(PromptError, match="outside the volume"):
+        logic.segment(sphere.volume, sphere.segmentation, sid, points_ras=[far], labels=[1])
+
+    with pytest.raises(SegmentationError, match="not in 'seg'"):
+        logic.segment(sphere.volume, sphere.segmentation, "nope", points_ras=inside, labels=[1])
+    with pytest.raises(SegmentationError, match="Unknown mode"):
+        logic.segment(sphere.volume, sphere.segmentation, sid, points_ras=inside, labels=[1], mode="paint")
+    with pytest.raises(PromptError, match="one label per"):
+        logic.segment(sphere.volume, sphere.segmentation, sid, points_ras=inside, labels=[1, 0])
+
+    # a 4D (multi-component) volume
+    import vtk
+
+    multi = mrml.scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "multi")
+    image = vtk.vtkImageData()
+    image.SetDimensions(8, 8, 8)
+    image.AllocateScalars(vtk.VTK_FLOAT, 5)
+    multi.SetAndObserveImageData(image)
+    with pytest.raises(InputImageError, match="4D"):
+        logic.segment(multi, sphere.segmentation, sid, points_ras=[[0, 0, 0]], labels=[1])
+
+    # model weights missing: the core's error, unchanged
+    from sonosam.errors import CheckpointError
+
+    missing = SonoSAMSegmentLogic(model="medsam_vit_b")
+    with pytest.raises(CheckpointError, match="No weights"):
+        missing.segment(sphere.volume, sphere.segmentation, sid, points_ras=inside, labels=[1])
+    with pytest.raises(SonoSAMError, match="Unknown model"):
+        SonoSAMSegmentLogic(model="no_such_model").predictor  # noqa: B018
+
+
+# ---------------------------------------------------------------------------------------------------
+# The real default model, end to end
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_logic():
+    pytest.importorskip("torch")
+    logic = SonoSAMSegmentLogic("litemedsam", device="cpu")
+    logic.predictor  # noqa: B018  (load once for the module)
+    return logic
+
+
+def test_real_default_model_box_on_real_mri_end_to_end(colin, real_logic):
+    """litemedsam, a box around the head on an axial slice of the real MRI, through MRML: the segment
+    equals what the core gives for the same slice read independently by SimpleITK (shown as Slicer's axial
+    view shows it: patient left on the right, anterior up), voxel for voxel, and it lies in the head."""
+    import SimpleITK as sitk
+
+    array = sitk.GetArrayFromImage(colin.itk)
+    # RAS-aligned (ITK's LPS direction diag(-1, -1, 1)): Slicer's axial view shows both in-plane axes reversed
+    assert np.allclose(colin.itk.GetDirection(), np.diag([-1.0, -1.0, 1.0]).ravel())
+    k = 90
+    head = ndimage.binary_fill_holes(array[k] > 20)
+    rows, cols = np.nonzero(head)
+    lo_ijk = (cols.min() - 2, rows.min() - 2, k)
+    hi_ijk = (cols.max() + 2, rows.max() + 2, k)
+    corners = [itk_ras(colin.itk, lo_ijk), itk_ras(colin.itk, hi_ijk)]
+    sid = add_segment(colin.segmentation, "head")
+    prediction = real_logic.segment(colin.volume, colin.segmentation, sid, box_ras=corners, sliceAxis="axial")
+    m = real_logic.volume_info(colin.volume).ijk_to_world
+    dims = colin.volume.GetImageData().GetDimensions()
+    seg = segment_array(colin.segmentation, sid, m, dims)
+    assert seg[k].sum() == seg.sum() == prediction.mask.sum() > 1000
+
+    view = np.ascontiguousarray(array[k][::-1, ::-1])
+    h, w = view.shape
+    box = (w - 1 - hi_ijk[0], h - 1 - hi_ijk[1], w - 1 - lo_ijk[0], h - 1 - lo_ijk[1])
+    direct = real_logic.predictor.predict(view, box=box, window=real_logic.volume_info(colin.volume).window)
+    np.testing.assert_array_equal(seg[k], direct.mask[::-1, ::-1])
+    assert (seg[k] & head).sum() > 0.95 * seg[k].sum()
+
+    # clicks alone on this box-only model: the core's clear error, nothing written
+    before = segment_array(colin.segmentation, sid, m, colin.volume.GetImageData().GetDimensions())
+    from sonosam.errors import UnsupportedPromptError
+
+    with pytest.raises(UnsupportedPromptError, match="boxes only"):
+        real_logic.segment(colin.volume, colin.segmentation, sid, points_ras=[corners[0] * 0.5 + corners[1] * 0.5],
+                           labels=[1], sliceAxis="axial")
+    np.testing.assert_array_equal(segment_array(colin.segmentation, sid, m, colin.volume.GetImageData().GetDimensions()),
+                                  before)
