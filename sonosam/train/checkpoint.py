@@ -1,0 +1,75 @@
+"""Training outputs: an ordinary PyTorch state dict (``OUT.pth``) plus ``OUT.json``, the metadata the
+model registry reads (``sonosam.models.register_checkpoint``):
+
+* ``weights: "full"`` -- the whole ``Sam`` state dict; it also loads with
+  ``load_model(base, checkpoint=OUT.pth)`` and any plain ``load_state_dict``;
+* ``weights: "decoder"`` -- only ``prompt_encoder.*`` and ``mask_decoder.*`` (a few MB, fp16 allowed),
+  loaded over the base model's own weights, whose sha256 is recorded and checked.
+
+The JSON also records the base architecture, preprocessing (input size, intensity normalisation),
+prompt kinds, the training data summary and configuration, and the sha256 of ``OUT.pth``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..models import weights as weights_module
+
+__all__ = ["save_checkpoint", "read_metadata", "FORMAT"]
+
+FORMAT = "sonosam-checkpoint"
+DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.")
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".part")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(model, path, *, name: str | None = None, kind: str = "decoder", weights: str = "full",
+                    dtype: str = "float32", training: dict | None = None, architecture: dict | None = None,
+                    base_model: str | None = None, description: str | None = None) -> tuple[Path, Path]:
+    """Write ``path`` (state dict) and ``path`` with ``.json`` (metadata); returns both paths."""
+    if weights not in ("full", "decoder"):
+        raise ValueError("weights must be 'full' or 'decoder'")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu") for k, v in model.sam.state_dict().items()
+             if weights == "full" or k.startswith(DECODER_PREFIXES)}
+    if dtype != "float32":
+        state = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in state.items()}
+    _atomic_save(state, path)
+    base_model = base_model or getattr(model.spec, "base_model", None) or model.spec.name
+    meta = {
+        "format": FORMAT, "version": 1,
+        "name": name or path.stem,
+        "description": description or f"{kind} training of {base_model} ({path.name})",
+        "base_model": base_model,
+        "architecture": architecture or {"type": base_model},
+        "weights": weights, "dtype": dtype, "file": path.name,
+        "image_size": model.spec.image_size, "normalization": model.spec.normalization,
+        "prompt_kinds": sorted(model.spec.prompt_kinds), "multimask": bool(model.spec.multimask),
+        "training": {"kind": kind, **(training or {})},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "sha256": weights_module.file_digest(path, "sha256"),
+    }
+    if weights == "decoder" and model.checkpoint is not None and Path(model.checkpoint).is_file():
+        meta["base_weights_sha256"] = weights_module.file_digest(model.checkpoint, "sha256")
+    meta_path = path.with_suffix(".json")
+    tmp = meta_path.with_name(meta_path.name + ".part")
+    tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    os.replace(tmp, meta_path)
+    return path, meta_path
+
+
+def read_metadata(path) -> dict:
+    path = Path(path)
+    meta_path = path if path.suffix == ".json" else path.with_suffix(".json")
+    return json.loads(meta_path.read_text())

@@ -1,0 +1,334 @@
+"""Decoder fine-tuning (SonoSAM): frozen image encoder, embeddings cached on disk, prompt encoder +
+mask decoder trained with DiceFocal loss and the iterative prompt simulation (``prompts``).
+
+    from sonosam.train import TrainConfig, train_decoder
+    result = train_decoder(load_model("litemedsam"), train_samples, val_samples, TrainConfig(epochs=50),
+                           output="runs/my_decoder.pth")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..evaluate.datasets import Sample
+from ..models import SamModel
+from .cache import EmbeddingStore, input_size_for
+from .engine import Dist, PromptDecoder, autocast, iterate_prompts, low_res_target, setup_distributed
+from .losses import dice_focal_loss, soft_dice
+from .prompts import PromptSampler
+
+__all__ = ["TrainConfig", "TrainResult", "train_decoder", "clickable", "trainable_parameters", "LiveEncoder"]
+
+CLICK_KINDS = frozenset({"point", "box", "mask"})
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 1e-4
+    lr_step: int = 25                 # epochs between learning-rate drops
+    lr_gamma: float = 0.5             # the drop
+    weight_decay: float = 0.0
+    max_corrections: int = 4          # corrective-click iterations after the first prompt: 0..this, per batch
+    point_jitter: float = 0.2         # first click: up to 20 % of the structure's size from the centroid
+    box_jitter: float = 0.2           # first box: each side moved by up to 20 % of the box size
+    iou_weight: float = 1.0           # MSE of the IoU head against the real IoU
+    samples_per_epoch: int | None = None   # cap (random subset each epoch) for frequent validation
+    val_samples: int | None = 64      # validation subset (evenly spaced, fixed) for the best-checkpoint choice
+    val_clicks: int = 3
+    seed: int = 0
+    amp: bool = True                  # mixed precision on CUDA
+    max_steps: int | None = None      # stop after this many optimizer steps (tests, smoke runs)
+    cache_dir: str | None = None      # embeddings on disk; None: a temporary folder... see train_decoder
+    use_cache: bool = True            # False: run the encoder on every step (for the benchmark)
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    losses: list[float] = field(default_factory=list)       # per optimizer step
+    dice: list[float] = field(default_factory=list)         # per step: hard Dice of the last iteration (low res)
+    epochs: list[dict] = field(default_factory=list)        # per epoch: loss, dice, val metrics, seconds, lr
+    best: dict | None = None
+    checkpoint: Path | None = None
+    metadata: Path | None = None
+    steps: int = 0
+    seconds: float = 0.0
+
+    def epoch_loss(self, index: int) -> float:
+        return self.epochs[index]["loss"]
+
+
+def clickable(model: SamModel) -> SamModel:
+    """The same network declared as taking points, boxes and masks (what a click-trained decoder is),
+    single-mask output. Shares the weights with ``model``."""
+    spec = dataclasses.replace(model.spec, prompt_kinds=CLICK_KINDS, multimask=False)
+    view = SamModel(spec, model.sam, model.checkpoint)
+    view.model_id = model.model_id
+    return view
+
+
+def trainable_parameters(sam) -> list[torch.nn.Parameter]:
+    """Freeze the image encoder; the prompt encoder and mask decoder are trained."""
+    for p in sam.image_encoder.parameters():
+        p.requires_grad_(False)
+    params = []
+    for module in (sam.prompt_encoder, sam.mask_decoder):
+        for p in module.parameters():
+            p.requires_grad_(True)
+            params.append(p)
+    return params
+
+
+class LiveEncoder:
+    """The no-cache path (benchmark): runs the frozen encoder every time an embedding is asked for."""
+
+    def __init__(self, model):
+        self.model = model
+        self.encoder_calls = 0
+
+    def get(self, image, window=None, key=None):
+        from .cache import CachedEmbedding
+
+        embedding = self.model.encode(image, window)
+        self.encoder_calls += 1
+        return CachedEmbedding(embedding.features[0].float().cpu(), tuple(np.asarray(image).shape[:2]),
+                               input_size_for(tuple(np.asarray(image).shape[:2]), self.model.spec.image_size))
+
+    def precompute(self, images, window=None, progress=True):
+        return 0
+
+
+class _Item:
+    __slots__ = ("sample", "key", "target", "sizes")
+
+    def __init__(self, sample: Sample, key: str, target: torch.Tensor, sizes):
+        self.sample, self.key, self.target, self.sizes = sample, key, target, sizes
+
+
+def _items(samples: Sequence[Sample], store, image_size: int) -> list[_Item]:
+    items, keys = [], {}
+    for s in samples:
+        ident = id(s.image)
+        if ident not in keys:
+            keys[ident] = store.key(s.image) if hasattr(store, "key") else None
+        shape = tuple(np.asarray(s.image).shape[:2])
+        input_size = input_size_for(shape, image_size)
+        items.append(_Item(s, keys[ident], low_res_target(s.mask, input_size, image_size), (shape, input_size)))
+    return items
+
+
+def _progress(total, desc, enabled):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", file=sys.stderr, leave=False)
+
+
+def run_epoch(net, sam_model: SamModel, items: list[_Item], store, optimizer, config: TrainConfig,
+              rng: np.random.Generator, device, scaler, dist: Dist, result: TrainResult, desc: str = "train") -> dict:
+    """One pass over ``items`` (this rank's share) with the iterative prompt simulation."""
+    sampler = PromptSampler(rng, config.point_jitter, config.box_jitter)
+    order = rng.permutation(len(items))
+    if config.samples_per_epoch:
+        order = order[:config.samples_per_epoch]
+    order = order[dist.rank::dist.world]
+    image_size = sam_model.spec.image_size
+    bar = _progress(len(order), desc, config.progress and dist.main)
+    losses, dices, began = [], [], time.perf_counter()
+    for start in range(0, len(order), config.batch_size):
+        if config.max_steps is not None and result.steps >= config.max_steps:
+            break
+        batch = [items[i] for i in order[start:start + config.batch_size]]
+        features = torch.stack([store.get(it.sample.image, key=it.key).features for it in batch]).to(device)
+        targets = torch.stack([it.target for it in batch]).to(device)
+        n_iterations = 1 + int(rng.integers(0, config.max_corrections + 1))
+        batch_loss, last_dice = [0.0], [None]
+        optimizer.zero_grad(set_to_none=True)
+
+        def forward(indices, tensors, mask_in):
+            with autocast(device, config.amp):
+                return net(features[indices], tensors.points, tensors.boxes, mask_in)
+
+        def on_output(iteration, indices, logits, iou):
+            target = targets[indices]
+            loss = dice_focal_loss(logits, target)
+            hard = (logits.detach() > 0).float()
+            inter = (hard * target).flatten(1).sum(1)
+            union = (hard + target).clamp(max=1).flatten(1).sum(1)
+            real_iou = inter / union.clamp(min=1)
+            loss = loss + config.iou_weight * (iou.float()[:, 0] - real_iou) ** 2
+            total = loss.sum() / (len(batch) * n_iterations)
+            sync = getattr(net, "no_sync", None)
+            last = iteration == n_iterations - 1 and indices[-1] == len(batch) - 1
+            context = sync() if (sync is not None and not last) else _null()
+            with context:
+                (scaler.scale(total) if scaler is not None else total).backward()
+            batch_loss[0] += float(total.detach())
+            if iteration == n_iterations - 1:
+                d = soft_dice((logits.detach() > 0).float() * 40 - 20, target)  # hard Dice
+                last_dice[0] = (last_dice[0] or []) + d.tolist()
+
+        iterate_prompts(forward, [it.sample.mask for it in batch], [it.sizes for it in batch], sampler,
+                        sam_model.transform, image_size, n_iterations, device, on_output)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        result.steps += 1
+        result.losses.append(batch_loss[0])
+        result.dice.append(float(np.mean(last_dice[0])))
+        losses.append(batch_loss[0])
+        dices.append(result.dice[-1])
+        if bar is not None:
+            bar.update(len(batch))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", dice=f"{np.mean(dices[-20:]):.3f}")
+    if bar is not None:
+        bar.close()
+    return {"loss": float(np.mean(losses)) if losses else math.nan,
+            "dice": float(np.mean(dices)) if dices else math.nan,
+            "seconds": time.perf_counter() - began, "steps": len(losses)}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _validation_subset(samples: Sequence[Sample], n: int | None) -> list[Sample]:
+    if n is None or len(samples) <= n:
+        return list(samples)
+    picks = np.unique(np.round(np.linspace(0, len(samples) - 1, n)).astype(int))
+    return [samples[i] for i in picks]
+
+
+def validation_score(metrics: dict) -> float:
+    """What 'best' means: mean Dice over the 1st click, the last validation click and the box."""
+    values = [metrics[k] for k in ("dice@1", f"dice@{metrics['clicks']}", "box") if not math.isnan(metrics.get(k, math.nan))]
+    return float(np.mean(values)) if values else math.nan
+
+
+def train_decoder(model: SamModel, train: Sequence[Sample], val: Sequence[Sample], config: TrainConfig | None = None,
+                  output: str | Path | None = None, *, resume: bool = False, name: str | None = None,
+                  data_summary: dict | None = None, save_weights: str = "full", log=print) -> TrainResult:
+    """Fine-tune ``model``'s prompt encoder and mask decoder in place (module doc). Writes, on rank 0,
+    ``output`` (best validation checkpoint) + its ``.json`` metadata, and ``output``.resume (for
+    ``resume=True``) after every epoch. Returns the per-step and per-epoch record."""
+    from .checkpoint import save_checkpoint
+    from .validate import evaluate_cached
+
+    config = config or TrainConfig()
+    device = model.device
+    dist = setup_distributed(device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        model.sam.to(device)
+    torch.manual_seed(config.seed)
+    sam = model.sam
+    params = trainable_parameters(sam)
+    view = clickable(model)
+    if config.cache_dir is None:
+        import tempfile
+
+        config.cache_dir = tempfile.mkdtemp(prefix="sonosam-embeddings-")
+    store = EmbeddingStore(config.cache_dir, model) if config.use_cache else LiveEncoder(model)
+    if dist.main and config.use_cache:
+        store.precompute([s.image for s in list(train) + list(val)], progress=config.progress)
+    if dist.enabled:
+        torch.distributed.barrier()
+    items = _items(train, store, model.spec.image_size)
+    val_subset = _validation_subset(val, config.val_samples)
+
+    net: torch.nn.Module = PromptDecoder(sam.prompt_encoder, sam.mask_decoder)
+    if dist.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
+    scaler = torch.amp.GradScaler("cuda") if (config.amp and device.type == "cuda") else None
+    result = TrainResult()
+    first_epoch, best_score = 0, -math.inf
+    output = Path(output) if output else None
+    resume_path = output.with_name(output.name + ".resume") if output else None
+    if resume and resume_path is not None and resume_path.is_file():
+        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        sam.prompt_encoder.load_state_dict(state["prompt_encoder"])
+        sam.mask_decoder.load_state_dict(state["mask_decoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        first_epoch, best_score = int(state["epoch"]) + 1, float(state["best_score"])
+        result.epochs = json.loads(state["history"]) if "history" in state else []
+        result.steps = int(state.get("steps", 0))
+        if log and dist.main:
+            log(f"resumed from {resume_path} at epoch {first_epoch + 1} (best validation score {best_score:.4f})")
+    if log and dist.main:
+        n_train = sum(p.numel() for p in params)
+        log(f"training {n_train:,} prompt-encoder/decoder parameters on {len(train)} samples "
+            f"({len({s.key for s in train})} images), validating on {len(val_subset)}; device {device}"
+            + (f", {dist.world} processes" if dist.enabled else ""))
+    began = time.perf_counter()
+    for epoch in range(first_epoch, config.epochs):
+        if config.max_steps is not None and result.steps >= config.max_steps:
+            break
+        rng = np.random.default_rng([config.seed, epoch])
+        sam.train()
+        sam.image_encoder.eval()
+        stats = run_epoch(net, view, items, store, optimizer, config, rng, device, scaler, dist, result,
+                          desc=f"epoch {epoch + 1}/{config.epochs}")
+        scheduler.step()
+        sam.eval()
+        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **stats}
+        if dist.main and val_subset:
+            metrics = evaluate_cached(view, store, val_subset, n_clicks=config.val_clicks, progress=False)
+            record["val"] = metrics
+            score = validation_score(metrics)
+            record["val_score"] = score
+            if score > best_score:
+                best_score = score
+                result.best = record
+                if output is not None:
+                    summary = dict(data_summary or {})
+                    summary.setdefault("train_samples", len(train))
+                    summary.setdefault("val_samples", len(val))
+                    result.checkpoint, result.metadata = save_checkpoint(
+                        view, output, name=name, kind="decoder", weights=save_weights,
+                        training={"config": config.to_dict(), "data": summary, "best_epoch": epoch + 1,
+                                  "validation": metrics})
+        result.epochs.append(record)
+        if log and dist.main:
+            val_text = ""
+            if "val" in record:
+                v = record["val"]
+                last = v["dice@%d" % v["clicks"]]
+                val_text = (f"; val Dice click1 {v['dice@1']:.3f} click{v['clicks']} {last:.3f} "
+                            f"box {v['box']:.3f}" + (" *best*" if result.best is record else ""))
+            log(f"epoch {epoch + 1}: loss {stats['loss']:.4f}, train Dice {stats['dice']:.3f}, "
+                f"{stats['seconds']:.1f} s{val_text}")
+        if dist.main and resume_path is not None:
+            state = {"prompt_encoder": sam.prompt_encoder.state_dict(), "mask_decoder": sam.mask_decoder.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                     "best_score": best_score, "steps": result.steps, "history": json.dumps(result.epochs)}
+            tmp = resume_path.with_name(resume_path.name + ".part")
+            torch.save(state, tmp)
+            tmp.replace(resume_path)
+    result.seconds = time.perf_counter() - began
+    return result

@@ -1,0 +1,45 @@
+"""Losses on low-resolution mask logits (B, 1, 256, 256)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["dice_loss", "focal_loss", "dice_focal_loss", "bernoulli_kl", "soft_dice"]
+
+
+def soft_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Per-sample soft Dice of sigmoid(logits) against a {0,1} (or soft) target; shape (B,)."""
+    prob = torch.sigmoid(logits.float()).flatten(1)
+    target = target.float().flatten(1)
+    inter = (prob * target).sum(1)
+    return (2 * inter + eps) / (prob.sum(1) + target.sum(1) + eps)
+
+
+def dice_loss(logits, target):
+    return 1 - soft_dice(logits, target)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float = 0.25) -> torch.Tensor:
+    """Sigmoid focal loss (RetinaNet / SAM), mean over pixels; shape (B,)."""
+    logits, target = logits.float(), target.float()
+    prob = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = prob * target + (1 - prob) * (1 - target)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * target + (1 - alpha) * (1 - target)) * loss
+    return loss.flatten(1).mean(1)
+
+
+def dice_focal_loss(logits, target, focal_weight: float = 20.0) -> torch.Tensor:
+    """Dice + focal (SAM's 1:20 weighting of Dice and focal); shape (B,)."""
+    return dice_loss(logits, target) + focal_weight * focal_loss(logits, target)
+
+
+def bernoulli_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """KL(student || teacher) of the per-pixel foreground probabilities, mean over pixels; shape (B,)."""
+    p = torch.sigmoid(student_logits.float()).clamp(eps, 1 - eps)
+    q = torch.sigmoid(teacher_logits.float()).clamp(eps, 1 - eps)
+    kl = p * (p.log() - q.log()) + (1 - p) * ((1 - p).log() - (1 - q).log())
+    return kl.flatten(1).mean(1)
