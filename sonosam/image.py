@@ -46,3 +46,25 @@ def to_uint8_rgb(image, window: tuple[float, float] | None = None) -> np.ndarray
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=-1)
     return np.ascontiguousarray(array)
+
+
+AXES = {"k": 0, "j": 1, "i": 2}  # volume arrays are indexed [k, j, i]
+
+
+def axis_index(axis: str | int) -> int:
+    """'k'/'j'/'i' (or 0/1/2) -> the array axis of a [k, j, i] volume."""
+    if axis in AXES:
+        return AXES[axis]
+    if axis in (0, 1, 2):
+        return int(axis)
+    raise InputImageError(f"Axis {axis!r} is not one of k, j, i (array axes 0, 1, 2).")
+
+
+def take_slice(volume: np.ndarray, axis: str | int, index: int) -> np.ndarray:
+    """The 2D slice `index` across `axis` of a [k, j, i] volume, rows/columns in the remaining order."""
+    axis = axis_index(axis)
+    if volume.ndim != 3:
+        raise InputImageError(f"Expected a 3D volume [k, j, i]; got shape {volume.shape}.")
+    if not 0 <= index < volume.shape[axis]:
+        raise InputImageError(f"Slice {index} is outside 0..{volume.shape[axis] - 1} along axis {'kji'[axis]}.")
+    return np.take(volume, index, axis=axis)
