@@ -1,0 +1,93 @@
+"""Build the click-capable default decoder for LiteMedSAM (``litemedsam_clicks``) with the fine-tuning
+pipeline, compare it with the base model on held-out data, and ship it only if it wins.
+
+    python -m sonosam.train.default_decoder --cache runs/cache --out runs/litemedsam_clicks [--ship]
+
+Data: real Colin27 T1 MRI slices with AAL labels (``colin27_split``: held out by slab and structure).
+Rule (issue 7): ship if on the held-out test samples it beats the base LiteMedSAM at 1, 3 and 5 clicks
+(the base decoder run with clicks as they are) and loses no more than 1 Dice point with a box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+SHIPPED_NAME = "litemedsam_clicks"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sonosam.train.default_decoder", description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", default="runs/cache", help="embedding cache folder")
+    parser.add_argument("--out", default="runs/litemedsam_clicks", help="output folder")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--train-images", type=int, default=16)
+    parser.add_argument("--val-images", type=int, default=5)
+    parser.add_argument("--stride", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ship", action="store_true", help="copy into sonosam/weights if it passes the rule")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+
+    from ..models import load_model
+    from .cache import EmbeddingStore
+    from .checkpoint import save_checkpoint
+    from .data import colin27_split, summarize, thin_images
+    from .finetune import TrainConfig, clickable, train_decoder
+    from .validate import compare_table, evaluate_cached
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    split = colin27_split(stride=args.stride)
+    train, val = thin_images(split.train, args.train_images), thin_images(split.val, args.val_images)
+    print(split.rule)
+    print(f"train {len(train)} samples / {len({s.key for s in train})} images; val {len(val)}; "
+          f"test {len(split.test)} samples / {len({s.key for s in split.test})} images", flush=True)
+
+    model = load_model("litemedsam", device=args.device)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, cache_dir=args.cache, val_samples=40,
+                         seed=args.seed)
+    data = {"dataset": "Colin27 T1 MRI + AAL labels (Debian mricron-data)", "split": split.rule,
+            "train": summarize(train), "val": summarize(val), "test": summarize(split.test)}
+    result = train_decoder(model, train, val, config, out / "decoder.pth", name=SHIPPED_NAME + "_run",
+                           data_summary=data, resume=True)
+    print(json.dumps(result.epochs, indent=1, default=str), flush=True)
+
+    # held-out comparison: base LiteMedSAM (its decoder given the clicks as they are) vs the best checkpoint
+    base = clickable(load_model("litemedsam", device=args.device))
+    tuned = clickable(load_model(str(out / "decoder.pth"), device=args.device))
+    store = EmbeddingStore(args.cache, base)
+    rows = {"litemedsam (base)": evaluate_cached(base, store, split.test, n_clicks=5, progress=True),
+            "fine-tuned": evaluate_cached(tuned, store, split.test, n_clicks=5, progress=True)}
+    b, t = rows["litemedsam (base)"], rows["fine-tuned"]
+    passed = all(t[f"dice@{k}"] > b[f"dice@{k}"] for k in (1, 3, 5)) and t["box"] >= b["box"] - 0.01
+    table = compare_table(rows)
+    print(table)
+    print("ship rule:", "PASSED" if passed else "FAILED")
+    (out / "heldout.json").write_text(json.dumps({"rows": rows, "passed": passed, "test": summarize(split.test)},
+                                                 indent=1) + "\n")
+    (out / "heldout.md").write_text(table + f"\n\nship rule {'passed' if passed else 'failed'}\n")
+    if passed:
+        shipped_dir = out / "ship"
+        shipped_dir.mkdir(exist_ok=True)
+        training = json.loads((out / "decoder.json").read_text())["training"]
+        training["heldout_test"] = rows
+        pth, meta = save_checkpoint(tuned, shipped_dir / f"{SHIPPED_NAME}.pth", name=SHIPPED_NAME, weights="decoder",
+                                    dtype="float16", base_model="litemedsam", training=training,
+                                    description="LiteMedSAM with a click-trained prompt encoder + mask decoder "
+                                                "(sonosam train, Colin27 MRI); points, boxes and masks")
+        print("wrote", pth, meta)
+        if args.ship:
+            target = Path(__file__).resolve().parent.parent / "weights"
+            target.mkdir(exist_ok=True)
+            for file in (pth, meta):
+                shutil.copy2(file, target / file.name)
+            print("shipped into", target)
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
