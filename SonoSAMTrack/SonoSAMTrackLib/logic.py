@@ -1,0 +1,359 @@
+"""SonoSAMTrack logic without Qt: volume sequence -> numpy frames -> `sonosam.track.Tracker` -> segmentation sequence.
+
+Runs inside Slicer and headless on `slicer-core` (the tests). Only MRML / vtkSegmentationCore calls on
+the nodes' own scene -- never ``slicer.app``, ``slicer.mrmlScene`` or ``slicer.modules``.
+
+Console use inside Slicer::
+
+    from SonoSAMTrackLib.logic import SonoSAMTrackLogic
+    logic = SonoSAMTrackLogic(slicer.mrmlScene)
+    session = logic.start(getNode("Sequence"), objects=[{"name": "LV", "frame": 0, "box": (300, 70, 440, 270)}],
+                          browser=getNode("SequenceBrowser"))
+    report = logic.run(session)          # pauses on frames that need attention
+    logic.correct(session, report.frame, "LV", mask=...); logic.run(session)
+    logic.save_sequence(session.output_sequence, "/tmp/lv.seq.nrrd")
+
+Boxes/points are in frame pixel coordinates (x = column = I, y = row = J). The output segmentation
+sequence has one segmentation per frame, one segment per object, and the input's index values, so a
+sequence browser that synchronises both shows each frame's masks on that frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DEFAULT_COLORS = [(0.95, 0.35, 0.25), (0.25, 0.65, 0.95), (0.35, 0.85, 0.35), (0.95, 0.8, 0.25)]
+
+
+@dataclass
+class TrackSession:
+    tracker: object                       # sonosam.track.Tracker
+    input_sequence: object
+    output_sequence: object
+    ijk_to_ras: np.ndarray
+    index_values: list
+    names: list = field(default_factory=list)
+    colors: list = field(default_factory=list)
+    browser: object = None
+    table: object = None
+    chart: object = None
+
+
+def _matrix_to_numpy(m) -> np.ndarray:
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _numpy_to_matrix(a):
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            m.SetElement(r, c, float(a[r][c]))
+    return m
+
+
+def volume_frame(volume_node) -> np.ndarray:
+    """A one-slice volume node -> (H, W) uint8-or-numeric frame (RGB turned into BT.601 luma)."""
+    from vtk.util import numpy_support
+
+    image = volume_node.GetImageData()
+    dims = image.GetDimensions()
+    comps = image.GetNumberOfScalarComponents()
+    array = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    array = array.reshape(tuple(reversed(dims)) + ((comps,) if comps > 1 else ()))
+    if dims[2] != 1:
+        raise ValueError(f"'{volume_node.GetName()}' has {dims[2]} slices; a cine frame has one.")
+    frame = array[0]
+    if frame.ndim == 3:
+        rgb = frame[..., :3].astype(np.float32)
+        frame = np.clip(np.rint(rgb @ np.array([0.299, 0.587, 0.114], np.float32)), 0, 255).astype(np.uint8)
+    return frame
+
+
+def mask_from_segment(segmentation_node, segment_id, shape) -> np.ndarray:
+    """(H, W) bool of a segment stored on the frame grid by this logic (its labelmap may be cropped)."""
+    import slicer
+    from vtk.util import numpy_support
+
+    out = np.zeros(shape, bool)
+    labelmap = slicer.vtkOrientedImageData()
+    if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+            segmentation_node, segment_id, labelmap, False):
+        return out
+    ext = labelmap.GetExtent()
+    if ext[0] > ext[1] or labelmap.GetPointData().GetScalars() is None:
+        return out
+    label = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
+    block = numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars()).reshape(
+        ext[5] - ext[4] + 1, ext[3] - ext[2] + 1, ext[1] - ext[0] + 1)[0]
+    out[ext[2]:ext[3] + 1, ext[0]:ext[1] + 1] = block == label
+    return out
+
+
+class SonoSAMTrackLogic:
+    """MRML in, MRML out. ``predictor``: a ``sonosam.predictor.Predictor`` (default: LiteMedSAM, loaded on
+    first use)."""
+
+    def __init__(self, scene, predictor=None):
+        self.scene = scene
+        self._predictor = predictor
+
+    @property
+    def predictor(self):
+        if self._predictor is None:
+            from sonosam.models import load_model
+            from sonosam.predictor import Predictor
+
+            self._predictor = Predictor(load_model("litemedsam"))
+        return self._predictor
+
+    # ------------------------------------------------------------------------------------------ input
+    def frames_from_sequence(self, sequence_node):
+        """(frames (T, H, W), IJK-to-RAS of frame 0, index values) of a volume sequence."""
+        n = sequence_node.GetNumberOfDataNodes()
+        if n == 0:
+            raise ValueError(f"The sequence '{sequence_node.GetName()}' is empty.")
+        frames, values = [], []
+        ijk_to_ras = None
+        for i in range(n):
+            node = sequence_node.GetNthDataNode(i)
+            if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
+                raise ValueError(f"Item {i} of '{sequence_node.GetName()}' is not a volume: choose a volume sequence.")
+            frames.append(volume_frame(node))
+            values.append(sequence_node.GetNthIndexValue(i))
+            if ijk_to_ras is None:
+                m = __import__("vtk").vtkMatrix4x4()
+                node.GetIJKToRASMatrix(m)
+                ijk_to_ras = _matrix_to_numpy(m)
+        shapes = {f.shape for f in frames}
+        if len(shapes) != 1:
+            raise ValueError(f"The frames of '{sequence_node.GetName()}' differ in size: {sorted(shapes)}.")
+        return np.stack(frames), ijk_to_ras, values
+
+    # ------------------------------------------------------------------------------------------ tracking
+    def start(self, input_sequence, objects, browser=None, threshold: float = 0.5, model_every: int = 5,
+              output_name: str | None = None) -> TrackSession:
+        """objects: [{"name", "frame", "box" | "points"+"labels" | "mask"}]. Creates the output sequence
+        (and adds it to ``browser``, synchronised)."""
+        from sonosam.track import Tracker
+
+        frames, ijk_to_ras, values = self.frames_from_sequence(input_sequence)
+        tracker = Tracker(self.predictor, frames, threshold=threshold, model_every=model_every, pause=True)
+        names, colors = [], []
+        for i, spec in enumerate(objects):
+            tracker.add_object(spec["name"], int(spec.get("frame", 0)), mask=spec.get("mask"), box=spec.get("box"),
+                               points=spec.get("points"), labels=spec.get("labels"))
+            names.append(spec["name"])
+            colors.append(tuple(spec.get("color", DEFAULT_COLORS[i % len(DEFAULT_COLORS)])))
+        output = self.scene.AddNewNodeByClass("vtkMRMLSequenceNode",
+                                              output_name or f"{input_sequence.GetName()} SonoSAMTrack")
+        output.SetIndexName(input_sequence.GetIndexName())
+        output.SetIndexUnit(input_sequence.GetIndexUnit())
+        output.SetIndexType(input_sequence.GetIndexType())
+        session = TrackSession(tracker, input_sequence, output, ijk_to_ras, values, names, colors, browser)
+        self.update_output(session)
+        if browser is not None:
+            browser.AddSynchronizedSequenceNode(output)
+        return session
+
+    def run(self, session: TrackSession, on_progress=None):
+        """Track until done or until a frame needs attention (then ``report.paused``); refreshes the output
+        sequence and the confidence table."""
+        report = session.tracker.run(on_progress=on_progress)
+        self.update_output(session)
+        return report
+
+    def correct(self, session: TrackSession, frame: int, name: str, mask=None, box=None, points=None, labels=None):
+        """The user's correction on a paused frame: a keyframe, never overwritten by later runs."""
+        mask = session.tracker.correct(frame, name, mask=mask, box=box, points=points, labels=labels)
+        self.update_output(session, frames=[frame])
+        return mask
+
+    def correct_from_segmentation(self, session: TrackSession, frame: int, segmentation_node, name: str | None = None):
+        """Take the (edited, e.g. with the SonoSAM effect) segment(s) of ``segmentation_node`` as keyframes."""
+        shape = session.tracker.frames.shape[1:]
+        for obj in ([name] if name else session.names):
+            segment_id = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(obj)
+            if segment_id:
+                session.tracker.correct(frame, obj, mask=mask_from_segment(segmentation_node, segment_id, shape))
+        self.update_output(session, frames=[frame])
+
+    def accept(self, session: TrackSession, frame: int, name: str):
+        session.tracker.accept(frame, name)
+
+    def next_attention(self, session: TrackSession, after: int = -1):
+        return session.tracker.next_attention(after)
+
+    # ------------------------------------------------------------------------------------------ output
+    def _segmentation_for_frame(self, session: TrackSession, t: int):
+        import slicer
+        import vtk
+        from vtk.util import numpy_support
+
+        tracker = session.tracker
+        node = slicer.vtkMRMLSegmentationNode()
+        node.SetName(f"{session.output_sequence.GetName()} {t}")
+        h, w = tracker.frames.shape[1:]
+        for name, color in zip(session.names, session.colors):
+            segment_id = node.GetSegmentation().AddEmptySegment(name, name, list(color))
+            result = tracker.result(t, name)
+            if result is None or not result.mask.any():
+                continue
+            image = slicer.vtkOrientedImageData()
+            image.SetImageToWorldMatrix(_numpy_to_matrix(session.ijk_to_ras))
+            image.SetExtent(0, w - 1, 0, h - 1, 0, 0)
+            image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+            numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = result.mask.astype(np.uint8).ravel()
+            slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+                image, node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+        return node
+
+    def update_output(self, session: TrackSession, frames=None):
+        """Write the tracker's masks into the output segmentation sequence (one item per input frame)."""
+        seq = session.output_sequence
+        for t in (range(session.tracker.n_frames) if frames is None else frames):
+            seq.SetDataNodeAtValue(self._segmentation_for_frame(session, t), session.index_values[t])
+        self.update_confidence_table(session)
+
+    def output_masks(self, session: TrackSession, name: str) -> np.ndarray:
+        """(T, H, W) bool read back from the output sequence's segmentation nodes."""
+        return self.sequence_masks(session.output_sequence, name, session.tracker.frames.shape[1:])
+
+    @staticmethod
+    def sequence_masks(sequence_node, name: str, shape) -> np.ndarray:
+        out = np.zeros((sequence_node.GetNumberOfDataNodes(),) + tuple(shape), bool)
+        for t in range(out.shape[0]):
+            node = sequence_node.GetNthDataNode(t)
+            segment_id = node.GetSegmentation().GetSegmentIdBySegmentName(name)
+            if segment_id:
+                out[t] = mask_from_segment(node, segment_id, shape)
+        return out
+
+    def update_confidence_table(self, session: TrackSession):
+        """A table node (frame, confidence per object, intervention 0/1) and a plot chart over frames."""
+        import slicer
+        import vtk
+
+        tracker = session.tracker
+        if session.table is None:
+            session.table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{session.output_sequence.GetName()} confidence")
+        table = session.table.GetTable()
+        table.Initialize()
+        conf = tracker.confidences()
+        flagged = {e.frame for e in tracker.events}
+        columns = [("frame", np.arange(tracker.n_frames, dtype=float))]
+        columns += [(f"{n} confidence", np.nan_to_num(conf[:, j], nan=0.0)) for j, n in enumerate(session.names)]
+        columns += [("intervention", np.array([1.0 if t in flagged else 0.0 for t in range(tracker.n_frames)]))]
+        for title, values in columns:
+            array = vtk.vtkDoubleArray()
+            array.SetName(title)
+            for v in values:
+                array.InsertNextValue(float(v))
+            table.AddColumn(array)
+        session.table.Modified()
+        if session.chart is None:
+            chart = self.scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{session.output_sequence.GetName()} confidence")
+            chart.SetTitle("SonoSAMTrack confidence")
+            chart.SetXAxisTitle("frame")
+            chart.SetYAxisTitle("confidence")
+            for title, _ in columns[1:]:
+                series = self.scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", title)
+                series.SetAndObserveTableNodeID(session.table.GetID())
+                series.SetXColumnName("frame")
+                series.SetYColumnName(title)
+                series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+                if title == "intervention":
+                    series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatterBar)
+                chart.AddAndObservePlotSeriesNodeID(series.GetID())
+            session.chart = chart
+        return session.table
+
+    # ------------------------------------------------------------------------------------------ files
+    def labelmap_sequence(self, session: TrackSession, name: str | None = None):
+        """A new sequence of labelmap volumes (label i + 1 = object i), what `.seq.nrrd` stores."""
+        import slicer
+        import vtk
+        from vtk.util import numpy_support
+
+        labels = session.tracker.labelmap()
+        seq = self.scene.AddNewNodeByClass("vtkMRMLSequenceNode", name or f"{session.output_sequence.GetName()} labelmaps")
+        seq.SetIndexName(session.output_sequence.GetIndexName())
+        seq.SetIndexUnit(session.output_sequence.GetIndexUnit())
+        h, w = labels.shape[1:]
+        for t in range(labels.shape[0]):
+            node = slicer.vtkMRMLLabelMapVolumeNode()
+            image = vtk.vtkImageData()
+            image.SetDimensions(w, h, 1)
+            image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+            numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = labels[t].ravel()
+            node.SetAndObserveImageData(image)
+            node.SetIJKToRASMatrix(_numpy_to_matrix(session.ijk_to_ras))
+            seq.SetDataNodeAtValue(node, session.index_values[t])
+        return seq
+
+    def save_sequence(self, session: TrackSession, path: str):
+        """Write the tracking result as `.seq.nrrd` through Slicer's volume sequence storage node."""
+        seq = self.labelmap_sequence(session)
+        storage = self.scene.AddNewNodeByClass("vtkMRMLVolumeSequenceStorageNode")
+        storage.SetFileName(str(path))
+        try:
+            if not storage.WriteData(seq):
+                raise OSError(f"Slicer could not write {path}.")
+        finally:
+            self.scene.RemoveNode(storage)
+            self.scene.RemoveNode(seq)
+        return path
+
+    def load_sequence(self, path: str, names=None, colors=None, name: str = "SonoSAMTrack loaded"):
+        """Read a `.seq.nrrd` labelmap sequence (ours or Slicer's) into a new segmentation sequence, one
+        segment per label; names from ``names``, else from the file's SonoSAMTrack_Segment fields."""
+        import slicer
+        from vtk.util import numpy_support
+
+        if names is None:
+            try:
+                import nrrd
+
+                header = nrrd.read_header(str(path))
+                names = []
+                while f"SonoSAMTrack_Segment{len(names)}_Name" in header:
+                    names.append(header[f"SonoSAMTrack_Segment{len(names)}_Name"])
+            except Exception:  # pynrrd missing or unusual header: fall back to label numbers
+                names = []
+        labelmaps = self.scene.AddNewNodeByClass("vtkMRMLSequenceNode", name + " labelmaps")
+        storage = self.scene.AddNewNodeByClass("vtkMRMLVolumeSequenceStorageNode")
+        storage.SetFileName(str(path))
+        if not storage.ReadData(labelmaps):
+            raise OSError(f"Slicer could not read {path} as a volume sequence.")
+        output = self.scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+        output.SetIndexName(labelmaps.GetIndexName())
+        output.SetIndexUnit(labelmaps.GetIndexUnit())
+        for t in range(labelmaps.GetNumberOfDataNodes()):
+            volume = labelmaps.GetNthDataNode(t)
+            image = volume.GetImageData()
+            dims = image.GetDimensions()
+            labels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])[0]
+            count = max(int(labels.max()), len(names))
+            m = __import__("vtk").vtkMatrix4x4()
+            volume.GetIJKToRASMatrix(m)
+            node = slicer.vtkMRMLSegmentationNode()
+            for label in range(1, count + 1):
+                seg_name = names[label - 1] if label - 1 < len(names) else f"Segment_{label}"
+                color = (colors or DEFAULT_COLORS)[(label - 1) % len(colors or DEFAULT_COLORS)]
+                segment_id = node.GetSegmentation().AddEmptySegment(seg_name, seg_name, list(color))
+                mask = labels == label
+                if not mask.any():
+                    continue
+                oriented = slicer.vtkOrientedImageData()
+                oriented.SetImageToWorldMatrix(m)
+                oriented.SetExtent(0, dims[0] - 1, 0, dims[1] - 1, 0, 0)
+                oriented.AllocateScalars(__import__("vtk").VTK_UNSIGNED_CHAR, 1)
+                numpy_support.vtk_to_numpy(oriented.GetPointData().GetScalars())[:] = mask.astype(np.uint8).ravel()
+                slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+                    oriented, node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+            output.SetDataNodeAtValue(node, labelmaps.GetNthIndexValue(t))
+        self.scene.RemoveNode(storage)
+        return output

@@ -1,0 +1,152 @@
+"""`sonosam track`: track structures through an ultrasound cine loop.
+
+    sonosam track CINE.dcm --frame 0 --object LV --box 300,70,440,270 --object LA --box 305,262,425,345 -o OUT/
+
+Each ``--object NAME`` starts a group; the ``--box``/``--point`` options after it belong to it (without any
+``--object``, one object called "object"). Writes into OUT/: ``segmentation.seq.nrrd`` (Slicer
+segmentation sequence: a labelmap sequence, label i = object i), ``overlay.gif`` and ``strip.png``,
+``confidence.csv``, ``interventions.json``/``.csv`` (frames where the tracker asks for a human look:
+on the command line nobody answers, so it records them and goes on) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..errors import DataFileError, PromptError
+from . import parse_box, parse_point, split_points
+
+
+class _ObjectAction(argparse.Action):
+    """--object/--box/--point in command-line order -> [{"name", "box", "points"}...] in ``dest``."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        groups = getattr(namespace, "objects", None)
+        if groups is None:
+            groups = []
+            namespace.objects = groups
+        if option_string == "--object":
+            groups.append({"name": value, "box": None, "points": []})
+            return
+        if not groups:
+            groups.append({"name": "object", "box": None, "points": []})
+        group = groups[-1]
+        if option_string == "--box":
+            if group["box"] is not None:
+                raise argparse.ArgumentError(self, f"object {group['name']!r} has two boxes; start another with --object")
+            group["box"] = value
+        else:
+            group["points"].append(value)
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("track", help="track structures through a cine loop (with confidence and interventions)",
+                                   description=__doc__.split("\n\n")[0])
+    parser.add_argument("cine", help="multi-frame ultrasound DICOM (or .npy (T, H, W))")
+    parser.add_argument("-o", "--output", required=True, help="output folder (created)")
+    parser.add_argument("--frame", type=int, default=0, help="frame the prompts are on (default 0)")
+    parser.add_argument("--object", action=_ObjectAction, dest="objects", metavar="NAME",
+                        help="start a new object; the --box/--point that follow belong to it (repeatable)")
+    parser.add_argument("--box", type=parse_box, action=_ObjectAction, dest="objects", metavar="X0,Y0,X1,Y1",
+                        help="box around the current object in pixel coordinates")
+    parser.add_argument("--point", type=parse_point, action=_ObjectAction, dest="objects", metavar="X,Y[,LABEL]",
+                        help="a click on the current object (label 1 or 0); repeatable")
+    parser.add_argument("--model", default="litemedsam", help="model name (see `sonosam models`)")
+    parser.add_argument("--checkpoint", help="weights file for --model (default: bundled or cached)")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="confidence at or below which a frame requests an intervention (0: never, 1: always)")
+    parser.add_argument("--model-every", type=int, default=5,
+                        help="run the model every N frames (1 = every frame, most accurate and slowest); "
+                             "frames between are carried by optical flow unless its evidence is weak")
+    parser.add_argument("--frames", type=int, help="track only the first N frames")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.set_defaults(func=run, objects=None)
+
+
+def _load_frames(path: Path):
+    import numpy as np
+
+    if path.suffix == ".npy":
+        frames = np.load(path)
+        return frames, (1.0, 1.0), None, []
+    from ..io import read_cine
+
+    cine = read_cine(path)
+    return cine.frames, cine.spacing_mm, cine.frame_time_ms, cine.notes
+
+
+def run(args):
+    from ..models import load_model
+    from ..predictor import Predictor
+    from ..track import Tracker
+    from ..track.outputs import (write_confidence_csv, write_interventions, write_overlay_gif, write_overlay_strip,
+                                 write_sequence_nrrd)
+    from ..io import DEFAULT_COLORS
+
+    groups = args.objects or []
+    if not groups:
+        raise PromptError("Nothing to track: give a --box or --point (optionally after --object NAME).")
+    names = [g["name"] for g in groups]
+    if len(set(names)) != len(names):
+        raise PromptError(f"Object names must differ; got {names}.")
+    for g in groups:
+        if g["box"] is None and not g["points"]:
+            raise PromptError(f"Object {g['name']!r} has no prompt: give it a --box or --point.")
+    frames, spacing, frame_time, notes = _load_frames(Path(args.cine))
+    if args.frames:
+        frames = frames[: args.frames]
+    if not 0 <= args.frame < frames.shape[0]:
+        raise PromptError(f"--frame {args.frame} is outside the loop (0..{frames.shape[0] - 1}).")
+    out = Path(args.output)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataFileError(f"Cannot create the output folder {out}: {error}") from error
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+    model = load_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    predictor = Predictor(model)
+    tracker = Tracker(predictor, frames, threshold=args.threshold, model_every=args.model_every, pause=False)
+    start = time.perf_counter()
+    for g in groups:
+        points, labels = split_points(g["points"])
+        tracker.add_object(g["name"], args.frame, box=g["box"], points=points, labels=labels)
+
+    def progress(done, total):
+        print(f"\rtracking {done}/{total} frames", end="", file=sys.stderr, flush=True)
+
+    report = tracker.run(on_progress=progress)
+    elapsed = time.perf_counter() - start
+    print(file=sys.stderr)
+    tracker.close()
+
+    colors = [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(len(names))]
+    masks = [tracker.masks(n) for n in names]
+    flagged = sorted({e.frame for e in tracker.events})
+    sources = [[(tracker.result(t, n).source if tracker.result(t, n) else "") for n in names]
+               for t in range(tracker.n_frames)]
+    write_sequence_nrrd(out / "segmentation.seq.nrrd", tracker.labelmap(), names, colors, spacing, frame_time,
+                        note=f"sonosam track, model {model.spec.name}", overwrite=args.overwrite)
+    write_confidence_csv(out / "confidence.csv", tracker.confidences(), names, sources, tracker.model_frames,
+                         overwrite=args.overwrite)
+    write_interventions(out, tracker.events, overwrite=args.overwrite)
+    write_overlay_gif(out / "overlay.gif", frames, masks, colors, flagged, frame_time, overwrite=args.overwrite)
+    write_overlay_strip(out / "strip.png", frames, masks, colors, flagged, overwrite=args.overwrite)
+    summary = {"cine": str(args.cine), "frames": int(tracker.n_frames), "objects": names, "model": model.spec.name,
+               "threshold": args.threshold, "model_every": args.model_every,
+               "model_frames": len(tracker.model_frames), "interventions_requested": len(tracker.events),
+               "intervention_frames": flagged, "seconds": round(elapsed, 2),
+               "frames_per_second": round(tracker.n_frames / elapsed, 3),
+               "timing_s": {k: round(v, 3) for k, v in tracker.timing.items()}}
+    with open(out / "summary.json", "w") as handle:
+        json.dump(summary, handle, indent=1)
+    print(f"tracked {len(names)} object(s) over {tracker.n_frames} frames in {elapsed:.1f} s "
+          f"({summary['frames_per_second']} frames/s, model on {len(tracker.model_frames)} frames); "
+          f"{len(tracker.events)} intervention request(s)"
+          + (f" on frames {flagged}" if flagged else "") + f"; wrote {out}/")
+    return 0
