@@ -5,7 +5,6 @@ A few slices only: the encoder costs seconds per image on a 2-core CPU."""
 import argparse
 import csv
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +20,15 @@ ALTERNATE_MRICRON = "/tmp/mricron/x/usr/share/mricron/templates"
 def mri_samples():
     from sonosam.evaluate import colin27_samples
 
+    patch = pytest.MonkeyPatch()
     try:
-        return colin27_samples(max_samples=3, slices=range(70, 110))
+        colin27_samples(labels=[7], max_samples=1)
     except DataFileError:
         if not Path(ALTERNATE_MRICRON, "ch2.nii.gz").exists():
             pytest.skip("Colin27 MRI not installed: run `make data`")
-        os.environ["SONOSAM_DATA"] = ALTERNATE_MRICRON
-        return colin27_samples(max_samples=3, slices=range(70, 110))
+        patch.setenv("SONOSAM_DATA", ALTERNATE_MRICRON)  # the CLI test reads it too
+    yield colin27_samples(max_samples=3, slices=range(70, 110))
+    patch.undo()
 
 
 @pytest.fixture(scope="module")
