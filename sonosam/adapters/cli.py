@@ -1,0 +1,103 @@
+"""`sonosam train adapters`: train Med-SA adapters on volumes + label maps and save only the adapters.
+
+    sonosam train adapters --images ch2.nii.gz --labels aal.nii.gz --label-value 77 -o thalamus.adapters.pth
+
+`register(subparsers)` adds the `adapters` parser to the `train` command's subparsers; `run(args)` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import DataFileError, InputImageError
+
+AXES = {"k": 0, "j": 1, "i": 2}
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "adapters", help="train Med-SA adapters (SD-Trans, HyP-Adpt) on volumes with label maps",
+        description="Train Med-SA adapters on 3D volumes and their label maps: slabs of D slices along an axis, "
+                    "box/click prompts simulated from the labels, Dice + focal loss, Adam. Only the adapter "
+                    "weights are saved (with the base model's name and checksum); load them with "
+                    "sonosam.adapters.load_adapters or `--adapters FILE`.")
+    parser.add_argument("--images", nargs="+", required=True, metavar="VOLUME", help="volume files (NIfTI, NRRD, ...)")
+    parser.add_argument("--labels", nargs="+", required=True, metavar="LABELMAP",
+                        help="label maps, one per volume, same grid")
+    parser.add_argument("--label-value", nargs="+", type=int, required=True, metavar="N",
+                        help="label value(s) of the structure (several values: their union)")
+    parser.add_argument("-o", "--output", required=True, help="adapter weights file to write (.pth)")
+    parser.add_argument("--model", default="litemedsam", help="base model name (see `sonosam models`)")
+    parser.add_argument("--checkpoint", help="weights file for --model (default: bundled or cached)")
+    parser.add_argument("--init", metavar="ADAPTERS", help="start from these adapter weights instead of zero")
+    parser.add_argument("--axis", choices=sorted(AXES), default="k", help="slice axis of the array [k, j, i] (default k)")
+    parser.add_argument("--slab-depth", type=int, default=4, help="slices per slab (default 4)")
+    parser.add_argument("--steps", type=int, default=100, help="optimiser steps (default 100)")
+    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    parser.add_argument("--prompt", choices=["auto", "box", "click", "box+click", "mixed"], default="auto",
+                        help="simulated prompts (auto: box for box-only models, else mixed)")
+    parser.add_argument("--jitter", type=float, default=0.1, help="box jitter, fraction of the box size (default 0.1)")
+    parser.add_argument("--no-depth-attention", action="store_true", help="no SD-Trans (slices independent)")
+    parser.add_argument("--no-hyp-adapter", action="store_true", help="no HyP-Adpt in the mask decoder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args) -> int:
+    from ..io import read_volume
+    from ..models import load_model
+    from .modules import add_medsa_adapters, load_adapters, save_adapters, trainable_share
+    from .training import train_adapters
+
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise DataFileError(f"{output} exists; pass --overwrite to replace it.")
+    if len(args.images) != len(args.labels):
+        raise InputImageError(f"{len(args.images)} --images but {len(args.labels)} --labels; give one label map per volume.")
+    if args.slab_depth < 1 or args.steps < 1:
+        raise InputImageError("--slab-depth and --steps must be at least 1.")
+    volumes, labels = [], []
+    for image_path, label_path in zip(args.images, args.labels):
+        volume, label = read_volume(image_path), read_volume(label_path)
+        if volume.shape != label.shape:
+            raise InputImageError(f"{image_path} has shape {volume.shape} but {label_path} has {label.shape}; "
+                                  "resample the label map onto the volume's grid first.")
+        volumes.append(volume.array)
+        labels.append(label.array)
+    model = load_model(args.model, checkpoint=args.checkpoint, device=getattr(args, "device", None))
+    if args.init:
+        load_adapters(model, args.init)
+    else:
+        add_medsa_adapters(model, depth_attention=not args.no_depth_attention, hyp_adapter=not args.no_hyp_adapter)
+    print(f"{model.spec.name} + Med-SA adapters: {trainable_share(model)}")
+    result = train_adapters(model, volumes, labels, args.label_value, steps=args.steps, slab_depth=args.slab_depth,
+                            lr=args.lr, prompt=None if args.prompt == "auto" else args.prompt, jitter=args.jitter,
+                            axis=AXES[args.axis], seed=args.seed, log=print)
+    print(result.summary())
+    save_adapters(model, output)
+    print(f"adapters written to {output}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry (`python -m sonosam.adapters.cli ...`) until the `train` command wires it in."""
+    import sys
+
+    from ..errors import SonoSAMError
+
+    parser = argparse.ArgumentParser(prog="sonosam train")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: the fastest present)")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SonoSAMError as error:
+        print(f"sonosam train adapters: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
