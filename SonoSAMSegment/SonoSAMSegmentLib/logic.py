@@ -553,3 +553,113 @@ class SonoSAMSegmentLogic:
                     out.append(geo.SliceGeometry(geometry.axis, idx, geometry.dims_ijk, geometry.x_axis,
                                                  geometry.y_axis, geometry.x_flip, geometry.y_flip))
         return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# An interactive prompt session (what the effect holds between clicks), Qt-free so it is tested
+# ---------------------------------------------------------------------------------------------------
+
+class PromptSession:
+    """The prompts on one slice of one volume: clicks (+/-), an optional box, the model's last logits.
+
+    Markers live in a markups fiducial node (``markups_node``) so that they show in every view and can be
+    deleted one by one with Slicer's own markups tools; ``sync_from_markups`` picks up such deletions.
+    A prompt on another slice (or view) starts a new session.
+    """
+
+    POSITIVE, NEGATIVE = "+", "-"
+
+    def __init__(self, logic: SonoSAMSegmentLogic, markups_node=None, box_node=None):
+        self.logic = logic
+        self.markups_node = markups_node
+        self.box_node = box_node
+        self.clear()
+
+    def clear(self):
+        self.points_ras: list = []
+        self.labels: list = []
+        self.box_ras = None
+        self.slice_key = None
+        self.prediction: SlicePrediction | None = None
+        if self.markups_node is not None:
+            self.markups_node.RemoveAllControlPoints()
+        if self.box_node is not None:
+            self.box_node.RemoveAllControlPoints()
+
+    def _start_or_continue(self, volume_node, new_ras, slice_axis, slice_to_ras):
+        geometry = self.logic.slice_geometry(volume_node, slice_axis, points_ras=np.atleast_2d(new_ras),
+                                             sliceToRAS=slice_to_ras)
+        key = geometry.key(self.logic.volume_info(volume_node).key)
+        if key != self.slice_key:
+            self.clear()
+            self.slice_key = key
+
+    def add_point(self, volume_node, ras, positive: bool = True, slice_axis="axial", slice_to_ras=None):
+        self._start_or_continue(volume_node, ras, slice_axis, slice_to_ras)
+        self.points_ras.append([float(v) for v in ras])
+        self.labels.append(1 if positive else 0)
+        if self.markups_node is not None:
+            index = self.markups_node.AddControlPoint(*[float(v) for v in ras])
+            self.markups_node.SetNthControlPointLabel(index, self.POSITIVE if positive else self.NEGATIVE)
+
+    def set_box(self, volume_node, corner0_ras, corner1_ras, slice_axis="axial", slice_to_ras=None):
+        self._start_or_continue(volume_node, np.vstack([corner0_ras, corner1_ras]), slice_axis, slice_to_ras)
+        self.box_ras = [[float(v) for v in corner0_ras], [float(v) for v in corner1_ras]]
+        if self.box_node is not None:
+            self.box_node.RemoveAllControlPoints()
+            for corner in self.box_ras:
+                self.box_node.AddControlPoint(*corner)
+
+    def remove_point(self, index: int):
+        del self.points_ras[index]
+        del self.labels[index]
+        if self.markups_node is not None:
+            self.markups_node.RemoveNthControlPoint(index)
+
+    def sync_from_markups(self) -> bool:
+        """Take the points from the markups node (the user may have moved or deleted some); True if changed."""
+        if self.markups_node is None:
+            return False
+        points, labels = [], []
+        for i in range(self.markups_node.GetNumberOfControlPoints()):
+            pos = [0.0, 0.0, 0.0]
+            self.markups_node.GetNthControlPointPosition(i, pos)
+            points.append(pos)
+            labels.append(0 if self.markups_node.GetNthControlPointLabel(i) == self.NEGATIVE else 1)
+        changed = points != self.points_ras or labels != self.labels
+        self.points_ras, self.labels = points, labels
+        return changed
+
+    @property
+    def empty(self) -> bool:
+        return not self.points_ras and self.box_ras is None
+
+    def predict(self, volume_node, segmentation_node=None, segment_id=None, slice_axis="axial", slice_to_ras=None,
+                refine: bool = True) -> SlicePrediction | None:
+        """Run the model on all prompts so far, feeding back its last logits (SAM's interactive loop)."""
+        if self.empty:
+            self.prediction = None
+            return None
+        previous = self.prediction.logits if (self.prediction is not None and self.points_ras) else None
+        if previous is not None and "mask" not in self.logic.prompt_kinds():
+            previous = None
+        self.prediction = self.logic.predict(
+            volume_node, self.points_ras or None, self.labels or None, self.box_ras, slice_axis,
+            sliceToRAS=slice_to_ras, mask_logits=previous, segmentationNode=segmentation_node,
+            segmentId=segment_id, refine=refine)
+        return self.prediction
+
+
+def show_preview(logic: SonoSAMSegmentLogic, prediction: SlicePrediction | None, volume_node, preview_node,
+                 color=(1.0, 1.0, 0.0)):
+    """Show a prediction in a preview segmentation node (one segment, cleared first); None clears it."""
+    import slicer
+
+    segmentation = preview_node.GetSegmentation()
+    if segmentation.GetSegment("preview") is None:
+        segmentation.AddEmptySegment("preview", "SonoSAM preview", list(color))
+    else:
+        slicer.vtkSlicerSegmentationsModuleLogic.ClearSegment(preview_node, "preview")
+    if prediction is not None:
+        logic.apply(prediction, volume_node, preview_node, "preview", "replace")
+    return preview_node

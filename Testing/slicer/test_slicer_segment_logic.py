@@ -504,3 +504,48 @@ def test_real_default_model_box_on_real_mri_end_to_end(colin, real_logic):
                            labels=[1], sliceAxis="axial")
     np.testing.assert_array_equal(segment_array(colin.segmentation, sid, m, colin.volume.GetImageData().GetDimensions()),
                                   before)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The effect's Qt-free parts: prompt session with markups markers, preview node
+# ---------------------------------------------------------------------------------------------------
+
+def test_prompt_session_markers_preview_and_new_slice(sphere):
+    from SonoSAMSegmentLib.logic import PromptSession, show_preview
+
+    predictor = ThresholdPredictor(50000)
+    logic = SonoSAMSegmentLogic(predictor=predictor)
+    markers = sphere.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "prompts")
+    session = PromptSession(logic, markers)
+    k = int(np.round(CENTER_IJK[2]))
+    inside = (sphere.m @ np.r_[CENTER_IJK[0], CENTER_IJK[1], k, 1])[:3]
+    outside = (sphere.m @ np.r_[2, 2, k, 1])[:3]
+    session.add_point(sphere.volume, inside, True, "K")
+    session.add_point(sphere.volume, outside, False, "K")
+    assert markers.GetNumberOfControlPoints() == 2 and markers.GetNthControlPointLabel(1) == "-"
+    first = session.predict(sphere.volume, slice_axis="K")
+    assert first.mask.sum() == sphere.inside[k].sum()
+    assert list(predictor.calls[-1].labels) == [1, 0]
+
+    # the user deletes the positive marker in the view: the session follows the markups node
+    markers.RemoveNthControlPoint(0)
+    assert session.sync_from_markups() and session.labels == [0]
+    assert session.predict(sphere.volume, slice_axis="K").mask.sum() == 0
+    # with the mask prompt fed back on a later click
+    session.add_point(sphere.volume, inside, True, "K")
+    session.predict(sphere.volume, slice_axis="K")
+    assert predictor.calls[-1].mask_logits is not None
+
+    # preview node: shows only the current prediction, the real segment is untouched
+    preview = sphere.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "preview")
+    sid = add_segment(sphere.segmentation, "real")
+    show_preview(logic, session.prediction, sphere.volume, preview)
+    got = segment_array(preview, "preview", sphere.m)
+    assert got[k].sum() == sphere.inside[k].sum() == got.sum()
+    assert segment_array(sphere.segmentation, sid, sphere.m).sum() == 0
+    show_preview(logic, None, sphere.volume, preview)
+    assert segment_array(preview, "preview", sphere.m).sum() == 0
+
+    # a click on another slice starts a new session (old markers dropped)
+    session.add_point(sphere.volume, (sphere.m @ np.r_[CENTER_IJK[0], CENTER_IJK[1], k + 1, 1])[:3], True, "K")
+    assert markers.GetNumberOfControlPoints() == 1 and session.labels == [1]
