@@ -1,0 +1,162 @@
+"""`sonosam train decoder|distill|adapters`: build domain models (docs/training.md)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+
+from ..errors import SonoSAMError
+
+
+def _data_arguments(parser):
+    parser.add_argument("--data", action="append", required=True, metavar="SOURCE",
+                        help="labelled images: a folder (images/ + labels/), a list file of 'image,label' lines, "
+                             "IMAGE,LABEL, or 'colin27' (the bundled MRI, split by slab and structure); repeatable")
+    parser.add_argument("--val-data", action="append", metavar="SOURCE",
+                        help="validation sources (default: a split of --data by file/subject)")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="share of files for validation")
+    parser.add_argument("--labels", type=int, nargs="+", help="label values to use (default: every non-zero one)")
+    parser.add_argument("--axis", type=int, default=0, help="slicing axis for volumes")
+    parser.add_argument("--min-area", type=int, default=100, help="skip structures smaller than this (pixels)")
+    parser.add_argument("--max-images", type=int, help="use at most this many training images (evenly spaced)")
+    parser.add_argument("-o", "--output", required=True, help="checkpoint to write (OUT.pth, plus OUT.json)")
+    parser.add_argument("--name", help="model name in the registry (default: the output's file name)")
+    parser.add_argument("--cache", default=None, help="embedding cache folder (default: OUTPUT_DIR/embeddings)")
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr-step", type=int, default=25, help="epochs between learning-rate drops")
+    parser.add_argument("--lr-gamma", type=float, default=0.5, help="learning-rate factor at each drop")
+    parser.add_argument("--max-corrections", type=int, default=4, help="corrective clicks simulated per sample: 0..N")
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("train", help="fine-tune a decoder, distil a small model, train adapters")
+    sub = parser.add_subparsers(dest="train_command", required=True, metavar="WHAT")
+
+    dec = sub.add_parser("decoder", help="fine-tune the prompt encoder + mask decoder (frozen image encoder)")
+    dec.add_argument("--model", default="litemedsam", help="base model (see `sonosam models`) or a trained .pth")
+    dec.add_argument("--checkpoint", help="weights file for --model")
+    dec.add_argument("--resume", action="store_true", help="continue from OUTPUT.resume")
+    dec.add_argument("--no-cache", action="store_true", help="run the encoder every step (benchmarking only)")
+    dec.add_argument("--save", choices=("full", "decoder"), default="full",
+                     help="full state dict, or only prompt encoder + mask decoder over the base weights")
+    dec.add_argument("--val-samples", type=int, default=64, help="validation samples scored after each epoch")
+    _data_arguments(dec)
+    dec.set_defaults(func=run_decoder)
+
+    dis = sub.add_parser("distill", help="distil a teacher into a smaller TinyViT student (SonoSAMLite)")
+    dis.add_argument("--teacher", required=True, help="teacher: a registered model name or a trained .pth")
+    dis.add_argument("--student-arch", default="tinyvit", help="student encoder: tinyvit (2.6 M) or tinyvit-xs")
+    dis.add_argument("--alpha", type=float, default=0.1, help="weight of KL(student || teacher best mask)")
+    _data_arguments(dis)
+    dis.set_defaults(func=run_distill, batch_size=4)
+
+    _register_adapters(sub)
+
+
+def _register_adapters(sub):
+    """`train adapters`: the adapters module's own command line (sonosam.adapters), when it provides one."""
+    for module_name in ("sonosam.adapters.cli", "sonosam.adapters"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        if hasattr(module, "register") and hasattr(module, "run"):
+            module.register(sub)   # adds the "adapters" parser with func=run
+            return
+    adapters = sub.add_parser("adapters", help="train Med-SA adapters (not available in this installation)")
+    adapters.set_defaults(func=lambda args: (_ for _ in ()).throw(
+        SonoSAMError("adapter training has no command line in this installation; use sonosam.adapters from Python")))
+
+
+def _load_data(args):
+    from ..evaluate.datasets import load_samples
+    from ..train.data import Split, colin27_split, split_by_source, thin_images
+
+    def load(sources):
+        out = []
+        for source in sources:
+            if source == "colin27":
+                raise SonoSAMError("'colin27' must be the only --data source")
+            if "," in source and not Path(source).exists():
+                source = tuple(source.split(",", 1))
+            out.extend(load_samples(source, labels=args.labels, axis=args.axis, min_area=args.min_area))
+        return out
+
+    if args.data == ["colin27"]:
+        split = colin27_split(min_area=max(args.min_area, 150))
+    else:
+        samples = load(args.data)
+        split = Split(samples, load(args.val_data), [], "given validation sources") if args.val_data else \
+            split_by_source(samples, args.val_fraction, args.seed)
+    split.train = thin_images(split.train, args.max_images)
+    return split
+
+
+def _cache_dir(args) -> str:
+    return args.cache or str(Path(args.output).resolve().parent / "embeddings")
+
+
+def run_decoder(args):
+    from ..models import load_model
+    from ..train import TrainConfig, train_decoder
+
+    split = _load_data(args)
+    model = load_model(args.model, checkpoint=args.checkpoint, device=getattr(args, "device", None))
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step,
+                         lr_gamma=args.lr_gamma, max_corrections=args.max_corrections, seed=args.seed,
+                         amp=not args.no_amp, max_steps=args.max_steps, cache_dir=_cache_dir(args),
+                         use_cache=not args.no_cache, progress=not args.quiet, val_samples=args.val_samples)
+    result = train_decoder(model, split.train, split.val, config, args.output, resume=args.resume, name=args.name,
+                           data_summary=split.summary(), save_weights=args.save)
+    if result.best is None:
+        raise SonoSAMError("No epoch finished with a validation score; nothing was saved.")
+    print(f"best epoch {result.best['epoch']}: validation {json.dumps(result.best.get('val'))}")
+    print(f"wrote {result.checkpoint} and {result.metadata}; use it with --model {result.checkpoint}")
+    return 0
+
+
+def run_distill(args):
+    from ..models import load_model
+    from ..train.distillation import DistillConfig, distill
+
+    split = _load_data(args)
+    teacher = load_model(args.teacher, device=getattr(args, "device", None))
+    config = DistillConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step,
+                           lr_gamma=args.lr_gamma, alpha=args.alpha, max_corrections=args.max_corrections,
+                           seed=args.seed, amp=not args.no_amp, max_steps=args.max_steps, cache_dir=_cache_dir(args),
+                           progress=not args.quiet)
+    result = distill(teacher, split.train, config, arch=args.student_arch, output=args.output, name=args.name,
+                     data_summary=split.summary())
+    print(f"teacher parameters {result.teacher_parameters:,}; student parameters {result.student_parameters:,}")
+    if split.val:
+        from ..train.cache import EmbeddingStore
+        from ..train.finetune import clickable
+        from ..train.validate import compare_table, evaluate_cached
+
+        teacher_view = clickable(teacher) if "point" not in teacher.spec.prompt_kinds else teacher
+        student = load_model(str(result.checkpoint[0]), device=getattr(args, "device", None))
+        rows = {"teacher": evaluate_cached(teacher_view, EmbeddingStore(_cache_dir(args), teacher), split.val[:64]),
+                "student": evaluate_cached(student, _LiveStore(student), split.val[:64])}
+        print(compare_table(rows))
+    print(f"wrote {result.checkpoint[0]} and {result.checkpoint[1]}")
+    return 0
+
+
+class _LiveStore:
+    """Embeddings straight from a (student) model, no disk cache."""
+
+    def __init__(self, model):
+        from ..train.finetune import LiveEncoder
+
+        self._live = LiveEncoder(model)
+
+    def get(self, image, window=None, key=None):
+        return self._live.get(image, window)
