@@ -1,0 +1,78 @@
+"""`sonosam propagate`: prompt one slice of a volume, carry the structure through the volume, write it.
+
+    sonosam propagate ch2.nii.gz --slice 74 --box 95,110,125,150 -o putamen.seg.nrrd
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..errors import DataFileError, PromptError
+from . import add_prompt_arguments, split_points
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "propagate", help="segment a structure through a CT/MRI volume from one prompted slice",
+        description="Segment slice N from a box (or clicks, for click-capable models) and propagate the result "
+                    "to the neighbouring slices both ways until the structure ends. Coordinates are voxel "
+                    "indices in that slice: x = column, y = row (axis k: x = i, y = j; axis j: x = i, y = k; "
+                    "axis i: x = j, y = k).")
+    parser.add_argument("volume", help="volume file (.nrrd, .nii.gz, .mha) or DICOM folder")
+    parser.add_argument("--slice", type=int, required=True, metavar="N", help="index of the prompted slice")
+    parser.add_argument("--axis", default="k", choices=["k", "j", "i"], help="slicing axis (default k: axial "
+                        "for an axial scan)")
+    add_prompt_arguments(parser)
+    parser.add_argument("--adapters", metavar="FILE", help="Med-SA adapter weights (from `sonosam train adapters`)")
+    parser.add_argument("--direction", default="both", choices=["both", "forward", "backward"])
+    parser.add_argument("--max-slices", type=int, metavar="N", help="at most N slices each way from the seed")
+    parser.add_argument("--min-score", type=float, help="stop below this predicted IoU (default 0.5)")
+    parser.add_argument("--name", default="Segment_1", help="segment name in the output")
+    parser.add_argument("-o", "--output", required=True, help="output .seg.nrrd or .nii.gz (labelmap)")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..io import read_volume, write_segmentation
+    from ..models import load_model
+    from ..predictor import Predictor
+    from ..volume import PropagationOptions, Seed, propagate
+
+    output = Path(args.output)
+    if not output.name.lower().endswith((".seg.nrrd", ".nii.gz", ".nii", ".nrrd")):
+        raise DataFileError(f"Output {output} must be .seg.nrrd or .nii.gz.")
+    if output.exists() and not args.overwrite:
+        raise DataFileError(f"{output} already exists; pass --overwrite to replace it.")
+    points, labels = split_points(args.point)
+    if args.box is None and points is None:
+        raise PromptError("Give a prompt on the seed slice: --box X0,Y0,X1,Y1 or --point X,Y[,LABEL].")
+    volume = read_volume(args.volume)
+    model = load_model(args.model, checkpoint=args.checkpoint, device=getattr(args, "device", None))
+    if args.adapters:
+        from ..adapters import load_adapters
+
+        load_adapters(model, args.adapters)
+    options = PropagationOptions(direction=args.direction, max_slices=args.max_slices)
+    if args.min_score is not None:
+        options.min_score = args.min_score
+
+    def progress(done, total, info):
+        if not args.quiet:
+            score = "" if info.score != info.score else f" IoU {info.score:.2f}"
+            print(f"\r[{done}/{total}] slice {info.index}: {info.status}{score} {info.area} px {info.reason}"
+                  .ljust(78)[:100], end="", file=sys.stderr, flush=True)
+
+    predictor = Predictor(model)
+    try:
+        result = propagate(predictor, volume.array, [Seed(args.slice, box=args.box, points=points, labels=labels)],
+                           axis=args.axis, options=options, progress=progress)
+    finally:
+        predictor.close()
+        if not args.quiet:
+            print(file=sys.stderr)
+    write_segmentation(output, result.mask, volume.geometry, [{"name": args.name, "label": 1}],
+                       overwrite=args.overwrite)
+    print(f"{output}: {result.summary()}; {result.encoder_calls} slices encoded in {result.seconds:.1f} s")
+    return 0

@@ -1,0 +1,548 @@
+"""Carry a structure through a CT/MRI volume slice by slice (SAM^Med-style prompt propagation).
+
+    from sonosam.volume import propagate, Seed
+    result = propagate(predictor, volume, axis=0, seeds=[Seed(80, box=(x0, y0, x1, y1))])
+    result.mask                 # bool [k, j, i], the volume's shape
+    result.slices[81]           # SliceInfo(index=81, status="propagated", score=0.93, area=412, reason="")
+
+Each next slice is prompted from the previous slice's result (see docs/volume.md):
+
+- the previous mask, restricted to the pixels that pass SAM^Med's intensity-consistency rule
+  ``|X_{t+1}(p) - X_t(p)| < lambda * std(X_t[L_t])``, gives the box (its bounding box plus a margin);
+  box-only models (the default LiteMedSAM) get only that box;
+- models that take points also get positive points picked inside the consistent pixels (deepest first);
+- models that take mask prompts get the previous low-res logits (off by default for box-only models,
+  which were not trained with them; see `PropagationOptions.mask_prompt`).
+
+A front stops when the structure ends: predicted IoU below `min_score`, area below `min_area` pixels or
+below `min_area_ratio` of its seed, too few consistent pixels, or a jump (area grows by more than
+`max_growth`, or the new mask hardly overlaps the previous one: it ran into a neighbour). The slice where
+it stopped is reported with status "stopped" and left empty.
+
+Seeds are slices the user prompted (status "seed": the model segments them from their box/points) or
+whose mask the user drew or accepted (status "accepted": kept exactly). A re-run with `previous=` keeps
+the earlier seeds and accepted slices as anchors and recomputes only the stretches between and beyond
+the anchors that changed; everything else is copied unchanged. Embeddings come from the predictor's
+cache (keyed by volume id, axis and slice) and are encoded ahead of the propagation front in the
+background. `progress(done, total, info)` reports each slice; `cancel` (a threading.Event or a callable
+returning True) stops the run at the next slice and returns what is done, with `result.cancelled` set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import InputImageError, PromptError
+from .predictor import Predictor
+
+__all__ = ["Seed", "SliceInfo", "PropagationOptions", "PropagationResult", "propagate", "naive_baseline",
+           "slice_of", "axis_index", "consistent_pixels", "volume_window", "mask_to_logits", "AXES"]
+
+AXES = {"k": 0, "j": 1, "i": 2}
+
+SEED, ACCEPTED, PROPAGATED, STOPPED = "seed", "accepted", "propagated", "stopped"
+
+
+def axis_index(axis) -> int:
+    """0/1/2 or "k"/"j"/"i" -> 0/1/2."""
+    if isinstance(axis, str):
+        if axis.lower() not in AXES:
+            raise PromptError(f"Axis {axis!r} must be k, j or i (or 0, 1, 2).")
+        return AXES[axis.lower()]
+    if axis not in (0, 1, 2):
+        raise PromptError(f"Axis {axis!r} must be 0, 1 or 2 (k, j, i).")
+    return int(axis)
+
+
+def slice_of(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """The 2D slice `index` along `axis` of a [k, j, i] volume; rows/columns are the remaining axes in order
+    (axis k: [j, i]; axis j: [k, i]; axis i: [k, j]); prompts use x = column, y = row of this slice."""
+    return np.take(volume, index, axis=axis)
+
+
+def volume_window(volume: np.ndarray) -> tuple[float, float]:
+    """One intensity window for every slice (0.5/99.5 percentiles of the volume), so that neighbouring
+    slices look alike to the model (per-slice windows make contrast jump between slices)."""
+    sample = np.asarray(volume)[::2, ::2, ::2] if min(np.shape(volume)) > 32 else np.asarray(volume)
+    low, high = np.percentile(sample, (0.5, 99.5))
+    if high <= low:
+        low, high = float(np.min(volume)), float(np.max(volume))
+    if high <= low:
+        raise InputImageError("The volume is constant: there is nothing to segment.")
+    return float(low), float(high)
+
+
+@dataclass
+class Seed:
+    """A slice the propagation starts from: prompts (box and/or points, in that slice's pixel coordinates,
+    x = column, y = row) that the model answers, or a `mask` (2D bool) the user drew or accepted, which
+    is kept exactly."""
+    index: int
+    box: Sequence[float] | None = None
+    points: Sequence[Sequence[float]] | None = None
+    labels: Sequence[int] | None = None
+    mask: np.ndarray | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.mask is not None
+
+
+@dataclass
+class SliceInfo:
+    index: int
+    status: str              # "seed", "accepted", "propagated" or "stopped"
+    score: float = float("nan")  # predicted IoU (nan for accepted masks)
+    area: int = 0            # pixels in this slice's mask (for "stopped": of the rejected prediction)
+    reason: str = ""         # why a front stopped here
+    source: int | None = None  # the anchor slice this result was propagated from
+
+
+@dataclass
+class PropagationOptions:
+    box_margin: float = 0.1          # box = consistent pixels' bounding box + margin * its size (at least 2 px)
+    consistency_lambda: float = 1.0  # SAM^Med lambda: |X_t+1 - X_t| < lambda * std(X_t[mask])
+    min_consistent: float = 0.2      # stop when fewer of the previous mask's pixels pass the rule
+    n_points: int = 3                # positive points for point-capable models (0: none)
+    mask_prompt: bool | None = None  # previous logits as mask prompt; None: only for models trained with masks
+    min_score: float = 0.5           # stop below this predicted IoU
+    min_area: int = 10               # stop below this many pixels
+    min_area_ratio: float = 0.05     # ... or below this share of the seed's area
+    max_growth: float = 1.8          # stop when the area grows more than this from one slice to the next
+    min_overlap: float = 0.3         # stop when |new & prev| / |new| falls below this (jumped elsewhere)
+    keep_component: bool = True      # keep the connected parts of the mask that touch the previous mask
+    max_slices: int | None = None    # at most this many slices from each seed in each direction
+    direction: str = "both"          # "both", "forward" (increasing index) or "backward"
+    lookahead: int = 4               # slices encoded ahead of the front in the background
+    window: tuple[float, float] | None = None  # intensity window; None: volume_window(volume)
+
+
+@dataclass
+class PropagationResult:
+    mask: np.ndarray                  # bool, the volume's shape
+    axis: int
+    slices: dict[int, SliceInfo] = field(default_factory=dict)   # every slice that was segmented or tried
+    cancelled: bool = False
+    seconds: float = 0.0
+    encoder_calls: int = 0
+    decoded: int = 0                  # slices decoded in this run (those recomputed)
+    # anchors for a re-run: index -> (Seed, low-res logits or None)
+    anchors: dict[int, tuple[Seed, np.ndarray | None]] = field(default_factory=dict, repr=False)
+
+    def slice_mask(self, index: int) -> np.ndarray:
+        return slice_of(self.mask, self.axis, index)
+
+    def status(self, index: int) -> str:
+        info = self.slices.get(index)
+        return info.status if info else ""
+
+    def extent(self) -> tuple[int, int] | None:
+        """(first, last) slice with a non-empty mask along the axis."""
+        filled = [i for i, s in self.slices.items() if s.status != STOPPED and s.area > 0]
+        return (min(filled), max(filled)) if filled else None
+
+    def accept(self, indices: Iterable[int]) -> None:
+        """Mark slices as accepted by the user: a re-run keeps them and propagates from them."""
+        for index in indices:
+            info = self.slices.get(index)
+            if info is None or info.status == STOPPED:
+                raise PromptError(f"Slice {index} has no mask to accept.")
+            info.status = ACCEPTED
+            self.anchors[index] = (Seed(index, mask=self.slice_mask(index).copy()), None)
+
+    def summary(self) -> str:
+        counts: dict[str, int] = {}
+        for info in self.slices.values():
+            counts[info.status] = counts.get(info.status, 0) + 1
+        extent = self.extent()
+        stops = [f"{i} ({s.reason})" for i, s in sorted(self.slices.items()) if s.status == STOPPED]
+        return (f"{int(self.mask.sum())} voxels on slices {extent[0]}..{extent[1]}" if extent else "empty") + \
+            f"; {', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}" + \
+            (f"; stopped at {', '.join(stops)}" if stops else "") + (" (cancelled)" if self.cancelled else "")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+def consistent_pixels(prev_image: np.ndarray, next_image: np.ndarray, prev_mask: np.ndarray,
+                      lam: float) -> np.ndarray:
+    """SAM^Med's intensity-consistency rule: pixels p of the previous mask L_t with
+    |X_{t+1}(p) - X_t(p)| < lam * std(X_t[L_t])."""
+    prev = prev_image.astype(np.float32)
+    values = prev[prev_mask]
+    if values.size == 0:
+        return np.zeros_like(prev_mask)
+    tolerance = lam * float(values.std())
+    if tolerance <= 0:  # a flat structure: allow a tiny tolerance instead of nothing
+        tolerance = 1e-6 + 0.01 * float(np.abs(values).max(initial=1.0))
+    return prev_mask & (np.abs(next_image.astype(np.float32) - prev) < tolerance)
+
+
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if rows.size == 0:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
+
+
+def _box_with_margin(mask: np.ndarray, margin: float) -> tuple[float, float, float, float] | None:
+    box = _bbox(mask)
+    if box is None:
+        return None
+    x0, y0, x1, y1 = box
+    height, width = mask.shape
+    mx, my = max(2.0, margin * (x1 - x0 + 1)), max(2.0, margin * (y1 - y0 + 1))
+    return (max(0.0, x0 - mx), max(0.0, y0 - my), min(width - 1.0, x1 + mx), min(height - 1.0, y1 + my))
+
+
+def _interior_points(region: np.ndarray, n: int) -> list[tuple[float, float]]:
+    """Up to n points deep inside `region`: the deepest pixel, then the deepest ones far from those taken."""
+    if n <= 0 or not region.any():
+        return []
+    depth = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    points: list[tuple[float, float]] = []
+    score = depth.copy()
+    rows, cols = np.indices(region.shape)
+    for _ in range(n):
+        r, c = np.unravel_index(int(np.argmax(score)), score.shape)
+        if score[r, c] <= 0:
+            break
+        points.append((float(c), float(r)))
+        # farther from the points taken is better: damp the depth near them
+        score = np.minimum(score, np.hypot(rows - r, cols - c) * 0.5)
+    return points
+
+
+def mask_to_logits(mask: np.ndarray, model) -> np.ndarray:
+    """A binary mask in pixel coordinates -> (256, 256) low-res logits in the model's mask-prompt frame
+    (the image resized so its longest side is the encoder size, padded bottom/right, then scaled to 256)."""
+    import torch
+    import torch.nn.functional as F
+
+    height, width = mask.shape
+    size = model.spec.image_size
+    scale = size / max(height, width)
+    h, w = int(height * scale + 0.5), int(width * scale + 0.5)
+    tensor = torch.as_tensor(np.asarray(mask, np.float32))[None, None]
+    resized = F.interpolate(tensor, (h, w), mode="bilinear", align_corners=False)
+    padded = F.pad(resized, (0, size - w, 0, size - h))
+    low = F.interpolate(padded, (256, 256), mode="bilinear", align_corners=False)[0, 0].numpy()
+    return ((low - 0.5) * 16.0).astype(np.float32)  # +-8: confident inside/outside
+
+
+def _keep_touching(mask: np.ndarray, prev: np.ndarray) -> np.ndarray:
+    """The connected parts of `mask` that overlap `prev` (all of it when none does)."""
+    labels, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    touching = np.unique(labels[mask & prev])
+    touching = touching[touching > 0]
+    if touching.size == 0:
+        return mask
+    return np.isin(labels, touching)
+
+
+def _is_cancelled(cancel) -> bool:
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
+
+
+def _volume_id(volume: np.ndarray) -> str:
+    array = np.ascontiguousarray(volume)
+    digest = hashlib.blake2b(array.view(np.uint8).reshape(-1), digest_size=12)
+    digest.update(f"{array.shape}{array.dtype}".encode())
+    return "vol-" + digest.hexdigest()
+
+
+def _as_predictor(predictor_or_model) -> Predictor:
+    if isinstance(predictor_or_model, Predictor):
+        return predictor_or_model
+    if hasattr(predictor_or_model, "encode") and hasattr(predictor_or_model, "decode"):
+        return Predictor(predictor_or_model)
+    raise TypeError("Give a sonosam Predictor or a model from sonosam.models.load_model().")
+
+
+def _as_seeds(seeds) -> list[Seed]:
+    if isinstance(seeds, Seed):
+        seeds = [seeds]
+    if isinstance(seeds, dict):
+        seeds = [replace(s, index=i) if isinstance(s, Seed) else Seed(i, **s) for i, s in seeds.items()]
+    out = []
+    for seed in seeds or []:
+        if not isinstance(seed, Seed):
+            raise PromptError(f"Seeds must be sonosam.volume.Seed objects; got {type(seed).__name__}.")
+        if seed.box is None and not seed.points and seed.mask is None:
+            raise PromptError(f"Seed on slice {seed.index} has no box, points or mask.")
+        out.append(seed)
+    indices = [s.index for s in out]
+    if len(set(indices)) != len(indices):
+        raise PromptError(f"Two seeds on the same slice: {sorted(indices)}.")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the engine
+
+class _Run:
+    def __init__(self, predictor: Predictor, volume: np.ndarray, axis: int, options: PropagationOptions,
+                 volume_id: str | None, progress, cancel):
+        self.predictor, self.volume, self.axis, self.options = predictor, volume, axis, options
+        self.model = predictor.model
+        kinds = self.model.spec.prompt_kinds
+        self.use_points = "point" in kinds and options.n_points > 0
+        self.use_mask = ("mask" in kinds) if options.mask_prompt is None else bool(options.mask_prompt)
+        self.window = tuple(options.window) if options.window is not None else volume_window(volume)
+        self.volume_id = volume_id or _volume_id(volume)
+        self.progress, self.cancel = progress, cancel
+        self.n = volume.shape[axis]
+        self.jobs: dict[int, object] = {}
+        self.cancelled = False
+        self.decoded = 0
+        self.done = 0
+        self.total = 0
+
+    # embeddings ------------------------------------------------------------------------------
+    def key(self, index: int):
+        return (self.volume_id, self.axis, index)
+
+    def image(self, index: int) -> np.ndarray:
+        return slice_of(self.volume, self.axis, index)
+
+    def prefetch(self, indices: Iterable[int]) -> None:
+        todo = [i for i in indices if 0 <= i < self.n and i not in self.jobs
+                and not self.predictor.is_cached(self.key(i), self.window)]
+        for i in todo:  # one job per slice, so that the ones a stopped front no longer needs can be cancelled
+            self.jobs[i] = self.predictor.prefetch([(self.key(i), lambda i=i: self.image(i))], window=self.window)
+
+    def drop_prefetch(self, keep: Callable[[int], bool] = lambda i: False) -> None:
+        for i, job in list(self.jobs.items()):
+            if not keep(i):
+                job.cancel()
+                del self.jobs[i]
+
+    def predict(self, index: int, **prompts):
+        self.decoded += 1
+        return self.predictor.predict(lambda: self.image(index), key=self.key(index), window=self.window,
+                                      multimask=False, **prompts)
+
+    # steps -----------------------------------------------------------------------------------
+    def report(self, info: SliceInfo) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, max(self.total, self.done), info)
+
+    def check_cancel(self) -> bool:
+        if not self.cancelled and _is_cancelled(self.cancel):
+            self.cancelled = True
+        return self.cancelled
+
+    def segment_seed(self, seed: Seed):
+        if seed.mask is not None:
+            mask = np.asarray(seed.mask, bool)
+            if mask.shape != self.image(seed.index).shape:
+                raise PromptError(f"The mask for slice {seed.index} has shape {mask.shape}; the slice is "
+                                  f"{self.image(seed.index).shape}.")
+            info = SliceInfo(seed.index, ACCEPTED, float("nan"), int(mask.sum()), source=seed.index)
+            return mask, None, info
+        pred = self.predict(seed.index, box=seed.box, points=seed.points, labels=seed.labels)
+        info = SliceInfo(seed.index, SEED, pred.score, int(pred.mask.sum()), source=seed.index)
+        if info.area == 0:
+            info.reason = "the seed prompt gave an empty mask"
+        return pred.mask, pred.logits, info
+
+    def front(self, start: int, mask: np.ndarray, logits, step: int, limit: int, out: dict) -> None:
+        """Propagate from anchor `start` (mask, logits) in direction `step` up to slice `limit` (inclusive);
+        put (mask, info) per slice in `out`."""
+        opt = self.options
+        ref_area = max(int(mask.sum()), 1)
+        prev_mask, prev_logits, prev_image = mask, logits, self.image(start).astype(np.float32)
+        if opt.max_slices is not None:
+            limit = start + step * min(abs(limit - start), opt.max_slices)
+        t = start
+        while t != limit and prev_mask.any():
+            if self.check_cancel():
+                return
+            t += step
+            self.prefetch(range(t, t + step * (opt.lookahead + 1), step))
+            image = self.image(t).astype(np.float32)
+            if image.min() == image.max():
+                info = SliceInfo(t, STOPPED, float("nan"), 0, "the slice is blank", source=start)
+                out[t] = (None, info)
+                self.report(info)
+                return
+            consistent = consistent_pixels(prev_image, image, prev_mask, opt.consistency_lambda)
+            share = consistent.sum() / max(prev_mask.sum(), 1)
+            region = consistent if share >= opt.min_consistent else prev_mask
+            box = _box_with_margin(region, opt.box_margin)
+            prompts = {"box": box}
+            if self.use_points:
+                points = _interior_points(consistent, opt.n_points)
+                if points:
+                    prompts.update(points=points, labels=[1] * len(points))
+            if self.use_mask:
+                prompts["mask_logits"] = prev_logits if prev_logits is not None else mask_to_logits(prev_mask, self.model)
+            pred = self.predict(t, **prompts)
+            new = pred.mask
+            if opt.keep_component and new.any():
+                new = _keep_touching(new, prev_mask)
+            area, prev_area = int(new.sum()), int(prev_mask.sum())
+            reason = ""
+            if share < opt.min_consistent:
+                reason = f"only {share:.0%} of the previous mask is intensity-consistent"
+            elif area == 0:
+                reason = "the mask vanished"
+            elif pred.score < opt.min_score:
+                reason = f"predicted IoU {pred.score:.2f} < {opt.min_score}"
+            elif area < opt.min_area or area < opt.min_area_ratio * ref_area:
+                reason = f"area {area} px is below the threshold"
+            elif area > opt.max_growth * prev_area:
+                reason = f"area grew {area / prev_area:.1f}x (ran into a neighbour?)"
+            elif (new & prev_mask).sum() < opt.min_overlap * area:
+                reason = "the mask moved away from the previous one"
+            if reason:
+                info = SliceInfo(t, STOPPED, pred.score, area, reason, source=start)
+                out[t] = (None, info)
+                self.report(info)
+                return
+            info = SliceInfo(t, PROPAGATED, pred.score, area, source=start)
+            out[t] = (new, info)
+            self.report(info)
+            prev_mask, prev_logits, prev_image = new, pred.logits, image
+
+
+def _mask_shape(volume_shape, axis):
+    return tuple(s for a, s in enumerate(volume_shape) if a != axis)
+
+
+def propagate(predictor, volume, seeds, axis=0, options: PropagationOptions | None = None, *,
+              previous: PropagationResult | None = None, volume_id: str | None = None,
+              progress: Callable[[int, int, SliceInfo], None] | None = None, cancel=None,
+              **option_overrides) -> PropagationResult:
+    """Segment a structure through `volume` ([k, j, i] array, or a sonosam.io.Volume) from seed slices.
+
+    predictor: a sonosam Predictor (its embedding cache is reused across runs) or a model.
+    seeds: Seed objects (or {index: {"box": ...}}); may be empty on a re-run that only accepts slices.
+    axis: 0/1/2 or "k"/"j"/"i". options / keyword overrides: see PropagationOptions.
+    previous: the result of an earlier run on the same volume and axis: its seeds and accepted slices stay
+    anchors, and only the stretches next to new or changed anchors are recomputed.
+    volume_id: names the volume in the embedding cache (default: a hash of its voxels).
+    progress(done, total, SliceInfo) after each slice; cancel: threading.Event or callable -> bool."""
+    started = time.perf_counter()
+    predictor = _as_predictor(predictor)
+    volume = np.asarray(getattr(volume, "array", volume))
+    if volume.ndim != 3:
+        raise InputImageError(f"A volume must be 3D [k, j, i]; got shape {volume.shape}.")
+    axis = axis_index(axis)
+    options = replace(options or PropagationOptions(), **option_overrides)
+    if options.direction not in ("both", "forward", "backward"):
+        raise PromptError(f"direction must be both, forward or backward; got {options.direction!r}.")
+    seeds = _as_seeds(seeds)
+    n = volume.shape[axis]
+    for seed in seeds:
+        if not 0 <= seed.index < n:
+            raise PromptError(f"Seed slice {seed.index} is outside the volume ({n} slices along axis {axis}).")
+    if previous is not None:
+        if previous.axis != axis or previous.mask.shape != volume.shape:
+            raise PromptError("`previous` is a result for another volume shape or axis; run without it.")
+    elif not seeds:
+        raise PromptError("Give at least one seed slice (a box, points or a mask).")
+
+    run = _Run(predictor, volume, axis, options, volume_id, progress, cancel)
+    encoder_calls = predictor.encoder_calls
+
+    # anchors: earlier ones (kept as they are) and this run's seeds (new: their neighbourhood is recomputed)
+    anchors: dict[int, tuple[Seed, np.ndarray | None]] = dict(previous.anchors) if previous else {}
+    new_indices = {seed.index for seed in seeds}
+    run.prefetch(sorted(new_indices))
+    result = PropagationResult(np.zeros(volume.shape, bool), axis)
+    if previous is not None:
+        result.mask[...] = previous.mask
+        result.slices = {i: replace(s) for i, s in previous.slices.items()}
+
+    def put(index, mask, info):
+        index_slice = [slice(None)] * 3
+        index_slice[axis] = index
+        result.mask[tuple(index_slice)] = mask if mask is not None else False
+        result.slices[index] = info
+
+    anchor_masks: dict[int, np.ndarray] = {}
+    for seed in seeds:
+        mask, logits, info = run.segment_seed(seed)
+        anchors[seed.index] = (seed, logits)
+        anchor_masks[seed.index] = mask
+        put(seed.index, mask, info)
+        run.report(info)
+    for index in anchors:
+        if index not in anchor_masks:
+            anchor_masks[index] = result.slice_mask(index).copy()
+
+    order = sorted(anchors)
+    # stretches: (anchor below or None, anchor above or None, first, last slice)
+    stretches = [(None, order[0], 0, order[0] - 1)]
+    stretches += [(a, b, a + 1, b - 1) for a, b in zip(order, order[1:])]
+    stretches += [(order[-1], None, order[-1] + 1, n - 1)]
+    todo = [s for s in stretches if s[2] <= s[3] and ({s[0], s[1]} & new_indices or previous is None)]
+    run.total = len(seeds) + sum(s[3] - s[2] + 1 for s in todo)
+    forward, backward = options.direction in ("both", "forward"), options.direction in ("both", "backward")
+
+    for below, above, first, last in todo:
+        if run.check_cancel():
+            break
+        results_up: dict = {}
+        results_down: dict = {}
+        if below is not None and forward:
+            run.front(below, anchor_masks[below], anchors[below][1], +1, last, results_up)
+        run.drop_prefetch()
+        if above is not None and backward and not run.check_cancel():
+            run.front(above, anchor_masks[above], anchors[above][1], -1, first, results_down)
+        run.drop_prefetch()
+        for index in range(first, last + 1):
+            up, down = results_up.get(index), results_down.get(index)
+            choice = None
+            if up and down:  # both fronts reached it: the nearer anchor's result (a stop beats nothing)
+                choice = up if (index - below) <= (above - index) else down
+                if choice[0] is None and (up[0] is not None or down[0] is not None):
+                    choice = up if up[0] is not None else down
+            else:
+                choice = up or down
+            if choice is not None:
+                put(index, choice[0], choice[1])
+            elif index in result.slices or (previous is not None and result.slice_mask(index).any()):
+                put(index, None, None)
+                result.slices.pop(index, None)
+    run.drop_prefetch()
+
+    result.anchors = anchors
+    result.cancelled = run.cancelled
+    result.decoded = run.decoded
+    result.encoder_calls = predictor.encoder_calls - encoder_calls
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def naive_baseline(predictor, volume, box, axis=0, indices: Iterable[int] | None = None,
+                   window: tuple[float, float] | None = None, volume_id: str | None = None) -> np.ndarray:
+    """Every slice (or `indices`) prompted independently with the same box: the baseline propagation must beat."""
+    predictor = _as_predictor(predictor)
+    volume = np.asarray(getattr(volume, "array", volume))
+    axis = axis_index(axis)
+    window = tuple(window) if window is not None else volume_window(volume)
+    volume_id = volume_id or _volume_id(volume)
+    out = np.zeros(volume.shape, bool)
+    for index in (range(volume.shape[axis]) if indices is None else indices):
+        image = slice_of(volume, axis, index)
+        if image.min() == image.max():  # nothing to segment (e.g. an empty border slice)
+            continue
+        pred = predictor.predict(image, box=box, key=(volume_id, axis, index), window=window, multimask=False)
+        where = [slice(None)] * 3
+        where[axis] = index
+        out[tuple(where)] = pred.mask
+    return out
