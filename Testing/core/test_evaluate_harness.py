@@ -248,3 +248,22 @@ def test_empty_ground_truth_sample_is_reported():
     sample = Sample(np.zeros((20, 20), np.uint8), np.zeros((20, 20), bool), "empty", ("e",))
     with pytest.raises(PromptError):
         evaluate(Oracle(), [sample], progress=False, on_error="raise")
+
+
+def test_bench_timer_counts_calls_and_formats_a_table():
+    from sonosam.evaluate.bench import TimedModel, format_rows
+
+    class Model:
+        spec = SimpleNamespace(name="toy", prompt_kinds=frozenset({"point"}))
+
+        def encode(self, image):
+            return image
+
+        def decode(self, emb, **kwargs):
+            return emb
+
+    timed = TimedModel(Model())
+    timed.encode(1), timed.decode(1), timed.decode(2)
+    assert (timed.encode_calls, timed.decode_calls) == (1, 2) and timed.spec.name == "toy"
+    table = format_rows([{"run": "x", "images/s": 0.12345, "Dice": None}])
+    assert table.splitlines()[2] == "| x | 0.123 | n/a |"
