@@ -196,6 +196,9 @@ class Tracker:
     def _set_keyframe(self, obj: TrackedObject, frame: int, mask: np.ndarray, status: str) -> None:
         obj.keyframes.add(frame)
         obj.results[frame] = FrameResult(mask.copy(), 1.0, "keyframe", Signals(), 0)
+        for other in self.objects.values():  # what the user just set wins over other objects' masks there
+            if other is not obj and other.results[frame] is not None:
+                other.results[frame].mask = other.results[frame].mask & ~mask
         for event in self.events:
             if event.frame == frame and event.object == obj.name and event.status == "pending":
                 event.status = status
@@ -310,8 +313,16 @@ class Tracker:
             priors[obj.name] = motion_prior(self.flow, self.frames[src_t], frame, obj.results[src_t].mask)
         self.timing["motion_s"] += time.perf_counter() - tic
 
+        # A blank (constant) frame carries no image evidence: nothing to encode, the last mask is kept
+        # as the proposal and the motion signal (0 on a flat frame) flags it.
+        blank = float(np.asarray(frame).max()) - float(np.asarray(frame).min()) < 1.0
         use_model = False
         for obj in todo:
+            if blank:
+                source = obj.results[src_t]
+                priors[obj.name] = type(priors[obj.name])(source.mask.copy(), source.mask.astype(np.float32),
+                                                          0.0, 0.0, 0.0)
+                continue
             if self._scheduled(obj, t, direction) or priors[obj.name].score < self.encode_below:
                 use_model = True
         if use_model:

@@ -1,0 +1,134 @@
+"""Tracker tests on the honest synthetic loop: ONE real A4C echo frame (pydicom-data) warped by a known smooth
+periodic contraction, the LV mask (segmented once on that real frame) warped by the same field.
+
+One predictor is shared by every test so that each synthetic frame is encoded once (the encoder costs
+seconds per frame on CPU); loops are 12 frames at half size, the model runs every 4th frame."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sonosam.evaluate.metrics import dice
+from sonosam.track import SimulatedExpert, Tracker, echo_synthetic_loop, track_with_expert
+from sonosam.track.confidence import Signals, area_score, combine, stability_score
+
+N_FRAMES = 12
+
+
+@pytest.fixture(scope="module")
+def predictor(default_model):
+    from sonosam.predictor import Predictor
+
+    p = Predictor(default_model, cache_mib=512)
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module")
+def loop(predictor):
+    return echo_synthetic_loop(predictor, n_frames=N_FRAMES, scale=0.5, dropout_frames=(7,))
+
+
+def test_confidence_formula():
+    assert combine(Signals()) == 1.0
+    assert combine(Signals(model_iou=1.0, motion=1.0)) == pytest.approx(1.0)
+    assert combine(Signals(model_iou=0.9, motion=0.0)) < 0.1          # one failing signal pulls it down
+    assert 0.0 <= combine(Signals(0.5, 0.5, 0.5, 0.5, 0.5)) <= 1.0
+    assert combine(Signals(0.5, 0.5, 0.5, 0.5, 0.5)) == pytest.approx(0.5)
+    assert area_score(100, []) is None and area_score(0, [100]) == 0.0
+    assert area_score(100, [100]) == pytest.approx(1.0) and area_score(60, [100]) < 0.3
+    logits = np.full((8, 8), -10.0)
+    logits[2:6, 2:6] = 10.0
+    assert stability_score(logits) == 1.0
+
+
+def test_synthetic_loop_is_labelled_and_exact(loop):
+    assert "SYNTHETIC" in loop.description and "real A4C" in loop.description
+    masks = loop.masks["LV"]
+    assert masks.shape == loop.frames.shape and masks.any(axis=(1, 2)).all()
+    area = masks.sum(axis=(1, 2))
+    assert area[N_FRAMES // 2] < 0.8 * area[0]                      # contraction-like
+
+
+def test_tracking_with_expert_keeps_dice(predictor, loop):
+    tracker = Tracker(predictor, loop.frames, threshold=0.75, model_every=4)
+    records, summary = track_with_expert(tracker, loop.masks, expert=SimulatedExpert(target=0.9), loop="syn")
+    print("\nsynthetic loop (threshold 0.75, model every 4):", json.dumps(summary))
+    assert summary["min_final_dice"] >= 0.9
+    assert len(records) == N_FRAMES
+    # Frames the expert set are keyframes: re-running never overwrites them.
+    keyframes = {r.frame: tracker.result(r.frame, "LV").mask.copy() for r in records if r.intervened}
+    tracker.pause = False
+    tracker.rerun()
+    for t, mask in keyframes.items():
+        assert np.array_equal(tracker.result(t, "LV").mask, mask)
+
+
+def test_interventions_help(predictor, loop):
+    expert = SimulatedExpert(target=0.95)                            # strict expert: corrects what it sees
+    _, none = track_with_expert(Tracker(predictor, loop.frames, threshold=0.0, model_every=4), loop.masks,
+                                expert=expert, loop="none")
+    _, some = track_with_expert(Tracker(predictor, loop.frames, threshold=0.9, model_every=4), loop.masks,
+                                expert=expert, loop="some")
+    print(f"\nno interventions: {json.dumps(none)}\nwith interventions: {json.dumps(some)}")
+    assert none["interventions_per_loop"] == 0
+    assert some["interventions_per_loop"] > 0
+    assert some["mean_final_dice"] > none["mean_final_dice"]
+    assert some["clicks_per_loop"] >= none["clicks_per_loop"]
+
+
+def test_threshold_extremes(predictor, loop):
+    gt0 = loop.masks["LV"][0]
+    for threshold, expected in ((0.0, 0), (1.0, N_FRAMES - 1)):
+        tracker = Tracker(predictor, loop.frames, threshold=threshold, model_every=4, pause=False)
+        tracker.add_object("LV", 0, mask=gt0)
+        report = tracker.run()
+        assert not report.paused
+        assert len(tracker.events) == expected
+        assert sorted(e.frame for e in tracker.events) == list(range(1, expected + 1))
+
+
+def test_pause_resume_and_two_objects_do_not_overlap(predictor, loop):
+    lv = loop.masks["LV"][0]
+    rows, cols = np.nonzero(lv)
+    other = np.zeros_like(lv)                                        # a second object overlapping the LV's lower half
+    other[int(rows.mean()):rows.max() + 10, cols.min():cols.max()] = True
+    tracker = Tracker(predictor, loop.frames[:6], threshold=1.0, model_every=4)
+    tracker.add_object("LV", 0, mask=lv)
+    tracker.add_object("B", 0, mask=other & ~lv)
+    report = tracker.run()
+    assert report.paused and report.frame == 1 and {e.object for e in report.events} == {"LV", "B"}
+    tracker.correct(1, "LV", mask=loop.masks["LV"][1])
+    tracker.accept(1, "B")
+    report = tracker.run()
+    assert report.paused and report.frame == 2
+    assert all(e.status in ("corrected", "accepted") for e in tracker.events if e.frame == 1)
+    tracker.pause = False
+    tracker.run()
+    assert np.array_equal(tracker.result(1, "LV").mask, loop.masks["LV"][1])
+    assert not (tracker.masks("LV") & tracker.masks("B")).any()
+    assert set(np.unique(tracker.labelmap())) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("kind", ["blank", "cut"])
+def test_blank_frame_or_cut_requests_intervention(predictor, loop, kind):
+    frames = loop.frames[:5].copy()
+    frames[3] = 0 if kind == "blank" else frames[3][:, ::-1]
+    tracker = Tracker(predictor, frames, threshold=0.5, model_every=4, pause=False)
+    tracker.add_object("LV", 0, mask=loop.masks["LV"][0])
+    tracker.run()
+    flagged = {e.frame: e for e in tracker.events}
+    assert 3 in flagged, [(t, tracker.result(t, "LV").confidence) for t in range(1, 5)]
+    assert tracker.result(3, "LV").confidence < 0.5
+    if kind == "blank":
+        assert "blank" in flagged[3].reason
+    assert set(flagged) <= {3, 4}
+
+
+def test_backward_tracking_from_mid_loop(predictor, loop):
+    tracker = Tracker(predictor, loop.frames[:5], threshold=0.0, model_every=4, pause=False)
+    tracker.add_object("LV", 2, mask=loop.masks["LV"][2])
+    tracker.run()
+    for t in range(5):
+        assert dice(tracker.result(t, "LV").mask, loop.masks["LV"][t]) > 0.85
