@@ -84,6 +84,7 @@ class DistillConfig:
     max_steps: int | None = None
     cache_dir: str | None = None
     progress: bool = True
+    probe_samples: int = 4            # fixed probe batch for a comparable before/after loss
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -101,6 +102,8 @@ class DistillResult:
     student: SamModel | None = None
     checkpoint: object = None
     seconds: float = 0.0
+    probe_loss_before: float = math.nan   # loss on a fixed probe batch (fixed prompts) before / after training
+    probe_loss_after: float = math.nan
 
 
 def distill(teacher: SamModel, train: Sequence[Sample], config: DistillConfig | None = None, *, arch: str = "tinyvit",
@@ -144,6 +147,20 @@ def distill(teacher: SamModel, train: Sequence[Sample], config: DistillConfig | 
                 inputs[id(image)] = student.preprocess(image)[0][0].cpu()
         return inputs[id(image)]
 
+    probe = list(train[:config.probe_samples])
+
+    def probe_loss() -> float:
+        """The loss on a fixed probe batch with fixed prompts (seeded), no gradient: comparable across training."""
+        if not probe:
+            return math.nan
+        student.sam.eval()
+        with torch.no_grad():
+            loss, _ = _batch_loss(teacher, teacher_net, student, student_net, store, student_input, probe,
+                                  PromptSampler(np.random.default_rng(12345), config.point_jitter, config.box_jitter),
+                                  2, config.alpha, device)
+        return float(loss)
+
+    result.probe_loss_before = probe_loss()
     steps, began = 0, time.perf_counter()
     for epoch in range(config.epochs):
         if config.max_steps is not None and steps >= config.max_steps:
@@ -157,35 +174,10 @@ def distill(teacher: SamModel, train: Sequence[Sample], config: DistillConfig | 
             if config.max_steps is not None and steps >= config.max_steps:
                 break
             batch = [train[i] for i in order[start:start + config.batch_size]]
-            gts = [s.mask for s in batch]
-            t_sizes = [(tuple(s.image.shape[:2]), input_size_for(tuple(s.image.shape[:2]), teacher.spec.image_size))
-                       for s in batch]
-            s_sizes = [(o, input_size_for(o, 256)) for o, _ in t_sizes]
-            targets = torch.stack([low_res_target(s.mask, s_sizes[i][1], 256) for i, s in enumerate(batch)]).to(device)
             n_iterations = 1 + int(rng.integers(0, config.max_corrections + 1))
-            # 1. the teacher's own interactive session (no gradient), remembering every iteration's prompts
-            teacher_features = torch.stack([store.get(s.image).features for s in batch]).to(device)
-            with torch.no_grad():
-                history, teacher_logits = iterate_prompts(
-                    lambda idx, t, m: teacher_net(teacher_features[idx], t.points, t.boxes, m), gts, t_sizes, sampler,
-                    teacher.transform, teacher.spec.image_size, n_iterations, device)
-            teacher_targets = low_res_teacher_best(teacher_logits, targets)
-            # 2. the student replays the same prompts, its own logits fed back
-            features = student.sam.image_encoder(torch.stack([student_input(s.image) for s in batch]).to(device))
-            parts = []
-            last_dice = []
-
-            def on_output(iteration, indices, logits, iou):
-                seg = dice_focal_loss(logits, targets[indices])
-                kl = bernoulli_kl(logits, teacher_targets[indices])
-                parts.append(((1 - config.alpha) * seg + config.alpha * kl).sum())
-                if iteration == n_iterations - 1:
-                    last_dice.extend(soft_dice((logits.detach() > 0).float() * 40 - 20, targets[indices]).tolist())
-
             with autocast(device, config.amp):
-                iterate_prompts(lambda idx, t, m: student_net(features[idx], t.points, t.boxes, m), gts, s_sizes,
-                                sampler, student.transform, 256, n_iterations, device, on_output, replay=history)
-                loss = torch.stack(parts).sum() / (len(batch) * n_iterations)
+                loss, last_dice = _batch_loss(teacher, teacher_net, student, student_net, store, student_input, batch,
+                                              sampler, n_iterations, config.alpha, device)
             optimizer.zero_grad(set_to_none=True)
             (scaler.scale(loss) if scaler is not None else loss).backward()
             if scaler is not None:
@@ -206,6 +198,9 @@ def distill(teacher: SamModel, train: Sequence[Sample], config: DistillConfig | 
         if log:
             log(f"epoch {epoch + 1}: loss {record['loss']:.4f}, train Dice {record['dice']:.3f}, {record['seconds']:.1f} s")
     result.seconds = time.perf_counter() - began
+    result.probe_loss_after = probe_loss()
+    if log:
+        log(f"fixed-probe loss {result.probe_loss_before:.4f} -> {result.probe_loss_after:.4f}")
     if output is not None:
         result.checkpoint = save_checkpoint(
             student, output, name=name, kind="distill", weights="full", architecture=architecture,
@@ -214,6 +209,36 @@ def distill(teacher: SamModel, train: Sequence[Sample], config: DistillConfig | 
                       "teacher_parameters": result.teacher_parameters, "student_parameters": result.student_parameters,
                       "data": data_summary or {"train_samples": len(train)}, "epochs": result.epochs})
     return result
+
+
+def _batch_loss(teacher, teacher_net, student, student_net, store, student_input, batch, sampler, n_iterations,
+                alpha, device):
+    """The distillation loss of one batch: the teacher's interactive session (no gradient, prompts and
+    logits of every iteration), then the student replaying those prompts with its own logits fed back."""
+    gts = [s.mask for s in batch]
+    t_sizes = [(tuple(s.image.shape[:2]), input_size_for(tuple(s.image.shape[:2]), teacher.spec.image_size))
+               for s in batch]
+    s_sizes = [(o, input_size_for(o, 256)) for o, _ in t_sizes]
+    targets = torch.stack([low_res_target(s.mask, s_sizes[i][1], 256) for i, s in enumerate(batch)]).to(device)
+    teacher_features = torch.stack([store.get(s.image).features for s in batch]).to(device)
+    with torch.no_grad():
+        history, teacher_logits = iterate_prompts(
+            lambda idx, t, m: teacher_net(teacher_features[idx], t.points, t.boxes, m), gts, t_sizes, sampler,
+            teacher.transform, teacher.spec.image_size, n_iterations, device)
+    teacher_targets = low_res_teacher_best(teacher_logits, targets)
+    features = student.sam.image_encoder(torch.stack([student_input(s.image) for s in batch]).to(device))
+    parts, last_dice = [], []
+
+    def on_output(iteration, indices, logits, iou):
+        seg = dice_focal_loss(logits, targets[indices])
+        kl = bernoulli_kl(logits, teacher_targets[indices])
+        parts.append(((1 - alpha) * seg + alpha * kl).sum())
+        if iteration == n_iterations - 1:
+            last_dice.extend(soft_dice((logits.detach() > 0).float() * 40 - 20, targets[indices]).tolist())
+
+    iterate_prompts(lambda idx, t, m: student_net(features[idx], t.points, t.boxes, m), gts, s_sizes, sampler,
+                    student.transform, 256, n_iterations, device, on_output, replay=history)
+    return torch.stack(parts).sum() / (len(batch) * n_iterations), last_dice
 
 
 def low_res_teacher_best(teacher_logits: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:

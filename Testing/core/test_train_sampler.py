@@ -1,0 +1,86 @@
+"""Training's iterative prompt sampler is the evaluation click simulator with training settings."""
+
+import numpy as np
+import pytest
+import torch
+
+from sonosam.evaluate.clicks import ClickSimulator, box_from_mask, error_regions, first_click
+from sonosam.train.engine import group_by_shape, low_res_target
+from sonosam.train.losses import bernoulli_kl, dice_focal_loss
+from sonosam.train.prompts import PromptSampler, to_model_inputs
+
+
+def blob(shape=(120, 100), center=(60, 50), radius=(25, 18)):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return ((yy - center[0]) / radius[0]) ** 2 + ((xx - center[1]) / radius[1]) ** 2 <= 1
+
+
+def test_sampler_is_the_shared_simulator():
+    sampler = PromptSampler(rng=3)
+    assert isinstance(sampler.simulator, ClickSimulator)
+    assert sampler.simulator.mode == "random"
+    gt = blob()
+    # the same generator state gives the same first click as the evaluation module's own function
+    a = PromptSampler(rng=np.random.default_rng(7), point_jitter=0.2).start(gt, "point")
+    b = first_click(gt, 0.2, np.random.default_rng(7))
+    assert a.points == [b.xy] and a.labels == [1]
+    c = PromptSampler(rng=np.random.default_rng(7), box_jitter=0.2).start(gt, "box")
+    assert c.box == box_from_mask(gt, 0.2, np.random.default_rng(7))
+
+
+def test_first_prompt_rules():
+    gt = blob()
+    rows, cols = np.nonzero(gt)
+    h, w = np.ptp(rows) + 1, np.ptp(cols) + 1
+    sampler = PromptSampler(rng=0, point_jitter=0.2, box_jitter=0.2)
+    kinds = [sampler.choose_start() for _ in range(400)]
+    assert 0.4 < kinds.count("point") / len(kinds) < 0.6          # point or box, equally likely
+    for _ in range(50):
+        p = sampler.start(gt, "point")
+        (x, y), = p.points
+        assert gt[y, x] and abs(x - cols.mean()) <= 0.2 * w + 1 and abs(y - rows.mean()) <= 0.2 * h + 1
+        box = sampler.start(gt, "box").box
+        tight = box_from_mask(gt)
+        assert all(abs(a - b) <= 0.2 * (w if i % 2 == 0 else h) + 1 for i, (a, b) in enumerate(zip(box, tight)))
+
+
+def test_corrections_fall_in_the_error_region_with_the_right_label():
+    gt = blob()
+    sampler = PromptSampler(rng=1)
+    prompts = sampler.start(gt, "point")
+    under = blob(radius=(12, 9))                    # prediction too small: positive clicks in the missed ring
+    click = sampler.correct(under, gt, prompts)
+    assert click.label == 1 and gt[click.y, click.x] and not under[click.y, click.x]
+    over = blob(radius=(40, 40))                    # too big: negative clicks outside the structure
+    click = sampler.correct(over, gt, prompts)
+    assert click.label == 0 and over[click.y, click.x] and not gt[click.y, click.x]
+    largest = error_regions(over, gt)[0][0]
+    assert largest[click.y, click.x]
+    assert prompts.labels == [1, 1, 0] and len(prompts.points) == 3
+    assert sampler.correct(gt, gt, prompts) is None   # perfect: nothing to click
+
+
+def test_prompt_batches_are_grouped_by_shape_and_mapped_like_decode():
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    gt = blob()
+    sampler = PromptSampler(rng=0)
+    prompts = [sampler.start(gt, k) for k in ("point", "box", "point")]
+    groups = group_by_shape(prompts)
+    assert sorted(map(sorted, groups)) == [[0, 2], [1]]
+    transform = ResizeLongestSide(256)
+    t = to_model_inputs([prompts[0], prompts[2]], [gt.shape] * 2, transform, torch.device("cpu"))
+    assert t.boxes is None and t.points[0].shape == (2, 1, 2)
+    expected = transform.apply_coords(np.asarray(prompts[0].points, float), gt.shape)
+    assert np.allclose(t.points[0][0].numpy(), expected)
+
+
+def test_targets_and_losses():
+    gt = blob((200, 100))
+    target = low_res_target(gt, (256, 128), 256)
+    assert target.shape == (1, 256, 256) and target[:, :, 128:].sum() == 0     # padding right of the image
+    logits = (target * 2 - 1)[None] * 20
+    assert dice_focal_loss(logits, target[None]).item() < 0.01
+    assert dice_focal_loss(-logits, target[None]).item() > 1.0
+    assert bernoulli_kl(logits, logits).item() == pytest.approx(0, abs=1e-6)
+    assert bernoulli_kl(logits, -logits).item() > 1
