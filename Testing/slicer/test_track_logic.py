@@ -1,0 +1,98 @@
+"""SonoSAMTrack logic against real MRML sequence nodes (slicer-core): volume sequence in, segmentation sequence
+out, `.seq.nrrd` round trip through Slicer's storage node into a new scene, and the CLI's `.seq.nrrd` read
+by Slicer's storage node."""
+
+import numpy as np
+import pytest
+
+N = 5
+
+
+@pytest.fixture(scope="module")
+def small_loop(default_model):
+    """5 frames of the synthetic loop (a real A4C frame warped by a known contraction), half size."""
+    from sonosam.predictor import Predictor
+    from sonosam.track import echo_synthetic_loop
+
+    return echo_synthetic_loop(Predictor(default_model), n_frames=N, scale=0.5), Predictor(default_model)
+
+
+def _volume_sequence(scene, frames, spacing=(0.5, 0.5)):
+    from mrml_scene import add_volume_from_array
+
+    seq = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "cine")
+    seq.SetIndexName("time")
+    seq.SetIndexUnit("s")
+    ijk_to_ras = np.diag([-spacing[0], -spacing[1], 1.0, 1.0])  # LPS-identity DICOM frame in RAS
+    for t, frame in enumerate(frames):
+        node = add_volume_from_array(scene, frame[np.newaxis], ijk_to_ras, name=f"frame{t}")
+        seq.SetDataNodeAtValue(node, f"{t * 0.0333:.4f}")
+        scene.RemoveNode(node)
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "browser")
+    browser.SetAndObserveMasterSequenceNodeID(seq.GetID())
+    return seq, browser
+
+
+def test_track_logic_sequence_round_trip(mrml, small_loop, tmp_path):
+    from mrml_scene import make_scene
+    from SonoSAMTrackLib.logic import SonoSAMTrackLogic
+
+    loop, predictor = small_loop
+    seq, browser = _volume_sequence(mrml.scene, loop.frames)
+    logic = SonoSAMTrackLogic(mrml.scene, predictor=predictor)
+    gt = loop.masks["LV"]
+    other = np.zeros_like(gt[0])
+    other[gt[0].nonzero()[0].max() + 2:, 120:200] = True            # a second, non-overlapping object
+    session = logic.start(seq, [{"name": "LV", "frame": 0, "mask": gt[0]}, {"name": "LA", "frame": 0, "mask": other}],
+                          browser=browser, threshold=0.0, model_every=4)
+    report = logic.run(session)
+    assert not report.paused
+    out = session.output_sequence
+    assert out.GetNumberOfDataNodes() == N and out.GetNthIndexValue(2) == seq.GetNthIndexValue(2)
+    assert browser.IsSynchronizedSequenceNode(out.GetID()) if hasattr(browser, "IsSynchronizedSequenceNode") else True
+    tracked = session.tracker.masks("LV")
+    assert np.array_equal(logic.output_masks(session, "LV"), tracked)
+    assert np.array_equal(logic.output_masks(session, "LA"), session.tracker.masks("LA"))
+    assert session.table.GetTable().GetNumberOfRows() == N
+
+    path = tmp_path / "lv.seq.nrrd"
+    logic.save_sequence(session, str(path))
+    other_scene = make_scene()
+    try:
+        loaded = SonoSAMTrackLogic(other_scene.scene).load_sequence(str(path), names=["LV", "LA"])
+        assert loaded.GetNumberOfDataNodes() == N
+        for name in ("LV", "LA"):
+            back = SonoSAMTrackLogic.sequence_masks(loaded, name, loop.frames.shape[1:])
+            assert np.array_equal(back, session.tracker.masks(name)), name
+    finally:
+        other_scene.close()
+
+
+def test_correction_is_kept_in_output(mrml, small_loop):
+    from SonoSAMTrackLib.logic import SonoSAMTrackLogic
+
+    loop, predictor = small_loop
+    seq, browser = _volume_sequence(mrml.scene, loop.frames)
+    logic = SonoSAMTrackLogic(mrml.scene, predictor=predictor)
+    session = logic.start(seq, [{"name": "LV", "frame": 0, "mask": loop.masks["LV"][0]}], threshold=1.0, model_every=4)
+    report = logic.run(session)
+    assert report.paused and report.frame == 1
+    logic.correct(session, 1, "LV", mask=loop.masks["LV"][1])
+    session.tracker.pause = False
+    logic.run(session)
+    assert np.array_equal(logic.output_masks(session, "LV")[1], loop.masks["LV"][1])
+    assert logic.next_attention(session, 1) == 2
+
+
+def test_cli_seq_nrrd_is_read_by_slicer_storage_node(mrml, small_loop, tmp_path):
+    from SonoSAMTrackLib.logic import SonoSAMTrackLogic
+    from sonosam.track.outputs import read_sequence_nrrd, write_sequence_nrrd
+
+    loop, _ = small_loop
+    labels = loop.masks["LV"].astype(np.uint8)
+    path = write_sequence_nrrd(tmp_path / "cli.seq.nrrd", labels, ["LV"], spacing_xy=(0.5, 0.5), frame_time_ms=33.3)
+    data, segments, _ = read_sequence_nrrd(path)
+    assert np.array_equal(data, labels) and segments[0]["name"] == "LV"
+    loaded = SonoSAMTrackLogic(mrml.scene).load_sequence(str(path))   # names from the file's header
+    assert loaded.GetNumberOfDataNodes() == N
+    assert np.array_equal(SonoSAMTrackLogic.sequence_masks(loaded, "LV", labels.shape[1:]), loop.masks["LV"])
