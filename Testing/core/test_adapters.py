@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from sonosam.adapters import (DEFAULT_CONFIG, Adapter, HyPAdapter, add_medsa_adapters, adapter_parameter_names, load_adapters,
-                              read_adapter_file, save_adapters, trainable_share)
+from sonosam.adapters import (DEFAULT_CONFIG, Adapter, HyPAdapter, add_medsa_adapters, adapter_parameter_names,
+                              load_adapters, read_adapter_file, save_adapters, trainable_share)
 from sonosam.adapters.modules import MedSATinyViTBlock, encoder_stem, encoder_trunk
 from sonosam.adapters.training import (SliceEncoderInput, decode, segment_volume_with_adapters, simulate_box,
                                        simulate_clicks, slab_loss, train_adapters, volume_window)
@@ -18,6 +18,15 @@ from sonosam.errors import CheckpointError, DataFileError
 
 THALAMUS_L = 77          # AAL label
 SLAB = (78, 2)           # axial slices 78-79 hold the left thalamus
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread for this module (the 2 shared cores thrash with more), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

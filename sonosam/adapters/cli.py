@@ -31,7 +31,8 @@ def register(subparsers):
     parser.add_argument("--model", default="litemedsam", help="base model name (see `sonosam models`)")
     parser.add_argument("--checkpoint", help="weights file for --model (default: bundled or cached)")
     parser.add_argument("--init", metavar="ADAPTERS", help="start from these adapter weights instead of zero")
-    parser.add_argument("--axis", choices=sorted(AXES), default="k", help="slice axis of the array [k, j, i] (default k)")
+    parser.add_argument("--axis", choices=sorted(AXES), default="k",
+                        help="slice axis of the array [k, j, i] (default k)")
     parser.add_argument("--slab-depth", type=int, default=4, help="slices per slab (default 4)")
     parser.add_argument("--steps", type=int, default=100, help="optimiser steps (default 100)")
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
@@ -56,7 +57,8 @@ def run(args) -> int:
     if output.exists() and not args.overwrite:
         raise DataFileError(f"{output} exists; pass --overwrite to replace it.")
     if len(args.images) != len(args.labels):
-        raise InputImageError(f"{len(args.images)} --images but {len(args.labels)} --labels; give one label map per volume.")
+        raise InputImageError(f"{len(args.images)} --images but {len(args.labels)} --labels; "
+                              "give one label map per volume.")
     if args.slab_depth < 1 or args.steps < 1:
         raise InputImageError("--slab-depth and --steps must be at least 1.")
     volumes, labels = [], []

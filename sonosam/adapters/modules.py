@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segment_anything.modeling.image_encoder import window_partition, window_unpartition
+
 from ..errors import CheckpointError
 
 FORMAT = "sonosam-medsa-adapters"
@@ -142,8 +144,6 @@ class MedSAViTBlock(nn.Module):
         self.depth_adapter = Adapter(dim, hidden) if cfg["depth_attention"] else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from segment_anything.modeling.image_encoder import window_partition, window_unpartition
-
         shortcut = x
         xn = self.norm1(x)
         h = xn
@@ -466,11 +466,12 @@ def load_adapters(model, path, *, check_base: bool = True):
     sam = _unwrap(model)
     if check_base:
         info = base_info(model)
-        for key, mine in (("base_model", info["name"]), ("base_sha256", info["sha256"])):
+        for key, what, mine in (("base_model", "base model", info["name"]),
+                                ("base_sha256", "base checkpoint sha256", info["sha256"])):
             theirs = payload.get(key)
             if mine and theirs and mine != theirs:
-                raise CheckpointError(f"{path} was trained on base model {key.split('_')[1]} {theirs!r}, but this model "
-                                      f"has {mine!r}; load the base model it was made for (or check_base=False).")
+                raise CheckpointError(f"{path} was trained with {what} {theirs!r}, but this model has {mine!r}; "
+                                      "load the base model it was made for (or pass check_base=False).")
     config = {k: payload["config"][k] for k in DEFAULT_CONFIG if k in payload["config"]}
     if is_adapted(sam):
         mine = {k: sam.medsa_config[k] for k in config}

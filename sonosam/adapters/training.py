@@ -85,10 +85,12 @@ class SliceEncoderInput:
         self.transform = ResizeLongestSide(self.size)
         self.low, self.high = float(window[0]), float(window[1])
         if not self.high > self.low:
-            raise InputImageError(f"Window ({self.low}, {self.high}) is empty; give window=(low, high) with low < high.")
+            raise InputImageError(f"Window ({self.low}, {self.high}) is empty; "
+                                  "give window=(low, high) with low < high.")
 
     def to_uint8(self, image: np.ndarray) -> np.ndarray:
-        scaled = (np.clip(np.asarray(image, np.float32), self.low, self.high) - self.low) * (255.0 / (self.high - self.low))
+        clipped = np.clip(np.asarray(image, np.float32), self.low, self.high)
+        scaled = (clipped - self.low) * (255.0 / (self.high - self.low))
         gray = np.round(scaled).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=-1)
 
@@ -196,10 +198,9 @@ class TrainResult:
     def summary(self, window: int = 10) -> str:
         if not self.losses:
             return "no steps"
-        first = np.mean(self.losses[:window])
-        last = np.mean(self.losses[-window:])
-        return (f"{len(self.losses)} steps in {self.seconds:.0f} s: loss {first:.4f} (first {min(window, len(self.losses))}"
-                f" steps) -> {last:.4f} (last {min(window, len(self.losses))})")
+        n = min(window, len(self.losses))
+        first, last = np.mean(self.losses[:n]), np.mean(self.losses[-n:])
+        return f"{len(self.losses)} steps in {self.seconds:.0f} s: mean loss {first:.4f} (first {n}) -> {last:.4f} (last {n})"
 
 
 def _as_array(volume) -> np.ndarray:
@@ -249,8 +250,8 @@ def train_adapters(model, volumes, labels, label_value=None, *, steps: int = 100
     prompt = prompt or _default_prompt(model)
     if prompt not in PROMPT_MODES:
         raise PromptError(f"Unknown prompt mode {prompt!r}; use one of {', '.join(PROMPT_MODES)}.")
-    volumes = [volumes] if _as_array(volumes).ndim == 3 and not isinstance(volumes, (list, tuple)) else list(volumes)
-    labels = [labels] if _as_array(labels).ndim == 3 and not isinstance(labels, (list, tuple)) else list(labels)
+    volumes = list(volumes) if isinstance(volumes, (list, tuple)) else [volumes]
+    labels = list(labels) if isinstance(labels, (list, tuple)) else [labels]
     if len(volumes) != len(labels):
         raise InputImageError(f"{len(volumes)} volumes but {len(labels)} label maps; give one label map per volume.")
     vols, masks, positives = [], [], []
