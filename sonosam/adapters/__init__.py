@@ -1,9 +1,15 @@
-"""Med-SA adapters for SAM-family models: see docs/adapters.md."""
+"""Med-SA adapters for SAM-family models (adapters in every encoder block, SD-Trans, HyP-Adpt), their
+training on volumes with label maps, and slab-by-slab inference: see docs/adapters.md."""
 
-from .modules import (Adapter, HyPAdapter, MedSADecoderBlock, MedSATinyViTBlock, MedSAViTBlock, ParameterShare,
-                      DEFAULT_CONFIG, add_medsa_adapters, adapter_parameter_names, adapter_state_dict, freeze_base,
+from .cli import register, run
+from .modules import (DEFAULT_CONFIG, Adapter, HyPAdapter, MedSADecoderBlock, MedSATinyViTBlock, MedSAViTBlock,
+                      ParameterShare, add_medsa_adapters, adapter_parameter_names, adapter_state_dict, freeze_base,
                       is_adapted, load_adapters, read_adapter_file, save_adapters, trainable_share)
+from .training import (TrainResult, dice_focal_loss, segment_volume_with_adapters, simulate_box, simulate_clicks,
+                       train_adapters)
 
-__all__ = ["Adapter", "HyPAdapter", "MedSADecoderBlock", "MedSATinyViTBlock", "MedSAViTBlock", "ParameterShare",
-           "DEFAULT_CONFIG", "add_medsa_adapters", "adapter_parameter_names", "adapter_state_dict", "freeze_base",
-           "is_adapted", "load_adapters", "read_adapter_file", "save_adapters", "trainable_share"]
+__all__ = ["DEFAULT_CONFIG", "Adapter", "HyPAdapter", "MedSADecoderBlock", "MedSATinyViTBlock", "MedSAViTBlock",
+           "ParameterShare", "add_medsa_adapters", "adapter_parameter_names", "adapter_state_dict", "freeze_base",
+           "is_adapted", "load_adapters", "read_adapter_file", "save_adapters", "trainable_share",
+           "TrainResult", "dice_focal_loss", "segment_volume_with_adapters", "simulate_box", "simulate_clicks",
+           "train_adapters", "register", "run"]
