@@ -22,12 +22,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sonosam.train.default_decoder", description=__doc__.splitlines()[0])
     parser.add_argument("--cache", default="runs/cache", help="embedding cache folder")
     parser.add_argument("--out", default="runs/litemedsam_clicks", help="output folder")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--train-images", type=int, default=16)
     parser.add_argument("--val-images", type=int, default=5)
     parser.add_argument("--stride", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples-per-epoch", type=int, default=40, help="random training samples per epoch")
+    parser.add_argument("--max-corrections", type=int, default=2)
+    parser.add_argument("--val-samples", type=int, default=16)
     parser.add_argument("--ship", action="store_true", help="copy into sonosam/weights if it passes the rule")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
@@ -48,8 +51,9 @@ def main(argv=None) -> int:
           f"test {len(split.test)} samples / {len({s.key for s in split.test})} images", flush=True)
 
     model = load_model("litemedsam", device=args.device)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, cache_dir=args.cache, val_samples=40,
-                         seed=args.seed)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, cache_dir=args.cache,
+                         val_samples=args.val_samples, seed=args.seed, samples_per_epoch=args.samples_per_epoch,
+                         max_corrections=args.max_corrections)
     data = {"dataset": "Colin27 T1 MRI + AAL labels (Debian mricron-data)", "split": split.rule,
             "train": summarize(train), "val": summarize(val), "test": summarize(split.test)}
     result = train_decoder(model, train, val, config, out / "decoder.pth", name=SHIPPED_NAME + "_run",
