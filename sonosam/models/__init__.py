@@ -145,7 +145,8 @@ def register_checkpoint(path: str | Path) -> ModelSpec:
     if meta.get("weights") == "decoder":
         base_file = weights_path(base)
         spec = replace(spec, bundled=(lambda: str(base_file)) if base_file else None,
-                       digest=base.digest if base_file and base.bundled else None,
+                       digest=("sha256:" + meta["base_weights_sha256"]) if meta.get("base_weights_sha256") else
+                       (base.digest if base_file and base.bundled else None),
                        overlay=lambda: str(file), overlay_digest="sha256:" + meta["sha256"])
     else:
         spec = replace(spec, bundled=lambda: str(file), digest="sha256:" + meta["sha256"])

@@ -60,8 +60,13 @@ def save_checkpoint(model, path, *, name: str | None = None, kind: str = "decode
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "sha256": weights_module.file_digest(path, "sha256"),
     }
-    if weights == "decoder" and model.checkpoint is not None and Path(model.checkpoint).is_file():
-        meta["base_weights_sha256"] = weights_module.file_digest(model.checkpoint, "sha256")
+    if weights == "decoder":  # the base weights this overlay goes on; checked when it is loaded
+        from ..models import _REGISTRY, weights_path
+
+        base_file = weights_path(_REGISTRY[base_model]) if base_model in _REGISTRY else None
+        if base_file is None:
+            raise ValueError(f"weights='decoder' needs the base model {base_model!r}'s weights file; save 'full'.")
+        meta["base_weights_sha256"] = weights_module.file_digest(base_file, "sha256")
     meta_path = path.with_suffix(".json")
     tmp = meta_path.with_name(meta_path.name + ".part")
     tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
