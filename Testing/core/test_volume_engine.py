@@ -1,0 +1,192 @@
+"""The propagation engine's rules (stopping, re-runs, prompts, progress, cancel) on synthetic volumes with a
+stand-in model that segments bright pixels inside the box: fast and exact. Real-data accuracy is in
+test_volume_mri.py."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from sonosam.errors import PromptError
+from sonosam.models import Embedding, Prediction
+from sonosam.predictor import Predictor
+from sonosam.volume import (PropagationOptions, Seed, consistent_pixels, mask_to_logits, naive_baseline, propagate,
+                            slice_of)
+
+
+class _Spec:
+    def __init__(self, kinds):
+        self.name, self.prompt_kinds, self.image_size, self.multimask = "threshold", frozenset(kinds), 256, False
+
+
+class ThresholdModel:
+    """Segments pixels above `level` inside the box (whole image without a box); records each decode's prompts."""
+
+    def __init__(self, kinds=("box",), level=60):
+        self.spec, self.model_id, self.level, self.calls = _Spec(kinds), "threshold:1", level, []
+
+    def encode(self, image, window=None):
+        image = np.asarray(image, np.float32)
+        return Embedding(torch.as_tensor(image), image.shape, (256, 256), self.model_id)
+
+    def decode(self, embedding, points=None, labels=None, box=None, mask_logits=None, multimask=True):
+        self.calls.append({"points": points, "box": box, "mask_logits": mask_logits})
+        image = embedding.features.numpy()
+        mask = image > self.level
+        if box is not None:
+            x0, y0, x1, y1 = (int(round(v)) for v in box)
+            inside = np.zeros_like(mask)
+            inside[y0:y1 + 1, x0:x1 + 1] = True
+            mask &= inside
+        score = 0.9 if mask.any() else 0.05
+        return Prediction(mask[None], np.array([score], np.float32), np.zeros((1, 256, 256), np.float32))
+
+
+def sphere_volume(center=(20, 32, 32), half_length=8, shape=(40, 64, 64), neighbour=False, seed=0):
+    """A bright barrel (100; discs of radius 10 at the middle down to 8 at its flat ends, slices
+    center +- half_length) on a dim noisy background (20); with `neighbour`, a much brighter slab (220)
+    starts right above the barrel's top, so a front that does not stop would run into it."""
+    rng = np.random.default_rng(seed)
+    k, j, i = np.indices(shape)
+    radius = 10 - 0.25 * np.abs(k - center[0])
+    ball = ((j - center[1]) ** 2 + (i - center[2]) ** 2 <= radius ** 2) & (np.abs(k - center[0]) <= half_length)
+    volume = 20 + rng.normal(0, 3, shape)
+    volume[ball] = 100 + rng.normal(0, 3, ball.sum())
+    if neighbour:
+        volume[center[0] + half_length + 1:, 16:48, 16:48] = 220
+    return volume.astype(np.float32), ball
+
+
+def test_consistency_rule_is_sam_med_formula():
+    prev = np.array([[10, 12, 14], [0, 0, 0]], np.float32)
+    mask = np.array([[1, 1, 1], [0, 0, 0]], bool)
+    nxt = np.array([[10.5, 20, 13], [0, 0, 0]], np.float32)
+    std = prev[mask].std()  # 1.63
+    expected = mask & (np.abs(nxt - prev) < 1.0 * std)
+    np.testing.assert_array_equal(consistent_pixels(prev, nxt, mask, 1.0), expected)
+    assert expected.tolist() == [[True, False, True], [False, False, False]]
+
+
+def test_stops_at_both_ends_of_the_ball_and_not_in_the_neighbour():
+    volume, ball = sphere_volume(neighbour=True)
+    model = ThresholdModel()
+    seen = []
+    result = propagate(Predictor(model), volume, [Seed(20, box=(20, 20, 44, 44))],
+                       progress=lambda done, total, info: seen.append((done, total, info.index, info.status)))
+    assert result.extent() == (12, 28)          # the barrel spans slices 12..28
+    np.testing.assert_array_equal(result.mask, ball)
+    assert result.slices[11].status == "stopped" and result.slices[29].status == "stopped"
+    assert "consistent" in result.slices[29].reason   # the bright slab fails the intensity rule
+    assert result.slices[20].status == "seed"
+    assert {result.slices[i].status for i in range(12, 29) if i != 20} == {"propagated"}
+    assert 10 not in result.slices and 30 not in result.slices
+    assert [s[0] for s in seen] == list(range(1, len(seen) + 1)) and seen[-1][1] >= len(seen)
+    # box-only model: no points, no mask prompt
+    assert all(call["points"] is None and call["mask_logits"] is None for call in model.calls)
+
+
+def test_without_the_rule_the_front_runs_into_the_neighbour():
+    volume, ball = sphere_volume(neighbour=True)
+    result = propagate(Predictor(ThresholdModel()), volume, [Seed(20, box=(20, 20, 44, 44))],
+                       min_consistent=0.0, max_growth=1e9, min_overlap=0.0)
+    assert result.extent()[1] > 29  # it leaks into the slab: the stop rules are what keep it out
+
+
+def test_naive_baseline_segments_every_slice():
+    volume, ball = sphere_volume(neighbour=True)
+    base = naive_baseline(Predictor(ThresholdModel()), volume, (20, 20, 44, 44))
+    assert base[29:].any() and base[12:29].sum() >= ball.sum()
+
+
+def test_point_capable_model_gets_consistent_interior_points_and_mask_prompt():
+    volume, ball = sphere_volume()
+    model = ThresholdModel(kinds=("point", "box", "mask"))
+    propagate(Predictor(model), volume, [Seed(20, box=(20, 20, 44, 44))], n_points=3)
+    propagated = model.calls[1:]
+    with_points = [call for call in propagated if call["points"] is not None]
+    assert len(with_points) >= len(propagated) - 2  # all but the stops past the ends, with nothing consistent
+    assert all(1 <= len(call["points"]) <= 3 for call in with_points)
+    assert all(call["mask_logits"] is not None for call in propagated)
+    # the points of the first step forward lie inside the seed slice's ball
+    for x, y in propagated[0]["points"]:
+        assert ball[20, int(y), int(x)]
+
+
+def test_rerun_keeps_accepted_slices_and_changes_only_the_stretches_next_to_new_seeds():
+    volume, ball = sphere_volume()
+    predictor = Predictor(ThresholdModel())
+    first = propagate(predictor, volume, [Seed(20, box=(20, 20, 44, 44))])
+    # the user corrects slice 25 with their own mask (one pixel thinner than the model's disc)
+    from scipy import ndimage
+    corrected = ndimage.binary_erosion(ball[25])
+    assert corrected.sum() < first.slice_mask(25).sum()
+    second = propagate(predictor, volume, [Seed(25, mask=corrected)], previous=first)
+    np.testing.assert_array_equal(second.slice_mask(25), corrected)
+    assert second.slices[25].status == "accepted" and second.slices[20].status == "seed"
+    np.testing.assert_array_equal(second.mask[:21], first.mask[:21])  # below the old seed: untouched
+    assert all(second.slices[i] == first.slices[i] for i in range(11, 21))
+    assert {second.slices[i].source for i in range(21, 25)} <= {20, 25}
+    assert {second.slices[i].source for i in range(26, 30)} == {25}
+    # decoded: slices 21..24 from both sides plus 26..29 upwards (29 is the stop); nothing below 20
+    assert second.decoded == 2 * 4 + 4
+    assert second.encoder_calls <= 4  # only the first run's look-ahead past the ends, finishing in the background
+    # accepting propagated slices makes them anchors too; a re-run with nothing new changes nothing
+    second.accept([28])
+    third = propagate(predictor, volume, [], previous=second)
+    np.testing.assert_array_equal(third.mask, second.mask)
+    assert third.slices[28].status == "accepted" and third.decoded == 0
+
+
+def test_two_seeds_fill_the_gap_between_them():
+    volume, ball = sphere_volume()
+    result = propagate(Predictor(ThresholdModel()), volume,
+                       [Seed(14, box=(20, 20, 44, 44)), Seed(26, box=(20, 20, 44, 44))])
+    np.testing.assert_array_equal(result.mask, ball)
+    assert result.slices[17].source == 14 and result.slices[23].source == 26
+
+
+def test_options_direction_and_max_slices():
+    volume, ball = sphere_volume()
+    result = propagate(Predictor(ThresholdModel()), volume, [Seed(20, box=(20, 20, 44, 44))],
+                       direction="forward", max_slices=3)
+    assert result.extent() == (20, 23)
+
+
+def test_cancel_stops_early_and_keeps_what_is_done():
+    volume, ball = sphere_volume()
+    stop = threading.Event()
+
+    def progress(done, total, info):
+        if done == 4:
+            stop.set()
+
+    result = propagate(Predictor(ThresholdModel()), volume, [Seed(20, box=(20, 20, 44, 44))], progress=progress,
+                       cancel=stop)
+    assert result.cancelled and len(result.slices) == 4
+    filled = result.mask.any(axis=(1, 2))
+    assert filled.sum() == 4 and filled[20]
+
+
+def test_other_axes_and_bad_input():
+    volume, ball = sphere_volume(center=(20, 32, 32))
+    result = propagate(Predictor(ThresholdModel()), volume, [Seed(32, box=(20, 8, 44, 32))], axis="j",
+                       min_consistent=0.0)  # the barrel's round sides shrink fast along j
+    np.testing.assert_array_equal(result.mask[:, 23:42], ball[:, 23:42])  # j = 22 and 42 hold one pixel each
+    assert not result.mask[:, :22].any() and not result.mask[:, 43:].any()
+    assert slice_of(result.mask, 1, 32).sum() == ball[:, 32].sum()
+    with pytest.raises(PromptError, match="outside the volume"):
+        propagate(Predictor(ThresholdModel()), volume, [Seed(99, box=(1, 1, 5, 5))])
+    with pytest.raises(PromptError, match="no box"):
+        propagate(Predictor(ThresholdModel()), volume, [Seed(3)])
+    with pytest.raises(PromptError, match="Axis"):
+        propagate(Predictor(ThresholdModel()), volume, [Seed(3, box=(1, 1, 5, 5))], axis="z")
+
+
+def test_mask_to_logits_round_trip(default_model):
+    mask = np.zeros((100, 200), bool)
+    mask[20:60, 50:150] = True
+    logits = mask_to_logits(mask, default_model)
+    assert logits.shape == (256, 256)
+    # the image's longest side maps onto 256 low-res pixels: the mask's centre is positive, corners negative
+    assert logits[int(40 * 1.28), int(100 * 1.28)] > 0 and logits[5, 5] < 0 and logits[200, 200] < 0
