@@ -206,9 +206,13 @@ def pick_device(preference: str | torch.device | None = None) -> torch.device:
 
 
 def load_model(name: str = "litemedsam", checkpoint: str | Path | None = None,
-               device: str | torch.device | None = None, download: bool = True) -> SamModel:
+               device: str | torch.device | None = None, download: bool = True,
+               backend: str | None = None) -> SamModel:
     """Build `name`'s architecture and load its weights: `checkpoint` if given, else the bundled or
-    cached file, else (download=True) the official file, verified, into the cache folder."""
+    cached file, else (download=True) the official file, verified, into the cache folder.
+
+    `backend` picks the inference engine ("auto", "eager", "onnx", "onnx-int8", ...; see
+    sonosam.models.backends); None: $SONOSAM_BACKEND, else eager PyTorch."""
     spec = get_spec(name)
     expected = None
     overlay = spec.overlay if checkpoint is None else None  # a checkpoint given explicitly is complete
@@ -237,4 +241,8 @@ def load_model(name: str = "litemedsam", checkpoint: str | Path | None = None,
         state.update({k: v.to(state[k].dtype) for k, v in extra.items()})
     sam = spec.build()
     weights.load_into(sam, state, checkpoint, spec.name)
-    return SamModel(spec, sam.eval().to(pick_device(device)), checkpoint)
+    model = SamModel(spec, sam.eval().to(pick_device(device)), checkpoint)
+    backend = backend or os.environ.get("SONOSAM_BACKEND")
+    if backend and backend != "eager":
+        model.use_backend(backend)
+    return model

@@ -65,9 +65,25 @@ class SamModel:
         # Embeddings are only valid for the weights that made them: the id keys the cache.
         stamp = f"{checkpoint.stat().st_size}-{int(checkpoint.stat().st_mtime)}" if checkpoint else "untrained"
         self.model_id = f"{spec.name}:{stamp}"
+        self._backend = None  # None: eager PyTorch; see use_backend() and sonosam.models.backends
+
+    def use_backend(self, name: str | None = "auto") -> str:
+        """Run encode/decode with another engine ("auto", "eager", "onnx", "onnx-int8", "onnx-decoder",
+        "eager-fp16", "eager-bf16"; see sonosam.models.backends). One that cannot run here falls back to
+        eager with a logged note. Returns the name of the backend now in use."""
+        from .backends import make_backend
+
+        backend = make_backend(self, name)
+        self._backend = None if backend.name == "eager" else backend
+        return backend.name
+
+    @property
+    def backend(self) -> str:
+        return "eager" if self._backend is None else self._backend.name
 
     def __repr__(self):
-        return f"SamModel({self.spec.name!r}, device={self.device}, checkpoint={str(self.checkpoint)!r})"
+        return (f"SamModel({self.spec.name!r}, device={self.device}, backend={self.backend!r}, "
+                f"checkpoint={str(self.checkpoint)!r})")
 
     @property
     def device(self) -> torch.device:
@@ -86,8 +102,27 @@ class SamModel:
     @torch.inference_mode()
     def encode(self, image, window=None) -> Embedding:
         batch, original_size, input_size = self.preprocess(image, window)
-        features = self.sam.image_encoder(batch)
+        features = self._backend.encode(self, batch) if self._backend is not None else None
+        if features is None:
+            features = self.sam.image_encoder(batch)
         return Embedding(features, original_size, input_size, self.model_id)
+
+    @torch.inference_mode()
+    def encode_many(self, images, window=None) -> list[Embedding]:
+        """Encode several images, in batches where the backend gains from it (CUDA), else one by one."""
+        size = getattr(self._backend, "batch_size", 8 if self.device.type == "cuda" else 1)
+        if size <= 1:
+            return [self.encode(image, window) for image in images]
+        embeddings: list[Embedding] = []
+        for start in range(0, len(images), size):
+            group = [self.preprocess(image, window) for image in images[start:start + size]]
+            batch = torch.cat([item[0] for item in group])
+            features = self._backend.encode(self, batch) if self._backend is not None else None
+            if features is None:
+                features = self.sam.image_encoder(batch)
+            embeddings += [Embedding(features[i:i + 1].clone(), item[1], item[2], self.model_id)
+                           for i, item in enumerate(group)]
+        return embeddings
 
     @torch.inference_mode()
     def decode(self, embedding: Embedding, points=None, labels=None, box=None, mask_logits=None,
@@ -109,10 +144,15 @@ class SamModel:
         if mask_logits is not None:
             mask_input = torch.as_tensor(mask_logits, dtype=torch.float, device=device)[None, None]
 
-        sparse, dense = self.sam.prompt_encoder(points=point_input, boxes=box_input, masks=mask_input)
-        low_res, iou = self.sam.mask_decoder(
-            image_embeddings=embedding.features, image_pe=self.sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
+        fast = None if self._backend is None else self._backend.decode(
+            self, embedding.features, *(point_input or (None, None)), box_input, mask_input, multimask)
+        if fast is not None:
+            low_res, iou = fast
+        else:
+            sparse, dense = self.sam.prompt_encoder(points=point_input, boxes=box_input, masks=mask_input)
+            low_res, iou = self.sam.mask_decoder(
+                image_embeddings=embedding.features, image_pe=self.sam.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
         masks = self.sam.postprocess_masks(low_res, embedding.input_size, size) > self.sam.mask_threshold
         order = torch.argsort(iou[0], descending=True)
         return Prediction(masks[0, order].cpu().numpy(), iou[0, order].float().cpu().numpy(),
