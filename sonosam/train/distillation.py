@@ -229,7 +229,7 @@ def _batch_loss(teacher, teacher_net, student, student_net, store, student_input
     features = student.sam.image_encoder(torch.stack([student_input(s.image) for s in batch]).to(device))
     parts, last_dice = [], []
 
-    def on_output(iteration, indices, logits, iou):
+    def on_output(iteration, indices, logits, iou, final=False):
         seg = dice_focal_loss(logits, targets[indices])
         kl = bernoulli_kl(logits, teacher_targets[indices])
         parts.append(((1 - alpha) * seg + alpha * kl).sum())

@@ -132,8 +132,8 @@ def iterate_prompts(forward, gts: list[np.ndarray], sizes: list[tuple[tuple[int,
     """The iterative prompt loop over one batch.
 
     ``forward(indices, prompt_tensors, mask_logits)`` -> (logits (b, 1, 256, 256), iou (b, 1)) for the
-    samples ``indices``; ``on_output(iteration, indices, logits, iou)`` sees every output (losses,
-    backward). Iteration 0 uses the first prompt (``starts``, else drawn by ``sampler``); each further
+    samples ``indices``; ``on_output(iteration, indices, logits, iou, final=)`` sees every output (losses,
+    backward; ``final`` marks the batch's last one). Iteration 0 uses the first prompt (``starts``, else drawn by ``sampler``); each further
     iteration adds a click in the error region of the previous prediction and feeds its logits back as
     the mask prompt. ``replay`` (per iteration, per sample) replays given prompts instead of sampling.
     Returns the prompts used at each iteration and the detached logits of each iteration."""
@@ -146,12 +146,14 @@ def iterate_prompts(forward, gts: list[np.ndarray], sizes: list[tuple[tuple[int,
             prompts = replay[iteration]
         history_prompts.append([snapshot(p) for p in prompts])
         current = torch.zeros(n, 1, 256, 256, device=device)
-        for indices in group_by_shape(prompts):
+        groups = group_by_shape(prompts)
+        for number, indices in enumerate(groups):
             tensors = to_model_inputs([prompts[i] for i in indices], [sizes[i][0] for i in indices], transform, device)
             mask_in = previous[indices] if previous is not None else None
             logits, iou = forward(indices, tensors, mask_in)
-            if on_output is not None:
-                on_output(iteration, indices, logits, iou)
+            if on_output is not None:   # final: the batch's last output (DDP syncs gradients there)
+                on_output(iteration, indices, logits, iou,
+                          final=iteration == n_iterations - 1 and number == len(groups) - 1)
             current[indices] = logits.detach().float()
         history_logits.append(current)
         previous = current

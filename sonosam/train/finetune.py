@@ -147,7 +147,7 @@ def run_epoch(net, sam_model: SamModel, items: list[_Item], store, optimizer, co
     order = rng.permutation(len(items))
     if config.samples_per_epoch:
         order = order[:config.samples_per_epoch]
-    order = order[dist.rank::dist.world]
+    order = order[:len(order) - len(order) % dist.world][dist.rank::dist.world]   # equal steps on every rank
     image_size = sam_model.spec.image_size
     bar = _progress(len(order), desc, config.progress and dist.main)
     losses, dices, began = [], [], time.perf_counter()
@@ -165,7 +165,7 @@ def run_epoch(net, sam_model: SamModel, items: list[_Item], store, optimizer, co
             with autocast(device, config.amp):
                 return net(features[indices], tensors.points, tensors.boxes, mask_in)
 
-        def on_output(iteration, indices, logits, iou):
+        def on_output(iteration, indices, logits, iou, final=False):
             target = targets[indices]
             loss = dice_focal_loss(logits, target)
             hard = (logits.detach() > 0).float()
@@ -174,9 +174,8 @@ def run_epoch(net, sam_model: SamModel, items: list[_Item], store, optimizer, co
             real_iou = inter / union.clamp(min=1)
             loss = loss + config.iou_weight * (iou.float()[:, 0] - real_iou) ** 2
             total = loss.sum() / (len(batch) * n_iterations)
-            sync = getattr(net, "no_sync", None)
-            last = iteration == n_iterations - 1 and indices[-1] == len(batch) - 1
-            context = sync() if (sync is not None and not last) else _null()
+            sync = getattr(net, "no_sync", None)   # DDP: all-reduce the gradients once, on the final backward
+            context = sync() if (sync is not None and not final) else _null()
             with context:
                 (scaler.scale(total) if scaler is not None else total).backward()
             batch_loss[0] += float(total.detach())
