@@ -1,7 +1,7 @@
 """Med-SA adapters for SAM-family models (adapters in every encoder block, SD-Trans, HyP-Adpt), their
-training on volumes with label maps, and slab-by-slab inference: see docs/adapters.md."""
+training on volumes with label maps, and slab-by-slab inference: see docs/adapters.md. The `sonosam train adapters` command is
+`sonosam.adapters.cli.register(subparsers)` / `run(args)`."""
 
-from .cli import register, run
 from .modules import (DEFAULT_CONFIG, Adapter, HyPAdapter, MedSADecoderBlock, MedSATinyViTBlock, MedSAViTBlock,
                       ParameterShare, add_medsa_adapters, adapter_parameter_names, adapter_state_dict, freeze_base,
                       is_adapted, load_adapters, read_adapter_file, save_adapters, trainable_share)
@@ -12,4 +12,4 @@ __all__ = ["DEFAULT_CONFIG", "Adapter", "HyPAdapter", "MedSADecoderBlock", "MedS
            "ParameterShare", "add_medsa_adapters", "adapter_parameter_names", "adapter_state_dict", "freeze_base",
            "is_adapted", "load_adapters", "read_adapter_file", "save_adapters", "trainable_share",
            "TrainResult", "dice_focal_loss", "segment_volume_with_adapters", "simulate_box", "simulate_clicks",
-           "train_adapters", "register", "run"]
+           "train_adapters"]
