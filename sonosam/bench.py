@@ -1,6 +1,7 @@
 """Benchmarks that print figures, each against the plain baseline measured in the same run.
 
     python -m sonosam.bench predictor [--threads 2] [--clicks 50]
+    python -m sonosam.bench backends       # eager vs ONNX Runtime etc.: ms, ratios, mask IoU vs eager
 
 Timings on a shared machine are noisy: medians, and ratios taken within one process, are what to compare.
 """
@@ -60,6 +61,84 @@ def bench_predictor(clicks: int = 50, encodes: int = 5, model_name: str = "litem
             "peak_rss_mib": peak_rss_mib()}
 
 
+def real_test_images() -> list[tuple[str, "np.ndarray", tuple]]:
+    """(name, image, box) on real data: echo frame 0 with the LV box, and an axial Colin27 T1 slice with the box
+    of its largest AAL region (margin 4 px). Used by the backends benchmark and its tests."""
+    import numpy as np
+
+    from .data import echo_a4c_path, mri_colin27_paths
+    from .io import read_cine, read_volume
+
+    images = [("echo frame 0", read_cine(echo_a4c_path()).frames[0], LV_BOX)]
+    t1, aal = mri_colin27_paths()
+    index = 90
+    image, labels = read_volume(t1).array[index], read_volume(aal).array[index].astype(np.int64)
+    values, counts = np.unique(labels[labels > 0], return_counts=True)
+    ys, xs = np.nonzero(labels == values[np.argmax(counts)])
+    box = (max(xs.min() - 4, 0), max(ys.min() - 4, 0), min(xs.max() + 4, image.shape[1] - 1),
+           min(ys.max() + 4, image.shape[0] - 1))
+    images.append((f"MRI axial slice {index}", image, tuple(int(v) for v in box)))
+    return images
+
+
+def mask_iou(a, b) -> float:
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 1.0
+
+
+def bench_backends(clicks: int = 30, encodes: int = 3, model_name: str = "litemedsam",
+                   backends: tuple[str, ...] = ("eager", "onnx-decoder", "onnx", "auto")) -> dict:
+    """Each inference backend against eager PyTorch in the same process: encoder ms/frame, decoder ms/prompt,
+    click -> mask ms with a cached embedding (Predictor), mask IoU vs eager on a real echo frame and a real
+    MRI slice, and the ratios eager/backend. Backends are interleaved per repeat so machine load hits all alike."""
+    from .models import load_model
+    from .predictor import Predictor
+
+    images = real_test_images()
+    frame, box = images[0][1], images[0][2]
+    x0, y0, x1, y1 = box
+    boxes = [(x0 + i % 7, y0 + i % 5, x1 - i % 3, y1 - i % 4) for i in range(clicks)]
+    models, setup_s = {}, {}
+    for name in backends:
+        start = time.perf_counter()
+        models[name] = load_model(model_name, backend=name)
+        setup_s[name] = time.perf_counter() - start
+    reference = {label: models["eager"].decode(models["eager"].encode(image), box=b).mask for label, image, b in images}
+    samples = {name: {"enc": [], "dec": [], "click": []} for name in backends}
+    embeddings, predictors = {}, {}
+    for name, model in models.items():
+        model.encode(frame)  # warm-up
+        embeddings[name] = model.encode(frame)
+        predictors[name] = Predictor(model)
+        predictors[name].embedding(frame, key=("a4c", 0))
+    for _ in range(encodes):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.encode(frame)
+            samples[name]["enc"].append(1000 * (time.perf_counter() - start))
+    for index in range(clicks):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.decode(embeddings[name], box=boxes[index], multimask=False)
+            samples[name]["dec"].append(1000 * (time.perf_counter() - start))
+            start = time.perf_counter()
+            predictors[name].predict(frame, box=boxes[index], key=("a4c", 0))
+            samples[name]["click"].append(1000 * (time.perf_counter() - start))
+    figures = {"model": model_name, "threads": torch.get_num_threads(),
+               "columns": "backend(used): setup s | encoder ms (x eager) | decoder ms (x eager) | "
+                          "cached click ms (x eager) | IoU vs eager echo / MRI"}
+    med = {name: {k: statistics.median(v) for k, v in s.items()} for name, s in samples.items()}
+    for name, model in models.items():
+        ious = [mask_iou(model.decode(model.encode(image), box=b).mask, reference[label]) for label, image, b in images]
+        m, e = med[name], med["eager"]
+        figures[f"{name}({model.backend})"] = (
+            f"{setup_s[name]:5.1f} | {m['enc']:7.0f} ({e['enc'] / m['enc']:.2f}x) | {m['dec']:6.1f} "
+            f"({e['dec'] / m['dec']:.2f}x) | {m['click']:6.1f} ({e['click'] / m['click']:.2f}x) | "
+            + " / ".join(f"{iou:.4f}" for iou in ious))
+    figures["peak_rss_mib"] = peak_rss_mib()
+    return figures
+
+
 def _print_table(title: str, figures: dict) -> None:
     print(f"\n{title}")
     for key, value in figures.items():
@@ -67,7 +146,7 @@ def _print_table(title: str, figures: dict) -> None:
         print(f"  {key:28s} {text}")
 
 
-BENCHMARKS = {"predictor": bench_predictor}
+BENCHMARKS = {"predictor": bench_predictor, "backends": bench_backends}
 
 
 def main(argv=None) -> int:

@@ -8,12 +8,17 @@ of the user in a background thread (`prefetch`), so that a slice or frame is rea
 from __future__ import annotations
 
 import hashlib
+import shutil
+import tempfile
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
+import weakref
+from pathlib import Path
 from typing import Callable, Hashable, Iterable
 
 import numpy as np
+import torch
 
 from .models import Embedding, Prediction, SamModel
 
@@ -29,26 +34,73 @@ def image_key(image: np.ndarray, window=None) -> str:
 
 
 class EmbeddingCache:
-    """Least-recently-used embeddings within a memory budget (MiB); thread-safe."""
+    """Least-recently-used embeddings within a memory budget (MiB); thread-safe.
 
-    def __init__(self, budget_mib: float = 1024):
+    With `spill` (True for a private temporary folder, or a folder path), embeddings pushed out of memory
+    are written to disk in float16 (half the bytes; masks match, see docs/speed.md) instead of being
+    dropped, up to `spill_mib` on disk, and come back into memory when asked for again."""
+
+    def __init__(self, budget_mib: float = 1024, spill: bool | str | Path = False, spill_mib: float = 8192):
         self.budget_bytes = int(budget_mib * 2**20)
         self._items: OrderedDict[Hashable, Embedding] = OrderedDict()
         self._lock = threading.Lock()
+        self._spill_dir: Path | None = None
+        self._spilled: OrderedDict[Hashable, tuple] = OrderedDict()  # key -> (file, sizes, model id, device)
+        self.spill_budget_bytes = int(spill_mib * 2**20)
+        if spill:
+            self._spill_dir = Path(tempfile.mkdtemp(prefix="sonosam-spill-", dir=None if spill is True else spill))
+            weakref.finalize(self, shutil.rmtree, str(self._spill_dir), True)
 
     def get(self, key: Hashable) -> Embedding | None:
         with self._lock:
             embedding = self._items.get(key)
             if embedding is not None:
                 self._items.move_to_end(key)
-            return embedding
+                return embedding
+            if key not in self._spilled:
+                return None
+            embedding = self._unspill(key)
+        if embedding is not None:
+            self.put(key, embedding)
+        return embedding
 
     def put(self, key: Hashable, embedding: Embedding) -> None:
         with self._lock:
             self._items[key] = embedding
             self._items.move_to_end(key)
             while len(self._items) > 1 and self.nbytes > self.budget_bytes:
-                self._items.popitem(last=False)
+                old_key, old = self._items.popitem(last=False)
+                if self._spill_dir is not None:
+                    self._spill(old_key, old)
+
+    def _spill(self, key: Hashable, embedding: Embedding) -> None:
+        features = embedding.features.detach().to("cpu", torch.float16).numpy()
+        path = self._spill_dir / f"{hashlib.blake2b(repr(key).encode(), digest_size=12).hexdigest()}.npy"
+        np.save(path, features)
+        self._spilled[key] = (path, embedding.original_size, embedding.input_size, embedding.model_id,
+                              embedding.features.device, embedding.features.dtype)
+        self._spilled.move_to_end(key)
+        while len(self._spilled) > 1 and self.spilled_nbytes > self.spill_budget_bytes:
+            self._spilled.popitem(last=False)[1][0].unlink(missing_ok=True)
+
+    def _unspill(self, key: Hashable) -> Embedding | None:
+        path, original_size, input_size, model_id, device, dtype = self._spilled.pop(key)
+        try:
+            features = torch.from_numpy(np.load(path)).to(device=device, dtype=dtype)
+        except (OSError, ValueError):
+            return None
+        finally:
+            path.unlink(missing_ok=True)
+        return Embedding(features, original_size, input_size, model_id)
+
+    @property
+    def spilled_nbytes(self) -> int:
+        return sum(entry[0].stat().st_size for entry in self._spilled.values() if entry[0].exists())
+
+    @property
+    def spilled(self) -> int:
+        """How many embeddings are on disk now."""
+        return len(self._spilled)
 
     @property
     def nbytes(self) -> int:
@@ -58,11 +110,14 @@ class EmbeddingCache:
         return len(self._items)
 
     def __contains__(self, key: Hashable) -> bool:
-        return key in self._items
+        return key in self._items or key in self._spilled
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            for entry in self._spilled.values():
+                entry[0].unlink(missing_ok=True)
+            self._spilled.clear()
 
 
 class PrefetchJob:
@@ -91,9 +146,9 @@ class PrefetchJob:
 
 
 class Predictor:
-    def __init__(self, model: SamModel, cache_mib: float = 1024):
+    def __init__(self, model: SamModel, cache_mib: float = 1024, spill: bool | str | Path = False):
         self.model = model
-        self.cache = EmbeddingCache(cache_mib)
+        self.cache = EmbeddingCache(cache_mib, spill=spill)  # spill: evicted embeddings go to disk in fp16
         self.encoder_calls = 0
         self._encoding: dict[Hashable, Future] = {}  # keys being encoded now, by any thread
         self._lock = threading.Lock()
