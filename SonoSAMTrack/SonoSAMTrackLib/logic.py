@@ -134,7 +134,7 @@ class SonoSAMTrackLogic:
         return np.stack(frames), ijk_to_ras, values
 
     # ------------------------------------------------------------------------------------------ tracking
-    def start(self, input_sequence, objects, browser=None, threshold: float = 0.5, model_every: int = 5,
+    def start(self, input_sequence, objects, browser=None, threshold: float = 0.85, model_every: int = 5,
               output_name: str | None = None) -> TrackSession:
         """objects: [{"name", "frame", "box" | "points"+"labels" | "mask"}]. Creates the output sequence
         (and adds it to ``browser``, synchronised)."""

@@ -27,7 +27,7 @@ def predictor(default_model):
 
 @pytest.fixture(scope="module")
 def loop(predictor):
-    return echo_synthetic_loop(predictor, n_frames=N_FRAMES, scale=0.5, dropout_frames=(7,))
+    return echo_synthetic_loop(predictor, n_frames=N_FRAMES, scale=0.5, dropout_frames=(7, 8))
 
 
 def test_confidence_formula():
@@ -52,9 +52,9 @@ def test_synthetic_loop_is_labelled_and_exact(loop):
 
 
 def test_tracking_with_expert_keeps_dice(predictor, loop):
-    tracker = Tracker(predictor, loop.frames, threshold=0.75, model_every=4)
+    tracker = Tracker(predictor, loop.frames, threshold=0.85, model_every=4)
     records, summary = track_with_expert(tracker, loop.masks, expert=SimulatedExpert(target=0.9), loop="syn")
-    print("\nsynthetic loop (threshold 0.75, model every 4):", json.dumps(summary))
+    print("\nsynthetic loop (threshold 0.85, model every 4):", json.dumps(summary))
     assert summary["min_final_dice"] >= 0.9
     assert len(records) == N_FRAMES
     # Frames the expert set are keyframes: re-running never overwrites them.
@@ -66,7 +66,7 @@ def test_tracking_with_expert_keeps_dice(predictor, loop):
 
 
 def test_interventions_help(predictor, loop):
-    expert = SimulatedExpert(target=0.95)                            # strict expert: corrects what it sees
+    expert = SimulatedExpert(target=0.97)                            # strict expert: corrects what it sees
     _, none = track_with_expert(Tracker(predictor, loop.frames, threshold=0.0, model_every=4), loop.masks,
                                 expert=expert, loop="none")
     _, some = track_with_expert(Tracker(predictor, loop.frames, threshold=0.9, model_every=4), loop.masks,

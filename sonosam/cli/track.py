@@ -57,7 +57,7 @@ def register(subparsers):
                         help="a click on the current object (label 1 or 0); repeatable")
     parser.add_argument("--model", default="litemedsam", help="model name (see `sonosam models`)")
     parser.add_argument("--checkpoint", help="weights file for --model (default: bundled or cached)")
-    parser.add_argument("--threshold", type=float, default=0.5,
+    parser.add_argument("--threshold", type=float, default=0.85,
                         help="confidence at or below which a frame requests an intervention (0: never, 1: always)")
     parser.add_argument("--model-every", type=int, default=5,
                         help="run the model every N frames (1 = every frame, most accurate and slowest); "

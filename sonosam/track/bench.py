@@ -14,7 +14,7 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def bench_track(n_frames: int | None = None, model_every: int = 5, threshold: float = 0.5, objects=(1, 2),
+def bench_track(n_frames: int | None = None, model_every: int = 5, threshold: float = 0.85, objects=(1, 2),
                 model_name: str = "litemedsam", device: str | None = None) -> dict:
     """Track the LV (1 object) and LV + LA (2 objects) through the real loop from boxes on frame 0, with
     nobody answering interventions (they are counted). Each run starts with an empty embedding cache."""

@@ -17,6 +17,10 @@ signal          weight  meaning
                         whole systole), not by 30 % at once
 ``motion``      2       forward-backward flow consistency x photometric agreement around the mask
                         (``motion.motion_prior``): ~0 on a blank frame or a cut
+``drift``       2       clip((D - 0.7) / 0.25, 0, 1), D = Dice between the mask and the last keyframe's
+                        mask carried by optical flow alone
+                        (warped by the same flows, at no extra cost): model corrections that accumulate
+                        away from the motion, or a flow chain that wanders, show up here
 =============  ======  ===============================================================================
 
 A geometric mean lets any one failing signal pull the score down (a blank frame drives ``motion`` to 0,
@@ -32,9 +36,9 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["Signals", "WEIGHTS", "combine", "stability_score", "area_score", "mask_dice"]
+__all__ = ["Signals", "WEIGHTS", "combine", "stability_score", "area_score", "drift_score", "mask_dice"]
 
-WEIGHTS = {"model_iou": 1.0, "stability": 1.0, "agreement": 2.0, "area": 1.0, "motion": 2.0}
+WEIGHTS = {"model_iou": 1.0, "stability": 1.0, "agreement": 2.0, "area": 1.0, "motion": 2.0, "drift": 2.0}
 AREA_SIGMA = 0.15
 
 
@@ -45,6 +49,7 @@ class Signals:
     agreement: float | None = None
     area: float | None = None
     motion: float | None = None
+    drift: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -89,3 +94,8 @@ def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     total = int(a.sum()) + int(b.sum())
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def drift_score(dice_with_flow_chain: float, low: float = 0.7, high: float = 0.95) -> float:
+    """1 when the mask agrees with the flow-carried keyframe at Dice >= ``high``, 0 at <= ``low``."""
+    return float(np.clip((dice_with_flow_chain - low) / (high - low), 0.0, 1.0))

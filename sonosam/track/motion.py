@@ -97,6 +97,7 @@ class MotionPrior:
     consistency: float      # share of the mask's neighbourhood whose forward-backward flow error < 1 px
     ncc: float              # photometric agreement: NCC(warped previous frame, current frame) around the mask
     score: float            # the motion signal in [0, 1] (see docs/tracking.md)
+    carried: list = None    # the ``carry`` masks warped by the same flow
 
 
 def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -108,7 +109,7 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 
 
 def motion_prior(estimator: FlowEstimator, prev_frame: np.ndarray, cur_frame: np.ndarray, prev_mask: np.ndarray,
-                 ncc_floor: float = 0.5, ncc_good: float = 0.9) -> MotionPrior:
+                 ncc_floor: float = 0.5, ncc_good: float = 0.9, carry: tuple = ()) -> MotionPrior:
     """Warp ``prev_mask`` (on ``prev_frame``) onto ``cur_frame`` and score the warp.
 
     Flow is computed only in a window around the mask (its bounding box grown by half its size, at
@@ -120,7 +121,7 @@ def motion_prior(estimator: FlowEstimator, prev_frame: np.ndarray, cur_frame: np
     box = _bbox(prev_mask)
     if box is None:
         empty = np.zeros_like(prev_mask)
-        return MotionPrior(empty, empty.astype(np.float32), 0.0, 0.0, 0.0)
+        return MotionPrior(empty, empty.astype(np.float32), 0.0, 0.0, 0.0, [np.asarray(c, bool) for c in carry])
     r0, r1, c0, c1 = box
     grow = int(max(32, 0.5 * max(r1 - r0, c1 - c0)))
     r0, r1, c0, c1 = max(0, r0 - grow), min(h, r1 + grow), max(0, c0 - grow), min(w, c1 + grow)
@@ -144,4 +145,10 @@ def motion_prior(estimator: FlowEstimator, prev_frame: np.ndarray, cur_frame: np
     prev_warped = warp(prev_c.astype(np.float32), backward)
     ncc = roi_ncc(prev_warped, cur_c.astype(np.float32), roi)
     photo = float(np.clip((ncc - ncc_floor) / (ncc_good - ncc_floor), 0.0, 1.0))
-    return MotionPrior(mask, soft, consistency, ncc, consistency * photo)
+    carried = []
+    for extra in carry:  # other masks pulled by the same flow (inside the window; kept as they are outside)
+        extra = np.asarray(extra, bool)
+        moved = extra.copy()
+        moved[r0:r1, c0:c1] = warp(extra[r0:r1, c0:c1].astype(np.float32), backward) >= 0.5
+        carried.append(moved)
+    return MotionPrior(mask, soft, consistency, ncc, consistency * photo, carried)

@@ -33,7 +33,7 @@ from scipy import ndimage
 
 from ..errors import PromptError, SonoSAMError
 from ..predictor import Predictor
-from .confidence import Signals, area_score, combine, mask_dice, stability_score
+from .confidence import Signals, area_score, combine, drift_score, mask_dice, stability_score
 from .motion import FlowEstimator, motion_prior
 
 __all__ = ["Tracker", "TrackedObject", "FrameResult", "Intervention", "RunReport"]
@@ -43,6 +43,7 @@ _REASONS = {
     "stability": "the boundary is unstable under threshold changes (stability {v:.2f})",
     "agreement": "the model's mask and the motion-carried mask disagree (Dice {v:.2f})",
     "area": "the area changed abruptly against the last frames (area score {v:.2f})",
+    "drift": "the mask has drifted from where optical flow alone carries the last keyframe (drift score {v:.2f})",
     "motion": "the frame does not follow from the previous one (motion score {v:.2f}: blank frame, cut or fast motion?)",
 }
 
@@ -55,6 +56,7 @@ class FrameResult:
     source: str                                  # "keyframe" (user set/accepted), "model" or "motion"
     signals: Signals = field(default_factory=Signals)
     model_age: int = 0                           # frames since this object's last model or keyframe result
+    chain: np.ndarray | None = None              # the last keyframe's mask carried by optical flow alone
 
     @property
     def is_keyframe(self) -> bool:
@@ -108,10 +110,10 @@ class Tracker:
         re-prompting shrinks the mask frame after frame (0.92 -> 0.89 in 4 rounds).
     """
 
-    def __init__(self, predictor: Predictor, frames: np.ndarray, threshold: float = 0.5, model_every: int = 5,
+    def __init__(self, predictor: Predictor, frames: np.ndarray, threshold: float = 0.85, model_every: int = 5,
                  encode_below: float = 0.7, pause: bool = True, prefetch: bool = True,
                  use_mask_prompt: bool = True, box_margin: float = 0.15, key: str | None = None,
-                 flow: FlowEstimator | None = None):
+                 flow: FlowEstimator | None = None, fusion: str = "auto", trust: float = 0.03):
         frames = np.asarray(frames)
         if frames.ndim != 3 or frames.shape[0] < 1:
             raise SonoSAMError(f"A cine loop is a (T, H, W) array of frames; got shape {frames.shape}.")
@@ -128,6 +130,9 @@ class Tracker:
         self.prefetch_enabled = prefetch
         self.use_mask_prompt = use_mask_prompt
         self.box_margin = box_margin
+        if fusion not in ("auto", "model", "trust", "prior"):
+            raise SonoSAMError(f"fusion must be 'auto', 'model', 'trust' or 'prior', not {fusion!r}.")
+        self.fusion, self.trust = fusion, trust
         self.flow = flow or FlowEstimator()
         self.key = key                           # None: frames are keyed by content (shared across loops)
         self._frame_keys: list = [None] * frames.shape[0]
@@ -195,7 +200,7 @@ class Tracker:
 
     def _set_keyframe(self, obj: TrackedObject, frame: int, mask: np.ndarray, status: str) -> None:
         obj.keyframes.add(frame)
-        obj.results[frame] = FrameResult(mask.copy(), 1.0, "keyframe", Signals(), 0)
+        obj.results[frame] = FrameResult(mask.copy(), 1.0, "keyframe", Signals(), 0, mask.copy())
         for other in self.objects.values():  # what the user just set wins over other objects' masks there
             if other is not obj and other.results[frame] is not None:
                 other.results[frame].mask = other.results[frame].mask & ~mask
@@ -310,7 +315,9 @@ class Tracker:
         priors = {}
         tic = time.perf_counter()
         for obj in todo:
-            priors[obj.name] = motion_prior(self.flow, self.frames[src_t], frame, obj.results[src_t].mask)
+            source = obj.results[src_t]
+            chain = source.chain if source.chain is not None else source.mask
+            priors[obj.name] = motion_prior(self.flow, self.frames[src_t], frame, source.mask, carry=(chain,))
         self.timing["motion_s"] += time.perf_counter() - tic
 
         # A blank (constant) frame carries no image evidence: nothing to encode, the last mask is kept
@@ -320,8 +327,9 @@ class Tracker:
         for obj in todo:
             if blank:
                 source = obj.results[src_t]
+                chain = source.chain if source.chain is not None else source.mask
                 priors[obj.name] = type(priors[obj.name])(source.mask.copy(), source.mask.astype(np.float32),
-                                                          0.0, 0.0, 0.0)
+                                                          0.0, 0.0, 0.0, [chain.copy()])
                 continue
             if self._scheduled(obj, t, direction) or priors[obj.name].score < self.encode_below:
                 use_model = True
@@ -341,8 +349,9 @@ class Tracker:
             else:
                 area = area_score(float(prior.mask.sum()), recent)
                 signals = Signals(source.signals.model_iou, source.signals.stability, source.signals.agreement,
-                                  area, prior.score)
+                                  area, prior.score, drift_score(mask_dice(prior.mask, prior.carried[0])))
                 new[obj.name] = FrameResult(prior.mask, combine(signals), "motion", signals, source.model_age + 1)
+            new[obj.name].chain = prior.carried[0]
         self._resolve_overlap(t, new)
         events = []
         for obj in todo:
@@ -371,9 +380,18 @@ class Tracker:
         agreement = mask_dice(prior.mask, model_mask)
         # The model's boundary is used unless it contradicts the motion prior outright (then the
         # carried mask is the safer proposal; the low agreement flags the frame either way).
-        mask = model_mask if agreement >= 0.5 else prior.mask
+        fusion = self.fusion
+        if fusion == "auto":  # flow where its evidence is good, the model where it is not
+            fusion = "prior" if prior.score >= self.encode_below else "model"
+        if agreement < 0.5 or fusion == "prior":
+            mask = prior.mask
+        elif fusion == "trust":
+            mask = _trust_region(prior.mask, model_mask, self.trust)
+        else:
+            mask = model_mask
         signals = Signals(float(pred.score), stability_score(pred.logits), agreement,
-                          area_score(float(mask.sum()), recent), prior.score)
+                          area_score(float(mask.sum()), recent), prior.score,
+                          drift_score(mask_dice(mask, prior.carried[0])))
         return FrameResult(mask, combine(signals), "model", signals, 0)
 
     def _box(self, mask: np.ndarray):
@@ -497,3 +515,13 @@ def _clean(mask: np.ndarray) -> np.ndarray:
         sizes[0] = 0
         mask = labels == int(np.argmax(sizes))
     return ndimage.binary_fill_holes(mask)
+
+
+def _trust_region(prior: np.ndarray, model: np.ndarray, trust: float) -> np.ndarray:
+    """The model's boundary, allowed to move at most ``trust`` x the structure's equivalent diameter (>= 1 px)
+    away from the prior's: (model & dilate(prior, r)) | erode(prior, r)."""
+    radius = max(1, int(round(trust * 2.0 * np.sqrt(prior.sum() / np.pi))))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)
+    grown = cv2.dilate(prior.astype(np.uint8), kernel) > 0
+    shrunk = cv2.erode(prior.astype(np.uint8), kernel) > 0
+    return (model & grown) | shrunk
