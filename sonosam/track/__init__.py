@@ -4,7 +4,7 @@
     from sonosam.predictor import Predictor
     from sonosam.track import Tracker
 
-    tracker = Tracker(Predictor(load_model()), cine.frames, threshold=0.5, model_every=5)
+    tracker = Tracker(Predictor(load_model()), cine.frames, threshold=0.85, model_every=5)
     tracker.add_object("LV", frame=0, box=(300, 70, 440, 270))
     report = tracker.run()     # pauses on frames that need attention; correct()/accept(), then run() again
 

@@ -1,6 +1,6 @@
 """Track structures through a cine loop with a SAM-family model and an optical-flow motion prior.
 
-    tracker = Tracker(Predictor(load_model()), cine.frames, threshold=0.5, model_every=5)
+    tracker = Tracker(Predictor(load_model()), cine.frames, threshold=0.85, model_every=5)
     tracker.add_object("LV", frame=0, box=(300, 70, 440, 270))
     report = tracker.run()                    # stops on the first frame that needs attention
     while report.paused:
@@ -12,12 +12,15 @@
 Per frame and object: the previous frame's mask is warped by dense optical flow (the motion prior,
 ``motion.py``). On *model frames* — keyframe-anchored every ``model_every`` frames, plus any frame whose
 motion evidence is weak — the prior becomes prompts for the model (its bounding box with a margin,
-an interior point and the warped mask as logits when the model takes them) and the model's boundary is
-used; on the other frames the warped mask is kept. Encoding costs seconds on CPU while flow costs
-~50 ms, so this is what makes a 120-frame loop affordable; the scheduled model frames are encoded ahead
-in the predictor's background thread. Confidence (``confidence.py``) decides interventions: a frame
-whose confidence is <= ``threshold`` (``threshold > 0``) raises an :class:`Intervention` and, with
-``pause=True``, stops the run there.
+the warped mask as logits, an interior point when the model takes clicks). ``fusion`` decides which mask
+is kept: "auto" (default) keeps the flow-carried mask where the motion evidence is good and takes the
+model's where it is not; "model", "trust" (model boundary within a small band of the prior) and
+"prior" are the alternatives (docs/tracking.md has the measurements behind the default: re-prompting
+the model with its own output drifts). Encoding costs seconds on CPU while flow costs ~50 ms, so
+skipping the encoder between model frames is what makes a 120-frame loop affordable; the scheduled
+model frames are encoded ahead in the predictor's background thread. Confidence (``confidence.py``)
+decides interventions: a frame whose confidence is <= ``threshold`` (``threshold > 0``) raises an
+:class:`Intervention` and, with ``pause=True``, stops the run there.
 """
 
 from __future__ import annotations
