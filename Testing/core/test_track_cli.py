@@ -35,3 +35,13 @@ def test_track_cli_needs_a_prompt(tmp_path, capsys):
     np.save(tmp_path / "c.npy", np.zeros((3, 32, 32), np.uint8))
     assert main(["track", str(tmp_path / "c.npy"), "-o", str(tmp_path / "o")]) == 2
     assert "Nothing to track" in capsys.readouterr().err
+
+
+def test_track_cli_object_groups():
+    from sonosam.cli import build_parser
+
+    args = build_parser().parse_args(["track", "x.dcm", "--object", "LV", "--box", "1,2,30,40", "--object", "LA",
+                                      "--point", "5,6", "--point", "7,8,0", "-o", "out"])
+    assert args.objects == [{"name": "LV", "box": (1.0, 2.0, 30.0, 40.0), "points": []},
+                            {"name": "LA", "box": None, "points": [(5.0, 6.0, 1), (7.0, 8.0, 0)]}]
+    assert build_parser().parse_args(["track", "x.dcm", "--box", "1,2,3,4", "-o", "o"]).objects[0]["name"] == "object"
