@@ -87,13 +87,19 @@ def mask_iou(a, b) -> float:
 
 
 def bench_backends(clicks: int = 30, encodes: int = 3, model_name: str = "litemedsam",
-                   backends: tuple[str, ...] = ("eager", "onnx-decoder", "onnx", "auto")) -> dict:
+                   backends: tuple[str, ...] | None = None) -> dict:
     """Each inference backend against eager PyTorch in the same process: encoder ms/frame, decoder ms/prompt,
     click -> mask ms with a cached embedding (Predictor), mask IoU vs eager on a real echo frame and a real
     MRI slice, and the ratios eager/backend. Backends are interleaved per repeat so machine load hits all alike."""
+    import os
+
     from .models import load_model
     from .predictor import Predictor
 
+    if backends is None:  # $SONOSAM_BENCH_BACKENDS="eager,eager-fp16" picks others; eager always comes first
+        chosen = os.environ.get("SONOSAM_BENCH_BACKENDS") or "onnx-decoder,onnx,auto" + (
+            ",eager-fp16,eager-bf16" if torch.cuda.is_available() else "")
+        backends = ("eager", *[name for name in chosen.split(",") if name and name != "eager"])
     images = real_test_images()
     frame, box = images[0][1], images[0][2]
     x0, y0, x1, y1 = box
