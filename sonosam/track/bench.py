@@ -9,6 +9,8 @@ import json
 import resource
 import time
 
+import numpy as np
+
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
@@ -42,10 +44,16 @@ def bench_track(n_frames: int | None = None, model_every: int = 5, threshold: fl
         tracker.close()
         predictor.close()
         timing = tracker.timing
+        conf = tracker.confidences()
+        tracked = np.array([[tracker.result(t, n).source != "keyframe" for n in tracker.objects]
+                            for t in range(tracker.n_frames)])
         out[f"{count}_object"] = {
             "seconds": round(elapsed, 2), "fps": round(frames.shape[0] / elapsed, 3),
             "encoder_calls": predictor.encoder_calls, "model_frames": len(tracker.model_frames),
             "interventions_requested": len(tracker.events),
+            # what other thresholds would have asked for (object-frames at or below), and where confidence lies
+            "requests_at_threshold": {str(th): int(((conf <= th) & tracked).sum()) for th in (0.5, 0.6, 0.7, 0.8, 0.85)},
+            "confidence_percentiles_5_25_50": [round(float(v), 3) for v in np.percentile(conf[tracked], (5, 25, 50))],
             "share_motion": round(timing["motion_s"] / elapsed, 3),
             "share_model": round((timing["encode_s"] + timing["decode_s"]) / elapsed, 3),
             "share_encode_wait": round(timing["encode_s"] / elapsed, 3),
