@@ -65,7 +65,7 @@ def build_student(teacher: SamModel, arch: str = "tinyvit") -> tuple[SamModel, d
                                normalization="minmax", prompt_kinds=CLICK_KINDS, multimask=False,
                                build=lambda: _build_litemedsam(encoder))
     student = SamModel(spec, sam.to(teacher.device).eval(), None)
-    return student, {"type": "litemedsam", "encoder": {"type": "tinyvit", **encoder}, "student_arch": arch}
+    return student, {"type": "litemedsam-tinyvit", "encoder": dict(encoder), "student_arch": arch}
 
 
 @dataclass
