@@ -98,7 +98,7 @@ def base_heldout(base, store, test, path: Path) -> dict:
     from .data import summarize
     from .validate import evaluate_cached
 
-    summary = summarize(test)
+    summary = json.loads(json.dumps(summarize(test)))   # as it reads back from the file (string keys)
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("test") == summary:
