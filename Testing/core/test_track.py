@@ -96,14 +96,15 @@ def test_pause_resume_and_two_objects_do_not_overlap(predictor, loop):
     other[int(rows.mean()):rows.max() + 10, cols.min():cols.max()] = True
     tracker = Tracker(predictor, loop.frames[:6], threshold=1.0, model_every=4)
     tracker.add_object("LV", 0, mask=lv)
-    tracker.add_object("B", 0, mask=other & ~lv)
+    tracker.add_object("B", 0, mask=other & ~lv, threshold=0.0)     # per-object threshold: B never asks
     report = tracker.run()
-    assert report.paused and report.frame == 1 and {e.object for e in report.events} == {"LV", "B"}
+    assert report.paused and report.frame == 1 and {e.object for e in report.events} == {"LV"}
     tracker.correct(1, "LV", mask=loop.masks["LV"][1])
     tracker.accept(1, "B")
     report = tracker.run()
     assert report.paused and report.frame == 2
-    assert all(e.status in ("corrected", "accepted") for e in tracker.events if e.frame == 1)
+    assert all(e.status == "corrected" for e in tracker.events if e.frame == 1)
+    assert tracker.result(1, "B").is_keyframe and not any(e.object == "B" for e in tracker.events)
     tracker.pause = False
     tracker.run()
     assert np.array_equal(tracker.result(1, "LV").mask, loop.masks["LV"][1])

@@ -89,9 +89,10 @@ class RunReport:
 
 
 class TrackedObject:
-    def __init__(self, name: str, n_frames: int, color=None):
+    def __init__(self, name: str, n_frames: int, color=None, threshold: float | None = None):
         self.name = name
         self.color = color
+        self.threshold = threshold           # None: the tracker's
         self.results: list[FrameResult | None] = [None] * n_frames
         self.keyframes: set[int] = set()
 
@@ -161,11 +162,15 @@ class Tracker:
         return self._frame_keys[t]
 
     def add_object(self, name: str, frame: int, mask: np.ndarray | None = None, box=None, points=None,
-                   labels=None, color=None) -> np.ndarray:
-        """Start tracking ``name`` from ``frame``: a mask, or prompts segmented with the model there."""
+                   labels=None, color=None, threshold: float | None = None) -> np.ndarray:
+        """Start tracking ``name`` from ``frame``: a mask, or prompts segmented with the model there.
+        ``threshold`` overrides the tracker's for this object (e.g. lower for the LA, whose boundary the
+        mitral leaflets sweep through)."""
         if name in self.objects:
             raise SonoSAMError(f"An object called {name!r} is already tracked; give each object its own name.")
-        self.objects[name] = TrackedObject(name, self.n_frames, color)
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise SonoSAMError(f"The confidence threshold must lie in [0, 1]; got {threshold}.")
+        self.objects[name] = TrackedObject(name, self.n_frames, color, threshold)
         try:
             return self.correct(frame, name, mask=mask, box=box, points=points, labels=labels)
         except BaseException:
@@ -360,7 +365,8 @@ class Tracker:
         for obj in todo:
             result = new[obj.name]
             obj.results[t] = result
-            if self.threshold > 0 and result.confidence <= self.threshold:
+            threshold = self.threshold if obj.threshold is None else obj.threshold
+            if threshold > 0 and result.confidence <= threshold:
                 events.append(Intervention(t, obj.name, self._reason(result, frame), result.confidence))
         return events
 
@@ -486,8 +492,9 @@ class Tracker:
         for t in range(after + 1, self.n_frames):
             for obj in self.objects.values():
                 result = obj.results[t]
-                if result is not None and not result.is_keyframe and self.threshold > 0 \
-                        and result.confidence <= self.threshold:
+                threshold = self.threshold if obj.threshold is None else obj.threshold
+                if result is not None and not result.is_keyframe and threshold > 0 \
+                        and result.confidence <= threshold:
                     return t
         return None
 
