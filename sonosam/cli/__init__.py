@@ -16,6 +16,9 @@ COMMANDS = ["segment", "propagate", "track", "evaluate", "train", "models"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sonosam", description=__import__("sonosam").__doc__.splitlines()[0])
     parser.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: the fastest present)")
+    parser.add_argument("--backend", default="auto",
+                        help="inference engine: auto (default: ONNX Runtime on CPU, PyTorch on GPU), eager, onnx, "
+                             "onnx-decoder, eager-fp16, eager-bf16")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(subparsers)
@@ -32,6 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def load_model_from_args(args, name: str | None = None, checkpoint=None):
+    """The model an inference command asked for, on the chosen device and backend."""
+    from ..models import load_model
+
+    return load_model(name or args.model, checkpoint=checkpoint or getattr(args, "checkpoint", None),
+                      device=args.device, backend=args.backend)
 
 
 def parse_point(text: str) -> tuple[float, float, int]:

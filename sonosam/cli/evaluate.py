@@ -101,13 +101,13 @@ def run(args) -> int:
                            max_samples=args.max_images, slices=args.slices)
     print(f"{len(samples)} samples from {', '.join(args.data)}", file=sys.stderr)
 
-    from ..models import load_model
+    from . import load_model_from_args
     from ..predictor import Predictor
 
     results = []
     for text in args.model or ["litemedsam"]:
         name, checkpoint = _parse_model(text)
-        model = load_model(name, checkpoint=checkpoint, device=getattr(args, "device", None))
+        model = load_model_from_args(args, name, checkpoint)
         predictor = Predictor(model)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

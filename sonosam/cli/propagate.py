@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import DataFileError, PromptError
-from . import add_prompt_arguments, split_points
+from . import load_model_from_args, add_prompt_arguments, split_points
 
 
 def register(subparsers):
@@ -36,7 +36,6 @@ def register(subparsers):
 
 def run(args) -> int:
     from ..io import read_volume, write_segmentation
-    from ..models import load_model
     from ..predictor import Predictor
     from ..volume import PropagationOptions, Seed, propagate
 
@@ -49,7 +48,7 @@ def run(args) -> int:
     if args.box is None and points is None:
         raise PromptError("Give a prompt on the seed slice: --box X0,Y0,X1,Y1 or --point X,Y[,LABEL].")
     volume = read_volume(args.volume)
-    model = load_model(args.model, checkpoint=args.checkpoint, device=getattr(args, "device", None))
+    model = load_model_from_args(args)
     if args.adapters:
         from ..adapters import load_adapters
 

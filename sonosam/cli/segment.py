@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import DataFileError
 from ..image import axis_index, take_slice
-from . import add_prompt_arguments, split_points
+from . import load_model_from_args, add_prompt_arguments, split_points
 
 MASK_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".png")
 
@@ -32,7 +32,6 @@ def register(subparsers):
 
 def run(args):
     from ..io import Geometry, save_overlay_png, write_segmentation
-    from ..models import load_model
     from ..predictor import Predictor
 
     output = args.output
@@ -46,7 +45,7 @@ def run(args):
     started = time.perf_counter()
     image, volume, geometry, display = load_image(args.image, args.index, args.axis)
     points, labels = split_points(args.point)
-    model = load_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    model = load_model_from_args(args)
     loaded = time.perf_counter()
     predictor = Predictor(model)
     embedding = predictor.embedding(image)

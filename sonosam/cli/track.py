@@ -12,13 +12,12 @@ on the command line nobody answers, so it records them and goes on) and ``summar
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 from ..errors import DataFileError, PromptError
-from . import parse_box, parse_point, split_points
+from . import load_model_from_args, parse_box, parse_point, split_points
 
 
 class _ObjectAction(argparse.Action):
@@ -80,12 +79,9 @@ def _load_frames(path: Path):
 
 
 def run(args):
-    from ..models import load_model
     from ..predictor import Predictor
     from ..track import Tracker
-    from ..track.outputs import (write_confidence_csv, write_interventions, write_overlay_gif, write_overlay_strip,
-                                 write_sequence_nrrd)
-    from ..io import DEFAULT_COLORS
+    from ..track.outputs import TRACKING_OUTPUTS, write_tracking_outputs
 
     groups = args.objects or []
     if not groups:
@@ -106,10 +102,13 @@ def run(args):
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise DataFileError(f"Cannot create the output folder {out}: {error}") from error
+    existing = [name for name in TRACKING_OUTPUTS if (out / name).exists()]
+    if existing and not args.overwrite:  # say so before minutes of tracking, not after
+        raise DataFileError(f"{out} already holds {', '.join(existing)}; choose another folder or pass --overwrite.")
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
 
-    model = load_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    model = load_model_from_args(args)
     predictor = Predictor(model)
     tracker = Tracker(predictor, frames, threshold=args.threshold, model_every=args.model_every, pause=False)
     start = time.perf_counter()
@@ -120,33 +119,17 @@ def run(args):
     def progress(done, total):
         print(f"\rtracking {done}/{total} frames", end="", file=sys.stderr, flush=True)
 
-    report = tracker.run(on_progress=progress)
+    tracker.run(on_progress=progress)
     elapsed = time.perf_counter() - start
     print(file=sys.stderr)
     tracker.close()
 
-    colors = [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(len(names))]
-    masks = [tracker.masks(n) for n in names]
-    flagged = sorted({e.frame for e in tracker.events})
-    sources = [[(tracker.result(t, n).source if tracker.result(t, n) else "") for n in names]
-               for t in range(tracker.n_frames)]
-    write_sequence_nrrd(out / "segmentation.seq.nrrd", tracker.labelmap(), names, colors, spacing, frame_time,
-                        note=f"sonosam track, model {model.spec.name}", overwrite=args.overwrite)
-    write_confidence_csv(out / "confidence.csv", tracker.confidences(), names, sources, tracker.model_frames,
-                         overwrite=args.overwrite)
-    write_interventions(out, tracker.events, overwrite=args.overwrite)
-    write_overlay_gif(out / "overlay.gif", frames, masks, colors, flagged, frame_time, overwrite=args.overwrite)
-    write_overlay_strip(out / "strip.png", frames, masks, colors, flagged, overwrite=args.overwrite)
-    summary = {"cine": str(args.cine), "frames": int(tracker.n_frames), "objects": names, "model": model.spec.name,
-               "threshold": args.threshold, "model_every": args.model_every,
-               "model_frames": len(tracker.model_frames), "interventions_requested": len(tracker.events),
-               "intervention_frames": flagged, "seconds": round(elapsed, 2),
-               "frames_per_second": round(tracker.n_frames / elapsed, 3),
-               "timing_s": {k: round(v, 3) for k, v in tracker.timing.items()}}
-    with open(out / "summary.json", "w") as handle:
-        json.dump(summary, handle, indent=1)
+    summary = write_tracking_outputs(out, tracker, frames, spacing, frame_time, elapsed, overwrite=args.overwrite,
+                                     extra={"cine": str(args.cine), "threshold": args.threshold,
+                                            "model_every": args.model_every})
+    flagged = summary["intervention_frames"]
     print(f"tracked {len(names)} object(s) over {tracker.n_frames} frames in {elapsed:.1f} s "
-          f"({summary['frames_per_second']} frames/s, model on {len(tracker.model_frames)} frames); "
+          f"({summary['frames_per_second']} frames/s, model on {summary['model_frames']} frames); "
           f"{len(tracker.events)} intervention request(s)"
           + (f" on frames {flagged}" if flagged else "") + f"; wrote {out}/")
     return 0

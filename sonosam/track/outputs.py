@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import DataFileError
 from ..io import DEFAULT_COLORS, Geometry, _atomic_output
 
-__all__ = ["write_sequence_nrrd", "read_sequence_nrrd", "write_confidence_csv", "write_interventions",
+__all__ = ["write_tracking_outputs", "write_sequence_nrrd", "read_sequence_nrrd", "write_confidence_csv", "write_interventions",
            "write_overlay_gif", "write_overlay_strip", "overlay_frame"]
 
 
@@ -168,3 +168,38 @@ def write_overlay_strip(path, frames, masks_by_object, colors, flagged=(), n: in
     with _atomic_output(path, overwrite) as tmp:
         strip.save(tmp, format="PNG")
     return Path(path)
+
+
+TRACKING_OUTPUTS = ("segmentation.seq.nrrd", "confidence.csv", "interventions.json", "interventions.csv",
+                    "overlay.gif", "strip.png", "summary.json")
+
+
+def write_tracking_outputs(out: Path, tracker, frames: np.ndarray, spacing_xy=(1.0, 1.0),
+                           frame_time_ms: float | None = None, seconds: float | None = None,
+                           overwrite: bool = False, extra: dict | None = None) -> dict:
+    """Everything a tracking run leaves in `out`: segmentation.seq.nrrd, confidence.csv, interventions.json/.csv,
+    overlay.gif, strip.png and summary.json (returned as a dict)."""
+    out = Path(out)
+    names = list(tracker.objects)
+    colors = [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(len(names))]
+    masks = [tracker.masks(n) for n in names]
+    flagged = sorted({e.frame for e in tracker.events})
+    sources = [[(tracker.result(t, n).source if tracker.result(t, n) else "") for n in names]
+               for t in range(tracker.n_frames)]
+    model_name = tracker.predictor.model.spec.name
+    write_sequence_nrrd(out / "segmentation.seq.nrrd", tracker.labelmap(), names, colors, spacing_xy, frame_time_ms,
+                        note=f"sonosam track, model {model_name}", overwrite=overwrite)
+    write_confidence_csv(out / "confidence.csv", tracker.confidences(), names, sources, tracker.model_frames,
+                         overwrite=overwrite)
+    write_interventions(out, tracker.events, overwrite=overwrite)
+    write_overlay_gif(out / "overlay.gif", frames, masks, colors, flagged, frame_time_ms, overwrite=overwrite)
+    write_overlay_strip(out / "strip.png", frames, masks, colors, flagged, overwrite=overwrite)
+    summary = {**(extra or {}), "frames": int(tracker.n_frames), "objects": names, "model": model_name,
+               "model_frames": len(tracker.model_frames), "interventions_requested": len(tracker.events),
+               "intervention_frames": flagged}
+    if seconds:
+        summary.update(seconds=round(seconds, 2), frames_per_second=round(tracker.n_frames / seconds, 3))
+    summary["timing_s"] = {k: round(v, 3) for k, v in tracker.timing.items()}
+    with _atomic_output(out / "summary.json", overwrite) as temp:
+        temp.write_text(json.dumps(summary, indent=1))
+    return summary
