@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputImageError, PromptError
+from ..train.losses import dice_focal_loss  # one DiceFocal for every trainer
 from .modules import _encoder_kind, _unwrap, encoder_stem, encoder_trunk, is_adapted
 
 PROMPT_MODES = ("box", "click", "box+click", "mixed")
@@ -23,22 +24,13 @@ PROMPT_MODES = ("box", "click", "box+click", "mixed")
 
 # --------------------------------------------------------------------------------- prompt simulation
 def simulate_box(mask: np.ndarray, rng: np.random.Generator | None = None, jitter: float = 0.1):
-    """Bounding box (x0, y0, x1, y1) of a 2D mask (inclusive pixel corners), each side moved by up to
-    `jitter` x the box size (uniform, either way), clipped to the image. None for an empty mask."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
+    """Bounding box (x0, y0, x1, y1) of a 2D mask, each side moved by up to `jitter` x the box size:
+    the evaluation simulator's box (one sampler for evaluation, training and adapters). None if empty."""
+    from ..evaluate.clicks import box_from_mask
+
+    if not np.asarray(mask).any():
         return None
-    x0, x1, y0, y1 = float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
-    if jitter > 0:
-        rng = rng if rng is not None else np.random.default_rng()
-        w, h = x1 - x0 + 1, y1 - y0 + 1
-        dx0, dx1 = rng.uniform(-jitter, jitter, 2) * w
-        dy0, dy1 = rng.uniform(-jitter, jitter, 2) * h
-        x0, x1, y0, y1 = x0 + dx0, x1 + dx1, y0 + dy0, y1 + dy1
-    height, width = mask.shape
-    x0, x1 = np.clip(sorted((x0, x1)), 0, width - 1)
-    y0, y1 = np.clip(sorted((y0, y1)), 0, height - 1)
-    return (float(x0), float(y0), float(x1), float(y1))
+    return tuple(float(v) for v in box_from_mask(mask, jitter=jitter, rng=rng))
 
 
 def simulate_clicks(mask: np.ndarray, rng: np.random.Generator | None = None, positive: int = 1,
@@ -175,18 +167,6 @@ class StemCache:
         return encoder_trunk(sam.image_encoder, batch)
 
 
-def dice_focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, dice_weight: float = 1.0,
-                    focal_weight: float = 1.0, eps: float = 1e-6) -> torch.Tensor:
-    """Soft Dice (per sample) + sigmoid focal loss (mean over pixels), as MONAI's DiceFocalLoss."""
-    prob = torch.sigmoid(logits)
-    dims = tuple(range(1, logits.ndim))
-    dice = 1 - (2 * (prob * target).sum(dims) + eps) / (prob.sum(dims) + target.sum(dims) + eps)
-    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    p_t = prob * target + (1 - prob) * (1 - target)
-    focal = ((1 - p_t) ** gamma * ce).mean(dims)
-    return (dice_weight * dice + focal_weight * focal).mean()
-
-
 # ------------------------------------------------------------------------------------------ training
 @dataclass
 class TrainResult:
@@ -297,7 +277,7 @@ def train_adapters(model, volumes, labels, label_value=None, *, steps: int = 100
             box, clicks = _prompts(prompt, mask, rng, jitter)
             logits = decode(sam, embeddings[d:d + 1], prep.box(box, shape) if box is not None else None,
                             prep.points(*clicks, shape) if clicks is not None else None)
-            losses.append(dice_focal_loss(logits, prep.target(mask, logits.shape[-2:])))
+            losses.append(dice_focal_loss(logits, prep.target(mask, logits.shape[-2:])).mean())
         if not losses:
             continue
         loss = torch.stack(losses).mean()
@@ -337,7 +317,7 @@ def slab_loss(model, volume, label, label_value, first: int, depth: int, *, prom
         box, clicks = _prompts(prompt, mask[first + d], rng, jitter)
         logits = decode(sam, embeddings[d:d + 1], prep.box(box, vol.shape[1:]) if box is not None else None,
                         prep.points(*clicks, vol.shape[1:]) if clicks is not None else None)
-        losses.append(float(dice_focal_loss(logits, prep.target(mask[first + d], logits.shape[-2:]))))
+        losses.append(float(dice_focal_loss(logits, prep.target(mask[first + d], logits.shape[-2:])).mean()))
     return float(np.mean(losses)) if losses else float("nan")
 
 
