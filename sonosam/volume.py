@@ -107,7 +107,7 @@ class SliceInfo:
 
 @dataclass
 class PropagationOptions:
-    box_margin: float = 0.1          # box = consistent pixels' bounding box + margin * its size (at least 2 px)
+    box_margin: float = 0.2          # box = consistent pixels' bounding box + margin * its size (at least 2 px)
     consistency_lambda: float = 1.0  # SAM^Med lambda: |X_t+1 - X_t| < lambda * std(X_t[mask])
     min_consistent: float = 0.2      # stop when fewer of the previous mask's pixels pass the rule
     n_points: int = 3                # positive points for point-capable models (0: none)
@@ -115,8 +115,13 @@ class PropagationOptions:
     min_score: float = 0.5           # stop below this predicted IoU
     min_area: int = 10               # stop below this many pixels
     min_area_ratio: float = 0.05     # ... or below this share of the seed's area
+    max_box_size: float | None = 1.25  # box sides at most this multiple of the anchor mask's bounding box
     max_growth: float = 1.8          # stop when the area grows more than this from one slice to the next
     min_overlap: float = 0.3         # stop when |new & prev| / |new| falls below this (jumped elsewhere)
+    max_intensity_shift: float | None = 2.0  # stop when the mask's mean intensity moves more than this many
+                                     # seed standard deviations away from the seed's mean (None: off)
+    min_similarity: float | None = 0.85  # stop when the cosine similarity of the mask's mean image-embedding
+                                     # feature to the previous slice's falls below this (None: off)
     keep_component: bool = True      # keep the connected parts of the mask that touch the previous mask
     max_slices: int | None = None    # at most this many slices from each seed in each direction
     direction: str = "both"          # "both", "forward" (increasing index) or "backward"
@@ -199,6 +204,18 @@ def _box_with_margin(mask: np.ndarray, margin: float) -> tuple[float, float, flo
     height, width = mask.shape
     mx, my = max(2.0, margin * (x1 - x0 + 1)), max(2.0, margin * (y1 - y0 + 1))
     return (max(0.0, x0 - mx), max(0.0, y0 - my), min(width - 1.0, x1 + mx), min(height - 1.0, y1 + my))
+
+
+def _clamp_box(box, anchor_box, factor: float, shape) -> tuple[float, float, float, float]:
+    """Shrink `box` about its centre so that no side exceeds `factor` times `anchor_box`'s (keeps a front
+    from inflating slice after slice)."""
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    max_w = factor * (anchor_box[2] - anchor_box[0] + 1)
+    max_h = factor * (anchor_box[3] - anchor_box[1] + 1)
+    w, h = min(x1 - x0, max_w), min(y1 - y0, max_h)
+    height, width = shape
+    return (max(0.0, cx - w / 2), max(0.0, cy - h / 2), min(width - 1.0, cx + w / 2), min(height - 1.0, cy + h / 2))
 
 
 def _interior_points(region: np.ndarray, n: int) -> list[tuple[float, float]]:
@@ -333,6 +350,21 @@ class _Run:
         return self.predictor.predict(lambda: self.image(index), key=self.key(index), window=self.window,
                                       multimask=False, **prompts)
 
+    def feature(self, index: int, mask: np.ndarray) -> np.ndarray:
+        """Unit-length mean of the image embedding under `mask` (masked average pooling on the 64x64 grid)."""
+        import torch
+        import torch.nn.functional as F
+
+        embedding = self.predictor.embedding(lambda: self.image(index), key=self.key(index), window=self.window)
+        features = embedding.features[0].float().cpu()
+        grid = features.shape[-1]
+        size = self.model.spec.image_size
+        h, w = (max(1, round(s * grid / size)) for s in embedding.input_size)
+        weight = F.interpolate(torch.as_tensor(mask, dtype=torch.float32)[None, None], (h, w), mode="area")
+        weight = F.pad(weight, (0, grid - w, 0, grid - h))[0, 0]
+        vector = (features * weight).sum((1, 2)) / weight.sum().clamp(min=1e-6)
+        return (vector / vector.norm().clamp(min=1e-6)).numpy()
+
     # steps -----------------------------------------------------------------------------------
     def report(self, info: SliceInfo) -> None:
         self.done += 1
@@ -364,6 +396,10 @@ class _Run:
         opt = self.options
         ref_area = max(int(mask.sum()), 1)
         prev_mask, prev_logits, prev_image = mask, logits, self.image(start).astype(np.float32)
+        anchor_box = _bbox(mask)
+        seed_values = prev_image[mask]
+        seed_mean, seed_std = float(seed_values.mean()), max(float(seed_values.std()), 1e-6)
+        prev_feature = self.feature(start, mask) if opt.min_similarity is not None else None
         if opt.max_slices is not None:
             limit = start + step * min(abs(limit - start), opt.max_slices)
         t = start
@@ -380,8 +416,10 @@ class _Run:
                 return
             consistent = consistent_pixels(prev_image, image, prev_mask, opt.consistency_lambda)
             share = consistent.sum() / max(prev_mask.sum(), 1)
-            region = consistent if share >= opt.min_consistent else prev_mask
+            region = consistent if share >= opt.min_consistent and consistent.any() else prev_mask
             box = _box_with_margin(region, opt.box_margin)
+            if opt.max_box_size is not None and anchor_box is not None:
+                box = _clamp_box(box, anchor_box, opt.max_box_size, image.shape)
             prompts = {"box": box}
             if self.use_points:
                 points = _interior_points(consistent, opt.n_points)
@@ -407,6 +445,15 @@ class _Run:
                 reason = f"area grew {area / prev_area:.1f}x (ran into a neighbour?)"
             elif (new & prev_mask).sum() < opt.min_overlap * area:
                 reason = "the mask moved away from the previous one"
+            elif opt.max_intensity_shift is not None and \
+                    abs(float(image[new].mean()) - seed_mean) > opt.max_intensity_shift * seed_std:
+                reason = f"mean intensity moved {(float(image[new].mean()) - seed_mean) / seed_std:+.1f} SD from the seed's"
+            feature = None
+            if not reason and prev_feature is not None:
+                feature = self.feature(t, new)
+                similarity = float(feature @ prev_feature)
+                if similarity < opt.min_similarity:
+                    reason = f"image features changed (similarity {similarity:.2f} < {opt.min_similarity})"
             if reason:
                 info = SliceInfo(t, STOPPED, pred.score, area, reason, source=start)
                 out[t] = (None, info)
@@ -415,7 +462,7 @@ class _Run:
             info = SliceInfo(t, PROPAGATED, pred.score, area, source=start)
             out[t] = (new, info)
             self.report(info)
-            prev_mask, prev_logits, prev_image = new, pred.logits, image
+            prev_mask, prev_logits, prev_image, prev_feature = new, pred.logits, image, feature
 
 
 def _mask_shape(volume_shape, axis):
