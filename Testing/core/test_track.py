@@ -11,7 +11,8 @@ import pytest
 
 from sonosam.evaluate.metrics import dice
 from sonosam.track import SimulatedExpert, Tracker, echo_synthetic_loop, track_with_expert
-from sonosam.track.confidence import Signals, area_score, combine, stability_score
+from sonosam.track.confidence import Signals, area_score, combine, shape_score, solidity, stability_score
+from sonosam.track.tracker import _reanchor
 
 N_FRAMES = 12
 
@@ -41,6 +42,34 @@ def test_confidence_formula():
     logits = np.full((8, 8), -10.0)
     logits[2:6, 2:6] = 10.0
     assert stability_score(logits) == 1.0
+
+
+def _leaky_ellipse():
+    """An LV-like ellipse, and the same with two legs below it and a bite out of its base (the real-loop leak)."""
+    import cv2
+
+    lv = np.zeros((200, 160), np.uint8)
+    cv2.ellipse(lv, (80, 80), (45, 70), 0, 0, 360, 1, -1)
+    leaky = lv.copy()
+    leaky[130:185, 38:50] = 1                                       # legs through the valve plane
+    leaky[130:185, 110:122] = 1
+    cv2.circle(leaky, (80, 150), 18, 0, -1)                         # bite where the leaflets swept in
+    return lv.astype(bool), leaky.astype(bool)
+
+
+def test_shape_signal_and_reanchoring():
+    lv, leaky = _leaky_ellipse()
+    assert solidity(lv) > 0.97 and solidity(leaky) < 0.9 and solidity(np.zeros((4, 4), bool)) == 0.0
+    assert shape_score(solidity(lv), solidity(lv)) == 1.0
+    assert shape_score(solidity(leaky), solidity(lv)) == 0.0       # a leak is flagged ...
+    assert combine(Signals(0.95, 0.95, 0.95, 1.0, 0.95, 1.0, shape_score(solidity(leaky), solidity(lv)))) < 0.5
+    shrunk = np.zeros_like(lv)                                      # ... a contraction (same shape, 30 % less area) is not
+    import cv2
+    shrunk = cv2.ellipse(shrunk.astype(np.uint8), (80, 80), (38, 58), 0, 0, 360, 1, -1).astype(bool)
+    assert shape_score(solidity(shrunk), solidity(lv)) == 1.0
+    fixed = _reanchor(leaky, lv, 0.03)                              # the model's convex mask re-anchors the leak
+    assert not fixed[156:185].any() and fixed[145, 80] and solidity(fixed) > 0.95
+    assert dice(fixed, lv) > 0.97
 
 
 def test_synthetic_loop_is_labelled_and_exact(loop):
