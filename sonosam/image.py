@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputImageError
+from .errors import InputImageError, PromptError
 
 
 def to_uint8_rgb(image, window: tuple[float, float] | None = None) -> np.ndarray:
@@ -53,15 +53,16 @@ AXES = {"k": 0, "j": 1, "i": 2}  # volume arrays are indexed [k, j, i]
 
 def axis_index(axis: str | int) -> int:
     """'k'/'j'/'i' (or 0/1/2) -> the array axis of a [k, j, i] volume."""
-    if axis in AXES:
-        return AXES[axis]
-    if axis in (0, 1, 2):
+    if isinstance(axis, str) and axis.lower() in AXES:
+        return AXES[axis.lower()]
+    if not isinstance(axis, str) and axis in (0, 1, 2):
         return int(axis)
-    raise InputImageError(f"Axis {axis!r} is not one of k, j, i (array axes 0, 1, 2).")
+    raise PromptError(f"Axis {axis!r} is not one of k, j, i (array axes 0, 1, 2).")
 
 
 def take_slice(volume: np.ndarray, axis: str | int, index: int) -> np.ndarray:
-    """The 2D slice `index` across `axis` of a [k, j, i] volume, rows/columns in the remaining order."""
+    """The 2D slice `index` across `axis` of a [k, j, i] volume; rows/columns are the remaining axes in order
+    (axis k: [j, i]; axis j: [k, i]; axis i: [k, j]), and prompts use x = column, y = row of this slice."""
     axis = axis_index(axis)
     if volume.ndim != 3:
         raise InputImageError(f"Expected a 3D volume [k, j, i]; got shape {volume.shape}.")

@@ -40,31 +40,13 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import InputImageError, PromptError
+from .image import AXES, axis_index, take_slice as slice_of
 from .predictor import Predictor
 
 __all__ = ["Seed", "SliceInfo", "PropagationOptions", "PropagationResult", "propagate", "naive_baseline",
            "slice_of", "axis_index", "consistent_pixels", "volume_window", "mask_to_logits", "AXES"]
 
-AXES = {"k": 0, "j": 1, "i": 2}
-
 SEED, ACCEPTED, PROPAGATED, STOPPED = "seed", "accepted", "propagated", "stopped"
-
-
-def axis_index(axis) -> int:
-    """0/1/2 or "k"/"j"/"i" -> 0/1/2."""
-    if isinstance(axis, str):
-        if axis.lower() not in AXES:
-            raise PromptError(f"Axis {axis!r} must be k, j or i (or 0, 1, 2).")
-        return AXES[axis.lower()]
-    if axis not in (0, 1, 2):
-        raise PromptError(f"Axis {axis!r} must be 0, 1 or 2 (k, j, i).")
-    return int(axis)
-
-
-def slice_of(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """The 2D slice `index` along `axis` of a [k, j, i] volume; rows/columns are the remaining axes in order
-    (axis k: [j, i]; axis j: [k, i]; axis i: [k, j]); prompts use x = column, y = row of this slice."""
-    return np.take(volume, index, axis=axis)
 
 
 def volume_window(volume: np.ndarray) -> tuple[float, float]:

@@ -27,12 +27,18 @@ class ThresholdModel:
         self.spec, self.model_id, self.level, self.calls = _Spec(kinds), "threshold:1", level, []
 
     def encode(self, image, window=None):
+        # Like a real embedding: a square (1, C, S, S) grid holding the image padded at the bottom/right.
         image = np.asarray(image, np.float32)
-        return Embedding(torch.as_tensor(image), image.shape, (256, 256), self.model_id)
+        height, width = image.shape
+        side = max(height, width)
+        grid = np.pad(image, ((0, side - height), (0, side - width)))
+        input_size = (round(height * 256 / side), round(width * 256 / side))
+        return Embedding(torch.as_tensor(grid)[None, None], image.shape, input_size, self.model_id)
 
     def decode(self, embedding, points=None, labels=None, box=None, mask_logits=None, multimask=True):
         self.calls.append({"points": points, "box": box, "mask_logits": mask_logits})
-        image = embedding.features.numpy()
+        height, width = embedding.original_size
+        image = embedding.features[0, 0, :height, :width].numpy()
         mask = image > self.level
         if box is not None:
             x0, y0, x1, y1 = (int(round(v)) for v in box)
@@ -89,7 +95,8 @@ def test_stops_at_both_ends_of_the_ball_and_not_in_the_neighbour():
 def test_without_the_rule_the_front_runs_into_the_neighbour():
     volume, ball = sphere_volume(neighbour=True)
     result = propagate(Predictor(ThresholdModel()), volume, [Seed(20, box=(20, 20, 44, 44))],
-                       min_consistent=0.0, max_growth=1e9, min_overlap=0.0)
+                       min_consistent=0.0, max_growth=1e9, min_overlap=0.0, max_intensity_shift=None,
+                       min_similarity=None)
     assert result.extent()[1] > 29  # it leaks into the slab: the stop rules are what keep it out
 
 
