@@ -182,6 +182,19 @@ class SliceGeometry:
         block_ijk = np.expand_dims(plane, self.axis)
         return np.ascontiguousarray(np.moveaxis(block_ijk, (0, 1, 2), (2, 1, 0)))
 
+    def stack(self, array_kji: np.ndarray) -> np.ndarray:
+        """The whole volume as a stack of this layout's slices: (S, H, W[, C]) with ``stack[s]`` equal to
+        ``extract`` of slice ``s`` (a view, no copy) -- what volume propagation runs on (axis 0)."""
+        vol_ijk = np.moveaxis(np.asarray(array_kji), (0, 1, 2), (2, 1, 0))
+        view = np.moveaxis(vol_ijk, (self.axis, self.y_axis, self.x_axis), (0, 1, 2))
+        return view[:, ::-1 if self.y_flip else 1, ::-1 if self.x_flip else 1]
+
+    def unstack(self, stack: np.ndarray) -> np.ndarray:
+        """Inverse of ``stack``: (S, H, W) -> the (K, J, I) volume array."""
+        view = np.asarray(stack)[:, ::-1 if self.y_flip else 1, ::-1 if self.x_flip else 1]
+        vol_ijk = np.moveaxis(view, (0, 1, 2), (self.axis, self.y_axis, self.x_axis))
+        return np.ascontiguousarray(np.moveaxis(vol_ijk, (0, 1, 2), (2, 1, 0)))
+
     # -- points -------------------------------------------------------------------------------
     def ijk_to_xy(self, points_ijk) -> np.ndarray:
         p = np.atleast_2d(np.asarray(points_ijk, dtype=float))

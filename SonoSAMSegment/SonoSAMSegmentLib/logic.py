@@ -241,6 +241,9 @@ class SonoSAMSegmentLogic:
         self._predictor = predictor
         self._windows: dict[str, tuple | None] = {}
         self._last: dict[tuple, SlicePrediction] = {}  # (seg node ID, segment ID, slice key) -> last written
+        self._propagations: dict[tuple, tuple] = {}  # (seg, segment, volume key, layout) -> (result, options, written)
+        self.last_propagation = None
+        self.last_evaluation = None
         self.last_timings: dict = {}
 
     # -- model ---------------------------------------------------------------------------------------
@@ -267,6 +270,7 @@ class SonoSAMSegmentLogic:
             self.cache_mib = cache_mib
         self._predictor = None
         self._last.clear()
+        self._propagations.clear()
 
     def prompt_kinds(self) -> frozenset:
         model = getattr(self.predictor, "model", None)
@@ -525,6 +529,136 @@ class SonoSAMSegmentLogic:
         prediction.timings["total_s"] = time.perf_counter() - t0
         self.last_timings = dict(prediction.timings)
         return prediction
+
+    # -- volume propagation and evaluation (the core does the work; this adapts MRML <-> arrays) ----------
+    def _volume_stack(self, volumeNode, sliceAxis):
+        """The volume as a stack of slices laid out as the slice view shows them (``geometry.stack``), so
+        the model sees what the one-slice tool sees; returns (info, layout geometry, stack)."""
+        info = self.volume_info(volumeNode)
+        if info.array.ndim != 3:
+            raise InputImageError(f"Volume '{volumeNode.GetName()}' is a colour volume; propagation and "
+                                  "evaluation need a scalar volume (e.g. Vector to Scalar Volume first).")
+        try:
+            axis, right, up = geo.resolve_axis(info.ijk_to_world, sliceAxis)
+            layout = geo.make_slice_geometry(info.ijk_to_world, info.dims_ijk, axis, 0, right, up)
+        except geo.GeometryError as error:
+            raise PromptError(str(error)) from error
+        return info, layout, layout.stack(info.array)
+
+    def _segment_stack(self, info, layout, segmentationNode, segmentId):
+        extent = [0, info.dims_ijk[0] - 1, 0, info.dims_ijk[1] - 1, 0, info.dims_ijk[2] - 1]
+        image_to_seg = self._grid_to_segmentation(info, segmentationNode)
+        current = read_segment_block(segmentationNode, segmentId, image_to_seg, extent)
+        return current, layout.stack(current), image_to_seg, extent
+
+    def propagate(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", seedSlices=None,
+                  direction: str = "both", maxSlices=None, progress=None, cancel=None) -> str:
+        """Carry the segment through the volume along ``sliceAxis`` with the core's ``sonosam.volume.propagate``.
+
+        Seeds are the segment's slices along the axis, kept exactly (accepted masks): all its non-empty
+        slices on a first run, or ``seedSlices`` (indices along the axis) when given. On a re-run, the
+        slices the user changed since the last run (corrections, new slices) are new seeds, the earlier
+        seeds stay anchors, and only the stretches next to what changed are recomputed. Only this segment
+        is written, in one operation (one undo state: call ``saveStateForUndo()`` before), and never on a
+        seed slice. ``direction``: "both", "forward" (increasing index) or "backward"; ``maxSlices``: at
+        most this many slices from each seed (None: until the structure ends); ``progress(done, total,
+        info)`` and ``cancel`` (threading.Event or callable) go to the core. Returns the result's summary.
+        """
+        try:
+            from sonosam.volume import Seed
+            from sonosam.volume import propagate as core_propagate
+        except ImportError as error:
+            raise MissingDependencyError(f"SonoSAM's core is not installed ({error}).") from error
+        _segment_and_label(segmentationNode, segmentId)
+        info, layout, stack = self._volume_stack(volumeNode, sliceAxis)
+        current, seg_stack, image_to_seg, extent = self._segment_stack(info, layout, segmentationNode, segmentId)
+        n = stack.shape[0]
+        key = (segmentationNode.GetID(), segmentId, info.key, layout.axis, layout.x_axis, layout.y_axis,
+               layout.x_flip, layout.y_flip)
+        options = {"direction": direction, "max_slices": None if maxSlices in (None, 0) else int(maxSlices)}
+        filled = [s for s in range(n) if seg_stack[s].any()]
+        previous, written_before = None, set()
+        last = self._propagations.get(key)
+        if seedSlices is not None:
+            indices = sorted({int(s) for s in seedSlices})
+            bad = [s for s in indices if not 0 <= s < n]
+            if bad:
+                raise PromptError(f"Seed slice {bad[0]} is outside 0..{n - 1} along this axis.")
+            empty = [s for s in indices if not seg_stack[s].any()]
+            if empty:
+                raise PromptError(f"Seed slice {empty[0]} of the segment is empty: draw or accept it first.")
+        elif last is not None:
+            prev_result, prev_options, written_before = last
+            changed = [s for s in range(n) if not np.array_equal(seg_stack[s], prev_result.mask[s])]
+            anchors_kept = all(seg_stack[s].any() for s in prev_result.anchors)
+            indices = [s for s in changed if seg_stack[s].any()]
+            if prev_options == options and anchors_kept:
+                previous = prev_result
+            else:  # other options, or an anchor erased: a fresh run from the anchors and the corrections
+                indices = sorted(set(indices) | {s for s in prev_result.anchors if seg_stack[s].any()})
+        else:
+            indices = filled
+        if not indices and previous is None:
+            raise PromptError("The segment is empty along this axis: segment (or draw) at least one slice, "
+                              "then propagate.")
+        seeds = [Seed(s, mask=seg_stack[s].copy()) for s in indices]
+        result = core_propagate(self.predictor, stack, seeds, axis=0, previous=previous,
+                                volume_id=f"{info.key}|{'IJK'[layout.axis]}{layout.x_axis}{layout.y_axis}"
+                                          f"{int(layout.x_flip)}{int(layout.y_flip)}",
+                                progress=progress, cancel=cancel, window=info.window, **options)
+        anchors = set(result.anchors)
+        written = (set(result.slices) | written_before) - anchors
+        new_stack = seg_stack.copy()
+        for s in written:
+            new_stack[s] = result.mask[s]
+        if written:
+            self._ensure_reference_geometry(segmentationNode, volumeNode)
+            lo, hi = min(written), max(written)
+            ext = list(extent)
+            ext[2 * layout.axis], ext[2 * layout.axis + 1] = lo, hi
+            new = layout.unstack(new_stack)
+            sl = [slice(None)] * 3
+            sl[2 - layout.axis] = slice(lo, hi + 1)
+            write_segment_block(segmentationNode, segmentId, new[tuple(sl)], image_to_seg, ext,
+                                current[tuple(sl)])
+        self._propagations[key] = (result, options, written)
+        self.last_propagation = result
+        return result.summary()
+
+    def evaluate(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", nClicks: int = 10,
+                 start: str = "box", outputDir=None, slices=None, maxSlices=None, minArea: int = 100):
+        """Score the model against the segment (the reference) with the core's simulated-click protocol
+        (``sonosam.evaluate``) on the segment's slices along ``sliceAxis`` (or ``slices``; ``maxSlices``:
+        that many, evenly spread). Returns the summary table (a list of row dicts: Dice@1, MaxDSC, NoC...)
+        and writes the report (per-image CSV, summary, Dice-vs-clicks plot) into ``outputDir`` when given."""
+        try:
+            from sonosam.evaluate import evaluate as core_evaluate
+            from sonosam.evaluate import samples_from_arrays, summary_table, write_report
+            from sonosam.image import to_uint8_rgb
+        except ImportError as error:
+            raise MissingDependencyError(f"SonoSAM's core is not installed ({error}).") from error
+        segment = _segment_and_label(segmentationNode, segmentId)
+        info, layout, stack = self._volume_stack(volumeNode, sliceAxis)
+        _, seg_stack, _, _ = self._segment_stack(info, layout, segmentationNode, segmentId)
+        filled = [s for s in range(stack.shape[0]) if seg_stack[s].sum() >= max(1, minArea)]
+        if slices is not None:
+            filled = [s for s in sorted({int(v) for v in slices}) if s in set(filled)]
+        if maxSlices and len(filled) > maxSlices:
+            filled = [filled[int(round(i))] for i in np.linspace(0, len(filled) - 1, int(maxSlices))]
+        if not filled:
+            raise PromptError(f"Segment '{segment.GetName()}' has no slice of at least {minArea} pixels along "
+                              "this axis to evaluate on.")
+        samples = samples_from_arrays(stack, seg_stack.view(np.uint8), labels=[1], axis=0, min_area=minArea,
+                                      name=segment.GetName(), slices=filled)
+        for sample in samples:  # the volume's window and a cache key naming these pixels, as the tool uses
+            index = sample.key[-1]
+            sample.image = to_uint8_rgb(sample.image, window=info.window)
+            sample.key = (info.key, "evaluate", "IJK"[layout.axis], layout.x_flip, layout.y_flip, index)
+        result = core_evaluate(self.predictor, samples, n_clicks=int(nClicks), start=start, progress=False)
+        self.last_evaluation = result
+        if outputDir:
+            write_report([result], outputDir, title=f"{result.model} on '{segment.GetName()}'")
+        return summary_table([result])
 
     # -- background encoding -------------------------------------------------------------------------
     def prefetch(self, volumeNode, geometries, on_progress=None):

@@ -1,0 +1,224 @@
+"""SonoSAMSegmentLogic.propagate / .evaluate against the real MRML scene (slicer-core, headless) and the real
+core (`sonosam.volume.propagate`, `sonosam.evaluate`).
+
+Propagation rules are the core's (tested in Testing/core); here: the right slices of the right segment are
+written through a rotated, flipped, anisotropic volume geometry, seeds and other segments are never touched,
+and a re-run after a correction recomputes only the slices next to it. The stand-in model is the core's
+kind of model (encode/decode, inside a real Predictor): bright pixels inside the box. One test evaluates the
+real default model on 3 slices of the real MRI.
+"""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="slicer-core is not installed")
+torch = pytest.importorskip("torch")
+
+from SonoSAMSegmentLib.logic import SonoSAMSegmentLogic, write_segment_block  # noqa: E402
+from test_slicer_segment_logic import (CENTER_IJK, DIMS, add_segment, colin, real_logic,  # noqa: E402,F401
+                                       segment_array, synthetic_matrix, voxel_ras)
+from mrml_scene import add_volume_from_array  # noqa: E402
+
+from sonosam.errors import PromptError  # noqa: E402
+from sonosam.models import Embedding, Prediction  # noqa: E402
+from sonosam.predictor import Predictor  # noqa: E402
+
+
+class _Spec:
+    name, prompt_kinds, image_size, multimask = "threshold", frozenset({"box"}), 256, False
+
+
+class ThresholdModel:
+    """Pixels above `level` inside the box; the embedding is the padded image itself."""
+
+    def __init__(self, level=60.0):
+        self.spec, self.model_id, self.level, self.decodes = _Spec(), "threshold:1", level, 0
+
+    def encode(self, image, window=None):
+        image = np.asarray(image, np.float32)
+        if image.ndim == 3:
+            image = image[..., 0]
+        height, width = image.shape
+        side = max(height, width)
+        grid = np.pad(image, ((0, side - height), (0, side - width)))
+        return Embedding(torch.as_tensor(grid)[None, None], image.shape,
+                         (round(height * 256 / side), round(width * 256 / side)), self.model_id)
+
+    def decode(self, embedding, points=None, labels=None, box=None, mask_logits=None, multimask=True):
+        self.decodes += 1
+        height, width = embedding.original_size
+        mask = embedding.features[0, 0, :height, :width].numpy() > self.level
+        if box is not None:
+            x0, y0, x1, y1 = (int(round(v)) for v in box)
+            inside = np.zeros_like(mask)
+            inside[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1] = True
+            mask &= inside
+        return Prediction(mask[None], np.array([0.9 if mask.any() else 0.05], np.float32),
+                          np.zeros((1, 256, 256), np.float32))
+
+
+RADIUS = 11.0  # mm; the volume's K spacing is 2.1 mm, so ~10 slices along K
+
+
+@pytest.fixture
+def ball(mrml):
+    """A bright ball (100 +- 3) on a dim background (20 +- 3) in a volume with a rotated, flipped direction
+    matrix and anisotropic spacing; a segmentation with the target segment and an overlapping other one."""
+    m = synthetic_matrix()
+    center_ras = (m @ np.r_[CENTER_IJK, 1])[:3]
+    inside = np.linalg.norm(voxel_ras(m) - center_ras, axis=-1) <= RADIUS  # (K, J, I)
+    rng = np.random.default_rng(0)
+    voxels = np.where(inside, 100.0, 20.0) + rng.normal(0, 3, inside.shape)
+    volume = add_volume_from_array(mrml.scene, voxels.astype(np.float32), m, "ball")
+    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    other = add_segment(segmentation, "other")
+    other_mask = np.zeros_like(inside)
+    other_mask[5:20, 10:25, 8:30] = True  # overlaps the ball
+    full = [0, DIMS[0] - 1, 0, DIMS[1] - 1, 0, DIMS[2] - 1]
+    write_segment_block(segmentation, other, other_mask, m, full)
+    target = add_segment(segmentation, "target")
+    model = ThresholdModel()
+    logic = SonoSAMSegmentLogic(predictor=Predictor(model))
+    _, layout, _ = logic._volume_stack(volume, "axial")
+    return SimpleNamespace(m=m, inside=inside, volume=volume, segmentation=segmentation, other=other,
+                           other_mask=other_mask, target=target, logic=logic, model=model, layout=layout, full=full)
+
+
+def read(b, sid):
+    return segment_array(b.segmentation, sid, b.m)
+
+
+def stack(b, array_kji):
+    return b.layout.stack(array_kji)
+
+
+def write_slice(b, index, mask2d):
+    """Set the target segment on one slice of the layout (as a user drawing or correcting it would)."""
+    new = stack(b, read(b, b.target)).copy()
+    new[index] = mask2d
+    write_segment_block(b.segmentation, b.target, b.layout.unstack(new), b.m, b.full)
+
+
+def test_stack_is_the_slice_tool_layout(ball):
+    info = ball.logic.volume_info(ball.volume)
+    s = ball.layout.stack(info.array)
+    for index in (0, 7, s.shape[0] - 1):
+        g = type(ball.layout)(ball.layout.axis, index, ball.layout.dims_ijk, ball.layout.x_axis,
+                              ball.layout.y_axis, ball.layout.x_flip, ball.layout.y_flip)
+        np.testing.assert_array_equal(s[index], g.extract(info.array))
+    np.testing.assert_array_equal(ball.layout.unstack(s), info.array)
+
+
+def test_propagate_from_one_accepted_slice(ball):
+    inside = stack(ball, ball.inside)
+    areas = inside.reshape(len(inside), -1).sum(1)
+    c = int(np.argmax(areas))
+    seed = inside[c].copy()
+    ys, xs = np.nonzero(seed)
+    seed[ys[0], xs[0]] = False  # the user's accepted mask differs from what the model would give
+    write_slice(ball, c, seed)
+    seen = []
+    summary = ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial",
+                                   progress=lambda done, total, info: seen.append(info.index))
+    result = ball.logic.last_propagation
+    got = stack(ball, read(ball, ball.target))
+    np.testing.assert_array_equal(got[c], seed)                           # seed slice untouched
+    assert result.slices[c].status == "accepted" and "1 accepted" in summary
+    propagated = [s for s, info in result.slices.items() if info.status == "propagated"]
+    assert len(propagated) >= 6 and seen and c in seen
+    for s in range(len(got)):
+        if s in propagated:
+            np.testing.assert_array_equal(got[s], inside[s])                # the ball, through the rotated grid
+        elif s != c:
+            assert not got[s].any()                                        # stopped / never reached: empty
+    first, last = result.extent()
+    assert areas[first - 1] < 30 or first == 0 and areas[last + 1] < 30 or last == len(areas) - 1
+    np.testing.assert_array_equal(read(ball, ball.other), ball.other_mask)  # the other segment untouched
+
+
+def test_rerun_after_correction_changes_only_non_seed_slices(ball):
+    inside = stack(ball, ball.inside)
+    c = int(np.argmax(inside.reshape(len(inside), -1).sum(1)))
+    write_slice(ball, c, inside[c])
+    ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial")
+    first = stack(ball, read(ball, ball.target)).copy()
+    # correct slice c+2: keep only its left half
+    corrected = first[c + 2].copy()
+    cols = np.nonzero(corrected.any(0))[0]
+    corrected[:, (cols.min() + cols.max()) // 2:] = False
+    write_slice(ball, c + 2, corrected)
+    decodes = ball.model.decodes
+    summary = ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial")
+    second = stack(ball, read(ball, ball.target))
+    np.testing.assert_array_equal(second[c], first[c])                    # the original seed
+    np.testing.assert_array_equal(second[c + 2], corrected)               # the correction is a seed now
+    np.testing.assert_array_equal(second[:c + 1], first[:c + 1])          # the other side: not recomputed
+    assert any(not np.array_equal(second[s], first[s]) for s in range(c + 3, len(first)))
+    assert all((second[s] <= inside[s]).all() for s in range(len(first)))
+    assert "2 accepted" in summary
+    assert ball.model.decodes - decodes <= len(first) - c                 # only slices above c were decoded
+    np.testing.assert_array_equal(read(ball, ball.other), ball.other_mask)
+    # same again without a change: nothing to recompute, nothing changes
+    ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial")
+    np.testing.assert_array_equal(stack(ball, read(ball, ball.target)), second)
+
+
+def test_direction_max_slices_seed_slices_and_cancel(ball):
+    inside = stack(ball, ball.inside)
+    c = int(np.argmax(inside.reshape(len(inside), -1).sum(1)))
+    write_slice(ball, c, inside[c])
+    write_slice(ball, c - 3, inside[c - 3])  # a second drawn slice, not given as a seed below
+    ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial", seedSlices=[c],
+                         direction="forward", maxSlices=2)
+    got = stack(ball, read(ball, ball.target))
+    filled = [s for s in range(len(got)) if got[s].any()]
+    assert filled == [c - 3, c, c + 1, c + 2]
+    np.testing.assert_array_equal(got[c + 1], inside[c + 1])
+    with pytest.raises(PromptError, match="empty"):
+        ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial", seedSlices=[0])
+    cancel = threading.Event()
+    cancel.set()
+    summary = ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial", seedSlices=[c],
+                                   cancel=cancel)
+    assert "cancelled" in summary
+    empty = add_segment(ball.segmentation, "empty")
+    with pytest.raises(PromptError, match="empty"):
+        ball.logic.propagate(ball.volume, ball.segmentation, empty, "axial")
+
+
+def test_evaluate_with_stand_in_returns_dice_table_and_report(ball, tmp_path):
+    write_segment_block(ball.segmentation, ball.target, ball.inside, ball.m, ball.full)
+    rows = ball.logic.evaluate(ball.volume, ball.segmentation, ball.target, "axial", nClicks=2, start="box",
+                               outputDir=tmp_path, maxSlices=3)
+    assert len(rows) == 1 and rows[0]["Images"] == 3 and rows[0]["Errors"] == 0
+    assert rows[0]["Dice@1"] == 100.0
+    assert (tmp_path / "summary.md").exists() and (tmp_path / "per_image.csv").exists()
+    np.testing.assert_array_equal(read(ball, ball.target), ball.inside)  # the reference is not written
+
+
+def test_evaluate_real_default_model_on_real_mri(colin, real_logic, tmp_path):  # noqa: F811
+    """litemedsam, box start, on 3 axial slices of Colin27 with the AAL Thalamus_R as the reference segment
+    (slices where it covers >= 300 voxels, as `colin27_samples`; its thin end slices score ~0.3 box-only)."""
+    import SimpleITK as sitk
+
+    labels = sitk.GetArrayFromImage(colin.itk_aal)
+    assert labels.shape == sitk.GetArrayFromImage(colin.itk).shape
+    sid = add_segment(colin.segmentation, "Thalamus_R")
+    m = real_logic.volume_info(colin.volume).ijk_to_world
+    dims = colin.volume.GetImageData().GetDimensions()
+    write_segment_block(colin.segmentation, sid, labels == 78, m,
+                        [0, dims[0] - 1, 0, dims[1] - 1, 0, dims[2] - 1])
+    with pytest.warns(UserWarning, match="takes no clicks"):
+        rows = real_logic.evaluate(colin.volume, colin.segmentation, sid, "axial", nClicks=3, start="box",
+                                   outputDir=tmp_path, maxSlices=3, minArea=300)
+    row = rows[0]
+    print(row, [round(r.dice[0], 3) for r in real_logic.last_evaluation.images])
+    assert row["Images"] == 3 and row["Errors"] == 0 and row["Clicks"] == "box only"
+    assert row["Dice@1"] > 70
+    assert (tmp_path / "dice_vs_clicks.png").exists()
