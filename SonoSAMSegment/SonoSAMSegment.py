@@ -151,6 +151,7 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.downloadButton.connect("clicked(bool)", self.onDownload)
         self.ui.addCheckpointButton.connect("clicked(bool)", self.onAddCheckpoint)
         self.ui.openEditorButton.connect("clicked(bool)", self.onOpenEditor)
+        self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluate)
         self.timer = qt.QTimer()
         self.timer.setInterval(500)
         self.timer.connect("timeout()", self._pollDownload)
@@ -235,6 +236,24 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
             self.refresh()
+
+    def onEvaluate(self):
+        """Score the selected model against the chosen segment (the logic's evaluate); table in the panel."""
+        segmentation = self.ui.evalSegmentSelector.currentNode()
+        segmentId = self.ui.evalSegmentSelector.currentSegmentID()
+        maxSlices = self.ui.evalMaxSlicesSpinBox.value or None
+        with slicer.util.tryWithErrorDisplay("SonoSAM could not evaluate the model.", waitCursor=True):
+            model = self.logic.model_name if self.ui.modelsTable.currentRow() < 0 else self._selectedModel()
+            if model != self.logic.model_name:
+                self.logic.set_model(model, device=self.logic.device)
+            self.ui.evalResultLabel.text = "Evaluating..."
+            slicer.app.processEvents()
+            rows = self.logic.evaluate(self.ui.evalVolumeSelector.currentNode(), segmentation, segmentId,
+                                       self.ui.evalAxisComboBox.currentText, nClicks=self.ui.evalClicksSpinBox.value,
+                                       start=self.ui.evalStartComboBox.currentText,
+                                       outputDir=self.ui.evalOutputPath.currentPath or None, maxSlices=maxSlices)
+            self.ui.evalResultLabel.text = "\n".join(
+                f"{key}: {value}" for row in rows for key, value in row.items())
 
     def onOpenEditor(self):
         slicer.util.selectModule("SegmentEditor")

@@ -127,7 +127,70 @@ The mask is previewed at once; <b>Apply</b> writes it into the selected segment 
         for w, signal in ((self.modelSelector, "currentIndexChanged(int)"), (self.deviceSelector, "currentIndexChanged(int)"),
                           (self.cacheSpinBox, "valueChanged(int)"), (self.refineCheckBox, "toggled(bool)")):
             w.connect(signal, self.updateMRMLFromGUI)
+        self._setupPropagate()
         self._fillModels()
+
+    def _setupPropagate(self):
+        """"Propagate": carry the selected segment through the volume from its slices (the logic's propagate)."""
+        self.propagateAxis = qt.QComboBox()
+        self.propagateAxis.addItems(["axial", "coronal", "sagittal"])
+        self.propagateRange = qt.QComboBox()
+        self.propagateRange.addItems(["until the structure ends", "whole volume", "N slices"])
+        self.propagateRange.toolTip = ("Until the structure ends: the model's stop rules end each front. Whole "
+                                       "volume: the same rules, no slice limit. N slices: at most N from each seed.")
+        self.propagateSlices = qt.QSpinBox()
+        self.propagateSlices.setRange(1, 2000)
+        self.propagateSlices.value = 10
+        self.propagateDirection = qt.QComboBox()
+        self.propagateDirection.addItems(["both", "forward", "backward"])
+        self.propagateDirection.toolTip = "Forward = increasing slice index along the axis"
+        self.propagateButton = qt.QPushButton("Propagate")
+        self.propagateButton.toolTip = ("Segment the selected segment on the other slices, starting from the slices "
+                                        "it already has (kept as they are). After correcting a slice, click again: "
+                                        "only the slices next to the correction are recomputed. Ctrl+Z undoes it.")
+        form = qt.QFormLayout()
+        form.addRow("Slice axis:", self.propagateAxis)
+        form.addRow("Range:", self.propagateRange)
+        form.addRow("Slices (N):", self.propagateSlices)
+        form.addRow("Direction:", self.propagateDirection)
+        form.addRow(self.propagateButton)
+        box = ctk.ctkCollapsibleButton()
+        box.text = "Propagate through the volume"
+        box.collapsed = True
+        box.setLayout(form)
+        self.scriptedEffect.addOptionsWidget(box)
+        self.propagateButton.connect("clicked()", self.onPropagate)
+
+    def onPropagate(self):
+        import threading
+
+        parameterSet = self.scriptedEffect.parameterSetNode()
+        volume = parameterSet.GetSourceVolumeNode()
+        segmentation = parameterSet.GetSegmentationNode()
+        segmentId = parameterSet.GetSelectedSegmentID()
+        nSlices = self.propagateSlices.value if self.propagateRange.currentText == "N slices" else None
+        cancel = threading.Event()
+        dialog = slicer.util.createProgressDialog(labelText="Propagating...", maximum=0)
+
+        def progress(done, total, info):
+            dialog.maximum = total
+            dialog.value = done
+            dialog.labelText = f"Slice {info.index}: {info.status}"
+            slicer.app.processEvents()
+            if dialog.wasCanceled:
+                cancel.set()
+
+        try:
+            with slicer.util.tryWithErrorDisplay("SonoSAM could not propagate the segment.", waitCursor=True):
+                logic = self._ensureLogic()
+                self.onCancel()
+                self.scriptedEffect.saveStateForUndo()
+                summary = logic.propagate(volume, segmentation, segmentId, self.propagateAxis.currentText,
+                                          direction=self.propagateDirection.currentText, maxSlices=nSlices,
+                                          progress=progress, cancel=cancel)
+                self.statusLabel.text = summary
+        finally:
+            dialog.close()
 
     def _fillModels(self):
         self.modelSelector.clear()
