@@ -42,7 +42,7 @@ def load_model_from_args(args, name: str | None = None, checkpoint=None):
     from ..models import load_model
 
     return load_model(name or args.model, checkpoint=checkpoint or getattr(args, "checkpoint", None),
-                      device=args.device, backend=args.backend)
+                      device=getattr(args, "device", None), backend=getattr(args, "backend", None))
 
 
 def parse_point(text: str) -> tuple[float, float, int]:
