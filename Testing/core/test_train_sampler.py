@@ -84,3 +84,24 @@ def test_targets_and_losses():
     assert dice_focal_loss(-logits, target[None]).item() > 1.0
     assert bernoulli_kl(logits, logits).item() == pytest.approx(0, abs=1e-6)
     assert bernoulli_kl(logits, -logits).item() > 1
+
+
+def test_point_start_probability_and_mask_feedback_switch():
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from sonosam.train.engine import iterate_prompts
+
+    starts = [PromptSampler(rng=s, point_start=0.9).choose_start() for s in range(200)]
+    assert 0.8 < starts.count("point") / len(starts) < 0.97
+    assert {PromptSampler(rng=s, point_start=0.0).choose_start() for s in range(20)} == {"box"}
+    gt = blob()
+    for feedback in (True, False):
+        seen = []
+
+        def forward(indices, tensors, mask_in):
+            seen.append(mask_in is not None)
+            return torch.zeros(len(indices), 1, 256, 256), torch.zeros(len(indices), 1)
+
+        iterate_prompts(forward, [gt], [(gt.shape, (256, 213))], PromptSampler(rng=0), ResizeLongestSide(256), 256,
+                        3, torch.device("cpu"), mask_feedback=feedback)
+        assert seen == [False, feedback, feedback]

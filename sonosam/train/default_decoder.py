@@ -31,6 +31,13 @@ def main(argv=None) -> int:
     parser.add_argument("--samples-per-epoch", type=int, default=40, help="random training samples per epoch")
     parser.add_argument("--max-corrections", type=int, default=2)
     parser.add_argument("--val-samples", type=int, default=16)
+    parser.add_argument("--val-clicks", type=int, default=3, help="clicks in the per-epoch validation")
+    parser.add_argument("--point-start", type=float, default=0.5,
+                        help="probability that a training sample starts with a click (else a loose box)")
+    parser.add_argument("--no-mask-feedback", dest="mask_feedback", action="store_false",
+                        help="train without feeding the previous logits back; the model is then declared "
+                             "without mask prompts (points and boxes only)")
+    parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--ship", action="store_true", help="copy into sonosam/weights if it passes the rule")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
@@ -53,7 +60,8 @@ def main(argv=None) -> int:
     model = load_model("litemedsam", device=args.device)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, cache_dir=args.cache,
                          val_samples=args.val_samples, seed=args.seed, samples_per_epoch=args.samples_per_epoch,
-                         max_corrections=args.max_corrections)
+                         max_corrections=args.max_corrections, val_clicks=args.val_clicks,
+                         point_start=args.point_start, mask_feedback=args.mask_feedback, lr=args.lr)
     data = {"dataset": "Colin27 T1 MRI + AAL labels (Debian mricron-data)", "split": split.rule,
             "train": summarize(train), "val": summarize(val), "test": summarize(split.test)}
     result = train_decoder(model, train, val, config, out / "decoder.pth", name=SHIPPED_NAME + "_run",
@@ -62,7 +70,7 @@ def main(argv=None) -> int:
 
     # held-out comparison: base LiteMedSAM (its decoder given the clicks as they are) vs the best checkpoint
     base = clickable(load_model("litemedsam", device=args.device))
-    tuned = clickable(load_model(str(out / "decoder.pth"), device=args.device))
+    tuned = clickable(load_model(str(out / "decoder.pth"), device=args.device), mask=args.mask_feedback)
     store = EmbeddingStore(args.cache, base)
     rows = {"litemedsam (base)": base_heldout(base, store, split.test, out / "base_heldout.json"),
             "fine-tuned": evaluate_cached(tuned, store, split.test, n_clicks=5, progress=True)}
@@ -82,7 +90,9 @@ def main(argv=None) -> int:
         pth, meta = save_checkpoint(tuned, shipped_dir / f"{SHIPPED_NAME}.pth", name=SHIPPED_NAME, weights="decoder",
                                     dtype="float16", base_model="litemedsam", training=training,
                                     description="LiteMedSAM with a click-trained prompt encoder + mask decoder "
-                                                "(sonosam train, Colin27 MRI); points, boxes and masks")
+                                                "(sonosam train, Colin27 MRI); points, boxes"
+                                                + (" and masks" if args.mask_feedback else
+                                                   " (trained without mask-prompt feedback: none is passed)"))
         print("wrote", pth, meta)
         if args.ship:
             target = Path(__file__).resolve().parent.parent / "weights"

@@ -44,6 +44,9 @@ class TrainConfig:
     point_jitter: float = 0.2         # first click: up to 20 % of the structure's size from the centroid
     box_jitter: float = 0.2           # first box: each side moved by up to 20 % of the box size
     iou_weight: float = 1.0           # MSE of the IoU head against the real IoU
+    mask_feedback: bool = True        # feed the previous low-res logits back as the mask prompt (False: the
+                                      # decoder is trained, validated and declared without "mask" prompts)
+    point_start: float = 0.5          # probability that the first prompt is a click (else a loose box)
     samples_per_epoch: int | None = None   # cap (random subset each epoch) for frequent validation
     val_samples: int | None = 64      # validation subset (evenly spaced, fixed) for the best-checkpoint choice
     val_clicks: int = 3
@@ -73,10 +76,13 @@ class TrainResult:
         return self.epochs[index]["loss"]
 
 
-def clickable(model: SamModel) -> SamModel:
+def clickable(model: SamModel, mask: bool = True) -> SamModel:
     """The same network declared as taking points, boxes and masks (what a click-trained decoder is),
-    single-mask output. Shares the weights with ``model``."""
-    spec = dataclasses.replace(model.spec, prompt_kinds=CLICK_KINDS, multimask=False)
+    single-mask output. Shares the weights with ``model``. ``mask=False``: declared without mask prompts
+    (a decoder trained without the previous logits fed back; callers that honour ``prompt_kinds`` - the
+    evaluation harness, the Slicer modules, volume propagation, tracking - then never pass them)."""
+    kinds = CLICK_KINDS if mask else CLICK_KINDS - {"mask"}
+    spec = dataclasses.replace(model.spec, prompt_kinds=kinds, multimask=False)
     view = SamModel(spec, model.sam, model.checkpoint)
     view.model_id = model.model_id
     return view
@@ -143,7 +149,7 @@ def _progress(total, desc, enabled):
 def run_epoch(net, sam_model: SamModel, items: list[_Item], store, optimizer, config: TrainConfig,
               rng: np.random.Generator, device, scaler, dist: Dist, result: TrainResult, desc: str = "train") -> dict:
     """One pass over ``items`` (this rank's share) with the iterative prompt simulation."""
-    sampler = PromptSampler(rng, config.point_jitter, config.box_jitter)
+    sampler = PromptSampler(rng, config.point_jitter, config.box_jitter, point_start=config.point_start)
     order = rng.permutation(len(items))
     if config.samples_per_epoch:
         order = order[:config.samples_per_epoch]
@@ -184,7 +190,8 @@ def run_epoch(net, sam_model: SamModel, items: list[_Item], store, optimizer, co
                 last_dice[0] = (last_dice[0] or []) + d.tolist()
 
         iterate_prompts(forward, [it.sample.mask for it in batch], [it.sizes for it in batch], sampler,
-                        sam_model.transform, image_size, n_iterations, device, on_output)
+                        sam_model.transform, image_size, n_iterations, device, on_output,
+                        mask_feedback=config.mask_feedback)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -226,6 +233,14 @@ def validation_score(metrics: dict) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
+def _protocol(config: TrainConfig, **override) -> dict:
+    """What the validation score depends on (a resumed run whose protocol differs chooses its best anew)."""
+    protocol = {"val_clicks": config.val_clicks, "mask_feedback": config.mask_feedback,
+                "val_samples": config.val_samples}
+    protocol.update(override)
+    return protocol
+
+
 def train_decoder(model: SamModel, train: Sequence[Sample], val: Sequence[Sample], config: TrainConfig | None = None,
                   output: str | Path | None = None, *, resume: bool = False, name: str | None = None,
                   data_summary: dict | None = None, save_weights: str = "full", log=print) -> TrainResult:
@@ -244,7 +259,7 @@ def train_decoder(model: SamModel, train: Sequence[Sample], val: Sequence[Sample
     torch.manual_seed(config.seed)
     sam = model.sam
     params = trainable_parameters(sam)
-    view = clickable(model)
+    view = clickable(model, mask=config.mask_feedback)
     if config.cache_dir is None:
         import tempfile
 
@@ -275,6 +290,12 @@ def train_decoder(model: SamModel, train: Sequence[Sample], val: Sequence[Sample
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         first_epoch, best_score = int(state["epoch"]) + 1, float(state["best_score"])
+        saved_protocol = state.get("protocol", json.dumps(_protocol(config, mask_feedback=True, val_clicks=3)))
+        if saved_protocol != json.dumps(_protocol(config)):   # scores not comparable: pick the best anew
+            best_score = -math.inf
+            if log and dist.main:
+                log(f"validation protocol changed ({saved_protocol} -> {json.dumps(_protocol(config))}): "
+                    "the best checkpoint is chosen anew")
         result.epochs = json.loads(state["history"]) if "history" in state else []
         result.steps = int(state.get("steps", 0))
         if log and dist.main:
@@ -325,7 +346,8 @@ def train_decoder(model: SamModel, train: Sequence[Sample], val: Sequence[Sample
         if dist.main and resume_path is not None:
             state = {"prompt_encoder": sam.prompt_encoder.state_dict(), "mask_decoder": sam.mask_decoder.state_dict(),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                     "best_score": best_score, "steps": result.steps, "history": json.dumps(result.epochs)}
+                     "best_score": best_score, "steps": result.steps, "history": json.dumps(result.epochs),
+                     "protocol": json.dumps(_protocol(config))}
             tmp = resume_path.with_name(resume_path.name + ".part")
             torch.save(state, tmp)
             tmp.replace(resume_path)

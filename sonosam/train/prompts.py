@@ -21,16 +21,19 @@ __all__ = ["PromptSampler", "PromptTensors", "to_model_inputs"]
 
 class PromptSampler:
     def __init__(self, rng: np.random.Generator | int | None = None, point_jitter: float = 0.2,
-                 box_jitter: float = 0.2, start_kinds=("point", "box")):
+                 box_jitter: float = 0.2, start_kinds=("point", "box"), point_start: float | None = None):
         self.simulator = ClickSimulator(rng=rng, point_jitter=point_jitter, box_jitter=box_jitter, mode="random")
         self.start_kinds = tuple(start_kinds)
+        self.point_start = point_start   # probability of a click start (None: uniform over start_kinds)
 
     @property
     def rng(self) -> np.random.Generator:
         return self.simulator.rng
 
     def choose_start(self) -> str:
-        return self.simulator.choose_start(self.start_kinds)
+        if self.point_start is None or set(self.start_kinds) != {"point", "box"} or self.point_start == 0.5:
+            return self.simulator.choose_start(self.start_kinds)   # the default: same draws as before
+        return "point" if self.rng.random() < self.point_start else "box"
 
     def start(self, gt: np.ndarray, kind: str | None = None) -> Prompts:
         return self.simulator.start(gt, kind or self.choose_start())
