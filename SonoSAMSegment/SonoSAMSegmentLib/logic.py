@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import slicer.util
 
 from . import geometry as geo
 
@@ -85,20 +86,6 @@ class SlicePrediction:
 # MRML helpers (work on any scene: the real Slicer one or a headless slicer-core one)
 # ---------------------------------------------------------------------------------------------------
 
-def _vtk_to_numpy_matrix(vtk_matrix) -> np.ndarray:
-    return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-
-def _numpy_to_vtk_matrix(matrix):
-    import vtk
-
-    out = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            out.SetElement(r, c, float(matrix[r, c]))
-    return out
-
-
 def node_to_world(node) -> np.ndarray:
     """4x4 from the node's coordinates to world RAS (identity without a parent transform)."""
     import vtk
@@ -111,7 +98,7 @@ def node_to_world(node) -> np.ndarray:
                               "harden the transform (Data module, right-click > Harden transform) first.")
     m = vtk.vtkMatrix4x4()
     parent.GetMatrixTransformToWorld(m)
-    return _vtk_to_numpy_matrix(m)
+    return slicer.util.arrayFromVTKMatrix(m)
 
 
 def volume_array(volume_node) -> np.ndarray:
@@ -159,10 +146,10 @@ def read_segment_block(segmentation_node, segment_id, image_to_seg: np.ndarray, 
 
     matrix = vtk.vtkMatrix4x4()
     labelmap.GetImageToWorldMatrix(matrix)
-    same_grid = np.allclose(_vtk_to_numpy_matrix(matrix), image_to_seg, atol=1e-6)
+    same_grid = np.allclose(slicer.util.arrayFromVTKMatrix(matrix), image_to_seg, atol=1e-6)
     if not same_grid:
         reference = slicer.vtkOrientedImageData()
-        reference.SetImageToWorldMatrix(_numpy_to_vtk_matrix(image_to_seg))
+        reference.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(image_to_seg))
         reference.SetExtent(*extent)
         resampled = slicer.vtkOrientedImageData()
         slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
@@ -206,7 +193,7 @@ def write_segment_block(segmentation_node, segment_id, block_kji: np.ndarray, im
     if not (need_add or need_remove):
         return False
     labelmap = slicer.vtkOrientedImageData()
-    labelmap.SetImageToWorldMatrix(_numpy_to_vtk_matrix(image_to_seg))
+    labelmap.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(image_to_seg))
     labelmap.SetExtent(*extent)
     labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
     numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())[:] = block.view(np.uint8).ravel()
@@ -295,7 +282,7 @@ class SonoSAMSegmentLogic:
             raise InputImageError(f"Volume '{volume_node.GetName()}' is not a scalar or RGB volume.")
         ijk = vtk.vtkMatrix4x4()
         volume_node.GetIJKToRASMatrix(ijk)
-        ijk_to_world = node_to_world(volume_node) @ _vtk_to_numpy_matrix(ijk)
+        ijk_to_world = node_to_world(volume_node) @ slicer.util.arrayFromVTKMatrix(ijk)
         array = volume_array(volume_node)
         key = f"{volume_node.GetID()}@{image.GetMTime()}"
         if key not in self._windows:

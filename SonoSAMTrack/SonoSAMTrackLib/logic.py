@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import slicer.util
 
 DEFAULT_COLORS = [(0.95, 0.35, 0.25), (0.25, 0.65, 0.95), (0.35, 0.85, 0.35), (0.95, 0.8, 0.25)]
 
@@ -39,20 +40,6 @@ class TrackSession:
     browser: object = None
     table: object = None
     chart: object = None
-
-
-def _matrix_to_numpy(m) -> np.ndarray:
-    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-
-def _numpy_to_matrix(a):
-    import vtk
-
-    m = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            m.SetElement(r, c, float(a[r][c]))
-    return m
 
 
 def volume_frame(volume_node) -> np.ndarray:
@@ -127,7 +114,7 @@ class SonoSAMTrackLogic:
             if ijk_to_ras is None:
                 m = __import__("vtk").vtkMatrix4x4()
                 node.GetIJKToRASMatrix(m)
-                ijk_to_ras = _matrix_to_numpy(m)
+                ijk_to_ras = slicer.util.arrayFromVTKMatrix(m)
         shapes = {f.shape for f in frames}
         if len(shapes) != 1:
             raise ValueError(f"The frames of '{sequence_node.GetName()}' differ in size: {sorted(shapes)}.")
@@ -203,7 +190,7 @@ class SonoSAMTrackLogic:
             if result is None or not result.mask.any():
                 continue
             image = slicer.vtkOrientedImageData()
-            image.SetImageToWorldMatrix(_numpy_to_matrix(session.ijk_to_ras))
+            image.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(session.ijk_to_ras))
             image.SetExtent(0, w - 1, 0, h - 1, 0, 0)
             image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
             numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = result.mask.astype(np.uint8).ravel()
@@ -290,7 +277,7 @@ class SonoSAMTrackLogic:
             image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
             numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = labels[t].ravel()
             node.SetAndObserveImageData(image)
-            node.SetIJKToRASMatrix(_numpy_to_matrix(session.ijk_to_ras))
+            node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(session.ijk_to_ras))
             seq.SetDataNodeAtValue(node, session.index_values[t])
         return seq
 
