@@ -378,6 +378,8 @@ class _Run:
         opt = self.options
         ref_area = max(int(mask.sum()), 1)
         prev_mask, prev_logits, prev_image = mask, logits, self.image(start).astype(np.float32)
+        if not mask.any():  # an empty anchor (e.g. a corrected slice erased by the user) has no front
+            return
         anchor_box = _bbox(mask)
         seed_values = prev_image[mask]
         seed_mean, seed_std = float(seed_values.mean()), max(float(seed_values.std()), 1e-6)
