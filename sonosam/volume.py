@@ -41,10 +41,11 @@ from scipy import ndimage
 
 from .errors import InputImageError, PromptError
 from .image import AXES, axis_index, take_slice as slice_of
+from .models import mask_to_logits
 from .predictor import Predictor
 
 __all__ = ["Seed", "SliceInfo", "PropagationOptions", "PropagationResult", "propagate", "naive_baseline",
-           "slice_of", "axis_index", "consistent_pixels", "volume_window", "mask_to_logits", "AXES"]
+           "slice_of", "axis_index", "consistent_pixels", "volume_window", "AXES"]
 
 SEED, ACCEPTED, PROPAGATED, STOPPED = "seed", "accepted", "propagated", "stopped"
 
@@ -216,23 +217,6 @@ def _interior_points(region: np.ndarray, n: int) -> list[tuple[float, float]]:
         # farther from the points taken is better: damp the depth near them
         score = np.minimum(score, np.hypot(rows - r, cols - c) * 0.5)
     return points
-
-
-def mask_to_logits(mask: np.ndarray, model) -> np.ndarray:
-    """A binary mask in pixel coordinates -> (256, 256) low-res logits in the model's mask-prompt frame
-    (the image resized so its longest side is the encoder size, padded bottom/right, then scaled to 256)."""
-    import torch
-    import torch.nn.functional as F
-
-    height, width = mask.shape
-    size = model.spec.image_size
-    scale = size / max(height, width)
-    h, w = int(height * scale + 0.5), int(width * scale + 0.5)
-    tensor = torch.as_tensor(np.asarray(mask, np.float32))[None, None]
-    resized = F.interpolate(tensor, (h, w), mode="bilinear", align_corners=False)
-    padded = F.pad(resized, (0, size - w, 0, size - h))
-    low = F.interpolate(padded, (256, 256), mode="bilinear", align_corners=False)[0, 0].numpy()
-    return ((low - 0.5) * 16.0).astype(np.float32)  # +-8: confident inside/outside
 
 
 def _keep_touching(mask: np.ndarray, prev: np.ndarray) -> np.ndarray:
@@ -410,7 +394,7 @@ class _Run:
                 if points:
                     prompts.update(points=points, labels=[1] * len(points))
             if self.use_mask:
-                prompts["mask_logits"] = prev_logits if prev_logits is not None else mask_to_logits(prev_mask, self.model)
+                prompts["mask_logits"] = prev_logits if prev_logits is not None else mask_to_logits(prev_mask)
             pred = self.predict(t, **prompts)
             new = pred.mask
             if opt.keep_component and new.any():

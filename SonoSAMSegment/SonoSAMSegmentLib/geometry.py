@@ -348,20 +348,3 @@ def make_oblique_plane(volume_ijk_to_ras, dims_ijk, slice_to_ras, spacing: float
     height = int(np.ceil((y1 - y0) / spacing)) + 1
     origin = center + x0 * right + y1 * up  # top-left
     return ObliquePlane(tuple(origin), tuple(right), tuple(up), float(spacing), width, height)
-
-
-def mask_to_low_res_logits(mask2d: np.ndarray, size: int = 256, magnitude: float = 20.0) -> np.ndarray:
-    """A binary HxW mask -> SAM's (size, size) low-resolution mask-prompt frame: the image is scaled so
-    its longest side fills ``size`` and padded at the bottom/right, inside = +magnitude, outside = -magnitude.
-    (SAM and LiteMedSAM share this layout: the low-res mask covers the padded square input.)"""
-    mask = np.asarray(mask2d).astype(np.float32)
-    h, w = mask.shape
-    scale = size / max(h, w)
-    nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
-    # area-style resampling by sampling the centres of the target pixels
-    ys = np.minimum(((np.arange(nh) + 0.5) / scale).astype(int), h - 1)
-    xs = np.minimum(((np.arange(nw) + 0.5) / scale).astype(int), w - 1)
-    small = mask[np.ix_(ys, xs)] > 0.5
-    out = np.full((size, size), -magnitude, dtype=np.float32)
-    out[:nh, :nw][small] = magnitude
-    return out

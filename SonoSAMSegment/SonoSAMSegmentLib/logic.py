@@ -434,7 +434,9 @@ class SonoSAMSegmentLogic:
         last = self._last.get((segmentation_node.GetID(), segment_id, geometry.key(info.key)))
         if last is not None and last.logits is not None and np.array_equal(last.mask, current):
             return last.logits
-        return geo.mask_to_low_res_logits(current)
+        from sonosam.models import mask_to_logits
+
+        return mask_to_logits(current)
 
     # -- write ---------------------------------------------------------------------------------------
     def _grid_to_segmentation(self, info: VolumeInfo, segmentation_node) -> np.ndarray:

@@ -11,7 +11,8 @@ import torch
 from sonosam.errors import PromptError
 from sonosam.models import Embedding, Prediction
 from sonosam.predictor import Predictor
-from sonosam.volume import (PropagationOptions, Seed, consistent_pixels, mask_to_logits, naive_baseline, propagate,
+from sonosam.models import mask_to_logits
+from sonosam.volume import (Seed, consistent_pixels, naive_baseline, propagate,
                             slice_of)
 
 
@@ -193,7 +194,7 @@ def test_other_axes_and_bad_input():
 def test_mask_to_logits_round_trip(default_model):
     mask = np.zeros((100, 200), bool)
     mask[20:60, 50:150] = True
-    logits = mask_to_logits(mask, default_model)
+    logits = mask_to_logits(mask)
     assert logits.shape == (256, 256)
     # the image's longest side maps onto 256 low-res pixels: the mask's centre is positive, corners negative
     assert logits[int(40 * 1.28), int(100 * 1.28)] > 0 and logits[5, 5] < 0 and logits[200, 200] < 0

@@ -21,9 +21,9 @@ import torch
 
 from ..errors import CheckpointError, UnknownModelError, WeightsNotAvailableError
 from . import weights
-from .sam import Embedding, Prediction, SamModel
+from .sam import Embedding, Prediction, SamModel, mask_to_logits
 
-__all__ = ["ModelSpec", "SamModel", "Embedding", "Prediction", "list_models", "get_spec", "load_model",
+__all__ = ["ModelSpec", "SamModel", "Embedding", "Prediction", "mask_to_logits", "list_models", "get_spec", "load_model",
            "pick_device", "weights_path", "register_checkpoint"]
 
 

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..errors import PromptError, SonoSAMError, UnsupportedPromptError
@@ -20,6 +19,22 @@ if TYPE_CHECKING:
     from . import ModelSpec
 
 LOW_RES = 256  # SAM's mask prompt / low-res logits side, for every family
+
+
+def mask_to_logits(mask: np.ndarray, magnitude: float = 8.0) -> np.ndarray:
+    """A binary or soft (0..1) HxW mask -> the (256, 256) logits SAM takes as a mask prompt.
+
+    Every family here lays the low-res frame out the same way: the image scaled so its longest side
+    spans it, padded at the bottom/right. Inside -> +magnitude, outside -> -magnitude."""
+    import cv2
+
+    mask = np.asarray(mask, dtype=np.float32)
+    height, width = mask.shape
+    scale = LOW_RES / max(height, width)
+    h, w = max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+    canvas = np.zeros((LOW_RES, LOW_RES), np.float32)
+    canvas[:h, :w] = cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    return (canvas * 2.0 - 1.0) * magnitude
 
 
 @dataclass

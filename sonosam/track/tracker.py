@@ -37,6 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import PromptError, SonoSAMError
+from ..models import mask_to_logits
 from ..predictor import Predictor
 from .confidence import (Signals, area_score, combine, drift_score, mask_dice, shape_score, solidity,
                          stability_score)
@@ -419,7 +420,7 @@ class Tracker:
         if fusion in ("model", "trust") and self.use_mask_prompt:
             # Where the model's mask is kept, the prior's shape guides it (through dropout, box + mask
             # prompt keeps Dice 0.95 on the synthetic loop where the box alone gives 0.86).
-            logits = self._mask_to_logits(prior.soft, embedding)
+            logits = mask_to_logits(prior.soft)
             pred = self.predictor.model.decode(embedding, points=points, labels=labels, box=box, mask_logits=logits,
                                                multimask=False)
             model_mask = _clean(pred.mask)
@@ -467,15 +468,6 @@ class Tracker:
         mx = max(2.0, margin * (cols.max() - cols.min() + 1))
         return (float(max(0, cols.min() - mx)), float(max(0, rows.min() - my)),
                 float(min(w - 1, cols.max() + mx)), float(min(h - 1, rows.max() + my)))
-
-    def _mask_to_logits(self, soft: np.ndarray, embedding) -> np.ndarray:
-        """A soft mask on the frame -> 256x256 low-res logits in the model's (resized, padded) frame."""
-        h, w = embedding.input_size
-        resized = cv2.resize(soft.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-        canvas = np.zeros((max(h, w), max(h, w)), np.float32)
-        canvas[:h, :w] = resized
-        canvas = cv2.resize(canvas, (256, 256), interpolation=cv2.INTER_LINEAR)
-        return (canvas * 2.0 - 1.0) * 8.0
 
     def _recent_areas(self, obj: TrackedObject, src_t: int, direction: int) -> list[float]:
         areas = []
