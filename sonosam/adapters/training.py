@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import InputImageError, PromptError
 from ..train.losses import dice_focal_loss  # one DiceFocal for every trainer
+from ..volume import volume_window  # one intensity window rule for every volume consumer
 from .modules import _encoder_kind, _unwrap, encoder_stem, encoder_trunk, is_adapted
 
 PROMPT_MODES = ("box", "click", "box+click", "mixed")
@@ -118,16 +119,6 @@ class SliceEncoderInput:
         frame[: resized.shape[0], : resized.shape[1]] = torch.as_tensor(resized, dtype=torch.float32)
         low = F.interpolate(frame[None, None], size=size, mode="area")
         return (low > 0.5).float().to(self.sam.pixel_mean.device)
-
-
-def volume_window(volume: np.ndarray) -> tuple[float, float]:
-    """0.5 / 99.5 percentiles of the whole volume (one window for all its slices)."""
-    low, high = np.percentile(np.asarray(volume), (0.5, 99.5))
-    if not high > low:
-        low, high = float(np.min(volume)), float(np.max(volume))
-    if not high > low:
-        raise InputImageError("The volume is constant; there is nothing to segment.")
-    return float(low), float(high)
 
 
 def decode(sam, embedding: torch.Tensor, box: torch.Tensor | None = None, points=None) -> torch.Tensor:

@@ -6,14 +6,11 @@
 from __future__ import annotations
 
 import json
-import resource
 import time
 
 import numpy as np
 
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+from ..bench import peak_rss_mib
 
 
 def bench_track(n_frames: int | None = None, model_every: int = 5, threshold: float = 0.85, objects=(1, 2),
@@ -58,7 +55,7 @@ def bench_track(n_frames: int | None = None, model_every: int = 5, threshold: fl
             "share_model": round((timing["encode_s"] + timing["decode_s"]) / elapsed, 3),
             "share_encode_wait": round(timing["encode_s"] / elapsed, 3),
             "timing_s": {k: round(v, 2) for k, v in timing.items()},
-            "peak_rss_mib": round(_peak_rss_mib(), 1)}
+            "peak_rss_mib": round(peak_rss_mib(), 1)}
     return out
 
 
