@@ -258,15 +258,17 @@ class Tracker:
         """(frame, direction) positions in processing order: a forward sweep, then a backward one."""
         return [(t, +1) for t in range(self.n_frames)] + [(t, -1) for t in range(self.n_frames - 1, -1, -1)]
 
-    def _todo(self, t: int, direction: int) -> list[TrackedObject]:
+    def _todo(self, t: int, direction: int, ready: bool = True) -> list[TrackedObject]:
+        """Objects whose result at t is missing and is derived in this sweep direction; with `ready`,
+        only those whose neighbour on the sweep's side already has a result (trackable now)."""
         todo = []
         for obj in self.objects.values():
             first = obj.first_keyframe
             if first is None or obj.results[t] is not None:
                 continue
-            if direction > 0 and t > first and obj.results[t - 1] is not None:
-                todo.append(obj)
-            elif direction < 0 and t < first and obj.results[t + 1] is not None:
+            if not ((direction > 0 and t > first) or (direction < 0 and t < first)):
+                continue
+            if not ready or obj.results[t - direction] is not None:
                 todo.append(obj)
         return todo
 
@@ -282,7 +284,7 @@ class Tracker:
             return
         wanted: list[int] = []
         for t, direction in self._plan():
-            todo = self._todo_static(t, direction)
+            todo = self._todo(t, direction, ready=False)
             if any(self._scheduled(obj, t, direction) for obj in todo) and t not in wanted:
                 wanted.append(t)
         wanted = [t for t in wanted if not self.predictor.is_cached(self.frame_key(t))]
@@ -292,17 +294,6 @@ class Tracker:
             frames = self.frames
             self._prefetch_job = self.predictor.prefetch(
                 [(self.frame_key(t), (lambda t=t: frames[t])) for t in wanted])
-
-    def _todo_static(self, t: int, direction: int) -> list[TrackedObject]:
-        """Objects whose result at t is missing and will be derived in this sweep direction."""
-        todo = []
-        for obj in self.objects.values():
-            first = obj.first_keyframe
-            if first is None or obj.results[t] is not None:
-                continue
-            if (direction > 0 and t > first) or (direction < 0 and t < first):
-                todo.append(obj)
-        return todo
 
     def run(self, on_progress: Callable[[int, int], None] | None = None) -> RunReport:
         """Track every frame still to do; with ``pause`` stop after the first frame that requests an
@@ -317,7 +308,7 @@ class Tracker:
         processed = 0
         run_events: list[Intervention] = []
         plan = self._plan()
-        total = sum(1 for t, d in plan if self._todo_static(t, d))
+        total = sum(1 for t, d in plan if self._todo(t, d, ready=False))
         done = 0
         try:
             for t, direction in plan:
