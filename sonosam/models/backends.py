@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from . import weights
+from .fast_decoder import FastDecoderGraph
 
 if TYPE_CHECKING:
     from .sam import SamModel
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sonosam.backends")
 
 BACKENDS = ("auto", "eager", "onnx", "onnx-decoder", "eager-fp16", "eager-bf16")
-FORMAT = 1            # bump when the export wrappers change: old artefacts are then never matched
+FORMAT = 3            # bump when the export wrappers change: old artefacts are then never matched
 OPSET = 17
 EXPORTS: dict[str, int] = {}   # artefact part -> how many times it was exported in this process (tests)
 _LOCK = threading.Lock()
@@ -137,15 +138,22 @@ class OnnxBackend(EagerBackend):
         else:  # as the eager prompt encoder: points without a box get a padding point
             parts_xy.append(np.zeros((1, 1, 2), np.float32))
             parts_label.append(np.array([[-1]], np.float32))
-        feed = {"image_embeddings": features.detach().cpu().numpy().astype(np.float32, copy=False),
+        feed = {"image_embeddings": _with_dense_prompt(model.sam, features, mask_input).numpy(),
                 "point_coords": np.concatenate(parts_xy, axis=1).astype(np.float32),
-                "point_labels": np.concatenate(parts_label, axis=1),
-                "mask_input": (mask_input.cpu().numpy().astype(np.float32) if mask_input is not None
-                               else np.zeros((1, 1, 256, 256), np.float32)),
-                "has_mask_input": np.array([1.0 if mask_input is not None else 0.0], np.float32)}
+                "point_labels": np.concatenate(parts_label, axis=1)}
         low_res, iou = self.decoder.run(None, feed)
         keep = slice(1, None) if multimask else slice(0, 1)   # as MaskDecoder.forward
         return torch.from_numpy(np.ascontiguousarray(low_res[:, keep])), torch.from_numpy(iou[:, keep].copy())
+
+
+def _with_dense_prompt(sam, features: torch.Tensor, mask_input: torch.Tensor | None) -> torch.Tensor:
+    """Image embedding + the prompt encoder's dense embedding (of the mask prompt, or "no mask"), float32 CPU."""
+    encoder = sam.prompt_encoder
+    if mask_input is None:
+        dense = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+    else:
+        dense = encoder._embed_masks(mask_input.to(features.device, torch.float32))
+    return (features.float() + dense).detach().cpu().contiguous()
 
 
 def make_backend(model: "SamModel", name: str | None = "auto"):
@@ -179,26 +187,6 @@ def _auto_choice(model: "SamModel") -> str:
 
 
 # ---------------------------------------------------------------------------------------------- export
-
-class _DecoderGraph(torch.nn.Module):
-    """Prompt encoder + mask decoder as one traceable graph: SAM's official `SamOnnxModel` prompt embedding,
-    stopping at the 4 low-resolution masks and their IoU (the upscaling stays in PyTorch, as in eager)."""
-
-    def __init__(self, sam):
-        super().__init__()
-        from segment_anything.utils.onnx import SamOnnxModel
-
-        self.inner = SamOnnxModel(sam, return_single_mask=False)
-        self.inner.img_size = sam.prompt_encoder.input_image_size[0]  # prompt coordinates' frame
-
-    def forward(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
-        inner = self.inner
-        sparse = inner._embed_points(point_coords, point_labels)
-        dense = inner._embed_masks(mask_input, has_mask_input)
-        return inner.model.mask_decoder.predict_masks(
-            image_embeddings=image_embeddings, image_pe=inner.model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
-
 
 def _versions() -> dict:
     import onnxruntime
@@ -326,15 +314,13 @@ def _export(model: "SamModel", part: str, path: Path) -> str:
                 torch.onnx.export(module, (torch.randn(1, 3, size, size),), temp, input_names=["image"],
                                   output_names=["features"], opset_version=OPSET, dynamo=False)
             else:
-                module = _CpuCopy(_DecoderGraph(model.sam)).eval()
+                module = _CpuCopy(FastDecoderGraph(model.sam)).eval()
                 dim = model.sam.prompt_encoder.embed_dim
                 side = model.sam.prompt_encoder.image_embedding_size
-                low = model.sam.prompt_encoder.mask_input_size
                 args = (torch.randn(1, dim, *side), torch.randint(0, size, (1, 2, 2)).float(),
-                        torch.tensor([[2.0, 3.0]]), torch.zeros(1, 1, *low), torch.zeros(1))
+                        torch.tensor([[2.0, 3.0]]))
                 torch.onnx.export(module, args, temp, opset_version=OPSET, dynamo=False,
-                                  input_names=["image_embeddings", "point_coords", "point_labels", "mask_input",
-                                               "has_mask_input"],
+                                  input_names=["image_embeddings", "point_coords", "point_labels"],
                                   output_names=["low_res_masks", "iou_predictions"],
                                   dynamic_axes={"point_coords": {1: "points"}, "point_labels": {1: "points"}})
     except BaseException:
@@ -384,10 +370,9 @@ def _check_against_eager(model: "SamModel", part: str, session) -> None:
             reference = sam.mask_decoder.predict_masks(
                 image_embeddings=features.to(model.device), image_pe=sam.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)[0].float().cpu().numpy()
-            got = session.run(None, {"image_embeddings": features.numpy(), "point_coords": corners.numpy(),
-                                     "point_labels": np.array([[2, 3]], np.float32),
-                                     "mask_input": np.zeros((1, 1, 256, 256), np.float32),
-                                     "has_mask_input": np.zeros(1, np.float32)})[0]
+            got = session.run(None, {"image_embeddings": _with_dense_prompt(sam, features, None).numpy(),
+                                     "point_coords": corners.numpy(),
+                                     "point_labels": np.array([[2, 3]], np.float32)})[0]
     error = np.abs(got - reference).max() / (np.abs(reference).max() + 1e-6)
     limit = 1e-3
     if not np.isfinite(got).all() or error > limit:
