@@ -283,6 +283,9 @@ def _session(path: Path):
     options.intra_op_num_threads = max(1, torch.get_num_threads())
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Memory patterns pre-plan one block for all of a run's intermediates: LiteMedSAM's encoder keeps
+    # 256x256x256 feature maps, and the plan held ~600 MiB for good; without it ~300 MiB, 1-2 % slower.
+    options.enable_mem_pattern = False
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
