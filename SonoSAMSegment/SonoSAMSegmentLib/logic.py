@@ -220,10 +220,11 @@ class SonoSAMSegmentLogic:
     """
 
     def __init__(self, model: str = "litemedsam", checkpoint=None, device=None, cache_mib: float = 1024,
-                 predictor=None):
+                 predictor=None, backend: str = "auto"):
         self.model_name = model
         self.checkpoint = checkpoint
         self.device = device
+        self.backend = backend   # "auto": ONNX Runtime on CPU (exported once, cached), eager on GPU
         self.cache_mib = cache_mib
         self._predictor = predictor
         self._windows: dict[str, tuple | None] = {}
@@ -244,17 +245,20 @@ class SonoSAMSegmentLogic:
                 raise MissingDependencyError(
                     f"SonoSAM's Python dependencies are not installed ({error}). Open the SonoSAMSegment module "
                     "and click 'Install dependencies', or run `pip install sonosam` in this Python.") from error
-            model = load_model(self.model_name, checkpoint=self.checkpoint, device=self.device)
+            model = load_model(self.model_name, checkpoint=self.checkpoint, device=self.device, backend=self.backend)
             self._predictor = Predictor(model, cache_mib=self.cache_mib)
         return self._predictor
 
-    def set_model(self, model: str = "litemedsam", checkpoint=None, device=None, cache_mib: float | None = None):
-        """Switch model/device/cache budget; the model is (re)loaded on next use."""
+    def set_model(self, model: str = "litemedsam", checkpoint=None, device=None, cache_mib: float | None = None,
+                  backend: str | None = None):
+        """Switch model/device/cache budget/backend; the model is (re)loaded on next use."""
         if self._predictor is not None and hasattr(self._predictor, "close"):
             self._predictor.close()
         self.model_name, self.checkpoint, self.device = model, checkpoint, device
         if cache_mib is not None:
             self.cache_mib = cache_mib
+        if backend is not None:
+            self.backend = backend
         self._predictor = None
         self._last.clear()
         self._propagations.clear()

@@ -94,7 +94,7 @@ class SonoSAMTrackLogic:
             from sonosam.models import load_model
             from sonosam.predictor import Predictor
 
-            self._predictor = Predictor(load_model("litemedsam"))
+            self._predictor = Predictor(load_model("litemedsam", backend="auto"))
         return self._predictor
 
     # ------------------------------------------------------------------------------------------ input

@@ -120,6 +120,16 @@ def test_untrained_adapters_reproduce_litemedsam_exactly(mri):
     assert model.model_id.endswith("+medsa")  # the predictor's embedding cache must not mix the two
 
 
+def test_adapters_switch_an_onnx_model_to_its_adapted_modules():
+    """An exported graph is the base network: after adding adapters the model must run its own modules."""
+    from sonosam.models import load_model
+
+    model = load_model("litemedsam", backend="onnx-decoder")
+    assert model.backend == "onnx-decoder"
+    add_medsa_adapters(model)
+    assert model.backend == "eager"
+
+
 def test_untrained_adapters_reproduce_vit_b_exactly():
     sam = vit_b_small_input()
     torch.manual_seed(3)

@@ -341,6 +341,9 @@ def add_medsa_adapters(model, depth_attention: bool = True, hyp_adapter: bool = 
         freeze_base(sam)
     if hasattr(model, "model_id") and model is not sam:  # embeddings of the base model are no longer valid
         model.model_id = f"{model.model_id}+medsa"
+    if getattr(model, "backend", "eager") != "eager":
+        # an exported ONNX graph is the base network: run the adapted modules themselves
+        model.use_backend("eager")
     return model
 
 

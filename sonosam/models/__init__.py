@@ -211,8 +211,9 @@ def load_model(name: str = "litemedsam", checkpoint: str | Path | None = None,
     """Build `name`'s architecture and load its weights: `checkpoint` if given, else the bundled or
     cached file, else (download=True) the official file, verified, into the cache folder.
 
-    `backend` picks the inference engine ("auto", "eager", "onnx", "onnx-int8", ...; see
-    sonosam.models.backends); None: $SONOSAM_BACKEND, else eager PyTorch."""
+    `backend` picks the inference engine ("auto", "eager", "onnx", "onnx-decoder", "eager-fp16", ...; see
+    sonosam.models.backends); None: $SONOSAM_BACKEND, else eager PyTorch (the reference: exact, and module
+    changes such as Med-SA adapters take effect). The CLI, the demo and the Slicer modules use "auto"."""
     spec = get_spec(name)
     expected = None
     overlay = spec.overlay if checkpoint is None else None  # a checkpoint given explicitly is complete

@@ -83,7 +83,7 @@ class SamModel:
         self._backend = None  # None: eager PyTorch; see use_backend() and sonosam.models.backends
 
     def use_backend(self, name: str | None = "auto") -> str:
-        """Run encode/decode with another engine ("auto", "eager", "onnx", "onnx-int8", "onnx-decoder",
+        """Run encode/decode with another engine ("auto", "eager", "onnx", "onnx-decoder",
         "eager-fp16", "eager-bf16"; see sonosam.models.backends). One that cannot run here falls back to
         eager with a logged note. Returns the name of the backend now in use."""
         from .backends import make_backend
