@@ -2,6 +2,7 @@
 
     python -m sonosam.bench predictor [--threads 2] [--clicks 50]
     python -m sonosam.bench backends       # eager vs ONNX Runtime etc.: ms, ratios, mask IoU vs eager
+    python -m sonosam.bench pipelines      # tracking the echo loop and propagating through the MRI: eager vs auto
 
 Timings on a shared machine are noisy: medians, and ratios taken within one process, are what to compare.
 """
@@ -145,6 +146,54 @@ def bench_backends(clicks: int = 30, encodes: int = 3, model_name: str = "liteme
     return figures
 
 
+def _pipeline_run(pipeline: str, backend: str, threads: int) -> dict:
+    """One pipeline with one backend, from a fresh process (so that its peak RSS is its own)."""
+    torch.set_num_threads(threads)
+    if pipeline == "track":   # the LV through the real 120-frame A4C loop, one object, cold cache
+        from .track.bench import bench_track
+
+        run = bench_track(objects=(1,), backend=backend)
+        return {"backend": run["backend"], "seconds": run["1_object"]["seconds"],
+                "per_s": run["frames"] / run["1_object"]["seconds"], "peak_rss_mib": peak_rss_mib()}
+    # Colin27 T1, Thalamus_R from one seed box, both ways, cold cache (the encoder in the loop)
+    from .data import mri_colin27_paths
+    from .io import read_volume
+    from .models import load_model
+    from .predictor import Predictor
+    from .volume import Seed, propagate
+    from .volume_bench import label_seed
+
+    t1, aal = mri_colin27_paths()
+    volume, labels = read_volume(t1).array, read_volume(aal).array
+    model = load_model("litemedsam", backend=backend)
+    index, box = label_seed(labels, 78)
+    start = time.perf_counter()
+    result = propagate(Predictor(model), volume, [Seed(index, box=box)])
+    seconds = time.perf_counter() - start
+    return {"backend": model.backend, "seconds": seconds, "per_s": len(result.slices) / seconds,
+            "peak_rss_mib": peak_rss_mib()}
+
+
+def bench_pipelines(backends: tuple[str, ...] = ("eager", "auto")) -> dict:
+    """End to end, each backend against eager: echo tracking frames/s and MRI propagation slices/s, with
+    each run's peak RSS (every run in a fresh process, one after the other)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    figures = {"threads": torch.get_num_threads(),
+               "columns": "pipeline/backend(used): seconds | per second (x eager) | peak RSS MiB"}
+    for pipeline, unit in (("track", "frames/s"), ("propagate", "slices/s")):
+        runs = {}
+        for backend in backends:
+            with context.Pool(1) as pool:
+                runs[backend] = pool.apply(_pipeline_run, (pipeline, backend, torch.get_num_threads()))
+        for backend, run in runs.items():
+            figures[f"{pipeline}/{backend}({run['backend']})"] = (
+                f"{run['seconds']:6.1f} s | {run['per_s']:6.2f} {unit} ({run['per_s'] / runs[backends[0]]['per_s']:.2f}x)"
+                f" | {run['peak_rss_mib']:.0f}")
+    return figures
+
+
 def _print_table(title: str, figures: dict) -> None:
     print(f"\n{title}")
     for key, value in figures.items():
@@ -152,7 +201,7 @@ def _print_table(title: str, figures: dict) -> None:
         print(f"  {key:28s} {text}")
 
 
-BENCHMARKS = {"predictor": bench_predictor, "backends": bench_backends}
+BENCHMARKS = {"predictor": bench_predictor, "backends": bench_backends, "pipelines": bench_pipelines}
 
 
 def main(argv=None) -> int:

@@ -14,7 +14,7 @@ from ..bench import peak_rss_mib
 
 
 def bench_track(n_frames: int | None = None, model_every: int = 5, threshold: float = 0.85, objects=(1, 2),
-                model_name: str = "litemedsam", device: str | None = None) -> dict:
+                model_name: str = "litemedsam", device: str | None = None, backend: str | None = None) -> dict:
     """Track the LV (1 object) and LV + LA (2 objects) through the real loop from boxes on frame 0, with
     nobody answering interventions (they are counted). Each run starts with an empty embedding cache."""
     from ..data import echo_a4c_path
@@ -26,8 +26,9 @@ def bench_track(n_frames: int | None = None, model_every: int = 5, threshold: fl
 
     cine = read_cine(echo_a4c_path())
     frames = cine.frames[:n_frames] if n_frames else cine.frames
-    model = load_model(model_name, device=device)
+    model = load_model(model_name, device=device, backend=backend)
     out = {"frames": int(frames.shape[0]), "frame_size": list(frames.shape[1:]), "model": model_name,
+           "backend": model.backend,
            "model_every": model_every, "threshold": threshold}
     boxes = [("LV", LV_BOX), ("LA", LA_BOX)]
     for count in objects:
