@@ -14,10 +14,13 @@ Each next slice is prompted from the previous slice's result (see docs/volume.md
 - models that take mask prompts get the previous low-res logits (off by default for box-only models,
   which were not trained with them; see `PropagationOptions.mask_prompt`).
 
-A front stops when the structure ends: predicted IoU below `min_score`, area below `min_area` pixels or
-below `min_area_ratio` of its seed, too few consistent pixels, or a jump (area grows by more than
-`max_growth`, or the new mask hardly overlaps the previous one: it ran into a neighbour). The slice where
-it stopped is reported with status "stopped" and left empty.
+A front stops when the structure ends (`stop_reason`): at once on a break with the previous slice (too few
+intensity-consistent pixels, the mask vanishes, its area jumps by more than `max_growth`, or it hardly
+overlaps the previous mask: it ran into a neighbour); and when the slices turn weak or drift away from the
+anchor (predicted IoU below `min_score`, area below `min_area_ratio` of the anchor's, mean intensity or
+image-embedding feature far from the anchor's) on `patience` slices in a row, so that one poor slice does not
+end a front. The slice where it stopped is reported with status "stopped" and left empty, as are the weak
+slices after it.
 
 Seeds are slices the user prompted (status "seed": the model segments them from their box/points) or
 whose mask the user drew or accepted (status "accepted": kept exactly). A re-run with `previous=` keeps
@@ -45,7 +48,7 @@ from .models import mask_to_logits
 from .predictor import Predictor
 
 __all__ = ["Seed", "SliceInfo", "PropagationOptions", "PropagationResult", "propagate", "naive_baseline",
-           "slice_of", "axis_index", "consistent_pixels", "volume_window", "AXES"]
+           "stop_reason", "slice_of", "axis_index", "consistent_pixels", "volume_window", "AXES"]
 
 SEED, ACCEPTED, PROPAGATED, STOPPED = "seed", "accepted", "propagated", "stopped"
 
@@ -92,19 +95,21 @@ class SliceInfo:
 class PropagationOptions:
     box_margin: float = 0.2          # box = consistent pixels' bounding box + margin * its size (at least 2 px)
     consistency_lambda: float = 1.0  # SAM^Med lambda: |X_t+1 - X_t| < lambda * std(X_t[mask])
-    min_consistent: float = 0.2      # stop when fewer of the previous mask's pixels pass the rule
     n_points: int = 3                # positive points for point-capable models (0: none)
     mask_prompt: bool | None = None  # previous logits as mask prompt; None: only for models trained with masks
-    min_score: float = 0.5           # stop below this predicted IoU
-    min_area: int = 10               # stop below this many pixels
-    min_area_ratio: float = 0.05     # ... or below this share of the seed's area
     max_box_size: float | None = 1.25  # box sides at most this multiple of the anchor mask's bounding box
-    max_growth: float = 1.8          # stop when the area grows more than this from one slice to the next
-    min_overlap: float = 0.3         # stop when |new & prev| / |new| falls below this (jumped elsewhere)
-    max_intensity_shift: float | None = 2.0  # stop when the mask's mean intensity moves more than this many
-                                     # seed standard deviations away from the seed's mean (None: off)
-    min_similarity: float | None = 0.85  # stop when the cosine similarity of the mask's mean image-embedding
-                                     # feature to the previous slice's falls below this (None: off)
+    # stop rules (see stop_reason); "anchor": the seed or accepted slice the front started from
+    min_consistent: float = 0.2      # stop at once when fewer of the previous mask's pixels pass the rule
+    min_area: int = 10               # stop at once below this many pixels
+    max_growth: float = 1.8          # stop at once when the area grows more than this from one slice to the next
+    min_overlap: float = 0.3         # stop at once when |new & prev| / |new| falls below this (jumped elsewhere)
+    min_score: float = 0.5           # weak below this predicted IoU
+    min_area_ratio: float = 0.05     # weak below this share of the anchor's area
+    max_intensity_shift: float | None = 2.0  # weak when the mask's mean intensity is more than this many anchor
+                                     # standard deviations from the anchor's mean (None: off)
+    min_similarity: float | None = 0.7  # weak when the cosine similarity of the mask's mean image-embedding
+                                     # feature to the anchor's falls below this (None: off)
+    patience: int = 3                # stop after this many weak slices in a row (they are left empty)
     keep_component: bool = True      # keep the connected parts of the mask that touch the previous mask
     max_slices: int | None = None    # at most this many slices from each seed in each direction
     direction: str = "both"          # "both", "forward" (increasing index) or "backward"
@@ -170,6 +175,41 @@ def consistent_pixels(prev_image: np.ndarray, next_image: np.ndarray, prev_mask:
     if tolerance <= 0:  # a flat structure: allow a tiny tolerance instead of nothing
         tolerance = 1e-6 + 0.01 * float(np.abs(values).max(initial=1.0))
     return prev_mask & (np.abs(next_image.astype(np.float32) - prev) < tolerance)
+
+
+def stop_reason(opt: PropagationOptions, *, share: float, area: int, prev_area: int, anchor_area: int,
+                score: float, overlap: float, intensity_shift: float | None = None,
+                similarity: float | None = None) -> tuple[str, bool]:
+    """Why a front should stop at a slice ("" if it should not), and whether that alone stops it.
+
+    Breaks with the previous slice stop the front at once (True). Weak or drifting slices (False) stop it only
+    on `opt.patience` slices in a row: on Colin27's AAL structures the model's IoU score dips on single slices
+    inside a structure, and past a structure's end it keeps scoring 0.7-0.9 on the neighbouring tissue, which
+    only a gradual drift away from the anchor's look gives away (docs/volume.md).
+    overlap: |new & prev| / |new|; intensity_shift: (mean under the mask - anchor's mean) / anchor's SD;
+    similarity: cosine of the mask's pooled image-embedding feature to the anchor's."""
+    # SAM^Med's rule: the intensities under the previous mask did not carry over to this slice
+    if share < opt.min_consistent:
+        return f"only {share:.0%} of the previous mask is intensity-consistent", True
+    if area < opt.min_area:
+        return ("the mask vanished" if area == 0 else f"area {area} px < {opt.min_area} px"), True
+    # a jump: the mask ran into a neighbour or moved off the previous one
+    if area > opt.max_growth * prev_area:
+        return f"area grew {area / max(prev_area, 1):.1f}x (ran into a neighbour?)", True
+    if overlap < opt.min_overlap:
+        return "the mask moved away from the previous one", True
+    # weak: the model itself is unsure, or the mask shrank to a sliver of the anchor's
+    if score < opt.min_score:
+        return f"predicted IoU {score:.2f} < {opt.min_score}", False
+    if area < opt.min_area_ratio * anchor_area:
+        return f"area {area} px < {opt.min_area_ratio:.0%} of the anchor's", False
+    # drift: the mask no longer looks like the anchor's structure (brighter/darker tissue, other features)
+    if opt.max_intensity_shift is not None and intensity_shift is not None \
+            and abs(intensity_shift) > opt.max_intensity_shift:
+        return f"mean intensity {intensity_shift:+.1f} SD from the anchor's", False
+    if opt.min_similarity is not None and similarity is not None and similarity < opt.min_similarity:
+        return f"image features drifted from the anchor's (similarity {similarity:.2f} < {opt.min_similarity})", False
+    return "", False
 
 
 def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -360,18 +400,24 @@ class _Run:
         """Propagate from anchor `start` (mask, logits) in direction `step` up to slice `limit` (inclusive);
         put (mask, info) per slice in `out`."""
         opt = self.options
-        ref_area = max(int(mask.sum()), 1)
-        prev_mask, prev_logits, prev_image = mask, logits, self.image(start).astype(np.float32)
         if not mask.any():  # an empty anchor (e.g. a corrected slice erased by the user) has no front
             return
-        anchor_box = _bbox(mask)
-        seed_values = prev_image[mask]
-        seed_mean, seed_std = float(seed_values.mean()), max(float(seed_values.std()), 1e-6)
-        prev_feature = self.feature(start, mask) if opt.min_similarity is not None else None
+        anchor_area, anchor_box = int(mask.sum()), _bbox(mask)
+        prev_mask, prev_logits, prev_image = mask, logits, self.image(start).astype(np.float32)
+        anchor_values = prev_image[mask]
+        anchor_mean, anchor_std = float(anchor_values.mean()), max(float(anchor_values.std()), 1e-6)
+        anchor_feature = self.feature(start, mask) if opt.min_similarity is not None else None
         if opt.max_slices is not None:
             limit = start + step * min(abs(limit - start), opt.max_slices)
+        weak: list[tuple[np.ndarray, SliceInfo]] = []  # weak slices in a row: kept on probation
+
+        def keep(items):
+            for item in items:
+                out[item[1].index] = item
+                self.report(item[1])
+
         t = start
-        while t != limit and prev_mask.any():
+        while t != limit:
             if self.check_cancel():
                 return
             t += step
@@ -379,8 +425,7 @@ class _Run:
             image = self.image(t).astype(np.float32)
             if image.min() == image.max():
                 info = SliceInfo(t, STOPPED, float("nan"), 0, "the slice is blank", source=start)
-                out[t] = (None, info)
-                self.report(info)
+                keep([(None, info)])
                 return
             consistent = consistent_pixels(prev_image, image, prev_mask, opt.consistency_lambda)
             share = consistent.sum() / max(prev_mask.sum(), 1)
@@ -399,38 +444,32 @@ class _Run:
             new = pred.mask
             if opt.keep_component and new.any():
                 new = _keep_touching(new, prev_mask)
-            area, prev_area = int(new.sum()), int(prev_mask.sum())
-            reason = ""
-            if share < opt.min_consistent:
-                reason = f"only {share:.0%} of the previous mask is intensity-consistent"
-            elif area == 0:
-                reason = "the mask vanished"
-            elif pred.score < opt.min_score:
-                reason = f"predicted IoU {pred.score:.2f} < {opt.min_score}"
-            elif area < opt.min_area or area < opt.min_area_ratio * ref_area:
-                reason = f"area {area} px is below the threshold"
-            elif area > opt.max_growth * prev_area:
-                reason = f"area grew {area / prev_area:.1f}x (ran into a neighbour?)"
-            elif (new & prev_mask).sum() < opt.min_overlap * area:
-                reason = "the mask moved away from the previous one"
-            elif opt.max_intensity_shift is not None and \
-                    abs(float(image[new].mean()) - seed_mean) > opt.max_intensity_shift * seed_std:
-                reason = f"mean intensity moved {(float(image[new].mean()) - seed_mean) / seed_std:+.1f} SD from the seed's"
-            feature = None
-            if not reason and prev_feature is not None:
-                feature = self.feature(t, new)
-                similarity = float(feature @ prev_feature)
-                if similarity < opt.min_similarity:
-                    reason = f"image features changed (similarity {similarity:.2f} < {opt.min_similarity})"
-            if reason:
-                info = SliceInfo(t, STOPPED, pred.score, area, reason, source=start)
-                out[t] = (None, info)
-                self.report(info)
-                return
+            area = int(new.sum())
+            shift = similarity = None
+            if area:
+                shift = (float(image[new].mean()) - anchor_mean) / anchor_std
+                if anchor_feature is not None:
+                    similarity = float(self.feature(t, new) @ anchor_feature)
+            reason, at_once = stop_reason(opt, share=share, area=area, prev_area=int(prev_mask.sum()),
+                                          anchor_area=anchor_area, score=pred.score,
+                                          overlap=(new & prev_mask).sum() / max(area, 1),
+                                          intensity_shift=shift, similarity=similarity)
             info = SliceInfo(t, PROPAGATED, pred.score, area, source=start)
-            out[t] = (new, info)
-            self.report(info)
-            prev_mask, prev_logits, prev_image, prev_feature = new, pred.logits, image, feature
+            if reason and (at_once or len(weak) + 1 >= max(opt.patience, 1)):
+                # the front ends before the weak run: its first slice is reported as the stop, the rest dropped
+                first = weak[0][1] if weak else info
+                if weak:
+                    reason = f"{first.reason}, then {reason}" if at_once else \
+                        f"{first.reason} ({len(weak) + 1} weak slices in a row)"
+                keep([(None, replace(first, status=STOPPED, reason=reason))])
+                return
+            if reason:
+                weak.append((new, replace(info, reason=reason)))
+            else:
+                keep([(m, replace(i, reason="")) for m, i in weak] + [(new, info)])
+                weak = []
+            prev_mask, prev_logits, prev_image = new, pred.logits, image
+        keep([(m, replace(i, reason="")) for m, i in weak])  # the range ended before a stop was confirmed
 
 
 def _mask_shape(volume_shape, axis):

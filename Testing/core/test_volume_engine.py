@@ -101,6 +101,41 @@ def test_without_the_rule_the_front_runs_into_the_neighbour():
     assert result.extent()[1] > 29  # it leaks into the slab: the stop rules are what keep it out
 
 
+def test_one_weak_slice_does_not_stop_a_front_but_a_weak_run_does():
+    volume, ball = sphere_volume()
+    volume[24][ball[24]] += 60  # one much brighter slice inside the barrel: weak (intensity far from the anchor's)
+    rules = dict(min_consistent=0.0)  # the intensity-consistency rule would stop at once on such a jump
+    result = propagate(Predictor(ThresholdModel()), volume, [Seed(20, box=(20, 20, 44, 44))], **rules)
+    assert result.extent() == (12, 28) and result.slices[24].status == "propagated"  # patience 3: kept
+    impatient = propagate(Predictor(ThresholdModel()), volume, [Seed(20, box=(20, 20, 44, 44))], patience=1,
+                          **rules)
+    assert impatient.extent() == (12, 23) and "intensity" in impatient.slices[24].reason
+
+    volume[25:27][ball[25:27]] += 60  # three weak slices in a row: the front stops before them
+    result = propagate(Predictor(ThresholdModel()), volume, [Seed(20, box=(20, 20, 44, 44))], **rules)
+    assert result.extent() == (12, 23) and result.slices[24].status == "stopped"
+    assert "3 weak slices in a row" in result.slices[24].reason
+    assert 25 not in result.slices and not result.mask[24:].any()
+
+
+def test_stop_reason_breaks_stop_at_once_and_drift_waits():
+    from sonosam.volume import PropagationOptions, stop_reason
+
+    opt = PropagationOptions()
+    fine = dict(share=0.9, area=100, prev_area=100, anchor_area=120, score=0.8, overlap=0.9,
+                intensity_shift=0.5, similarity=0.9)
+    assert stop_reason(opt, **fine) == ("", False)
+    for change in (dict(share=0.1), dict(area=0), dict(area=190, prev_area=100), dict(overlap=0.2)):
+        reason, at_once = stop_reason(opt, **{**fine, **change})
+        assert reason and at_once, change
+    for change in (dict(score=0.3), dict(area=12, prev_area=12, anchor_area=400), dict(intensity_shift=-2.5),
+                   dict(similarity=0.6)):
+        reason, at_once = stop_reason(opt, **{**fine, **change})
+        assert reason and not at_once, change
+    assert stop_reason(PropagationOptions(min_similarity=None, max_intensity_shift=None),
+                       **{**fine, "similarity": 0.1, "intensity_shift": 9.0}) == ("", False)
+
+
 def test_naive_baseline_segments_every_slice():
     volume, ball = sphere_volume(neighbour=True)
     base = naive_baseline(Predictor(ThresholdModel()), volume, (20, 20, 44, 44))
