@@ -188,6 +188,18 @@ class Predictor:
             with self._lock:
                 self._encoding.pop(cache_key, None)
 
+    def embed_together(self, items: Iterable[tuple[Hashable, ImageSource]], window=None) -> list[Embedding]:
+        """Encode (key, image) items in one batch and cache each under its key: for encoders that must see
+        neighbouring slices together (Med-SA's SD-Trans). Items already cached are encoded again with the
+        rest, so that every slice of the slab is encoded in the same context."""
+        items = list(items)
+        images = [image() if callable(image) else image for _, image in items]
+        embeddings = self.model.encode_many(images, window, batch_size=len(images))
+        self.encoder_calls += 1
+        for (key, image), embedding in zip(items, embeddings):
+            self.cache.put(self._cache_key(image, key, window), embedding)
+        return embeddings
+
     def predict(self, image: ImageSource, points=None, labels=None, box=None, mask_logits=None,
                 multimask: bool = False, key: Hashable | None = None, window=None) -> Prediction:
         embedding = self.embedding(image, key, window)

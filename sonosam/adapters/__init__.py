@@ -4,12 +4,12 @@ training on volumes with label maps, and slab-by-slab inference: see docs/adapte
 
 from .modules import (DEFAULT_CONFIG, Adapter, HyPAdapter, MedSADecoderBlock, MedSATinyViTBlock, MedSAViTBlock,
                       ParameterShare, add_medsa_adapters, adapter_parameter_names, adapter_state_dict, freeze_base,
-                      is_adapted, load_adapters, read_adapter_file, save_adapters, trainable_share)
+                      is_adapted, load_adapters, read_adapter_file, save_adapters, slab_depth, trainable_share)
 from .training import (TrainResult, dice_focal_loss, segment_volume_with_adapters, simulate_box, simulate_clicks,
                        train_adapters)
 
 __all__ = ["DEFAULT_CONFIG", "Adapter", "HyPAdapter", "MedSADecoderBlock", "MedSATinyViTBlock", "MedSAViTBlock",
            "ParameterShare", "add_medsa_adapters", "adapter_parameter_names", "adapter_state_dict", "freeze_base",
-           "is_adapted", "load_adapters", "read_adapter_file", "save_adapters", "trainable_share",
+           "is_adapted", "load_adapters", "read_adapter_file", "save_adapters", "slab_depth", "trainable_share",
            "TrainResult", "dice_focal_loss", "segment_volume_with_adapters", "simulate_box", "simulate_clicks",
            "train_adapters"]

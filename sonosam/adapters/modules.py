@@ -43,6 +43,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "hyp_hidden": 16,          # HyP-Adpt reduced width
     "hyp_layers": 3,
     "hyp_mlp_hidden": 64,      # hidden width of the MLP that makes the weight matrices
+    "slab_depth": 4,           # slices that SD-Trans sees together, in training and in inference
 }
 
 
@@ -308,6 +309,12 @@ def _replace(root: nn.Module, test, make) -> int:
 
 def is_adapted(model) -> bool:
     return getattr(_unwrap(model), "medsa_config", None) is not None
+
+
+def slab_depth(model) -> int:
+    """How many neighbouring slices the model's encoder must see together: SD-Trans's slab depth, else 1."""
+    config = getattr(_unwrap(model), "medsa_config", None) or {}
+    return int(config.get("slab_depth", DEFAULT_CONFIG["slab_depth"])) if config.get("depth_attention") else 1
 
 
 def add_medsa_adapters(model, depth_attention: bool = True, hyp_adapter: bool = True, *, freeze: bool = True,

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from ..errors import InputImageError, PromptError
 from ..train.losses import dice_focal_loss  # one DiceFocal for every trainer
 from ..volume import volume_window  # one intensity window rule for every volume consumer
-from .modules import _encoder_kind, _unwrap, encoder_stem, encoder_trunk, is_adapted
+from .modules import DEFAULT_CONFIG, _encoder_kind, _unwrap, encoder_stem, encoder_trunk, is_adapted
+from .modules import slab_depth as slab_depth_of
 
 PROMPT_MODES = ("box", "click", "box+click", "mixed")
 
@@ -198,13 +199,14 @@ def _prompts(mode: str, mask: np.ndarray, rng, jitter: float):
     return box, points
 
 
-def train_adapters(model, volumes, labels, label_value=None, *, steps: int = 100, slab_depth: int = 4,
+def train_adapters(model, volumes, labels, label_value=None, *, steps: int = 100, slab_depth: int | None = None,
                    lr: float = 1e-4, prompt: str | None = None, jitter: float = 0.1, axis: int = 0, seed: int = 0,
                    min_area: int = 10, windows: Sequence[tuple[float, float]] | None = None,
                    slabs: Sequence[tuple[int, int]] | None = None, stem_cache_mib: float = 512,
                    log: Callable[[str], None] | None = None,
                    log_every: int = 10, callback: Callable[[int, float], bool | None] | None = None) -> TrainResult:
-    """Train the Med-SA adapters of `model` (see add_medsa_adapters) on slabs of `slab_depth` slices.
+    """Train the Med-SA adapters of `model` (see add_medsa_adapters) on slabs of `slab_depth` slices
+    (default: the adapters' configured depth; a depth given here is recorded in it, and saved with them).
 
     volumes / labels: 3D arrays (or sonosam.io.Volume), one or a list; label_value: int, list of ints
     (their union is the target) or None (any non-zero label). Each step picks a slab that holds the
@@ -218,6 +220,9 @@ def train_adapters(model, volumes, labels, label_value=None, *, steps: int = 100
     sam = _unwrap(model)
     if not is_adapted(sam):
         raise ValueError("Add adapters first: add_medsa_adapters(model).")
+    if slab_depth is None:
+        slab_depth = int(sam.medsa_config.get("slab_depth", DEFAULT_CONFIG["slab_depth"]))
+    sam.medsa_config["slab_depth"] = int(slab_depth)   # inference (propagation) encodes the same slabs
     prompt = prompt or _default_prompt(model)
     if prompt not in PROMPT_MODES:
         raise PromptError(f"Unknown prompt mode {prompt!r}; use one of {', '.join(PROMPT_MODES)}.")
@@ -316,16 +321,18 @@ def slab_loss(model, volume, label, label_value, first: int, depth: int, *, prom
 @torch.no_grad()
 def segment_volume_with_adapters(model, volume, boxes: Mapping[int, Sequence[float]] | Sequence | None = None, *,
                                  points: Mapping[int, tuple[Sequence, Sequence]] | None = None,
-                                 slab_depth: int = 4, axis: int = 0, window: tuple[float, float] | None = None,
+                                 slab_depth: int | None = None, axis: int = 0,
+                                 window: tuple[float, float] | None = None,
                                  progress: Callable[[int, int], bool | None] | None = None) -> np.ndarray:
     """Segment a volume slab by slab with an (adapted) model; returns a bool array of the volume's shape.
 
     boxes: {slice index: (x0, y0, x1, y1)} (or a sequence with None for unprompted slices), in the
     slice's pixel coordinates (x = column, y = row) along `axis`; points: {slice: ([(x, y)...], [1/0...])}.
-    Slices are grouped into consecutive slabs of `slab_depth` ([0, D), [D, 2D), ...); only slabs that
-    hold a prompted slice are encoded, and unprompted slices stay empty. `progress(done, total)` returning
-    True cancels (the slabs done so far are kept)."""
+    Slices are grouped into consecutive slabs of `slab_depth` ([0, D), [D, 2D), ...; default: the depth
+    the adapters were trained with); only slabs that hold a prompted slice are encoded, and unprompted
+    slices stay empty. `progress(done, total)` returning True cancels (the slabs done so far are kept)."""
     sam = _unwrap(model)
+    slab_depth = slab_depth or slab_depth_of(model)
     vol = np.moveaxis(_as_array(volume), axis, 0)
     if vol.ndim != 3:
         raise InputImageError(f"A volume must be 3D; got shape {vol.shape}.")

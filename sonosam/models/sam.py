@@ -123,9 +123,11 @@ class SamModel:
         return Embedding(features, original_size, input_size, self.model_id)
 
     @torch.inference_mode()
-    def encode_many(self, images, window=None) -> list[Embedding]:
-        """Encode several images, in batches where the backend gains from it (CUDA), else one by one."""
-        size = getattr(self._backend, "batch_size", 8 if self.device.type == "cuda" else 1)
+    def encode_many(self, images, window=None, batch_size: int | None = None) -> list[Embedding]:
+        """Encode several images, in batches where the backend gains from it (CUDA), else one by one.
+        `batch_size` forces batches of that size: a model whose encoder mixes the images of a batch
+        (Med-SA's SD-Trans treats a batch as a slab of neighbouring slices) needs its slabs together."""
+        size = batch_size or getattr(self._backend, "batch_size", 8 if self.device.type == "cuda" else 1)
         if size <= 1:
             return [self.encode(image, window) for image in images]
         embeddings: list[Embedding] = []
