@@ -416,6 +416,14 @@ class _Run:
                 out[item[1].index] = item
                 self.report(item[1])
 
+        def stop(info, reason, at_once):
+            """End the front before the weak run: its first slice is reported as the stop, the rest dropped."""
+            first = weak[0][1] if weak else info
+            if weak:
+                reason = f"{first.reason}, then {reason}" if at_once else \
+                    f"{first.reason} ({len(weak) + 1} weak slices in a row)"
+            keep([(None, replace(first, status=STOPPED, reason=reason))])
+
         t = start
         while t != limit:
             if self.check_cancel():
@@ -424,8 +432,7 @@ class _Run:
             self.prefetch(range(t, t + step * (opt.lookahead + 1), step))
             image = self.image(t).astype(np.float32)
             if image.min() == image.max():
-                info = SliceInfo(t, STOPPED, float("nan"), 0, "the slice is blank", source=start)
-                keep([(None, info)])
+                stop(SliceInfo(t, STOPPED, float("nan"), 0, source=start), "the slice is blank", True)
                 return
             consistent = consistent_pixels(prev_image, image, prev_mask, opt.consistency_lambda)
             share = consistent.sum() / max(prev_mask.sum(), 1)
@@ -456,12 +463,7 @@ class _Run:
                                           intensity_shift=shift, similarity=similarity)
             info = SliceInfo(t, PROPAGATED, pred.score, area, source=start)
             if reason and (at_once or len(weak) + 1 >= max(opt.patience, 1)):
-                # the front ends before the weak run: its first slice is reported as the stop, the rest dropped
-                first = weak[0][1] if weak else info
-                if weak:
-                    reason = f"{first.reason}, then {reason}" if at_once else \
-                        f"{first.reason} ({len(weak) + 1} weak slices in a row)"
-                keep([(None, replace(first, status=STOPPED, reason=reason))])
+                stop(info, reason, at_once)
                 return
             if reason:
                 weak.append((new, replace(info, reason=reason)))

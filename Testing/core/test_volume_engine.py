@@ -110,6 +110,11 @@ def test_one_weak_slice_does_not_stop_a_front_but_a_weak_run_does():
     impatient = propagate(Predictor(ThresholdModel()), volume, [Seed(20, box=(20, 20, 44, 44))], patience=1,
                           **rules)
     assert impatient.extent() == (12, 23) and "intensity" in impatient.slices[24].reason
+    blank = volume.copy()
+    blank[25] = 0  # a break right after the weak slice: the front ends before the weak one too
+    result = propagate(Predictor(ThresholdModel()), blank, [Seed(20, box=(20, 20, 44, 44))], **rules)
+    assert result.extent() == (12, 23) and result.slices[24].status == "stopped"
+    assert "intensity" in result.slices[24].reason and "then the slice is blank" in result.slices[24].reason
 
     volume[25:27][ball[25:27]] += 60  # three weak slices in a row: the front stops before them
     result = propagate(Predictor(ThresholdModel()), volume, [Seed(20, box=(20, 20, 44, 44))], **rules)
