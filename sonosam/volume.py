@@ -286,6 +286,14 @@ def _volume_id(volume: np.ndarray) -> str:
     return "vol-" + digest.hexdigest()
 
 
+def _slab_depth(model) -> int:
+    if getattr(getattr(model, "sam", None), "medsa_config", None) is None:
+        return 1
+    from .adapters import slab_depth  # here: sonosam.adapters imports this module
+
+    return slab_depth(model)
+
+
 def _as_predictor(predictor_or_model) -> Predictor:
     if isinstance(predictor_or_model, Predictor):
         return predictor_or_model
@@ -326,6 +334,7 @@ class _Run:
         self.volume_id = volume_id or _volume_id(volume)
         self.progress, self.cancel = progress, cancel
         self.n = volume.shape[axis]
+        self.slab = _slab_depth(self.model)   # > 1: Med-SA SD-Trans, whose slices are encoded a slab at a time
         self.jobs: dict[int, object] = {}
         self.cancelled = False
         self.decoded = 0
@@ -339,7 +348,18 @@ class _Run:
     def image(self, index: int) -> np.ndarray:
         return slice_of(self.volume, self.axis, index)
 
+    def encode_slab(self, index: int) -> None:
+        """For SD-Trans: encode the fixed slab [D*(k//D), D*(k//D) + D) holding slice k in one batch, as the
+        adapters were trained and as `segment_volume_with_adapters` does, so a slice's embedding never
+        depends on the order in which the fronts reach it."""
+        if self.slab > 1 and not self.predictor.is_cached(self.key(index), self.window):
+            first = index // self.slab * self.slab
+            self.predictor.embed_together([(self.key(i), lambda i=i: self.image(i))
+                                           for i in range(first, min(first + self.slab, self.n))], self.window)
+
     def prefetch(self, indices: Iterable[int]) -> None:
+        if self.slab > 1:
+            return  # a one-slice background encoding would lack its slab's context
         todo = [i for i in indices if 0 <= i < self.n and i not in self.jobs
                 and not self.predictor.is_cached(self.key(i), self.window)]
         for i in todo:  # one job per slice, so that the ones a stopped front no longer needs can be cancelled
@@ -353,6 +373,7 @@ class _Run:
 
     def predict(self, index: int, **prompts):
         self.decoded += 1
+        self.encode_slab(index)
         return self.predictor.predict(lambda: self.image(index), key=self.key(index), window=self.window,
                                       multimask=False, **prompts)
 
@@ -361,6 +382,7 @@ class _Run:
         import torch
         import torch.nn.functional as F
 
+        self.encode_slab(index)
         embedding = self.predictor.embedding(lambda: self.image(index), key=self.key(index), window=self.window)
         features = embedding.features[0].float().cpu()
         grid = features.shape[-1]

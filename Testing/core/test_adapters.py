@@ -281,6 +281,29 @@ def test_segment_volume_with_adapters_matches_core_api(mri):
         assert dice > 0.6, dice
 
 
+def test_propagation_encodes_sd_trans_slabs_together(mri):
+    """Propagating with SD-Trans adapters encodes each fixed slab of `slab_depth` slices in one batch (as in
+    training), so a slice's embedding is its slab's, not a lone slice's."""
+    from sonosam.predictor import Predictor
+    from sonosam.volume import Seed, propagate
+
+    volume, label = mri
+    first, depth = SLAB
+    sub = volume[first - 2:first + 4]                   # six slices: two slabs of 3 around the thalamus
+    window = volume_window(volume)
+    model = add_medsa_adapters(lite(), slab_depth=3)
+    randomize_adapters(model.sam)
+    predictor = Predictor(model)
+    box = simulate_box(label[first + 1] == THALAMUS_L, jitter=0)
+    result = propagate(predictor, sub, [Seed(3, box=box)], window=window, volume_id="sub", max_slices=2)
+    assert len(result.slices) >= 3
+    slab = model.encode_many([sub[k] for k in range(3, 6)], window, batch_size=3)
+    cached = predictor.cache.get((model.model_id, ("sub", 0, 4), window))
+    assert torch.equal(cached.features, slab[1].features)
+    alone = model.encode(sub[4], window)
+    assert not torch.allclose(alone.features, slab[1].features, atol=1e-5)   # the slab mattered
+
+
 # ---------------------------------------------------------------------------------- save / load
 def test_save_load_round_trip(tmp_path):
     sam = add_medsa_adapters(vit_sam(seed=0), depth_attention=True, hyp_adapter=True, reduction=12)
