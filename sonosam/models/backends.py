@@ -122,8 +122,10 @@ class OnnxBackend(EagerBackend):
     def encode(self, model, batch):
         if self.encoder is None:
             return None
-        out = self.encoder.run(None, {"image": batch.detach().cpu().numpy().astype(np.float32, copy=False)})[0]
-        return torch.from_numpy(out)
+        images = batch.detach().cpu().numpy().astype(np.float32, copy=False)
+        # the graph is exported at batch 1: a larger batch (encode_many(batch_size=...)) runs image by image
+        return torch.from_numpy(np.concatenate([self.encoder.run(None, {"image": images[i:i + 1]})[0]
+                                                for i in range(len(images))]))
 
     def decode(self, model, features, coords, labels, box, mask_input, multimask):
         if coords is None and box is None:
