@@ -53,8 +53,22 @@ def register(subparsers):
 
     dis = sub.add_parser("distill", help="distil a teacher into a smaller TinyViT student (SonoSAMLite)")
     dis.add_argument("--teacher", required=True, help="teacher: a registered model name or a trained .pth")
-    dis.add_argument("--student-arch", default="tinyvit", help="student encoder: tinyvit (2.6 M) or tinyvit-xs")
+    dis.add_argument("--student-arch", default="tinyvit-1121-from-teacher",
+                     help="student encoder: tinyvit-1121-from-teacher (default: the teacher's widths, 1/1/2/1 blocks "
+                          "taken from its 2/2/6/2; 3.0 M vs 5.7 M), tinyvit-2222-from-teacher (4.5 M), "
+                          "tinyvit-xs-random (tiny, random; tests)")
     dis.add_argument("--alpha", type=float, default=0.1, help="weight of KL(student || teacher best mask)")
+    dis.add_argument("--train-decoder", action="store_true",
+                     help="the mask stage also trains the prompt encoder + mask decoder (default: frozen, the "
+                          "teacher's)")
+    dis.add_argument("--warmup-epochs", type=int, default=3,
+                     help="epochs of embedding distillation (student encoder vs the teacher's cached embeddings) "
+                          "before the mask loss; 0: none")
+    dis.add_argument("--warmup-lr", type=float, default=1e-3, help="learning rate of the embedding stage")
+    dis.add_argument("--embedding-weight", type=float, default=0.5,
+                     help="weight of the embedding loss added to the mask loss in the main stage")
+    dis.add_argument("--point-start", type=float, default=0.5,
+                     help="probability that a sample starts with a click (else a loose box)")
     _data_arguments(dis)
     dis.set_defaults(func=run_distill, batch_size=4)
 
@@ -132,31 +146,23 @@ def run_distill(args):
     config = DistillConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step,
                            lr_gamma=args.lr_gamma, alpha=args.alpha, max_corrections=args.max_corrections,
                            seed=args.seed, amp=not args.no_amp, max_steps=args.max_steps, cache_dir=_cache_dir(args),
-                           progress=not args.quiet)
+                           progress=not args.quiet, warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr,
+                           embedding_weight=args.embedding_weight, point_start=args.point_start,
+                           train_decoder=args.train_decoder)
     result = distill(teacher, split.train, config, arch=args.student_arch, output=args.output, name=args.name,
                      data_summary=split.summary())
     print(f"teacher parameters {result.teacher_parameters:,}; student parameters {result.student_parameters:,}")
     if split.val:
         from ..train.cache import EmbeddingStore
-        from ..train.finetune import clickable
+        from ..train.distillation import click_capable
         from ..train.validate import compare_table, evaluate_cached
 
-        teacher_view = clickable(teacher) if "point" not in teacher.spec.prompt_kinds else teacher
         student = load_model(str(result.checkpoint[0]), device=getattr(args, "device", None))
-        rows = {"teacher": evaluate_cached(teacher_view, EmbeddingStore(_cache_dir(args), teacher), split.val[:64]),
-                "student": evaluate_cached(student, _LiveStore(student), split.val[:64])}
+        held = split.test or split.val[:64]
+        print(f"held-out Dice on the {'test' if split.test else 'validation'} samples ({len(held)}):")
+        rows = {"teacher": evaluate_cached(click_capable(teacher), EmbeddingStore(_cache_dir(args), teacher), held),
+                "student": evaluate_cached(student, EmbeddingStore(_cache_dir(args), student), held)}
         print(compare_table(rows))
     print(f"wrote {result.checkpoint[0]} and {result.checkpoint[1]}")
     return 0
 
-
-class _LiveStore:
-    """Embeddings straight from a (student) model, no disk cache."""
-
-    def __init__(self, model):
-        from ..train.finetune import LiveEncoder
-
-        self._live = LiveEncoder(model)
-
-    def get(self, image, window=None, key=None):
-        return self._live.get(image, window)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["dice_loss", "focal_loss", "dice_focal_loss", "bernoulli_kl", "soft_dice"]
+__all__ = ["dice_loss", "focal_loss", "dice_focal_loss", "bernoulli_kl", "soft_dice", "embedding_loss"]
 
 
 def soft_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -43,3 +43,11 @@ def bernoulli_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, eps
     q = torch.sigmoid(teacher_logits.float()).clamp(eps, 1 - eps)
     kl = p * (p.log() - q.log()) + (1 - p) * ((1 - p).log() - (1 - q).log())
     return kl.flatten(1).mean(1)
+
+
+def embedding_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Squared error of image embeddings (B, C, h, w) relative to the teacher's energy, per sample: 0 is a
+    perfect copy, 1 is as far as all-zero embeddings; shape (B,). MobileSAM's embedding distillation is
+    the plain MSE; dividing by the teacher's mean square makes the value (and its weight) scale-free."""
+    student, teacher = student.float().flatten(1), teacher.float().flatten(1)
+    return ((student - teacher) ** 2).mean(1) / (teacher ** 2).mean(1).clamp(min=1e-12)
