@@ -45,17 +45,13 @@ def main(argv=None) -> int:
     from ..models import load_model
     from .cache import EmbeddingStore
     from .checkpoint import save_checkpoint
-    from .data import colin27_split, summarize, thin_images
+    from .data import summarize
     from .finetune import TrainConfig, clickable, train_decoder
     from .validate import compare_table, evaluate_cached
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    split = colin27_split(stride=args.stride)
-    train, val = thin_images(split.train, args.train_images), thin_images(split.val, args.val_images)
-    print(split.rule)
-    print(f"train {len(train)} samples / {len({s.key for s in train})} images; val {len(val)}; "
-          f"test {len(split.test)} samples / {len({s.key for s in split.test})} images", flush=True)
+    split, train, val = shipped_split(args.stride, args.train_images, args.val_images)
 
     model = load_model("litemedsam", device=args.device)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, cache_dir=args.cache,
@@ -101,6 +97,19 @@ def main(argv=None) -> int:
                 shutil.copy2(file, target / file.name)
             print("shipped into", target)
     return 0 if passed else 1
+
+
+def shipped_split(stride: int = 3, train_images: int = 16, val_images: int = 5):
+    """The Colin27 split ``litemedsam_clicks`` was trained on: (split, training samples of
+    ``train_images`` images, validation samples of ``val_images`` images); the test is ``split.test``."""
+    from .data import colin27_split, thin_images
+
+    split = colin27_split(stride=stride)
+    train, val = thin_images(split.train, train_images), thin_images(split.val, val_images)
+    print(split.rule)
+    print(f"train {len(train)} samples / {len({s.key for s in train})} images; val {len(val)}; "
+          f"test {len(split.test)} samples / {len({s.key for s in split.test})} images", flush=True)
+    return split, train, val
 
 
 def base_heldout(base, store, test, path: Path) -> dict:
