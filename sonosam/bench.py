@@ -14,6 +14,7 @@ import resource
 import statistics
 import time
 
+import numpy as np
 import torch
 
 from .demo import LV_BOX
@@ -62,11 +63,9 @@ def bench_predictor(clicks: int = 50, encodes: int = 5, model_name: str = "litem
             "peak_rss_mib": peak_rss_mib()}
 
 
-def real_test_images() -> list[tuple[str, "np.ndarray", tuple]]:
+def real_test_images() -> list[tuple[str, np.ndarray, tuple]]:
     """(name, image, box) on real data: echo frame 0 with the LV box, and an axial Colin27 T1 slice with the box
     of its largest AAL region (margin 4 px). Used by the backends benchmark and its tests."""
-    import numpy as np
-
     from .data import echo_a4c_path, mri_colin27_paths
     from .io import read_cine, read_volume
 
