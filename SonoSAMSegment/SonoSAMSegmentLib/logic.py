@@ -20,22 +20,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import slicer.util
 
+# The core's error types (sonosam/errors.py is installed with the extension and imports nothing heavy),
+# so that one `except SonoSAMError` catches everything.
+from sonosam.errors import InputImageError, PromptError, SonoSAMError
+
 from . import geometry as geo
 
 MODES = ("replace", "add", "remove")
-
-try:  # the core's error types, so that one `except SonoSAMError` catches everything
-    from sonosam.errors import InputImageError, PromptError, SonoSAMError
-except ImportError:  # the core is not installed yet (first start in Slicer): same hierarchy, local
-    class SonoSAMError(Exception):
-        """Base class: a problem the user can act on."""
-
-    class InputImageError(SonoSAMError, ValueError):
-        """The image or volume cannot be segmented as given."""
-
-    class PromptError(SonoSAMError, ValueError):
-        """A point, box or mask prompt is malformed or lies outside the image."""
-
 
 class NoVolumeError(InputImageError):
     """No (usable) volume was given."""
@@ -80,6 +71,34 @@ class SlicePrediction:
     @property
     def cache_key(self):
         return self.geometry.key(self.volume_key)
+
+
+@dataclass
+class PropagationPlan:
+    """What a propagation reads from MRML before the model runs (in-process or as a server job), and what
+    ``finish_propagation`` needs to write the result back."""
+    segmentation_node: object
+    segment_id: str
+    volume_node: object
+    volume_key: str
+    key: tuple                   # the logic's memory of the last run for this segment, volume and layout
+    layout: object               # geo.SliceGeometry of slice 0: stack <-> volume
+    stack: np.ndarray            # (n, H, W) the volume as slices, laid out as the view shows them
+    seg_stack: np.ndarray        # (n, H, W) bool, the segment now
+    current: np.ndarray          # (K, J, I) bool, the segment now, in volume voxels
+    image_to_seg: np.ndarray
+    extent: list
+    seed_indices: list
+    previous: object             # the last PropagationResult to continue, or None
+    written_before: set
+    options: dict                # direction, max_slices
+    volume_id: str
+    window: tuple | None
+
+    def seeds(self):
+        from sonosam.volume import Seed
+
+        return [Seed(s, mask=self.seg_stack[s].copy()) for s in self.seed_indices]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -170,15 +189,40 @@ def read_segment_block(segmentation_node, segment_id, image_to_seg: np.ndarray, 
     return out
 
 
-def write_segment_block(segmentation_node, segment_id, block_kji: np.ndarray, image_to_seg: np.ndarray, extent,
-                        current_kji: np.ndarray | None = None):
-    """Make the segment equal ``block_kji`` inside ``extent`` (and change nothing outside it); other
-    segments are left as they are (a segment sharing a labelmap layer is moved to its own layer if they
-    overlap).
+def editor_writer(editor_node=None):
+    """The one way this logic changes a segment: Slicer's Segment Editor rule
+    ``vtkSlicerSegmentEditorLogic::ModifySegmentByLabelmap``, which honours the editor node's masking
+    (editable area, editable intensity range, "modify other segments"). The effect passes its own
+    ``scriptedEffect.modifySelectedSegmentByLabelmap`` instead, which delegates to the same C++ (Slicer 5.10+).
 
-    Slicer's MODE_REPLACE would clear the segment outside the extent, so the region is set with a
-    merge-max (adds the new voxels) then a merge-min (drops the voxels not in the block), both limited
-    to the extent -- only the operations that change something are run.
+    ``editor_node``: a ``vtkMRMLSegmentEditorNode`` (in the scene, with the segmentation and source volume
+    set when its masking needs them). None (console use): edit everywhere and never overwrite other segments.
+    Returns ``modify(segmentation_node, segment_id, labelmap, mode, extent)`` with mode "add" or "remove".
+    """
+    import slicer
+
+    if editor_node is None:
+        editor_node = slicer.vtkMRMLSegmentEditorNode()
+        editor_node.SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteNone)
+    logic = slicer.vtkSlicerSegmentEditorLogic()
+    if editor_node.GetScene() is not None:
+        logic.SetMRMLScene(editor_node.GetScene())
+    logic.SetSegmentEditorNode(editor_node)
+    modes = {"add": logic.ModificationModeAdd, "remove": logic.ModificationModeRemove}
+
+    def modify(segmentation_node, segment_id, labelmap, mode, extent):
+        logic.ModifySegmentByLabelmap(segmentation_node, segment_id, labelmap, modes[mode], list(extent), True, False)
+
+    modify.editor_node = editor_node  # keeps the node (and so its settings) alive with the function
+    return modify
+
+
+def write_segment_block(segmentation_node, segment_id, block_kji: np.ndarray, image_to_seg: np.ndarray, extent,
+                        current_kji: np.ndarray | None = None, modify=None):
+    """Make the segment equal ``block_kji`` inside ``extent`` (nothing outside it changes), through
+    ``modify`` (``editor_writer()``'s signature; default: ``editor_writer()``): an "add" of the voxels to
+    gain and a "remove" of the voxels to lose, each limited to the extent, so the Segment Editor's masking
+    decides what may change. Returns True when something was to be written.
     """
     import slicer
     import vtk
@@ -188,21 +232,18 @@ def write_segment_block(segmentation_node, segment_id, block_kji: np.ndarray, im
     block = np.ascontiguousarray(block_kji, dtype=bool)
     if current_kji is None:
         current_kji = read_segment_block(segmentation_node, segment_id, image_to_seg, extent)
-    need_add = bool((block & ~current_kji).any())
-    need_remove = bool((current_kji & ~block).any())
-    if not (need_add or need_remove):
+    changes = [("add", block & ~current_kji), ("remove", current_kji & ~block)]
+    changes = [(mode, voxels) for mode, voxels in changes if voxels.any()]
+    if not changes:
         return False
-    labelmap = slicer.vtkOrientedImageData()
-    labelmap.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(image_to_seg))
-    labelmap.SetExtent(*extent)
-    labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())[:] = block.view(np.uint8).ravel()
-    logic = slicer.vtkSlicerSegmentationsModuleLogic
-    modes = ([logic.MODE_MERGE_MAX] if need_add else []) + ([logic.MODE_MERGE_MIN] if need_remove else [])
-    for mode in modes:
-        if not logic.SetBinaryLabelmapToSegment(labelmap, segmentation_node, segment_id, mode, list(extent)):
-            raise SegmentationError(f"Slicer could not write segment {segment_id!r} of "
-                                    f"'{segmentation_node.GetName()}'.")
+    modify = modify or editor_writer()
+    for mode, voxels in changes:
+        labelmap = slicer.vtkOrientedImageData()
+        labelmap.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(image_to_seg))
+        labelmap.SetExtent(*extent)
+        labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())[:] = voxels.view(np.uint8).ravel()
+        modify(segmentation_node, segment_id, labelmap, mode, list(extent))
     return True
 
 
@@ -233,6 +274,7 @@ class SonoSAMSegmentLogic:
         self.last_propagation = None
         self.last_evaluation = None
         self.last_timings: dict = {}
+        self.modify = None  # how segments are written (None: editor_writer(), console defaults); see apply()
 
     # -- model ---------------------------------------------------------------------------------------
     @property
@@ -469,8 +511,10 @@ class SonoSAMSegmentLogic:
         block = read_segment_block(segmentation_node, segment_id, image_to_seg, geometry.extent)
         return geometry.from_block(block)
 
-    def apply(self, prediction: SlicePrediction, volumeNode, segmentationNode, segmentId, mode: str = "replace"):
-        """Write a prediction into the segment: only the prediction's slice (or plane) changes."""
+    def apply(self, prediction: SlicePrediction, volumeNode, segmentationNode, segmentId, mode: str = "replace",
+              modify=None):
+        """Write a prediction into the segment: only the prediction's slice (or plane) changes, through
+        ``modify`` (see ``editor_writer``: the effect passes its masking-aware writer)."""
         if mode not in MODES:
             raise SegmentationError(f"Unknown mode {mode!r}; use one of {', '.join(MODES)}.")
         t0 = time.perf_counter()
@@ -497,14 +541,15 @@ class SonoSAMSegmentLogic:
             current = read_segment_block(segmentationNode, segmentId, image_to_seg, extent)
             mask_block = geometry.to_block(prediction.mask).astype(bool)
             new = mask_block if mode == "replace" else (current | mask_block if mode == "add" else current & ~mask_block)
-        changed = write_segment_block(segmentationNode, segmentId, new, image_to_seg, extent, current)
+        changed = write_segment_block(segmentationNode, segmentId, new, image_to_seg, extent, current,
+                                      modify or self.modify)
         self._last[(segmentationNode.GetID(), segmentId, prediction.cache_key)] = prediction
         prediction.timings["write_s"] = time.perf_counter() - t0
         return changed
 
     def segment(self, volumeNode, segmentationNode, segmentId, points_ras=None, labels=None, box_ras=None,
                 sliceAxis="axial", mode: str = "replace", sliceIndex=None, sliceToRAS=None, refine: bool = True,
-                mask_logits=None) -> SlicePrediction:
+                mask_logits=None, modify=None) -> SlicePrediction:
         """Console API: segment the slice the prompts lie on and write it into ``segmentId``.
 
         ``points_ras``: [[r, a, s], ...] with ``labels`` (1 inside, 0 outside); ``box_ras``: two opposite
@@ -518,7 +563,7 @@ class SonoSAMSegmentLogic:
         t0 = time.perf_counter()
         prediction = self.predict(volumeNode, points_ras, labels, box_ras, sliceAxis, sliceIndex, sliceToRAS,
                                   mask_logits, segmentationNode, segmentId, refine and mode == "replace")
-        self.apply(prediction, volumeNode, segmentationNode, segmentId, mode)
+        self.apply(prediction, volumeNode, segmentationNode, segmentId, mode, modify)
         prediction.timings["total_s"] = time.perf_counter() - t0
         self.last_timings = dict(prediction.timings)
         return prediction
@@ -545,24 +590,38 @@ class SonoSAMSegmentLogic:
         return current, layout.stack(current), image_to_seg, extent
 
     def propagate(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", seedSlices=None,
-                  direction: str = "both", maxSlices=None, progress=None, cancel=None) -> str:
+                  direction: str = "both", maxSlices=None, progress=None, cancel=None, modify=None) -> str:
         """Carry the segment through the volume along ``sliceAxis`` with the core's ``sonosam.volume.propagate``.
 
         Seeds are the segment's slices along the axis, kept exactly (accepted masks): all its non-empty
         slices on a first run, or ``seedSlices`` (indices along the axis) when given. On a re-run, the
         slices the user changed since the last run (corrections, new slices) are new seeds, the earlier
         seeds stay anchors, and only the stretches next to what changed are recomputed. Only this segment
-        is written, in one operation (one undo state: call ``saveStateForUndo()`` before), and never on a
-        seed slice. ``direction``: "both", "forward" (increasing index) or "backward"; ``maxSlices``: at
-        most this many slices from each seed (None: until the structure ends); ``progress(done, total,
-        info)`` and ``cancel`` (threading.Event or callable) go to the core. Returns the result's summary.
+        is written, in one call of ``modify`` per change kind (one undo state: call ``saveStateForUndo()``
+        before), and never on a seed slice. ``direction``: "both", "forward" (increasing index) or
+        "backward"; ``maxSlices``: at most this many slices from each seed (None: until the structure ends);
+        ``progress(done, total, info)`` and ``cancel`` (threading.Event or callable) go to the core.
+        Returns the result's summary. In-process; the effect runs the same plan as a server job
+        (``plan_propagation`` -> job -> ``finish_propagation``).
         """
         try:
-            from sonosam.volume import Seed
             from sonosam.volume import propagate as core_propagate
         except ImportError as error:
             raise MissingDependencyError(f"SonoSAM's core is not installed ({error}).") from error
+        plan = self.plan_propagation(volumeNode, segmentationNode, segmentId, sliceAxis, seedSlices, direction,
+                                     maxSlices)
+        result = core_propagate(self.predictor, plan.stack, plan.seeds(), axis=0, previous=plan.previous,
+                                volume_id=plan.volume_id, progress=progress, cancel=cancel, window=plan.window,
+                                **plan.options)
+        return self.finish_propagation(plan, result, modify)
+
+    def plan_propagation(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", seedSlices=None,
+                         direction: str = "both", maxSlices=None) -> PropagationPlan:
+        """Everything ``propagate`` hands the core (the stack, the seeds, the previous run to continue),
+        read from MRML now; nothing is written."""
         _segment_and_label(segmentationNode, segmentId)
+        if direction not in ("both", "forward", "backward"):
+            raise PromptError(f"Unknown direction {direction!r}; use both, forward or backward.")
         info, layout, stack = self._volume_stack(volumeNode, sliceAxis)
         current, seg_stack, image_to_seg, extent = self._segment_stack(info, layout, segmentationNode, segmentId)
         n = stack.shape[0]
@@ -594,27 +653,40 @@ class SonoSAMSegmentLogic:
         if not indices and previous is None:
             raise PromptError("The segment is empty along this axis: segment (or draw) at least one slice, "
                               "then propagate.")
-        seeds = [Seed(s, mask=seg_stack[s].copy()) for s in indices]
-        result = core_propagate(self.predictor, stack, seeds, axis=0, previous=previous,
-                                volume_id=f"{info.key}|{'IJK'[layout.axis]}{layout.x_axis}{layout.y_axis}"
-                                          f"{int(layout.x_flip)}{int(layout.y_flip)}",
-                                progress=progress, cancel=cancel, window=info.window, **options)
-        anchors = set(result.anchors)
-        written = (set(result.slices) | written_before) - anchors
-        new_stack = seg_stack.copy()
+        volume_id = (f"{info.key}|{'IJK'[layout.axis]}{layout.x_axis}{layout.y_axis}"
+                     f"{int(layout.x_flip)}{int(layout.y_flip)}")
+        return PropagationPlan(segmentationNode, segmentId, volumeNode, info.key, key, layout, stack, seg_stack,
+                               current, image_to_seg, extent, indices, previous, written_before, options,
+                               volume_id, info.window)
+
+    def finish_propagation(self, plan: PropagationPlan, result, modify=None) -> str:
+        """Write a propagation result (``sonosam.volume.PropagationResult``-like: ``mask`` (n, H, W),
+        ``slices``, ``anchors``, ``summary()``) into the segment: never on an anchor, one change per kind.
+        Refused if the volume or the segment changed since the plan was made (the user edited meanwhile)."""
+        info = self.volume_info(plan.volume_node)
+        if info.key != plan.volume_key:
+            raise SegmentationError("The volume changed while propagating; nothing was written. Propagate again.")
+        _, seg_stack, _, _ = self._segment_stack(info, plan.layout, plan.segmentation_node, plan.segment_id)
+        if not np.array_equal(seg_stack, plan.seg_stack):
+            raise SegmentationError("The segment was edited while propagating; nothing was written. "
+                                    "Propagate again to continue from your edits.")
+        anchors = set(int(s) for s in result.anchors)
+        written = (set(int(s) for s in result.slices) | plan.written_before) - anchors
+        new_stack = plan.seg_stack.copy()
         for s in written:
-            new_stack[s] = result.mask[s]
+            new_stack[s] = np.asarray(result.mask[s], dtype=bool)
         if written:
-            self._ensure_reference_geometry(segmentationNode, volumeNode)
+            self._ensure_reference_geometry(plan.segmentation_node, plan.volume_node)
+            layout = plan.layout
             lo, hi = min(written), max(written)
-            ext = list(extent)
+            ext = list(plan.extent)
             ext[2 * layout.axis], ext[2 * layout.axis + 1] = lo, hi
             new = layout.unstack(new_stack)
             sl = [slice(None)] * 3
             sl[2 - layout.axis] = slice(lo, hi + 1)
-            write_segment_block(segmentationNode, segmentId, new[tuple(sl)], image_to_seg, ext,
-                                current[tuple(sl)])
-        self._propagations[key] = (result, options, written)
+            write_segment_block(plan.segmentation_node, plan.segment_id, new[tuple(sl)], plan.image_to_seg, ext,
+                                plan.current[tuple(sl)], modify or self.modify)
+        self._propagations[plan.key] = (result, plan.options, written)
         self.last_propagation = result
         return result.summary()
 
