@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataFileError
+from ..errors import DataFileError, InputImageError, PromptError
 from ..image import axis_index, take_slice
 from . import load_model_from_args, add_prompt_arguments, split_points
 
@@ -20,7 +20,7 @@ def register(subparsers):
         description="Segment one 2D frame of a cine DICOM, one slice of a volume (NRRD, NIfTI, MHA, DICOM "
                     "folder) or a PNG/JPEG picture. Coordinates are pixels of that 2D image: x = column, y = row.")
     parser.add_argument("image", type=Path)
-    parser.add_argument("--frame", "--slice", dest="index", type=int, default=0,
+    parser.add_argument("--frame", "--slice", dest="index", type=int, default=None,
                         help="frame of a cine or slice of a volume (default 0)")
     parser.add_argument("--axis", default="k", choices=["k", "j", "i"],
                         help="volume axis the slice is taken across (default k, axial for most scans)")
@@ -56,7 +56,7 @@ def run(args):
     mask = prediction.mask
     if volume is not None:  # a slice of a volume: write the whole grid, only this slice filled
         full = np.zeros(volume.shape, dtype=bool)
-        np.moveaxis(full, axis_index(args.axis), 0)[args.index] = mask
+        np.moveaxis(full, axis_index(args.axis), 0)[args.index or 0] = mask
         mask = full
     elif not output.name.lower().endswith(".png"):
         mask = mask[np.newaxis]
@@ -73,29 +73,24 @@ def run(args):
     return 0
 
 
-def load_image(path: Path, index: int, axis: str):
-    """-> (2D image to segment, source volume array or None, geometry for the mask file, display image)."""
-    from ..io import read_cine, read_volume
+def load_image(path: Path, index: int | None, axis: str):
+    """-> (2D image to segment, source volume array or None, geometry for the mask file, display image),
+    through the input gate (sonosam.io.read_image)."""
+    from ..io import read_image
+    from ..io.volumes import _not_3d_message
 
-    if not path.exists():
-        raise DataFileError(f"{path} does not exist.")
-    name = path.name.lower()
-    if name.endswith((".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")):
-        from PIL import Image
-
-        picture = np.asarray(Image.open(path).convert("RGB"))
-        return picture, None, None, picture
-    if path.is_file() and (name.endswith(".dcm") or _is_dicom(path)):
-        cine = read_cine(path)
-        if not 0 <= index < cine.n_frames:
-            raise DataFileError(f"Frame {index} is outside 0..{cine.n_frames - 1} of {path}.")
-        frame = cine.frames[index]
-        return frame, None, cine.frame_geometry(), frame
-    volume = read_volume(path)
-    image = take_slice(volume.array, axis, index)
-    return image, volume.array, volume.geometry, image
-
-
-def _is_dicom(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(132)[128:132] == b"DICM"
+    loaded = read_image(path)
+    if loaded.kind == "2d":
+        if index not in (None, 0):
+            raise PromptError(f"--frame/--slice {index}: {path} is a single 2D image; leave out --frame.")
+        return loaded.array, None, loaded.geometry, loaded.array
+    index = 0 if index is None else index
+    if loaded.kind == "cine":
+        if not 0 <= index < loaded.n_frames:
+            raise DataFileError(f"Frame {index} is outside 0..{loaded.n_frames - 1} of {path}.")
+        frame = loaded.array[index]
+        return frame, None, loaded.geometry, frame
+    if loaded.vector:
+        raise InputImageError(f"{path}: " + _not_3d_message(loaded.array.shape, loaded.array.shape[-1]))
+    image = take_slice(loaded.array, axis, index)
+    return image, loaded.array, loaded.geometry, image

@@ -19,8 +19,10 @@ Each distinct non-zero value of a label map is one structure (``labels=`` picks 
   ``NAME-label`` / ``NAME.seg.nrrd``;
 * a ``.csv``/``.txt`` list: one ``image,label`` pair per line (paths relative to the list; ``#`` comments).
 
-Reading goes through SimpleITK; Slicer ``.seg.nrrd`` files and multi-frame ultrasound DICOM (grayscale
-frames) through ``sonosam.io``; pydicom decodes a DICOM file SimpleITK cannot.
+Reading goes through the input gate ``sonosam.io.read_image`` (size budget before decoding, finite values,
+16-bit and float pictures kept, Slicer ``.seg.nrrd`` labelmaps, multi-frame ultrasound DICOM as grayscale
+frames); label maps of another size than their image are resampled only when both are 3D volumes with
+geometry.
 """
 
 from __future__ import annotations
@@ -70,92 +72,38 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def read_array(path) -> tuple[np.ndarray, bool, object]:
-    """Read an image or label file (or a DICOM series folder) -> (numpy array in [k, j, i] / [row, col]
-    order, True if pixels are vectors such as RGB, the SimpleITK image for geometry)."""
-    import SimpleITK as sitk
+def read_array(path, role: str = "image") -> tuple[np.ndarray, bool, object]:
+    """Read an image or label file (or a DICOM series folder, or a folder of 2D files stacked in name order)
+    through the input gate (``sonosam.io.read_image``) -> (numpy array in [k, j, i] / [row, col] order, True
+    if pixels are vectors such as RGB, the SimpleITK image for geometry or None). ``role="labels"`` keeps
+    palette PNG indices as label values."""
+    from ..io import read_image
 
     path = Path(path)
-    if not path.exists():
-        raise DataFileError(f"{path}: no such file or folder.")
-    special = _read_with_sonosam_io(path)
-    if special is not None:
-        return special
-    try:
-        if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            files = reader.GetGDCMSeriesFileNames(str(path))
-            if not files:
-                # a folder of 2D slices/frames (PNG masks...): stack them in name order
-                files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-                if not files:
-                    raise DataFileError(f"{path}: empty folder; expected a DICOM series or 2D images.")
-                arrays = [read_array(p)[0] for p in files]
-                shapes = {a.shape for a in arrays}
-                if len(shapes) != 1:
-                    raise DataFileError(f"{path}: the 2D files differ in size ({sorted(shapes)}); cannot stack them.")
-                return np.stack(arrays), False, None
-            reader.SetFileNames(files)
-            image = reader.Execute()
-        else:
-            image = sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        if path.suffix.lower() == ".dcm" or not path.suffix:
-            return _read_dicom_pydicom(path, error)
-        raise DataFileError(f"{path}: cannot read it ({str(error).strip().splitlines()[-1]}).") from error
-    array = sitk.GetArrayFromImage(image)
-    vector = image.GetNumberOfComponentsPerPixel() > 1
-    spatial = array.ndim - (1 if vector else 0)
-    if spatial == 3 and array.shape[0] == 1:  # 2D image stored as a one-slice volume
-        array = array[0]
-    if vector and array.shape[-1] == 4:  # RGBA -> RGB
-        array = array[..., :3]
-    return array, vector, image
+    if path.is_dir() and not _has_dicom_series(path):
+        # a folder of 2D slices/frames (PNG masks...): stack them in name order
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise DataFileError(f"{path}: empty folder; expected a DICOM series or 2D images.")
+        arrays = [read_array(p, role)[0] for p in files]
+        shapes = {a.shape for a in arrays}
+        if len(shapes) != 1:
+            raise DataFileError(f"{path}: the 2D files differ in size ({sorted(shapes)}); cannot stack them.")
+        return np.stack(arrays), False, None
+    loaded = read_image(path, role=role)
+    array, vector = loaded.array, loaded.vector
+    if loaded.format == "seg.nrrd" and array.ndim == 4:
+        raise DataFileError(f"{path}: its segments overlap (stored in {array.shape[0]} layers); "
+                            "evaluation needs one label per voxel: export a labelmap from Slicer.")
+    if loaded.kind == "volume" and array.ndim - vector == 3 and array.shape[0] == 1:
+        array = array[0]  # 2D image stored as a one-slice volume
+    return array, vector, loaded.sitk_image
 
 
-def _read_with_sonosam_io(path: Path):
-    """Slicer ``.seg.nrrd`` files and multi-frame ultrasound DICOM go through ``sonosam.io`` (segment
-    metadata; SequenceOfUltrasoundRegions, YBR handling). None: not one of those, read with SimpleITK."""
-    name = path.name.lower()
-    if path.is_file() and name.endswith(".nrrd"):
-        try:
-            import nrrd
+def _has_dicom_series(folder: Path) -> bool:
+    import SimpleITK as sitk
 
-            header = nrrd.read_header(str(path))
-        except Exception:  # noqa: BLE001 - SimpleITK will report what is wrong with the file
-            return None
-        if not any(key.startswith("Segment0_") for key in header):
-            return None
-        from ..io import read_segmentation
-
-        seg = read_segmentation(path)
-        if seg.labelmap.ndim == 4:
-            raise DataFileError(f"{path}: its segments overlap (stored in {seg.labelmap.shape[0]} layers); "
-                                "evaluation needs one label per voxel: export a labelmap from Slicer.")
-        return seg.labelmap, False, None
-    if path.is_file() and name.endswith(".dcm"):
-        try:
-            import pydicom
-
-            frames = int(pydicom.dcmread(str(path), stop_before_pixels=True).get("NumberOfFrames", 1) or 1)
-        except Exception:  # noqa: BLE001 - not DICOM enough for pydicom: let SimpleITK try
-            return None
-        if frames > 1:
-            from ..io import read_cine
-
-            return read_cine(path).frames, False, None
-    return None
-
-
-def _read_dicom_pydicom(path: Path, error: Exception):
-    try:
-        import pydicom
-
-        array = pydicom.dcmread(str(path)).pixel_array  # pydicom 3 converts YBR to RGB already
-    except Exception as second:  # noqa: BLE001 - report both readers' reasons
-        raise DataFileError(f"{path}: neither SimpleITK ({error}) nor pydicom ({second}) can read it.") from second
-    vector = array.ndim >= 3 and array.shape[-1] in (3, 4)
-    return array, vector, None
+    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
 
 
 def _spatial_shape(array: np.ndarray, vector: bool) -> tuple:
@@ -240,8 +188,8 @@ def _align_label(label_array, label_image, image):
     """Resample the label map onto the image grid when the sizes differ but both carry geometry."""
     import SimpleITK as sitk
 
-    if image is None or label_image is None or image.GetDimension() != label_image.GetDimension():
-        return label_array
+    if image is None or label_image is None or image.GetDimension() != 3 or label_image.GetDimension() != 3:
+        return label_array  # 2D pictures carry no real geometry: a size mismatch is an error, not a resample
     if tuple(image.GetSize()) == tuple(label_image.GetSize()):
         return label_array
     resampled = sitk.Resample(label_image, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
@@ -254,7 +202,7 @@ def load_pair(image_path, label_path, *, labels: Sequence[int] | None = None, ax
     """Read one image (or volume, or loop) and its label map and split them into samples."""
     image_path, label_path = Path(image_path), Path(label_path)
     image, vector, image_sitk = read_array(image_path)
-    labelmap, label_vector, label_sitk = read_array(label_path)
+    labelmap, label_vector, label_sitk = read_array(label_path, role="labels")
     if label_vector:
         raise DataFileError(f"{label_path}: a colour image cannot be a label map; save integer labels "
                             "(0 = background, one value per structure).")

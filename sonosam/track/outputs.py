@@ -19,7 +19,8 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import DataFileError
-from ..io import DEFAULT_COLORS, Geometry, _atomic_output
+from ..io import DEFAULT_COLORS, Geometry, check_name
+from ..io import atomic_output as _atomic_output
 
 __all__ = ["write_tracking_outputs", "write_sequence_nrrd", "read_sequence_nrrd", "write_confidence_csv", "write_interventions",
            "write_overlay_gif", "write_overlay_strip", "overlay_frame"]
@@ -55,7 +56,7 @@ def write_sequence_nrrd(path, labelmaps: np.ndarray, names: Sequence[str], color
     }
     colors = list(colors) if colors else [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(len(names))]
     for i, name in enumerate(names):
-        header[f"SonoSAMTrack_Segment{i}_Name"] = str(name)
+        header[f"SonoSAMTrack_Segment{i}_Name"] = check_name(str(name), "object name")
         header[f"SonoSAMTrack_Segment{i}_LabelValue"] = str(i + 1)
         header[f"SonoSAMTrack_Segment{i}_Color"] = " ".join(f"{float(c):.4g}" for c in colors[i][:3])
     if note:

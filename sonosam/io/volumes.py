@@ -1,0 +1,94 @@
+"""3D scalar volumes: `Volume`, `read_volume`, `write_volume` (NRRD, NIfTI, MHA and DICOM series via
+SimpleITK). Arrays are indexed [k, j, i] (z, y, x) as `sitk.GetArrayFromImage` gives them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataFileError, InputImageError
+from .atomic import PathLike, atomic_output
+from .geometry import Geometry
+
+
+@dataclass
+class Volume:
+    """A scalar 3D image: `array` indexed [k, j, i] (z, y, x), plus where it lies in space."""
+
+    array: np.ndarray
+    geometry: Geometry = field(default_factory=Geometry)
+
+    def __post_init__(self):
+        self.array = np.asarray(self.array)
+        if self.array.ndim != 3:
+            raise InputImageError(_not_3d_message(self.array.shape))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.array.shape
+
+
+def _not_3d_message(shape, components: int = 1, hint: str = "") -> str:
+    if components > 1:
+        return (f"The image has {components} components per voxel (shape {tuple(shape)}, e.g. RGB or a vector "
+                f"field); SonoSAM segments scalar images. Convert it to grayscale or pick one component "
+                f"(e.g. sitk.VectorIndexSelectionCast(image, 0)) first{hint}.")
+    if len(shape) == 4:
+        return (f"The image is 4D (shape {tuple(shape)}, e.g. a time series or multi-channel volume); SonoSAM "
+                f"segments one 3D volume at a time. Extract one time point or channel first "
+                f"(e.g. array[t] or sitk.Extract) and segment that{hint}.")
+    return f"A volume must be 3D (k, j, i); got an array of shape {tuple(shape)}{hint}."
+
+
+def _sitk():
+    import SimpleITK as sitk
+    return sitk
+
+
+def _image_to_volume(image, path: PathLike) -> Volume:
+    sitk = _sitk()
+    hint = "; for an ultrasound cine use sonosam.io.read_cine" if str(path).lower().endswith(".dcm") else ""
+    components = image.GetNumberOfComponentsPerPixel()
+    size = tuple(reversed(image.GetSize()))
+    if components > 1 or image.GetDimension() > 3:
+        shape = size + ((components,) if components > 1 else ())
+        raise InputImageError(f"{path}: " + _not_3d_message(shape, components, hint))
+    array = sitk.GetArrayFromImage(image)
+    geometry = Geometry.from_image(image)
+    if image.GetDimension() == 2:
+        array = array[np.newaxis]
+    return Volume(array, geometry)
+
+
+def read_volume(path: PathLike, series_id: str | None = None) -> Volume:
+    """Read a NRRD/NIfTI/MHA (or any SimpleITK format) file, or a folder holding a DICOM series, through the
+    input gate's checks (sonosam.io.gate: size budget before decoding, finite values after).
+
+    A folder with several series reads the one with the most files unless `series_id` names one."""
+    from .gate import check_array, check_input_file, default_budget, load_sitk_image
+
+    path = check_input_file(path, allow_folder=True, what="volume")
+    volume = _image_to_volume(load_sitk_image(path, default_budget(), series_id), path)
+    check_array(volume.array, path)
+    return volume
+
+
+def write_volume(volume: Volume, path: PathLike, *, overwrite: bool = False) -> Path:
+    """Write a volume with its geometry; the format follows the extension (.nrrd, .nii.gz, .mha...)."""
+    sitk = _sitk()
+    array = np.asarray(volume.array)
+    if array.ndim != 3:
+        raise InputImageError(_not_3d_message(array.shape))
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    elif array.dtype == np.float16:
+        array = array.astype(np.float32)
+    elif array.dtype.kind not in "uif":
+        raise InputImageError(f"Cannot write a volume of dtype {array.dtype}; use an integer or float array.")
+    image = sitk.GetImageFromArray(array)
+    volume.geometry.apply_to(image)
+    with atomic_output(path, overwrite) as tmp:
+        sitk.WriteImage(image, str(tmp), True)
+    return Path(path)
