@@ -25,13 +25,20 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
 	touch $(STAMP)
 
-# Debian's mricron-data (Colin27 T1 MRI + AAL labels), unpacked locally without installing it.
+# Debian's mricron-data (Colin27 T1 MRI + AAL labels), unpacked locally without installing it;
+# Debian's invesalius-examples (a real head CT, Cranium.inv3), the same way.
 MRICRON := .data/mricron/usr/share/mricron/templates/ch2.nii.gz
-data: $(MRICRON)
+HEADCT  := .data/invesalius/usr/share/doc/invesalius-examples/examples/Cranium.inv3
+data: $(MRICRON) $(HEADCT)
 $(MRICRON):
 	mkdir -p .data/deb
 	cd .data/deb && { apt-get download mricron-data 2>/dev/null || { apt-get update -qq && apt-get download mricron-data; }; }
 	dpkg -x .data/deb/mricron-data_*.deb .data/mricron
+	test -f $@
+$(HEADCT):
+	mkdir -p .data/deb
+	cd .data/deb && { apt-get download invesalius-examples 2>/dev/null || { apt-get update -qq && apt-get download invesalius-examples; }; }
+	dpkg -x .data/deb/invesalius-examples_*.deb .data/invesalius
 	test -f $@
 
 clean:

@@ -1,7 +1,8 @@
 """Locate the real images that registry packages ship (see DESIGN.md), for the demo, tests and benchmarks.
 
 Nothing here downloads: the echo loops come with the `pydicom-data` / `pydicom` wheels, the labelled MRI
-with Debian's `mricron-data` (unpacked into `.data/` by `make data`, or installed system-wide)."""
+with Debian's `mricron-data` and the head CT with `invesalius-examples` (unpacked into `.data/` by
+`make data`, or installed system-wide)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,19 @@ def mri_colin27_paths() -> tuple[Path, Path]:
         raise DataFileError("The labelled MRI (Debian package mricron-data) is not there: run `make data`, "
                             "or `apt-get install mricron-data`, or set SONOSAM_DATA to its templates folder.")
     return folder / "ch2.nii.gz", folder / "aal.nii.gz"
+
+
+def ct_head_path() -> Path:
+    """A real head CT (InVesalius project "ProMED CT 0051", 108 x 256 x 256, 0.96 x 0.96 x 1.5 mm, Hounsfield
+    units; Debian `invesalius-examples`), read with `sonosam.references.read_inv3`."""
+    candidates = [os.environ.get("SONOSAM_CT"),
+                  _REPO_DATA / "invesalius/usr/share/doc/invesalius-examples/examples/Cranium.inv3",
+                  "/usr/share/doc/invesalius-examples/examples/Cranium.inv3"]
+    for path in candidates:
+        if path and Path(path).exists():
+            return Path(path)
+    raise DataFileError("The head CT (Debian package invesalius-examples) is not there: run `make data`, "
+                        "or `apt-get install invesalius-examples`, or set SONOSAM_CT to its Cranium.inv3.")
 
 
 def aal_label_names() -> dict[int, str]:

@@ -1,0 +1,78 @@
+"""The model-free reference labels (sonosam.references) on the real Colin27 MRI and the real head CT: each is
+where anatomy puts it, of a plausible size, and made of what its rule says (checked by eye on overlays too,
+docs/volume.md)."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from sonosam.references import SHAPES, colin27_references, ct_head_references, read_inv3
+
+
+@pytest.fixture(scope="module")
+def colin():
+    return colin27_references()
+
+
+@pytest.fixture(scope="module")
+def ct():
+    return ct_head_references()
+
+
+def test_every_shape_is_covered(colin, ct):
+    shapes = {r.shape for s in (colin, ct) for r in s.references.values()}
+    assert shapes == set(SHAPES)
+    assert {"Lateral_Ventricle_L", "Lateral_Ventricle_R", "White_Matter_L", "White_Matter_R", "Thalamus_L"} \
+        <= set(colin.references)
+    assert {"Skull", "Mandible_ramus_a", "Mandible_ramus_b", "Airway", "Sinus_maxillary", "Sinus_frontal",
+            "Brain"} <= set(ct.references)
+    for subject in (colin, ct):
+        for ref in subject.references.values():
+            assert ref.mask.shape == subject.volume.shape and ref.mask.any() and ref.how
+
+
+def test_colin27_ventricles_and_white_matter(colin):
+    t1 = colin.volume.array
+    refs = colin.references
+    for side, (lo, hi) in (("L", (0, 90)), ("R", (90, 181))):
+        ventricle, wm = refs[f"Lateral_Ventricle_{side}"].mask, refs[f"White_Matter_{side}"].mask
+        # one connected dark structure of a lateral ventricle's size (5-15 ml), on its own side of the midline
+        assert 5000 < ventricle.sum() < 15000 and ndimage.label(ventricle)[1] == 1
+        columns = np.nonzero(ventricle.any(axis=(0, 1)))[0]
+        assert lo - 2 <= columns.min() and columns.max() < hi + 2  # the septum lies within a voxel of x = 0
+        assert np.median(t1[ventricle]) < 45 < 100 < np.median(t1[wm])
+        # a hemisphere's white matter: 200-350 ml, and the ventricle lies inside its hull (surrounded by it)
+        assert 200_000 < wm.sum() < 350_000
+        assert not (wm & ventricle).any()
+        k = int(np.argmax(ventricle.sum(axis=(1, 2))))
+        assert ndimage.binary_fill_holes(wm[k] | ventricle[k]).sum() > (wm[k] | ventricle[k]).sum()
+    # no AAL deep grey nucleus inside the white matter
+    assert not (refs["White_Matter_L"].mask & refs["Thalamus_L"].mask).any()
+
+
+def test_ct_references_follow_hounsfield(ct):
+    hu = ct.volume.array
+    refs = ct.references
+    assert ct.volume.geometry.spacing == pytest.approx((0.957, 0.957, 1.5), abs=1e-3)
+    assert hu.min() == -1024 and hu.dtype == np.int16
+    assert hu[refs["Skull"].mask].min() >= 300 and hu[refs["Mandible_ramus_a"].mask].min() >= 300
+    for name in ("Airway", "Sinus_maxillary", "Sinus_frontal"):
+        assert hu[refs[name].mask].max() < -500
+    brain = refs["Brain"].mask
+    assert 15 < np.median(hu[brain]) < 30
+    ml = brain.sum() * np.prod(ct.volume.geometry.spacing) / 1000
+    assert 1000 < ml < 1500  # an adult brain (with some orbit contents: docs/volume.md)
+    # the rami: on opposite sides, tall (the lowest 26 slices), apart from the skull
+    a, b = refs["Mandible_ramus_a"].mask, refs["Mandible_ramus_b"].mask
+    assert np.nonzero(a.any(axis=(0, 1)))[0].max() < 128 <= np.nonzero(b.any(axis=(0, 1)))[0].min()
+    assert np.ptp(np.nonzero(a.any(axis=(1, 2)))[0]) >= 20
+    assert not (a & refs["Skull"].mask).any()
+
+
+def test_read_inv3_rejects_other_files(tmp_path):
+    from sonosam.errors import DataFileError
+
+    bad = tmp_path / "x.inv3"
+    bad.write_bytes(b"not a project")
+    with pytest.raises(DataFileError, match="InVesalius"):
+        read_inv3(bad)

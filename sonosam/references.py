@@ -1,0 +1,251 @@
+"""Reference labels made without any model, for testing volumetric propagation on every shape of structure.
+
+    from sonosam.references import colin27_references, ct_head_references
+    subject = colin27_references()            # Subject: .volume (sonosam.io.Volume), .references {name: Reference}
+    ref = subject.references["Lateral_Ventricle_L"]
+    ref.mask, ref.shape, ref.how               # bool [k, j, i]; "thin/curved" ...; how it was labelled
+
+Every reference is a rule on intensities (thresholds, connected components, a brain mask) or an expert atlas
+that ships with the data, fixed once by looking at overlays (docs/volume.md) and never tuned on a model's
+output, so it can serve as held-out ground truth for any SonoSAM model.
+
+- Colin27 T1 MRI (Debian `mricron-data`, 1 mm): AAL structures (expert atlas, as shipped); lateral ventricles
+  (CSF by threshold inside the brain mask `ch2bet`, connected components near the centre, split at the
+  midline); cerebral white matter per hemisphere (bright voxels in the brain mask, not in any AAL grey-matter
+  label, cut above the brainstem).
+- Head CT (Debian `invesalius-examples`, "ProMED CT 0051", 0.96 x 0.96 x 1.5 mm, Hounsfield units): skull,
+  the mandible's rami, the airway (nasopharynx), a maxillary sinus, the frontal sinus,
+  the brain.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import plistlib
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import DataFileError
+from .io import Geometry, Volume, read_volume
+
+__all__ = ["Reference", "Subject", "colin27_references", "ct_head_references", "read_inv3", "SHAPES"]
+
+# the shape classes the issue asks every rule to hold across
+SHAPES = ("thin/curved", "small", "compact", "long", "large")
+
+
+@dataclass
+class Reference:
+    name: str
+    mask: np.ndarray      # bool [k, j, i]
+    shape: str            # one of SHAPES
+    how: str              # how it was labelled (one line)
+
+
+@dataclass
+class Subject:
+    name: str
+    modality: str         # "MRI" or "CT"
+    volume: Volume
+    references: dict[str, Reference] = field(default_factory=dict)
+
+    def add(self, name: str, mask: np.ndarray, shape: str, how: str) -> None:
+        assert shape in SHAPES, shape
+        self.references[name] = Reference(name, np.asarray(mask, bool), shape, how)
+
+
+def _largest(mask: np.ndarray, n: int = 1, structure=None) -> list[np.ndarray]:
+    """The n largest connected components of `mask`, largest first."""
+    labels, count = ndimage.label(mask, structure=structure)
+    if count == 0:
+        return []
+    sizes = ndimage.sum(mask, labels, range(1, count + 1))
+    return [labels == i + 1 for i in np.argsort(sizes)[::-1][:n]]
+
+
+def _fill_slices(mask: np.ndarray) -> np.ndarray:
+    """Holes filled slice by slice along k (axial)."""
+    return np.stack([ndimage.binary_fill_holes(s) for s in mask])
+
+
+# ------------------------------------------------------------------------------------------------ Colin27
+
+# AAL structures of every size, by shape (label values of aal.nii.gz)
+COLIN27_AAL = {
+    "Thalamus_L": (77, "compact"), "Thalamus_R": (78, "compact"),
+    "Putamen_L": (73, "compact"), "Putamen_R": (74, "compact"),
+    "Caudate_L": (71, "thin/curved"), "Caudate_R": (72, "thin/curved"),
+    "Pallidum_L": (75, "small"), "Pallidum_R": (76, "small"),
+    "Amygdala_L": (41, "small"), "Amygdala_R": (42, "small"),
+    "Hippocampus_L": (37, "long"), "Hippocampus_R": (38, "long"),
+    "Insula_L": (29, "thin/curved"),
+}
+CSF_MAX = 45        # T1 intensity: the ventricles' CSF is darker (grey matter ~85, white matter ~110 in ch2)
+WM_MIN = 100        # T1 intensity: white matter above (its histogram peak is at ~110, grey matter's at ~85)
+MIDLINE_I = 90      # column i of x = 0 mm (ch2's ijk-to-RAS puts x = i - 90); i < 90 is the left hemisphere
+
+
+def colin27_references(aal: bool = True) -> Subject:
+    """The Colin27 T1 MRI with its reference structures (see the module doc)."""
+    from .data import mri_colin27_paths
+
+    t1_path, aal_path = mri_colin27_paths()
+    volume = read_volume(t1_path)
+    t1 = volume.array.astype(np.float32)
+    atlas = read_volume(aal_path).array
+    bet_path = Path(t1_path).parent / "ch2bet.nii.gz"
+    if not bet_path.exists():
+        raise DataFileError(f"The Colin27 brain mask {bet_path} is missing: run `make data`.")
+    brain = read_volume(bet_path).array > 0
+    subject = Subject("colin27", "MRI", volume)
+    if aal:
+        for name, (value, shape) in COLIN27_AAL.items():
+            subject.add(name, atlas == value, shape, f"AAL label {value} (expert atlas)")
+
+    left = np.zeros(t1.shape, bool)
+    left[:, :, :MIDLINE_I] = True
+    csf = (t1 < CSF_MAX) & brain
+    # each lateral ventricle: the largest dark component on its side whose centre lies within 30 mm of the
+    # brain's centre of mass and above it (the basal cisterns, below it, are as large and as close; the CSF of
+    # the sulci is spread around the surface). At this threshold the two are apart, and apart from the 3rd
+    # ventricle.
+    centre = np.array(ndimage.center_of_mass(brain))
+    labels, count = ndimage.label(csf)
+    sizes = ndimage.sum(csf, labels, range(1, count + 1))
+    centres = np.array(ndimage.center_of_mass(csf, labels, range(1, count + 1)))
+    near = (np.linalg.norm(centres - centre, axis=1) < 30) & (centres[:, 0] > centre[0])
+    for side, on_side in (("L", centres[:, 2] < MIDLINE_I), ("R", centres[:, 2] >= MIDLINE_I)):
+        best = int(np.argmax(np.where(near & on_side, sizes, 0))) + 1
+        subject.add(f"Lateral_Ventricle_{side}", labels == best, "thin/curved",
+                    f"T1 < {CSF_MAX} in the brain mask, the largest component "
+                    f"{'left' if side == 'L' else 'right'} of the midline centred within 30 mm above the "
+                    "brain's centre")
+
+    # white matter: bright, in the brain mask, not in the AAL deep grey nuclei; the cerebrum only: no voxel
+    # below the thalamus's lowest slice within 20 mm of the midline (brainstem), none near the cerebellum
+    deep_grey = np.isin(atlas, (71, 72, 73, 74, 75, 76, 77, 78))
+    wm = (t1 >= WM_MIN) & brain & ~deep_grey
+    thalamus = np.isin(atlas, (77, 78))
+    low = int(np.nonzero(thalamus.any(axis=(1, 2)))[0][0])
+    stem = np.zeros(t1.shape, bool)
+    stem[:low, :, MIDLINE_I - 20:MIDLINE_I + 21] = True
+    cerebellum = ndimage.binary_dilation(atlas >= 91, iterations=3)
+    wm &= ~stem & ~cerebellum
+    for side, hemisphere in (("L", left), ("R", ~left)):
+        subject.add(f"White_Matter_{side}", _largest(wm & hemisphere, 1)[0], "large",
+                    f"T1 >= {WM_MIN} in the brain mask, not in the AAL deep grey nuclei, no brainstem/cerebellum, "
+                    "largest component of the hemisphere")
+    return subject
+
+
+# ----------------------------------------------------------------------------------------------- head CT
+
+def read_inv3(path) -> Volume:
+    """The CT volume inside an InVesalius project file (.inv3: a gzipped tar with main.plist and a raw
+    int16 matrix.dat), in Hounsfield units, indexed [k, j, i]."""
+    try:
+        with tarfile.open(fileobj=gzip.open(path)) as tar:
+            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            main = plistlib.load(tar.extractfile(members["main.plist"]))
+            matrix = main["matrix"]
+            raw = tar.extractfile(members[matrix["filename"]]).read()
+    except (OSError, KeyError, tarfile.TarError, plistlib.InvalidFileException) as error:
+        raise DataFileError(f"{path} is not a readable InVesalius project (.inv3): {error}") from error
+    array = np.frombuffer(raw, dtype=np.dtype(matrix["dtype"]).newbyteorder("<")).reshape(matrix["shape"])
+    return Volume(array.astype(np.int16), Geometry(spacing=tuple(main["spacing"])))
+
+
+BONE_MIN = 300      # HU: bone (cortical bone > 1000; InVesalius's own bone preset starts at 226)
+DENSE_BONE = 800    # HU: dense cortex only, where the mandible's rami come apart from the skull base
+AIR_MAX = -500      # HU: air (soft tissue > -100, fat ~ -100)
+HEAD_MIN = -300     # HU: the head's outline (skin and everything inside)
+BRAIN_HU = (5, 45)  # HU: brain parenchyma of this scan (its histogram peaks at 20-25; CSF below 5, bone above)
+
+
+def ct_head_references() -> Subject:
+    """The head CT of `invesalius-examples` with Hounsfield-threshold references (see the module doc)."""
+    from .data import ct_head_path
+
+    volume = read_inv3(ct_head_path())
+    hu = volume.array
+    subject = Subject("ct_head", "CT", volume)
+    nk, nj, ni = hu.shape
+    centre_i = ni / 2
+
+    head = _largest(hu > HEAD_MIN, 1)[0]  # the head; the ring of the head holder is another component
+    bone = (hu >= BONE_MIN) & ndimage.binary_dilation(head, iterations=2)
+    bone = _largest(bone, 1)[0]
+    # the mandible's rami: separate dense components starting at the lowest slice, tall (>= 12 slices), away
+    # from the midline; every bone voxel then goes to its nearest dense component (rami or skull)
+    dense, count = ndimage.label((hu >= DENSE_BONE) & bone)
+    objects = ndimage.find_objects(dense)
+    sizes = ndimage.sum(dense > 0, dense, range(1, count + 1))
+    skull_label = int(np.argmax(sizes)) + 1
+    rami = []
+    for index, where in enumerate(objects, start=1):
+        ks, _, is_ = where
+        middle = (is_.start + is_.stop) / 2
+        if index != skull_label and ks.start == 0 and ks.stop - ks.start >= 12 and abs(middle - centre_i) > 40 \
+                and sizes[index - 1] > 500:
+            rami.append(index)
+    markers = np.where(np.isin(dense, rami), 2, np.where(dense == skull_label, 1, 0))
+    _, nearest = ndimage.distance_transform_edt(markers == 0, return_indices=True)
+    owner = markers[tuple(nearest)]
+    mandible = bone & (owner == 2)
+    skull = bone & (owner == 1)
+    subject.add("Skull", skull, "large", f"HU >= {BONE_MIN}, largest component, less the mandible")
+    for side, pick in (("L", slice(None, int(centre_i))), ("R", slice(int(centre_i), None))):
+        # radiological view: the image's left columns are the patient's right; named by image side here
+        part = np.zeros_like(mandible)
+        part[:, :, pick] = mandible[:, :, pick]
+        subject.add(f"Mandible_ramus_{'a' if side == 'L' else 'b'}", _largest(part, 1)[0], "long",
+                    f"HU >= {BONE_MIN} nearest to a tall lateral component at HU >= {DENSE_BONE} (the ramus)")
+
+    # air inside the head: the outline filled slice by slice, less the air just outside the skin. The air
+    # spaces join through narrow ducts and ostia: opened 2 voxels they come apart, and every air voxel then
+    # goes to its nearest opened component. Named by where a component lies from the head's centre of mass
+    # (k up, j towards the face, i across): the nasopharynx is the midline one lowest down, the frontal sinus the
+    # midline one highest up, a maxillary sinus a lateral one towards the face in the lower half. (The other
+    # maxillary sinus of this subject stays joined to the nasal cavity even when opened: it is left out, as
+    # are the nasal cavity and the mastoid cells.)
+    inside = _fill_slices(head) & (hu < AIR_MAX)
+    inside &= ~ndimage.binary_dilation(~_fill_slices(head), iterations=2)
+    seeds, count = ndimage.label(ndimage.binary_opening(inside, iterations=2))
+    _, nearest = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+    air = np.where(inside, seeds[tuple(nearest)], 0)
+    sizes = ndimage.sum(inside, air, range(1, count + 1))
+    centres = np.array(ndimage.center_of_mass(inside, air, range(1, count + 1)))
+    head_k, head_j, head_i = ndimage.center_of_mass(head)
+    midline = np.abs(centres[:, 2] - head_i) < 15
+    facing = centres[:, 1] > head_j + 30
+    big = sizes >= 1000
+    picks = {
+        "Airway": (midline & big & (centres[:, 0] < head_k - 20), "long",
+                   "the midline component lowest down (nasopharynx)"),
+        "Sinus_frontal": (midline & big & facing & (centres[:, 0] > head_k), "compact",
+                          "the midline component towards the face above the centre"),
+        "Sinus_maxillary": (~midline & big & facing & (centres[:, 0] < head_k), "compact",
+                            "the lateral component towards the face below the centre"),
+    }
+    for name, (candidates, shape, where) in picks.items():
+        if candidates.any():
+            best = int(np.argmax(np.where(candidates, sizes, 0))) + 1
+            subject.add(name, air == best, shape, f"HU < {AIR_MAX} inside the head, opened 2 voxels into parts, "
+                        f"{where}")
+
+    # brain: soft tissue in the brain's HU range at least 3 voxels from any bone, opened 3 voxels (to cut it
+    # from the tissue of the orbits, scalp and neck through the foramina), the largest component, grown back
+    # within the range and away from bone, its holes (the ventricles, CSF) filled
+    in_range = (hu >= BRAIN_HU[0]) & (hu <= BRAIN_HU[1])
+    near_bone = ndimage.binary_dilation(hu >= BONE_MIN, iterations=3)
+    core = _largest(ndimage.binary_opening(in_range & ~near_bone, iterations=3), 1)[0]
+    brain = ndimage.binary_dilation(core, iterations=4) & in_range & ~ndimage.binary_dilation(hu >= BONE_MIN)
+    brain = ndimage.binary_fill_holes(_largest(brain, 1)[0])
+    subject.add("Brain", brain, "large", f"{BRAIN_HU[0]} <= HU <= {BRAIN_HU[1]} >= 3 voxels from bone, opened 3, "
+                "largest component grown back 4 voxels (not onto bone), holes filled")
+    return subject
