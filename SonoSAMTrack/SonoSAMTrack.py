@@ -1,13 +1,36 @@
 """SonoSAMTrack: segment structures on one frame of an ultrasound cine (a Slicer sequence) and track them through
 the loop, asking for a correction when confidence drops.
 
-The widget is a thin adapter: the work is in ``SonoSAMTrackLib/logic.py`` (Qt-free, tested headless) and in
-the ``sonosam.track`` core."""
+Module / Widget / Logic / Test like SonoSAMSegment: the Logic is the Qt-free ``SonoSAMTrackLib.logic.TrackLogic``
+(tested headless); the tracker runs in the SonoSAM server that the SonoSAM Segment module starts or connects
+(SonoSAMSegmentLib.connection), as a job this widget polls with a QTimer, so the GUI never waits on it."""
+
+import logging
 
 import numpy as np
+import qt
 import slicer
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+
+from SonoSAMSegmentLib import connection as conn
+from SonoSAMTrackLib.logic import TrackLogic, mask_from_segment
+
+POLL_MS = 100
+
+
+def showErrors(message):
+    """``slicer.util.tryWithErrorDisplay`` without the second traceback it causes by re-raising."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            with slicer.util.tryWithErrorDisplay(message, waitCursor=False):
+                yield
+        except Exception as error:  # already displayed with its details
+            logging.info(f"SonoSAM: {message} {error}")
+    return guard()
 
 
 class SonoSAMTrack(ScriptedLoadableModule):
@@ -15,21 +38,26 @@ class SonoSAMTrack(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "SonoSAM Track"
         self.parent.categories = ["Segmentation"]
-        self.parent.dependencies = ["Sequences", "Segmentations"]
+        self.parent.dependencies = ["Sequences", "Segmentations", "SonoSAMSegment"]  # its server connection
         self.parent.contributors = ["SonoSAM developers"]
         self.parent.helpText = (
             "Track segmented structures through an ultrasound cine loop (Slicer sequence). Draw one segment per "
             "structure on a frame (e.g. with the SonoSAM effect), press Start: the tracker stops on frames where "
             "its confidence is low; correct the paused frame (SonoSAM effect) and press 'Use my correction', or "
-            "'Accept frame', then Resume. Corrected and accepted frames are never overwritten.")
+            "'Accept frame', then Resume. Corrected and accepted frames are never overwritten. The tracker runs "
+            "in the SonoSAM server (start it in the SonoSAM Segment module).")
         self.parent.acknowledgementText = "Builds on Segment Anything (Meta AI) and LiteMedSAM (Apache-2.0)."
 
 
-class _PauseRequested(Exception):
-    pass
-
-
 class SonoSAMTrackWidget(ScriptedLoadableModuleWidget):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        self.logic = None
+        self.connection = conn.shared_connection()
+        self.session = None
+        self.run = None               # TrackRun while the server tracks
+        self.timer = None
+
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
         widget = slicer.util.loadUI(self.resourcePath("UI/SonoSAMTrack.ui"))
@@ -37,14 +65,27 @@ class SonoSAMTrackWidget(ScriptedLoadableModuleWidget):
         self.ui = slicer.util.childWidgetVariables(widget)
         widget.setMRMLScene(slicer.mrmlScene)
         self.logic = SonoSAMTrackLogic()
-        self.session = None
-        self._pauseRequested = False
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_MS)
+        self.timer.connect("timeout()", self.onTimer)
         self.ui.startButton.connect("clicked(bool)", self.onStart)
         self.ui.pauseButton.connect("clicked(bool)", self.onPause)
         self.ui.resumeButton.connect("clicked(bool)", self.onResume)
         self.ui.nextAttentionButton.connect("clicked(bool)", self.onNextAttention)
         self.ui.acceptButton.connect("clicked(bool)", self.onAccept)
         self.ui.useCorrectionButton.connect("clicked(bool)", self.onUseCorrection)
+        self.updateButtons()
+
+    def cleanup(self):
+        self.timer.stop()
+
+    def updateButtons(self):
+        running = self.run is not None
+        self.ui.startButton.enabled = not running
+        self.ui.pauseButton.enabled = running
+        for button in (self.ui.resumeButton, self.ui.nextAttentionButton, self.ui.acceptButton,
+                       self.ui.useCorrectionButton):
+            button.enabled = self.session is not None and not running
 
     def _browser(self):
         return self.ui.browserSelector.currentNode()
@@ -58,17 +99,22 @@ class SonoSAMTrackWidget(ScriptedLoadableModuleWidget):
         if browser is not None and frame is not None:
             browser.SetSelectedItemNumber(int(frame))
 
+    def _requireServer(self):
+        self.connection.poll()
+        if self.connection.client is None:
+            raise RuntimeError("SonoSAM's server is not running (" + self.connection.status + "). Start it, or "
+                               "connect to a remote one, in the SonoSAM Segment module.")
+        self.logic.set_predictor(self.connection.client)
+
     def onStart(self):
-        with slicer.util.tryWithErrorDisplay("Could not start tracking.", waitCursor=True):
+        with showErrors("Could not start tracking."):
+            self._requireServer()
             sequence = self.ui.inputSequenceSelector.currentNode()
             segmentation = self.ui.segmentationSelector.currentNode()
             if sequence is None or segmentation is None:
                 raise ValueError("Choose the cine sequence and a segmentation with one segment per structure.")
             frame = self._currentFrame()
-            core = self.logic.core()
-            frames, _, _ = core.frames_from_sequence(sequence)
-            from SonoSAMTrackLib.logic import mask_from_segment
-
+            frames, _, _ = self.logic.frames_from_sequence(sequence)
             objects = []
             seg = segmentation.GetSegmentation()
             for i in range(seg.GetNumberOfSegments()):
@@ -79,62 +125,81 @@ class SonoSAMTrackWidget(ScriptedLoadableModuleWidget):
                                     "color": seg.GetSegment(segment_id).GetColor()})
             if not objects:
                 raise ValueError("The segmentation has no non-empty segment on the current frame.")
-            self.session = core.start(sequence, objects, browser=self._browser(),
-                                      threshold=self.ui.thresholdSlider.value,
-                                      model_every=self.ui.modelEverySpinBox.value)
+            self.session = self.logic.start(sequence, objects, browser=self._browser(),
+                                            threshold=self.ui.thresholdSlider.value,
+                                            model_every=self.ui.modelEverySpinBox.value)
             self._showChart()
-        self.onResume()
+            self._startRun()
 
-    def _progress(self, done, total):
-        self.ui.statusLabel.text = f"Tracking: {done}/{total} frames"
-        slicer.app.processEvents()
-        if self._pauseRequested:
-            raise _PauseRequested()
+    def _startRun(self):
+        self.run = self.logic.start_run(self.session)
+        self.ui.statusLabel.text = "Tracking on the server..."
+        self.updateButtons()
+        self.timer.start()
 
-    def onPause(self):
-        self._pauseRequested = True
-
-    def onResume(self):
-        if self.session is None:
+    def onTimer(self):
+        self.connection.poll()
+        run = self.run
+        if run is None:
+            self.timer.stop()
             return
-        self._pauseRequested = False
-        core = self.logic.core()
-        with slicer.util.tryWithErrorDisplay("Tracking failed.", waitCursor=True):
+        with showErrors("Tracking failed."):
             try:
-                report = core.run(self.session, on_progress=self._progress)
-            except _PauseRequested:
-                core.update_output(self.session)
-                self.ui.statusLabel.text = "Paused."
+                state, done, total = run.poll()
+            except Exception:  # the server is gone: the run is over, the output keeps what it had
+                self.run = None
+                self.updateButtons()
+                raise
+            if state not in ("done", "failed", "cancelled"):
+                self.ui.statusLabel.text = f"Tracking: {done}/{total} frames"
                 return
-            if report.paused:
-                reasons = "; ".join(f"{e.object}: {e.reason}" for e in report.events)
+            self.run = None
+            self.updateButtons()
+            report = run.finish()  # raises the job's error if it failed
+            if report.paused and report.frame is None:
+                self.ui.statusLabel.text = "Paused: every frame tracked so far is kept. Resume to go on."
+            elif report.paused:
+                reasons = "; ".join(f"{e['object']}: {e['reason']}" for e in report.events)
                 self.ui.statusLabel.text = f"Frame {report.frame} needs attention - {reasons}"
                 self._goTo(report.frame)
             else:
                 count = len(self.session.tracker.events)
                 self.ui.statusLabel.text = f"Done: {self.session.tracker.n_frames} frames, {count} intervention request(s)."
 
+    def onPause(self):
+        if self.run is not None:
+            with showErrors("Could not pause."):
+                self.run.cancel()  # the server stops between frames; what is tracked (and requested) is kept
+                self.ui.statusLabel.text = "Pausing..."
+
+    def onResume(self):
+        if self.session is None or self.run is not None:
+            return
+        with showErrors("Could not resume tracking."):
+            self._requireServer()
+            self._startRun()
+
     def onNextAttention(self):
         if self.session is not None:
-            frame = self.logic.core().next_attention(self.session, self._currentFrame())
+            frame = self.logic.next_attention(self.session, self._currentFrame())
             self.ui.statusLabel.text = "No frame needs attention." if frame is None else f"Frame {frame} needs attention."
             self._goTo(frame)
 
     def onAccept(self):
         if self.session is not None:
-            with slicer.util.tryWithErrorDisplay("Could not accept the frame."):
+            with showErrors("Could not accept the frame."):
                 for name in self.session.names:
-                    self.logic.core().accept(self.session, self._currentFrame(), name)
+                    self.logic.accept(self.session, self._currentFrame(), name)
 
     def onUseCorrection(self):
         """The browser's proxy segmentation for the output sequence holds what the user edited on this frame."""
         if self.session is None:
             return
-        with slicer.util.tryWithErrorDisplay("Could not use the correction."):
+        with showErrors("Could not use the correction."):
             proxy = self._browser().GetProxyNode(self.session.output_sequence) if self._browser() else None
             if proxy is None:
                 raise ValueError("Select the sequence browser that shows the tracking output.")
-            self.logic.core().correct_from_segmentation(self.session, self._currentFrame(), proxy)
+            self.logic.correct_from_segmentation(self.session, self._currentFrame(), proxy)
             self.ui.statusLabel.text = f"Frame {self._currentFrame()} corrected (keyframe). Press Resume."
 
     def _showChart(self):
@@ -147,19 +212,12 @@ class SonoSAMTrackWidget(ScriptedLoadableModuleWidget):
             plot_widget.mrmlPlotViewNode().SetPlotChartNodeID(self.session.chart.GetID())
 
 
-class SonoSAMTrackLogic(ScriptedLoadableModuleLogic):
-    """Slicer-side wrapper around the Qt-free ``SonoSAMTrackLib.logic.SonoSAMTrackLogic`` (``core()``)."""
+class SonoSAMTrackLogic(ScriptedLoadableModuleLogic, TrackLogic):
+    """The Qt-free TrackLogic on Slicer's scene, with the shared SonoSAM server as its predictor."""
 
-    def __init__(self):
+    def __init__(self, predictor=None):
         ScriptedLoadableModuleLogic.__init__(self)
-        self._core = None
-
-    def core(self):
-        if self._core is None:
-            from SonoSAMTrackLib.logic import SonoSAMTrackLogic as CoreLogic
-
-            self._core = CoreLogic(slicer.mrmlScene)
-        return self._core
+        TrackLogic.__init__(self, slicer.mrmlScene, predictor or conn.shared_connection().client)
 
 
 class SonoSAMTrackTest(ScriptedLoadableModuleTest):
@@ -168,10 +226,15 @@ class SonoSAMTrackTest(ScriptedLoadableModuleTest):
         self.test_track_small_sequence()
 
     def test_track_small_sequence(self):
-        """Track a disc moving across 4 synthetic frames (known truth) through a real sequence node."""
+        """Track a disc moving across 4 synthetic frames (known truth) through a real sequence node, on the
+        connected SonoSAM server (skipped without one)."""
         import vtk
         from vtk.util import numpy_support
 
+        client = conn.shared_connection().client
+        if client is None:
+            self.delayDisplay("No SonoSAM server connected: start one in SonoSAM Segment to run this test")
+            return
         seq = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", "cine")
         yy, xx = np.mgrid[:96, :128]
         truth = []
@@ -187,10 +250,10 @@ class SonoSAMTrackTest(ScriptedLoadableModuleTest):
             node.SetAndObserveImageData(image)
             seq.SetDataNodeAtValue(node, str(t))
             truth.append(disc)
-        core = SonoSAMTrackLogic().core()
-        session = core.start(seq, [{"name": "disc", "frame": 0, "mask": truth[0]}], threshold=0.0, model_every=10)
-        core.run(session)
-        masks = core.output_masks(session, "disc")
+        logic = SonoSAMTrackLogic(client)
+        session = logic.start(seq, [{"name": "disc", "frame": 0, "mask": truth[0]}], threshold=0.0, model_every=10)
+        logic.run(session)
+        masks = logic.output_masks(session, "disc")
         for t in range(4):
             inter = (masks[t] & truth[t]).sum()
             self.assertGreater(2 * inter / (masks[t].sum() + truth[t].sum()), 0.85)

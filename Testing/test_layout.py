@@ -55,9 +55,29 @@ def test_extension_resources():
 
     with Image.open(ROOT / "Resources" / "SonoSAM.png") as icon:
         assert icon.size == (128, 128)
-    s4ext = (ROOT / "Resources" / "SonoSAM.s4ext").read_text()
-    for key in ("scm", "scmurl", "depends", "category", "iconurl", "description", "screenshoturls", "enabled"):
-        assert re.search(rf"^{key} ", s4ext, re.M), key
+
+
+def test_extension_catalog_entry_is_json():
+    """Slicer 5.8+ extension index builds read a .json catalog entry (schema v1.0.2: only these keys,
+    $schema, category and scm_url required); the old .s4ext is gone."""
+    import json
+
+    assert not list((ROOT / "Resources").glob("*.s4ext"))
+    entry = json.loads((ROOT / "Resources" / "SonoSAM.json").read_text())
+    allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+               "dicom_support_rule", "build_subdirectory", "enabled", "tier"}
+    assert set(entry) <= allowed and {"$schema", "category", "scm_url"} <= set(entry)
+    assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.2.json#")
+    assert entry["scm_type"] in ("git", "local") and 1 <= entry["tier"] <= 5
+    text = (ROOT / "CMakeLists.txt").read_text()
+    assert entry["category"] in re.search(r'set\(EXTENSION_CATEGORY "([^"]+)"\)', text).group(1)
+
+
+def test_pyproject_is_installed_next_to_the_core():
+    """The Slicer module reads the dependency list from pyproject.toml beside the sonosam package."""
+    text = (ROOT / "CMakeLists.txt").read_text()
+    assert re.search(r"install\(FILES pyproject.toml", text)
+    assert "configure_file(pyproject.toml" in text
 
 
 def test_core_never_imports_slicer_qt_or_vtk():
@@ -78,3 +98,63 @@ def test_slicer_python_files_compile():
     for module in MODULES:
         for path in (ROOT / module).rglob("*.py"):
             py_compile.compile(str(path), doraise=True)
+
+
+SLICER_SIDE = ["SonoSAMSegment/SonoSAMSegmentLib/logic.py", "SonoSAMSegment/SonoSAMSegmentLib/geometry.py",
+               "SonoSAMSegment/SonoSAMSegmentLib/connection.py", "SonoSAMTrack/SonoSAMTrackLib/logic.py"]
+
+
+def _python312():
+    import glob
+    import shutil
+    import subprocess
+
+    candidates = [shutil.which("python3.12")] + sorted(glob.glob("/root/.pyenv/versions/3.12*/bin/python3.12"))
+    for candidate in filter(None, candidates):
+        try:
+            if subprocess.run([candidate, "-c", "pass"], capture_output=True, timeout=30).returncode == 0:
+                return candidate
+        except OSError:
+            continue
+    return None
+
+
+def test_slicer_side_files_and_the_client_compile_under_python_3_12():
+    """Slicer 5.10 runs Python 3.12: every file Slicer imports must compile there."""
+    import subprocess
+
+    python = _python312()
+    if python is None:
+        pytest.skip("no python3.12 on this machine")
+    files = [str(p) for module in MODULES for p in (ROOT / module).rglob("*.py")]
+    files += [str(ROOT / "sonosam" / name) for name in ("client.py", "wire.py", "errors.py")
+              if (ROOT / "sonosam" / name).is_file()]
+    code = "import sys\nfor f in sys.argv[1:]:\n    compile(open(f, encoding='utf-8').read(), f, 'exec')"
+    result = subprocess.run([python, "-c", code, *files], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_slicer_side_logic_imports_without_torch():
+    """With torch (and cv2) unimportable, the Qt-free logic, the connection and the client import: Slicer's
+    process never needs them (the model runs in the server)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("slicer", reason="slicer-core is not installed")
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "cv2", "torchvision", "timm"):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+sys.path[:0] = [{str(ROOT / 'SonoSAMSegment')!r}, {str(ROOT / 'SonoSAMTrack')!r}, {str(ROOT)!r}]
+import SonoSAMSegmentLib.logic, SonoSAMSegmentLib.connection, SonoSAMTrackLib.logic
+import importlib.util
+if importlib.util.find_spec("sonosam.client"):
+    import sonosam.client
+print("ok", [m for m in sys.modules if m.split(".")[0] in ("torch", "cv2")])
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "ok []"

@@ -1,12 +1,15 @@
-"""Segment Editor effect "SonoSAM": click / box prompts in any slice view, live preview, Apply / Cancel.
+"""Segment Editor effect "SonoSAM": click / box prompts in any slice view, live preview, Apply / Cancel,
+propagation through the volume.
 
-Thin Qt layer over the Qt-free logic (SonoSAMSegmentLib.logic): every computation -- RAS -> slice
-geometry, the model call, writing the slice into the segment -- is there and tested headless. Here:
-mouse events, widgets, undo, a QTimer that polls the background encoder.
+Thin Qt layer over the Qt-free logic (SonoSAMSegmentLib.logic, tested headless): RAS -> slice geometry,
+the model call, the writes. The model runs in a server process (SonoSAMSegmentLib.connection: a local
+`sonosam serve` started by the SonoSAMSegment module, or a remote one); every wait here is a QTimer poll,
+so the GUI thread never blocks on an encode or a propagation.
 
-Mouse: left click = positive point; Ctrl/Shift + left click (or the "negative" toggle) = negative point;
-left drag = box. Markers are markups control points: delete one (right-click > Delete) and the preview
-follows. Enter = Apply, Escape = Cancel.
+Mouse: left click = point inside; Shift + left click (or the "negative" toggle) = point outside; left
+drag = box. Keys in a slice view: Enter = Apply. Escape is the Segment Editor's own "leave the effect",
+which drops the preview. Writes go through ``scriptedEffect.modifySelectedSegmentByLabelmap``, so the
+editor's masking (editable area, intensity range, modify other segments) applies.
 """
 
 import logging
@@ -19,9 +22,26 @@ import slicer
 import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
-from SonoSAMSegmentLib.logic import MODES, PromptSession, SonoSAMSegmentLogic, show_preview
+from SonoSAMSegmentLib.connection import shared_connection
+from SonoSAMSegmentLib.logic import MODES, PromptSession, SegmentLogic, add_helper_node, show_preview
 
-DRAG_PIXELS = 6  # mouse travel that turns a click into a box
+DRAG_PIXELS = 6       # mouse travel that turns a click into a box
+POLL_MS = 100         # timer period: every wait is a poll of at most this
+
+
+def showErrors(message):
+    """``slicer.util.tryWithErrorDisplay`` shows the error, then re-raises it (a second traceback in the
+    log and in Qt's slot handler): shown once here, logged once, not re-raised."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            with slicer.util.tryWithErrorDisplay(message, waitCursor=False):
+                yield
+        except Exception as error:  # already displayed with its details
+            logging.info(f"SonoSAM: {message} {error}")
+    return guard()
 
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
@@ -33,19 +53,26 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         scriptedEffect.perSegment = True
         scriptedEffect.requireSegments = True
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
-        self.logic = None
-        self.session = None
+        # All state is created here; nodes are created only on the first prompt after activate().
+        self.logic = SegmentLogic(in_process=False)  # the model never loads in Slicer's process
+        self.connection = shared_connection()
+        self.session = None              # PromptSession, once there is a prompt
         self.previewNode = None
         self.markupsNode = None
         self.boxNode = None
-        self.prefetchJob = None
+        self.markupsObserver = None
+        self.sceneObserver = None
+        self.prefetchJob = None          # encode-ahead job on the server
+        self.afterPrefetch = None        # what to run when it is done (the pending preview)
+        self.propagation = None          # PropagationTask while a propagation runs
         self.pressXY = None
         self.pressRAS = None
         self.pressView = None
-        self.pollTimer = qt.QTimer()
-        self.pollTimer.setInterval(150)
-        self.pollTimer.connect("timeout()", self._pollPrefetch)
-        self.markupsObserver = None
+        self.lastSliceToRAS = None
+        self.widgets = None              # set by setupOptionsFrame
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_MS)
+        self.timer.connect("timeout()", self._onTimer)
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -60,31 +87,23 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def helpText(self):
         return """<html>Segment with Segment-Anything-family models (SonoSAM).<p>
-<b>Left click</b>: point inside the structure. <b>Ctrl/Shift + click</b>: point outside.
-<b>Drag</b>: box around the structure (the default LiteMedSAM model needs a box).
-The mask is previewed at once; <b>Apply</b> writes it into the selected segment on this slice
-(replace / add / remove), <b>Cancel</b> drops it. Works in axial, coronal, sagittal and oblique views.
-</html>"""
+<b>Left click</b>: point inside the structure. <b>Shift + click</b> (or the toggle): point outside.
+<b>Drag</b>: box around the structure. The mask is previewed at once; <b>Apply</b> (Enter in the view)
+writes it into the selected segment on this slice (replace / add / remove), honouring the masking
+settings below; <b>Cancel</b> drops it (Escape leaves the effect and drops it too).
+The model runs in a SonoSAM server: the <b>SonoSAM Segment</b> module starts one on this computer,
+or connects to a GPU host.</html>"""
 
     # -- options panel ------------------------------------------------------------------------------
     def setupOptionsFrame(self):
-        self.modelSelector = qt.QComboBox()
-        self.modelSelector.toolTip = "Model (weights are managed in the SonoSAMSegment module)"
-        self.deviceSelector = qt.QComboBox()
-        self.deviceSelector.addItems(["auto", "cpu", "cuda", "mps"])
-        self.cacheSpinBox = qt.QSpinBox()
-        self.cacheSpinBox.setRange(64, 65536)
-        self.cacheSpinBox.setSuffix(" MiB")
-        self.cacheSpinBox.toolTip = "Memory budget of the embedding cache"
-        form = qt.QFormLayout()
-        form.addRow("Model:", self.modelSelector)
-        form.addRow("Device:", self.deviceSelector)
-        form.addRow("Cache:", self.cacheSpinBox)
-        settings = ctk.ctkCollapsibleButton()
-        settings.text = "Model settings"
-        settings.collapsed = True
-        settings.setLayout(form)
-        self.scriptedEffect.addOptionsWidget(settings)
+        self.connectionLabel = qt.QLabel("")
+        self.connectionLabel.wordWrap = True
+        self.connectButton = qt.QPushButton("Server...")
+        self.connectButton.toolTip = "Start the local SonoSAM server or connect to a remote one (SonoSAM Segment module)"
+        row = qt.QHBoxLayout()
+        row.addWidget(self.connectionLabel, 1)
+        row.addWidget(self.connectButton)
+        self.scriptedEffect.addOptionsWidget(row)
 
         self.modeButtons = {}
         modeRow = qt.QHBoxLayout()
@@ -97,47 +116,53 @@ The mask is previewed at once; <b>Apply</b> writes it into the selected segment 
             group.addButton(button)
             modeRow.addWidget(button)
             self.modeButtons[mode] = button
-            button.connect("toggled(bool)", self.updateMRMLFromGUI)
         self.scriptedEffect.addLabeledOptionsWidget("Mode:", modeRow)
 
         self.negativeCheckBox = qt.QCheckBox("Next clicks are negative (outside)")
+        self.negativeCheckBox.toolTip = "Or hold Shift while clicking"
         self.refineCheckBox = qt.QCheckBox("Refine the existing segment (use it as mask prompt)")
         self.scriptedEffect.addOptionsWidget(self.negativeCheckBox)
         self.scriptedEffect.addOptionsWidget(self.refineCheckBox)
 
         self.statusLabel = qt.QLabel("")
+        self.statusLabel.wordWrap = True
         self.busyBar = qt.QProgressBar()
-        self.busyBar.setRange(0, 0)  # indeterminate: "encoding in the background"
+        self.busyBar.setRange(0, 0)  # indeterminate until a job reports its total
         self.busyBar.visible = False
         self.scriptedEffect.addOptionsWidget(self.busyBar)
         self.scriptedEffect.addOptionsWidget(self.statusLabel)
 
         buttons = qt.QHBoxLayout()
-        self.undoPromptButton = qt.QPushButton("Remove last prompt")
+        self.undoPromptButton = qt.QPushButton("Remove last point")
+        self.cancelButton = qt.QPushButton("Cancel")
+        self.cancelButton.toolTip = "Drop the preview and the prompts"
         self.applyButton = qt.QPushButton("Apply")
         self.applyButton.toolTip = "Write the preview into the selected segment (Enter). Ctrl+Z undoes it."
-        self.cancelButton = qt.QPushButton("Cancel")
-        self.cancelButton.toolTip = "Drop the preview and the prompts (Escape)"
         for b in (self.undoPromptButton, self.cancelButton, self.applyButton):
             buttons.addWidget(b)
         self.scriptedEffect.addOptionsWidget(buttons)
+        self._setupPropagate()
+
+        # Signals last, once every widget holds its value: filling a widget must not write parameters.
+        for button in self.modeButtons.values():
+            button.connect("toggled(bool)", self.updateMRMLFromGUI)
+        self.refineCheckBox.connect("toggled(bool)", self.updateMRMLFromGUI)
+        self.connectButton.connect("clicked()", self.onServer)
         self.undoPromptButton.connect("clicked()", self.onRemoveLastPrompt)
         self.applyButton.connect("clicked()", self.onApply)
         self.cancelButton.connect("clicked()", self.onCancel)
-        for w, signal in ((self.modelSelector, "currentIndexChanged(int)"), (self.deviceSelector, "currentIndexChanged(int)"),
-                          (self.cacheSpinBox, "valueChanged(int)"), (self.refineCheckBox, "toggled(bool)")):
-            w.connect(signal, self.updateMRMLFromGUI)
-        self._setupPropagate()
-        self._fillModels()
+        self.propagateButton.connect("clicked()", self.onPropagate)
+        self.stopButton.connect("clicked()", self.onStopPropagation)
+        self.widgets = True
 
     def _setupPropagate(self):
-        """"Propagate": carry the selected segment through the volume from its slices (the logic's propagate)."""
+        """"Propagate": carry the selected segment through the volume from its slices (a server job)."""
         self.propagateAxis = qt.QComboBox()
         self.propagateAxis.addItems(["axial", "coronal", "sagittal"])
         self.propagateRange = qt.QComboBox()
-        self.propagateRange.addItems(["until the structure ends", "whole volume", "N slices"])
-        self.propagateRange.toolTip = ("Until the structure ends: the model's stop rules end each front. Whole "
-                                       "volume: the same rules, no slice limit. N slices: at most N from each seed.")
+        self.propagateRange.addItems(["until the structure ends", "N slices"])
+        self.propagateRange.toolTip = ("Until the structure ends: the model's stop rules end each front. "
+                                       "N slices: at most N from each seed.")
         self.propagateSlices = qt.QSpinBox()
         self.propagateSlices.setRange(1, 2000)
         self.propagateSlices.value = 10
@@ -148,174 +173,171 @@ The mask is previewed at once; <b>Apply</b> writes it into the selected segment 
         self.propagateButton.toolTip = ("Segment the selected segment on the other slices, starting from the slices "
                                         "it already has (kept as they are). After correcting a slice, click again: "
                                         "only the slices next to the correction are recomputed. Ctrl+Z undoes it.")
+        self.stopButton = qt.QPushButton("Stop")
+        self.stopButton.toolTip = "Cancel the propagation: nothing is written"
+        self.stopButton.enabled = False
         form = qt.QFormLayout()
         form.addRow("Slice axis:", self.propagateAxis)
         form.addRow("Range:", self.propagateRange)
         form.addRow("Slices (N):", self.propagateSlices)
         form.addRow("Direction:", self.propagateDirection)
-        form.addRow(self.propagateButton)
+        row = qt.QHBoxLayout()
+        row.addWidget(self.propagateButton)
+        row.addWidget(self.stopButton)
+        form.addRow(row)
         box = ctk.ctkCollapsibleButton()
         box.text = "Propagate through the volume"
         box.collapsed = True
         box.setLayout(form)
         self.scriptedEffect.addOptionsWidget(box)
-        self.propagateButton.connect("clicked()", self.onPropagate)
-
-    def onPropagate(self):
-        import threading
-
-        parameterSet = self.scriptedEffect.parameterSetNode()
-        volume = parameterSet.GetSourceVolumeNode()
-        segmentation = parameterSet.GetSegmentationNode()
-        segmentId = parameterSet.GetSelectedSegmentID()
-        nSlices = self.propagateSlices.value if self.propagateRange.currentText == "N slices" else None
-        cancel = threading.Event()
-        dialog = slicer.util.createProgressDialog(labelText="Propagating...", maximum=0)
-
-        def progress(done, total, info):
-            dialog.maximum = total
-            dialog.value = done
-            dialog.labelText = f"Slice {info.index}: {info.status}"
-            slicer.app.processEvents()
-            if dialog.wasCanceled:
-                cancel.set()
-
-        try:
-            with slicer.util.tryWithErrorDisplay("SonoSAM could not propagate the segment.", waitCursor=True):
-                logic = self._ensureLogic()
-                self.onCancel()
-                self.scriptedEffect.saveStateForUndo()
-                summary = logic.propagate(volume, segmentation, segmentId, self.propagateAxis.currentText,
-                                          direction=self.propagateDirection.currentText, maxSlices=nSlices,
-                                          progress=progress, cancel=cancel)
-                self.statusLabel.text = summary
-        finally:
-            dialog.close()
-
-    def _fillModels(self):
-        self.modelSelector.clear()
-        try:
-            from sonosam.models import list_models
-
-            for spec in list_models():
-                self.modelSelector.addItem(spec.name)
-                self.modelSelector.setItemData(self.modelSelector.count - 1, spec.description, qt.Qt.ToolTipRole)
-        except ImportError:
-            self.modelSelector.addItem("litemedsam")
-            self.statusLabel.text = "Dependencies missing: open the SonoSAMSegment module to install them."
 
     def setMRMLDefaults(self):
-        self.scriptedEffect.setParameterDefault("Model", "litemedsam")
-        self.scriptedEffect.setParameterDefault("Device", "auto")
-        self.scriptedEffect.setParameterDefault("CacheMiB", 1024)
         self.scriptedEffect.setParameterDefault("Mode", "replace")
         self.scriptedEffect.setParameterDefault("Refine", 1)
 
     def updateGUIFromMRML(self):
-        widgets = [self.modelSelector, self.deviceSelector, self.cacheSpinBox, self.refineCheckBox] + list(self.modeButtons.values())
+        if self.widgets is None or self.scriptedEffect.parameterSetNode() is None:
+            return
+        widgets = [self.refineCheckBox] + list(self.modeButtons.values())
         blocked = [w.blockSignals(True) for w in widgets]
         try:
-            self.modelSelector.setCurrentText(self.scriptedEffect.parameter("Model"))
-            self.deviceSelector.setCurrentText(self.scriptedEffect.parameter("Device"))
-            self.cacheSpinBox.value = self.scriptedEffect.integerParameter("CacheMiB")
             self.refineCheckBox.checked = self.scriptedEffect.integerParameter("Refine") != 0
             mode = self.scriptedEffect.parameter("Mode")
             self.modeButtons.get(mode, self.modeButtons["replace"]).checked = True
         finally:
             for w, b in zip(widgets, blocked):
                 w.blockSignals(b)
-        hasPreview = self.session is not None and self.session.prediction is not None
-        self.applyButton.enabled = hasPreview
-        self.cancelButton.enabled = self.session is not None and not self.session.empty
+        self._updateButtons()
 
     def updateMRMLFromGUI(self, *unused):
-        self.scriptedEffect.setParameter("Model", self.modelSelector.currentText)
-        self.scriptedEffect.setParameter("Device", self.deviceSelector.currentText)
-        self.scriptedEffect.setParameter("CacheMiB", self.cacheSpinBox.value)
+        if self.scriptedEffect.parameterSetNode() is None:
+            return
         self.scriptedEffect.setParameter("Refine", 1 if self.refineCheckBox.checked else 0)
         for mode, button in self.modeButtons.items():
             if button.checked:
                 self.scriptedEffect.setParameter("Mode", mode)
-        self._ensureLogic()
+
+    def _updateButtons(self):
+        hasPreview = self.session is not None and self.session.prediction is not None
+        self.applyButton.enabled = hasPreview
+        self.cancelButton.enabled = self.session is not None and not self.session.empty
+        self.undoPromptButton.enabled = self.session is not None and bool(self.session.points_ras)
+        running = self.propagation is not None
+        self.propagateButton.enabled = not running
+        self.stopButton.enabled = running
+        self.connectionLabel.text = self.connection.status
 
     # -- life cycle ---------------------------------------------------------------------------------
-    def _ensureLogic(self):
-        model = self.scriptedEffect.parameter("Model") or "litemedsam"
-        device = self.scriptedEffect.parameter("Device")
-        device = None if device in ("", "auto") else device
-        cache = self.scriptedEffect.integerParameter("CacheMiB") or 1024
-        if self.logic is None:
-            self.logic = SonoSAMSegmentLogic(model, device=device, cache_mib=cache)
-        elif (self.logic.model_name, self.logic.device, self.logic.cache_mib) != (model, device, cache):
-            self.logic.set_model(model, device=device, cache_mib=cache)
-        if self.session is None:
-            self.session = PromptSession(self.logic, self._markups(), self._boxMarkups())
-        self.session.logic = self.logic
-        return self.logic
+    def activate(self):
+        self.connection.listeners.append(self._onConnectionChanged)
+        self._onConnectionChanged(self.connection)
+        self.sceneObserver = slicer.mrmlScene.AddObserver(slicer.vtkMRMLScene.EndCloseEvent, self._onSceneClosed)
+        self.timer.start()
+        qt.QTimer.singleShot(0, self._startPrefetchForViews)
 
-    def _markups(self):
+    def deactivate(self):
+        self.timer.stop()
+        if self._onConnectionChanged in self.connection.listeners:
+            self.connection.listeners.remove(self._onConnectionChanged)
+        if self.sceneObserver is not None:
+            slicer.mrmlScene.RemoveObserver(self.sceneObserver)
+            self.sceneObserver = None
+        if self.prefetchJob is not None:
+            self._cancelQuietly(self.prefetchJob)
+            self.prefetchJob = None
+        self.afterPrefetch = None
+        if self.propagation is not None:  # leaving the effect stops it: nothing is written
+            self._cancelQuietly(self.propagation)
+            self.propagation = None
+        self.session = None
+        self._removeHelperNodes()
+
+    def cleanup(self):
+        """Called by Slicer before the effect is deleted: stop the timer and drop its connection."""
+        self.timer.stop()
+        self.timer.disconnect("timeout()", self._onTimer)
+        if self._onConnectionChanged in self.connection.listeners:
+            self.connection.listeners.remove(self._onConnectionChanged)
+
+    @staticmethod
+    def _cancelQuietly(job):
+        try:
+            job.cancel()
+        except Exception as error:  # the server may be gone already
+            logging.debug(f"SonoSAM: cancelling: {error}")
+
+    def _onConnectionChanged(self, connection):
+        self.logic.set_predictor(connection.client)  # None when not connected
+        if self.widgets is not None:
+            self.connectionLabel.text = connection.status
+
+    def _onSceneClosed(self, caller, event):
+        # the scene close removed our helper nodes: forget them, and the prompts that were on them
+        self.previewNode = self.markupsNode = self.boxNode = None
+        self.markupsObserver = None
+        self.session = None
+        if self.widgets is not None:
+            self.statusLabel.text = ""
+            self._updateButtons()
+
+    def onServer(self):
+        slicer.util.selectModule("SonoSAMSegment")
+
+    # -- helper nodes (created on the first prompt, removed on deactivate) ---------------------------
+    def _ensureSession(self):
         if self.markupsNode is None or self.markupsNode.GetScene() is None:
-            self.markupsNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "SonoSAM prompts")
-            self.markupsNode.SetSaveWithScene(False)
-            self.markupsNode.CreateDefaultDisplayNodes()
+            self.markupsNode = add_helper_node(slicer.mrmlScene, "vtkMRMLMarkupsFiducialNode", "SonoSAM prompts")
             display = self.markupsNode.GetDisplayNode()
             display.SetGlyphScale(2.0)
             display.SetSelectedColor(0.2, 0.9, 0.2)
-            self.markupsNode.SetLocked(False)
             self.markupsObserver = self.markupsNode.AddObserver(
                 slicer.vtkMRMLMarkupsNode.PointRemovedEvent, lambda *a: qt.QTimer.singleShot(0, self._onMarkupsEdited))
-        return self.markupsNode
-
-    def _boxMarkups(self):
+            self.session = None
         if self.boxNode is None or self.boxNode.GetScene() is None:
-            self.boxNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", "SonoSAM box")
-            self.boxNode.SetSaveWithScene(False)
-            self.boxNode.CreateDefaultDisplayNodes()
+            self.boxNode = add_helper_node(slicer.mrmlScene, "vtkMRMLMarkupsLineNode", "SonoSAM box")
             self.boxNode.SetLocked(True)
-        return self.boxNode
+            self.session = None
+        if self.session is None:
+            self.session = PromptSession(self.logic, self.markupsNode, self.boxNode)
+        return self.session
 
     def _previewSegmentation(self):
         if self.previewNode is None or self.previewNode.GetScene() is None:
-            self.previewNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "SonoSAM preview")
-            self.previewNode.SetSaveWithScene(False)
-            self.previewNode.CreateDefaultDisplayNodes()
+            self.previewNode = add_helper_node(slicer.mrmlScene, "vtkMRMLSegmentationNode", "SonoSAM preview")
             self.previewNode.GetDisplayNode().SetOpacity(0.6)
         return self.previewNode
 
-    def activate(self):
-        self._ensureLogic()
-        self.shortcuts = []
-        for key, slot in (("Return", self.onApply), ("Enter", self.onApply), ("Escape", self.onCancel)):
-            shortcut = qt.QShortcut(qt.QKeySequence(key), slicer.util.mainWindow())
-            shortcut.connect("activated()", slot)
-            self.shortcuts.append(shortcut)
-        self._startPrefetchForViews()
-
-    def deactivate(self):
-        for shortcut in getattr(self, "shortcuts", []):
-            shortcut.setParent(None)
-            shortcut.deleteLater()
-        self.shortcuts = []
-        self.onCancel()
-        self.pollTimer.stop()
-        if self.prefetchJob is not None:
-            self.prefetchJob.cancel()
+    def _removeHelperNodes(self):
+        if self.markupsNode is not None and self.markupsObserver is not None:
+            self.markupsNode.RemoveObserver(self.markupsObserver)
+        self.markupsObserver = None
         for attr in ("previewNode", "markupsNode", "boxNode"):
             node = getattr(self, attr)
             if node is not None and node.GetScene() is not None:
                 slicer.mrmlScene.RemoveNode(node)
             setattr(self, attr, None)
-        self.session = None
 
-    # -- mouse --------------------------------------------------------------------------------------
+    # -- mouse and keys -----------------------------------------------------------------------------
     def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
         if viewWidget.className() != "qMRMLSliceWidget":
             return False
-        volume = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
+        if eventId == vtk.vtkCommand.KeyPressEvent:
+            key = callerInteractor.GetKeySym()
+            if key in ("Return", "KP_Enter") and self.session is not None and self.session.prediction is not None:
+                self.onApply()
+                return True
+            if key == "Escape" and self.session is not None and not self.session.empty:
+                self.onCancel()
+                return True
+            return False
+        parameterSet = self.scriptedEffect.parameterSetNode()
+        volume = parameterSet.GetSourceVolumeNode() if parameterSet is not None else None
         if volume is None:
             return False
         xy = callerInteractor.GetEventPosition()
         if eventId == vtk.vtkCommand.LeftButtonPressEvent:
+            if callerInteractor.GetControlKey() or callerInteractor.GetAltKey():
+                return False  # leave Ctrl/Alt + click to Slicer (Ctrl+click is a right click on macOS)
             self.pressXY, self.pressView = xy, viewWidget
             self.pressRAS = self.xyToRas(xy, viewWidget)
             return True
@@ -323,20 +345,22 @@ The mask is previewed at once; <b>Apply</b> writes it into the selected segment 
             sliceToRAS = self._sliceToRAS(viewWidget)
             ras = self.xyToRas(xy, viewWidget)
             dragged = max(abs(xy[0] - self.pressXY[0]), abs(xy[1] - self.pressXY[1])) >= DRAG_PIXELS
-            negative = callerInteractor.GetControlKey() or callerInteractor.GetShiftKey() or self.negativeCheckBox.checked
+            negative = bool(callerInteractor.GetShiftKey()) or self.negativeCheckBox.checked
             self.pressXY = None
-            with slicer.util.tryWithErrorDisplay("SonoSAM could not use this prompt.", waitCursor=False):
-                self._ensureLogic()
+            with showErrors("SonoSAM could not use this prompt."):
+                self._requireServer()
+                session = self._ensureSession()
                 if dragged:
-                    self.session.set_box(volume, self.pressRAS, ras, slice_to_ras=sliceToRAS)
+                    session.set_box(volume, self.pressRAS, ras, slice_to_ras=sliceToRAS)
                 else:
-                    self.session.add_point(volume, ras, not negative, slice_to_ras=sliceToRAS)
+                    session.add_point(volume, ras, not negative, slice_to_ras=sliceToRAS)
+                self.lastSliceToRAS = sliceToRAS
                 self._updatePreview(volume, sliceToRAS)
             return True
         return False
 
     def processViewNodeEvents(self, callerViewNode, eventId, viewWidget):
-        # the slice moved: encode the new slice (and neighbours) in the background
+        # the slice moved: encode the new slice (and neighbours) on the server ahead of the first click
         if callerViewNode and callerViewNode.IsA("vtkMRMLSliceNode"):
             qt.QTimer.singleShot(0, self._startPrefetchForViews)
 
@@ -345,100 +369,132 @@ The mask is previewed at once; <b>Apply</b> writes it into the selected segment 
         m = viewWidget.sliceLogic().GetSliceNode().GetSliceToRAS()
         return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
 
+    def _requireServer(self):
+        if self.connection.client is None:
+            from sonosam.errors import SonoSAMError
+
+            raise SonoSAMError("SonoSAM's server is not running: " + self.connection.status
+                               + " Open the SonoSAM Segment module ('Server...') to start or connect it.")
+
     # -- model calls --------------------------------------------------------------------------------
     def _updatePreview(self, volume, sliceToRAS):
         parameterSet = self.scriptedEffect.parameterSetNode()
         segmentation = parameterSet.GetSegmentationNode()
         segmentId = parameterSet.GetSelectedSegmentID()
+        session = self.session
         geometry = self.logic.slice_geometry(volume, sliceToRAS=sliceToRAS,
-                                             points_ras=self.session.points_ras or None, box_ras=self.session.box_ras)
+                                             points_ras=session.points_ras or None, box_ras=session.box_ras)
         if not self.logic.is_cached(volume, geometry):
-            # first prompt on this slice: the encoder must run. Keep the UI alive (busy indicator) and
-            # re-run this preview when the background encoding is done.
+            # first prompt on this slice: the server encodes it; re-run this preview when it is done
             self._prefetch(volume, [geometry], then=lambda: self._updatePreview(volume, sliceToRAS))
             return
-        prediction = self.session.predict(volume, segmentation, segmentId, slice_to_ras=sliceToRAS,
-                                          refine=self.scriptedEffect.integerParameter("Refine") != 0)
-        preview = self._previewSegmentation()
+        prediction = session.predict(volume, segmentation, segmentId, slice_to_ras=sliceToRAS,
+                                     refine=self.scriptedEffect.integerParameter("Refine") != 0)
         segment = segmentation.GetSegmentation().GetSegment(segmentId) if segmentId else None
         color = segment.GetColor() if segment is not None else (1.0, 1.0, 0.0)
-        show_preview(self.logic, prediction, volume, preview, color)
+        show_preview(self.logic, prediction, volume, self._previewSegmentation(), color)
         if prediction is not None:
             notes = " ".join(prediction.notes)
             self.statusLabel.text = f"Predicted IoU {prediction.score:.2f}. {notes}".strip()
-        self.updateGUIFromMRML()
+        self._updateButtons()
 
     def _prefetch(self, volume, geometries, then=None):
-        if self.prefetchJob is not None and not self.prefetchJob.done:
-            self.prefetchJob.cancel()
+        if self.prefetchJob is not None:
+            self._cancelQuietly(self.prefetchJob)
         self.prefetchJob = self.logic.prefetch(volume, geometries)
-        self._afterPrefetch = then
+        self.afterPrefetch = then
         self.busyBar.visible = True
-        self.statusLabel.text = "Computing the image embedding in the background..."
-        self.pollTimer.start()
+        self.statusLabel.text = "Computing the image embedding on the server..."
+
+    def _onTimer(self):
+        """Every POLL_MS: advance the server connection, the encode-ahead job and a running propagation
+        (each drops its job before an error is shown, so an error is shown once, not on every tick)."""
+        self.connection.poll()
+        with showErrors("SonoSAM could not encode this slice."):
+            self._pollPrefetch()
+        with showErrors("SonoSAM could not propagate the segment."):
+            self._pollPropagation()
 
     def _pollPrefetch(self):
         job = self.prefetchJob
-        if job is None or not job.done:
+        if job is None:
             return
-        self.pollTimer.stop()
-        self.busyBar.visible = False
+        try:
+            finished = job.done
+        except Exception:
+            self.prefetchJob = self.afterPrefetch = None
+            self.busyBar.visible = self.propagation is not None
+            raise
+        if not finished:
+            return
+        self.prefetchJob = None
+        self.busyBar.visible = self.propagation is not None
         self.statusLabel.text = ""
-        then, self._afterPrefetch = getattr(self, "_afterPrefetch", None), None
-        with slicer.util.tryWithErrorDisplay("SonoSAM could not encode this slice.", waitCursor=False):
-            job.wait(0)  # re-raises an error from the worker thread
-            if then is not None and not job.cancelled:
-                then()
+        then, self.afterPrefetch = self.afterPrefetch, None
+        job.wait(0)  # raises the server's error, if any
+        if then is not None and not job.cancelled:
+            then()
 
     def _startPrefetchForViews(self):
-        """Encode the slice shown in each slice view (and its neighbours) ahead of the first click."""
-        if self.logic is None or self._predictorNotLoaded():
+        """Encode the slice shown in each visible slice view (and its neighbours) ahead of the first click."""
+        parameterSet = self.scriptedEffect.parameterSetNode()
+        volume = parameterSet.GetSourceVolumeNode() if parameterSet is not None else None
+        if volume is None or self.connection.client is None or self.prefetchJob is not None:
             return
-        volume = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode() if self.scriptedEffect.parameterSetNode() else None
-        if volume is None or (self.prefetchJob is not None and not self.prefetchJob.done):
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
             return
         geometries = []
-        layoutManager = slicer.app.layoutManager()
-        for name in layoutManager.sliceViewNames():
-            widget = layoutManager.sliceWidget(name)
-            sliceToRAS = self._sliceToRAS(widget)
-            try:
-                g = self.logic.slice_geometry(volume, sliceToRAS=sliceToRAS)
-            except Exception:  # view outside the volume: nothing to encode
-                continue
-            geometries += [x for x in self.logic.neighbour_geometries(volume, g, radius=1)
-                           if not self.logic.is_cached(volume, x)]
-        if geometries:
-            self._prefetch(volume, geometries)
-
-    def _predictorNotLoaded(self):
-        # do not load a model (seconds, maybe a dependency prompt) just because the slice moved
-        return self.logic._predictor is None
+        with showErrors("SonoSAM could not encode ahead."):
+            for name in layoutManager.sliceViewNames():
+                widget = layoutManager.sliceWidget(name)
+                # sliceViewNames() also lists views of other layouts: only those on screen now
+                if widget is None or not widget.isVisible() or not widget.mrmlSliceNode().IsViewVisibleInLayout():
+                    continue
+                try:
+                    g = self.logic.slice_geometry(volume, sliceToRAS=self._sliceToRAS(widget))
+                except Exception:  # this view does not cut the volume: nothing to encode
+                    continue
+                geometries += [x for x in self.logic.neighbour_geometries(volume, g, radius=1)
+                               if not self.logic.is_cached(volume, x)]
+            if geometries:
+                self._prefetch(volume, geometries)
 
     # -- buttons ------------------------------------------------------------------------------------
     def onApply(self):
         if self.session is None or self.session.prediction is None:
+            return
+        if self.scriptedEffect.confirmCurrentSegmentVisible() == self.scriptedEffect.NotConfirmed:
             return
         parameterSet = self.scriptedEffect.parameterSetNode()
         volume = parameterSet.GetSourceVolumeNode()
         segmentation = parameterSet.GetSegmentationNode()
         segmentId = parameterSet.GetSelectedSegmentID()
         mode = self.scriptedEffect.parameter("Mode") or "replace"
-        assert mode in MODES
-        with slicer.util.tryWithErrorDisplay("SonoSAM could not write the segment.", waitCursor=True):
+        if mode not in MODES:
+            mode = "replace"
+        with showErrors("SonoSAM could not write the segment."):
             self.scriptedEffect.saveStateForUndo()
-            self.logic.apply(self.session.prediction, volume, segmentation, segmentId, mode)
+            self.logic.apply(self.session.prediction, volume, segmentation, segmentId, mode, modify=self._modify)
             self.onCancel()
+
+    def _modify(self, segmentationNode, segmentId, labelmap, mode, extent):
+        """The logic's writer (see logic.editor_writer): the Segment Editor's own, with its masking."""
+        if segmentId != self.scriptedEffect.parameterSetNode().GetSelectedSegmentID():
+            from SonoSAMSegmentLib.logic import SegmentationError
+
+            raise SegmentationError("The selected segment changed: select the segment again and apply.")
+        modes = {"add": slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeAdd,
+                 "remove": slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeRemove}
+        self.scriptedEffect.modifySelectedSegmentByLabelmap(labelmap, modes[mode], list(extent))
 
     def onCancel(self):
         if self.session is not None:
             self.session.clear()
-        if self.previewNode is not None and self.logic is not None:
-            volume = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
-            if volume is not None:
-                show_preview(self.logic, None, volume, self.previewNode)
+        if self.previewNode is not None and self.previewNode.GetScene() is not None:
+            self.previewNode.GetSegmentation().RemoveAllSegments()
         self.statusLabel.text = ""
-        self.updateGUIFromMRML()
+        self._updateButtons()
 
     def onRemoveLastPrompt(self):
         if self.session is None or not self.session.points_ras:
@@ -450,15 +506,64 @@ The mask is previewed at once; <b>Apply</b> writes it into the selected segment 
         if self.session is None:
             return
         self.session.sync_from_markups()
-        volume = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
-        with slicer.util.tryWithErrorDisplay("SonoSAM could not update the preview.", waitCursor=False):
-            if self.session.empty:
+        parameterSet = self.scriptedEffect.parameterSetNode()
+        volume = parameterSet.GetSourceVolumeNode() if parameterSet is not None else None
+        with showErrors("SonoSAM could not update the preview."):
+            if self.session.empty or volume is None:
                 self.onCancel()
             else:
-                viewSliceToRAS = None
-                if self.pressView is not None:
-                    viewSliceToRAS = self._sliceToRAS(self.pressView)
-                self._updatePreview(volume, viewSliceToRAS)
+                self._updatePreview(volume, self.lastSliceToRAS)
+
+    # -- propagation (a server job, polled) -----------------------------------------------------------
+    def onPropagate(self):
+        if self.propagation is not None:
+            return
+        if self.scriptedEffect.confirmCurrentSegmentVisible() == self.scriptedEffect.NotConfirmed:
+            return
+        parameterSet = self.scriptedEffect.parameterSetNode()
+        nSlices = self.propagateSlices.value if self.propagateRange.currentText == "N slices" else None
+        with showErrors("SonoSAM could not start the propagation."):
+            self._requireServer()
+            self.onCancel()
+            plan = self.logic.plan_propagation(parameterSet.GetSourceVolumeNode(), parameterSet.GetSegmentationNode(),
+                                               parameterSet.GetSelectedSegmentID(), self.propagateAxis.currentText,
+                                               direction=self.propagateDirection.currentText, maxSlices=nSlices)
+            self.propagation = self.logic.start_propagation(plan)
+            self.busyBar.setRange(0, 0)
+            self.busyBar.visible = True
+            self.statusLabel.text = "Propagating on the server..."
+        self._updateButtons()
+
+    def onStopPropagation(self):
+        if self.propagation is not None:
+            self._cancelQuietly(self.propagation)
+            self.statusLabel.text = "Stopping the propagation (nothing will be written)..."
+
+    def _pollPropagation(self):
+        task = self.propagation
+        if task is None:
+            return
+        try:
+            state, done, total, message = task.poll()
+        except Exception:
+            self.propagation = None
+            self.busyBar.visible = False
+            self._updateButtons()
+            raise
+        if state not in ("done", "failed", "cancelled"):
+            if total:
+                self.busyBar.setRange(0, total)
+                self.busyBar.value = done
+            self.statusLabel.text = f"Propagating: {done}/{total} slices. {message}".strip()
+            return
+        self.propagation = None
+        self.busyBar.visible = False
+        self._updateButtons()
+        if state == "cancelled":
+            self.statusLabel.text = "Propagation stopped: the segment is unchanged."
+            return
+        self.scriptedEffect.saveStateForUndo()
+        self.statusLabel.text = task.finish(modify=self._modify)  # raises the job's error if it failed
 
 
 logging.debug("SonoSAM Segment Editor effect loaded")

@@ -1,4 +1,4 @@
 """Qt-free parts of the SonoSAMSegment module: geometry (pure numpy) and the MRML logic."""
 
-from .logic import (MODES, MissingDependencyError, NoVolumeError, SegmentationError, SlicePrediction,  # noqa: F401
-                    SonoSAMSegmentLogic)
+from .logic import (MODES, MissingDependencyError, NoVolumeError, NotConnectedError, SegmentationError,  # noqa: F401
+                    SegmentLogic, SlicePrediction)

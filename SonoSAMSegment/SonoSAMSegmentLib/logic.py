@@ -3,10 +3,11 @@
 Runs inside Slicer and headless on `slicer-core` (the tests). Only MRML / vtkSegmentationCore calls,
 taken from the nodes' own scene -- never ``slicer.app``, ``slicer.mrmlScene`` or ``slicer.modules``.
 
-Console use inside Slicer::
+Console use (inside Slicer the module's logic, ``slicer.util.getModuleLogic("SonoSAMSegment")``, uses the
+connected SonoSAM server; elsewhere the model runs in-process)::
 
-    from SonoSAMSegmentLib.logic import SonoSAMSegmentLogic
-    logic = SonoSAMSegmentLogic()                      # default model: litemedsam (boxes)
+    from SonoSAMSegmentLib.logic import SegmentLogic
+    logic = SegmentLogic()                      # default model: litemedsam_clicks (clicks and boxes)
     volume = getNode("MRHead"); seg = getNode("Segmentation")
     sid = seg.GetSegmentation().GetSegmentIdBySegmentName("tumor")
     logic.segment(volume, seg, sid, box_ras=[[10, -5, 20], [40, 25, 20]], sliceAxis="axial")
@@ -34,6 +35,10 @@ class NoVolumeError(InputImageError):
 
 class SegmentationError(SonoSAMError, ValueError):
     """The segmentation node or segment cannot be written (missing, wrong type)."""
+
+
+class NotConnectedError(SonoSAMError):
+    """The model runs in a server, and no server is connected."""
 
 
 class MissingDependencyError(SonoSAMError, ImportError):
@@ -251,7 +256,7 @@ def write_segment_block(segmentation_node, segment_id, block_kji: np.ndarray, im
 # The logic
 # ---------------------------------------------------------------------------------------------------
 
-class SonoSAMSegmentLogic:
+class SegmentLogic:
     """MRML in, MRML out; the model work is the core's ``Predictor``.
 
     ``predictor`` may be any object with ``predict(image, points=, labels=, box=, mask_logits=,
@@ -260,8 +265,9 @@ class SonoSAMSegmentLogic:
     ``model`` is built on first use.
     """
 
-    def __init__(self, model: str = "litemedsam", checkpoint=None, device=None, cache_mib: float = 1024,
-                 predictor=None, backend: str = "auto"):
+    def __init__(self, model: str = "litemedsam_clicks", checkpoint=None, device=None, cache_mib: float = 1024,
+                 predictor=None, backend: str = "auto", in_process: bool = True):
+        self.in_process = in_process  # False (the Slicer GUI): never load a model here, use set_predictor(client)
         self.model_name = model
         self.checkpoint = checkpoint
         self.device = device
@@ -280,18 +286,21 @@ class SonoSAMSegmentLogic:
     @property
     def predictor(self):
         if self._predictor is None:
+            if not self.in_process:
+                raise NotConnectedError("SonoSAM's server is not connected: start the local server or connect to "
+                                        "a remote one in the SonoSAM Segment module.")
             try:
                 from sonosam.models import load_model
                 from sonosam.predictor import Predictor
             except ImportError as error:
                 raise MissingDependencyError(
-                    f"SonoSAM's Python dependencies are not installed ({error}). Open the SonoSAMSegment module "
-                    "and click 'Install dependencies', or run `pip install sonosam` in this Python.") from error
+                    f"SonoSAM's Python dependencies are not installed in this Python ({error}): run "
+                    "`pip install sonosam`, or use a SonoSAM server (SegmentLogic.set_predictor(client)).") from error
             model = load_model(self.model_name, checkpoint=self.checkpoint, device=self.device, backend=self.backend)
             self._predictor = Predictor(model, cache_mib=self.cache_mib)
         return self._predictor
 
-    def set_model(self, model: str = "litemedsam", checkpoint=None, device=None, cache_mib: float | None = None,
+    def set_model(self, model: str = "litemedsam_clicks", checkpoint=None, device=None, cache_mib: float | None = None,
                   backend: str | None = None):
         """Switch model/device/cache budget/backend; the model is (re)loaded on next use."""
         if self._predictor is not None and hasattr(self._predictor, "close"):
@@ -302,6 +311,13 @@ class SonoSAMSegmentLogic:
         if backend is not None:
             self.backend = backend
         self._predictor = None
+        self._last.clear()
+        self._propagations.clear()
+
+    def set_predictor(self, predictor):
+        """Use this predictor (a ``sonosam.client.SonoSAMClient`` for a server, or an in-process one);
+        what was remembered about the previous model (last answers, propagation runs) is dropped."""
+        self._predictor = predictor
         self._last.clear()
         self._propagations.clear()
 
@@ -480,8 +496,10 @@ class SonoSAMSegmentLogic:
         last = self._last.get((segmentation_node.GetID(), segment_id, geometry.key(info.key)))
         if last is not None and last.logits is not None and np.array_equal(last.mask, current):
             return last.logits
-        from sonosam.models import mask_to_logits
-
+        try:
+            from sonosam.models import mask_to_logits
+        except ImportError:  # the model runs in a server; this Python has no torch: no mask prompt from here
+            return None
         return mask_to_logits(current)
 
     # -- write ---------------------------------------------------------------------------------------
@@ -690,18 +708,12 @@ class SonoSAMSegmentLogic:
         self.last_propagation = result
         return result.summary()
 
-    def evaluate(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", nClicks: int = 10,
-                 start: str = "box", outputDir=None, slices=None, maxSlices=None, minArea: int = 100):
-        """Score the model against the segment (the reference) with the core's simulated-click protocol
-        (``sonosam.evaluate``) on the segment's slices along ``sliceAxis`` (or ``slices``; ``maxSlices``:
-        that many, evenly spread). Returns the summary table (a list of row dicts: Dice@1, MaxDSC, NoC...)
-        and writes the report (per-image CSV, summary, Dice-vs-clicks plot) into ``outputDir`` when given."""
-        try:
-            from sonosam.evaluate import evaluate as core_evaluate
-            from sonosam.evaluate import samples_from_arrays, summary_table, write_report
-            from sonosam.image import to_uint8_rgb
-        except ImportError as error:
-            raise MissingDependencyError(f"SonoSAM's core is not installed ({error}).") from error
+    def start_propagation(self, plan: PropagationPlan) -> PropagationTask:
+        """Start the plan: a server job when the predictor is a client (``start_job``), else in-process now."""
+        return PropagationTask(self, plan)
+
+    def _evaluation_inputs(self, volumeNode, segmentationNode, segmentId, sliceAxis, slices, maxSlices, minArea):
+        """(info, layout, stack, segment stack, the slices to score, segment name) for ``evaluate``."""
         segment = _segment_and_label(segmentationNode, segmentId)
         info, layout, stack = self._volume_stack(volumeNode, sliceAxis)
         _, seg_stack, _, _ = self._segment_stack(info, layout, segmentationNode, segmentId)
@@ -713,8 +725,25 @@ class SonoSAMSegmentLogic:
         if not filled:
             raise PromptError(f"Segment '{segment.GetName()}' has no slice of at least {minArea} pixels along "
                               "this axis to evaluate on.")
+        return info, layout, stack, seg_stack, filled, segment.GetName()
+
+    def evaluate(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", nClicks: int = 10,
+                 start: str = "box", outputDir=None, slices=None, maxSlices=None, minArea: int = 100):
+        """Score the model against the segment (the reference) with the core's simulated-click protocol
+        (``sonosam.evaluate``) on the segment's slices along ``sliceAxis`` (or ``slices``; ``maxSlices``:
+        that many, evenly spread). Returns the summary table (a list of row dicts: Dice@1, MaxDSC, NoC...)
+        and writes the report (per-image CSV, summary, Dice-vs-clicks plot) into ``outputDir`` when given.
+        In-process; the module runs the same inputs as a server job (``start_evaluation``)."""
+        try:
+            from sonosam.evaluate import evaluate as core_evaluate
+            from sonosam.evaluate import samples_from_arrays, summary_table, write_report
+            from sonosam.image import to_uint8_rgb
+        except ImportError as error:
+            raise MissingDependencyError(f"SonoSAM's core is not installed ({error}).") from error
+        info, layout, stack, seg_stack, filled, name = self._evaluation_inputs(
+            volumeNode, segmentationNode, segmentId, sliceAxis, slices, maxSlices, minArea)
         samples = samples_from_arrays(stack, seg_stack.view(np.uint8), labels=[1], axis=0, min_area=minArea,
-                                      name=segment.GetName(), slices=filled)
+                                      name=name, slices=filled)
         for sample in samples:  # the volume's window and a cache key naming these pixels, as the tool uses
             index = sample.key[-1]
             sample.image = to_uint8_rgb(sample.image, window=info.window)
@@ -722,8 +751,20 @@ class SonoSAMSegmentLogic:
         result = core_evaluate(self.predictor, samples, n_clicks=int(nClicks), start=start, progress=False)
         self.last_evaluation = result
         if outputDir:
-            write_report([result], outputDir, title=f"{result.model} on '{segment.GetName()}'")
+            write_report([result], outputDir, title=f"{result.model} on '{name}'")
         return summary_table([result])
+
+    def start_evaluation(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", nClicks: int = 10,
+                         start: str = "box", slices=None, maxSlices=None, minArea: int = 100):
+        """``evaluate`` as a server job (the predictor must be a client): returns the job; its result is
+        ``{"table": rows, "result": ...}``. The same slices, window and protocol as ``evaluate``."""
+        if not hasattr(self.predictor, "start_job"):
+            raise NotConnectedError("Evaluation as a job needs a SonoSAM server: connect one first.")
+        info, layout, stack, seg_stack, filled, name = self._evaluation_inputs(
+            volumeNode, segmentationNode, segmentId, sliceAxis, slices, maxSlices, minArea)
+        return self.predictor.start_job("evaluate", volume=stack, labelmap=seg_stack.view(np.uint8), labels=[1],
+                                        slices=[int(s) for s in filled], n_clicks=int(nClicks), start=start,
+                                        min_area=int(minArea), window=info.window, name=name)
 
     # -- background encoding -------------------------------------------------------------------------
     def prefetch(self, volumeNode, geometries, on_progress=None):
@@ -754,6 +795,68 @@ class SonoSAMSegmentLogic:
         return out
 
 
+class PropagationTask:
+    """A propagation running as a server job (or already run in-process), for a GUI timer to poll:
+    ``poll()`` -> (state, done, total, message), ``cancel()``, then ``finish(modify)`` writes the result.
+    Nothing is written before ``finish``: a cancelled or failed job, or a server that died, leaves the
+    segment as it was."""
+
+    def __init__(self, logic: SegmentLogic, plan: PropagationPlan):
+        self.logic, self.plan = logic, plan
+        self.job = None
+        self.result = None
+        predictor = logic.predictor
+        previous = plan.previous
+        if hasattr(predictor, "start_job"):
+            seeds = [{"index": int(s), "mask": plan.seg_stack[s].copy()} for s in plan.seed_indices]
+            self.job = predictor.start_job("propagate", volume=plan.stack, seeds=seeds, axis=0,
+                                           previous=getattr(previous, "job_id", None), window=plan.window,
+                                           **plan.options)
+        else:
+            from sonosam.volume import propagate as core_propagate
+
+            self.result = core_propagate(predictor, plan.stack, plan.seeds(), axis=0, previous=previous,
+                                         volume_id=plan.volume_id, window=plan.window, **plan.options)
+
+    def poll(self):
+        if self.job is None:
+            return "done", 1, 1, ""
+        status = self.job.poll()
+        done, total = (status.get("progress") or [0, 0])[:2]
+        return status["state"], int(done), int(total), status.get("message", "")
+
+    def cancel(self):
+        if self.job is not None:
+            self.job.cancel()
+
+    def finish(self, modify=None) -> str:
+        """Fetch the result (the job must be finished) and write it; raises the job's error, or
+        ``JobCancelledError`` when it was cancelled."""
+        if self.result is None:
+            self.result = self.job.result(timeout=5)
+        return self.logic.finish_propagation(self.plan, self.result, modify)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helper nodes (prompt markers, box, preview): hidden, not saved, and not the Markups toolbar's list
+# ---------------------------------------------------------------------------------------------------
+
+def add_helper_node(scene, class_name: str, name: str):
+    """A node the user does not manage: hidden from node selectors, not saved with the scene; a markups
+    node does not become the active place list (Slicer's markups logic makes every new list active)."""
+    selection = scene.GetFirstNodeByClass("vtkMRMLSelectionNode")
+    before = (selection.GetActivePlaceNodeID(), selection.GetActivePlaceNodeClassName()) if selection else None
+    node = scene.AddNewNodeByClass(class_name, name)
+    node.SetHideFromEditors(True)
+    node.SetSaveWithScene(False)
+    node.CreateDefaultDisplayNodes()
+    if selection is not None and (selection.GetActivePlaceNodeID(), selection.GetActivePlaceNodeClassName()) != before:
+        selection.SetActivePlaceNodeID(before[0])
+        if before[1]:
+            selection.SetReferenceActivePlaceNodeClassName(before[1])
+    return node
+
+
 # ---------------------------------------------------------------------------------------------------
 # An interactive prompt session (what the effect holds between clicks), Qt-free so it is tested
 # ---------------------------------------------------------------------------------------------------
@@ -768,7 +871,7 @@ class PromptSession:
 
     POSITIVE, NEGATIVE = "+", "-"
 
-    def __init__(self, logic: SonoSAMSegmentLogic, markups_node=None, box_node=None):
+    def __init__(self, logic: SegmentLogic, markups_node=None, box_node=None):
         self.logic = logic
         self.markups_node = markups_node
         self.box_node = box_node
@@ -849,7 +952,7 @@ class PromptSession:
         return self.prediction
 
 
-def show_preview(logic: SonoSAMSegmentLogic, prediction: SlicePrediction | None, volume_node, preview_node,
+def show_preview(logic: SegmentLogic, prediction: SlicePrediction | None, volume_node, preview_node,
                  color=(1.0, 1.0, 0.0)):
     """Show a prediction in a preview segmentation node (one segment, cleared first); None clears it."""
     import slicer

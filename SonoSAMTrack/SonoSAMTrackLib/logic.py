@@ -3,15 +3,16 @@
 Runs inside Slicer and headless on `slicer-core` (the tests). Only MRML / vtkSegmentationCore calls on
 the nodes' own scene -- never ``slicer.app``, ``slicer.mrmlScene`` or ``slicer.modules``.
 
-Console use inside Slicer::
+Console use inside Slicer (the model runs in the SonoSAM server the modules connect to; outside Slicer any
+``sonosam.predictor.Predictor`` works too)::
 
-    from SonoSAMTrackLib.logic import SonoSAMTrackLogic
-    logic = SonoSAMTrackLogic(slicer.mrmlScene)
+    from SonoSAMTrackLib.logic import TrackLogic
+    logic = TrackLogic(slicer.mrmlScene, predictor=slicer.util.getModuleLogic("SonoSAMSegment").predictor)
     session = logic.start(getNode("Sequence"), objects=[{"name": "LV", "frame": 0, "box": (300, 70, 440, 270)}],
                           browser=getNode("SequenceBrowser"))
     report = logic.run(session)          # pauses on frames that need attention
     logic.correct(session, report.frame, "LV", mask=...); logic.run(session)
-    logic.save_sequence(session.output_sequence, "/tmp/lv.seq.nrrd")
+    logic.save_sequence(session, "/tmp/lv.seq.nrrd")
 
 Boxes/points are in frame pixel coordinates (x = column = I, y = row = J). The output segmentation
 sequence has one segmentation per frame, one segment per object, and the input's index values, so a
@@ -29,8 +30,21 @@ DEFAULT_COLORS = [(0.95, 0.35, 0.25), (0.25, 0.65, 0.95), (0.35, 0.85, 0.35), (0
 
 
 @dataclass
+class TrackReport:
+    """What a run ended with: ``paused`` on ``frame`` for ``events`` (dicts: frame, object, reason, ...)."""
+    paused: bool
+    frame: int | None
+    events: list
+
+
+def event_dict(event) -> dict:
+    """An intervention request as a dict, whether from the in-process tracker or from the server."""
+    return dict(event) if isinstance(event, dict) else event.as_dict()
+
+
+@dataclass
 class TrackSession:
-    tracker: object                       # sonosam.track.Tracker
+    tracker: object                       # sonosam.track.Tracker, or sonosam.client.RemoteTracker (a server's)
     input_sequence: object
     output_sequence: object
     ijk_to_ras: np.ndarray
@@ -40,6 +54,47 @@ class TrackSession:
     browser: object = None
     table: object = None
     chart: object = None
+    shape: tuple = ()                     # (H, W) of a frame
+
+
+class TrackRun:
+    """A tracking run for a GUI timer: ``poll()`` -> (state, done, total), ``cancel()`` (a pause: the
+    frames tracked so far, and their requests, are kept), ``finish()`` -> TrackReport after it ended, with
+    the output sequence and confidence table refreshed."""
+
+    def __init__(self, logic: "TrackLogic", session: TrackSession, rerun: bool = False):
+        self.logic, self.session = logic, session
+        self.job = None
+        self.report = None
+        tracker = session.tracker
+        if hasattr(tracker, "start"):
+            self.job = tracker.start(rerun=rerun)
+        else:
+            report = tracker.rerun() if rerun else tracker.run()
+            self.report = TrackReport(report.paused, report.frame, [event_dict(e) for e in report.events])
+
+    def poll(self):
+        if self.job is None:
+            return "done", 1, 1
+        status = self.job.poll()
+        done, total = (status.get("progress") or [0, 0])[:2]
+        return status["state"], int(done), int(total)
+
+    def cancel(self):
+        if self.job is not None:
+            self.job.cancel()
+
+    def finish(self) -> TrackReport:
+        if self.report is None:
+            status = self.job.poll()
+            if status["state"] == "cancelled":  # paused by the user: the server kept every finished frame
+                self.session.tracker.refresh()
+                self.report = TrackReport(True, None, [])
+            else:
+                r = self.session.tracker.finish(self.job, timeout=5)
+                self.report = TrackReport(bool(r["paused"]), r["frame"], [event_dict(e) for e in r["events"]])
+        self.logic.update_output(self.session)
+        return self.report
 
 
 def volume_frame(volume_node) -> np.ndarray:
@@ -80,9 +135,10 @@ def mask_from_segment(segmentation_node, segment_id, shape) -> np.ndarray:
     return out
 
 
-class SonoSAMTrackLogic:
-    """MRML in, MRML out. ``predictor``: a ``sonosam.predictor.Predictor`` (default: LiteMedSAM, loaded on
-    first use)."""
+class TrackLogic:
+    """MRML in, MRML out. ``predictor``: a ``sonosam.client.SonoSAMClient`` (the tracker then lives on the
+    server and runs as a job) or an in-process ``sonosam.predictor.Predictor``; default (outside Slicer):
+    LiteMedSAM in-process, loaded on first use."""
 
     def __init__(self, scene, predictor=None):
         self.scene = scene
@@ -94,8 +150,11 @@ class SonoSAMTrackLogic:
             from sonosam.models import load_model
             from sonosam.predictor import Predictor
 
-            self._predictor = Predictor(load_model("litemedsam", backend="auto"))
+            self._predictor = Predictor(load_model("litemedsam_clicks", backend="auto"))
         return self._predictor
+
+    def set_predictor(self, predictor):
+        self._predictor = predictor
 
     # ------------------------------------------------------------------------------------------ input
     def frames_from_sequence(self, sequence_node):
@@ -125,10 +184,14 @@ class SonoSAMTrackLogic:
               output_name: str | None = None) -> TrackSession:
         """objects: [{"name", "frame", "box" | "points"+"labels" | "mask"}]. Creates the output sequence
         (and adds it to ``browser``, synchronised)."""
-        from sonosam.track import Tracker
-
         frames, ijk_to_ras, values = self.frames_from_sequence(input_sequence)
-        tracker = Tracker(self.predictor, frames, threshold=threshold, model_every=model_every, pause=True)
+        predictor = self.predictor
+        if hasattr(predictor, "tracker"):  # a server: the tracker lives there, the frames are sent once
+            tracker = predictor.tracker(frames, pause=True, threshold=threshold, model_every=model_every)
+        else:
+            from sonosam.track import Tracker
+
+            tracker = Tracker(predictor, frames, threshold=threshold, model_every=model_every, pause=True)
         names, colors = [], []
         for i, spec in enumerate(objects):
             tracker.add_object(spec["name"], int(spec.get("frame", 0)), mask=spec.get("mask"), box=spec.get("box"),
@@ -140,18 +203,27 @@ class SonoSAMTrackLogic:
         output.SetIndexName(input_sequence.GetIndexName())
         output.SetIndexUnit(input_sequence.GetIndexUnit())
         output.SetIndexType(input_sequence.GetIndexType())
-        session = TrackSession(tracker, input_sequence, output, ijk_to_ras, values, names, colors, browser)
+        session = TrackSession(tracker, input_sequence, output, ijk_to_ras, values, names, colors, browser,
+                               shape=tuple(frames.shape[1:]))
         self.update_output(session)
         if browser is not None:
             browser.AddSynchronizedSequenceNode(output)
         return session
 
-    def run(self, session: TrackSession, on_progress=None):
-        """Track until done or until a frame needs attention (then ``report.paused``); refreshes the output
-        sequence and the confidence table."""
-        report = session.tracker.run(on_progress=on_progress)
+    def run(self, session: TrackSession, on_progress=None) -> TrackReport:
+        """Track until done or until a frame needs attention (then ``report.paused``), waiting here; refreshes
+        the output sequence and the confidence table. The module uses ``start_run`` (polled) instead."""
+        r = session.tracker.run(on_progress=on_progress)
+        if isinstance(r, dict):  # the server's report
+            report = TrackReport(bool(r["paused"]), r["frame"], [event_dict(e) for e in r["events"]])
+        else:
+            report = TrackReport(r.paused, r.frame, [event_dict(e) for e in r.events])
         self.update_output(session)
         return report
+
+    def start_run(self, session: TrackSession, rerun: bool = False) -> TrackRun:
+        """Start tracking: a server job when the tracker is a server's, else run in-process now."""
+        return TrackRun(self, session, rerun)
 
     def correct(self, session: TrackSession, frame: int, name: str, mask=None, box=None, points=None, labels=None):
         """The user's correction on a paused frame: a keyframe, never overwritten by later runs."""
@@ -161,7 +233,7 @@ class SonoSAMTrackLogic:
 
     def correct_from_segmentation(self, session: TrackSession, frame: int, segmentation_node, name: str | None = None):
         """Take the (edited, e.g. with the SonoSAM effect) segment(s) of ``segmentation_node`` as keyframes."""
-        shape = session.tracker.frames.shape[1:]
+        shape = session.shape
         for obj in ([name] if name else session.names):
             segment_id = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(obj)
             if segment_id:
@@ -175,25 +247,24 @@ class SonoSAMTrackLogic:
         return session.tracker.next_attention(after)
 
     # ------------------------------------------------------------------------------------------ output
-    def _segmentation_for_frame(self, session: TrackSession, t: int):
+    def _segmentation_for_frame(self, session: TrackSession, t: int, masks: dict):
         import slicer
         import vtk
         from vtk.util import numpy_support
 
-        tracker = session.tracker
         node = slicer.vtkMRMLSegmentationNode()
         node.SetName(f"{session.output_sequence.GetName()} {t}")
-        h, w = tracker.frames.shape[1:]
+        h, w = session.shape
         for name, color in zip(session.names, session.colors):
             segment_id = node.GetSegmentation().AddEmptySegment(name, name, list(color))
-            result = tracker.result(t, name)
-            if result is None or not result.mask.any():
+            mask = masks[name][t]
+            if not mask.any():
                 continue
             image = slicer.vtkOrientedImageData()
             image.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(session.ijk_to_ras))
             image.SetExtent(0, w - 1, 0, h - 1, 0, 0)
             image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-            numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = result.mask.astype(np.uint8).ravel()
+            numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = mask.astype(np.uint8).ravel()
             slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
                 image, node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
         return node
@@ -201,13 +272,14 @@ class SonoSAMTrackLogic:
     def update_output(self, session: TrackSession, frames=None):
         """Write the tracker's masks into the output segmentation sequence (one item per input frame)."""
         seq = session.output_sequence
+        masks = {name: session.tracker.masks(name) for name in session.names}
         for t in (range(session.tracker.n_frames) if frames is None else frames):
-            seq.SetDataNodeAtValue(self._segmentation_for_frame(session, t), session.index_values[t])
+            seq.SetDataNodeAtValue(self._segmentation_for_frame(session, t, masks), session.index_values[t])
         self.update_confidence_table(session)
 
     def output_masks(self, session: TrackSession, name: str) -> np.ndarray:
         """(T, H, W) bool read back from the output sequence's segmentation nodes."""
-        return self.sequence_masks(session.output_sequence, name, session.tracker.frames.shape[1:])
+        return self.sequence_masks(session.output_sequence, name, session.shape)
 
     @staticmethod
     def sequence_masks(sequence_node, name: str, shape) -> np.ndarray:
@@ -230,7 +302,7 @@ class SonoSAMTrackLogic:
         table = session.table.GetTable()
         table.Initialize()
         conf = tracker.confidences()
-        flagged = {e.frame for e in tracker.events}
+        flagged = {event_dict(e)["frame"] for e in tracker.events}
         columns = [("frame", np.arange(tracker.n_frames, dtype=float))]
         columns += [(f"{n} confidence", np.nan_to_num(conf[:, j], nan=0.0)) for j, n in enumerate(session.names)]
         columns += [("intervention", np.array([1.0 if t in flagged else 0.0 for t in range(tracker.n_frames)]))]

@@ -141,6 +141,26 @@ def test_pause_resume_and_two_objects_do_not_overlap(predictor, loop):
     assert set(np.unique(tracker.labelmap())) <= {0, 1, 2}
 
 
+def test_a_pause_raised_from_on_progress_keeps_that_frames_request(predictor, loop):
+    """The GUI pauses (or the server cancels) by raising from on_progress: the frame just tracked keeps
+    its intervention request, and the next run goes on from the next frame."""
+    class Pause(Exception):
+        pass
+
+    def pause_now(done, total):
+        raise Pause
+
+    tracker = Tracker(predictor, loop.frames[:4], threshold=1.0, model_every=4, pause=False)
+    tracker.add_object("LV", 0, mask=loop.masks["LV"][0])
+    with pytest.raises(Pause):
+        tracker.run(on_progress=pause_now)
+    assert [(e.frame, e.status) for e in tracker.events] == [(1, "pending")]
+    assert tracker.result(1, "LV") is not None and tracker.result(2, "LV") is None
+    seen = []
+    tracker.run(on_progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (2, 2) and {e.frame for e in tracker.events} == {1, 2, 3}
+
+
 @pytest.mark.parametrize("kind", ["blank", "cut"])
 def test_blank_frame_or_cut_requests_intervention(predictor, loop, kind):
     frames = loop.frames[:5].copy()

@@ -60,7 +60,7 @@ class Case:
     """A volume, a segmentation with segments "target" and "other", a segment editor node, the logic."""
 
     def __init__(self, scene):
-        from SonoSAMSegmentLib.logic import SonoSAMSegmentLogic, editor_writer
+        from SonoSAMSegmentLib.logic import SegmentLogic, editor_writer
 
         self.scene = scene
         self.volume = _volume(scene)
@@ -74,7 +74,7 @@ class Case:
         self.editor.SetAndObserveSegmentationNode(self.segmentation)
         self.editor.SetAndObserveSourceVolumeNode(self.volume)
         self.editor.SetSelectedSegmentID(self.target)
-        self.logic = SonoSAMSegmentLogic(predictor=RectPredictor())
+        self.logic = SegmentLogic(predictor=RectPredictor())
         self.modify = editor_writer(self.editor)
         self.full = [0, SHAPE[2] - 1, 0, SHAPE[1] - 1, 0, SHAPE[0] - 1]
 

@@ -1,4 +1,4 @@
-"""SonoSAMSegmentLogic.propagate / .evaluate against the real MRML scene (slicer-core, headless) and the real
+"""SegmentLogic.propagate / .evaluate against the real MRML scene (slicer-core, headless) and the real
 core (`sonosam.volume.propagate`, `sonosam.evaluate`).
 
 Propagation rules are the core's (tested in Testing/core); here: the right slices of the right segment are
@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("slicer", reason="slicer-core is not installed")
 torch = pytest.importorskip("torch")
 
-from SonoSAMSegmentLib.logic import SonoSAMSegmentLogic, write_segment_block  # noqa: E402
+from SonoSAMSegmentLib.logic import SegmentLogic, write_segment_block  # noqa: E402
 from test_slicer_segment_logic import (CENTER_IJK, DIMS, add_segment, colin, real_logic,  # noqa: E402,F401
                                        segment_array, synthetic_matrix, voxel_ras)
 from mrml_scene import add_volume_from_array  # noqa: E402
@@ -84,7 +84,7 @@ def ball(mrml):
     write_segment_block(segmentation, other, other_mask, m, full)
     target = add_segment(segmentation, "target")
     model = ThresholdModel()
-    logic = SonoSAMSegmentLogic(predictor=Predictor(model))
+    logic = SegmentLogic(predictor=Predictor(model))
     _, layout, _ = logic._volume_stack(volume, "axial")
     return SimpleNamespace(m=m, inside=inside, volume=volume, segmentation=segmentation, other=other,
                            other_mask=other_mask, target=target, logic=logic, model=model, layout=layout, full=full)

@@ -17,7 +17,7 @@ ndimage = pytest.importorskip("scipy.ndimage")
 from mrml_scene import (add_volume_from_array, make_scene, read_segmentation, read_volume_file,  # noqa: E402
                         write_segmentation)
 from SonoSAMSegmentLib import geometry as geo  # noqa: E402
-from SonoSAMSegmentLib.logic import (NoVolumeError, SegmentationError, SonoSAMSegmentLogic,  # noqa: E402
+from SonoSAMSegmentLib.logic import (NoVolumeError, SegmentationError, SegmentLogic,  # noqa: E402
                                      read_segment_block)
 
 from sonosam.errors import InputImageError, PromptError, SonoSAMError  # noqa: E402
@@ -140,7 +140,7 @@ def test_click_lands_on_the_voxel_and_segment_equals_analytic_sphere(sphere, axi
     """A RAS click near the sphere centre on each voxel axis: the model sees the right voxel under the
     click, and the segment written back is exactly the sphere's cross-section on that slice."""
     predictor = ThresholdPredictor(50000)
-    logic = SonoSAMSegmentLogic(predictor=predictor)
+    logic = SegmentLogic(predictor=predictor)
     sid = add_segment(sphere.segmentation, "sphere")
     target_ijk = np.round(CENTER_IJK).astype(int) + np.array([1, -1, 1])
     click_ijk = target_ijk + np.array([0.3, -0.2, 0.1])  # sub-voxel offset: rounds to target
@@ -166,7 +166,7 @@ def test_click_lands_on_the_voxel_and_segment_equals_analytic_sphere(sphere, axi
 @pytest.mark.parametrize("view", ["axial", "coronal", "sagittal"])
 def test_anatomical_view_names_pick_the_closest_voxel_axis_and_box_prompts(sphere, view):
     predictor = ThresholdPredictor(50000)
-    logic = SonoSAMSegmentLogic(predictor=predictor)
+    logic = SegmentLogic(predictor=predictor)
     sid = add_segment(sphere.segmentation, "s")
     right, up = geo.view_preset(view)
     normal = np.cross(right, up)
@@ -204,7 +204,7 @@ def test_oblique_view_is_resampled_and_mapped_back(sphere):
     """A view tilted 30 degrees off every voxel axis: the plane is resampled, and the voxels written are
     the ones the plane cuts through inside the sphere (analytic disc)."""
     predictor = ThresholdPredictor(50000)
-    logic = SonoSAMSegmentLogic(predictor=predictor)
+    logic = SegmentLogic(predictor=predictor)
     sid = add_segment(sphere.segmentation, "oblique")
     view = np.eye(4)
     view[:3, :3] = rotation([0.3, 1, 0.2], 30) @ np.array([[-1, 0, 0], [0, 1, 0], [0, 0, 1.0]])
@@ -230,7 +230,7 @@ def test_oblique_view_is_resampled_and_mapped_back(sphere):
 # ---------------------------------------------------------------------------------------------------
 
 def test_segment_saved_as_seg_nrrd_reads_back_equal_and_other_segments_untouched(sphere, tmp_path):
-    logic = SonoSAMSegmentLogic(predictor=ThresholdPredictor(50000))
+    logic = SegmentLogic(predictor=ThresholdPredictor(50000))
     other = add_segment(sphere.segmentation, "other")
     target = add_segment(sphere.segmentation, "target")
     other_block = np.zeros_like(sphere.inside)
@@ -272,7 +272,7 @@ def _fill_slices(logic, sphere, sid, ks):
 
 def test_refine_changes_only_the_target_slice_and_passes_the_segment_as_mask_prompt(sphere):
     predictor = ThresholdPredictor(50000)
-    logic = SonoSAMSegmentLogic(predictor=predictor)
+    logic = SegmentLogic(predictor=predictor)
     sid = add_segment(sphere.segmentation, "s")
     k = int(np.round(CENTER_IJK[2]))
     _fill_slices(logic, sphere, sid, [k - 1, k, k + 1])
@@ -308,7 +308,7 @@ def test_refine_changes_only_the_target_slice_and_passes_the_segment_as_mask_pro
 
 @pytest.mark.parametrize("mode", ["remove", "add"])
 def test_remove_and_add_never_touch_other_slices(sphere, mode):
-    logic = SonoSAMSegmentLogic(predictor=ThresholdPredictor(50000))
+    logic = SegmentLogic(predictor=ThresholdPredictor(50000))
     sid = add_segment(sphere.segmentation, "s")
     k = int(np.round(CENTER_IJK[2]))
     _fill_slices(logic, sphere, sid, [k - 2, k - 1, k, k + 1])
@@ -360,7 +360,7 @@ def test_real_mri_click_lands_on_the_voxel_itk_says(colin, view):
     import SimpleITK as sitk
 
     predictor = PixelPredictor()
-    logic = SonoSAMSegmentLogic(predictor=predictor)
+    logic = SegmentLogic(predictor=predictor)
     sid = add_segment(colin.segmentation, "p")
     ijk = np.array([97, 121, 64])  # an off-centre voxel inside the head
     prediction = logic.segment(colin.volume, colin.segmentation, sid, points_ras=[itk_ras(colin.itk, ijk)],
@@ -394,7 +394,7 @@ def test_real_label_map_region_segmented_on_each_axis_equals_itk_slice(colin, ax
             value = image[y, x]
             return super().predict((image == value).astype(np.float32), points, labels, box, **kw)
 
-    logic = SonoSAMSegmentLogic(predictor=LabelPredictor(0.5))
+    logic = SegmentLogic(predictor=LabelPredictor(0.5))
     sid = add_segment(colin.segmentation, "region")
     logic.segment(aal_volume, colin.segmentation, sid, points_ras=[itk_ras(colin.itk_aal, (i, j, k))], labels=[1],
                   sliceAxis=axis)
@@ -414,7 +414,7 @@ def test_real_label_map_region_segmented_on_each_axis_equals_itk_slice(colin, ax
 # ---------------------------------------------------------------------------------------------------
 
 def test_errors_are_sonosam_errors_with_clear_messages(sphere, mrml):
-    logic = SonoSAMSegmentLogic(predictor=ThresholdPredictor(50000))
+    logic = SegmentLogic(predictor=ThresholdPredictor(50000))
     sid = add_segment(sphere.segmentation, "s")
     inside = [sphere.center_ras]
 
@@ -447,11 +447,11 @@ def test_errors_are_sonosam_errors_with_clear_messages(sphere, mrml):
     # model weights missing: the core's error, unchanged
     from sonosam.errors import CheckpointError
 
-    missing = SonoSAMSegmentLogic(model="medsam_vit_b")
+    missing = SegmentLogic(model="medsam_vit_b")
     with pytest.raises(CheckpointError, match="No weights"):
         missing.segment(sphere.volume, sphere.segmentation, sid, points_ras=inside, labels=[1])
     with pytest.raises(SonoSAMError, match="Unknown model"):
-        SonoSAMSegmentLogic(model="no_such_model").predictor  # noqa: B018
+        SegmentLogic(model="no_such_model").predictor  # noqa: B018
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -461,7 +461,7 @@ def test_errors_are_sonosam_errors_with_clear_messages(sphere, mrml):
 @pytest.fixture(scope="module")
 def real_logic():
     pytest.importorskip("torch")
-    logic = SonoSAMSegmentLogic("litemedsam", device="cpu")
+    logic = SegmentLogic("litemedsam", device="cpu")
     logic.predictor  # noqa: B018  (load once for the module)
     return logic
 
@@ -514,7 +514,7 @@ def test_prompt_session_markers_preview_and_new_slice(sphere):
     from SonoSAMSegmentLib.logic import PromptSession, show_preview
 
     predictor = ThresholdPredictor(50000)
-    logic = SonoSAMSegmentLogic(predictor=predictor)
+    logic = SegmentLogic(predictor=predictor)
     markers = sphere.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "prompts")
     session = PromptSession(logic, markers)
     k = int(np.round(CENTER_IJK[2]))

@@ -35,11 +35,11 @@ def _volume_sequence(scene, frames, spacing=(0.5, 0.5)):
 
 def test_track_logic_sequence_round_trip(mrml, small_loop, tmp_path):
     from mrml_scene import make_scene
-    from SonoSAMTrackLib.logic import SonoSAMTrackLogic
+    from SonoSAMTrackLib.logic import TrackLogic
 
     loop, predictor = small_loop
     seq, browser = _volume_sequence(mrml.scene, loop.frames)
-    logic = SonoSAMTrackLogic(mrml.scene, predictor=predictor)
+    logic = TrackLogic(mrml.scene, predictor=predictor)
     gt = loop.masks["LV"]
     other = np.zeros_like(gt[0])
     other[gt[0].nonzero()[0].max() + 2:, 120:200] = True            # a second, non-overlapping object
@@ -59,21 +59,21 @@ def test_track_logic_sequence_round_trip(mrml, small_loop, tmp_path):
     logic.save_sequence(session, str(path))
     other_scene = make_scene()
     try:
-        loaded = SonoSAMTrackLogic(other_scene.scene).load_sequence(str(path), names=["LV", "LA"])
+        loaded = TrackLogic(other_scene.scene).load_sequence(str(path), names=["LV", "LA"])
         assert loaded.GetNumberOfDataNodes() == N
         for name in ("LV", "LA"):
-            back = SonoSAMTrackLogic.sequence_masks(loaded, name, loop.frames.shape[1:])
+            back = TrackLogic.sequence_masks(loaded, name, loop.frames.shape[1:])
             assert np.array_equal(back, session.tracker.masks(name)), name
     finally:
         other_scene.close()
 
 
 def test_correction_is_kept_in_output(mrml, small_loop):
-    from SonoSAMTrackLib.logic import SonoSAMTrackLogic
+    from SonoSAMTrackLib.logic import TrackLogic
 
     loop, predictor = small_loop
     seq, browser = _volume_sequence(mrml.scene, loop.frames)
-    logic = SonoSAMTrackLogic(mrml.scene, predictor=predictor)
+    logic = TrackLogic(mrml.scene, predictor=predictor)
     session = logic.start(seq, [{"name": "LV", "frame": 0, "mask": loop.masks["LV"][0]}], threshold=1.0, model_every=4)
     report = logic.run(session)
     assert report.paused and report.frame == 1
@@ -85,7 +85,7 @@ def test_correction_is_kept_in_output(mrml, small_loop):
 
 
 def test_cli_seq_nrrd_is_read_by_slicer_storage_node(mrml, small_loop, tmp_path):
-    from SonoSAMTrackLib.logic import SonoSAMTrackLogic
+    from SonoSAMTrackLib.logic import TrackLogic
     from sonosam.track.outputs import read_sequence_nrrd, write_sequence_nrrd
 
     loop, _ = small_loop
@@ -93,6 +93,22 @@ def test_cli_seq_nrrd_is_read_by_slicer_storage_node(mrml, small_loop, tmp_path)
     path = write_sequence_nrrd(tmp_path / "cli.seq.nrrd", labels, ["LV"], spacing_xy=(0.5, 0.5), frame_time_ms=33.3)
     data, segments, _ = read_sequence_nrrd(path)
     assert np.array_equal(data, labels) and segments[0]["name"] == "LV"
-    loaded = SonoSAMTrackLogic(mrml.scene).load_sequence(str(path))   # names from the file's header
+    loaded = TrackLogic(mrml.scene).load_sequence(str(path))   # names from the file's header
     assert loaded.GetNumberOfDataNodes() == N
-    assert np.array_equal(SonoSAMTrackLogic.sequence_masks(loaded, "LV", labels.shape[1:]), loop.masks["LV"])
+    assert np.array_equal(TrackLogic.sequence_masks(loaded, "LV", labels.shape[1:]), loop.masks["LV"])
+
+
+def test_start_run_reports_a_pause_and_refreshes_the_output(mrml, small_loop):
+    """The module's path (start_run -> poll -> finish), in-process here; test_server_logic.py runs it on a server."""
+    from SonoSAMTrackLib.logic import TrackLogic
+
+    loop, predictor = small_loop
+    seq, browser = _volume_sequence(mrml.scene, loop.frames)
+    logic = TrackLogic(mrml.scene, predictor=predictor)
+    session = logic.start(seq, [{"name": "LV", "frame": 0, "mask": loop.masks["LV"][0]}], threshold=1.0, model_every=4)
+    run = logic.start_run(session)
+    assert run.poll()[0] == "done"
+    report = run.finish()
+    assert report.paused and report.frame == 1 and report.events[0]["object"] == "LV"
+    assert np.array_equal(logic.output_masks(session, "LV")[1], session.tracker.masks("LV")[1])
+    assert logic.output_masks(session, "LV")[1].any() and not logic.output_masks(session, "LV")[2].any()

@@ -245,13 +245,13 @@ class Tracker:
             for t in range(frame):
                 obj.results[t] = None
 
-    def rerun(self) -> RunReport:
+    def rerun(self, on_progress: Callable[[int, int], None] | None = None) -> RunReport:
         """Recompute every frame that is not a keyframe (e.g. after changing the threshold or model_every)."""
         for obj in self.objects.values():
             for t in range(self.n_frames):
                 if t not in obj.keyframes:
                     obj.results[t] = None
-        return self.run()
+        return self.run(on_progress)
 
     # ------------------------------------------------------------------------------------------ running
     def _plan(self) -> list[tuple[int, int]]:
@@ -318,13 +318,13 @@ class Tracker:
                 events = self._track_frame(t, direction, todo)
                 processed += len(todo)
                 done += 1
+                # the frame's requests are recorded before on_progress, which may raise to pause or cancel
+                self.events.extend(events)
+                run_events.extend(events)
                 if on_progress is not None:
                     on_progress(done, total)
-                if events:
-                    self.events.extend(events)
-                    run_events.extend(events)
-                    if self.pause:
-                        return RunReport(True, t, events, processed)
+                if events and self.pause:
+                    return RunReport(True, t, events, processed)
             return RunReport(False, None, run_events, processed)
         finally:
             self.timing["total_s"] += time.perf_counter() - start

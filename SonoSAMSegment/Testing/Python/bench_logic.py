@@ -34,7 +34,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from mrml_scene import make_scene, read_volume_file
-    from SonoSAMSegmentLib.logic import SonoSAMSegmentLogic
+    from SonoSAMSegmentLib.logic import SegmentLogic
 
     from sonosam.data import mri_colin27_paths
 
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     segment_id = segmentation.GetSegmentation().AddEmptySegment("bench", "bench")
     other = segmentation.GetSegmentation().AddEmptySegment("other", "other")  # a realistic 2-segment node
 
-    logic = SonoSAMSegmentLogic(args.model, device="cpu")
+    logic = SegmentLogic(args.model, device="cpu")
     t0 = time.perf_counter()
     logic.predictor  # noqa: B018
     load_s = time.perf_counter() - t0

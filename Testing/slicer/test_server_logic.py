@@ -1,0 +1,237 @@
+"""The Slicer logic against a real `sonosam serve` subprocess (127.0.0.1, port 0, a random token), as the
+modules use it: the same masks as in-process through real MRML; propagation as a server job (cancelled
+half-way: nothing written; server killed mid-job: segment unchanged and a message saying what happened);
+tracking as a job, paused and resumed; and the module's Connection starting the server without blocking.
+
+The real model (litemedsam_clicks, bundled) runs on both sides with the same backend, on a small
+synthetic volume (a bright ball in a rotated, anisotropic grid) so that CPU time stays bounded.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="slicer-core is not installed")
+pytest.importorskip("torch")
+client_module = pytest.importorskip("sonosam.client", reason="the server's client has not landed")
+
+from mrml_scene import add_volume_from_array  # noqa: E402
+from SonoSAMSegmentLib import connection as conn  # noqa: E402
+from SonoSAMSegmentLib.logic import SegmentLogic, read_segment_block, write_segment_block  # noqa: E402
+
+from sonosam.errors import SonoSAMError  # noqa: E402
+
+MODEL = "litemedsam_clicks"
+DIMS = (48, 40, 7)                        # I, J, K: 7 axial slices keep propagation short on CPU
+CENTER = np.array([22.0, 19.0, 3.0])
+
+
+@pytest.fixture(scope="module")
+def server():
+    local = client_module.start_local_server(python=sys.executable, model=MODEL, timeout=600)
+    yield local
+    local.stop()
+
+
+@pytest.fixture(scope="module")
+def clients(server):
+    """(server client, in-process predictor with the server's backend)."""
+    from sonosam.models import load_model
+    from sonosam.predictor import Predictor
+
+    client = server.client()
+    backend = client.model.backend
+    return client, Predictor(load_model(MODEL, device="cpu", backend=backend))
+
+
+def _matrix():
+    a = np.radians(20)
+    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]]) @ np.diag([-1, 1, 1])
+    m = np.eye(4)
+    m[:3, :3] = rot @ np.diag([0.9, 1.1, 3.0])
+    m[:3, 3] = [5.0, -12.0, 30.0]
+    return m
+
+
+@pytest.fixture
+def ball(mrml):
+    m = _matrix()
+    kk, jj, ii = np.meshgrid(*(np.arange(d) for d in DIMS[::-1]), indexing="ij")
+    ijk = np.stack([ii, jj, kk], -1).astype(float)
+    ras = ijk @ m[:3, :3].T + m[:3, 3]
+    center_ras = m[:3, :3] @ CENTER + m[:3, 3]
+    inside = np.linalg.norm(ras - center_ras, axis=-1) <= 10.0
+    rng = np.random.default_rng(1)
+    voxels = np.where(inside, 180.0, 40.0) + rng.normal(0, 6, inside.shape)
+    volume = add_volume_from_array(mrml.scene, voxels.astype(np.float32), m, "ball")
+    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    segs = segmentation.GetSegmentation()
+    return dict(scene=mrml.scene, m=m, volume=volume, segmentation=segmentation, inside=inside,
+                a=segs.AddEmptySegment("a", "a"), b=segs.AddEmptySegment("b", "b"), center_ras=center_ras,
+                full=[0, DIMS[0] - 1, 0, DIMS[1] - 1, 0, DIMS[2] - 1])
+
+
+def _read(b, sid):
+    return read_segment_block(b["segmentation"], sid, b["m"], b["full"])
+
+
+def _box_ras(b, k):
+    m = b["m"]
+    lo = m @ np.r_[CENTER[0] - 12, CENTER[1] - 12, k, 1]
+    hi = m @ np.r_[CENTER[0] + 12, CENTER[1] + 12, k, 1]
+    return [lo[:3], hi[:3]]
+
+
+def test_same_masks_through_the_server_as_in_process(ball, clients):
+    client, local = clients
+    remote_logic, local_logic = SegmentLogic(predictor=client), SegmentLogic(predictor=local)
+    k = int(CENTER[2])
+    click = (ball["m"] @ np.r_[CENTER, 1])[:3]
+    for logic, sid in ((remote_logic, ball["a"]), (local_logic, ball["b"])):
+        p = logic.segment(ball["volume"], ball["segmentation"], sid, points_ras=[click], labels=[1], sliceAxis="K")
+        assert p.mask.any() and p.score > 0.3
+        logic.segment(ball["volume"], ball["segmentation"], sid, box_ras=_box_ras(ball, k - 1), sliceAxis="K")
+    a, b = _read(ball, ball["a"]), _read(ball, ball["b"])
+    assert a.sum() > 100
+    np.testing.assert_array_equal(a, b)
+    dice = 2 * (a[k] & ball["inside"][k]).sum() / (a[k].sum() + ball["inside"][k].sum())
+    assert dice > 0.8, dice
+
+
+def test_encode_ahead_then_click_uses_the_servers_cache(ball, clients):
+    client, _ = clients
+    logic = SegmentLogic(predictor=client)
+    geometry = logic.slice_geometry(ball["volume"], "K", sliceIndex=1)
+    assert not logic.is_cached(ball["volume"], geometry)
+    job = logic.prefetch(ball["volume"], [geometry])
+    deadline = time.monotonic() + 120
+    while not job.done and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert logic.is_cached(ball["volume"], geometry)
+    calls = client.encoder_calls
+    click = (ball["m"] @ np.r_[CENTER[0], CENTER[1], 1, 1])[:3]
+    logic.predict(ball["volume"], points_ras=[click], labels=[1], sliceAxis="K")
+    assert client.encoder_calls == calls
+
+
+def _seed(ball, logic, sid):
+    k = int(CENTER[2])
+    logic.segment(ball["volume"], ball["segmentation"], sid, box_ras=_box_ras(ball, k), sliceAxis="K")
+    return k
+
+
+def _wait(task, timeout=300):
+    deadline = time.monotonic() + timeout
+    while True:
+        state = task.poll()[0]
+        if state in ("done", "failed", "cancelled"):
+            return state
+        assert time.monotonic() < deadline, "the job did not finish"
+        time.sleep(0.1)
+
+
+def test_propagation_job_equals_in_process_propagation(ball, clients):
+    client, local = clients
+    remote_logic, local_logic = SegmentLogic(predictor=client), SegmentLogic(predictor=local)
+    _seed(ball, remote_logic, ball["a"])
+    seed = _read(ball, ball["a"])
+    write_segment_block(ball["segmentation"], ball["b"], seed, ball["m"], ball["full"])
+    plan = remote_logic.plan_propagation(ball["volume"], ball["segmentation"], ball["a"], "axial")
+    task = remote_logic.start_propagation(plan)
+    assert _wait(task) == "done"
+    summary = task.finish()
+    local_logic.propagate(ball["volume"], ball["segmentation"], ball["b"], "axial")
+    a, b = _read(ball, ball["a"]), _read(ball, ball["b"])
+    assert a.sum() > seed.sum() and "accepted" in summary
+    np.testing.assert_array_equal(a, b)
+
+
+def test_cancelled_propagation_writes_nothing(ball, clients):
+    client, _ = clients
+    logic = SegmentLogic(predictor=client)
+    _seed(ball, logic, ball["a"])
+    before = _read(ball, ball["a"]).copy()
+    task = logic.start_propagation(logic.plan_propagation(ball["volume"], ball["segmentation"], ball["a"], "axial"))
+    task.cancel()
+    assert _wait(task) == "cancelled"
+    with pytest.raises(SonoSAMError, match="cancelled"):
+        task.finish()
+    np.testing.assert_array_equal(_read(ball, ball["a"]), before)
+
+
+def test_server_killed_mid_job_leaves_the_segment_and_says_what_happened(ball):
+    local = client_module.start_local_server(python=sys.executable, model=MODEL, timeout=600)
+    try:
+        logic = SegmentLogic(predictor=local.client())
+        _seed(ball, logic, ball["a"])
+        before = _read(ball, ball["a"]).copy()
+        task = logic.start_propagation(logic.plan_propagation(ball["volume"], ball["segmentation"], ball["a"],
+                                                              "axial"))
+        local.process.kill()
+        local.process.wait(30)
+        with pytest.raises(SonoSAMError) as error:
+            _wait(task, timeout=60)
+            task.finish()
+        assert "killed" in str(error.value) or "exited" in str(error.value), str(error.value)
+        np.testing.assert_array_equal(_read(ball, ball["a"]), before)
+    finally:
+        local.stop()
+
+
+def test_track_job_pauses_and_resumes_on_the_server(mrml, clients):
+    """TrackLogic on a RemoteTracker: a run that asks on every frame pauses at frame 1; a pause (cancel)
+    keeps what was tracked; the output sequence equals the server tracker's masks."""
+    from SonoSAMTrackLib.logic import TrackLogic
+    from test_track_logic import _volume_sequence
+
+    client, _ = clients
+    yy, xx = np.mgrid[:64, :80]
+    frames = np.stack([np.where((xx - 36 - 2 * t) ** 2 + (yy - 32) ** 2 < 14 ** 2, 40, 170) for t in range(4)])
+    frames = frames.astype(np.uint8)
+    seq, browser = _volume_sequence(mrml.scene, frames)
+    logic = TrackLogic(mrml.scene, predictor=client)
+    first = (xx - 36) ** 2 + (yy - 32) ** 2 < 14 ** 2
+    session = logic.start(seq, [{"name": "disc", "frame": 0, "mask": first}], browser=browser, threshold=1.0,
+                          model_every=4)
+    run = logic.start_run(session)
+    assert _wait(run) == "done"
+    report = run.finish()
+    assert report.paused and report.frame == 1 and report.events[0]["object"] == "disc"
+    np.testing.assert_array_equal(logic.output_masks(session, "disc"), session.tracker.masks("disc"))
+    assert logic.output_masks(session, "disc")[1].any()
+    run = logic.start_run(session)
+    run.cancel()
+    state = _wait(run)
+    report = run.finish()
+    assert state in ("cancelled", "done")
+    if state == "cancelled":
+        assert report.paused and report.frame is None
+    np.testing.assert_array_equal(logic.output_masks(session, "disc"), session.tracker.masks("disc"))
+    assert logic.output_masks(session, "disc")[1].any()   # the frame tracked before the pause is kept
+
+
+def test_connection_starts_the_local_server_without_blocking(tmp_path):
+    """The module's path: use_local returns at once, every poll() is short, then the client answers; stop()
+    ends the process."""
+    c = conn.Connection(tmp_path)
+    t0 = time.perf_counter()
+    assert c.use_local(sys.executable, model=MODEL, slicer_version=(5, 10)) == "starting"
+    assert time.perf_counter() - t0 < 1.0
+    polls = []
+    deadline = time.monotonic() + 600
+    while c.state == "starting" and time.monotonic() < deadline:
+        t = time.perf_counter()
+        c.poll()
+        polls.append(time.perf_counter() - t)
+        time.sleep(0.05)
+    assert c.state == "ready", c.status
+    assert max(polls) < 0.1, max(polls)
+    assert c.client.info()["model"] == MODEL and MODEL in c.status
+    process = c._server.process
+    c.stop()
+    assert process.poll() is not None and c.client is None and c.state == "off"
