@@ -35,3 +35,19 @@ class UnknownModelError(SonoSAMError, KeyError):
 
 class DataFileError(SonoSAMError, OSError):
     """A data file cannot be read or written (format, geometry, existing output)."""
+
+
+class ServerError(SonoSAMError):
+    """The SonoSAM server refused or failed a request (sonosam.client); `status` is the HTTP code (0: none)."""
+
+    def __init__(self, message: str, status: int = 0, code: str = ""):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+class ServerUnavailableError(ServerError, ConnectionError):
+    """The server does not answer: not started, stopped, crashed or unreachable."""
+
+
+class JobCancelledError(SonoSAMError):
+    """A server job was cancelled: it has no result (nothing was written)."""

@@ -10,7 +10,7 @@ import sys
 from ..errors import SonoSAMError
 
 # Subcommand modules in sonosam/cli/ (the order is the order of `sonosam --help`).
-COMMANDS = ["segment", "propagate", "track", "evaluate", "train", "models"]
+COMMANDS = ["segment", "propagate", "track", "evaluate", "train", "models", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,301 @@
+"""`sonosam serve` in a real subprocess on 127.0.0.1 (port 0), driven through `sonosam.client` over real
+sockets, against the same model in-process: concurrent clients, jobs (cancel, kill), refusals, imports."""
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sonosam import wire
+from sonosam.client import SonoSAMClient, start_local_server
+from sonosam.errors import InputImageError, JobCancelledError, PromptError, ServerError, ServerUnavailableError
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "litemedsam_clicks"   # click-trained decoder, shipped with the package
+ENV = {"PYTHONPATH": str(ROOT)}  # the subprocess imports this worktree's code
+LV_BOX = (300, 70, 440, 270)
+
+
+def _start(tmp_path, *args, **kwargs):
+    cache = tmp_path / "cache"
+    return start_local_server(model=MODEL, backend="eager", env={**ENV, "OMP_NUM_THREADS": "1"},
+                              args=["--threads", "1", "--cache-dir", str(cache), *args], **kwargs)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("server")
+    cwd = Path.cwd()
+    os.chdir(tmp)  # the server's working directory: it must stay empty (it writes only into its cache folder)
+    try:
+        local = _start(tmp, "--max-request-mib", "4")
+    finally:
+        os.chdir(cwd)
+    yield local
+    local.stop()
+    assert {p.name for p in tmp.iterdir()} <= {"cache"}
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return server.client()
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    from sonosam.models import load_model
+    from sonosam.predictor import Predictor
+
+    return Predictor(load_model(MODEL, backend="eager", device="cpu"))
+
+
+def _clicks(n, rng):
+    """Click sets around the left ventricle: 1-3 points, the first positive."""
+    out = []
+    for _ in range(n):
+        k = int(rng.integers(1, 4))
+        points = np.column_stack([rng.uniform(320, 420, k), rng.uniform(100, 240, k)]).round(1)
+        labels = [1] + [int(v) for v in rng.integers(0, 2, k - 1)]
+        out.append((points.tolist(), labels))
+    return out
+
+
+def test_client_imports_without_torch_and_compiles_for_old_slicers():
+    code = "import sys, sonosam.client, sonosam.wire; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, **ENV}, timeout=120)
+    files = [str(ROOT / "sonosam" / name) for name in ("client.py", "wire.py", "errors.py", "__init__.py")]
+    for version in ("3.9", "3.12"):  # Slicer 5.6/5.8 (remote server only) and 5.10
+        python = _interpreter(version)
+        if python is None:
+            continue
+        subprocess.run([python, "-m", "py_compile", *files], check=True, timeout=60)
+        # the annotations are never evaluated there (`X | None` is 3.10 syntax)
+        check = subprocess.run([python, "-c", "import ast, sys; [compile(ast.parse(open(f).read()), f, 'exec') "
+                                "for f in sys.argv[1:]]", *files], capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stderr
+
+
+def _interpreter(version):
+    """A working pythonX.Y (pyenv shims exist for versions that are not selected: try each)."""
+    import glob
+    import shutil
+
+    for candidate in [shutil.which(f"python{version}"), *glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}*/bin/python{version}"))]:
+        if candidate and subprocess.run([candidate, "-c", "pass"], capture_output=True).returncode == 0:
+            return candidate
+    return None
+
+
+def test_four_clients_fifty_clicks_each_match_in_process(server, predictor, echo_frames):
+    frames = [echo_frames[0], echo_frames[2]]
+    click_sets = _clicks(10, np.random.default_rng(0))
+    expected = {(f, c): predictor.predict(frames[f], points=click_sets[c][0], labels=click_sets[c][1])
+                for f in range(2) for c in range(len(click_sets))}
+    failures, done = [], []
+
+    def user(u):
+        client = SonoSAMClient(server.url, server.token)
+        try:
+            for i in range(50):
+                f, c = (u + i) % 2, (3 * u + i) % len(click_sets)
+                got = client.predict(frames[f], points=click_sets[c][0], labels=click_sets[c][1])
+                want = expected[(f, c)]
+                if not (np.array_equal(got.mask, want.mask) and abs(got.score - want.score) < 1e-4):
+                    failures.append((u, i, int((got.mask != want.mask).sum()), got.score, want.score))
+                done.append(1)
+        except Exception as error:  # noqa: BLE001 - reported below
+            failures.append((u, repr(error)))
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=user, args=(u,)) for u in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:5]
+    assert len(done) == 200
+
+
+def test_prediction_fields_refine_and_images_sent_once(client, predictor, echo_frames):
+    image = echo_frames[1]
+    first = client.predict(image, box=LV_BOX, key=("echo", 1))
+    want = predictor.predict(image, box=LV_BOX)
+    assert first.masks.shape == (1, 480, 640) and first.masks.dtype == bool
+    assert first.low_res_logits.shape == (1, 256, 256) and first.low_res_logits.dtype == np.float32
+    assert np.array_equal(first.mask, want.mask) and np.allclose(first.logits, want.logits, atol=1e-4)
+    array_id = wire.content_id(image)
+    assert array_id in client._sent
+    uploads = []
+    original = client.upload
+    client.upload = lambda *a, **k: uploads.append(1) or original(*a, **k)
+    try:  # the known key: no hashing, no upload; the same pixels without a key: hashed, not re-sent
+        refined = client.predict(lambda: pytest.fail("image read again"), box=LV_BOX, mask_logits=first.logits,
+                                 key=("echo", 1))
+        client.predict(image.copy(), points=[(370, 170)], labels=[1])
+    finally:
+        client.upload = original
+    assert uploads == []
+    want = predictor.predict(image, box=LV_BOX, mask_logits=want.logits)
+    assert np.array_equal(refined.mask, want.mask)
+
+
+def test_prefetch_encodes_ahead_on_the_server(client, echo_frames):
+    frames = [np.ascontiguousarray(echo_frames[3][:, ::-1]), np.ascontiguousarray(echo_frames[3][::-1])]
+    calls = client.encoder_calls
+    job = client.prefetch([(("flipped", i), (lambda i=i: frames[i])) for i in range(2)])
+    job.wait(timeout=300)
+    assert job.done and job.done_count == 2
+    assert client.is_cached(("flipped", 0)) and client.is_cached(("flipped", 1))
+    assert client.encoder_calls == calls + 2
+    client.predict(frames[0], box=LV_BOX, key=("flipped", 0))
+    assert client.encoder_calls == calls + 2  # answered from the shared cache
+
+
+def test_refusals_are_clear_and_the_server_keeps_serving(server, client, echo_frames):
+    image = echo_frames[0]
+    for token, needle in ((None, "needs its token"), ("x" * 40, "Wrong token")):
+        conn = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=30)
+        conn.request("GET", "/v1/info", headers={"Authorization": f"Bearer {token}"} if token else {})
+        response = conn.getresponse()
+        assert response.status == 401 and needle in json.loads(response.read())["message"]
+        conn.close()
+    with pytest.raises(ServerError, match="Wrong token"):
+        SonoSAMClient(server.url, "y" * 40).info()
+
+    # oversized: refused from the Content-Length header, before the body is read
+    conn = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=30)
+    conn.putrequest("POST", "/v1/predict")
+    conn.putheader("Authorization", f"Bearer {server.token}")
+    conn.putheader("Content-Length", str(10**9))
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413 and "limit of 4 MiB" in json.loads(response.read())["message"]
+    conn.close()
+    with pytest.raises(ServerError, match="exceeds"):
+        client.upload(np.ones((2000, 2000, 3), np.uint8))
+
+    # malformed messages and arrays
+    good = wire.encode({"ids": []}, {"array": np.zeros((4, 4), np.uint8)})
+    header_end = 8 + int.from_bytes(good[4:8], "little")
+    header = json.loads(good[8:header_end])
+    broken = dict(header, arrays={"array": dict(header["arrays"]["array"], shape=[5, 4])})
+    bad_shape = good[:4] + len(json.dumps(broken)).to_bytes(4, "little") + json.dumps(broken).encode() + good[header_end:]
+    pickled = dict(header, arrays={"array": dict(header["arrays"]["array"], dtype="object")})
+    bad_dtype = good[:4] + len(json.dumps(pickled)).to_bytes(4, "little") + json.dumps(pickled).encode() + good[header_end:]
+    for body, needle in ((b"\x80\x04pickle", "not a SonoSAM message"), (good[:-3], "beyond the"),
+                         (bad_shape, "needs 20 bytes"), (bad_dtype, "dtype 'object' is not allowed")):
+        with pytest.raises(ServerError, match=needle) as caught:
+            client._request("PUT", f"/v1/arrays/{wire.content_id(np.zeros((4, 4), np.uint8))}", body=body)
+        assert caught.value.status == 400
+    with pytest.raises(ServerError, match="content id is"):
+        client.upload(np.zeros((4, 4), np.uint8), array_id="0" * 32)
+    with pytest.raises(InputImageError, match="shape"):
+        client.predict(np.zeros((2, 3, 16, 16), np.float32), box=(1, 1, 5, 5))
+    with pytest.raises(PromptError, match="labels"):
+        client.predict(image, points=[(10, 10)], labels=[3])
+
+    # prompts outside the image
+    with pytest.raises(PromptError, match=r"Point \(700, 100\) lies outside the 640x480 image"):
+        client.predict(image, points=[(700, 100)], labels=[1])
+    with pytest.raises(PromptError, match="Box corner"):
+        client.predict(image, box=(10, 10, 650, 200))
+
+    assert client.info()["model"] == MODEL
+    assert client.predict(image, box=LV_BOX).mask.any()
+
+
+def _colin_cut(n_slices):
+    from sonosam.data import mri_colin27_paths
+    from sonosam.io import read_volume
+    from sonosam.volume_bench import label_seed
+
+    t1, aal = mri_colin27_paths()
+    volume, labels = read_volume(t1).array, read_volume(aal).array
+    index, box = label_seed(labels, 78)  # Thalamus_R
+    lo = max(0, index - n_slices // 2)
+    return np.ascontiguousarray(volume[lo:lo + n_slices]), labels[lo:lo + n_slices], index - lo, box
+
+
+def test_propagation_cancelled_half_way_keeps_nothing(client):
+    volume, _, index, box = _colin_cut(24)
+    job = client.start_job("propagate", volume=volume, seeds=[{"index": index, "box": box}], axis=0)
+    status = job.wait(timeout=600, interval=0.05, cancel=lambda: job.last["progress"][0] >= 2)
+    assert status["state"] == "cancelled", status
+    assert 2 <= status["progress"][0] < status["progress"][1]
+    with pytest.raises(JobCancelledError, match="nothing was written"):
+        job.result()
+    with pytest.raises(ServerError, match="cancelled") as caught:
+        client._request("GET", f"/v1/jobs/{job.id}/result")
+    assert caught.value.status == 409
+    with pytest.raises(ServerError, match="not a finished propagation"):
+        client.start_job("propagate", volume=volume, seeds=[], previous=job.id)
+
+
+@pytest.mark.slow
+def test_propagation_and_evaluation_jobs_match_in_process(client, predictor):
+    from sonosam.evaluate import evaluate, samples_from_arrays, summary_table
+    from sonosam.image import to_uint8_rgb
+    from sonosam.volume import Seed, propagate, volume_window
+
+    volume, labels, index, box = _colin_cut(9)
+    window = volume_window(volume)
+    messages = []
+    remote = client.propagate(volume, [{"index": index, "box": box}], axis=0, window=window, max_slices=2,
+                              progress=lambda d, t, m: messages.append(m))
+    local = propagate(predictor, volume, [Seed(index, box=box)], axis=0, window=window, max_slices=2)
+    assert np.array_equal(remote.mask, local.mask) and remote.mask.any()
+    assert remote.summary() == local.summary() and sorted(remote.anchors) == sorted(local.anchors)
+    assert {i: s.status for i, s in remote.slices.items()} == {i: s.status for i, s in local.slices.items()}
+    assert messages and messages[-1].startswith("slice")
+
+    gt = (labels == 78).astype(np.uint8)
+    slices = [index - 1, index + 1]
+    job = client.start_job("evaluate", volume=volume, labelmap=gt, labels=[1], slices=slices, n_clicks=2,
+                           start="box", window=window, name="thalamus")
+    table = job.result(timeout=600)["table"]
+    samples = samples_from_arrays(volume, gt, labels=[1], axis=0, name="thalamus", slices=slices, kind="volume")
+    for sample in samples:
+        sample.image = to_uint8_rgb(sample.image, window=window)
+    want = summary_table([evaluate(predictor, samples, n_clicks=2, start="box", progress=False)])
+    assert [row["Dice@1"] for row in table] == [row["Dice@1"] for row in want]
+
+
+def test_tracker_on_the_server_matches_in_process(client, predictor, echo_frames):
+    from sonosam.track import Tracker
+
+    frames = echo_frames[:3]
+    remote = client.tracker(frames, model_every=5, pause=False, prefetch=False)
+    remote.add_object("LV", 0, box=LV_BOX)
+    progress = []
+    report = remote.run(on_progress=lambda d, t: progress.append((d, t)))
+    local = Tracker(predictor, frames, model_every=5, pause=False, prefetch=False)
+    local.add_object("LV", 0, box=LV_BOX)
+    local_report = local.run()
+    assert report["paused"] == local_report.paused
+    assert np.array_equal(remote.masks("LV"), local.masks("LV")) and remote.masks("LV")[1:].any()
+    np.testing.assert_allclose(remote.confidences(), local.confidences(), atol=1e-6)
+    remote.correct(0, "LV", mask=local.masks("LV")[1])
+    assert remote.sources("LV") == ["keyframe", None, None]  # later frames are recomputed by the next run
+    remote.close()
+
+
+def test_server_killed_mid_job_is_named(tmp_path, echo_frames):
+    local = _start(tmp_path)
+    client = local.client()
+    volume = np.stack([echo_frames[i % 4] for i in range(12)])
+    job = client.start_job("propagate", volume=volume, seeds=[{"index": 0, "box": LV_BOX}], axis=0)
+    job.poll()
+    local.process.kill()
+    local.process.wait(30)
+    with pytest.raises(ServerUnavailableError) as caught:
+        job.result(timeout=60)
+    message = str(caught.value)
+    assert "propagate job" in message and "killed by signal 9" in message and local.url in message
+    local.stop()

@@ -1,0 +1,743 @@
+"""Talk to a `sonosam serve` process: the `Predictor` interface (predict, embedding, prefetch, is_cached)
+and long jobs (propagate, evaluate, track, encode) over HTTP. numpy + the standard library only: Slicer's
+Python imports this without torch (tested in a subprocess).
+
+    from sonosam.client import start_local_server
+    server = start_local_server(model="litemedsam_clicks")      # python -m sonosam serve on 127.0.0.1:<free port>
+    client = server.client()                                    # or SonoSAMClient(url, token) for a GPU host
+    prediction = client.predict(image, points=[(120, 80)], labels=[1])
+    job = client.start_job("propagate", volume=volume, seeds=[{"index": 40, "mask": mask40}], axis=0)
+    job.poll()  -> {"state": "running", "progress": [12, 90], "message": ...};  job.cancel();  job.result()
+    server.stop()
+
+Images and volumes are sent once: each array is named by its content hash (sonosam.wire.content_id); the
+server keeps them in a store (re-sending is skipped) and answers 404 for an evicted one, which the client
+then sends again by itself. Errors are the core's SonoSAMError subclasses (PromptError, InputImageError, ...)
+with the server's message; a server that stops answering raises ServerUnavailableError naming what happened.
+"""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import json
+import os
+import secrets
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import types
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Hashable, Iterable
+
+import numpy as np
+
+from . import errors, wire
+from .errors import JobCancelledError, ServerError, ServerUnavailableError, SonoSAMError
+
+TOKEN_ENV = "SONOSAM_SERVER_TOKEN"  # the same name as sonosam.server.TOKEN_ENV (that module imports torch)
+FINISHED = ("done", "failed", "cancelled")
+
+__all__ = ["SonoSAMClient", "Prediction", "RemoteJob", "RemotePrefetchJob", "RemotePropagationResult",
+           "RemoteTracker", "LocalServer", "start_local_server"]
+
+
+@dataclass
+class Prediction:
+    """Same fields as sonosam.models.Prediction: masks (N, H, W) bool best first, scores (N,), low_res_logits
+    (N, 256, 256) float32 (pass .logits back as mask_logits to refine), notes."""
+    masks: np.ndarray
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0   # server-side decode time
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.masks[0]
+
+    @property
+    def score(self) -> float:
+        return float(self.scores[0])
+
+    @property
+    def logits(self) -> np.ndarray:
+        return self.low_res_logits[0]
+
+
+def _raise_for(status: int, body: dict, context: str = "") -> None:
+    """The server's refusal as the core's own error class when it names one (PromptError, ...)."""
+    message = body.get("message") or f"HTTP {status}"
+    if context:
+        message = f"{context}: {message}"
+    cls = getattr(errors, str(body.get("type")), None)
+    if isinstance(cls, type) and issubclass(cls, SonoSAMError) and not issubclass(cls, ServerError) \
+            and cls is not SonoSAMError:
+        raise cls(message)
+    raise ServerError(message, status, str(body.get("error", "")))
+
+
+class SonoSAMClient:
+    """One server, any number of threads (each keeps its own connection)."""
+
+    def __init__(self, url: str, token: str, *, timeout: float = 600, cafile: str | None = None,
+                 server: "LocalServer | None" = None):
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise SonoSAMError(f"Server URL {url!r} must look like http://HOST:PORT or https://HOST:PORT.")
+        if not token:
+            raise SonoSAMError("Give the server's token (printed by `sonosam serve`, or in its --token-file).")
+        self.url = url.rstrip("/")
+        self._scheme, self._host = parsed.scheme, parsed.hostname
+        self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        self._headers = {"Authorization": f"Bearer {token}", "Content-Type": wire.CONTENT_TYPE}
+        self.timeout = timeout
+        self._ssl = ssl.create_default_context(cafile=cafile) if parsed.scheme == "https" else None
+        self.server = server          # a LocalServer: its exit code and log make connection errors clearer
+        self._local = threading.local()
+        self._sent: set[str] = set()  # content ids this client knows the server holds
+        self._keys: dict = {}         # caller's image keys -> (content id, (H, W)), like the Predictor's cache keys
+        self._info: dict | None = None
+
+    # ---------------------------------------------------------------------------------------- transport
+    def _connection(self, fresh: bool = False):
+        conn = getattr(self._local, "conn", None)
+        if conn is None or fresh:
+            if conn is not None:
+                conn.close()
+            if self._ssl is not None:
+                conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout, context=self._ssl)
+            else:
+                conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+            self._local.conn = conn
+        return conn
+
+    def _unavailable(self, reason: BaseException | str, context: str) -> ServerUnavailableError:
+        what = reason if isinstance(reason, str) else f"{type(reason).__name__}: {reason}"
+        message = f"The SonoSAM server at {self.url} is not answering ({what})"
+        if context:
+            message += f" {context}"
+        if self.server is not None:
+            message += f"; {self.server.describe()}"
+        else:
+            message += "; it was stopped, crashed or cannot be reached"
+        return ServerUnavailableError(message + ". Start it again (or check the URL and network) and repeat.")
+
+    def _request(self, method: str, path: str, meta: dict | None = None, arrays: dict | None = None, *,
+                 context: str = "", body: bytes | None = None):
+        """-> dict (JSON answer) or (meta, arrays) (wire answer); refusals raise, see _raise_for."""
+        if body is None and (meta is not None or arrays):
+            body = wire.encode(meta, arrays)
+        if body is not None and len(body) > 2**20 and path != "/v1/info":
+            # the server would refuse it from its header and close while we still send: say why here
+            limit = (self._info or self.info()).get("max_request_mib", float("inf")) * 2**20
+            if len(body) > limit:
+                raise ServerError(f"A request of {len(body) / 2**20:.1f} MiB exceeds the server's limit of "
+                                  f"{limit / 2**20:.0f} MiB (sonosam serve --max-request-mib).", 413, "too_large")
+        for attempt in (0, 1):
+            conn = self._connection(fresh=attempt > 0)
+            reused = getattr(conn, "sock", None) is not None
+            try:
+                conn.request(method, path, body=body, headers=self._headers)
+                response = conn.getresponse()
+                data = response.read()
+                break
+            except (ConnectionRefusedError, socket.gaierror) as error:
+                conn.close()
+                raise self._unavailable(error, context) from None
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+                    http.client.CannotSendRequest, http.client.ResponseNotReady) as error:
+                conn.close()
+                if attempt == 0 and reused:  # a kept-alive connection the server had closed: once more, fresh
+                    continue
+                raise self._unavailable(error, context) from None
+            except (TimeoutError, socket.timeout) as error:
+                conn.close()
+                raise self._unavailable(f"no answer within {self.timeout:g} s: {error}", context) from None
+            except OSError as error:
+                conn.close()
+                raise self._unavailable(error, context) from None
+        if response.status >= 400:
+            try:
+                payload = json.loads(data)
+            except ValueError:
+                payload = {"message": data[:300].decode(errors="replace")}
+            _raise_for(response.status, payload if isinstance(payload, dict) else {})
+        if response.getheader("Content-Type", "").startswith(wire.CONTENT_TYPE):
+            return wire.decode(data)
+        return json.loads(data)
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # ---------------------------------------------------------------------------------------- arrays
+    def upload(self, array: np.ndarray, geometry: dict | None = None, array_id: str | None = None) -> str:
+        """Send an array once (by content); returns its content id. `geometry` (spacing, origin, direction)
+        is kept with it on the server."""
+        array = np.asarray(array)
+        array_id = array_id or wire.content_id(array)
+        if array_id not in self._sent:
+            self._request("PUT", f"/v1/arrays/{array_id}", {"geometry": geometry}, {"array": array},
+                          context="sending an array")
+            self._sent.add(array_id)
+        return array_id
+
+    def _image_id(self, image, key: Hashable | None) -> tuple[str, np.ndarray | None]:
+        """(content id, the array when it was materialised). A known `key` skips reading the image at all."""
+        if key is not None:
+            known = self._keys.get(_hashable(key))
+            if known is not None:
+                return known, None
+        array = np.asarray(image() if callable(image) else image)
+        array_id = wire.content_id(array)
+        if key is not None:
+            self._keys[_hashable(key)] = array_id
+        return array_id, array
+
+    def _with_image(self, image, key, call):
+        """Run call(content_id), sending the image first when the server lacks it (or evicted it)."""
+        array_id, array = self._image_id(image, key)
+        if array is not None and array_id not in self._sent:
+            self.upload(array, array_id=array_id)
+        try:
+            return call(array_id)
+        except ServerError as error:
+            if error.code != "unknown_array":
+                raise
+            self._sent.discard(array_id)
+            if array is None:
+                array = np.asarray(image() if callable(image) else image)
+            self.upload(array, array_id=array_id)
+            return call(array_id)
+
+    # ---------------------------------------------------------------------------------------- Predictor API
+    def info(self) -> dict:
+        """Model name, prompt kinds, device, backend, cache and store use, jobs."""
+        self._info = self._request("GET", "/v1/info", context="asking for its info")
+        return self._info
+
+    @property
+    def spec(self):
+        """The served model's spec (name, prompt_kinds, multimask, image_size), like model.spec in-process."""
+        info = self._info or self.info()
+        return types.SimpleNamespace(name=info["model"], description=info["description"],
+                                     prompt_kinds=frozenset(info["prompt_kinds"]), multimask=info["multimask"],
+                                     image_size=info["image_size"])
+
+    @property
+    def model(self):
+        """A stand-in for predictor.model: .spec, .model_id, .device, .backend (the server's)."""
+        info = self._info or self.info()
+        return types.SimpleNamespace(spec=self.spec, model_id=info["model_id"], device=info["device"],
+                                     backend=info["backend"])
+
+    @property
+    def encoder_calls(self) -> int:
+        return int(self.info()["encoder_calls"])
+
+    def embedding(self, image, key: Hashable | None = None, window=None) -> dict:
+        """Encode the image on the server now (into the shared cache); returns {cached, seconds, original_size,
+        input_size}. The embedding itself stays on the server."""
+        return self._with_image(image, key, lambda array_id: self._request(
+            "POST", "/v1/embed", {"image": array_id, "window": _window(window)}, context="encoding an image"))
+
+    def is_cached(self, key: Hashable, window=None) -> bool:
+        array_id = self._keys.get(_hashable(key))
+        if array_id is None:
+            return False
+        return bool(self._request("POST", "/v1/cached", {"ids": [array_id], "window": _window(window)})["cached"][0])
+
+    def predict(self, image, prompts=None, *, points=None, labels=None, box=None, mask_logits=None,
+                multimask: bool = False, key: Hashable | None = None, window=None) -> Prediction:
+        """As sonosam.predictor.Predictor.predict: a Prompts object or the points/labels/box/mask_logits keywords."""
+        if prompts is not None:
+            if any(v is not None for v in (points, labels, box, mask_logits)):
+                raise SonoSAMError("Give either a Prompts object or points/labels/box/mask_logits, not both.")
+            data = prompts.to_json() if hasattr(prompts, "to_json") else dict(prompts)
+            points, labels, box = data.get("points"), data.get("labels"), data.get("box")
+            mask_logits = getattr(prompts, "mask_logits", None)
+        meta = {"prompts": {"points": _listed(points), "labels": _listed(labels), "box": _listed(box)},
+                "multimask": bool(multimask), "window": _window(window)}
+        arrays = {"mask_logits": None if mask_logits is None else np.asarray(mask_logits, np.float32).reshape(256, 256)}
+
+        def call(array_id):
+            answer, out = self._request("POST", "/v1/predict", {**meta, "image": array_id}, arrays,
+                                        context="predicting a mask")
+            return Prediction(out["masks"], np.asarray(answer["scores"], np.float32), out["low_res_logits"],
+                              list(answer.get("notes", [])), float(answer.get("seconds", 0.0)))
+        return self._with_image(image, key, call)
+
+    def prefetch(self, items: Iterable[tuple[Hashable, object]], window=None,
+                 on_progress: Callable[[int, int], None] | None = None) -> "RemotePrefetchJob":
+        """Encode (key, image-or-callable) items ahead on the server, nearest first as given. The images are
+        sent now (those the server lacks); the encoding runs there. Returns a job with done, done_count,
+        total, cancel(), wait() like the in-process PrefetchJob (`on_progress` is called from poll/wait)."""
+        items = list(items)
+        ids, arrays = [], {}
+        for key, image in items:
+            array_id, array = self._image_id(image, key)  # a known key: the image is not even read
+            ids.append(array_id)
+            if array is not None:
+                arrays[array_id] = array
+        missing = set(self._request("POST", "/v1/arrays/missing", {"ids": ids}, context="sending images")["missing"])
+        for array_id, (key, image) in zip(ids, items):
+            if array_id in missing:
+                array = arrays.get(array_id)
+                self._sent.discard(array_id)
+                self.upload(np.asarray(image() if callable(image) else image) if array is None else array,
+                            array_id=array_id)
+                missing.discard(array_id)
+        job = self.start_job("encode", images=ids, window=_window(window))
+        return RemotePrefetchJob(job, len(ids), on_progress)
+
+    def close_session(self) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------------------------------- jobs
+    def start_job(self, kind: str, **params) -> "RemoteJob":
+        """Start a long job on the server; returns at once with a RemoteJob to poll, cancel and fetch.
+
+        propagate: volume (array), seeds [{"index", "box" | "points"+"labels" | "mask" (2D bool array)}],
+                   axis, previous (an earlier RemotePropagationResult or job id), window, and any
+                   sonosam.volume.PropagationOptions field (direction, max_slices, ...)
+        evaluate:  volume, labelmap (arrays, same shape), labels, slices, n_clicks, start, min_area, window, name
+        track:     tracker (a RemoteTracker or its id), rerun
+        encode:    images (content ids of uploaded arrays), window
+        """
+        arrays: dict = {}
+        if kind == "propagate":
+            params = self._propagate_params(params, arrays)
+        elif kind == "evaluate":
+            params = dict(params)
+            params["volume"] = self._array_param(params.get("volume"), "volume")
+            params["labelmap"] = self._array_param(params.get("labelmap"), "labelmap")
+            params["window"] = _window(params.get("window"))
+        elif kind == "track":
+            tracker = params.get("tracker")
+            params = {**params, "tracker": getattr(tracker, "id", tracker)}
+        status = self._request("POST", "/v1/jobs", {"kind": kind, "params": params}, arrays,
+                               context=f"starting a {kind} job")
+        return RemoteJob(self, status["id"], kind)
+
+    def _array_param(self, value, what: str) -> str:
+        if isinstance(value, str):
+            return value
+        if value is None:
+            raise SonoSAMError(f"Give the {what} (a numpy array).")
+        return self.upload(np.asarray(value))
+
+    def _propagate_params(self, params: dict, arrays: dict) -> dict:
+        params = dict(params)
+        out = {"volume": self._array_param(params.pop("volume", None), "volume"),
+               "axis": params.pop("axis", 0)}
+        previous = params.pop("previous", None)
+        out["previous"] = getattr(previous, "job_id", previous)
+        seeds = []
+        for n, seed in enumerate(params.pop("seeds", None) or []):
+            entry = dict(seed) if isinstance(seed, dict) else {k: getattr(seed, k) for k in
+                                                               ("index", "box", "points", "labels", "mask")}
+            if entry.get("mask") is not None:
+                arrays[f"seed{n}"] = np.asarray(entry["mask"]).astype(bool)
+                entry["mask"] = f"seed{n}"
+            seeds.append({k: _listed(v) if k in ("box", "points", "labels") else v for k, v in entry.items()
+                          if v is not None})
+        out["seeds"] = seeds
+        params.pop("volume_id", None)  # the server names volumes by content
+        if "window" in params:
+            params["window"] = _window(params["window"])
+        out["options"] = params
+        return out
+
+    def propagate(self, volume, seeds, axis=0, *, previous=None, progress=None, cancel=None, poll: float = 0.1,
+                  **options) -> "RemotePropagationResult":
+        """sonosam.volume.propagate on the server, waiting here: progress(done, total, message) while it runs,
+        `cancel` (threading.Event or callable) cancels it (then JobCancelledError: nothing to write)."""
+        job = self.start_job("propagate", volume=volume, seeds=seeds, axis=axis, previous=previous, **options)
+        return job.result(on_progress=progress, cancel=cancel, interval=poll)
+
+    def tracker(self, frames, *, pause: bool = True, **options) -> "RemoteTracker":
+        """A cine tracker (sonosam.track.Tracker) living on the server, for (T, H, W) frames."""
+        frames = np.asarray(frames)
+        frames_id = self.upload(frames)
+        answer = self._request("POST", "/v1/trackers", {"frames": frames_id, "options": options, "pause": pause},
+                               context="creating a tracker")
+        return RemoteTracker(self, answer["id"], frames.shape)
+
+
+def _hashable(key):
+    if isinstance(key, (list, tuple)):
+        return tuple(_hashable(k) for k in key)
+    return key
+
+
+def _listed(value):
+    if value is None:
+        return None
+    return np.asarray(value).tolist()
+
+
+def _window(window):
+    return None if window is None else [float(window[0]), float(window[1])]
+
+
+class RemoteJob:
+    """A job on the server. poll() -> status dict; cancel(); wait(); result() (waits, then decodes)."""
+
+    def __init__(self, client: SonoSAMClient, job_id: str, kind: str):
+        self.client, self.id, self.kind = client, job_id, kind
+        self.last: dict = {"state": "queued", "progress": [0, 0], "message": ""}
+
+    def _context(self) -> str:
+        return f"while its {self.kind} job {self.id[:8]} was running (the job and its result are lost)"
+
+    def poll(self) -> dict:
+        """{"state": queued|running|done|failed|cancelled, "progress": [done, total], "message", "error"}."""
+        self.last = self.client._request("GET", f"/v1/jobs/{self.id}", context=self._context())
+        return self.last
+
+    @property
+    def state(self) -> str:
+        return self.last["state"]
+
+    @property
+    def done(self) -> bool:
+        return self.poll()["state"] in FINISHED
+
+    def cancel(self) -> dict:
+        """Ask the server to stop after the current step; a cancelled job keeps no result."""
+        self.last = self.client._request("POST", f"/v1/jobs/{self.id}/cancel", context=self._context())
+        return self.last
+
+    def wait(self, timeout: float | None = None, interval: float = 0.1, on_progress=None, cancel=None) -> dict:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.poll()
+            if on_progress is not None and status["progress"][1]:
+                on_progress(status["progress"][0], status["progress"][1], status.get("message", ""))
+            if status["state"] in FINISHED:
+                return status
+            if cancel is not None and (cancel.is_set() if isinstance(cancel, threading.Event) else cancel()):
+                self.cancel()
+                cancel = None
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"The {self.kind} job is still {status['state']} after {timeout:g} s.")
+            time.sleep(interval)
+
+    def result(self, timeout: float | None = None, interval: float = 0.1, on_progress=None, cancel=None):
+        """Wait for the job, then its result: RemotePropagationResult (propagate), dict (evaluate: table and
+        result; encode), the tracker's RunReport-like dict (track). Raises JobCancelledError when cancelled,
+        the job's own error class when it failed."""
+        status = self.wait(timeout, interval, on_progress, cancel)
+        if status["state"] == "cancelled":
+            raise JobCancelledError(f"The {self.kind} job was cancelled: it has no result and nothing was written.")
+        if status["state"] == "failed":
+            _raise_for(409, status.get("error") or {}, f"The {self.kind} job failed")
+        meta, arrays = self.client._request("GET", f"/v1/jobs/{self.id}/result", context=self._context())
+        if self.kind == "propagate":
+            return RemotePropagationResult.from_wire(meta, arrays, self.id)
+        if self.kind == "track":
+            return meta, arrays
+        return meta
+
+
+class RemotePrefetchJob:
+    """The in-process PrefetchJob's face on a server encode job: done, done_count, total, cancel(), wait()."""
+
+    def __init__(self, job: RemoteJob, total: int, on_progress=None):
+        self.job, self.total, self.on_progress = job, total, on_progress
+        self.done_count = 0
+        self._cancelled = False
+
+    def _update(self) -> dict:
+        status = self.job.poll()
+        count = status["progress"][0]
+        if count != self.done_count and self.on_progress is not None:
+            self.on_progress(count, self.total)
+        self.done_count = count
+        return status
+
+    @property
+    def done(self) -> bool:
+        return self._update()["state"] in FINISHED
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self.job.cancel()
+
+    def wait(self, timeout: float | None = None) -> None:
+        status = self.job.wait(timeout, interval=0.05)
+        self._update()
+        if status["state"] == "failed":
+            _raise_for(409, status.get("error") or {}, "Encoding ahead failed")
+
+
+@dataclass
+class RemotePropagationResult:
+    """sonosam.volume.PropagationResult's fields, from the server: mask (volume-shaped bool), axis, slices
+    {index: SimpleNamespace(index, status, score, area, reason, source)}, anchors (indices), summary().
+    Pass it as `previous=` to a later propagate job: the server keeps the full result under `job_id`."""
+    mask: np.ndarray
+    axis: int
+    slices: dict
+    anchors: list
+    job_id: str
+    seconds: float = 0.0
+    encoder_calls: int = 0
+    decoded: int = 0
+    cancelled: bool = False
+    _summary: str = ""
+
+    @classmethod
+    def from_wire(cls, meta: dict, arrays: dict, job_id: str) -> "RemotePropagationResult":
+        slices = {int(i): types.SimpleNamespace(**info) for i, info in meta["slices"].items()}
+        return cls(np.array(arrays["mask"]), int(meta["axis"]), slices, [int(i) for i in meta["anchors"]], job_id,
+                   float(meta["seconds"]), int(meta["encoder_calls"]), int(meta["decoded"]), False, meta["summary"])
+
+    def slice_mask(self, index: int) -> np.ndarray:
+        return np.take(self.mask, index, axis=self.axis)
+
+    def status(self, index: int) -> str:
+        info = self.slices.get(index)
+        return info.status if info else ""
+
+    def summary(self) -> str:
+        return self._summary
+
+
+class RemoteTracker:
+    """sonosam.track.Tracker on the server: add_object/correct/accept here, run() as a server job (polled),
+    and after each call the results mirrored here: masks(name), labelmap(), confidences(), pending(),
+    events, next_attention()."""
+
+    def __init__(self, client: SonoSAMClient, tracker_id: str, shape: tuple):
+        self.client, self.id, self.shape = client, tracker_id, tuple(shape)
+        self.names: list[str] = []
+        self.events: list[dict] = []
+        self.threshold = None
+        self._objects: dict = {}
+        self._masks = np.zeros((0,) + self.shape, bool)
+        self._confidences = np.zeros((self.shape[0], 0))
+
+    @property
+    def n_frames(self) -> int:
+        return self.shape[0]
+
+    def _call(self, action: str, meta: dict, arrays: dict | None = None):
+        return self.client._request("POST", f"/v1/trackers/{self.id}/{action}", meta, arrays,
+                                    context=f"calling the tracker ({action})")
+
+    def _prompt_meta(self, frame, name, box, points, labels) -> dict:
+        return {"frame": int(frame), "name": name,
+                "prompts": {"box": _listed(box), "points": _listed(points), "labels": _listed(labels)}}
+
+    def add_object(self, name: str, frame: int, mask=None, box=None, points=None, labels=None,
+                   threshold: float | None = None) -> np.ndarray:
+        meta = {**self._prompt_meta(frame, name, box, points, labels), "threshold": threshold}
+        _, arrays = self._call("add_object", meta, {"mask": None if mask is None else np.asarray(mask).astype(bool)})
+        self.refresh()
+        return arrays["mask"]
+
+    def correct(self, frame: int, name: str, mask=None, box=None, points=None, labels=None) -> np.ndarray:
+        _, arrays = self._call("correct", self._prompt_meta(frame, name, box, points, labels),
+                               {"mask": None if mask is None else np.asarray(mask).astype(bool)})
+        self.refresh()
+        return arrays["mask"]
+
+    def accept(self, frame: int, name: str) -> None:
+        self._call("accept", {"frame": int(frame), "name": name})
+        self.refresh()
+
+    def start(self, rerun: bool = False) -> RemoteJob:
+        """Run (or re-run) the tracker as a server job; poll it, then call finish(job)."""
+        return self.client.start_job("track", tracker=self.id, rerun=rerun)
+
+    def finish(self, job: RemoteJob, **wait) -> dict:
+        """The finished job's report {paused, frame, processed, events}; mirrors the results here."""
+        meta, arrays = job.result(**wait)
+        self._mirror(meta, arrays)
+        return meta["report"]
+
+    def run(self, on_progress=None, cancel=None) -> dict:
+        job = self.start()
+        progress = None if on_progress is None else (lambda d, t, m: on_progress(d, t))
+        return self.finish(job, on_progress=progress, cancel=cancel)
+
+    def refresh(self) -> None:
+        self._mirror(*self._call("state", {}))
+
+    def _mirror(self, meta: dict, arrays: dict) -> None:
+        self.names, self.events, self.threshold = meta["names"], meta["events"], meta["threshold"]
+        self._objects = meta["objects"]
+        self._masks, self._confidences = np.array(arrays["masks"]), np.array(arrays["confidences"])
+
+    def masks(self, name: str) -> np.ndarray:
+        if name not in self.names:
+            raise SonoSAMError(f"No tracked object {name!r}; tracked: {', '.join(self.names) or 'none'}.")
+        return self._masks[self.names.index(name)]
+
+    def labelmap(self) -> np.ndarray:
+        out = np.zeros(self.shape, np.uint8)
+        for label, name in enumerate(self.names, start=1):
+            out[self.masks(name)] = label
+        return out
+
+    def confidences(self) -> np.ndarray:
+        return self._confidences
+
+    def sources(self, name: str) -> list:
+        return self._objects[name]["sources"]
+
+    def pending(self) -> list[dict]:
+        return [e for e in self.events if e["status"] == "pending"]
+
+    def next_attention(self, after: int = -1) -> int | None:
+        for t in range(after + 1, self.n_frames):
+            for j, name in enumerate(self.names):
+                threshold = self._objects[name]["threshold"]
+                threshold = self.threshold if threshold is None else threshold
+                conf = self._confidences[t, j]
+                if self.sources(name)[t] not in (None, "keyframe") and threshold > 0 and conf <= threshold:
+                    return t
+        return None
+
+    def close(self) -> None:
+        self.client._request("DELETE", f"/v1/trackers/{self.id}", context="closing the tracker")
+
+
+# -------------------------------------------------------------------------------------------- local server
+class LocalServer:
+    """A `python -m sonosam serve` child process on 127.0.0.1 (see start_local_server)."""
+
+    def __init__(self, process: subprocess.Popen, token: str, command: list[str]):
+        self.process, self.token, self.command = process, token, command
+        self.url: str | None = None
+        self.ready_info: dict | None = None
+        self._log = collections.deque(maxlen=200)   # the server's stderr, last lines
+        self._ready = threading.Event()
+        threading.Thread(target=self._read_stdout, name="sonosam-server-stdout", daemon=True).start()
+        threading.Thread(target=self._read_stderr, name="sonosam-server-stderr", daemon=True).start()
+
+    def _read_stdout(self) -> None:
+        for line in iter(self.process.stdout.readline, b""):
+            text = line.decode(errors="replace").strip()
+            if not self._ready.is_set():
+                try:
+                    info = json.loads(text)
+                except ValueError:
+                    info = None
+                if isinstance(info, dict) and "url" in info:
+                    self.ready_info, self.url = info, info["url"]
+                    self._ready.set()
+                    continue
+            self._log.append(text)
+        self._ready.set()  # EOF: wake up waiters (they see the exit)
+
+    def _read_stderr(self) -> None:
+        for line in iter(self.process.stderr.readline, b""):
+            self._log.append(line.decode(errors="replace").rstrip())
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 5) -> str:
+        tail = [line for line in list(self._log) if line][-lines:]
+        return " | ".join(tail)
+
+    def describe(self) -> str:
+        """What became of the process, for error messages."""
+        code = self.process.poll()
+        if code is None:
+            return f"its process (pid {self.process.pid}) is still running but does not answer"
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        tail = self.log_tail(3)
+        return f"its process (pid {self.process.pid}) {how}" + (f"; last log: {tail}" if tail else "")
+
+    def is_ready(self) -> bool:
+        """Non-blocking (for a GUI timer): True once ready; raises ServerUnavailableError if it died first."""
+        if self.url is not None:
+            return True
+        if self.process.poll() is not None:
+            self._ready.wait(2)  # let the readers drain the last lines
+            raise ServerUnavailableError(f"`sonosam serve` stopped before it was ready: {self.describe()}.")
+        return False
+
+    def wait_ready(self, timeout: float = 300) -> "LocalServer":
+        deadline = time.monotonic() + timeout
+        while not self.is_ready():
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerUnavailableError(f"`sonosam serve` was not ready within {timeout:g} s; "
+                                             f"last log: {self.log_tail(3) or '(none)'}.")
+            self._ready.wait(0.1)
+        return self
+
+    def client(self, **kwargs) -> SonoSAMClient:
+        self.wait_ready()
+        return SonoSAMClient(self.url, self.token, server=self, **kwargs)
+
+    def stop(self, timeout: float = 10) -> int | None:
+        """Close its stdin (it exits on EOF), then terminate, then kill. Returns the exit code."""
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.process.wait(timeout / 2)
+            except subprocess.TimeoutExpired:
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout / 2)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+        return self.process.returncode
+
+    def __enter__(self) -> "LocalServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start_local_server(python: str | None = None, model: str = "litemedsam", *, args: Iterable[str] = (),
+                       backend: str | None = None, device: str | None = None, env: dict | None = None,
+                       timeout: float = 300, wait: bool = True) -> LocalServer:
+    """Start `python -m sonosam serve` on 127.0.0.1 with a free port and a fresh random token (handed over in the
+    environment, not on the command line), stopping with this process (stdin EOF). `python`: the interpreter
+    with the core and torch installed (default: this one); the child imports the same `sonosam` as this
+    process. `wait=False` returns at once: poll server.is_ready() from a GUI timer."""
+    python = python or sys.executable
+    token = secrets.token_urlsafe(32)
+    command = [python, "-m", "sonosam"]
+    if backend:
+        command += ["--backend", backend]
+    if device:
+        command += ["--device", device]
+    command += ["serve", "--host", "127.0.0.1", "--port", "0", "--model", model, "--exit-on-stdin-eof", *args]
+    child_env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parent.parent)
+    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, child_env.get("PYTHONPATH")]))
+    child_env.update(env or {})
+    child_env[TOKEN_ENV] = token
+    flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+    try:
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   env=child_env, creationflags=flags)
+    except OSError as error:
+        raise ServerUnavailableError(f"Cannot start {python} -m sonosam serve: {error}.") from None
+    server = LocalServer(process, token, command)
+    return server.wait_ready(timeout) if wait else server

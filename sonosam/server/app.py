@@ -1,0 +1,156 @@
+"""HTTP routes of `sonosam serve` (FastAPI): token check, request size limit, wire decoding, and the
+mapping of refusals to status codes with a JSON body {"error", "type", "message"} that names the problem.
+
+Routes (all under /v1 need the token as `Authorization: Bearer TOKEN`; bodies are sonosam.wire messages):
+
+    GET  /healthz                        liveness, no token (for load balancers)
+    GET  /v1/info                        model, prompt kinds, device, cache and store use
+    PUT  /v1/arrays/{content_id}         upload one array (+ meta.geometry); the id is checked against the bytes
+    POST /v1/arrays/missing              meta.ids -> which of them the server does not hold
+    POST /v1/embed                       meta.image (+window): encode now into the shared cache
+    POST /v1/cached                      meta.ids (+window) -> whether each is encoded
+    POST /v1/predict                     meta.image, prompts, multimask, window (+ array mask_logits) -> masks
+    POST /v1/jobs                        meta.kind (encode|propagate|evaluate|track), params (+ arrays) -> status
+    GET  /v1/jobs/{id}                   status: state, progress [done, total], message, error
+    POST /v1/jobs/{id}/cancel            stop after the current step; a cancelled job keeps no result
+    GET  /v1/jobs/{id}/result            the result (409 while running, or when failed/cancelled)
+    DELETE /v1/jobs/{id}
+    POST /v1/trackers                    meta.frames (+options, pause) -> a tracker session
+    POST /v1/trackers/{id}/{action}      add_object | correct | accept | state
+    DELETE /v1/trackers/{id}
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from .. import __version__, wire
+from ..errors import SonoSAMError
+from .service import ApiError, Service, _error_type
+
+log = logging.getLogger("sonosam.server")
+
+
+def create_app(service: Service, token: str, max_request_bytes: int) -> FastAPI:
+    expected = token.encode()
+
+    def check_token(request: Request) -> None:
+        header = request.headers.get("authorization", "")
+        given = header[7:] if header.lower().startswith("bearer ") else ""
+        if not given:
+            raise ApiError(401, "no_token", "This server needs its token: send 'Authorization: Bearer TOKEN' "
+                           "(the token is printed by `sonosam serve` when it starts, or set with --token-file).")
+        if not hmac.compare_digest(given.encode(), expected):
+            raise ApiError(401, "bad_token", "Wrong token for this server: copy it again from where the server "
+                           "was started (--token-file or its ready line).")
+
+    app = FastAPI(title="SonoSAM", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    auth = [Depends(check_token)]
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError):
+        return JSONResponse({"error": error.code, "type": "ApiError", "message": str(error)}, error.status)
+
+    @app.exception_handler(SonoSAMError)
+    async def core_error(request: Request, error: SonoSAMError):
+        if isinstance(error, wire.WireError):  # the message itself is malformed: a protocol error
+            return JSONResponse({"error": "bad_message", "type": "ApiError", "message": str(error)}, 400)
+        return JSONResponse({"error": "invalid_input", "type": _error_type(error), "message": str(error)}, 422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal", "type": "ServerError",
+                             "message": f"internal server error: {type(error).__name__}: {error}"}, 500)
+
+    async def body(request: Request) -> tuple[dict, dict]:
+        """The request's message, refused with 413 as soon as it passes the size limit."""
+        length = request.headers.get("content-length")
+        limit_text = f"the server's limit of {max_request_bytes / 2**20:.0f} MiB (sonosam serve --max-request-mib)"
+        if length is not None and (not length.isdigit() or int(length) > max_request_bytes):
+            raise ApiError(413, "too_large", f"A request of {length} bytes exceeds {limit_text}.")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_request_bytes:
+                raise ApiError(413, "too_large", f"The request exceeds {limit_text}.")
+            chunks.append(chunk)
+        return wire.decode(b"".join(chunks))
+
+    def frame(meta: dict, arrays: dict | None = None) -> Response:
+        return Response(wire.encode(meta, arrays), media_type=wire.CONTENT_TYPE)
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/v1/info", dependencies=auth)
+    async def info():
+        return {**service.info(), "version": __version__, "max_request_mib": max_request_bytes / 2**20}
+
+    @app.put("/v1/arrays/{array_id}", dependencies=auth)
+    async def put_array(array_id: str, request: Request):
+        meta, arrays = await body(request)
+        return await run_in_threadpool(service.put_array, array_id, meta, arrays)
+
+    @app.post("/v1/arrays/missing", dependencies=auth)
+    async def missing(request: Request):
+        meta, _ = await body(request)
+        return service.missing(meta)
+
+    @app.post("/v1/embed", dependencies=auth)
+    async def embed(request: Request):
+        meta, _ = await body(request)
+        return await run_in_threadpool(service.embed, meta)
+
+    @app.post("/v1/cached", dependencies=auth)
+    async def cached(request: Request):
+        meta, _ = await body(request)
+        return service.is_cached(meta)
+
+    @app.post("/v1/predict", dependencies=auth)
+    async def predict(request: Request):
+        meta, arrays = await body(request)
+        return frame(*await run_in_threadpool(service.predict, meta, arrays))
+
+    @app.post("/v1/jobs", dependencies=auth)
+    async def start_job(request: Request):
+        meta, arrays = await body(request)
+        return await run_in_threadpool(service.start_job, meta, arrays)
+
+    @app.get("/v1/jobs/{job_id}", dependencies=auth)
+    async def job_status(job_id: str):
+        return service.job(job_id).status()
+
+    @app.post("/v1/jobs/{job_id}/cancel", dependencies=auth)
+    async def cancel_job(job_id: str):
+        return service.cancel_job(job_id)
+
+    @app.get("/v1/jobs/{job_id}/result", dependencies=auth)
+    async def job_result(job_id: str):
+        return frame(*service.job_result(job_id))
+
+    @app.delete("/v1/jobs/{job_id}", dependencies=auth)
+    async def delete_job(job_id: str):
+        return service.delete_job(job_id)
+
+    @app.post("/v1/trackers", dependencies=auth)
+    async def create_tracker(request: Request):
+        meta, arrays = await body(request)
+        return await run_in_threadpool(service.create_tracker, meta, arrays)
+
+    @app.post("/v1/trackers/{tracker_id}/{action}", dependencies=auth)
+    async def tracker_call(tracker_id: str, action: str, request: Request):
+        meta, arrays = await body(request)
+        return frame(*await run_in_threadpool(service.tracker_call, tracker_id, action, meta, arrays))
+
+    @app.delete("/v1/trackers/{tracker_id}", dependencies=auth)
+    async def delete_tracker(tracker_id: str):
+        return service.delete_tracker(tracker_id)
+
+    return app

@@ -1,0 +1,659 @@
+"""What `sonosam serve` does, without HTTP: one model, one embedding cache, a content-addressed array
+store, background jobs (encode, propagate, evaluate, track) and tracker sessions, shared by every client.
+
+Every method takes the request's (meta, arrays) and returns the response's (meta, arrays); bad input
+raises `ApiError` (or a SonoSAMError from the core) with a message naming the problem. The HTTP layer
+(app.py) maps them to status codes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+import time
+import traceback
+import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .. import wire
+from ..errors import InputImageError, PromptError, SonoSAMError
+
+log = logging.getLogger("sonosam.server")
+
+
+class ApiError(SonoSAMError):
+    """A request the server refuses: `status` is the HTTP code, `code` a stable machine-readable name."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+class JobCancelled(Exception):
+    """Raised inside a job's worker when its client cancelled it."""
+
+
+# ------------------------------------------------------------------------------------------ validation
+def _number(value, what: str, *, integer: bool = False, low=None, high=None):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise ApiError(400, "bad_value", f"{what} must be {'an integer' if integer else 'a number'}; got {value!r}.")
+    if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+        raise ApiError(400, "bad_value", f"{what} = {value!r} is out of range"
+                       + (f" [{low}, {high}]" if low is not None or high is not None else "") + ".")
+    return value
+
+
+def _window(value):
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ApiError(400, "bad_value", f"window must be [low, high]; got {value!r}.")
+    low, high = (float(_number(v, "window")) for v in value)
+    if not low < high:
+        raise ApiError(400, "bad_value", f"window [{low}, {high}] is empty: give low < high.")
+    return (low, high)
+
+
+def _points(value, what="points"):
+    if value is None:
+        return None
+    try:
+        points = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PromptError(f"{what} must be a list of [x, y] pairs; got {value!r}.") from None
+    if points.size == 0:
+        return None
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise PromptError(f"{what} must be a list of [x, y] pairs; got shape {points.shape}.")
+    return points
+
+
+def _labels(value, n: int):
+    if value is None:
+        return None if n == 0 else np.ones(n, np.int64)
+    labels = np.asarray(value)
+    if labels.ndim != 1 or len(labels) != n or not np.isin(labels, (0, 1)).all() or labels.dtype.kind not in "iub":
+        raise PromptError(f"labels {value!r} must be one 0 or 1 per point ({n} points).")
+    return labels.astype(np.int64)
+
+
+def _box(value):
+    if value is None:
+        return None
+    try:
+        box = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        box = None
+    if box is None or box.shape != (4,):
+        raise PromptError(f"box must be [x0, y0, x1, y1]; got {value!r}.")
+    return box
+
+
+def prompts_from(meta: dict, arrays: dict, where: str = "prompts") -> dict:
+    """{points, labels, box} (JSON) + optional 'mask_logits' array -> keyword arguments for predict."""
+    prompts = meta.get(where) or {}
+    if not isinstance(prompts, dict):
+        raise PromptError(f"'{where}' must be an object with points, labels, box.")
+    unknown = set(prompts) - {"points", "labels", "box"}
+    if unknown:
+        raise PromptError(f"Unknown prompt field(s) {sorted(unknown)}; use points, labels, box "
+                       "(a mask prompt travels as the array 'mask_logits').")
+    points = _points(prompts.get("points"))
+    labels = _labels(prompts.get("labels"), 0 if points is None else len(points))
+    logits = arrays.get("mask_logits")
+    if logits is not None:
+        logits = np.asarray(logits)
+        if logits.shape != (256, 256) or logits.dtype.kind != "f":
+            raise PromptError(f"mask_logits must be a (256, 256) float array; got "
+                           f"{logits.shape} {logits.dtype}.")
+        if not np.isfinite(logits).all():
+            raise PromptError("mask_logits has NaN/Inf values.")
+        logits = logits.astype(np.float32)
+    return {"points": points, "labels": labels, "box": _box(prompts.get("box")), "mask_logits": logits}
+
+
+def check_image(array: np.ndarray, what: str = "image") -> np.ndarray:
+    """A 2D slice (H, W) or an RGB(A) frame (H, W, 3|4) of numbers; the model's own gate does the rest."""
+    if array.dtype == bool or array.dtype.kind not in "iuf":
+        raise InputImageError(f"The {what} has dtype {array.dtype}; send a numeric array.")
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4))):
+        raise InputImageError(f"The {what} has shape {array.shape}; a 2D slice (H, W) or a frame "
+                       "(H, W, 3) is needed. Send a volume's slices (or a loop's frames) one by one, or use a job.")
+    return array
+
+
+def check_stack(array: np.ndarray, what: str) -> np.ndarray:
+    if array.dtype == bool or array.dtype.kind not in "iuf":
+        raise InputImageError(f"The {what} has dtype {array.dtype}; send a numeric array.")
+    if array.ndim != 3 or min(array.shape) < 1:
+        raise InputImageError(f"The {what} has shape {array.shape}; a 3D array [k, j, i] "
+                       "(or [frame, row, column]) is needed.")
+    return array
+
+
+def _geometry(value):
+    """Optional geometry sent with an array: spacing, origin (3 numbers each), direction (9), any extra keys
+    as plain JSON. Stored and returned, never interpreted by the model (the client maps IJK <-> RAS)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ApiError(400, "bad_geometry", "geometry must be an object (spacing, origin, direction).")
+    for key, sizes in (("spacing", (2, 3)), ("origin", (2, 3)), ("direction", (4, 9, 16))):
+        if key in value:
+            entry = value[key]
+            if not isinstance(entry, list) or len(entry) not in sizes:
+                raise ApiError(400, "bad_geometry", f"geometry.{key} must be a list of {' or '.join(map(str, sizes))} "
+                               f"numbers; got {entry!r}.")
+            for v in entry:
+                _number(v, f"geometry.{key}")
+            if key == "spacing" and any(v <= 0 for v in entry):
+                raise ApiError(400, "bad_geometry", f"geometry.spacing {entry} must be positive.")
+    return value
+
+
+# ------------------------------------------------------------------------------------------ array store
+class ArrayStore:
+    """Uploaded arrays by content id, least recently used first out, within a memory budget. An evicted
+    id answers 404 `unknown_array` and the client sends it again; jobs hold their own references."""
+
+    def __init__(self, budget_mib: float):
+        self.budget = int(budget_mib * 2**20)
+        self._items: OrderedDict[str, tuple[np.ndarray, dict | None]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.nbytes = 0
+
+    def put(self, array_id: str, array: np.ndarray, geometry: dict | None) -> None:
+        if array.nbytes > self.budget:
+            raise ApiError(413, "too_large", f"An array of {array.nbytes / 2**20:.0f} MiB exceeds the server's array "
+                           f"store ({self.budget / 2**20:.0f} MiB, --store-mib).")
+        array = np.array(array)  # own copy: the request body is freed
+        array.flags.writeable = False
+        with self._lock:
+            if array_id in self._items:
+                self.nbytes -= self._items[array_id][0].nbytes
+            self._items[array_id] = (array, geometry)
+            self.nbytes += array.nbytes
+            while self.nbytes > self.budget and len(self._items) > 1:
+                self.nbytes -= self._items.popitem(last=False)[1][0].nbytes
+
+    def get(self, array_id, what: str = "array") -> np.ndarray:
+        return self.entry(array_id, what)[0]
+
+    def entry(self, array_id, what: str = "array") -> tuple[np.ndarray, dict | None]:
+        if not isinstance(array_id, str):
+            raise ApiError(400, "bad_value", f"The {what} must be named by its content id (a string); got {array_id!r}.")
+        with self._lock:
+            item = self._items.get(array_id)
+            if item is None:
+                raise ApiError(404, "unknown_array", f"The server does not hold the {what} {array_id} (never sent, "
+                               "or evicted from its store): send it again.")
+            self._items.move_to_end(array_id)
+            return item
+
+    def missing(self, ids) -> list[str]:
+        with self._lock:
+            return [i for i in ids if i not in self._items]
+
+    def __len__(self):
+        return len(self._items)
+
+
+# ------------------------------------------------------------------------------------------ jobs
+@dataclasses.dataclass
+class Job:
+    id: str
+    kind: str
+    state: str = "queued"            # queued -> running -> done | failed | cancelled
+    done: int = 0
+    total: int = 0
+    message: str = ""
+    error: dict | None = None        # {"type", "message"} when failed
+    result: tuple | None = None      # (meta, arrays) when done
+    keep: object = None              # server-side object a later request may refer to (propagation result)
+    created: float = dataclasses.field(default_factory=time.time)
+    finished: float | None = None
+    cancel_event: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def progress(self, done: int, total: int, message: str = "") -> None:
+        self.done, self.total = int(done), int(total)
+        if message:
+            self.message = message
+        if self.cancel_event.is_set():
+            raise JobCancelled()
+
+    def status(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "state": self.state, "progress": [self.done, self.total],
+                "message": self.message, "error": self.error}
+
+
+class Service:
+    JOB_KINDS = ("encode", "propagate", "evaluate", "track")
+
+    def __init__(self, predictor, store_mib: float = 2048, job_workers: int = 2, keep_jobs: int = 64):
+        self.predictor = predictor
+        self.model = predictor.model
+        self.store = ArrayStore(store_mib)
+        self.jobs: OrderedDict[str, Job] = OrderedDict()
+        self.trackers: dict[str, dict] = {}
+        self.keep_jobs = keep_jobs
+        self._lock = threading.Lock()
+        self._workers = ThreadPoolExecutor(max_workers=job_workers, thread_name_prefix="sonosam-job")
+        self.started = time.time()
+        self.requests = 0
+
+    def close(self) -> None:
+        for job in list(self.jobs.values()):
+            job.cancel_event.set()
+        self._workers.shutdown(wait=False, cancel_futures=True)
+
+    # -- info
+    def info(self) -> dict:
+        spec = self.model.spec
+        cache = self.predictor.cache
+        return {"model": spec.name, "description": spec.description, "prompt_kinds": sorted(spec.prompt_kinds),
+                "multimask": bool(spec.multimask), "image_size": spec.image_size, "device": str(self.model.device),
+                "backend": self.model.backend, "model_id": self.model.model_id,
+                "cache": {"embeddings": len(cache), "mib": round(cache.nbytes / 2**20, 1),
+                          "budget_mib": round(cache.budget_bytes / 2**20, 1), "spilled": cache.spilled},
+                "store": {"arrays": len(self.store), "mib": round(self.store.nbytes / 2**20, 1),
+                          "budget_mib": round(self.store.budget / 2**20, 1)},
+                "jobs": {state: sum(1 for j in self.jobs.values() if j.state == state)
+                         for state in ("queued", "running", "done", "failed", "cancelled")},
+                "encoder_calls": self.predictor.encoder_calls, "uptime_s": round(time.time() - self.started, 1)}
+
+    # -- arrays
+    def put_array(self, array_id: str, meta: dict, arrays: dict) -> dict:
+        if set(arrays) != {"array"}:
+            raise ApiError(400, "bad_message", f"An upload carries exactly one array named 'array'; got {sorted(arrays)}.")
+        array = arrays["array"]
+        actual = wire.content_id(array)
+        if actual != array_id:
+            raise ApiError(400, "bad_content_id", f"The array's content id is {actual}, not {array_id}: the bytes "
+                           "were changed on the way, or the id was computed another way (use sonosam.wire.content_id).")
+        self.store.put(array_id, array, _geometry(meta.get("geometry")))
+        return {"id": array_id, "dtype": array.dtype.name, "shape": list(array.shape)}
+
+    def missing(self, meta: dict) -> dict:
+        ids = meta.get("ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ApiError(400, "bad_value", "'ids' must be a list of content ids.")
+        return {"missing": self.store.missing(ids)}
+
+    # -- interactive
+    def _image(self, meta: dict, field: str = "image") -> tuple[str, np.ndarray]:
+        image_id = meta.get(field)
+        return image_id, check_image(self.store.get(image_id, field), field)
+
+    def embed(self, meta: dict) -> dict:
+        image_id, image = self._image(meta)
+        window = _window(meta.get("window"))
+        cached = self.predictor.is_cached(("array", image_id), window)
+        started = time.perf_counter()
+        embedding = self.predictor.embedding(image, key=("array", image_id), window=window)
+        return {"cached": cached, "seconds": time.perf_counter() - started,
+                "original_size": list(embedding.original_size), "input_size": list(embedding.input_size)}
+
+    def is_cached(self, meta: dict) -> dict:
+        ids = meta.get("ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ApiError(400, "bad_value", "'ids' must be a list of content ids.")
+        window = _window(meta.get("window"))
+        return {"cached": [self.predictor.is_cached(("array", i), window) for i in ids]}
+
+    def predict(self, meta: dict, arrays: dict) -> tuple[dict, dict]:
+        image_id, image = self._image(meta)
+        window = _window(meta.get("window"))
+        prompts = prompts_from(meta, arrays)
+        multimask = meta.get("multimask", False)
+        if not isinstance(multimask, bool):
+            raise ApiError(400, "bad_value", f"multimask must be true or false; got {multimask!r}.")
+        height, width = image.shape[:2]
+        _check_inside(prompts, width, height)
+        started = time.perf_counter()
+        prediction = self.predictor.predict(image, **prompts, multimask=multimask, key=("array", image_id),
+                                            window=window)
+        return ({"scores": prediction.scores.tolist(), "notes": list(prediction.notes),
+                 "seconds": time.perf_counter() - started},
+                {"masks": prediction.masks, "low_res_logits": prediction.low_res_logits.astype(np.float32)})
+
+    # -- jobs
+    def start_job(self, meta: dict, arrays: dict) -> dict:
+        kind = meta.get("kind")
+        if kind not in self.JOB_KINDS:
+            raise ApiError(400, "bad_job", f"Unknown job kind {kind!r}; the server runs {', '.join(self.JOB_KINDS)}.")
+        params = meta.get("params") or {}
+        if not isinstance(params, dict):
+            raise ApiError(400, "bad_job", "'params' must be an object.")
+        run = getattr(self, f"_prepare_{kind}")(params, arrays)  # validates now: bad input is a 4xx, not a failed job
+        job = Job(uuid.uuid4().hex, kind)
+        with self._lock:
+            self.jobs[job.id] = job
+            self._forget_old_jobs()
+        self._workers.submit(self._run_job, job, run)
+        return job.status()
+
+    def _forget_old_jobs(self) -> None:
+        finished = [j for j in self.jobs.values() if j.finished is not None]
+        for job in finished[:max(0, len(finished) - self.keep_jobs)]:
+            self.jobs.pop(job.id, None)
+
+    def _run_job(self, job: Job, run) -> None:
+        if job.cancel_event.is_set():
+            job.state, job.finished = "cancelled", time.time()
+            return
+        job.state = "running"
+        try:
+            outcome = run(job)
+            if job.cancel_event.is_set():
+                raise JobCancelled()
+            job.result = outcome[:2]
+            job.keep = outcome[2] if len(outcome) > 2 else None
+            job.state = "done"
+        except JobCancelled:
+            job.state, job.result, job.message = "cancelled", None, "cancelled by the client; nothing was kept"
+        except SonoSAMError as error:
+            job.state, job.error = "failed", {"type": _error_type(error), "message": str(error)}
+        except Exception as error:  # noqa: BLE001 - reported to the client, logged here
+            log.error("job %s (%s) failed:\n%s", job.id, job.kind, traceback.format_exc())
+            job.state, job.error = "failed", {"type": "ServerError",
+                                              "message": f"internal error in the {job.kind} job: "
+                                                         f"{type(error).__name__}: {error}"}
+        finally:
+            job.finished = time.time()
+
+    def job(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise ApiError(404, "unknown_job", f"No job {job_id} on this server (finished jobs are kept until "
+                           f"{self.keep_jobs} newer ones finish, and none survives a restart).")
+        return job
+
+    def cancel_job(self, job_id: str) -> dict:
+        job = self.job(job_id)
+        job.cancel_event.set()
+        if job.state == "queued":
+            job.state, job.finished = "cancelled", time.time()
+        return job.status()
+
+    def job_result(self, job_id: str) -> tuple[dict, dict]:
+        job = self.job(job_id)
+        if job.state == "done":
+            meta, arrays = job.result
+            return {**meta, "job": job.status()}, arrays
+        if job.state == "failed":
+            raise ApiError(409, "job_failed", f"The {job.kind} job failed: {job.error['message']}")
+        if job.state == "cancelled":
+            raise ApiError(409, "job_cancelled", f"The {job.kind} job was cancelled; it has no result.")
+        raise ApiError(409, "job_running", f"The {job.kind} job is {job.state} ({job.done}/{job.total}); "
+                       "poll it until its state is 'done'.")
+
+    def delete_job(self, job_id: str) -> dict:
+        job = self.job(job_id)
+        job.cancel_event.set()
+        with self._lock:
+            self.jobs.pop(job_id, None)
+        return {"deleted": job_id}
+
+    # encode-ahead: the images' embeddings into the shared cache
+    def _prepare_encode(self, params: dict, arrays: dict):
+        ids = params.get("images")
+        if not isinstance(ids, list) or not ids:
+            raise ApiError(400, "bad_job", "An encode job needs 'images': a list of content ids.")
+        images = [(i, check_image(self.store.get(i, "image"))) for i in ids]
+        window = _window(params.get("window"))
+
+        def run(job: Job):
+            job.progress(0, len(images))
+            for n, (image_id, image) in enumerate(images, start=1):
+                self.predictor.embedding(image, key=("array", image_id), window=window)
+                job.progress(n, len(images))
+            return {"encoded": len(images)}, {}
+        return run
+
+    # propagation through a volume (sonosam.volume.propagate)
+    def _prepare_propagate(self, params: dict, arrays: dict):
+        from ..volume import PropagationOptions, Seed, propagate
+
+        volume_id = params.get("volume")
+        volume = check_stack(self.store.get(volume_id, "volume"), "volume")
+        axis = params.get("axis", 0)
+        if axis not in (0, 1, 2, "k", "j", "i", "K", "J", "I"):
+            raise ApiError(400, "bad_value", f"axis must be 0, 1, 2 (or k, j, i); got {axis!r}.")
+        axis = axis if isinstance(axis, int) else "kji".index(axis.lower())
+        n, plane = volume.shape[axis], tuple(s for a, s in enumerate(volume.shape) if a != axis)
+        seeds = []
+        for entry in params.get("seeds") or []:
+            if not isinstance(entry, dict):
+                raise ApiError(400, "bad_seed", "Each seed is an object with index and box/points/labels/mask.")
+            index = _number(entry.get("index"), "seed index", integer=True, low=0, high=n - 1)
+            mask = None
+            if entry.get("mask") is not None:
+                mask = arrays.get(entry["mask"])
+                if mask is None or mask.shape != plane:
+                    raise ApiError(400, "bad_seed", f"Seed {index}: mask array {entry['mask']!r} must be sent with "
+                                   f"the job, shaped {plane}.")
+                mask = np.asarray(mask).astype(bool)
+            points = _points(entry.get("points"), "seed points")
+            box = _box(entry.get("box"))
+            prompts = {"points": points, "labels": _labels(entry.get("labels"), 0 if points is None else len(points)),
+                       "box": box, "mask_logits": None}
+            _check_inside(prompts, plane[1], plane[0], f"seed on slice {index}")
+            seeds.append(Seed(index, box=None if box is None else box.tolist(),
+                              points=None if points is None else points.tolist(),
+                              labels=None if prompts["labels"] is None else prompts["labels"].tolist(), mask=mask))
+        options = params.get("options") or {}
+        fields = {f.name for f in dataclasses.fields(PropagationOptions)}
+        if not isinstance(options, dict) or set(options) - fields:
+            raise ApiError(400, "bad_option", f"Unknown propagation option(s) {sorted(set(options) - fields)}; "
+                           f"known: {', '.join(sorted(fields))}.")
+        options = dict(options)
+        if "window" in options:
+            options["window"] = _window(options["window"])
+        try:
+            options = PropagationOptions(**options)
+        except TypeError as error:
+            raise ApiError(400, "bad_option", f"Propagation options: {error}.") from None
+        previous = None
+        if params.get("previous") is not None:
+            earlier = self.job(params["previous"])
+            previous = earlier.keep
+            if earlier.kind != "propagate" or previous is None:
+                raise ApiError(409, "bad_previous", f"Job {params['previous']} is not a finished propagation.")
+        if not seeds and previous is None:
+            raise ApiError(400, "bad_seed", "Give at least one seed slice (a box, points or a mask).")
+
+        def run(job: Job):
+            def progress(done, total, info):
+                job.progress(done, total, f"slice {info.index}: {info.status}")
+            result = propagate(self.predictor, volume, seeds, axis=axis, options=options, previous=previous,
+                               volume_id="vol-" + volume_id, progress=progress, cancel=job.cancel_event)
+            if result.cancelled:
+                raise JobCancelled()
+            slices = {str(i): dataclasses.asdict(s) for i, s in result.slices.items()}
+            meta = {"axis": result.axis, "slices": slices, "anchors": sorted(result.anchors),
+                    "summary": result.summary(), "seconds": result.seconds, "encoder_calls": result.encoder_calls,
+                    "decoded": result.decoded}
+            return meta, {"mask": result.mask}, result
+        return run
+
+    # the simulated-click protocol (sonosam.evaluate) on the labelled slices of a volume
+    def _prepare_evaluate(self, params: dict, arrays: dict):
+        from ..evaluate import evaluate, samples_from_arrays, summary_table
+        from ..image import to_uint8_rgb
+
+        volume_id = params.get("volume")
+        volume = check_stack(self.store.get(volume_id, "volume"), "volume")
+        labelmap = self.store.get(params.get("labelmap"), "labelmap")
+        if labelmap.shape != volume.shape or labelmap.dtype.kind not in "iub":
+            raise ApiError(422, "bad_labelmap", f"The labelmap {labelmap.shape} {labelmap.dtype} must be an integer "
+                           f"array shaped like the volume {volume.shape}.")
+        n_clicks = _number(params.get("n_clicks", 10), "n_clicks", integer=True, low=1, high=50)
+        start = params.get("start", "auto")
+        if start not in ("auto", "point", "box"):
+            raise ApiError(400, "bad_value", f"start must be auto, point or box; got {start!r}.")
+        labels = params.get("labels")
+        slices = params.get("slices")
+        for name, value in (("labels", labels), ("slices", slices)):
+            if value is not None and (not isinstance(value, list) or not all(isinstance(v, int) for v in value)):
+                raise ApiError(400, "bad_value", f"{name} must be a list of integers.")
+        min_area = _number(params.get("min_area", 100), "min_area", integer=True, low=0)
+        window = _window(params.get("window"))
+        name = str(params.get("name", "volume"))[:200]
+        samples = samples_from_arrays(volume, labelmap, labels=labels, axis=0, min_area=min_area, name=name,
+                                      slices=slices, kind="volume")
+        if not samples:
+            raise ApiError(422, "no_samples", f"No labelled slice of at least {min_area} pixels to evaluate on.")
+        for sample in samples:  # windowed as the interactive tool shows them, keyed by content
+            sample.image = to_uint8_rgb(sample.image, window=window)
+            sample.key = ("evaluate", volume_id, window, sample.key[-1], sample.label)
+
+        class Counted:  # reports progress (and honours cancel) as evaluate() walks the samples
+            def __init__(self, job):
+                self.job = job
+
+            def __len__(self):
+                return len(samples)
+
+            def __iter__(self):
+                for n, sample in enumerate(samples):
+                    self.job.progress(n, len(samples), f"sample {n + 1}/{len(samples)}")
+                    yield sample
+                self.job.progress(len(samples), len(samples))
+
+        def run(job: Job):
+            result = evaluate(self.predictor, Counted(job), n_clicks=n_clicks, start=start, progress=False)
+            return {"table": summary_table([result]), "result": dataclasses.asdict(result)}, {}
+        return run
+
+    # cine tracking: a tracker session lives on the server; `track` jobs run it until done or paused
+    def create_tracker(self, meta: dict, arrays: dict) -> dict:
+        from ..track import Tracker
+
+        frames_id = meta.get("frames")
+        frames = check_stack(self.store.get(frames_id, "frames"), "frames")
+        options = meta.get("options") or {}
+        allowed = {"threshold", "model_every", "encode_below", "use_mask_prompt", "box_margin", "fusion", "trust",
+                   "anchor", "anchor_iou", "anchor_solidity", "opinion_margin", "prefetch"}
+        if not isinstance(options, dict) or set(options) - allowed:
+            raise ApiError(400, "bad_option", f"Unknown tracker option(s) {sorted(set(options) - allowed)}; "
+                           f"known: {', '.join(sorted(allowed))}.")
+        tracker = Tracker(self.predictor, frames, pause=bool(meta.get("pause", True)), key="frames-" + frames_id,
+                          **options)
+        tracker_id = uuid.uuid4().hex
+        with self._lock:
+            self.trackers[tracker_id] = {"tracker": tracker, "lock": threading.Lock(), "frames": frames_id}
+        return {"id": tracker_id, "n_frames": tracker.n_frames}
+
+    def _tracker(self, tracker_id):
+        entry = self.trackers.get(tracker_id)
+        if entry is None:
+            raise ApiError(404, "unknown_tracker", f"No tracker {tracker_id} on this server (deleted, or the server "
+                           "restarted): start tracking again.")
+        return entry
+
+    def tracker_call(self, tracker_id: str, action: str, meta: dict, arrays: dict) -> tuple[dict, dict]:
+        entry = self._tracker(tracker_id)
+        tracker = entry["tracker"]
+        if not entry["lock"].acquire(blocking=False):
+            raise ApiError(409, "tracker_busy", "This tracker is running a job: wait for it (or cancel it) first.")
+        try:
+            if action in ("add_object", "correct"):
+                name = meta.get("name")
+                if not isinstance(name, str) or not name:
+                    raise ApiError(400, "bad_value", "Give the object's 'name'.")
+                frame = _number(meta.get("frame"), "frame", integer=True, low=0, high=tracker.n_frames - 1)
+                mask = arrays.get("mask")
+                if mask is not None and mask.shape != tracker.frames.shape[1:]:
+                    raise ApiError(400, "bad_mask", f"The mask is {mask.shape}; the frames are "
+                                   f"{tracker.frames.shape[1:]}.")
+                prompts = prompts_from(meta, {})
+                _check_inside(prompts, tracker.frames.shape[2], tracker.frames.shape[1], f"frame {frame}")
+                kwargs = {"mask": mask, "box": prompts["box"], "points": prompts["points"], "labels": prompts["labels"]}
+                if action == "add_object":
+                    threshold = meta.get("threshold")
+                    if threshold is not None:
+                        _number(threshold, "threshold", low=0, high=1)
+                    out = tracker.add_object(name, frame, threshold=threshold, **kwargs)
+                else:
+                    out = tracker.correct(frame, name, **kwargs)
+                return {}, {"mask": out}
+            if action == "accept":
+                tracker.accept(_number(meta.get("frame"), "frame", integer=True), str(meta.get("name")))
+                return {}, {}
+            if action == "state":
+                return self._tracker_state(tracker)
+            raise ApiError(404, "bad_action", f"Unknown tracker action {action!r}.")
+        finally:
+            entry["lock"].release()
+
+    def delete_tracker(self, tracker_id: str) -> dict:
+        entry = self._tracker(tracker_id)
+        entry["tracker"].close()
+        self.trackers.pop(tracker_id, None)
+        return {"deleted": tracker_id}
+
+    @staticmethod
+    def _tracker_state(tracker) -> tuple[dict, dict]:
+        names = list(tracker.objects)
+        objects = {}
+        for name in names:
+            obj = tracker.objects[name]
+            objects[name] = {"keyframes": sorted(obj.keyframes), "threshold": obj.threshold,
+                             "sources": [None if r is None else r.source for r in obj.results]}
+        masks = np.stack([tracker.masks(name) for name in names]) if names else np.zeros((0,) + tracker.frames.shape, bool)
+        meta = {"names": names, "objects": objects, "events": [e.as_dict() for e in tracker.events],
+                "threshold": tracker.threshold, "n_frames": tracker.n_frames, "timing": tracker.timing}
+        return meta, {"masks": masks, "confidences": tracker.confidences().astype(np.float64)}
+
+    def _prepare_track(self, params: dict, arrays: dict):
+        entry = self._tracker(params.get("tracker"))
+        tracker = entry["tracker"]
+        rerun = bool(params.get("rerun", False))
+
+        def run(job: Job):
+            if not entry["lock"].acquire(timeout=5):
+                raise ApiError(409, "tracker_busy", "This tracker is already running a job.")
+            try:
+                # pending requests, results: the tracker's own; a cancel raises out of on_progress between
+                # frames, so every finished frame stays consistent and the next run resumes from there
+                report = (tracker.rerun if rerun else tracker.run)(on_progress=lambda d, t: job.progress(d, t))
+                meta, arrays_out = self._tracker_state(tracker)
+                meta["report"] = {"paused": report.paused, "frame": report.frame, "processed": report.processed,
+                                  "events": [e.as_dict() for e in report.events]}
+                return meta, arrays_out
+            finally:
+                entry["lock"].release()
+        return run
+
+
+def _check_inside(prompts: dict, width: int, height: int, where: str = "") -> None:
+    """Points and box corners inside the image: PromptError naming the first one outside."""
+    for what, xy in (("Point", prompts.get("points")),
+                     ("Box corner", None if prompts.get("box") is None else prompts["box"].reshape(2, 2))):
+        if xy is None:
+            continue
+        if not np.isfinite(xy).all():
+            raise PromptError(f"{what} coordinates {xy.tolist()} are not finite numbers.")
+        outside = (xy[:, 0] < -0.5) | (xy[:, 0] > width - 0.5) | (xy[:, 1] < -0.5) | (xy[:, 1] > height - 0.5)
+        if outside.any():
+            bad = xy[outside][0]
+            raise PromptError(f"{what} ({bad[0]:g}, {bad[1]:g}) {'of the ' + where + ' ' if where else ''}lies outside "
+                              f"the {width}x{height} image (x must be in 0..{width - 1}, y in 0..{height - 1}).")
+
+
+def _error_type(error: BaseException) -> str:
+    """The most specific sonosam.errors class name of `error` (what the client re-raises)."""
+    from .. import errors
+
+    for cls in type(error).__mro__:
+        if getattr(errors, cls.__name__, None) is cls:
+            return cls.__name__
+    return "SonoSAMError"
+
+
+__all__ = ["ApiError", "ArrayStore", "Job", "Service", "check_image", "InputImageError"]
