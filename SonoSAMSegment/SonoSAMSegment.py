@@ -24,23 +24,10 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 
 from SonoSAMSegmentLib import connection as conn
 from SonoSAMSegmentLib.logic import SegmentLogic
+from SonoSAMSegmentLib.ui import showErrors
 
 POLL_MS = 100
 SETTINGS = "SonoSAM/"
-
-
-def showErrors(message):
-    """``slicer.util.tryWithErrorDisplay`` without the second traceback it causes by re-raising."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def guard():
-        try:
-            with slicer.util.tryWithErrorDisplay(message, waitCursor=False):
-                yield
-        except Exception as error:  # already displayed with its details
-            logging.info(f"SonoSAM: {message} {error}")
-    return guard()
 
 
 #

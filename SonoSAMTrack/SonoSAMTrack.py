@@ -5,7 +5,6 @@ Module / Widget / Logic / Test like SonoSAMSegment: the Logic is the Qt-free ``S
 (tested headless); the tracker runs in the SonoSAM server that the SonoSAM Segment module starts or connects
 (SonoSAMSegmentLib.connection), as a job this widget polls with a QTimer, so the GUI never waits on it."""
 
-import logging
 
 import numpy as np
 import qt
@@ -14,23 +13,10 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 
 from SonoSAMSegmentLib import connection as conn
+from SonoSAMSegmentLib.ui import showErrors
 from SonoSAMTrackLib.logic import TrackLogic, mask_from_segment
 
 POLL_MS = 100
-
-
-def showErrors(message):
-    """``slicer.util.tryWithErrorDisplay`` without the second traceback it causes by re-raising."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def guard():
-        try:
-            with slicer.util.tryWithErrorDisplay(message, waitCursor=False):
-                yield
-        except Exception as error:  # already displayed with its details
-            logging.info(f"SonoSAM: {message} {error}")
-    return guard()
 
 
 class SonoSAMTrack(ScriptedLoadableModule):

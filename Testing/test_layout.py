@@ -104,12 +104,12 @@ SLICER_SIDE = ["SonoSAMSegment/SonoSAMSegmentLib/logic.py", "SonoSAMSegment/Sono
                "SonoSAMSegment/SonoSAMSegmentLib/connection.py", "SonoSAMTrack/SonoSAMTrackLib/logic.py"]
 
 
-def _python312():
+def _python(version: str):
     import glob
     import shutil
     import subprocess
 
-    candidates = [shutil.which("python3.12")] + sorted(glob.glob("/root/.pyenv/versions/3.12*/bin/python3.12"))
+    candidates = [shutil.which(f"python{version}")] + sorted(glob.glob(f"/root/.pyenv/versions/{version}*/bin/python{version}"))
     for candidate in filter(None, candidates):
         try:
             if subprocess.run([candidate, "-c", "pass"], capture_output=True, timeout=30).returncode == 0:
@@ -119,13 +119,15 @@ def _python312():
     return None
 
 
-def test_slicer_side_files_and_the_client_compile_under_python_3_12():
-    """Slicer 5.10 runs Python 3.12: every file Slicer imports must compile there."""
+@pytest.mark.parametrize("version", ["3.12", "3.9"])
+def test_slicer_side_files_and_the_client_compile_under_slicers_python(version):
+    """Slicer 5.10 runs Python 3.12; Slicer 5.6/5.8 run 3.9 and still load the modules (to use a remote
+    server): every file Slicer imports must compile under both."""
     import subprocess
 
-    python = _python312()
+    python = _python(version)
     if python is None:
-        pytest.skip("no python3.12 on this machine")
+        pytest.skip(f"no python{version} on this machine")
     files = [str(p) for module in MODULES for p in (ROOT / module).rglob("*.py")]
     files += [str(ROOT / "sonosam" / name) for name in ("client.py", "wire.py", "errors.py")
               if (ROOT / "sonosam" / name).is_file()]

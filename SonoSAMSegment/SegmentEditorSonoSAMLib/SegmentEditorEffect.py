@@ -24,24 +24,10 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from SonoSAMSegmentLib.connection import shared_connection
 from SonoSAMSegmentLib.logic import MODES, PromptSession, SegmentLogic, add_helper_node, show_preview
+from SonoSAMSegmentLib.ui import showErrors
 
 DRAG_PIXELS = 6       # mouse travel that turns a click into a box
 POLL_MS = 100         # timer period: every wait is a poll of at most this
-
-
-def showErrors(message):
-    """``slicer.util.tryWithErrorDisplay`` shows the error, then re-raises it (a second traceback in the
-    log and in Qt's slot handler): shown once here, logged once, not re-raised."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def guard():
-        try:
-            with slicer.util.tryWithErrorDisplay(message, waitCursor=False):
-                yield
-        except Exception as error:  # already displayed with its details
-            logging.info(f"SonoSAM: {message} {error}")
-    return guard()
 
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
