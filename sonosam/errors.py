@@ -51,3 +51,7 @@ class ServerUnavailableError(ServerError, ConnectionError):
 
 class JobCancelledError(SonoSAMError):
     """A server job was cancelled: it has no result (nothing was written)."""
+
+
+class DeviceError(SonoSAMError, ValueError):
+    """A device or backend that does not exist, or that this machine does not have."""

@@ -8,6 +8,21 @@ import numpy as np
 from .errors import InputImageError, PromptError
 
 
+MIN_SIDE = 8       # pixels: below this there is nothing a model can outline
+MAX_ASPECT = 32    # long side / short side: beyond it the short side shrinks under 8 px at a 256 px model input
+
+
+def check_image_size(height: int, width: int, name: str = "Image") -> None:
+    """The one rule for 2D sizes a model can use; refused, not padded, so the user decides how to crop."""
+    if min(height, width) < MIN_SIDE:
+        raise InputImageError(f"{name} of {width}x{height} pixels (width x height) is too small to segment; "
+                              f"each side needs at least {MIN_SIDE} pixels.")
+    if max(height, width) > MAX_ASPECT * min(height, width):
+        raise InputImageError(f"{name} of {width}x{height} pixels is too elongated to segment (more than "
+                              f"{MAX_ASPECT}:1; the model would see it under {MIN_SIDE} pixels across). Crop it to "
+                              f"the region of interest or pad it to a squarer shape first.")
+
+
 def to_uint8_rgb(image, window: tuple[float, float] | None = None) -> np.ndarray:
     """HxW or HxWx{1,3,4} array of any numeric dtype -> HxWx3 uint8.
 
@@ -24,8 +39,7 @@ def to_uint8_rgb(image, window: tuple[float, float] | None = None) -> np.ndarray
         raise InputImageError(
             f"Image has shape {np.shape(image)}; a 2D slice (H, W) or an RGB frame (H, W, 3) is needed. "
             "For a volume or a cine loop, pick one slice or frame (e.g. volume[k] or frames[t]).")
-    if min(array.shape[:2]) < 8:
-        raise InputImageError(f"Image of {array.shape[0]}x{array.shape[1]} pixels is too small to segment (need >= 8x8).")
+    check_image_size(array.shape[0], array.shape[1])
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
         raise InputImageError(f"Image has {bad} NaN/Inf pixels; replace them (e.g. np.nan_to_num) before segmenting.")
@@ -41,7 +55,11 @@ def to_uint8_rgb(image, window: tuple[float, float] | None = None) -> np.ndarray
                 low, high = float(array.min()), float(array.max())
         if not high > low:
             raise InputImageError(f"Window ({low}, {high}) is empty; give window=(low, high) with low < high.")
-        scaled = (np.clip(array.astype(np.float32), low, high) - low) * (255.0 / (high - low))
+        if not np.isfinite(high - low):
+            raise InputImageError(f"Pixel values span {low:g}..{high:g}, beyond what can be windowed; rescale the "
+                                  "image (or give window=(low, high)) first.")
+        work = np.float64 if array.dtype.itemsize > 4 else np.float32  # float32 would overflow float64 data
+        scaled = (np.clip(array.astype(work), low, high) - low) * (255.0 / (high - low))
         array = np.round(scaled).astype(np.uint8)
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=-1)

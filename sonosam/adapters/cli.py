@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import DataFileError, InputImageError
+from ..cli import float_in, int_at_least
+from ..errors import InputImageError
 
 AXES = {"k": 0, "j": 1, "i": 2}
 
@@ -25,7 +26,7 @@ def register(subparsers):
     parser.add_argument("--images", nargs="+", required=True, metavar="VOLUME", help="volume files (NIfTI, NRRD, ...)")
     parser.add_argument("--labels", nargs="+", required=True, metavar="LABELMAP",
                         help="label maps, one per volume, same grid")
-    parser.add_argument("--label-value", nargs="+", type=int, required=True, metavar="N",
+    parser.add_argument("--label-value", nargs="+", type=int_at_least(1), required=True, metavar="N",
                         help="label value(s) of the structure (several values: their union)")
     parser.add_argument("-o", "--output", required=True, help="adapter weights file to write (.pth)")
     parser.add_argument("--model", default="litemedsam", help="base model name (see `sonosam models`)")
@@ -33,12 +34,12 @@ def register(subparsers):
     parser.add_argument("--init", metavar="ADAPTERS", help="start from these adapter weights instead of zero")
     parser.add_argument("--axis", choices=sorted(AXES), default="k",
                         help="slice axis of the array [k, j, i] (default k)")
-    parser.add_argument("--slab-depth", type=int, default=4, help="slices per slab (default 4)")
-    parser.add_argument("--steps", type=int, default=100, help="optimiser steps (default 100)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    parser.add_argument("--slab-depth", type=int_at_least(1), default=4, help="slices per slab (default 4)")
+    parser.add_argument("--steps", type=int_at_least(1), default=100, help="optimiser steps (default 100)")
+    parser.add_argument("--lr", type=float_in(0.0, 1.0, low_open=True), default=1e-4, help="Adam learning rate (default 1e-4)")
     parser.add_argument("--prompt", choices=["auto", "box", "click", "box+click", "mixed"], default="auto",
                         help="simulated prompts (auto: box for box-only models, else mixed)")
-    parser.add_argument("--jitter", type=float, default=0.1, help="box jitter, fraction of the box size (default 0.1)")
+    parser.add_argument("--jitter", type=float_in(0.0, 1.0), default=0.1, help="box jitter, fraction of the box size (default 0.1)")
     parser.add_argument("--no-depth-attention", action="store_true", help="no SD-Trans (slices independent)")
     parser.add_argument("--no-hyp-adapter", action="store_true", help="no HyP-Adpt in the mask decoder")
     parser.add_argument("--seed", type=int, default=0)
@@ -49,13 +50,12 @@ def register(subparsers):
 
 def run(args) -> int:
     from ..io import read_volume
-    from ..models import load_model
-    from .modules import add_medsa_adapters, load_adapters, save_adapters, trainable_share
-    from .training import train_adapters
 
-    output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise DataFileError(f"{output} exists; pass --overwrite to replace it.")
+    from ..io import check_input_file, check_output_path
+
+    output = check_output_path(args.output, args.overwrite, inputs=(*args.images, *args.labels), parents=True)
+    if args.init:
+        check_input_file(args.init, what="adapter weights file")
     if len(args.images) != len(args.labels):
         raise InputImageError(f"{len(args.images)} --images but {len(args.labels)} --labels; "
                               "give one label map per volume.")
@@ -69,6 +69,11 @@ def run(args) -> int:
                                   "resample the label map onto the volume's grid first.")
         volumes.append(volume.array)
         labels.append(label.array)
+
+    from ..models import load_model
+    from .modules import add_medsa_adapters, load_adapters, save_adapters, trainable_share
+    from .training import train_adapters
+
     model = load_model(args.model, checkpoint=args.checkpoint, device=getattr(args, "device", None))
     if args.init:
         load_adapters(model, args.init)

@@ -437,9 +437,10 @@ def save_adapters(model, path, *, base_name: str | None = None, base_sha256: str
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    from ..io.atomic import atomic_output
+
+    with atomic_output(path, overwrite=True) as tmp:  # the command line decides about replacing (--overwrite)
+        torch.save(payload, tmp)
     return path
 
 

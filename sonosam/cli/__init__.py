@@ -1,22 +1,87 @@
 """`sonosam` command line: one module per subcommand, each with `register(subparsers)` that sets
-`func=run` on its parser. Errors the user can fix are printed as one line, exit code 2."""
+`func=run` on its parser. Errors the user can fix are printed as one line, exit code 2.
+
+Fail fast: options are checked when they are parsed (numbers finite and in range, names safe for file
+headers, device and backend spelled right), and each command checks its inputs, outputs and prompts before
+it imports torch or loads a model."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 
 from ..errors import SonoSAMError
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what is wrong, then where to look), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def int_at_least(minimum: int):
+    """argparse type: an integer >= minimum."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}; got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def float_in(low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False):
+    """argparse type: a finite float in [low, high] (open ends where asked)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number; got {text}")
+        if low is not None and (value < low or (low_open and value == low)):
+            raise argparse.ArgumentTypeError(f"must be {'above' if low_open else 'at least'} {low}; got {value:g}")
+        if high is not None and (value > high or (high_open and value == high)):
+            raise argparse.ArgumentTypeError(f"must be {'below' if high_open else 'at most'} {high}; got {value:g}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def name_argument(text: str) -> str:
+    """argparse type: a segment/object name that is safe in a file header (sonosam.io.check_name)."""
+    from ..io.segmentations import check_name
+
+    try:
+        return check_name(text, "name")
+    except SonoSAMError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def device_argument(text: str) -> str:
+    from ..devices import check_device_name
+
+    try:
+        return check_device_name(text)
+    except SonoSAMError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 # Subcommand modules in sonosam/cli/ (the order is the order of `sonosam --help`).
 COMMANDS = ["segment", "propagate", "track", "evaluate", "train", "models", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sonosam", description=__import__("sonosam").__doc__.splitlines()[0])
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: the fastest present)")
-    parser.add_argument("--backend", default="auto",
+    from ..devices import BACKENDS
+
+    parser = OneLineParser(prog="sonosam", description=__import__("sonosam").__doc__.splitlines()[0])
+    parser.add_argument("--device", type=device_argument, help="cpu, cuda, cuda:1 or mps (default: the fastest present)")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="inference engine: auto (default: ONNX Runtime on CPU, PyTorch on GPU), eager, onnx, "
                              "onnx-decoder, eager-fp16, eager-bf16")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -35,38 +100,48 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(f"sonosam {args.command}: error: out of memory; use a smaller input (crop, fewer frames) or a "
+              f"machine with more memory.", file=sys.stderr)
+        return 2
 
 
 def load_model_from_args(args, name: str | None = None, checkpoint=None):
-    """The model an inference command asked for, on the chosen device and backend."""
+    """The model an inference command asked for, on the chosen device and backend (the device checked first,
+    so a machine without CUDA says so before any weights are read)."""
+    from ..devices import resolve_device
     from ..models import load_model
 
+    resolve_device(getattr(args, "device", None))
     return load_model(name or args.model, checkpoint=checkpoint or getattr(args, "checkpoint", None),
                       device=getattr(args, "device", None), backend=getattr(args, "backend", None))
 
 
 def parse_point(text: str) -> tuple[float, float, int]:
-    """"x,y" or "x,y,label" (label 1 = foreground, 0 = background)."""
+    """"x,y" or "x,y,label" (label 1 = foreground, 0 = background), finite pixel coordinates."""
     parts = text.split(",")
     try:
         if len(parts) in (2, 3):
             x, y = float(parts[0]), float(parts[1])
             label = int(parts[2]) if len(parts) == 3 else 1
-            if label in (0, 1):
+            if label in (0, 1) and math.isfinite(x) and math.isfinite(y):
                 return x, y, label
     except ValueError:
         pass
-    raise argparse.ArgumentTypeError(f"point {text!r} must be x,y or x,y,label with label 0 or 1")
+    raise argparse.ArgumentTypeError(f"point {text!r} must be x,y or x,y,label with finite x, y and label 0 or 1")
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
+    """"x0,y0,x1,y1": finite pixel coordinates with x0 < x1 and y0 < y1."""
     try:
         values = tuple(float(v) for v in text.split(","))
-        if len(values) == 4:
-            return values
     except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(f"box {text!r} must be x0,y0,x1,y1")
+        values = ()
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"box {text!r} must be x0,y0,x1,y1 (four finite numbers)")
+    if not (values[0] < values[2] and values[1] < values[3]):
+        raise argparse.ArgumentTypeError(f"box {text!r} must have x0 < x1 and y0 < y1 (left, top, right, bottom)")
+    return values
 
 
 def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +152,26 @@ def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="litemedsam", help="model name (see `sonosam models`)")
     parser.add_argument("--checkpoint", help="weights file for --model (default: bundled or cached)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def check_prompts_inside(points, labels, box, width: int, height: int) -> None:
+    """Prompts checked against the image before a model is loaded (the core's rule, sonosam.prompts)."""
+    try:
+        from ..prompts import Prompts
+    except ImportError:  # until the core's Prompts type lands (issue 12): the same rule, inline
+        import numpy as np
+
+        from ..errors import PromptError
+
+        for what, xy in (("Point", points), ("Box corner", None if box is None else np.reshape(box, (2, 2)))):
+            xy = np.asarray(xy if xy is not None else np.zeros((0, 2)), float).reshape(-1, 2)
+            outside = (xy[:, 0] < -0.5) | (xy[:, 0] > width - 0.5) | (xy[:, 1] < -0.5) | (xy[:, 1] > height - 0.5)
+            if outside.any():
+                bad = xy[outside][0]
+                raise PromptError(f"{what} ({bad[0]:g}, {bad[1]:g}) lies outside the {width}x{height} image "
+                                  f"(x must be in 0..{width - 1}, y in 0..{height - 1}).")
+        return
+    Prompts(points=points, labels=labels, box=box).check_inside(width, height)
 
 
 def split_points(points):

@@ -15,8 +15,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import DataFileError, SonoSAMError
-
-REPORT_FILES = ("per_image.csv", "summary.csv", "summary.md", "dice_vs_clicks.png")
+from . import float_in, int_at_least
 
 
 def _slices(text: str) -> range | list[int]:
@@ -41,20 +40,20 @@ def register(subparsers):
     parser.add_argument("--model", action="append", metavar="NAME[=CHECKPOINT]",
                         help="model to evaluate (see `sonosam models`), optionally with its weights file; "
                              "repeatable for a comparison (default: litemedsam)")
-    parser.add_argument("--label", type=int, action="append", metavar="L",
+    parser.add_argument("--label", type=int_at_least(1), action="append", metavar="L",
                         help="label value(s) to evaluate (default: every non-zero label; colin27: 7,8,85,86)")
-    parser.add_argument("--clicks", type=int, default=10, help="interactions per image, first prompt included (10)")
+    parser.add_argument("--clicks", type=int_at_least(1), default=10, help="interactions per image, first prompt included (10)")
     parser.add_argument("--start", choices=("auto", "point", "box"), default="auto",
                         help="first prompt: centroid click, ground-truth box, or auto = click if the model takes "
                              "clicks, else box (default)")
-    parser.add_argument("--box-jitter", type=float, default=0.0,
+    parser.add_argument("--box-jitter", type=float_in(0.0, 1.0), default=0.0,
                         help="move each box side by up to this fraction of the box size (0)")
-    parser.add_argument("--box-margin", type=int, default=0, help="grow the box by this many pixels (0)")
+    parser.add_argument("--box-margin", type=int_at_least(0), default=0, help="grow the box by this many pixels (0)")
     parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2),
                         help="numpy axis of 3D volumes to slice along (0 = k, axial for axial scans)")
     parser.add_argument("--slices", type=_slices, metavar="A:B|I,J", help="only these slice/frame indices")
-    parser.add_argument("--min-area", type=int, default=100, help="skip structures smaller than this in a slice (px)")
-    parser.add_argument("--max-images", type=int, help="evaluate an evenly spaced subset of this many samples")
+    parser.add_argument("--min-area", type=int_at_least(1), default=100, help="skip structures smaller than this in a slice (px)")
+    parser.add_argument("--max-images", type=int_at_least(1), help="evaluate an evenly spaced subset of this many samples")
     parser.add_argument("--seed", type=int, default=0, help="random seed for box jitter (0)")
     parser.add_argument("-o", "--out", required=True, help="report folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
@@ -87,13 +86,16 @@ def run(args) -> int:
     from ..evaluate import evaluate, load_samples, write_report
     from ..evaluate.report import format_markdown, summary_table
 
+    from ..evaluate.report import REPORT_FILES
+    from ..io import check_input_file, check_output_folder
+
+    # Everything that can be wrong with the command is checked before torch is imported or a model loaded.
     out = Path(args.out)
-    existing = [name for name in REPORT_FILES if (out / name).exists()]
-    if existing and not args.overwrite:
-        raise DataFileError(f"{out} already holds a report ({', '.join(existing)}); pass --overwrite or "
-                            "choose another -o folder.")
-    if args.clicks < 1:
-        raise SonoSAMError("--clicks must be at least 1.")
+    check_output_folder(out, REPORT_FILES, args.overwrite)
+    for text in args.model or []:
+        _, checkpoint = _parse_model(text)
+        if checkpoint is not None:
+            check_input_file(checkpoint, what="checkpoint")
     labels = args.label
     if labels is None and all(item.lower() == "colin27" for item in args.data):
         labels = [7, 8, 85, 86]
@@ -119,7 +121,7 @@ def run(args) -> int:
             print(f"warning: {message}", file=sys.stderr)
         results.append(result)
         predictor.close()
-    paths = write_report(results, out)
+    paths = write_report(results, out, overwrite=args.overwrite)
     print(format_markdown(summary_table(results)))
     print("\n".join(f"wrote {path}" for path in paths.values()), file=sys.stderr)
     errors = sum(len(r.errors) for r in results)

@@ -4,7 +4,6 @@
 import json
 
 from ..errors import WeightsNotAvailableError
-from ..models import get_spec, list_models, weights, weights_path
 
 
 def register(subparsers):
@@ -15,6 +14,8 @@ def register(subparsers):
 
 
 def describe(spec) -> dict:
+    from ..models import weights_path  # torch: imported only when the command runs
+
     path = weights_path(spec)
     return {"name": spec.name, "description": spec.description, "prompt_kinds": sorted(spec.prompt_kinds),
             "image_size": spec.image_size, "weights": str(path) if path else None,
@@ -22,6 +23,8 @@ def describe(spec) -> dict:
 
 
 def run(args):
+    from ..models import get_spec, list_models, weights, weights_path
+
     if args.download:
         spec = get_spec(args.download)
         if weights_path(spec) is not None:

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from ..errors import DataFileError, PromptError
-from . import load_model_from_args, add_prompt_arguments, split_points
+from . import (add_prompt_arguments, check_prompts_inside, float_in, int_at_least, load_model_from_args, name_argument,
+               split_points)
 
 
 def register(subparsers):
@@ -20,34 +21,45 @@ def register(subparsers):
                     "indices in that slice: x = column, y = row (axis k: x = i, y = j; axis j: x = i, y = k; "
                     "axis i: x = j, y = k).")
     parser.add_argument("volume", help="volume file (.nrrd, .nii.gz, .mha) or DICOM folder")
-    parser.add_argument("--slice", type=int, required=True, metavar="N", help="index of the prompted slice")
+    parser.add_argument("--slice", type=int_at_least(0), required=True, metavar="N", help="index of the prompted slice")
     parser.add_argument("--axis", default="k", choices=["k", "j", "i"], help="slicing axis (default k: axial "
                         "for an axial scan)")
     add_prompt_arguments(parser)
     parser.add_argument("--adapters", metavar="FILE", help="Med-SA adapter weights (from `sonosam train adapters`)")
     parser.add_argument("--direction", default="both", choices=["both", "forward", "backward"])
-    parser.add_argument("--max-slices", type=int, metavar="N", help="at most N slices each way from the seed")
-    parser.add_argument("--min-score", type=float, help="stop below this predicted IoU (default 0.5)")
-    parser.add_argument("--name", default="Segment_1", help="segment name in the output")
+    parser.add_argument("--max-slices", type=int_at_least(1), metavar="N", help="at most N slices each way from the seed")
+    parser.add_argument("--min-score", type=float_in(0.0, 1.0), help="stop below this predicted IoU (default 0.5)")
+    parser.add_argument("--name", type=name_argument, default="Segment_1", help="segment name in the output")
     parser.add_argument("-o", "--output", required=True, help="output .seg.nrrd or .nii.gz (labelmap)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..io import read_volume, write_segmentation
-    from ..predictor import Predictor
-    from ..volume import PropagationOptions, Seed, propagate
+    from ..image import axis_index, check_image_size
+    from ..io import check_input_file, check_output_path, read_volume, write_segmentation
 
+    # Everything that can be wrong with the command is checked before torch is imported or a model loaded.
     output = Path(args.output)
     if not output.name.lower().endswith((".seg.nrrd", ".nii.gz", ".nii", ".nrrd")):
         raise DataFileError(f"Output {output} must be .seg.nrrd or .nii.gz.")
-    if output.exists() and not args.overwrite:
-        raise DataFileError(f"{output} already exists; pass --overwrite to replace it.")
+    check_output_path(output, args.overwrite, inputs=(args.volume,))
     points, labels = split_points(args.point)
     if args.box is None and points is None:
         raise PromptError("Give a prompt on the seed slice: --box X0,Y0,X1,Y1 or --point X,Y[,LABEL].")
+    if args.adapters:
+        check_input_file(args.adapters, what="adapter weights file")
     volume = read_volume(args.volume)
+    axis = axis_index(args.axis)
+    if args.slice >= volume.shape[axis]:
+        raise PromptError(f"--slice {args.slice} is outside the volume: 0..{volume.shape[axis] - 1} along axis {args.axis}.")
+    height, width = [n for i, n in enumerate(volume.shape) if i != axis]
+    check_image_size(height, width, f"{args.volume}: a slice across axis {args.axis}")
+    check_prompts_inside(points, labels, args.box, width, height)
+
+    from ..predictor import Predictor
+    from ..volume import PropagationOptions, Seed, propagate
+
     model = load_model_from_args(args)
     if args.adapters:
         from ..adapters import load_adapters

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import DataFileError, InputImageError, PromptError
 from ..image import axis_index, take_slice
-from . import load_model_from_args, add_prompt_arguments, split_points
+from . import add_prompt_arguments, check_prompts_inside, int_at_least, load_model_from_args, split_points
 
 MASK_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".png")
 
@@ -20,7 +20,7 @@ def register(subparsers):
         description="Segment one 2D frame of a cine DICOM, one slice of a volume (NRRD, NIfTI, MHA, DICOM "
                     "folder) or a PNG/JPEG picture. Coordinates are pixels of that 2D image: x = column, y = row.")
     parser.add_argument("image", type=Path)
-    parser.add_argument("--frame", "--slice", dest="index", type=int, default=None,
+    parser.add_argument("--frame", "--slice", dest="index", type=int_at_least(0), default=None,
                         help="frame of a cine or slice of a volume (default 0)")
     parser.add_argument("--axis", default="k", choices=["k", "j", "i"],
                         help="volume axis the slice is taken across (default k, axial for most scans)")
@@ -31,20 +31,29 @@ def register(subparsers):
 
 
 def run(args):
-    from ..io import Geometry, save_overlay_png, write_segmentation
-    from ..predictor import Predictor
+    from ..image import to_uint8_rgb
+    from ..io import Geometry, check_output_path, output_set, save_overlay_png, write_segmentation
 
+    # Everything that can be wrong with the command is checked before torch is imported or a model loaded.
     output = args.output
     if not output.name.lower().endswith(MASK_SUFFIXES):
         raise DataFileError(f"Output {output} must end with one of {', '.join(MASK_SUFFIXES)}.")
     overlay = output.with_name(output.name.split(".")[0] + "_overlay.png")
     for path in (output, overlay):
-        if path.exists() and not args.overwrite:
-            raise DataFileError(f"{path} exists; choose another output or pass --overwrite.")
+        check_output_path(path, args.overwrite, inputs=(args.image,), parents=True)
+    points, labels = split_points(args.point)
+    if args.box is None and points is None:
+        raise PromptError("Give a prompt: --box X0,Y0,X1,Y1 or --point X,Y[,LABEL].")
+    image, volume, geometry, display = load_image(args.image, args.index, args.axis)
+    try:  # the model's own input rules (size, finite, not constant), checked before it loads
+        to_uint8_rgb(image)
+    except InputImageError as error:
+        raise InputImageError(f"{args.image}: {error}") from None
+    check_prompts_inside(points, labels, args.box, image.shape[1], image.shape[0])
+
+    from ..predictor import Predictor
 
     started = time.perf_counter()
-    image, volume, geometry, display = load_image(args.image, args.index, args.axis)
-    points, labels = split_points(args.point)
     model = load_model_from_args(args)
     loaded = time.perf_counter()
     predictor = Predictor(model)
@@ -60,10 +69,11 @@ def run(args):
         mask = full
     elif not output.name.lower().endswith(".png"):
         mask = mask[np.newaxis]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    write_segmentation(output, mask, geometry or Geometry(),
-                       [{"name": "Segment_1", "color": (0.85, 0.3, 0.3)}], overwrite=args.overwrite)
-    save_overlay_png(overlay, display, [prediction.mask], points=points, labels=labels, box=args.box)
+    with output_set([output, overlay], folder=output.parent):  # both files or neither
+        write_segmentation(output, mask, geometry or Geometry(),
+                           [{"name": "Segment_1", "color": (0.85, 0.3, 0.3)}], overwrite=args.overwrite)
+        save_overlay_png(overlay, display, [prediction.mask], points=points, labels=labels, box=args.box,
+                         overwrite=args.overwrite)
     for note in prediction.notes:
         print(f"note: {note}")
     print(f"mask: {output} ({int(prediction.mask.sum())} pixels, predicted IoU {prediction.score:.3f})")

@@ -16,8 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import DataFileError, PromptError
-from . import load_model_from_args, parse_box, parse_point, split_points
+from ..errors import DataFileError, InputImageError, PromptError
+from . import (check_prompts_inside, float_in, int_at_least, load_model_from_args, name_argument, parse_box, parse_point,
+               split_points)
 
 
 class _ObjectAction(argparse.Action):
@@ -47,8 +48,8 @@ def register(subparsers):
                                    description=__doc__.split("\n\n")[0])
     parser.add_argument("cine", help="multi-frame ultrasound DICOM (or .npy (T, H, W))")
     parser.add_argument("-o", "--output", required=True, help="output folder (created)")
-    parser.add_argument("--frame", type=int, default=0, help="frame the prompts are on (default 0)")
-    parser.add_argument("--object", action=_ObjectAction, dest="objects", metavar="NAME",
+    parser.add_argument("--frame", type=int_at_least(0), default=0, help="frame the prompts are on (default 0)")
+    parser.add_argument("--object", type=name_argument, action=_ObjectAction, dest="objects", metavar="NAME",
                         help="start a new object; the --box/--point that follow belong to it (repeatable)")
     parser.add_argument("--box", type=parse_box, action=_ObjectAction, dest="objects", metavar="X0,Y0,X1,Y1",
                         help="box around the current object in pixel coordinates")
@@ -56,33 +57,40 @@ def register(subparsers):
                         help="a click on the current object (label 1 or 0); repeatable")
     parser.add_argument("--model", default="litemedsam", help="model name (see `sonosam models`)")
     parser.add_argument("--checkpoint", help="weights file for --model (default: bundled or cached)")
-    parser.add_argument("--threshold", type=float, default=0.85,
+    parser.add_argument("--threshold", type=float_in(0.0, 1.0), default=0.85,
                         help="confidence at or below which a frame requests an intervention (0: never, 1: always)")
-    parser.add_argument("--model-every", type=int, default=5,
+    parser.add_argument("--model-every", type=int_at_least(1), default=5,
                         help="run the model every N frames (1 = every frame, most accurate and slowest); "
                              "frames between are carried by optical flow unless its evidence is weak")
-    parser.add_argument("--frames", type=int, help="track only the first N frames")
+    parser.add_argument("--frames", type=int_at_least(1), help="track only the first N frames")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.set_defaults(func=run, objects=None)
 
 
 def _load_frames(path: Path):
-    import numpy as np
+    """(frames (T, H, W), spacing (x, y) mm, frame time ms or None, notes) through the input gate."""
+    from ..io import _luminance, read_image
 
-    if path.suffix == ".npy":
-        frames = np.load(path)
-        return frames, (1.0, 1.0), None, []
-    from ..io import read_cine
-
-    cine = read_cine(path)
-    return cine.frames, cine.spacing_mm, cine.frame_time_ms, cine.notes
+    loaded = read_image(path)
+    if loaded.kind != "cine":
+        raise InputImageError(f"{path} is a single {'2D image' if loaded.kind == '2d' else 'volume'}, not a loop; "
+                              f"tracking needs frames: a multi-frame DICOM or a .npy of shape (T, H, W).")
+    frames = loaded.array
+    if loaded.vector:
+        if frames.dtype != "uint8":
+            raise InputImageError(f"{path}: colour frames must be uint8 (T, H, W, 3); got {frames.dtype}.")
+        frames = _luminance(frames)
+    if loaded.cine is not None:
+        return frames, loaded.cine.spacing_mm, loaded.cine.frame_time_ms, loaded.cine.notes
+    return frames, (1.0, 1.0), None, list(loaded.notes)
 
 
 def run(args):
-    from ..predictor import Predictor
-    from ..track import Tracker
+    from ..image import to_uint8_rgb
+    from ..io import check_output_folder, output_set
     from ..track.outputs import TRACKING_OUTPUTS, write_tracking_outputs
 
+    # Everything that can be wrong with the command is checked before torch is imported or a model loaded.
     groups = args.objects or []
     if not groups:
         raise PromptError("Nothing to track: give a --box or --point (optionally after --object NAME).")
@@ -92,21 +100,30 @@ def run(args):
     for g in groups:
         if g["box"] is None and not g["points"]:
             raise PromptError(f"Object {g['name']!r} has no prompt: give it a --box or --point.")
+    out = Path(args.output)
+    if out.exists() and Path(args.cine).exists() and out.resolve() == Path(args.cine).resolve():
+        raise DataFileError(f"The output folder {out} is the input; give another folder.")
+    check_output_folder(out, TRACKING_OUTPUTS, args.overwrite)  # before minutes of tracking, not after
     frames, spacing, frame_time, notes = _load_frames(Path(args.cine))
     if args.frames:
         frames = frames[: args.frames]
     if not 0 <= args.frame < frames.shape[0]:
         raise PromptError(f"--frame {args.frame} is outside the loop (0..{frames.shape[0] - 1}).")
-    out = Path(args.output)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DataFileError(f"Cannot create the output folder {out}: {error}") from error
-    existing = [name for name in TRACKING_OUTPUTS if (out / name).exists()]
-    if existing and not args.overwrite:  # say so before minutes of tracking, not after
-        raise DataFileError(f"{out} already holds {', '.join(existing)}; choose another folder or pass --overwrite.")
+    try:  # the model's input rules (size, finite, not constant) before it loads
+        to_uint8_rgb(frames[args.frame])
+    except InputImageError as error:
+        raise InputImageError(f"{args.cine}: {error}") from None
+    for g in groups:
+        points, labels = split_points(g["points"])
+        try:
+            check_prompts_inside(points, labels, g["box"], frames.shape[2], frames.shape[1])
+        except PromptError as error:
+            raise PromptError(f"Object {g['name']!r}: {error}") from None
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
+
+    from ..predictor import Predictor
+    from ..track import Tracker
 
     model = load_model_from_args(args)
     predictor = Predictor(model)
@@ -124,9 +141,10 @@ def run(args):
     print(file=sys.stderr)
     tracker.close()
 
-    summary = write_tracking_outputs(out, tracker, frames, spacing, frame_time, elapsed, overwrite=args.overwrite,
-                                     extra={"cine": str(args.cine), "threshold": args.threshold,
-                                            "model_every": args.model_every})
+    with output_set([out / name for name in TRACKING_OUTPUTS], folder=out):  # all outputs or none
+        summary = write_tracking_outputs(out, tracker, frames, spacing, frame_time, elapsed, overwrite=args.overwrite,
+                                         extra={"cine": str(args.cine), "threshold": args.threshold,
+                                                "model_every": args.model_every})
     flagged = summary["intervention_frames"]
     print(f"tracked {len(names)} object(s) over {tracker.n_frames} frames in {elapsed:.1f} s "
           f"({summary['frames_per_second']} frames/s, model on {summary['model_frames']} frames); "

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from ..errors import SonoSAMError
+from . import float_in, int_at_least, name_argument
 
 
 def _data_arguments(parser):
@@ -16,24 +17,25 @@ def _data_arguments(parser):
                              "IMAGE,LABEL, or 'colin27' (the bundled MRI, split by slab and structure); repeatable")
     parser.add_argument("--val-data", action="append", metavar="SOURCE",
                         help="validation sources (default: a split of --data by file/subject)")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="share of files for validation")
-    parser.add_argument("--labels", type=int, nargs="+", help="label values to use (default: every non-zero one)")
-    parser.add_argument("--axis", type=int, default=0, help="slicing axis for volumes")
-    parser.add_argument("--min-area", type=int, default=100, help="skip structures smaller than this (pixels)")
-    parser.add_argument("--max-images", type=int, help="use at most this many training images (evenly spaced)")
+    parser.add_argument("--val-fraction", type=float_in(0.0, 1.0, high_open=True), default=0.2, help="share of files for validation")
+    parser.add_argument("--labels", type=int_at_least(1), nargs="+", help="label values to use (default: every non-zero one)")
+    parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=0, help="slicing axis for volumes")
+    parser.add_argument("--min-area", type=int_at_least(1), default=100, help="skip structures smaller than this (pixels)")
+    parser.add_argument("--max-images", type=int_at_least(1), help="use at most this many training images (evenly spaced)")
     parser.add_argument("-o", "--output", required=True, help="checkpoint to write (OUT.pth, plus OUT.json)")
-    parser.add_argument("--name", help="model name in the registry (default: the output's file name)")
+    parser.add_argument("--name", type=name_argument, help="model name in the registry (default: the output's file name)")
     parser.add_argument("--cache", default=None, help="embedding cache folder (default: OUTPUT_DIR/embeddings)")
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--lr-step", type=int, default=25, help="epochs between learning-rate drops")
-    parser.add_argument("--lr-gamma", type=float, default=0.5, help="learning-rate factor at each drop")
-    parser.add_argument("--max-corrections", type=int, default=4, help="corrective clicks simulated per sample: 0..N")
-    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    parser.add_argument("--epochs", type=int_at_least(1), default=100)
+    parser.add_argument("--batch-size", type=int_at_least(1), default=8)
+    parser.add_argument("--lr", type=float_in(0.0, 1.0, low_open=True), default=1e-4)
+    parser.add_argument("--lr-step", type=int_at_least(1), default=25, help="epochs between learning-rate drops")
+    parser.add_argument("--lr-gamma", type=float_in(0.0, 1.0, low_open=True), default=0.5, help="learning-rate factor at each drop")
+    parser.add_argument("--max-corrections", type=int_at_least(0), default=4, help="corrective clicks simulated per sample: 0..N")
+    parser.add_argument("--max-steps", type=int_at_least(1), help="stop after this many optimizer steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT.pth / OUTPUT.json")
 
 
 def register(subparsers):
@@ -47,7 +49,7 @@ def register(subparsers):
     dec.add_argument("--no-cache", action="store_true", help="run the encoder every step (benchmarking only)")
     dec.add_argument("--save", choices=("full", "decoder"), default="full",
                      help="full state dict, or only prompt encoder + mask decoder over the base weights")
-    dec.add_argument("--val-samples", type=int, default=64, help="validation samples scored after each epoch")
+    dec.add_argument("--val-samples", type=int_at_least(1), default=64, help="validation samples scored after each epoch")
     _data_arguments(dec)
     dec.set_defaults(func=run_decoder)
 
@@ -57,17 +59,17 @@ def register(subparsers):
                      help="student encoder: tinyvit-1121-from-teacher (default: the teacher's widths, 1/1/2/1 blocks "
                           "taken from its 2/2/6/2; 3.0 M vs 5.7 M), tinyvit-2222-from-teacher (4.5 M), "
                           "tinyvit-xs-random (tiny, random; tests)")
-    dis.add_argument("--alpha", type=float, default=0.1, help="weight of KL(student || teacher best mask)")
+    dis.add_argument("--alpha", type=float_in(0.0, 1.0), default=0.1, help="weight of KL(student || teacher best mask)")
     dis.add_argument("--train-decoder", action="store_true",
                      help="the mask stage also trains the prompt encoder + mask decoder (default: frozen, the "
                           "teacher's)")
-    dis.add_argument("--warmup-epochs", type=int, default=3,
+    dis.add_argument("--warmup-epochs", type=int_at_least(0), default=3,
                      help="epochs of embedding distillation (student encoder vs the teacher's cached embeddings) "
                           "before the mask loss; 0: none")
-    dis.add_argument("--warmup-lr", type=float, default=1e-3, help="learning rate of the embedding stage")
-    dis.add_argument("--embedding-weight", type=float, default=0.5,
+    dis.add_argument("--warmup-lr", type=float_in(0.0, 1.0, low_open=True), default=1e-3, help="learning rate of the embedding stage")
+    dis.add_argument("--embedding-weight", type=float_in(0.0), default=0.5,
                      help="weight of the embedding loss added to the mask loss in the main stage")
-    dis.add_argument("--point-start", type=float, default=0.5,
+    dis.add_argument("--point-start", type=float_in(0.0, 1.0), default=0.5,
                      help="probability that a sample starts with a click (else a loose box)")
     _data_arguments(dis)
     dis.set_defaults(func=run_distill, batch_size=4)
@@ -118,7 +120,20 @@ def _cache_dir(args) -> str:
     return args.cache or str(Path(args.output).resolve().parent / "embeddings")
 
 
+def _check_output(args, resume: bool = False) -> None:
+    """OUT.pth and OUT.json are never replaced without --overwrite (a resumed run continues its own output);
+    checked before the data are read or a model loaded."""
+    from ..io import check_output_path
+
+    output = Path(args.output)
+    if output.suffix.lower() not in (".pth", ".pt"):
+        raise SonoSAMError(f"The checkpoint {output} must end with .pth (its metadata goes to {output.stem}.json).")
+    for path in (output, output.with_suffix(".json")):
+        check_output_path(path, args.overwrite or resume, parents=True)
+
+
 def run_decoder(args):
+    _check_output(args, resume=args.resume)
     from ..models import load_model
     from ..train import TrainConfig, train_decoder
 
@@ -138,6 +153,7 @@ def run_decoder(args):
 
 
 def run_distill(args):
+    _check_output(args)
     from ..models import load_model
     from ..train.distillation import DistillConfig, distill
 

@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import DataFileError
+from ..io.atomic import atomic_output, output_set, write_text
 from . import metrics
 from .harness import ModelResult
 
@@ -78,14 +79,14 @@ def _ensure_dir(out_dir) -> Path:
     return out_dir
 
 
-def write_per_image_csv(results: Sequence[ModelResult], path) -> Path:
+def write_per_image_csv(results: Sequence[ModelResult], path, overwrite: bool = True) -> Path:
     """One row per (model, sample): Dice after each interaction (fraction, blank = not measured), NoC@80/90,
     MaxDSC, the prompts used (``x:y:+`` clicks, box) and any error message."""
     path = Path(path)
     n_max = max((r.n_clicks for r in results), default=0)
     header = (["model", "image", "label", "area_px", "start", "box"] + [f"dice_{k}" for k in range(1, n_max + 1)]
               + ["noc80", "noc90", "max_dice", "clicks", "seconds", "error", "note"])
-    with open(path, "w", newline="") as handle:
+    with atomic_output(path, overwrite) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for result in results:
@@ -107,12 +108,12 @@ def write_per_image_csv(results: Sequence[ModelResult], path) -> Path:
     return path
 
 
-def write_summary(results: Sequence[ModelResult], out_dir) -> tuple[Path, Path]:
+def write_summary(results: Sequence[ModelResult], out_dir, overwrite: bool = True) -> tuple[Path, Path]:
     """``summary.csv`` and ``summary.md`` (the table, then the conventions and any errors)."""
     out_dir = _ensure_dir(out_dir)
     rows = summary_table(results)
     csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
-    with open(csv_path, "w", newline="") as handle:
+    with atomic_output(csv_path, overwrite) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
         writer.writeheader()
         for row in rows:
@@ -137,11 +138,11 @@ def write_summary(results: Sequence[ModelResult], out_dir) -> tuple[Path, Path]:
         notes += [f"- {model} / {image.name}: {image.error}" for model, image in failures[:50]]
         if len(failures) > 50:
             notes.append(f"- ... and {len(failures) - 50} more (see per_image.csv)")
-    md_path.write_text("\n".join(notes) + "\n")
+    write_text(md_path, "\n".join(notes) + "\n", overwrite=overwrite)
     return csv_path, md_path
 
 
-def plot_dice_curves(results: Sequence[ModelResult], path, title: str | None = None) -> Path:
+def plot_dice_curves(results: Sequence[ModelResult], path, title: str | None = None, overwrite: bool = True) -> Path:
     """Mean Dice (%) vs number of interactions, one curve per model, with the 80/90 % lines."""
     import matplotlib
 
@@ -171,19 +172,26 @@ def plot_dice_curves(results: Sequence[ModelResult], path, title: str | None = N
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    with atomic_output(path, overwrite) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
-def write_report(results: Sequence[ModelResult], out_dir, title: str | None = None) -> dict[str, Path]:
-    """Everything into ``out_dir``: per_image.csv, summary.csv, summary.md, dice_vs_clicks.png."""
+REPORT_FILES = ("per_image.csv", "summary.csv", "summary.md", "dice_vs_clicks.png")
+
+
+def write_report(results: Sequence[ModelResult], out_dir, title: str | None = None,
+                 overwrite: bool = True) -> dict[str, Path]:
+    """Everything into ``out_dir``: per_image.csv, summary.csv, summary.md, dice_vs_clicks.png; each file
+    written atomically, and if one fails the files this call created are removed (all or none)."""
     if not results:
         raise ValueError("No results to report.")
-    out_dir = _ensure_dir(out_dir)
-    csv_path, md_path = write_summary(results, out_dir)
-    return {
-        "per_image": write_per_image_csv(results, out_dir / "per_image.csv"),
-        "summary_csv": csv_path,
-        "summary_md": md_path,
-        "plot": plot_dice_curves(results, out_dir / "dice_vs_clicks.png", title),
-    }
+    out_dir = Path(out_dir)
+    with output_set([out_dir / name for name in REPORT_FILES], folder=out_dir):
+        csv_path, md_path = write_summary(results, out_dir, overwrite)
+        return {
+            "per_image": write_per_image_csv(results, out_dir / "per_image.csv", overwrite),
+            "summary_csv": csv_path,
+            "summary_md": md_path,
+            "plot": plot_dice_curves(results, out_dir / "dice_vs_clicks.png", title, overwrite),
+        }

@@ -17,7 +17,8 @@ One home for each thing (import them from `sonosam.io`):
   never replaces an existing file unless `overwrite=True`).
 """
 
-from .atomic import PathLike, atomic_output, check_output_path, file_suffix, write_bytes, write_error, write_text
+from .atomic import (PathLike, atomic_output, check_output_folder, check_output_path, file_suffix, output_set,
+                     write_bytes, write_error, write_text)
 from .cine import Cine, _luminance, read_cine
 from .gate import (MemoryBudget, LoadedImage, check_array, check_input_file, default_budget, read_image,
                    read_npy)
@@ -32,4 +33,5 @@ _atomic_output = atomic_output  # the name the tests and older callers use
 __all__ = ["Geometry", "Volume", "read_volume", "write_volume", "Cine", "read_cine", "Segment", "Segmentation",
            "write_segmentation", "read_segmentation", "save_overlay_png", "DEFAULT_COLORS", "read_image",
            "LoadedImage", "MemoryBudget", "default_budget", "check_input_file", "check_array", "read_npy",
-           "check_name", "check_seg_header", "atomic_output"]
+           "check_name", "check_seg_header", "atomic_output", "check_output_path", "check_output_folder",
+           "output_set", "write_text", "write_bytes"]

@@ -58,25 +58,89 @@ def write_error(path: Path, error: BaseException) -> DataFileError:
     return DataFileError(f"Writing {path} failed ({type(error).__name__}: {_first_line(error)}); nothing was written.")
 
 
-def check_output_path(path: PathLike, overwrite: bool, inputs: tuple[PathLike, ...] = ()) -> Path:
+def _writable_ancestor(folder: Path) -> Path:
+    """The nearest existing folder at or above `folder` (where a missing output folder would be created)."""
+    folder = Path(os.path.abspath(folder))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def check_output_path(path: PathLike, overwrite: bool, inputs=(), *, parents: bool = False) -> Path:
     """Refuse, before any work, an output that would replace a file (without `overwrite`), replace an input,
-    be a folder, or land in a folder that is missing or read-only."""
+    be a folder, or land in a folder that is missing (unless `parents`: then it will be created, and the
+    nearest existing folder above must be writable) or read-only."""
     path = Path(path)
     for source in inputs:
-        if source is not None and Path(source).exists() and path.exists() and os.path.samefile(source, path):
-            raise DataFileError(f"The output {path} is the input file; write the result to another name.")
-        if source is not None and Path(source).resolve() == path.resolve():
-            raise DataFileError(f"The output {path} is the input file; write the result to another name.")
+        if source is None:
+            continue
+        source = Path(source)
+        if source.resolve() == path.resolve() or (
+                source.exists() and path.exists() and os.path.samefile(source, path)):
+            raise DataFileError(f"The output {path} is the input {source}; write the result to another name.")
     if path.is_dir():
         raise DataFileError(f"The output {path} is a folder; give a file name inside it.")
     if path.exists() and not overwrite:
         raise _exists_error(path)
-    if not path.parent.is_dir():
-        raise DataFileError(f"Cannot write {path}: the folder {path.parent} does not exist.")
-    if not os.access(path.parent, os.W_OK):
-        raise DataFileError(f"Cannot write {path}: the folder {path.parent} is read-only or not writable for you. "
+    folder = path.parent
+    if folder.exists() and not folder.is_dir():
+        raise DataFileError(f"Cannot write {path}: {folder} is a file, not a folder.")
+    if not folder.is_dir():
+        if not parents:
+            raise DataFileError(f"Cannot write {path}: the folder {folder} does not exist.")
+        folder = _writable_ancestor(folder)
+        if not folder.is_dir():
+            raise DataFileError(f"Cannot write {path}: {folder} is a file, not a folder.")
+    if not os.access(folder, os.W_OK):
+        raise DataFileError(f"Cannot write {path}: the folder {folder} is read-only or not writable for you. "
                             f"Choose another output folder.")
     return path
+
+
+def check_output_folder(folder: PathLike, names, overwrite: bool) -> Path:
+    """The same checks for a folder of outputs (`names` inside it): it is not a file, its existing outputs
+    are not replaced without `overwrite`, and it (or the folder it will be created in) is writable."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataFileError(f"The output folder {folder} is a file; give a folder name.")
+    existing = [name for name in names if (folder / name).exists()]
+    if existing and not overwrite:
+        raise DataFileError(f"{folder} already holds {', '.join(existing)}; choose another folder or pass --overwrite.")
+    where = folder if folder.is_dir() else _writable_ancestor(folder)
+    if not where.is_dir() or not os.access(where, os.W_OK):
+        raise DataFileError(f"Cannot write into {folder}: {where} is read-only or not writable for you. "
+                            f"Choose another output folder.")
+    return folder
+
+
+@contextlib.contextmanager
+def output_set(paths, folder: PathLike | None = None) -> Iterator[None]:
+    """Several outputs of one run: creates `folder` when given and missing; if the block fails, removes the
+    outputs it created (those that did not exist before) and the folder it created, so a failed run leaves
+    the file system as it found it (replaced files stay replaced: each one was written whole)."""
+    paths = [Path(p) for p in paths]
+    before = {p for p in paths if p.exists()}
+    created: list[Path] = []
+    if folder is not None and not Path(folder).exists():
+        missing = Path(os.path.abspath(folder))
+        while not missing.exists():
+            created.append(missing)
+            missing = missing.parent
+        try:
+            Path(folder).mkdir(parents=True)
+        except OSError as error:
+            raise write_error(Path(folder) / "x", error) from error
+    try:
+        yield
+    except BaseException:
+        for p in paths:
+            if p not in before:
+                with contextlib.suppress(OSError):
+                    p.unlink(missing_ok=True)
+        for made in created:  # deepest first
+            with contextlib.suppress(OSError):
+                made.rmdir()
+        raise
 
 
 def _flush_to_disk(path: Path) -> None:

@@ -66,6 +66,11 @@ class Cine:
         return Geometry((self.spacing_mm[0], self.spacing_mm[1], 1.0))
 
 
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
 def _luminance(rgb: np.ndarray) -> np.ndarray:
     """ITU-R BT.601 luma, the Y of DICOM's YBR_FULL, so grey pixels keep their value exactly."""
     y = rgb[..., 0] * np.float32(0.299) + rgb[..., 1] * np.float32(0.587) + rgb[..., 2] * np.float32(0.114)
@@ -81,7 +86,7 @@ def _decode_cine(path: Path, keep_rgb: bool):
     try:
         ds = pydicom.dcmread(str(path))
     except (pydicom.errors.InvalidDicomError, OSError, ValueError) as error:
-        raise DataFileError(f"{path} is not a readable DICOM file ({error}).") from error
+        raise DataFileError(f"{path} is not a readable DICOM file ({_first_line(error)}).") from error
     if "PixelData" not in ds:
         raise DataFileError(f"{path} holds no pixel data (is it a DICOMDIR or a report?).")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
@@ -118,7 +123,7 @@ def _decode_cine(path: Path, keep_rgb: bool):
         raise
     except Exception as error:  # missing JPEG plugin, truncated data...
         raise DataFileError(f"Cannot decode the pixel data of {path} ({ds.file_meta.TransferSyntaxUID.name}): "
-                            f"{error}. For JPEG-compressed loops install pylibjpeg and pylibjpeg-libjpeg.") from error
+                            f"{_first_line(error)}. For JPEG-compressed loops install pylibjpeg and pylibjpeg-libjpeg.") from error
     if wide is not None:
         lo, hi = float(wide.min()), float(wide.max())
         wide = (wide - lo) * (255.0 / (hi - lo)) if hi > lo else wide * 0

@@ -419,10 +419,45 @@ def load_sitk_image(path: Path, budget: MemoryBudget, series_id: str | None = No
     budget.check(path, size + ((components,) if components > 1 else ()), _sitk_itemsize(sitk, reader.GetPixelID()),
                  "voxels")
     try:
-        return reader.Execute()
+        image = reader.Execute()
     except RuntimeError as error:
         raise DataFileError(f"{path}: cannot decode its pixels ({_first_line(error)}); the file may be truncated "
                             f"or corrupt.") from error
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        bad = _nifti_nonfinite(path)
+        if bad:
+            raise InputImageError(f"{path} has {bad} NaN or infinite voxels (SimpleITK would silently read them as "
+                                  f"0); replace them (e.g. numpy.nan_to_num) and save it again.")
+    return image
+
+
+_NIFTI_FLOATS = {16: np.float32, 64: np.float64}
+
+
+def _nifti_nonfinite(path: Path) -> int:
+    """NaN/Inf voxels in a float NIfTI file, counted in its raw data: ITK's NIfTI reader turns them into 0."""
+    import gzip
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            header = handle.read(348)
+            endian = "<" if int.from_bytes(header[:4], "little") == 348 else ">"
+            if int.from_bytes(header[:4], "little" if endian == "<" else "big") != 348:
+                return 0  # NIfTI-2 or unknown: nothing to add to what SimpleITK read
+            datatype = int(np.frombuffer(header[70:72], endian + "i2")[0])
+            if datatype not in _NIFTI_FLOATS:
+                return 0
+            offset = int(np.frombuffer(header[108:112], endian + "f4")[0])
+            handle.read(max(0, offset - 348))
+            dtype = np.dtype(_NIFTI_FLOATS[datatype]).newbyteorder(endian)
+            bad = 0
+            while chunk := handle.read(dtype.itemsize * (1 << 20)):
+                usable = len(chunk) - len(chunk) % dtype.itemsize
+                bad += int(np.count_nonzero(~np.isfinite(np.frombuffer(chunk[:usable], dtype))))
+            return bad
+    except (OSError, EOFError, ValueError):
+        return 0  # SimpleITK read it; a damaged tail was its business
 
 
 def _read_sitk(path: Path, budget: MemoryBudget, fmt: str) -> LoadedImage:

@@ -203,14 +203,14 @@ def _first_line(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_NAME_LENGTH = 200
 
 
 def check_name(name, what: str = "segment name") -> str:
     """A name that reaches a file header (segment, object, label names): text, not empty, no control
-    characters (a newline would start a new header field in .seg.nrrd / .seq.nrrd), and not the separators
-    Slicer's segment header uses between fields ('|', ':' inside a value is fine)."""
+    characters (a newline would start a new header field in .seg.nrrd / .seq.nrrd), ASCII (NRRD headers are),
+    and not the separator Slicer's segment header uses between fields ('|'; ':' inside a value is fine)."""
     if not isinstance(name, str):
         raise InputImageError(f"The {what} must be text; got {type(name).__name__} {name!r}.")
     if not name.strip():
@@ -219,6 +219,9 @@ def check_name(name, what: str = "segment name") -> str:
     if bad:
         raise InputImageError(f"The {what} {name!r} contains a control character ({bad.group()!r}), which would "
                               f"corrupt the file header; use letters, digits, spaces and punctuation.")
+    if not name.isascii():
+        raise InputImageError(f"The {what} {name!r} has non-ASCII characters; NRRD file headers (.seg.nrrd, .seq.nrrd) "
+                              f"hold ASCII only, so spell it without accents or symbols.")
     if "|" in name:
         raise InputImageError(f"The {what} {name!r} contains '|', which Slicer's segmentation header uses as a "
                               f"separator; choose another character.")

@@ -91,4 +91,32 @@ def write_volume(volume: Volume, path: PathLike, *, overwrite: bool = False) -> 
     volume.geometry.apply_to(image)
     with atomic_output(path, overwrite) as tmp:
         sitk.WriteImage(image, str(tmp), True)
+        _verify_written(sitk, tmp, image.GetSize(), array.nbytes)
     return Path(path)
+
+
+def _verify_written(sitk, path: Path, size, nbytes: int) -> None:
+    """Read the file back: ITK's NIfTI writer reports a full disk only on stderr and leaves a short file,
+    which must never be published (an uncompressed .nii even reads back, zero-filled: hence its size)."""
+    name = path.name.lower()
+    if name.endswith(".nii") and path.stat().st_size < 348 + nbytes:
+        raise OSError(f"the written file holds {path.stat().st_size} of {348 + nbytes} bytes")
+    if name.endswith(".nii.gz"):  # ITK also reads a cut-off gzip stream without complaint
+        import gzip
+        import zlib
+
+        try:
+            with gzip.open(path, "rb") as handle:
+                size = 0
+                while chunk := handle.read(1 << 22):
+                    size += len(chunk)
+        except (EOFError, OSError, zlib.error) as error:
+            raise OSError(f"the written file is cut short ({error})") from None
+        if size < 348 + nbytes:
+            raise OSError(f"the written file holds {size} of {348 + nbytes} bytes")
+    try:
+        back = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise OSError(f"the written file does not read back ({str(error).strip().splitlines()[-1]})") from None
+    if tuple(back.GetSize()) != tuple(size):
+        raise OSError(f"the written file reads back as {back.GetSize()}, not {tuple(size)}")

@@ -194,15 +194,11 @@ def weights_path(spec: ModelSpec) -> Path | None:
 
 
 def pick_device(preference: str | torch.device | None = None) -> torch.device:
-    """The fastest device present unless told otherwise ($SONOSAM_DEVICE or `preference`)."""
-    preference = preference or os.environ.get("SONOSAM_DEVICE")
-    if preference:
-        return torch.device(preference)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """The fastest device present unless told otherwise ($SONOSAM_DEVICE or `preference`); a device this
+    machine lacks is refused by name (sonosam.devices)."""
+    from ..devices import resolve_device
+
+    return resolve_device(preference)
 
 
 def load_model(name: str = "litemedsam", checkpoint: str | Path | None = None,
@@ -215,6 +211,7 @@ def load_model(name: str = "litemedsam", checkpoint: str | Path | None = None,
     sonosam.models.backends); None: $SONOSAM_BACKEND, else eager PyTorch (the reference: exact, and module
     changes such as Med-SA adapters take effect). The CLI, the demo and the Slicer modules use "auto"."""
     spec = get_spec(name)
+    target = pick_device(device)  # a device this machine lacks is refused before any weights are read
     expected = None
     overlay = spec.overlay if checkpoint is None else None  # a checkpoint given explicitly is complete
     if checkpoint is None:
@@ -242,7 +239,7 @@ def load_model(name: str = "litemedsam", checkpoint: str | Path | None = None,
         state.update({k: v.to(state[k].dtype) for k, v in extra.items()})
     sam = spec.build()
     weights.load_into(sam, state, checkpoint, spec.name)
-    model = SamModel(spec, sam.eval().to(pick_device(device)), checkpoint)
+    model = SamModel(spec, sam.eval().to(target), checkpoint)
     backend = backend or os.environ.get("SONOSAM_BACKEND")
     if backend and backend != "eager":
         model.use_backend(backend)

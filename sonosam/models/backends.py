@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sonosam.backends")
 
-BACKENDS = ("auto", "eager", "onnx", "onnx-decoder", "eager-fp16", "eager-bf16")
+from ..devices import BACKENDS  # noqa: E402 - one list, also read by the command line without torch
 FORMAT = 3            # bump when the export wrappers change: old artefacts are then never matched
 OPSET = 17
 EXPORTS: dict[str, int] = {}   # artefact part -> how many times it was exported in this process (tests)
@@ -162,7 +162,9 @@ def make_backend(model: "SamModel", name: str | None = "auto"):
     """The backend `name` for this model, or eager with a logged note when it cannot run here."""
     name = (name or "auto").lower()
     if name not in BACKENDS:
-        raise ValueError(f"Unknown backend {name!r}; choose one of {', '.join(BACKENDS)}.")
+        from ..devices import check_backend_name
+
+        check_backend_name(name)  # raises DeviceError naming the choices
     if name == "auto":
         name = _auto_choice(model)
     try:

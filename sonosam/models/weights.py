@@ -76,26 +76,54 @@ def _progress_bar(total: int, name: str):
     return tqdm(total=total or None, unit="B", unit_scale=True, desc=f"Downloading {name}", file=sys.stderr)
 
 
+def _looks_like_checkpoint(path: Path) -> bool:
+    """torch.save writes a zip archive (PyTorch >= 1.6) or, legacy, a pickle (protocol 2+ starts with 0x80)."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+
+
+def check_finite(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Refuse weights holding NaN or infinity, naming the tensors (they give empty masks and IoU nan)."""
+    bad = [name for name, tensor in state.items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise CheckpointError(f"{path} has NaN or infinite values in {', '.join(bad[:3])}{more}; these weights are "
+                              f"broken (a diverged training run?). Use an earlier checkpoint.")
+
+
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a checkpoint's tensors only: a pickle that would run code is refused, not executed."""
+    """Load a checkpoint's tensors only: a pickle that would run code is refused, not executed; a file that is
+    not a checkpoint at all is called that; tensors with NaN/Inf are refused by name."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsNotAvailableError(f"Checkpoint {path} does not exist.")
+        raise WeightsNotAvailableError(f"Checkpoint {path} does not exist" + (" (it is a folder)." if path.is_dir() else "."))
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"Checkpoint {path} is empty (0 bytes); the download or save did not finish.")
+    if not _looks_like_checkpoint(path):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle); "
+                              f"give the .pth/.pt file of the model's weights.")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if "weights only" not in str(error).lower() and "weights_only" not in str(error).lower():
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({path.stat().st_size} bytes; "
+                                  f"{str(error).strip().splitlines()[0]}); it is corrupt or another kind of file.") from error
         raise CheckpointError(
             f"{path} holds Python objects besides tensors, so it could run code when loaded; refusing it. "
             "Save a plain state dict (torch.save(model.state_dict(), path)).") from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError, KeyError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint ({path.stat().st_size} bytes; {error}). "
+            f"{path} is not a readable PyTorch checkpoint ({path.stat().st_size} bytes; {first}). "
             "It is probably truncated or corrupt: download it again.") from error
     for key in ("model", "state_dict"):  # training checkpoints wrap the weights
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
             checkpoint = checkpoint[key]
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise CheckpointError(f"{path} does not contain a state dict of tensors.")
+    check_finite(checkpoint, path)
     return {k.removeprefix("module."): v for k, v in checkpoint.items()}
 
 

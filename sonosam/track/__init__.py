@@ -11,12 +11,26 @@
 See docs/tracking.md.
 """
 
-from .confidence import WEIGHTS, Signals, combine
-from .expert import Correction, SimulatedExpert, track_with_expert
-from .motion import FlowEstimator, motion_prior
-from .synthetic import SyntheticLoop, echo_synthetic_loop, make_synthetic_loop
-from .tracker import FrameResult, Intervention, RunReport, TrackedObject, Tracker
+import importlib
+
+# Loaded on first use, so that `sonosam.track.outputs` (and the command line's checks) do not import torch.
+_HOMES = {"WEIGHTS": "confidence", "Signals": "confidence", "combine": "confidence",
+          "Correction": "expert", "SimulatedExpert": "expert", "track_with_expert": "expert",
+          "FlowEstimator": "motion", "motion_prior": "motion",
+          "SyntheticLoop": "synthetic", "echo_synthetic_loop": "synthetic", "make_synthetic_loop": "synthetic",
+          "FrameResult": "tracker", "Intervention": "tracker", "RunReport": "tracker", "TrackedObject": "tracker",
+          "Tracker": "tracker"}
 
 __all__ = ["Tracker", "TrackedObject", "FrameResult", "Intervention", "RunReport", "Signals", "combine", "WEIGHTS",
            "FlowEstimator", "motion_prior", "SimulatedExpert", "Correction", "track_with_expert",
            "SyntheticLoop", "make_synthetic_loop", "echo_synthetic_loop"]
+
+
+def __getattr__(name):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_HOMES))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -28,9 +27,12 @@ DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.")
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".part")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through a temp file beside `path` and one rename (a full disk leaves the old file or none).
+    Replacing is the caller's decision (the command line refuses an existing output without --overwrite)."""
+    from ..io.atomic import atomic_output
+
+    with atomic_output(path, overwrite=True) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_checkpoint(model, path, *, name: str | None = None, kind: str = "decoder", weights: str = "full",
@@ -68,9 +70,9 @@ def save_checkpoint(model, path, *, name: str | None = None, kind: str = "decode
             raise ValueError(f"weights='decoder' needs the base model {base_model!r}'s weights file; save 'full'.")
         meta["base_weights_sha256"] = weights_module.file_digest(base_file, "sha256")
     meta_path = path.with_suffix(".json")
-    tmp = meta_path.with_name(meta_path.name + ".part")
-    tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    os.replace(tmp, meta_path)
+    from ..io.atomic import write_text
+
+    write_text(meta_path, json.dumps(meta, indent=2, default=str) + "\n", overwrite=True)
     return path, meta_path
 
 

@@ -348,8 +348,9 @@ def train_decoder(model: SamModel, train: Sequence[Sample], val: Sequence[Sample
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
                      "best_score": best_score, "steps": result.steps, "history": json.dumps(result.epochs),
                      "protocol": json.dumps(_protocol(config))}
-            tmp = resume_path.with_name(resume_path.name + ".part")
-            torch.save(state, tmp)
-            tmp.replace(resume_path)
+            from ..io.atomic import atomic_output
+
+            with atomic_output(resume_path, overwrite=True) as tmp:
+                torch.save(state, tmp)
     result.seconds = time.perf_counter() - began
     return result
