@@ -314,3 +314,29 @@ def test_picture_over_the_memory_budget_is_refused_before_decoding(tmp_path, run
 def test_there_are_at_least_80_cases():
     names = [c[0] for c in CASES + CHECKPOINT_CASES]
     assert len(names) >= 80 and len(set(names)) == len(names)
+
+
+def test_legitimate_inputs_are_read_as_they_are(tmp_path):
+    """What used to be read wrongly: 16-bit PNG (as 8 bits, hence "constant"), float TIFF; and the rest of the
+    gate's accepted formats keep their values and shapes."""
+    from PIL import Image
+
+    from sonosam.image import to_uint8_rgb
+    from sonosam.io import read_image
+
+    sixteen = read_image(corpus.png16(tmp_path / "16.png"))
+    assert sixteen.kind == "2d" and sixteen.array.dtype == np.uint16 and sixteen.array.min() >= 1000
+    assert np.array_equal(sixteen.array, np.asarray(Image.open(tmp_path / "16.png"), dtype=np.uint16))
+    assert to_uint8_rgb(sixteen.array).std() > 10  # not constant
+    floats = read_image(corpus.float_tiff(tmp_path / "f.tif"))
+    assert floats.array.dtype == np.float32 and np.allclose(floats.array, corpus.textured().astype(np.float32) / 1000)
+    palette = Image.fromarray(_disc_label() * 3).convert("P")
+    palette.save(tmp_path / "p.png")
+    assert set(np.unique(read_image(tmp_path / "p.png", role="labels").array)) == {0, 3}
+    assert read_image(tmp_path / "p.png").vector  # as an image: its colours
+    stack = corpus.npy(tmp_path / "s.npy", np.stack([corpus.textured(seed=i) for i in range(3)]))
+    assert read_image(stack).kind == "cine" and read_image(stack).n_frames == 3
+    loop = read_image(corpus.dicom(tmp_path / "loop.dcm"))
+    assert loop.kind == "cine" and loop.array.shape == (4, 48, 64) and loop.cine is not None
+    volume = read_image(corpus.nifti(tmp_path / "v.nii.gz", corpus.textured_volume()))
+    assert volume.kind == "volume" and volume.geometry is not None and volume.array.shape == (12, 48, 48)

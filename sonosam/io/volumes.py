@@ -107,13 +107,13 @@ def _verify_written(sitk, path: Path, size, nbytes: int) -> None:
 
         try:
             with gzip.open(path, "rb") as handle:
-                size = 0
+                length = 0
                 while chunk := handle.read(1 << 22):
-                    size += len(chunk)
+                    length += len(chunk)
         except (EOFError, OSError, zlib.error) as error:
             raise OSError(f"the written file is cut short ({error})") from None
-        if size < 348 + nbytes:
-            raise OSError(f"the written file holds {size} of {348 + nbytes} bytes")
+        if length < 348 + nbytes:
+            raise OSError(f"the written file holds {length} of {348 + nbytes} bytes")
     try:
         back = sitk.ReadImage(str(path))
     except RuntimeError as error:
