@@ -474,7 +474,9 @@ class Service:
                                volume_id="vol-" + volume_id, progress=progress, cancel=job.cancel_event)
             if result.cancelled:
                 raise JobCancelled()
-            slices = {str(i): dataclasses.asdict(s) for i, s in result.slices.items()}
+            # an accepted (mask) seed has no predicted IoU (nan): JSON has no nan, it travels as null
+            slices = {str(i): {k: (None if isinstance(v, float) and v != v else v)
+                               for k, v in dataclasses.asdict(s).items()} for i, s in result.slices.items()}
             meta = {"axis": result.axis, "slices": slices, "anchors": sorted(result.anchors),
                     "summary": result.summary(), "seconds": result.seconds, "encoder_calls": result.encoder_calls,
                     "decoded": result.decoded}
