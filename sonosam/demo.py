@@ -94,7 +94,9 @@ def main(argv=None) -> int:
     if not args.no_track:
         summary["track"] = track_loop(args.out, predictor, cine)
     predictor.close()
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    from .io import write_text
+
+    write_text(args.out / "summary.json", json.dumps(summary, indent=2), overwrite=True)  # the demo reruns in place
     print(f"wrote {args.out}/: lv_frame0.seg.nrrd, lv_frame0_overlay.png, track/ (segmentation.seq.nrrd, "
           "overlay.gif, strip.png, confidence.csv, interventions.csv), summary.json")
     return 0

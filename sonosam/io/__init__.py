@@ -2,7 +2,7 @@
 
 One home for each thing (import them from `sonosam.io`):
 
-- `read_image` (gate.py): the one reader behind every command, evaluation and the server. It checks a file
+- `read_image` (gate.py, on the shared checks in checks.py): the one reader behind every command, evaluation and the server. It checks a file
   before decoding it (exists, is a file, size, the dimensions its header declares against a memory budget)
   and the array after (finite, usable dimensions) and says in one line what is wrong.
 - `Geometry` (geometry.py): ITK's LPS convention, with `ijk_to_ras()` for Slicer, which works in RAS.
@@ -20,8 +20,8 @@ One home for each thing (import them from `sonosam.io`):
 from .atomic import (PathLike, atomic_output, check_output_folder, check_output_path, file_suffix, output_set,
                      write_bytes, write_error, write_text)
 from .cine import Cine, _luminance, read_cine
-from .gate import (MemoryBudget, LoadedImage, check_array, check_input_file, default_budget, read_image,
-                   read_npy)
+from .checks import MemoryBudget, check_array, check_input_file, default_budget, read_npy
+from .gate import LoadedImage, read_image
 from .geometry import Geometry
 from .overlays import _outline, _to_rgb8, save_overlay_png
 from .segmentations import (DEFAULT_COLORS, Segment, Segmentation, check_name, check_seg_header,

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import DataFileError, InputImageError, SonoSAMError
 from .atomic import PathLike
+from .checks import _check_dicom_header, _dicom_header, check_input_file, default_budget
 from .geometry import Geometry
 
 
@@ -184,8 +185,6 @@ def read_cine(path: PathLike, *, keep_rgb: bool = False) -> Cine:
 
     `keep_rgb=True` keeps the colour frames from this one decode; otherwise `Cine.rgb` decodes them on
     first use."""
-    from .gate import _check_dicom_header, _dicom_header, check_input_file, default_budget
-
     path = check_input_file(path, what="cine")
     _check_dicom_header(path, _dicom_header(path), default_budget())  # before any frame is allocated
     ds, rgb, gray, photometric = _decode_cine(path, keep_rgb)

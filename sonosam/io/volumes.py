@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import DataFileError, InputImageError
 from .atomic import PathLike, atomic_output
+from .checks import _not_3d_message, check_array, check_input_file, default_budget, load_sitk_image
 from .geometry import Geometry
 
 
@@ -28,18 +29,6 @@ class Volume:
     @property
     def shape(self) -> tuple[int, int, int]:
         return self.array.shape
-
-
-def _not_3d_message(shape, components: int = 1, hint: str = "") -> str:
-    if components > 1:
-        return (f"The image has {components} components per voxel (shape {tuple(shape)}, e.g. RGB or a vector "
-                f"field); SonoSAM segments scalar images. Convert it to grayscale or pick one component "
-                f"(e.g. sitk.VectorIndexSelectionCast(image, 0)) first{hint}.")
-    if len(shape) == 4:
-        return (f"The image is 4D (shape {tuple(shape)}, e.g. a time series or multi-channel volume); SonoSAM "
-                f"segments one 3D volume at a time. Extract one time point or channel first "
-                f"(e.g. array[t] or sitk.Extract) and segment that{hint}.")
-    return f"A volume must be 3D (k, j, i); got an array of shape {tuple(shape)}{hint}."
 
 
 def _sitk():
@@ -67,8 +56,6 @@ def read_volume(path: PathLike, series_id: str | None = None) -> Volume:
     input gate's checks (sonosam.io.gate: size budget before decoding, finite values after).
 
     A folder with several series reads the one with the most files unless `series_id` names one."""
-    from .gate import check_array, check_input_file, default_budget, load_sitk_image
-
     path = check_input_file(path, allow_folder=True, what="volume")
     volume = _image_to_volume(load_sitk_image(path, default_budget(), series_id), path)
     check_array(volume.array, path)
