@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .demo import LV_BOX
+from .prompts import Prompts
 
 
 def _median_ms(function, repeats: int) -> float:
@@ -51,12 +52,12 @@ def bench_predictor(clicks: int = 50, encodes: int = 5, model_name: str = "litem
     encoder_ms = _median_ms(lambda: model.encode(frame), encodes)
     embedding = model.encode(frame)
     iterator = iter(boxes)
-    decoder_ms = _median_ms(lambda: model.decode(embedding, box=next(iterator), multimask=False), clicks)
+    decoder_ms = _median_ms(lambda: model.decode(embedding, Prompts(box=next(iterator)), multimask=False), clicks)
     predictor.embedding(frame, key=("a4c", 0))
     iterator = iter(boxes)
     cached_ms = _median_ms(lambda: predictor.predict(frame, box=next(iterator), key=("a4c", 0)), clicks)
     iterator = iter(boxes)
-    naive_ms = _median_ms(lambda: model.decode(model.encode(frame), box=next(iterator), multimask=False), encodes)
+    naive_ms = _median_ms(lambda: model.decode(model.encode(frame), Prompts(box=next(iterator)), multimask=False), encodes)
     return {"model": model_name, "device": str(model.device), "threads": torch.get_num_threads(),
             "encoder_ms": encoder_ms, "decoder_ms": decoder_ms, "cached_click_ms": cached_ms,
             "naive_click_ms": naive_ms, "speedup_cached_vs_naive": naive_ms / cached_ms,
@@ -109,7 +110,7 @@ def bench_backends(clicks: int = 30, encodes: int = 3, model_name: str = "liteme
         start = time.perf_counter()
         models[name] = load_model(model_name, backend=name)
         setup_s[name] = time.perf_counter() - start
-    reference = {label: models["eager"].decode(models["eager"].encode(image), box=b).mask for label, image, b in images}
+    reference = {label: models["eager"].decode(models["eager"].encode(image), Prompts(box=b)).mask for label, image, b in images}
     samples = {name: {"enc": [], "dec": [], "click": []} for name in backends}
     embeddings, predictors = {}, {}
     for name, model in models.items():
@@ -125,7 +126,7 @@ def bench_backends(clicks: int = 30, encodes: int = 3, model_name: str = "liteme
     for index in range(clicks):
         for name, model in models.items():
             start = time.perf_counter()
-            model.decode(embeddings[name], box=boxes[index], multimask=False)
+            model.decode(embeddings[name], Prompts(box=boxes[index]), multimask=False)
             samples[name]["dec"].append(1000 * (time.perf_counter() - start))
             start = time.perf_counter()
             predictors[name].predict(frame, box=boxes[index], key=("a4c", 0))
@@ -135,7 +136,7 @@ def bench_backends(clicks: int = 30, encodes: int = 3, model_name: str = "liteme
                           "cached click ms (x eager) | IoU vs eager echo / MRI"}
     med = {name: {k: statistics.median(v) for k, v in s.items()} for name, s in samples.items()}
     for name, model in models.items():
-        ious = [mask_iou(model.decode(model.encode(image), box=b).mask, reference[label]) for label, image, b in images]
+        ious = [mask_iou(model.decode(model.encode(image), Prompts(box=b)).mask, reference[label]) for label, image, b in images]
         m, e = med[name], med["eager"]
         figures[f"{name}({model.backend})"] = (
             f"{setup_s[name]:5.1f} | {m['enc']:7.0f} ({e['enc'] / m['enc']:.2f}x) | {m['dec']:6.1f} "

@@ -20,7 +20,9 @@ from typing import Callable, Hashable, Iterable
 import numpy as np
 import torch
 
+from .errors import PromptError
 from .models import Embedding, Prediction, SamModel
+from .prompts import Prompts
 
 ImageSource = "np.ndarray | Callable[[], np.ndarray]"
 
@@ -31,6 +33,19 @@ def image_key(image: np.ndarray, window=None) -> str:
     digest = hashlib.blake2b(array.view(np.uint8).reshape(-1), digest_size=16)
     digest.update(f"{array.shape}{array.dtype}{window}".encode())
     return digest.hexdigest()
+
+
+def as_prompts(prompts: Prompts | None = None, *, points=None, labels=None, box=None, mask_logits=None) -> Prompts:
+    """A Prompts, or the keyword conveniences of `predict` made into one (the one place that does it)."""
+    loose = any(value is not None for value in (points, labels, box, mask_logits))
+    if prompts is None:
+        return Prompts(points, labels, box, mask_logits)
+    if not isinstance(prompts, Prompts):
+        raise TypeError(f"prompts must be a sonosam.prompts.Prompts, not {type(prompts).__name__}; or give "
+                        "points=/labels=/box=/mask_logits= as keywords.")
+    if loose:
+        raise PromptError("Give either a Prompts or the points/labels/box/mask_logits keywords, not both.")
+    return prompts
 
 
 class EmbeddingCache:
@@ -200,11 +215,13 @@ class Predictor:
             self.cache.put(self._cache_key(image, key, window), embedding)
         return embeddings
 
-    def predict(self, image: ImageSource, points=None, labels=None, box=None, mask_logits=None,
-                multimask: bool = False, key: Hashable | None = None, window=None) -> Prediction:
+    def predict(self, image: ImageSource, prompts: Prompts | None = None, *, points=None, labels=None, box=None,
+                mask_logits=None, multimask: bool = False, key: Hashable | None = None, window=None) -> Prediction:
+        """Masks for `prompts` on `image`, from the cached embedding. Scripts may give the keyword
+        conveniences (points, labels, box, mask_logits) instead of a Prompts; not both."""
+        prompts = as_prompts(prompts, points=points, labels=labels, box=box, mask_logits=mask_logits)
         embedding = self.embedding(image, key, window)
-        return self.model.decode(embedding, points=points, labels=labels, box=box, mask_logits=mask_logits,
-                                 multimask=multimask)
+        return self.model.decode(embedding, prompts, multimask=multimask)
 
     def prefetch(self, items: Iterable[tuple[Hashable, ImageSource]], window=None,
                  on_progress: Callable[[int, int], None] | None = None) -> PrefetchJob:

@@ -46,6 +46,7 @@ from .errors import InputImageError, PromptError
 from .image import AXES, axis_index, take_slice as slice_of
 from .models import mask_to_logits
 from .predictor import Predictor
+from .prompts import Prompts
 
 __all__ = ["Seed", "SliceInfo", "PropagationOptions", "PropagationResult", "propagate", "naive_baseline",
            "stop_reason", "slice_of", "axis_index", "consistent_pixels", "volume_window", "AXES"]
@@ -371,11 +372,11 @@ class _Run:
                 job.cancel()
                 del self.jobs[i]
 
-    def predict(self, index: int, **prompts):
+    def predict(self, index: int, prompts: Prompts):
         self.decoded += 1
         self.encode_slab(index)
-        return self.predictor.predict(lambda: self.image(index), key=self.key(index), window=self.window,
-                                      multimask=False, **prompts)
+        return self.predictor.predict(lambda: self.image(index), prompts, key=self.key(index), window=self.window,
+                                      multimask=False)
 
     def feature(self, index: int, mask: np.ndarray) -> np.ndarray:
         """Unit-length mean of the image embedding under `mask` (masked average pooling on the 64x64 grid)."""
@@ -412,7 +413,7 @@ class _Run:
                                   f"{self.image(seed.index).shape}.")
             info = SliceInfo(seed.index, ACCEPTED, float("nan"), int(mask.sum()), source=seed.index)
             return mask, None, info
-        pred = self.predict(seed.index, box=seed.box, points=seed.points, labels=seed.labels)
+        pred = self.predict(seed.index, Prompts(seed.points, seed.labels, seed.box))
         info = SliceInfo(seed.index, SEED, pred.score, int(pred.mask.sum()), source=seed.index)
         if info.area == 0:
             info.reason = "the seed prompt gave an empty mask"
@@ -462,14 +463,11 @@ class _Run:
             box = _box_with_margin(region, opt.box_margin)
             if opt.max_box_size is not None and anchor_box is not None:
                 box = _clamp_box(box, anchor_box, opt.max_box_size, image.shape)
-            prompts = {"box": box}
-            if self.use_points:
-                points = _interior_points(consistent, opt.n_points)
-                if points:
-                    prompts.update(points=points, labels=[1] * len(points))
+            points = _interior_points(consistent, opt.n_points) if self.use_points else None
+            logits = None
             if self.use_mask:
-                prompts["mask_logits"] = prev_logits if prev_logits is not None else mask_to_logits(prev_mask)
-            pred = self.predict(t, **prompts)
+                logits = prev_logits if prev_logits is not None else mask_to_logits(prev_mask)
+            pred = self.predict(t, Prompts(points or None, None, box, logits))
             new = pred.mask
             if opt.keep_component and new.any():
                 new = _keep_touching(new, prev_mask)
@@ -619,7 +617,7 @@ def naive_baseline(predictor, volume, box, axis=0, indices: Iterable[int] | None
         image = slice_of(volume, axis, index)
         if image.min() == image.max():  # nothing to segment (e.g. an empty border slice)
             continue
-        pred = predictor.predict(image, box=box, key=(volume_id, axis, index), window=window, multimask=False)
+        pred = predictor.predict(image, Prompts(box=box), key=(volume_id, axis, index), window=window, multimask=False)
         where = [slice(None)] * 3
         where[axis] = index
         out[tuple(where)] = pred.mask

@@ -259,8 +259,8 @@ def write_segment_block(segmentation_node, segment_id, block_kji: np.ndarray, im
 class SegmentLogic:
     """MRML in, MRML out; the model work is the core's ``Predictor``.
 
-    ``predictor`` may be any object with ``predict(image, points=, labels=, box=, mask_logits=,
-    multimask=, key=, window=)`` returning something with ``mask``, ``score``, ``logits`` (and
+    ``predictor`` may be any object with ``predict(image, prompts, multimask=, key=, window=)``
+    (``prompts`` a ``sonosam.prompts.Prompts``; the core's Predictor or the server client) returning something with ``mask``, ``score``, ``logits`` (and
     optionally ``prefetch`` / ``model.spec.prompt_kinds``); by default the core's Predictor with
     ``model`` is built on first use.
     """
@@ -473,10 +473,12 @@ class SegmentLogic:
         image = self.slice_image(info, geometry)
         if mask_logits is None and refine and segmentationNode is not None and segmentId:
             mask_logits = self._refinement_logits(info, geometry, segmentationNode, segmentId)
+        from sonosam.prompts import Prompts
+
+        prompts = Prompts(points_xy, labels_xy, box_xy, mask_logits)
         t1 = time.perf_counter()
-        result = self.predictor.predict(image, points=points_xy, labels=labels_xy, box=box_xy,
-                                        mask_logits=mask_logits, multimask=multimask,
-                                        key=geometry.key(info.key), window=info.window)
+        result = self.predictor.predict(image, prompts, multimask=multimask, key=geometry.key(info.key),
+                                        window=info.window)
         t2 = time.perf_counter()
         mask = np.asarray(result.mask, dtype=bool)
         if mask.shape != image.shape[:2]:

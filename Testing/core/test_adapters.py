@@ -15,6 +15,7 @@ from sonosam.adapters.modules import MedSATinyViTBlock, encoder_stem, encoder_tr
 from sonosam.adapters.training import (SliceEncoderInput, decode, segment_volume_with_adapters, simulate_box,
                                        simulate_clicks, slab_loss, train_adapters, volume_window)
 from sonosam.errors import CheckpointError, DataFileError
+from sonosam.prompts import Prompts
 
 THALAMUS_L = 77          # AAL label
 SLAB = (78, 2)           # axial slices 78-79 hold the left thalamus
@@ -268,7 +269,7 @@ def test_segment_volume_with_adapters_matches_core_api(mri):
     window = volume_window(volume)
     first, depth = SLAB
     boxes = {k: simulate_box(label[k] == THALAMUS_L, jitter=0) for k in range(first, first + depth)}
-    reference = [model.decode(model.encode(volume[k], window=window), box=boxes[k], multimask=False).mask
+    reference = [model.decode(model.encode(volume[k], window=window), Prompts(box=boxes[k]), multimask=False).mask
                  for k in boxes]
     add_medsa_adapters(model)
     out = segment_volume_with_adapters(model, volume, boxes, slab_depth=depth, window=window)

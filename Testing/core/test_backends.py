@@ -11,6 +11,7 @@ import torch
 from sonosam.bench import mask_iou, real_test_images
 from sonosam.models import backends, load_model
 from sonosam.predictor import EmbeddingCache
+from sonosam.prompts import Prompts
 
 pytest.importorskip("onnxruntime")
 
@@ -41,7 +42,7 @@ def onnx_model(artefact_home):
 
 @pytest.fixture(scope="module")
 def eager_reference(default_model, images):
-    return {name: default_model.decode(default_model.encode(image), box=box) for name, image, box in images}
+    return {name: default_model.decode(default_model.encode(image), Prompts(box=box)) for name, image, box in images}
 
 
 @pytest.mark.parametrize("backend", ["onnx", "onnx-decoder"])
@@ -49,7 +50,7 @@ def test_backend_masks_match_eager_on_echo_and_mri(backend, onnx_model, default_
     model = onnx_model if backend == "onnx" else load_model("litemedsam", device="cpu", backend=backend)
     assert model.backend == backend
     for name, image, box in images:
-        prediction = model.decode(model.encode(image), box=box)
+        prediction = model.decode(model.encode(image), Prompts(box=box))
         reference = eager_reference[name]
         iou = mask_iou(prediction.mask, reference.mask)
         assert iou >= 0.98, f"{backend} on {name}: IoU {iou:.4f} vs eager"
@@ -57,8 +58,8 @@ def test_backend_masks_match_eager_on_echo_and_mri(backend, onnx_model, default_
         assert abs(prediction.score - reference.score) < 0.02
         # refinement with the previous logits as a mask prompt goes through the same graph
         embedding = model.encode(image)
-        refined = model.decode(embedding, box=box, mask_logits=reference.logits)
-        expected = default_model.decode(default_model.encode(image), box=box, mask_logits=reference.logits)
+        refined = model.decode(embedding, Prompts(box=box, mask_logits=reference.logits))
+        expected = default_model.decode(default_model.encode(image), Prompts(box=box, mask_logits=reference.logits))
         assert mask_iou(refined.mask, expected.mask) >= 0.98
 
 
@@ -82,9 +83,17 @@ def test_onnx_decoder_handles_points_padding_and_multimask(onnx_model, default_m
             assert got.shape == expected.shape
             np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=2e-3)
             np.testing.assert_allclose(got_iou.numpy(), expected_iou.numpy(), atol=1e-3)
-    # a mask prompt alone has an empty sparse embedding: the backend hands it to eager
-    assert onnx_model._backend.decode(onnx_model, embedding.features, None, None, None,
-                                      torch.zeros(1, 1, 256, 256), False) is None
+    # a mask prompt alone has an empty sparse embedding, which the graph cannot take: the backend answers
+    # with its eager code (no None meaning "fall back"), the same numbers as the eager model
+    mask_input = torch.zeros(1, 1, 256, 256)
+    got, got_iou = onnx_model._backend.decode(onnx_model, embedding.features, None, None, None, mask_input, False)
+    with torch.inference_mode():
+        sparse, dense = sam.prompt_encoder(points=None, boxes=None, masks=mask_input)
+        expected, expected_iou = sam.mask_decoder(
+            image_embeddings=embedding.features, image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(got_iou.numpy(), expected_iou.numpy(), atol=1e-5)
 
 
 def test_artefacts_are_reused_and_a_corrupt_one_is_rebuilt(onnx_model, artefact_home, images):
@@ -110,7 +119,7 @@ def test_artefacts_are_reused_and_a_corrupt_one_is_rebuilt(onnx_model, artefact_
     from sonosam.models.weights import file_digest
     assert file_digest(decoder) == record["onnx_sha256"]
     name, image, box = images[0]
-    assert rebuilt.decode(rebuilt.encode(image), box=box).mask.sum() > 200
+    assert rebuilt.decode(rebuilt.encode(image), Prompts(box=box)).mask.sum() > 200
 
     decoder.with_suffix(".json").write_text("{not json")  # a broken record is not trusted either
     load_model("litemedsam", device="cpu", backend="onnx-decoder")
@@ -125,8 +134,8 @@ def test_missing_onnxruntime_falls_back_to_eager(default_model, monkeypatch, cap
         assert model.use_backend("auto") == "eager"
     assert "onnxruntime" in caplog.text and model.backend == "eager"
     name, image, box = images[0]
-    np.testing.assert_array_equal(model.decode(model.encode(image), box=box).mask,
-                                  default_model.decode(default_model.encode(image), box=box).mask)
+    np.testing.assert_array_equal(model.decode(model.encode(image), Prompts(box=box)).mask,
+                                  default_model.decode(default_model.encode(image), Prompts(box=box)).mask)
     with pytest.raises(ValueError, match="Unknown backend"):
         model.use_backend("tensorrt-magic")
 
@@ -143,7 +152,8 @@ def test_cache_spills_to_disk_in_fp16(default_model, images):
     assert back.features.dtype == torch.float32 and back.features.shape == embedding.features.shape
     assert torch.allclose(back.features, embedding.features, atol=1e-2, rtol=1e-3)
     assert len(cache) == 1 and cache.spilled == 2  # 0 came back to memory, 2 went to disk
-    iou = mask_iou(default_model.decode(back, box=box).mask, default_model.decode(embedding, box=box).mask)
+    iou = mask_iou(default_model.decode(back, Prompts(box=box)).mask,
+                   default_model.decode(embedding, Prompts(box=box)).mask)
     assert iou >= 0.98
     cache.clear()
     assert cache.spilled == 0 and 0 not in cache

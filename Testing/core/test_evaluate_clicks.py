@@ -5,8 +5,9 @@ import pytest
 from scipy import ndimage
 
 from sonosam.errors import PromptError
-from sonosam.evaluate.clicks import (Click, ClickSimulator, Prompts, box_from_mask, centroid_click, error_regions,
+from sonosam.evaluate.clicks import (Click, ClickSimulator, box_from_mask, centroid_click, error_regions,
                                      first_click, max_distance_point, next_click)
+from sonosam.prompts import Prompts
 
 
 def rect(shape, y0, y1, x0, x1):
@@ -124,11 +125,12 @@ def test_simulator_accumulates_prompts_for_the_predictor():
     gt = rect((60, 60), 10, 40, 10, 40)
     sim = ClickSimulator(rng=0)
     prompts = sim.start(gt, "point")
-    assert prompts.kwargs() == {"points": [(25, 25)], "labels": [1], "box": None}
-    click = sim.correct(np.zeros_like(gt), gt, prompts)
-    assert click.label == 1 and prompts.n_clicks == 2 and prompts.labels == [1, 1]
+    assert prompts == Prompts(points=[(25, 25)], labels=[1])
+    click, more = sim.correct(np.zeros_like(gt), gt, prompts)
+    assert click.label == 1 and more.n_clicks == 2 and more.labels.tolist() == [1, 1]
+    assert prompts.n_clicks == 1                         # a value: the first prompt is unchanged
     box_prompts = sim.start(gt, "box")
-    assert box_prompts.kwargs() == {"points": None, "labels": None, "box": (10, 10, 40, 40)}
+    assert box_prompts == Prompts(box=(10, 10, 40, 40)) and box_prompts.kinds == {"box"}
     kinds = [ClickSimulator(rng=s).choose_start() for s in range(40)]
     assert set(kinds) == {"point", "box"}
 
@@ -144,4 +146,4 @@ def test_empty_ground_truth_is_a_clear_error():
 
 def test_max_distance_point_of_a_square():
     assert max_distance_point(rect((30, 30), 10, 20, 4, 14)) == (9, 15)
-    assert isinstance(Prompts().kwargs(), dict)
+    assert Prompts().is_empty

@@ -25,7 +25,9 @@ class Pred:
 
 def pred_of(mask, n=1):
     masks = np.repeat(mask[None], n, axis=0)
-    return Pred(masks, np.ones(n), np.where(masks, 10.0, -10.0).astype(np.float32)[:, :256, :256])
+    logits = np.full((n, 256, 256), -10.0, np.float32)   # low-res logits: always 256 x 256, image at top left
+    logits[:, :masks.shape[1], :masks.shape[2]] = np.where(masks, 10.0, -10.0)[:, :256, :256]
+    return Pred(masks, np.ones(n), logits)
 
 
 class Recorder:
@@ -34,7 +36,12 @@ class Recorder:
         self.spec = SimpleNamespace(name=type(self).__name__.lower(), prompt_kinds=self.kinds)
         self.calls = []
 
-    def predict(self, image, points=None, labels=None, box=None, mask_logits=None, multimask=False, key=None):
+    def predict(self, image, prompts, multimask=False, key=None):
+        # the stand-ins read plain lists of whole pixels (the simulator's clicks and boxes are whole pixels)
+        points = [(int(x), int(y)) for x, y in prompts.points] or None
+        labels = [int(v) for v in prompts.labels] or None
+        box = None if prompts.box is None else tuple(int(v) for v in prompts.box)
+        mask_logits = prompts.mask_logits
         self.calls.append(dict(points=points, labels=labels, box=box, mask_logits=mask_logits,
                                multimask=multimask, key=key))
         if box is not None and "box" not in self.kinds:
@@ -142,7 +149,7 @@ def test_missed_structure_gets_a_positive_click_and_logits_are_fed_back():
     second = model.calls[1]
     assert second["points"] == [(x1, y1), (52, 52)] and second["labels"] == [1, 1]
     assert second["multimask"] is False
-    assert second["mask_logits"] is not None and second["mask_logits"].shape == (64, 64)
+    assert second["mask_logits"] is not None and second["mask_logits"].shape == (256, 256)
 
 
 def test_false_positive_gets_a_negative_click():
@@ -259,7 +266,7 @@ def test_bench_timer_counts_calls_and_formats_a_table():
         def encode(self, image):
             return image
 
-        def decode(self, emb, **kwargs):
+        def decode(self, emb, prompts=None, multimask=False):
             return emb
 
     timed = TimedModel(Model())

@@ -14,6 +14,7 @@ from sonosam.errors import (CheckpointError, InputImageError, PromptError, SonoS
                             UnsupportedPromptError, WeightsNotAvailableError)
 from sonosam.models import get_spec, list_models, load_model, weights
 from sonosam.predictor import EmbeddingCache, Predictor
+from sonosam.prompts import Prompts
 
 LV_BOX = (300, 70, 440, 270)
 
@@ -29,8 +30,8 @@ def test_registry_lists_families_and_prompt_kinds():
 
 def test_default_model_segments_left_ventricle_from_box(default_model, echo_frames):
     embedding = default_model.encode(echo_frames[0])
-    first = default_model.decode(embedding, box=LV_BOX)
-    second = default_model.decode(embedding, box=LV_BOX)
+    first = default_model.decode(embedding, Prompts(box=LV_BOX))
+    second = default_model.decode(embedding, Prompts(box=LV_BOX))
     area = first.mask.sum()
     box_area = (LV_BOX[2] - LV_BOX[0]) * (LV_BOX[3] - LV_BOX[1])
     assert 0.3 * box_area < area < 0.95 * box_area  # neither empty nor the whole box
@@ -48,9 +49,9 @@ def test_default_model_segments_left_ventricle_from_box(default_model, echo_fram
 def test_box_only_model_refuses_a_single_click(default_model, echo_frames):
     embedding = default_model.encode(echo_frames[0])
     with pytest.raises(UnsupportedPromptError, match="boxes only"):
-        default_model.decode(embedding, points=[(370, 170)], labels=[1])
+        default_model.decode(embedding, Prompts(points=[(370, 170)], labels=[1]))
     # two clicks on opposite extremes outline the structure: used as a box, and said so
-    prediction = default_model.decode(embedding, points=[(305, 75), (435, 265)], labels=[1, 1])
+    prediction = default_model.decode(embedding, Prompts(points=[(305, 75), (435, 265)], labels=[1, 1]))
     assert prediction.mask.sum() > 1000 and "box spanned" in prediction.notes[0]
 
 
@@ -108,7 +109,8 @@ def test_16bit_and_rgb_images_are_accepted(default_model, echo_frames):
     gray = echo_frames[0]
     as16 = gray.astype(np.uint16) * 257  # same picture, 16-bit range
     rgb = np.repeat(gray[..., None], 3, axis=-1)
-    masks = [default_model.decode(default_model.encode(image), box=LV_BOX).mask for image in (gray, as16, rgb)]
+    masks = [default_model.decode(default_model.encode(image), Prompts(box=LV_BOX)).mask
+             for image in (gray, as16, rgb)]
     for mask in masks[1:]:
         assert (mask & masks[0]).sum() / (mask | masks[0]).sum() > 0.9
 
@@ -124,13 +126,13 @@ def test_16bit_and_rgb_images_are_accepted(default_model, echo_frames):
 def test_bad_prompts_raise_clear_errors(default_model, echo_frames, prompts, message):
     embedding = default_model.encode(echo_frames[0])
     with pytest.raises(PromptError, match=message):
-        default_model.decode(embedding, **prompts)
+        default_model.decode(embedding, Prompts(**prompts))
 
 
 def test_embedding_from_another_model_is_refused(default_model, echo_frames, tmp_path):
     other = load_model("litemedsam", checkpoint=_copy(weights_path_of(default_model), tmp_path / "copy.pth"))
     with pytest.raises(SonoSAMError, match="encode the image again"):
-        other.decode(default_model.encode(echo_frames[0]), box=LV_BOX)
+        other.decode(default_model.encode(echo_frames[0]), Prompts(box=LV_BOX))
 
 
 def weights_path_of(model):
@@ -237,8 +239,8 @@ def test_sam_vit_b_matches_segment_anything_predictor(tmp_path, monkeypatch, ech
     for prompts in (dict(point_coords=np.array([[180.0, 80.0], [120.0, 60.0]]), point_labels=np.array([1, 0])),
                     dict(box=np.array([150, 35, 220, 135]))):
         masks, scores, logits = official.predict(**prompts, multimask_output=True)
-        ours_prediction = ours.decode(embedding, points=prompts.get("point_coords"),
-                                      labels=prompts.get("point_labels"), box=prompts.get("box"), multimask=True)
+        ours_prediction = ours.decode(embedding, Prompts(prompts.get("point_coords"), prompts.get("point_labels"),
+                                                         prompts.get("box")), multimask=True)
         order = np.argsort(-scores)
         np.testing.assert_array_equal(ours_prediction.masks, masks[order])
         np.testing.assert_allclose(ours_prediction.scores, scores[order], rtol=1e-5, atol=1e-6)

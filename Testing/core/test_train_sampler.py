@@ -23,9 +23,9 @@ def test_sampler_is_the_shared_simulator():
     # the same generator state gives the same first click as the evaluation module's own function
     a = PromptSampler(rng=np.random.default_rng(7), point_jitter=0.2).start(gt, "point")
     b = first_click(gt, 0.2, np.random.default_rng(7))
-    assert a.points == [b.xy] and a.labels == [1]
+    assert a.points.tolist() == [list(b.xy)] and a.labels.tolist() == [1]
     c = PromptSampler(rng=np.random.default_rng(7), box_jitter=0.2).start(gt, "box")
-    assert c.box == box_from_mask(gt, 0.2, np.random.default_rng(7))
+    assert tuple(c.box) == box_from_mask(gt, 0.2, np.random.default_rng(7))
 
 
 def test_first_prompt_rules():
@@ -37,7 +37,7 @@ def test_first_prompt_rules():
     assert 0.4 < kinds.count("point") / len(kinds) < 0.6          # point or box, equally likely
     for _ in range(50):
         p = sampler.start(gt, "point")
-        (x, y), = p.points
+        (x, y), = p.points.astype(int)
         assert gt[y, x] and abs(x - cols.mean()) <= 0.2 * w + 1 and abs(y - rows.mean()) <= 0.2 * h + 1
         box = sampler.start(gt, "box").box
         tight = box_from_mask(gt)
@@ -49,15 +49,15 @@ def test_corrections_fall_in_the_error_region_with_the_right_label():
     sampler = PromptSampler(rng=1)
     prompts = sampler.start(gt, "point")
     under = blob(radius=(12, 9))                    # prediction too small: positive clicks in the missed ring
-    click = sampler.correct(under, gt, prompts)
+    click, prompts = sampler.correct(under, gt, prompts)
     assert click.label == 1 and gt[click.y, click.x] and not under[click.y, click.x]
     over = blob(radius=(40, 40))                    # too big: negative clicks outside the structure
-    click = sampler.correct(over, gt, prompts)
+    click, prompts = sampler.correct(over, gt, prompts)
     assert click.label == 0 and over[click.y, click.x] and not gt[click.y, click.x]
     largest = error_regions(over, gt)[0][0]
     assert largest[click.y, click.x]
-    assert prompts.labels == [1, 1, 0] and len(prompts.points) == 3
-    assert sampler.correct(gt, gt, prompts) is None   # perfect: nothing to click
+    assert prompts.labels.tolist() == [1, 1, 0] and len(prompts.points) == 3
+    assert sampler.correct(gt, gt, prompts) == (None, prompts)   # perfect: nothing to click
 
 
 def test_prompt_batches_are_grouped_by_shape_and_mapped_like_decode():

@@ -36,7 +36,9 @@ class ThresholdModel:
         input_size = (round(height * 256 / side), round(width * 256 / side))
         return Embedding(torch.as_tensor(grid)[None, None], image.shape, input_size, self.model_id)
 
-    def decode(self, embedding, points=None, labels=None, box=None, mask_logits=None, multimask=True):
+    def decode(self, embedding, prompts, multimask=False):
+        points = prompts.points.tolist() if prompts.has_points else None
+        box, mask_logits = prompts.box, prompts.mask_logits
         self.calls.append({"points": points, "box": box, "mask_logits": mask_logits})
         height, width = embedding.original_size
         image = embedding.features[0, 0, :height, :width].numpy()

@@ -49,7 +49,8 @@ class ThresholdModel:
         return Embedding(torch.as_tensor(grid)[None, None], image.shape,
                          (round(height * 256 / side), round(width * 256 / side)), self.model_id)
 
-    def decode(self, embedding, points=None, labels=None, box=None, mask_logits=None, multimask=True):
+    def decode(self, embedding, prompts, multimask=False):
+        box = prompts.box
         self.decodes += 1
         height, width = embedding.original_size
         mask = embedding.features[0, 0, :height, :width].numpy() > self.level

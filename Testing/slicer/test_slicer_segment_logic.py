@@ -27,6 +27,12 @@ from sonosam.errors import InputImageError, PromptError, SonoSAMError  # noqa: E
 # Deterministic stand-ins for the model (dependency injection)
 # ---------------------------------------------------------------------------------------------------
 
+def unpack(prompts):
+    """A Prompts -> (points, labels, box, mask_logits), None for the absent ones (what the stand-ins read)."""
+    points = prompts.points if prompts.has_points else None
+    return points, (prompts.labels if points is not None else None), prompts.box, prompts.mask_logits
+
+
 class ThresholdPredictor:
     """Mask = the connected part of (image > threshold) holding the positive clicks (and inside the box);
     components holding a negative click are dropped. Records every call."""
@@ -35,8 +41,8 @@ class ThresholdPredictor:
         self.threshold = threshold
         self.calls = []
 
-    def predict(self, image, points=None, labels=None, box=None, mask_logits=None, multimask=False, key=None,
-                window=None):
+    def predict(self, image, prompts, multimask=False, key=None, window=None):
+        points, labels, box, mask_logits = unpack(prompts)
         self.calls.append(SimpleNamespace(image=np.array(image), points=points, labels=labels, box=box,
                                           mask_logits=mask_logits, key=key, window=window))
         fg = np.asarray(image) > self.threshold
@@ -66,7 +72,8 @@ class PixelPredictor:
     def __init__(self):
         self.calls = []
 
-    def predict(self, image, points=None, labels=None, box=None, **kw):
+    def predict(self, image, prompts, **kw):
+        points = unpack(prompts)[0]
         self.calls.append(SimpleNamespace(image=np.array(image), points=points))
         mask = np.zeros(np.shape(image)[:2], bool)
         x, y = np.asarray(points)[0]
@@ -389,10 +396,10 @@ def test_real_label_map_region_segmented_on_each_axis_equals_itk_slice(colin, ax
     region_slice = slice_of(labels == region, a, index)  # indexed by the two remaining IJK axes, in order
 
     class LabelPredictor(ThresholdPredictor):
-        def predict(self, image, points=None, labels=None, box=None, **kw):
-            x, y = np.round(points[0]).astype(int)
+        def predict(self, image, prompts, **kw):
+            x, y = np.round(prompts.points[0]).astype(int)
             value = image[y, x]
-            return super().predict((image == value).astype(np.float32), points, labels, box, **kw)
+            return super().predict((image == value).astype(np.float32), prompts, **kw)
 
     logic = SegmentLogic(predictor=LabelPredictor(0.5))
     sid = add_segment(colin.segmentation, "region")

@@ -156,21 +156,8 @@ def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_prompts_inside(points, labels, box, width: int, height: int) -> None:
     """Prompts checked against the image before a model is loaded (the core's rule, sonosam.prompts)."""
-    try:
-        from ..prompts import Prompts
-    except ImportError:  # until the core's Prompts type lands (issue 12): the same rule, inline
-        import numpy as np
+    from ..prompts import Prompts
 
-        from ..errors import PromptError
-
-        for what, xy in (("Point", points), ("Box corner", None if box is None else np.reshape(box, (2, 2)))):
-            xy = np.asarray(xy if xy is not None else np.zeros((0, 2)), float).reshape(-1, 2)
-            outside = (xy[:, 0] < -0.5) | (xy[:, 0] > width - 0.5) | (xy[:, 1] < -0.5) | (xy[:, 1] > height - 0.5)
-            if outside.any():
-                bad = xy[outside][0]
-                raise PromptError(f"{what} ({bad[0]:g}, {bad[1]:g}) lies outside the {width}x{height} image "
-                                  f"(x must be in 0..{width - 1}, y in 0..{height - 1}).")
-        return
     Prompts(points=points, labels=labels, box=box).check_inside(width, height)
 
 

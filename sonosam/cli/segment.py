@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import DataFileError, InputImageError, PromptError
 from ..image import axis_index, take_slice
+from ..prompts import Prompts
 from . import add_prompt_arguments, check_prompts_inside, int_at_least, load_model_from_args, split_points
 
 MASK_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".png")
@@ -59,7 +60,7 @@ def run(args):
     predictor = Predictor(model)
     embedding = predictor.embedding(image)
     encoded = time.perf_counter()
-    prediction = model.decode(embedding, points=points, labels=labels, box=args.box, multimask=False)
+    prediction = model.decode(embedding, Prompts(points, labels, args.box), multimask=False)
     decoded = time.perf_counter()
 
     mask = prediction.mask

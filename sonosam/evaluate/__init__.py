@@ -12,7 +12,7 @@ The click simulator (``sonosam.evaluate.clicks``) is shared with training's prom
 See docs/evaluate.md for the protocol and its conventions.
 """
 
-from .clicks import Click, ClickSimulator, Prompts, box_from_mask, centroid_click, first_click, next_click
+from .clicks import Click, ClickSimulator, box_from_mask, centroid_click, first_click, next_click
 from .datasets import Sample, colin27_samples, find_pairs, load_pair, load_samples, samples_from_arrays
 from .harness import ImageResult, ModelResult, evaluate, evaluate_models, run_sample
 from .metrics import (FrameRecord, clicks_per_loop, dice, dice_drop_before_intervention, interventions_per_loop,
@@ -20,7 +20,7 @@ from .metrics import (FrameRecord, clicks_per_loop, dice, dice_drop_before_inter
 from .report import summary_table, write_report
 
 __all__ = [
-    "Click", "ClickSimulator", "Prompts", "box_from_mask", "centroid_click", "first_click", "next_click",
+    "Click", "ClickSimulator", "box_from_mask", "centroid_click", "first_click", "next_click",
     "Sample", "colin27_samples", "find_pairs", "load_pair", "load_samples", "samples_from_arrays",
     "ImageResult", "ModelResult", "evaluate", "evaluate_models", "run_sample",
     "FrameRecord", "clicks_per_loop", "dice", "dice_drop_before_intervention", "interventions_per_loop", "iou",

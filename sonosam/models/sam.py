@@ -14,11 +14,10 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..errors import PromptError, SonoSAMError, UnsupportedPromptError
 from ..image import to_uint8_rgb
+from ..prompts import LOW_RES, PromptKind, Prompts
 
 if TYPE_CHECKING:
     from . import ModelSpec
-
-LOW_RES = 256  # SAM's mask prompt / low-res logits side, for every family
 
 
 def mask_to_logits(mask: np.ndarray, magnitude: float = 8.0) -> np.ndarray:
@@ -80,7 +79,9 @@ class SamModel:
         # Embeddings are only valid for the weights that made them: the id keys the cache.
         stamp = f"{checkpoint.stat().st_size}-{int(checkpoint.stat().st_mtime)}" if checkpoint else "untrained"
         self.model_id = f"{spec.name}:{stamp}"
-        self._backend = None  # None: eager PyTorch; see use_backend() and sonosam.models.backends
+        from .backends import EagerBackend
+
+        self._backend = EagerBackend()  # see use_backend() and sonosam.models.backends
 
     def use_backend(self, name: str | None = "auto") -> str:
         """Run encode/decode with another engine ("auto", "eager", "onnx", "onnx-decoder",
@@ -88,13 +89,12 @@ class SamModel:
         eager with a logged note. Returns the name of the backend now in use."""
         from .backends import make_backend
 
-        backend = make_backend(self, name)
-        self._backend = None if backend.name == "eager" else backend
-        return backend.name
+        self._backend = make_backend(self, name)
+        return self._backend.name
 
     @property
     def backend(self) -> str:
-        return "eager" if self._backend is None else self._backend.name
+        return self._backend.name
 
     def __repr__(self):
         return (f"SamModel({self.spec.name!r}, device={self.device}, backend={self.backend!r}, "
@@ -117,9 +117,7 @@ class SamModel:
     @torch.inference_mode()
     def encode(self, image, window=None) -> Embedding:
         batch, original_size, input_size = self.preprocess(image, window)
-        features = self._backend.encode(self, batch) if self._backend is not None else None
-        if features is None:
-            features = self.sam.image_encoder(batch)
+        features = self._backend.encode(self, batch)
         return Embedding(features, original_size, input_size, self.model_id)
 
     @torch.inference_mode()
@@ -134,21 +132,26 @@ class SamModel:
         for start in range(0, len(images), size):
             group = [self.preprocess(image, window) for image in images[start:start + size]]
             batch = torch.cat([item[0] for item in group])
-            features = self._backend.encode(self, batch) if self._backend is not None else None
-            if features is None:
-                features = self.sam.image_encoder(batch)
+            features = self._backend.encode(self, batch)
             embeddings += [Embedding(features[i:i + 1].clone(), item[1], item[2], self.model_id)
                            for i, item in enumerate(group)]
         return embeddings
 
     @torch.inference_mode()
-    def decode(self, embedding: Embedding, points=None, labels=None, box=None, mask_logits=None,
-               multimask: bool = True) -> Prediction:
+    def decode(self, embedding: Embedding, prompts: Prompts, multimask: bool = False) -> Prediction:
+        """Masks for `prompts` (pixel coordinates of the encoded image), best first; `multimask` asks for
+        the three candidate masks where the model's multimask heads were trained."""
+        if not isinstance(prompts, Prompts):
+            raise TypeError(f"decode() takes a sonosam.prompts.Prompts, not {type(prompts).__name__}; "
+                            "e.g. model.decode(embedding, Prompts(box=(x0, y0, x1, y1))).")
         if embedding.model_id != self.model_id:
             raise SonoSAMError(f"This embedding was made by {embedding.model_id}, not {self.model_id}; "
                                "encode the image again with this model.")
-        points, labels, box, mask_logits, notes = self._check_prompts(
-            embedding.original_size, points, labels, box, mask_logits)
+        height, width = embedding.original_size
+        prompts.check_inside(width, height)
+        prompts, notes = self.apply_prompt_rules(prompts)
+        points = prompts.points if prompts.has_points else None
+        labels, box, mask_logits = prompts.labels, prompts.box, prompts.mask_logits
         if multimask and not self.spec.multimask:  # its other heads are untrained: their masks are noise
             multimask = False
         device, size = self.device, embedding.original_size
@@ -161,55 +164,28 @@ class SamModel:
         if mask_logits is not None:
             mask_input = torch.as_tensor(mask_logits, dtype=torch.float, device=device)[None, None]
 
-        fast = None if self._backend is None else self._backend.decode(
-            self, embedding.features, *(point_input or (None, None)), box_input, mask_input, multimask)
-        if fast is not None:
-            low_res, iou = fast
-        else:
-            sparse, dense = self.sam.prompt_encoder(points=point_input, boxes=box_input, masks=mask_input)
-            low_res, iou = self.sam.mask_decoder(
-                image_embeddings=embedding.features, image_pe=self.sam.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
+        low_res, iou = self._backend.decode(self, embedding.features, *(point_input or (None, None)), box_input,
+                                            mask_input, multimask)
         masks = self.sam.postprocess_masks(low_res, embedding.input_size, size) > self.sam.mask_threshold
         order = torch.argsort(iou[0], descending=True)
         return Prediction(masks[0, order].cpu().numpy(), iou[0, order].float().cpu().numpy(),
                           low_res[0, order].float().cpu().numpy(), notes)
 
-    def _check_prompts(self, size, points, labels, box, mask_logits):
-        """Validate prompts in pixel coordinates and apply the model's prompt rules."""
-        height, width = size
-        notes: list[str] = []
-        if points is not None and len(points) == 0:
-            points = None
-        if points is not None:
-            points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-            labels = np.ones(len(points), dtype=np.int64) if labels is None else np.asarray(labels).reshape(-1)
-            if len(labels) != len(points) or not np.isin(labels, (0, 1)).all():
-                raise PromptError(f"Got {len(points)} points and labels {labels.tolist()}: give one label per "
-                                  "point, 1 (foreground) or 0 (background).")
-            _check_inside(points, width, height, "Point")
-        if box is not None:
-            box = np.asarray(box, dtype=np.float64).reshape(-1)
-            if box.shape != (4,):
-                raise PromptError(f"Box {box.tolist()} is not four numbers (x0, y0, x1, y1).")
-            _check_inside(box.reshape(2, 2), width, height, "Box corner")
-            if not (box[0] < box[2] and box[1] < box[3]):
-                raise PromptError(f"Box {box.tolist()} is not (x0, y0, x1, y1) with x0 < x1 and y0 < y1.")
-        if mask_logits is not None:
-            mask_logits = np.asarray(mask_logits, dtype=np.float32).reshape(-1, LOW_RES, LOW_RES)[0]
-            if not np.isfinite(mask_logits).all():
-                raise PromptError("The mask prompt has NaN/Inf values.")
-        if points is None and box is None and mask_logits is None:
+    def apply_prompt_rules(self, prompts: Prompts) -> tuple[Prompts, list[str]]:
+        """The model's prompt rules: what it was trained for decides what it is given. Returns the prompts
+        to decode and notes for the user on how they were interpreted."""
+        if prompts.is_empty:
             raise PromptError("No prompt: give at least a point, a box or a mask.")
-
+        notes: list[str] = []
         kinds = self.spec.prompt_kinds
-        if points is not None and "point" not in kinds:
-            positives = points[labels == 1]
-            if box is not None:
-                notes.append(f"{self.spec.name} takes boxes only: the {len(points)} click(s) were not used.")
+        if prompts.has_points and PromptKind.POINT not in kinds:
+            positives = prompts.points[prompts.labels == 1]
+            if prompts.box is not None:
+                notes.append(f"{self.spec.name} takes boxes only: the {prompts.n_clicks} click(s) were not used.")
             elif len(positives) >= 2 and np.ptp(positives, axis=0).min() >= 4:
                 # Clicks on a structure's extremes outline it: their bounding box is a fair box prompt.
                 box = np.concatenate([positives.min(axis=0), positives.max(axis=0)])
+                prompts = prompts.with_box(box)
                 notes.append(f"{self.spec.name} takes boxes only: used the box spanned by the "
                              f"{len(positives)} positive clicks, {np.round(box).astype(int).tolist()}.")
             else:
@@ -217,17 +193,7 @@ class SamModel:
                     f"{self.spec.name} was trained with boxes only and returns empty masks for clicks. Draw a box "
                     "(or click two opposite extremes of the structure), or choose a click-capable model such as "
                     "sam_vit_b.")
-            points = labels = None
-        if mask_logits is not None and "mask" not in kinds and points is None and box is None:
+            prompts = prompts.without_points()
+        if prompts.kinds == {PromptKind.MASK} and PromptKind.MASK not in kinds:
             raise UnsupportedPromptError(f"{self.spec.name} cannot segment from a mask prompt alone; add a box.")
-        return points, labels, box, mask_logits, notes
-
-
-def _check_inside(xy: np.ndarray, width: int, height: int, what: str) -> None:
-    if not np.isfinite(xy).all():
-        raise PromptError(f"{what} coordinates {xy.tolist()} are not finite numbers.")
-    outside = (xy[:, 0] < -0.5) | (xy[:, 0] > width - 0.5) | (xy[:, 1] < -0.5) | (xy[:, 1] > height - 0.5)
-    if outside.any():
-        bad = xy[outside][0]
-        raise PromptError(f"{what} ({bad[0]:g}, {bad[1]:g}) lies outside the {width}x{height} image "
-                          f"(x must be in 0..{width - 1}, y in 0..{height - 1}).")
+        return prompts, notes

@@ -39,6 +39,7 @@ from scipy import ndimage
 from ..errors import PromptError, SonoSAMError
 from ..models import mask_to_logits
 from ..predictor import Predictor
+from ..prompts import PromptKind, Prompts
 from .confidence import (Signals, area_score, combine, drift_score, mask_dice, shape_score, solidity,
                          stability_score)
 from .motion import FlowEstimator, motion_prior
@@ -200,8 +201,8 @@ class Tracker:
 
     def segment(self, frame: int, box=None, points=None, labels=None, mask_logits=None):
         """The model's prediction on ``frame`` for user prompts (uses and fills the embedding cache)."""
-        return self.predictor.predict(self.frames[frame], points=points, labels=labels, box=box,
-                                      mask_logits=mask_logits, key=self.frame_key(frame))
+        return self.predictor.predict(self.frames[frame], Prompts(points, labels, box, mask_logits),
+                                      key=self.frame_key(frame))
 
     def correct(self, frame: int, name: str, mask: np.ndarray | None = None, box=None, points=None,
                 labels=None) -> np.ndarray:
@@ -390,16 +391,16 @@ class Tracker:
     def _model_result(self, embedding, prior, source: FrameResult, recent) -> FrameResult:
         prompt_mask = prior.mask if prior.mask.any() else source.mask
         box = self._box(prompt_mask)
-        points = labels = logits = None
+        points = labels = None
         kinds = self.predictor.model.spec.prompt_kinds
-        if "point" in kinds and prompt_mask.any():
+        if PromptKind.POINT in kinds and prompt_mask.any():
             dist = ndimage.distance_transform_edt(prompt_mask)
             row, col = np.unravel_index(int(np.argmax(dist)), dist.shape)
             points, labels = [(float(col), float(row))], [1]
         # The model's independent opinion: a fresh box (and point) around the prior, no mask logits.
         tic = time.perf_counter()
-        opinion = self.predictor.model.decode(embedding, points=points, labels=labels,
-                                              box=self._box(prompt_mask, self.opinion_margin), multimask=False)
+        opinion = self.predictor.model.decode(
+            embedding, Prompts(points, labels, self._box(prompt_mask, self.opinion_margin)), multimask=False)
         opinion_mask = _clean(opinion.mask)
         agreement = mask_dice(prior.mask, opinion_mask)
         fusion = self.fusion
@@ -411,8 +412,7 @@ class Tracker:
         if fusion in ("model", "trust") and self.use_mask_prompt:
             # Where the model's mask is kept, the prior's shape guides it (through dropout, box + mask
             # prompt keeps Dice 0.95 on the synthetic loop where the box alone gives 0.86).
-            logits = mask_to_logits(prior.soft)
-            pred = self.predictor.model.decode(embedding, points=points, labels=labels, box=box, mask_logits=logits,
+            pred = self.predictor.model.decode(embedding, Prompts(points, labels, box, mask_to_logits(prior.soft)),
                                                multimask=False)
             model_mask = _clean(pred.mask)
         self.timing["decode_s"] += time.perf_counter() - tic

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..evaluate.clicks import Prompts
+from ..prompts import Prompts
 from .losses import dice_focal_loss
 from .prompts import PromptSampler, to_model_inputs
 
@@ -84,7 +84,7 @@ def group_by_shape(prompts: list[Prompts]) -> list[list[int]]:
 
 
 def snapshot(prompts: Prompts) -> Prompts:
-    return Prompts(list(prompts.points), list(prompts.labels), prompts.box)
+    return prompts   # Prompts are immutable values: nothing to copy
 
 
 @dataclass
@@ -162,5 +162,5 @@ def iterate_prompts(forward, gts: list[np.ndarray], sizes: list[tuple[tuple[int,
             for i in range(n):
                 original, input_size = sizes[i]
                 pred = full_res_mask(current[i], input_size, original, image_size)
-                sampler.correct(pred, gts[i], prompts[i])
+                prompts[i] = sampler.correct(pred, gts[i], prompts[i])[1]
     return history_prompts, history_logits

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..evaluate.clicks import ClickSimulator, Prompts
+from ..evaluate.clicks import ClickSimulator
+from ..prompts import Prompts
 
 __all__ = ["PromptSampler", "PromptTensors", "to_model_inputs"]
 
@@ -39,7 +40,7 @@ class PromptSampler:
         return self.simulator.start(gt, kind or self.choose_start())
 
     def correct(self, pred: np.ndarray, gt: np.ndarray, prompts: Prompts):
-        """Adds the corrective click to ``prompts`` (returns it; None when ``pred`` is perfect)."""
+        """(the corrective click, ``prompts`` with it added); (None, ``prompts``) when ``pred`` is perfect."""
         return self.simulator.correct(pred, gt, prompts)
 
 

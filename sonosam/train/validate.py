@@ -11,6 +11,7 @@ import numpy as np
 from ..evaluate.datasets import Sample
 from ..evaluate.harness import evaluate
 from ..models import Embedding
+from ..predictor import as_prompts
 
 __all__ = ["CachedPredictor", "evaluate_cached", "compare_table", "paired_difference", "difference_table"]
 
@@ -27,16 +28,16 @@ class CachedPredictor:
     def encoder_calls(self) -> int:
         return getattr(self.store, "encoder_calls", 0)
 
-    def predict(self, image, points=None, labels=None, box=None, mask_logits=None, multimask=False, key=None,
-                window=None):
+    def predict(self, image, prompts=None, *, points=None, labels=None, box=None, mask_logits=None,
+                multimask=False, key=None, window=None):
+        prompts = as_prompts(prompts, points=points, labels=labels, box=box, mask_logits=mask_logits)
         ident = (id(image), key)
         if self._last is None or self._last[0] != ident:
             cached = self.store.get(image, window)
             embedding = Embedding(cached.features[None].to(self.model.device), cached.original_size,
                                   cached.input_size, self.model.model_id)
             self._last = (ident, embedding)
-        return self.model.decode(self._last[1], points=points, labels=labels, box=box, mask_logits=mask_logits,
-                                 multimask=multimask)
+        return self.model.decode(self._last[1], prompts, multimask=multimask)
 
 
 def evaluate_cached(model, store, samples: Sequence[Sample], n_clicks: int = 5, box: bool = True,
