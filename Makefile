@@ -13,7 +13,7 @@ test: $(STAMP) data
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -m sonosam.bench predictor
+	$(PY) -m bench.models predictor
 
 venv: $(STAMP)
 

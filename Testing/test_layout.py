@@ -129,7 +129,7 @@ def test_slicer_side_files_and_the_client_compile_under_slicers_python(version):
     if python is None:
         pytest.skip(f"no python{version} on this machine")
     files = [str(p) for module in MODULES for p in (ROOT / module).rglob("*.py")]
-    files += [str(ROOT / "sonosam" / name) for name in ("client.py", "wire.py", "errors.py")
+    files += [str(ROOT / "sonosam" / name) for name in ("client.py", "wire.py", "errors.py", "prompts.py", "image.py")
               if (ROOT / "sonosam" / name).is_file()]
     code = "import sys\nfor f in sys.argv[1:]:\n    compile(open(f, encoding='utf-8').read(), f, 'exec')"
     result = subprocess.run([python, "-c", code, *files], capture_output=True, text=True, timeout=120)
@@ -160,3 +160,14 @@ print("ok", [m for m in sys.modules if m.split(".")[0] in ("torch", "cv2")])
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "ok []"
+
+
+def test_benchmarks_and_rebuild_scripts_stay_out_of_the_installed_core():
+    """CMake installs sonosam/**.py into Slicer and pip installs sonosam*: neither ships benchmarks or the
+    scripts that rebuild shipped weights; those live in bench/ and scripts/ at the top level."""
+    core = [p.relative_to(ROOT).as_posix() for p in (ROOT / "sonosam").rglob("*.py")]
+    assert not [p for p in core if "bench" in Path(p).name or Path(p).stem in ("default_decoder", "distill_colin27")]
+    for path in ("bench/models.py", "bench/track.py", "bench/volume.py", "bench/evaluate.py",
+                 "scripts/default_decoder.py", "scripts/distill_colin27.py"):
+        assert (ROOT / path).is_file(), path
+

@@ -24,6 +24,7 @@ import slicer.util
 # The core's error types (sonosam/errors.py is installed with the extension and imports nothing heavy),
 # so that one `except SonoSAMError` catches everything.
 from sonosam.errors import InputImageError, PromptError, SonoSAMError
+from sonosam.prompts import Prompts
 
 from . import geometry as geo
 
@@ -260,9 +261,9 @@ class SegmentLogic:
     """MRML in, MRML out; the model work is the core's ``Predictor``.
 
     ``predictor`` may be any object with ``predict(image, prompts, multimask=, key=, window=)``
-    (``prompts`` a ``sonosam.prompts.Prompts``; the core's Predictor or the server client) returning something with ``mask``, ``score``, ``logits`` (and
-    optionally ``prefetch`` / ``model.spec.prompt_kinds``); by default the core's Predictor with
-    ``model`` is built on first use.
+    (``prompts`` a ``sonosam.prompts.Prompts``; the core's Predictor or the server client) returning
+    something with ``mask``, ``score``, ``logits`` (and optionally ``prefetch`` /
+    ``model.spec.prompt_kinds``); by default the core's Predictor with ``model`` is built on first use.
     """
 
     def __init__(self, model: str = "litemedsam_clicks", checkpoint=None, device=None, cache_mib: float = 1024,
@@ -473,8 +474,6 @@ class SegmentLogic:
         image = self.slice_image(info, geometry)
         if mask_logits is None and refine and segmentationNode is not None and segmentId:
             mask_logits = self._refinement_logits(info, geometry, segmentationNode, segmentId)
-        from sonosam.prompts import Prompts
-
         prompts = Prompts(points_xy, labels_xy, box_xy, mask_logits)
         t1 = time.perf_counter()
         result = self.predictor.predict(image, prompts, multimask=multimask, key=geometry.key(info.key),

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from sonosam.bench import mask_iou, real_test_images
+from bench.models import real_test_images
+from sonosam.evaluate.metrics import iou as mask_iou
 from sonosam.models import backends, load_model
 from sonosam.predictor import EmbeddingCache
 from sonosam.prompts import Prompts

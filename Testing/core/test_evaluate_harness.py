@@ -258,7 +258,7 @@ def test_empty_ground_truth_sample_is_reported():
 
 
 def test_bench_timer_counts_calls_and_formats_a_table():
-    from sonosam.evaluate.bench import TimedModel, format_rows
+    from bench.evaluate import TimedModel, format_rows
 
     class Model:
         spec = SimpleNamespace(name="toy", prompt_kinds=frozenset({"point"}))

@@ -4,7 +4,7 @@ The volume is cut along the slicing axis to the slices that hold the structures 
 slices, so the images are what a user would prompt): 43 slices, encoded once and shared by the propagations,
 the naive baselines and the re-run. The structures are those whose fronts stop within a few slices of the
 label's ends on the whole volume (Thalamus_L was a development structure for the stop rules; the other three
-were held out). The whole table is in docs/volume.md (sonosam.volume_bench)."""
+were held out). The whole table is in docs/volume.md (bench/volume.py)."""
 
 import numpy as np
 import pytest
@@ -12,7 +12,7 @@ import pytest
 from sonosam.evaluate.metrics import dice
 from sonosam.predictor import Predictor
 from sonosam.volume import Seed, naive_baseline, propagate, volume_window
-from sonosam.volume_bench import label_seed, true_extent
+from bench.volume import label_seed, true_extent
 
 THALAMUS_R = 78
 # label -> largest stop error (slices) allowed at either end. Thalamus_R stops 5 slices early at its lower

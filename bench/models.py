@@ -1,8 +1,8 @@
 """Benchmarks that print figures, each against the plain baseline measured in the same run.
 
-    python -m sonosam.bench predictor [--threads 2] [--clicks 50]
-    python -m sonosam.bench backends       # eager vs ONNX Runtime etc.: ms, ratios, mask IoU vs eager
-    python -m sonosam.bench pipelines      # tracking the echo loop and propagating through the MRI: eager vs auto
+    python -m bench.models predictor [--threads 2] [--clicks 50]   (from the repository root)
+    python -m bench.models backends       # eager vs ONNX Runtime etc.: ms, ratios, mask IoU vs eager
+    python -m bench.models pipelines      # tracking the echo loop and propagating through the MRI: eager vs auto
 
 Timings on a shared machine are noisy: medians, and ratios taken within one process, are what to compare.
 """
@@ -17,8 +17,9 @@ import time
 import numpy as np
 import torch
 
-from .demo import LV_BOX
-from .prompts import Prompts
+from sonosam.demo import LV_BOX
+from sonosam.evaluate.metrics import iou as mask_iou
+from sonosam.prompts import Prompts
 
 
 def _median_ms(function, repeats: int) -> float:
@@ -36,10 +37,10 @@ def peak_rss_mib() -> float:
 
 def bench_predictor(clicks: int = 50, encodes: int = 5, model_name: str = "litemedsam") -> dict:
     """Interactive clicking on the real echo frame: cached embedding vs encode-per-click (naive)."""
-    from .data import echo_a4c_path
-    from .io import read_cine
-    from .models import load_model
-    from .predictor import Predictor
+    from sonosam.data import echo_a4c_path
+    from sonosam.io import read_cine
+    from sonosam.models import load_model
+    from sonosam.predictor import Predictor
 
     frame = read_cine(echo_a4c_path()).frames[0]
     model = load_model(model_name)
@@ -66,9 +67,9 @@ def bench_predictor(clicks: int = 50, encodes: int = 5, model_name: str = "litem
 
 def real_test_images() -> list[tuple[str, np.ndarray, tuple]]:
     """(name, image, box) on real data: echo frame 0 with the LV box, and an axial Colin27 T1 slice with the box
-    of its largest AAL region (margin 4 px). Used by the backends benchmark and its tests."""
-    from .data import echo_a4c_path, mri_colin27_paths
-    from .io import read_cine, read_volume
+    of its largest AAL region (margin 4 px). Used by the backends benchmark and by Testing/core/test_backends.py."""
+    from sonosam.data import echo_a4c_path, mri_colin27_paths
+    from sonosam.io import read_cine, read_volume
 
     images = [("echo frame 0", read_cine(echo_a4c_path()).frames[0], LV_BOX)]
     t1, aal = mri_colin27_paths()
@@ -82,11 +83,6 @@ def real_test_images() -> list[tuple[str, np.ndarray, tuple]]:
     return images
 
 
-def mask_iou(a, b) -> float:
-    union = (a | b).sum()
-    return float((a & b).sum() / union) if union else 1.0
-
-
 def bench_backends(clicks: int = 30, encodes: int = 3, model_name: str = "litemedsam",
                    backends: tuple[str, ...] | None = None) -> dict:
     """Each inference backend against eager PyTorch in the same process: encoder ms/frame, decoder ms/prompt,
@@ -94,8 +90,8 @@ def bench_backends(clicks: int = 30, encodes: int = 3, model_name: str = "liteme
     MRI slice, and the ratios eager/backend. Backends are interleaved per repeat so machine load hits all alike."""
     import os
 
-    from .models import load_model
-    from .predictor import Predictor
+    from sonosam.models import load_model
+    from sonosam.predictor import Predictor
 
     if backends is None:  # $SONOSAM_BENCH_BACKENDS="eager,eager-fp16" picks others; eager always comes first
         chosen = os.environ.get("SONOSAM_BENCH_BACKENDS") or "onnx-decoder,onnx,auto" + (
@@ -150,18 +146,18 @@ def _pipeline_run(pipeline: str, backend: str, threads: int) -> dict:
     """One pipeline with one backend, from a fresh process (so that its peak RSS is its own)."""
     torch.set_num_threads(threads)
     if pipeline == "track":   # the LV through the real 120-frame A4C loop, one object, cold cache
-        from .track.bench import bench_track
+        from bench.track import bench_track
 
         run = bench_track(objects=(1,), backend=backend)
         return {"backend": run["backend"], "seconds": run["1_object"]["seconds"],
                 "per_s": run["frames"] / run["1_object"]["seconds"], "peak_rss_mib": peak_rss_mib()}
     # Colin27 T1, Thalamus_R from one seed box, both ways, cold cache (the encoder in the loop)
-    from .data import mri_colin27_paths
-    from .io import read_volume
-    from .models import load_model
-    from .predictor import Predictor
-    from .volume import Seed, propagate
-    from .volume_bench import label_seed
+    from sonosam.data import mri_colin27_paths
+    from sonosam.io import read_volume
+    from sonosam.models import load_model
+    from sonosam.predictor import Predictor
+    from sonosam.volume import Seed, propagate
+    from bench.volume import label_seed
 
     t1, aal = mri_colin27_paths()
     volume, labels = read_volume(t1).array, read_volume(aal).array

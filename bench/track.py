@@ -1,6 +1,6 @@
 """Tracking benchmark on the real 120-frame A4C loop: frames/s with 1 and 2 objects, peak RSS, time shares.
 
-    python -m sonosam.track.bench            # prints a JSON dict; bench_track() returns it
+    python -m bench.track            # prints a JSON dict; bench_track() returns it
 """
 
 from __future__ import annotations
@@ -10,19 +10,19 @@ import time
 
 import numpy as np
 
-from ..bench import peak_rss_mib
+from bench.models import peak_rss_mib
 
 
 def bench_track(n_frames: int | None = None, model_every: int = 5, threshold: float = 0.85, objects=(1, 2),
                 model_name: str = "litemedsam", device: str | None = None, backend: str | None = None) -> dict:
     """Track the LV (1 object) and LV + LA (2 objects) through the real loop from boxes on frame 0, with
     nobody answering interventions (they are counted). Each run starts with an empty embedding cache."""
-    from ..data import echo_a4c_path
-    from ..io import read_cine
-    from ..models import load_model
-    from ..predictor import Predictor
-    from .synthetic import LA_BOX, LV_BOX
-    from .tracker import Tracker
+    from sonosam.data import echo_a4c_path
+    from sonosam.io import read_cine
+    from sonosam.models import load_model
+    from sonosam.predictor import Predictor
+    from sonosam.track.synthetic import LA_BOX, LV_BOX
+    from sonosam.track.tracker import Tracker
 
     cine = read_cine(echo_a4c_path())
     frames = cine.frames[:n_frames] if n_frames else cine.frames

@@ -1,7 +1,7 @@
 """Distil the shipped click model (``litemedsam_clicks``) into a smaller TinyViT student on the Colin27 split
 it was trained on, and compare student and teacher on the held-out test (docs/training.md, Distillation).
 
-    python -m sonosam.train.distill_colin27 --cache runs/cache --out runs/distill_colin27
+    python -m scripts.distill_colin27 --cache runs/cache --out runs/distill_colin27
 
 Stage 1 (``--warmup-epochs``): embedding distillation on the training part's images (no labels used);
 stage 2 (``--epochs``): the mask loss ``(1-a) DiceFocal(student, gt) + a KL(student || teacher_best)`` on the
@@ -18,9 +18,9 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
-    from .distillation import DEFAULT_STUDENT, STUDENTS
+    from sonosam.train.distillation import DEFAULT_STUDENT, STUDENTS
 
-    parser = argparse.ArgumentParser(prog="python -m sonosam.train.distill_colin27",
+    parser = argparse.ArgumentParser(prog="python -m scripts.distill_colin27",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--cache", default="runs/cache", help="teacher embedding cache (shared with default_decoder)")
     parser.add_argument("--out", default="runs/distill_colin27", help="output folder")
@@ -53,13 +53,13 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from ..bench import _median_ms
-    from ..models import load_model
-    from .cache import EmbeddingStore
-    from .data import summarize, thin_images, unique_images
-    from .default_decoder import shipped_split
-    from .distillation import DistillConfig, build_student, click_capable, distill
-    from .validate import compare_table, difference_table, evaluate_cached
+    from bench.models import _median_ms
+    from sonosam.models import load_model
+    from sonosam.train.cache import EmbeddingStore
+    from sonosam.train.data import summarize, thin_images, unique_images
+    from scripts.default_decoder import shipped_split
+    from sonosam.train.distillation import DistillConfig, build_student, click_capable, distill
+    from sonosam.train.validate import compare_table, difference_table, evaluate_cached
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Benchmark and accuracy table for slice propagation on the real Colin27 T1 MRI with its AAL labels.
 
-    python -m sonosam.volume_bench [--labels 73 77 71 37] [--json out.json]
+    python -m bench.volume [--labels 73 77 71 37] [--json out.json]
 
 For each structure: one seed box on the slice where the label is largest (the label's bounding box
 there), propagation both ways, and the naive baseline (every slice of the volume prompted independently
@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from .evaluate.metrics import dice
-from .volume import Seed, naive_baseline, propagate, volume_window
+from sonosam.evaluate.metrics import dice
+from sonosam.volume import Seed, naive_baseline, propagate, volume_window
 
 DEV_LABELS = (77, 73, 71, 37)  # Thalamus_L, Putamen_L, Caudate_L, Hippocampus_L: the stop rules were tuned on these
 # Thalamus_R, Putamen_R, Caudate_R, Hippocampus_R, Pallidum_L/R, Amygdala_L/R, Insula_L: only checked
@@ -87,10 +87,10 @@ def bench_propagation(labels=DEFAULT_LABELS, axis: int = 0, model=None, verbose:
     """Run the accuracy table and the speed benchmark on Colin27; returns a dict (see module doc)."""
     import torch
 
-    from .data import aal_label_names, mri_colin27_paths
-    from .io import read_volume
-    from .models import load_model
-    from .predictor import Predictor
+    from sonosam.data import aal_label_names, mri_colin27_paths
+    from sonosam.io import read_volume
+    from sonosam.models import load_model
+    from sonosam.predictor import Predictor
 
     say = print if verbose else (lambda *a, **k: None)
     t1, aal = mri_colin27_paths()

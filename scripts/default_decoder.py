@@ -1,7 +1,7 @@
 """Build the click-capable default decoder for LiteMedSAM (``litemedsam_clicks``) with the fine-tuning
 pipeline, compare it with the base model on held-out data, and ship it only if it wins.
 
-    python -m sonosam.train.default_decoder --cache runs/cache --out runs/litemedsam_clicks [--ship]
+    python -m scripts.default_decoder --cache runs/cache --out runs/litemedsam_clicks [--ship]
 
 Data: real Colin27 T1 MRI slices with AAL labels (``colin27_split``: held out by slab and structure).
 Rule (issue 7): ship if on the held-out test samples it beats the base LiteMedSAM at 1, 3 and 5 clicks
@@ -19,7 +19,7 @@ SHIPPED_NAME = "litemedsam_clicks"
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sonosam.train.default_decoder", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m scripts.default_decoder", description=__doc__.splitlines()[0])
     parser.add_argument("--cache", default="runs/cache", help="embedding cache folder")
     parser.add_argument("--out", default="runs/litemedsam_clicks", help="output folder")
     parser.add_argument("--epochs", type=int, default=6)
@@ -42,12 +42,12 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
 
-    from ..models import load_model
-    from .cache import EmbeddingStore
-    from .checkpoint import save_checkpoint
-    from .data import summarize
-    from .finetune import TrainConfig, clickable, train_decoder
-    from .validate import compare_table, evaluate_cached
+    from sonosam.models import load_model
+    from sonosam.train.cache import EmbeddingStore
+    from sonosam.train.checkpoint import save_checkpoint
+    from sonosam.train.data import summarize
+    from sonosam.train.finetune import TrainConfig, clickable, train_decoder
+    from sonosam.train.validate import compare_table, evaluate_cached
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
                                                    " (trained without mask-prompt feedback: none is passed)"))
         print("wrote", pth, meta)
         if args.ship:
-            target = Path(__file__).resolve().parent.parent / "weights"
+            target = Path(__file__).resolve().parent.parent / "sonosam" / "weights"
             target.mkdir(exist_ok=True)
             for file in (pth, meta):
                 shutil.copy2(file, target / file.name)
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
 def shipped_split(stride: int = 3, train_images: int = 16, val_images: int = 5):
     """The Colin27 split ``litemedsam_clicks`` was trained on: (split, training samples of
     ``train_images`` images, validation samples of ``val_images`` images); the test is ``split.test``."""
-    from .data import colin27_split, thin_images
+    from sonosam.train.data import colin27_split, thin_images
 
     split = colin27_split(stride=stride)
     train, val = thin_images(split.train, train_images), thin_images(split.val, val_images)
@@ -114,8 +114,8 @@ def shipped_split(stride: int = 3, train_images: int = 16, val_images: int = 5):
 
 def base_heldout(base, store, test, path: Path) -> dict:
     """The base model's held-out Dice (reused from ``path`` when it was computed on the same test set)."""
-    from .data import summarize
-    from .validate import evaluate_cached
+    from sonosam.train.data import summarize
+    from sonosam.train.validate import evaluate_cached
 
     summary = json.loads(json.dumps(summarize(test)))   # as it reads back from the file (string keys)
     if path.is_file():

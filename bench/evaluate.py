@@ -1,6 +1,6 @@
 """Benchmark: images per second for a full simulated-click evaluation.
 
-    python -m sonosam.evaluate.bench [--model litemedsam] [--images 10] [--clicks 10] [--start box] [--device cpu]
+    python -m bench.evaluate [--model litemedsam] [--images 10] [--clicks 10] [--start box] [--device cpu]
 
 Runs the evaluation protocol (``sonosam.evaluate.evaluate``) on real Colin27 MRI slices (AAL labels)
 and prints a markdown table: images/s, seconds per image, encoder seconds per image and decoder
@@ -50,7 +50,7 @@ class TimedModel:
 
 def _decoder_load(predictor, samples, n_clicks: int, start: str) -> None:
     """The calls of an n-interaction run, for timing only: the model's answers are not scored."""
-    from .clicks import ClickSimulator
+    from sonosam.evaluate.clicks import ClickSimulator
 
     for index, sample in enumerate(samples):
         sim = ClickSimulator(rng=np.random.default_rng([0, index]))
@@ -70,10 +70,10 @@ def benchmark(model_name: str = "litemedsam", n_images: int = 10, n_clicks: int 
     """Rows of the benchmark table (see the module doc)."""
     import torch
 
-    from ..models import load_model
-    from ..predictor import Predictor
-    from .datasets import colin27_samples
-    from .harness import evaluate
+    from sonosam.models import load_model
+    from sonosam.predictor import Predictor
+    from sonosam.evaluate.datasets import colin27_samples
+    from sonosam.evaluate.harness import evaluate
 
     samples = colin27_samples(max_samples=n_images)
     model = TimedModel(load_model(model_name, checkpoint=checkpoint, device=device))
@@ -132,7 +132,7 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sonosam.evaluate.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="litemedsam")
     parser.add_argument("--checkpoint")
     parser.add_argument("--images", type=int, default=10)
