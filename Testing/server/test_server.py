@@ -214,7 +214,7 @@ def test_refusals_are_clear_and_the_server_keeps_serving(server, client, echo_fr
 def _colin_cut(n_slices):
     from sonosam.data import mri_colin27_paths
     from sonosam.io import read_volume
-    from sonosam.volume_bench import label_seed
+    from bench.volume import label_seed
 
     t1, aal = mri_colin27_paths()
     volume, labels = read_volume(t1).array, read_volume(aal).array
