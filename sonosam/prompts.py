@@ -38,6 +38,11 @@ class PromptKind(str, enum.Enum):
         return self.value
 
 
+def _brief(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _readonly(array: np.ndarray) -> np.ndarray:
     array = np.array(array, copy=True)
     array.flags.writeable = False
@@ -59,8 +64,8 @@ class Prompts:
         points = np.zeros((0, 2)) if self.points is None else self.points
         try:
             points = np.asarray(points, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise PromptError(f"points: {self.points!r} are not numbers; give (x, y) pairs.") from None
+        except (TypeError, ValueError, OverflowError):
+            raise PromptError(f"points: {_brief(self.points)} are not numbers; give (x, y) pairs.") from None
         if points.size == 0:
             points = np.zeros((0, 2))
         if points.ndim == 1 and points.shape == (2,):
@@ -85,8 +90,8 @@ class Prompts:
         if self.box is not None:
             try:
                 box = np.asarray(self.box, dtype=np.float64).reshape(-1)
-            except (TypeError, ValueError):
-                raise PromptError(f"box: {self.box!r} is not four numbers (x0, y0, x1, y1).") from None
+            except (TypeError, ValueError, OverflowError):
+                raise PromptError(f"box: {_brief(self.box)} is not four numbers (x0, y0, x1, y1).") from None
             if box.shape != (4,):
                 raise PromptError(f"box: {box.tolist()} is not four numbers (x0, y0, x1, y1).")
             if not np.isfinite(box).all():
