@@ -106,16 +106,23 @@ class SonoSAMClient:
 
     # ---------------------------------------------------------------------------------------- transport
     def _connection(self, fresh: bool = False):
+        """(this thread's connection, whether it was opened just now)."""
         conn = getattr(self._local, "conn", None)
-        if conn is None or fresh:
-            if conn is not None:
-                conn.close()
-            if self._ssl is not None:
-                conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout, context=self._ssl)
-            else:
-                conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
-            self._local.conn = conn
-        return conn
+        if conn is not None and not fresh:
+            return conn, False
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+        if self._ssl is not None:
+            conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout, context=self._ssl)
+        else:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+        conn.connect()
+        # requests and answers are small bursts: without this, Nagle's algorithm meeting delayed ACKs can hold
+        # a round trip for ~40 ms
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._local.conn = conn
+        return conn, True
 
     def _unavailable(self, reason: BaseException | str, context: str) -> ServerUnavailableError:
         what = reason if isinstance(reason, str) else f"{type(reason).__name__}: {reason}"
@@ -140,27 +147,29 @@ class SonoSAMClient:
                 raise ServerError(f"A request of {len(body) / 2**20:.1f} MiB exceeds the server's limit of "
                                   f"{limit / 2**20:.0f} MiB (sonosam serve --max-request-mib).", 413, "too_large")
         for attempt in (0, 1):
-            conn = self._connection(fresh=attempt > 0)
-            reused = getattr(conn, "sock", None) is not None
+            conn, opened = None, True
             try:
+                conn, opened = self._connection(fresh=attempt > 0)
                 conn.request(method, path, body=body, headers=self._headers)
                 response = conn.getresponse()
                 data = response.read()
                 break
-            except (ConnectionRefusedError, socket.gaierror) as error:
-                conn.close()
-                raise self._unavailable(error, context) from None
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
                     http.client.CannotSendRequest, http.client.ResponseNotReady) as error:
-                conn.close()
-                if attempt == 0 and reused:  # a kept-alive connection the server had closed: once more, fresh
+                self.close()
+                if attempt == 0 and not opened:  # a kept-alive connection the server had closed: once more, fresh
                     continue
                 raise self._unavailable(error, context) from None
+            except ssl.SSLError as error:
+                self.close()
+                raise ServerUnavailableError(
+                    f"The TLS connection to {self.url} failed ({error}). For a server with a self-signed certificate "
+                    "give that certificate: SonoSAMClient(url, token, cafile='cert.pem'); else check the URL.") from None
             except (TimeoutError, socket.timeout) as error:
-                conn.close()
+                self.close()
                 raise self._unavailable(f"no answer within {self.timeout:g} s: {error}", context) from None
-            except OSError as error:
-                conn.close()
+            except OSError as error:  # refused, unreachable, unknown host
+                self.close()
                 raise self._unavailable(error, context) from None
         if response.status >= 400:
             try:

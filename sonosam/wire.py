@@ -42,14 +42,19 @@ def _canonical(array: np.ndarray) -> np.ndarray:
         raise WireError(f"Array of dtype {array.dtype} cannot be sent; use one of {', '.join(DTYPES)}.")
     if array.ndim > MAX_NDIM:
         raise WireError(f"Array of shape {array.shape} has more than {MAX_NDIM} dimensions.")
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    return np.asarray(array, dtype=array.dtype.newbyteorder("<"), order="C")  # (ascontiguousarray makes 0-d 1-d)
+
+
+def _bytes(array: np.ndarray):
+    """The canonical array's bytes without a copy."""
+    return b"" if array.size == 0 else memoryview(array.reshape(-1)).cast("B")
 
 
 def content_id(array: np.ndarray) -> str:
     """The array's content address: same dtype, shape and bytes -> same id (the server checks it)."""
     array = _canonical(array)
     digest = hashlib.blake2b(f"{array.dtype.name}|{array.shape}|".encode(), digest_size=16)
-    digest.update(memoryview(array).cast("B"))
+    digest.update(_bytes(array))
     return digest.hexdigest()
 
 
@@ -63,12 +68,12 @@ def encode(meta: dict | None = None, arrays: dict[str, np.ndarray] | None = None
         if array.dtype == bool:
             data, encoding = np.packbits(array.reshape(-1)).tobytes(), "bits"
         else:
-            data, encoding = memoryview(array).cast("B"), "raw"
+            data, encoding = _bytes(array), "raw"
         specs[name] = {"dtype": array.dtype.name, "shape": list(array.shape), "offset": offset,
                        "nbytes": len(data), "encoding": encoding}
         payloads.append(data)
         offset += len(data)
-    header = json.dumps({"meta": meta or {}, "arrays": specs}, allow_nan=False).encode()
+    header = json.dumps({"meta": meta or {}, "arrays": specs}).encode()  # NaN as in Python's json (unmeasured Dice)
     return b"".join([MAGIC, struct.pack("<I", len(header)), header, *payloads])
 
 

@@ -198,6 +198,8 @@ def test_refusals_are_clear_and_the_server_keeps_serving(server, client, echo_fr
         client.upload(np.zeros((4, 4), np.uint8), array_id="0" * 32)
     with pytest.raises(InputImageError, match="shape"):
         client.predict(np.zeros((2, 3, 16, 16), np.float32), box=(1, 1, 5, 5))
+    with pytest.raises(InputImageError, match="NaN"):
+        client.predict(np.full((32, 32), np.nan, np.float32), box=(1, 1, 5, 5))
     with pytest.raises(PromptError, match="labels"):
         client.predict(image, points=[(10, 10)], labels=[3])
 
@@ -286,9 +288,41 @@ def test_tracker_on_the_server_matches_in_process(client, predictor, echo_frames
     remote.close()
 
 
-def test_server_killed_mid_job_is_named(tmp_path, echo_frames):
-    local = _start(tmp_path)
-    client = local.client()
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1 made with the openssl command (None when it is missing)."""
+    import shutil
+
+    if shutil.which("openssl") is None:
+        return None
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def test_non_loopback_needs_a_token():
+    from sonosam.errors import SonoSAMError
+    from sonosam.server import is_loopback, resolve_token
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and not is_loopback("0.0.0.0")
+    with pytest.raises(SonoSAMError, match="needs a token|give it a token"):
+        resolve_token(None, None, "0.0.0.0")
+    with pytest.raises(SonoSAMError, match="too short"):
+        resolve_token("short", None, "0.0.0.0")
+    assert len(resolve_token(None, None, "127.0.0.1")) >= 32
+
+
+def test_server_killed_mid_job_is_named_over_tls(tmp_path, echo_frames):
+    """The second server serves HTTPS (a self-signed certificate), then is killed while a job runs."""
+    tls = _self_signed(tmp_path)
+    args = ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else []
+    local = _start(tmp_path, *args)
+    client = local.client(cafile=str(tls[0])) if tls else local.client()
+    if tls:
+        assert local.url.startswith("https://") and client.info()["model"] == MODEL
+        with pytest.raises(ServerUnavailableError, match="CERTIFICATE_VERIFY_FAILED|certificate"):
+            SonoSAMClient(local.url, local.token).info()  # not trusted without the certificate
     volume = np.stack([echo_frames[i % 4] for i in range(12)])
     job = client.start_job("propagate", volume=volume, seeds=[{"index": 0, "box": LV_BOX}], axis=0)
     job.poll()

@@ -39,7 +39,7 @@ log = logging.getLogger("sonosam.server")
 def create_app(service: Service, token: str, max_request_bytes: int) -> FastAPI:
     expected = token.encode()
 
-    def check_token(request: Request) -> None:
+    async def check_token(request: Request) -> None:  # async: a sync dependency would hop to the threadpool
         header = request.headers.get("authorization", "")
         given = header[7:] if header.lower().startswith("bearer ") else ""
         if not given:

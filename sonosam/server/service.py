@@ -9,6 +9,7 @@ raises `ApiError` (or a SonoSAMError from the core) with a message naming the pr
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import math
 import threading
@@ -94,6 +95,31 @@ def _box(value):
     return box
 
 
+def check_options(options, defaults: dict, what: str) -> dict:
+    """Keyword options sent as JSON: known names only, each of its default's type (numbers for numbers;
+    None allowed where the default is None), so a bad value is a 400 naming it, not a failed job."""
+    if not isinstance(options, dict):
+        raise ApiError(400, "bad_option", f"{what} options must be an object.")
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ApiError(400, "bad_option", f"Unknown {what} option(s) {unknown}; known: {', '.join(sorted(defaults))}.")
+    for name, value in options.items():
+        default = defaults[name]
+        if value is None and default is None:
+            continue
+        if isinstance(default, bool) or (default is None and isinstance(value, bool)):
+            ok = isinstance(value, bool)
+        elif isinstance(default, (int, float)) or default is None:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+                and (not isinstance(default, int) or isinstance(default, float) or isinstance(value, int))
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise ApiError(400, "bad_option", f"{what} option {name} = {value!r} has the wrong type "
+                           f"(default {default!r}).")
+    return options
+
+
 def prompts_from(meta: dict, arrays: dict, where: str = "prompts") -> dict:
     """{points, labels, box} (JSON) + optional 'mask_logits' array -> keyword arguments for predict."""
     prompts = meta.get(where) or {}
@@ -118,9 +144,13 @@ def prompts_from(meta: dict, arrays: dict, where: str = "prompts") -> dict:
 
 
 def check_image(array: np.ndarray, what: str = "image") -> np.ndarray:
-    """A 2D slice (H, W) or an RGB(A) frame (H, W, 3|4) of numbers; the model's own gate does the rest."""
+    """A 2D slice (H, W) or an RGB(A) frame (H, W, 3|4) of finite numbers (the core's input gate); the model's
+    own preprocessing refuses the rest (too small, constant)."""
+    from ..io import check_array
+
     if array.dtype == bool or array.dtype.kind not in "iuf":
         raise InputImageError(f"The {what} has dtype {array.dtype}; send a numeric array.")
+    check_array(array, f"The {what}")
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4))):
         raise InputImageError(f"The {what} has shape {array.shape}; a 2D slice (H, W) or a frame "
                        "(H, W, 3) is needed. Send a volume's slices (or a loop's frames) one by one, or use a job.")
@@ -128,8 +158,11 @@ def check_image(array: np.ndarray, what: str = "image") -> np.ndarray:
 
 
 def check_stack(array: np.ndarray, what: str) -> np.ndarray:
+    from ..io import check_array
+
     if array.dtype == bool or array.dtype.kind not in "iuf":
         raise InputImageError(f"The {what} has dtype {array.dtype}; send a numeric array.")
+    check_array(array, f"The {what}")
     if array.ndim != 3 or min(array.shape) < 1:
         raise InputImageError(f"The {what} has shape {array.shape}; a 3D array [k, j, i] "
                        "(or [frame, row, column]) is needed.")
@@ -243,6 +276,8 @@ class Service:
         self.keep_jobs = keep_jobs
         self._lock = threading.Lock()
         self._workers = ThreadPoolExecutor(max_workers=job_workers, thread_name_prefix="sonosam-job")
+        # encode-ahead has its own worker: it must not wait behind a long propagation or tracking run
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sonosam-encode")
         self.started = time.time()
         self.requests = 0
 
@@ -250,20 +285,24 @@ class Service:
         for job in list(self.jobs.values()):
             job.cancel_event.set()
         self._workers.shutdown(wait=False, cancel_futures=True)
+        self._encoder.shutdown(wait=False, cancel_futures=True)
 
     # -- info
     def info(self) -> dict:
         spec = self.model.spec
         cache = self.predictor.cache
+        with cache._lock:  # other threads add embeddings meanwhile
+            embeddings, cache_mib = len(cache), round(cache.nbytes / 2**20, 1)
+        with self._lock:
+            states = [j.state for j in self.jobs.values()]
         return {"model": spec.name, "description": spec.description, "prompt_kinds": sorted(spec.prompt_kinds),
                 "multimask": bool(spec.multimask), "image_size": spec.image_size, "device": str(self.model.device),
                 "backend": self.model.backend, "model_id": self.model.model_id,
-                "cache": {"embeddings": len(cache), "mib": round(cache.nbytes / 2**20, 1),
+                "cache": {"embeddings": embeddings, "mib": cache_mib,
                           "budget_mib": round(cache.budget_bytes / 2**20, 1), "spilled": cache.spilled},
                 "store": {"arrays": len(self.store), "mib": round(self.store.nbytes / 2**20, 1),
                           "budget_mib": round(self.store.budget / 2**20, 1)},
-                "jobs": {state: sum(1 for j in self.jobs.values() if j.state == state)
-                         for state in ("queued", "running", "done", "failed", "cancelled")},
+                "jobs": {state: states.count(state) for state in ("queued", "running", "done", "failed", "cancelled")},
                 "encoder_calls": self.predictor.encoder_calls, "uptime_s": round(time.time() - self.started, 1)}
 
     # -- arrays
@@ -334,13 +373,16 @@ class Service:
         with self._lock:
             self.jobs[job.id] = job
             self._forget_old_jobs()
-        self._workers.submit(self._run_job, job, run)
+        (self._encoder if kind == "encode" else self._workers).submit(self._run_job, job, run)
         return job.status()
 
     def _forget_old_jobs(self) -> None:
-        finished = [j for j in self.jobs.values() if j.finished is not None]
-        for job in finished[:max(0, len(finished) - self.keep_jobs)]:
-            self.jobs.pop(job.id, None)
+        """Keep the newest `keep_jobs` finished jobs of each kind (frequent encode-ahead jobs must not push
+        out the propagation a re-run refers to as `previous`)."""
+        for kind in self.JOB_KINDS:
+            finished = [j for j in self.jobs.values() if j.kind == kind and j.finished is not None]
+            for job in finished[:max(0, len(finished) - self.keep_jobs)]:
+                self.jobs.pop(job.id, None)
 
     def _run_job(self, job: Job, run) -> None:
         if job.cancel_event.is_set():
@@ -446,18 +488,10 @@ class Service:
             seeds.append(Seed(index, box=None if box is None else box.tolist(),
                               points=None if points is None else points.tolist(),
                               labels=None if prompts["labels"] is None else prompts["labels"].tolist(), mask=mask))
-        options = params.get("options") or {}
-        fields = {f.name for f in dataclasses.fields(PropagationOptions)}
-        if not isinstance(options, dict) or set(options) - fields:
-            raise ApiError(400, "bad_option", f"Unknown propagation option(s) {sorted(set(options) - fields)}; "
-                           f"known: {', '.join(sorted(fields))}.")
-        options = dict(options)
-        if "window" in options:
-            options["window"] = _window(options["window"])
-        try:
-            options = PropagationOptions(**options)
-        except TypeError as error:
-            raise ApiError(400, "bad_option", f"Propagation options: {error}.") from None
+        options = dict(params.get("options") or {})
+        window = _window(options.pop("window", None))
+        defaults = {f.name: f.default for f in dataclasses.fields(PropagationOptions) if f.name != "window"}
+        options = PropagationOptions(**check_options(options, defaults, "propagation"), window=window)
         previous = None
         if params.get("previous") is not None:
             earlier = self.job(params["previous"])
@@ -538,12 +572,10 @@ class Service:
 
         frames_id = meta.get("frames")
         frames = check_stack(self.store.get(frames_id, "frames"), "frames")
-        options = meta.get("options") or {}
-        allowed = {"threshold", "model_every", "encode_below", "use_mask_prompt", "box_margin", "fusion", "trust",
-                   "anchor", "anchor_iou", "anchor_solidity", "opinion_margin", "prefetch"}
-        if not isinstance(options, dict) or set(options) - allowed:
-            raise ApiError(400, "bad_option", f"Unknown tracker option(s) {sorted(set(options) - allowed)}; "
-                           f"known: {', '.join(sorted(allowed))}.")
+        allowed = ("threshold", "model_every", "encode_below", "use_mask_prompt", "box_margin", "fusion", "trust",
+                   "anchor", "anchor_iou", "anchor_solidity", "opinion_margin", "prefetch")
+        parameters = inspect.signature(Tracker).parameters
+        options = check_options(meta.get("options") or {}, {n: parameters[n].default for n in allowed}, "tracker")
         tracker = Tracker(self.predictor, frames, pause=bool(meta.get("pause", True)), key="frames-" + frames_id,
                           **options)
         tracker_id = uuid.uuid4().hex
