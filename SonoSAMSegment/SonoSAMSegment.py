@@ -184,7 +184,7 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
                 if not install:
                     return
             self.connection.use_local(conn.slicer_python(), model, self.ui.checkpointPathLineEdit.currentPath or None,
-                                      slicer_version=slicerVersion(), install=install)
+                                      slicer_version=slicerVersion(), install=install, needed=needed)
             self.timer.start()
             if self.connection.state == "failed":
                 raise RuntimeError(self.connection.error)

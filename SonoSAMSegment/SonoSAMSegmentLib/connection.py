@@ -194,9 +194,10 @@ class Connection:
 
     # -- starting ------------------------------------------------------------------------------------
     def use_local(self, python: str, model: str = DEFAULT_MODEL, checkpoint: str | None = None,
-                  slicer_version=None, env: dict | None = None, install: bool = False):
+                  slicer_version=None, env: dict | None = None, install: bool = False, needed=None):
         """Start ``python -m sonosam serve`` on 127.0.0.1 (free port, random token); returns at once.
-        With ``install``, missing dependencies are installed first (the caller asked the user)."""
+        With ``install``, missing dependencies are installed first (the caller asked the user).
+        ``needed``: ``missing(requirements())`` when the caller has just computed it (it takes a while)."""
         self.stop()
         if slicer_version is not None:
             problem = local_server_problem(slicer_version)
@@ -205,7 +206,7 @@ class Connection:
         args = ["--checkpoint", str(checkpoint)] if checkpoint else []
         self._pending_start = dict(python=python, model=model, args=args, env=env)
         self.model, self.remote = model, False
-        needed = missing(requirements())
+        needed = missing(requirements()) if needed is None else list(needed)
         if needed:
             if not install:
                 return self._fail("SonoSAM's Python packages are not installed: " + ", ".join(

@@ -243,14 +243,47 @@ def write_segment_block(segmentation_node, segment_id, block_kji: np.ndarray, im
     if not changes:
         return False
     modify = modify or editor_writer()
+    reference = _reference_geometry(segmentation_node)
+    if reference is not None and _same_grid(reference, image_to_seg):
+        reference = None
     for mode, voxels in changes:
         labelmap = slicer.vtkOrientedImageData()
         labelmap.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(image_to_seg))
         labelmap.SetExtent(*extent)
         labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
         numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())[:] = voxels.view(np.uint8).ravel()
-        modify(segmentation_node, segment_id, labelmap, mode, list(extent))
+        modification_extent = list(extent)
+        if reference is not None:
+            # the segmentation's own grid differs from the volume's: the editor's masking (intensity range)
+            # is computed on that grid and refuses a modifier on another one, so resample it there (nearest)
+            resampled = slicer.vtkOrientedImageData()
+            slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+                labelmap, reference, resampled, False, False)
+            labelmap, modification_extent = resampled, list(resampled.GetExtent())
+        modify(segmentation_node, segment_id, labelmap, mode, modification_extent)
     return True
+
+
+def _reference_geometry(segmentation_node):
+    """The segmentation's reference image geometry (its labelmaps' grid), or None when it has none."""
+    import slicer
+
+    text = segmentation_node.GetSegmentation().GetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
+    if not text:
+        return None
+    reference = slicer.vtkOrientedImageData()
+    if not slicer.vtkSegmentationConverter.DeserializeImageGeometry(text, reference, False):
+        return None
+    return reference
+
+
+def _same_grid(image, image_to_seg: np.ndarray) -> bool:
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    return np.allclose(slicer.util.arrayFromVTKMatrix(matrix), image_to_seg, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -228,8 +228,33 @@ def check_replace_keeps_other_slices_and_removes_only_editable_voxels(case):
     np.testing.assert_array_equal(got[K], expected_k)
 
 
+@_with_case
+def check_intensity_range_on_a_finer_segmentation_grid(case):
+    """The segmentation's own grid is 2x finer in-plane than the volume's (its reference geometry): the
+    editor computes the intensity mask on that grid, so the write is resampled there first (without that,
+    Slicer's rule writes nothing at all)."""
+    import slicer
+
+    reference = slicer.vtkOrientedImageData()
+    reference.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(np.diag([0.5, 0.5, 2.0, 1.0])))
+    reference.SetExtent(0, 2 * SHAPE[2] - 1, 0, 2 * SHAPE[1] - 1, 0, SHAPE[0] - 1)
+    case.segmentation.GetSegmentation().SetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(),
+        slicer.vtkSegmentationConverter.SerializeImageGeometry(reference))
+    case.editor.SetSourceVolumeIntensityMask(True)
+    case.editor.SetSourceVolumeIntensityMaskRange(50, 200)
+    case.segment()
+    got = case.array(case.target)
+    expected = case.rect_block()
+    expected[:, :, :SHAPE[2] // 2] = False
+    assert not (got & ~case.rect_block()).any()          # nothing outside the prediction
+    assert not got[:, :, :SHAPE[2] // 2 - 1].any()       # nothing in the dark half (its edge column may blur)
+    np.testing.assert_array_equal(got[:, :, SHAPE[2] // 2:], expected[:, :, SHAPE[2] // 2:])
+
+
 CHECKS = [check_everywhere_writes_the_prediction, check_intensity_range_limits_apply,
           check_intensity_range_limits_remove, check_editable_area_outside_all_segments,
           check_editable_area_inside_one_segment, check_overwrite_all_takes_voxels_from_other_segments,
           check_overwrite_none_and_hidden_segments_keep_their_voxels,
-          check_replace_keeps_other_slices_and_removes_only_editable_voxels]
+          check_replace_keeps_other_slices_and_removes_only_editable_voxels,
+          check_intensity_range_on_a_finer_segmentation_grid]
