@@ -235,6 +235,7 @@ def predictor(default_model):
     predictor.close()
 
 
+@pytest.mark.slow
 @settings(deadline=None, max_examples=40, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(points=st.one_of(st.none(), st.lists(st.one_of(point, triple), max_size=3)),
        labels=st.one_of(st.none(), st.lists(st.integers(-1, 2), max_size=3)),

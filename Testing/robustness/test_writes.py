@@ -112,6 +112,7 @@ def test_full_disk_by_file_size_limit(tmp_path):
     assert lines[-1] == "LEFT []", done.stdout
 
 
+@pytest.mark.slow
 def test_segment_on_a_full_disk_writes_nothing(full_disk, tmp_path, run_cli):
     """End to end: the model runs, then both outputs fail to land; neither is left behind."""
     image = corpus.png(tmp_path / "in.png", corpus.textured(96, 96))
