@@ -75,7 +75,8 @@ def _points(value, what="points"):
 
 
 def _labels(value, n: int):
-    if value is None:
+    if value is None or (n == 0 and isinstance(value, (list, tuple)) and not value):
+        # a box-only Prompts travels as points [] and labels [] (Prompts.to_json): no labels
         return None if n == 0 else np.ones(n, np.int64)
     labels = np.asarray(value)
     if labels.ndim != 1 or len(labels) != n or not np.isin(labels, (0, 1)).all() or labels.dtype.kind not in "iub":
