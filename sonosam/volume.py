@@ -47,6 +47,7 @@ from .image import AXES, axis_index, take_slice as slice_of
 from .models import mask_to_logits
 from .predictor import Predictor
 from .prompts import Prompts
+from .seed_check import check_seed, contrast_polarity, structure_candidate
 
 __all__ = ["Seed", "SliceInfo", "PropagationOptions", "PropagationResult", "propagate", "naive_baseline",
            "stop_reason", "slice_of", "axis_index", "consistent_pixels", "volume_window", "AXES"]
@@ -88,8 +89,9 @@ class SliceInfo:
     status: str              # "seed", "accepted", "propagated" or "stopped"
     score: float = float("nan")  # predicted IoU (nan for accepted masks)
     area: int = 0            # pixels in this slice's mask (for "stopped": of the rejected prediction)
-    reason: str = ""         # why a front stopped here
+    reason: str = ""         # why a front stopped here (for a seed: what the seed check found)
     source: int | None = None  # the anchor slice this result was propagated from
+    candidate: str = "model"  # which answer was kept: "model", or "intensity" (the high-contrast fallback)
 
 
 @dataclass
@@ -115,6 +117,11 @@ class PropagationOptions:
     max_slices: int | None = None    # at most this many slices from each seed in each direction
     direction: str = "both"          # "both", "forward" (increasing index) or "backward"
     lookahead: int = 4               # slices encoded ahead of the front in the background
+    seed_check: bool = True          # a seed whose model answer disagrees with its box takes the suggested
+                                     # alternative (sonosam.seed_check); the check is kept in result.seed_checks
+    min_contrast: float | None = 2.0  # anchors at least this contrasted with their surroundings ((mean inside -
+                                     # mean of a 3 px ring) / SD inside) also try the intensity candidate on
+                                     # each slice and keep whichever overlaps the previous mask more (None: off)
     window: tuple[float, float] | None = None  # intensity window; None: volume_window(volume)
 
 
@@ -129,6 +136,7 @@ class PropagationResult:
     decoded: int = 0                  # slices decoded in this run (those recomputed)
     # anchors for a re-run: index -> (Seed, low-res logits or None)
     anchors: dict[int, tuple[Seed, np.ndarray | None]] = field(default_factory=dict, repr=False)
+    seed_checks: dict = field(default_factory=dict, repr=False)  # seed index -> sonosam.seed_check.SeedCheck
 
     def slice_mask(self, index: int) -> np.ndarray:
         return slice_of(self.mask, self.axis, index)
@@ -260,6 +268,11 @@ def _interior_points(region: np.ndarray, n: int) -> list[tuple[float, float]]:
     return points
 
 
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = int((a | b).sum())
+    return int((a & b).sum()) / union if union else 0.0
+
+
 def _keep_touching(mask: np.ndarray, prev: np.ndarray) -> np.ndarray:
     """The connected parts of `mask` that overlap `prev` (all of it when none does)."""
     labels, n = ndimage.label(mask)
@@ -341,6 +354,8 @@ class _Run:
         self.decoded = 0
         self.done = 0
         self.total = 0
+        self.seed_checks: dict = {}
+        self.prefer: str | None = None  # the kind of alternative taken on earlier seeds (a re-run's corrections)
 
     # embeddings ------------------------------------------------------------------------------
     def key(self, index: int):
@@ -413,11 +428,24 @@ class _Run:
                                   f"{self.image(seed.index).shape}.")
             info = SliceInfo(seed.index, ACCEPTED, float("nan"), int(mask.sum()), source=seed.index)
             return mask, None, info
-        pred = self.predict(seed.index, Prompts(seed.points, seed.labels, seed.box))
-        info = SliceInfo(seed.index, SEED, pred.score, int(pred.mask.sum()), source=seed.index)
+        if self.options.seed_check and seed.box is not None:
+            self.decoded += 1
+            self.encode_slab(seed.index)
+            check = check_seed(self.predictor, self.image(seed.index), box=seed.box, points=seed.points,
+                               labels=seed.labels, key=self.key(seed.index), window=self.window,
+                               prefer=self.prefer)
+            self.seed_checks[seed.index] = check
+            chosen = check.candidates[check.best]
+            mask, score, logits = chosen.mask, chosen.score, chosen.logits
+            reason = "" if check.ok else check.summary() + (f"; used {chosen.source}" if check.best else "")
+            kind = "model" if np.isfinite(score) else "intensity"
+        else:
+            pred = self.predict(seed.index, Prompts(seed.points, seed.labels, seed.box))
+            mask, score, logits, reason, kind = pred.mask, pred.score, pred.logits, "", "model"
+        info = SliceInfo(seed.index, SEED, score, int(mask.sum()), reason=reason, source=seed.index, candidate=kind)
         if info.area == 0:
             info.reason = "the seed prompt gave an empty mask"
-        return pred.mask, pred.logits, info
+        return mask, logits, info
 
     def front(self, start: int, mask: np.ndarray, logits, step: int, limit: int, out: dict) -> None:
         """Propagate from anchor `start` (mask, logits) in direction `step` up to slice `limit` (inclusive);
@@ -430,6 +458,7 @@ class _Run:
         anchor_values = prev_image[mask]
         anchor_mean, anchor_std = float(anchor_values.mean()), max(float(anchor_values.std()), 1e-6)
         anchor_feature = self.feature(start, mask) if opt.min_similarity is not None else None
+        polarity = contrast_polarity(prev_image, mask, opt.min_contrast)
         if opt.max_slices is not None:
             limit = start + step * min(abs(limit - start), opt.max_slices)
         weak: list[tuple[np.ndarray, SliceInfo]] = []  # weak slices in a row: kept on probation
@@ -468,9 +497,15 @@ class _Run:
             if self.use_mask:
                 logits = prev_logits if prev_logits is not None else mask_to_logits(prev_mask)
             pred = self.predict(t, Prompts(points or None, None, box, logits))
-            new = pred.mask
+            new, score, logits, kind = pred.mask, pred.score, pred.logits, "model"
             if opt.keep_component and new.any():
                 new = _keep_touching(new, prev_mask)
+            if polarity is not None:  # a high-contrast structure: the intensity candidate may follow it better
+                found = structure_candidate(image, box, polarity=polarity, near=prev_mask)
+                if found is not None:
+                    other = _keep_touching(found[0], prev_mask)
+                    if _iou(other, prev_mask) > _iou(new, prev_mask):
+                        new, score, logits, kind = other, float("nan"), None, "intensity"
             area = int(new.sum())
             shift = similarity = None
             if area:
@@ -478,10 +513,10 @@ class _Run:
                 if anchor_feature is not None:
                     similarity = float(self.feature(t, new) @ anchor_feature)
             reason, at_once = stop_reason(opt, share=share, area=area, prev_area=int(prev_mask.sum()),
-                                          anchor_area=anchor_area, score=pred.score,
+                                          anchor_area=anchor_area, score=score,
                                           overlap=(new & prev_mask).sum() / max(area, 1),
                                           intensity_shift=shift, similarity=similarity)
-            info = SliceInfo(t, PROPAGATED, pred.score, area, source=start)
+            info = SliceInfo(t, PROPAGATED, score, area, source=start, candidate=kind)
             if reason and (at_once or len(weak) + 1 >= max(opt.patience, 1)):
                 stop(info, reason, at_once)
                 return
@@ -490,7 +525,7 @@ class _Run:
             else:
                 keep([(m, replace(i, reason="")) for m, i in weak] + [(new, info)])
                 weak = []
-            prev_mask, prev_logits, prev_image = new, pred.logits, image
+            prev_mask, prev_logits, prev_image = new, logits, image
         keep([(m, replace(i, reason="")) for m, i in weak])  # the range ended before a stop was confirmed
 
 
@@ -549,6 +584,9 @@ def propagate(predictor, volume, seeds, axis=0, options: PropagationOptions | No
         result.mask[tuple(index_slice)] = mask if mask is not None else False
         result.slices[index] = info
 
+    if previous is not None:  # corrections follow the kind of alternative the earlier seeds took
+        taken = [c.polarity for c in previous.seed_checks.values() if c.best and c.polarity]
+        run.prefer = taken[0] if taken else None
     anchor_masks: dict[int, np.ndarray] = {}
     for seed in seeds:
         mask, logits, info = run.segment_seed(seed)
@@ -597,6 +635,8 @@ def propagate(predictor, volume, seeds, axis=0, options: PropagationOptions | No
     run.drop_prefetch()
 
     result.anchors = anchors
+    result.seed_checks = dict(previous.seed_checks) if previous is not None else {}
+    result.seed_checks.update(run.seed_checks)
     result.cancelled = run.cancelled
     result.decoded = run.decoded
     result.encoder_calls = predictor.encoder_calls - encoder_calls

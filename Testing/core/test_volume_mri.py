@@ -1,10 +1,12 @@
 """Propagation on the real Colin27 T1 MRI against its AAL labels, with the real default model.
 
 The volume is cut along the slicing axis to the slices that hold the structures below +- 6 (whole axial
-slices, so the images are what a user would prompt): 43 slices, encoded once and shared by the propagations,
+slices, so the images are what a user would prompt): 54 slices, encoded once and shared by the propagations,
 the naive baselines and the re-run. The structures are those whose fronts stop within a few slices of the
 label's ends on the whole volume (Thalamus_L was a development structure for the stop rules; the other three
-were held out). The whole table is in docs/volume.md (bench/volume.py)."""
+were held out), and the left lateral ventricle (model-free reference, sonosam.references), the thin dark
+structure on which the box-only model segments the bright band beside it (issue 16). The whole table is in
+docs/volume.md (bench/volume.py)."""
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ import pytest
 from sonosam.evaluate.metrics import dice
 from sonosam.predictor import Predictor
 from sonosam.volume import Seed, naive_baseline, propagate, volume_window
-from bench.volume import label_seed, true_extent
+from bench.volume import label_seed, loose_box, true_extent
 
 THALAMUS_R = 78
 # label -> largest stop error (slices) allowed at either end. Thalamus_R stops 5 slices early at its lower
@@ -26,19 +28,22 @@ def colin(default_model):
     from sonosam.data import mri_colin27_paths
     from sonosam.io import read_volume
 
+    from sonosam.references import colin27_references
+
     t1, aal = mri_colin27_paths()
     volume, labels = read_volume(t1).array, read_volume(aal).array
+    ventricle = colin27_references(aal=False).references["Lateral_Ventricle_L"].mask
     window = volume_window(volume)  # the whole volume's window, as on the uncut volume
-    extents = [true_extent(labels == label) for label in STOP_TOLERANCE]
+    extents = [true_extent(labels == label) for label in STOP_TOLERANCE] + [true_extent(ventricle)]
     lo, hi = min(e[0] for e in extents) - MARGIN, max(e[1] for e in extents) + MARGIN
-    volume, labels = volume[lo:hi + 1], labels[lo:hi + 1]
+    volume, labels, ventricle = volume[lo:hi + 1], labels[lo:hi + 1], ventricle[lo:hi + 1]
     predictor = Predictor(default_model, cache_mib=1024)
     runs = {}
     for label in STOP_TOLERANCE:
         index, box = label_seed(labels, label)
         runs[label] = dict(index=index, box=box, gt=labels == label, extent=true_extent(labels == label),
                            result=propagate(predictor, volume, [Seed(index, box=box)], window=window))
-    yield dict(volume=volume, predictor=predictor, window=window, runs=runs)
+    yield dict(volume=volume, predictor=predictor, window=window, runs=runs, ventricle=ventricle)
     predictor.close()
 
 
@@ -96,3 +101,24 @@ def test_cli_propagate_writes_a_segmentation(colin, tmp_path, default_model, mon
     filled = np.nonzero(seg.labelmap.any(axis=(1, 2)))[0]
     assert seg.labelmap.shape == colin["volume"].shape and len(filled) == 5
     assert main(["propagate", str(path), "--slice", "1", "-o", str(tmp_path / "x.seg.nrrd")]) == 2  # no prompt
+
+
+def test_thin_dark_ventricle_takes_the_checked_seed_and_follows_it(colin):
+    """Issue 16: from one loose box on the ventricle's widest slice the model segments the bright band beside
+    it (whole-volume Dice 0.02 before). The seed check flags that and takes the dark structure; the front then
+    follows the ventricle (the intensity candidate wins on each slice) and stops near both ends."""
+    gt = colin["ventricle"]
+    index = int(np.argmax(gt.sum(axis=(1, 2))))
+    box = loose_box(gt[index])
+    result = propagate(colin["predictor"], colin["volume"], [Seed(index, box=box)], window=colin["window"])
+    check = result.seed_checks[index]
+    print(f"\n{check.summary()}\n{result.summary()}; Dice {dice(result.mask, gt):.3f}")
+    assert not check.ok and check.best != 0 and result.slices[index].candidate == "intensity"
+    assert dice(result.slice_mask(index), gt[index]) > 0.85
+    assert dice(result.mask, gt) > 0.6
+    (low, high), (first, last) = result.extent(), true_extent(gt)
+    assert abs(low - first) <= 4 and abs(high - last) <= 4
+    # without the check the seed is the band beside the ventricle, as the issue reported
+    unchecked = propagate(colin["predictor"], colin["volume"], [Seed(index, box=box)], window=colin["window"],
+                          seed_check=False, max_slices=2)
+    assert dice(unchecked.slice_mask(index), gt[index]) < 0.3

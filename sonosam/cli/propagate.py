@@ -29,6 +29,10 @@ def register(subparsers):
     parser.add_argument("--direction", default="both", choices=["both", "forward", "backward"])
     parser.add_argument("--max-slices", type=int_at_least(1), metavar="N", help="at most N slices each way from the seed")
     parser.add_argument("--min-score", type=float_in(0.0, 1.0), help="stop below this predicted IoU (default 0.5)")
+    parser.add_argument("--window", metavar="LO,HI", help="intensity window (e.g. 0,100 for brain CT; default: "
+                        "the volume's 0.5/99.5 percentiles)")
+    parser.add_argument("--no-seed-check", action="store_true", help="propagate the model's answer on the seed "
+                        "slice even when it disagrees with the box (default: take the suggested alternative)")
     parser.add_argument("--name", type=name_argument, default="Segment_1", help="segment name in the output")
     parser.add_argument("-o", "--output", required=True, help="output .seg.nrrd or .nii.gz (labelmap)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -65,7 +69,16 @@ def run(args) -> int:
         from ..adapters import load_adapters
 
         load_adapters(model, args.adapters)
-    options = PropagationOptions(direction=args.direction, max_slices=args.max_slices)
+    options = PropagationOptions(direction=args.direction, max_slices=args.max_slices,
+                                 seed_check=not args.no_seed_check)
+    if args.window:
+        try:
+            low, high = (float(v) for v in args.window.split(","))
+        except ValueError:
+            raise PromptError(f"--window {args.window!r} is not two numbers LO,HI (e.g. 0,100).") from None
+        if not high > low:
+            raise PromptError(f"--window {args.window!r}: HI must be above LO.")
+        options.window = (low, high)
     if args.min_score is not None:
         options.min_score = args.min_score
 
@@ -85,5 +98,8 @@ def run(args) -> int:
             print(file=sys.stderr)
     write_segmentation(output, result.mask, volume.geometry, [{"name": args.name, "label": 1}],
                        overwrite=args.overwrite)
+    for index, check in sorted(result.seed_checks.items()):
+        if not check.ok:
+            print(f"seed slice {index}: {check.summary()}", file=sys.stderr)
     print(f"{output}: {result.summary()}; {result.encoder_calls} slices encoded in {result.seconds:.1f} s")
     return 0

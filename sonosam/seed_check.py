@@ -1,0 +1,266 @@
+"""Is the model's answer on a seed slice what the prompt asked for? If not, say why and offer alternatives.
+
+    from sonosam.seed_check import check_seed
+    check = check_seed(predictor, image, box=(x0, y0, x1, y1), key=..., window=...)
+    check.problems            # [] when the answer agrees with the prompt, else one line per problem
+    check.candidates          # [Candidate(mask, score, source, problems), ...]: the model's answer first
+    check.best                # the suggested candidate (0, the model's, unless the answer is clearly wrong)
+    Seed(index, mask=check.candidates[i].mask)   # propagate from the one the user picks
+
+A box says where a structure is and how far it reaches: its sides touch the structure. The model's answer
+disagrees with that when (docs/volume.md):
+
+- its bounding box covers much less of the box than the box's own evidence suggests (the mask sits in a part of
+  the box, e.g. the bright band beside a thin dark ventricle);
+- it fills the box, touching all four sides along much of their length (it segmented the box, not a structure);
+- the model is unsure (predicted IoU below `min_score`).
+
+An alternative is suggested (`best`) only on two signals together: the model is unsure, and a contrasted
+structure that its mask avoids spans the box. Every problem is reported and every alternative offered.
+
+Alternatives: the model's other masks where it has trained multimask heads (SAM ViT-B/L/H); for click-capable
+models, the box plus a click deep inside the structure the box's intensities point to; and, model-free, the
+darker or brighter part of the box (a threshold between the box's two intensity classes, Otsu's) whose
+connected component spans the box best. `structure_candidate` is that last one, also used by the propagation
+when the model loses a high-contrast structure (sonosam.volume).
+
+Everything here is Qt-free and model-agnostic: the Slicer effect shows `candidates` and lets the user pick.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["Candidate", "SeedCheck", "check_seed", "structure_candidate", "box_agreement", "mask_problems"]
+
+MIN_SCORE = 0.7        # below this predicted IoU the answer is flagged as unsure
+MIN_SPAN = 0.6         # flagged when the mask's bounding box covers less than this share of the box's area ...
+SPAN_MARGIN = 0.25     # ... and an intensity component spans the box better by this much
+FILL_SIDES = 0.6       # flagged when the mask runs along more than this share of each of the 4 sides
+MIN_CONTRAST = 2.0     # an intensity candidate counts as evidence only when it stands out this much from its
+                       # surroundings (contrast_polarity); low-contrast boxes never overrule the model
+
+
+@dataclass
+class Candidate:
+    mask: np.ndarray                    # bool (H, W)
+    score: float                        # the model's predicted IoU; nan for a model-free candidate
+    source: str                         # what made it, in words
+    logits: np.ndarray | None = None    # low-res logits (model candidates), for a mask prompt
+    problems: list[str] = field(default_factory=list)
+    agreement: float = 0.0              # box_agreement with the prompt's box (1 = spans it exactly)
+
+
+@dataclass
+class SeedCheck:
+    candidates: list[Candidate]
+    best: int = 0
+    polarity: str | None = None   # "dark"/"bright": the contrasted structure in the box that the model's mask avoids
+
+    @property
+    def problems(self) -> list[str]:
+        """What is wrong with the model's own answer (the first candidate); [] when it looks right."""
+        return self.candidates[0].problems if self.candidates else ["no answer"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        if self.ok:
+            return "the mask agrees with the prompt"
+        alternatives = ", ".join(f"{i}: {c.source}" for i, c in enumerate(self.candidates) if i)
+        return "; ".join(self.problems) + (f". Alternatives: {alternatives} (suggested: {self.best})"
+                                           if alternatives else "")
+
+
+def _bbox(mask: np.ndarray):
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if rows.size == 0:
+        return None
+    return cols[0], rows[0], cols[-1], rows[-1]
+
+
+def _box_pixels(box, shape):
+    height, width = shape
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    x0, y0 = max(0, x0), max(0, y0)
+    x1, y1 = min(width - 1, x1), min(height - 1, y1)
+    return x0, y0, x1, y1
+
+
+def box_agreement(mask: np.ndarray, box) -> float:
+    """Area of the mask's bounding box inside the prompt box over the area of their union (0..1): how well the
+    mask spans the box (a box drawn around a structure touches it on every side)."""
+    bb = _bbox(mask)
+    if bb is None:
+        return 0.0
+    x0, y0, x1, y1 = box
+    a0, b0, a1, b1 = bb
+    iw = max(0.0, min(x1, a1 + 1) - max(x0, a0))
+    ih = max(0.0, min(y1, b1 + 1) - max(y0, b0))
+    inter = iw * ih
+    union = (x1 - x0) * (y1 - y0) + (a1 + 1 - a0) * (b1 + 1 - b0) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def _fills_box(mask: np.ndarray, box) -> bool:
+    x0, y0, x1, y1 = _box_pixels(box, mask.shape)
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return False
+    # each side: the share of its length where the mask reaches within 2 px of it
+    sides = [mask[y0:y1 + 1, x0:x0 + 3].any(axis=1), mask[y0:y1 + 1, max(x1 - 2, 0):x1 + 1].any(axis=1),
+             mask[y0:y0 + 3, x0:x1 + 1].any(axis=0), mask[max(y1 - 2, 0):y1 + 1, x0:x1 + 1].any(axis=0)]
+    return all(side.mean() > FILL_SIDES for side in sides)
+
+
+def _otsu(values: np.ndarray) -> float:
+    hist, edges = np.histogram(values, bins=64)
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight = np.cumsum(hist)
+    mean = np.cumsum(hist * centres)
+    total, total_mean = weight[-1], mean[-1]
+    w1 = total - weight
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (total_mean * weight / total - mean) ** 2 * total / (weight * w1)
+    between[~np.isfinite(between)] = -1
+    return float(centres[int(np.argmax(between))])
+
+
+def contrast_polarity(image: np.ndarray, mask: np.ndarray, min_contrast: float | None = MIN_CONTRAST) -> str | None:
+    """"dark" or "bright" when the mask stands out from a 3 px ring around it by at least `min_contrast`
+    standard deviations of its own intensities (a ventricle, an air space, bone); None otherwise. On Colin27
+    the AAL grey-matter structures measure 0.2-1.1, the ventricles 15, white matter 5.4-5.9; on the head CT
+    bone 2.1-2.2, air spaces 6.7-10.5 (docs/volume.md)."""
+    if min_contrast is None or mask.sum() < 10:
+        return None
+    ring = ndimage.binary_dilation(mask, iterations=3) & ~mask
+    if not ring.any():
+        return None
+    image = np.asarray(image, np.float32)
+    inside = image[mask]
+    contrast = (float(inside.mean()) - float(image[ring].mean())) / max(float(inside.std()), 1e-6)
+    if abs(contrast) < min_contrast:
+        return None
+    return "dark" if contrast < 0 else "bright"
+
+
+def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None,
+                        near: np.ndarray | None = None) -> tuple[np.ndarray, str] | None:
+    """The model-free candidate: inside the box, the darker (or brighter) of the two intensity classes (Otsu
+    threshold over the box), opened 1 px, its connected component that spans the box best (or, with `near`,
+    overlaps `near` most). polarity "dark"/"bright" fixes the class; None tries both. Returns (mask, source)
+    or None when nothing qualifies."""
+    x0, y0, x1, y1 = _box_pixels(box, image.shape)
+    if x1 - x0 < 3 or y1 - y0 < 3:
+        return None
+    crop = np.asarray(image, np.float32)[y0:y1 + 1, x0:x1 + 1]
+    if crop.max() <= crop.min():
+        return None
+    threshold = _otsu(crop.ravel())
+    best = None
+    for kind in ([polarity] if polarity else ["dark", "bright"]):
+        part = crop < threshold if kind == "dark" else crop >= threshold
+        part = ndimage.binary_opening(part)
+        labels, count = ndimage.label(part)
+        for index in range(1, count + 1):
+            component = labels == index
+            if component.sum() < 10:
+                continue
+            full = np.zeros(image.shape, bool)
+            full[y0:y1 + 1, x0:x1 + 1] = component
+            if near is not None:
+                score = float((full & near).sum()) / max(float((full | near).sum()), 1.0)
+            else:
+                score = box_agreement(full, (x0, y0, x1 + 1, y1 + 1))
+            if best is None or score > best[0]:
+                best = (score, full, f"the {kind} part of the box (threshold {threshold:.4g})")
+    if best is None or best[0] <= 0:
+        return None
+    return ndimage.binary_fill_holes(best[1]), best[2]
+
+
+def mask_problems(mask: np.ndarray, score: float, box, evidence: float | None = None,
+                  min_score: float = MIN_SCORE) -> list[str]:
+    """Why `mask` (predicted IoU `score`) disagrees with the prompt `box`; evidence: the best box agreement
+    of any intensity component (how well the box's own content spans it)."""
+    problems = []
+    if not mask.any():
+        return ["the mask is empty"]
+    if box is not None:
+        agreement = box_agreement(mask, box)
+        if agreement < MIN_SPAN and (evidence is None or evidence >= agreement + SPAN_MARGIN):
+            problems.append(f"the mask spans only {agreement:.0%} of the box"
+                            + (f" while a {'structure' if evidence else ''} in it spans {evidence:.0%}"
+                               if evidence else ""))
+        if _fills_box(mask, box):
+            problems.append("the mask fills the box (it runs along all four sides)")
+    if np.isfinite(score) and score < min_score:
+        problems.append(f"the model is unsure (predicted IoU {score:.2f} < {min_score})")
+    return problems
+
+
+def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None, *, key=None, window=None,
+               min_score: float = MIN_SCORE, prefer: str | None = None) -> SeedCheck:
+    """Segment the seed slice and check the answer against the prompt; see the module doc.
+    predictor: a sonosam Predictor (or anything with its predict() and .model). prefer: "dark"/"bright" when the
+    user already took that kind of alternative on another slice of the same structure (a correction then
+    follows it even where the model is sure)."""
+    model = getattr(predictor, "model", None)
+    spec = getattr(model, "spec", None)
+    multimask = bool(getattr(spec, "multimask", False))
+    takes_points = "point" in getattr(spec, "prompt_kinds", ())
+    image = np.asarray(image)
+    pred = predictor.predict(image, points=points, labels=labels, box=box, multimask=multimask, key=key,
+                             window=window)
+    candidates = [Candidate(pred.masks[i], float(pred.scores[i]), "the model's answer" if i == 0 else
+                            f"the model's mask #{i + 1}", pred.low_res_logits[i]) for i in range(len(pred.masks))]
+    intensity, evidence, polarity = None, None, None
+    if box is not None:
+        found = structure_candidate(image, box)
+        if found is not None:
+            intensity = Candidate(found[0], float("nan"), found[1])
+            polarity = contrast_polarity(image, intensity.mask)
+            model_mask = candidates[0].mask
+            # evidence against the model's answer: a contrasted structure spans the box, and the model's mask
+            # lies mostly outside it, on the other side of the intensity threshold (the bright band beside a
+            # dark ventricle)
+            if polarity is not None and polarity in found[1] and model_mask.any() \
+                    and (model_mask & intensity.mask).sum() < 0.5 * model_mask.sum():
+                evidence = box_agreement(intensity.mask, box)
+    candidates[0].problems = mask_problems(candidates[0].mask, candidates[0].score, box, evidence, min_score)
+    if candidates[0].problems and intensity is not None and takes_points:
+        # let the model segment what the box's intensities point to: a click deep inside it
+        depth = ndimage.distance_transform_edt(np.pad(intensity.mask, 1))[1:-1, 1:-1]
+        row, col = np.unravel_index(int(np.argmax(depth)), depth.shape)
+        clicked = predictor.predict(image, points=[(float(col), float(row))] + [tuple(p) for p in (points or [])],
+                                    labels=[1] + list(labels or []), box=box, multimask=False, key=key,
+                                    window=window)
+        candidates.append(Candidate(clicked.mask, float(clicked.score),
+                                    f"the model with a click inside {intensity.source.split(' (')[0]}",
+                                    clicked.logits))
+    if intensity is not None:
+        candidates.append(intensity)
+    for c in candidates:
+        c.agreement = box_agreement(c.mask, box) if box is not None else float("nan")
+        if c is not candidates[0]:
+            c.problems = mask_problems(c.mask, c.score, box, None, min_score)
+    if intensity is not None and polarity is None:
+        intensity.problems.append("it hardly stands out from its surroundings")
+    check = SeedCheck(candidates, polarity=polarity if evidence is not None else None)
+    # suggest an alternative only on two signals together: the model is unsure, and a contrasted structure that
+    # its mask avoids spans the box (the bright band beside a dark ventricle). Either alone is only reported:
+    # on Colin27 a box around the caudate holds a dark, well-spanning piece of ventricle while the model is
+    # sure of the caudate, and the model is unsure of the pallidum with no contrasted structure to offer.
+    model_answer = candidates[0]
+    conflict = evidence is not None and model_answer.agreement < MIN_SPAN and evidence >= model_answer.agreement \
+        + SPAN_MARGIN
+    unsure = np.isfinite(model_answer.score) and model_answer.score < min_score
+    if conflict and (unsure or (prefer is not None and prefer == check.polarity)):
+        fine = [i for i, c in enumerate(candidates) if i and not c.problems]
+        if fine:
+            check.best = max(fine, key=lambda i: (round(candidates[i].agreement, 2), -i))
+    return check
