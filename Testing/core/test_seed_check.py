@@ -41,6 +41,7 @@ def test_box_agreement_and_model_free_candidate(colin):
     assert mask_problems(case["gt"], 0.95, case["box"]) == []
 
 
+@pytest.mark.slow
 def test_seed_check_flags_the_ventricle_and_offers_the_right_alternative(colin, default_model):
     predictor = Predictor(default_model)
     case = colin["cases"]["Lateral_Ventricle_L"]

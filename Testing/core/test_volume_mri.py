@@ -103,6 +103,7 @@ def test_cli_propagate_writes_a_segmentation(colin, tmp_path, default_model, mon
     assert main(["propagate", str(path), "--slice", "1", "-o", str(tmp_path / "x.seg.nrrd")]) == 2  # no prompt
 
 
+@pytest.mark.slow
 def test_thin_dark_ventricle_takes_the_checked_seed_and_follows_it(colin):
     """Issue 16: from one loose box on the ventricle's widest slice the model segments the bright band beside
     it (whole-volume Dice 0.02 before). The seed check flags that and takes the dark structure; the front then
