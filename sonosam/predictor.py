@@ -20,7 +20,7 @@ from typing import Callable, Hashable, Iterable
 import numpy as np
 import torch
 
-from .errors import PromptError
+from .errors import InputImageError, PromptError
 from .models import Embedding, Prediction, SamModel
 from .prompts import Prompts
 
@@ -30,6 +30,9 @@ ImageSource = "np.ndarray | Callable[[], np.ndarray]"
 def image_key(image: np.ndarray, window=None) -> str:
     """Content key of an image: same pixels (and window) -> same embedding."""
     array = np.ascontiguousarray(image)
+    if array.dtype.hasobject or array.dtype.kind not in "buif":  # None, objects, strings: say so, before hashing
+        raise InputImageError(f"The image is {type(image).__name__} of dtype {array.dtype}; give a numeric "
+                              f"(integer or float) array, (H, W) or (H, W, 3).")
     digest = hashlib.blake2b(array.view(np.uint8).reshape(-1), digest_size=16)
     digest.update(f"{array.shape}{array.dtype}{window}".encode())
     return digest.hexdigest()

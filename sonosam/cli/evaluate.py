@@ -91,7 +91,7 @@ def run(args) -> int:
 
     # Everything that can be wrong with the command is checked before torch is imported or a model loaded.
     out = Path(args.out)
-    check_output_folder(out, REPORT_FILES, args.overwrite)
+    check_output_folder(out, REPORT_FILES, args.overwrite, "a report")
     for text in args.model or []:
         _, checkpoint = _parse_model(text)
         if checkpoint is not None:

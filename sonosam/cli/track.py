@@ -103,7 +103,8 @@ def run(args):
     out = Path(args.output)
     if out.exists() and Path(args.cine).exists() and out.resolve() == Path(args.cine).resolve():
         raise DataFileError(f"The output folder {out} is the input; give another folder.")
-    check_output_folder(out, TRACKING_OUTPUTS, args.overwrite)  # before minutes of tracking, not after
+    # before minutes of tracking, not after
+    check_output_folder(out, TRACKING_OUTPUTS, args.overwrite, "tracking results")
     frames, spacing, frame_time, notes = _load_frames(Path(args.cine))
     if args.frames:
         frames = frames[: args.frames]

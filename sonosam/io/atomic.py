@@ -97,7 +97,7 @@ def check_output_path(path: PathLike, overwrite: bool, inputs=(), *, parents: bo
     return path
 
 
-def check_output_folder(folder: PathLike, names, overwrite: bool) -> Path:
+def check_output_folder(folder: PathLike, names, overwrite: bool, what: str = "earlier results") -> Path:
     """The same checks for a folder of outputs (`names` inside it): it is not a file, its existing outputs
     are not replaced without `overwrite`, and it (or the folder it will be created in) is writable."""
     folder = Path(folder)
@@ -105,7 +105,8 @@ def check_output_folder(folder: PathLike, names, overwrite: bool) -> Path:
         raise DataFileError(f"The output folder {folder} is a file; give a folder name.")
     existing = [name for name in names if (folder / name).exists()]
     if existing and not overwrite:
-        raise DataFileError(f"{folder} already holds {', '.join(existing)}; choose another folder or pass --overwrite.")
+        raise DataFileError(f"{folder} already holds {what} ({', '.join(existing)}); choose another folder or pass "
+                            f"--overwrite.")
     where = folder if folder.is_dir() else _writable_ancestor(folder)
     if not where.is_dir() or not os.access(where, os.W_OK):
         raise DataFileError(f"Cannot write into {folder}: {where} is read-only or not writable for you. "
