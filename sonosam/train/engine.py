@@ -129,14 +129,17 @@ def autocast(device: torch.device, enabled: bool):
 def iterate_prompts(forward, gts: list[np.ndarray], sizes: list[tuple[tuple[int, int], tuple[int, int]]],
                     sampler: PromptSampler, transform, image_size: int, n_iterations: int, device,
                     on_output=None, starts: list[Prompts] | None = None, replay: list[list[Prompts]] | None = None,
-                    mask_feedback: bool = True):
+                    mask_feedback: bool = True, feedback_draws: list[bool] | None = None, step_context=None):
     """The iterative prompt loop over one batch.
 
     ``forward(indices, prompt_tensors, mask_logits)`` -> (logits (b, 1, 256, 256), iou (b, 1)) for the
     samples ``indices``; ``on_output(iteration, indices, logits, iou, final=)`` sees every output (losses,
     backward; ``final`` marks the batch's last one). Iteration 0 uses the first prompt (``starts``, else drawn by ``sampler``); each further
     iteration adds a click in the error region of the previous prediction and feeds its logits back as
-    the mask prompt (unless ``mask_feedback`` is False). ``replay`` (per iteration, per sample) replays given prompts instead of sampling.
+    the mask prompt (unless ``mask_feedback`` is False; ``feedback_draws[i]`` False skips it at iteration i, so
+    the decoder also learns to correct from clicks alone, as SAM's training mixes both). ``replay`` (per
+    iteration, per sample) replays given prompts instead of sampling. ``step_context(final)`` -> a context
+    manager around each forward + ``on_output`` (DDP's ``no_sync`` on all but the batch's last output).
     Returns the prompts used at each iteration and the detached logits of each iteration."""
     n = len(gts)
     prompts = [snapshot(p) for p in starts] if starts is not None else [sampler.start(gt) for gt in gts]
@@ -150,11 +153,13 @@ def iterate_prompts(forward, gts: list[np.ndarray], sizes: list[tuple[tuple[int,
         groups = group_by_shape(prompts)
         for number, indices in enumerate(groups):
             tensors = to_model_inputs([prompts[i] for i in indices], [sizes[i][0] for i in indices], transform, device)
-            mask_in = previous[indices] if (previous is not None and mask_feedback) else None
-            logits, iou = forward(indices, tensors, mask_in)
-            if on_output is not None:   # final: the batch's last output (DDP syncs gradients there)
-                on_output(iteration, indices, logits, iou,
-                          final=iteration == n_iterations - 1 and number == len(groups) - 1)
+            feed = mask_feedback and (feedback_draws is None or feedback_draws[iteration])
+            mask_in = previous[indices] if (previous is not None and feed) else None
+            final = iteration == n_iterations - 1 and number == len(groups) - 1
+            with (step_context(final) if step_context is not None else contextlib.nullcontext()):
+                logits, iou = forward(indices, tensors, mask_in)
+                if on_output is not None:   # final: the batch's last output (DDP syncs gradients there)
+                    on_output(iteration, indices, logits, iou, final=final)
             current[indices] = logits.detach().float()
         history_logits.append(current)
         previous = current

@@ -46,6 +46,8 @@ class TrainConfig:
     iou_weight: float = 1.0           # MSE of the IoU head against the real IoU
     mask_feedback: bool = True        # feed the previous low-res logits back as the mask prompt (False: the
                                       # decoder is trained, validated and declared without "mask" prompts)
+    mask_feedback_p: float = 1.0      # with mask_feedback: probability, per corrective iteration, that the
+                                      # previous logits are fed back (else clicks alone, as at a fresh start)
     point_start: float = 0.5          # probability that the first prompt is a click (else a loose box)
     samples_per_epoch: int | None = None   # cap (random subset each epoch) for frequent validation
     val_samples: int | None = 64      # validation subset (evenly spaced, fixed) for the best-checkpoint choice
@@ -147,15 +149,24 @@ def _progress(total, desc, enabled):
 
 
 def run_epoch(net, sam_model: SamModel, items: list[_Item], store, optimizer, config: TrainConfig,
-              rng: np.random.Generator, device, scaler, dist: Dist, result: TrainResult, desc: str = "train") -> dict:
-    """One pass over ``items`` (this rank's share) with the iterative prompt simulation."""
+              rng: np.random.Generator, device, scaler, dist: Dist, result: TrainResult, desc: str = "train",
+              weights: np.ndarray | None = None) -> dict:
+    """One pass over ``items`` (this rank's share) with the iterative prompt simulation. ``weights``: draw
+    ``samples_per_epoch`` items with these probabilities (with replacement) instead of a permutation."""
     sampler = PromptSampler(rng, config.point_jitter, config.box_jitter, point_start=config.point_start)
-    order = rng.permutation(len(items))
+    if weights is not None:
+        order = rng.choice(len(items), size=config.samples_per_epoch or len(items), replace=True, p=weights)
+    else:
+        order = rng.permutation(len(items))
     if config.samples_per_epoch:
         order = order[:config.samples_per_epoch]
     order = order[:len(order) - len(order) % dist.world][dist.rank::dist.world]   # equal steps on every rank
     image_size = sam_model.spec.image_size
     bar = _progress(len(order), desc, config.progress and dist.main)
+    sync = getattr(net, "no_sync", None)
+
+    def step_context(final):   # DDP: forward + backward under no_sync except the batch's last output, so the
+        return sync() if (sync is not None and not final) else _null()   # gradients are all-reduced once a step
     losses, dices, began = [], [], time.perf_counter()
     for start in range(0, len(order), config.batch_size):
         if config.max_steps is not None and result.steps >= config.max_steps:
@@ -164,6 +175,7 @@ def run_epoch(net, sam_model: SamModel, items: list[_Item], store, optimizer, co
         features = torch.stack([store.get(it.sample.image, key=it.key).features for it in batch]).to(device)
         targets = torch.stack([it.target for it in batch]).to(device)
         n_iterations = 1 + int(rng.integers(0, config.max_corrections + 1))
+        feedback = [True] + [bool(rng.random() < config.mask_feedback_p) for _ in range(n_iterations - 1)]
         batch_loss, last_dice = [0.0], [None]
         optimizer.zero_grad(set_to_none=True)
 
@@ -180,10 +192,7 @@ def run_epoch(net, sam_model: SamModel, items: list[_Item], store, optimizer, co
             real_iou = inter / union.clamp(min=1)
             loss = loss + config.iou_weight * (iou.float()[:, 0] - real_iou) ** 2
             total = loss.sum() / (len(batch) * n_iterations)
-            sync = getattr(net, "no_sync", None)   # DDP: all-reduce the gradients once, on the final backward
-            context = sync() if (sync is not None and not final) else _null()
-            with context:
-                (scaler.scale(total) if scaler is not None else total).backward()
+            (scaler.scale(total) if scaler is not None else total).backward()
             batch_loss[0] += float(total.detach())
             if iteration == n_iterations - 1:
                 d = soft_dice((logits.detach() > 0).float() * 40 - 20, target)  # hard Dice
@@ -191,7 +200,7 @@ def run_epoch(net, sam_model: SamModel, items: list[_Item], store, optimizer, co
 
         iterate_prompts(forward, [it.sample.mask for it in batch], [it.sizes for it in batch], sampler,
                         sam_model.transform, image_size, n_iterations, device, on_output,
-                        mask_feedback=config.mask_feedback)
+                        mask_feedback=config.mask_feedback, feedback_draws=feedback, step_context=step_context)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -236,6 +245,7 @@ def validation_score(metrics: dict) -> float:
 def _protocol(config: TrainConfig, **override) -> dict:
     """What the validation score depends on (a resumed run whose protocol differs chooses its best anew)."""
     protocol = {"val_clicks": config.val_clicks, "mask_feedback": config.mask_feedback,
+                "mask_feedback_p": config.mask_feedback_p,
                 "val_samples": config.val_samples}
     protocol.update(override)
     return protocol
@@ -243,10 +253,13 @@ def _protocol(config: TrainConfig, **override) -> dict:
 
 def train_decoder(model: SamModel, train: Sequence[Sample], val: Sequence[Sample], config: TrainConfig | None = None,
                   output: str | Path | None = None, *, resume: bool = False, name: str | None = None,
-                  data_summary: dict | None = None, save_weights: str = "full", log=print) -> TrainResult:
+                  data_summary: dict | None = None, save_weights: str = "full", log=print,
+                  sample_weights: Sequence[float] | None = None) -> TrainResult:
     """Fine-tune ``model``'s prompt encoder and mask decoder in place (module doc). Writes, on rank 0,
     ``output`` (best validation checkpoint) + its ``.json`` metadata, and ``output``.resume (for
-    ``resume=True``) after every epoch. Returns the per-step and per-epoch record."""
+    ``resume=True``) after every epoch. ``sample_weights`` (one per training sample): each epoch draws
+    ``samples_per_epoch`` samples with these relative weights (e.g. to balance data sources). Returns the
+    per-step and per-epoch record."""
     from .checkpoint import save_checkpoint
     from .validate import evaluate_cached
 
@@ -270,12 +283,21 @@ def train_decoder(model: SamModel, train: Sequence[Sample], val: Sequence[Sample
     if dist.enabled:
         torch.distributed.barrier()
     items = _items(train, store, model.spec.image_size)
+    weights = None
+    if sample_weights is not None:
+        weights = np.asarray(sample_weights, dtype=np.float64)
+        if weights.shape != (len(items),) or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"sample_weights must be {len(items)} non-negative numbers, not all zero")
+        weights = weights / weights.sum()
     val_subset = _validation_subset(val, config.val_samples)
 
     net: torch.nn.Module = PromptDecoder(sam.prompt_encoder, sam.mask_decoder)
     if dist.enabled:
+        # find_unused_parameters: a step without boxes (or without a mask prompt) leaves those embeddings unused
         net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+            net, device_ids=[dist.local_rank] if device.type == "cuda" else None, find_unused_parameters=True,
+            broadcast_buffers=False)   # the only buffer (the positional encoding's matrix) never changes; ranks
+                                       # run different numbers of forwards per step (prompt groups)
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
     scaler = torch.amp.GradScaler("cuda") if (config.amp and device.type == "cuda") else None
@@ -313,7 +335,7 @@ def train_decoder(model: SamModel, train: Sequence[Sample], val: Sequence[Sample
         sam.train()
         sam.image_encoder.eval()
         stats = run_epoch(net, view, items, store, optimizer, config, rng, device, scaler, dist, result,
-                          desc=f"epoch {epoch + 1}/{config.epochs}")
+                          desc=f"epoch {epoch + 1}/{config.epochs}", weights=weights)
         scheduler.step()
         sam.eval()
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **stats}

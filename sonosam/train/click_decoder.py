@@ -1,0 +1,213 @@
+"""Train the click decoder on every source of ``click_data`` (MRI, ultrasound-style MRI, head CT, echo) with
+SAM's iterative simulation, score it on each source's held-out part against the base LiteMedSAM (box) and
+the current ``litemedsam_clicks``, and ship it in its place only if it wins (issue 14).
+
+    python -m sonosam.train.click_decoder --cache runs/cache --out runs/clicks_v2 [--minutes 45] [--ship]
+
+Training: warm start from the shipped ``litemedsam_clicks`` decoder (trained on Colin27 training slabs
+only, the same slab/structure rule, so no held-out sample was ever seen); each "epoch" draws
+``--samples-per-epoch`` structure-images with fixed shares per source; a first prompt (click near the
+centroid or loose box, ``--point-start``) then 0..``--max-corrections`` clicks in the current error
+region, the previous logits fed back as the mask prompt with probability ``--mask-feedback-p`` per
+correction. The best epoch by validation Dice (clicks 1 and 5, box) is kept.
+
+Ship rule: on the mean over the held-out sets, better than the current ``litemedsam_clicks`` at 1, 3 and 5
+clicks and no more than 1 Dice point worse with a box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHIPPED_NAME = "litemedsam_clicks"
+SHARES = {"mri": 0.35, "mri_us": 0.2, "ct": 0.25, "echo": 0.2}   # of each epoch's training draws
+KEYS = [f"dice@{k}" for k in range(1, 6)] + ["noc@80", "noc@90", "fr@80", "fr@90", "max_dsc", "box"]
+
+
+def heldout_metrics(model, store, samples, n_clicks: int = 5, clicks: bool = True) -> dict:
+    """The issue's table row on ``samples``: Dice@1..n (centroid start, clicks at the centre of the largest
+    error region, as ``sonosam evaluate``), NoC@80/90 (n + 1 when never reached), FR@80/90 (%), MaxDSC,
+    and the Dice with the tight box."""
+    from ..evaluate.harness import evaluate
+    from .validate import CachedPredictor
+
+    predictor = CachedPredictor(model, store)
+    out: dict = {"samples": len(samples)}
+    if clicks:
+        result = evaluate(predictor, samples, n_clicks=n_clicks, start="point", progress=False)
+        summary = result.summary()
+        for k in range(n_clicks):
+            out[f"dice@{k + 1}"] = float(summary["mean_dice"][k])
+        out.update({k: summary[k] for k in ("noc@80", "noc@90", "fr@80", "fr@90", "max_dsc")})
+        out["curves"] = result.curves
+    box = evaluate(predictor, samples, n_clicks=1, start="box", progress=False)
+    out["box"] = float(np.nanmean([c[0] for c in box.curves]))
+    return out
+
+
+def table(rows: dict[str, dict]) -> str:
+    head = ("| model | Dice@1 | Dice@2 | Dice@3 | Dice@4 | Dice@5 | NoC@80 | NoC@90 | FR@80 % | FR@90 % | MaxDSC "
+            "| box Dice |")
+    lines = [head, "|" + "---|" * 12]
+    for name, m in rows.items():
+        cells = []
+        for key in KEYS:
+            value = m.get(key, math.nan)
+            cells.append("" if value is None or (isinstance(value, float) and math.isnan(value)) else
+                         f"{value:.1f}" if key.startswith(("noc", "fr")) else f"{100 * value:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sonosam.train.click_decoder", description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", default="runs/cache")
+    parser.add_argument("--out", default="runs/clicks_v2")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--minutes", type=float, default=None, help="stop training after this wall time")
+    parser.add_argument("--samples-per-epoch", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-corrections", type=int, default=8)
+    parser.add_argument("--mask-feedback-p", type=float, default=0.8)
+    parser.add_argument("--point-start", type=float, default=0.6)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--val-per-source", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-only", action="store_true", help="score an existing OUT/decoder.pth")
+    parser.add_argument("--ship", action="store_true")
+    args = parser.parse_args(argv)
+
+    from ..models import load_model
+    from .cache import EmbeddingStore
+    from .checkpoint import save_checkpoint
+    from .click_data import build_sources
+    from .data import summarize, thin_images
+    from .finetune import TrainConfig, clickable
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sources = build_sources()
+    train, weights, val = [], [], []
+    for name, source in sources.items():
+        part = source.split.train
+        train += part
+        weights += [SHARES[name] / len(part)] * len(part)
+        val += thin_images(source.split.val, args.val_per_source)[:args.val_per_source * 2]
+    data = {name: {"description": s.description, "split": s.split.rule, "train": summarize(s.split.train),
+                   "val": summarize(s.split.val), "test": summarize(s.split.test)} for name, s in sources.items()}
+    for name, d in data.items():
+        print(f"{name}: train {d['train']['samples']} samples / {d['train']['images']} images, "
+              f"val {d['val']['samples']}/{d['val']['images']}, test {d['test']['samples']}/{d['test']['images']}",
+              flush=True)
+
+    old_dir = out / "previous"
+    old_dir.mkdir(exist_ok=True)
+    shipped = Path(__file__).resolve().parent.parent / "weights"
+    for suffix in (".pth", ".json"):   # keep the decoder being replaced, for the comparison
+        if not (old_dir / (SHIPPED_NAME + suffix)).exists():
+            shutil.copy2(shipped / (SHIPPED_NAME + suffix), old_dir / (SHIPPED_NAME + suffix))
+    meta = json.loads((old_dir / (SHIPPED_NAME + ".json")).read_text())
+    meta["name"] = SHIPPED_NAME + "_previous"
+    (old_dir / (SHIPPED_NAME + ".json")).write_text(json.dumps(meta, indent=2) + "\n")
+
+    began = time.perf_counter()
+    if not args.eval_only:
+        model = load_model("litemedsam")
+        previous = load_model(str(old_dir / (SHIPPED_NAME + ".pth")))
+        state = {k: v.float() for k, v in previous.sam.state_dict().items()
+                 if k.startswith(("prompt_encoder.", "mask_decoder."))}
+        model.sam.load_state_dict(state, strict=False)   # warm start: the shipped click decoder
+        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=1000,
+                             max_corrections=args.max_corrections, mask_feedback=True,
+                             mask_feedback_p=args.mask_feedback_p, point_start=args.point_start,
+                             samples_per_epoch=args.samples_per_epoch, val_samples=None, val_clicks=5,
+                             seed=args.seed, cache_dir=args.cache)
+        result = _train(model, train, val, config, out, data, weights, args.minutes)
+        print(f"trained {result.steps} steps in {time.perf_counter() - began:.0f} s", flush=True)
+
+    # held-out tables
+    base = load_model("litemedsam")
+    store = EmbeddingStore(args.cache, base)
+    old = clickable(load_model(str(old_dir / (SHIPPED_NAME + ".pth"))), mask=False)
+    new = load_model(str(out / "decoder.pth"))
+    new_no_mask = clickable(new, mask=False)
+    rows_by_set, pooled = {}, {}
+    for name, source in sources.items():
+        test = source.split.test
+        rows = {"litemedsam (base, box)": heldout_metrics(base, store, test, clicks=False),
+                "litemedsam_clicks (previous)": heldout_metrics(old, store, test),
+                "new, mask feedback": heldout_metrics(new, store, test),
+                "new, no mask feedback": heldout_metrics(new_no_mask, store, test)}
+        rows_by_set[name] = rows
+        print(f"\n### {name}: {source.description}; {len(test)} held-out structure-images "
+              f"({len({s.key for s in test})} images); {source.split.rule}\n\n{table(rows)}", flush=True)
+    for row in rows_by_set[next(iter(rows_by_set))]:
+        pooled[row] = {k: float(np.nanmean([rows_by_set[s][row].get(k, math.nan) for s in rows_by_set]))
+                       for k in KEYS}
+    print(f"\n### mean over the {len(rows_by_set)} held-out sets\n\n{table(pooled)}", flush=True)
+    o, n = pooled["litemedsam_clicks (previous)"], pooled["new, mask feedback"]
+    passed = all(n[f"dice@{k}"] > o[f"dice@{k}"] for k in (1, 3, 5)) and n["box"] >= o["box"] - 0.01
+    print("ship rule:", "PASSED" if passed else "FAILED", flush=True)
+    report = {"sets": {s: {r: {k: v for k, v in m.items() if k != "curves"} for r, m in rows.items()}
+                       for s, rows in rows_by_set.items()},
+              "curves": {s: {r: m.get("curves") for r, m in rows.items()} for s, rows in rows_by_set.items()},
+              "pooled": pooled, "passed": passed, "data": data}
+    (out / "heldout.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    md = "\n\n".join(f"### {s}\n\n{table(rows)}" for s, rows in rows_by_set.items())
+    (out / "heldout.md").write_text(md + f"\n\n### mean over the sets\n\n{table(pooled)}\n\nship rule "
+                                    f"{'passed' if passed else 'failed'}\n")
+    if passed:
+        training = json.loads((out / "decoder.json").read_text())["training"]
+        training["heldout_test"] = report["sets"]
+        training["data"] = data
+        pth, meta_path = save_checkpoint(new, out / "ship" / f"{SHIPPED_NAME}.pth", name=SHIPPED_NAME,
+                                         weights="decoder", dtype="float16", base_model="litemedsam",
+                                         training=training,
+                                         description="LiteMedSAM with a click-trained prompt encoder + mask decoder "
+                                                     "(sonosam train, MRI + ultrasound-style MRI + head CT + echo, "
+                                                     "iterative clicks with mask feedback); points, boxes and masks")
+        print("wrote", pth, meta_path)
+        if args.ship:
+            for file in (pth, meta_path):
+                shutil.copy2(file, shipped / file.name)
+            print("shipped into", shipped)
+    return 0 if passed else 1
+
+
+def _train(model, train, val, config, out: Path, data: dict, weights, minutes):
+    """train_decoder, epoch by epoch (resumable), until ``config.epochs`` or ``minutes`` of wall time."""
+    from .finetune import train_decoder
+
+    began, result = time.perf_counter(), None
+    target = config.epochs
+    for epoch in range(1, target + 1):
+        config.epochs = epoch
+        result = train_decoder(model, train, val, config, out / "decoder.pth", name=SHIPPED_NAME + "_run",
+                               data_summary=data, resume=True, sample_weights=weights,
+                               log=print if epoch == 1 else _quiet_log)
+        last = result.epochs[-1] if result.epochs else {}
+        if last:
+            v = last.get("val", {})
+            print(f"epoch {last['epoch']}: loss {last['loss']:.4f}, train Dice {last['dice']:.3f}, "
+                  f"{last['seconds']:.0f} s; val Dice@1 {v.get('dice@1', math.nan):.3f} @5 "
+                  f"{v.get('dice@5', math.nan):.3f} box {v.get('box', math.nan):.3f}", flush=True)
+        if minutes and time.perf_counter() - began > minutes * 60:
+            print(f"stopping after {epoch} epochs: the {minutes:g}-minute budget is spent", flush=True)
+            break
+    return result
+
+
+def _quiet_log(message: str) -> None:
+    if "best checkpoint is chosen anew" in message:
+        print(message, flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
