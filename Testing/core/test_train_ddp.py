@@ -50,7 +50,7 @@ WORKER = textwrap.dedent('''
     result = train_decoder(model, samples, [], config, None, log=None)
     digest = hashlib.sha256()
     for name, tensor in sorted(model.sam.state_dict().items()):
-        digest.update(name.encode()); digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(name.encode()); digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     rank = int(os.environ["RANK"])
     json.dump({"rank": rank, "world": int(os.environ["WORLD_SIZE"]), "digest": digest.hexdigest(),
                "steps": result.steps, "losses": result.losses, "probe_before": before, "probe_after": probe_loss()},

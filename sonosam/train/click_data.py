@@ -4,16 +4,15 @@ made here, each with a held-out part split by subject, volume, loop or slab - ne
 Sources (``build_sources``):
 
 * ``mri``: the Colin27 T1 MRI (Debian ``mricron-data``) with every AAL structure along all three axes
-  (``colin27_split``: slabs of 12 slices, slab % 4 == 3 test / == 1 validation / else training, one AAL
-  left/right pair in five never trained on), plus two model-free tissue classes on the same slices
-  (``colin27_tissue``): white matter and the lateral ventricles, from intensity classes inside the shipped
-  brain mask (``ch2bet``) and connected components. Tissue structures follow the same slab split.
+  (slabs of 12 slices: slab % 4 == 3 test / == 1 validation / else training; one AAL left/right pair in
+  five is test-only, as ``colin27_split``), plus the model-free white matter and lateral ventricles of
+  ``sonosam.references`` (helper ``volume``'s rules) on the same slices, split by the same slabs.
 * ``mri_us``: the same MRI slices after ultrasound-style augmentation (``ultrasound_style``: a sector
   scan, depth attenuation, speckle, an acoustic shadow), same masks, same split.
-* ``ct``: the head CT shipped in Debian's ``invesalius-examples`` (``Cranium.inv3``: "ProMED CT 0051",
-  108 x 256 x 256, 0.96 x 0.96 x 1.5 mm) with model-free references from Hounsfield units (bone, brain,
-  air spaces; ``ct_references``), each 2D connected component a structure; one volume, so split by slab
-  like Colin27.
+* ``ct``: the head CT of Debian's ``invesalius-examples`` ("ProMED CT 0051", 108 x 256 x 256) with the
+  model-free Hounsfield references of ``sonosam.references`` (skull, mandible rami, airway, sinuses, brain),
+  shown through a -100..300 HU window, each 2D connected component a structure; one volume, so split by slabs
+  (12 slices, 6 along the 108 axial ones) like Colin27.
 * ``echo``: real B-mode frames of the apical 4-chamber loop (``pydicom-data``), split by time blocks of
   the one loop we have (there is no second echo loop in a registry package here); a model-free dark
   blood-pool reference (``blood_pools``) inside the scan sector; training frames also deformed by smooth
@@ -25,14 +24,9 @@ All references are model-free: no network made any label. Each is an approximati
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
-import plistlib
-import tarfile
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -41,11 +35,13 @@ from ..errors import DataFileError
 from ..evaluate.datasets import Sample, samples_from_arrays
 from .data import Split, _is_test_structure, thin_images
 
-__all__ = ["SOURCES", "build_sources", "colin27_tissue", "ct_volume", "ct_references", "blood_pools",
+__all__ = ["SOURCES", "build_sources", "colin27_tissue", "ct_references", "blood_pools",
            "ultrasound_style", "slab_part"]
 
 SOURCES = ("mri", "mri_us", "ct", "echo")
-TISSUE_LABELS = {201: "white matter", 202: "lateral ventricles"}
+TISSUE_LABELS = {201: "White_Matter_L", 202: "White_Matter_R", 203: "Lateral_Ventricle_L", 204: "Lateral_Ventricle_R"}
+CT_LABELS = {1: "Skull", 2: "Mandible_ramus_a", 3: "Mandible_ramus_b", 4: "Airway", 5: "Sinus_maxillary",
+             6: "Sinus_frontal", 7: "Brain"}
 
 
 def slab_part(index: int, slab: int = 12) -> str:
@@ -57,64 +53,35 @@ def slab_part(index: int, slab: int = 12) -> str:
 # ------------------------------------------------------------------------------------------------ MRI
 
 @lru_cache(maxsize=1)
-def _colin27_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _colin27_arrays() -> tuple[np.ndarray, np.ndarray]:
     from ..data import mri_colin27_paths
     from ..evaluate.datasets import read_array
 
     t1_path, aal_path = mri_colin27_paths()
-    t1 = read_array(t1_path)[0]
-    aal = read_array(aal_path)[0]
-    bet_path = t1_path.with_name("ch2bet.nii.gz")
-    if not bet_path.is_file():
-        raise DataFileError(f"{bet_path} is missing: run `make data` (Debian mricron-data).")
-    brain = read_array(bet_path)[0] > 0
-    return t1, aal.astype(np.int64), brain
-
-
-def _otsu(values: np.ndarray, bins: int = 256) -> float:
-    hist, edges = np.histogram(values, bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres)
-    mu0 = m0 / np.maximum(w0, 1)
-    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
-    return float(centres[np.argmax(w0 * w1 * (mu0 - mu1) ** 2)])
+    return read_array(t1_path)[0], read_array(aal_path)[0].astype(np.int64)
 
 
 @lru_cache(maxsize=1)
 def colin27_tissue() -> np.ndarray:
-    """Model-free tissue labels on the Colin27 grid: 201 white matter, 202 lateral ventricles.
+    """Model-free tissue labels on the Colin27 grid from ``sonosam.references`` (helper ``volume``'s rules,
+    checked on overlays there): 201/202 white matter left/right, 203/204 lateral ventricles left/right."""
+    from ..references import colin27_references
 
-    Inside the shipped brain mask (``ch2bet``): white matter = voxels above the Otsu threshold of the
-    brain's intensities (WM vs GM+CSF), opened, its largest 3D component; ventricles = voxels below the
-    Otsu threshold of the darker part (CSF vs GM) at least 15 mm inside the brain's surface (sulcal CSF is
-    excluded), opened, the components of at least 2 ml."""
-    t1, _, brain = _colin27_arrays()
-    t1 = t1.astype(np.float32)
-    values = t1[brain]
-    wm_threshold = _otsu(values)
-    csf_threshold = _otsu(values[values < wm_threshold])
-    ball = ndimage.generate_binary_structure(3, 1)
-    wm = ndimage.binary_opening(brain & (t1 > wm_threshold), ball)
-    parts, count = ndimage.label(wm)
-    if count:
-        wm = parts == (np.argmax(np.bincount(parts.ravel())[1:]) + 1)
-    deep = ndimage.distance_transform_edt(brain) >= 15
-    csf = ndimage.binary_opening(deep & (t1 < csf_threshold), ball)
-    parts, count = ndimage.label(csf)
-    sizes = np.bincount(parts.ravel())
-    ventricles = np.isin(parts, [i for i in range(1, count + 1) if sizes[i] >= 2000])
+    refs = colin27_references(aal=False).references
+    t1 = _colin27_arrays()[0]
     out = np.zeros(t1.shape, np.int64)
-    out[wm] = 201
-    out[ventricles] = 202
+    for value, name in TISSUE_LABELS.items():
+        mask = refs[name].mask
+        if mask.shape != t1.shape:
+            raise DataFileError(f"reference {name} {mask.shape} is not on the T1 grid {t1.shape}")
+        out[mask] = value
     return out
 
 
 def _mri_samples(stride: int, min_area: int) -> dict[str, list[Sample]]:
     from ..data import mri_colin27_paths
 
-    t1, aal, _ = _colin27_arrays()
+    t1, aal = _colin27_arrays()[:2]
     tissue = colin27_tissue()
     name = str(mri_colin27_paths()[0])
     ranges = {0: (12, 152), 1: (22, 196), 2: (20, 160)}   # where the AAL labels are (as colin27_split)
@@ -186,63 +153,23 @@ def _ultrasound_copies(parts: dict[str, list[Sample]]) -> dict[str, list[Sample]
 
 # ------------------------------------------------------------------------------------------------- CT
 
-def _invesalius_file() -> Path:
-    repo_data = Path(__file__).resolve().parents[2] / ".data"
-    for root in (repo_data / "invesalius", Path("/")):
-        path = root / "usr/share/doc/invesalius-examples/examples/Cranium.inv3"
-        if path.is_file():
-            return path
-    raise DataFileError("The head CT (Debian invesalius-examples) is not there: run `make data` "
-                        "(or `apt-get install invesalius-examples`).")
-
-
 @lru_cache(maxsize=1)
-def ct_volume() -> tuple[np.ndarray, tuple[float, float, float]]:
-    """The InVesalius example head CT in Hounsfield units, (slices, rows, cols) int16, and its spacing
-    (x, y, z) in mm. Read straight from the ``.inv3`` archive (a gzipped tar of plists + raw arrays)."""
-    with gzip.open(_invesalius_file()) as handle:
-        data = handle.read()
-    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
-        members = {Path(m.name).name: m for m in archive.getmembers() if m.isfile()}
-        main = plistlib.loads(archive.extractfile(members["main.plist"]).read())
-        matrix = main["matrix"]
-        raw = archive.extractfile(members[matrix["filename"]]).read()
-    volume = np.frombuffer(raw, dtype=np.dtype(matrix["dtype"])).reshape(matrix["shape"]).copy()
-    return volume, tuple(float(v) for v in main["spacing"])
+def ct_references() -> tuple[np.ndarray, np.ndarray]:
+    """The InVesalius head CT in Hounsfield units [k, j, i] and its model-free reference labels (``CT_LABELS``)
+    from ``sonosam.references.ct_head_references`` (helper ``volume``'s HU rules)."""
+    from ..references import ct_head_references
 
-
-@lru_cache(maxsize=1)
-def ct_references() -> np.ndarray:
-    """Model-free references on the head CT: 1 bone (HU > 300 on the head), 2 brain (HU 0..80 at least
-    3 voxels from bone, opened, the largest 3D component, closed), 3 air spaces (HU < -400 inside the head: sinuses, airways, mastoid
-    cells; the outside air is excluded), on the CT grid."""
-    hu, _ = ct_volume()
-    # per axial slice: the head (filled, so sinuses count as inside) and the skull's inside
-    head = np.stack([ndimage.binary_fill_holes(s) for s in (hu > -300)])
-    parts, count = ndimage.label(head)
-    if count:
-        head = parts == (np.argmax(np.bincount(parts.ravel())[1:]) + 1)
-    bone = (hu > 300) & ndimage.binary_dilation(head, iterations=3)   # not the scanner's headrest
-    # brain: soft tissue away from bone (the skull separates it from the scalp), opened so that thin
-    # scalp and muscle fall apart from it, then the largest 3D component
-    soft = head & (hu >= 0) & (hu <= 80) & ~ndimage.binary_dilation(bone, iterations=2)
-    brain = ndimage.binary_opening(soft, iterations=2)
-    parts, count = ndimage.label(brain)
-    if count:
-        brain = parts == (np.argmax(np.bincount(parts.ravel())[1:]) + 1)
-    brain = ndimage.binary_closing(brain, iterations=2) & ~bone
-    air = ndimage.binary_opening(head & (hu < -400), iterations=1)
+    subject = ct_head_references()
+    hu = np.asarray(subject.volume.array)
     labels = np.zeros(hu.shape, np.int64)
-    labels[bone] = 1
-    labels[brain] = 2
-    labels[air] = 3
-    return labels
+    for value, name in CT_LABELS.items():
+        labels[subject.references[name].mask] = value
+    return hu, labels
 
 
 def _component_samples(image: np.ndarray, labels: np.ndarray, name: str, key: tuple, meta: dict,
-                       min_area: int, max_per_class: int = 3, enclosed: dict | None = None) -> list[Sample]:
-    """One sample per 2D connected component (largest ``max_per_class`` of each class, area >= min_area).
-    ``enclosed``: {class: region}; a component of that class is kept only if 90 % of it lies in the region."""
+                       min_area: int, max_per_class: int = 3) -> list[Sample]:
+    """One sample per 2D connected component (largest ``max_per_class`` of each class, area >= min_area)."""
     out = []
     for value in np.unique(labels):
         if value == 0:
@@ -254,16 +181,13 @@ def _component_samples(image: np.ndarray, labels: np.ndarray, name: str, key: tu
         for rank, index in enumerate(np.argsort(sizes)[::-1][:max_per_class]):
             if sizes[index] < min_area:
                 break
-            if enclosed and value in enclosed and enclosed[value][parts == index + 1].mean() < 0.9:
-                continue
             out.append(Sample(image, parts == index + 1, f"{name}#label{value}.{rank}", key, int(value),
                               {**meta, "component": rank}))
     return out
 
 
 def _ct_samples(stride: int, min_area: int) -> dict[str, list[Sample]]:
-    hu, _ = ct_volume()
-    labels = ct_references()
+    hu, labels = ct_references()
     # a wide brain window (-100..300 HU): brain vs CSF contrast stays, bone is white, air black
     windowed = np.clip(hu, -100, 300).astype(np.int16)
     parts: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
@@ -275,12 +199,8 @@ def _ct_samples(stride: int, min_area: int) -> dict[str, list[Sample]]:
         for index in range(0, img_axis.shape[0], step):
             image = np.ascontiguousarray(img_axis[index])
             meta = {"source": name, "axis": axis, "slice": index, "kind": "volume"}
-            # the brain reference leaks into face and neck soft tissue below the skull base: keep a brain
-            # component only where this slice's skull encloses it
-            skull = ndimage.binary_closing(lab_axis[index] == 1, iterations=4)
-            enclosed = {2: ndimage.binary_fill_holes(skull)}
             found = _component_samples(image, lab_axis[index], f"{name}[axis{axis}:{index}]",
-                                       (name, axis, index), meta, min_area, enclosed=enclosed)
+                                       (name, axis, index), meta, min_area)
             parts[slab_part(index, slab)].extend(found)
     return parts
 
@@ -354,7 +274,7 @@ class SourceSplit:
 
 # Images per part (train, val, test) kept of each source (evenly spaced, every structure of a kept image
 # stays): encoding costs 2-15 s per image on the shared 2-core machine, so the image count is the budget.
-IMAGE_BUDGET = {"mri": (None, 6, None), "mri_us": (30, 0, 20), "ct": (30, 4, None), "echo": (None, 4, None)}
+IMAGE_BUDGET = {"mri": (None, 6, None), "mri_us": (12, 0, 12), "ct": (30, 4, None), "echo": (None, 4, None)}
 
 
 def build_sources(sources=SOURCES, *, mri_stride: int = 3, ct_stride: int = 8, echo_stride: int = 3,

@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     parser.add_argument("--mask-feedback-p", type=float, default=0.8)
     parser.add_argument("--point-start", type=float, default=0.6)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--val-per-source", type=int, default=8)
+    parser.add_argument("--val-per-source", type=int, default=10, help="validation structure-images per source")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-only", action="store_true", help="score an existing OUT/decoder.pth")
     parser.add_argument("--ship", action="store_true")
@@ -88,8 +88,8 @@ def main(argv=None) -> int:
     from .cache import EmbeddingStore
     from .checkpoint import save_checkpoint
     from .click_data import build_sources
-    from .data import summarize, thin_images
-    from .finetune import TrainConfig, clickable
+    from .data import summarize
+    from .finetune import TrainConfig, _validation_subset, clickable
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
         part = source.split.train
         train += part
         weights += [SHARES[name] / len(part)] * len(part)
-        val += thin_images(source.split.val, args.val_per_source)[:args.val_per_source * 2]
+        val += _validation_subset(source.split.val, args.val_per_source)   # evenly spaced, fixed
     data = {name: {"description": s.description, "split": s.split.rule, "train": summarize(s.split.train),
                    "val": summarize(s.split.val), "test": summarize(s.split.test)} for name, s in sources.items()}
     for name, d in data.items():
