@@ -50,6 +50,9 @@ def register(subparsers):
     dec.add_argument("--save", choices=("full", "decoder"), default="full",
                      help="full state dict, or only prompt encoder + mask decoder over the base weights")
     dec.add_argument("--val-samples", type=int_at_least(1), default=64, help="validation samples scored after each epoch")
+    dec.add_argument("--mask-feedback-p", type=float_in(0, 1), default=1.0,
+                     help="probability that a corrective iteration gets the previous logits as mask prompt (1.0)")
+    dec.add_argument("--point-start", type=float_in(0, 1), default=0.5, help="share of samples starting with a click (else a box)")
     _data_arguments(dec)
     dec.set_defaults(func=run_decoder)
 
@@ -142,7 +145,8 @@ def run_decoder(args):
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step,
                          lr_gamma=args.lr_gamma, max_corrections=args.max_corrections, seed=args.seed,
                          amp=not args.no_amp, max_steps=args.max_steps, cache_dir=_cache_dir(args),
-                         use_cache=not args.no_cache, progress=not args.quiet, val_samples=args.val_samples)
+                         use_cache=not args.no_cache, progress=not args.quiet, val_samples=args.val_samples,
+                         mask_feedback_p=args.mask_feedback_p, point_start=args.point_start)
     result = train_decoder(model, split.train, split.val, config, args.output, resume=args.resume, name=args.name,
                            data_summary=split.summary(), save_weights=args.save)
     if result.best is None:

@@ -1,0 +1,67 @@
+"""Click-training data (issue 14): held-out parts never share an image or a slab with training, the
+ultrasound-style augmentation keeps the grid and is deterministic, the echo blood-pool reference finds the
+left ventricle of the real A4C frame, and the gentle mask-prompt initialisation starts near "no mask"."""
+
+import numpy as np
+import pytest
+import torch
+
+from sonosam.train.click_data import blood_pools, build_sources, slab_part, ultrasound_style
+
+
+def test_slab_rule():
+    assert [slab_part(i) for i in (0, 11, 12, 24, 36, 47, 48)] == ["train", "train", "val", "train", "test",
+                                                                     "test", "train"]
+
+
+def test_ultrasound_style_keeps_the_grid_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    image = (rng.random((120, 150)) * 200).astype(np.uint8)
+    a, b, c = ultrasound_style(image, 3), ultrasound_style(image, 3), ultrasound_style(image, 4)
+    assert a.shape == image.shape and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert (a == 0).mean() > 0.05          # outside the sector is black
+    assert a[-1, image.shape[1] // 2] > 0 or a[-10, image.shape[1] // 2] > 0   # the sector reaches the bottom
+
+
+def test_blood_pool_reference_finds_the_left_ventricle():
+    from sonosam.track.synthetic import LV_BOX, echo_frame
+
+    frame = echo_frame(0)
+    labels = blood_pools(frame)
+    assert labels.max() >= 1
+    rows, cols = np.nonzero(labels == 1)          # the largest pool
+    x0, y0, x1, y1 = LV_BOX                       # drawn by eye on this frame (tracking tests)
+    assert x0 <= cols.mean() <= x1 and y0 <= rows.mean() <= y1
+
+
+@pytest.mark.slow
+def test_held_out_parts_share_no_image_and_no_slab_with_training():
+    sources = build_sources(("ct", "echo"))
+    for name, source in sources.items():
+        split = source.split
+        assert split.train and split.test, name
+        train_keys = {s.key for s in split.train}
+        assert not train_keys & {s.key for s in split.test} and not train_keys & {s.key for s in split.val}
+        for sample in split.test:
+            index = sample.meta.get("slice", sample.meta.get("frame"))
+            slab = 15 if name == "echo" else (6 if sample.meta.get("axis") == 0 else 12)
+            assert slab_part(index, slab) == "test"
+        for sample in split.train:
+            assert sample.mask.any() and sample.mask.shape == sample.image.shape[:2]
+
+
+def test_gentle_mask_init_starts_near_no_mask():
+    from sonosam.models import load_model
+    from sonosam.train.click_decoder import gentle_mask_init
+
+    encoder = load_model("litemedsam", device="cpu").sam.prompt_encoder
+    logits = torch.full((1, 1, 256, 256), -8.0)
+    logits[..., 80:170, 90:160] = 8.0
+    no_mask = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+    with torch.no_grad():
+        before = (encoder._embed_masks(logits) - no_mask).pow(2).mean().sqrt()
+        gentle_mask_init(encoder)
+        after = (encoder._embed_masks(logits) - no_mask).pow(2).mean().sqrt()
+    assert after < 0.3 * before                    # the mask prompt starts close to "no mask"...
+    assert after > 0                               # ...but still carries the mask's signal
