@@ -82,14 +82,16 @@ class EmbeddingStore:
         shape = tuple(np.asarray(image).shape[:2])
         input_size = input_size_for(shape, self.model.spec.image_size)
         features = self._memory.get(key) if self._memory is not None else None
-        if features is None:
+        if features is not None:
+            features = features.float()
+        else:
             path = self.path(key)
             if path.is_file():
                 features = torch.from_numpy(np.load(path).astype(np.float32))
             else:
                 features = self._encode_and_store(image, window, path)
-            if self._memory is not None:
-                self._memory[key] = features
+            if self._memory is not None:   # kept at the stored precision: half the memory of float32
+                self._memory[key] = features.to(getattr(torch, self.dtype.name))
         return CachedEmbedding(features, shape, input_size)
 
     def _encode_and_store(self, image, window, path: Path) -> torch.Tensor:

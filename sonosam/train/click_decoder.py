@@ -80,6 +80,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--val-per-source", type=int, default=10, help="validation structure-images per source")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-test", type=int, default=None,
+                        help="score at most this many held-out structure-images per set (evenly spaced, fixed)")
     parser.add_argument("--eval-only", action="store_true", help="score an existing OUT/decoder.pth")
     parser.add_argument("--baselines-only", action="store_true",
                         help="score only the base and previous models (their rows are kept in OUT/rows/)")
@@ -149,17 +151,17 @@ def main(argv=None) -> int:
     rows_by_set, pooled = {}, {}
     (out / "rows").mkdir(exist_ok=True)
     for name, source in sources.items():
-        test = source.split.test
+        test = _validation_subset(source.split.test, args.max_test)
         rows = {}
         for row, model in models.items():
-            saved = out / "rows" / f"{name}__{row.split()[0].strip(',')}_{len(row)}.json"
+            saved = out / "rows" / f"{name}__{row.split()[0].strip(',')}_{len(row)}_{len(test)}.json"
             if row in ("litemedsam (base, box)", "litemedsam_clicks (previous)") and saved.is_file():
                 rows[row] = json.loads(saved.read_text())   # fixed models on a fixed test set: computed once
                 continue
             rows[row] = heldout_metrics(model, store, test, clicks=row != "litemedsam (base, box)")
             saved.write_text(json.dumps(rows[row]) + "\n")
         rows_by_set[name] = rows
-        print(f"\n### {name}: {source.description}; {len(test)} held-out structure-images "
+        print(f"\n### {name}: {source.description}; {len(test)} of {len(source.split.test)} held-out structure-images "
               f"({len({s.key for s in test})} images); {source.split.rule}\n\n{table(rows)}", flush=True)
     for row in rows_by_set[next(iter(rows_by_set))]:
         pooled[row] = {k: float(np.nanmean([rows_by_set[s][row].get(k, math.nan) for s in rows_by_set]))

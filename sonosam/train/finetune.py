@@ -175,7 +175,9 @@ def run_epoch(net, sam_model: SamModel, items: list[_Item], store, optimizer, co
         features = torch.stack([store.get(it.sample.image, key=it.key).features for it in batch]).to(device)
         targets = torch.stack([it.target for it in batch]).to(device)
         n_iterations = 1 + int(rng.integers(0, config.max_corrections + 1))
-        feedback = [True] + [bool(rng.random() < config.mask_feedback_p) for _ in range(n_iterations - 1)]
+        feedback = None   # always fed back (no draw, so p = 1 keeps the random stream of earlier runs)
+        if config.mask_feedback_p < 1:
+            feedback = [True] + [bool(rng.random() < config.mask_feedback_p) for _ in range(n_iterations - 1)]
         batch_loss, last_dice = [0.0], [None]
         optimizer.zero_grad(set_to_none=True)
 
