@@ -73,7 +73,7 @@ def device_argument(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 # Subcommand modules in sonosam/cli/ (the order is the order of `sonosam --help`).
-COMMANDS = ["segment", "propagate", "track", "evaluate", "train", "models", "serve"]
+COMMANDS = ["segment", "propagate", "track", "evaluate", "train", "models", "serve", "seeds"]
 
 
 def build_parser() -> argparse.ArgumentParser:

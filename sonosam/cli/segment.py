@@ -26,6 +26,9 @@ def register(subparsers):
     parser.add_argument("--axis", default="k", choices=["k", "j", "i"],
                         help="volume axis the slice is taken across (default k, axial for most scans)")
     add_prompt_arguments(parser)
+    parser.add_argument("--auto", metavar="CLASS", help="segment CLASS with no clicks, from a prompt predictor (--ppn); "
+                                                        "--point clicks are added to its prompts")
+    parser.add_argument("--ppn", help="prompt predictor file from `sonosam train ppn`")
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help=f"mask file ({', '.join(MASK_SUFFIXES)}); an overlay PNG is written beside it")
     parser.set_defaults(func=run)
@@ -43,8 +46,10 @@ def run(args):
     for path in (output, overlay):
         check_output_path(path, args.overwrite, inputs=(args.image,), parents=True)
     points, labels = split_points(args.point)
-    if args.box is None and points is None:
-        raise PromptError("Give a prompt: --box X0,Y0,X1,Y1 or --point X,Y[,LABEL].")
+    if args.auto and not args.ppn:
+        raise PromptError("--auto needs --ppn FILE (a prompt predictor from `sonosam train ppn`).")
+    if args.box is None and points is None and not args.auto:
+        raise PromptError("Give a prompt: --box X0,Y0,X1,Y1 or --point X,Y[,LABEL] (or --auto CLASS --ppn FILE).")
     image, volume, geometry, display = load_image(args.image, args.index, args.axis)
     try:  # the model's own input rules (size, finite, not constant), checked before it loads
         to_uint8_rgb(image)
@@ -60,7 +65,13 @@ def run(args):
     predictor = Predictor(model)
     embedding = predictor.embedding(image)
     encoded = time.perf_counter()
-    prediction = model.decode(embedding, Prompts(points, labels, args.box), multimask=False)
+    if args.auto:
+        from .seeds import run_auto
+
+        prediction, box = run_auto(args, image, model, predictor)
+        args.box = tuple(float(v) for v in box)   # drawn on the overlay: the predicted box prompt
+    else:
+        prediction = model.decode(embedding, Prompts(points, labels, args.box), multimask=False)
     decoded = time.perf_counter()
 
     mask = prediction.mask

@@ -78,6 +78,9 @@ def register(subparsers):
     dis.set_defaults(func=run_distill, batch_size=4)
 
     _register_adapters(sub)
+    from .seeds import register_train
+
+    register_train(sub)   # assist, ppn
 
 
 def _register_adapters(sub):

@@ -1,0 +1,77 @@
+"""SAM^assist on the real Colin27 MRI with the real LiteMedSAM weights: only the prompt encoder learns."""
+
+import numpy as np
+import pytest
+import torch
+
+from sonosam.assist import save_assist, train_assist
+from sonosam.errors import SonoSAMError
+from sonosam.evaluate.metrics import dice
+
+PUTAMEN_L = 73
+
+
+@pytest.fixture(scope="module")
+def putamen():
+    from sonosam.seeds_bench import assist_slices, colin27
+
+    volume, labels, window, _ = colin27()
+    train, test = assist_slices(labels, PUTAMEN_L, 2)
+    return volume, labels, window, train, test
+
+
+def _state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_only_the_prompt_encoder_learns(default_model, putamen, tmp_path):
+    volume, labels, window, train, test = putamen
+    sam = default_model.sam
+    before = {name: _state(getattr(sam, name)) for name in ("image_encoder", "prompt_encoder", "mask_decoder")}
+    result = train_assist(default_model, [volume[i] for i in train], [labels[i] == PUTAMEN_L for i in train],
+                          kinds=("point",), steps=12, window=window, seed=0)
+    print(f"SAM^assist: {result.seconds:.1f} s for 12 steps on 2 slices, {result.trained_parameters} parameters")
+    assert result.trained_parameters == sum(p.numel() for p in sam.prompt_encoder.parameters())
+    # the base model is untouched, the assisted one shares its frozen parts
+    for name, state in before.items():
+        for key, value in _state(getattr(sam, name)).items():
+            assert torch.equal(value, state[key]), f"base {name}.{key} changed"
+    assisted = result.model.sam
+    assert assisted.image_encoder is sam.image_encoder and assisted.mask_decoder is sam.mask_decoder
+    changed = [k for k, v in _state(assisted.prompt_encoder).items() if not torch.equal(v, before["prompt_encoder"][k])]
+    assert any(k.startswith("point_embeddings") for k in changed), changed
+    assert np.mean(result.losses[-3:]) < np.mean(result.losses[:3])
+    assert "point" in result.model.spec.prompt_kinds
+
+    # a click now means something to the box-only LiteMedSAM, on a slice it was not trained on
+    index = test[len(test) // 2]
+    gt = labels[index] == PUTAMEN_L
+    rows, cols = np.nonzero(gt)
+    click = [(int(np.median(cols)), int(np.median(rows)))]
+    if not gt[click[0][1], click[0][0]]:
+        click = [(int(cols[len(cols) // 2]), int(rows[len(rows) // 2]))]
+    embedding = default_model.encode(volume[index], window)
+    with torch.inference_mode():
+        from sonosam.train.finetune import clickable
+
+        base_mask = clickable(default_model, mask=False).decode(embedding, points=click, multimask=False).mask
+        assisted_mask = result.model.decode(embedding, points=click, multimask=False).mask
+    assert dice(assisted_mask, gt) > dice(base_mask, gt) + 0.1
+
+    # saved over the base weights and loaded by path: the same prompt encoder
+    path, meta = save_assist(result, tmp_path / "putamen_assist.pth")
+    from sonosam.models import load_model
+
+    loaded = load_model(str(path), device="cpu")
+    for key, value in _state(result.model.sam.prompt_encoder).items():
+        assert torch.equal(loaded.sam.prompt_encoder.state_dict()[key], value)
+
+
+def test_bad_input_is_refused(default_model):
+    image = np.zeros((64, 64), np.uint8)
+    with pytest.raises(SonoSAMError, match="non-empty mask"):
+        train_assist(default_model, [image], [np.zeros((64, 64), bool)], steps=1)
+    mask = np.zeros((64, 64), bool)
+    mask[20:40, 20:40] = True
+    with pytest.raises(SonoSAMError, match="kinds"):
+        train_assist(default_model, [image], [mask], kinds=("mask",), steps=1)

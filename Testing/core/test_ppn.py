@@ -1,0 +1,79 @@
+"""Sam2Rad prompt predictor on real Colin27 slices with the real LiteMedSAM: trains with SAM frozen, saves,
+loads, answers autonomous and semi-autonomous calls, and drives `sonosam segment --auto`. (Its held-out
+accuracy is a benchmark, docs/seeds.md: a few training steps here prove the machinery, not the figures.)"""
+
+import numpy as np
+import pytest
+import torch
+
+from sonosam.errors import CheckpointError, SonoSAMError
+from sonosam.ppn import auto_segment, load_ppn, save_ppn, train_ppn
+
+THALAMUS_L, PUTAMEN_R = 77, 74
+
+
+@pytest.fixture(scope="module")
+def slices():
+    from sonosam.seeds_bench import colin27
+
+    volume, labels, window, _ = colin27()
+    picks = [66, 72]   # both hold the thalamus and the putamen
+    return volume, labels, picks
+
+
+def test_train_save_load_and_auto_segment(default_model, slices, tmp_path):
+    volume, labels, picks = slices
+    before = {k: v.clone() for k, v in default_model.sam.state_dict().items()}
+    embeddings = {i: default_model.encode(volume[i]) for i in picks}
+
+    class Store:  # the EmbeddingStore interface train_ppn uses, over the embeddings above
+        def get(self, image, window=None):
+            index = next(i for i in picks if volume[i] is image)
+            return type("Cached", (), {"features": embeddings[index].features[0]})
+
+    ppn, log = train_ppn(default_model, [volume[i] for i in picks], [labels[i] for i in picks],
+                         {"Thalamus_L": THALAMUS_L, "Putamen_R": PUTAMEN_R}, steps=4, batch=2, decoder_every=1,
+                         store=Store(), lr=3e-3)
+    assert len(log.losses) == 4 and all(np.isfinite(log.losses))
+    assert log.losses[-1] < log.losses[0]
+    for key, value in default_model.sam.state_dict().items():   # SAM stays frozen
+        assert torch.equal(value, before[key]), key
+
+    path = save_ppn(ppn, tmp_path / "deep.ppn.pt")
+    loaded = load_ppn(path)
+    assert loaded.classes == ["Thalamus_L", "Putamen_R"]
+    embedding = embeddings[picks[0]]
+    auto = auto_segment(loaded, default_model, embedding, "Thalamus_L", force=True)
+    same = auto_segment(ppn, default_model, embedding, "Thalamus_L", force=True)
+    np.testing.assert_array_equal(auto.mask, same.mask)
+    assert auto.mask.shape == volume[picks[0]].shape and 0 <= auto.objectness <= 1
+    x0, y0, x1, y1 = auto.box
+    assert x0 <= x1 and y0 <= y1
+    gt = labels[picks[0]] == THALAMUS_L
+    rows, cols = np.nonzero(gt)
+    click = [(int(cols[len(cols) // 2]), int(rows[len(rows) // 2]))]
+    semi = auto_segment(loaded, default_model, embedding, "Thalamus_L", points=click, labels=[1], force=True)
+    assert not np.array_equal(semi.mask, auto.mask) or semi.prediction.score != auto.prediction.score
+    with pytest.raises(SonoSAMError, match="Caudate"):
+        auto_segment(loaded, default_model, embedding, "Caudate_L")
+
+    # the command line: a predictor whose objectness always says "present", on a slice of the volume file
+    from sonosam.cli import main
+    from sonosam.data import mri_colin27_paths
+    from sonosam.io import read_segmentation
+
+    loaded.object_head[-1].bias.data.fill_(8.0)
+    sure = save_ppn(loaded, tmp_path / "sure.ppn.pt")
+    out = tmp_path / "thal.seg.nrrd"
+    t1, _ = mri_colin27_paths()
+    assert main(["segment", str(t1), "--slice", str(picks[0]), "--auto", "Thalamus_L", "--ppn", str(sure),
+                 "--model", "litemedsam", "-o", str(out)]) == 0
+    filled = np.nonzero(read_segmentation(out).mask(0).any(axis=(1, 2)))[0]
+    assert list(filled) in ([], [picks[0]]) and (tmp_path / "thal_overlay.png").is_file()
+
+
+def test_not_a_ppn_file(tmp_path):
+    bad = tmp_path / "x.ppn.pt"
+    torch.save({"format": "other"}, bad)
+    with pytest.raises(CheckpointError, match="not a readable prompt predictor"):
+        load_ppn(bad)

@@ -1,0 +1,158 @@
+"""SAM^assist (SAM^Med): learn only the prompt encoder from 2-5 annotated slices of the volume being
+segmented, in seconds on CPU, then segment its other slices with the same kinds of prompts.
+
+The image encoder and mask decoder stay frozen and are *shared* with the base model (no copy); the
+prompt encoder is a copy, so the base model is untouched. Training prompts: a box whose sides move by
+a uniform [-d_in, d_out] x the box's size (outward positive), or a click near the centroid; then 0..N
+composite corrections (clicks in the false-negative / false-positive regions of the current prediction).
+
+    assisted = train_assist(model, images, masks)        # AssistResult: .model, .seconds, .losses
+    assisted.model.decode(assisted.model.encode(image), box=...)   # or Predictor(assisted.model)
+    save_assist(assisted, "liver_assist.pth")           # loads with load_model("liver_assist.pth")
+
+Figures: docs/seeds.md (python -m sonosam.seeds_bench assist)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .errors import SonoSAMError
+from .evaluate.clicks import box_from_mask
+from .models import SamModel
+
+__all__ = ["AssistResult", "train_assist", "save_assist", "assisted_model"]
+
+
+@dataclass
+class AssistResult:
+    model: SamModel                 # the base model with the learned prompt encoder
+    seconds: float                  # training time (the slices' encoding excluded)
+    encode_seconds: float
+    losses: list[float] = field(default_factory=list)
+    trained_parameters: int = 0
+    config: dict = field(default_factory=dict)
+
+
+def assisted_model(base: SamModel, prompt_encoder: torch.nn.Module, kinds=("box", "point")) -> SamModel:
+    """A SamModel sharing ``base``'s image encoder and mask decoder, with its own prompt encoder."""
+    from segment_anything.modeling import Sam
+
+    sam = Sam(image_encoder=base.sam.image_encoder, prompt_encoder=prompt_encoder, mask_decoder=base.sam.mask_decoder,
+              pixel_mean=base.sam.pixel_mean.flatten().tolist(), pixel_std=base.sam.pixel_std.flatten().tolist())
+    spec = replace(base.spec, name=f"{base.spec.name}+assist", prompt_kinds=base.spec.prompt_kinds | set(kinds),
+                   base_model=base.spec.base_model or base.spec.name,
+                   description=f"{base.spec.name} with a SAM^assist prompt encoder")
+    model = SamModel(spec, sam.eval().to(base.device), base.checkpoint)
+    model.model_id = base.model_id  # same image encoder: the base model's embeddings (and caches) stay valid
+    return model
+
+
+def _box(mask: np.ndarray, rng: np.random.Generator, d_in: float, d_out: float) -> tuple[float, ...]:
+    """Tight box with each side moved outward by U(-d_in, d_out) x the box's width/height."""
+    x0, y0, x1, y1 = box_from_mask(mask)
+    w, h = x1 - x0 + 1, y1 - y0 + 1
+    dx0, dx1 = rng.uniform(-d_in, d_out, 2) * w
+    dy0, dy1 = rng.uniform(-d_in, d_out, 2) * h
+    height, width = mask.shape
+    x0, x1 = np.clip(x0 - dx0, 0, width - 1), np.clip(x1 + dx1, 0, width - 1)
+    y0, y1 = np.clip(y0 - dy0, 0, height - 1), np.clip(y1 + dy1, 0, height - 1)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return tuple(float(v) for v in box_from_mask(mask))
+    return float(x0), float(y0), float(x1), float(y1)
+
+
+def train_assist(model: SamModel, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *,
+                 kinds: Sequence[str] = ("box", "point"), steps: int = 30, lr: float = 5e-3, batch: int = 2,
+                 box_jitter: tuple[float, float] = (0.05, 0.2), max_corrections: int = 2, seed: int = 0,
+                 window=None, embeddings=None, progress=None) -> AssistResult:
+    """Train a copy of ``model``'s prompt encoder on 2-5 (image, mask) slices (module doc). Each step
+    runs ``batch`` slices drawn at random with one prompt shape (start kind + number of corrections) drawn
+    for the step, so a step costs the same whatever the number of slices.
+    ``embeddings``: the slices' features if already computed (list of (1, 256, 64, 64) tensors)."""
+    from .evaluate.clicks import ClickSimulator, Prompts
+    from .train.cache import input_size_for
+    from .train.engine import PromptDecoder, low_res_target
+    from .train.losses import dice_focal_loss
+    from .train.prompts import to_model_inputs
+
+    masks = [np.asarray(m, bool) for m in masks]
+    if not 1 <= len(images) == len(masks) or any(not m.any() for m in masks):
+        raise SonoSAMError(f"SAM^assist needs 2-5 slices, each with a non-empty mask; got {len(images)} images and "
+                           f"{len(masks)} masks ({sum(not m.any() for m in masks)} empty).")
+    bad = set(kinds) - {"box", "point"}
+    if bad or not kinds:
+        raise SonoSAMError(f"kinds must be 'box' and/or 'point', not {sorted(bad) or 'nothing'}.")
+    began = time.perf_counter()
+    if embeddings is None:
+        embeddings = [model.encode(image, window).features for image in images]
+    features = torch.cat([torch.as_tensor(e).reshape(1, *e.shape[-3:]) for e in embeddings]).to(model.device).clone()
+    encoded = time.perf_counter()
+
+    prompt_encoder = copy.deepcopy(model.sam.prompt_encoder)
+    params = [p for p in prompt_encoder.parameters()]
+    net = PromptDecoder(prompt_encoder, model.sam.mask_decoder)
+    sizes = [(m.shape, input_size_for(m.shape, model.spec.image_size)) for m in masks]
+    targets = torch.cat([low_res_target(m, s[1], model.spec.image_size) for m, s in zip(masks, sizes)])[:, None]
+    targets = targets.to(model.device)
+    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    simulator = ClickSimulator(rng=rng, point_jitter=0.2, mode="random")
+    decoder_sizes = [s[0] for s in sizes]
+    losses: list[float] = []
+
+    def forward(prompts, chosen):
+        tensors = to_model_inputs(prompts, [decoder_sizes[i] for i in chosen], model.transform, model.device)
+        return net(features[chosen], points=tensors.points, boxes=tensors.boxes)[0]
+
+    def as_masks(logits, chosen):  # low-res logits -> masks on each slice's grid, for the correction clicks
+        out = []
+        for row, i in enumerate(chosen):
+            shape, input_size = sizes[i]
+            up = model.sam.postprocess_masks(logits[row:row + 1], input_size, shape)
+            out.append((up[0, 0] > model.sam.mask_threshold).cpu().numpy())
+        return out
+
+    for step in range(steps):
+        kind = kinds[int(rng.integers(len(kinds)))]
+        chosen = sorted(rng.choice(len(masks), size=min(batch, len(masks)), replace=False).tolist())
+        prompts = []
+        for m in (masks[i] for i in chosen):
+            p = Prompts(box=_box(m, rng, *box_jitter)) if kind == "box" else simulator.start(m, "point")
+            prompts.append(p)
+        for _ in range(int(rng.integers(0, max_corrections + 1))):
+            with torch.no_grad():
+                predicted = as_masks(forward(prompts, chosen), chosen)
+            for p, pred, m in zip(prompts, predicted, (masks[i] for i in chosen)):
+                if simulator.correct(pred, m, p) is None:   # perfect: repeat a click so the batch keeps its shape
+                    p.points.append(p.points[-1] if p.points else (int(np.nonzero(m)[1][0]), int(np.nonzero(m)[0][0])))
+                    p.labels.append(p.labels[-1] if p.labels else 1)
+        with torch.enable_grad():
+            loss = dice_focal_loss(forward(prompts, chosen), targets[chosen]).mean()
+            grads = torch.autograd.grad(loss, params, allow_unused=True)  # frozen modules get no gradient
+        for p, g in zip(params, grads):
+            p.grad = g
+        optimiser.step()
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(step + 1, steps, losses[-1])
+    assisted = assisted_model(model, prompt_encoder.eval(), kinds)
+    config = dict(slices=len(masks), kinds=list(kinds), steps=steps, lr=lr, batch=batch, box_jitter=list(box_jitter),
+                  max_corrections=max_corrections, seed=seed)
+    return AssistResult(assisted, time.perf_counter() - encoded, encoded - began, losses,
+                        sum(p.numel() for p in params), config)
+
+
+def save_assist(result: AssistResult, path, name: str | None = None) -> tuple:
+    """Write the learned prompt encoder (with the decoder it was trained against) over the base weights:
+    ``load_model(str(path))`` gives the assisted model back."""
+    from .train.checkpoint import save_checkpoint
+
+    return save_checkpoint(result.model, path, name=name, kind="assist", weights="decoder",
+                           training={"config": result.config, "seconds": result.seconds},
+                           description=f"{result.model.spec.description} ({result.config['slices']} slices)")

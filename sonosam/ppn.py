@@ -1,0 +1,280 @@
+"""Sam2Rad's prompt predictor network (PPN): prompts learned per class, so a frozen SAM-family model
+segments that class with no clicks.
+
+Learnable query tokens (``n_tokens`` per class) cross-attend to the frozen image embedding (pooled to
+32x32, with SAM's dense positional encoding) and the image tokens attend back (SAM's two-way transformer).
+Per class: the first two tokens give the box corners, the third a 256x256 mask prompt (a hypernetwork
+over the upscaled image tokens), tokens 3.. become prompt embeddings for the frozen mask decoder, and an
+objectness head says whether the class is on the image at all. Modes:
+
+* autonomous: ``auto_segment(ppn, model, embedding, "Thalamus_L")`` - no clicks;
+* semi-autonomous: the same with ``points=/labels=`` - the user's clicks join the learned prompts;
+* manual: the model as usual (``model.decode``), nothing learned.
+
+Loss (Sam2Rad): 10 x focal (gamma 3, alpha 0.7) on the mask prompt and the final mask + L1 + GIoU on the
+box + BCE objectness; AdamW (weight decay 0.1, lr 1e-4; we use 1e-3 for the short CPU runs, see
+docs/seeds.md). The SAM model (all of it) stays frozen.
+
+    ppn, log = train_ppn(model, images, label_maps, classes={"Thalamus_L": 77}, steps=200)
+    save_ppn(ppn, "thalamus.ppn.pt"); ppn = load_ppn("thalamus.ppn.pt")
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import CheckpointError, SonoSAMError
+from .models import Embedding, Prediction, SamModel
+
+__all__ = ["PromptPredictor", "AutoResult", "auto_segment", "train_ppn", "save_ppn", "load_ppn", "PPNLog"]
+
+FORMAT = "sonosam-ppn"
+
+
+class _MLP(nn.Sequential):
+    def __init__(self, dims: Sequence[int]):
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(dims, dims[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(dims) - 2:
+                layers.append(nn.ReLU())
+        super().__init__(*layers)
+
+
+class PromptPredictor(nn.Module):
+    def __init__(self, classes: Sequence[str], n_tokens: int = 6, dim: int = 256, depth: int = 2, mlp_dim: int = 512,
+                 pool: int = 2, base_model: str = ""):
+        from segment_anything.modeling.common import LayerNorm2d
+        from segment_anything.modeling.transformer import TwoWayTransformer
+
+        super().__init__()
+        if n_tokens < 4:
+            raise ValueError("n_tokens must be >= 4: two box corners, the mask token and one prompt embedding")
+        self.classes, self.n_tokens, self.pool, self.base_model = list(classes), n_tokens, pool, base_model
+        self.config = dict(classes=self.classes, n_tokens=n_tokens, dim=dim, depth=depth, mlp_dim=mlp_dim, pool=pool,
+                           base_model=base_model)
+        self.queries = nn.Parameter(torch.randn(len(self.classes) * n_tokens, dim) * 0.02)
+        self.transformer = TwoWayTransformer(depth=depth, embedding_dim=dim, num_heads=8, mlp_dim=mlp_dim)
+        self.box_head = _MLP([dim, dim, 2])
+        self.mask_head = _MLP([dim, dim, 32])
+        up = [nn.ConvTranspose2d(dim, 64, 2, 2), LayerNorm2d(64), nn.GELU(), nn.ConvTranspose2d(64, 32, 2, 2), nn.GELU()]
+        for _ in range(int(np.log2(pool))):   # 64 / pool -> 256: x4, then x2 per pooling step
+            up += [nn.ConvTranspose2d(32, 32, 2, 2), nn.GELU()]
+        self.upscale = nn.Sequential(*up)
+        self.embed_head = nn.Linear(dim, dim)
+        self.object_head = _MLP([dim, dim, 1])
+
+    def forward(self, features: torch.Tensor, dense_pe: torch.Tensor) -> dict:
+        """features (B, 256, 64, 64), dense_pe (1, 256, 64, 64) -> per class: box (B, C, 4) normalised
+        x0 y0 x1 y1 in [0, 1] of the encoder's input square, mask (B, C, 256, 256) logits, embeddings
+        (B, C, n_tokens - 3, 256), objectness (B, C) logits."""
+        b = features.shape[0]
+        if self.pool > 1:
+            features, dense_pe = F.avg_pool2d(features, self.pool), F.avg_pool2d(dense_pe, self.pool)
+        tokens, keys = self.transformer(features, dense_pe.expand(b, -1, -1, -1), self.queries.expand(b, -1, -1))
+        c, n = len(self.classes), self.n_tokens
+        tokens = tokens.reshape(b, c, n, -1)
+        corners = torch.sigmoid(self.box_head(tokens[:, :, :2]))            # (B, C, 2, 2)
+        low, high = torch.minimum(corners[:, :, 0], corners[:, :, 1]), torch.maximum(corners[:, :, 0], corners[:, :, 1])
+        side = features.shape[-1]
+        grid = self.upscale(keys.transpose(1, 2).reshape(b, -1, side, side))  # (B, 32, 256, 256)
+        mask = torch.einsum("bck,bkhw->bchw", self.mask_head(tokens[:, :, 2]), grid)
+        return dict(box=torch.cat([low, high], -1), mask=mask, embeddings=self.embed_head(tokens[:, :, 3:]),
+                    objectness=self.object_head(tokens.mean(2))[..., 0])
+
+    def class_index(self, name: str) -> int:
+        if name not in self.classes:
+            raise SonoSAMError(f"This prompt predictor knows {', '.join(self.classes)}, not {name!r}; train one "
+                               f"for it with `sonosam train ppn --class {name}`.")
+        return self.classes.index(name)
+
+
+def _decode(model: SamModel, features, box01, mask_logits, embeddings, points=None):
+    """The frozen decoder fed the learned prompts: box corners through the prompt encoder's own box
+    embedding, the mask prompt through its mask downscaling, the learned embeddings (and user points) as
+    extra sparse tokens. -> (low-res logits (B, 1, 256, 256), predicted IoU (B, 1))."""
+    pe = model.sam.prompt_encoder
+    side = float(model.spec.image_size)
+    sparse = [pe._embed_boxes(box01 * side), embeddings]
+    if points is not None:
+        sparse.append(pe._embed_points(points[0], points[1], pad=False))
+    sparse = torch.cat(sparse, 1)
+    dense = pe._embed_masks(mask_logits[:, None])
+    decoder = model.sam.mask_decoder   # as train.engine.PromptDecoder, with our own sparse/dense prompts
+    b = features.shape[0]
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
+    hs, src = decoder.transformer(features + dense, pe.get_dense_pe().expand(b, -1, -1, -1), tokens)
+    c, h, w = features.shape[1:]
+    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    hyper = decoder.output_hypernetworks_mlps[0](hs[:, 1])
+    masks = (hyper[:, None] @ upscaled.flatten(2)).view(b, 1, *upscaled.shape[-2:])
+    return masks, decoder.iou_prediction_head(hs[:, 0])[:, :1]
+
+
+@dataclass
+class AutoResult:
+    present: bool                    # objectness above the threshold
+    objectness: float                # probability that the class is on the image
+    box: np.ndarray                  # (4,) x0 y0 x1 y1 in image pixels (the predicted box prompt)
+    prediction: Prediction | None    # None when the class is judged absent (and not forced)
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        return None if self.prediction is None else self.prediction.mask
+
+
+@torch.inference_mode()
+def auto_segment(ppn: PromptPredictor, model: SamModel, embedding: Embedding, class_name: str, *, points=None,
+                 labels=None, threshold: float = 0.5, force: bool = False) -> AutoResult:
+    """Autonomous (no points) or semi-autonomous (the user's points join the learned prompts) segmentation
+    of one class on one encoded image."""
+    index = ppn.class_index(class_name)
+    device = model.device
+    out = ppn.to(device)(embedding.features, model.sam.prompt_encoder.get_dense_pe())
+    objectness = float(torch.sigmoid(out["objectness"][0, index]))
+    side = float(model.spec.image_size)
+    scale = np.array([embedding.original_size[1] / embedding.input_size[1],
+                      embedding.original_size[0] / embedding.input_size[0]] * 2)
+    box = out["box"][0, index].cpu().numpy() * side * scale
+    if objectness < threshold and not force:
+        return AutoResult(False, objectness, box, None)
+    user = None
+    if points is not None and len(points):
+        coords = model.transform.apply_coords(np.asarray(points, np.float64).reshape(-1, 2), embedding.original_size)
+        labels = np.ones(len(coords)) if labels is None else np.asarray(labels)
+        user = (torch.as_tensor(coords, dtype=torch.float, device=device)[None],
+                torch.as_tensor(labels, dtype=torch.int, device=device)[None])
+    low_res, iou = _decode(model, embedding.features, out["box"][:, index], out["mask"][:, index],
+                           out["embeddings"][:, index], user)
+    masks = model.sam.postprocess_masks(low_res, embedding.input_size, embedding.original_size) > model.sam.mask_threshold
+    prediction = Prediction(masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy(),
+                            [f"prompt predictor ({class_name}): objectness {objectness:.2f}"])
+    return AutoResult(True, objectness, box, prediction)
+
+
+def _focal(logits, target, gamma=3.0, alpha=0.7):
+    from .train.losses import focal_loss
+
+    return focal_loss(logits, target, gamma=gamma, alpha=alpha)
+
+
+def _giou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 - generalised IoU of (N, 4) x0 y0 x1 y1 boxes."""
+    area = lambda z: (z[:, 2] - z[:, 0]).clamp(min=0) * (z[:, 3] - z[:, 1]).clamp(min=0)  # noqa: E731
+    lt, rb = torch.maximum(a[:, :2], b[:, :2]), torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(1)
+    union = area(a) + area(b) - inter
+    hull = (torch.maximum(a[:, 2:], b[:, 2:]) - torch.minimum(a[:, :2], b[:, :2])).clamp(min=0).prod(1)
+    return 1 - (inter / union.clamp(min=1e-6) - (hull - union) / hull.clamp(min=1e-6))
+
+
+@dataclass
+class PPNLog:
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+
+
+def _targets(label_map: np.ndarray, values: Sequence[int], input_size, image_size: int):
+    """Per class: low-res mask (C, 256, 256), normalised box (C, 4), present (C,)."""
+    from .train.engine import low_res_target
+
+    masks, boxes, present = [], [], []
+    h, w = label_map.shape
+    sy, sx = input_size[0] / h / image_size, input_size[1] / w / image_size
+    for value in values:
+        m = label_map == value
+        masks.append(low_res_target(m, input_size, image_size)[0])
+        if m.any():
+            rows, cols = np.nonzero(m)
+            boxes.append([cols.min() * sx, rows.min() * sy, (cols.max() + 1) * sx, (rows.max() + 1) * sy])
+        else:
+            boxes.append([0.0, 0.0, 0.0, 0.0])
+        present.append(bool(m.any()))
+    return torch.stack(masks), torch.tensor(boxes, dtype=torch.float32), torch.tensor(present)
+
+
+def train_ppn(model: SamModel, images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray], classes: dict[str, int],
+              *, steps: int = 200, batch: int = 4, lr: float = 1e-3, weight_decay: float = 0.1, decoder_every: int = 3,
+              seed: int = 0, store=None, window=None, n_tokens: int = 6, progress=None) -> tuple[PromptPredictor, PPNLog]:
+    """Train a prompt predictor for ``classes`` (name -> label value) on 2D images with label maps; the
+    SAM model stays frozen. ``store``: an EmbeddingStore (embeddings cached on disk), else encoded here.
+    The final-mask loss (through the frozen decoder) is added every ``decoder_every`` steps: the decoder is
+    the costly part on a CPU."""
+    from .train.cache import input_size_for
+
+    if not images or len(images) != len(label_maps):
+        raise SonoSAMError(f"Give one label map per image (got {len(images)} images, {len(label_maps)} label maps).")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    began = time.perf_counter()
+    get = (lambda im: store.get(im, window).features) if store is not None else \
+        (lambda im: model.encode(im, window).features[0].float().cpu())
+    features = torch.stack([get(im) for im in images])
+    values = list(classes.values())
+    size = model.spec.image_size
+    targets = [_targets(np.asarray(lm), values, input_size_for(np.asarray(lm).shape, size), size) for lm in label_maps]
+    ppn = PromptPredictor(list(classes), n_tokens=n_tokens, base_model=model.spec.name).to(model.device)
+    optimiser = torch.optim.AdamW(ppn.parameters(), lr=lr, weight_decay=weight_decay)
+    dense_pe = model.sam.prompt_encoder.get_dense_pe().detach()
+    log = PPNLog()
+    for step in range(steps):
+        chosen = rng.choice(len(images), size=min(batch, len(images)), replace=False)
+        feats = features[chosen].to(model.device)
+        mask_t = torch.stack([targets[i][0] for i in chosen]).to(model.device)      # (B, C, 256, 256)
+        box_t = torch.stack([targets[i][1] for i in chosen]).to(model.device)       # (B, C, 4)
+        present = torch.stack([targets[i][2] for i in chosen]).to(model.device)     # (B, C)
+        with torch.enable_grad():
+            out = ppn(feats, dense_pe)
+            loss = F.binary_cross_entropy_with_logits(out["objectness"], present.float())
+            if present.any():
+                sel = present
+                loss = loss + 10 * _focal(out["mask"][sel][:, None], mask_t[sel][:, None]).mean()
+                loss = loss + F.l1_loss(out["box"][sel], box_t[sel]) + _giou(out["box"][sel], box_t[sel]).mean()
+                if step % decoder_every == 0:
+                    b_idx, c_idx = torch.nonzero(sel, as_tuple=True)
+                    final, _ = _decode(model, feats[b_idx], out["box"][b_idx, c_idx], out["mask"][b_idx, c_idx],
+                                       out["embeddings"][b_idx, c_idx])
+                    loss = loss + 10 * _focal(final, mask_t[b_idx, c_idx][:, None]).mean()
+            params = list(ppn.parameters())
+            grads = torch.autograd.grad(loss, params, allow_unused=True)   # SAM's own parameters stay frozen
+        for p, g in zip(params, grads):
+            p.grad = g
+        optimiser.step()
+        log.losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(step + 1, steps, log.losses[-1])
+    log.seconds, log.steps = time.perf_counter() - began, steps
+    return ppn.eval(), log
+
+
+def save_ppn(ppn: PromptPredictor, path, extra: dict | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    torch.save({"format": FORMAT, "config": ppn.config, "state": ppn.state_dict(), "extra": extra or {}}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_ppn(path, device=None) -> PromptPredictor:
+    path = Path(path)
+    try:
+        data = torch.load(path, map_location=device or "cpu", weights_only=True)
+        if data.get("format") != FORMAT:
+            raise ValueError("not a prompt predictor file")
+        ppn = PromptPredictor(**data["config"])
+        ppn.load_state_dict(data["state"])
+    except (OSError, ValueError, KeyError, RuntimeError, AttributeError) as error:
+        raise CheckpointError(f"{path}: not a readable prompt predictor ({error}); it is written by "
+                              "`sonosam train ppn`.") from None
+    return ppn.eval()

@@ -1,0 +1,247 @@
+"""Figures for docs/seeds.md: the refiner, SAM^assist and the prompt predictor on the real data here.
+
+    python -m sonosam.seeds_bench refine [--steps 100]
+    python -m sonosam.seeds_bench assist
+    python -m sonosam.seeds_bench ppn
+
+Every table says what it is held out on. Run nice'd with one thread on a shared machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+from scipy import ndimage
+
+# AAL subcortical pairs (Hippocampus, Caudate, Putamen, Pallidum, Thalamus), chosen before any run:
+# compact structures a point prompt can outline, unlike the folded cortical regions.
+SUBCORTICAL = (37, 38, 71, 72, 73, 74, 75, 76, 77, 78)
+
+
+def degrade(mask: np.ndarray, seed: int = 0, erode: int = 2, blur: float = 3.0, noise: float = 0.1) -> np.ndarray:
+    """A coarse probability map from a true mask: eroded, blurred, noisy (what a weak segmenter gives)."""
+    rng = np.random.default_rng(seed)
+    prob = ndimage.gaussian_filter(ndimage.binary_erosion(mask, iterations=erode).astype(np.float32), blur)
+    prob = prob + rng.normal(0, noise, prob.shape).astype(np.float32)
+    return np.clip(ndimage.gaussian_filter(prob, 1.0), 0, 1)
+
+
+def colin27():
+    from .data import aal_label_names, mri_colin27_paths
+    from .io import read_volume
+    from .volume import volume_window
+
+    t1, aal = mri_colin27_paths()
+    volume, labels = read_volume(t1).array, read_volume(aal).array
+    return volume, labels, volume_window(volume), aal_label_names()
+
+
+def echo_cases(model):
+    """Frame 0 of the real A4C loop with LV and LA references: the base LiteMedSAM's box segmentation
+    (boxes checked by eye), NOT expert labels: none exist for this loop."""
+    import pydicom
+
+    from .data import echo_a4c_path
+    from .models import load_model
+    from .track.synthetic import LA_BOX, LV_BOX
+
+    rgb = pydicom.dcmread(echo_a4c_path()).pixel_array[0]
+    frame = np.round(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8)
+    base = load_model("litemedsam", device=model.device)
+    embedding = base.encode(frame)
+    return frame, {name: base.decode(embedding, box=box, multimask=False).mask
+                   for name, box in (("LV", LV_BOX), ("LA", LA_BOX))}
+
+
+def bench_refine(model_name: str = "litemedsam_clicks", steps: int = 100, verbose: bool = True) -> dict:
+    from .evaluate.metrics import dice
+    from .models import load_model
+    from .refine import refine
+    from .volume_bench import label_seed
+
+    model = load_model(model_name, device="cpu")
+    volume, labels, window, names = colin27()
+    rows = []
+
+    def run(domain, name, image, gt, embedding, context, seed):
+        coarse = degrade(gt, seed)
+        began = time.perf_counter()
+        result = refine(model, image, coarse, context=context, seed=seed, steps=steps, embedding=embedding)
+        row = dict(domain=domain, structure=name, area=int(gt.sum()), coarse=dice(coarse > 0.5, gt),
+                   refined=dice(result.mask, gt), k=result.k, steps=len(result.losses),
+                   seconds=time.perf_counter() - began,
+                   positives_inside=bool(all(result.region[int(y), int(x)] for x, y in result.positives)))
+        rows.append(row)
+        if verbose:
+            print(json.dumps(row), flush=True)
+
+    for i, label in enumerate(SUBCORTICAL):
+        index, _ = label_seed(labels, label)
+        image = volume[index]
+        run("MRI", names.get(label, str(label)), image, labels[index] == label, model.encode(image, window), None, i)
+    frame, references = echo_cases(model)
+    embedding = model.encode(frame)
+    for i, (name, gt) in enumerate(references.items()):
+        run("echo", name, frame, gt, embedding, None, 100 + i)
+    summary = {}
+    for domain in ("MRI", "echo"):
+        part = [r for r in rows if r["domain"] == domain]
+        summary[domain] = {"n": len(part), "coarse": float(np.mean([r["coarse"] for r in part])),
+                           "refined": float(np.mean([r["refined"] for r in part]))}
+    return {"model": model_name, "rows": rows, "summary": summary}
+
+
+# SAM^assist structures (one per AAL pair above, left/right alternating), axial slices.
+ASSIST_LABELS = (37, 72, 78)
+
+
+def assist_slices(labels: np.ndarray, label: int, n_train: int, min_area: int = 60, test_stride: int = 3):
+    """Training slices: ``n_train`` evenly spaced inside the structure's axial extent (the user's annotated
+    slices); test slices: every ``test_stride``-th other slice at least 2 slices from any training slice."""
+    areas = (labels == label).sum(axis=(1, 2))
+    present = np.nonzero(areas >= min_area)[0]
+    lo, hi = int(present[0]), int(present[-1])
+    train = [int(round(v)) for v in np.linspace(lo, hi, n_train + 2)[1:-1]]
+    test = [i for i in range(lo, hi + 1, test_stride)
+            if areas[i] >= min_area and min(abs(i - t) for t in train) >= 2]
+    return train, test
+
+
+def bench_assist(bases=("litemedsam", "litemedsam_clicks"), slice_counts=(2, 5), clicks: int = 3,
+                 steps: int = 30, cache: str = "runs/cache", verbose: bool = True) -> dict:
+    """Per structure and base model: the base and SAM^assist trained on 2 and 5 slices of that structure,
+    Dice on the structure's other axial slices at 1..3 clicks and with the tight box."""
+    from .assist import train_assist
+    from .evaluate.datasets import Sample
+    from .models import load_model
+    from .train.cache import EmbeddingStore
+    from .train.finetune import clickable
+    from .train.validate import evaluate_cached
+
+    volume, labels, window, names = colin27()
+    rows, timings = [], []
+    for base_name in bases:
+        base = load_model(base_name, device="cpu")
+        store = EmbeddingStore(cache, base)
+        for label in ASSIST_LABELS:
+            name = names.get(label, str(label))
+            for n_train in slice_counts:
+                train, test = assist_slices(labels, label, n_train)
+                samples = [Sample(volume[i], labels[i] == label, f"{name}@{i}", ("colin27", 0, i), label,
+                                  {"slice": i}) for i in test]
+                if n_train == slice_counts[0]:  # the base once per structure, on the same test slices as 2 slices
+                    rows.append(dict(base=base_name, structure=name, slices=0, n_test=len(test),
+                                     **_scores(evaluate_cached(clickable(base, mask=False), store, samples, clicks))))
+                    if verbose:
+                        print(json.dumps(rows[-1]), flush=True)
+                embeddings = [store.get(volume[i]).features[None] for i in train]
+                result = train_assist(base, [volume[i] for i in train], [labels[i] == label for i in train],
+                                      steps=steps, embeddings=embeddings, seed=label)
+                timings.append(result.seconds)
+                rows.append(dict(base=base_name, structure=name, slices=n_train, n_test=len(test),
+                                 train_slices=train, seconds=result.seconds,
+                                 **_scores(evaluate_cached(result.model, store, samples, clicks))))
+                if verbose:
+                    print(json.dumps(rows[-1]), flush=True)
+    summary = {}
+    for base_name in bases:
+        for n in (0, *slice_counts):
+            part = [r for r in rows if r["base"] == base_name and r["slices"] == n]
+            key = f"{base_name} {'base' if n == 0 else f'+assist {n} slices'}"
+            summary[key] = {k: float(np.mean([r[k] for r in part])) for k in ("dice@1", "dice@3", "box")}
+    summary["train_seconds_median"] = float(np.median(timings))
+    return {"rows": rows, "summary": summary, "steps": steps}
+
+
+# PPN classes (one subject: held out by slab, see ppn_split), AAL values.
+PPN_CLASSES = {"Thalamus_L": 77, "Putamen_R": 74, "Caudate_L": 71}
+
+
+def ppn_split(lo: int = 12, hi: int = 152, stride: int = 2, slab: int = 12, gap: int = 3):
+    """Axial slice indices -> (train, test). Colin27 is one subject, so this holds out *slabs*: slices in
+    slabs ``index // 12`` with ``slab % 4 == 3`` are for testing; training slices are the others at least
+    ``gap`` slices away from any test slice. Within-subject, so optimistic for a new subject."""
+    slices = list(range(lo, hi + 1, stride))
+    test = [i for i in slices if (i // slab) % 4 == 3]
+    train = [i for i in slices if i not in test and min(abs(i - t) for t in test) >= gap]
+    return train, test
+
+
+def bench_ppn(base: str = "litemedsam", steps: int = 300, cache: str = "runs/cache", out: str = "runs/ppn.pt",
+              verbose: bool = True) -> dict:
+    from .evaluate.metrics import dice
+    from .models import Embedding, load_model
+    from .ppn import auto_segment, save_ppn, train_ppn
+    from .train.cache import EmbeddingStore
+
+    model = load_model(base, device="cpu")
+    store = EmbeddingStore(cache, model)
+    volume, labels, window, _ = colin27()
+    train, test = ppn_split()
+    log_every = max(1, steps // 20)
+
+    def progress(step, total, loss):
+        if verbose and (step % log_every == 0 or step == total):
+            print(f"step {step}/{total} loss {loss:.3f}", flush=True)
+
+    ppn, log = train_ppn(model, [volume[i] for i in train], [labels[i] for i in train], PPN_CLASSES, steps=steps,
+                         store=store, progress=progress)
+    save_ppn(ppn, out, {"train_slices": train, "test_slices": test, "steps": steps, "seconds": log.seconds})
+    per_class = {}
+    for name, value in PPN_CLASSES.items():
+        dices, rejected, absent, false_present, objectness = [], 0, 0, 0, []
+        for i in test:
+            cached = store.get(volume[i])
+            embedding = Embedding(cached.features[None], cached.original_size, cached.input_size, model.model_id)
+            gt = labels[i] == value
+            result = auto_segment(ppn, model, embedding, name)
+            if gt.any():
+                # a missed slice (judged absent) counts as Dice 0
+                dices.append(dice(result.mask, gt) if result.present else 0.0)
+                false_present += 0
+                rejected += 0 if result.present else 1
+            else:
+                absent += 1
+                false_present += 1 if result.present else 0
+        n_present = len(dices)
+        per_class[name] = dict(test_slices_with_class=n_present, dice=float(np.mean(dices)) if dices else None,
+                               dice_median=float(np.median(dices)) if dices else None,
+                               missed=rejected, absent_slices=absent,
+                               absent_rejected=(absent - false_present) / absent if absent else None)
+        if verbose:
+            print(name, json.dumps(per_class[name]), flush=True)
+    return {"summary": per_class, "train_slices": len(train), "test_slices": len(test), "steps": steps,
+            "train_seconds": log.seconds, "final_loss": float(np.mean(log.losses[-10:]))}
+
+
+def _scores(metrics: dict) -> dict:
+    return {k: metrics[k] for k in ("dice@1", "dice@3", "box")}
+
+
+def main(argv=None) -> int:
+    import torch
+
+    parser = argparse.ArgumentParser(prog="python -m sonosam.seeds_bench")
+    parser.add_argument("what", choices=["refine", "assist", "ppn"])
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", help="write the result as JSON here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.what == "refine":
+        result = bench_refine(steps=args.steps)
+    elif args.what == "assist":
+        result = bench_assist(steps=args.steps if args.steps != 100 else 30)
+    else:
+        result = bench_ppn(steps=args.steps if args.steps != 100 else 300)
+    print(json.dumps(result.get("summary", result), indent=1))
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(result, handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
