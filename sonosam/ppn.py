@@ -205,11 +205,13 @@ def _targets(label_map: np.ndarray, values: Sequence[int], input_size, image_siz
 
 def train_ppn(model: SamModel, images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray], classes: dict[str, int],
               *, steps: int = 200, batch: int = 4, lr: float = 1e-3, weight_decay: float = 0.1, decoder_every: int = 3,
-              seed: int = 0, store=None, window=None, n_tokens: int = 6, progress=None) -> tuple[PromptPredictor, PPNLog]:
+              seed: int = 0, store=None, window=None, n_tokens: int = 6, progress=None,
+              max_seconds: float | None = None) -> tuple[PromptPredictor, PPNLog]:
     """Train a prompt predictor for ``classes`` (name -> label value) on 2D images with label maps; the
     SAM model stays frozen. ``store``: an EmbeddingStore (embeddings cached on disk), else encoded here.
     The final-mask loss (through the frozen decoder) is added every ``decoder_every`` steps: the decoder is
-    the costly part on a CPU."""
+    the costly part on a CPU. ``max_seconds``: stop after this much training time (``log.steps`` says how many
+    steps ran)."""
     from .train.cache import input_size_for
 
     if not images or len(images) != len(label_maps):
@@ -227,7 +229,10 @@ def train_ppn(model: SamModel, images: Sequence[np.ndarray], label_maps: Sequenc
     optimiser = torch.optim.AdamW(ppn.parameters(), lr=lr, weight_decay=weight_decay)
     dense_pe = model.sam.prompt_encoder.get_dense_pe().detach()
     log = PPNLog()
+    started = time.perf_counter()
     for step in range(steps):
+        if max_seconds is not None and time.perf_counter() - started > max_seconds:
+            break
         chosen = rng.choice(len(images), size=min(batch, len(images)), replace=False)
         feats = features[chosen].to(model.device)
         mask_t = torch.stack([targets[i][0] for i in chosen]).to(model.device)      # (B, C, 256, 256)
@@ -253,7 +258,7 @@ def train_ppn(model: SamModel, images: Sequence[np.ndarray], label_maps: Sequenc
         log.losses.append(float(loss.detach()))
         if progress is not None:
             progress(step + 1, steps, log.losses[-1])
-    log.seconds, log.steps = time.perf_counter() - began, steps
+    log.seconds, log.steps = time.perf_counter() - began, len(log.losses)
     return ppn.eval(), log
 
 

@@ -170,7 +170,7 @@ def ppn_split(lo: int = 12, hi: int = 152, stride: int = 2, slab: int = 12, gap:
 
 
 def bench_ppn(base: str = "litemedsam", steps: int = 300, cache: str = "runs/cache", out: str = "runs/ppn.pt",
-              verbose: bool = True) -> dict:
+              max_minutes: float | None = None, batch: int = 2, verbose: bool = True) -> dict:
     from .evaluate.metrics import dice
     from .models import Embedding, load_model
     from .ppn import auto_segment, save_ppn, train_ppn
@@ -180,15 +180,16 @@ def bench_ppn(base: str = "litemedsam", steps: int = 300, cache: str = "runs/cac
     store = EmbeddingStore(cache, model)
     volume, labels, window, _ = colin27()
     train, test = ppn_split()
-    log_every = max(1, steps // 20)
+    log_every = 5
 
     def progress(step, total, loss):
         if verbose and (step % log_every == 0 or step == total):
             print(f"step {step}/{total} loss {loss:.3f}", flush=True)
 
     ppn, log = train_ppn(model, [volume[i] for i in train], [labels[i] for i in train], PPN_CLASSES, steps=steps,
-                         store=store, progress=progress)
-    save_ppn(ppn, out, {"train_slices": train, "test_slices": test, "steps": steps, "seconds": log.seconds})
+                         batch=batch, store=store, progress=progress,
+                         max_seconds=None if max_minutes is None else 60 * max_minutes)
+    save_ppn(ppn, out, {"train_slices": train, "test_slices": test, "steps": log.steps, "seconds": log.seconds})
     per_class = {}
     for name, value in PPN_CLASSES.items():
         dices, rejected, absent, false_present, objectness = [], 0, 0, 0, []
@@ -212,8 +213,54 @@ def bench_ppn(base: str = "litemedsam", steps: int = 300, cache: str = "runs/cac
                                absent_rejected=(absent - false_present) / absent if absent else None)
         if verbose:
             print(name, json.dumps(per_class[name]), flush=True)
-    return {"summary": per_class, "train_slices": len(train), "test_slices": len(test), "steps": steps,
+    return {"summary": per_class, "train_slices": len(train), "test_slices": len(test), "steps": log.steps,
+            "batch": batch,
             "train_seconds": log.seconds, "final_loss": float(np.mean(log.losses[-10:]))}
+
+
+def figures(folder: str = "docs/images", ppn_path: str = "runs/ppn.pt", verbose: bool = True) -> dict:
+    """docs/images/seeds_refine_mri.png (coarse map at 0.5 in blue, refined mask in red, AAL label in green,
+    positives +, negatives x) and seeds_ppn_mri.png (no-click masks on a held-out slab's slice)."""
+    from pathlib import Path
+
+    from .io import save_overlay_png
+    from .models import load_model
+    from .ppn import auto_segment, load_ppn
+    from .refine import refine
+    from .volume_bench import label_seed
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    volume, labels, window, _ = colin27()
+    out = {}
+    model = load_model("litemedsam_clicks", device="cpu")
+    index, _ = label_seed(labels, 72)
+    gt = labels[index] == 72
+    coarse = degrade(gt, 3)   # seed 3: the bench's own case (Caudate_R is SUBCORTICAL[3])
+    result = refine(model, volume[index], coarse, seed=3, embedding=model.encode(volume[index], window))
+    crop = (slice(60, 160), slice(40, 150))
+    points = np.concatenate([result.positives, result.negatives]) - [crop[1].start, crop[0].start]
+    out["refine"] = str(save_overlay_png(Path(folder) / "seeds_refine_mri.png", _zoom(volume[index][crop]),
+                                         [_zoom(m[crop]) for m in (gt, coarse > 0.5, result.mask)],
+                                         colors=[(0.2, 0.9, 0.2), (0.2, 0.4, 1.0), (1.0, 0.2, 0.2)],
+                                         points=points * 3, labels=[1] * result.k + [0] * len(result.negatives),
+                                         overwrite=True))
+    if Path(ppn_path).is_file():
+        base = load_model("litemedsam", device="cpu")
+        ppn = load_ppn(ppn_path)
+        _, test = ppn_split()
+        index = test[len(test) // 2]
+        embedding = base.encode(volume[index])
+        masks = [auto_segment(ppn, base, embedding, name).mask for name in ppn.classes]
+        masks = [m if m is not None else np.zeros_like(volume[index], bool) for m in masks]
+        out["ppn"] = str(save_overlay_png(Path(folder) / "seeds_ppn_mri.png", volume[index], masks, overwrite=True))
+        out["ppn_slice"] = index
+    if verbose:
+        print(json.dumps(out))
+    return out
+
+
+def _zoom(array: np.ndarray, factor: int = 3) -> np.ndarray:
+    return np.kron(array, np.ones((factor, factor), dtype=array.dtype))
 
 
 def _scores(metrics: dict) -> dict:
@@ -224,18 +271,21 @@ def main(argv=None) -> int:
     import torch
 
     parser = argparse.ArgumentParser(prog="python -m sonosam.seeds_bench")
-    parser.add_argument("what", choices=["refine", "assist", "ppn"])
+    parser.add_argument("what", choices=["refine", "assist", "ppn", "figures"])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--minutes", type=float, help="ppn: stop training after this many minutes")
     parser.add_argument("--out", help="write the result as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.what == "refine":
         result = bench_refine(steps=args.steps)
+    elif args.what == "figures":
+        result = figures()
     elif args.what == "assist":
         result = bench_assist(steps=args.steps if args.steps != 100 else 30)
     else:
-        result = bench_ppn(steps=args.steps if args.steps != 100 else 300)
+        result = bench_ppn(steps=args.steps if args.steps != 100 else 300, max_minutes=args.minutes)
     print(json.dumps(result.get("summary", result), indent=1))
     if args.out:
         with open(args.out, "w") as handle:

@@ -76,3 +76,24 @@ def test_box_only_model_is_refused(default_model):
     prob[20:40, 20:40] = 1
     with pytest.raises(PromptError, match="click-capable"):
         refine(default_model, image, prob, embedding=default_model.encode(image))
+
+
+def test_refine_command_writes_mask_and_overlay(caudate, tmp_path, capsys):
+    from PIL import Image
+
+    from sonosam.cli import main
+
+    image, gt, coarse, brain, _ = caudate
+    Image.fromarray(image).save(tmp_path / "slice.png")
+    Image.fromarray(np.round(coarse * 255).astype(np.uint8)).save(tmp_path / "coarse.png")   # 0..255 picture
+    out = tmp_path / "refined.png"
+    args = ["--backend", "eager", "refine", str(tmp_path / "slice.png"), "--coarse", str(tmp_path / "coarse.png"),
+            "--steps", "3", "-o", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "positives (k=" in printed and "negatives" in printed
+    mask = np.asarray(Image.open(out)) > 0
+    assert mask.shape == gt.shape and dice(mask, gt) > 0.3
+    assert (tmp_path / "refined_overlay.png").is_file()
+    assert main(args) == 2   # never overwrites without --overwrite
+    assert "exists" in capsys.readouterr().err
