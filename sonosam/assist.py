@@ -7,7 +7,7 @@ a uniform [-d_in, d_out] x the box's size (outward positive), or a click near th
 composite corrections (clicks in the false-negative / false-positive regions of the current prediction).
 
     assisted = train_assist(model, images, masks)        # AssistResult: .model, .seconds, .losses
-    assisted.model.decode(assisted.model.encode(image), box=...)   # or Predictor(assisted.model)
+    assisted.model.decode(assisted.model.encode(image), Prompts(box=...))   # or Predictor(assisted.model)
     save_assist(assisted, "liver_assist.pth")           # loads with load_model("liver_assist.pth")
 
 Figures: docs/seeds.md (python -m sonosam.seeds_bench assist)."""
@@ -25,6 +25,7 @@ import torch
 from .errors import SonoSAMError
 from .evaluate.clicks import box_from_mask
 from .models import SamModel
+from .prompts import PromptKind
 
 __all__ = ["AssistResult", "train_assist", "save_assist", "assisted_model"]
 
@@ -45,7 +46,7 @@ def assisted_model(base: SamModel, prompt_encoder: torch.nn.Module, kinds=("box"
 
     sam = Sam(image_encoder=base.sam.image_encoder, prompt_encoder=prompt_encoder, mask_decoder=base.sam.mask_decoder,
               pixel_mean=base.sam.pixel_mean.flatten().tolist(), pixel_std=base.sam.pixel_std.flatten().tolist())
-    spec = replace(base.spec, name=f"{base.spec.name}+assist", prompt_kinds=base.spec.prompt_kinds | set(kinds),
+    spec = replace(base.spec, name=f"{base.spec.name}+assist", prompt_kinds=frozenset(PromptKind(k) for k in set(base.spec.prompt_kinds) | set(kinds)),
                    base_model=base.spec.base_model or base.spec.name,
                    description=f"{base.spec.name} with a SAM^assist prompt encoder")
     model = SamModel(spec, sam.eval().to(base.device), base.checkpoint)
@@ -75,7 +76,8 @@ def train_assist(model: SamModel, images: Sequence[np.ndarray], masks: Sequence[
     runs ``batch`` slices drawn at random with one prompt shape (start kind + number of corrections) drawn
     for the step, so a step costs the same whatever the number of slices.
     ``embeddings``: the slices' features if already computed (list of (1, 256, 64, 64) tensors)."""
-    from .evaluate.clicks import ClickSimulator, Prompts
+    from .evaluate.clicks import ClickSimulator
+    from .prompts import Prompts
     from .train.cache import input_size_for
     from .train.engine import PromptDecoder, low_res_target
     from .train.losses import dice_focal_loss
@@ -128,10 +130,11 @@ def train_assist(model: SamModel, images: Sequence[np.ndarray], masks: Sequence[
         for _ in range(int(rng.integers(0, max_corrections + 1))):
             with torch.no_grad():
                 predicted = as_masks(forward(prompts, chosen), chosen)
-            for p, pred, m in zip(prompts, predicted, (masks[i] for i in chosen)):
-                if simulator.correct(pred, m, p) is None:   # perfect: repeat a click so the batch keeps its shape
-                    p.points.append(p.points[-1] if p.points else (int(np.nonzero(m)[1][0]), int(np.nonzero(m)[0][0])))
-                    p.labels.append(p.labels[-1] if p.labels else 1)
+            for j, (pred, m) in enumerate(zip(predicted, (masks[i] for i in chosen))):
+                click, prompts[j] = simulator.correct(pred, m, prompts[j])
+                if click is None:   # perfect already: a positive click inside keeps the batch's shape
+                    rows, cols = np.nonzero(m)
+                    prompts[j] = prompts[j].add_click(int(cols[len(cols) // 2]), int(rows[len(rows) // 2]), True)
         with torch.enable_grad():
             loss = dice_focal_loss(forward(prompts, chosen), targets[chosen]).mean()
             grads = torch.autograd.grad(loss, params, allow_unused=True)  # frozen modules get no gradient

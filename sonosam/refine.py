@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from .errors import PromptError, SonoSAMError
 from .models import Embedding, Prediction, mask_to_logits
+from .prompts import Prompts
 
 __all__ = ["RefineResult", "refine", "positive_points", "default_context", "optimise_negatives",
            "coarse_from_mask"]
@@ -218,5 +219,5 @@ def refine(model_or_predictor, image, coarse, *, context=None, seed: int = 0, k_
                                            steps=steps, lr=lr, seed=seed)
     points = np.concatenate([positives, negatives])
     labels = np.array([1] * len(positives) + [0] * len(negatives))
-    prediction = model.decode(embedding, points=points, labels=labels, multimask=False)
+    prediction = model.decode(embedding, Prompts(points=points, labels=labels), multimask=False)
     return RefineResult(prediction.mask, positives, negatives, prediction, k, inertia, region, losses)

@@ -45,13 +45,14 @@ def echo_cases(model):
 
     from .data import echo_a4c_path
     from .models import load_model
+    from .prompts import Prompts
     from .track.synthetic import LA_BOX, LV_BOX
 
     rgb = pydicom.dcmread(echo_a4c_path()).pixel_array[0]
     frame = np.round(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8)
     base = load_model("litemedsam", device=model.device)
     embedding = base.encode(frame)
-    return frame, {name: base.decode(embedding, box=box, multimask=False).mask
+    return frame, {name: base.decode(embedding, Prompts(box=box), multimask=False).mask
                    for name, box in (("LV", LV_BOX), ("LA", LA_BOX))}
 
 

@@ -7,6 +7,7 @@ import torch
 from sonosam.assist import save_assist, train_assist
 from sonosam.errors import SonoSAMError
 from sonosam.evaluate.metrics import dice
+from sonosam.prompts import Prompts
 
 PUTAMEN_L = 73
 
@@ -54,8 +55,8 @@ def test_only_the_prompt_encoder_learns(default_model, putamen, tmp_path):
     with torch.inference_mode():
         from sonosam.train.finetune import clickable
 
-        base_mask = clickable(default_model, mask=False).decode(embedding, points=click, multimask=False).mask
-        assisted_mask = result.model.decode(embedding, points=click, multimask=False).mask
+        base_mask = clickable(default_model, mask=False).decode(embedding, Prompts(points=click, labels=[1]), multimask=False).mask
+        assisted_mask = result.model.decode(embedding, Prompts(points=click, labels=[1]), multimask=False).mask
     assert dice(assisted_mask, gt) > dice(base_mask, gt) + 0.1
 
     # saved over the base weights and loaded by path: the same prompt encoder
