@@ -45,11 +45,21 @@ def _writers(folder: Path):
         "report.json": lambda: io.write_text(folder / "r.json", json.dumps(list(range(30000)))),
         "sequence.seq.nrrd": lambda: write_sequence_nrrd(folder / "t.seq.nrrd", np.random.default_rng(4).integers(
             0, 3, (10, 80, 80)).astype(np.uint8), ["LV", "LA"]),
+        "checkpoint.pth": lambda: _save_checkpoint(folder / "c.pth"),
     }
 
 
+def _save_checkpoint(path: Path):
+    """What `sonosam train` and the adapters use to write weights (torch.save through atomic_output)."""
+    import torch
+
+    from sonosam.train.checkpoint import _atomic_save
+
+    _atomic_save({"w": torch.randn(50000)}, path)
+
+
 WRITERS = ["volume.nii", "volume.nii.gz", "volume.nrrd", "seg.nrrd", "mask.png", "overlay.png", "report.json",
-           "sequence.seq.nrrd"]
+           "sequence.seq.nrrd", "checkpoint.pth"]
 
 
 @pytest.mark.parametrize("kind", WRITERS)
