@@ -20,6 +20,11 @@ from scipy import ndimage
 SUBCORTICAL = (37, 38, 71, 72, 73, 74, 75, 76, 77, 78)
 
 
+def largest_slice(labels: np.ndarray, label: int) -> int:
+    """The axial slice (axis 0) where ``label`` covers the most voxels."""
+    return int(np.argmax((labels == label).sum(axis=(1, 2))))
+
+
 def degrade(mask: np.ndarray, seed: int = 0, erode: int = 2, blur: float = 3.0, noise: float = 0.1) -> np.ndarray:
     """A coarse probability map from a true mask: eroded, blurred, noisy (what a weak segmenter gives)."""
     rng = np.random.default_rng(seed)
@@ -60,7 +65,6 @@ def bench_refine(model_name: str = "litemedsam_clicks", steps: int = 100, verbos
     from .evaluate.metrics import dice
     from .models import load_model
     from .refine import refine
-    from .volume_bench import label_seed
 
     model = load_model(model_name, device="cpu")
     volume, labels, window, names = colin27()
@@ -79,7 +83,7 @@ def bench_refine(model_name: str = "litemedsam_clicks", steps: int = 100, verbos
             print(json.dumps(row), flush=True)
 
     for i, label in enumerate(SUBCORTICAL):
-        index, _ = label_seed(labels, label)
+        index = largest_slice(labels, label)
         image = volume[index]
         run("MRI", names.get(label, str(label)), image, labels[index] == label, model.encode(image, window), None, i)
     frame, references = echo_cases(model)
@@ -228,13 +232,12 @@ def figures(folder: str = "docs/images", ppn_path: str = "runs/ppn.pt", verbose:
     from .models import load_model
     from .ppn import auto_segment, load_ppn
     from .refine import refine
-    from .volume_bench import label_seed
 
     Path(folder).mkdir(parents=True, exist_ok=True)
     volume, labels, window, _ = colin27()
     out = {}
     model = load_model("litemedsam_clicks", device="cpu")
-    index, _ = label_seed(labels, 72)
+    index = largest_slice(labels, 72)
     gt = labels[index] == 72
     coarse = degrade(gt, 3)   # seed 3: the bench's own case (Caudate_R is SUBCORTICAL[3])
     result = refine(model, volume[index], coarse, seed=3, embedding=model.encode(volume[index], window))

@@ -20,11 +20,10 @@ def clicks_model():
 
 @pytest.fixture(scope="module")
 def caudate(clicks_model):
-    from sonosam.seeds_bench import colin27, degrade
-    from sonosam.volume_bench import label_seed
+    from sonosam.seeds_bench import colin27, degrade, largest_slice
 
     volume, labels, window, _ = colin27()
-    index, _ = label_seed(labels, CAUDATE_R)
+    index = largest_slice(labels, CAUDATE_R)
     image, gt = volume[index], labels[index] == CAUDATE_R
     return image, gt, degrade(gt, seed=3), labels[index] > 0, clicks_model.encode(image, window)
 
