@@ -113,7 +113,8 @@ def textured_volume(depth: int = 12, size: int = 48) -> np.ndarray:
 
 
 def dicom(path: Path, frames: np.ndarray | None = None, *, rows: int | None = None, columns: int | None = None,
-          n_frames: int | None = None, pixel_data: bytes | None = None, with_pixels: bool = True) -> Path:
+          n_frames: int | None = None, pixel_data: bytes | None = None, with_pixels: bool = True,
+          **attributes) -> Path:
     """An ultrasound DICOM; rows/columns/n_frames override what the header declares (pixel data unchanged)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -132,6 +133,8 @@ def dicom(path: Path, frames: np.ndarray | None = None, *, rows: int | None = No
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated = ds.BitsStored = 8
     ds.HighBit, ds.PixelRepresentation = 7, 0
+    for key, value in attributes.items():
+        setattr(ds, key, value)
     if with_pixels:
         ds.PixelData = frames.tobytes() if pixel_data is None else pixel_data
     ds.save_as(path, enforce_file_format=True)

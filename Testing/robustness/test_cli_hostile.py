@@ -340,3 +340,18 @@ def test_legitimate_inputs_are_read_as_they_are(tmp_path):
     assert loop.kind == "cine" and loop.array.shape == (4, 48, 64) and loop.cine is not None
     volume = read_image(corpus.nifti(tmp_path / "v.nii.gz", corpus.textured_volume()))
     assert volume.kind == "volume" and volume.geometry is not None and volume.array.shape == (12, 48, 48)
+
+
+def test_single_frame_ultrasound_keeps_its_millimetre_spacing(tmp_path):
+    from pydicom.dataset import Dataset
+
+    from sonosam.io import read_image
+
+    region = Dataset()
+    region.RegionSpatialFormat, region.PhysicalUnitsXDirection, region.PhysicalUnitsYDirection = 1, 3, 3
+    region.PhysicalDeltaX, region.PhysicalDeltaY = 0.05, 0.04  # cm per pixel
+    region.RegionLocationMinX0, region.RegionLocationMinY0, region.RegionLocationMaxX1, region.RegionLocationMaxY1 = 0, 0, 63, 47
+    path = corpus.dicom(tmp_path / "one.dcm", corpus.textured(48, 64)[None], SequenceOfUltrasoundRegions=[region])
+    loaded = read_image(path)
+    assert loaded.kind == "2d" and loaded.array.shape == (48, 64)
+    assert np.allclose(loaded.geometry.spacing[:2], (0.5, 0.4))  # mm (x, y), as `segment` writes it

@@ -228,6 +228,10 @@ def _read_dicom(path: Path, budget: MemoryBudget) -> LoadedImage:
         cine = read_cine(path)
         return LoadedImage(cine.frames, "cine", path, "dicom", geometry=cine.frame_geometry(), cine=cine,
                            notes=list(cine.notes))
+    if ds.get("Modality") == "US" or "SequenceOfUltrasoundRegions" in ds:  # mm spacing lives in the regions
+        cine = read_cine(path)
+        return LoadedImage(cine.frames[0], "2d", path, "dicom", geometry=cine.frame_geometry(), cine=cine,
+                           notes=list(cine.notes))
     try:
         return _read_sitk(path, budget, "dicom")
     except DataFileError as sitk_error:  # e.g. a colour or compressed frame SimpleITK cannot decode
