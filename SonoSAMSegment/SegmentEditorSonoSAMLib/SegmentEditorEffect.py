@@ -215,7 +215,8 @@ or connects to a GPU host.</html>"""
 
     # -- life cycle ---------------------------------------------------------------------------------
     def activate(self):
-        self.connection.listeners.append(self._onConnectionChanged)
+        if self._onConnectionChanged not in self.connection.listeners:
+            self.connection.listeners.append(self._onConnectionChanged)
         self._onConnectionChanged(self.connection)
         self.sceneObserver = slicer.mrmlScene.AddObserver(slicer.vtkMRMLScene.EndCloseEvent, self._onSceneClosed)
         self.timer.start()

@@ -351,6 +351,8 @@ class SegmentLogic:
     def set_predictor(self, predictor):
         """Use this predictor (a ``sonosam.client.SonoSAMClient`` for a server, or an in-process one);
         what was remembered about the previous model (last answers, propagation runs) is dropped."""
+        if predictor is self._predictor:
+            return
         self._predictor = predictor
         self._last.clear()
         self._propagations.clear()

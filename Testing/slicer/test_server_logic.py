@@ -25,6 +25,8 @@ from SonoSAMSegmentLib.logic import SegmentLogic, read_segment_block, write_segm
 
 from sonosam.errors import SonoSAMError  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a server process and an in-process model, real encoders: minutes on 2 cores
+
 MODEL = "litemedsam_clicks"
 DIMS = (48, 40, 7)                        # I, J, K: 7 axial slices keep propagation short on CPU
 CENTER = np.array([22.0, 19.0, 3.0])
