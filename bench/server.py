@@ -54,19 +54,28 @@ def bench_clicks(client, predictor, frame, clicks: int) -> dict:
     client.predict(frame, box=(300, 70, 440, 270), key=key)      # send + encode once
     predictor.predict(frame, box=(300, 70, 440, 270), key=key)
     remote, local, server_side, mismatches = [], [], [], 0
+    cpu_remote = cpu_local = 0.0
+    server_cpu = client.info()["cpu_s"]
     for points, labels in _clicks(clicks):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         got = client.predict(frame, points=points, labels=labels, key=key)
         remote.append(1000 * (time.perf_counter() - t))
+        cpu_remote += time.process_time() - c
         server_side.append(1000 * got.seconds)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         want = predictor.predict(frame, points=points, labels=labels, key=key)
         local.append(1000 * (time.perf_counter() - t))
+        cpu_local += time.process_time() - c
         mismatches += int(not np.array_equal(got.mask, want.mask))
+    server_cpu = client.info()["cpu_s"] - server_cpu
+    # CPU time does not grow with the machine's load as wall time does: the added CPU per click (client +
+    # server - in-process) is the load-independent part of the overhead
     return {"clicks": clicks, "server_ms_median": statistics.median(remote), "server_ms_p95": _pct(remote, 95),
             "in_process_ms_median": statistics.median(local), "in_process_ms_p95": _pct(local, 95),
             "added_ms_median": statistics.median(remote) - statistics.median(local),
             "transport_ms_median": statistics.median(np.subtract(remote, server_side)),
+            "cpu_ms_per_click_server_path": 1000 * (cpu_remote + server_cpu) / clicks,
+            "cpu_ms_per_click_in_process": 1000 * cpu_local / clicks,
             "masks_differing": mismatches}
 
 
@@ -202,7 +211,9 @@ def markdown(figures: dict) -> str:
                   f"| in-process | {c['in_process_ms_median']:.1f} | {c['in_process_ms_p95']:.1f} |",
                   f"| through the local server | {c['server_ms_median']:.1f} | {c['server_ms_p95']:.1f} |",
                   f"| added (difference of medians) | {c['added_ms_median']:.1f} | |",
-                  f"| transport (client total - server's decode) | {c['transport_ms_median']:.1f} | |", "",
+                  f"| transport (client total - server's decode) | {c['transport_ms_median']:.1f} | |",
+                  f"| CPU per click: client + server / in-process | {c['cpu_ms_per_click_server_path']:.1f} / "
+                  f"{c['cpu_ms_per_click_in_process']:.1f} | |", "",
                   f"{c['clicks']} clicks interleaved; masks differing between the two: {c['masks_differing']}.", ""]
     st = figures.get("stall")
     if st:

@@ -38,7 +38,8 @@ from typing import Callable, Hashable, Iterable
 import numpy as np
 
 from . import errors, wire
-from .errors import JobCancelledError, ServerError, ServerUnavailableError, SonoSAMError
+from .errors import JobCancelledError, PromptError, ServerError, ServerUnavailableError, SonoSAMError
+from .prompts import Prompts
 
 TOKEN_ENV = "SONOSAM_SERVER_TOKEN"  # the same name as sonosam.server.TOKEN_ENV (that module imports torch)
 FINISHED = ("done", "failed", "cancelled")
@@ -267,15 +268,12 @@ class SonoSAMClient:
     def predict(self, image, prompts=None, *, points=None, labels=None, box=None, mask_logits=None,
                 multimask: bool = False, key: Hashable | None = None, window=None) -> Prediction:
         """As sonosam.predictor.Predictor.predict: a Prompts object or the points/labels/box/mask_logits keywords."""
-        if prompts is not None:
-            if any(v is not None for v in (points, labels, box, mask_logits)):
-                raise SonoSAMError("Give either a Prompts object or points/labels/box/mask_logits, not both.")
-            data = prompts.to_json() if hasattr(prompts, "to_json") else dict(prompts)
-            points, labels, box = data.get("points"), data.get("labels"), data.get("box")
-            mask_logits = getattr(prompts, "mask_logits", None)
-        meta = {"prompts": {"points": _listed(points), "labels": _listed(labels), "box": _listed(box)},
-                "multimask": bool(multimask), "window": _window(window)}
-        arrays = {"mask_logits": None if mask_logits is None else np.asarray(mask_logits, np.float32).reshape(256, 256)}
+        if prompts is None:  # the core's Prompts (numpy only) checks shapes and labels here, before any request
+            prompts = Prompts(points, labels, box, mask_logits)
+        elif any(v is not None for v in (points, labels, box, mask_logits)):
+            raise PromptError("Give either a Prompts or the points/labels/box/mask_logits keywords, not both.")
+        meta = {"prompts": prompts.to_json(), "multimask": bool(multimask), "window": _window(window)}
+        arrays = {"mask_logits": prompts.mask_logits}
 
         def call(array_id):
             answer, out = self._request("POST", "/v1/predict", {**meta, "image": array_id}, arrays,
@@ -669,7 +667,9 @@ class LocalServer:
         """What became of the process, for error messages."""
         code = self.process.poll()
         if code is None:
-            return f"its process (pid {self.process.pid}) is still running but does not answer"
+            tail = self.log_tail(3)
+            return f"its process (pid {self.process.pid}) is still running but does not answer" + \
+                (f"; last log: {tail}" if tail else "")
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         tail = self.log_tail(3)
         return f"its process (pid {self.process.pid}) {how}" + (f"; last log: {tail}" if tail else "")

@@ -22,24 +22,29 @@ ENV = {"PYTHONPATH": str(ROOT)}  # the subprocess imports this worktree's code
 LV_BOX = (300, 70, 440, 270)
 
 
-def _start(tmp_path, *args, **kwargs):
+def _start(tmp_path, *args, env=None, **kwargs):
     cache = tmp_path / "cache"
-    return start_local_server(model=MODEL, backend="eager", env={**ENV, "OMP_NUM_THREADS": "1"},
-                              args=["--threads", "1", "--cache-dir", str(cache), *args], **kwargs)
+    return start_local_server(model=MODEL, backend="eager",
+                              env={**ENV, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
+                              args=["--threads", "1", "--cache-dir", str(cache), "--log-level", "info", *args],
+                              timeout=900, **kwargs)  # minutes on a machine shared by many test runs
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """The shared server: its working directory and home are empty folders that must stay empty (it writes
+    only into its cache folder)."""
     tmp = tmp_path_factory.mktemp("server")
+    (tmp / "home").mkdir()
     cwd = Path.cwd()
-    os.chdir(tmp)  # the server's working directory: it must stay empty (it writes only into its cache folder)
+    os.chdir(tmp)
     try:
-        local = _start(tmp, "--max-request-mib", "4")
+        local = _start(tmp, "--max-request-mib", "4", env={"HOME": str(tmp / "home")})
     finally:
         os.chdir(cwd)
     yield local
     local.stop()
-    assert {p.name for p in tmp.iterdir()} <= {"cache"}
+    assert {p.name for p in tmp.iterdir()} <= {"cache", "home"} and not any((tmp / "home").iterdir())
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +74,7 @@ def _clicks(n, rng):
 def test_client_imports_without_torch_and_compiles_for_old_slicers():
     code = "import sys, sonosam.client, sonosam.wire; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, **ENV}, timeout=120)
-    files = [str(ROOT / "sonosam" / name) for name in ("client.py", "wire.py", "errors.py", "__init__.py")]
+    files = [str(ROOT / "sonosam" / name) for name in ("client.py", "wire.py", "errors.py", "prompts.py", "__init__.py")]
     for version in ("3.9", "3.12"):  # Slicer 5.6/5.8 (remote server only) and 5.10
         python = _interpreter(version)
         if python is None:
@@ -200,8 +205,13 @@ def test_refusals_are_clear_and_the_server_keeps_serving(server, client, echo_fr
         client.predict(np.zeros((2, 3, 16, 16), np.float32), box=(1, 1, 5, 5))
     with pytest.raises(InputImageError, match="NaN"):
         client.predict(np.full((32, 32), np.nan, np.float32), box=(1, 1, 5, 5))
+    image_id = client.upload(image)
+    for prompts, needle in (({"points": [[10, 10]], "labels": [3]}, "labels"), ({"box": [5, 5, 1, 1]}, "x0 < x1"),
+                            ({"points": "here"}, "points"), ({"centre": [1, 2]}, "unknown field")):
+        with pytest.raises(PromptError, match=needle):  # sent as they are (the client's Prompts would refuse them)
+            client._request("POST", "/v1/predict", {"image": image_id, "prompts": prompts})
     with pytest.raises(PromptError, match="labels"):
-        client.predict(image, points=[(10, 10)], labels=[3])
+        client.predict(image, points=[(10, 10)], labels=[3])  # refused here already, by the core's Prompts
 
     # prompts outside the image
     with pytest.raises(PromptError, match=r"Point \(700, 100\) lies outside the 640x480 image"):

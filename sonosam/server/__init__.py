@@ -106,7 +106,7 @@ def serve(*, host: str = "127.0.0.1", port: int = 0, token: str | None = None, t
     sock.set_inheritable(True)
     bound_port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level=log_level, access_log=False, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
-                            timeout_keep_alive=60, lifespan="off")
+                            timeout_keep_alive=60, timeout_graceful_shutdown=5, lifespan="off")
     server = uvicorn.Server(config)
     scheme = "https" if tls_cert else "http"
     shown_host = f"[{host}]" if ":" in host else host

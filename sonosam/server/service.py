@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import wire
 from ..errors import InputImageError, PromptError, SonoSAMError
+from ..prompts import Prompts
 
 log = logging.getLogger("sonosam.server")
 
@@ -60,42 +61,6 @@ def _window(value):
     return (low, high)
 
 
-def _points(value, what="points"):
-    if value is None:
-        return None
-    try:
-        points = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise PromptError(f"{what} must be a list of [x, y] pairs; got {value!r}.") from None
-    if points.size == 0:
-        return None
-    if points.ndim != 2 or points.shape[1] != 2:
-        raise PromptError(f"{what} must be a list of [x, y] pairs; got shape {points.shape}.")
-    return points
-
-
-def _labels(value, n: int):
-    if value is None or (n == 0 and isinstance(value, (list, tuple)) and not value):
-        # a box-only Prompts travels as points [] and labels [] (Prompts.to_json): no labels
-        return None if n == 0 else np.ones(n, np.int64)
-    labels = np.asarray(value)
-    if labels.ndim != 1 or len(labels) != n or not np.isin(labels, (0, 1)).all() or labels.dtype.kind not in "iub":
-        raise PromptError(f"labels {value!r} must be one 0 or 1 per point ({n} points).")
-    return labels.astype(np.int64)
-
-
-def _box(value):
-    if value is None:
-        return None
-    try:
-        box = np.asarray(value, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        box = None
-    if box is None or box.shape != (4,):
-        raise PromptError(f"box must be [x0, y0, x1, y1]; got {value!r}.")
-    return box
-
-
 def check_options(options, defaults: dict, what: str) -> dict:
     """Keyword options sent as JSON: known names only, each of its default's type (numbers for numbers;
     None allowed where the default is None), so a bad value is a 400 naming it, not a failed job."""
@@ -121,27 +86,15 @@ def check_options(options, defaults: dict, what: str) -> dict:
     return options
 
 
-def prompts_from(meta: dict, arrays: dict, where: str = "prompts") -> dict:
-    """{points, labels, box} (JSON) + optional 'mask_logits' array -> keyword arguments for predict."""
-    prompts = meta.get(where) or {}
-    if not isinstance(prompts, dict):
-        raise PromptError(f"'{where}' must be an object with points, labels, box.")
-    unknown = set(prompts) - {"points", "labels", "box"}
-    if unknown:
-        raise PromptError(f"Unknown prompt field(s) {sorted(unknown)}; use points, labels, box "
-                       "(a mask prompt travels as the array 'mask_logits').")
-    points = _points(prompts.get("points"))
-    labels = _labels(prompts.get("labels"), 0 if points is None else len(points))
-    logits = arrays.get("mask_logits")
-    if logits is not None:
-        logits = np.asarray(logits)
-        if logits.shape != (256, 256) or logits.dtype.kind != "f":
-            raise PromptError(f"mask_logits must be a (256, 256) float array; got "
-                           f"{logits.shape} {logits.dtype}.")
-        if not np.isfinite(logits).all():
-            raise PromptError("mask_logits has NaN/Inf values.")
-        logits = logits.astype(np.float32)
-    return {"points": points, "labels": labels, "box": _box(prompts.get("box")), "mask_logits": logits}
+def prompts_from(meta: dict, arrays: dict, width: int, height: int, where: str = "") -> Prompts:
+    """meta.prompts {points, labels, box} + the optional 'mask_logits' array -> the core's validated Prompts,
+    checked to lie inside a width x height image (PromptError naming the first one outside)."""
+    prompts = Prompts.from_json(meta.get("prompts") or {}, mask_logits=arrays.get("mask_logits"))
+    try:
+        prompts.check_inside(width, height)
+    except PromptError as error:
+        raise PromptError(f"{where}: {error}" if where else str(error)) from None
+    return prompts
 
 
 def check_image(array: np.ndarray, what: str = "image") -> np.ndarray:
@@ -304,7 +257,8 @@ class Service:
                 "store": {"arrays": len(self.store), "mib": round(self.store.nbytes / 2**20, 1),
                           "budget_mib": round(self.store.budget / 2**20, 1)},
                 "jobs": {state: states.count(state) for state in ("queued", "running", "done", "failed", "cancelled")},
-                "encoder_calls": self.predictor.encoder_calls, "uptime_s": round(time.time() - self.started, 1)}
+                "encoder_calls": self.predictor.encoder_calls, "uptime_s": round(time.time() - self.started, 1),
+                "cpu_s": time.process_time()}  # this process's CPU time (benchmarks measure overhead with it)
 
     # -- arrays
     def put_array(self, array_id: str, meta: dict, arrays: dict) -> dict:
@@ -348,15 +302,12 @@ class Service:
     def predict(self, meta: dict, arrays: dict) -> tuple[dict, dict]:
         image_id, image = self._image(meta)
         window = _window(meta.get("window"))
-        prompts = prompts_from(meta, arrays)
         multimask = meta.get("multimask", False)
         if not isinstance(multimask, bool):
             raise ApiError(400, "bad_value", f"multimask must be true or false; got {multimask!r}.")
-        height, width = image.shape[:2]
-        _check_inside(prompts, width, height)
+        prompts = prompts_from(meta, arrays, image.shape[1], image.shape[0])
         started = time.perf_counter()
-        prediction = self.predictor.predict(image, **prompts, multimask=multimask, key=("array", image_id),
-                                            window=window)
+        prediction = self.predictor.predict(image, prompts, multimask=multimask, key=("array", image_id), window=window)
         return ({"scores": prediction.scores.tolist(), "notes": list(prediction.notes),
                  "seconds": time.perf_counter() - started},
                 {"masks": prediction.masks, "low_res_logits": prediction.low_res_logits.astype(np.float32)})
@@ -481,14 +432,11 @@ class Service:
                     raise ApiError(400, "bad_seed", f"Seed {index}: mask array {entry['mask']!r} must be sent with "
                                    f"the job, shaped {plane}.")
                 mask = np.asarray(mask).astype(bool)
-            points = _points(entry.get("points"), "seed points")
-            box = _box(entry.get("box"))
-            prompts = {"points": points, "labels": _labels(entry.get("labels"), 0 if points is None else len(points)),
-                       "box": box, "mask_logits": None}
-            _check_inside(prompts, plane[1], plane[0], f"seed on slice {index}")
-            seeds.append(Seed(index, box=None if box is None else box.tolist(),
-                              points=None if points is None else points.tolist(),
-                              labels=None if prompts["labels"] is None else prompts["labels"].tolist(), mask=mask))
+            p = prompts_from({"prompts": {k: entry.get(k) for k in ("points", "labels", "box")}}, {},
+                             plane[1], plane[0], f"seed on slice {index}")
+            seeds.append(Seed(index, box=None if p.box is None else p.box.tolist(),
+                              points=p.points.tolist() if len(p.points) else None,
+                              labels=p.labels.tolist() if len(p.points) else None, mask=mask))
         options = dict(params.get("options") or {})
         window = _window(options.pop("window", None))
         defaults = {f.name: f.default for f in dataclasses.fields(PropagationOptions) if f.name != "window"}
@@ -606,9 +554,9 @@ class Service:
                 if mask is not None and mask.shape != tracker.frames.shape[1:]:
                     raise ApiError(400, "bad_mask", f"The mask is {mask.shape}; the frames are "
                                    f"{tracker.frames.shape[1:]}.")
-                prompts = prompts_from(meta, {})
-                _check_inside(prompts, tracker.frames.shape[2], tracker.frames.shape[1], f"frame {frame}")
-                kwargs = {"mask": mask, "box": prompts["box"], "points": prompts["points"], "labels": prompts["labels"]}
+                p = prompts_from(meta, {}, tracker.frames.shape[2], tracker.frames.shape[1], f"frame {frame}")
+                kwargs = {"mask": mask, "box": p.box, "points": p.points if len(p.points) else None,
+                          "labels": p.labels if len(p.points) else None}
                 if action == "add_object":
                     threshold = meta.get("threshold")
                     if threshold is not None:
@@ -664,21 +612,6 @@ class Service:
             finally:
                 entry["lock"].release()
         return run
-
-
-def _check_inside(prompts: dict, width: int, height: int, where: str = "") -> None:
-    """Points and box corners inside the image: PromptError naming the first one outside."""
-    for what, xy in (("Point", prompts.get("points")),
-                     ("Box corner", None if prompts.get("box") is None else prompts["box"].reshape(2, 2))):
-        if xy is None:
-            continue
-        if not np.isfinite(xy).all():
-            raise PromptError(f"{what} coordinates {xy.tolist()} are not finite numbers.")
-        outside = (xy[:, 0] < -0.5) | (xy[:, 0] > width - 0.5) | (xy[:, 1] < -0.5) | (xy[:, 1] > height - 0.5)
-        if outside.any():
-            bad = xy[outside][0]
-            raise PromptError(f"{what} ({bad[0]:g}, {bad[1]:g}) {'of the ' + where + ' ' if where else ''}lies outside "
-                              f"the {width}x{height} image (x must be in 0..{width - 1}, y in 0..{height - 1}).")
 
 
 def _error_type(error: BaseException) -> str:
