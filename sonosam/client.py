@@ -44,7 +44,7 @@ from .prompts import Prompts
 TOKEN_ENV = "SONOSAM_SERVER_TOKEN"  # the same name as sonosam.server.TOKEN_ENV (that module imports torch)
 FINISHED = ("done", "failed", "cancelled")
 
-__all__ = ["SonoSAMClient", "Prediction", "RemoteJob", "RemotePrefetchJob", "RemotePropagationResult",
+__all__ = ["SonoSAMClient", "Prediction", "RemoteJob", "ServerTimeoutError", "RemotePrefetchJob", "RemotePropagationResult",
            "RemoteTracker", "LocalServer", "start_local_server"]
 
 
@@ -69,6 +69,10 @@ class Prediction:
     @property
     def logits(self) -> np.ndarray:
         return self.low_res_logits[0]
+
+
+class ServerTimeoutError(ServerUnavailableError, TimeoutError):
+    """The server did not answer in time (busy or hung); RemoteJob.poll(timeout=) treats it as 'still running'."""
 
 
 def _raise_for(status: int, body: dict, context: str = "") -> None:
@@ -137,8 +141,9 @@ class SonoSAMClient:
         return ServerUnavailableError(message + ". Start it again (or check the URL and network) and repeat.")
 
     def _request(self, method: str, path: str, meta: dict | None = None, arrays: dict | None = None, *,
-                 context: str = "", body: bytes | None = None):
-        """-> dict (JSON answer) or (meta, arrays) (wire answer); refusals raise, see _raise_for."""
+                 context: str = "", body: bytes | None = None, timeout: float | None = None):
+        """-> dict (JSON answer) or (meta, arrays) (wire answer); refusals raise, see _raise_for. `timeout`:
+        seconds for this answer (default: the client's); a late answer raises ServerTimeoutError."""
         if body is None and (meta is not None or arrays):
             body = wire.encode(meta, arrays)
         if body is not None and len(body) > 2**20 and path != "/v1/info":
@@ -151,6 +156,7 @@ class SonoSAMClient:
             conn, opened = None, True
             try:
                 conn, opened = self._connection(fresh=attempt > 0)
+                conn.sock.settimeout(self.timeout if timeout is None else timeout)
                 conn.request(method, path, body=body, headers=self._headers)
                 response = conn.getresponse()
                 data = response.read()
@@ -166,9 +172,11 @@ class SonoSAMClient:
                 raise ServerUnavailableError(
                     f"The TLS connection to {self.url} failed ({error}). For a server with a self-signed certificate "
                     "give that certificate: SonoSAMClient(url, token, cafile='cert.pem'); else check the URL.") from None
-            except (TimeoutError, socket.timeout) as error:
-                self.close()
-                raise self._unavailable(f"no answer within {self.timeout:g} s: {error}", context) from None
+            except (TimeoutError, socket.timeout):
+                self.close()  # the answer may still come: this connection is out of step, drop it
+                limit = self.timeout if timeout is None else timeout
+                raise ServerTimeoutError(f"The SonoSAM server at {self.url} gave no answer within {limit:g} s "
+                                         f"{context}".rstrip() + ".") from None
             except OSError as error:  # refused, unreachable, unknown host
                 self.close()
                 raise self._unavailable(error, context) from None
@@ -405,9 +413,16 @@ class RemoteJob:
     def _context(self) -> str:
         return f"while its {self.kind} job {self.id[:8]} was running (the job and its result are lost)"
 
-    def poll(self) -> dict:
-        """{"state": queued|running|done|failed|cancelled, "progress": [done, total], "message", "error"}."""
-        self.last = self.client._request("GET", f"/v1/jobs/{self.id}", context=self._context())
+    def poll(self, timeout: float | None = None) -> dict:
+        """{"state": queued|running|done|failed|cancelled, "progress": [done, total], "message", "error"}.
+        With `timeout` (seconds; for a GUI timer), an answer later than that returns the last status with
+        "late": True instead of waiting: a busy server never holds the caller longer."""
+        try:
+            self.last = self.client._request("GET", f"/v1/jobs/{self.id}", context=self._context(), timeout=timeout)
+        except ServerTimeoutError:
+            if timeout is None:
+                raise
+            return {**self.last, "late": True}
         return self.last
 
     @property
@@ -463,8 +478,10 @@ class RemotePrefetchJob:
         self.done_count = 0
         self._cancelled = False
 
+    poll_timeout = 2.0  # `done` is read from GUI timers: a busy server's late answer counts as "not yet"
+
     def _update(self) -> dict:
-        status = self.job.poll()
+        status = self.job.poll(timeout=self.poll_timeout)
         count = status["progress"][0]
         if count != self.done_count and self.on_progress is not None:
             self.on_progress(count, self.total)

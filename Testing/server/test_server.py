@@ -343,3 +343,26 @@ def test_server_killed_mid_job_is_named_over_tls(tmp_path, echo_frames):
     message = str(caught.value)
     assert "propagate job" in message and "killed by signal 9" in message and local.url in message
     local.stop()
+
+
+def test_poll_with_a_timeout_never_waits_for_a_busy_server():
+    """A listener that accepts and never answers stands in for a server too busy to answer: poll(timeout=)
+    returns the last status marked late, at once; without a timeout the client says what happened."""
+    import socket
+    import time
+
+    from sonosam.client import RemoteJob, ServerTimeoutError
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    try:
+        client = SonoSAMClient(f"http://127.0.0.1:{listener.getsockname()[1]}", "t" * 32, timeout=0.5)
+        job = RemoteJob(client, "0" * 32, "propagate")
+        started = time.perf_counter()
+        status = job.poll(timeout=0.2)
+        assert status["late"] and status["state"] == "queued" and time.perf_counter() - started < 2
+        with pytest.raises(ServerTimeoutError, match="no answer within 0.5 s"):
+            job.poll()
+    finally:
+        listener.close()
