@@ -325,6 +325,8 @@ class SonoSAMClient:
                    sonosam.volume.PropagationOptions field (direction, max_slices, ...)
         evaluate:  volume, labelmap (arrays, same shape), labels, slices, n_clicks, start, min_area, window, name
         track:     tracker (a RemoteTracker or its id), rerun
+        refine:    image, coarse (probabilities 0..1, same grid), context (bool mask, optional), seed, steps, window;
+                   result(): (meta {positives, negatives, k, score, steps}, {"mask": HxW bool})
         encode:    images (content ids of uploaded arrays), window
         """
         arrays: dict = {}
@@ -335,6 +337,13 @@ class SonoSAMClient:
             params["volume"] = self._array_param(params.get("volume"), "volume")
             params["labelmap"] = self._array_param(params.get("labelmap"), "labelmap")
             params["window"] = _window(params.get("window"))
+        elif kind == "refine":
+            params = dict(params)
+            for name in ("image", "coarse", "context"):
+                if name != "context" or params.get(name) is not None:
+                    params[name] = self._array_param(params.get(name), name)
+            params["window"] = _window(params.get("window"))
+            params["options"] = {k: params.pop(k) for k in ("seed", "steps") if k in params}
         elif kind == "track":
             tracker = params.get("tracker")
             params = {**params, "tracker": getattr(tracker, "id", tracker)}
@@ -465,7 +474,7 @@ class RemoteJob:
         meta, arrays = self.client._request("GET", f"/v1/jobs/{self.id}/result", context=self._context())
         if self.kind == "propagate":
             return RemotePropagationResult.from_wire(meta, arrays, self.id)
-        if self.kind == "track":
+        if self.kind in ("track", "refine"):
             return meta, arrays
         return meta
 

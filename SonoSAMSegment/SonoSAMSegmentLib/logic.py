@@ -622,6 +622,39 @@ class SegmentLogic:
         self.last_timings = dict(prediction.timings)
         return prediction
 
+    def refine_segment(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", sliceIndex=None,
+                       sliceToRAS=None, contextSegmentId=None, steps: int = 100, seed: int = 0) -> SlicePrediction:
+        """Zero-shot refiner (sonosam.refine, docs/seeds.md) on one slice: the segment's rough mask there is the
+        coarse map, ``contextSegmentId`` (optional) the anatomy around it; no clicks. Nothing is written (use
+        ``apply``). Runs as a server job when the model is on a server, else in this process."""
+        t0 = time.perf_counter()
+        info = self.volume_info(volumeNode)
+        geometry = self.slice_geometry(volumeNode, sliceAxis, None, None, sliceIndex, sliceToRAS, info)
+        image = self.slice_image(info, geometry)
+        coarse = self.read_slice_mask(segmentationNode, segmentId, info, geometry)
+        if not coarse.any():
+            raise SegmentationError("The segment is empty on this slice: draw a rough outline of the structure first.")
+        context = None if not contextSegmentId else \
+            self.read_slice_mask(segmentationNode, contextSegmentId, info, geometry)
+        if hasattr(self.predictor, "start_job"):   # a SonoSAMClient: the server's refine job
+            meta, arrays = self.predictor.start_job("refine", image=image, coarse=coarse.astype(np.float32),
+                                                    context=context, steps=steps, seed=seed,
+                                                    window=info.window).result()
+            mask, score = np.asarray(arrays["mask"], bool), float(meta["score"])
+            positives, negatives = np.asarray(meta["positives"]), np.asarray(meta["negatives"])
+        else:
+            from sonosam.refine import refine
+
+            embedding = self.predictor.embedding(image, key=geometry.key(info.key), window=info.window)
+            result = refine(self.predictor, image, coarse.astype(np.float32), context=context, steps=steps,
+                            seed=seed, embedding=embedding)
+            mask, score, positives, negatives = result.mask, result.score, result.positives, result.negatives
+        points = np.concatenate([positives.reshape(-1, 2), negatives.reshape(-1, 2)])
+        labels = np.array([1] * len(positives) + [0] * len(negatives))
+        return SlicePrediction(info.key, geometry, mask, score, None, points, labels, None,
+                               [f"refined from the segment: {len(positives)} positive, {len(negatives)} negative points"],
+                               {"total_s": time.perf_counter() - t0})
+
     # -- volume propagation and evaluation (the core does the work; this adapts MRML <-> arrays) ----------
     def _volume_stack(self, volumeNode, sliceAxis):
         """The volume as a stack of slices laid out as the slice view shows them (``geometry.stack``), so

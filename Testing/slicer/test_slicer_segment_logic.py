@@ -556,3 +556,31 @@ def test_prompt_session_markers_preview_and_new_slice(sphere):
     # a click on another slice starts a new session (old markers dropped)
     session.add_point(sphere.volume, (sphere.m @ np.r_[CENTER_IJK[0], CENTER_IJK[1], k + 1, 1])[:3], True, "K")
     assert markers.GetNumberOfControlPoints() == 1 and session.labels == [1]
+
+
+def test_refine_segment_on_real_mri_with_the_real_click_model(colin):
+    """The zero-shot refiner from a rough segment (an eroded AAL Caudate_R) on an axial slice, through MRML:
+    a better mask than the rough one, its points on the slice, and nothing written until apply()."""
+    import SimpleITK as sitk
+
+    from sonosam.evaluate.metrics import dice
+
+    labels = sitk.GetArrayFromImage(colin.itk_aal)   # (k, j, i), the volume's own grid
+    k = int(np.argmax((labels == 72).sum(axis=(1, 2))))
+    truth = labels[k] == 72
+    rough = ndimage.binary_erosion(truth, iterations=2)
+    logic = SegmentLogic("litemedsam_clicks", device="cpu")
+    m = logic.volume_info(colin.volume).ijk_to_world
+    sid = add_segment(colin.segmentation, "caudate")
+    dims = colin.volume.GetImageData().GetDimensions()
+    from SonoSAMSegmentLib.logic import write_segment_block
+
+    write_segment_block(colin.segmentation, sid, rough[None], m, [0, dims[0] - 1, 0, dims[1] - 1, k, k])
+    before = segment_array(colin.segmentation, sid, m, dims)
+    prediction = logic.refine_segment(colin.volume, colin.segmentation, sid, sliceAxis="K", sliceIndex=k, steps=5)
+    np.testing.assert_array_equal(segment_array(colin.segmentation, sid, m, dims), before)   # a preview only
+    assert (prediction.labels == 1).sum() >= 4 and (prediction.labels == 0).sum() >= 4
+    logic.apply(prediction, colin.volume, colin.segmentation, sid)
+    after = segment_array(colin.segmentation, sid, m, dims)
+    assert dice(after[k], truth) > dice(rough, truth)
+    np.testing.assert_array_equal(np.delete(after, k, axis=0), np.delete(before, k, axis=0))

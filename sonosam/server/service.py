@@ -219,7 +219,7 @@ class Job:
 
 
 class Service:
-    JOB_KINDS = ("encode", "propagate", "evaluate", "track")
+    JOB_KINDS = ("encode", "propagate", "evaluate", "track", "refine")
 
     def __init__(self, predictor, store_mib: float = 2048, job_workers: int = 2, keep_jobs: int = 64):
         self.predictor = predictor
@@ -392,6 +392,33 @@ class Service:
         with self._lock:
             self.jobs.pop(job_id, None)
         return {"deleted": job_id}
+
+    # zero-shot refiner (sonosam.refine): a coarse probability map of one structure -> points -> mask
+    def _prepare_refine(self, params: dict, arrays: dict):
+        from ..refine import refine
+
+        image_id, image = self._image(params)
+        coarse = np.asarray(self.store.get(params.get("coarse"), "coarse"), dtype=np.float32)
+        if coarse.shape != image.shape[:2] or not np.isfinite(coarse).all() or coarse.min() < 0 or coarse.max() > 1:
+            raise ApiError(422, "bad_coarse", f"The coarse map ({coarse.shape}) must hold probabilities 0..1 on the "
+                           f"image's grid {image.shape[:2]}.")
+        context = None
+        if params.get("context") is not None:
+            context = np.asarray(self.store.get(params["context"], "context")).astype(bool)
+            if context.shape != coarse.shape:
+                raise ApiError(422, "bad_context", f"The context mask {context.shape} must be shaped like the "
+                               f"image {coarse.shape}.")
+        options = check_options(dict(params.get("options") or {}), {"seed": 0, "steps": 100}, "refine")
+        window = _window(params.get("window"))
+
+        def run(job: Job):
+            job.progress(0, 1, "refining")
+            embedding = self.predictor.embedding(image, key=("array", image_id), window=window)
+            result = refine(self.predictor, image, coarse, context=context, embedding=embedding, **options)
+            job.progress(1, 1)
+            return ({"positives": result.positives.tolist(), "negatives": result.negatives.tolist(), "k": result.k,
+                     "score": result.score, "steps": len(result.losses)}, {"mask": result.mask})
+        return run
 
     # encode-ahead: the images' embeddings into the shared cache
     def _prepare_encode(self, params: dict, arrays: dict):
