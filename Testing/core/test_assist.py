@@ -25,6 +25,7 @@ def _state(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_only_the_prompt_encoder_learns(default_model, putamen, tmp_path):
     volume, labels, window, train, test = putamen
     sam = default_model.sam

@@ -21,6 +21,7 @@ def slices():
     return volume, labels, picks
 
 
+@pytest.mark.slow
 def test_train_save_load_and_auto_segment(default_model, slices, tmp_path):
     volume, labels, picks = slices
     before = {k: v.clone() for k, v in default_model.sam.state_dict().items()}

@@ -28,6 +28,7 @@ def caudate(clicks_model):
     return image, gt, degrade(gt, seed=3), labels[index] > 0, clicks_model.encode(image, window)
 
 
+@pytest.mark.slow
 def test_refined_mask_beats_the_coarse_map(clicks_model, caudate):
     image, gt, coarse, brain, embedding = caudate
     result = refine(clicks_model, image, coarse, steps=30, embedding=embedding, seed=0)
@@ -44,6 +45,7 @@ def test_refined_mask_beats_the_coarse_map(clicks_model, caudate):
     assert dice(result.mask, gt) > dice(coarse > 0.5, gt) + 0.05
 
 
+@pytest.mark.slow
 def test_given_context_holds_the_negatives_and_seed_repeats(clicks_model, caudate):
     image, gt, coarse, brain, embedding = caudate
     first = refine(clicks_model, image, coarse, context=brain, steps=4, embedding=embedding, seed=7)
@@ -77,6 +79,7 @@ def test_box_only_model_is_refused(default_model):
         refine(default_model, image, prob, embedding=default_model.encode(image))
 
 
+@pytest.mark.slow
 def test_refine_command_writes_mask_and_overlay(caudate, tmp_path, capsys):
     from PIL import Image
 

@@ -23,6 +23,7 @@ def served(tmp_path_factory):
     local.stop()
 
 
+@pytest.mark.slow
 def test_refine_job_matches_the_core_call(served):
     from sonosam.models import load_model
     from sonosam.refine import refine

@@ -558,6 +558,7 @@ def test_prompt_session_markers_preview_and_new_slice(sphere):
     assert markers.GetNumberOfControlPoints() == 1 and session.labels == [1]
 
 
+@pytest.mark.slow
 def test_refine_segment_on_real_mri_with_the_real_click_model(colin):
     """The zero-shot refiner from a rough segment (an eroded AAL Caudate_R) on an axial slice, through MRML:
     a better mask than the rough one, its points on the slice, and nothing written until apply()."""
