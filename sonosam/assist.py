@@ -10,7 +10,7 @@ composite corrections (clicks in the false-negative / false-positive regions of 
     assisted.model.decode(assisted.model.encode(image), Prompts(box=...))   # or Predictor(assisted.model)
     save_assist(assisted, "liver_assist.pth")           # loads with load_model("liver_assist.pth")
 
-Figures: docs/seeds.md (python -m sonosam.seeds_bench assist)."""
+Figures: docs/seeds.md (python -m bench.seeds assist)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ PUTAMEN_L = 73
 
 @pytest.fixture(scope="module")
 def putamen():
-    from sonosam.seeds_bench import assist_slices, colin27
+    from sonosam.seeds_data import assist_slices, colin27
 
     volume, labels, window, _ = colin27()
     train, test = assist_slices(labels, PUTAMEN_L, 2)

@@ -14,7 +14,7 @@ THALAMUS_L, PUTAMEN_R = 77, 74
 
 @pytest.fixture(scope="module")
 def slices():
-    from sonosam.seeds_bench import colin27
+    from sonosam.seeds_data import colin27
 
     volume, labels, window, _ = colin27()
     picks = [76, 80]   # both hold Thalamus_L (axial 70-91) and Putamen_R (61-87)

@@ -20,7 +20,7 @@ def clicks_model():
 
 @pytest.fixture(scope="module")
 def caudate(clicks_model):
-    from sonosam.seeds_bench import colin27, degrade, largest_slice
+    from sonosam.seeds_data import colin27, degrade, largest_slice
 
     volume, labels, window, _ = colin27()
     index = largest_slice(labels, CAUDATE_R)

@@ -27,7 +27,7 @@ def served(tmp_path_factory):
 def test_refine_job_matches_the_core_call(served):
     from sonosam.models import load_model
     from sonosam.refine import refine
-    from sonosam.seeds_bench import colin27, degrade, largest_slice
+    from sonosam.seeds_data import colin27, degrade, largest_slice
 
     volume, labels, _, _ = colin27()
     index = largest_slice(labels, CAUDATE_R)

@@ -197,7 +197,7 @@ def _ppn_data(args):
     images, label_maps = [], []
     for source in args.data:
         if source == "colin27":
-            from ..seeds_bench import colin27, ppn_split
+            from ..seeds_data import colin27, ppn_split
 
             volume, labels, _, _ = colin27()
             train, _ = ppn_split(stride=args.stride)

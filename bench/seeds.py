@@ -1,8 +1,9 @@
 """Figures for docs/seeds.md: the refiner, SAM^assist and the prompt predictor on the real data here.
 
-    python -m sonosam.seeds_bench refine [--steps 100]
-    python -m sonosam.seeds_bench assist
-    python -m sonosam.seeds_bench ppn
+    python -m bench.seeds refine [--steps 100]
+    python -m bench.seeds assist
+    python -m bench.seeds ppn [--steps 400 --minutes 38]
+    python -m bench.seeds figures
 
 Every table says what it is held out on. Run nice'd with one thread on a shared machine."""
 
@@ -13,58 +14,15 @@ import json
 import time
 
 import numpy as np
-from scipy import ndimage
 
-# AAL subcortical pairs (Hippocampus, Caudate, Putamen, Pallidum, Thalamus), chosen before any run:
+from sonosam.seeds_data import (ASSIST_LABELS, PPN_CLASSES, SUBCORTICAL, assist_slices, colin27, degrade,
+                                echo_cases, largest_slice, ppn_split)
+
 # compact structures a point prompt can outline, unlike the folded cortical regions.
-SUBCORTICAL = (37, 38, 71, 72, 73, 74, 75, 76, 77, 78)
-
-
-def largest_slice(labels: np.ndarray, label: int) -> int:
-    """The axial slice (axis 0) where ``label`` covers the most voxels."""
-    return int(np.argmax((labels == label).sum(axis=(1, 2))))
-
-
-def degrade(mask: np.ndarray, seed: int = 0, erode: int = 2, blur: float = 3.0, noise: float = 0.1) -> np.ndarray:
-    """A coarse probability map from a true mask: eroded, blurred, noisy (what a weak segmenter gives)."""
-    rng = np.random.default_rng(seed)
-    prob = ndimage.gaussian_filter(ndimage.binary_erosion(mask, iterations=erode).astype(np.float32), blur)
-    prob = prob + rng.normal(0, noise, prob.shape).astype(np.float32)
-    return np.clip(ndimage.gaussian_filter(prob, 1.0), 0, 1)
-
-
-def colin27():
-    from .data import aal_label_names, mri_colin27_paths
-    from .io import read_volume
-    from .volume import volume_window
-
-    t1, aal = mri_colin27_paths()
-    volume, labels = read_volume(t1).array, read_volume(aal).array
-    return volume, labels, volume_window(volume), aal_label_names()
-
-
-def echo_cases(model):
-    """Frame 0 of the real A4C loop with LV and LA references: the base LiteMedSAM's box segmentation
-    (boxes checked by eye), NOT expert labels: none exist for this loop."""
-    import pydicom
-
-    from .data import echo_a4c_path
-    from .models import load_model
-    from .prompts import Prompts
-    from .track.synthetic import LA_BOX, LV_BOX
-
-    rgb = pydicom.dcmread(echo_a4c_path()).pixel_array[0]
-    frame = np.round(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8)
-    base = load_model("litemedsam", device=model.device)
-    embedding = base.encode(frame)
-    return frame, {name: base.decode(embedding, Prompts(box=box), multimask=False).mask
-                   for name, box in (("LV", LV_BOX), ("LA", LA_BOX))}
-
-
 def bench_refine(model_name: str = "litemedsam_clicks", steps: int = 100, verbose: bool = True) -> dict:
-    from .evaluate.metrics import dice
-    from .models import load_model
-    from .refine import refine
+    from sonosam.evaluate.metrics import dice
+    from sonosam.models import load_model
+    from sonosam.refine import refine
 
     model = load_model(model_name, device="cpu")
     volume, labels, window, names = colin27()
@@ -98,32 +56,16 @@ def bench_refine(model_name: str = "litemedsam_clicks", steps: int = 100, verbos
     return {"model": model_name, "rows": rows, "summary": summary}
 
 
-# SAM^assist structures (one per AAL pair above, left/right alternating), axial slices.
-ASSIST_LABELS = (37, 72, 78)
-
-
-def assist_slices(labels: np.ndarray, label: int, n_train: int, min_area: int = 60, test_stride: int = 3):
-    """Training slices: ``n_train`` evenly spaced inside the structure's axial extent (the user's annotated
-    slices); test slices: every ``test_stride``-th other slice at least 2 slices from any training slice."""
-    areas = (labels == label).sum(axis=(1, 2))
-    present = np.nonzero(areas >= min_area)[0]
-    lo, hi = int(present[0]), int(present[-1])
-    train = [int(round(v)) for v in np.linspace(lo, hi, n_train + 2)[1:-1]]
-    test = [i for i in range(lo, hi + 1, test_stride)
-            if areas[i] >= min_area and min(abs(i - t) for t in train) >= 2]
-    return train, test
-
-
 def bench_assist(bases=("litemedsam", "litemedsam_clicks"), slice_counts=(2, 5), clicks: int = 3,
                  steps: int = 30, cache: str = "runs/cache", verbose: bool = True) -> dict:
     """Per structure and base model: the base and SAM^assist trained on 2 and 5 slices of that structure,
     Dice on the structure's other axial slices at 1..3 clicks and with the tight box."""
-    from .assist import train_assist
-    from .evaluate.datasets import Sample
-    from .models import load_model
-    from .train.cache import EmbeddingStore
-    from .train.finetune import clickable
-    from .train.validate import evaluate_cached
+    from sonosam.assist import train_assist
+    from sonosam.evaluate.datasets import Sample
+    from sonosam.models import load_model
+    from sonosam.train.cache import EmbeddingStore
+    from sonosam.train.finetune import clickable
+    from sonosam.train.validate import evaluate_cached
 
     volume, labels, window, names = colin27()
     rows, timings = [], []
@@ -160,26 +102,12 @@ def bench_assist(bases=("litemedsam", "litemedsam_clicks"), slice_counts=(2, 5),
     return {"rows": rows, "summary": summary, "steps": steps}
 
 
-# PPN classes (one subject: held out by slab, see ppn_split), AAL values.
-PPN_CLASSES = {"Thalamus_L": 77, "Putamen_R": 74, "Caudate_L": 71}
-
-
-def ppn_split(lo: int = 12, hi: int = 152, stride: int = 2, slab: int = 12, gap: int = 3):
-    """Axial slice indices -> (train, test). Colin27 is one subject, so this holds out *slabs*: slices in
-    slabs ``index // 12`` with ``slab % 4 == 3`` are for testing; training slices are the others at least
-    ``gap`` slices away from any test slice. Within-subject, so optimistic for a new subject."""
-    slices = list(range(lo, hi + 1, stride))
-    test = [i for i in slices if (i // slab) % 4 == 3]
-    train = [i for i in slices if i not in test and min(abs(i - t) for t in test) >= gap]
-    return train, test
-
-
 def bench_ppn(base: str = "litemedsam", steps: int = 300, cache: str = "runs/cache", out: str = "runs/ppn.pt",
               max_minutes: float | None = None, batch: int = 2, verbose: bool = True) -> dict:
-    from .evaluate.metrics import dice
-    from .models import Embedding, load_model
-    from .ppn import auto_segment, save_ppn, train_ppn
-    from .train.cache import EmbeddingStore
+    from sonosam.evaluate.metrics import dice
+    from sonosam.models import Embedding, load_model
+    from sonosam.ppn import auto_segment, save_ppn, train_ppn
+    from sonosam.train.cache import EmbeddingStore
 
     model = load_model(base, device="cpu")
     store = EmbeddingStore(cache, model)
@@ -228,10 +156,10 @@ def figures(folder: str = "docs/images", ppn_path: str = "runs/ppn.pt", verbose:
     positives +, negatives x) and seeds_ppn_mri.png (no-click masks on a held-out slab's slice)."""
     from pathlib import Path
 
-    from .io import save_overlay_png
-    from .models import load_model
-    from .ppn import auto_segment, load_ppn
-    from .refine import refine
+    from sonosam.io import save_overlay_png
+    from sonosam.models import load_model
+    from sonosam.ppn import auto_segment, load_ppn
+    from sonosam.refine import refine
 
     Path(folder).mkdir(parents=True, exist_ok=True)
     volume, labels, window, _ = colin27()
@@ -274,7 +202,7 @@ def _scores(metrics: dict) -> dict:
 def main(argv=None) -> int:
     import torch
 
-    parser = argparse.ArgumentParser(prog="python -m sonosam.seeds_bench")
+    parser = argparse.ArgumentParser(prog="python -m bench.seeds")
     parser.add_argument("what", choices=["refine", "assist", "ppn", "figures"])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
@@ -299,3 +227,4 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
