@@ -66,7 +66,46 @@ def to_uint8_rgb(image, window: tuple[float, float] | None = None) -> np.ndarray
     return np.ascontiguousarray(array)
 
 
-AXES = {"k": 0, "j": 1, "i": 2}  # volume arrays are indexed [k, j, i]
+def volume_window(volume: np.ndarray) -> tuple[float, float]:
+    """The intensity window of a whole volume (0.5/99.5 percentiles of its finite voxels, every other voxel
+    each way), given with each of its slices so that neighbouring slices look alike to the model (per-slice
+    windows make contrast jump between slices). The one rule for volumes, whatever their dtype, in
+    propagation, adapters and the Slicer click path alike: the model sees the same pixels for a slice
+    whichever path asks."""
+    def finite(array):
+        return array[np.isfinite(array)] if np.issubdtype(array.dtype, np.floating) else array.reshape(-1)
+
+    volume = np.asarray(volume)
+    sample = finite(volume[::2, ::2, ::2] if volume.ndim >= 3 and min(volume.shape[:3]) > 32 else volume)
+    low, high = np.percentile(sample, (0.5, 99.5)) if sample.size else (0.0, 0.0)
+    if high <= low:  # mostly constant with a few outliers: the full range instead
+        every = finite(volume)
+        low, high = (float(every.min()), float(every.max())) if every.size else (0.0, 0.0)
+    if high <= low:
+        raise InputImageError("The volume is constant (or has no finite voxels): there is nothing to segment.")
+    return float(low), float(high)
+
+
+# Two numberings of a volume's three axes meet at the Slicer boundary, and a mix-up gives plausible
+# wrong masks (a slice across another axis), not an error:
+# - the core indexes numpy volumes [k, j, i]: ARRAY axis 0 = K (SimpleITK's and slicer.util's order);
+# - Slicer's geometry (SonoSAMSegmentLib/geometry.py) names IJK axes: IJK axis 0 = I, 1 = J, 2 = K.
+# Convert between them only with array_axis() / ijk_axis().
+AXES = {"k": 0, "j": 1, "i": 2}  # axis name -> ARRAY axis of a [k, j, i] volume
+
+
+def array_axis(ijk: int) -> int:
+    """IJK axis (0 = I, 1 = J, 2 = K, Slicer's numbering) -> the array axis of a [k, j, i] volume."""
+    if ijk not in (0, 1, 2):
+        raise PromptError(f"IJK axis {ijk!r} is not 0 (I), 1 (J) or 2 (K).")
+    return 2 - int(ijk)
+
+
+def ijk_axis(array: int) -> int:
+    """Array axis of a [k, j, i] volume -> IJK axis (0 = I, 1 = J, 2 = K, Slicer's numbering)."""
+    if array not in (0, 1, 2):
+        raise PromptError(f"Array axis {array!r} is not 0 (k), 1 (j) or 2 (i).")
+    return 2 - int(array)
 
 
 def axis_index(axis: str | int) -> int:

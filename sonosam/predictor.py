@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import InputImageError, PromptError
+from .masks import content_hash
 from .models import Embedding, Prediction, SamModel
 from .prompts import Prompts
 
@@ -33,9 +34,7 @@ def image_key(image: np.ndarray, window=None) -> str:
     if array.dtype.hasobject or array.dtype.kind not in "buif":  # None, objects, strings: say so, before hashing
         raise InputImageError(f"The image is {type(image).__name__} of dtype {array.dtype}; give a numeric "
                               f"(integer or float) array, (H, W) or (H, W, 3).")
-    digest = hashlib.blake2b(array.view(np.uint8).reshape(-1), digest_size=16)
-    digest.update(f"{array.shape}{array.dtype}{window}".encode())
-    return digest.hexdigest()
+    return content_hash(array, str(window))
 
 
 def as_prompts(prompts: Prompts | None = None, *, points=None, labels=None, box=None, mask_logits=None) -> Prompts:

@@ -33,7 +33,6 @@ returning True) stops the run at the next slice and returns what is done, with `
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -43,7 +42,8 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import InputImageError, PromptError
-from .image import AXES, axis_index, take_slice as slice_of
+from .image import AXES, axis_index, take_slice as slice_of, volume_window
+from .masks import bounding_box, box_with_margin, content_hash
 from .models import mask_to_logits
 from .predictor import Predictor
 from .prompts import Prompts
@@ -53,18 +53,6 @@ __all__ = ["Seed", "SliceInfo", "PropagationOptions", "PropagationResult", "prop
            "stop_reason", "slice_of", "axis_index", "consistent_pixels", "volume_window", "AXES"]
 
 SEED, ACCEPTED, PROPAGATED, STOPPED = "seed", "accepted", "propagated", "stopped"
-
-
-def volume_window(volume: np.ndarray) -> tuple[float, float]:
-    """One intensity window for every slice (0.5/99.5 percentiles of the volume), so that neighbouring
-    slices look alike to the model (per-slice windows make contrast jump between slices)."""
-    sample = np.asarray(volume)[::2, ::2, ::2] if min(np.shape(volume)) > 32 else np.asarray(volume)
-    low, high = np.percentile(sample, (0.5, 99.5))
-    if high <= low:
-        low, high = float(np.min(volume)), float(np.max(volume))
-    if high <= low:
-        raise InputImageError("The volume is constant: there is nothing to segment.")
-    return float(low), float(high)
 
 
 @dataclass
@@ -221,23 +209,6 @@ def stop_reason(opt: PropagationOptions, *, share: float, area: int, prev_area: 
     return "", False
 
 
-def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    if rows.size == 0:
-        return None
-    return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
-
-
-def _box_with_margin(mask: np.ndarray, margin: float) -> tuple[float, float, float, float] | None:
-    box = _bbox(mask)
-    if box is None:
-        return None
-    x0, y0, x1, y1 = box
-    height, width = mask.shape
-    mx, my = max(2.0, margin * (x1 - x0 + 1)), max(2.0, margin * (y1 - y0 + 1))
-    return (max(0.0, x0 - mx), max(0.0, y0 - my), min(width - 1.0, x1 + mx), min(height - 1.0, y1 + my))
-
-
 def _clamp_box(box, anchor_box, factor: float, shape) -> tuple[float, float, float, float]:
     """Shrink `box` about its centre so that no side exceeds `factor` times `anchor_box`'s (keeps a front
     from inflating slice after slice)."""
@@ -294,18 +265,7 @@ def _is_cancelled(cancel) -> bool:
 
 
 def _volume_id(volume: np.ndarray) -> str:
-    array = np.ascontiguousarray(volume)
-    digest = hashlib.blake2b(array.view(np.uint8).reshape(-1), digest_size=12)
-    digest.update(f"{array.shape}{array.dtype}".encode())
-    return "vol-" + digest.hexdigest()
-
-
-def _slab_depth(model) -> int:
-    if getattr(getattr(model, "sam", None), "medsa_config", None) is None:
-        return 1
-    from .adapters import slab_depth  # here: sonosam.adapters imports this module
-
-    return slab_depth(model)
+    return "vol-" + content_hash(volume, digest_size=12)
 
 
 def _as_predictor(predictor_or_model) -> Predictor:
@@ -348,7 +308,7 @@ class _Run:
         self.volume_id = volume_id or _volume_id(volume)
         self.progress, self.cancel = progress, cancel
         self.n = volume.shape[axis]
-        self.slab = _slab_depth(self.model)   # > 1: Med-SA SD-Trans, whose slices are encoded a slab at a time
+        self.slab = getattr(self.model, "slab_depth", 1)   # > 1: Med-SA SD-Trans encodes a slab at a time
         self.jobs: dict[int, object] = {}
         self.cancelled = False
         self.decoded = 0
@@ -453,7 +413,7 @@ class _Run:
         opt = self.options
         if not mask.any():  # an empty anchor (e.g. a corrected slice erased by the user) has no front
             return
-        anchor_area, anchor_box = int(mask.sum()), _bbox(mask)
+        anchor_area, anchor_box = int(mask.sum()), bounding_box(mask)
         prev_mask, prev_logits, prev_image = mask, logits, self.image(start).astype(np.float32)
         anchor_values = prev_image[mask]
         anchor_mean, anchor_std = float(anchor_values.mean()), max(float(anchor_values.std()), 1e-6)
@@ -489,7 +449,7 @@ class _Run:
             consistent = consistent_pixels(prev_image, image, prev_mask, opt.consistency_lambda)
             share = consistent.sum() / max(prev_mask.sum(), 1)
             region = consistent if share >= opt.min_consistent and consistent.any() else prev_mask
-            box = _box_with_margin(region, opt.box_margin)
+            box = box_with_margin(region, opt.box_margin)
             if opt.max_box_size is not None and anchor_box is not None:
                 box = _clamp_box(box, anchor_box, opt.max_box_size, image.shape)
             points = _interior_points(consistent, opt.n_points) if self.use_points else None

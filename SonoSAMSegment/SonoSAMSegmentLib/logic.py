@@ -24,6 +24,7 @@ import slicer.util
 # The core's error types (sonosam/errors.py is installed with the extension and imports nothing heavy),
 # so that one `except SonoSAMError` catches everything.
 from sonosam.errors import InputImageError, PromptError, SonoSAMError
+from sonosam.image import array_axis, volume_window
 from sonosam.prompts import Prompts
 
 from . import geometry as geo
@@ -385,24 +386,9 @@ class SegmentLogic:
         key = f"{volume_node.GetID()}@{image.GetMTime()}"
         if key not in self._windows:
             self._windows = {k: v for k, v in self._windows.items() if not k.startswith(volume_node.GetID() + "@")}
-            self._windows[key] = self._volume_window(array)
+            self._windows[key] = volume_window(array)   # the core's one rule, as propagation uses
         return VolumeInfo(volume_node.GetID(), array, ijk_to_world, tuple(image.GetDimensions()), key,
                           self._windows[key])
-
-    @staticmethod
-    def _volume_window(array: np.ndarray):
-        """One window for the whole volume (0.5-99.5 percentiles), so every slice is scaled alike."""
-        if array.dtype == np.uint8:
-            return None
-        sample = array.reshape(-1)[:: max(1, array.size // 2_000_000)]
-        if np.issubdtype(sample.dtype, np.floating):
-            sample = sample[np.isfinite(sample)]
-        if sample.size == 0:
-            return None
-        low, high = (float(v) for v in np.percentile(sample, (0.5, 99.5)))
-        if high <= low:
-            low, high = float(sample.min()), float(sample.max())
-        return (low, high) if high > low else None
 
     # -- geometry ------------------------------------------------------------------------------------
     def _to_ijk_checked(self, info: VolumeInfo, points_ras, what: str) -> np.ndarray:
@@ -770,7 +756,7 @@ class SegmentLogic:
             ext[2 * layout.axis], ext[2 * layout.axis + 1] = lo, hi
             new = layout.unstack(new_stack)
             sl = [slice(None)] * 3
-            sl[2 - layout.axis] = slice(lo, hi + 1)
+            sl[array_axis(layout.axis)] = slice(lo, hi + 1)   # layout.axis is IJK; the block is [k, j, i]
             write_segment_block(plan.segmentation_node, plan.segment_id, new[tuple(sl)], plan.image_to_seg, ext,
                                 plan.current[tuple(sl)], modify or self.modify)
         self._propagations[plan.key] = (result, plan.options, written)

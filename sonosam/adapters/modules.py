@@ -30,6 +30,7 @@ from torch import nn
 from segment_anything.modeling.image_encoder import window_partition, window_unpartition
 
 from ..errors import CheckpointError
+from ..models.sam import encoder_slab_depth
 
 FORMAT = "sonosam-medsa-adapters"
 FORMAT_VERSION = 1
@@ -312,9 +313,9 @@ def is_adapted(model) -> bool:
 
 
 def slab_depth(model) -> int:
-    """How many neighbouring slices the model's encoder must see together: SD-Trans's slab depth, else 1."""
-    config = getattr(_unwrap(model), "medsa_config", None) or {}
-    return int(config.get("slab_depth", DEFAULT_CONFIG["slab_depth"])) if config.get("depth_attention") else 1
+    """How many neighbouring slices the model's encoder must see together: SD-Trans's slab depth, else 1
+    (the rule lives with the model, `SamModel.slab_depth`; this takes a bare `Sam` too)."""
+    return encoder_slab_depth(_unwrap(model))
 
 
 def add_medsa_adapters(model, depth_attention: bool = True, hyp_adapter: bool = True, *, freeze: bool = True,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import InputImageError, PromptError
 from ..train.losses import dice_focal_loss  # one DiceFocal for every trainer
-from ..volume import volume_window  # one intensity window rule for every volume consumer
+from ..image import volume_window  # one intensity window rule for every volume consumer
 from .modules import DEFAULT_CONFIG, _encoder_kind, _unwrap, encoder_stem, encoder_trunk, is_adapted
 from .modules import slab_depth as slab_depth_of
 

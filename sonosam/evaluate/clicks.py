@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import PromptError
+from ..masks import bounding_box
 from ..prompts import Prompts
 
 __all__ = [
@@ -116,9 +117,9 @@ def box_from_mask(gt, jitter: float = 0.0, rng: np.random.Generator | None = Non
     ``x0 < x1`` and ``y0 < y1`` (at least two pixels each way, as the models require)."""
     gt = _as_mask(gt, "ground-truth mask")
     _require_structure(gt)
-    rows, cols = np.nonzero(gt)
-    x0, x1 = float(cols.min() - margin), float(cols.max() + margin)
-    y0, y1 = float(rows.min() - margin), float(rows.max() + margin)
+    left, top, right, bottom = bounding_box(gt)
+    x0, x1 = float(left - margin), float(right + margin)
+    y0, y1 = float(top - margin), float(bottom + margin)
     if jitter > 0:
         rng = rng if rng is not None else np.random.default_rng()
         width, height = x1 - x0 + 1, y1 - y0 + 1

@@ -20,36 +20,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..masks import dice, iou  # one home for the overlap measures; re-exported here for evaluation users
+
 __all__ = [
     "dice", "iou", "noc", "failed", "max_dice", "mean_curve", "summarize_curves",
     "FrameRecord", "interventions_per_loop", "dice_drop_before_intervention", "clicks_per_loop",
     "summarize_tracking",
 ]
-
-
-def _pair(pred, gt) -> tuple[np.ndarray, np.ndarray]:
-    pred, gt = np.asarray(pred).astype(bool, copy=False), np.asarray(gt).astype(bool, copy=False)
-    if pred.shape != gt.shape:
-        raise ValueError(f"Masks differ in shape: prediction {pred.shape}, ground truth {gt.shape}.")
-    return pred, gt
-
-
-def dice(pred, gt) -> float:
-    """Dice similarity coefficient 2|A&B| / (|A| + |B|); 1.0 when both masks are empty."""
-    pred, gt = _pair(pred, gt)
-    total = int(pred.sum()) + int(gt.sum())
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(pred, gt).sum()) / total
-
-
-def iou(pred, gt) -> float:
-    """Intersection over union (Jaccard); 1.0 when both masks are empty."""
-    pred, gt = _pair(pred, gt)
-    union = int(np.logical_or(pred, gt).sum())
-    if union == 0:
-        return 1.0
-    return int(np.logical_and(pred, gt).sum()) / union
 
 
 def _curve(curve) -> np.ndarray:

@@ -70,6 +70,13 @@ class Prediction:
         return self.low_res_logits[0]
 
 
+def encoder_slab_depth(sam: torch.nn.Module) -> int:
+    """How many neighbouring slices the image encoder must see together in one batch: the slab depth of
+    Med-SA's SD-Trans (sonosam.adapters records its configuration in `sam.medsa_config`), else 1."""
+    config = getattr(sam, "medsa_config", None) or {}
+    return int(config.get("slab_depth", 1)) if config.get("depth_attention") else 1
+
+
 class SamModel:
     def __init__(self, spec: "ModelSpec", sam: torch.nn.Module, checkpoint: Path | None = None):
         self.spec = spec
@@ -99,6 +106,11 @@ class SamModel:
     def __repr__(self):
         return (f"SamModel({self.spec.name!r}, device={self.device}, backend={self.backend!r}, "
                 f"checkpoint={str(self.checkpoint)!r})")
+
+    @property
+    def slab_depth(self) -> int:
+        """Slices to encode together (encode_many(batch_size=...)): > 1 for Med-SA's SD-Trans."""
+        return encoder_slab_depth(self.sam)
 
     @property
     def device(self) -> torch.device:

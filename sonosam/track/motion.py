@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..masks import bounding_box
+
 __all__ = ["FlowEstimator", "MotionPrior", "warp", "roi_ncc"]
 
 
@@ -101,11 +103,12 @@ class MotionPrior:
 
 
 def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
+    """(row0, row1, col0, col1) slice bounds (end exclusive) of the mask's pixels; None if empty."""
+    box = bounding_box(mask)
+    if box is None:
         return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    x0, y0, x1, y1 = box
+    return y0, y1 + 1, x0, x1 + 1
 
 
 def motion_prior(estimator: FlowEstimator, prev_frame: np.ndarray, cur_frame: np.ndarray, prev_mask: np.ndarray,

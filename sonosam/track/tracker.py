@@ -27,7 +27,6 @@ decides interventions: a frame whose confidence is <= ``threshold`` (``threshold
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -37,6 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import PromptError, SonoSAMError
+from ..masks import box_with_margin, content_hash
 from ..models import mask_to_logits
 from ..predictor import Predictor
 from ..prompts import PromptKind, Prompts
@@ -178,9 +178,7 @@ class Tracker:
         if self.key is not None:
             return (self.key, int(t))
         if self._frame_keys[t] is None:
-            digest = hashlib.blake2b(np.ascontiguousarray(self.frames[t]).view(np.uint8).reshape(-1), digest_size=16)
-            digest.update(f"{self.frames[t].shape}{self.frames.dtype}".encode())
-            self._frame_keys[t] = ("frame", digest.hexdigest())
+            self._frame_keys[t] = ("frame", content_hash(self.frames[t]))
         return self._frame_keys[t]
 
     def add_object(self, name: str, frame: int, mask: np.ndarray | None = None, box=None, points=None,
@@ -450,15 +448,10 @@ class Tracker:
         return shape_score(solidity(mask), source.ref_solidity)
 
     def _box(self, mask: np.ndarray, margin: float | None = None):
-        if not mask.any():
+        box = box_with_margin(mask, self.box_margin if margin is None else margin)
+        if box is None:
             raise SonoSAMError("The tracked mask vanished: there is nothing to prompt the model with.")
-        rows, cols = np.nonzero(mask)
-        h, w = mask.shape
-        margin = self.box_margin if margin is None else margin
-        my = max(2.0, margin * (rows.max() - rows.min() + 1))
-        mx = max(2.0, margin * (cols.max() - cols.min() + 1))
-        return (float(max(0, cols.min() - mx)), float(max(0, rows.min() - my)),
-                float(min(w - 1, cols.max() + mx)), float(min(h - 1, rows.max() + my)))
+        return box
 
     def _recent_areas(self, obj: TrackedObject, src_t: int, direction: int) -> list[float]:
         areas = []

@@ -1,0 +1,52 @@
+"""One home for the small shared rules: mask boxes, overlap measures, content keys, the volume window."""
+
+import numpy as np
+import pytest
+
+from sonosam.errors import InputImageError
+from sonosam.image import to_uint8_rgb, volume_window
+from sonosam.masks import bounding_box, box_with_margin, content_hash, dice, iou
+from sonosam.predictor import image_key
+
+
+def test_boxes_of_a_mask():
+    mask = np.zeros((20, 30), bool)
+    mask[5:10, 8:15] = True                                   # rows 5..9, columns 8..14
+    assert bounding_box(mask) == (8, 5, 14, 9)
+    assert bounding_box(np.zeros((4, 4), bool)) is None and box_with_margin(np.zeros((4, 4)), 0.1) is None
+    assert box_with_margin(mask, 0.1) == (6.0, 3.0, 16.0, 11.0)      # at least 2 px each way
+    assert box_with_margin(mask, 1.0) == (1.0, 0.0, 21.0, 14.0)      # 7 px / 5 px, clipped at the top
+    edge = np.zeros((20, 30), bool)
+    edge[15:, 25:] = True
+    assert box_with_margin(edge, 0.5) == (22.5, 12.5, 29.0, 19.0)    # clipped to the image
+
+
+def test_overlap_measures():
+    a = np.zeros((10, 10), bool)
+    b = np.zeros((10, 10), bool)
+    a[:5], b[2:7] = True, True                                # 50 and 50 pixels, 30 shared
+    assert dice(a, b) == pytest.approx(0.6) and iou(a, b) == pytest.approx(30 / 70)
+    assert dice(a & False, b & False) == 1.0 and iou(a & False, b & False) == 1.0   # nothing to find, nothing found
+    with pytest.raises(ValueError, match="differ in shape"):
+        dice(a, b[:5])
+
+
+def test_content_keys_follow_pixels_shape_dtype_and_window():
+    image = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    assert content_hash(image) == content_hash(image.copy()) != content_hash(image.astype(np.int16))
+    assert content_hash(image) != content_hash(image.reshape(4, 16))
+    assert image_key(image) == content_hash(image, "None") != image_key(image, (0, 10))
+
+
+def test_one_window_rule_for_volumes():
+    rng = np.random.default_rng(0)
+    volume = rng.integers(0, 200, (40, 40, 40)).astype(np.uint8)
+    low, high = volume_window(volume)                        # uint8 volumes are windowed like any other
+    assert 0 <= low < 5 and 195 <= high <= 199
+    floats = volume.astype(np.float32)
+    floats[0, 0, :4] = np.nan                                # a few missing voxels do not poison the window
+    assert volume_window(floats) == (low, high)
+    with pytest.raises(InputImageError, match="constant"):
+        volume_window(np.full((8, 8, 8), 7, np.int16))
+    # every slice of the volume becomes the same pixels whichever path windows it
+    assert (to_uint8_rgb(volume[3], (low, high)) == to_uint8_rgb(volume[3].astype(np.float64), (low, high))).all()

@@ -1,0 +1,71 @@
+"""Small rules on 2D masks and arrays that several parts of the core share: one home for each.
+
+Masks are ``[row, col]`` boolean arrays; boxes are ``(x0, y0, x1, y1)`` with x = column, y = row,
+inclusive pixel corners (docs/CORE_API.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+__all__ = ["bounding_box", "box_with_margin", "dice", "iou", "content_hash"]
+
+
+def bounding_box(mask) -> tuple[int, int, int, int] | None:
+    """``(x0, y0, x1, y1)`` of the mask's pixels, inclusive; None for an empty mask."""
+    mask = np.asarray(mask, dtype=bool)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
+
+
+def box_with_margin(mask, margin: float, min_margin: float = 2.0) -> tuple[float, float, float, float] | None:
+    """The bounding box grown on each side by ``margin`` x its width (x) or height (y), at least
+    ``min_margin`` pixels, clipped to the image; None for an empty mask. The prompt box that propagation
+    and tracking give the model around a mask they carry."""
+    mask = np.asarray(mask, dtype=bool)
+    box = bounding_box(mask)
+    if box is None:
+        return None
+    x0, y0, x1, y1 = box
+    height, width = mask.shape
+    mx, my = max(min_margin, margin * (x1 - x0 + 1)), max(min_margin, margin * (y1 - y0 + 1))
+    return (float(max(0, x0 - mx)), float(max(0, y0 - my)), float(min(width - 1, x1 + mx)),
+            float(min(height - 1, y1 + my)))
+
+
+def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(a).astype(bool, copy=False), np.asarray(b).astype(bool, copy=False)
+    if a.shape != b.shape:
+        raise ValueError(f"Masks differ in shape: prediction {a.shape}, ground truth {b.shape}.")
+    return a, b
+
+
+def dice(a, b) -> float:
+    """Dice similarity coefficient 2|A&B| / (|A| + |B|); 1.0 when both masks are empty."""
+    a, b = _pair(a, b)
+    total = int(a.sum()) + int(b.sum())
+    if total == 0:
+        return 1.0
+    return 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def iou(a, b) -> float:
+    """Intersection over union (Jaccard); 1.0 when both masks are empty."""
+    a, b = _pair(a, b)
+    union = int(np.logical_or(a, b).sum())
+    if union == 0:
+        return 1.0
+    return int(np.logical_and(a, b).sum()) / union
+
+
+def content_hash(array, extra: str = "", digest_size: int = 16) -> str:
+    """Hex digest of an array's bytes, shape and dtype (and ``extra``): same pixels -> same key. Keys the
+    embedding caches (images, volumes, cine frames)."""
+    array = np.ascontiguousarray(array)
+    digest = hashlib.blake2b(array.view(np.uint8).reshape(-1), digest_size=digest_size)
+    digest.update(f"{array.shape}{array.dtype}{extra}".encode())
+    return digest.hexdigest()
