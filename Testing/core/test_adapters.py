@@ -17,6 +17,7 @@ from sonosam.adapters.training import (SliceEncoderInput, decode, segment_volume
 from sonosam.errors import CheckpointError, DataFileError
 from sonosam.prompts import Prompts
 
+
 THALAMUS_L = 77          # AAL label
 SLAB = (78, 2)           # axial slices 78-79 hold the left thalamus
 
@@ -109,6 +110,7 @@ def state_copy(sam):
 
 
 # ------------------------------------------------------------------------------------- identity
+@pytest.mark.slow  # the real model on real MRI slices
 def test_untrained_adapters_reproduce_litemedsam_exactly(mri):
     model = lite()
     batch, boxes = real_slab(mri, model)
@@ -121,6 +123,7 @@ def test_untrained_adapters_reproduce_litemedsam_exactly(mri):
     assert model.model_id.endswith("+medsa")  # the predictor's embedding cache must not mix the two
 
 
+@pytest.mark.slow  # ViT-B at 1024 px / an ONNX export
 def test_adapters_switch_an_onnx_model_to_its_adapted_modules():
     """An exported graph is the base network: after adding adapters the model must run its own modules."""
     from sonosam.models import load_model
@@ -131,6 +134,7 @@ def test_adapters_switch_an_onnx_model_to_its_adapted_modules():
     assert model.backend == "eager"
 
 
+@pytest.mark.slow  # ViT-B at 1024 px / an ONNX export
 def test_untrained_adapters_reproduce_vit_b_exactly():
     sam = vit_b_small_input()
     torch.manual_seed(3)
@@ -214,6 +218,7 @@ def test_sd_trans_couples_neighbouring_slices_tinyvit_block(depth_attention):
 
 
 # ------------------------------------------------------------------------------------- training
+@pytest.mark.slow  # the real model on real MRI slices
 def test_training_on_real_mri_changes_only_adapters_litemedsam(mri):
     volume, label = mri
     model = lite()
@@ -233,6 +238,7 @@ def test_training_on_real_mri_changes_only_adapters_litemedsam(mri):
     assert changed and all(k in adapters for k in changed)
 
 
+@pytest.mark.slow  # the real model on real MRI slices
 def test_training_on_real_mri_lowers_loss_vit(mri):
     volume, label = mri
     sam = add_medsa_adapters(vit_sam())
@@ -248,6 +254,7 @@ def test_training_on_real_mri_lowers_loss_vit(mri):
 
 
 # ---------------------------------------------------------------------------- prompts, inference
+@pytest.mark.slow  # the real model on real MRI slices
 def test_simulated_prompts_lie_on_the_structure(mri):
     _, label = mri
     mask = label[SLAB[0]] == THALAMUS_L
@@ -263,6 +270,7 @@ def test_simulated_prompts_lie_on_the_structure(mri):
     assert simulate_box(np.zeros((5, 5), bool)) is None
 
 
+@pytest.mark.slow  # the real model on real MRI slices
 def test_segment_volume_with_adapters_matches_core_api(mri):
     volume, label = mri
     model = lite()
@@ -282,6 +290,7 @@ def test_segment_volume_with_adapters_matches_core_api(mri):
         assert dice > 0.6, dice
 
 
+@pytest.mark.slow  # the real model on real MRI slices
 def test_propagation_encodes_sd_trans_slabs_together(mri):
     """Propagating with SD-Trans adapters encodes each fixed slab of `slab_depth` slices in one batch (as in
     training), so a slice's embedding is its slab's, not a lone slice's."""
@@ -351,6 +360,7 @@ def test_loading_a_wrong_file_raises_checkpoint_error(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- CLI
+@pytest.mark.slow  # the real model on real MRI slices
 def test_cli_trains_and_saves_adapters(mri, tmp_path, capsys):
     from sonosam.adapters.cli import main
     from sonosam.io import Volume, write_volume

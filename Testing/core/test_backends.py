@@ -14,6 +14,8 @@ from sonosam.models import backends, load_model
 from sonosam.predictor import EmbeddingCache
 from sonosam.prompts import Prompts
 
+pytestmark = pytest.mark.slow  # exports ONNX graphs and encodes real images with several backends
+
 pytest.importorskip("onnxruntime")
 
 

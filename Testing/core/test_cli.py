@@ -8,6 +8,8 @@ from sonosam.cli import main
 from sonosam.data import echo_a4c_path
 from sonosam.io import read_segmentation
 
+pytestmark = pytest.mark.slow  # each command loads the real model
+
 
 def test_segment_cine_frame_writes_mask_and_overlay(tmp_path, capsys):
     output = tmp_path / "lv.seg.nrrd"

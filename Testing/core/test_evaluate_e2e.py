@@ -12,6 +12,8 @@ from PIL import Image
 
 from sonosam.errors import DataFileError, UnsupportedPromptError
 
+pytestmark = pytest.mark.slow  # the real model over real MRI slices
+
 ALTERNATE_MRICRON = "/tmp/mricron/x/usr/share/mricron/templates"
 
 

@@ -218,6 +218,7 @@ def test_download_offline_is_a_clear_error(tmp_path):
     assert list(target.parent.iterdir()) == []
 
 
+@pytest.mark.slow  # SAM ViT-B at 1024 px against segment_anything
 def test_sam_vit_b_matches_segment_anything_predictor(tmp_path, monkeypatch, echo_frames):
     """Our sam_vit_b path against the official SamPredictor, same real-architecture checkpoint."""
     from segment_anything import SamPredictor, sam_model_registry

@@ -8,6 +8,8 @@ from scipy import ndimage
 
 from sonosam.references import SHAPES, colin27_references, ct_head_references, read_inv3
 
+pytestmark = pytest.mark.slow  # reference labels computed on the real MRI and CT volumes
+
 
 @pytest.fixture(scope="module")
 def colin():

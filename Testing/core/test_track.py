@@ -14,6 +14,7 @@ from sonosam.track import SimulatedExpert, Tracker, echo_synthetic_loop, track_w
 from sonosam.track.confidence import Signals, area_score, combine, shape_score, solidity, stability_score
 from sonosam.track.tracker import _reanchor
 
+
 N_FRAMES = 12
 
 
@@ -72,6 +73,7 @@ def test_shape_signal_and_reanchoring():
     assert dice(fixed, lv) > 0.97
 
 
+@pytest.mark.slow  # the real-frame synthetic loop, every frame encoded
 def test_synthetic_loop_is_labelled_and_exact(loop):
     assert "SYNTHETIC" in loop.description and "real A4C" in loop.description
     masks = loop.masks["LV"]
@@ -80,6 +82,7 @@ def test_synthetic_loop_is_labelled_and_exact(loop):
     assert area[N_FRAMES // 2] < 0.8 * area[0]                      # contraction-like
 
 
+@pytest.mark.slow  # the real-frame synthetic loop, every frame encoded
 def test_tracking_with_expert_keeps_dice(predictor, loop):
     tracker = Tracker(predictor, loop.frames, threshold=0.85, model_every=4)
     records, summary = track_with_expert(tracker, loop.masks, expert=SimulatedExpert(target=0.9), loop="syn")
@@ -94,6 +97,7 @@ def test_tracking_with_expert_keeps_dice(predictor, loop):
         assert np.array_equal(tracker.result(t, "LV").mask, mask)
 
 
+@pytest.mark.slow  # the real-frame synthetic loop, every frame encoded
 def test_interventions_help(predictor, loop):
     expert = SimulatedExpert(target=0.97)                            # strict expert: corrects what it sees
     _, none = track_with_expert(Tracker(predictor, loop.frames, threshold=0.0, model_every=4), loop.masks,
@@ -107,6 +111,7 @@ def test_interventions_help(predictor, loop):
     assert some["clicks_per_loop"] >= none["clicks_per_loop"]
 
 
+@pytest.mark.slow  # the real-frame synthetic loop, every frame encoded
 def test_threshold_extremes(predictor, loop):
     gt0 = loop.masks["LV"][0]
     for threshold, expected in ((0.0, 0), (1.0, N_FRAMES - 1)):
@@ -118,6 +123,7 @@ def test_threshold_extremes(predictor, loop):
         assert sorted(e.frame for e in tracker.events) == list(range(1, expected + 1))
 
 
+@pytest.mark.slow  # the real-frame synthetic loop, every frame encoded
 def test_pause_resume_and_two_objects_do_not_overlap(predictor, loop):
     lv = loop.masks["LV"][0]
     rows, cols = np.nonzero(lv)
@@ -141,6 +147,7 @@ def test_pause_resume_and_two_objects_do_not_overlap(predictor, loop):
     assert set(np.unique(tracker.labelmap())) <= {0, 1, 2}
 
 
+@pytest.mark.slow  # the real-frame synthetic loop, every frame encoded
 def test_a_pause_raised_from_on_progress_keeps_that_frames_request(predictor, loop):
     """The GUI pauses (or the server cancels) by raising from on_progress: the frame just tracked keeps
     its intervention request, and the next run goes on from the next frame."""
@@ -161,6 +168,7 @@ def test_a_pause_raised_from_on_progress_keeps_that_frames_request(predictor, lo
     assert seen[-1] == (2, 2) and {e.frame for e in tracker.events} == {1, 2, 3}
 
 
+@pytest.mark.slow  # the real-frame synthetic loop, every frame encoded
 @pytest.mark.parametrize("kind", ["blank", "cut"])
 def test_blank_frame_or_cut_requests_intervention(predictor, loop, kind):
     frames = loop.frames[:5].copy()
@@ -176,6 +184,7 @@ def test_blank_frame_or_cut_requests_intervention(predictor, loop, kind):
     assert set(flagged) <= {3, 4}
 
 
+@pytest.mark.slow  # the real-frame synthetic loop, every frame encoded
 def test_backward_tracking_from_mid_loop(predictor, loop):
     tracker = Tracker(predictor, loop.frames[:5], threshold=0.0, model_every=4, pause=False)
     tracker.add_object("LV", 2, mask=loop.masks["LV"][2])

@@ -3,10 +3,12 @@
 import json
 
 import numpy as np
+import pytest
 
 from sonosam.cli import main
 
 
+@pytest.mark.slow  # tracks a real loop with the real model
 def test_track_cli_writes_outputs(tmp_path, capsys):
     from sonosam.data import echo_a4c_small_path
     from sonosam.track.outputs import read_sequence_nrrd

@@ -15,6 +15,8 @@ from sonosam.models import list_models, load_model
 from sonosam.train import EmbeddingStore, TrainConfig, clickable, evaluate_cached, save_checkpoint, train_decoder
 from sonosam.train.data import _is_test_structure
 
+pytestmark = pytest.mark.slow  # trains decoders and students on real embeddings
+
 TRAIN_SLICES, HELD_OUT_SLICE = (72, 90), 108
 
 

@@ -16,6 +16,8 @@ from sonosam.predictor import Predictor
 from sonosam.volume import Seed, naive_baseline, propagate, volume_window
 from bench.volume import label_seed, loose_box, true_extent
 
+pytestmark = pytest.mark.slow  # propagation with the real model through real MRI
+
 THALAMUS_R = 78
 # label -> largest stop error (slices) allowed at either end. Thalamus_R stops 5 slices early at its lower
 # end, where the AAL label's first slice holds 4 voxels (the next one 404).

@@ -204,6 +204,7 @@ def test_evaluate_with_stand_in_returns_dice_table_and_report(ball, tmp_path):
     np.testing.assert_array_equal(read(ball, ball.target), ball.inside)  # the reference is not written
 
 
+@pytest.mark.slow  # the real model on real MRI
 def test_evaluate_real_default_model_on_real_mri(colin, real_logic, tmp_path):  # noqa: F811
     """litemedsam, box start, on 3 axial slices of Colin27 with the AAL Thalamus_R as the reference segment
     (slices where it covers >= 300 voxels, as `colin27_samples`; its thin end slices score ~0.3 box-only)."""

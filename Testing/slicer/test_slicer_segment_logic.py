@@ -473,6 +473,7 @@ def real_logic():
     return logic
 
 
+@pytest.mark.slow  # the real model on real MRI
 def test_real_default_model_box_on_real_mri_end_to_end(colin, real_logic):
     """litemedsam, a box around the head on an axial slice of the real MRI, through MRML: the segment
     equals what the core gives for the same slice read independently by SimpleITK (shown as Slicer's axial

@@ -5,6 +5,8 @@ by Slicer's storage node."""
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # a real-frame loop tracked with the real model
+
 N = 5
 
 
