@@ -171,3 +171,73 @@ def test_benchmarks_and_rebuild_scripts_stay_out_of_the_installed_core():
                  "scripts/default_decoder.py", "scripts/distill_colin27.py"):
         assert (ROOT / path).is_file(), path
 
+
+
+def _core_import_graph() -> dict[str, set[str]]:
+    """sonosam module -> the sonosam modules it imports, at any depth of the file (imports inside functions
+    count: a lazy import hides a cycle from Python, not from the next reader), except under TYPE_CHECKING."""
+    modules = {}
+    for path in (ROOT / "sonosam").rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        is_package = parts[-1] == "__init__"
+        modules[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+
+    def resolve(name: str) -> str | None:
+        while name and name not in modules:   # `from x.y import Z` where Z is a class: the module is x.y
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, (path, is_package) in modules.items():
+        package = name if is_package else name.rpartition(".")[0]
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                for child in node.body for n in ast.walk(child)}
+        edges = set()
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                    base = ".".join(anchor + ([base] if base else []))
+                targets = [f"{base}.{alias.name}" for alias in node.names] if base else []
+            else:
+                continue
+            for target in targets:
+                found = resolve(target)
+                if found and found != name:
+                    edges.add(found)
+        graph[name] = edges
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    cycles, state = [], {}
+
+    def visit(node, stack):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    return cycles
+
+
+def test_core_modules_import_each_other_without_cycles():
+    """The core is layered (docs/ARCHITECTURE.md): a module never needs, even lazily, one that needs it."""
+    graph = _core_import_graph()
+    assert "sonosam.prompts" in graph and "sonosam.errors" in graph["sonosam.prompts"]   # the walk sees imports
+    cycles = _cycles(graph)
+    assert not cycles, "import cycles among the core's modules: " + "; ".join(" -> ".join(c) for c in cycles)

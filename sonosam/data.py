@@ -1,4 +1,4 @@
-"""Locate the real images that registry packages ship (see DESIGN.md), for the demo, tests and benchmarks.
+"""Locate the real images that registry packages ship, for the demo, tests and benchmarks.
 
 Nothing here downloads: the echo loops come with the `pydicom-data` / `pydicom` wheels, the labelled MRI
 with Debian's `mricron-data` and the head CT with `invesalius-examples` (unpacked into `.data/` by

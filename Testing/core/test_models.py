@@ -28,6 +28,14 @@ def test_registry_lists_families_and_prompt_kinds():
         get_spec("sam_vit_z")
 
 
+def test_sam_model_offers_the_model_interface(default_model):
+    """What the predictor, workflows and server rely on (models/interface.py), and nothing SAM-specific."""
+    from sonosam.models import PromptableModel
+
+    assert isinstance(default_model, PromptableModel)
+    assert default_model.slab_depth == 1 and default_model.backend == "eager"
+
+
 def test_default_model_segments_left_ventricle_from_box(default_model, echo_frames):
     embedding = default_model.encode(echo_frames[0])
     first = default_model.decode(embedding, Prompts(box=LV_BOX))

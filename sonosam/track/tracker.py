@@ -116,19 +116,18 @@ class Tracker:
         are carried by optical flow unless their motion score is below ``encode_below``.
     pause: stop ``run()`` on the first frame that requests an intervention (else record and go on).
     use_mask_prompt: where the model's mask is kept (weak motion evidence; fusion "model"/"trust"), prompt
-        with the warped mask as logits too (default True): through the synthetic dropout frames this keeps
-        Dice 0.95 where the box alone gives 0.86. The model's *opinion* (agreement, re-anchoring) is always
-        decoded from the fresh box alone: with the mask prompt the model echoes the prior (agreement stays
-        0.92-0.97 even where the prior leaks through the valve on the real loop).
+        with the warped mask as logits too (default True; it holds the mask through dropout frames). The
+        model's *opinion* (agreement, re-anchoring) is always decoded from the fresh box alone: with the mask
+        prompt the model echoes the prior, even where the prior leaks through the valve on the real loop.
     anchor: when ``fusion="auto"`` re-anchors on the model's mask: "shape" (default; when the flow-carried
         mask's solidity is more than ``anchor_solidity`` below the model's), "always" or "never"; only when
         the model's predicted IoU is >= ``anchor_iou``, it agrees with the prior at Dice >= 0.8 and its area
         is within 0.8-1.25 x the prior's. The re-anchored mask is the model's plus the prior's pixels within
         ``trust`` x the diameter of it (flow's legs are cut, its bites filled, its slightly wider boundary kept).
     box_margin / opinion_margin: the prompt box is the prior's bounding box grown by this share of its size,
-        for the mask-guided decode (0.15) and for the box-only opinion (0.1: on the real loop a box-only mask
-        from a 15 % box is 14 % larger than the flow-carried mask (median), from a 10 % box 3.5 % larger,
-        and re-anchoring on it every model frame grows the mask without bound with 15 %).
+        for the mask-guided decode (0.15) and for the box-only opinion (0.1: a box-only mask from a wider box
+        is larger than the flow-carried mask, and re-anchoring on it every model frame grows the mask).
+    The measurements behind these defaults are in docs/tracking.md.
     """
 
     def __init__(self, predictor: Predictor, frames: np.ndarray, threshold: float = 0.85, model_every: int = 5,
@@ -408,8 +407,8 @@ class Tracker:
                 fusion = "anchor"
         pred, model_mask = opinion, opinion_mask
         if fusion in ("model", "trust") and self.use_mask_prompt:
-            # Where the model's mask is kept, the prior's shape guides it (through dropout, box + mask
-            # prompt keeps Dice 0.95 on the synthetic loop where the box alone gives 0.86).
+            # Where the model's mask is kept, the prior's shape guides it (through dropout frames box + mask
+            # prompt holds the structure where the box alone loses it; docs/tracking.md).
             pred = self.predictor.model.decode(embedding, Prompts(points, labels, box, mask_to_logits(prior.soft)),
                                                multimask=False)
             model_mask = _clean(pred.mask)
