@@ -58,6 +58,21 @@ def _leaky_ellipse():
     return lv.astype(bool), leaky.astype(bool)
 
 
+def test_tracker_options_are_one_validated_value():
+    from sonosam.errors import SonoSAMError
+    from sonosam.track import TrackerOptions
+
+    frames = np.zeros((3, 16, 16), np.uint8)
+    assert Tracker(None, frames).options == TrackerOptions()
+    tuned = Tracker(None, frames, TrackerOptions(model_every=2), threshold=0.9, pause=False)
+    assert (tuned.options.model_every, tuned.options.threshold, tuned.pause) == (2, 0.9, False)
+    with pytest.raises(TypeError, match="Unknown tracker option"):
+        Tracker(None, frames, treshold=0.9)
+    for bad in (dict(threshold=1.5), dict(model_every=0), dict(fusion="average"), dict(anchor="sometimes")):
+        with pytest.raises(SonoSAMError):
+            TrackerOptions(**bad)
+
+
 def test_shape_signal_and_reanchoring():
     lv, leaky = _leaky_ellipse()
     assert solidity(lv) > 0.97 and solidity(leaky) < 0.9 and solidity(np.zeros((4, 4), bool)) == 0.0

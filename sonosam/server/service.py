@@ -9,7 +9,6 @@ raises `ApiError` (or a SonoSAMError from the core) with a message naming the pr
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import math
 import threading
@@ -544,14 +543,14 @@ class Service:
 
     # cine tracking: a tracker session lives on the server; `track` jobs run it until done or paused
     def create_tracker(self, meta: dict, arrays: dict) -> dict:
-        from ..track import Tracker
+        from dataclasses import fields
+
+        from ..track.tracker import Tracker, TrackerOptions
 
         frames_id = meta.get("frames")
         frames = check_stack(self.store.get(frames_id, "frames"), "frames")
-        allowed = ("threshold", "model_every", "encode_below", "use_mask_prompt", "box_margin", "fusion", "trust",
-                   "anchor", "anchor_iou", "anchor_solidity", "opinion_margin", "prefetch")
-        parameters = inspect.signature(Tracker).parameters
-        options = check_options(meta.get("options") or {}, {n: parameters[n].default for n in allowed}, "tracker")
+        defaults = {f.name: f.default for f in fields(TrackerOptions)} | {"prefetch": True}
+        options = check_options(meta.get("options") or {}, defaults, "tracker")
         tracker = Tracker(self.predictor, frames, pause=bool(meta.get("pause", True)), key="frames-" + frames_id,
                           **options)
         tracker_id = uuid.uuid4().hex
@@ -617,7 +616,7 @@ class Service:
                              "sources": [None if r is None else r.source for r in obj.results]}
         masks = np.stack([tracker.masks(name) for name in names]) if names else np.zeros((0,) + tracker.frames.shape, bool)
         meta = {"names": names, "objects": objects, "events": [e.as_dict() for e in tracker.events],
-                "threshold": tracker.threshold, "n_frames": tracker.n_frames, "timing": tracker.timing}
+                "threshold": tracker.options.threshold, "n_frames": tracker.n_frames, "timing": tracker.timing}
         return meta, {"masks": masks, "confidences": tracker.confidences().astype(np.float64)}
 
     def _prepare_track(self, params: dict, arrays: dict):

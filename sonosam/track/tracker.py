@@ -28,7 +28,7 @@ decides interventions: a frame whose confidence is <= ``threshold`` (``threshold
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Sequence
 
 import cv2
@@ -44,7 +44,7 @@ from .confidence import (Signals, area_score, combine, drift_score, mask_dice, s
                          stability_score)
 from .motion import FlowEstimator, motion_prior
 
-__all__ = ["Tracker", "TrackedObject", "FrameResult", "Intervention", "RunReport"]
+__all__ = ["Tracker", "TrackerOptions", "TrackedObject", "FrameResult", "Intervention", "RunReport"]
 
 _REASONS = {
     "model_iou": "the model rates its own mask poorly (predicted IoU {v:.2f})",
@@ -108,13 +108,15 @@ class TrackedObject:
         return min(self.keyframes) if self.keyframes else None
 
 
-class Tracker:
-    """See the module docstring. ``frames``: (T, H, W) uint8 (or any numeric; windowed by the model).
+@dataclass
+class TrackerOptions:
+    """How the tracker weighs motion against the model and when it asks for help (tuning knobs; the
+    measurements behind the defaults are in docs/tracking.md).
 
     threshold: confidence at or below which a frame requests an intervention (0: never; 1: always).
     model_every: run the model on every n-th frame from each keyframe (1: every frame); frames between
         are carried by optical flow unless their motion score is below ``encode_below``.
-    pause: stop ``run()`` on the first frame that requests an intervention (else record and go on).
+    encode_below: run the model on a frame whose motion evidence (motion score) is below this.
     use_mask_prompt: where the model's mask is kept (weak motion evidence; fusion "model"/"trust"), prompt
         with the warped mask as logits too (default True; it holds the mask through dropout frames). The
         model's *opinion* (agreement, re-anchoring) is always decoded from the fresh box alone: with the mask
@@ -127,37 +129,58 @@ class Tracker:
     box_margin / opinion_margin: the prompt box is the prior's bounding box grown by this share of its size,
         for the mask-guided decode (0.15) and for the box-only opinion (0.1: a box-only mask from a wider box
         is larger than the flow-carried mask, and re-anchoring on it every model frame grows the mask).
-    The measurements behind these defaults are in docs/tracking.md.
+    trust: how far the model's boundary may move from the prior's (fusion "trust") or which prior pixels join a
+        re-anchored mask, as a share of the structure's equivalent diameter.
+    """
+    threshold: float = 0.85
+    model_every: int = 5
+    encode_below: float = 0.7
+    use_mask_prompt: bool = True
+    box_margin: float = 0.15
+    opinion_margin: float = 0.1
+    fusion: str = "auto"
+    trust: float = 0.03
+    anchor: str = "shape"
+    anchor_iou: float = 0.8
+    anchor_solidity: float = 0.02
+
+    def __post_init__(self):
+        if not 0.0 <= self.threshold <= 1.0:
+            raise SonoSAMError(f"The confidence threshold must lie in [0, 1]; got {self.threshold}.")
+        if self.model_every < 1:
+            raise SonoSAMError(f"model_every must be >= 1; got {self.model_every}.")
+        if self.fusion not in ("auto", "model", "trust", "prior"):
+            raise SonoSAMError(f"fusion must be 'auto', 'model', 'trust' or 'prior', not {self.fusion!r}.")
+        if self.anchor not in ("shape", "always", "never"):
+            raise SonoSAMError(f"anchor must be 'shape', 'always' or 'never', not {self.anchor!r}.")
+        self.threshold, self.encode_below = float(self.threshold), float(self.encode_below)
+        self.model_every = int(self.model_every)
+
+
+class Tracker:
+    """See the module docstring. ``frames``: (T, H, W) uint8 (or any numeric; windowed by the model).
+
+    options: a TrackerOptions (or its fields as keywords: ``Tracker(p, frames, threshold=0.9)``).
+    pause: stop ``run()`` on the first frame that requests an intervention (else record and go on).
+    prefetch: encode the scheduled model frames ahead in the predictor's background thread.
+    key: names the loop in the embedding cache (None: frames are keyed by their content).
+    flow: the optical-flow estimator (default: FlowEstimator()).
     """
 
-    def __init__(self, predictor: Predictor, frames: np.ndarray, threshold: float = 0.85, model_every: int = 5,
-                 encode_below: float = 0.7, pause: bool = True, prefetch: bool = True,
-                 use_mask_prompt: bool = True, box_margin: float = 0.15, key: str | None = None,
-                 flow: FlowEstimator | None = None, fusion: str = "auto", trust: float = 0.03,
-                 anchor: str = "shape", anchor_iou: float = 0.8, anchor_solidity: float = 0.02,
-                 opinion_margin: float = 0.1):
+    def __init__(self, predictor: Predictor, frames: np.ndarray, options: TrackerOptions | None = None, *,
+                 pause: bool = True, prefetch: bool = True, key: str | None = None,
+                 flow: FlowEstimator | None = None, **option_overrides):
         frames = np.asarray(frames)
         if frames.ndim != 3 or frames.shape[0] < 1:
             raise SonoSAMError(f"A cine loop is a (T, H, W) array of frames; got shape {frames.shape}.")
-        if not 0.0 <= threshold <= 1.0:
-            raise SonoSAMError(f"The confidence threshold must lie in [0, 1]; got {threshold}.")
-        if model_every < 1:
-            raise SonoSAMError(f"model_every must be >= 1; got {model_every}.")
+        unknown = set(option_overrides) - {f.name for f in fields(TrackerOptions)}
+        if unknown:
+            raise TypeError(f"Unknown tracker option(s) {sorted(unknown)}; see TrackerOptions.")
+        self.options = replace(options or TrackerOptions(), **option_overrides)  # validated in __post_init__
         self.predictor = predictor
         self.frames = frames
-        self.threshold = float(threshold)
-        self.model_every = int(model_every)
-        self.encode_below = float(encode_below)
         self.pause = pause
         self.prefetch_enabled = prefetch
-        self.use_mask_prompt = use_mask_prompt
-        self.box_margin, self.opinion_margin = box_margin, opinion_margin
-        if fusion not in ("auto", "model", "trust", "prior"):
-            raise SonoSAMError(f"fusion must be 'auto', 'model', 'trust' or 'prior', not {fusion!r}.")
-        self.fusion, self.trust = fusion, trust
-        if anchor not in ("shape", "always", "never"):
-            raise SonoSAMError(f"anchor must be 'shape', 'always' or 'never', not {anchor!r}.")
-        self.anchor, self.anchor_iou, self.anchor_solidity = anchor, anchor_iou, anchor_solidity
         self.flow = flow or FlowEstimator()
         self.key = key                           # None: frames are keyed by content (shared across loops)
         self._frame_keys: list = [None] * frames.shape[0]
@@ -274,8 +297,8 @@ class Tracker:
         """Model frames on a grid anchored at the keyframe the sweep comes from (known ahead: prefetchable)."""
         if direction > 0:
             anchor = max(k for k in obj.keyframes if k < t)
-            return (t - anchor) % self.model_every == 0
-        return (obj.first_keyframe - t) % self.model_every == 0
+            return (t - anchor) % self.options.model_every == 0
+        return (obj.first_keyframe - t) % self.options.model_every == 0
 
     def _start_prefetch(self) -> None:
         if not self.prefetch_enabled:
@@ -349,10 +372,10 @@ class Tracker:
                 priors[obj.name] = type(priors[obj.name])(source.mask.copy(), source.mask.astype(np.float32),
                                                           0.0, 0.0, 0.0, [chain.copy()])
                 continue
-            if self._scheduled(obj, t, direction) or priors[obj.name].score < self.encode_below:
+            if self._scheduled(obj, t, direction) or priors[obj.name].score < self.options.encode_below:
                 use_model = True
-            elif self.fusion == "auto" and self.anchor != "never" \
-                    and (self._shape(priors[obj.name].mask, obj.results[src_t]) or 1.0) < self.encode_below:
+            elif self.options.fusion == "auto" and self.options.anchor != "never" \
+                    and (self._shape(priors[obj.name].mask, obj.results[src_t]) or 1.0) < self.options.encode_below:
                 use_model = True  # the flow-carried mask is losing its shape: ask the model now, not later
         if use_model:
             tic = time.perf_counter()
@@ -380,7 +403,7 @@ class Tracker:
         for obj in todo:
             result = new[obj.name]
             obj.results[t] = result
-            threshold = self.threshold if obj.threshold is None else obj.threshold
+            threshold = self.options.threshold if obj.threshold is None else obj.threshold
             if threshold > 0 and result.confidence <= threshold:
                 events.append(Intervention(t, obj.name, self._reason(result, frame), result.confidence))
         return events
@@ -397,16 +420,16 @@ class Tracker:
         # The model's independent opinion: a fresh box (and point) around the prior, no mask logits.
         tic = time.perf_counter()
         opinion = self.predictor.model.decode(
-            embedding, Prompts(points, labels, self._box(prompt_mask, self.opinion_margin)), multimask=False)
+            embedding, Prompts(points, labels, self._box(prompt_mask, self.options.opinion_margin)), multimask=False)
         opinion_mask = _clean(opinion.mask)
         agreement = mask_dice(prior.mask, opinion_mask)
-        fusion = self.fusion
+        fusion = self.options.fusion
         if fusion == "auto":  # flow where its evidence is good, the model where it is not
-            fusion = "prior" if prior.score >= self.encode_below else "model"
+            fusion = "prior" if prior.score >= self.options.encode_below else "model"
             if fusion == "prior" and self._anchor(prior.mask, opinion_mask, float(opinion.score), agreement, source):
                 fusion = "anchor"
         pred, model_mask = opinion, opinion_mask
-        if fusion in ("model", "trust") and self.use_mask_prompt:
+        if fusion in ("model", "trust") and self.options.use_mask_prompt:
             # Where the model's mask is kept, the prior's shape guides it (through dropout frames box + mask
             # prompt holds the structure where the box alone loses it; docs/tracking.md).
             pred = self.predictor.model.decode(embedding, Prompts(points, labels, box, mask_to_logits(prior.soft)),
@@ -418,9 +441,9 @@ class Tracker:
         if fusion == "prior":
             mask = prior.mask
         elif fusion == "anchor":
-            mask = _reanchor(prior.mask, model_mask, self.trust)
+            mask = _reanchor(prior.mask, model_mask, self.options.trust)
         elif fusion == "trust":
-            mask = _trust_region(prior.mask, model_mask, self.trust)
+            mask = _trust_region(prior.mask, model_mask, self.options.trust)
         else:
             mask = model_mask
         signals = Signals(float(pred.score), stability_score(pred.logits), agreement,
@@ -431,14 +454,14 @@ class Tracker:
     def _anchor(self, prior: np.ndarray, model: np.ndarray, model_iou: float, agreement: float,
                 source: FrameResult) -> bool:
         """Re-anchor to the model's mask (instead of the flow-carried one) on a model frame?"""
-        if self.anchor == "never" or model_iou < self.anchor_iou or agreement < 0.8:
+        if self.options.anchor == "never" or model_iou < self.options.anchor_iou or agreement < 0.8:
             return False
         ratio = float(model.sum()) / max(1.0, float(prior.sum()))
         if not 0.8 <= ratio <= 1.25:
             return False
-        if self.anchor == "always":
+        if self.options.anchor == "always":
             return True
-        return solidity(prior) < solidity(model) - self.anchor_solidity
+        return solidity(prior) < solidity(model) - self.options.anchor_solidity
 
     @staticmethod
     def _shape(mask: np.ndarray, source: FrameResult) -> float | None:
@@ -447,7 +470,7 @@ class Tracker:
         return shape_score(solidity(mask), source.ref_solidity)
 
     def _box(self, mask: np.ndarray, margin: float | None = None):
-        box = box_with_margin(mask, self.box_margin if margin is None else margin)
+        box = box_with_margin(mask, self.options.box_margin if margin is None else margin)
         if box is None:
             raise SonoSAMError("The tracked mask vanished: there is nothing to prompt the model with.")
         return box
@@ -522,7 +545,7 @@ class Tracker:
         for t in range(after + 1, self.n_frames):
             for obj in self.objects.values():
                 result = obj.results[t]
-                threshold = self.threshold if obj.threshold is None else obj.threshold
+                threshold = self.options.threshold if obj.threshold is None else obj.threshold
                 if result is not None and not result.is_keyframe and threshold > 0 \
                         and result.confidence <= threshold:
                     return t
