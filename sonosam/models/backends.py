@@ -296,7 +296,7 @@ def _session(path: Path):
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Memory patterns pre-plan one block for all of a run's intermediates: LiteMedSAM's encoder keeps
-    # 256x256x256 feature maps, and the plan held ~600 MiB for good; without it ~300 MiB, 1-2 % slower.
+    # 256x256x256 feature maps, and the plan held about twice the memory for good (docs/speed.md).
     options.enable_mem_pattern = False
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
