@@ -34,7 +34,7 @@ def register(subparsers):
 
 
 def _outputs(output: Path, overwrite: bool) -> Path:
-    from .segment import MASK_SUFFIXES
+    from .images import MASK_SUFFIXES
 
     if not output.name.lower().endswith(MASK_SUFFIXES):
         raise DataFileError(f"Output {output} must end with one of {', '.join(MASK_SUFFIXES)}.")
@@ -78,7 +78,7 @@ def _write(args, overlay, image, volume, geometry, display, mask, points, labels
 
 def run_refine(args):
     from ..refine import refine
-    from .segment import load_image
+    from .images import load_image
 
     overlay = _outputs(args.output, args.overwrite)
     image, volume, geometry, display = load_image(args.image, args.index, args.axis)

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataFileError, InputImageError, PromptError
-from ..image import axis_index, take_slice
+from ..image import axis_index
 from ..prompts import Prompts
 from . import add_prompt_arguments, check_prompts_inside, int_at_least, load_model_from_args, split_points
+from .images import MASK_SUFFIXES, load_image
 
-MASK_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".png")
 
 
 def register(subparsers):
@@ -93,26 +93,3 @@ def run(args):
     print(f"time: model load {loaded - started:.2f} s, encode {encoded - loaded:.2f} s, "
           f"decode {1000 * (decoded - encoded):.0f} ms on {model.device}")
     return 0
-
-
-def load_image(path: Path, index: int | None, axis: str):
-    """-> (2D image to segment, source volume array or None, geometry for the mask file, display image),
-    through the input gate (sonosam.io.read_image)."""
-    from ..io import read_image
-    from ..io.volumes import _not_3d_message
-
-    loaded = read_image(path)
-    if loaded.kind == "2d":
-        if index not in (None, 0):
-            raise PromptError(f"--frame/--slice {index}: {path} is a single 2D image; leave out --frame.")
-        return loaded.array, None, loaded.geometry, loaded.array
-    index = 0 if index is None else index
-    if loaded.kind == "cine":
-        if not 0 <= index < loaded.n_frames:
-            raise DataFileError(f"Frame {index} is outside 0..{loaded.n_frames - 1} of {path}.")
-        frame = loaded.array[index]
-        return frame, None, loaded.geometry, frame
-    if loaded.vector:
-        raise InputImageError(f"{path}: " + _not_3d_message(loaded.array.shape, loaded.array.shape[-1]))
-    image = take_slice(loaded.array, axis, index)
-    return image, loaded.array, loaded.geometry, image
