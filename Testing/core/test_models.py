@@ -113,6 +113,7 @@ def test_bad_images_raise_clear_errors(default_model, image, message):
         default_model.encode(image)
 
 
+@pytest.mark.slow  # a second model load / three more encodes
 def test_16bit_and_rgb_images_are_accepted(default_model, echo_frames):
     gray = echo_frames[0]
     as16 = gray.astype(np.uint16) * 257  # same picture, 16-bit range
@@ -137,6 +138,7 @@ def test_bad_prompts_raise_clear_errors(default_model, echo_frames, prompts, mes
         default_model.decode(embedding, Prompts(**prompts))
 
 
+@pytest.mark.slow  # a second model load / three more encodes
 def test_embedding_from_another_model_is_refused(default_model, echo_frames, tmp_path):
     other = load_model("litemedsam", checkpoint=_copy(weights_path_of(default_model), tmp_path / "copy.pth"))
     with pytest.raises(SonoSAMError, match="encode the image again"):

@@ -97,6 +97,7 @@ def _interpreter(version):
     return None
 
 
+@pytest.mark.slow  # 200 clicks from four clients, each checked against in-process
 def test_four_clients_fifty_clicks_each_match_in_process(server, predictor, echo_frames):
     frames = [echo_frames[0], echo_frames[2]]
     click_sets = _clicks(10, np.random.default_rng(0))
@@ -151,6 +152,7 @@ def test_prediction_fields_refine_and_images_sent_once(client, predictor, echo_f
     assert np.array_equal(refined.mask, want.mask)
 
 
+@pytest.mark.slow  # encodes many images on a real server (fast tier: imports, refusals, prediction fields)
 def test_prefetch_encodes_ahead_on_the_server(client, echo_frames):
     frames = [np.ascontiguousarray(echo_frames[3][:, ::-1]), np.ascontiguousarray(echo_frames[3][::-1])]
     calls = client.encoder_calls
@@ -235,6 +237,7 @@ def _colin_cut(n_slices):
     return np.ascontiguousarray(volume[lo:lo + n_slices]), labels[lo:lo + n_slices], index - lo, box
 
 
+@pytest.mark.slow  # encodes many images on a real server (fast tier: imports, refusals, prediction fields)
 def test_propagation_cancelled_half_way_keeps_nothing(client):
     volume, _, index, box = _colin_cut(24)
     job = client.start_job("propagate", volume=volume, seeds=[{"index": index, "box": box}], axis=0)
@@ -279,6 +282,7 @@ def test_propagation_and_evaluation_jobs_match_in_process(client, predictor):
     assert [row["Dice@1"] for row in table] == [row["Dice@1"] for row in want]
 
 
+@pytest.mark.slow  # encodes many images on a real server (fast tier: imports, refusals, prediction fields)
 def test_tracker_on_the_server_matches_in_process(client, predictor, echo_frames):
     from sonosam.track import Tracker
 
@@ -323,6 +327,7 @@ def test_non_loopback_needs_a_token():
     assert len(resolve_token(None, None, "127.0.0.1")) >= 32
 
 
+@pytest.mark.slow  # encodes many images on a real server (fast tier: imports, refusals, prediction fields)
 def test_server_killed_mid_job_is_named_over_tls(tmp_path, echo_frames):
     """The second server serves HTTPS (a self-signed certificate), then is killed while a job runs."""
     tls = _self_signed(tmp_path)
