@@ -69,9 +69,9 @@ def to_uint8_rgb(image, window: tuple[float, float] | None = None) -> np.ndarray
 def volume_window(volume: np.ndarray) -> tuple[float, float]:
     """The intensity window of a whole volume (0.5/99.5 percentiles of its finite voxels, every other voxel
     each way), given with each of its slices so that neighbouring slices look alike to the model (per-slice
-    windows make contrast jump between slices). The one rule for volumes, whatever their dtype, in
-    propagation, adapters and the Slicer click path alike: the model sees the same pixels for a slice
-    whichever path asks."""
+    windows make contrast jump between slices). The core's rule for volumes, whatever their dtype
+    (propagation, adapters, benchmarks). The Slicer logic still passes uint8 volumes unwindowed (its own
+    _volume_window): one rule for both is open work (docs/ARCHITECTURE.md)."""
     def finite(array):
         return array[np.isfinite(array)] if np.issubdtype(array.dtype, np.floating) else array.reshape(-1)
 

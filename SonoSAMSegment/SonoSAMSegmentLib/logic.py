@@ -24,7 +24,7 @@ import slicer.util
 # The core's error types (sonosam/errors.py is installed with the extension and imports nothing heavy),
 # so that one `except SonoSAMError` catches everything.
 from sonosam.errors import InputImageError, PromptError, SonoSAMError
-from sonosam.image import array_axis, volume_window
+from sonosam.image import array_axis
 from sonosam.prompts import Prompts
 
 from . import geometry as geo
@@ -386,9 +386,26 @@ class SegmentLogic:
         key = f"{volume_node.GetID()}@{image.GetMTime()}"
         if key not in self._windows:
             self._windows = {k: v for k, v in self._windows.items() if not k.startswith(volume_node.GetID() + "@")}
-            self._windows[key] = volume_window(array)   # the core's one rule, as propagation uses
+            self._windows[key] = self._volume_window(array)
         return VolumeInfo(volume_node.GetID(), array, ijk_to_world, tuple(image.GetDimensions()), key,
                           self._windows[key])
+
+    @staticmethod
+    def _volume_window(array: np.ndarray):
+        """One window for the whole volume (0.5-99.5 percentiles), so every slice is scaled alike; uint8
+        volumes as they are. Not yet the core's sonosam.image.volume_window, which windows uint8 volumes
+        too (issue 12: one rule for both, once the slow suite can re-measure propagation on uint8 volumes)."""
+        if array.dtype == np.uint8:
+            return None
+        sample = array.reshape(-1)[:: max(1, array.size // 2_000_000)]
+        if np.issubdtype(sample.dtype, np.floating):
+            sample = sample[np.isfinite(sample)]
+        if sample.size == 0:
+            return None
+        low, high = (float(v) for v in np.percentile(sample, (0.5, 99.5)))
+        if high <= low:
+            low, high = float(sample.min()), float(sample.max())
+        return (low, high) if high > low else None
 
     # -- geometry ------------------------------------------------------------------------------------
     def _to_ijk_checked(self, info: VolumeInfo, points_ras, what: str) -> np.ndarray:
