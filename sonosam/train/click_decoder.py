@@ -88,6 +88,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-gentle-mask-init", dest="gentle_mask_init", action="store_false",
                         help="keep the mask-prompt path as LiteMedSAM ships it (see gentle_mask_init)")
     parser.add_argument("--ship", action="store_true")
+    parser.add_argument("--ablation", action="store_true",
+                        help="also score the new decoder without mask feedback (twice the scoring time)")
     args = parser.parse_args(argv)
 
     from ..models import load_model
@@ -147,7 +149,9 @@ def main(argv=None) -> int:
     models = {"litemedsam (base, box)": base, "litemedsam_clicks (previous)": old}
     if not args.baselines_only:
         new = load_model(str(out / "decoder.pth"))
-        models.update({"new, mask feedback": new, "new, no mask feedback": clickable(new, mask=False)})
+        models["new, mask feedback"] = new
+        if args.ablation:
+            models["new, no mask feedback"] = clickable(new, mask=False)
     rows_by_set, pooled = {}, {}
     (out / "rows").mkdir(exist_ok=True)
     for name, source in sources.items():
