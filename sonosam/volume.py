@@ -22,6 +22,11 @@ image-embedding feature far from the anchor's) on `patience` slices in a row, so
 end a front. The slice where it stopped is reported with status "stopped" and left empty, as are the weak
 slices after it.
 
+A seed's answer is checked against its box first (sonosam.seed_check): when the model is unsure and a contrasted
+structure that its mask avoids spans the box, the suggested alternative propagates instead (`result.seed_checks`).
+Anchors that stand out from their surroundings (a ventricle, an air space) also try the model-free intensity
+candidate on every slice and keep whichever continues the previous mask better (`SliceInfo.candidate`).
+
 Seeds are slices the user prompted (status "seed": the model segments them from their box/points) or
 whose mask the user drew or accepted (status "accepted": kept exactly). A re-run with `previous=` keeps
 the earlier seeds and accepted slices as anchors and recomputes only the stretches between and beyond
