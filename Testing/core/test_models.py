@@ -54,8 +54,14 @@ def test_default_model_segments_left_ventricle_from_box(default_model, echo_fram
     assert echo_frames[0][first.mask].mean() < echo_frames[0][y0:y1, x0:x1].mean()
 
 
-def test_box_only_model_refuses_a_single_click(default_model, echo_frames):
-    embedding = default_model.encode(echo_frames[0])
+@pytest.fixture(scope="module")
+def frame0(default_model, echo_frames):
+    """Frame 0's embedding, encoded once for the tests that only decode (the encoder is the slow part)."""
+    return default_model.encode(echo_frames[0])
+
+
+def test_box_only_model_refuses_a_single_click(default_model, frame0):
+    embedding = frame0
     with pytest.raises(UnsupportedPromptError, match="boxes only"):
         default_model.decode(embedding, Prompts(points=[(370, 170)], labels=[1]))
     # two clicks on opposite extremes outline the structure: used as a box, and said so
@@ -132,8 +138,8 @@ def test_16bit_and_rgb_images_are_accepted(default_model, echo_frames):
     (dict(), "No prompt"),
     (dict(box=(np.nan, 0, 10, 10)), "finite"),
 ])
-def test_bad_prompts_raise_clear_errors(default_model, echo_frames, prompts, message):
-    embedding = default_model.encode(echo_frames[0])
+def test_bad_prompts_raise_clear_errors(default_model, frame0, prompts, message):
+    embedding = frame0
     with pytest.raises(PromptError, match=message):
         default_model.decode(embedding, Prompts(**prompts))
 
