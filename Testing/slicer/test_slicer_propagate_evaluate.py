@@ -134,8 +134,8 @@ def test_propagate_from_one_accepted_slice(ball):
     propagated = [s for s, info in result.slices.items() if info.status == "propagated"]
     assert len(propagated) >= 6 and seen and c in seen
     for s in range(len(got)):
-        if s in propagated:
-            np.testing.assert_array_equal(got[s], inside[s])                # the ball, through the rotated grid
+        if s in propagated:  # the ball, through the rotated grid (a high-contrast structure may take the
+            assert (got[s] ^ inside[s]).sum() <= 2  # Otsu intensity candidate: a boundary pixel off the model's)
         elif s != c:
             assert not got[s].any()                                        # stopped / never reached: empty
     first, last = result.extent()
@@ -162,7 +162,7 @@ def test_rerun_after_correction_changes_only_non_seed_slices(ball):
     np.testing.assert_array_equal(second[c + 2], corrected)               # the correction is a seed now
     np.testing.assert_array_equal(second[:c + 1], first[:c + 1])          # the other side: not recomputed
     assert any(not np.array_equal(second[s], first[s]) for s in range(c + 3, len(first)))
-    assert all((second[s] <= inside[s]).all() for s in range(len(first)))
+    assert all((second[s] & ~inside[s]).sum() <= 2 for s in range(len(first)))  # at most a boundary pixel
     assert "2 accepted" in summary
     assert ball.model.decodes - decodes <= len(first) - c                 # only slices above c were decoded
     np.testing.assert_array_equal(read(ball, ball.other), ball.other_mask)

@@ -170,11 +170,11 @@ class SamModel:
         point_input = box_input = mask_input = None
         if points is not None:
             coords = torch.as_tensor(self.transform.apply_coords(points, size), dtype=torch.float, device=device)
-            point_input = (coords[None], torch.as_tensor(labels, dtype=torch.int, device=device)[None])
+            point_input = (coords[None], torch.tensor(labels, dtype=torch.int, device=device)[None])
         if box is not None:
             box_input = torch.as_tensor(self.transform.apply_boxes(box[None], size), dtype=torch.float, device=device)
         if mask_logits is not None:
-            mask_input = torch.as_tensor(mask_logits, dtype=torch.float, device=device)[None, None]
+            mask_input = torch.tensor(mask_logits, dtype=torch.float, device=device)[None, None]
 
         low_res, iou = self._backend.decode(self, embedding.features, *(point_input or (None, None)), box_input,
                                             mask_input, multimask)
