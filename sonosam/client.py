@@ -31,7 +31,7 @@ import threading
 import time
 import types
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Hashable, Iterable
 
@@ -39,36 +39,13 @@ import numpy as np
 
 from . import errors, wire
 from .errors import JobCancelledError, PromptError, ServerError, ServerUnavailableError, SonoSAMError
-from .prompts import Prompts
+from .prompts import Prediction, Prompts
 
 TOKEN_ENV = "SONOSAM_SERVER_TOKEN"  # the same name as sonosam.server.TOKEN_ENV (that module imports torch)
 FINISHED = ("done", "failed", "cancelled")
 
 __all__ = ["SonoSAMClient", "Prediction", "RemoteJob", "ServerTimeoutError", "RemotePrefetchJob", "RemotePropagationResult",
            "RemoteTracker", "LocalServer", "start_local_server"]
-
-
-@dataclass
-class Prediction:
-    """Same fields as sonosam.models.Prediction: masks (N, H, W) bool best first, scores (N,), low_res_logits
-    (N, 256, 256) float32 (pass .logits back as mask_logits to refine), notes."""
-    masks: np.ndarray
-    scores: np.ndarray
-    low_res_logits: np.ndarray
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0   # server-side decode time
-
-    @property
-    def mask(self) -> np.ndarray:
-        return self.masks[0]
-
-    @property
-    def score(self) -> float:
-        return float(self.scores[0])
-
-    @property
-    def logits(self) -> np.ndarray:
-        return self.low_res_logits[0]
 
 
 class ServerTimeoutError(ServerUnavailableError, TimeoutError):

@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import PromptError
 
-__all__ = ["Prompts", "PromptKind", "LOW_RES"]
+__all__ = ["Prompts", "PromptKind", "Prediction", "LOW_RES"]
 
 LOW_RES = 256  # SAM's mask-prompt / low-res-logits side, for every family
 
@@ -191,3 +191,26 @@ class Prompts:
         if unknown:
             raise PromptError(f"prompts: unknown field(s) {sorted(unknown)}; expected points, labels, box.")
         return cls(data.get("points"), data.get("labels"), data.get("box"), mask_logits)
+
+
+@dataclass
+class Prediction:
+    """The answer to one Prompts: masks best first (highest predicted IoU). Numpy only, so that the in-process
+    model and the server's client (sonosam.client, no torch) hand back the same type."""
+    masks: np.ndarray           # (N, H, W) bool
+    scores: np.ndarray          # (N,) predicted IoU
+    low_res_logits: np.ndarray  # (N, 256, 256) float32; feed one back as `mask_logits` to refine
+    notes: list[str] = field(default_factory=list)  # how the prompts were interpreted, for the user
+    seconds: float = 0.0        # decode time on the server (0 in-process)
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.masks[0]
+
+    @property
+    def score(self) -> float:
+        return float(self.scores[0])
+
+    @property
+    def logits(self) -> np.ndarray:
+        return self.low_res_logits[0]

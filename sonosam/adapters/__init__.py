@@ -2,7 +2,7 @@
 training on volumes with label maps, and slab-by-slab inference: see docs/adapters.md. The `sonosam train adapters` command is
 `sonosam.adapters.cli.register(subparsers)` / `run(args)`."""
 
-import importlib
+from ..lazy import lazy_attributes
 
 # Loaded on first use, so that the command line (`sonosam.adapters.cli`) builds its parser without torch.
 _HOMES = {**dict.fromkeys(['DEFAULT_CONFIG', 'Adapter', 'HyPAdapter', 'MedSADecoderBlock', 'MedSATinyViTBlock', 'MedSAViTBlock', 'ParameterShare', 'add_medsa_adapters', 'adapter_parameter_names', 'adapter_state_dict', 'freeze_base', 'is_adapted', 'load_adapters', 'read_adapter_file', 'save_adapters', 'slab_depth', 'trainable_share'], "modules"),
@@ -14,12 +14,4 @@ __all__ = ["DEFAULT_CONFIG", "Adapter", "HyPAdapter", "MedSADecoderBlock", "MedS
            "TrainResult", "dice_focal_loss", "segment_volume_with_adapters", "simulate_box", "simulate_clicks",
            "train_adapters"]
 
-
-def __getattr__(name):
-    if name in _HOMES:
-        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_HOMES))
+__getattr__, __dir__ = lazy_attributes(__name__, _HOMES)

@@ -4,7 +4,7 @@ per prompt."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +14,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..errors import PromptError, SonoSAMError, UnsupportedPromptError
 from ..image import to_uint8_rgb
-from ..prompts import LOW_RES, PromptKind, Prompts
+from ..prompts import LOW_RES, Prediction, PromptKind, Prompts
 
 if TYPE_CHECKING:
     from . import ModelSpec
@@ -47,27 +47,6 @@ class Embedding:
     @property
     def nbytes(self) -> int:
         return self.features.element_size() * self.features.nelement()
-
-
-@dataclass
-class Prediction:
-    """Masks for one prompt set, best first (highest predicted IoU)."""
-    masks: np.ndarray           # (N, H, W) bool
-    scores: np.ndarray          # (N,) predicted IoU
-    low_res_logits: np.ndarray  # (N, 256, 256) float32; feed one back as `mask_logits` to refine
-    notes: list[str] = field(default_factory=list)  # how the prompts were interpreted, for the user
-
-    @property
-    def mask(self) -> np.ndarray:
-        return self.masks[0]
-
-    @property
-    def score(self) -> float:
-        return float(self.scores[0])
-
-    @property
-    def logits(self) -> np.ndarray:
-        return self.low_res_logits[0]
 
 
 def encoder_slab_depth(sam: torch.nn.Module) -> int:

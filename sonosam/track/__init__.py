@@ -11,7 +11,7 @@
 See docs/tracking.md.
 """
 
-import importlib
+from ..lazy import lazy_attributes
 
 # Loaded on first use, so that `sonosam.track.outputs` (and the command line's checks) do not import torch.
 _HOMES = {"WEIGHTS": "confidence", "Signals": "confidence", "combine": "confidence",
@@ -25,12 +25,4 @@ __all__ = ["Tracker", "TrackerOptions", "TrackedObject", "FrameResult", "Interve
            "FlowEstimator", "motion_prior", "SimulatedExpert", "Correction", "track_with_expert",
            "SyntheticLoop", "make_synthetic_loop", "echo_synthetic_loop"]
 
-
-def __getattr__(name):
-    if name in _HOMES:
-        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_HOMES))
+__getattr__, __dir__ = lazy_attributes(__name__, _HOMES)
