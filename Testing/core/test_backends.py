@@ -89,8 +89,8 @@ def test_onnx_decoder_handles_points_padding_and_multimask(onnx_model, default_m
     # a mask prompt alone has an empty sparse embedding, which the graph cannot take: the backend answers
     # with its eager code (no None meaning "fall back"), the same numbers as the eager model
     mask_input = torch.zeros(1, 1, 256, 256)
-    got, got_iou = onnx_model._backend.decode(onnx_model, embedding.features, None, None, None, mask_input, False)
-    with torch.inference_mode():
+    with torch.inference_mode():  # as SamModel.decode calls backends
+        got, got_iou = onnx_model._backend.decode(onnx_model, embedding.features, None, None, None, mask_input, False)
         sparse, dense = sam.prompt_encoder(points=None, boxes=None, masks=mask_input)
         expected, expected_iou = sam.mask_decoder(
             image_embeddings=embedding.features, image_pe=sam.prompt_encoder.get_dense_pe(),
