@@ -283,7 +283,9 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
         if job is None:
             return
         try:
-            status = job.poll()
+            from sonosam.client import GUI_POLL_SECONDS
+
+            status = job.poll(timeout=GUI_POLL_SECONDS)
             if status["state"] not in ("done", "failed", "cancelled"):
                 done, total = status["progress"][:2]
                 self.ui.evalResultLabel.text = f"Evaluating: {done}/{total} slices..."

@@ -43,6 +43,7 @@ from .prompts import Prediction, Prompts
 
 TOKEN_ENV = "SONOSAM_SERVER_TOKEN"  # the same name as sonosam.server.TOKEN_ENV (that module imports torch)
 FINISHED = ("done", "failed", "cancelled")
+GUI_POLL_SECONDS = 0.25  # a poll from a GUI timer never holds that thread longer (RemoteJob.poll(timeout=))
 
 __all__ = ["SonoSAMClient", "Prediction", "RemoteJob", "ServerTimeoutError", "RemotePrefetchJob", "RemotePropagationResult",
            "RemoteTracker", "LocalServer", "start_local_server"]

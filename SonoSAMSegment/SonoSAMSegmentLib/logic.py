@@ -893,7 +893,9 @@ class PropagationTask:
     def poll(self):
         if self.job is None:
             return "done", 1, 1, ""
-        status = self.job.poll()
+        from sonosam.client import GUI_POLL_SECONDS
+
+        status = self.job.poll(timeout=GUI_POLL_SECONDS)  # late: the last status, asked again next tick
         done, total = (status.get("progress") or [0, 0])[:2]
         return status["state"], int(done), int(total), status.get("message", "")
 
