@@ -27,7 +27,7 @@ from .evaluate.clicks import box_from_mask
 from .models import SamModel
 from .prompts import PromptKind
 
-__all__ = ["AssistResult", "train_assist", "save_assist", "assisted_model"]
+__all__ = ["AssistResult", "train_assist", "save_assist", "assisted_model", "AssistedPredictor", "learn_assist"]
 
 
 @dataclass
@@ -159,3 +159,49 @@ def save_assist(result: AssistResult, path, name: str | None = None) -> tuple:
     return save_checkpoint(result.model, path, name=name, kind="assist", weights="decoder",
                            training={"config": result.config, "seconds": result.seconds},
                            description=f"{result.model.spec.description} ({result.config['slices']} slices)")
+
+
+class AssistedPredictor:
+    """A predictor answering with an assisted model: the base predictor's embeddings and cache (same image
+    encoder, same ``model_id``), the learned prompt encoder for decoding. Everything else (``embedding``,
+    ``prefetch``, ``is_cached``, ``encoder_calls``, ...) is the base predictor's; drop this object to go back
+    to the base model."""
+
+    def __init__(self, base, model: SamModel, result: AssistResult | None = None):
+        self.base, self.model, self.result = base, model, result
+
+    def __getattr__(self, name):   # only for what this class does not define itself
+        return getattr(self.base, name)
+
+    def predict(self, image, prompts=None, *, points=None, labels=None, box=None, mask_logits=None,
+                multimask: bool = False, key=None, window=None):
+        from .predictor import as_prompts
+
+        prompts = as_prompts(prompts, points=points, labels=labels, box=box, mask_logits=mask_logits)
+        return self.model.decode(self.base.embedding(image, key, window), prompts, multimask=multimask)
+
+
+def learn_assist(predictor, stack: np.ndarray, slices: Sequence[int], masks: Sequence[np.ndarray], *,
+                 window=None, key_prefix=None, progress=None, **options) -> AssistedPredictor:
+    """SAM^assist on slices of a stack (a volume's slices along axis 0, or a loop's frames) through a
+    predictor: the slices' embeddings come from (and stay in) its cache under ``(key_prefix, 0, index)``
+    (the keys sonosam.volume.propagate uses, so propagation reuses them), then ``train_assist``. The one
+    call the server's ``assist`` job and the Slicer logic make. ``options``: train_assist's (kinds, steps,
+    seed, ...). Returns the AssistedPredictor (``.result``: seconds, losses, config)."""
+    slices = [int(i) for i in slices]
+    if not 2 <= len(slices) <= 5 or len(set(slices)) != len(slices):
+        raise SonoSAMError(f"SAM^assist learns from 2-5 different accepted slices; got {slices}.")
+    if len(masks) != len(slices):
+        raise SonoSAMError(f"Give one mask per slice ({len(slices)} slices, {len(masks)} masks).")
+    bad = [i for i in slices if not 0 <= i < len(stack)]
+    if bad:
+        raise SonoSAMError(f"Slice {bad[0]} is outside 0..{len(stack) - 1}.")
+    base = getattr(predictor, "base", predictor)   # learning again starts from the base model
+    began = time.perf_counter()
+    embeddings = [base.embedding(stack[i], key=None if key_prefix is None else (key_prefix, 0, i),
+                                 window=window).features for i in slices]
+    result = train_assist(base.model, [stack[i] for i in slices], list(masks), window=window, embeddings=embeddings,
+                          progress=progress, **options)
+    result.encode_seconds = time.perf_counter() - began - result.seconds
+    result.config["slice_indices"] = slices
+    return AssistedPredictor(base, result.model, result)

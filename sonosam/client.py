@@ -19,6 +19,7 @@ with the server's message; a server that stops answering raises ServerUnavailabl
 from __future__ import annotations
 
 import collections
+import copy
 import http.client
 import json
 import os
@@ -86,6 +87,7 @@ class SonoSAMClient:
         self._sent: set[str] = set()  # content ids this client knows the server holds
         self._keys: dict = {}         # caller's image keys -> (content id, (H, W)), like the Predictor's cache keys
         self._info: dict | None = None
+        self.assist: str | None = None  # a learned prompt encoder on the server (with_assist) used by predict/jobs
 
     # ---------------------------------------------------------------------------------------- transport
     def _connection(self, fresh: bool = False):
@@ -224,9 +226,10 @@ class SonoSAMClient:
     def spec(self):
         """The served model's spec (name, prompt_kinds, multimask, image_size), like model.spec in-process."""
         info = self._info or self.info()
-        return types.SimpleNamespace(name=info["model"], description=info["description"],
-                                     prompt_kinds=frozenset(info["prompt_kinds"]), multimask=info["multimask"],
-                                     image_size=info["image_size"])
+        kinds = getattr(self, "_assist_kinds", None) or frozenset(info["prompt_kinds"])
+        return types.SimpleNamespace(name=info["model"] + ("+assist" if self.assist else ""),
+                                     description=info["description"], prompt_kinds=kinds,
+                                     multimask=info["multimask"], image_size=info["image_size"])
 
     @property
     def model(self):
@@ -259,6 +262,8 @@ class SonoSAMClient:
         elif any(v is not None for v in (points, labels, box, mask_logits)):
             raise PromptError("Give either a Prompts or the points/labels/box/mask_logits keywords, not both.")
         meta = {"prompts": prompts.to_json(), "multimask": bool(multimask), "window": _window(window)}
+        if self.assist is not None:
+            meta["assist"] = self.assist
         arrays = {"mask_logits": prompts.mask_logits}
 
         def call(array_id):
@@ -294,6 +299,16 @@ class SonoSAMClient:
     def close_session(self) -> None:
         self.close()
 
+    def with_assist(self, assist_id: str | None, prompt_kinds=None) -> "SonoSAMClient":
+        """This client answering with a prompt encoder learned by an ``assist`` job (its result's "assist" id;
+        ``prompt_kinds``: the result's, what the assisted model takes): predict and the propagate / evaluate /
+        refine jobs name it; None gives the base model back. A view: the connection, the arrays sent and the
+        image keys are shared with this client."""
+        view = copy.copy(self)
+        view.assist = assist_id
+        view._assist_kinds = None if assist_id is None or prompt_kinds is None else frozenset(prompt_kinds)
+        return view
+
     # ---------------------------------------------------------------------------------------- jobs
     def start_job(self, kind: str, **params) -> "RemoteJob":
         """Start a long job on the server; returns at once with a RemoteJob to poll, cancel and fetch.
@@ -306,8 +321,16 @@ class SonoSAMClient:
         refine:    image, coarse (probabilities 0..1, same grid), context (bool mask, optional), seed, steps, window;
                    result(): (meta {positives, negatives, k, score, steps}, {"mask": HxW bool})
         encode:    images (content ids of uploaded arrays), window
+        assist:    volume (array (n, H, W)), slices (2-5 indices on axis 0), masks ((len(slices), H, W) bool), window,
+                   kinds, steps, seed, lr, batch; result(): {"assist": id for with_assist(), slices, seconds,
+                   encode_seconds, losses, trained_parameters, config}
+        auto:      volume, slices (default all), class_name, ppn (a file name in the server's PPN folder) or ppn_bytes
+                   (the file's bytes), threshold, window; result(): (meta {class, slices [{index, present,
+                   objectness, score, box}], seconds, summary}, {"masks": (len(slices), H, W) bool})
         """
         arrays: dict = {}
+        if self.assist is not None and kind in ("propagate", "evaluate", "refine"):
+            params = {**params, "assist": self.assist}
         if kind == "propagate":
             params = self._propagate_params(params, arrays)
         elif kind == "evaluate":
@@ -322,6 +345,23 @@ class SonoSAMClient:
                     params[name] = self._array_param(params.get(name), name)
             params["window"] = _window(params.get("window"))
             params["options"] = {k: params.pop(k) for k in ("seed", "steps") if k in params}
+        elif kind in ("assist", "auto"):
+            params = dict(params)
+            params["volume"] = self._array_param(params.get("volume"), "volume")
+            params["window"] = _window(params.get("window"))
+            if kind == "assist":
+                arrays["masks"] = np.asarray(params.pop("masks")).astype(bool) if params.get("masks") is not None \
+                    else None
+                params["options"] = {k: (list(v) if k == "kinds" else v) for k in ("kinds", "steps", "seed", "lr", "batch")
+                                     if (v := params.pop(k, None)) is not None}
+            else:
+                if "class_name" in params:   # `class` is a Python keyword: class_name= is the spelling for callers
+                    params["class"] = params.pop("class_name")
+                data = params.pop("ppn_bytes", None)
+                if data is not None:
+                    arrays["ppn"] = np.frombuffer(bytes(data), np.uint8)
+            if params.get("slices") is not None:
+                params["slices"] = [int(i) for i in params["slices"]]
         elif kind == "track":
             tracker = params.get("tracker")
             params = {**params, "tracker": getattr(tracker, "id", tracker)}
@@ -452,7 +492,7 @@ class RemoteJob:
         meta, arrays = self.client._request("GET", f"/v1/jobs/{self.id}/result", context=self._context())
         if self.kind == "propagate":
             return RemotePropagationResult.from_wire(meta, arrays, self.id)
-        if self.kind in ("track", "refine"):
+        if self.kind in ("track", "refine", "auto"):
             return meta, arrays
         return meta
 

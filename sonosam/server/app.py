@@ -9,8 +9,8 @@ Routes (all under /v1 need the token as `Authorization: Bearer TOKEN`; bodies ar
     POST /v1/arrays/missing              meta.ids -> which of them the server does not hold
     POST /v1/embed                       meta.image (+window): encode now into the shared cache
     POST /v1/cached                      meta.ids (+window) -> whether each is encoded
-    POST /v1/predict                     meta.image, prompts, multimask, window (+ array mask_logits) -> masks
-    POST /v1/jobs                        meta.kind (encode|propagate|evaluate|track), params (+ arrays) -> status
+    POST /v1/predict                     meta.image, prompts, multimask, window, assist (+ array mask_logits) -> masks
+    POST /v1/jobs                        meta.kind (encode|propagate|evaluate|track|refine|assist|auto), params (+ arrays)
     GET  /v1/jobs/{id}                   status: state, progress [done, total], message, error
     POST /v1/jobs/{id}/cancel            stop after the current step; a cancelled job keeps no result
     GET  /v1/jobs/{id}/result            the result (409 while running, or when failed/cancelled)

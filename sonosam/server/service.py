@@ -17,11 +17,12 @@ import traceback
 import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
 from .. import wire
-from ..errors import InputImageError, PromptError, SonoSAMError
+from ..errors import CheckpointError, InputImageError, PromptError, SonoSAMError
 from ..prompts import Prompts
 
 log = logging.getLogger("sonosam.server")
@@ -218,7 +219,9 @@ class Job:
 
 
 class Service:
-    JOB_KINDS = ("encode", "propagate", "evaluate", "track", "refine")
+    JOB_KINDS = ("encode", "propagate", "evaluate", "track", "refine", "assist", "auto")
+    ASSIST_BUDGET_MIB = 64   # learned prompt encoders kept for later requests (LiteMedSAM's: ~25 KB each)
+    KEEP_PPNS = 4            # prompt predictors kept loaded (a few MB each)
 
     def __init__(self, predictor, store_mib: float = 2048, job_workers: int = 2, keep_jobs: int = 64):
         self.predictor = predictor
@@ -233,6 +236,9 @@ class Service:
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sonosam-encode")
         self.started = time.time()
         self.requests = 0
+        self.assists: OrderedDict[str, tuple] = OrderedDict()   # id -> (AssistedPredictor, nbytes), LRU
+        self._ppns: OrderedDict[tuple, object] = OrderedDict()  # (name, size, mtime) or content id -> PromptPredictor
+        self._ppn_classes: dict[tuple, list] = {}
 
     def close(self) -> None:
         for job in list(self.jobs.values()):
@@ -256,6 +262,7 @@ class Service:
                 "store": {"arrays": len(self.store), "mib": round(self.store.nbytes / 2**20, 1),
                           "budget_mib": round(self.store.budget / 2**20, 1)},
                 "jobs": {state: states.count(state) for state in ("queued", "running", "done", "failed", "cancelled")},
+                "assists": len(self.assists), "ppn": self.ppn_files(),
                 "encoder_calls": self.predictor.encoder_calls, "uptime_s": round(time.time() - self.started, 1),
                 "cpu_s": time.process_time()}  # this process's CPU time (benchmarks measure overhead with it)
 
@@ -306,7 +313,8 @@ class Service:
             raise ApiError(400, "bad_value", f"multimask must be true or false; got {multimask!r}.")
         prompts = prompts_from(meta, arrays, image.shape[1], image.shape[0])
         started = time.perf_counter()
-        prediction = self.predictor.predict(image, prompts, multimask=multimask, key=("array", image_id), window=window)
+        predictor = self._predictor_for(meta)
+        prediction = predictor.predict(image, prompts, multimask=multimask, key=("array", image_id), window=window)
         return ({"scores": prediction.scores.tolist(), "notes": list(prediction.notes),
                  "seconds": time.perf_counter() - started},
                 {"masks": prediction.masks, "low_res_logits": prediction.low_res_logits.astype(np.float32)})
@@ -409,11 +417,12 @@ class Service:
                                f"image {coarse.shape}.")
         options = check_options(dict(params.get("options") or {}), {"seed": 0, "steps": 100}, "refine")
         window = _window(params.get("window"))
+        predictor = self._predictor_for(params)
 
         def run(job: Job):
             job.progress(0, 1, "refining")
             embedding = self.predictor.embedding(image, key=("array", image_id), window=window)
-            result = refine(self.predictor, image, coarse, context=context, embedding=embedding, **options)
+            result = refine(predictor, image, coarse, context=context, embedding=embedding, **options)
             job.progress(1, 1)
             return ({"positives": result.positives.tolist(), "negatives": result.negatives.tolist(), "k": result.k,
                      "score": result.score, "steps": len(result.losses)}, {"mask": result.mask})
@@ -475,11 +484,12 @@ class Service:
                 raise ApiError(409, "bad_previous", f"Job {params['previous']} is not a finished propagation.")
         if not seeds and previous is None:
             raise ApiError(400, "bad_seed", "Give at least one seed slice (a box, points or a mask).")
+        predictor = self._predictor_for(params)
 
         def run(job: Job):
             def progress(done, total, info):
                 job.progress(done, total, f"slice {info.index}: {info.status}")
-            result = propagate(self.predictor, volume, seeds, axis=axis, options=options, previous=previous,
+            result = propagate(predictor, volume, seeds, axis=axis, options=options, previous=previous,
                                volume_id="vol-" + volume_id, progress=progress, cancel=job.cancel_event)
             if result.cancelled:
                 raise JobCancelled()
@@ -536,9 +546,199 @@ class Service:
                     yield sample
                 self.job.progress(len(samples), len(samples))
 
+        predictor = self._predictor_for(params)
+
         def run(job: Job):
-            result = evaluate(self.predictor, Counted(job), n_clicks=n_clicks, start=start, progress=False)
+            result = evaluate(predictor, Counted(job), n_clicks=n_clicks, start=start, progress=False)
             return {"table": summary_table([result]), "result": dataclasses.asdict(result)}, {}
+        return run
+
+    # SAM^assist (sonosam.assist): the prompt encoder learned from 2-5 accepted slices, kept here under an id
+    def _predictor_for(self, params: dict):
+        """The shared predictor, or the assisted one a request names with 'assist' (an id from an assist job)."""
+        assist_id = params.get("assist")
+        if assist_id is None:
+            return self.predictor
+        with self._lock:
+            entry = self.assists.get(assist_id) if isinstance(assist_id, str) else None
+            if entry is not None:
+                self.assists.move_to_end(assist_id)
+        if entry is None:
+            raise ApiError(404, "unknown_assist", f"The server holds no learned prompt encoder {assist_id!r} (forgotten "
+                           f"to stay within {self.ASSIST_BUDGET_MIB} MiB, or the server restarted): learn it again.")
+        return entry[0]
+
+    def _keep_assist(self, assisted) -> str:
+        nbytes = sum(p.numel() * p.element_size() for p in assisted.model.sam.prompt_encoder.parameters())
+        assist_id = uuid.uuid4().hex
+        with self._lock:
+            self.assists[assist_id] = (assisted, nbytes)
+            while len(self.assists) > 1 and sum(e[1] for e in self.assists.values()) > self.ASSIST_BUDGET_MIB * 2**20:
+                self.assists.popitem(last=False)
+        return assist_id
+
+    def _stack_and_slices(self, params: dict, what: str):
+        volume_id = params.get("volume")
+        volume = check_stack(self.store.get(volume_id, "volume"), "volume")
+        slices = params.get("slices")
+        if slices is None and what == "auto":
+            slices = list(range(volume.shape[0]))
+        if not isinstance(slices, list) or not slices or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                                 for v in slices):
+            raise ApiError(400, "bad_value", f"The {what} job needs 'slices': a list of slice indices (axis 0).")
+        bad = [v for v in slices if not 0 <= v < volume.shape[0]]
+        if bad:
+            raise ApiError(422, "bad_slices", f"Slice {bad[0]} is outside the volume's 0..{volume.shape[0] - 1}.")
+        return volume_id, volume, slices
+
+    def _prepare_assist(self, params: dict, arrays: dict):
+        from ..assist import learn_assist
+
+        volume_id, volume, slices = self._stack_and_slices(params, "assist")
+        if not 2 <= len(slices) <= 5 or len(set(slices)) != len(slices):
+            raise ApiError(422, "bad_slices", f"SAM^assist learns from 2-5 different slices; got {slices}.")
+        masks = arrays.get("masks")
+        if masks is None or masks.shape != (len(slices),) + volume.shape[1:3]:
+            raise ApiError(422, "bad_masks", f"Send the accepted masks as the array 'masks' shaped "
+                           f"{(len(slices),) + volume.shape[1:3]} (one per slice); got "
+                           f"{None if masks is None else masks.shape}.")
+        masks = np.asarray(masks).astype(bool)
+        empty = [s for s, m in zip(slices, masks) if not m.any()]
+        if empty:
+            raise ApiError(422, "bad_masks", f"The mask of slice {empty[0]} is empty: accept a segmented slice.")
+        options = check_options(dict(params.get("options") or {}), {"steps": 30, "seed": 0, "lr": 5e-3, "batch": 2,
+                                                                    "kinds": ["box", "point"]}, "assist")
+        if "kinds" in options:
+            kinds = options["kinds"]
+            if not kinds or not all(k in ("box", "point") for k in kinds):
+                raise ApiError(400, "bad_option", f"assist option kinds must list 'box' and/or 'point'; got {kinds!r}.")
+            options["kinds"] = tuple(kinds)
+        if "steps" in options:
+            _number(options["steps"], "steps", integer=True, low=1, high=2000)
+        window = _window(params.get("window"))
+
+        def run(job: Job):
+            steps = options.get("steps", 30)
+            job.progress(0, steps, f"encoding {len(slices)} slices")
+            assisted = learn_assist(self.predictor, volume, slices, list(masks), window=window,
+                                    key_prefix="vol-" + volume_id,
+                                    progress=lambda s, n, loss: job.progress(s, n, f"step {s}/{n}: loss {loss:.3f}"),
+                                    **options)
+            result = assisted.result
+            assist_id = self._keep_assist(assisted)
+            return ({"assist": assist_id, "slices": slices, "seconds": result.seconds,
+                     "encode_seconds": result.encode_seconds, "losses": result.losses,
+                     "trained_parameters": result.trained_parameters, "config": result.config,
+                     "model": assisted.model.spec.name,
+                     "prompt_kinds": sorted(str(getattr(k, "value", k)) for k in assisted.model.spec.prompt_kinds)}, {})
+        return run
+
+    # the prompt predictor (sonosam.auto / sonosam.ppn): a class on slices of a volume, no clicks
+    def ppn_files(self) -> list[dict]:
+        """The prompt predictors in the server's PPN folder ($SONOSAM_HOME/ppn) with their classes."""
+        from ..auto import PPN_SUFFIXES, ppn_dir
+
+        folder, out = ppn_dir(), []
+        if not folder.is_dir():
+            return out
+        for path in sorted(folder.iterdir()):
+            if not path.name.endswith(PPN_SUFFIXES) or not path.is_file():
+                continue
+            stat = path.stat()
+            key = (path.name, stat.st_size, stat.st_mtime_ns)
+            if key not in self._ppn_classes:
+                try:
+                    self._ppn_classes[key] = list(self._load_ppn(path, key).classes)
+                except SonoSAMError:
+                    self._ppn_classes[key] = None   # not a prompt predictor: not listed
+            if self._ppn_classes[key] is not None:
+                out.append({"name": path.name, "classes": self._ppn_classes[key]})
+        return out
+
+    def _load_ppn(self, path, key):
+        from ..ppn import load_ppn
+
+        with self._lock:
+            ppn = self._ppns.get(key)
+            if ppn is not None:
+                self._ppns.move_to_end(key)
+                return ppn
+        try:
+            ppn = load_ppn(path)   # weights only (no pickle code)
+        except SonoSAMError:
+            raise
+        except Exception as error:  # noqa: BLE001 - e.g. UnpicklingError for a file that is not a torch file
+            raise CheckpointError(f"{Path(path).name}: not a readable prompt predictor ({type(error).__name__}); "
+                                  "it is written by `sonosam train ppn`.") from None
+        with self._lock:
+            self._ppns[key] = ppn
+            while len(self._ppns) > self.KEEP_PPNS:
+                self._ppns.popitem(last=False)
+        return ppn
+
+    def _ppn_for(self, params: dict, arrays: dict):
+        """The PPN a job names: 'ppn' = a file name in the server's PPN folder, or the array 'ppn' = the file's
+        bytes (uint8) sent with the job. Never a path the client chooses."""
+        import tempfile
+
+        from ..auto import find_ppn, ppn_dir
+
+        sent = arrays.get("ppn")
+        if sent is not None:
+            if sent.dtype != np.uint8 or sent.ndim != 1:
+                raise ApiError(422, "bad_ppn", "The array 'ppn' must hold the prompt predictor file's bytes (uint8, 1D).")
+            key = ("sent", wire.content_id(sent))
+            with self._lock:
+                ppn = self._ppns.get(key)
+            if ppn is not None:
+                return ppn
+            folder = ppn_dir().parent
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix="sonosam-ppn-", dir=folder) as tmp:  # under the cache folder
+                path = Path(tmp) / "sent.ppn.pt"
+                path.write_bytes(sent.tobytes())
+                try:
+                    return self._load_ppn(path, key)
+                except SonoSAMError as error:
+                    raise ApiError(422, "bad_ppn", f"The prompt predictor sent is not readable: "
+                                   f"{str(error).replace(str(path) + ': ', '')}") from None
+        name = params.get("ppn")
+        try:
+            path = find_ppn(name)
+        except SonoSAMError as error:
+            raise ApiError(404 if isinstance(name, str) and name == Path(name).name else 400, "unknown_ppn",
+                           str(error)) from None
+        stat = path.stat()
+        try:
+            return self._load_ppn(path, (path.name, stat.st_size, stat.st_mtime_ns))
+        except SonoSAMError as error:
+            raise ApiError(422, "bad_ppn", str(error)) from None
+
+    def _prepare_auto(self, params: dict, arrays: dict):
+        from ..auto import auto_segment_stack
+
+        volume_id, volume, slices = self._stack_and_slices(params, "auto")
+        ppn = self._ppn_for(params, arrays)
+        class_name = params.get("class")
+        if not isinstance(class_name, str) or class_name not in ppn.classes:
+            raise ApiError(422, "unknown_class", f"This prompt predictor knows {', '.join(ppn.classes)}; "
+                           f"not {class_name!r}.")
+        threshold = float(_number(params.get("threshold", 0.5), "threshold", low=0, high=1))
+        window = _window(params.get("window"))
+
+        def run(job: Job):
+            job.progress(0, len(slices), f"{class_name}: starting")
+
+            def progress(done, total, info):
+                job.progress(done, total, f"slice {info.index}: " + (f"{class_name} found (objectness "
+                             f"{info.objectness:.2f})" if info.present else f"no {class_name}"))
+            result = auto_segment_stack(ppn, self.predictor, volume, class_name, slices, threshold=threshold,
+                                        window=window, key_prefix="vol-" + volume_id, progress=progress,
+                                        cancel=job.cancel_event)
+            if result.cancelled:
+                raise JobCancelled()
+            return ({"class": class_name, "slices": [s.as_dict() for s in result.slices], "seconds": result.seconds,
+                     "summary": result.summary()}, {"masks": result.masks})
         return run
 
     # cine tracking: a tracker session lives on the server; `track` jobs run it until done or paused
