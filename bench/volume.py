@@ -113,6 +113,39 @@ def _correction(pred: np.ndarray, gt: np.ndarray, axis: int, taken: set[int]) ->
     return (index, erase) if amount > 0 else None
 
 
+def corrective_choices(predictor, image: np.ndarray, gt: np.ndarray, *, key, window, max_clicks: int = 3,
+                       good: float = 0.9) -> list[tuple[np.ndarray, str]]:
+    """What the simulated user sees when correcting one slice: (mask, how) answers to choose from.
+
+    Every model: a slightly loose box and the seed check's alternatives (what the Slicer effect offers). Click-
+    capable models (litemedsam_clicks, SAM) also: clicks alone, and the box with clicks: a positive click deep inside
+    the structure (clicks alone) or none (with the box), then clicks in the largest error region of the model's
+    answer (sonosam.evaluate.clicks, the click protocol's user), up to `max_clicks` clicks, stopping at slice Dice
+    `good`; every answer is a choice."""
+    from sonosam.evaluate.clicks import centroid_click, next_click
+    from sonosam.seed_check import check_seed
+
+    box = loose_box(gt)
+    check = check_seed(predictor, image, box=box, key=key, window=window)
+    choices = [(c.mask, f"box: {c.source}") for c in check.candidates]
+    if "point" not in predictor.model.spec.prompt_kinds:
+        return choices
+    for start_box in (None, box):
+        clicks = [] if start_box is not None else [centroid_click(gt)]
+        mask = check.candidates[0].mask if start_box is not None else None
+        while len(clicks) < max_clicks:
+            if mask is not None:
+                if dice(mask, gt) >= good or next_click(mask, gt) is None:
+                    break
+                clicks.append(next_click(mask, gt))
+            pred = predictor.predict(image, points=[c.xy for c in clicks], labels=[c.label for c in clicks],
+                                     box=start_box, key=key, window=window)
+            mask = pred.mask
+            choices.append((mask, f"{'box + ' if start_box is not None else ''}{len(clicks)} "
+                                  f"click{'s' if len(clicks) > 1 else ''}"))
+    return choices
+
+
 def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=None, corrections: int = 3,
                        naive: bool = True, **options) -> dict:
     """One structure: seed box on its widest slice, propagation, corrections, naive baseline; see module doc."""
@@ -142,9 +175,21 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
             continue
         worst, erase = found
         taken.add(worst)
-        kinds.append(f"{'erase' if erase else 'box'} {worst}")
-        seed = Seed(worst, mask=np.zeros_like(slice_of(gt, axis, worst))) if erase else \
-            Seed(worst, box=loose_box(slice_of(gt, axis, worst)))
+        truth = slice_of(gt, axis, worst)
+        if erase:
+            kinds.append(f"erase {worst}")
+            seed = Seed(worst, mask=np.zeros_like(truth))
+        else:  # the user takes the best answer they are shown, and only if it beats what the slice holds now
+            now = dice(result.slice_mask(worst), truth) if truth.any() else 0.0
+            choices = corrective_choices(predictor, slice_of(volume, axis, worst), truth, key=(volume_id, axis, worst),
+                                         window=window)
+            mask, how = max(choices, key=lambda c: dice(c[0], truth))
+            if dice(mask, truth) <= now:
+                kinds.append(f"{worst}: nothing better offered ({how})")
+                curve.append(curve[-1])
+                continue
+            kinds.append(f"{worst}: {how} ({now:.2f} -> {dice(mask, truth):.2f})")
+            seed = Seed(worst, mask=mask)
         started = time.perf_counter()
         result = propagate(predictor, volume, [seed], axis=axis, window=window, volume_id=volume_id,
                            previous=result, **options)
@@ -214,7 +259,8 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
                 + (f" naive {row['dice_naive']:.3f}" if naive else "")
                 + f"; seed {row['seed_dice']:.3f} ({row['seed_choice']}); extent {row['extent']} true "
                   f"{row['true_extent']}; {row['seconds_per_slice'] * 1000:.0f} ms/slice; {row['summary']}"
-                + (f"; seed check: {row['seed_check']}" if row["seed_check"] else ""), flush=True)
+                + (f"; seed check: {row['seed_check']}" if row["seed_check"] else "")
+                + (f"; corrections: {', '.join(row['corrections'])}" if row["corrections"] else ""), flush=True)
     return out
 
 

@@ -116,6 +116,11 @@ class PropagationOptions:
                                      # mean of a 3 px ring) / SD inside) also try the intensity candidate on
                                      # each slice and keep whichever overlaps the previous mask more (None: off)
     window: tuple[float, float] | None = None  # intensity window; None: volume_window(volume)
+    # re-runs (previous=): a correction's front runs outward from the corrected slice only until its mask agrees
+    # with the previous run's (IoU >= agree_iou) or reaches slices a nearer earlier anchor holds; the rest of
+    # the previous result stays (False: recompute whole stretches from both anchors, as before)
+    local_rerun: bool = True
+    agree_iou: float = 0.9
 
 
 @dataclass
@@ -412,12 +417,16 @@ class _Run:
             info.reason = "the seed prompt gave an empty mask"
         return mask, logits, info
 
-    def front(self, start: int, mask: np.ndarray, logits, step: int, limit: int, out: dict) -> None:
+    def front(self, start: int, mask: np.ndarray, logits, step: int, limit: int, out: dict,
+              agrees: Callable[[int, np.ndarray], bool] | None = None,
+              yields: Callable[[int], bool] | None = None) -> int | None:
         """Propagate from anchor `start` (mask, logits) in direction `step` up to slice `limit` (inclusive);
-        put (mask, info) per slice in `out`."""
+        put (mask, info) per slice in `out`. A local re-run (sonosam.volume's `local_rerun`) also gives
+        `agrees(t, mask)`: True ends the front at slice t, which then keeps the previous run's result (returned:
+        t); and `yields(t)`: True ends it before slice t (another anchor's earlier result is nearer there)."""
         opt = self.options
         if not mask.any():  # an empty anchor (e.g. a corrected slice erased by the user) has no front
-            return
+            return None
         anchor_area, anchor_box = int(mask.sum()), bounding_box(mask)
         prev_mask, prev_logits, prev_image = mask, logits, self.image(start).astype(np.float32)
         anchor_values = prev_image[mask]
@@ -444,13 +453,16 @@ class _Run:
         t = start
         while t != limit:
             if self.check_cancel():
-                return
+                return None
             t += step
+            if yields is not None and yields(t):
+                keep([(m, replace(i, reason="")) for m, i in weak])
+                return None
             self.prefetch(range(t, t + step * (opt.lookahead + 1), step))
             image = self.image(t).astype(np.float32)
             if image.min() == image.max():
                 stop(SliceInfo(t, STOPPED, float("nan"), 0, source=start), "the slice is blank", True)
-                return
+                return None
             consistent = consistent_pixels(prev_image, image, prev_mask, opt.consistency_lambda)
             share = consistent.sum() / max(prev_mask.sum(), 1)
             region = consistent if share >= opt.min_consistent and consistent.any() else prev_mask
@@ -484,7 +496,10 @@ class _Run:
             info = SliceInfo(t, PROPAGATED, score, area, source=start, candidate=kind)
             if reason and (at_once or len(weak) + 1 >= max(opt.patience, 1)):
                 stop(info, reason, at_once)
-                return
+                return None
+            if not reason and agrees is not None and agrees(t, new):  # back on the previous run's track
+                keep([(m, replace(i, reason="")) for m, i in weak])
+                return t
             if reason:
                 weak.append((new, replace(info, reason=reason)))
             else:
@@ -492,6 +507,14 @@ class _Run:
                 weak = []
             prev_mask, prev_logits, prev_image = new, logits, image
         keep([(m, replace(i, reason="")) for m, i in weak])  # the range ended before a stop was confirmed
+        return None
+
+
+def _yields(index: int, anchor: int, previous_source, outdated) -> bool:
+    """A local re-run's front from new `anchor` leaves slice `index` to the previous run when that result still
+    holds and its own anchor is nearer (the nearer anchor's result wins, as between two fronts)."""
+    source = previous_source(index)
+    return source is not None and not outdated(index) and abs(index - source) < abs(index - anchor)
 
 
 def _mask_shape(volume_shape, axis):
@@ -572,19 +595,61 @@ def propagate(predictor, volume, seeds, axis=0, options: PropagationOptions | No
     run.total = len(seeds) + sum(s[3] - s[2] + 1 for s in todo)
     forward, backward = options.direction in ("both", "forward"), options.direction in ("both", "backward")
 
+    local = previous is not None and options.local_rerun
+
+    def previous_source(index):
+        """The anchor that the previous run's mask on this slice came from (None: no mask there)."""
+        info = previous.slices.get(index)
+        if info is None or info.status == STOPPED or info.source is None or not previous.slice_mask(index).any():
+            return None
+        return info.source
+
+    def outdated(index) -> bool:
+        """The previous run's mask here came from a front that passed through a new anchor (or from an anchor
+        the user replaced): it no longer holds."""
+        source = previous_source(index)
+        return source is not None and any(min(source, index) < a < max(source, index) or a == source != index
+                                          for a in new_indices)
+
+    def agrees(index, mask) -> bool:
+        old = previous.slice_mask(index)
+        return bool(old.any()) and _iou(mask, old) >= options.agree_iou
+
     for below, above, first, last in todo:
         if run.check_cancel():
             break
         results_up: dict = {}
         results_down: dict = {}
-        if below is not None and forward:
-            run.front(below, anchor_masks[below], anchors[below][1], +1, last, results_up)
-        run.drop_prefetch()
-        if above is not None and backward and not run.check_cancel():
-            run.front(above, anchor_masks[above], anchors[above][1], -1, first, results_down)
-        run.drop_prefetch()
+        agreed_up = agreed_down = None
+        if local:  # only the new anchors' fronts run, each until it meets the previous run's result again
+            if below is not None and forward and below in new_indices:
+                agreed_up = run.front(below, anchor_masks[below], anchors[below][1], +1, last, results_up, agrees,
+                                      lambda t: _yields(t, below, previous_source, outdated))
+            run.drop_prefetch()
+            if above is not None and backward and above in new_indices and not run.check_cancel():
+                agreed_down = run.front(above, anchor_masks[above], anchors[above][1], -1, first, results_down,
+                                        agrees, lambda t: _yields(t, above, previous_source, outdated))
+            run.drop_prefetch()
+        else:
+            if below is not None and forward:
+                run.front(below, anchor_masks[below], anchors[below][1], +1, last, results_up)
+            run.drop_prefetch()
+            if above is not None and backward and not run.check_cancel():
+                run.front(above, anchor_masks[above], anchors[above][1], -1, first, results_down)
+            run.drop_prefetch()
         for index in range(first, last + 1):
             up, down = results_up.get(index), results_down.get(index)
+            if local and not up and not down:
+                # no new result: keep the previous one unless it came through a new anchor and no front met it
+                # again before this slice (a front that met the previous run vouches for what lies beyond)
+                met = (agreed_up is not None and index >= agreed_up) or \
+                    (agreed_down is not None and index <= agreed_down)
+                if outdated(index) and not met:
+                    put(index, None, None)
+                    result.slices.pop(index, None)
+                elif outdated(index):  # it now rests on the anchor whose front met it
+                    result.slices[index].source = below if agreed_up is not None and index >= agreed_up else above
+                continue
             choice = None
             if up and down:  # both fronts reached it: the nearer anchor's result (a stop beats nothing)
                 choice = up if (index - below) <= (above - index) else down

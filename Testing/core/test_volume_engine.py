@@ -171,7 +171,8 @@ def test_rerun_keeps_accepted_slices_and_changes_only_the_stretches_next_to_new_
     from scipy import ndimage
     corrected = ndimage.binary_erosion(ball[25])
     assert corrected.sum() < first.slice_mask(25).sum()
-    second = propagate(predictor, volume, [Seed(25, mask=corrected)], previous=first)
+    # whole stretches recomputed from both anchors (the rule before local re-runs)
+    second = propagate(predictor, volume, [Seed(25, mask=corrected)], previous=first, local_rerun=False)
     np.testing.assert_array_equal(second.slice_mask(25), corrected)
     assert second.slices[25].status == "accepted" and second.slices[20].status == "seed"
     np.testing.assert_array_equal(second.mask[:21], first.mask[:21])  # below the old seed: untouched
@@ -240,3 +241,40 @@ def test_mask_to_logits_round_trip(default_model):
     assert logits.shape == (256, 256)
     # the image's longest side maps onto 256 low-res pixels: the mask's centre is positive, corners negative
     assert logits[int(40 * 1.28), int(100 * 1.28)] > 0 and logits[5, 5] < 0 and logits[200, 200] < 0
+
+
+def test_local_rerun_runs_from_the_correction_only_until_it_meets_the_previous_result():
+    volume, ball = sphere_volume()
+    predictor = Predictor(ThresholdModel())
+    first = propagate(predictor, volume, [Seed(20, box=(20, 20, 44, 44))])
+    from scipy import ndimage
+    corrected = ndimage.binary_erosion(ball[25])
+    second = propagate(predictor, volume, [Seed(25, mask=corrected)], previous=first)
+    np.testing.assert_array_equal(second.slice_mask(25), corrected)
+    # the front from 25 meets the first run's disc on the next slice each way: one decode per side, the rest kept
+    assert second.decoded == 2
+    np.testing.assert_array_equal(np.delete(second.mask, 25, axis=0), np.delete(first.mask, 25, axis=0))
+    assert second.slices[26].source == 25 and second.slices[27].source == 25  # they now rest on the correction
+    assert second.slices[22].source == 20  # nearer the seed: untouched
+
+
+def test_local_rerun_replaces_a_wrong_stretch_and_erasing_clears_what_came_through_it():
+    volume, ball = sphere_volume(neighbour=True)
+    predictor = Predictor(ThresholdModel())
+    # no stop rule: the first run runs on into the bright slab above the barrel (slices 29..39)
+    loose = dict(max_growth=100.0, min_overlap=0.0, min_consistent=0.0, max_intensity_shift=None,
+                 min_similarity=None, max_box_size=None)
+    first = propagate(predictor, volume, [Seed(20, box=(20, 20, 44, 44))], **loose)
+    assert first.mask[29:].any()
+    # erase slice 29 (an empty accepted mask): what the front carried through it goes; nothing below changes
+    second = propagate(predictor, volume, [Seed(29, mask=np.zeros((64, 64), bool))], previous=first, **loose)
+    assert second.decoded == 0 and not second.mask[29:].any()
+    np.testing.assert_array_equal(second.mask[:29], first.mask[:29])
+    # a wrong slice inside: the user's mask on 24 is a different disc; the front from it replaces the slices it
+    # disagrees with (up to the slices nearer the seed) and stops at the erased anchor
+    other = np.zeros((64, 64), bool)
+    other[10:20, 10:20] = True
+    third = propagate(predictor, volume, [Seed(24, mask=other)], previous=second, **loose)
+    assert third.slices[24].status == "accepted" and third.slices[20].status == "seed"
+    np.testing.assert_array_equal(third.mask[:23], second.mask[:23])   # nearer the seed (22 is the middle)
+    assert not third.mask[29:].any()
