@@ -288,7 +288,8 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
             status = job.poll(timeout=GUI_POLL_SECONDS)
             if status["state"] not in ("done", "failed", "cancelled"):
                 done, total = status["progress"][:2]
-                self.ui.evalResultLabel.text = f"Evaluating: {done}/{total} slices..."
+                self.ui.evalResultLabel.text = (f"Evaluating: {status['message']}" if status["state"] == "sending"
+                                                else f"Evaluating: {done}/{total} slices...")
                 return
             self.evaluationJob = None
             rows = job.result(timeout=5)["table"]

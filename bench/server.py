@@ -3,6 +3,8 @@ the Colin27 MRI:
 
     python -m bench.server [--clicks 60] [--threads 1] [--backend auto] [--users 8] [--out FILE.json]
 
+0. send: on the fresh server, a 256^3 int16 volume sent and a propagation started from the 100 ms timer's
+   polls (chunked upload, then the job): the longest single call on the ticking thread.
 1. click -> mask with a cached embedding: through a local server (loopback HTTP) vs in-process, interleaved
    so both see the same machine load; the added latency is the difference of the medians.
 2. GUI stall: a 10 ms ticking loop in this (client) process, polling the server every 100 ms as a QTimer
@@ -80,11 +82,14 @@ def bench_clicks(client, predictor, frame, clicks: int) -> dict:
 
 
 class Ticker:
-    """A 10 ms loop standing in for Slicer's GUI thread: `poll` runs every 10th tick (a 100 ms QTimer)."""
+    """A 10 ms loop standing in for Slicer's GUI thread: `poll` runs every 10th tick (a 100 ms QTimer), on
+    this same thread, as the modules' QTimer callbacks run on Slicer's GUI thread; `calls` holds how long
+    each poll held the thread (ms)."""
 
     def __init__(self, period: float = 0.010):
         self.period = period
         self.late: list[float] = []
+        self.calls: list[float] = []
 
     def run_until(self, finished, poll=None, timeout: float = 900) -> None:
         start = time.perf_counter()
@@ -99,7 +104,8 @@ class Ticker:
             if poll is not None and n % 10 == 0:
                 poll()
                 last_poll = time.perf_counter()
-                self.late[-1] += 1000 * (last_poll - now)  # the poll itself runs on the "GUI" thread
+                self.calls.append(1000 * (last_poll - now))
+                self.late[-1] += self.calls[-1]  # the poll itself runs on the "GUI" thread
                 last = last_poll
             if finished():
                 return
@@ -107,10 +113,45 @@ class Ticker:
 
     def figures(self) -> dict:
         return {"ticks": len(self.late), "stall_ms_max": max(self.late), "stall_ms_p99": _pct(self.late, 99),
-                "stall_ms_median": statistics.median(self.late)}
+                "stall_ms_median": statistics.median(self.late), "polls": len(self.calls),
+                "longest_call_ms": max(self.calls, default=0.0)}
+
+
+def bench_send(client, side: int = 256, seed_slices: int = 1) -> dict:
+    """On a FRESH server: send a side^3 int16 volume and start a propagation the way the modules do it -- a
+    prepared job polled from the 100 ms timer, whose polls hash and send the volume in chunks and then start
+    the job -- until the job reports its first slice; then cancel it. Every call runs on the ticking thread."""
+    from sonosam.client import GUI_POLL_SECONDS
+
+    rng = np.random.default_rng(7)
+    k, j, i = np.ogrid[:side, :side, :side]
+    ball = (k - side / 2) ** 2 + (j - side / 2) ** 2 + (i - side / 2) ** 2 < (side / 5) ** 2
+    volume = (np.where(ball, 900, 100) + rng.normal(0, 30, ball.shape)).astype(np.int16)
+    centre, r = side // 2, side // 5
+    box = [centre - r - 4, centre - r - 4, centre + r + 4, centre + r + 4]
+    ticker, started = Ticker(), time.perf_counter()
+    job = client.prepare_job("propagate", volume=volume, seeds=[{"index": centre, "box": box}], axis=0,
+                             max_slices=seed_slices)
+    marks: dict = {}
+
+    def poll():
+        status = job.poll(timeout=GUI_POLL_SECONDS)
+        if status["state"] != "sending" and "sent_s" not in marks:
+            marks["sent_s"] = time.perf_counter() - started
+            marks["sending_polls"] = len(ticker.calls) + 1
+        if status["state"] == "running" and status["progress"][0] >= 1 and "first_slice_s" not in marks:
+            marks["first_slice_s"] = time.perf_counter() - started
+            job.cancel()
+
+    ticker.run_until(lambda: job.last["state"] in ("done", "failed", "cancelled"), poll=poll)
+    sending = ticker.calls[:marks.get("sending_polls", len(ticker.calls))]
+    return {**ticker.figures(), "job_s": time.perf_counter() - started, "state": job.last["state"],
+            "volume_mib": volume.nbytes / 2**20, "longest_sending_call_ms": max(sending, default=0.0), **marks}
 
 
 def bench_stall(client, predictor, frames, volume, seed_index, seed_box, window) -> dict:
+    from sonosam.client import GUI_POLL_SECONDS
+
     out = {}
     # the noise floor: the same loop and polls with the server idle
     ticker, started = Ticker(), time.perf_counter()
@@ -125,9 +166,10 @@ def bench_stall(client, predictor, frames, volume, seed_index, seed_box, window)
     out["encode 3 frames"] = {**ticker.figures(), "job_s": time.perf_counter() - started}
 
     ticker, started = Ticker(), time.perf_counter()
-    job = client.start_job("propagate", volume=volume, seeds=[{"index": seed_index, "box": seed_box}], axis=0,
-                           window=window, max_slices=4)
-    ticker.run_until(lambda: job.last["state"] in ("done", "failed", "cancelled"), poll=job.poll)
+    job = client.prepare_job("propagate", volume=volume, seeds=[{"index": seed_index, "box": seed_box}], axis=0,
+                             window=window, max_slices=4)   # its polls send the volume, then start it
+    ticker.run_until(lambda: job.last["state"] in ("done", "failed", "cancelled"),
+                     poll=lambda: job.poll(timeout=GUI_POLL_SECONDS))
     out["propagate (MRI, 9 slices)"] = {**ticker.figures(), "job_s": time.perf_counter() - started,
                                         "state": job.last["state"]}
 
@@ -135,7 +177,8 @@ def bench_stall(client, predictor, frames, volume, seed_index, seed_box, window)
     tracker.add_object("LV", 0, box=(300, 70, 440, 270))
     ticker, started = Ticker(), time.perf_counter()
     job = tracker.start()
-    ticker.run_until(lambda: job.last["state"] in ("done", "failed", "cancelled"), poll=job.poll)
+    ticker.run_until(lambda: job.last["state"] in ("done", "failed", "cancelled"),
+                     poll=lambda: job.poll(timeout=GUI_POLL_SECONDS))
     out[f"track (echo, {len(frames)} frames)"] = {**ticker.figures(), "job_s": time.perf_counter() - started,
                                                   "state": job.last["state"]}
     tracker.close()
@@ -215,12 +258,24 @@ def markdown(figures: dict) -> str:
                   f"| CPU per click: client + server / in-process | {c['cpu_ms_per_click_server_path']:.1f} / "
                   f"{c['cpu_ms_per_click_in_process']:.1f} | |", "",
                   f"{c['clicks']} clicks interleaved; masks differing between the two: {c['masks_differing']}.", ""]
+    sd = figures.get("send")
+    if sd:
+        lines += ["| fresh server: send a volume + start a propagation, from the 100 ms timer | |", "|---|---|",
+                  f"| volume | {sd['volume_mib']:.0f} MiB int16 |",
+                  f"| server start-up (ready line) | {figures.get('startup_s', float('nan')):.1f} s |",
+                  f"| polls while sending / sent and started after | {sd.get('sending_polls', 0)} / "
+                  f"{sd.get('sent_s', float('nan')):.1f} s |",
+                  f"| first slice done after | {sd.get('first_slice_s', float('nan')):.1f} s |",
+                  f"| longest single GUI-side call while sending / in all | {sd['longest_sending_call_ms']:.1f} / "
+                  f"{sd['longest_call_ms']:.1f} ms |",
+                  f"| 10 ms ticks: late median / p99 / max | {sd['stall_ms_median']:.1f} / {sd['stall_ms_p99']:.1f} / "
+                  f"{sd['stall_ms_max']:.1f} ms |", ""]
     st = figures.get("stall")
     if st:
-        lines += ["| 10 ms GUI loop in the client while ... | job s | ticks | late ms median | p99 | max |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| 10 ms GUI loop in the client while ... | job s | ticks | late ms median | p99 | max | longest call ms |",
+                  "|---|---|---|---|---|---|---|"]
         lines += [f"| {name} | {v['job_s']:.1f} | {v['ticks']} | {v['stall_ms_median']:.1f} | {v['stall_ms_p99']:.1f} "
-                  f"| {v['stall_ms_max']:.1f} |" for name, v in st.items()]
+                  f"| {v['stall_ms_max']:.1f} | {v['longest_call_ms']:.1f} |" for name, v in st.items()]
         lines.append("")
     ld = figures.get("load")
     if ld:
@@ -239,7 +294,8 @@ def main(argv=None) -> int:
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--user-clicks", type=int, default=25)
     parser.add_argument("--frames", type=int, default=10, help="echo frames tracked in the stall test")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["clicks", "stall", "load"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["send", "clicks", "stall", "load"])
+    parser.add_argument("--side", type=int, default=256, help="the sent volume is side^3 int16")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
 
@@ -257,6 +313,9 @@ def main(argv=None) -> int:
     figures = {"startup_s": time.perf_counter() - started}
     try:
         client = server.client()
+        if "send" not in args.skip:  # first, while the server is fresh
+            figures["send"] = bench_send(client, args.side)
+            print(json.dumps({"send": figures["send"]}, indent=1), flush=True)
         info = client.info()
         predictor = Predictor(load_model(args.model, backend=args.backend, device="cpu"))
         figures["setup"] = {"model": args.model, "backend_server": info["backend"],

@@ -22,6 +22,7 @@ import collections
 import copy
 import http.client
 import json
+import math
 import os
 import secrets
 import socket
@@ -44,9 +45,11 @@ from .prompts import Prediction, Prompts
 
 TOKEN_ENV = "SONOSAM_SERVER_TOKEN"  # the same name as sonosam.server.TOKEN_ENV (that module imports torch)
 FINISHED = ("done", "failed", "cancelled")
-GUI_POLL_SECONDS = 0.25  # a poll from a GUI timer never holds that thread longer (RemoteJob.poll(timeout=))
+GUI_POLL_SECONDS = 0.1  # a poll from a GUI timer never holds that thread longer (RemoteJob.poll(timeout=))
+UPLOAD_CHUNK_BYTES = 4 * 2**20  # arrays above this travel in chunks of it (docs/slicer.md: ms per chunk)
+GUI_STEP_SECONDS = 0.03  # an upload step from a GUI timer works (hashes, sends chunks) for about this long
 
-__all__ = ["SonoSAMClient", "Prediction", "RemoteJob", "ServerTimeoutError", "RemotePrefetchJob", "RemotePropagationResult",
+__all__ = ["SonoSAMClient", "Prediction", "RemoteJob", "ArrayUpload", "ServerTimeoutError", "RemotePrefetchJob", "RemotePropagationResult",
            "RemoteTracker", "LocalServer", "start_local_server"]
 
 
@@ -121,7 +124,8 @@ class SonoSAMClient:
         return ServerUnavailableError(message + ". Start it again (or check the URL and network) and repeat.")
 
     def _request(self, method: str, path: str, meta: dict | None = None, arrays: dict | None = None, *,
-                 context: str = "", body: bytes | None = None, timeout: float | None = None):
+                 context: str = "", body: bytes | None = None, timeout: float | None = None,
+                 content_type: str | None = None):
         """-> dict (JSON answer) or (meta, arrays) (wire answer); refusals raise, see _raise_for. `timeout`:
         seconds for this answer (default: the client's); a late answer raises ServerTimeoutError."""
         if body is None and (meta is not None or arrays):
@@ -137,7 +141,8 @@ class SonoSAMClient:
             try:
                 conn, opened = self._connection(fresh=attempt > 0)
                 conn.sock.settimeout(self.timeout if timeout is None else timeout)
-                conn.request(method, path, body=body, headers=self._headers)
+                headers = self._headers if content_type is None else {**self._headers, "Content-Type": content_type}
+                conn.request(method, path, body=body, headers=headers)
                 response = conn.getresponse()
                 data = response.read()
                 break
@@ -179,14 +184,25 @@ class SonoSAMClient:
     # ---------------------------------------------------------------------------------------- arrays
     def upload(self, array: np.ndarray, geometry: dict | None = None, array_id: str | None = None) -> str:
         """Send an array once (by content); returns its content id. `geometry` (spacing, origin, direction)
-        is kept with it on the server."""
+        is kept with it on the server. Arrays above UPLOAD_CHUNK_BYTES travel in chunks (ArrayUpload), here
+        all at once; a GUI drives `begin_upload(...).step()` from its timer instead."""
         array = np.asarray(array)
+        if array.nbytes > UPLOAD_CHUNK_BYTES:
+            upload = ArrayUpload(self, array, geometry, array_id=array_id)
+            while not upload.step(budget=1.0):
+                pass
+            return upload.id
         array_id = array_id or wire.content_id(array)
         if array_id not in self._sent:
             self._request("PUT", f"/v1/arrays/{array_id}", {"geometry": geometry}, {"array": array},
                           context="sending an array")
             self._sent.add(array_id)
         return array_id
+
+    def begin_upload(self, array: np.ndarray, geometry: dict | None = None, what: str = "array") -> "ArrayUpload":
+        """A chunked upload that does nothing until stepped: call `step()` from a GUI timer until it returns
+        True, then use `.id`. See ArrayUpload."""
+        return ArrayUpload(self, array, geometry, what=what)
 
     def _image_id(self, image, key: Hashable | None) -> tuple[str, np.ndarray | None]:
         """(content id, the array when it was materialised). A known `key` skips reading the image at all."""
@@ -328,26 +344,35 @@ class SonoSAMClient:
                    (the file's bytes), threshold, window; result(): (meta {class, slices [{index, present,
                    objectness, score, box}], seconds, summary}, {"masks": (len(slices), H, W) bool})
         """
+        job = self.prepare_job(kind, **params)
+        job.start()
+        return job
+
+    def prepare_job(self, kind: str, **params) -> "RemoteJob":
+        """start_job's job before it starts: nothing is sent yet. Its polls (`poll(timeout=)`, from a GUI
+        timer) send its arrays a step at a time (state "sending", progress in MiB), then start it on the
+        server, then report its status; `cancel()` before the start sends nothing more and keeps nothing."""
         arrays: dict = {}
+        uploads: dict[str, ArrayUpload] = {}
         if self.assist is not None and kind in ("propagate", "evaluate", "refine"):
             params = {**params, "assist": self.assist}
         if kind == "propagate":
-            params = self._propagate_params(params, arrays)
+            params = self._propagate_params(params, arrays, uploads)
         elif kind == "evaluate":
             params = dict(params)
-            params["volume"] = self._array_param(params.get("volume"), "volume")
-            params["labelmap"] = self._array_param(params.get("labelmap"), "labelmap")
+            params["volume"] = self._array_param(params.get("volume"), "volume", uploads)
+            params["labelmap"] = self._array_param(params.get("labelmap"), "labelmap", uploads)
             params["window"] = _window(params.get("window"))
         elif kind == "refine":
             params = dict(params)
             for name in ("image", "coarse", "context"):
                 if name != "context" or params.get(name) is not None:
-                    params[name] = self._array_param(params.get(name), name)
+                    params[name] = self._array_param(params.get(name), name, uploads)
             params["window"] = _window(params.get("window"))
             params["options"] = {k: params.pop(k) for k in ("seed", "steps") if k in params}
         elif kind in ("assist", "auto"):
             params = dict(params)
-            params["volume"] = self._array_param(params.get("volume"), "volume")
+            params["volume"] = self._array_param(params.get("volume"), "volume", uploads)
             params["window"] = _window(params.get("window"))
             if kind == "assist":
                 arrays["masks"] = np.asarray(params.pop("masks")).astype(bool) if params.get("masks") is not None \
@@ -365,20 +390,21 @@ class SonoSAMClient:
         elif kind == "track":
             tracker = params.get("tracker")
             params = {**params, "tracker": getattr(tracker, "id", tracker)}
-        status = self._request("POST", "/v1/jobs", {"kind": kind, "params": params}, arrays,
-                               context=f"starting a {kind} job")
-        return RemoteJob(self, status["id"], kind)
+        return RemoteJob(self, None, kind, pending=(params, arrays, uploads))
 
-    def _array_param(self, value, what: str) -> str:
+    def _array_param(self, value, what: str, uploads: dict) -> str:
+        """A content id as it is, or an array to send first: its upload is kept under the parameter's name
+        (the parameter becomes that upload's id once it is done)."""
         if isinstance(value, str):
             return value
         if value is None:
             raise SonoSAMError(f"Give the {what} (a numpy array).")
-        return self.upload(np.asarray(value))
+        uploads[what] = ArrayUpload(self, np.asarray(value), what=what)
+        return what
 
-    def _propagate_params(self, params: dict, arrays: dict) -> dict:
+    def _propagate_params(self, params: dict, arrays: dict, uploads: dict) -> dict:
         params = dict(params)
-        out = {"volume": self._array_param(params.pop("volume", None), "volume"),
+        out = {"volume": self._array_param(params.pop("volume", None), "volume", uploads),
                "axis": params.pop("axis", 0)}
         previous = params.pop("previous", None)
         out["previous"] = getattr(previous, "job_id", previous)
@@ -430,20 +456,201 @@ def _window(window):
     return None if window is None else [float(window[0]), float(window[1])]
 
 
-class RemoteJob:
-    """A job on the server. poll() -> status dict; cancel(); wait(); result() (waits, then decodes)."""
+class ArrayUpload:
+    """One array sent in chunks, a small step per call, so that a GUI timer can drive it without holding its
+    thread (a 512 x 512 x 300 CT is 150 MB; a remote host is slower than loopback):
 
-    def __init__(self, client: SonoSAMClient, job_id: str, kind: str):
+        upload = client.begin_upload(volume)            # nothing happens yet
+        ... each timer tick: if upload.step(): use upload.id
+
+    Steps: hash the canonical bytes piece by piece (the content id); ask the server (an array it holds costs
+    nothing more; an unfinished upload of the same array is resumed where it stopped); send the chunks in
+    order, each a request of at most UPLOAD_CHUNK_BYTES; finish (the server checks the hash, then stores).
+    A step works for about `budget` seconds (at least one unit). A failed step raises; calling step() again
+    resumes from what the server has (GET /v1/uploads/ID), or starts again when the server lost the upload."""
+
+    def __init__(self, client: SonoSAMClient, array: np.ndarray, geometry: dict | None = None, *,
+                 array_id: str | None = None, what: str = "array", chunk_bytes: int | None = None):
+        self.client, self.array, self.geometry, self.what = client, np.asarray(array), geometry, what
+        if self.array.dtype.name not in wire.DTYPES:
+            raise wire.WireError(f"The {what} has dtype {self.array.dtype}, which cannot be sent; use one of "
+                                 f"{', '.join(wire.DTYPES)}.")
+        self.nbytes = int(self.array.size) * self.array.dtype.itemsize
+        self.chunk_bytes = int(chunk_bytes or UPLOAD_CHUNK_BYTES)
+        self.id = array_id
+        self.phase = "asking" if array_id else "hashing"   # -> asking -> sending -> finishing -> done
+        self.hashed = self.sent_bytes = 0
+        self.upload_id: str | None = None
+        self._hasher = None if array_id else wire.content_hasher(self.array.dtype.name, self.array.shape)
+        self._pieces = None if array_id else self._chunks(0)
+
+    @property
+    def done(self) -> bool:
+        return self.phase == "done"
+
+    @property
+    def message(self) -> str:
+        mib = f"{self.nbytes / 2**20:.0f} MiB"
+        if self.phase == "hashing":
+            return f"checking {self.hashed / 2**20:.0f}/{mib}"
+        if self.phase in ("sending", "finishing"):
+            return f"{self.sent_bytes / 2**20:.0f}/{mib} sent"
+        return {"asking": "asking the server", "done": f"{mib} on the server", "cancelled": "cancelled"}.get(
+            self.phase, self.phase)
+
+    def _chunks(self, start: int):
+        """(offset, bytes) pieces of at most chunk_bytes from byte `start` on."""
+        for offset, data in wire.canonical_pieces(self.array, self.chunk_bytes):
+            for at in range(0, len(data), self.chunk_bytes):
+                if offset + at + min(self.chunk_bytes, len(data) - at) <= start:
+                    continue
+                lo = max(at, start - offset)
+                yield offset + lo, data[lo:at + self.chunk_bytes]
+
+    def step(self, budget: float = GUI_STEP_SECONDS) -> bool:
+        """Work for about `budget` seconds (at least one unit: one piece hashed, one request); True when done."""
+        deadline = time.perf_counter() + budget
+        while self.phase not in ("done", "cancelled"):
+            self._unit()
+            if time.perf_counter() >= deadline:
+                break
+        return self.done
+
+    def _unit(self) -> None:
+        client = self.client
+        if self.phase == "hashing":
+            piece = next(self._pieces, None)
+            if piece is not None:
+                self._hasher.update(piece[1])
+                self.hashed += len(piece[1])
+                return
+            self.id, self._pieces = self._hasher.hexdigest(), None
+            self.phase = "done" if self.id in client._sent else "asking"
+        elif self.phase == "asking":
+            answer = client._request("POST", "/v1/uploads", {"id": self.id, "dtype": self.array.dtype.name,
+                                                             "shape": list(self.array.shape), "geometry": self.geometry},
+                                     context=f"sending the {self.what}")
+            if answer["stored"]:
+                client._sent.add(self.id)
+                self.sent_bytes, self.phase = self.nbytes, "done"
+                return
+            self.chunk_bytes = max(1, min(self.chunk_bytes, int(answer["max_chunk_bytes"])))
+            self._resume(answer)
+        elif self.phase == "sending":
+            piece = next(self._pieces, None)
+            if piece is None:
+                self.phase = "finishing"
+                return
+            offset, data = piece
+            try:
+                answer = client._request("PUT", f"/v1/uploads/{self.upload_id}?offset={offset}", body=data,
+                                         content_type="application/octet-stream", context=f"sending the {self.what}")
+            except ServerError as error:
+                self._recover(error)
+                return
+            except BaseException:
+                self.phase = "resync"   # this chunk may or may not have landed: ask the server on the next step
+                raise
+            self.sent_bytes = int(answer["received"])
+        elif self.phase == "resync":
+            try:
+                self._resume(client._request("GET", f"/v1/uploads/{self.upload_id}", context=f"sending the {self.what}"))
+            except ServerError as error:
+                if error.code != "unknown_upload":
+                    raise
+                self.phase = "asking"
+        elif self.phase == "finishing":
+            try:
+                client._request("POST", f"/v1/uploads/{self.upload_id}/finish", context=f"sending the {self.what}")
+            except ServerError as error:
+                if error.code == "bad_content_id":
+                    self.phase = "failed"
+                    raise
+                self._recover(error)
+                return
+            client._sent.add(self.id)
+            self.phase = "done"
+        elif self.phase == "failed":
+            raise ServerError(f"Sending the {self.what} failed; start a new upload.", 400, "upload_failed")
+
+    def _resume(self, status: dict) -> None:
+        self.upload_id = status["upload"]
+        self.sent_bytes = int(status["received"])
+        self._pieces = self._chunks(self.sent_bytes)
+        self.phase = "sending"
+
+    def _recover(self, error: ServerError) -> None:
+        """After a refused chunk or finish: carry on from what the server holds, or start again."""
+        if error.code == "unknown_upload":
+            self.phase = "asking"
+            return
+        if error.code not in ("upload_offset", "upload_incomplete", "upload_busy"):
+            raise error
+        self._resume(self.client._request("GET", f"/v1/uploads/{self.upload_id}", context=f"sending the {self.what}"))
+
+    def cancel(self) -> None:
+        """Stop; the server drops what it received of this upload (best effort: it expires anyway)."""
+        if self.upload_id is not None and self.phase in ("sending", "finishing"):
+            try:
+                self.client._request("DELETE", f"/v1/uploads/{self.upload_id}", timeout=GUI_POLL_SECONDS)
+            except (ServerError, ServerUnavailableError):
+                pass
+        if not self.done:
+            self.phase = "cancelled"
+
+
+class RemoteJob:
+    """A job on the server. poll() -> status dict; cancel(); wait(); result() (waits, then decodes).
+
+    A job from `prepare_job` starts with id None and its arrays still here: until it starts, each poll
+    sends a step of them (state "sending", progress [MiB sent, MiB in all]) and then starts it."""
+
+    def __init__(self, client: SonoSAMClient, job_id: str | None, kind: str, pending: tuple | None = None):
         self.client, self.id, self.kind = client, job_id, kind
+        self._pending = pending          # (params, job arrays, {parameter: ArrayUpload}) until started
         self.last: dict = {"state": "queued", "progress": [0, 0], "message": ""}
 
     def _context(self) -> str:
-        return f"while its {self.kind} job {self.id[:8]} was running (the job and its result are lost)"
+        return f"while its {self.kind} job {(self.id or 'not started')[:8]} was running (the job and its result are lost)"
+
+    @property
+    def started(self) -> bool:
+        return self._pending is None
+
+    def _send_step(self, budget: float) -> dict:
+        """One step of the arrays' upload (or the start request once they are all there)."""
+        params, arrays, uploads = self._pending
+        for name, upload in uploads.items():
+            if not upload.done:
+                upload.step(budget)
+                done = sum(u.sent_bytes for u in uploads.values()) / 2**20
+                total = sum(u.nbytes for u in uploads.values()) / 2**20
+                self.last = {"state": "sending", "progress": [int(done), max(1, int(math.ceil(total)))],
+                             "message": f"sending the {upload.what}: {upload.message}", "error": None}
+                return self.last
+        params = {k: uploads[k].id if k in uploads else v for k, v in params.items()}
+        status = self.client._request("POST", "/v1/jobs", {"kind": self.kind, "params": params}, arrays,
+                                      context=f"starting a {self.kind} job")
+        self.id, self._pending, self.last = status["id"], None, status
+        return status
+
+    def start(self) -> "RemoteJob":
+        """Send what is left of its arrays and start it now (waits for the uploads: for scripts)."""
+        while self._pending is not None:
+            if self.last.get("state") == "cancelled":
+                raise JobCancelledError(f"The {self.kind} job was cancelled before it started.")
+            self._send_step(1.0)
+        return self
 
     def poll(self, timeout: float | None = None) -> dict:
         """{"state": queued|running|done|failed|cancelled, "progress": [done, total], "message", "error"}.
         With `timeout` (seconds; for a GUI timer), an answer later than that returns the last status with
-        "late": True instead of waiting: a busy server never holds the caller longer."""
+        "late": True instead of waiting: a busy server never holds the caller longer. Before a prepared
+        job starts, a poll sends a step of its arrays (about GUI_STEP_SECONDS) and says "sending"."""
+        if self._pending is not None:
+            if self.last.get("state") == "cancelled":
+                return self.last
+            return self._send_step(GUI_STEP_SECONDS if timeout is None else min(timeout, GUI_STEP_SECONDS))
         try:
             self.last = self.client._request("GET", f"/v1/jobs/{self.id}", context=self._context(), timeout=timeout)
         except ServerTimeoutError:
@@ -461,7 +668,14 @@ class RemoteJob:
         return self.poll()["state"] in FINISHED
 
     def cancel(self) -> dict:
-        """Ask the server to stop after the current step; a cancelled job keeps no result."""
+        """Ask the server to stop after the current step; a cancelled job keeps no result. Before it started:
+        its uploads stop (the server drops the unfinished one) and it never starts."""
+        if self._pending is not None:
+            for upload in self._pending[2].values():
+                upload.cancel()
+            self.last = {"state": "cancelled", "progress": [0, 0], "error": None,
+                         "message": "cancelled before it started; nothing was sent to run"}
+            return self.last
         self.last = self.client._request("POST", f"/v1/jobs/{self.id}/cancel", context=self._context())
         return self.last
 
@@ -478,13 +692,16 @@ class RemoteJob:
                 cancel = None
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"The {self.kind} job is still {status['state']} after {timeout:g} s.")
-            time.sleep(interval)
+            if self._pending is None:   # while sending, the next step follows at once
+                time.sleep(interval)
 
     def result(self, timeout: float | None = None, interval: float = 0.1, on_progress=None, cancel=None):
         """Wait for the job, then its result: RemotePropagationResult (propagate), dict (evaluate: table and
         result; encode), the tracker's RunReport-like dict (track). Raises JobCancelledError when cancelled,
         the job's own error class when it failed."""
         status = self.wait(timeout, interval, on_progress, cancel)
+        if status["state"] == "cancelled" and self._pending is not None:
+            raise JobCancelledError(f"The {self.kind} job was cancelled before it started: nothing was written.")
         if status["state"] == "cancelled":
             raise JobCancelledError(f"The {self.kind} job was cancelled: it has no result and nothing was written.")
         if status["state"] == "failed":

@@ -50,12 +50,34 @@ def _bytes(array: np.ndarray):
     return b"" if array.size == 0 else memoryview(array.reshape(-1)).cast("B")
 
 
+def content_hasher(dtype: str, shape):
+    """The hash behind content_id, before any byte: feed it the canonical bytes in order (chunked uploads
+    hash piece by piece on both sides)."""
+    return hashlib.blake2b(f"{dtype}|{tuple(shape)}|".encode(), digest_size=16)
+
+
 def content_id(array: np.ndarray) -> str:
     """The array's content address: same dtype, shape and bytes -> same id (the server checks it)."""
     array = _canonical(array)
-    digest = hashlib.blake2b(f"{array.dtype.name}|{array.shape}|".encode(), digest_size=16)
+    digest = content_hasher(array.dtype.name, array.shape)
     digest.update(_bytes(array))
     return digest.hexdigest()
+
+
+def canonical_pieces(array: np.ndarray, piece_bytes: int):
+    """The canonical bytes of `array` (as content_id and encode see them) in pieces of about `piece_bytes`,
+    cut between rows of the first axis so that a non-contiguous or big-endian array is converted one piece
+    at a time (a GUI thread never copies a whole volume at once). Yields (offset, memoryview)."""
+    array = np.asarray(array)
+    if array.ndim == 0 or array.nbytes == 0:
+        yield 0, _bytes(_canonical(array))
+        return
+    rows = max(1, int(piece_bytes // max(1, array[0].nbytes if array.ndim > 1 else array.itemsize)))
+    offset = 0
+    for start in range(0, array.shape[0], rows):
+        data = _bytes(_canonical(array[start:start + rows]))
+        yield offset, data
+        offset += len(data)
 
 
 def encode(meta: dict | None = None, arrays: dict[str, np.ndarray] | None = None) -> bytes:

@@ -541,7 +541,10 @@ or connects to a GPU host.</html>"""
             if total:
                 self.busyBar.setRange(0, total)
                 self.busyBar.value = done
-            self.statusLabel.text = f"Propagating: {done}/{total} slices. {message}".strip()
+            if state == "sending":  # the volume travels in chunks first (done/total in MiB)
+                self.statusLabel.text = f"Propagating: {message}"
+            else:
+                self.statusLabel.text = f"Propagating: {done}/{total} slices. {message}".strip()
             return
         self.propagation = None
         self.busyBar.visible = False

@@ -834,9 +834,10 @@ class SegmentLogic:
             raise NotConnectedError("Evaluation as a job needs a SonoSAM server: connect one first.")
         info, layout, stack, seg_stack, filled, name = self._evaluation_inputs(
             volumeNode, segmentationNode, segmentId, sliceAxis, slices, maxSlices, minArea)
-        return self.predictor.start_job("evaluate", volume=stack, labelmap=seg_stack.view(np.uint8), labels=[1],
-                                        slices=[int(s) for s in filled], n_clicks=int(nClicks), start=start,
-                                        min_area=int(minArea), window=info.window, name=name)
+        start_job = getattr(self.predictor, "prepare_job", None) or self.predictor.start_job  # its polls send the arrays
+        return start_job("evaluate", volume=stack, labelmap=seg_stack.view(np.uint8), labels=[1],
+                         slices=[int(s) for s in filled], n_clicks=int(nClicks), start=start,
+                         min_area=int(minArea), window=info.window, name=name)
 
     # -- background encoding -------------------------------------------------------------------------
     def prefetch(self, volumeNode, geometries, on_progress=None):
@@ -870,6 +871,7 @@ class SegmentLogic:
 class PropagationTask:
     """A propagation running as a server job (or already run in-process), for a GUI timer to poll:
     ``poll()`` -> (state, done, total, message), ``cancel()``, then ``finish(modify)`` writes the result.
+    With a server, the first polls send the volume a chunk at a time (state "sending", done/total in MiB).
     Nothing is written before ``finish``: a cancelled or failed job, or a server that died, leaves the
     segment as it was."""
 
@@ -881,9 +883,10 @@ class PropagationTask:
         previous = plan.previous
         if hasattr(predictor, "start_job"):
             seeds = [{"index": int(s), "mask": plan.seg_stack[s].copy()} for s in plan.seed_indices]
-            self.job = predictor.start_job("propagate", volume=plan.stack, seeds=seeds, axis=0,
-                                           previous=getattr(previous, "job_id", None), window=plan.window,
-                                           **plan.options)
+            # prepared, not started: the GUI timer's polls send the volume in chunks, then start it
+            start_job = getattr(predictor, "prepare_job", None) or predictor.start_job
+            self.job = start_job("propagate", volume=plan.stack, seeds=seeds, axis=0,
+                                 previous=getattr(previous, "job_id", None), window=plan.window, **plan.options)
         else:
             from sonosam.volume import propagate as core_propagate
 

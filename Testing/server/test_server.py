@@ -185,8 +185,9 @@ def test_refusals_are_clear_and_the_server_keeps_serving(server, client, echo_fr
     response = conn.getresponse()
     assert response.status == 413 and "limit of 4 MiB" in json.loads(response.read())["message"]
     conn.close()
+    big = np.ones((2000, 2000, 3), np.uint8)  # one request (client.upload would send it in chunks)
     with pytest.raises(ServerError, match="exceeds"):
-        client.upload(np.ones((2000, 2000, 3), np.uint8))
+        client._request("PUT", f"/v1/arrays/{wire.content_id(big)}", {}, {"array": big})
 
     # malformed messages and arrays
     good = wire.encode({"ids": []}, {"array": np.zeros((4, 4), np.uint8)})
@@ -223,6 +224,121 @@ def test_refusals_are_clear_and_the_server_keeps_serving(server, client, echo_fr
 
     assert client.info()["model"] == MODEL
     assert client.predict(image, box=LV_BOX).mask.any()
+
+
+def _volume(shape=(40, 256, 256), seed=0):
+    return np.random.default_rng(seed).integers(-1000, 3000, shape).astype(np.int16)  # 5 MiB: above one chunk
+
+
+def _stored(client, array_id):
+    meta, arrays = client._request("GET", f"/v1/arrays/{array_id}")
+    return arrays["array"], meta["geometry"]
+
+
+def test_chunked_upload_round_trip_and_a_known_array_costs_nothing(server, client):
+    volume = _volume()
+    geometry = {"spacing": [0.5, 0.5, 2.0]}
+    upload = client.begin_upload(volume, geometry, what="volume")
+    assert upload.phase == "hashing" and upload.sent_bytes == 0  # nothing happens before the first step
+    steps = 0
+    while not upload.step(budget=0):  # one unit per step: a piece hashed, or one request
+        steps += 1
+    assert upload.id == wire.content_id(volume) and upload.sent_bytes == volume.nbytes
+    assert steps >= 2 * 2 + 2  # hashing and sending 4 MiB pieces, asking, finishing
+    stored, stored_geometry = _stored(client, upload.id)
+    np.testing.assert_array_equal(stored, volume)
+    assert stored.dtype == volume.dtype and stored_geometry == geometry
+    # a known array: this client skips it after hashing; a fresh one is told "stored" and sends nothing
+    again = client.begin_upload(volume)
+    while not again.step(budget=0):
+        assert again.phase == "hashing"
+    fresh = SonoSAMClient(server.url, server.token).begin_upload(volume)
+    while not fresh.step(budget=0):
+        assert fresh.phase in ("hashing", "asking")
+    assert fresh.upload_id is None and client.info()["store"]["uploads"] == 0
+    # non-contiguous and big-endian arrays travel as their canonical bytes, a piece at a time
+    for array in (volume[:, ::2, 1::3], volume.astype(">i2")[::-1]):
+        array_id = client.upload(array)  # above one chunk? else one request: both give the content id
+        assert array_id == wire.content_id(array)
+        np.testing.assert_array_equal(_stored(client, array_id)[0], array)
+
+
+def test_corrupted_missing_or_interrupted_chunks(server, client):
+    volume = _volume(seed=1)
+    array_id, data = wire.content_id(volume), volume.tobytes()
+    mib = 2**20
+
+    def begin():
+        return client._request("POST", "/v1/uploads", {"id": array_id, "dtype": "int16", "shape": list(volume.shape)})
+
+    def put(upload_id, offset, chunk):
+        return client._request("PUT", f"/v1/uploads/{upload_id}?offset={offset}", body=chunk,
+                               content_type="application/octet-stream")
+
+    upload = begin()
+    assert upload["received"] == 0 and not upload["stored"]
+    put(upload["upload"], 0, data[:mib])
+    with pytest.raises(ServerError, match=f"expects its next chunk at byte {mib}, not at {2 * mib}") as caught:
+        put(upload["upload"], 2 * mib, data[2 * mib:3 * mib])   # a chunk went missing
+    assert caught.value.status == 409
+    with pytest.raises(ServerError, match=f"has {mib} of its {len(data)} bytes") as caught:
+        client._request("POST", f"/v1/uploads/{upload['upload']}/finish")
+    assert caught.value.status == 409
+    # the same array again (an interrupted client) resumes where the server stopped
+    assert begin() == {**upload, "received": mib}
+    corrupted = bytearray(data)
+    corrupted[3 * mib + 5] ^= 0xFF
+    for offset in range(mib, len(data), mib):
+        put(upload["upload"], offset, bytes(corrupted[offset:offset + mib]))
+    with pytest.raises(ServerError, match=f"hash to [0-9a-f]+, not {array_id}.*Nothing was kept") as caught:
+        client._request("POST", f"/v1/uploads/{upload['upload']}/finish")
+    assert caught.value.status == 400
+    assert client._request("POST", "/v1/arrays/missing", {"ids": [array_id]})["missing"] == [array_id]
+    with pytest.raises(ServerError, match="No upload") as caught:
+        put(upload["upload"], len(data) - mib, data[-mib:])
+    assert caught.value.status == 404
+    # interrupted after two chunks: a new ArrayUpload (another client) carries on from byte 2 MiB
+    upload = begin()
+    put(upload["upload"], 0, data[:mib])
+    put(upload["upload"], mib, data[mib:2 * mib])
+    resumed = SonoSAMClient(server.url, server.token).begin_upload(volume)
+    while resumed.phase != "sending":
+        resumed.step(budget=0)
+    assert resumed.upload_id == upload["upload"] and resumed.sent_bytes == 2 * mib
+    while not resumed.step(budget=0):
+        pass
+    np.testing.assert_array_equal(_stored(client, array_id)[0], volume)
+    # a wrong id announced by the sender; a declared size beyond the store; the server keeps serving
+    with pytest.raises(ServerError, match="hash to"):
+        client.upload(_volume(seed=2), array_id="0" * 32)
+    with pytest.raises(ServerError, match="exceeds the server's array store") as caught:
+        client._request("POST", "/v1/uploads", {"id": "1" * 32, "dtype": "float64", "shape": [4096, 4096, 4096]})
+    assert caught.value.status == 413
+    assert client.info()["store"]["uploads"] == 0
+
+
+def test_prepared_job_sends_its_volume_from_polls_and_a_bad_volume_fails_naming_it(client):
+    volume = _volume(seed=3).astype(np.float32)
+    volume[7, 100, 100] = np.nan
+    job = client.prepare_job("propagate", volume=volume, seeds=[{"index": 1, "box": [10, 10, 50, 50]}], axis=0)
+    assert job.id is None and job.last["state"] == "queued"
+    states = []
+    while job.last["state"] not in ("done", "failed", "cancelled"):
+        states.append(job.poll(timeout=0.1)["state"])
+        if job.started:
+            job.wait(timeout=120)
+    assert states[0] == "sending" and job.last["state"] == "failed", states  # a step per poll, then started
+    assert "NaN" in job.last["error"]["message"]
+    with pytest.raises(InputImageError, match="NaN"):
+        job.result()
+    # cancelled while sending: never started, the server drops the unfinished upload
+    job = client.prepare_job("propagate", volume=_volume(seed=4), seeds=[{"index": 1, "box": [10, 10, 50, 50]}])
+    while job.poll(timeout=0.1)["message"].find("sent") < 0:
+        pass
+    assert job.cancel()["state"] == "cancelled" and job.id is None
+    assert client.info()["store"]["uploads"] == 0
+    with pytest.raises(JobCancelledError, match="before it started"):
+        job.result()
 
 
 def _colin_cut(n_slices):

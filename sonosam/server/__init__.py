@@ -88,7 +88,9 @@ def serve(*, host: str = "127.0.0.1", port: int = 0, token: str | None = None, t
     root = weights.cache_dir().parent
     loaded = load_model(model, checkpoint=checkpoint, device=device, backend=backend)
     predictor = Predictor(loaded, cache_mib=cache_mib, spill=str(_mkdir(root / "server-spill")) if spill else False)
-    service = Service(predictor, store_mib=store_mib, job_workers=job_workers)
+    service = Service(predictor, store_mib=store_mib, job_workers=job_workers,
+                      max_chunk_bytes=int(max_request_mib * 2**20))
+    log.info("imported the job code (propagation, tracking, evaluation, refiner, assist, auto) in %.2f s", service.warm_up())
     app = create_app(service, token, int(max_request_mib * 2**20))
 
     import uvicorn

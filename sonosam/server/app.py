@@ -6,7 +6,16 @@ Routes (all under /v1 need the token as `Authorization: Bearer TOKEN`; bodies ar
     GET  /healthz                        liveness, no token (for load balancers)
     GET  /v1/info                        model, prompt kinds, device, cache and store use
     PUT  /v1/arrays/{content_id}         upload one array (+ meta.geometry); the id is checked against the bytes
+    GET  /v1/arrays/{content_id}         a stored array back (meta.geometry)
     POST /v1/arrays/missing              meta.ids -> which of them the server does not hold
+    POST /v1/uploads                     meta.id (content id), dtype, shape (+geometry) -> {upload, received,
+                                         stored}: a chunked upload (stored: true = the server holds it already;
+                                         the same id again resumes an unfinished one)
+    PUT  /v1/uploads/{id}?offset=N       one chunk, raw bytes (application/octet-stream), in order
+    GET  /v1/uploads/{id}                {received, nbytes}: where to resume
+    POST /v1/uploads/{id}/finish         the hash is checked, then the array is stored (400 and nothing kept
+                                         when it does not match the id)
+    DELETE /v1/uploads/{id}
     POST /v1/embed                       meta.image (+window): encode now into the shared cache
     POST /v1/cached                      meta.ids (+window) -> whether each is encoded
     POST /v1/predict                     meta.image, prompts, multimask, window, assist (+ array mask_logits) -> masks
@@ -97,6 +106,49 @@ def create_app(service: Service, token: str, max_request_bytes: int) -> FastAPI:
     async def put_array(array_id: str, request: Request):
         meta, arrays = await body(request)
         return await run_in_threadpool(service.put_array, array_id, meta, arrays)
+
+    @app.get("/v1/arrays/{array_id}", dependencies=auth)
+    async def get_array(array_id: str):
+        array, geometry = service.store.entry(array_id)
+        return frame({"geometry": geometry}, {"array": array})
+
+    @app.post("/v1/uploads", dependencies=auth)
+    async def begin_upload(request: Request):
+        meta, _ = await body(request)
+        return service.uploads.begin(meta)
+
+    @app.get("/v1/uploads/{upload_id}", dependencies=auth)
+    async def upload_status(upload_id: str):
+        return service.uploads.get(upload_id).status()
+
+    @app.put("/v1/uploads/{upload_id}", dependencies=auth)
+    async def upload_chunk(upload_id: str, request: Request, offset: int = -1):
+        length = request.headers.get("content-length", "")
+        if not length.isdigit():
+            raise ApiError(411, "no_length", "A chunk needs its Content-Length.")
+        length = int(length)
+        upload = service.uploads.claim(upload_id, offset, length)
+        try:
+            # straight into the array's buffer: no copy of the whole body, nothing stored before finish
+            view, at = memoryview(upload.buffer)[offset:offset + length], 0
+            async for part in request.stream():
+                if at + len(part) > length:
+                    raise ApiError(400, "bad_chunk", f"The chunk is longer than its Content-Length ({length}).")
+                view[at:at + len(part)] = part
+                at += len(part)
+            if at != length:
+                raise ApiError(400, "bad_chunk", f"The chunk ended after {at} of its {length} bytes; send it again.")
+            return await run_in_threadpool(service.uploads.hash_chunk, upload, length)
+        finally:
+            upload.lock.release()
+
+    @app.post("/v1/uploads/{upload_id}/finish", dependencies=auth)
+    async def finish_upload(upload_id: str):
+        return await run_in_threadpool(service.uploads.finish, upload_id)
+
+    @app.delete("/v1/uploads/{upload_id}", dependencies=auth)
+    async def cancel_upload(upload_id: str):
+        return service.uploads.cancel(upload_id)
 
     @app.post("/v1/arrays/missing", dependencies=auth)
     async def missing(request: Request):

@@ -111,12 +111,15 @@ def check_image(array: np.ndarray, what: str = "image") -> np.ndarray:
     return array
 
 
-def check_stack(array: np.ndarray, what: str) -> np.ndarray:
+def check_stack(array: np.ndarray, what: str, *, values: bool = True) -> np.ndarray:
+    """A 3D numeric array; `values=False` leaves the pass over every voxel (NaN, infinity) to the job, so that
+    starting one answers at once (the job then fails naming the problem)."""
     from ..io import check_array
 
     if array.dtype == bool or array.dtype.kind not in "iuf":
         raise InputImageError(f"The {what} has dtype {array.dtype}; send a numeric array.")
-    check_array(array, f"The {what}")
+    if values:
+        check_array(array, f"The {what}")
     if array.ndim != 3 or min(array.shape) < 1:
         raise InputImageError(f"The {what} has shape {array.shape}; a 3D array [k, j, i] "
                        "(or [frame, row, column]) is needed.")
@@ -154,11 +157,11 @@ class ArrayStore:
         self._lock = threading.Lock()
         self.nbytes = 0
 
-    def put(self, array_id: str, array: np.ndarray, geometry: dict | None) -> None:
-        if array.nbytes > self.budget:
-            raise ApiError(413, "too_large", f"An array of {array.nbytes / 2**20:.0f} MiB exceeds the server's array "
-                           f"store ({self.budget / 2**20:.0f} MiB, --store-mib).")
-        array = np.array(array)  # own copy: the request body is freed
+    def put(self, array_id: str, array: np.ndarray, geometry: dict | None, *, owned: bool = False) -> None:
+        """`owned`: the array is the server's own buffer (a finished chunked upload): kept without a copy."""
+        self.check_fits(array.nbytes)
+        if not owned:
+            array = np.array(array)  # own copy: the request body is freed
         array.flags.writeable = False
         with self._lock:
             if array_id in self._items:
@@ -168,8 +171,17 @@ class ArrayStore:
             while self.nbytes > self.budget and len(self._items) > 1:
                 self.nbytes -= self._items.popitem(last=False)[1][0].nbytes
 
+    def check_fits(self, nbytes: int) -> None:
+        if nbytes > self.budget:
+            raise ApiError(413, "too_large", f"An array of {nbytes / 2**20:.0f} MiB exceeds the server's array "
+                           f"store ({self.budget / 2**20:.0f} MiB, --store-mib).")
+
     def get(self, array_id, what: str = "array") -> np.ndarray:
         return self.entry(array_id, what)[0]
+
+    def has(self, array_id: str) -> bool:
+        with self._lock:
+            return array_id in self._items
 
     def entry(self, array_id, what: str = "array") -> tuple[np.ndarray, dict | None]:
         if not isinstance(array_id, str):
@@ -185,6 +197,128 @@ class ArrayStore:
     def missing(self, ids) -> list[str]:
         with self._lock:
             return [i for i in ids if i not in self._items]
+
+    def __len__(self):
+        return len(self._items)
+
+
+class Upload:
+    """One array arriving in chunks, in order: each chunk is copied into the final buffer and hashed as it
+    lands, so the last one costs no more than the others; `finish` compares the hash with the content id
+    the client announced and only then stores the array. Nothing is stored before that."""
+
+    def __init__(self, upload_id: str, content_id: str, dtype: str, shape: list, geometry):
+        self.id, self.content_id, self.dtype, self.shape, self.geometry = upload_id, content_id, dtype, shape, geometry
+        self.nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        self.buffer = np.empty(self.nbytes, np.uint8)
+        self.received = 0
+        self.hasher = wire.content_hasher(dtype, shape)
+        self.touched = time.monotonic()
+        self.lock = threading.Lock()   # one chunk at a time
+
+    def status(self) -> dict:
+        return {"upload": self.id, "id": self.content_id, "received": self.received, "nbytes": self.nbytes,
+                "stored": False}
+
+
+class Uploads:
+    """Chunked uploads in progress (POST /v1/uploads ...). Their buffers count against the array store's
+    budget; one left untouched for `expire_s` is dropped (the client starts it again)."""
+
+    def __init__(self, store: ArrayStore, max_chunk_bytes: int, expire_s: float = 600):
+        self.store, self.max_chunk_bytes, self.expire_s = store, max_chunk_bytes, expire_s
+        self._items: dict[str, Upload] = {}
+        self._lock = threading.Lock()
+
+    def begin(self, meta: dict) -> dict:
+        content_id, dtype, shape = meta.get("id"), meta.get("dtype"), meta.get("shape")
+        if not isinstance(content_id, str) or not content_id.isalnum() or len(content_id) > 64:
+            raise ApiError(400, "bad_value", f"'id' must be the array's content id (sonosam.wire.content_id); "
+                           f"got {content_id!r}.")
+        if dtype not in wire.DTYPES:
+            raise ApiError(400, "bad_value", f"dtype {dtype!r} is not allowed; use one of {', '.join(wire.DTYPES)}.")
+        if not isinstance(shape, list) or len(shape) > wire.MAX_NDIM or \
+                not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+            raise ApiError(400, "bad_value", f"shape {shape!r} must be a list of at most {wire.MAX_NDIM} "
+                           "non-negative integers.")
+        geometry = _geometry(meta.get("geometry"))
+        if self.store.has(content_id):   # a known array: nothing to send
+            return {"upload": None, "id": content_id, "received": 0, "nbytes": 0, "stored": True,
+                    "max_chunk_bytes": self.max_chunk_bytes}
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        self.store.check_fits(nbytes)
+        with self._lock:
+            now = time.monotonic()
+            for stale in [u for u in self._items.values() if now - u.touched > self.expire_s]:
+                self._items.pop(stale.id, None)
+            for upload in self._items.values():  # the same array again (an interrupted client): resume it
+                if (upload.content_id, upload.dtype, upload.shape) == (content_id, dtype, shape):
+                    upload.touched = now
+                    return {**upload.status(), "max_chunk_bytes": self.max_chunk_bytes}
+            pending = sum(u.nbytes for u in self._items.values())
+            if pending + nbytes > self.store.budget:
+                raise ApiError(503, "busy_uploading", f"The server is receiving {pending / 2**20:.0f} MiB of other "
+                               f"uploads; this {nbytes / 2**20:.0f} MiB array does not fit its store "
+                               f"({self.store.budget / 2**20:.0f} MiB) until they finish: try again shortly.")
+            upload = Upload(uuid.uuid4().hex, content_id, dtype, shape, geometry)
+            self._items[upload.id] = upload
+        return {**upload.status(), "max_chunk_bytes": self.max_chunk_bytes}
+
+    def get(self, upload_id: str) -> Upload:
+        upload = self._items.get(upload_id)
+        if upload is None:
+            raise ApiError(404, "unknown_upload", f"No upload {upload_id} on this server (finished, cancelled, "
+                           f"untouched for {self.expire_s:.0f} s, or the server restarted): start it again.")
+        upload.touched = time.monotonic()
+        return upload
+
+    def claim(self, upload_id: str, offset, length: int) -> Upload:
+        """The upload, locked for one chunk of `length` bytes at `offset` (release with upload.lock.release())."""
+        upload = self.get(upload_id)
+        if not upload.lock.acquire(blocking=False):
+            raise ApiError(409, "upload_busy", "Another chunk of this upload is arriving: send chunks one at a time.")
+        try:
+            if not isinstance(offset, int) or offset != upload.received:
+                raise ApiError(409, "upload_offset", f"This upload expects its next chunk at byte {upload.received}, "
+                               f"not at {offset}: resume from there (GET /v1/uploads/{upload_id}).")
+            if length < 1 or length > self.max_chunk_bytes or offset + length > upload.nbytes:
+                raise ApiError(400, "bad_chunk", f"A chunk of {length} bytes at {offset} does not fit: chunks hold "
+                               f"1..{self.max_chunk_bytes} bytes and the array has {upload.nbytes}.")
+        except BaseException:
+            upload.lock.release()
+            raise
+        return upload
+
+    @staticmethod
+    def hash_chunk(upload: Upload, length: int) -> dict:
+        """Account for the `length` bytes just written at upload.received (under upload.lock)."""
+        upload.hasher.update(memoryview(upload.buffer)[upload.received:upload.received + length])
+        upload.received += length
+        return upload.status()
+
+    def finish(self, upload_id: str) -> dict:
+        upload = self.get(upload_id)
+        with upload.lock:
+            if upload.received != upload.nbytes:
+                raise ApiError(409, "upload_incomplete", f"The upload has {upload.received} of its {upload.nbytes} "
+                               f"bytes: send the rest from byte {upload.received}, then finish it.")
+            with self._lock:
+                self._items.pop(upload_id, None)   # whatever happens next, this upload is over
+            actual = upload.hasher.hexdigest()
+            if actual != upload.content_id:
+                raise ApiError(400, "bad_content_id", f"The uploaded bytes hash to {actual}, not {upload.content_id}: "
+                               "they were changed on the way (or the id was computed another way: use "
+                               "sonosam.wire.content_id). Nothing was kept; send the array again.")
+            array = upload.buffer.view(np.dtype(upload.dtype).newbyteorder("<")).reshape(upload.shape)
+            if array.dtype == bool and upload.buffer.max(initial=0) > 1:
+                raise ApiError(400, "bad_array", "A bool array must hold bytes 0 and 1 only.")
+            self.store.put(upload.content_id, array, upload.geometry, owned=True)
+        return {"id": upload.content_id, "dtype": upload.dtype, "shape": upload.shape, "stored": True}
+
+    def cancel(self, upload_id: str) -> dict:
+        with self._lock:
+            self._items.pop(upload_id, None)
+        return {"cancelled": upload_id}
 
     def __len__(self):
         return len(self._items)
@@ -223,10 +357,12 @@ class Service:
     ASSIST_BUDGET_MIB = 64   # learned prompt encoders kept for later requests (LiteMedSAM's: ~25 KB each)
     KEEP_PPNS = 4            # prompt predictors kept loaded (a few MB each)
 
-    def __init__(self, predictor, store_mib: float = 2048, job_workers: int = 2, keep_jobs: int = 64):
+    def __init__(self, predictor, store_mib: float = 2048, job_workers: int = 2, keep_jobs: int = 64,
+                 max_chunk_bytes: int = 64 * 2**20):
         self.predictor = predictor
         self.model = predictor.model
         self.store = ArrayStore(store_mib)
+        self.uploads = Uploads(self.store, max_chunk_bytes)
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.trackers: dict[str, dict] = {}
         self.keep_jobs = keep_jobs
@@ -239,6 +375,17 @@ class Service:
         self.assists: OrderedDict[str, tuple] = OrderedDict()   # id -> (AssistedPredictor, nbytes), LRU
         self._ppns: OrderedDict[tuple, object] = OrderedDict()  # (name, size, mtime) or content id -> PromptPredictor
         self._ppn_classes: dict[tuple, list] = {}
+
+    @staticmethod
+    def warm_up() -> float:
+        """Import what the jobs run (propagation, tracking, evaluation, refiner, assist, auto) now, at start-up: imported
+        inside the first job's request they held that client 2-5 s on a loaded machine. Returns the seconds."""
+        import importlib
+
+        started = time.perf_counter()
+        for name in ("volume", "seed_check", "track.tracker", "evaluate", "refine", "assist", "auto", "ppn", "image", "io"):
+            importlib.import_module(f"..{name}", __package__)
+        return time.perf_counter() - started
 
     def close(self) -> None:
         for job in list(self.jobs.values()):
@@ -260,7 +407,7 @@ class Service:
                 "cache": {"embeddings": embeddings, "mib": cache_mib,
                           "budget_mib": round(cache.budget_bytes / 2**20, 1), "spilled": cache.spilled},
                 "store": {"arrays": len(self.store), "mib": round(self.store.nbytes / 2**20, 1),
-                          "budget_mib": round(self.store.budget / 2**20, 1)},
+                          "budget_mib": round(self.store.budget / 2**20, 1), "uploads": len(self.uploads)},
                 "jobs": {state: states.count(state) for state in ("queued", "running", "done", "failed", "cancelled")},
                 "assists": len(self.assists), "ppn": self.ppn_files(),
                 "encoder_calls": self.predictor.encoder_calls, "uptime_s": round(time.time() - self.started, 1),
@@ -449,7 +596,7 @@ class Service:
         from ..volume import PropagationOptions, Seed, propagate
 
         volume_id = params.get("volume")
-        volume = check_stack(self.store.get(volume_id, "volume"), "volume")
+        volume = check_stack(self.store.get(volume_id, "volume"), "volume", values=False)  # voxels: in the job
         axis = params.get("axis", 0)
         if axis not in (0, 1, 2, "k", "j", "i", "K", "J", "I"):
             raise ApiError(400, "bad_value", f"axis must be 0, 1, 2 (or k, j, i); got {axis!r}.")
@@ -489,6 +636,7 @@ class Service:
         def run(job: Job):
             def progress(done, total, info):
                 job.progress(done, total, f"slice {info.index}: {info.status}")
+            check_stack(volume, "volume")
             result = propagate(predictor, volume, seeds, axis=axis, options=options, previous=previous,
                                volume_id="vol-" + volume_id, progress=progress, cancel=job.cancel_event)
             if result.cancelled:
@@ -508,7 +656,7 @@ class Service:
         from ..image import to_uint8_rgb
 
         volume_id = params.get("volume")
-        volume = check_stack(self.store.get(volume_id, "volume"), "volume")
+        volume = check_stack(self.store.get(volume_id, "volume"), "volume", values=False)  # voxels: in the job
         labelmap = self.store.get(params.get("labelmap"), "labelmap")
         if labelmap.shape != volume.shape or labelmap.dtype.kind not in "iub":
             raise ApiError(422, "bad_labelmap", f"The labelmap {labelmap.shape} {labelmap.dtype} must be an integer "
@@ -525,31 +673,36 @@ class Service:
         min_area = _number(params.get("min_area", 100), "min_area", integer=True, low=0)
         window = _window(params.get("window"))
         name = str(params.get("name", "volume"))[:200]
-        samples = samples_from_arrays(volume, labelmap, labels=labels, axis=0, min_area=min_area, name=name,
-                                      slices=slices, kind="volume")
-        if not samples:
-            raise ApiError(422, "no_samples", f"No labelled slice of at least {min_area} pixels to evaluate on.")
-        for sample in samples:  # windowed as the interactive tool shows them, keyed by content
-            sample.image = to_uint8_rgb(sample.image, window=window)
-            sample.key = ("evaluate", volume_id, window, sample.key[-1], sample.label)
+
+        def make_samples():  # a pass over the volume: inside the job, so that starting it answers at once
+            check_stack(volume, "volume")
+            samples = samples_from_arrays(volume, labelmap, labels=labels, axis=0, min_area=min_area, name=name,
+                                          slices=slices, kind="volume")
+            if not samples:
+                raise InputImageError(f"No labelled slice of at least {min_area} pixels to evaluate on.")
+            for sample in samples:  # windowed as the interactive tool shows them, keyed by content
+                sample.image = to_uint8_rgb(sample.image, window=window)
+                sample.key = ("evaluate", volume_id, window, sample.key[-1], sample.label)
+            return samples
 
         class Counted:  # reports progress (and honours cancel) as evaluate() walks the samples
-            def __init__(self, job):
-                self.job = job
+            def __init__(self, job, samples):
+                self.job, self.samples = job, samples
 
             def __len__(self):
-                return len(samples)
+                return len(self.samples)
 
             def __iter__(self):
-                for n, sample in enumerate(samples):
-                    self.job.progress(n, len(samples), f"sample {n + 1}/{len(samples)}")
+                for n, sample in enumerate(self.samples):
+                    self.job.progress(n, len(self.samples), f"sample {n + 1}/{len(self.samples)}")
                     yield sample
-                self.job.progress(len(samples), len(samples))
+                self.job.progress(len(self.samples), len(self.samples))
 
         predictor = self._predictor_for(params)
 
         def run(job: Job):
-            result = evaluate(predictor, Counted(job), n_clicks=n_clicks, start=start, progress=False)
+            job.progress(0, 0, "reading the labelled slices")
+            result = evaluate(predictor, Counted(job, make_samples()), n_clicks=n_clicks, start=start, progress=False)
             return {"table": summary_table([result]), "result": dataclasses.asdict(result)}, {}
         return run
 
