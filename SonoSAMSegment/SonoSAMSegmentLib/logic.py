@@ -314,12 +314,20 @@ class SegmentLogic:
         self._propagations: dict[tuple, tuple] = {}  # (seg, segment, volume key, layout) -> (result, options, written)
         self.last_propagation = None
         self.last_evaluation = None
+        self._assist = None      # SAM^assist: the predictor with a learned prompt encoder (learn_from_segment)
+        self.assist_info = None  # what it learned from (AssistInfo), shown by the module
         self.last_timings: dict = {}
         self.modify = None  # how segments are written (None: editor_writer(), console defaults); see apply()
 
     # -- model ---------------------------------------------------------------------------------------
     @property
     def predictor(self):
+        """The predictor every call uses: the assisted one after ``learn_from_segment``, else the base."""
+        base = self.base_predictor
+        return self._assist if self._assist is not None else base
+
+    @property
+    def base_predictor(self):
         if self._predictor is None:
             if not self.in_process:
                 raise NotConnectedError("SonoSAM's server is not connected: start the local server or connect to "
@@ -348,15 +356,23 @@ class SegmentLogic:
         self._predictor = None
         self._last.clear()
         self._propagations.clear()
+        self.use_base_model()
 
     def set_predictor(self, predictor):
         """Use this predictor (a ``sonosam.client.SonoSAMClient`` for a server, or an in-process one);
-        what was remembered about the previous model (last answers, propagation runs) is dropped."""
+        what was remembered about the previous model (last answers, propagation runs, a learned prompt
+        encoder) is dropped."""
         if predictor is self._predictor:
             return
         self._predictor = predictor
         self._last.clear()
         self._propagations.clear()
+        self.use_base_model()
+
+    def use_base_model(self):
+        """Back to the base model after ``learn_from_segment`` (the learned prompt encoder is dropped here)."""
+        self._assist = None
+        self.assist_info = None
 
     def prompt_kinds(self) -> frozenset:
         model = getattr(self.predictor, "model", None)
@@ -673,6 +689,13 @@ class SegmentLogic:
             raise PromptError(str(error)) from error
         return info, layout, layout.stack(info.array)
 
+    @staticmethod
+    def _stack_id(info, layout) -> str:
+        """Names a volume's slice stack along one layout: in-process, the core keys its slices' embeddings
+        ``(this, 0, index)`` (propagation, SAM^assist and Auto share them)."""
+        return (f"{info.key}|{'IJK'[layout.axis]}{layout.x_axis}{layout.y_axis}"
+                f"{int(layout.x_flip)}{int(layout.y_flip)}")
+
     def _segment_stack(self, info, layout, segmentationNode, segmentId):
         extent = [0, info.dims_ijk[0] - 1, 0, info.dims_ijk[1] - 1, 0, info.dims_ijk[2] - 1]
         image_to_seg = self._grid_to_segmentation(info, segmentationNode)
@@ -743,8 +766,7 @@ class SegmentLogic:
         if not indices and previous is None:
             raise PromptError("The segment is empty along this axis: segment (or draw) at least one slice, "
                               "then propagate.")
-        volume_id = (f"{info.key}|{'IJK'[layout.axis]}{layout.x_axis}{layout.y_axis}"
-                     f"{int(layout.x_flip)}{int(layout.y_flip)}")
+        volume_id = self._stack_id(info, layout)
         return PropagationPlan(segmentationNode, segmentId, volumeNode, info.key, key, layout, stack, seg_stack,
                                current, image_to_seg, extent, indices, previous, written_before, options,
                                volume_id, info.window)
@@ -839,6 +861,128 @@ class SegmentLogic:
                          slices=[int(s) for s in filled], n_clicks=int(nClicks), start=start,
                          min_area=int(minArea), window=info.window, name=name)
 
+    # -- few-shot and prompt-free modes: SAM^assist and the prompt predictor (docs/seeds.md) ------------
+    def accepted_slices(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", most: int = 5) -> list:
+        """The segment's non-empty slices along the axis (what the user has accepted), at most ``most`` of
+        them evenly spread: the slices ``learn_from_segment`` learns from by default."""
+        _segment_and_label(segmentationNode, segmentId)
+        info, layout, _ = self._volume_stack(volumeNode, sliceAxis)
+        _, seg_stack, _, _ = self._segment_stack(info, layout, segmentationNode, segmentId)
+        filled = [s for s in range(seg_stack.shape[0]) if seg_stack[s].any()]
+        if len(filled) > most:
+            filled = [filled[int(round(i))] for i in np.linspace(0, len(filled) - 1, most)]
+        return filled
+
+    def start_learning(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", slices=None,
+                       steps: int = 30, seed: int = 0, kinds=("box", "point")) -> "LearnTask":
+        """SAM^assist from 2-5 accepted slices of the segment (default: ``accepted_slices``): a server job
+        when the model is on a server, else run here now. Poll the task, then ``finish()`` makes the learned
+        prompt encoder the one every later prediction uses (``use_base_model()`` goes back)."""
+        segment = _segment_and_label(segmentationNode, segmentId)
+        info, layout, stack = self._volume_stack(volumeNode, sliceAxis)
+        _, seg_stack, _, _ = self._segment_stack(info, layout, segmentationNode, segmentId)
+        if slices is None:
+            slices = self.accepted_slices(volumeNode, segmentationNode, segmentId, sliceAxis)
+        slices = sorted({int(s) for s in slices})
+        bad = [s for s in slices if not 0 <= s < stack.shape[0]]
+        if bad:
+            raise PromptError(f"Slice {bad[0]} is outside 0..{stack.shape[0] - 1} along this axis.")
+        empty = [s for s in slices if not seg_stack[s].any()]
+        if empty:
+            raise PromptError(f"Segment '{segment.GetName()}' is empty on slice {empty[0]}: learn from slices you "
+                              "have segmented and accepted.")
+        if not 2 <= len(slices) <= 5:
+            raise PromptError(f"Learning needs 2-5 accepted slices of '{segment.GetName()}' along this axis; it has "
+                              f"{len(slices)}{': ' + ', '.join(map(str, slices)) if slices else ''}. Segment and "
+                              "accept a few slices across the structure first.")
+        return LearnTask(self, stack, slices, np.stack([seg_stack[s] for s in slices]), info.window,
+                         self._stack_id(info, layout), segment.GetName(),
+                         dict(steps=int(steps), seed=int(seed), kinds=tuple(kinds)))
+
+    def learn_from_segment(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", slices=None,
+                           steps: int = 30, seed: int = 0, kinds=("box", "point"), timeout=None) -> "AssistInfo":
+        """Console API: ``start_learning``, wait, ``finish``. Returns what was learned (slices, seconds)."""
+        task = self.start_learning(volumeNode, segmentationNode, segmentId, sliceAxis, slices, steps, seed, kinds)
+        task.wait(timeout)
+        return task.finish()
+
+    def available_ppns(self) -> list:
+        """The trained prompt predictors the model side can use: [{"name", "classes"}] (the server's PPN folder,
+        or $SONOSAM_HOME/ppn in-process)."""
+        predictor = self.base_predictor
+        if hasattr(predictor, "start_job"):
+            return list(predictor.info().get("ppn", []))
+        from sonosam.auto import PPN_SUFFIXES, ppn_dir
+        from sonosam.ppn import load_ppn
+
+        out = []
+        for path in sorted(ppn_dir().glob("*")) if ppn_dir().is_dir() else []:
+            if path.name.endswith(PPN_SUFFIXES):
+                try:
+                    out.append({"name": path.name, "classes": list(load_ppn(path).classes)})
+                except Exception:  # noqa: BLE001 - not a prompt predictor: not listed
+                    continue
+        return out
+
+    def start_auto_segment(self, volumeNode, segmentationNode, className, ppn, segmentId=None, sliceAxis="axial",
+                           sliceRange=None, threshold: float = 0.5, cancel=None) -> "AutoTask":
+        """'Auto': the prompt predictor ``ppn`` segments ``className`` on every slice along the axis, or on
+        ``sliceRange`` = (first, last) inclusive, with no clicks. ``ppn``: a PPN file name known to the server
+        (``available_ppns``), a local file path (sent to the server as bytes, or loaded here in-process), or a
+        loaded ``PromptPredictor`` (in-process). A server job when the model is on a server (poll the task),
+        else run here now (``cancel``: threading.Event or callable, for scripts). Nothing is written until
+        ``finish()``: into ``segmentId``, or a new segment named after the class."""
+        from pathlib import Path
+
+        if segmentId:
+            _segment_and_label(segmentationNode, segmentId)
+        elif segmentationNode is None or not segmentationNode.IsA("vtkMRMLSegmentationNode"):
+            raise SegmentationError("No segmentation selected: choose or create a segmentation node.")
+        if not className:
+            raise PromptError("Choose the class to segment (one the prompt predictor was trained for).")
+        info, layout, stack = self._volume_stack(volumeNode, sliceAxis)
+        n = stack.shape[0]
+        if sliceRange is None:
+            indices = list(range(n))
+        else:
+            first, last = sorted(int(v) for v in sliceRange)
+            if first < 0 or last >= n:
+                raise PromptError(f"Slice range {first}-{last} is outside 0..{n - 1} along this axis.")
+            indices = list(range(first, last + 1))
+        _, seg_stack, _, _ = (None, None, None, None) if not segmentId else \
+            self._segment_stack(info, layout, segmentationNode, segmentId)
+        predictor = self.base_predictor   # the PPN was trained against the base model's prompt encoder
+        job = result = None
+        if hasattr(predictor, "start_job"):
+            source = {"ppn": ppn}
+            if not isinstance(ppn, str):
+                raise PromptError("With a SonoSAM server, name the prompt predictor (a file name from "
+                                  "available_ppns()) or give a local .pt file to send.")
+            if Path(ppn).is_file() and Path(ppn).name != ppn:   # a local file: its bytes travel with the job
+                source = {"ppn_bytes": Path(ppn).read_bytes()}
+            job = predictor.start_job("auto", volume=stack, slices=indices, class_name=className,
+                                      threshold=float(threshold), window=info.window, **source)
+        else:
+            from sonosam.auto import auto_segment_stack, find_ppn
+            from sonosam.ppn import load_ppn
+
+            if isinstance(ppn, (str, Path)):
+                ppn = load_ppn(ppn if Path(ppn).is_file() else find_ppn(str(ppn)))
+            result = auto_segment_stack(ppn, predictor, stack, className, indices, threshold=float(threshold),
+                                        window=info.window, key_prefix=self._stack_id(info, layout), cancel=cancel)
+        return AutoTask(self, volumeNode, info.key, layout, segmentationNode, segmentId, seg_stack, className,
+                        indices, job, result)
+
+    def auto_segment(self, volumeNode, segmentationNode, className, ppn, segmentId=None, sliceAxis="axial",
+                     sliceRange=None, threshold: float = 0.5, modify=None, timeout=None) -> "AutoOutcome":
+        """Console API: ``start_auto_segment``, wait, ``finish``: the class written into ``segmentId`` (or a new
+        segment) on the slices where the predictor finds it; other slices and other segments are not touched
+        (one change per kind: call ``saveStateForUndo()`` before for one undo step)."""
+        task = self.start_auto_segment(volumeNode, segmentationNode, className, ppn, segmentId, sliceAxis,
+                                       sliceRange, threshold)
+        task.wait(timeout)
+        return task.finish(modify)
+
     # -- background encoding -------------------------------------------------------------------------
     def prefetch(self, volumeNode, geometries, on_progress=None):
         """Encode the given slices in the core's background thread (nearest first as given); returns the
@@ -912,6 +1056,159 @@ class PropagationTask:
         if self.result is None:
             self.result = self.job.result(timeout=5)
         return self.logic.finish_propagation(self.plan, self.result, modify)
+
+
+class _JobTask:
+    """A server job (or work already done in-process) for a GUI timer: ``poll()`` -> (state, done, total,
+    message), ``cancel()``, ``wait()``; subclasses ``finish()``."""
+    job = None
+
+    def poll(self):
+        if self.job is None:
+            return "done", 1, 1, ""
+        from sonosam.client import GUI_POLL_SECONDS
+
+        status = self.job.poll(timeout=GUI_POLL_SECONDS)  # late: the last status, asked again next tick
+        done, total = (status.get("progress") or [0, 0])[:2]
+        return status["state"], int(done), int(total), status.get("message", "")
+
+    def cancel(self):
+        if self.job is not None:
+            self.job.cancel()
+
+    def wait(self, timeout=None):
+        if self.job is not None:
+            self.job.wait(timeout)
+
+
+@dataclass
+class AssistInfo:
+    """What ``learn_from_segment`` learned from: the segment, the slices (indices along the axis), training
+    time (seconds, the slices' encoding excluded), the prompt-encoder parameters trained, the losses."""
+    segment_name: str
+    slices: list
+    seconds: float
+    encode_seconds: float
+    trained_parameters: int
+    losses: list
+    prompt_kinds: list
+
+    def summary(self) -> str:
+        return (f"Learned from '{self.segment_name}' on slices {', '.join(map(str, self.slices))} in "
+                f"{self.seconds:.1f} s (+ {self.encode_seconds:.1f} s encoding; {self.trained_parameters} "
+                f"prompt-encoder parameters); clicks and boxes now use it.")
+
+
+class LearnTask(_JobTask):
+    """SAM^assist as a server job (or run in-process at once); ``finish()`` activates the learned prompt
+    encoder on the logic. Cancelled or failed: the logic keeps its current model."""
+
+    def __init__(self, logic: SegmentLogic, stack, slices, masks, window, stack_id, segment_name, options):
+        self.logic, self.slices, self.segment_name = logic, list(slices), segment_name
+        self.assisted = None
+        base = logic.base_predictor
+        if hasattr(base, "start_job"):
+            self.job = base.start_job("assist", volume=stack, slices=self.slices, masks=masks, window=window,
+                                      **options)
+        else:
+            from sonosam.assist import learn_assist
+
+            self.assisted = learn_assist(base, stack, self.slices, list(masks), window=window, key_prefix=stack_id,
+                                         **options)
+
+    def finish(self) -> AssistInfo:
+        base = self.logic.base_predictor
+        if self.assisted is None:
+            meta = self.job.result(timeout=5)
+            assisted = base.with_assist(meta["assist"], meta["prompt_kinds"])
+            info = AssistInfo(self.segment_name, meta["slices"], meta["seconds"], meta["encode_seconds"],
+                              meta["trained_parameters"], meta["losses"], meta["prompt_kinds"])
+        else:
+            assisted, result = self.assisted, self.assisted.result
+            info = AssistInfo(self.segment_name, self.slices, result.seconds, result.encode_seconds,
+                              result.trained_parameters, result.losses,
+                              sorted(str(getattr(k, "value", k)) for k in assisted.model.spec.prompt_kinds))
+        self.logic._assist, self.logic.assist_info = assisted, info
+        return info
+
+
+@dataclass
+class AutoOutcome:
+    """What 'Auto' wrote: the segment, the slices where the class was found (written), those judged absent
+    (left as they were), the per-slice objectness."""
+    segment_id: str
+    class_name: str
+    written: list
+    absent: list
+    objectness: dict
+    created: bool
+
+    def summary(self) -> str:
+        return (f"{self.class_name}: found on {len(self.written)} of {len(self.written) + len(self.absent)} slices"
+                + (f" ({self.written[0]}-{self.written[-1]})" if self.written else "")
+                + (" into a new segment" if self.created else "") + ".")
+
+
+class AutoTask(_JobTask):
+    """'Auto' as a server job (or run in-process at once). ``finish(modify)`` writes the class into the
+    segment on the slices where it was found (replacing the segment there); nothing is written before, and
+    nothing when it was cancelled, failed, or the volume / target segment changed meanwhile."""
+
+    def __init__(self, logic, volume_node, volume_key, layout, segmentation_node, segment_id, seg_stack, class_name,
+                 indices, job, result):
+        self.logic, self.volume_node, self.volume_key, self.layout = logic, volume_node, volume_key, layout
+        self.segmentation_node, self.segment_id, self.seg_stack = segmentation_node, segment_id, seg_stack
+        self.class_name, self.indices, self.job, self.result = class_name, list(indices), job, result
+
+    def finish(self, modify=None) -> AutoOutcome:
+        from sonosam.errors import JobCancelledError
+
+        if self.result is not None:
+            if self.result.cancelled:
+                raise JobCancelledError("Auto was cancelled: nothing was written.")
+            masks, slices = self.result.masks, [s.as_dict() for s in self.result.slices]
+        else:
+            meta, arrays = self.job.result(timeout=5)
+            masks, slices = np.asarray(arrays["masks"], bool), meta["slices"]
+        logic, node = self.logic, self.segmentation_node
+        info = logic.volume_info(self.volume_node)
+        if info.key != self.volume_key:
+            raise SegmentationError("The volume changed while Auto ran; nothing was written. Run it again.")
+        present = [(n, int(s["index"])) for n, s in enumerate(slices) if s["present"]]
+        created = False
+        segment_id = self.segment_id
+        if segment_id:
+            _, now, _, _ = logic._segment_stack(info, self.layout, node, segment_id)
+            if not np.array_equal(now, self.seg_stack):
+                raise SegmentationError("The segment was edited while Auto ran; nothing was written. Run it again.")
+        elif present:
+            segment_id = node.GetSegmentation().AddEmptySegment("", _unique_segment_name(node, self.class_name))
+            created = True
+        if present:
+            current, seg_stack, image_to_seg, extent = logic._segment_stack(info, self.layout, node, segment_id)
+            new_stack = seg_stack.copy()
+            for n, index in present:
+                new_stack[index] = masks[n]
+            lo, hi = present[0][1], present[-1][1]
+            ext = list(extent)
+            ext[2 * self.layout.axis], ext[2 * self.layout.axis + 1] = lo, hi
+            sl = [slice(None)] * 3
+            sl[array_axis(self.layout.axis)] = slice(lo, hi + 1)
+            logic._ensure_reference_geometry(node, self.volume_node)
+            write_segment_block(node, segment_id, self.layout.unstack(new_stack)[tuple(sl)], image_to_seg, ext,
+                                current[tuple(sl)], modify or logic.modify)
+        return AutoOutcome(segment_id or "", self.class_name, [i for _, i in present],
+                           [int(s["index"]) for s in slices if not s["present"]],
+                           {int(s["index"]): float(s["objectness"]) for s in slices}, created)
+
+
+def _unique_segment_name(segmentation_node, name: str) -> str:
+    segmentation = segmentation_node.GetSegmentation()
+    taken = {segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())}
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate, n = f"{name} {n}", n + 1
+    return candidate
 
 
 # ---------------------------------------------------------------------------------------------------
