@@ -127,7 +127,12 @@ def _otsu(values: np.ndarray) -> float:
     with np.errstate(divide="ignore", invalid="ignore"):
         between = (total_mean * weight / total - mean) ** 2 * total / (weight * w1)
     between[~np.isfinite(between)] = -1
-    return float(centres[int(np.argmax(between))])
+    # two classes with empty bins between them score the same at every threshold in the gap: take its middle
+    best = int(np.argmax(between))
+    last = best
+    while last + 1 < len(between) and between[last + 1] >= between[best] - 1e-9 * abs(between[best]):
+        last += 1
+    return float((centres[best] + centres[last]) / 2)
 
 
 def contrast_polarity(image: np.ndarray, mask: np.ndarray, min_contrast: float | None = MIN_CONTRAST) -> str | None:

@@ -110,6 +110,23 @@ or connects to a GPU host.</html>"""
         self.scriptedEffect.addOptionsWidget(self.negativeCheckBox)
         self.scriptedEffect.addOptionsWidget(self.refineCheckBox)
 
+        # the seed check of a boxed preview: its warning and the alternatives, previewed when picked
+        self.choiceLabel = qt.QLabel("")
+        self.choiceLabel.wordWrap = True
+        self.choiceLabel.setStyleSheet("color: #c05000")
+        self.choiceCombo = qt.QComboBox()
+        self.choiceCombo.toolTip = ("The model's answer may not be the structure in your box: pick another mask "
+                                    "to preview it on the slice; Apply writes the one shown, and Propagate starts "
+                                    "from it.")
+        self.choiceFrame = qt.QFrame()
+        choiceRow = qt.QHBoxLayout(self.choiceFrame)
+        choiceRow.setContentsMargins(0, 0, 0, 0)
+        choiceRow.addWidget(qt.QLabel("Mask:"))
+        choiceRow.addWidget(self.choiceCombo, 1)
+        self.scriptedEffect.addOptionsWidget(self.choiceLabel)
+        self.scriptedEffect.addOptionsWidget(self.choiceFrame)
+        self._showChoices(None)
+
         self.statusLabel = qt.QLabel("")
         self.statusLabel.wordWrap = True
         self.busyBar = qt.QProgressBar()
@@ -138,6 +155,7 @@ or connects to a GPU host.</html>"""
         self.applyButton.connect("clicked()", self.onApply)
         self.cancelButton.connect("clicked()", self.onCancel)
         self.propagateButton.connect("clicked()", self.onPropagate)
+        self.choiceCombo.connect("currentIndexChanged(int)", self.onChoice)
         self.stopButton.connect("clicked()", self.onStopPropagation)
         self.widgets = True
 
@@ -265,6 +283,7 @@ or connects to a GPU host.</html>"""
         self.session = None
         if self.widgets is not None:
             self.statusLabel.text = ""
+            self._showChoices(None)
             self._updateButtons()
 
     def onServer(self):
@@ -383,6 +402,39 @@ or connects to a GPU host.</html>"""
         if prediction is not None:
             notes = " ".join(prediction.notes)
             self.statusLabel.text = f"Predicted IoU {prediction.score:.2f}. {notes}".strip()
+        # a box: check the answer against it (two more decodes at most) and offer the alternatives
+        self._showChoices(session.check(volume) if prediction is not None and session.box_ras else None)
+        self._updateButtons()
+
+    def _showChoices(self, choices):
+        """Show the seed check's warning and alternatives (hidden when the answer agrees with the box)."""
+        shown = choices is not None and not choices.ok and len(choices.choices) > 1
+        self.choiceLabel.text = f"Check this mask: {'; '.join(choices.problems)}." if shown else ""
+        self.choiceLabel.visible = shown
+        self.choiceFrame.visible = shown
+        blocked = self.choiceCombo.blockSignals(True)
+        try:
+            self.choiceCombo.clear()
+            if shown:
+                self.choiceCombo.addItems(list(choices.labels))
+                self.choiceCombo.currentIndex = 0   # the preview shows the model's answer until one is picked
+        finally:
+            self.choiceCombo.blockSignals(blocked)
+
+    def onChoice(self, index):
+        """Preview the picked alternative; Apply writes it and Propagate starts from it."""
+        if self.session is None or self.session.choices is None or index < 0:
+            return
+        parameterSet = self.scriptedEffect.parameterSetNode()
+        volume = parameterSet.GetSourceVolumeNode()
+        segmentation = parameterSet.GetSegmentationNode()
+        segmentId = parameterSet.GetSelectedSegmentID()
+        with showErrors("SonoSAM could not show this mask."):
+            prediction = self.session.choose(index)
+            segment = segmentation.GetSegmentation().GetSegment(segmentId) if segmentId else None
+            color = segment.GetColor() if segment is not None else (1.0, 1.0, 0.0)
+            show_preview(self.logic, prediction, volume, self._previewSegmentation(), color)
+            self.statusLabel.text = " ".join(prediction.notes)
         self._updateButtons()
 
     def _prefetch(self, volume, geometries, then=None):
@@ -478,6 +530,8 @@ or connects to a GPU host.</html>"""
     def onCancel(self):
         if self.session is not None:
             self.session.clear()
+        if self.widgets is not None:
+            self._showChoices(None)
         if self.previewNode is not None and self.previewNode.GetScene() is not None:
             self.previewNode.GetSegmentation().RemoveAllSegments()
         self.statusLabel.text = ""

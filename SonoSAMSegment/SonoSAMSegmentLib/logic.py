@@ -81,6 +81,21 @@ class SlicePrediction:
 
 
 @dataclass
+class SeedChoices:
+    """The seed check of a boxed preview (the core's ``sonosam.seed_check``): what is wrong with the model's
+    answer, and the alternatives as previews the user can look at and apply (then propagate from)."""
+    problems: list                 # [] when the answer agrees with the box
+    summary: str                   # one line for the status label ("" when fine)
+    choices: list                  # [SlicePrediction]: the preview itself first, then the alternatives
+    labels: list                   # one short line per choice, for a list widget
+    suggested: int = 0             # the one the core would propagate from (0: the model's answer)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
 class PropagationPlan:
     """What a propagation reads from MRML before the model runs (in-process or as a server job), and what
     ``finish_propagation`` needs to write the result back."""
@@ -539,6 +554,34 @@ class SegmentLogic:
         return SlicePrediction(info.key, geometry, mask, float(result.score), getattr(result, "logits", None),
                                points_xy, labels_xy, box_xy, list(getattr(result, "notes", []) or []),
                                {"prepare_s": t1 - t0, "model_s": t2 - t1})
+
+    def seed_choices(self, volumeNode, prediction: SlicePrediction) -> SeedChoices:
+        """Check a boxed preview against its box (``sonosam.seed_check.check_seed``: a mask beside the structure
+        the box holds, a mask filling the box, an unsure model) and offer the alternatives: the model's other
+        masks where it has trained multimask heads, the model with a click inside the box's contrasted structure
+        (click-capable models), the box's darker or brighter part. Each choice is a SlicePrediction for
+        ``show_preview`` / ``apply``; applying one and propagating seeds the propagation with it. Previews
+        without a box (clicks only) and colour slices are not checked (one choice: the preview)."""
+        info = self.volume_info(volumeNode)
+        if prediction.volume_key != info.key:
+            raise SegmentationError("The volume changed since this preview: prompt again.")
+        image = self.slice_image(info, prediction.geometry)
+        if prediction.box_xy is None or image.ndim != 2:
+            return SeedChoices([], "", [prediction], ["the model's answer"])
+        from sonosam.seed_check import check_seed
+
+        points = None if prediction.points_xy is None else [tuple(p) for p in np.asarray(prediction.points_xy)]
+        labels = None if prediction.labels is None else [int(v) for v in prediction.labels]
+        check = check_seed(self.predictor, image, box=prediction.box_xy, points=points, labels=labels,
+                           key=prediction.cache_key, window=info.window)
+        choices, names = [prediction], ["the model's answer"]
+        for candidate in check.candidates[1:]:
+            notes = [candidate.source] + [f"problem: {p}" for p in candidate.problems]
+            choices.append(SlicePrediction(info.key, prediction.geometry, np.asarray(candidate.mask, bool),
+                                           float(candidate.score), candidate.logits, prediction.points_xy,
+                                           prediction.labels, prediction.box_xy, notes))
+            names.append(candidate.source + (" (suggested)" if len(names) == check.best else ""))
+        return SeedChoices(list(check.problems), "" if check.ok else check.summary(), choices, names, check.best)
 
     def _refinement_logits(self, info, geometry, segmentation_node, segment_id):
         if isinstance(geometry, geo.ObliquePlane) or "mask" not in self.prompt_kinds():
@@ -1257,6 +1300,7 @@ class PromptSession:
         self.box_ras = None
         self.slice_key = None
         self.prediction: SlicePrediction | None = None
+        self.choices: SeedChoices | None = None   # the seed check of the last boxed preview
         if self.markups_node is not None:
             self.markups_node.RemoveAllControlPoints()
         if self.box_node is not None:
@@ -1323,6 +1367,23 @@ class PromptSession:
             volume_node, self.points_ras or None, self.labels or None, self.box_ras, slice_axis,
             sliceToRAS=slice_to_ras, mask_logits=previous, segmentationNode=segmentation_node,
             segmentId=segment_id, refine=refine)
+        self.choices = None
+        return self.prediction
+
+    def check(self, volume_node) -> SeedChoices | None:
+        """The seed check of the current preview (``SegmentLogic.seed_choices``), kept in ``choices``; the
+        preview stays the model's answer until ``choose``."""
+        if self.prediction is None:
+            self.choices = None
+            return None
+        self.choices = self.logic.seed_choices(volume_node, self.prediction)
+        return self.choices
+
+    def choose(self, index: int) -> SlicePrediction:
+        """Make choice `index` of the last check the preview (what Apply writes and Propagate starts from)."""
+        if self.choices is None or not 0 <= index < len(self.choices.choices):
+            raise PromptError(f"No alternative {index} to choose: check the preview first.")
+        self.prediction = self.choices.choices[index]
         return self.prediction
 
 

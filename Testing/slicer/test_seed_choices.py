@@ -1,0 +1,98 @@
+"""The seed check in the Slicer logic, against the real MRML scene (slicer-core, headless) and the real core
+(`sonosam.seed_check`, `sonosam.volume`): a boxed preview that segments the tissue around a dark tube is flagged,
+its alternatives come back as previews, the user's pick is written into the segment and the propagation carries
+it through the volume. The stand-in model (bright pixels inside the box, inside a real Predictor) answers as
+LiteMedSAM did on the lateral ventricle: the bright band, not the dark structure the box is drawn around."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="slicer-core is not installed")
+pytest.importorskip("torch")
+
+from mrml_scene import add_volume_from_array  # noqa: E402
+from SonoSAMSegmentLib.logic import PromptSession, SegmentLogic, read_segment_block  # noqa: E402
+from test_slicer_propagate_evaluate import ThresholdModel  # noqa: E402
+
+from sonosam.errors import PromptError  # noqa: E402
+from sonosam.predictor import Predictor  # noqa: E402
+
+DIMS = (40, 34, 20)   # I, J, K
+SLAB = (slice(3, 17), slice(8, 26), slice(8, 32))   # k, j, i: bright tissue (100)
+TUBE = (slice(3, 17), slice(14, 20), slice(16, 24))  # k, j, i: a dark tube inside it (10)
+
+
+@pytest.fixture
+def tube(mrml):
+    m = np.eye(4)
+    m[:3, :3] = np.diag([-0.8, -0.8, 1.5])  # LPS-like flips, anisotropic
+    m[:3, 3] = [10.0, 20.0, -5.0]
+    rng = np.random.default_rng(0)
+    voxels = 20.0 + rng.normal(0, 2, DIMS[::-1])
+    voxels[SLAB] = 100.0 + rng.normal(0, 2, voxels[SLAB].shape)
+    voxels[TUBE] = 10.0 + rng.normal(0, 2, voxels[TUBE].shape)
+    inside = np.zeros(DIMS[::-1], bool)
+    inside[TUBE] = True
+    volume = add_volume_from_array(mrml.scene, voxels.astype(np.float32), m, "tube")
+    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    sid = segmentation.GetSegmentation().AddEmptySegment("ventricle", "ventricle")
+    logic = SegmentLogic(predictor=Predictor(ThresholdModel()))
+    return m, volume, segmentation, sid, logic, inside
+
+
+def ras(m, i, j, k):
+    return (m @ np.r_[i, j, k, 1.0])[:3]
+
+
+def test_a_flagged_box_offers_the_dark_structure_and_propagation_carries_the_pick(tube):
+    m, volume, segmentation, sid, logic, inside = tube
+    k = 10
+    session = PromptSession(logic)
+    session.set_box(volume, ras(m, 15, 13, k), ras(m, 24, 20, k), slice_axis="axial")  # 1 px of tissue around
+    preview = session.predict(volume, segmentation, sid, slice_axis="axial")
+    assert preview.mask.any()
+    choices = session.check(volume)
+    assert not choices.ok and "fills the box" in choices.summary
+    assert choices.choices[0] is preview and choices.labels[0] == "the model's answer"
+    dark = [i for i, label in enumerate(choices.labels) if "dark part of the box" in label]
+    assert len(dark) == 1, (choices.labels, choices.summary)
+    assert len(choices.choices) == len(choices.labels) >= 2
+    # each choice is a preview of the same slice; the dark one is the tube, the model's is the tissue around it
+    geometry = preview.geometry
+    truth = geometry.extract(inside)
+    picked = session.choose(dark[0])
+    assert picked.geometry is geometry and session.prediction is picked
+    assert not (picked.mask & ~truth).any() and (truth & ~picked.mask).sum() <= 4  # opened 1 px: the corners
+    assert not (preview.mask & truth).any()
+    # the pick is what Apply writes, and the propagation starts from it
+    logic.apply(session.prediction, volume, segmentation, sid, "replace")
+    full = [0, DIMS[0] - 1, 0, DIMS[1] - 1, 0, DIMS[2] - 1]
+    written = read_segment_block(segmentation, sid, m, full)
+    assert written[k].sum() == picked.mask.sum() and not np.delete(written, k, axis=0).any()
+    assert not (written[k] & ~inside[k]).any() and written[k].sum() >= inside[k].sum() - 4
+    summary = logic.propagate(volume, segmentation, sid, "axial")
+    result = read_segment_block(segmentation, sid, m, full)
+    assert "1 accepted" in summary
+    assert not (result & ~inside).any(), summary                     # the tube through its 14 slices, nothing else
+    assert result.sum() >= 0.9 * inside.sum(), summary               # (less the corners the opening takes)
+    assert result[3].any() and result[16].any() and not result[:3].any() and not result[17:].any()
+
+
+def test_clicks_only_previews_are_not_checked_and_choose_needs_a_check(tube):
+    m, volume, segmentation, sid, logic, inside = tube
+    session = PromptSession(logic)
+    with pytest.raises(PromptError, match="check the preview first"):
+        session.choose(0)
+    session.set_box(volume, ras(m, 6, 6, 10), ras(m, 34, 28, 10), slice_axis="axial")  # around the whole slab
+    session.predict(volume, segmentation, sid, slice_axis="axial")
+    choices = session.check(volume)
+    assert len(choices.choices) >= 1 and choices.suggested == 0
+    with pytest.raises(PromptError, match="No alternative 9"):
+        session.choose(9)
+    # the next prompt makes a new preview: the old choices go with it
+    session.set_box(volume, ras(m, 13, 11, 10), ras(m, 26, 22, 10), slice_axis="axial")
+    session.predict(volume, segmentation, sid, slice_axis="axial")
+    assert session.choices is None
