@@ -121,7 +121,7 @@ def bench_send(client, side: int = 256, seed_slices: int = 1) -> dict:
     """On a FRESH server: send a side^3 int16 volume and start a propagation the way the modules do it -- a
     prepared job polled from the 100 ms timer, whose polls hash and send the volume in chunks and then start
     the job -- until the job reports its first slice; then cancel it. Every call runs on the ticking thread."""
-    from sonosam.client import GUI_POLL_SECONDS
+    from sonosam.client import GUI_POLL_SECONDS, UPLOAD_CHUNK_BYTES
 
     rng = np.random.default_rng(7)
     k, j, i = np.ogrid[:side, :side, :side]
@@ -134,8 +134,14 @@ def bench_send(client, side: int = 256, seed_slices: int = 1) -> dict:
                              max_slices=seed_slices)
     marks: dict = {}
 
+    phases: dict = {}
+
     def poll():
+        before = job.last.get("message", "") if job.last["state"] == "sending" else job.last["state"]
+        t = time.perf_counter()
         status = job.poll(timeout=GUI_POLL_SECONDS)
+        phase = before.split(":")[-1].strip().split(" ")[0] if job.last["state"] == "sending" else before
+        phases.setdefault(phase or "first", []).append(1000 * (time.perf_counter() - t))
         if status["state"] != "sending" and "sent_s" not in marks:
             marks["sent_s"] = time.perf_counter() - started
             marks["sending_polls"] = len(ticker.calls) + 1
@@ -146,7 +152,9 @@ def bench_send(client, side: int = 256, seed_slices: int = 1) -> dict:
     ticker.run_until(lambda: job.last["state"] in ("done", "failed", "cancelled"), poll=poll)
     sending = ticker.calls[:marks.get("sending_polls", len(ticker.calls))]
     return {**ticker.figures(), "job_s": time.perf_counter() - started, "state": job.last["state"],
-            "volume_mib": volume.nbytes / 2**20, "longest_sending_call_ms": max(sending, default=0.0), **marks}
+            "volume_mib": volume.nbytes / 2**20, "longest_sending_call_ms": max(sending, default=0.0),
+            "chunk_mib": UPLOAD_CHUNK_BYTES / 2**20,
+            "calls_ms_by_phase": {k: [round(v, 1) for v in vs] for k, vs in phases.items()}, **marks}
 
 
 def bench_stall(client, predictor, frames, volume, seed_index, seed_box, window) -> dict:
@@ -296,6 +304,7 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=10, help="echo frames tracked in the stall test")
     parser.add_argument("--skip", nargs="*", default=[], choices=["send", "clicks", "stall", "load"])
     parser.add_argument("--side", type=int, default=256, help="the sent volume is side^3 int16")
+    parser.add_argument("--chunk-mib", type=float, help="upload chunk size (default: sonosam.client's)")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
 
@@ -306,6 +315,10 @@ def main(argv=None) -> int:
     from sonosam.predictor import Predictor
 
     torch.set_num_threads(args.threads)
+    if args.chunk_mib:
+        import sonosam.client
+
+        sonosam.client.UPLOAD_CHUNK_BYTES = int(args.chunk_mib * 2**20)
     frames = _echo_frames(args.frames)
     started = time.perf_counter()
     server = start_local_server(model=args.model, backend=args.backend, args=["--threads", str(args.threads)],

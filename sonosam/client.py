@@ -46,7 +46,7 @@ from .prompts import Prediction, Prompts
 TOKEN_ENV = "SONOSAM_SERVER_TOKEN"  # the same name as sonosam.server.TOKEN_ENV (that module imports torch)
 FINISHED = ("done", "failed", "cancelled")
 GUI_POLL_SECONDS = 0.1  # a poll from a GUI timer never holds that thread longer (RemoteJob.poll(timeout=))
-UPLOAD_CHUNK_BYTES = 4 * 2**20  # arrays above this travel in chunks of it (docs/slicer.md: ms per chunk)
+UPLOAD_CHUNK_BYTES = 2**20  # arrays above this travel in chunks of it: ~10 ms each on loopback (docs/slicer.md)
 GUI_STEP_SECONDS = 0.03  # an upload step from a GUI timer works (hashes, sends chunks) for about this long
 
 __all__ = ["SonoSAMClient", "Prediction", "RemoteJob", "ArrayUpload", "ServerTimeoutError", "RemotePrefetchJob", "RemotePropagationResult",

@@ -71,6 +71,22 @@ def test_tracker_options_are_one_validated_value():
     for bad in (dict(threshold=1.5), dict(model_every=0), dict(fusion="average"), dict(anchor="sometimes")):
         with pytest.raises(SonoSAMError):
             TrackerOptions(**bad)
+    with pytest.raises(SonoSAMError, match="fusion must be one of 'auto', 'model', 'trust', 'prior', not 'average'"):
+        TrackerOptions(fusion="average")
+
+
+def test_fusion_and_anchor_are_str_valued_enums():
+    import json
+
+    from sonosam.track import Anchor, Fusion, TrackerOptions
+
+    options = TrackerOptions(fusion="model", anchor="never")   # the strings keep working ...
+    assert options.fusion is Fusion.MODEL and options.anchor is Anchor.NEVER
+    assert options.fusion == "model" and "never" == options.anchor and options.fusion in ("model", "trust")
+    assert TrackerOptions(fusion=Fusion.TRUST) == TrackerOptions(fusion="trust")   # ... as do the members
+    assert TrackerOptions().fusion is Fusion.AUTO and TrackerOptions().anchor is Anchor.SHAPE
+    assert f"{Fusion.PRIOR}" == str(Fusion.PRIOR) == "prior" and {"auto"} == {Fusion.AUTO}
+    assert json.loads(json.dumps({"fusion": Fusion.AUTO})) == {"fusion": "auto"}   # JSON (the server) sees strings
 
 
 def test_shape_signal_and_reanchoring():

@@ -78,6 +78,8 @@ def check_options(options, defaults: dict, what: str) -> dict:
         elif isinstance(default, (int, float)) or default is None:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
                 and (not isinstance(default, int) or isinstance(default, float) or isinstance(value, int))
+        elif isinstance(default, str):   # a plain or str-valued enum option (the core checks the value)
+            ok = isinstance(value, str)
         else:
             ok = isinstance(value, type(default))
         if not ok:

@@ -19,9 +19,9 @@ _HOMES = {"WEIGHTS": "confidence", "Signals": "confidence", "combine": "confiden
           "FlowEstimator": "motion", "motion_prior": "motion",
           "SyntheticLoop": "synthetic", "echo_synthetic_loop": "synthetic", "make_synthetic_loop": "synthetic",
           "FrameResult": "tracker", "Intervention": "tracker", "RunReport": "tracker", "TrackedObject": "tracker",
-          "Tracker": "tracker", "TrackerOptions": "tracker"}
+          "Tracker": "tracker", "TrackerOptions": "tracker", "Fusion": "tracker", "Anchor": "tracker"}
 
-__all__ = ["Tracker", "TrackerOptions", "TrackedObject", "FrameResult", "Intervention", "RunReport", "Signals", "combine", "WEIGHTS",
+__all__ = ["Tracker", "TrackerOptions", "Fusion", "Anchor", "TrackedObject", "FrameResult", "Intervention", "RunReport", "Signals", "combine", "WEIGHTS",
            "FlowEstimator", "motion_prior", "SimulatedExpert", "Correction", "track_with_expert",
            "SyntheticLoop", "make_synthetic_loop", "echo_synthetic_loop"]
 

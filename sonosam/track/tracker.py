@@ -27,6 +27,7 @@ decides interventions: a frame whose confidence is <= ``threshold`` (``threshold
 
 from __future__ import annotations
 
+import enum
 import time
 from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Sequence
@@ -44,7 +45,7 @@ from .confidence import (Signals, area_score, combine, drift_score, mask_dice, s
                          stability_score)
 from .motion import FlowEstimator, motion_prior
 
-__all__ = ["Tracker", "TrackerOptions", "TrackedObject", "FrameResult", "Intervention", "RunReport"]
+__all__ = ["Tracker", "TrackerOptions", "Fusion", "Anchor", "TrackedObject", "FrameResult", "Intervention", "RunReport"]
 
 _REASONS = {
     "model_iou": "the model rates its own mask poorly (predicted IoU {v:.2f})",
@@ -108,6 +109,40 @@ class TrackedObject:
         return min(self.keyframes) if self.keyframes else None
 
 
+class Fusion(str, enum.Enum):
+    """Which mask a model frame keeps (TrackerOptions.fusion); str-valued like PromptKind, so "auto" and
+    Fusion.AUTO are the same option (JSON from the server, keyword calls)."""
+    AUTO = "auto"     # flow where its evidence is good, the model where it is not (re-anchoring: see Anchor)
+    MODEL = "model"   # the model's mask
+    TRUST = "trust"   # the model's boundary, moved at most `trust` from the prior's
+    PRIOR = "prior"   # the flow-carried mask
+
+    __hash__ = str.__hash__
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Anchor(str, enum.Enum):
+    """When fusion "auto" re-anchors on the model's mask (TrackerOptions.anchor); str-valued."""
+    SHAPE = "shape"    # when the carried mask's solidity falls behind the model's
+    ALWAYS = "always"
+    NEVER = "never"
+
+    __hash__ = str.__hash__
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _member(cls, value, name: str):
+    try:
+        return cls(value)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in cls)
+        raise SonoSAMError(f"{name} must be one of {choices}, not {value!r}.") from None
+
+
 @dataclass
 class TrackerOptions:
     """How the tracker weighs motion against the model and when it asks for help (tuning knobs; the
@@ -138,9 +173,9 @@ class TrackerOptions:
     use_mask_prompt: bool = True
     box_margin: float = 0.15
     opinion_margin: float = 0.1
-    fusion: str = "auto"
+    fusion: Fusion = Fusion.AUTO
     trust: float = 0.03
-    anchor: str = "shape"
+    anchor: Anchor = Anchor.SHAPE
     anchor_iou: float = 0.8
     anchor_solidity: float = 0.02
 
@@ -149,10 +184,8 @@ class TrackerOptions:
             raise SonoSAMError(f"The confidence threshold must lie in [0, 1]; got {self.threshold}.")
         if self.model_every < 1:
             raise SonoSAMError(f"model_every must be >= 1; got {self.model_every}.")
-        if self.fusion not in ("auto", "model", "trust", "prior"):
-            raise SonoSAMError(f"fusion must be 'auto', 'model', 'trust' or 'prior', not {self.fusion!r}.")
-        if self.anchor not in ("shape", "always", "never"):
-            raise SonoSAMError(f"anchor must be 'shape', 'always' or 'never', not {self.anchor!r}.")
+        self.fusion = _member(Fusion, self.fusion, "fusion")
+        self.anchor = _member(Anchor, self.anchor, "anchor")
         self.threshold, self.encode_below = float(self.threshold), float(self.encode_below)
         self.model_every = int(self.model_every)
 
