@@ -105,3 +105,49 @@ def test_point_start_probability_and_mask_feedback_switch():
         iterate_prompts(forward, [gt], [(gt.shape, (256, 213))], PromptSampler(rng=0), ResizeLongestSide(256), 256,
                         3, torch.device("cpu"), mask_feedback=feedback)
         assert seen == [False, feedback, feedback]
+
+
+def test_only_graded_iterations_keep_a_graph():
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from sonosam.train.engine import iterate_prompts
+
+    gt = blob()
+    weight = torch.ones(1, requires_grad=True)
+    seen = []
+
+    def forward(indices, tensors, mask_in):
+        logits = torch.zeros(len(indices), 1, 256, 256) * weight
+        return logits, torch.zeros(len(indices), 1)
+
+    def on_output(iteration, indices, logits, iou, final=False):
+        seen.append((iteration, logits.requires_grad))
+
+    iterate_prompts(forward, [gt], [(gt.shape, (256, 213))], PromptSampler(rng=0), ResizeLongestSide(256), 256,
+                    4, torch.device("cpu"), on_output, graded={1, 3})
+    assert seen == [(0, False), (1, True), (2, False), (3, True)]
+
+
+def test_validation_score_modes():
+    from sonosam.train.finetune import validation_score
+
+    m = {"clicks": 3, "dice@1": 0.6, "dice@2": 0.0, "dice@3": 0.9, "box": 0.9}
+    assert validation_score(m) == pytest.approx(0.8)              # Dice@1, @3, box
+    assert validation_score(m, "curve") == pytest.approx(0.6)     # Dice@1..3, box: a bad 2nd click counts
+
+
+def test_ship_rule_names_every_failed_check():
+    from sonosam.train.click_decoder import NEW_ROW, OLD_ROW, ship_rule
+
+    def row(curve, box):
+        return {**{f"dice@{k + 1}": v for k, v in enumerate(curve)}, "box": box}
+
+    old = row([0.50, 0.48, 0.60, 0.62, 0.62], 0.70)
+    good = {"a": {OLD_ROW: old, NEW_ROW: row([0.55, 0.58, 0.63, 0.64, 0.65], 0.70)},
+            "b": {OLD_ROW: old, NEW_ROW: row([0.50, 0.55, 0.61, 0.62, 0.62], 0.695)}}
+    passed, reasons = ship_rule(good)
+    assert passed and "+1.5 points" in reasons[0]
+    bad = {"a": {OLD_ROW: old, NEW_ROW: row([0.60, 0.55, 0.63, 0.66, 0.70], 0.68)}}   # box -2, Dice@2 falls by 5
+    passed, reasons = ship_rule(bad)
+    assert not passed
+    assert reasons == ["a box: 2.0 points below " + OLD_ROW, "mean Dice@2 55.0 < Dice@1 60.0 - 1"]
