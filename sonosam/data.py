@@ -32,6 +32,14 @@ def echo_a4c_path() -> Path:
     return path
 
 
+def echo_plax_path() -> Path:
+    """A parasternal long-axis echo cine with colour Doppler, 30 frames of 600x800 RGB (deid-data)."""
+    path = _site_file("deid_data", "data", "ultrasounds", "ultrasound-multiframe.dcm")
+    if path is None:
+        raise DataFileError("The PLAX echo loop is missing: install it with `pip install deid-data==0.0.20`.")
+    return path
+
+
 def echo_a4c_small_path() -> Path:
     """The same kind of loop, 30 frames of 240x320, shipped inside pydicom itself."""
     path = _site_file("pydicom", "data", "test_files", "examples_ybr_color.dcm")

@@ -65,3 +65,18 @@ def test_gentle_mask_init_starts_near_no_mask():
         after = (encoder._embed_masks(logits) - no_mask).pow(2).mean().sqrt()
     assert after < 0.3 * before                    # the mask prompt starts close to "no mask"...
     assert after > 0                               # ...but still carries the mask's signal
+
+
+def test_plax_loop_is_found_and_its_model_free_box_lands_on_a_chamber():
+    import pydicom
+
+    from sonosam.data import echo_plax_path
+    from sonosam.io.cine import _luminance
+    from sonosam.train.click_data import blood_pools
+
+    ds = pydicom.dcmread(echo_plax_path())
+    assert (int(ds.NumberOfFrames), ds.Rows, ds.Columns) == (30, 600, 800)
+    from pydicom.pixels import pixel_array
+
+    pools = blood_pools(_luminance(pixel_array(str(echo_plax_path()), index=10)))
+    assert (pools == 1).sum() > 2000   # the chamber scripts.click_sim_to_real boxes on this frame

@@ -1,0 +1,69 @@
+"""The held-out tables and Dice-vs-clicks plot of a click-decoder run, from its ``heldout.json`` (written by
+``python -m sonosam.train.click_decoder``; nothing is recomputed).
+
+    python -m scripts.click_report runs/clicks_v3/heldout.json --plot docs/images/click_dice_vs_clicks.png
+
+Prints, per held-out set and for the mean of the sets, the table of docs/training.md (Dice@1..5, NoC@80/90,
+FR@80/90, MaxDSC, box Dice) for every row (base LiteMedSAM with a box, the previous and the new click
+model), the ship rule's verdict, and plots the mean Dice after 1..5 clicks per set (box Dice as a mark at 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.click_report", description=__doc__.splitlines()[0])
+    parser.add_argument("heldout", help="OUT/heldout.json of a click_decoder run")
+    parser.add_argument("--plot", default=None, help="write the Dice-vs-clicks PNG here")
+    args = parser.parse_args(argv)
+
+    from sonosam.train.click_decoder import table
+
+    report = json.loads(Path(args.heldout).read_text())
+    sets = report["sets"]
+    for name, rows in sets.items():
+        n = next(iter(rows.values())).get("samples")
+        print(f"\n### {name} ({n} held-out structure-images)\n\n{table(rows)}")
+    print(f"\n### mean of the {len(sets)} sets\n\n{table(report['pooled'])}")
+    print("\nship rule:", "passed" if report.get("passed") else "failed")
+    for reason in report.get("reasons", []):
+        print("-", reason)
+    if args.plot:
+        plot(sets, Path(args.plot))
+    return 0
+
+
+def plot(sets: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(sets), figsize=(2.6 * len(sets), 2.6), sharey=True, squeeze=False)
+    for ax, (name, rows) in zip(axes[0], sets.items()):
+        for i, (row, m) in enumerate(rows.items()):
+            color = f"C{i}"
+            curve = [m.get(f"dice@{k}") for k in range(1, 6)]
+            if all(v is not None for v in curve):
+                ax.plot(range(1, 6), [100 * v for v in curve], "o-", color=color, ms=3, label=row)
+            if m.get("box") is not None:
+                ax.plot([0], [100 * m["box"]], "s", color=color, ms=5, label=None if curve[0] is not None else row)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks(range(0, 6), ["box", "1", "2", "3", "4", "5"], fontsize=7)
+        ax.set_xlabel("clicks", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("held-out Dice %", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    print("wrote", path, f"{path.stat().st_size / 1024:.0f} KiB")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
