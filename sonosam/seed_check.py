@@ -42,6 +42,11 @@ SPAN_MARGIN = 0.25     # ... and an intensity component spans the box better by 
 FILL_SIDES = 0.6       # flagged when the mask runs along more than this share of each of the 4 sides
 MIN_CONTRAST = 2.0     # an intensity candidate counts as evidence only when it stands out this much from its
                        # surroundings (contrast_polarity); low-contrast boxes never overrule the model
+# a confident switch to the intensity candidate, even when the model is sure (chosen on the dev structures: the
+# ventricles' dark part stands out 5.6-6.6 SD, every other dev candidate at most 2.7; docs/volume.md)
+SURE_CONTRAST = 4.0    # it stands out at least this much ...
+SURE_SPAN = 0.85       # ... spans the box at least this well ...
+SURE_MARGIN = 0.1      # ... and better than the model's answer by this much
 
 
 @dataclass
@@ -59,6 +64,7 @@ class SeedCheck:
     candidates: list[Candidate]
     best: int = 0
     polarity: str | None = None   # "dark"/"bright": the contrasted structure in the box that the model's mask avoids
+    decision: str = ""            # why `best` is not the model's answer, in words ("" when it is)
 
     @property
     def problems(self) -> list[str]:
@@ -74,7 +80,7 @@ class SeedCheck:
             return "the mask agrees with the prompt"
         alternatives = ", ".join(f"{i}: {c.source}" for i, c in enumerate(self.candidates) if i)
         return "; ".join(self.problems) + (f". Alternatives: {alternatives} (suggested: {self.best})"
-                                           if alternatives else "")
+                                           if alternatives else "") + (f". {self.decision}" if self.decision else "")
 
 
 def _bbox(mask: np.ndarray):
@@ -135,22 +141,30 @@ def _otsu(values: np.ndarray) -> float:
     return float((centres[best] + centres[last]) / 2)
 
 
-def contrast_polarity(image: np.ndarray, mask: np.ndarray, min_contrast: float | None = MIN_CONTRAST) -> str | None:
-    """"dark" or "bright" when the mask stands out from a 3 px ring around it by at least `min_contrast`
-    standard deviations of its own intensities (a ventricle, an air space, bone); None otherwise. On Colin27
-    the AAL grey-matter structures measure 0.2-1.1, the ventricles 15, white matter 5.4-5.9; on the head CT
-    bone 2.1-2.2, air spaces 6.7-10.5 (docs/volume.md)."""
-    if min_contrast is None or mask.sum() < 10:
+def contrast(image: np.ndarray, mask: np.ndarray) -> float | None:
+    """(mean inside - mean of a 3 px ring around it) / SD inside: how far the mask stands out from its
+    surroundings (negative: darker); None for a mask under 10 px or without a ring."""
+    if mask.sum() < 10:
         return None
     ring = ndimage.binary_dilation(mask, iterations=3) & ~mask
     if not ring.any():
         return None
     image = np.asarray(image, np.float32)
     inside = image[mask]
-    contrast = (float(inside.mean()) - float(image[ring].mean())) / max(float(inside.std()), 1e-6)
-    if abs(contrast) < min_contrast:
+    return (float(inside.mean()) - float(image[ring].mean())) / max(float(inside.std()), 1e-6)
+
+
+def contrast_polarity(image: np.ndarray, mask: np.ndarray, min_contrast: float | None = MIN_CONTRAST) -> str | None:
+    """"dark" or "bright" when the mask stands out from a 3 px ring around it by at least `min_contrast`
+    standard deviations of its own intensities (a ventricle, an air space, bone); None otherwise. On Colin27
+    the AAL grey-matter structures measure 0.2-1.1, the ventricles 15, white matter 5.4-5.9; on the head CT
+    bone 2.1-2.2, air spaces 6.7-10.5 (docs/volume.md)."""
+    if min_contrast is None:
         return None
-    return "dark" if contrast < 0 else "bright"
+    value = contrast(image, mask)
+    if value is None or abs(value) < min_contrast:
+        return None
+    return "dark" if value < 0 else "bright"
 
 
 def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None,
@@ -268,4 +282,21 @@ def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None,
         fine = [i for i, c in enumerate(candidates) if i and not c.problems]
         if fine:
             check.best = max(fine, key=lambda i: (round(candidates[i].agreement, 2), -i))
+            check.decision = f"Took {candidates[check.best].source}: the model is unsure and its mask avoids " \
+                             f"the contrasted structure that spans the box" if unsure else \
+                f"Took {candidates[check.best].source}: the earlier seeds of this structure took that kind"
+    # a confident switch, even when the model is sure: a structure that stands out strongly (CSF, air) spans the
+    # box, and spans it clearly better than the model's answer (the sagittal ventricle: 90 % against 59 %)
+    if check.best == 0 and intensity is not None and not intensity.problems:
+        value = contrast(image, intensity.mask)
+        if value is not None and abs(value) >= SURE_CONTRAST and intensity.agreement >= SURE_SPAN \
+                and intensity.agreement >= model_answer.agreement + SURE_MARGIN:
+            check.best = next(i for i, c in enumerate(candidates) if c is intensity)
+            check.polarity = "dark" if value < 0 else "bright"
+            check.decision = (f"Took {intensity.source}: it stands out {abs(value):.1f} SD from its surroundings "
+                              f"and spans the box ({intensity.agreement:.0%}) better than the model's answer "
+                              f"({model_answer.agreement:.0%})")
+            if not model_answer.problems:
+                model_answer.problems.append(f"{intensity.source.split(' (')[0]} spans the box better "
+                                             f"({intensity.agreement:.0%} against {model_answer.agreement:.0%})")
     return check

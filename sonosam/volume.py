@@ -407,7 +407,7 @@ class _Run:
             self.seed_checks[seed.index] = check
             chosen = check.candidates[check.best]
             mask, score, logits = chosen.mask, chosen.score, chosen.logits
-            reason = "" if check.ok else check.summary() + (f"; used {chosen.source}" if check.best else "")
+            reason = "" if check.ok else check.summary()  # names the alternative taken, and why
             kind = "model" if np.isfinite(score) else "intensity"
         else:
             pred = self.predict(seed.index, Prompts(seed.points, seed.labels, seed.box))

@@ -60,3 +60,39 @@ def test_seed_check_flags_the_ventricle_and_offers_the_right_alternative(colin, 
     assert check.ok and check.best == 0, check.summary()
     assert dice(check.candidates[0].mask, case["gt"]) > 0.85
     predictor.close()
+
+
+class _SureOfTheBand:
+    """A stand-in predictor that is sure (IoU 0.9) of the bright band left of the box's centre: the sagittal
+    ventricle's failure (the model sure of the tissue beside a thin dark structure)."""
+
+    class model:
+        class spec:
+            multimask, prompt_kinds = False, frozenset({"box"})
+
+    def predict(self, image, prompts=None, *, points=None, labels=None, box=None, multimask=False, key=None,
+                window=None):
+        from sonosam.prompts import Prediction
+
+        x0, y0, x1, y1 = (int(v) for v in box)
+        mask = np.zeros(image.shape, bool)
+        mask[y0:y1 + 1, x0:(x0 + x1) // 2] = image[y0:y1 + 1, x0:(x0 + x1) // 2] > 60
+        return Prediction(mask[None], np.array([0.9]), np.zeros((1, 256, 256), np.float32))
+
+
+def test_a_strongly_contrasted_structure_spanning_the_box_wins_even_over_a_sure_model():
+    rng = np.random.default_rng(0)
+    rows, cols = np.indices((96, 96))
+    truth = np.hypot(rows - 48, cols - 48) <= 25                 # a dark disc, 51 px across
+    image = 100 + rng.normal(0, 3, (96, 96))
+    image[truth] = 15 + rng.normal(0, 3, truth.sum())          # stands out ~25 SD
+    box = loose_box(truth, margin=0)                             # its bounding box
+    check = check_seed(_SureOfTheBand(), image, box=box)
+    assert check.best != 0 and "dark part of the box" in check.candidates[check.best].source, check.summary()
+    assert "stands out" in check.decision and check.decision in check.summary() and check.polarity == "dark"
+    assert not check.ok                                         # the model's answer is flagged too
+    assert dice(check.candidates[check.best].mask, truth) > 0.95
+    # a weakly contrasted structure (under SURE_CONTRAST) does not overrule a sure model
+    faint = 100 + rng.normal(0, 3, (96, 96))
+    faint[truth] = 92 + rng.normal(0, 3, truth.sum())
+    assert check_seed(_SureOfTheBand(), faint, box=box).best == 0
