@@ -171,7 +171,8 @@ def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None,
                         near: np.ndarray | None = None) -> tuple[np.ndarray, str] | None:
     """The model-free candidate: inside the box, the darker (or brighter) of the two intensity classes (Otsu
     threshold over the box), opened 1 px, its connected component that spans the box best (or, with `near`,
-    overlaps `near` most). polarity "dark"/"bright" fixes the class; None tries both. Returns (mask, source)
+    overlaps `near` most), leaving out components lying mostly on the box's outer 2 px (the surroundings that a
+    loose box takes in, not a structure). polarity "dark"/"bright" fixes the class; None tries both. Returns (mask, source)
     or None when nothing qualifies."""
     x0, y0, x1, y1 = _box_pixels(box, image.shape)
     if x1 - x0 < 3 or y1 - y0 < 3:
@@ -180,6 +181,8 @@ def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None,
     if crop.max() <= crop.min():
         return None
     threshold = _otsu(crop.ravel())
+    edge = np.ones(crop.shape, bool)   # the box's outer 2 px: a component lying there is the surroundings
+    edge[2:-2, 2:-2] = False
     best = None
     for kind in ([polarity] if polarity else ["dark", "bright"]):
         part = crop < threshold if kind == "dark" else crop >= threshold
@@ -187,7 +190,7 @@ def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None,
         labels, count = ndimage.label(part)
         for index in range(1, count + 1):
             component = labels == index
-            if component.sum() < 10:
+            if component.sum() < 10 or (component & edge).sum() > 0.5 * component.sum():
                 continue
             full = np.zeros(image.shape, bool)
             full[y0:y1 + 1, x0:x1 + 1] = component
