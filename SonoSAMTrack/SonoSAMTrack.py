@@ -42,6 +42,7 @@ class SonoSAMTrackWidget(ScriptedLoadableModuleWidget):
         self.connection = conn.shared_connection()
         self.session = None
         self.run = None               # TrackRun while the server tracks
+        self.starting = None          # TrackStart while the frames travel to the server
         self.timer = None
 
     def setup(self):
@@ -66,7 +67,7 @@ class SonoSAMTrackWidget(ScriptedLoadableModuleWidget):
         self.timer.stop()
 
     def updateButtons(self):
-        running = self.run is not None
+        running = self.run is not None or self.starting is not None
         self.ui.startButton.enabled = not running
         self.ui.pauseButton.enabled = running
         for button in (self.ui.resumeButton, self.ui.nextAttentionButton, self.ui.acceptButton,
@@ -111,11 +112,13 @@ class SonoSAMTrackWidget(ScriptedLoadableModuleWidget):
                                     "color": seg.GetSegment(segment_id).GetColor()})
             if not objects:
                 raise ValueError("The segmentation has no non-empty segment on the current frame.")
-            self.session = self.logic.start(sequence, objects, browser=self._browser(),
-                                            threshold=self.ui.thresholdSlider.value,
-                                            model_every=self.ui.modelEverySpinBox.value)
-            self._showChart()
-            self._startRun()
+            # the timer's polls send the frames a chunk at a time, then create the session (onTimer)
+            self.starting = self.logic.begin(sequence, objects, browser=self._browser(),
+                                             threshold=self.ui.thresholdSlider.value,
+                                             model_every=self.ui.modelEverySpinBox.value)
+            self.ui.statusLabel.text = "Sending the loop to the server..."
+            self.updateButtons()
+            self.timer.start()
 
     def _startRun(self):
         self.run = self.logic.start_run(self.session)
@@ -125,6 +128,9 @@ class SonoSAMTrackWidget(ScriptedLoadableModuleWidget):
 
     def onTimer(self):
         self.connection.poll()
+        if self.starting is not None:
+            self._pollStart()
+            return
         run = self.run
         if run is None:
             self.timer.stop()
@@ -152,7 +158,28 @@ class SonoSAMTrackWidget(ScriptedLoadableModuleWidget):
                 count = len(self.session.tracker.events)
                 self.ui.statusLabel.text = f"Done: {self.session.tracker.n_frames} frames, {count} intervention request(s)."
 
+    def _pollStart(self):
+        with showErrors("Could not start tracking."):
+            try:
+                state, _, _, message = self.starting.poll()
+            except Exception:
+                self.starting = None
+                self.updateButtons()
+                raise
+            if state != "done":
+                self.ui.statusLabel.text = f"Starting: {message}"
+                return
+            self.session, self.starting = self.starting.session, None
+            self._showChart()
+            self._startRun()
+
     def onPause(self):
+        if self.starting is not None:  # still sending the frames: nothing is tracked yet, nothing kept
+            self.starting.cancel()
+            self.starting = None
+            self.ui.statusLabel.text = "Start cancelled: nothing was tracked."
+            self.updateButtons()
+            return
         if self.run is not None:
             with showErrors("Could not pause."):
                 self.run.cancel()  # the server stops between frames; what is tracked (and requested) is kept

@@ -90,8 +90,9 @@ class Ticker:
         self.period = period
         self.late: list[float] = []
         self.calls: list[float] = []
+        self.labels: list[str] = []   # what each poll found before it ran (the job's state), for the longest
 
-    def run_until(self, finished, poll=None, timeout: float = 900) -> None:
+    def run_until(self, finished, poll=None, timeout: float = 900, label=None) -> None:
         start = time.perf_counter()
         last = start
         n = 0
@@ -102,6 +103,7 @@ class Ticker:
             last = now
             n += 1
             if poll is not None and n % 10 == 0:
+                self.labels.append(label() if label is not None else "")
                 poll()
                 last_poll = time.perf_counter()
                 self.calls.append(1000 * (last_poll - now))
@@ -114,7 +116,8 @@ class Ticker:
     def figures(self) -> dict:
         return {"ticks": len(self.late), "stall_ms_max": max(self.late), "stall_ms_p99": _pct(self.late, 99),
                 "stall_ms_median": statistics.median(self.late), "polls": len(self.calls),
-                "longest_call_ms": max(self.calls, default=0.0)}
+                "longest_call_ms": max(self.calls, default=0.0),
+                "longest_calls": sorted(zip(map(lambda v: round(v, 1), self.calls), self.labels), reverse=True)[:3]}
 
 
 def bench_send(client, side: int = 256, seed_slices: int = 1) -> dict:
@@ -177,7 +180,7 @@ def bench_stall(client, predictor, frames, volume, seed_index, seed_box, window)
     job = client.prepare_job("propagate", volume=volume, seeds=[{"index": seed_index, "box": seed_box}], axis=0,
                              window=window, max_slices=4)   # its polls send the volume, then start it
     ticker.run_until(lambda: job.last["state"] in ("done", "failed", "cancelled"),
-                     poll=lambda: job.poll(timeout=GUI_POLL_SECONDS))
+                     poll=lambda: job.poll(timeout=GUI_POLL_SECONDS), label=lambda: job.last.get("message") or job.last["state"])
     out["propagate (MRI, 9 slices)"] = {**ticker.figures(), "job_s": time.perf_counter() - started,
                                         "state": job.last["state"]}
 

@@ -431,10 +431,11 @@ class SonoSAMClient:
         job = self.start_job("propagate", volume=volume, seeds=seeds, axis=axis, previous=previous, **options)
         return job.result(on_progress=progress, cancel=cancel, interval=poll)
 
-    def tracker(self, frames, *, pause: bool = True, **options) -> "RemoteTracker":
-        """A cine tracker (sonosam.track.Tracker) living on the server, for (T, H, W) frames."""
+    def tracker(self, frames, *, pause: bool = True, frames_id: str | None = None, **options) -> "RemoteTracker":
+        """A cine tracker (sonosam.track.Tracker) living on the server, for (T, H, W) frames. `frames_id`:
+        their content id when they were sent already (begin_upload: a GUI sends them from its timer)."""
         frames = np.asarray(frames)
-        frames_id = self.upload(frames)
+        frames_id = frames_id or self.upload(frames)
         answer = self._request("POST", "/v1/trackers", {"frames": frames_id, "options": options, "pause": pause},
                                context="creating a tracker")
         return RemoteTracker(self, answer["id"], frames.shape)

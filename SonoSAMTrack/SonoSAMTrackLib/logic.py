@@ -57,6 +57,35 @@ class TrackSession:
     shape: tuple = ()                     # (H, W) of a frame
 
 
+class TrackStart:
+    """A tracking session being started, for a GUI timer: ``poll()`` -> (state, done, total, message). With a
+    server, the first polls send the loop's frames a chunk at a time ("sending", MiB); the next creates the
+    tracker and adds the objects (one request each: the server predicts each object's first mask, encoding
+    its frame) and the output sequence; then ``session`` is set and the state is "done"."""
+
+    def __init__(self, logic: "TrackLogic", frames: np.ndarray, args: tuple):
+        self.logic, self.frames, self.args = logic, frames, args
+        self.session = None
+        begin_upload = getattr(logic.predictor, "begin_upload", None)
+        self.upload = begin_upload(frames, what="cine loop") if begin_upload is not None else None
+
+    def poll(self, budget: float | None = None):
+        if self.session is not None:
+            return "done", 1, 1, ""
+        if self.upload is not None and not self.upload.done:
+            self.upload.step() if budget is None else self.upload.step(budget)
+            total = max(1, int(np.ceil(self.upload.nbytes / 2**20)))
+            return "sending", int(self.upload.sent_bytes / 2**20), total, f"sending the {self.upload.what}: " \
+                f"{self.upload.message}"
+        frames_id = self.upload.id if self.upload is not None else None
+        self.session = self.logic._create_session(self.frames, frames_id, *self.args)
+        return "done", 1, 1, ""
+
+    def cancel(self):
+        if self.upload is not None:
+            self.upload.cancel()
+
+
 class TrackRun:
     """A tracking run for a GUI timer: ``poll()`` -> (state, done, total), ``cancel()`` (a pause: the
     frames tracked so far, and their requests, are kept), ``finish()`` -> TrackReport after it ended, with
@@ -185,11 +214,27 @@ class TrackLogic:
     def start(self, input_sequence, objects, browser=None, threshold: float = 0.85, model_every: int = 5,
               output_name: str | None = None) -> TrackSession:
         """objects: [{"name", "frame", "box" | "points"+"labels" | "mask"}]. Creates the output sequence
-        (and adds it to ``browser``, synchronised)."""
+        (and adds it to ``browser``, synchronised). Waits for the frames to reach a server; the module uses
+        ``begin`` (polled) instead."""
+        starting = self.begin(input_sequence, objects, browser, threshold, model_every, output_name)
+        while starting.poll(budget=1.0)[0] != "done":
+            pass
+        return starting.session
+
+    def begin(self, input_sequence, objects, browser=None, threshold: float = 0.85, model_every: int = 5,
+              output_name: str | None = None) -> "TrackStart":
+        """``start`` for a GUI timer: reads the frames now; its polls send them to the server a chunk at a
+        time, then create the session (``.session``)."""
         frames, ijk_to_ras, values = self.frames_from_sequence(input_sequence)
+        return TrackStart(self, frames, (input_sequence, objects, browser, threshold, model_every, output_name,
+                                         ijk_to_ras, values))
+
+    def _create_session(self, frames, frames_id, input_sequence, objects, browser, threshold, model_every,
+                        output_name, ijk_to_ras, values) -> TrackSession:
         predictor = self.predictor
         if hasattr(predictor, "tracker"):  # a server: the tracker lives there, the frames are sent once
-            tracker = predictor.tracker(frames, pause=True, threshold=threshold, model_every=model_every)
+            tracker = predictor.tracker(frames, pause=True, frames_id=frames_id, threshold=threshold,
+                                        model_every=model_every)
         else:
             from sonosam.track import Tracker
 

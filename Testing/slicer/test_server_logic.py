@@ -217,6 +217,39 @@ def test_track_job_pauses_and_resumes_on_the_server(mrml, clients):
     assert logic.output_masks(session, "disc")[1].any()   # the frame tracked before the pause is kept
 
 
+def test_track_start_sends_the_loop_from_timer_polls(mrml, clients):
+    """TrackLogic.begin: its polls send the frames in chunks ("sending", MiB), then create the session;
+    a start cancelled while sending keeps nothing on the server."""
+    from SonoSAMTrackLib.logic import TrackLogic
+    from test_track_logic import _volume_sequence
+
+    from sonosam import wire
+
+    client, _ = clients
+    yy, xx = np.mgrid[:240, :320]
+    disc = (xx - 150) ** 2 + (yy - 120) ** 2 < 40 ** 2
+    rng = np.random.default_rng(0)
+    frames = np.stack([np.where(np.roll(disc, 2 * t, axis=1), 50, 170) + rng.integers(0, 9, disc.shape)
+                       for t in range(24)]).astype(np.uint8)   # 1.8 MB: two chunks
+    seq, browser = _volume_sequence(mrml.scene, frames)
+    logic = TrackLogic(mrml.scene, predictor=client)
+    objects = [{"name": "disc", "frame": 0, "mask": disc}]
+    starting = logic.begin(seq, objects, browser=browser)
+    states = []
+    while not states or states[-1] != "done":
+        states.append(starting.poll()[0])
+    assert "sending" in states and starting.session.tracker.n_frames == 24
+    stored = client._request("GET", f"/v1/arrays/{wire.content_id(frames)}")[1]["array"]
+    np.testing.assert_array_equal(stored, frames)
+    assert starting.session.tracker.masks("disc")[0].sum() == disc.sum()   # the keyframe is the given mask
+    reversed_seq, _ = _volume_sequence(mrml.scene, np.ascontiguousarray(frames[::-1]))   # not on the server yet
+    cancelled = logic.begin(reversed_seq, objects)
+    while cancelled.upload.phase != "sending":
+        cancelled.poll(budget=0)
+    cancelled.cancel()
+    assert cancelled.upload.phase == "cancelled" and client.info()["store"]["uploads"] == 0
+
+
 def test_connection_starts_the_local_server_without_blocking(tmp_path):
     """The module's path: use_local returns at once, every poll() is short, then the client answers; stop()
     ends the process."""
