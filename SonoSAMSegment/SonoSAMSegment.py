@@ -85,6 +85,8 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
         self.modelsProcess = None     # `sonosam models --json` (BackgroundProcess)
         self.downloadProcess = None   # `sonosam models --download NAME`
         self.evaluationJob = None
+        self.modesTask = None         # (kind, task, context): a Refine / Learn / Auto job being polled
+        self.autoChoices = []         # [(PPN file name, class)] behind the Auto class combo box
         self.models = []
         self.timer = None
 
@@ -114,6 +116,12 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
         self.ui.refreshModelsButton.connect("clicked(bool)", self.listModels)
         self.ui.openEditorButton.connect("clicked(bool)", self.onOpenEditor)
         self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluate)
+        self.ui.refineButton.connect("clicked(bool)", self.onRefine)
+        self.ui.learnButton.connect("clicked(bool)", self.onLearn)
+        self.ui.baseModelButton.connect("clicked(bool)", self.onBaseModel)
+        self.ui.autoRefreshButton.connect("clicked(bool)", self.listPPNs)
+        self.ui.autoButton.connect("clicked(bool)", self.onAuto)
+        self.ui.modesStopButton.connect("clicked(bool)", self.onModesStop)
         self.connection.listeners.append(self.onConnectionChanged)
         self.layout.addStretch(1)
         self.updateGUI()
@@ -131,7 +139,8 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
         self.timer.start()
 
     def exit(self):
-        if not (self.connection.busy or self.modelsProcess or self.downloadProcess or self.evaluationJob):
+        if not (self.connection.busy or self.modelsProcess or self.downloadProcess or self.evaluationJob
+                or self.modesTask):
             self.timer.stop()
 
     # -- server ---------------------------------------------------------------------------------------
@@ -152,6 +161,14 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
         self.ui.serverStatusLabel.text = self.connection.status
         self.ui.downloadButton.enabled = self.downloadProcess is None and not remote
         self.ui.evaluateButton.enabled = self.evaluationJob is None
+        idle = self.modesTask is None
+        for button in (self.ui.refineButton, self.ui.learnButton, self.ui.autoButton, self.ui.autoRefreshButton):
+            button.enabled = idle
+        assisted = getattr(self.connection.client, "assist", None) is not None
+        self.ui.baseModelButton.enabled = idle and assisted
+        self.ui.modesProgress.visible = self.ui.modesStopButton.visible = not idle
+        if idle and not assisted and self.ui.modesStatusLabel.text.startswith("Model: learned"):
+            self.ui.modesStatusLabel.text = "Model: the base model."
 
     def onConnectionChanged(self, connection):
         self.logic.set_predictor(connection.client)
@@ -201,6 +218,8 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
             self._pollDownload()
         with showErrors("SonoSAM could not evaluate the model."):
             self._pollEvaluation()
+        with showErrors("SonoSAM: Refine / Learn / Auto failed."):
+            self._pollModes()
 
     # -- models (listed and downloaded by the server's Python, in child processes) --------------------
     def listModels(self):
@@ -300,6 +319,128 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
             raise
         self.updateGUI()
         self.ui.evalResultLabel.text = "\n".join(f"{key}: {value}" for row in rows for key, value in row.items())
+
+    # -- Refine / Learn / Auto (server jobs polled by the timer; the logic is SonoSAMSegmentLib.logic) ---
+    def _modesInputs(self, needSegment=True):
+        volume = self.ui.modesVolumeSelector.currentNode()
+        segmentation = self.ui.modesSegmentSelector.currentNode()
+        segmentId = self.ui.modesSegmentSelector.currentSegmentID()
+        if volume is None:
+            raise ValueError("Choose the volume.")
+        if segmentation is None or (needSegment and not segmentId):
+            raise ValueError("Choose the segmentation and the segment.")
+        return volume, segmentation, segmentId or None, self.ui.modesAxisComboBox.currentText
+
+    def _startModes(self, kind, task, context, message):
+        self.modesTask = (kind, task, context)
+        self.ui.modesProgress.maximum = 0   # busy until the first progress report
+        self.ui.modesStatusLabel.text = message
+        self.timer.start()
+        self.updateGUI()
+
+    def onRefine(self):
+        with showErrors("SonoSAM could not refine the segment."):
+            volume, segmentation, segmentId, axis = self._modesInputs()
+            view = {"axial": "Red", "coronal": "Green", "sagittal": "Yellow"}[axis]
+            sliceWidget = slicer.app.layoutManager().sliceWidget(view)
+            if sliceWidget is None:
+                raise ValueError(f"Show the {view} slice view: Refine works on the slice it shows.")
+            sliceToRAS = slicer.util.arrayFromVTKMatrix(sliceWidget.mrmlSliceNode().GetSliceToRAS())
+            task = self.logic.start_refine_segment(volume, segmentation, segmentId, sliceToRAS=sliceToRAS)
+            self._startModes("refine", task, dict(volume=volume, segmentation=segmentation, segmentId=segmentId),
+                             f"Refining the segment on the {view} view's slice...")
+
+    def onLearn(self):
+        with showErrors("SonoSAM could not learn from the segment."):
+            volume, segmentation, segmentId, axis = self._modesInputs()
+            slices = self.logic.accepted_slices(volume, segmentation, segmentId, axis)
+            task = self.logic.start_learning(volume, segmentation, segmentId, axis, slices=slices)
+            self._startModes("learn", task, {}, f"Learning from slices {', '.join(map(str, slices))}...")
+
+    def onBaseModel(self):
+        self.connection.use_assist(None)   # every module (and the Segment Editor effect) back to the base model
+        self.ui.modesStatusLabel.text = "Model: the base model."
+        self.updateGUI()
+
+    def listPPNs(self):
+        with showErrors("SonoSAM could not list the prompt predictors."):
+            self.autoChoices = [(p["name"], c) for p in self.logic.available_ppns() for c in p["classes"]]
+            self.ui.autoClassComboBox.clear()
+            for name, className in self.autoChoices:
+                self.ui.autoClassComboBox.addItem(f"{className} ({name})")
+            if not self.autoChoices:
+                self.ui.modesStatusLabel.text = ("The server has no trained prompt predictor: put one from `sonosam "
+                                                 "train ppn` in its ppn folder (docs/seeds.md), then Refresh.")
+
+    def onAuto(self):
+        with showErrors("SonoSAM could not start Auto."):
+            into = self.ui.autoIntoSegmentCheckBox.checked
+            volume, segmentation, segmentId, axis = self._modesInputs(needSegment=into)
+            if not self.autoChoices:
+                self.listPPNs()
+            index = self.ui.autoClassComboBox.currentIndex
+            if not 0 <= index < len(self.autoChoices):
+                raise ValueError("Choose a class of a trained prompt predictor (Refresh lists the server's).")
+            name, className = self.autoChoices[index]
+            sliceRange = None
+            if self.ui.autoRangeCheckBox.checked:
+                sliceRange = (self.ui.autoFirstSpinBox.value, self.ui.autoLastSpinBox.value)
+            task = self.logic.start_auto_segment(volume, segmentation, className, name,
+                                                 segmentId=segmentId if into else None, sliceAxis=axis,
+                                                 sliceRange=sliceRange)
+            self._startModes("auto", task, dict(segmentation=segmentation), f"Auto: {className}...")
+
+    def onModesStop(self):
+        if self.modesTask is not None:
+            with showErrors("SonoSAM could not stop the job."):
+                self.modesTask[1].cancel()
+
+    def _saveStateForUndo(self, segmentationNode):
+        """One Ctrl+Z in the Segment Editor undoes the next write: its own history, on this segmentation."""
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        if editor.mrmlSegmentEditorNode() is None:
+            logging.info("SonoSAM: the Segment Editor has no parameter node: no undo state saved")
+            return
+        if editor.segmentationNode() is not segmentationNode:
+            editor.setSegmentationNode(segmentationNode)
+        editor.saveStateForUndo()
+
+    def _pollModes(self):
+        if self.modesTask is None:
+            return
+        kind, task, context = self.modesTask
+        try:
+            state, done, total, message = task.poll()   # at most GUI_POLL_SECONDS, or one upload step
+        except Exception:
+            self.modesTask = None
+            self.updateGUI()
+            raise
+        if state not in ("done", "failed", "cancelled"):
+            self.ui.modesProgress.maximum = max(total, 0)
+            self.ui.modesProgress.value = min(done, total)
+            if message:
+                self.ui.modesStatusLabel.text = message
+            return
+        self.modesTask = None
+        self.ui.modesStatusLabel.text = ""
+        try:
+            if state == "cancelled":
+                self.ui.modesStatusLabel.text = "Stopped: nothing was written."
+            elif kind == "refine":
+                prediction = task.finish()   # raises the job's error when it failed
+                self._saveStateForUndo(context["segmentation"])
+                self.logic.apply(prediction, context["volume"], context["segmentation"], context["segmentId"])
+                self.ui.modesStatusLabel.text = f"Refined: {prediction.notes[0]} (Ctrl+Z in the Segment Editor undoes it)."
+            elif kind == "learn":
+                summary = task.finish().summary()
+                self.connection.use_assist(self.logic.predictor)   # the effect's clicks and propagation use it too
+                self.ui.modesStatusLabel.text = "Model: " + summary[0].lower() + summary[1:]
+            else:
+                self._saveStateForUndo(context["segmentation"])
+                outcome = task.finish()
+                self.ui.modesStatusLabel.text = outcome.summary() + " Correct it with clicks (Segment Editor > SonoSAM)."
+        finally:
+            self.updateGUI()
 
     def onOpenEditor(self):
         slicer.util.selectModule("SegmentEditor")

@@ -279,6 +279,15 @@ class Connection:
             self._fail(f"The local server stopped: {self._server.describe()}. Start it again.")
         return self.state
 
+    def use_assist(self, client=None):
+        """SAM^assist for every module: their predictions go through ``client`` (this connection's client with
+        a prompt encoder learned on the server: ``SonoSAMClient.with_assist``), or through the base model again
+        with None. The listeners (the modules' logics) are told."""
+        if self.client is None:
+            return
+        self.client = self.client.with_assist(None) if client is None else client
+        self._set(self.state, self.status)
+
     @property
     def busy(self) -> bool:
         return self.state in ("installing", "starting")

@@ -685,11 +685,20 @@ class SegmentLogic:
         return prediction
 
     def refine_segment(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", sliceIndex=None,
-                       sliceToRAS=None, contextSegmentId=None, steps: int = 100, seed: int = 0) -> SlicePrediction:
+                       sliceToRAS=None, contextSegmentId=None, steps: int = 100, seed: int = 0,
+                       timeout=None) -> SlicePrediction:
         """Zero-shot refiner (sonosam.refine, docs/seeds.md) on one slice: the segment's rough mask there is the
         coarse map, ``contextSegmentId`` (optional) the anatomy around it; no clicks. Nothing is written (use
-        ``apply``). Runs as a server job when the model is on a server, else in this process."""
-        t0 = time.perf_counter()
+        ``apply``). Runs as a server job when the model is on a server (waiting here; a GUI polls
+        ``start_refine_segment``'s task instead), else in this process."""
+        task = self.start_refine_segment(volumeNode, segmentationNode, segmentId, sliceAxis, sliceIndex, sliceToRAS,
+                                         contextSegmentId, steps, seed)
+        task.wait(timeout)
+        return task.finish()
+
+    def start_refine_segment(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", sliceIndex=None,
+                             sliceToRAS=None, contextSegmentId=None, steps: int = 100, seed: int = 0) -> "RefineTask":
+        """``refine_segment`` as a task for a GUI timer: ``poll()``, then ``finish()`` -> the preview."""
         info = self.volume_info(volumeNode)
         geometry = self.slice_geometry(volumeNode, sliceAxis, None, None, sliceIndex, sliceToRAS, info)
         image = self.slice_image(info, geometry)
@@ -698,24 +707,7 @@ class SegmentLogic:
             raise SegmentationError("The segment is empty on this slice: draw a rough outline of the structure first.")
         context = None if not contextSegmentId else \
             self.read_slice_mask(segmentationNode, contextSegmentId, info, geometry)
-        if hasattr(self.predictor, "start_job"):   # a SonoSAMClient: the server's refine job
-            meta, arrays = self.predictor.start_job("refine", image=image, coarse=coarse.astype(np.float32),
-                                                    context=context, steps=steps, seed=seed,
-                                                    window=info.window).result()
-            mask, score = np.asarray(arrays["mask"], bool), float(meta["score"])
-            positives, negatives = np.asarray(meta["positives"]), np.asarray(meta["negatives"])
-        else:
-            from sonosam.refine import refine
-
-            embedding = self.predictor.embedding(image, key=geometry.key(info.key), window=info.window)
-            result = refine(self.predictor, image, coarse.astype(np.float32), context=context, steps=steps,
-                            seed=seed, embedding=embedding)
-            mask, score, positives, negatives = result.mask, result.score, result.positives, result.negatives
-        points = np.concatenate([positives.reshape(-1, 2), negatives.reshape(-1, 2)])
-        labels = np.array([1] * len(positives) + [0] * len(negatives))
-        return SlicePrediction(info.key, geometry, mask, score, None, points, labels, None,
-                               [f"refined from the segment: {len(positives)} positive, {len(negatives)} negative points"],
-                               {"total_s": time.perf_counter() - t0})
+        return RefineTask(self, info, geometry, image, coarse.astype(np.float32), context, steps, seed)
 
     # -- volume propagation and evaluation (the core does the work; this adapts MRML <-> arrays) ----------
     def _volume_stack(self, volumeNode, sliceAxis):
@@ -1003,8 +995,9 @@ class SegmentLogic:
                                   "available_ppns()) or give a local .pt file to send.")
             if Path(ppn).is_file() and Path(ppn).name != ppn:   # a local file: its bytes travel with the job
                 source = {"ppn_bytes": Path(ppn).read_bytes()}
-            job = predictor.start_job("auto", volume=stack, slices=indices, class_name=className,
-                                      threshold=float(threshold), window=info.window, **source)
+            start_job = getattr(predictor, "prepare_job", None) or predictor.start_job  # its polls send the volume
+            job = start_job("auto", volume=stack, slices=indices, class_name=className, threshold=float(threshold),
+                            window=info.window, **source)
         else:
             from sonosam.auto import auto_segment_stack, find_ppn
             from sonosam.ppn import load_ppn
@@ -1103,7 +1096,8 @@ class PropagationTask:
 
 class _JobTask:
     """A server job (or work already done in-process) for a GUI timer: ``poll()`` -> (state, done, total,
-    message), ``cancel()``, ``wait()``; subclasses ``finish()``."""
+    message), ``cancel()``, ``wait()``; subclasses ``finish()``. With a server, the first polls send the
+    volume a chunk at a time (state "sending", done/total in MiB)."""
     job = None
 
     def poll(self):
@@ -1122,6 +1116,37 @@ class _JobTask:
     def wait(self, timeout=None):
         if self.job is not None:
             self.job.wait(timeout)
+
+
+class RefineTask(_JobTask):
+    """The refiner as a server job (or run in-process at once); ``finish()`` -> the SlicePrediction preview."""
+
+    def __init__(self, logic, info, geometry, image, coarse, context, steps, seed):
+        self.info, self.geometry, self.began = info, geometry, time.perf_counter()
+        self.outcome = None
+        predictor = logic.predictor
+        if hasattr(predictor, "start_job"):   # a SonoSAMClient: the server's refine job
+            start_job = getattr(predictor, "prepare_job", None) or predictor.start_job
+            self.job = start_job("refine", image=image, coarse=coarse, context=context, steps=steps, seed=seed,
+                                 window=info.window)
+        else:
+            from sonosam.refine import refine
+
+            embedding = predictor.embedding(image, key=geometry.key(info.key), window=info.window)
+            result = refine(predictor, image, coarse, context=context, steps=steps, seed=seed, embedding=embedding)
+            self.outcome = (result.mask, result.score, result.positives, result.negatives)
+
+    def finish(self) -> SlicePrediction:
+        if self.outcome is None:
+            meta, arrays = self.job.result(timeout=5)
+            self.outcome = (np.asarray(arrays["mask"], bool), float(meta["score"]), np.asarray(meta["positives"]),
+                            np.asarray(meta["negatives"]))
+        mask, score, positives, negatives = self.outcome
+        points = np.concatenate([positives.reshape(-1, 2), negatives.reshape(-1, 2)])
+        labels = np.array([1] * len(positives) + [0] * len(negatives))
+        return SlicePrediction(self.info.key, self.geometry, mask, score, None, points, labels, None,
+                               [f"refined from the segment: {len(positives)} positive, {len(negatives)} negative points"],
+                               {"total_s": time.perf_counter() - self.began})
 
 
 @dataclass
@@ -1151,8 +1176,8 @@ class LearnTask(_JobTask):
         self.assisted = None
         base = logic.base_predictor
         if hasattr(base, "start_job"):
-            self.job = base.start_job("assist", volume=stack, slices=self.slices, masks=masks, window=window,
-                                      **options)
+            start_job = getattr(base, "prepare_job", None) or base.start_job  # its polls send the volume
+            self.job = start_job("assist", volume=stack, slices=self.slices, masks=masks, window=window, **options)
         else:
             from sonosam.assist import learn_assist
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 pytest.importorskip("slicer", reason="slicer-core is not installed")
 pytest.importorskip("torch")
@@ -82,7 +83,7 @@ def _centre_ras(mask_ji, k):
 
 
 @pytest.mark.parametrize("side", ["in-process", "server"])
-def test_learn_from_accepted_slices_then_clicks_use_it_and_the_base_comes_back(colin, predictors, side):
+def test_learn_from_accepted_slices_then_clicks_use_it_and_the_base_comes_back(colin, predictors, side, tmp_path):
     labels = colin["labels"]
     accepted = np.zeros(labels.shape, bool)
     accepted[[1, 5]] = labels[[1, 5]] == THALAMUS_L
@@ -100,16 +101,38 @@ def test_learn_from_accepted_slices_then_clicks_use_it_and_the_base_comes_back(c
     prediction = logic.predict(volume, points_ras=[click], labels=[1], sliceAxis="axial")
     assert prediction.mask.any() and prediction.geometry.index == 3
     np.testing.assert_array_equal(_array(colin, sid), accepted)   # learning writes nothing
+    if side == "server":   # the module hands it to every module's logic (the effect's too) through the connection
+        from SonoSAMSegmentLib.connection import Connection
+
+        connection = Connection(work_dir=tmp_path)
+        connection.client, connection.state = predictors["server"], "ready"
+        effect_logic = SegmentLogic(in_process=False)
+        connection.listeners.append(lambda c: effect_logic.set_predictor(c.client))
+        connection.use_assist(logic.predictor)
+        np.testing.assert_array_equal(
+            effect_logic.predict(volume, points_ras=[click], labels=[1], sliceAxis="axial").mask, prediction.mask)
+        connection.use_assist(None)
+        with pytest.raises(UnsupportedPromptError):
+            effect_logic.predict(volume, points_ras=[click], labels=[1], sliceAxis="axial")
+
+    # the refiner through the learned prompt encoder (its clicks need one: the base model is box-only)
+    rough = np.zeros(labels.shape, bool)
+    rough[3] = ndimage.binary_erosion(labels[3] == THALAMUS_L, iterations=2)
+    rough_id = _segment(colin, "rough", rough)
+    preview = logic.refine_segment(volume, seg, rough_id, sliceAxis="axial", sliceIndex=3, steps=3, seed=1)
+    assert preview.mask.any() and (preview.labels == 1).sum() >= 4 and preview.geometry.index == 3
+    np.testing.assert_array_equal(_array(colin, rough_id), rough)   # a preview: nothing written
 
     logic.use_base_model()
     with pytest.raises(UnsupportedPromptError):
         logic.predict(volume, points_ras=[click], labels=[1], sliceAxis="axial")
     # the same learning on both sides gives the same losses and the same mask (kept for the other side's run)
     done = RESULTS.setdefault("learn", {})
-    done[side] = (info.losses, prediction.mask)
+    done[side] = (info.losses, prediction.mask, preview.mask)
     if len(done) == 2:
         np.testing.assert_allclose(done["in-process"][0], done["server"][0], rtol=1e-4)
         np.testing.assert_array_equal(done["in-process"][1], done["server"][1])
+        np.testing.assert_array_equal(done["in-process"][2], done["server"][2])
 
     one = np.zeros(labels.shape, bool)
     one[2] = labels[2] == THALAMUS_L
