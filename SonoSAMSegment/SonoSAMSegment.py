@@ -175,6 +175,8 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
         self.updateGUI()
         if connection.state == "ready" and not connection.remote and not self.models:
             self.listModels()
+        if connection.state == "ready" and not self.autoChoices and self.modesTask is None:
+            self.listPPNs()   # one short request: the server's prompt predictors and their classes
 
     def onStart(self):
         settings = qt.QSettings()

@@ -182,10 +182,10 @@ class AssistedPredictor:
 
 
 def learn_assist(predictor, stack: np.ndarray, slices: Sequence[int], masks: Sequence[np.ndarray], *,
-                 window=None, key_prefix=None, progress=None, **options) -> AssistedPredictor:
+                 window=None, key_prefix=None, key=None, progress=None, **options) -> AssistedPredictor:
     """SAM^assist on slices of a stack (a volume's slices along axis 0, or a loop's frames) through a
     predictor: the slices' embeddings come from (and stay in) its cache under ``(key_prefix, 0, index)``
-    (the keys sonosam.volume.propagate uses, so propagation reuses them), then ``train_assist``. The one
+    (the keys sonosam.volume.propagate uses, so propagation reuses them; or ``key(index)``), then ``train_assist``. The one
     call the server's ``assist`` job and the Slicer logic make. ``options``: train_assist's (kinds, steps,
     seed, ...). Returns the AssistedPredictor (``.result``: seconds, losses, config)."""
     slices = [int(i) for i in slices]
@@ -198,8 +198,8 @@ def learn_assist(predictor, stack: np.ndarray, slices: Sequence[int], masks: Seq
         raise SonoSAMError(f"Slice {bad[0]} is outside 0..{len(stack) - 1}.")
     base = getattr(predictor, "base", predictor)   # learning again starts from the base model
     began = time.perf_counter()
-    embeddings = [base.embedding(stack[i], key=None if key_prefix is None else (key_prefix, 0, i),
-                                 window=window).features for i in slices]
+    keys = [key(i) if key is not None else None if key_prefix is None else (key_prefix, 0, i) for i in slices]
+    embeddings = [base.embedding(stack[i], key=k, window=window).features for i, k in zip(slices, keys)]
     result = train_assist(base.model, [stack[i] for i in slices], list(masks), window=window, embeddings=embeddings,
                           progress=progress, **options)
     result.encode_seconds = time.perf_counter() - began - result.seconds

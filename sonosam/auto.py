@@ -80,10 +80,11 @@ class StackAuto:
 
 
 def auto_segment_stack(ppn, predictor, stack: np.ndarray, class_name: str, slices: Iterable[int] | None = None, *,
-                       threshold: float = 0.5, window=None, key_prefix=None, progress=None,
+                       threshold: float = 0.5, window=None, key_prefix=None, key=None, progress=None,
                        cancel=None) -> StackAuto:
     """The prompt predictor's mask of ``class_name`` on each of ``slices`` (default all) of ``stack`` (n, H, W),
-    through ``predictor`` (its cache; keys ``(key_prefix, 0, index)`` as sonosam.volume.propagate's).
+    through ``predictor`` (its cache; keys ``(key_prefix, 0, index)`` as sonosam.volume.propagate's, or
+    ``key(index)``).
     ``progress(done, total, SliceAuto)`` after each slice; ``cancel`` (threading.Event or callable) stops
     before the next slice (``result.cancelled``; the masks so far are not meant to be written)."""
     from .ppn import auto_segment
@@ -102,8 +103,8 @@ def auto_segment_stack(ppn, predictor, stack: np.ndarray, class_name: str, slice
         if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
             out.cancelled = True
             break
-        key = None if key_prefix is None else (key_prefix, 0, index)
-        embedding = predictor.embedding(stack[index], key=key, window=window)
+        cache_key = key(index) if key is not None else None if key_prefix is None else (key_prefix, 0, index)
+        embedding = predictor.embedding(stack[index], key=cache_key, window=window)
         result = auto_segment(ppn, model, embedding, class_name, threshold=threshold)
         if result.present:
             out.masks[n] = np.asarray(result.mask, bool)

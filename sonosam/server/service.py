@@ -749,7 +749,7 @@ class Service:
     def _prepare_assist(self, params: dict, arrays: dict):
         from ..assist import learn_assist
 
-        volume_id, volume, slices = self._stack_and_slices(params, "assist")
+        _, volume, slices = self._stack_and_slices(params, "assist")
         if not 2 <= len(slices) <= 5 or len(set(slices)) != len(slices):
             raise ApiError(422, "bad_slices", f"SAM^assist learns from 2-5 different slices; got {slices}.")
         masks = arrays.get("masks")
@@ -775,8 +775,7 @@ class Service:
         def run(job: Job):
             steps = options.get("steps", 30)
             job.progress(0, steps, f"encoding {len(slices)} slices")
-            assisted = learn_assist(self.predictor, volume, slices, list(masks), window=window,
-                                    key_prefix="vol-" + volume_id,
+            assisted = learn_assist(self.predictor, volume, slices, list(masks), window=window, key=_slice_key(volume),
                                     progress=lambda s, n, loss: job.progress(s, n, f"step {s}/{n}: loss {loss:.3f}"),
                                     **options)
             result = assisted.result
@@ -872,7 +871,7 @@ class Service:
     def _prepare_auto(self, params: dict, arrays: dict):
         from ..auto import auto_segment_stack
 
-        volume_id, volume, slices = self._stack_and_slices(params, "auto")
+        _, volume, slices = self._stack_and_slices(params, "auto")
         ppn = self._ppn_for(params, arrays)
         class_name = params.get("class")
         if not isinstance(class_name, str) or class_name not in ppn.classes:
@@ -888,7 +887,7 @@ class Service:
                 job.progress(done, total, f"slice {info.index}: " + (f"{class_name} found (objectness "
                              f"{info.objectness:.2f})" if info.present else f"no {class_name}"))
             result = auto_segment_stack(ppn, self.predictor, volume, class_name, slices, threshold=threshold,
-                                        window=window, key_prefix="vol-" + volume_id, progress=progress,
+                                        window=window, key=_slice_key(volume), progress=progress,
                                         cancel=job.cancel_event)
             if result.cancelled:
                 raise JobCancelled()
@@ -993,6 +992,12 @@ class Service:
             finally:
                 entry["lock"].release()
         return run
+
+
+def _slice_key(volume: np.ndarray):
+    """Cache keys of a volume's slices by their content, as /v1/predict keys the image it is sent: a click on a
+    slice that an assist or auto job encoded is answered from the cache."""
+    return lambda index: ("array", wire.content_id(volume[index]))
 
 
 def _error_type(error: BaseException) -> str:
