@@ -47,6 +47,7 @@ MIN_CONTRAST = 2.0     # an intensity candidate counts as evidence only when it 
 SURE_CONTRAST = 4.0    # it stands out at least this much ...
 SURE_SPAN = 0.85       # ... spans the box at least this well ...
 SURE_MARGIN = 0.1      # ... and better than the model's answer by this much
+HOLLOW = 1.5           # a candidate whose holes would add more than half its area is a ring: kept hollow
 
 
 @dataclass
@@ -196,13 +197,16 @@ def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None,
             full[y0:y1 + 1, x0:x1 + 1] = component
             if near is not None:
                 score = float((full & near).sum()) / max(float((full | near).sum()), 1.0)
-            else:
-                score = box_agreement(full, (x0, y0, x1 + 1, y1 + 1))
+            else:  # spans the box, and lies inside it rather than along its edge
+                score = box_agreement(full, (x0, y0, x1 + 1, y1 + 1)) - (component & edge).sum() / component.sum()
             if best is None or score > best[0]:
                 best = (score, full, f"the {kind} part of the box (threshold {threshold:.4g})")
     if best is None or best[0] <= 0:
         return None
-    return ndimage.binary_fill_holes(best[1]), best[2]
+    filled = ndimage.binary_fill_holes(best[1])
+    if filled.sum() > HOLLOW * best[1].sum():  # a ring (a skull in a box around the head): the ring, not its disc
+        return best[1], best[2].replace(" part of the box", " ring in the box")
+    return filled, best[2]
 
 
 def mask_problems(mask: np.ndarray, score: float, box, evidence: float | None = None,
@@ -254,6 +258,10 @@ def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None,
                     and (model_mask & intensity.mask).sum() < 0.5 * model_mask.sum():
                 evidence = box_agreement(intensity.mask, box)
     candidates[0].problems = mask_problems(candidates[0].mask, candidates[0].score, box, evidence, min_score)
+    if intensity is not None and " ring " in intensity.source:  # the model answered the ring's disc?
+        hole = ndimage.binary_fill_holes(intensity.mask) & ~intensity.mask
+        if (candidates[0].mask & hole).sum() > 0.5 * hole.sum():
+            candidates[0].problems.append(f"the mask fills the hole of {intensity.source.split(' (')[0]}")
     if candidates[0].problems and intensity is not None and takes_points:
         # let the model segment what the box's intensities point to: a click deep inside it
         depth = ndimage.distance_transform_edt(np.pad(intensity.mask, 1))[1:-1, 1:-1]

@@ -52,7 +52,7 @@ from .masks import bounding_box, box_with_margin, content_hash
 from .models import mask_to_logits
 from .predictor import Predictor
 from .prompts import Prompts
-from .seed_check import check_seed, contrast_polarity, structure_candidate
+from .seed_check import _fills_box, check_seed, contrast_polarity, structure_candidate
 
 __all__ = ["Seed", "SliceInfo", "PropagationOptions", "PropagationResult", "propagate", "naive_baseline",
            "stop_reason", "slice_of", "axis_index", "consistent_pixels", "volume_window", "AXES"]
@@ -85,6 +85,7 @@ class SliceInfo:
     reason: str = ""         # why a front stopped here (for a seed: what the seed check found)
     source: int | None = None  # the anchor slice this result was propagated from
     candidate: str = "model"  # which answer was kept: "model", or "intensity" (the high-contrast fallback)
+    flag: str = ""           # a weak sign on a slice the front kept (e.g. growth against its trend): worth a look
 
 
 @dataclass
@@ -99,13 +100,23 @@ class PropagationOptions:
     min_area: int = 10               # stop at once below this many pixels
     max_growth: float = 1.8          # stop at once when the area grows more than this from one slice to the next
     min_overlap: float = 0.3         # stop at once when |new & prev| / |new| falls below this (jumped elsewhere)
-    min_score: float = 0.5           # weak below this predicted IoU
+    min_score: float = 0.5           # weak below this predicted IoU ...
+    min_score_anchor: float | None = 0.8  # ... or below this share of the anchor's own predicted IoU, if lower (a
+                                     # model whose scores run low, e.g. litemedsam_clicks at 0.5-0.6, is judged
+                                     # against its own anchor; never stricter than min_score)
     min_area_ratio: float = 0.05     # weak below this share of the anchor's area
     max_intensity_shift: float | None = 2.0  # weak when the mask's mean intensity is more than this many anchor
                                      # standard deviations from the anchor's mean (None: off)
     min_similarity: float | None = 0.7  # weak when the cosine similarity of the mask's mean image-embedding
                                      # feature to the anchor's falls below this (None: off)
     patience: int = 3                # stop after this many weak slices in a row (they are left empty)
+    # growth (weak, like the drift rules): a front that balloons past a structure's end
+    max_trend_growth: float | None = 1.3  # weak when the area grows more than this in one slice while the front's
+                                     # own trend (mean ratio over the last 3 slices) was not growing (None: off)
+    max_extent_ratio: float | None = 1.5  # weak when the mask's width or height exceeds this multiple of the
+                                     # anchor's (None: off)
+    flag_fill: bool = True           # weak when the mask runs along all four sides of its prompt box (it took
+                                     # the box's shape: the structure is wider than the box lets it be)
     keep_component: bool = True      # keep the connected parts of the mask that touch the previous mask
     max_slices: int | None = None    # at most this many slices from each seed in each direction
     direction: str = "both"          # "both", "forward" (increasing index) or "backward"
@@ -186,7 +197,8 @@ def consistent_pixels(prev_image: np.ndarray, next_image: np.ndarray, prev_mask:
 
 def stop_reason(opt: PropagationOptions, *, share: float, area: int, prev_area: int, anchor_area: int,
                 score: float, overlap: float, intensity_shift: float | None = None,
-                similarity: float | None = None) -> tuple[str, bool]:
+                similarity: float | None = None, trend: float | None = None, extent_ratio: float | None = None,
+                fills_box: bool = False, anchor_score: float = float("nan")) -> tuple[str, bool]:
     """Why a front should stop at a slice ("" if it should not), and whether that alone stops it.
 
     Breaks with the previous slice stop the front at once (True). Weak or drifting slices (False) stop it only
@@ -194,7 +206,9 @@ def stop_reason(opt: PropagationOptions, *, share: float, area: int, prev_area: 
     inside a structure, and past a structure's end it keeps scoring 0.7-0.9 on the neighbouring tissue, which
     only a gradual drift away from the anchor's look gives away (docs/volume.md).
     overlap: |new & prev| / |new|; intensity_shift: (mean under the mask - anchor's mean) / anchor's SD;
-    similarity: cosine of the mask's pooled image-embedding feature to the anchor's."""
+    similarity: cosine of the mask's pooled image-embedding feature to the anchor's; trend: the front's mean area
+    ratio over its last slices (growth is judged against it); extent_ratio: the mask's width or height over the
+    anchor's, the larger; fills_box: the mask runs along all four sides of its prompt box."""
     # SAM^Med's rule: the intensities under the previous mask did not carry over to this slice
     if share < opt.min_consistent:
         return f"only {share:.0%} of the previous mask is intensity-consistent", True
@@ -206,8 +220,11 @@ def stop_reason(opt: PropagationOptions, *, share: float, area: int, prev_area: 
     if overlap < opt.min_overlap:
         return "the mask moved away from the previous one", True
     # weak: the model itself is unsure, or the mask shrank to a sliver of the anchor's
-    if score < opt.min_score:
-        return f"predicted IoU {score:.2f} < {opt.min_score}", False
+    floor = opt.min_score
+    if opt.min_score_anchor is not None and np.isfinite(anchor_score):
+        floor = min(floor, opt.min_score_anchor * anchor_score)
+    if score < floor:
+        return f"predicted IoU {score:.2f} < {floor:.2f}", False
     if area < opt.min_area_ratio * anchor_area:
         return f"area {area} px < {opt.min_area_ratio:.0%} of the anchor's", False
     # drift: the mask no longer looks like the anchor's structure (brighter/darker tissue, other features)
@@ -216,6 +233,14 @@ def stop_reason(opt: PropagationOptions, *, share: float, area: int, prev_area: 
         return f"mean intensity {intensity_shift:+.1f} SD from the anchor's", False
     if opt.min_similarity is not None and similarity is not None and similarity < opt.min_similarity:
         return f"image features drifted from the anchor's (similarity {similarity:.2f} < {opt.min_similarity})", False
+    # growth: the front balloons (a structure tapering towards its end does not grow against its own trend)
+    if opt.max_trend_growth is not None and trend is not None and trend <= 1.0 and prev_area \
+            and area > opt.max_trend_growth * prev_area:
+        return f"area grew {area / prev_area:.1f}x against its trend ({trend:.2f}x a slice)", False
+    if opt.max_extent_ratio is not None and extent_ratio is not None and extent_ratio > opt.max_extent_ratio:
+        return f"{extent_ratio:.1f}x as wide as the anchor", False
+    if opt.flag_fill and fills_box:
+        return "the mask fills its box (runs along all four sides)", False
     return "", False
 
 
@@ -326,6 +351,7 @@ class _Run:
         self.total = 0
         self.seed_checks: dict = {}
         self.prefer: str | None = None  # the kind of alternative taken on earlier seeds (a re-run's corrections)
+        self.anchor_scores: dict[int, float] = {}  # anchor slice -> its predicted IoU (nan: an accepted mask)
 
     # embeddings ------------------------------------------------------------------------------
     def key(self, index: int):
@@ -436,6 +462,7 @@ class _Run:
         if opt.max_slices is not None:
             limit = start + step * min(abs(limit - start), opt.max_slices)
         weak: list[tuple[np.ndarray, SliceInfo]] = []  # weak slices in a row: kept on probation
+        areas = [anchor_area]  # the front's areas so far: its own trend, for the growth rule
 
         def keep(items):
             for item in items:
@@ -456,7 +483,7 @@ class _Run:
                 return None
             t += step
             if yields is not None and yields(t):
-                keep([(m, replace(i, reason="")) for m, i in weak])
+                keep([(m, replace(i, reason="", flag=i.reason)) for m, i in weak])
                 return None
             self.prefetch(range(t, t + step * (opt.lookahead + 1), step))
             image = self.image(t).astype(np.float32)
@@ -489,24 +516,34 @@ class _Run:
                 shift = (float(image[new].mean()) - anchor_mean) / anchor_std
                 if anchor_feature is not None:
                     similarity = float(self.feature(t, new) @ anchor_feature)
+            ratios = [b / max(a, 1) for a, b in zip(areas[-4:], areas[-3:])]
+            trend = float(np.exp(np.mean(np.log(np.maximum(ratios, 1e-6))))) if len(ratios) >= 2 else None
+            extent = None
+            if area and anchor_box is not None:
+                nb = bounding_box(new)
+                extent = max((nb[2] - nb[0] + 1) / (anchor_box[2] - anchor_box[0] + 1),
+                             (nb[3] - nb[1] + 1) / (anchor_box[3] - anchor_box[1] + 1))
             reason, at_once = stop_reason(opt, share=share, area=area, prev_area=int(prev_mask.sum()),
                                           anchor_area=anchor_area, score=score,
                                           overlap=(new & prev_mask).sum() / max(area, 1),
-                                          intensity_shift=shift, similarity=similarity)
+                                          intensity_shift=shift, similarity=similarity, trend=trend,
+                                          extent_ratio=extent, fills_box=bool(area) and _fills_box(new, box),
+                                          anchor_score=self.anchor_scores.get(start, float("nan")))
             info = SliceInfo(t, PROPAGATED, score, area, source=start, candidate=kind)
             if reason and (at_once or len(weak) + 1 >= max(opt.patience, 1)):
                 stop(info, reason, at_once)
                 return None
             if not reason and agrees is not None and agrees(t, new):  # back on the previous run's track
-                keep([(m, replace(i, reason="")) for m, i in weak])
+                keep([(m, replace(i, reason="", flag=i.reason)) for m, i in weak])
                 return t
             if reason:
                 weak.append((new, replace(info, reason=reason)))
-            else:
-                keep([(m, replace(i, reason="")) for m, i in weak] + [(new, info)])
+            else:  # a good slice: the weak ones before it stay, flagged
+                keep([(m, replace(i, reason="", flag=i.reason)) for m, i in weak] + [(new, info)])
                 weak = []
             prev_mask, prev_logits, prev_image = new, logits, image
-        keep([(m, replace(i, reason="")) for m, i in weak])  # the range ended before a stop was confirmed
+            areas.append(area)
+        keep([(m, replace(i, reason="", flag=i.reason)) for m, i in weak])  # the range ended before a stop
         return None
 
 
@@ -585,6 +622,7 @@ def propagate(predictor, volume, seeds, axis=0, options: PropagationOptions | No
     for index in anchors:
         if index not in anchor_masks:
             anchor_masks[index] = result.slice_mask(index).copy()
+    run.anchor_scores = {i: (result.slices[i].score if i in result.slices else float("nan")) for i in anchors}
 
     order = sorted(anchors)
     # stretches: (anchor below or None, anchor above or None, first, last slice)

@@ -96,3 +96,24 @@ def test_a_strongly_contrasted_structure_spanning_the_box_wins_even_over_a_sure_
     faint = 100 + rng.normal(0, 3, (96, 96))
     faint[truth] = 92 + rng.normal(0, 3, truth.sum())
     assert check_seed(_SureOfTheBand(), faint, box=box).best == 0
+
+
+def test_a_ring_is_offered_as_a_ring_and_a_mask_filling_its_hole_is_flagged():
+    rows, cols = np.indices((96, 96))
+    radius = np.hypot(rows - 48, cols - 48)
+    ring = (radius <= 40) & (radius > 34)                         # a skull-like bright ring
+    image = np.where(ring, 200.0, np.where(radius <= 34, 60.0, 0.0))
+    image += np.random.default_rng(1).normal(0, 2, image.shape)
+    box = loose_box(ring)
+    mask, source = structure_candidate(image, box)
+    assert "bright ring in the box" in source and dice(mask, ring) > 0.9   # not the disc it encloses
+
+    class _Disc(_SureOfTheBand):   # sure of the whole head (the disc), as LiteMedSAM was on the CT skull
+        def predict(self, image, prompts=None, **kwargs):
+            from sonosam.prompts import Prediction
+
+            return Prediction((radius <= 40)[None], np.array([0.95]), np.zeros((1, 256, 256), np.float32))
+
+    check = check_seed(_Disc(), image, box=box)
+    assert any("fills the hole of the bright ring" in p for p in check.problems), check.summary()
+    assert any("ring" in c.source for c in check.candidates[1:])

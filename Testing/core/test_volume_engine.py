@@ -99,7 +99,7 @@ def test_without_the_rule_the_front_runs_into_the_neighbour():
     volume, ball = sphere_volume(neighbour=True)
     result = propagate(Predictor(ThresholdModel()), volume, [Seed(20, box=(20, 20, 44, 44))],
                        min_consistent=0.0, max_growth=1e9, min_overlap=0.0, max_intensity_shift=None,
-                       min_similarity=None)
+                       min_similarity=None, max_trend_growth=None, max_extent_ratio=None, flag_fill=False)
     assert result.extent()[1] > 29  # it leaks into the slab: the stop rules are what keep it out
 
 
@@ -263,7 +263,7 @@ def test_local_rerun_replaces_a_wrong_stretch_and_erasing_clears_what_came_throu
     predictor = Predictor(ThresholdModel())
     # no stop rule: the first run runs on into the bright slab above the barrel (slices 29..39)
     loose = dict(max_growth=100.0, min_overlap=0.0, min_consistent=0.0, max_intensity_shift=None,
-                 min_similarity=None, max_box_size=None)
+                 min_similarity=None, max_box_size=None, max_trend_growth=None, max_extent_ratio=None, flag_fill=False)
     first = propagate(predictor, volume, [Seed(20, box=(20, 20, 44, 44))], **loose)
     assert first.mask[29:].any()
     # erase slice 29 (an empty accepted mask): what the front carried through it goes; nothing below changes
@@ -278,3 +278,24 @@ def test_local_rerun_replaces_a_wrong_stretch_and_erasing_clears_what_came_throu
     assert third.slices[24].status == "accepted" and third.slices[20].status == "seed"
     np.testing.assert_array_equal(third.mask[:23], second.mask[:23])   # nearer the seed (22 is the middle)
     assert not third.mask[29:].any()
+
+
+def test_the_growth_rules_alone_stop_a_front_that_balloons_into_the_neighbour():
+    volume, ball = sphere_volume(neighbour=True)
+    breaks_off = dict(min_consistent=0.0, max_growth=1e9, min_overlap=0.0, max_intensity_shift=None,
+                      min_similarity=None)
+    result = propagate(Predictor(ThresholdModel()), volume, [Seed(20, box=(20, 20, 44, 44))], **breaks_off)
+    assert result.extent() == (12, 28)  # the barrel's own end; the slab above it (29..) balloons and is cut
+    assert result.slices[29].status == "stopped" and "weak slices in a row" in result.slices[29].reason
+    np.testing.assert_array_equal(result.mask[:29], ball[:29])
+    # the barrel itself tapers without growing against its trend: no slice of it is flagged
+    assert not any(info.flag for i, info in result.slices.items() if i < 29)
+    from sonosam.volume import PropagationOptions, stop_reason
+
+    opt = PropagationOptions()
+    fine = dict(share=1.0, area=140, prev_area=100, anchor_area=200, score=0.9, overlap=0.9)
+    assert stop_reason(opt, **fine, trend=1.1) == ("", False)            # growing, as its trend does
+    assert "against its trend" in stop_reason(opt, **fine, trend=0.95)[0]  # tapering, then grows 1.4x
+    assert stop_reason(opt, **fine, trend=0.95)[1] is False              # weak: patience applies
+    assert "as wide as the anchor" in stop_reason(opt, **{**fine, "area": 100}, extent_ratio=1.6)[0]
+    assert "fills its box" in stop_reason(opt, **{**fine, "area": 100}, fills_box=True)[0]
