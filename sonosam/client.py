@@ -8,11 +8,15 @@ Python imports this without torch (tested in a subprocess).
     prediction = client.predict(image, points=[(120, 80)], labels=[1])
     job = client.start_job("propagate", volume=volume, seeds=[{"index": 40, "mask": mask40}], axis=0)
     job.poll()  -> {"state": "running", "progress": [12, 90], "message": ...};  job.cancel();  job.result()
+    job = client.prepare_job("propagate", ...)        # a GUI's way: each job.poll(timeout=GUI_POLL_SECONDS) from
+                                                      # its timer sends a step of the volume, then starts the job
+    upload = client.begin_upload(volume); upload.step() per tick until True; upload.id
     server.stop()
 
 Images and volumes are sent once: each array is named by its content hash (sonosam.wire.content_id); the
 server keeps them in a store (re-sending is skipped) and answers 404 for an evicted one, which the client
-then sends again by itself. Errors are the core's SonoSAMError subclasses (PromptError, InputImageError, ...)
+then sends again by itself. Arrays above UPLOAD_CHUNK_BYTES travel in chunks (ArrayUpload: resumable,
+checked against the hash before anything is stored). Errors are the core's SonoSAMError subclasses (PromptError, InputImageError, ...)
 with the server's message; a server that stops answering raises ServerUnavailableError naming what happened.
 """
 
@@ -49,7 +53,8 @@ GUI_POLL_SECONDS = 0.1  # a poll from a GUI timer never holds that thread longer
 UPLOAD_CHUNK_BYTES = 2**20  # arrays above this travel in chunks of it: ~10 ms each on loopback (docs/slicer.md)
 GUI_STEP_SECONDS = 0.03  # an upload step from a GUI timer works (hashes, sends chunks) for about this long
 
-__all__ = ["SonoSAMClient", "Prediction", "RemoteJob", "ArrayUpload", "ServerTimeoutError", "RemotePrefetchJob", "RemotePropagationResult",
+__all__ = ["SonoSAMClient", "Prediction", "RemoteJob", "ArrayUpload", "ServerTimeoutError", "RemotePrefetchJob",
+           "RemotePropagationResult",
            "RemoteTracker", "LocalServer", "start_local_server"]
 
 
@@ -482,6 +487,8 @@ class ArrayUpload:
         self.phase = "asking" if array_id else "hashing"   # -> asking -> sending -> finishing -> done
         self.hashed = self.sent_bytes = 0
         self.upload_id: str | None = None
+        self._chunked = False
+        self._timeout: float | None = None
         self._hasher = None if array_id else wire.content_hasher(self.array.dtype.name, self.array.shape)
         self._pieces = None if array_id else self._chunks(0)
 
@@ -508,8 +515,11 @@ class ArrayUpload:
                 lo = max(at, start - offset)
                 yield offset + lo, data[lo:at + self.chunk_bytes]
 
-    def step(self, budget: float = GUI_STEP_SECONDS) -> bool:
-        """Work for about `budget` seconds (at least one unit: one piece hashed, one request); True when done."""
+    def step(self, budget: float = GUI_STEP_SECONDS, timeout: float | None = None) -> bool:
+        """Work for about `budget` seconds (at least one unit: one piece hashed, one request); True when done.
+        `timeout`: seconds each request may wait for its answer (a late one raises ServerTimeoutError; the next
+        step asks the server where it stands and carries on)."""
+        self._timeout = timeout
         deadline = time.perf_counter() + budget
         while self.phase not in ("done", "cancelled"):
             self._unit()
@@ -528,9 +538,21 @@ class ArrayUpload:
             self.id, self._pieces = self._hasher.hexdigest(), None
             self.phase = "done" if self.id in client._sent else "asking"
         elif self.phase == "asking":
+            if self.nbytes <= self.chunk_bytes and not self._chunked:   # one chunk's worth: one request
+                try:
+                    client._request("PUT", f"/v1/arrays/{self.id}", {"geometry": self.geometry},
+                                    {"array": self.array}, context=f"sending the {self.what}", timeout=self._timeout)
+                except ServerError as error:
+                    if error.code != "too_large":   # a server with a smaller request limit: in chunks then
+                        raise
+                    self._chunked = True
+                    return
+                client._sent.add(self.id)
+                self.sent_bytes, self.phase = self.nbytes, "done"
+                return
             answer = client._request("POST", "/v1/uploads", {"id": self.id, "dtype": self.array.dtype.name,
                                                              "shape": list(self.array.shape), "geometry": self.geometry},
-                                     context=f"sending the {self.what}")
+                                     context=f"sending the {self.what}", timeout=self._timeout)
             if answer["stored"]:
                 client._sent.add(self.id)
                 self.sent_bytes, self.phase = self.nbytes, "done"
@@ -545,7 +567,8 @@ class ArrayUpload:
             offset, data = piece
             try:
                 answer = client._request("PUT", f"/v1/uploads/{self.upload_id}?offset={offset}", body=data,
-                                         content_type="application/octet-stream", context=f"sending the {self.what}")
+                                         content_type="application/octet-stream", context=f"sending the {self.what}",
+                                         timeout=self._timeout)
             except ServerError as error:
                 self._recover(error)
                 return
@@ -555,14 +578,16 @@ class ArrayUpload:
             self.sent_bytes = int(answer["received"])
         elif self.phase == "resync":
             try:
-                self._resume(client._request("GET", f"/v1/uploads/{self.upload_id}", context=f"sending the {self.what}"))
+                self._resume(client._request("GET", f"/v1/uploads/{self.upload_id}", context=f"sending the {self.what}",
+                                             timeout=self._timeout))
             except ServerError as error:
                 if error.code != "unknown_upload":
                     raise
                 self.phase = "asking"
         elif self.phase == "finishing":
             try:
-                client._request("POST", f"/v1/uploads/{self.upload_id}/finish", context=f"sending the {self.what}")
+                client._request("POST", f"/v1/uploads/{self.upload_id}/finish", context=f"sending the {self.what}",
+                                timeout=self._timeout)
             except ServerError as error:
                 if error.code == "bad_content_id":
                     self.phase = "failed"
@@ -587,7 +612,8 @@ class ArrayUpload:
             return
         if error.code not in ("upload_offset", "upload_incomplete", "upload_busy"):
             raise error
-        self._resume(self.client._request("GET", f"/v1/uploads/{self.upload_id}", context=f"sending the {self.what}"))
+        self._resume(self.client._request("GET", f"/v1/uploads/{self.upload_id}", context=f"sending the {self.what}",
+                                          timeout=self._timeout))
 
     def cancel(self) -> None:
         """Stop; the server drops what it received of this upload (best effort: it expires anyway)."""
@@ -609,29 +635,34 @@ class RemoteJob:
     def __init__(self, client: SonoSAMClient, job_id: str | None, kind: str, pending: tuple | None = None):
         self.client, self.id, self.kind = client, job_id, kind
         self._pending = pending          # (params, job arrays, {parameter: ArrayUpload}) until started
+        self._request_id = secrets.token_hex(16)   # a start re-sent after a late answer names the same job
         self.last: dict = {"state": "queued", "progress": [0, 0], "message": ""}
 
     def _context(self) -> str:
-        return f"while its {self.kind} job {(self.id or 'not started')[:8]} was running (the job and its result are lost)"
+        job = (self.id or "not started")[:8]
+        return f"while its {self.kind} job {job} was running (the job and its result are lost)"
 
     @property
     def started(self) -> bool:
         return self._pending is None
 
-    def _send_step(self, budget: float) -> dict:
+    def _send_step(self, budget: float, timeout: float | None = None) -> dict:
         """One step of the arrays' upload (or the start request once they are all there)."""
         params, arrays, uploads = self._pending
         for name, upload in uploads.items():
             if not upload.done:
-                upload.step(budget)
-                done = sum(u.sent_bytes for u in uploads.values()) / 2**20
-                total = sum(u.nbytes for u in uploads.values()) / 2**20
-                self.last = {"state": "sending", "progress": [int(done), max(1, int(math.ceil(total)))],
-                             "message": f"sending the {upload.what}: {upload.message}", "error": None}
+                try:
+                    upload.step(budget, timeout)
+                finally:   # a late answer too reports where the sending stands
+                    done = sum(u.sent_bytes for u in uploads.values()) / 2**20
+                    total = sum(u.nbytes for u in uploads.values()) / 2**20
+                    self.last = {"state": "sending", "progress": [int(done), max(1, int(math.ceil(total)))],
+                                 "message": f"sending the {upload.what}: {upload.message}", "error": None}
                 return self.last
         params = {k: uploads[k].id if k in uploads else v for k, v in params.items()}
-        status = self.client._request("POST", "/v1/jobs", {"kind": self.kind, "params": params}, arrays,
-                                      context=f"starting a {self.kind} job")
+        status = self.client._request("POST", "/v1/jobs", {"kind": self.kind, "params": params,
+                                                           "request": self._request_id}, arrays,
+                                      context=f"starting a {self.kind} job", timeout=timeout)
         self.id, self._pending, self.last = status["id"], None, status
         return status
 
@@ -651,7 +682,13 @@ class RemoteJob:
         if self._pending is not None:
             if self.last.get("state") == "cancelled":
                 return self.last
-            return self._send_step(GUI_STEP_SECONDS if timeout is None else min(timeout, GUI_STEP_SECONDS))
+            try:
+                return self._send_step(GUI_STEP_SECONDS if timeout is None else min(timeout, GUI_STEP_SECONDS),
+                                       timeout)
+            except ServerTimeoutError:
+                if timeout is None:
+                    raise
+                return {**self.last, "late": True}   # the next poll asks where the upload (or start) stands
         try:
             self.last = self.client._request("GET", f"/v1/jobs/{self.id}", context=self._context(), timeout=timeout)
         except ServerTimeoutError:

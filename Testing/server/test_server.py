@@ -256,6 +256,14 @@ def test_chunked_upload_round_trip_and_a_known_array_costs_nothing(server, clien
     while not fresh.step(budget=0):
         assert fresh.phase in ("hashing", "asking")
     assert fresh.upload_id is None and client.info()["store"]["uploads"] == 0
+    # one chunk's worth goes in one request; above the server's request limit (4 MiB here), in its chunks
+    from sonosam.client import ArrayUpload
+
+    big = ArrayUpload(client, _volume(seed=5), chunk_bytes=8 * 2**20)
+    while not big.step(budget=0):
+        pass
+    assert big.upload_id is not None and big.chunk_bytes == 4 * 2**20
+    np.testing.assert_array_equal(_stored(client, big.id)[0], _volume(seed=5))
     # non-contiguous and big-endian arrays travel as their canonical bytes, a piece at a time
     for array in (volume[:, ::2, 1::3], volume.astype(">i2")[::-1]):
         array_id = client.upload(array)  # above one chunk? else one request: both give the content id
@@ -315,6 +323,16 @@ def test_corrupted_missing_or_interrupted_chunks(server, client):
         client._request("POST", "/v1/uploads", {"id": "1" * 32, "dtype": "float64", "shape": [4096, 4096, 4096]})
     assert caught.value.status == 413
     assert client.info()["store"]["uploads"] == 0
+
+
+def test_a_start_sent_again_after_a_late_answer_names_the_same_job(client):
+    volume = np.zeros((3, 32, 32), np.float32)
+    volume[1, 5, 5] = np.nan   # the job fails at once: nothing runs
+    meta = {"kind": "propagate", "params": {"volume": client.upload(volume), "seeds": [{"index": 1, "box": [2, 2, 20, 20]}]},
+            "request": "start-1"}
+    first, again = client._request("POST", "/v1/jobs", meta), client._request("POST", "/v1/jobs", meta)
+    assert first["id"] == again["id"]
+    assert client._request("POST", "/v1/jobs", {**meta, "request": "start-2"})["id"] != first["id"]
 
 
 def test_prepared_job_sends_its_volume_from_polls_and_a_bad_volume_fails_naming_it(client):
@@ -485,5 +503,12 @@ def test_poll_with_a_timeout_never_waits_for_a_busy_server():
         assert status["late"] and status["state"] == "queued" and time.perf_counter() - started < 2
         with pytest.raises(ServerTimeoutError, match="no answer within 0.5 s"):
             job.poll()
+        # a prepared job sending its volume: a late answer is "still sending", never a held GUI
+        job = client.prepare_job("propagate", volume=_volume(), seeds=[{"index": 1, "box": [10, 10, 50, 50]}])
+        for _ in range(12):   # hashing (no request), then asking: each poll at most ~0.2 s
+            started = time.perf_counter()
+            status = job.poll(timeout=0.2)
+            assert status["state"] == "sending" and time.perf_counter() - started < 2
+        assert status.get("late") and job.id is None
     finally:
         listener.close()

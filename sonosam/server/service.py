@@ -365,6 +365,7 @@ class Service:
         self.model = predictor.model
         self.store = ArrayStore(store_mib)
         self.uploads = Uploads(self.store, max_chunk_bytes)
+        self._requests: OrderedDict[str, str] = OrderedDict()   # start request id -> job id
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.trackers: dict[str, dict] = {}
         self.keep_jobs = keep_jobs
@@ -380,12 +381,13 @@ class Service:
 
     @staticmethod
     def warm_up() -> float:
-        """Import what the jobs run (propagation, tracking, evaluation, refiner, assist, auto) now, at start-up: imported
-        inside the first job's request they held that client 2-5 s on a loaded machine. Returns the seconds."""
+        """Import what the jobs run (propagation, tracking, evaluation, refiner, assist, auto) now, at start-up:
+        imported inside the first job's request they held that client 2-5 s on a loaded machine. Returns seconds."""
         import importlib
 
         started = time.perf_counter()
-        for name in ("volume", "seed_check", "track.tracker", "evaluate", "refine", "assist", "auto", "ppn", "image", "io"):
+        for name in ("volume", "seed_check", "track.tracker", "evaluate", "refine", "assist", "auto", "ppn", "image",
+                     "io"):
             importlib.import_module(f"..{name}", __package__)
         return time.perf_counter() - started
 
@@ -476,11 +478,23 @@ class Service:
         params = meta.get("params") or {}
         if not isinstance(params, dict):
             raise ApiError(400, "bad_job", "'params' must be an object.")
+        request = meta.get("request")   # the client's name for this start: sent again after a late answer
+        if request is not None:
+            if not isinstance(request, str) or not 0 < len(request) <= 64:
+                raise ApiError(400, "bad_value", "'request' must be a short string naming this start.")
+            with self._lock:
+                known = self.jobs.get(self._requests.get(request, ""))
+            if known is not None:
+                return known.status()
         run = getattr(self, f"_prepare_{kind}")(params, arrays)  # validates now: bad input is a 4xx, not a failed job
         job = Job(uuid.uuid4().hex, kind)
         with self._lock:
             self.jobs[job.id] = job
             self._forget_old_jobs()
+            if request is not None:
+                self._requests[request] = job.id
+                while len(self._requests) > 1024:
+                    self._requests.popitem(last=False)
         (self._encoder if kind == "encode" else self._workers).submit(self._run_job, job, run)
         return job.status()
 

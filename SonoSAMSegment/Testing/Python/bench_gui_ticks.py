@@ -64,6 +64,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="litemedsam_clicks")
     parser.add_argument("--slices", type=int, default=12, help="slices of the synthetic volume (propagation length)")
+    parser.add_argument("--side", type=int, default=160, help="rows and columns of the synthetic volume")
     parser.add_argument("--frames", type=int, default=8, help="frames of the synthetic cine loop")
     args = parser.parse_args()
     _import_slicer_core()
@@ -83,7 +84,7 @@ def main():
     ctx = make_scene()
     try:
         # a bright ball in a 160 x 160 x N volume, 1 x 1 x 2.5 mm
-        dims = (160, 160, args.slices)
+        dims = (args.side, args.side, args.slices)
         kk, jj, ii = np.meshgrid(*(np.arange(d) for d in dims[::-1]), indexing="ij")
         m = np.diag([1.0, 1.0, 2.5, 1.0])
         r = np.sqrt((ii - 80.0) ** 2 + (jj - 75.0) ** 2 + ((kk - args.slices / 2) * 2.5) ** 2)
@@ -105,7 +106,9 @@ def main():
             ticks.call("click, cached slice (predict)", logic.predict, volume, points_ras=[click], labels=[1],
                        sliceAxis="K")
         plan = ticks.call("propagate: plan (read MRML)", logic.plan_propagation, volume, seg, sid, "axial")
-        task = ticks.call("propagate: start (send volume)", logic.start_propagation, plan)
+        task = ticks.call("propagate: start (prepare)", logic.start_propagation, plan)
+        # the polls send the volume in chunks, then start the job, then follow it
+        walls["propagate: poll (send)"] = ticks.loop("propagate: poll (send)", task.poll, lambda s: s[0] != "sending")
         walls["propagate: poll"] = ticks.loop("propagate: poll", task.poll,
                                               lambda s: s[0] in ("done", "failed", "cancelled"))
         summary = ticks.call("propagate: finish (fetch + write)", task.finish)
@@ -120,8 +123,11 @@ def main():
             ctx.scene.RemoveNode(node)
         track = TrackLogic(ctx.scene, predictor=client)
         first = (xx - 140) ** 2 + (yy - 120) ** 2 < 50 ** 2
-        session = ticks.call("track: start (send frames, add object)", track.start, seq,
-                             [{"name": "disc", "frame": 0, "mask": first}], threshold=0.0, model_every=4)
+        starting = ticks.call("track: begin (read frames)", track.begin, seq,
+                              [{"name": "disc", "frame": 0, "mask": first}], threshold=0.0, model_every=4)
+        walls["track: start (poll: send frames, add object)"] = ticks.loop(
+            "track: start (poll: send frames, add object)", starting.poll, lambda s: s[0] == "done")
+        session = starting.session
         run = ticks.call("track: start job", track.start_run, session)
         walls["track: poll"] = ticks.loop("track: poll", run.poll, lambda s: s[0] in ("done", "failed", "cancelled"))
         ticks.call("track: finish (fetch + write sequence)", run.finish)
