@@ -760,7 +760,7 @@ class RemotePrefetchJob:
         self.done_count = 0
         self._cancelled = False
 
-    poll_timeout = 2.0  # `done` is read from GUI timers: a busy server's late answer counts as "not yet"
+    poll_timeout = GUI_POLL_SECONDS  # `done` is read from GUI timers: a busy server's late answer counts as "not yet"
 
     def _update(self) -> dict:
         status = self.job.poll(timeout=self.poll_timeout)
