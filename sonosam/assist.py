@@ -25,6 +25,7 @@ import torch
 from .errors import SonoSAMError
 from .evaluate.clicks import box_from_mask
 from .models import SamModel
+from .predictor import Predictor
 from .prompts import PromptKind
 
 __all__ = ["AssistResult", "train_assist", "save_assist", "assisted_model", "AssistedPredictor", "learn_assist"]
@@ -161,17 +162,32 @@ def save_assist(result: AssistResult, path, name: str | None = None) -> tuple:
                            description=f"{result.model.spec.description} ({result.config['slices']} slices)")
 
 
-class AssistedPredictor:
+class AssistedPredictor(Predictor):
     """A predictor answering with an assisted model: the base predictor's embeddings and cache (same image
-    encoder, same ``model_id``), the learned prompt encoder for decoding. Everything else (``embedding``,
-    ``prefetch``, ``is_cached``, ``encoder_calls``, ...) is the base predictor's; drop this object to go back
-    to the base model."""
+    encoder, same ``model_id``), the learned prompt encoder for decoding. A Predictor (the core's functions
+    take it as one) whose encoding is all the base's: no cache or worker of its own; drop it to go back."""
 
-    def __init__(self, base, model: SamModel, result: AssistResult | None = None):
-        self.base, self.model, self.result = base, model, result
+    def __init__(self, base, model: SamModel, result: AssistResult | None = None):  # noqa: D107 - no super():
+        self.base, self.model, self.result = base, model, result                  # the base's state is used
 
-    def __getattr__(self, name):   # only for what this class does not define itself
+    def __getattr__(self, name):   # anything else the base offers (cache, ...)
         return getattr(self.base, name)
+
+    @property
+    def encoder_calls(self) -> int:
+        return self.base.encoder_calls
+
+    def embedding(self, image, key=None, window=None):
+        return self.base.embedding(image, key, window)
+
+    def embed_together(self, items, window=None):
+        return self.base.embed_together(items, window)
+
+    def is_cached(self, key, window=None) -> bool:
+        return self.base.is_cached(key, window)
+
+    def prefetch(self, items, window=None, on_progress=None):
+        return self.base.prefetch(items, window, on_progress)
 
     def predict(self, image, prompts=None, *, points=None, labels=None, box=None, mask_logits=None,
                 multimask: bool = False, key=None, window=None):
@@ -179,6 +195,9 @@ class AssistedPredictor:
 
         prompts = as_prompts(prompts, points=points, labels=labels, box=box, mask_logits=mask_logits)
         return self.model.decode(self.base.embedding(image, key, window), prompts, multimask=multimask)
+
+    def close(self) -> None:
+        pass   # the base predictor is not this one's to close
 
 
 def learn_assist(predictor, stack: np.ndarray, slices: Sequence[int], masks: Sequence[np.ndarray], *,

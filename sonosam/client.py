@@ -413,6 +413,8 @@ class SonoSAMClient:
                "axis": params.pop("axis", 0)}
         previous = params.pop("previous", None)
         out["previous"] = getattr(previous, "job_id", previous)
+        if params.get("assist") is not None:
+            out["assist"] = params.pop("assist")
         seeds = []
         for n, seed in enumerate(params.pop("seeds", None) or []):
             entry = dict(seed) if isinstance(seed, dict) else {k: getattr(seed, k) for k in

@@ -73,6 +73,16 @@ def test_assist_job_equals_the_core_and_is_named_by_later_predictions(served, lo
     np.testing.assert_array_equal(assisted.with_assist(None).predict(stack[3], box=box, window=window).mask,
                                   local_predictor.predict(stack[3], box=box, window=window).mask)
 
+    # a propagation job that names it runs with it, as the core's propagate on the assisted predictor here
+    from sonosam.volume import Seed, propagate
+
+    seeds = [{"index": 3, "mask": labels[3] == 77}]
+    remote = assisted.propagate(stack, seeds, axis=0, max_slices=1, window=window, seed_check=False)
+    here = propagate(local, stack, [Seed(3, mask=labels[3] == 77)], axis=0, max_slices=1, window=window,
+                     seed_check=False)
+    np.testing.assert_array_equal(remote.mask, here.mask)
+    assert remote.mask[[2, 4]].any()
+
     # refused before any job starts, each with a message naming the problem
     with pytest.raises(SonoSAMError, match="2-5"):
         client.start_job("assist", volume=stack, slices=[1], masks=np.stack(masks[:1]))
