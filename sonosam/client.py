@@ -147,7 +147,10 @@ class SonoSAMClient:
                 conn, opened = self._connection(fresh=attempt > 0)
                 conn.sock.settimeout(self.timeout if timeout is None else timeout)
                 headers = self._headers if content_type is None else {**self._headers, "Content-Type": content_type}
+                deadline = None if timeout is None else time.monotonic() + timeout
                 conn.request(method, path, body=body, headers=headers)
+                if deadline is not None:  # an explicit timeout bounds sending and answer together (GUI polls)
+                    conn.sock.settimeout(max(0.001, deadline - time.monotonic()))
                 response = conn.getresponse()
                 data = response.read()
                 break
@@ -490,7 +493,7 @@ class ArrayUpload:
         self.hashed = self.sent_bytes = 0
         self.upload_id: str | None = None
         self._chunked = False
-        self._timeout: float | None = None
+        self._deadline: float | None = None   # this step's requests end by then (a GUI poll's timeout)
         self._hasher = None if array_id else wire.content_hasher(self.array.dtype.name, self.array.shape)
         self._pieces = None if array_id else self._chunks(0)
 
@@ -521,7 +524,7 @@ class ArrayUpload:
         """Work for about `budget` seconds (at least one unit: one piece hashed, one request); True when done.
         `timeout`: seconds each request may wait for its answer (a late one raises ServerTimeoutError; the next
         step asks the server where it stands and carries on)."""
-        self._timeout = timeout
+        self._deadline = None if timeout is None else time.monotonic() + timeout
         deadline = time.perf_counter() + budget
         while self.phase not in ("done", "cancelled"):
             self._unit()
@@ -600,6 +603,10 @@ class ArrayUpload:
             self.phase = "done"
         elif self.phase == "failed":
             raise ServerError(f"Sending the {self.what} failed; start a new upload.", 400, "upload_failed")
+
+    @property
+    def _timeout(self) -> float | None:
+        return None if self._deadline is None else max(0.001, self._deadline - time.monotonic())
 
     def _resume(self, status: dict) -> None:
         self.upload_id = status["upload"]
