@@ -522,8 +522,8 @@ class ArrayUpload:
 
     def step(self, budget: float = GUI_STEP_SECONDS, timeout: float | None = None) -> bool:
         """Work for about `budget` seconds (at least one unit: one piece hashed, one request); True when done.
-        `timeout`: seconds each request may wait for its answer (a late one raises ServerTimeoutError; the next
-        step asks the server where it stands and carries on)."""
+        `timeout`: seconds this step's requests may take together (a GUI poll's; a late answer raises
+        ServerTimeoutError, and the next step asks the server where the upload stands and carries on)."""
         self._deadline = None if timeout is None else time.monotonic() + timeout
         deadline = time.perf_counter() + budget
         while self.phase not in ("done", "cancelled"):
