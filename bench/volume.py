@@ -6,10 +6,12 @@
 Subjects and references: `sonosam.references` (Colin27 T1 MRI: AAL structures, lateral ventricles, white
 matter; the invesalius head CT: skull, mandible rami, airway, sinuses, brain). For each structure, along its
 axis: one slightly loose seed box (the reference's bounding box + 2 px) on the slice where the reference is
-largest; propagation both ways; then up to `corrections` corrective boxes, each on the slice with the most
-wrong pixels so far (the reference's box there, + 2 px), or, where the front overran a true end by more
-wrong voxels than any slice inside holds, the first slice past that end erased (an empty accepted mask, which
-bounds the front), and a re-run (`previous=`). Reported: true and
+largest; propagation both ways; then up to `corrections` corrections, each on the slice with the most
+wrong pixels so far, where the simulated user looks at what the tool offers (`corrective_choices`: clicks for
+click-capable models, the box, the seed check's alternatives), takes the best, and accepts it only if it beats
+what the slice holds (else the correction is spent and nothing changes); or, where the front overran a true end
+by more wrong voxels than any slice inside holds, the first slice past that end erased (an empty accepted mask,
+which bounds the front); and a local re-run (`previous=`) after each. Reported: true and
 propagated extent, 3D Dice from one prompt and after 1/2/3 corrections, the naive baseline (the seed box on
 every slice of the structure and 10 beyond each end), the seed check's verdict, and seconds per decoded slice with a warm cache. Embeddings are
 computed once and kept on disk (`--cache`, fp16, `sonosam.train.cache.EmbeddingStore`), so a re-run of the
