@@ -2,7 +2,7 @@
 
     python -m bench.seeds refine [--steps 100]
     python -m bench.seeds assist
-    python -m bench.seeds ppn [--steps 400 --minutes 38]
+    python -m bench.seeds ppn [--domain mri|echo] [--steps 600 --minutes 30] [--part val|test] [--ppn-out F]
     python -m bench.seeds figures
 
 Every table says what it is held out on. Run nice'd with one thread on a shared machine."""
@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from sonosam.seeds_data import (ASSIST_LABELS, PPN_CLASSES, SUBCORTICAL, assist_slices, colin27, degrade,
-                                echo_cases, largest_slice, ppn_split)
+from sonosam.seeds_data import (ASSIST_LABELS, ECHO_CLASS, PPN_CLASSES, SUBCORTICAL, assist_slices, colin27, degrade,
+                                echo_cases, echo_ppn_data, largest_slice, ppn_labels, ppn_split)
 
 # compact structures a point prompt can outline, unlike the folded cortical regions.
 def bench_refine(model_name: str = "litemedsam_clicks", steps: int = 100, verbose: bool = True) -> dict:
@@ -102,53 +102,136 @@ def bench_assist(bases=("litemedsam", "litemedsam_clicks"), slice_counts=(2, 5),
     return {"rows": rows, "summary": summary, "steps": steps}
 
 
-def bench_ppn(base: str = "litemedsam", steps: int = 300, cache: str = "runs/cache", out: str = "runs/ppn.pt",
-              max_minutes: float | None = None, batch: int = 2, verbose: bool = True) -> dict:
+def ppn_cases(domain: str) -> tuple[dict, dict[str, int]]:
+    """{"train"|"val"|"test": [(name, image, label map or None)]} and the classes {name: label value}."""
+    if domain == "mri":
+        t1, labels = ppn_labels()
+        return ({part: [(f"axial{i}", t1[i], labels[i]) for i in slices] for part, slices in ppn_split().items()},
+                dict(PPN_CLASSES))
+    if domain == "echo":
+        return echo_ppn_data(), {ECHO_CLASS: 1}
+    raise ValueError(f"domain must be mri or echo, not {domain!r}")
+
+
+def ppn_validator(model, store, cases, classes: dict[str, int]):
+    """validate(ppn) -> mean over classes of the autonomous score on ``cases`` on the decoder's low-res grid
+    (cheap, for picking weights): a slice where the class is present scores its Dice if objectness says
+    present, else 0; a slice where it is absent scores 1 if rejected, else 0."""
+    import torch
+
+    from sonosam.ppn import _decode, _targets
+    from sonosam.train.cache import input_size_for
+
+    cases = [c for c in cases if c[2] is not None]
+    feats = torch.stack([store.get(image).features.half() for _, image, _ in cases])
+    targets = [_targets(lm, list(classes.values()), input_size_for(lm.shape, 256), 256) for _, _, lm in cases]
+    pe = model.sam.prompt_encoder.get_dense_pe()
+
+    @torch.no_grad()
+    def validate(ppn) -> float:
+        scores = {c: [] for c in range(len(classes))}
+        for start in range(0, len(cases), 8):
+            f = feats[start:start + 8].float()
+            out = ppn(f, pe)
+            for b in range(f.shape[0]):
+                mask_t, _, present = targets[start + b]
+                for c in range(len(classes)):
+                    said = bool(out["objectness"][b, c] > 0)
+                    if not present[c]:
+                        scores[c].append(0.0 if said else 1.0)
+                    elif not said:
+                        scores[c].append(0.0)
+                    else:
+                        logits, _ = _decode(model, f[b:b + 1], out["box"][b:b + 1, c], out["mask"][b:b + 1, c],
+                                            out["embeddings"][b:b + 1, c], gate=ppn.mask_gate)
+                        pred, gt = logits[0, 0] > 0, mask_t[c] > 0.5
+                        scores[c].append(float(2 * (pred & gt).sum() / max(int(pred.sum() + gt.sum()), 1)))
+        return float(np.mean([np.mean(v) for v in scores.values() if v]))
+
+    return validate
+
+
+def evaluate_ppn(ppn, model, store, cases, classes: dict[str, int], verbose: bool = True) -> dict:
+    """Held-out figures per class at full resolution (``auto_segment``): Dice with no prompts on slices where
+    the class is present (missed = 0), the same with objectness ignored, the semi-autonomous Dice (learned
+    prompts + one user click in the largest error region of the forced autonomous mask), the share of absent
+    slices rejected, mean objectness present / absent."""
+    from sonosam.evaluate.clicks import next_click
     from sonosam.evaluate.metrics import dice
-    from sonosam.models import Embedding, load_model
-    from sonosam.ppn import auto_segment, save_ppn, train_ppn
+    from sonosam.models import Embedding
+    from sonosam.ppn import auto_segment
+
+    rows = {}
+    for name, value in classes.items():
+        auto, forced, semi, obj_present, obj_absent, rejected = [], [], [], [], [], 0
+        for case, image, labels in cases:
+            if labels is None:   # unlabelled (echo frames where the reference finds no pool): not scored
+                continue
+            cached = store.get(image)
+            embedding = Embedding(cached.features[None], cached.original_size, cached.input_size, model.model_id)
+            gt = labels == value
+            result = auto_segment(ppn, model, embedding, name, force=True)
+            if not gt.any():
+                obj_absent.append(result.objectness)
+                rejected += not result.present
+                continue
+            obj_present.append(result.objectness)
+            forced.append(dice(result.mask, gt))
+            auto.append(forced[-1] if result.present else 0.0)
+            click = next_click(result.mask, gt)
+            if click is None:
+                semi.append(forced[-1])
+            else:
+                more = auto_segment(ppn, model, embedding, name, points=[(click.x, click.y)], labels=[click.label],
+                                    force=True)
+                semi.append(dice(more.mask, gt))
+        mean = lambda v: round(float(np.mean(v)), 3) if v else None   # noqa: E731
+        rows[name] = dict(present=len(auto), dice_auto=mean(auto), dice_forced=mean(forced), dice_semi_1click=mean(semi),
+                          absent=len(obj_absent), absent_rejected=round(rejected / len(obj_absent), 3) if obj_absent else None,
+                          objectness_present=mean(obj_present), objectness_absent=mean(obj_absent))
+        if verbose:
+            print(name, json.dumps(rows[name]), flush=True)
+    return rows
+
+
+def bench_ppn(domain: str = "mri", base: str = "litemedsam_clicks", steps: int = 600, lr: float = 1e-3, batch: int = 4,
+              max_minutes: float | None = None, part: str = "val", out: str | None = None, validate_every: int = 50,
+              pool: int = 2, seed: int = 0, cache: str = "runs/cache", verbose: bool = True) -> dict:
+    """Train on the training slabs/blocks, keep the weights that score best on the validation ones, report
+    ``part`` ("val" while choosing settings; "test" once, at the end)."""
+    import torch
+
+    from sonosam.models import load_model
+    from sonosam.ppn import PromptPredictor, save_ppn, train_ppn
     from sonosam.train.cache import EmbeddingStore
 
     model = load_model(base, device="cpu")
     store = EmbeddingStore(cache, model)
-    volume, labels, window, _ = colin27()
-    train, test = ppn_split()
-    log_every = 5
+    parts, classes = ppn_cases(domain)
+    train = [c for c in parts["train"] if c[2] is not None]
+    began = time.perf_counter()
+    store.precompute([image for p in parts.values() for _, image, _ in p])
+    encode_seconds = time.perf_counter() - began
 
     def progress(step, total, loss):
-        if verbose and (step % log_every == 0 or step == total):
-            print(f"step {step}/{total} loss {loss:.3f}", flush=True)
+        if verbose and step % 25 == 0:
+            print(f"step {step}/{total} loss {loss:.3f} ({time.perf_counter() - began:.0f} s)", flush=True)
 
-    ppn, log = train_ppn(model, [volume[i] for i in train], [labels[i] for i in train], PPN_CLASSES, steps=steps,
-                         batch=batch, store=store, progress=progress,
-                         max_seconds=None if max_minutes is None else 60 * max_minutes)
-    save_ppn(ppn, out, {"train_slices": train, "test_slices": test, "steps": log.steps, "seconds": log.seconds})
-    per_class = {}
-    for name, value in PPN_CLASSES.items():
-        dices, rejected, absent, false_present, objectness = [], 0, 0, 0, []
-        for i in test:
-            cached = store.get(volume[i])
-            embedding = Embedding(cached.features[None], cached.original_size, cached.input_size, model.model_id)
-            gt = labels[i] == value
-            result = auto_segment(ppn, model, embedding, name)
-            if gt.any():
-                # a missed slice (judged absent) counts as Dice 0
-                dices.append(dice(result.mask, gt) if result.present else 0.0)
-                false_present += 0
-                rejected += 0 if result.present else 1
-            else:
-                absent += 1
-                false_present += 1 if result.present else 0
-        n_present = len(dices)
-        per_class[name] = dict(test_slices_with_class=n_present, dice=float(np.mean(dices)) if dices else None,
-                               dice_median=float(np.median(dices)) if dices else None,
-                               missed=rejected, absent_slices=absent,
-                               absent_rejected=(absent - false_present) / absent if absent else None)
-        if verbose:
-            print(name, json.dumps(per_class[name]), flush=True)
-    return {"summary": per_class, "train_slices": len(train), "test_slices": len(test), "steps": log.steps,
-            "batch": batch,
-            "train_seconds": log.seconds, "final_loss": float(np.mean(log.losses[-10:]))}
+    validate = ppn_validator(model, store, parts["val"], classes)
+    torch.manual_seed(seed)
+    ppn = PromptPredictor(list(classes), pool=pool, base_model=model.spec.name)
+    ppn, log = train_ppn(model, [c[1] for c in train], [c[2] for c in train], classes, steps=steps, batch=batch, lr=lr,
+                         store=store, progress=progress, seed=seed, ppn=ppn, validate=validate,
+                         validate_every=validate_every, max_seconds=None if max_minutes is None else 60 * max_minutes)
+    if verbose:
+        print("validation (step, score):", log.validation, "kept step", log.best_step, flush=True)
+    settings = dict(domain=domain, base=base, steps=log.steps, lr=lr, batch=batch, pool=pool, seed=seed,
+                    best_step=log.best_step, validation=log.validation, train_images=len(train),
+                    train_seconds=round(log.seconds), encode_seconds=round(encode_seconds))
+    if out:
+        save_ppn(ppn, out, {**settings, "held_out": f"{domain}: slabs/blocks by click_data.slab_part"})
+    summary = evaluate_ppn(ppn, model, store, parts[part], classes, verbose=verbose)
+    return {"summary": summary, "part": part, **settings}
 
 
 def figures(folder: str = "docs/images", ppn_path: str = "runs/ppn.pt", verbose: bool = True) -> dict:
@@ -177,9 +260,9 @@ def figures(folder: str = "docs/images", ppn_path: str = "runs/ppn.pt", verbose:
                                          points=points * 3, labels=[1] * result.k + [0] * len(result.negatives),
                                          overwrite=True))
     if Path(ppn_path).is_file():
-        base = load_model("litemedsam", device="cpu")
         ppn = load_ppn(ppn_path)
-        _, test = ppn_split()
+        base = load_model(ppn.base_model or "litemedsam_clicks", device="cpu")
+        test = ppn_split()["test"]
         index = test[len(test) // 2]
         embedding = base.encode(volume[index])
         masks = [auto_segment(ppn, base, embedding, name).mask for name in ppn.classes]
@@ -207,6 +290,15 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--minutes", type=float, help="ppn: stop training after this many minutes")
+    parser.add_argument("--domain", default="mri", choices=["mri", "echo"], help="ppn: Colin27 slabs or echo blocks")
+    parser.add_argument("--base", default="litemedsam_clicks", help="ppn: the frozen model")
+    parser.add_argument("--lr", type=float, default=1e-3, help="ppn: learning rate")
+    parser.add_argument("--batch", type=int, default=4, help="ppn: images per step")
+    parser.add_argument("--pool", type=int, default=2, help="ppn: embedding pooling (1 or 2)")
+    parser.add_argument("--validate-every", type=int, default=50, help="ppn: steps between validations")
+    parser.add_argument("--part", default="val", choices=["val", "test"],
+                        help="ppn: report on the validation slabs (choosing settings) or the test slabs (once)")
+    parser.add_argument("--ppn-out", help="ppn: write the trained predictor here")
     parser.add_argument("--out", help="write the result as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -217,7 +309,9 @@ def main(argv=None) -> int:
     elif args.what == "assist":
         result = bench_assist(steps=args.steps if args.steps != 100 else 30)
     else:
-        result = bench_ppn(steps=args.steps if args.steps != 100 else 300, max_minutes=args.minutes)
+        result = bench_ppn(args.domain, args.base, steps=args.steps if args.steps != 100 else 600, lr=args.lr,
+                           batch=args.batch, max_minutes=args.minutes, part=args.part, out=args.ppn_out,
+                           validate_every=args.validate_every, pool=args.pool)
     print(json.dumps(result.get("summary", result), indent=1))
     if args.out:
         with open(args.out, "w") as handle:

@@ -34,7 +34,8 @@ from torch import nn
 from .errors import CheckpointError, SonoSAMError
 from .models import Embedding, Prediction, SamModel
 
-__all__ = ["PromptPredictor", "AutoResult", "auto_segment", "train_ppn", "save_ppn", "load_ppn", "PPNLog"]
+__all__ = ["PromptPredictor", "AutoResult", "auto_segment", "add_auto_object", "train_ppn", "save_ppn", "load_ppn",
+           "PPNLog"]
 
 FORMAT = "sonosam-ppn"
 
@@ -61,7 +62,10 @@ class PromptPredictor(nn.Module):
         self.classes, self.n_tokens, self.pool, self.base_model = list(classes), n_tokens, pool, base_model
         self.config = dict(classes=self.classes, n_tokens=n_tokens, dim=dim, depth=depth, mlp_dim=mlp_dim, pool=pool,
                            base_model=base_model)
-        self.queries = nn.Parameter(torch.randn(len(self.classes) * n_tokens, dim) * 0.02)
+        # Unit-scale queries, like SAM's own output tokens: the transformer's first self-attention *replaces* the
+        # tokens (no residual), so near-zero queries attend uniformly and every token comes out the same (the box's
+        # two corner tokens gave one point: a box of zero size, whatever the image).
+        self.queries = nn.Parameter(torch.randn(len(self.classes) * n_tokens, dim))
         self.transformer = TwoWayTransformer(depth=depth, embedding_dim=dim, num_heads=8, mlp_dim=mlp_dim)
         self.box_head = _MLP([dim, dim, 2])
         self.mask_head = _MLP([dim, dim, 32])
@@ -70,13 +74,24 @@ class PromptPredictor(nn.Module):
             up += [nn.ConvTranspose2d(32, 32, 2, 2), nn.GELU()]
         self.upscale = nn.Sequential(*up)
         self.embed_head = nn.Linear(dim, dim)
+        nn.init.normal_(self.embed_head.weight, std=0.01)   # learned tokens start quiet: the box leads at first
+        nn.init.zeros_(self.embed_head.bias)
         self.object_head = _MLP([dim, dim, 1])
+        # LiteMedSAM's embedding is small (rms ~0.1) next to SAM's positional encoding (rms ~0.7): unnormalised,
+        # the queries' attention is almost purely positional and they learn where a class usually is, not
+        # what it looks like. A per-location channel norm puts content and position on the same scale.
+        self.input_norm = LayerNorm2d(dim)
+        # The frozen decoder of a box-trained model has only seen "no mask" as its dense prompt; a mask prompt
+        # through mask_downscaling is larger than the image embedding and wrecks its output (docs/training.md).
+        # The mask prompt is added scaled by this gate, which starts at 0 and grows only if it helps.
+        self.mask_gate = nn.Parameter(torch.zeros(()))
 
     def forward(self, features: torch.Tensor, dense_pe: torch.Tensor) -> dict:
         """features (B, 256, 64, 64), dense_pe (1, 256, 64, 64) -> per class: box (B, C, 4) normalised
         x0 y0 x1 y1 in [0, 1] of the encoder's input square, mask (B, C, 256, 256) logits, embeddings
         (B, C, n_tokens - 3, 256), objectness (B, C) logits."""
         b = features.shape[0]
+        features = self.input_norm(features)
         if self.pool > 1:
             features, dense_pe = F.avg_pool2d(features, self.pool), F.avg_pool2d(dense_pe, self.pool)
         tokens, keys = self.transformer(features, dense_pe.expand(b, -1, -1, -1), self.queries.expand(b, -1, -1))
@@ -97,17 +112,21 @@ class PromptPredictor(nn.Module):
         return self.classes.index(name)
 
 
-def _decode(model: SamModel, features, box01, mask_logits, embeddings, points=None):
+def _decode(model: SamModel, features, box01, mask_logits, embeddings, points=None, gate=None):
     """The frozen decoder fed the learned prompts: box corners through the prompt encoder's own box
-    embedding, the mask prompt through its mask downscaling, the learned embeddings (and user points) as
-    extra sparse tokens. -> (low-res logits (B, 1, 256, 256), predicted IoU (B, 1))."""
+    embedding, the learned embeddings (and user points) as extra sparse tokens, and as the dense prompt
+    "no mask" plus ``gate`` x the mask prompt through its mask downscaling (gate None: the mask prompt alone,
+    as SAM would take it). -> (low-res logits (B, 1, 256, 256), predicted IoU (B, 1))."""
     pe = model.sam.prompt_encoder
     side = float(model.spec.image_size)
     sparse = [pe._embed_boxes(box01 * side), embeddings]
     if points is not None:
         sparse.append(pe._embed_points(points[0], points[1], pad=False))
     sparse = torch.cat(sparse, 1)
-    dense = pe._embed_masks(mask_logits[:, None])
+    if gate is None:
+        dense = pe._embed_masks(mask_logits[:, None])
+    else:
+        dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1) + gate * pe._embed_masks(mask_logits[:, None])
     decoder = model.sam.mask_decoder   # as train.engine.PromptDecoder, with our own sparse/dense prompts
     b = features.shape[0]
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
@@ -132,12 +151,20 @@ class AutoResult:
         return None if self.prediction is None else self.prediction.mask
 
 
+def check_base(ppn: PromptPredictor, model: SamModel) -> None:
+    """The learned prompts are tuned to one frozen decoder: another model's decoder reads them as noise."""
+    if ppn.base_model and ppn.base_model != model.spec.name:
+        raise SonoSAMError(f"This prompt predictor was trained over the model {ppn.base_model!r}, not "
+                           f"{model.spec.name!r}; load that model (--model {ppn.base_model}) to use it.")
+
+
 @torch.inference_mode()
 def auto_segment(ppn: PromptPredictor, model: SamModel, embedding: Embedding, class_name: str, *, points=None,
                  labels=None, threshold: float = 0.5, force: bool = False) -> AutoResult:
     """Autonomous (no points) or semi-autonomous (the user's points join the learned prompts) segmentation
     of one class on one encoded image."""
     index = ppn.class_index(class_name)
+    check_base(ppn, model)
     device = model.device
     out = ppn.to(device)(embedding.features, model.sam.prompt_encoder.get_dense_pe())
     objectness = float(torch.sigmoid(out["objectness"][0, index]))
@@ -154,11 +181,30 @@ def auto_segment(ppn: PromptPredictor, model: SamModel, embedding: Embedding, cl
         user = (torch.as_tensor(coords, dtype=torch.float, device=device)[None],
                 torch.as_tensor(labels, dtype=torch.int, device=device)[None])
     low_res, iou = _decode(model, embedding.features, out["box"][:, index], out["mask"][:, index],
-                           out["embeddings"][:, index], user)
+                           out["embeddings"][:, index], user, gate=ppn.mask_gate)
     masks = model.sam.postprocess_masks(low_res, embedding.input_size, embedding.original_size) > model.sam.mask_threshold
     prediction = Prediction(masks[0].cpu().numpy(), iou[0].float().cpu().numpy(), low_res[0].float().cpu().numpy(),
                             [f"prompt predictor ({class_name}): objectness {objectness:.2f}"])
     return AutoResult(True, objectness, box, prediction)
+
+
+def add_auto_object(tracker, ppn: PromptPredictor, class_name: str, frame: int = 0, *, threshold: float = 0.5,
+                    force: bool = False, points=None, labels=None) -> AutoResult:
+    """Start tracking ``class_name`` in a ``sonosam.track.Tracker`` from the prompt predictor's mask on
+    ``frame`` (no clicks; ``points``/``labels``: the user's clicks join the learned prompts). The embedding
+    goes through the tracker's own cache, so the tracker does not encode that frame again."""
+    predictor = tracker.predictor
+    embedding = predictor.embedding(tracker.frames[frame], key=tracker.frame_key(frame))
+    result = auto_segment(ppn, predictor.model, embedding, class_name, points=points, labels=labels,
+                          threshold=threshold, force=force)
+    if not result.present:
+        raise SonoSAMError(f"The prompt predictor finds no {class_name} on frame {frame} (objectness "
+                           f"{result.objectness:.2f}); start from another frame or give a box.")
+    if not result.mask.any():
+        raise SonoSAMError(f"The prompt predictor's {class_name} mask on frame {frame} is empty; start from "
+                           "another frame or give a box.")
+    tracker.add_object(class_name, frame, mask=result.mask)
+    return result
 
 
 def _focal(logits, target, gamma=3.0, alpha=0.7):
@@ -182,10 +228,13 @@ class PPNLog:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     steps: int = 0
+    validation: list[tuple[int, float]] = field(default_factory=list)   # (step, score) when validate= is given
+    best_step: int | None = None                                        # the step whose weights were kept
 
 
 def _targets(label_map: np.ndarray, values: Sequence[int], input_size, image_size: int):
-    """Per class: low-res mask (C, 256, 256), normalised box (C, 4), present (C,)."""
+    """Per class: low-res mask (C, 256, 256) on the decoder's padded-square grid, box (C, 4) normalised to
+    the encoder's input square, present (C,)."""
     from .train.engine import low_res_target
 
     masks, boxes, present = [], [], []
@@ -203,15 +252,55 @@ def _targets(label_map: np.ndarray, values: Sequence[int], input_size, image_siz
     return torch.stack(masks), torch.tensor(boxes, dtype=torch.float32), torch.tensor(present)
 
 
+def _balanced_batch(present: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Image indices for one batch: per draw a random class, then with even odds an image where it is
+    present or one where it is absent (absent slices are most of a volume; without this the objectness
+    head sees mostly "absent" and learns the base rate)."""
+    chosen = []
+    for _ in range(size):
+        c = rng.integers(present.shape[1])
+        pool = np.nonzero(present[:, c] == (rng.random() < 0.5))[0]
+        if not len(pool):
+            pool = np.arange(len(present))
+        chosen.append(int(rng.choice(pool)))
+    return np.array(chosen)
+
+
+def ppn_losses(model: SamModel, ppn: PromptPredictor, features: torch.Tensor, mask_t: torch.Tensor,
+               box_t: torch.Tensor, present: torch.Tensor, *, final: bool = True, dice_weight: float = 1.0) -> dict:
+    """The loss terms on one batch (features (B, 256, 64, 64); targets as ``_targets`` per image, stacked):
+    Sam2Rad's 10 x focal (gamma 3, alpha 0.7) on the mask prompt and the final mask, L1 + GIoU on the box,
+    BCE objectness; plus ``dice_weight`` x soft Dice on both masks (focal alone moves small structures slowly).
+    Mask and box terms only where the class is present. ``final``: run the frozen decoder for the final mask."""
+    from .train.losses import dice_loss
+
+    out = ppn(features, model.sam.prompt_encoder.get_dense_pe().detach())
+    terms = {"objectness": F.binary_cross_entropy_with_logits(out["objectness"], present.float())}
+    if present.any():
+        b_idx, c_idx = torch.nonzero(present, as_tuple=True)
+        prompt, target = out["mask"][b_idx, c_idx][:, None], mask_t[b_idx, c_idx][:, None]
+        terms["mask_prompt"] = 10 * _focal(prompt, target).mean() + dice_weight * dice_loss(prompt, target).mean()
+        box, box_target = out["box"][b_idx, c_idx], box_t[b_idx, c_idx]
+        terms["box"] = F.l1_loss(box, box_target) + _giou(box, box_target).mean()
+        if final:
+            logits, _ = _decode(model, features[b_idx], box, out["mask"][b_idx, c_idx], out["embeddings"][b_idx, c_idx],
+                                gate=ppn.mask_gate)
+            terms["final"] = 10 * _focal(logits, target).mean() + dice_weight * dice_loss(logits, target).mean()
+    return terms
+
+
 def train_ppn(model: SamModel, images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray], classes: dict[str, int],
-              *, steps: int = 200, batch: int = 4, lr: float = 1e-3, weight_decay: float = 0.1, decoder_every: int = 3,
+              *, steps: int = 200, batch: int = 4, lr: float = 1e-3, weight_decay: float = 0.1, decoder_every: int = 1,
               seed: int = 0, store=None, window=None, n_tokens: int = 6, progress=None,
-              max_seconds: float | None = None) -> tuple[PromptPredictor, PPNLog]:
+              max_seconds: float | None = None, dice_weight: float = 1.0, validate=None, validate_every: int = 50,
+              ppn: PromptPredictor | None = None) -> tuple[PromptPredictor, PPNLog]:
     """Train a prompt predictor for ``classes`` (name -> label value) on 2D images with label maps; the
     SAM model stays frozen. ``store``: an EmbeddingStore (embeddings cached on disk), else encoded here.
-    The final-mask loss (through the frozen decoder) is added every ``decoder_every`` steps: the decoder is
-    the costly part on a CPU. ``max_seconds``: stop after this much training time (``log.steps`` says how many
-    steps ran)."""
+    Batches are balanced per class between images where it is present and where it is absent. The final-mask
+    loss (through the frozen decoder, the costly part on a CPU) is added every ``decoder_every`` steps.
+    ``validate(ppn) -> score`` (higher is better), called every ``validate_every`` steps and at the end:
+    the best-scoring weights are returned (``log.best_step``). ``max_seconds``: stop after this much training
+    time (``log.steps`` says how many steps ran). ``ppn``: continue training this network instead of a new one."""
     from .train.cache import input_size_for
 
     if not images or len(images) != len(label_maps):
@@ -221,35 +310,43 @@ def train_ppn(model: SamModel, images: Sequence[np.ndarray], label_maps: Sequenc
     began = time.perf_counter()
     get = (lambda im: store.get(im, window).features) if store is not None else \
         (lambda im: model.encode(im, window).features[0].float().cpu())
-    features = torch.stack([get(im) for im in images])
+    features = torch.stack([get(im).half() for im in images])   # half: a few hundred slices stay in memory
     values = list(classes.values())
     size = model.spec.image_size
     targets = [_targets(np.asarray(lm), values, input_size_for(np.asarray(lm).shape, size), size) for lm in label_maps]
-    ppn = PromptPredictor(list(classes), n_tokens=n_tokens, base_model=model.spec.name).to(model.device)
+    present_all = torch.stack([t[2] for t in targets]).numpy()
+    if ppn is None:
+        ppn = PromptPredictor(list(classes), n_tokens=n_tokens, base_model=model.spec.name)
+    elif ppn.classes != list(classes):
+        raise SonoSAMError(f"The prompt predictor to continue knows {ppn.classes}, the data {list(classes)}.")
+    ppn = ppn.to(model.device).train()
     optimiser = torch.optim.AdamW(ppn.parameters(), lr=lr, weight_decay=weight_decay)
-    dense_pe = model.sam.prompt_encoder.get_dense_pe().detach()
     log = PPNLog()
+    best: tuple[float, dict] | None = None
+
+    def check(step):
+        nonlocal best
+        ppn.eval()
+        score = float(validate(ppn))
+        ppn.train()
+        log.validation.append((step, score))
+        if best is None or score > best[0]:
+            best = (score, {k: v.detach().clone() for k, v in ppn.state_dict().items()})
+            log.best_step = step
+
     started = time.perf_counter()
     for step in range(steps):
         if max_seconds is not None and time.perf_counter() - started > max_seconds:
             break
-        chosen = rng.choice(len(images), size=min(batch, len(images)), replace=False)
-        feats = features[chosen].to(model.device)
+        chosen = _balanced_batch(present_all, batch, rng)
+        feats = features[chosen].float().to(model.device)
         mask_t = torch.stack([targets[i][0] for i in chosen]).to(model.device)      # (B, C, 256, 256)
         box_t = torch.stack([targets[i][1] for i in chosen]).to(model.device)       # (B, C, 4)
         present = torch.stack([targets[i][2] for i in chosen]).to(model.device)     # (B, C)
         with torch.enable_grad():
-            out = ppn(feats, dense_pe)
-            loss = F.binary_cross_entropy_with_logits(out["objectness"], present.float())
-            if present.any():
-                sel = present
-                loss = loss + 10 * _focal(out["mask"][sel][:, None], mask_t[sel][:, None]).mean()
-                loss = loss + F.l1_loss(out["box"][sel], box_t[sel]) + _giou(out["box"][sel], box_t[sel]).mean()
-                if step % decoder_every == 0:
-                    b_idx, c_idx = torch.nonzero(sel, as_tuple=True)
-                    final, _ = _decode(model, feats[b_idx], out["box"][b_idx, c_idx], out["mask"][b_idx, c_idx],
-                                       out["embeddings"][b_idx, c_idx])
-                    loss = loss + 10 * _focal(final, mask_t[b_idx, c_idx][:, None]).mean()
+            terms = ppn_losses(model, ppn, feats, mask_t, box_t, present, final=step % decoder_every == 0,
+                               dice_weight=dice_weight)
+            loss = sum(terms.values())
             params = list(ppn.parameters())
             grads = torch.autograd.grad(loss, params, allow_unused=True)   # SAM's own parameters stay frozen
         for p, g in zip(params, grads):
@@ -258,7 +355,14 @@ def train_ppn(model: SamModel, images: Sequence[np.ndarray], label_maps: Sequenc
         log.losses.append(float(loss.detach()))
         if progress is not None:
             progress(step + 1, steps, log.losses[-1])
-    log.seconds, log.steps = time.perf_counter() - began, len(log.losses)
+        if validate is not None and (step + 1) % validate_every == 0:
+            check(step + 1)
+    log.steps = len(log.losses)
+    if validate is not None and (not log.validation or log.validation[-1][0] != log.steps):
+        check(log.steps)
+    if best is not None:
+        ppn.load_state_dict(best[1])
+    log.seconds = time.perf_counter() - began
     return ppn.eval(), log
 
 

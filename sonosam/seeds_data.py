@@ -67,17 +67,76 @@ def assist_slices(labels: np.ndarray, label: int, n_train: int, min_area: int = 
     return train, test
 
 
-# PPN classes (one subject: held out by slab, see ppn_split), AAL values.
-PPN_CLASSES = {"Thalamus_L": 77, "Putamen_R": 74, "Caudate_L": 71}
+# PPN classes on Colin27, four shapes (compact, elongated, thin/curved, large), left side; label values: AAL
+# (Thalamus_L 77, Putamen_L 73) and click_data's model-free tissue labels (203 ventricle, 201 white matter).
+PPN_CLASSES = {"Thalamus_L": 77, "Putamen_L": 73, "Lateral_Ventricle_L": 203, "White_Matter_L": 201}
 
 
-def ppn_split(lo: int = 12, hi: int = 152, stride: int = 2, slab: int = 12, gap: int = 3):
-    """Axial slice indices -> (train, test). Colin27 is one subject, so this holds out *slabs*: slices in
-    slabs ``index // 12`` with ``slab % 4 == 3`` are for testing; training slices are the others at least
-    ``gap`` slices away from any test slice. Within-subject, so optimistic for a new subject."""
-    slices = list(range(lo, hi + 1, stride))
-    test = [i for i in slices if (i // slab) % 4 == 3]
-    train = [i for i in slices if i not in test and min(abs(i - t) for t in test) >= gap]
-    return train, test
+def ppn_labels() -> tuple[np.ndarray, np.ndarray]:
+    """Colin27 T1 [k, j, i] and one label map: the AAL labels, overwritten by click_data's tissue references
+    (201-204) except on the AAL deep grey nuclei (71-78; the thalamus and the ventricle reference share 25 voxels)."""
+    from .train.click_data import _colin27_arrays, colin27_tissue
+
+    t1, aal = _colin27_arrays()
+    tissue = colin27_tissue()
+    labels = aal.copy()
+    where = (tissue > 0) & ~((aal >= 71) & (aal <= 78))
+    labels[where] = tissue[where]
+    return t1, labels
 
 
+def ppn_split(lo: int = 12, hi: int = 152, stride: int = 1, gap: int = 2) -> dict[str, list[int]]:
+    """Axial slice indices -> {"train", "val", "test"} by click_data's slab rule (slabs of 12: % 4 == 3 test,
+    == 1 validation, else training); training slices within ``gap`` of a validation or test slice are dropped
+    (neighbouring slices are near copies). Colin27 is one subject, so this holds out *slabs*, not subjects."""
+    from .train.click_data import slab_part
+
+    parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for i in range(lo, hi + 1, stride):
+        parts[slab_part(i)].append(i)
+    held = parts["val"] + parts["test"]
+    parts["train"] = [i for i in parts["train"] if min(abs(i - h) for h in held) > gap]
+    return parts
+
+
+# Echo: the LV blood pool of click_data.blood_pools (model-free), the component centred in the LV's region.
+ECHO_CLASS = "LV_blood_pool"
+
+
+def echo_lv_pool(frame: np.ndarray) -> np.ndarray | None:
+    """The blood-pool component whose centroid lies in the LV region (track.synthetic.LV_BOX, drawn on frame
+    0 and holding the LV through the loop); None where the reference finds no such pool (on about 40 % of
+    frames the dark LV cavity touches the sector edge or breaks up): such frames are unlabelled, not absent."""
+    from .track.synthetic import LV_BOX
+    from .train.click_data import blood_pools
+
+    pools = blood_pools(frame)
+    x0, y0, x1, y1 = LV_BOX
+    for value in range(1, int(pools.max()) + 1):
+        rows, cols = np.nonzero(pools == value)
+        if x0 <= cols.mean() <= x1 and y0 <= rows.mean() <= y1:
+            return pools == value
+    return None
+
+
+def echo_ppn_data(warps: int = 1) -> dict[str, list[tuple[str, np.ndarray, np.ndarray | None]]]:
+    """The A4C loop's 120 frames by click_data's time blocks (15 frames: % 4 == 3 test, == 1 validation, else
+    training) as (name, frame, label map with 1 = LV blood pool, or None when unlabelled); training frames
+    also warped by smooth random fields (click_data's warp, frame and mask together). One loop: held out by
+    time block, not by loop."""
+    from .track.synthetic import echo_frame
+    from .train.click_data import _smooth_warp, slab_part
+
+    parts: dict[str, list] = {"train": [], "val": [], "test": []}
+    for index in range(120):
+        frame = echo_frame(index)
+        pool = echo_lv_pool(frame)
+        part = slab_part(index, 15)
+        label = None if pool is None else pool.astype(np.int64)
+        parts[part].append((f"frame{index}", frame, label))
+        if part == "train" and label is not None:
+            rng = np.random.default_rng(index)
+            for k in range(warps):
+                image, warped = _smooth_warp(frame, label, rng)
+                parts[part].append((f"frame{index}.warp{k}", image, warped))
+    return parts

@@ -83,3 +83,80 @@ def test_not_a_ppn_file(tmp_path):
     torch.save({"format": "other"}, bad)
     with pytest.raises(CheckpointError, match="not a readable prompt predictor"):
         load_ppn(bad)
+
+
+
+class _Store:   # the EmbeddingStore interface train_ppn uses, over embeddings made once
+    def __init__(self, images, embeddings):
+        self.by_id = {id(image): e for image, e in zip(images, embeddings)}
+
+    def get(self, image, window=None):
+        return type("Cached", (), {"features": self.by_id[id(image)].features[0]})
+
+
+@pytest.fixture(scope="module")
+def fitted(default_model, slices):
+    """A PPN fitted to two real slices: Thalamus_L on axial 80, none on axial 45."""
+    volume, labels, _ = slices
+    images, label_maps = [volume[80], volume[45]], [labels[80], labels[45]]
+    embeddings = [default_model.encode(image) for image in images]
+    torch.set_num_threads(1)
+    ppn, log = train_ppn(default_model, images, label_maps, {"Thalamus_L": THALAMUS_L}, steps=40, batch=2, lr=3e-3,
+                         store=_Store(images, embeddings))
+    return ppn, images, label_maps, embeddings
+
+
+def test_overfits_two_real_slices(default_model, fitted):
+    """The sanity check the first PPN failed (docs/seeds.md): fitted to two real slices, one with the class and
+    one without, it must reproduce them - box, final mask through the frozen decoder, objectness. It catches
+    tokens that collapse (near-zero queries gave every token the same value: a zero-size box), an objectness that
+    ignores the image, a mask prompt that wrecks the box-trained decoder, and target frames that disagree with
+    the decoder's."""
+    from sonosam.masks import dice, iou
+
+    ppn, images, label_maps, embeddings = fitted
+    present = auto_segment(ppn, default_model, embeddings[0], "Thalamus_L")
+    absent = auto_segment(ppn, default_model, embeddings[1], "Thalamus_L")
+    gt = label_maps[0] == THALAMUS_L
+    rows, cols = np.nonzero(gt)
+    box_gt = np.zeros_like(gt)
+    box_gt[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+    x0, y0, x1, y1 = np.round(present.box).astype(int)
+    box_pred = np.zeros_like(gt)
+    box_pred[y0:y1, x0:x1] = True
+    assert present.present and present.objectness > 0.8, present.objectness
+    assert not absent.present and absent.objectness < 0.2, absent.objectness
+    assert iou(box_pred, box_gt) > 0.6, (present.box, (cols.min(), rows.min(), cols.max(), rows.max()))
+    assert dice(present.mask, gt) > 0.85, dice(present.mask, gt)
+
+
+@pytest.mark.slow
+def test_tracker_starts_from_the_ppn_mask(default_model, fitted, slices, tmp_path):
+    """`add_auto_object` and `sonosam track --auto`: the tracker's first keyframe is the PPN's mask (axial
+    slices 80-82 of Colin27 as a pseudo-time loop)."""
+    from sonosam.ppn import add_auto_object
+    from sonosam.predictor import Predictor
+    from sonosam.track import Tracker
+
+    ppn, _, _, _ = fitted
+    volume, _, _ = slices
+    frames = np.ascontiguousarray(volume[80:83])
+    tracker = Tracker(Predictor(default_model), frames, pause=False)
+    result = add_auto_object(tracker, ppn, "Thalamus_L", 0)
+    expected = auto_segment(ppn, default_model, default_model.encode(frames[0]), "Thalamus_L").mask
+    np.testing.assert_array_equal(result.mask, expected)
+    tracker.run()
+    masks = tracker.masks("Thalamus_L")
+    np.testing.assert_array_equal(masks[0], expected)
+    assert all(m.any() for m in masks)
+    with pytest.raises(SonoSAMError, match="finds no Thalamus_L"):   # objectness says absent: a clear refusal
+        add_auto_object(Tracker(Predictor(default_model), volume[44:47].copy(), pause=False), ppn, "Thalamus_L", 1)
+
+    from sonosam.cli import main
+
+    cine = tmp_path / "loop.npy"
+    np.save(cine, frames)
+    path = save_ppn(ppn, tmp_path / "thal.ppn.pt")
+    assert main(["track", str(cine), "--auto", "Thalamus_L", "--ppn", str(path), "--model", "litemedsam",
+                 "-o", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "segmentation.seq.nrrd").is_file()

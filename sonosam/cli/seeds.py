@@ -137,9 +137,10 @@ def register_train(sub):
     ppn.add_argument("--data", action="append", required=True, metavar="VOLUME,LABELS",
                      help="a volume and its label map (repeatable), or 'colin27' (the bundled MRI's training slabs)")
     ppn.add_argument("--class", dest="classes", action="append", required=True, metavar="NAME[=VALUE]",
-                     help="class name and label value (AAL names need no value with colin27); repeatable")
+                     help="class name and label value (AAL names, White_Matter_L/R and Lateral_Ventricle_L/R need no "
+                          "value with colin27); repeatable")
     ppn.add_argument("--axis", default="k", choices=["k", "j", "i"])
-    ppn.add_argument("--stride", type=int, default=2, help="use every n-th slice")
+    ppn.add_argument("--stride", type=int, default=1, help="use every n-th slice")
     ppn.add_argument("--model", default="litemedsam")
     ppn.add_argument("--checkpoint")
     ppn.add_argument("--steps", type=int, default=150)
@@ -188,8 +189,10 @@ def _ppn_data(args):
         name, _, value = text.partition("=")
         if not value:
             from ..data import aal_label_names
+            from ..train.click_data import TISSUE_LABELS
 
-            names = names or {v: k for k, v in aal_label_names().items()}
+            if names is None:
+                names = {v: k for k, v in {**aal_label_names(), **TISSUE_LABELS}.items()}
             if name not in names:
                 raise SonoSAMError(f"--class {name}: give NAME=VALUE (the label value of {name} in the label map).")
             value = names[name]
@@ -197,10 +200,10 @@ def _ppn_data(args):
     images, label_maps = [], []
     for source in args.data:
         if source == "colin27":
-            from ..seeds_data import colin27, ppn_split
+            from ..seeds_data import ppn_labels, ppn_split
 
-            volume, labels, _, _ = colin27()
-            train, _ = ppn_split(stride=args.stride)
+            volume, labels = ppn_labels()
+            train = ppn_split(stride=args.stride)["train"]
             images += [volume[i] for i in train]
             label_maps += [labels[i] for i in train]
             continue

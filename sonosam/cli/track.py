@@ -1,6 +1,7 @@
 """`sonosam track`: track structures through an ultrasound cine loop.
 
     sonosam track CINE.dcm --frame 0 --object LV --box 300,70,440,270 --object LA --box 305,262,425,345 -o OUT/
+    sonosam track CINE.dcm --frame 0 --auto LV_blood_pool --ppn echo.ppn.pt -o OUT/     # no clicks
 
 Each ``--object NAME`` starts a group; the ``--box``/``--point`` options after it belong to it (without any
 ``--object``, one object called "object"). Writes into OUT/: ``segmentation.seq.nrrd`` (Slicer
@@ -55,6 +56,10 @@ def register(subparsers):
                         help="box around the current object in pixel coordinates")
     parser.add_argument("--point", type=parse_point, action=_ObjectAction, dest="objects", metavar="X,Y[,LABEL]",
                         help="a click on the current object (label 1 or 0); repeatable")
+    parser.add_argument("--auto", action="append", metavar="CLASS", default=[],
+                        help="also track CLASS, started with no clicks from a prompt predictor's mask on --frame "
+                             "(needs --ppn; repeatable)")
+    parser.add_argument("--ppn", help="prompt predictor file from `sonosam train ppn` (for --auto)")
     parser.add_argument("--model", default="litemedsam", help="model name (see `sonosam models`)")
     parser.add_argument("--checkpoint", help="weights file for --model (default: bundled or cached)")
     parser.add_argument("--threshold", type=float_in(0.0, 1.0), default=0.85,
@@ -92,9 +97,12 @@ def run(args):
 
     # Everything that can be wrong with the command is checked before torch is imported or a model loaded.
     groups = args.objects or []
-    if not groups:
-        raise PromptError("Nothing to track: give a --box or --point (optionally after --object NAME).")
-    names = [g["name"] for g in groups]
+    if args.auto and not args.ppn:
+        raise PromptError("--auto needs --ppn FILE (a prompt predictor from `sonosam train ppn`).")
+    if not groups and not args.auto:
+        raise PromptError("Nothing to track: give a --box or --point (optionally after --object NAME), "
+                          "or --auto CLASS --ppn FILE.")
+    names = [g["name"] for g in groups] + list(args.auto)
     if len(set(names)) != len(names):
         raise PromptError(f"Object names must differ; got {names}.")
     for g in groups:
@@ -126,6 +134,13 @@ def run(args):
     from ..predictor import Predictor
     from ..track import Tracker
 
+    ppn = None
+    if args.auto:
+        from ..ppn import load_ppn
+
+        ppn = load_ppn(args.ppn)
+        for name in args.auto:
+            ppn.class_index(name)   # a class it does not know: said before the model loads
     model = load_model_from_args(args)
     predictor = Predictor(model)
     tracker = Tracker(predictor, frames, threshold=args.threshold, model_every=args.model_every, pause=False)
@@ -133,6 +148,13 @@ def run(args):
     for g in groups:
         points, labels = split_points(g["points"])
         tracker.add_object(g["name"], args.frame, box=g["box"], points=points, labels=labels)
+    if args.auto:
+        from ..ppn import add_auto_object
+
+        for name in args.auto:
+            result = add_auto_object(tracker, ppn, name, args.frame)
+            print(f"{name}: started from the prompt predictor's mask on frame {args.frame} "
+                  f"({int(result.mask.sum())} pixels, objectness {result.objectness:.2f})", file=sys.stderr)
 
     def progress(done, total):
         print(f"\rtracking {done}/{total} frames", end="", file=sys.stderr, flush=True)
