@@ -151,7 +151,7 @@ def ppn_validator(model, store, cases, classes: dict[str, int]):
     return validate
 
 
-def evaluate_ppn(ppn, model, store, cases, classes: dict[str, int], verbose: bool = True) -> dict:
+def evaluate_ppn(ppn, model, store, cases, classes: dict[str, int], threshold: float = 0.5, verbose: bool = True) -> dict:
     """Held-out figures per class at full resolution (``auto_segment``): Dice with no prompts on slices where
     the class is present (missed = 0), the same with objectness ignored, the semi-autonomous Dice (learned
     prompts + one user click in the largest error region of the forced autonomous mask), the share of absent
@@ -170,14 +170,15 @@ def evaluate_ppn(ppn, model, store, cases, classes: dict[str, int], verbose: boo
             cached = store.get(image)
             embedding = Embedding(cached.features[None], cached.original_size, cached.input_size, model.model_id)
             gt = labels == value
-            result = auto_segment(ppn, model, embedding, name, force=True)
+            result = auto_segment(ppn, model, embedding, name, force=True)   # forced: the mask even when judged absent
+            judged_present = result.objectness >= threshold
             if not gt.any():
                 obj_absent.append(result.objectness)
-                rejected += not result.present
+                rejected += not judged_present
                 continue
             obj_present.append(result.objectness)
             forced.append(dice(result.mask, gt))
-            auto.append(forced[-1] if result.present else 0.0)
+            auto.append(forced[-1] if judged_present else 0.0)
             click = next_click(result.mask, gt)
             if click is None:
                 semi.append(forced[-1])
@@ -196,18 +197,27 @@ def evaluate_ppn(ppn, model, store, cases, classes: dict[str, int], verbose: boo
 
 def bench_ppn(domain: str = "mri", base: str = "litemedsam_clicks", steps: int = 600, lr: float = 1e-3, batch: int = 4,
               max_minutes: float | None = None, part: str = "val", out: str | None = None, validate_every: int = 50,
-              pool: int = 2, seed: int = 0, cache: str = "runs/cache", verbose: bool = True) -> dict:
+              pool: int = 2, seed: int = 0, cache: str = "runs/cache", trained: str | None = None,
+              verbose: bool = True) -> dict:
     """Train on the training slabs/blocks, keep the weights that score best on the validation ones, report
-    ``part`` ("val" while choosing settings; "test" once, at the end)."""
+    ``part`` ("val" while choosing settings; "test" once, at the end). ``trained``: a saved predictor to
+    evaluate instead of training one."""
     import torch
 
     from sonosam.models import load_model
-    from sonosam.ppn import PromptPredictor, save_ppn, train_ppn
+    from sonosam.ppn import PromptPredictor, load_ppn, save_ppn, train_ppn
     from sonosam.train.cache import EmbeddingStore
 
+    parts, classes = ppn_cases(domain)
+    if trained:
+        ppn = load_ppn(trained)
+        model = load_model(ppn.base_model, device="cpu")
+        store = EmbeddingStore(cache, model)
+        store.precompute([image for _, image, _ in parts[part]])
+        summary = evaluate_ppn(ppn, model, store, parts[part], classes, verbose=verbose)
+        return {"summary": summary, "part": part, "ppn": trained}
     model = load_model(base, device="cpu")
     store = EmbeddingStore(cache, model)
-    parts, classes = ppn_cases(domain)
     train = [c for c in parts["train"] if c[2] is not None]
     began = time.perf_counter()
     store.precompute([image for p in parts.values() for _, image, _ in p])
@@ -299,6 +309,7 @@ def main(argv=None) -> int:
     parser.add_argument("--part", default="val", choices=["val", "test"],
                         help="ppn: report on the validation slabs (choosing settings) or the test slabs (once)")
     parser.add_argument("--ppn-out", help="ppn: write the trained predictor here")
+    parser.add_argument("--ppn-in", help="ppn: evaluate this trained predictor on --part (no training)")
     parser.add_argument("--out", help="write the result as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -311,7 +322,7 @@ def main(argv=None) -> int:
     else:
         result = bench_ppn(args.domain, args.base, steps=args.steps if args.steps != 100 else 600, lr=args.lr,
                            batch=args.batch, max_minutes=args.minutes, part=args.part, out=args.ppn_out,
-                           validate_every=args.validate_every, pool=args.pool)
+                           validate_every=args.validate_every, pool=args.pool, trained=args.ppn_in)
     print(json.dumps(result.get("summary", result), indent=1))
     if args.out:
         with open(args.out, "w") as handle:

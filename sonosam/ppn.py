@@ -3,7 +3,7 @@ segments that class with no clicks.
 
 Learnable query tokens (``n_tokens`` per class) cross-attend to the frozen image embedding (pooled to
 32x32, with SAM's dense positional encoding) and the image tokens attend back (SAM's two-way transformer).
-Per class: the first two tokens give the box corners, the third a 256x256 mask prompt (a hypernetwork
+Per class: the first two tokens give the box (centre and size), the third a 256x256 mask prompt (a hypernetwork
 over the upscaled image tokens), tokens 3.. become prompt embeddings for the frozen mask decoder, and an
 objectness head says whether the class is on the image at all. Modes:
 
@@ -67,7 +67,7 @@ class PromptPredictor(nn.Module):
         # two corner tokens gave one point: a box of zero size, whatever the image).
         self.queries = nn.Parameter(torch.randn(len(self.classes) * n_tokens, dim))
         self.transformer = TwoWayTransformer(depth=depth, embedding_dim=dim, num_heads=8, mlp_dim=mlp_dim)
-        self.box_head = _MLP([dim, dim, 2])
+        self.box_head = _MLP([2 * dim, dim, 4])   # tokens 0-1 together -> box centre and size
         self.mask_head = _MLP([dim, dim, 32])
         up = [nn.ConvTranspose2d(dim, 64, 2, 2), LayerNorm2d(64), nn.GELU(), nn.ConvTranspose2d(64, 32, 2, 2), nn.GELU()]
         for _ in range(int(np.log2(pool))):   # 64 / pool -> 256: x4, then x2 per pooling step
@@ -97,8 +97,10 @@ class PromptPredictor(nn.Module):
         tokens, keys = self.transformer(features, dense_pe.expand(b, -1, -1, -1), self.queries.expand(b, -1, -1))
         c, n = len(self.classes), self.n_tokens
         tokens = tokens.reshape(b, c, n, -1)
-        corners = torch.sigmoid(self.box_head(tokens[:, :, :2]))            # (B, C, 2, 2)
-        low, high = torch.minimum(corners[:, :, 0], corners[:, :, 1]), torch.maximum(corners[:, :, 0], corners[:, :, 1])
+        # Centre and size, not one corner per token: similar tokens gave two equal corners, a box of zero size.
+        centre_size = torch.sigmoid(self.box_head(tokens[:, :, :2].flatten(2)))   # (B, C, 4)
+        centre, size = centre_size[..., :2], centre_size[..., 2:]
+        low, high = centre - size / 2, centre + size / 2   # not clamped: a clamped side gets no gradient
         side = features.shape[-1]
         grid = self.upscale(keys.transpose(1, 2).reshape(b, -1, side, side))  # (B, 32, 256, 256)
         mask = torch.einsum("bck,bkhw->bchw", self.mask_head(tokens[:, :, 2]), grid)
@@ -171,7 +173,7 @@ def auto_segment(ppn: PromptPredictor, model: SamModel, embedding: Embedding, cl
     side = float(model.spec.image_size)
     scale = np.array([embedding.original_size[1] / embedding.input_size[1],
                       embedding.original_size[0] / embedding.input_size[0]] * 2)
-    box = out["box"][0, index].cpu().numpy() * side * scale
+    box = np.clip(out["box"][0, index].cpu().numpy() * side, 0, side) * scale
     if objectness < threshold and not force:
         return AutoResult(False, objectness, box, None)
     user = None
@@ -267,11 +269,13 @@ def _balanced_batch(present: np.ndarray, size: int, rng: np.random.Generator) ->
 
 
 def ppn_losses(model: SamModel, ppn: PromptPredictor, features: torch.Tensor, mask_t: torch.Tensor,
-               box_t: torch.Tensor, present: torch.Tensor, *, final: bool = True, dice_weight: float = 1.0) -> dict:
+               box_t: torch.Tensor, present: torch.Tensor, *, final: bool = True, dice_weight: float = 1.0,
+               max_decoded: int | None = None, generator: torch.Generator | None = None) -> dict:
     """The loss terms on one batch (features (B, 256, 64, 64); targets as ``_targets`` per image, stacked):
     Sam2Rad's 10 x focal (gamma 3, alpha 0.7) on the mask prompt and the final mask, L1 + GIoU on the box,
     BCE objectness; plus ``dice_weight`` x soft Dice on both masks (focal alone moves small structures slowly).
-    Mask and box terms only where the class is present. ``final``: run the frozen decoder for the final mask."""
+    Mask and box terms only where the class is present. ``final``: run the frozen decoder for the final mask, on
+    at most ``max_decoded`` random (image, class) pairs (the decoder is the costly part on a CPU)."""
     from .train.losses import dice_loss
 
     out = ppn(features, model.sam.prompt_encoder.get_dense_pe().detach())
@@ -283,8 +287,16 @@ def ppn_losses(model: SamModel, ppn: PromptPredictor, features: torch.Tensor, ma
         box, box_target = out["box"][b_idx, c_idx], box_t[b_idx, c_idx]
         terms["box"] = F.l1_loss(box, box_target) + _giou(box, box_target).mean()
         if final:
-            logits, _ = _decode(model, features[b_idx], box, out["mask"][b_idx, c_idx], out["embeddings"][b_idx, c_idx],
+            keep = torch.arange(len(b_idx))
+            if max_decoded is not None and len(keep) > max_decoded:
+                keep = torch.randperm(len(keep), generator=generator)[:max_decoded]
+            b, c = b_idx[keep], c_idx[keep]
+            # The box reaches the decoder detached: it is taught by its own L1 + GIoU terms. Through the positional
+            # encoding the final-mask gradient pushed it wherever the learned tokens did best without it (a
+            # zero-size box in a corner, measured), and then the box-trained decoder lost its strongest prompt.
+            logits, _ = _decode(model, features[b], box[keep].detach(), out["mask"][b, c], out["embeddings"][b, c],
                                 gate=ppn.mask_gate)
+            target = target[keep]
             terms["final"] = 10 * _focal(logits, target).mean() + dice_weight * dice_loss(logits, target).mean()
     return terms
 
@@ -293,11 +305,12 @@ def train_ppn(model: SamModel, images: Sequence[np.ndarray], label_maps: Sequenc
               *, steps: int = 200, batch: int = 4, lr: float = 1e-3, weight_decay: float = 0.1, decoder_every: int = 1,
               seed: int = 0, store=None, window=None, n_tokens: int = 6, progress=None,
               max_seconds: float | None = None, dice_weight: float = 1.0, validate=None, validate_every: int = 50,
-              ppn: PromptPredictor | None = None) -> tuple[PromptPredictor, PPNLog]:
+              ppn: PromptPredictor | None = None, max_decoded: int | None = 4) -> tuple[PromptPredictor, PPNLog]:
     """Train a prompt predictor for ``classes`` (name -> label value) on 2D images with label maps; the
     SAM model stays frozen. ``store``: an EmbeddingStore (embeddings cached on disk), else encoded here.
     Batches are balanced per class between images where it is present and where it is absent. The final-mask
-    loss (through the frozen decoder, the costly part on a CPU) is added every ``decoder_every`` steps.
+    loss (through the frozen decoder, the costly part on a CPU) is added every ``decoder_every`` steps, on at most
+    ``max_decoded`` (image, class) pairs of the batch.
     ``validate(ppn) -> score`` (higher is better), called every ``validate_every`` steps and at the end:
     the best-scoring weights are returned (``log.best_step``). ``max_seconds``: stop after this much training
     time (``log.steps`` says how many steps ran). ``ppn``: continue training this network instead of a new one."""
@@ -307,6 +320,7 @@ def train_ppn(model: SamModel, images: Sequence[np.ndarray], label_maps: Sequenc
         raise SonoSAMError(f"Give one label map per image (got {len(images)} images, {len(label_maps)} label maps).")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
     began = time.perf_counter()
     get = (lambda im: store.get(im, window).features) if store is not None else \
         (lambda im: model.encode(im, window).features[0].float().cpu())
@@ -345,7 +359,7 @@ def train_ppn(model: SamModel, images: Sequence[np.ndarray], label_maps: Sequenc
         present = torch.stack([targets[i][2] for i in chosen]).to(model.device)     # (B, C)
         with torch.enable_grad():
             terms = ppn_losses(model, ppn, feats, mask_t, box_t, present, final=step % decoder_every == 0,
-                               dice_weight=dice_weight)
+                               dice_weight=dice_weight, max_decoded=max_decoded, generator=generator)
             loss = sum(terms.values())
             params = list(ppn.parameters())
             grads = torch.autograd.grad(loss, params, allow_unused=True)   # SAM's own parameters stay frozen

@@ -119,19 +119,22 @@ def echo_lv_pool(frame: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def echo_ppn_data(warps: int = 1) -> dict[str, list[tuple[str, np.ndarray, np.ndarray | None]]]:
-    """The A4C loop's 120 frames by click_data's time blocks (15 frames: % 4 == 3 test, == 1 validation, else
-    training) as (name, frame, label map with 1 = LV blood pool, or None when unlabelled); training frames
-    also warped by smooth random fields (click_data's warp, frame and mask together). One loop: held out by
-    time block, not by loop."""
+def echo_ppn_data(warps: int = 1, stride: int = 2, val_stride: int = 3) -> dict[str, list[tuple[str, np.ndarray, np.ndarray | None]]]:
+    """The A4C loop's frames by click_data's time blocks (15 frames: % 4 == 3 test, == 1 validation, else
+    training) as (name, frame, label map with 1 = LV blood pool, or None when unlabelled): every ``stride``-th
+    training frame, every ``val_stride``-th validation frame, every test frame (encoding is the budget);
+    training frames also warped by smooth random fields (click_data's warp, frame and mask together). One
+    loop: held out by time block, not by loop."""
     from .track.synthetic import echo_frame
     from .train.click_data import _smooth_warp, slab_part
 
     parts: dict[str, list] = {"train": [], "val": [], "test": []}
     for index in range(120):
+        part = slab_part(index, 15)
+        if index % {"train": stride, "val": val_stride, "test": 1}[part]:
+            continue
         frame = echo_frame(index)
         pool = echo_lv_pool(frame)
-        part = slab_part(index, 15)
         label = None if pool is None else pool.astype(np.int64)
         parts[part].append((f"frame{index}", frame, label))
         if part == "train" and label is not None:
