@@ -88,6 +88,9 @@ def main(argv=None) -> int:
                         help="best epoch by validation Dice@1, @5 and box (ends) or @1..5 and box (curve)")
     parser.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                         help="start from LiteMedSAM's own decoder instead of the shipped litemedsam_clicks")
+    parser.add_argument("--init", default=None,
+                        help="start from this decoder checkpoint instead (e.g. a first phase's best, for a second "
+                             "phase at a lower --lr with a fresh optimiser)")
     parser.add_argument("--point-start", type=float, default=0.6)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--val-per-source", type=int, default=10, help="validation structure-images per source")
@@ -140,7 +143,7 @@ def main(argv=None) -> int:
     began = time.perf_counter()
     if not (args.eval_only or args.baselines_only):
         model = load_model("litemedsam")
-        previous = load_model(str(old_dir / (SHIPPED_NAME + ".pth")))
+        previous = load_model(args.init or str(old_dir / (SHIPPED_NAME + ".pth")))
         state = {k: v.float() for k, v in previous.sam.state_dict().items()
                  if k.startswith(("prompt_encoder.", "mask_decoder."))}
         if args.warm_start:
