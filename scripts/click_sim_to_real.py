@@ -65,7 +65,8 @@ def plax_cases():
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.click_sim_to_real", description=__doc__.splitlines()[0])
     parser.add_argument("--cache", default="runs/cache")
-    parser.add_argument("--models", nargs="+", default=["litemedsam_clicks"], help="click models (names or .pth)")
+    parser.add_argument("--models", nargs="+", default=["litemedsam_clicks"],
+                        help="click models: names or .pth files, LABEL=PATH to name one")
     parser.add_argument("--clicks", type=int, default=3)
     parser.add_argument("--figure", default=None, help="overlay PNG (a few cases, small)")
     parser.add_argument("--json", default=None)
@@ -85,9 +86,10 @@ def main(argv=None) -> int:
     store = EmbeddingStore(args.cache, base)
     reference = CachedPredictor(base, store)
     models = {}
-    for name in args.models:
+    for spec in args.models:   # NAME or LABEL=NAME (a label for a checkpoint path in the tables and figure)
+        label, _, name = spec.rpartition("=")
         model = load_model(name)
-        models[Path(name).stem if name.endswith(".pth") else name] = CachedPredictor(
+        models[label or (Path(name).stem if name.endswith(".pth") else name)] = CachedPredictor(
             clickable(model, mask="mask" in model.spec.prompt_kinds), store)
     loops = {"A4C (pydicom-data)": a4c_cases(), "PLAX (deid-data)": plax_cases()}
     report, shown = {}, []
@@ -160,7 +162,10 @@ def overlay_figure(shown, reference, models, path: Path) -> None:
             ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=70)
+    fig.savefig(path, dpi=55)
+    from PIL import Image   # 128 colours: a third of the bytes, fit for docs/
+
+    Image.open(path).convert("RGB").quantize(128).save(path, optimize=True)
     print("wrote", path, f"{path.stat().st_size / 1024:.0f} KiB")
 
 
