@@ -270,3 +270,25 @@ def test_connection_starts_the_local_server_without_blocking(tmp_path):
     process = c._server.process
     c.stop()
     assert process.poll() is not None and c.client is None and c.state == "off"
+
+
+def test_seed_choices_through_the_server_equal_in_process(ball, clients):
+    """The effect's seed check runs on the server client (predict requests): same problems and choices as
+    in-process."""
+    from SonoSAMSegmentLib.logic import PromptSession
+
+    client, local = clients
+    k = int(CENTER[2])
+    out = []
+    for predictor in (client, local):
+        logic = SegmentLogic(predictor=predictor)
+        session = PromptSession(logic)
+        corners = _box_ras(ball, k)
+        session.set_box(ball["volume"], corners[0], corners[1], slice_axis="K")
+        session.predict(ball["volume"], slice_axis="K")
+        out.append(session.check(ball["volume"]))
+    remote, here = out
+    assert remote.labels == here.labels and remote.problems == here.problems and remote.suggested == here.suggested
+    assert len(remote.choices) >= 2   # the model's answer and at least the box's brighter part
+    for a, b in zip(remote.choices, here.choices):
+        np.testing.assert_array_equal(a.mask, b.mask)
