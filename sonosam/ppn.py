@@ -34,8 +34,8 @@ from torch import nn
 from .errors import CheckpointError, SonoSAMError
 from .models import Embedding, Prediction, SamModel
 
-__all__ = ["PromptPredictor", "AutoResult", "auto_segment", "add_auto_object", "train_ppn", "save_ppn", "load_ppn",
-           "PPNLog"]
+__all__ = ["PromptPredictor", "AutoResult", "auto_segment", "add_auto_object", "check_base", "train_ppn", "save_ppn",
+           "load_ppn", "PPNLog"]
 
 FORMAT = "sonosam-ppn"
 
