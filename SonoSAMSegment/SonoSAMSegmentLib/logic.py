@@ -891,10 +891,9 @@ class SegmentLogic:
             raise NotConnectedError("Evaluation as a job needs a SonoSAM server: connect one first.")
         info, layout, stack, seg_stack, filled, name = self._evaluation_inputs(
             volumeNode, segmentationNode, segmentId, sliceAxis, slices, maxSlices, minArea)
-        start_job = getattr(self.predictor, "prepare_job", None) or self.predictor.start_job  # its polls send the arrays
-        return start_job("evaluate", volume=stack, labelmap=seg_stack.view(np.uint8), labels=[1],
-                         slices=[int(s) for s in filled], n_clicks=int(nClicks), start=start,
-                         min_area=int(minArea), window=info.window, name=name)
+        return _prepare_job(self.predictor, "evaluate", volume=stack, labelmap=seg_stack.view(np.uint8), labels=[1],
+                            slices=[int(s) for s in filled], n_clicks=int(nClicks), start=start,
+                            min_area=int(minArea), window=info.window, name=name)
 
     # -- few-shot and prompt-free modes: SAM^assist and the prompt predictor (docs/seeds.md) ------------
     def accepted_slices(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", most: int = 5) -> list:
@@ -995,9 +994,8 @@ class SegmentLogic:
                                   "available_ppns()) or give a local .pt file to send.")
             if Path(ppn).is_file() and Path(ppn).name != ppn:   # a local file: its bytes travel with the job
                 source = {"ppn_bytes": Path(ppn).read_bytes()}
-            start_job = getattr(predictor, "prepare_job", None) or predictor.start_job  # its polls send the volume
-            job = start_job("auto", volume=stack, slices=indices, class_name=className, threshold=float(threshold),
-                            window=info.window, **source)
+            job = _prepare_job(predictor, "auto", volume=stack, slices=indices, class_name=className,
+                               threshold=float(threshold), window=info.window, **source)
         else:
             from sonosam.auto import auto_segment_stack, find_ppn
             from sonosam.ppn import load_ppn
@@ -1048,50 +1046,10 @@ class SegmentLogic:
         return out
 
 
-class PropagationTask:
-    """A propagation running as a server job (or already run in-process), for a GUI timer to poll:
-    ``poll()`` -> (state, done, total, message), ``cancel()``, then ``finish(modify)`` writes the result.
-    With a server, the first polls send the volume a chunk at a time (state "sending", done/total in MiB).
-    Nothing is written before ``finish``: a cancelled or failed job, or a server that died, leaves the
-    segment as it was."""
-
-    def __init__(self, logic: SegmentLogic, plan: PropagationPlan):
-        self.logic, self.plan = logic, plan
-        self.job = None
-        self.result = None
-        predictor = logic.predictor
-        previous = plan.previous
-        if hasattr(predictor, "start_job"):
-            seeds = [{"index": int(s), "mask": plan.seg_stack[s].copy()} for s in plan.seed_indices]
-            # prepared, not started: the GUI timer's polls send the volume in chunks, then start it
-            start_job = getattr(predictor, "prepare_job", None) or predictor.start_job
-            self.job = start_job("propagate", volume=plan.stack, seeds=seeds, axis=0,
-                                 previous=getattr(previous, "job_id", None), window=plan.window, **plan.options)
-        else:
-            from sonosam.volume import propagate as core_propagate
-
-            self.result = core_propagate(predictor, plan.stack, plan.seeds(), axis=0, previous=previous,
-                                         volume_id=plan.volume_id, window=plan.window, **plan.options)
-
-    def poll(self):
-        if self.job is None:
-            return "done", 1, 1, ""
-        from sonosam.client import GUI_POLL_SECONDS
-
-        status = self.job.poll(timeout=GUI_POLL_SECONDS)  # late: the last status, asked again next tick
-        done, total = (status.get("progress") or [0, 0])[:2]
-        return status["state"], int(done), int(total), status.get("message", "")
-
-    def cancel(self):
-        if self.job is not None:
-            self.job.cancel()
-
-    def finish(self, modify=None) -> str:
-        """Fetch the result (the job must be finished) and write it; raises the job's error, or
-        ``JobCancelledError`` when it was cancelled."""
-        if self.result is None:
-            self.result = self.job.result(timeout=5)
-        return self.logic.finish_propagation(self.plan, self.result, modify)
+def _prepare_job(predictor, kind: str, **arguments):
+    """A server job prepared, not started: the GUI timer's polls send its arrays in chunks, then start it."""
+    prepare = getattr(predictor, "prepare_job", None) or predictor.start_job
+    return prepare(kind, **arguments)
 
 
 class _JobTask:
@@ -1118,6 +1076,37 @@ class _JobTask:
             self.job.wait(timeout)
 
 
+class PropagationTask(_JobTask):
+    """A propagation running as a server job (or already run in-process), for a GUI timer to poll:
+    ``poll()`` -> (state, done, total, message), ``cancel()``, then ``finish(modify)`` writes the result.
+    With a server, the first polls send the volume a chunk at a time (state "sending", done/total in MiB).
+    Nothing is written before ``finish``: a cancelled or failed job, or a server that died, leaves the
+    segment as it was."""
+
+    def __init__(self, logic: SegmentLogic, plan: PropagationPlan):
+        self.logic, self.plan = logic, plan
+        self.job = None
+        self.result = None
+        predictor = logic.predictor
+        previous = plan.previous
+        if hasattr(predictor, "start_job"):
+            seeds = [{"index": int(s), "mask": plan.seg_stack[s].copy()} for s in plan.seed_indices]
+            self.job = _prepare_job(predictor, "propagate", volume=plan.stack, seeds=seeds, axis=0,
+                                    previous=getattr(previous, "job_id", None), window=plan.window, **plan.options)
+        else:
+            from sonosam.volume import propagate as core_propagate
+
+            self.result = core_propagate(predictor, plan.stack, plan.seeds(), axis=0, previous=previous,
+                                         volume_id=plan.volume_id, window=plan.window, **plan.options)
+
+    def finish(self, modify=None) -> str:
+        """Fetch the result (the job must be finished) and write it; raises the job's error, or
+        ``JobCancelledError`` when it was cancelled."""
+        if self.result is None:
+            self.result = self.job.result(timeout=5)
+        return self.logic.finish_propagation(self.plan, self.result, modify)
+
+
 class RefineTask(_JobTask):
     """The refiner as a server job (or run in-process at once); ``finish()`` -> the SlicePrediction preview."""
 
@@ -1126,9 +1115,8 @@ class RefineTask(_JobTask):
         self.outcome = None
         predictor = logic.predictor
         if hasattr(predictor, "start_job"):   # a SonoSAMClient: the server's refine job
-            start_job = getattr(predictor, "prepare_job", None) or predictor.start_job
-            self.job = start_job("refine", image=image, coarse=coarse, context=context, steps=steps, seed=seed,
-                                 window=info.window)
+            self.job = _prepare_job(predictor, "refine", image=image, coarse=coarse, context=context, steps=steps,
+                                    seed=seed, window=info.window)
         else:
             from sonosam.refine import refine
 
@@ -1176,8 +1164,8 @@ class LearnTask(_JobTask):
         self.assisted = None
         base = logic.base_predictor
         if hasattr(base, "start_job"):
-            start_job = getattr(base, "prepare_job", None) or base.start_job  # its polls send the volume
-            self.job = start_job("assist", volume=stack, slices=self.slices, masks=masks, window=window, **options)
+            self.job = _prepare_job(base, "assist", volume=stack, slices=self.slices, masks=masks, window=window,
+                                    **options)
         else:
             from sonosam.assist import learn_assist
 
