@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..prompts import Prompts
-from .losses import dice_focal_loss
 from .prompts import PromptSampler, to_model_inputs
 
 __all__ = ["PromptDecoder", "low_res_target", "full_res_mask", "group_by_shape", "Dist", "setup_distributed",
