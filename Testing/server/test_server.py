@@ -350,9 +350,15 @@ def test_prepared_job_sends_its_volume_from_polls_and_a_bad_volume_fails_naming_
     with pytest.raises(InputImageError, match="NaN"):
         job.result()
     # cancelled while sending: never started, the server drops the unfinished upload
-    job = client.prepare_job("propagate", volume=_volume(seed=4), seeds=[{"index": 1, "box": [10, 10, 50, 50]}])
-    while job.poll(timeout=0.1)["message"].find("sent") < 0:
-        pass
+    # 20 MiB: several steps of chunks even on a quiet machine (a 5 MiB one can go in one step, and then the
+    # job has started before a poll sees it sending)
+    job = client.prepare_job("propagate", volume=_volume((160, 256, 256), seed=4),
+                             seeds=[{"index": 1, "box": [10, 10, 50, 50]}])
+    for _ in range(2000):
+        status = job.poll(timeout=0.1)
+        if status["state"] != "sending" or "sent" in status["message"]:
+            break
+    assert status["state"] == "sending" and "sent" in status["message"], status
     assert job.cancel()["state"] == "cancelled" and job.id is None
     assert client.info()["store"]["uploads"] == 0
     with pytest.raises(JobCancelledError, match="before it started"):
