@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -148,16 +149,63 @@ def corrective_choices(predictor, image: np.ndarray, gt: np.ndarray, *, key, win
     return choices
 
 
+def user_seed(predictor, image: np.ndarray, truth: np.ndarray, box, *, key, window) -> tuple[Seed | None, str]:
+    """"The user picks the seed from the offered masks": where the seed check reports a problem (the Slicer effect
+    then shows its Mask list), the simulated user takes the offered candidate closest to the reference (Dice) and
+    propagates from it as an accepted mask, as the effect does; (None, "") when the check finds nothing wrong (the
+    box seed propagates as in the one-prompt figures)."""
+    from sonosam.seed_check import check_seed
+
+    check = check_seed(predictor, image, box=box, key=key, window=window)
+    if check.ok:
+        return None, ""
+    picked = max(check.candidates, key=lambda c: dice(c.mask, truth))
+    return Seed(0, mask=picked.mask), picked.source
+
+
+def _assisted_rerun(predictor, volume, result, axis, window, volume_id, kinds, **options) -> dict | None:
+    """SAM^Med's prompt-encoder learning in the correction loop: learn an assisted prompt encoder from the slices
+    the user holds (the seed's mask and the accepted corrections; sonosam.assist.learn_assist, the product's
+    defaults), then propagate again from those same anchors (all as accepted masks) with it and, for a fair
+    comparison, with the base model. None when fewer than 2 non-empty slices are held."""
+    from sonosam.assist import learn_assist
+
+    held = sorted(result.anchors)
+    seeds = [Seed(i, mask=result.slice_mask(i).copy()) for i in held]
+    filled = [i for i in held if result.slice_mask(i).any()]
+    if len(filled) < 2:
+        return None
+    if len(filled) > 5:  # learn_assist takes 2-5: evenly spread
+        filled = [filled[int(round(j))] for j in np.linspace(0, len(filled) - 1, 5)]
+    assisted = learn_assist(predictor, np.moveaxis(volume, axis, 0), filled,
+                            [result.slice_mask(i) for i in filled], window=window,
+                            key=lambda i: (volume_id, axis, i), kinds=kinds)
+    base = propagate(predictor, volume, seeds, axis=axis, window=window, volume_id=volume_id, **options)
+    learned = propagate(assisted, volume, seeds, axis=axis, window=window, volume_id=volume_id, **options)
+    return {"slices": filled, "train_seconds": assisted.result.seconds, "base_rerun": base, "assisted_rerun": learned}
+
+
 def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=None, corrections: int = 3,
-                       naive: bool = True, **options) -> dict:
-    """One structure: seed box on its widest slice, propagation, corrections, naive baseline; see module doc."""
+                       naive: bool = True, seed_pick: str = "auto", assist_after=(),
+                       assist_kinds=("box", "point"), **options) -> dict:
+    """One structure: seed box on its widest slice, propagation, corrections, naive baseline; see module doc.
+    seed_pick "user": the simulated user picks the seed from the offered masks (`user_seed`); assist_after:
+    after these correction counts (e.g. (2, 3)), also learn SAM^assist from the held slices and re-run
+    (`_assisted_rerun`): row["assist"]."""
     window = tuple(window or volume_window(volume))
     other = tuple(a for a in range(3) if a != axis)
     index = int(np.argmax(gt.sum(axis=other)))
     box = loose_box(slice_of(gt, axis, index))
+    seed, picked = Seed(index, box=box), ""
+    if seed_pick == "user":
+        chosen, picked = user_seed(predictor, slice_of(volume, axis, index), slice_of(gt, axis, index), box,
+                                   key=(volume_id, axis, index), window=window)
+        if chosen is not None:
+            seed = replace(chosen, index=index)
+    elif seed_pick != "auto":
+        raise ValueError(f"seed_pick must be 'auto' or 'user', not {seed_pick!r}.")
     started = time.perf_counter()
-    result = propagate(predictor, volume, [Seed(index, box=box)], axis=axis, window=window, volume_id=volume_id,
-                       **options)
+    result = propagate(predictor, volume, [seed], axis=axis, window=window, volume_id=volume_id, **options)
     seconds, decoded = time.perf_counter() - started, result.decoded
     check = result.seed_checks.get(index)
     first, last = true_extent(gt, axis)
@@ -165,15 +213,27 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
     row = {"axis": axis, "seed_slice": index, "box": list(box), "true_extent": [first, last],
            "extent": list(extent), "stop_error": [extent[0] - first, extent[1] - last],
            "dice": dice(result.mask, gt), "seed_dice": dice(result.slice_mask(index), slice_of(gt, axis, index)),
-           "seed_check": check.summary() if check is not None else "",
-           "seed_choice": result.slices[index].candidate, "summary": result.summary(),
+           "seed_check": check.summary() if check is not None else "", "seed_pick": seed_pick,
+           "seed_choice": (f"user: {picked}" if picked else result.slices[index].candidate),
+           "summary": result.summary(),
            "intensity_slices": sum(s.candidate == "intensity" for s in result.slices.values())}
     curve, taken = [row["dice"]], {index}
     kinds = []
-    for _ in range(corrections):
+    assist = {}
+
+    def learn(spent):  # SAM^assist from the held slices after `spent` corrections (row["assist"])
+        if spent not in assist_after:
+            return
+        out = _assisted_rerun(predictor, volume, result, axis, window, volume_id, assist_kinds, **options)
+        assist[spent] = None if out is None else {
+            "slices": out["slices"], "train_seconds": out["train_seconds"], "dice_local": curve[-1],
+            "dice_base_rerun": dice(out["base_rerun"].mask, gt), "dice_assisted_rerun": dice(out["assisted_rerun"].mask, gt)}
+
+    for spent in range(1, corrections + 1):
         found = _correction(result.mask, gt, axis, taken)
         if found is None:
             curve.append(curve[-1])
+            learn(spent)
             continue
         worst, erase = found
         taken.add(worst)
@@ -189,6 +249,7 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
             if dice(mask, truth) <= now:
                 kinds.append(f"{worst}: nothing better offered ({how})")
                 curve.append(curve[-1])
+                learn(spent)
                 continue
             kinds.append(f"{worst}: {how} ({now:.2f} -> {dice(mask, truth):.2f})")
             seed = Seed(worst, mask=mask)
@@ -198,7 +259,10 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
         seconds += time.perf_counter() - started
         decoded += result.decoded
         curve.append(dice(result.mask, gt))
+        learn(spent)
     row["dice_after"] = curve[1:]
+    if assist_after:
+        row["assist"] = {str(k): v for k, v in assist.items()}
     row["corrections"] = kinds
     row["seconds_per_slice"] = seconds / max(decoded, 1)
     if naive:
@@ -222,7 +286,8 @@ def _subject(name):
 
 def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache: str = "runs/cache",
           corrections: int = 3, naive: bool = True, model_name: str = "litemedsam", backend: str | None = "auto",
-          verbose: bool = True, **options) -> dict:
+          verbose: bool = True, seed_pick: str = "auto", assist_after=(), assist_kinds=("box", "point"),
+          **options) -> dict:
     import torch
 
     from sonosam.models import load_model
@@ -232,7 +297,8 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
     say = print if verbose else (lambda *a, **k: None)
     model = load_model(model_name, backend=backend)
     store = EmbeddingStore(cache, model, memory=False)
-    out = {"model": model.spec.name, "backend": model.backend, "threads": torch.get_num_threads(), "axis": axis, "rows": []}
+    out = {"model": model.spec.name, "backend": model.backend, "threads": torch.get_num_threads(), "axis": axis,
+           "seed_pick": seed_pick, "assist_after": list(assist_after), "rows": []}
     for subject_name in subjects:
         subject = _subject(subject_name)
         volume = subject.volume.array
@@ -250,6 +316,7 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
             reach = range(max(0, first - NAIVE_REACH), min(volume.shape[axis], last + NAIVE_REACH + 1))
             encoded = warm_from_store(predictor, store, volume, axis, window, volume_id, reach)
             row = evaluate_structure(predictor, volume, ref.mask, axis, window, volume_id, corrections, naive,
+                                     seed_pick=seed_pick, assist_after=assist_after, assist_kinds=assist_kinds,
                                      **options)
             row.update(subject=subject_name, modality=subject.modality, name=name, shape=ref.shape,
                        set="dev" if name in DEV else "held-out", window=list(window), encoded=encoded,
@@ -262,7 +329,11 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
                 + f"; seed {row['seed_dice']:.3f} ({row['seed_choice']}); extent {row['extent']} true "
                   f"{row['true_extent']}; {row['seconds_per_slice'] * 1000:.0f} ms/slice; {row['summary']}"
                 + (f"; seed check: {row['seed_check']}" if row["seed_check"] else "")
-                + (f"; corrections: {', '.join(row['corrections'])}" if row["corrections"] else ""), flush=True)
+                + (f"; corrections: {', '.join(row['corrections'])}" if row["corrections"] else "")
+                + "".join(f"; SAM^assist after {k}: " + ("fewer than 2 slices held" if a is None else
+                          f"slices {a['slices']} ({a['train_seconds']:.0f} s) Dice local {a['dice_local']:.3f}, "
+                          f"re-run base {a['dice_base_rerun']:.3f}, assisted {a['dice_assisted_rerun']:.3f}")
+                          for k, a in row.get("assist", {}).items()), flush=True)
     return out
 
 
@@ -310,6 +381,12 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                         help="a PropagationOptions override, e.g. min_contrast=None (repeatable)")
+    parser.add_argument("--seed-pick", choices=["auto", "user"], default="auto",
+                        help="auto: the seed check's suggestion (the one-prompt figures); user: where the check "
+                             "reports a problem, the simulated user picks the offered mask closest to the reference")
+    parser.add_argument("--assist-after", type=int, nargs="*", default=[],
+                        help="after these correction counts, learn SAM^assist from the held slices and re-run")
+    parser.add_argument("--assist-kinds", nargs="+", default=["box", "point"], choices=["box", "point"])
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -322,7 +399,8 @@ def main(argv=None) -> int:
         options[key] = None if value == "None" else json.loads(value.lower() if value in ("True", "False")
                                                                 else value)
     result = bench(args.subjects, args.structures, axis=args.axis, cache=args.cache, corrections=args.corrections,
-                   naive=not args.no_naive, model_name=args.model, backend=args.backend, **options)
+                   naive=not args.no_naive, model_name=args.model, backend=args.backend, seed_pick=args.seed_pick,
+                   assist_after=tuple(args.assist_after), assist_kinds=tuple(args.assist_kinds), **options)
     print(format_table(result))
     print(goals(result))
     if args.json:

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["Candidate", "SeedCheck", "check_seed", "structure_candidate", "box_agreement", "mask_problems"]
+__all__ = ["Candidate", "SeedCheck", "check_seed", "structure_candidate", "box_agreement", "mask_problems",
+           "is_ring"]
 
 MIN_SCORE = 0.7        # below this predicted IoU the answer is flagged as unsure
 MIN_SPAN = 0.6         # flagged when the mask's bounding box covers less than this share of the box's area ...
@@ -168,20 +169,44 @@ def contrast_polarity(image: np.ndarray, mask: np.ndarray, min_contrast: float |
     return "dark" if value < 0 else "bright"
 
 
-def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None,
-                        near: np.ndarray | None = None) -> tuple[np.ndarray, str] | None:
+def _hull(mask: np.ndarray) -> np.ndarray:
+    """The mask's convex hull, filled (the mask itself when its pixels span no area)."""
+    from scipy.spatial import ConvexHull
+
+    rows, cols = np.nonzero(mask)
+    try:
+        hull = ConvexHull(np.stack([cols, rows], 1).astype(float))
+    except Exception:  # scipy's QhullError: fewer than 3 points, or all on a line
+        return mask.copy()
+    y, x = np.indices(mask.shape)
+    grid = np.stack([x.ravel(), y.ravel()], 1).astype(float)
+    return np.all(grid @ hull.equations[:, :2].T + hull.equations[:, 2] <= 0.5, axis=1).reshape(mask.shape)
+
+
+def is_ring(mask: np.ndarray) -> bool:
+    """Filling its holes would add more than half its area (`HOLLOW`): a ring, like the skull on an axial slice."""
+    return bool(mask.any()) and ndimage.binary_fill_holes(mask).sum() > HOLLOW * mask.sum()
+
+
+def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None, near: np.ndarray | None = None,
+                        threshold: float | None = None, between: tuple[float, float] | None = None
+                        ) -> tuple[np.ndarray, str] | None:
     """The model-free candidate: inside the box, the darker (or brighter) of the two intensity classes (Otsu
-    threshold over the box), opened 1 px, its connected component that spans the box best (or, with `near`,
-    overlaps `near` most), leaving out components lying mostly on the box's outer 2 px (the surroundings that a
-    loose box takes in, not a structure). polarity "dark"/"bright" fixes the class; None tries both. Returns (mask, source)
-    or None when nothing qualifies."""
+    threshold over the box, or `threshold`), opened 1 px, its connected component that spans the box best (or, with
+    `near`, overlaps `near` most), leaving out components lying mostly on the box's outer 2 px (the surroundings
+    that a loose box takes in, not a structure). polarity "dark"/"bright" fixes the class; None tries both.
+    `threshold` replaces the box's Otsu split where that split does not lie `between` the two intensities given
+    (a structure's surroundings and its own mean: the split would not separate them), or always (between None).
+    Returns (mask, source) or None when nothing qualifies."""
     x0, y0, x1, y1 = _box_pixels(box, image.shape)
     if x1 - x0 < 3 or y1 - y0 < 3:
         return None
     crop = np.asarray(image, np.float32)[y0:y1 + 1, x0:x1 + 1]
     if crop.max() <= crop.min():
         return None
-    threshold = _otsu(crop.ravel())
+    split = _otsu(crop.ravel())
+    if threshold is None or (between is not None and min(between) < split < max(between)):
+        threshold = split
     edge = np.ones(crop.shape, bool)   # the box's outer 2 px: a component lying there is the surroundings
     edge[2:-2, 2:-2] = False
     best = None
@@ -203,10 +228,9 @@ def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None,
                 best = (score, full, f"the {kind} part of the box (threshold {threshold:.4g})")
     if best is None or best[0] <= 0:
         return None
-    filled = ndimage.binary_fill_holes(best[1])
-    if filled.sum() > HOLLOW * best[1].sum():  # a ring (a skull in a box around the head): the ring, not its disc
+    if is_ring(best[1]):  # a ring (a skull in a box around the head): the ring, not its disc
         return best[1], best[2].replace(" part of the box", " ring in the box")
-    return filled, best[2]
+    return ndimage.binary_fill_holes(best[1]), best[2]
 
 
 def mask_problems(mask: np.ndarray, score: float, box, evidence: float | None = None,
@@ -262,6 +286,23 @@ def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None,
         hole = ndimage.binary_fill_holes(intensity.mask) & ~intensity.mask
         if (candidates[0].mask & hole).sum() > 0.5 * hole.sum():
             candidates[0].problems.append(f"the mask fills the hole of {intensity.source.split(' (')[0]}")
+    # the model's mask fills what a contrasted structure of the box encloses, hardly touching it (the skull base's bone,
+    # open towards the face, around LiteMedSAM's answer; the box's best-spanning class there is the soft tissue):
+    # flagged and that structure offered, never taken automatically
+    enclosing = None
+    model_mask = candidates[0].mask
+    flagged = any("fills the hole" in p for p in candidates[0].problems)
+    for kind in ("bright", "dark") if box is not None and model_mask.any() and not flagged else ():
+        same = intensity is not None and intensity.source.startswith(f"the {kind} ")
+        found = (intensity.mask, intensity.source) if same else structure_candidate(image, box, polarity=kind)
+        if found is None or contrast_polarity(image, found[0]) != kind:
+            continue
+        area = model_mask.sum()
+        if (model_mask & _hull(found[0])).sum() >= 0.8 * area and (model_mask & found[0]).sum() <= 0.2 * area \
+                and area >= found[0].sum():
+            candidates[0].problems.append(f"the mask fills what {found[1].split(' (')[0]} encloses")
+            enclosing = None if same else Candidate(found[0], float("nan"), found[1])
+            break
     if candidates[0].problems and intensity is not None and takes_points:
         # let the model segment what the box's intensities point to: a click deep inside it
         depth = ndimage.distance_transform_edt(np.pad(intensity.mask, 1))[1:-1, 1:-1]
@@ -274,6 +315,8 @@ def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None,
                                     clicked.logits))
     if intensity is not None:
         candidates.append(intensity)
+    if enclosing is not None:
+        candidates.append(enclosing)
     for c in candidates:
         c.agreement = box_agreement(c.mask, box) if box is not None else float("nan")
         if c is not candidates[0]:
@@ -290,7 +333,7 @@ def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None,
         + SPAN_MARGIN
     unsure = np.isfinite(model_answer.score) and model_answer.score < min_score
     if conflict and (unsure or (prefer is not None and prefer == check.polarity)):
-        fine = [i for i, c in enumerate(candidates) if i and not c.problems]
+        fine = [i for i, c in enumerate(candidates) if i and not c.problems and c is not enclosing]
         if fine:
             check.best = max(fine, key=lambda i: (round(candidates[i].agreement, 2), -i))
             check.decision = f"Took {candidates[check.best].source}: the model is unsure and its mask avoids " \

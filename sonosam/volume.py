@@ -52,7 +52,7 @@ from .masks import bounding_box, box_with_margin, content_hash
 from .models import mask_to_logits
 from .predictor import Predictor
 from .prompts import Prompts
-from .seed_check import _fills_box, check_seed, contrast_polarity, structure_candidate
+from .seed_check import _fills_box, _otsu, check_seed, contrast_polarity, structure_candidate
 
 __all__ = ["Seed", "SliceInfo", "PropagationOptions", "PropagationResult", "propagate", "naive_baseline",
            "stop_reason", "slice_of", "axis_index", "consistent_pixels", "volume_window", "AXES"]
@@ -459,6 +459,13 @@ class _Run:
         anchor_mean, anchor_std = float(anchor_values.mean()), max(float(anchor_values.std()), 1e-6)
         anchor_feature = self.feature(start, mask) if opt.min_similarity is not None else None
         polarity = contrast_polarity(prev_image, mask, opt.min_contrast)
+        # the anchor's own split of its kind from its surroundings (Otsu over it and a 3 px ring), for the slices where
+        # the box's Otsu split does not fall between the two (around the skull's bone the box holds air, tissue and
+        # bone: its split is 338 HU on the seed slice, -400 HU from 4 slices up, where "bright" is the whole head)
+        split = between = None
+        if polarity is not None:
+            around = ndimage.binary_dilation(mask, iterations=3) & ~mask
+            split, between = _otsu(prev_image[mask | around]), (float(prev_image[around].mean()), anchor_mean)
         if opt.max_slices is not None:
             limit = start + step * min(abs(limit - start), opt.max_slices)
         weak: list[tuple[np.ndarray, SliceInfo]] = []  # weak slices in a row: kept on probation
@@ -505,7 +512,8 @@ class _Run:
             if opt.keep_component and new.any():
                 new = _keep_touching(new, prev_mask)
             if polarity is not None:  # a high-contrast structure: the intensity candidate may follow it better
-                found = structure_candidate(image, box, polarity=polarity, near=prev_mask)
+                found = structure_candidate(image, box, polarity=polarity, near=prev_mask, threshold=split,
+                                            between=between)
                 if found is not None:
                     other = _keep_touching(found[0], prev_mask)
                     if _iou(other, prev_mask) > _iou(new, prev_mask):

@@ -117,3 +117,36 @@ def test_a_ring_is_offered_as_a_ring_and_a_mask_filling_its_hole_is_flagged():
     check = check_seed(_Disc(), image, box=box)
     assert any("fills the hole of the bright ring" in p for p in check.problems), check.summary()
     assert any("ring" in c.source for c in check.candidates[1:])
+
+
+def test_a_mask_filling_what_an_open_bright_wall_encloses_is_flagged_and_the_wall_offered():
+    # the skull base on the head CT: bone open towards the face around what LiteMedSAM answers (the brain and the
+    # tissue inside the bone), air outside the head; the box's best-spanning class is the soft tissue
+    rows, cols = np.indices((112, 112))
+    radius = np.hypot(rows - 56, cols - 56)
+    wall = (radius <= 40) & (radius > 34) & ~((rows > 56) & (np.abs(cols - 56) < 14))   # open at the bottom
+    image = np.where(radius <= 58, 40.0, -1000.0)                                        # head tissue, air
+    image += np.random.default_rng(2).normal(0, 20, image.shape)
+    image[wall] = 800.0 + np.random.default_rng(3).normal(0, 250, wall.sum())   # bone: ~3 SD from the tissue
+    box = loose_box(wall)
+    inside = radius <= 34
+
+    class _Inside(_SureOfTheBand):
+        def predict(self, image, prompts=None, **kwargs):
+            from sonosam.prompts import Prediction
+
+            return Prediction(inside[None], np.array([0.95]), np.zeros((1, 256, 256), np.float32))
+
+    check = check_seed(_Inside(), image, box=box)
+    assert any("fills what the bright part of the box encloses" in p for p in check.problems), check.summary()
+    offered = [c for c in check.candidates[1:] if c.source.startswith("the bright part")]
+    assert offered and dice(offered[0].mask, wall) > 0.8
+    assert check.best == 0   # offered, never taken automatically
+    # a model answer on the wall itself is not flagged so
+    class _Wall(_Inside):
+        def predict(self, image, prompts=None, **kwargs):
+            from sonosam.prompts import Prediction
+
+            return Prediction(wall[None], np.array([0.95]), np.zeros((1, 256, 256), np.float32))
+
+    assert not any("encloses" in p for p in check_seed(_Wall(), image, box=box).problems)

@@ -299,3 +299,23 @@ def test_the_growth_rules_alone_stop_a_front_that_balloons_into_the_neighbour():
     assert stop_reason(opt, **fine, trend=0.95)[1] is False              # weak: patience applies
     assert "as wide as the anchor" in stop_reason(opt, **{**fine, "area": 100}, extent_ratio=1.6)[0]
     assert "fills its box" in stop_reason(opt, **{**fine, "area": 100}, fills_box=True)[0]
+
+
+def test_a_bright_wall_is_followed_with_its_own_threshold_where_the_box_splits_air_from_the_head():
+    # a skull-like bright ring inside a head of soft tissue, air around the head: the box around the ring holds all
+    # three, and its Otsu split falls between air and tissue (the whole head is "bright"); the anchor's own split
+    # (bone against the tissue around it) keeps the front on the ring, where the model answers the head
+    shape = (21, 80, 80)
+    k, j, i = np.indices(shape)
+    radius = np.hypot(j - 40, i - 40)
+    outer = 20 + 0.3 * np.abs(k - 10)
+    ring = (radius <= outer) & (radius > outer - 4) & (np.abs(k - 10) <= 6)
+    volume = np.where(radius <= 34, 100.0, 0.0) + np.random.default_rng(3).normal(0, 3, shape)
+    volume[ring] = 180 + np.random.default_rng(4).normal(0, 3, ring.sum())
+    volume = volume.astype(np.float32)
+    result = propagate(Predictor(ThresholdModel(level=60)), volume, [Seed(10, mask=ring[10])])
+    for index in range(5, 17):
+        mask = result.slice_mask(index)
+        inter = (mask & ring[index]).sum()
+        assert 2 * inter / (mask.sum() + ring[index].sum()) > 0.9, index
+    assert all(result.slices[t].candidate == "intensity" for t in range(5, 17) if t != 10)
