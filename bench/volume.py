@@ -152,15 +152,17 @@ def corrective_choices(predictor, image: np.ndarray, gt: np.ndarray, *, key, win
 def user_seed(predictor, image: np.ndarray, truth: np.ndarray, box, *, key, window) -> tuple[Seed | None, str]:
     """"The user picks the seed from the offered masks": where the seed check reports a problem (the Slicer effect
     then shows its Mask list), the simulated user takes the offered candidate closest to the reference (Dice) and
-    propagates from it as an accepted mask, as the effect does; (None, "") when the check finds nothing wrong (the
-    box seed propagates as in the one-prompt figures)."""
+    propagates from it as an accepted mask, as the effect does; (None, "") when the check finds nothing wrong or the
+    pick is what the check suggests anyway (the box seed propagates as in the one-prompt figures)."""
     from sonosam.seed_check import check_seed
 
     check = check_seed(predictor, image, box=box, key=key, window=window)
     if check.ok:
         return None, ""
-    picked = max(check.candidates, key=lambda c: dice(c.mask, truth))
-    return Seed(0, mask=picked.mask), picked.source
+    picked = max(range(len(check.candidates)), key=lambda i: dice(check.candidates[i].mask, truth))
+    if picked == check.best:
+        return None, ""
+    return Seed(0, mask=check.candidates[picked].mask), check.candidates[picked].source
 
 
 def _assisted_rerun(predictor, volume, result, axis, window, volume_id, kinds, **options) -> dict | None:
@@ -182,7 +184,12 @@ def _assisted_rerun(predictor, volume, result, axis, window, volume_id, kinds, *
                             key=lambda i: (volume_id, axis, i), kinds=kinds)
     base = propagate(predictor, volume, seeds, axis=axis, window=window, volume_id=volume_id, **options)
     learned = propagate(assisted, volume, seeds, axis=axis, window=window, volume_id=volume_id, **options)
-    return {"slices": filled, "train_seconds": assisted.result.seconds, "base_rerun": base, "assisted_rerun": learned}
+    # the learned prompt encoder with the base's prompts (boxes only): what the learned box embedding alone does, when
+    # a box-only base (LiteMedSAM) gains points with it
+    boxes = propagate(assisted, volume, seeds, axis=axis, window=window, volume_id=volume_id,
+                      **{**options, "n_points": 0}) if "point" not in predictor.model.spec.prompt_kinds else learned
+    return {"slices": filled, "train_seconds": assisted.result.seconds, "base_rerun": base, "assisted_rerun": learned,
+            "assisted_boxes_rerun": boxes}
 
 
 def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=None, corrections: int = 3,
@@ -227,7 +234,8 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
         out = _assisted_rerun(predictor, volume, result, axis, window, volume_id, assist_kinds, **options)
         assist[spent] = None if out is None else {
             "slices": out["slices"], "train_seconds": out["train_seconds"], "dice_local": curve[-1],
-            "dice_base_rerun": dice(out["base_rerun"].mask, gt), "dice_assisted_rerun": dice(out["assisted_rerun"].mask, gt)}
+            "dice_base_rerun": dice(out["base_rerun"].mask, gt), "dice_assisted_rerun": dice(out["assisted_rerun"].mask, gt),
+            "dice_assisted_boxes_rerun": dice(out["assisted_boxes_rerun"].mask, gt)}
 
     for spent in range(1, corrections + 1):
         found = _correction(result.mask, gt, axis, taken)
@@ -332,7 +340,8 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
                 + (f"; corrections: {', '.join(row['corrections'])}" if row["corrections"] else "")
                 + "".join(f"; SAM^assist after {k}: " + ("fewer than 2 slices held" if a is None else
                           f"slices {a['slices']} ({a['train_seconds']:.0f} s) Dice local {a['dice_local']:.3f}, "
-                          f"re-run base {a['dice_base_rerun']:.3f}, assisted {a['dice_assisted_rerun']:.3f}")
+                          f"re-run base {a['dice_base_rerun']:.3f}, assisted {a['dice_assisted_rerun']:.3f} "
+                          f"(boxes only {a['dice_assisted_boxes_rerun']:.3f})")
                           for k, a in row.get("assist", {}).items()), flush=True)
     return out
 

@@ -150,3 +150,25 @@ def test_a_mask_filling_what_an_open_bright_wall_encloses_is_flagged_and_the_wal
             return Prediction(wall[None], np.array([0.95]), np.zeros((1, 256, 256), np.float32))
 
     assert not any("encloses" in p for p in check_seed(_Wall(), image, box=box).problems)
+
+
+def test_the_simulated_user_picks_the_offered_mask_closest_to_the_reference_only_when_the_check_complains():
+    from bench.volume import user_seed
+
+    rows, cols = np.indices((96, 96))
+    truth = np.hypot(rows - 48, cols - 48) <= 25
+    image = 100 + np.random.default_rng(5).normal(0, 3, (96, 96))
+    image[truth] = 50 + np.random.default_rng(6).normal(0, 15, truth.sum())   # ~3 SD: offered, not switched to
+    box = loose_box(truth, margin=0)
+    check = check_seed(_SureOfTheBand(), image, box=box)
+    assert check.best == 0 and not check.ok, check.summary()
+    seed, how = user_seed(_SureOfTheBand(), image, truth, box, key=None, window=None)
+    assert seed is not None and "dark part" in how and dice(seed.mask, truth) > 0.9
+
+    class _Right(_SureOfTheBand):
+        def predict(self, image, prompts=None, **kwargs):
+            from sonosam.prompts import Prediction
+
+            return Prediction(truth[None], np.array([0.95]), np.zeros((1, 256, 256), np.float32))
+
+    assert user_seed(_Right(), image, truth, box, key=None, window=None) == (None, "")   # nothing to pick from
