@@ -1,7 +1,7 @@
 """Propagation accuracy for every shape of structure, on MRI and CT, against model-free references.
 
     python -m bench.volume [--subjects colin27 ct_head] [--structures NAME ...] [--cache runs/cache]
-                                   [--corrections 3] [--json out.json]
+                                   [--corrections 3] [--seed-pick auto|user] [--assist-after 3] [--json out.json]
 
 Subjects and references: `sonosam.references` (Colin27 T1 MRI: AAL structures, lateral ventricles, white
 matter; the invesalius head CT: skull, mandible rami, airway, sinuses, brain). For each structure, along its
@@ -16,6 +16,11 @@ propagated extent, 3D Dice from one prompt and after 1/2/3 corrections, the naiv
 every slice of the structure and 10 beyond each end), the seed check's verdict, and seconds per decoded slice with a warm cache. Embeddings are
 computed once and kept on disk (`--cache`, fp16, `sonosam.train.cache.EmbeddingStore`), so a re-run of the
 table is decode-only.
+
+`--seed-pick user`: where the seed check reports a problem, the simulated user picks the offered mask closest to the
+reference (what the Slicer effect's Mask list lets a user do), reported apart from the one-prompt figures.
+`--assist-after N`: after N corrections, SAM^assist learned from the held slices and the propagation re-run with and
+without it (row["assist"]).
 
 DEV rows (left-hemisphere MRI structures) are where the rules were chosen; HELD-OUT rows (right hemisphere: a
 weak hold-out, mirror images; the CT: another subject, another modality, a real one) were only run.
