@@ -35,7 +35,7 @@ from .errors import CheckpointError, SonoSAMError
 from .models import Embedding, Prediction, SamModel
 
 __all__ = ["PromptPredictor", "AutoResult", "auto_segment", "add_auto_object", "check_base", "train_ppn", "save_ppn",
-           "load_ppn", "PPNLog"]
+           "load_ppn", "PPNLog", "PPNValidation", "ppn_validator", "split_volumes"]
 
 FORMAT = "sonosam-ppn"
 
@@ -232,6 +232,99 @@ class PPNLog:
     steps: int = 0
     validation: list[tuple[int, float]] = field(default_factory=list)   # (step, score) when validate= is given
     best_step: int | None = None                                        # the step whose weights were kept
+    details: list = field(default_factory=list)                         # what validate returned, per check
+
+
+@dataclass
+class PPNValidation:
+    score: float                 # mean over classes of the per-slice autonomous score (see ppn_validator)
+    per_class: dict              # name -> dice, present, absent, rejected, objectness_present, objectness_absent
+
+    def __float__(self) -> float:
+        return self.score
+
+    def summary(self) -> str:
+        parts = []
+        for name, c in self.per_class.items():
+            text = f"{name} Dice {c['dice']:.3f} on {c['present']}" if c["present"] else f"{name} (never present)"
+            if c["absent"]:
+                text += f", absent rejected {c['rejected']}/{c['absent']}"
+            obj = [f"{v:.2f}" if v is not None else "-" for v in (c["objectness_present"], c["objectness_absent"])]
+            parts.append(f"{text}, objectness {obj[0]}/{obj[1]}")
+        return f"score {self.score:.3f} | " + " | ".join(parts)
+
+
+def ppn_validator(model: SamModel, images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray],
+                  classes: dict[str, int], *, store=None, window=None):
+    """validate(ppn) -> PPNValidation on held-out (image, label map) pairs, on the decoder's low-res grid (cheap,
+    for picking weights while training). Per class and slice: where the class is present, its Dice if objectness
+    says present (> 0.5), else 0 (missed); where absent, 1 if rejected, else 0. The score is the mean over
+    classes of those per-slice scores; per class it also gives the Dice where present (missed = 0), the absent
+    slices rejected and the mean objectness present / absent. The images are encoded once (``store``: an
+    EmbeddingStore; else here) and kept in half precision."""
+    from .train.cache import input_size_for
+
+    if not images or len(images) != len(label_maps):
+        raise SonoSAMError(f"Validation needs one label map per image (got {len(images)} images, {len(label_maps)}).")
+    get = (lambda im: store.get(im, window).features) if store is not None else \
+        (lambda im: model.encode(im, window).features[0].float().cpu())
+    feats = torch.stack([get(im).half() for im in images])
+    size = model.spec.image_size
+    targets = [_targets(np.asarray(lm), list(classes.values()), input_size_for(np.asarray(lm).shape, size), size)
+               for lm in label_maps]
+    names = list(classes)
+
+    @torch.no_grad()
+    def validate(ppn: PromptPredictor) -> PPNValidation:
+        pe = model.sam.prompt_encoder.get_dense_pe()
+        rows = {c: dict(scores=[], dice=[], obj_present=[], obj_absent=[], rejected=0) for c in range(len(names))}
+        for start in range(0, len(images), 8):
+            f = feats[start:start + 8].float().to(model.device)
+            out = ppn(f, pe)
+            for b in range(f.shape[0]):
+                mask_t, _, present = targets[start + b]
+                for c, row in rows.items():
+                    logit = float(out["objectness"][b, c])
+                    said = logit > 0
+                    prob = 1 / (1 + np.exp(-logit))
+                    if not present[c]:
+                        row["obj_absent"].append(prob)
+                        row["rejected"] += not said
+                        row["scores"].append(0.0 if said else 1.0)
+                        continue
+                    row["obj_present"].append(prob)
+                    d = 0.0
+                    if said:
+                        logits, _ = _decode(model, f[b:b + 1], out["box"][b:b + 1, c], out["mask"][b:b + 1, c],
+                                            out["embeddings"][b:b + 1, c], gate=ppn.mask_gate)
+                        pred, gt = logits[0, 0] > 0, mask_t[c].to(logits.device) > 0.5
+                        d = float(2 * (pred & gt).sum() / max(int(pred.sum() + gt.sum()), 1))
+                    row["dice"].append(d)
+                    row["scores"].append(d)
+        mean = lambda v: float(np.mean(v)) if v else None   # noqa: E731
+        per_class = {names[c]: dict(dice=mean(r["dice"]), present=len(r["dice"]), absent=len(r["obj_absent"]),
+                                    rejected=r["rejected"], objectness_present=mean(r["obj_present"]),
+                                    objectness_absent=mean(r["obj_absent"])) for c, r in rows.items()}
+        score = float(np.mean([np.mean(r["scores"]) for r in rows.values() if r["scores"]]))
+        return PPNValidation(score, per_class)
+
+    return validate
+
+
+def split_volumes(names: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Training and validation volumes: whole volumes (a volume = one subject or one loop), never slices of
+    one volume on both sides (neighbouring slices are near copies). ``round(val_fraction x n)`` volumes, at
+    least one when there are two or more, are held out, drawn with ``seed``; one volume: nothing to hold out."""
+    names = list(names)
+    if len(set(names)) != len(names):
+        raise SonoSAMError(f"A volume is given twice: {sorted(n for n in set(names) if names.count(n) > 1)}.")
+    if not 0 <= val_fraction < 1:
+        raise SonoSAMError(f"The validation fraction must be in [0, 1); got {val_fraction}.")
+    if len(names) < 2 or val_fraction == 0:
+        return names, []
+    n_val = min(len(names) - 1, max(1, round(val_fraction * len(names))))
+    held = set(np.random.default_rng(seed).permutation(len(names))[:n_val].tolist())
+    return [n for i, n in enumerate(names) if i not in held], [n for i, n in enumerate(names) if i in held]
 
 
 def _targets(label_map: np.ndarray, values: Sequence[int], input_size, image_size: int):
@@ -305,14 +398,16 @@ def train_ppn(model: SamModel, images: Sequence[np.ndarray], label_maps: Sequenc
               *, steps: int = 200, batch: int = 4, lr: float = 1e-3, weight_decay: float = 0.1, decoder_every: int = 1,
               seed: int = 0, store=None, window=None, n_tokens: int = 6, progress=None,
               max_seconds: float | None = None, dice_weight: float = 1.0, validate=None, validate_every: int = 50,
-              ppn: PromptPredictor | None = None, max_decoded: int | None = 4) -> tuple[PromptPredictor, PPNLog]:
+              ppn: PromptPredictor | None = None, max_decoded: int | None = 4,
+              on_validation=None) -> tuple[PromptPredictor, PPNLog]:
     """Train a prompt predictor for ``classes`` (name -> label value) on 2D images with label maps; the
     SAM model stays frozen. ``store``: an EmbeddingStore (embeddings cached on disk), else encoded here.
     Batches are balanced per class between images where it is present and where it is absent. The final-mask
     loss (through the frozen decoder, the costly part on a CPU) is added every ``decoder_every`` steps, on at most
     ``max_decoded`` (image, class) pairs of the batch.
-    ``validate(ppn) -> score`` (higher is better), called every ``validate_every`` steps and at the end:
-    the best-scoring weights are returned (``log.best_step``). ``max_seconds``: stop after this much training
+    ``validate(ppn) -> score`` (a float or a PPNValidation, higher is better; ``ppn_validator`` makes one), called
+    every ``validate_every`` steps and at the end: the best-scoring weights are returned (``log.best_step``), and
+    ``on_validation(ppn, step, result, best)`` after each check (``best``: the score improved; e.g. save then). ``max_seconds``: stop after this much training
     time (``log.steps`` says how many steps ran). ``ppn``: continue training this network instead of a new one."""
     from .train.cache import input_size_for
 
@@ -341,12 +436,17 @@ def train_ppn(model: SamModel, images: Sequence[np.ndarray], label_maps: Sequenc
     def check(step):
         nonlocal best
         ppn.eval()
-        score = float(validate(ppn))
-        ppn.train()
+        result = validate(ppn)
+        score = float(result)
         log.validation.append((step, score))
-        if best is None or score > best[0]:
+        log.details.append(result)
+        improved = best is None or score > best[0]
+        if improved:
             best = (score, {k: v.detach().clone() for k, v in ppn.state_dict().items()})
             log.best_step = step
+        if on_validation is not None:
+            on_validation(ppn, step, result, improved)
+        ppn.train()
 
     started = time.perf_counter()
     for step in range(steps):

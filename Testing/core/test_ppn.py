@@ -95,11 +95,17 @@ class _Store:   # the EmbeddingStore interface train_ppn uses, over embeddings m
 
 
 @pytest.fixture(scope="module")
-def fitted(default_model, slices):
-    """A PPN fitted to two real slices (Thalamus_L on axial 80, none on axial 45) and the same network untrained."""
+def two_slices(default_model, slices):
+    """Two real slices (Thalamus_L on axial 80, none on axial 45), their label maps and embeddings."""
     volume, labels, _ = slices
     images, label_maps = [volume[80], volume[45]], [labels[80], labels[45]]
-    embeddings = [default_model.encode(image) for image in images]
+    return images, label_maps, [default_model.encode(image) for image in images]
+
+
+@pytest.fixture(scope="module")
+def fitted(default_model, two_slices):
+    """A PPN fitted to two real slices (Thalamus_L on axial 80, none on axial 45) and the same network untrained."""
+    images, label_maps, embeddings = two_slices
     torch.set_num_threads(1)
     torch.manual_seed(0)   # train_ppn seeds the same way before building its network
     untrained = PromptPredictor(["Thalamus_L"], base_model=default_model.spec.name).eval()
@@ -163,3 +169,78 @@ def test_tracker_starts_from_the_ppn_mask(default_model, fitted, slices, tmp_pat
     assert main(["track", str(cine), "--auto", "Thalamus_L", "--ppn", str(path), "--model", "litemedsam",
                  "-o", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "segmentation.seq.nrrd").is_file()
+
+
+def test_split_volumes_holds_out_whole_volumes():
+    """`sonosam train ppn`'s validation split: whole volumes (subjects, loops) on one side only, seeded."""
+    from sonosam.ppn import split_volumes
+
+    names = [f"v{i}.nrrd,l{i}.nrrd" for i in range(10)]
+    train, val = split_volumes(names, 0.2, seed=3)
+    assert len(val) == 2 and not set(train) & set(val) and sorted(train + val) == sorted(names)
+    assert split_volumes(names, 0.2, seed=3) == (train, val)          # deterministic with the seed
+    assert split_volumes(names, 0.2, seed=4) != (train, val)
+    assert len(split_volumes(names[:2], 0.2)[1]) == 1                 # two volumes: one is held out
+    assert split_volumes(names[:1], 0.5) == (names[:1], [])           # one volume: its slices are never split
+    assert split_volumes(names, 0.0) == (names, [])
+    with pytest.raises(SonoSAMError, match="given twice"):
+        split_volumes(names[:2] + names[:1])
+
+
+@pytest.mark.slow
+def test_training_keeps_the_best_validated_weights_not_the_last(default_model, two_slices):
+    """train_ppn returns (and on_validation is told about) the weights of the best validation score, not the
+    last step's: scores scripted per check, so the best step is known (3 of 6)."""
+    images, label_maps, embeddings = two_slices
+    scores = iter([0.1, 0.5, 0.9, 0.3, 0.2, 0.4])
+    snapshots, told = {}, []
+
+    def on_validation(ppn, step, result, best):
+        snapshots[step] = {k: v.detach().clone() for k, v in ppn.state_dict().items()}
+        told.append((step, best))
+
+    ppn, log = train_ppn(default_model, images, label_maps, {"Thalamus_L": THALAMUS_L}, steps=6, batch=2, lr=1e-2,
+                         store=_Store(images, embeddings), validate=lambda p: next(scores), validate_every=1,
+                         on_validation=on_validation)
+    assert log.best_step == 3 and [s for s, _ in log.validation] == [1, 2, 3, 4, 5, 6]
+    assert told == [(1, True), (2, True), (3, True), (4, False), (5, False), (6, False)]
+    kept = ppn.state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in snapshots[3].items())
+    assert not all(torch.equal(kept[k], v) for k, v in snapshots[6].items())   # the last step's weights differ
+
+
+@pytest.mark.slow
+def test_train_ppn_command_validates_on_held_out_volumes(default_model, tmp_path, capsys):
+    """`sonosam train ppn` with two volumes (real Colin27 slabs written as files): one is held out whole for
+    validation, per-class validation figures are printed as it trains, and the file written is the best-scoring
+    check's weights (its validation score, recomputed, is the best one logged)."""
+    from sonosam.cli import main
+    from sonosam.io import Volume, write_volume
+    from sonosam.ppn import ppn_validator
+    from sonosam.seeds_data import ppn_labels
+
+    t1, labels = ppn_labels()
+    sources = {}
+    for name, block in (("a", slice(75, 77)), ("b", slice(81, 83))):   # Thalamus_L on both (axial 70-91)
+        write_volume(Volume(np.ascontiguousarray(t1[block])), tmp_path / f"{name}.nii.gz")
+        write_volume(Volume(np.ascontiguousarray(labels[block])), tmp_path / f"{name}_labels.nii.gz")
+        sources[name] = f"{tmp_path / name}.nii.gz,{tmp_path / name}_labels.nii.gz"
+    out = tmp_path / "thal.ppn.pt"
+    torch.set_num_threads(1)
+    assert main(["train", "ppn", "--data", sources["a"], "--data", sources["b"], "--class", "Thalamus_L=77",
+                 "--class", "Putamen_L=73", "--model", "litemedsam", "--steps", "6", "--validate-every", "2",
+                 "--lr", "1e-2", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "1 of 2 volumes held out whole" in printed and printed.count("validation at step") == 3
+    assert "Thalamus_L Dice" in printed and "Putamen_L Dice" in printed and "objectness" in printed
+
+    extra = torch.load(out, weights_only=True)["extra"]
+    assert len(extra["validation_data"]) == 1 and len(extra["data"]) == 1
+    assert set(extra["data"]) | set(extra["validation_data"]) == set(sources.values())
+    assert not set(extra["data"]) & set(extra["validation_data"])
+    held = next(k for k, v in sources.items() if v == extra["validation_data"][0])
+    block = {"a": slice(75, 77), "b": slice(81, 83)}[held]
+    steps, logged = zip(*extra["validation"])
+    assert list(steps) == [2, 4, 6] and extra["best_step"] == steps[int(np.argmax(logged))]
+    validate = ppn_validator(default_model, list(t1[block]), list(labels[block]), {"Thalamus_L": 77, "Putamen_L": 73})
+    assert abs(validate(load_ppn(out)).score - max(logged)) < 1e-6

@@ -135,7 +135,15 @@ def register_train(sub):
                          description="Train a prompt predictor (learned box, mask prompt and prompt embeddings per "
                                      "class, objectness) over the frozen model, on labelled slices.")
     ppn.add_argument("--data", action="append", required=True, metavar="VOLUME,LABELS",
-                     help="a volume and its label map (repeatable), or 'colin27' (the bundled MRI's training slabs)")
+                     help="a volume and its label map (repeatable; each is one subject or loop), or 'colin27' (the "
+                          "bundled MRI: its training slabs, and its validation slabs for validation)")
+    ppn.add_argument("--val-data", action="append", default=[], metavar="VOLUME,LABELS",
+                     help="a validation volume (repeatable); default: --val-fraction of the --data volumes, whole "
+                          "volumes, never slices of a training volume")
+    ppn.add_argument("--val-fraction", type=float, default=0.2,
+                     help="share of the --data volumes held out for validation (at least one of two or more; "
+                          "0: none; default 0.2)")
+    ppn.add_argument("--validate-every", type=int, help="steps between validations (default: steps / 10)")
     ppn.add_argument("--class", dest="classes", action="append", required=True, metavar="NAME[=VALUE]",
                      help="class name and label value (AAL names, White_Matter_L/R and Lateral_Ventricle_L/R need no "
                           "value with colin27); repeatable")
@@ -179,10 +187,7 @@ def run_train_assist(args):
     return 0
 
 
-def _ppn_data(args):
-    from ..image import take_slice
-    from ..io import read_volume
-
+def _ppn_classes(args) -> dict[str, int]:
     classes: dict[str, int] = {}
     names = None
     for text in args.classes:
@@ -197,43 +202,105 @@ def _ppn_data(args):
                 raise SonoSAMError(f"--class {name}: give NAME=VALUE (the label value of {name} in the label map).")
             value = names[name]
         classes[name] = int(value)
-    images, label_maps = [], []
-    for source in args.data:
-        if source == "colin27":
-            from ..seeds_data import ppn_labels, ppn_split
+    return classes
 
-            volume, labels = ppn_labels()
-            train = ppn_split(stride=args.stride)["train"]
-            images += [volume[i] for i in train]
-            label_maps += [labels[i] for i in train]
-            continue
-        if "," not in source:
-            raise SonoSAMError(f"--data {source!r} must be VOLUME,LABELS or colin27.")
-        image_path, label_path = source.split(",", 1)
-        volume, labels = read_volume(image_path).array, read_volume(label_path).array
-        if volume.shape != labels.shape:
-            raise DataFileError(f"{label_path} is {labels.shape}, {image_path} {volume.shape}: same grid needed.")
-        for i in range(0, volume.shape[{"k": 0, "j": 1, "i": 2}[args.axis]], args.stride):
-            images.append(take_slice(volume, args.axis, i))
-            label_maps.append(take_slice(labels, args.axis, i))
-    return images, label_maps, classes
+
+def _ppn_volume(source: str, args, part: str = "train"):
+    """(images, label maps) of one --data/--val-data source: every --stride-th slice along --axis; 'colin27': its
+    ``part`` slabs (sonosam.seeds_data.ppn_split)."""
+    from ..image import take_slice
+    from ..io import read_volume
+
+    if source == "colin27":
+        from ..seeds_data import ppn_labels, ppn_split
+
+        volume, labels = ppn_labels()
+        picks = ppn_split(stride=args.stride)[part]
+        return [volume[i] for i in picks], [labels[i] for i in picks]
+    if "," not in source:
+        raise SonoSAMError(f"--data {source!r} must be VOLUME,LABELS or colin27.")
+    image_path, label_path = source.split(",", 1)
+    volume, labels = read_volume(image_path).array, read_volume(label_path).array
+    if volume.shape != labels.shape:
+        raise DataFileError(f"{label_path} is {labels.shape}, {image_path} {volume.shape}: same grid needed.")
+    picks = range(0, volume.shape[{"k": 0, "j": 1, "i": 2}[args.axis]], args.stride)
+    return [take_slice(volume, args.axis, i) for i in picks], [take_slice(labels, args.axis, i) for i in picks]
+
+
+def _ppn_split(args) -> tuple[list[str], list[str], str]:
+    """Training and validation sources, split by whole volume (sonosam.ppn.split_volumes), and a line saying how."""
+    from ..ppn import split_volumes
+
+    if args.val_data:
+        shared = set(args.val_data) & set(args.data)
+        if shared:
+            raise SonoSAMError(f"{sorted(shared)[0]} is given both as --data and as --val-data; validate on other "
+                               "volumes than the training ones.")
+        return list(args.data), list(args.val_data), f"validation: --val-data ({len(args.val_data)} volumes)"
+    volumes = [d for d in args.data if d != "colin27"]
+    train, val = split_volumes(volumes, args.val_fraction, args.seed)
+    if "colin27" in args.data and args.val_fraction > 0:
+        train, val = ["colin27", *train], ["colin27", *val]
+        how = ("validation: Colin27's validation slabs (one subject: held out by slab, not by subject)"
+               + (f" and {len(val) - 1} held-out volumes" if len(val) > 1 else ""))
+    elif "colin27" in args.data:
+        train, how = ["colin27", *train], "no validation (--val-fraction 0); the last step's weights are saved."
+    elif val:
+        how = f"validation: {len(val)} of {len(volumes)} volumes held out whole ({', '.join(val)})"
+    else:
+        how = ("no validation (one volume, or --val-fraction 0: slices of one volume are never split); the last "
+               "step's weights are saved. Give --val-data or more volumes to validate.")
+    return train, val, how
 
 
 def run_train_ppn(args):
-    from ..ppn import save_ppn, train_ppn
+    from ..ppn import ppn_validator, save_ppn, train_ppn
     from ..train.cache import EmbeddingStore
 
-    images, label_maps, classes = _ppn_data(args)
+    classes = _ppn_classes(args)
+    train_sources, val_sources, how = _ppn_split(args)
+    images, label_maps, val_images, val_maps = [], [], [], []
+    for source in train_sources:
+        more = _ppn_volume(source, args, "train")
+        images += more[0]
+        label_maps += more[1]
+    for source in val_sources:
+        more = _ppn_volume(source, args, "val")
+        val_images += more[0]
+        val_maps += more[1]
+    if not images:
+        raise SonoSAMError("No training slices: give --data volumes with slices along --axis.")
+    print(f"{len(images)} training slices from {len(train_sources)} source(s); {how}", flush=True)
     model = load_model_from_args(args)
     store = EmbeddingStore(args.cache or Path(args.output).resolve().parent / "embeddings", model)
     every = max(1, args.steps // 10)
+    settings = {"images": len(images), "steps": args.steps, "data": train_sources, "validation_data": val_sources,
+                "split": how}
+    validate = None
+    if val_images:
+        validate = ppn_validator(model, val_images, val_maps, classes, store=store)
+
+    def on_validation(ppn, step, result, best):
+        print(f"validation at step {step} ({len(val_images)} slices): {result.summary()}", flush=True)
+        if best:   # the best weights so far are on disk: an interrupted run keeps them
+            save_ppn(ppn, args.output, {**settings, "best_step": step, "best_score": result.score})
+            print(f"  best so far: saved step {step} to {args.output}", flush=True)
+
+    def progress(s, n, loss):
+        if s % every == 0 or s == n:
+            print(f"step {s}/{n} loss {loss:.3f}", flush=True)
+
     ppn, log = train_ppn(model, images, label_maps, classes, steps=args.steps, batch=args.batch_size, lr=args.lr,
-                         seed=args.seed, store=store,
-                         progress=lambda s, n, loss: print(f"step {s}/{n} loss {loss:.3f}", flush=True)
-                         if s % every == 0 or s == n else None)
-    path = save_ppn(ppn, args.output, {"images": len(images), "steps": args.steps, "seconds": log.seconds,
-                                       "data": args.data})
-    print(f"trained on {len(images)} slices in {log.seconds:.0f} s; wrote {path}; use it with "
+                         seed=args.seed, store=store, progress=progress,
+                         validate=validate, validate_every=args.validate_every or every, on_validation=on_validation)
+    extra = {**settings, "seconds": log.seconds}
+    if log.best_step is not None:
+        extra.update(best_step=log.best_step, validation=log.validation,
+                     best_score=max(score for _, score in log.validation))
+    path = save_ppn(ppn, args.output, extra)
+    kept = f"the step-{log.best_step} weights (best validation score)" if log.best_step is not None else \
+        "the last step's weights"
+    print(f"trained on {len(images)} slices in {log.seconds:.0f} s; wrote {path} ({kept}); use it with "
           f"`sonosam segment IMAGE --auto {next(iter(classes))} --ppn {path}`")
     return 0
 
