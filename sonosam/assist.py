@@ -39,6 +39,8 @@ class AssistResult:
     losses: list[float] = field(default_factory=list)
     trained_parameters: int = 0
     config: dict = field(default_factory=dict)
+    cpu_seconds: float = 0.0        # CPU time of the training (all threads): ~ its wall time on a quiet 1-thread CPU
+    snapshots: dict = field(default_factory=dict)   # step -> assisted SamModel, for the steps asked for
 
 
 def assisted_model(base: SamModel, prompt_encoder: torch.nn.Module, kinds=("box", "point")) -> SamModel:
@@ -72,11 +74,13 @@ def _box(mask: np.ndarray, rng: np.random.Generator, d_in: float, d_out: float) 
 def train_assist(model: SamModel, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *,
                  kinds: Sequence[str] = ("box", "point"), steps: int = 30, lr: float = 5e-3, batch: int = 2,
                  box_jitter: tuple[float, float] = (0.05, 0.2), max_corrections: int = 2, seed: int = 0,
-                 window=None, embeddings=None, progress=None) -> AssistResult:
+                 window=None, embeddings=None, progress=None, snapshots: Sequence[int] = ()) -> AssistResult:
     """Train a copy of ``model``'s prompt encoder on 2-5 (image, mask) slices (module doc). Each step
     runs ``batch`` slices drawn at random with one prompt shape (start kind + number of corrections) drawn
     for the step, so a step costs the same whatever the number of slices.
-    ``embeddings``: the slices' features if already computed (list of (1, 256, 64, 64) tensors)."""
+    ``embeddings``: the slices' features if already computed (list of (1, 256, 64, 64) tensors).
+    ``snapshots``: steps after which the assisted model is also kept (``result.snapshots``; to compare step counts
+    in one run: a run of n steps is the first n steps of a longer one with the same seed)."""
     from .evaluate.clicks import ClickSimulator
     from .prompts import Prompts
     from .train.cache import input_size_for
@@ -95,7 +99,8 @@ def train_assist(model: SamModel, images: Sequence[np.ndarray], masks: Sequence[
     if embeddings is None:
         embeddings = [model.encode(image, window).features for image in images]
     features = torch.cat([torch.as_tensor(e).reshape(1, *e.shape[-3:]) for e in embeddings]).to(model.device).clone()
-    encoded = time.perf_counter()
+    encoded, cpu_began = time.perf_counter(), time.process_time()
+    kept = {}
 
     prompt_encoder = copy.deepcopy(model.sam.prompt_encoder)
     params = [p for p in prompt_encoder.parameters()]
@@ -145,11 +150,13 @@ def train_assist(model: SamModel, images: Sequence[np.ndarray], masks: Sequence[
         losses.append(float(loss.detach()))
         if progress is not None:
             progress(step + 1, steps, losses[-1])
+        if step + 1 in snapshots and step + 1 < steps:
+            kept[step + 1] = assisted_model(model, copy.deepcopy(prompt_encoder).eval(), kinds)
     assisted = assisted_model(model, prompt_encoder.eval(), kinds)
     config = dict(slices=len(masks), kinds=list(kinds), steps=steps, lr=lr, batch=batch, box_jitter=list(box_jitter),
                   max_corrections=max_corrections, seed=seed)
     return AssistResult(assisted, time.perf_counter() - encoded, encoded - began, losses,
-                        sum(p.numel() for p in params), config)
+                        sum(p.numel() for p in params), config, time.process_time() - cpu_began, {**kept, steps: assisted})
 
 
 def save_assist(result: AssistResult, path, name: str | None = None) -> tuple:

@@ -77,3 +77,19 @@ def test_bad_input_is_refused(default_model):
     mask[20:40, 20:40] = True
     with pytest.raises(SonoSAMError, match="kinds"):
         train_assist(default_model, [image], [mask], kinds=("mask",), steps=1)
+
+
+@pytest.mark.slow
+def test_snapshots_are_the_shorter_runs(default_model, putamen):
+    """``snapshots=``: the model after n steps of a longer run is the model of an n-step run with the same seed
+    (what bench.seeds assist relies on to compare step counts in one run)."""
+    volume, labels, window, train, _ = putamen
+    images, masks = [volume[i] for i in train], [labels[i] == PUTAMEN_L for i in train]
+    embeddings = [default_model.encode(image, window).features for image in images]
+    long = train_assist(default_model, images, masks, steps=6, seed=1, embeddings=embeddings, snapshots=(3,))
+    short = train_assist(default_model, images, masks, steps=3, seed=1, embeddings=embeddings)
+    assert sorted(long.snapshots) == [3, 6] and long.snapshots[6] is long.model and long.cpu_seconds > 0
+    for key, value in _state(short.model.sam.prompt_encoder).items():
+        assert torch.equal(long.snapshots[3].sam.prompt_encoder.state_dict()[key], value), key
+    assert not all(torch.equal(v, long.model.sam.prompt_encoder.state_dict()[k])
+                   for k, v in _state(short.model.sam.prompt_encoder).items())
