@@ -67,6 +67,45 @@ def test_gentle_mask_init_starts_near_no_mask():
     assert after > 0                               # ...but still carries the mask's signal
 
 
+def test_mix_toward_interpolates_the_real_decoders_and_refuses_a_mismatch():
+    from sonosam.models import load_model
+    from sonosam.train.click_decoder import mix_toward
+
+    prefixes = ("prompt_encoder.", "mask_decoder.")
+    old = {k: v.float() for k, v in load_model("litemedsam_clicks", device="cpu").sam.state_dict().items()
+           if k.startswith(prefixes)}
+    new = {k: v.float() for k, v in load_model("litemedsam", device="cpu").sam.state_dict().items()
+           if k.startswith(prefixes)}
+    key = "mask_decoder.output_upscaling.0.weight"
+    assert not torch.equal(old[key], new[key])     # the two decoders really differ
+    assert torch.equal(mix_toward(new, old, 1.0)[key], new[key])
+    assert torch.equal(mix_toward(new, old, 0.0)[key], old[key])
+    half = mix_toward(new, old, 0.5)
+    assert torch.allclose(half[key], (old[key] + new[key]) / 2, atol=1e-6)
+    bad = dict(old)
+    bad[key] = bad[key][:1]
+    with pytest.raises(ValueError, match=key):
+        mix_toward(new, bad, 0.5)
+
+
+def test_shares_and_mix_options_parse_and_reject_bad_input(tmp_path):
+    import argparse
+
+    from sonosam.train.click_decoder import main, parse_alphas, parse_shares
+
+    assert parse_shares("mri=0.45,mri_us=0.2,ct=0.2,echo=0.15") == {"mri": 0.45, "mri_us": 0.2, "ct": 0.2,
+                                                                     "echo": 0.15}
+    assert parse_alphas("0.5,0.25") == [0.25, 0.5, 1.0]
+    for bad in ("mri:0.4", "mri=-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--shares"):
+            parse_shares(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="--mix"):
+        parse_alphas("0.5,2")
+    with pytest.raises(SystemExit):   # a source left out is refused before any work
+        main(["--shares", "mri=1,ct=1", "--eval-only", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
 def test_plax_loop_is_found_and_its_model_free_box_lands_on_a_chamber():
     import pydicom
 

@@ -11,6 +11,9 @@ centroid or loose box, ``--point-start``) then 0..``--max-corrections`` clicks i
 region, the previous logits fed back as the mask prompt with probability ``--mask-feedback-p`` per
 correction (``--no-mask-feedback``: never; the model then takes points and boxes only). The best epoch by
 validation Dice (clicks 1 and 5 and box; ``--val-score curve``: every click 1..5 and box) is kept.
+``--lr-step``/``--lr-gamma`` decay the learning rate inside the run, ``--shares`` changes the per-source
+draws, and ``--mix`` pulls the kept decoder back toward ``litemedsam_clicks`` (``mix_toward``: weights
+``old + alpha * (new - old)``, alpha chosen on validation by ``choose_mix``).
 
 Ship rule (``ship_rule``, decided before any test figure of the run it judges; docs/training.md): against the
 current ``litemedsam_clicks`` on the held-out sets, the mean Dice@5 over the sets is higher by >= 1 point, no
@@ -93,6 +96,15 @@ def main(argv=None) -> int:
                              "phase at a lower --lr with a fresh optimiser)")
     parser.add_argument("--point-start", type=float, default=0.6)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr-step", type=int, default=1000, help="epochs between learning-rate drops")
+    parser.add_argument("--lr-gamma", type=float, default=0.5, help="learning-rate factor at each drop")
+    parser.add_argument("--shares", type=parse_shares, default=dict(SHARES),
+                        help="per-source share of each epoch's draws, e.g. mri=0.45,mri_us=0.2,ct=0.2,echo=0.15 "
+                             f"(default {','.join(f'{k}={v:g}' for k, v in SHARES.items())})")
+    parser.add_argument("--mix", type=parse_alphas, default=None,
+                        help="after training, try weights litemedsam_clicks + alpha * (new - litemedsam_clicks) "
+                             "for these alphas (and 1) and keep the one whose worst source gains most on "
+                             "validation (choose_mix), e.g. 0.25,0.5,0.75")
     parser.add_argument("--val-per-source", type=int, default=10, help="validation structure-images per source")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-test", type=int, default=None,
@@ -106,6 +118,10 @@ def main(argv=None) -> int:
     parser.add_argument("--ablation", action="store_true",
                         help="also score the new decoder without mask feedback (twice the scoring time)")
     args = parser.parse_args(argv)
+    from .click_data import SOURCES
+
+    if set(args.shares) != set(SOURCES):
+        parser.error(f"--shares must name every source once ({', '.join(SOURCES)}), got {', '.join(args.shares)}")
 
     from ..models import load_model
     from .cache import EmbeddingStore
@@ -117,12 +133,13 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sources = build_sources()
-    train, weights, val = [], [], []
+    train, weights, val, val_by_source = [], [], [], {}
     for name, source in sources.items():
         part = source.split.train
         train += part
-        weights += [SHARES[name] / len(part)] * len(part)
-        val += _validation_subset(source.split.val, args.val_per_source)   # evenly spaced, fixed
+        weights += [args.shares[name] / len(part)] * len(part)
+        val_by_source[name] = _validation_subset(source.split.val, args.val_per_source)   # evenly spaced, fixed
+        val += val_by_source[name]
     data = {name: {"description": s.description, "split": s.split.rule, "train": summarize(s.split.train),
                    "val": summarize(s.split.val), "test": summarize(s.split.test)} for name, s in sources.items()}
     for name, d in data.items():
@@ -150,7 +167,8 @@ def main(argv=None) -> int:
             model.sam.load_state_dict(state, strict=False)   # warm start: the shipped click decoder
         if args.gentle_mask_init and args.mask_feedback:
             print("mask-prompt path:", gentle_mask_init(model.sam.prompt_encoder), flush=True)
-        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=1000,
+        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step,
+                             lr_gamma=args.lr_gamma,
                              max_corrections=args.max_corrections, mask_feedback=args.mask_feedback,
                              mask_feedback_p=args.mask_feedback_p, point_start=args.point_start,
                              samples_per_epoch=args.samples_per_epoch, val_samples=None, val_clicks=5,
@@ -158,6 +176,11 @@ def main(argv=None) -> int:
                              val_score=args.val_score)
         result = _train(model, train, val, config, out, data, weights, args.minutes)
         print(f"trained {result.steps} steps in {time.perf_counter() - began:.0f} s", flush=True)
+        if args.mix:
+            mixing = time.perf_counter()
+            choose_mix(out, old_dir / (SHIPPED_NAME + ".pth"), val_by_source, args.cache, args.mix,
+                       args.val_score)
+            print(f"mix chosen in {time.perf_counter() - mixing:.0f} s", flush=True)
 
     # held-out tables
     base = load_model("litemedsam")
@@ -244,6 +267,96 @@ def ship_rule(rows_by_set: dict[str, dict[str, dict]], old: str = OLD_ROW, new: 
         if curve[k] < curve[k - 1] - margin:
             failed.append(f"mean Dice@{k + 1} {100 * curve[k]:.1f} < Dice@{k} {100 * curve[k - 1]:.1f} - 1")
     return not failed, failed or [f"all checks passed (mean Dice@5 gain {100 * gain:+.1f} points)"]
+
+
+def parse_shares(text: str) -> dict[str, float]:
+    """``mri=0.45,mri_us=0.2,...`` -> {source: share} (positive numbers; normalised when the draws are made)."""
+    shares = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        try:
+            shares[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--shares item {item!r} is not NAME=NUMBER "
+                                             "(e.g. mri=0.45,mri_us=0.2,ct=0.2,echo=0.15)") from None
+        if not shares[name.strip()] > 0:
+            raise argparse.ArgumentTypeError(f"--shares {name.strip()} must be > 0, got {value}")
+    return shares
+
+
+def parse_alphas(text: str) -> list[float]:
+    """``0.25,0.5,0.75`` -> [0.25, 0.5, 0.75, 1.0] (1: the trained decoder itself is always a candidate)."""
+    try:
+        alphas = sorted({float(a) for a in text.split(",")} | {1.0})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--mix wants numbers in [0, 1] separated by commas, got {text!r}") from None
+    if not all(0.0 <= a <= 1.0 for a in alphas):
+        raise argparse.ArgumentTypeError(f"--mix values must be in [0, 1], got {text!r}")
+    return alphas
+
+
+def mix_toward(new_state: dict, old_state: dict, alpha: float) -> dict:
+    """Decoder weights ``old + alpha * (new - old)`` (floating tensors; the rest as in ``new_state``): a
+    weight-space interpolation (WiSE-FT) that keeps the fine-tuned decoder near the one it started from."""
+    import torch
+
+    out = {}
+    for key, value in new_state.items():
+        if value.is_floating_point():
+            if key not in old_state or old_state[key].shape != value.shape:
+                raise ValueError(f"cannot mix {key}: the starting decoder has no tensor of shape {tuple(value.shape)}")
+            out[key] = torch.lerp(old_state[key].to(value.dtype), value, alpha)   # exact at alpha 0 and 1
+        else:
+            out[key] = value
+    return out
+
+
+def choose_mix(out: Path, old_path: Path, val_by_source: dict, cache: str, alphas, mode: str = "curve"):
+    """Pull ``out/decoder.pth`` toward the decoder at ``old_path``: for each alpha, score
+    ``mix_toward(new, old, alpha)`` on each source's validation part; keep the alpha whose *worst* source
+    gains most over the old decoder (the ship rule's binding check, on validation), ties to the smaller alpha.
+    The unmixed checkpoint is kept as ``out/decoder_unmixed.pth``; the chosen one replaces ``out/decoder.pth``."""
+    from ..models import load_model
+    from .cache import EmbeddingStore
+    from .checkpoint import read_metadata, save_checkpoint
+    from .finetune import clickable, validation_score
+    from .validate import evaluate_cached
+
+    prefixes = ("prompt_encoder.", "mask_decoder.")
+    new = load_model(str(out / "decoder.pth"))
+    old = clickable(load_model(str(old_path)), mask=False)
+    new_state = {k: v.detach().clone() for k, v in new.sam.state_dict().items() if k.startswith(prefixes)}
+    old_state = {k: v.detach().float() for k, v in old.sam.state_dict().items() if k.startswith(prefixes)}
+    store = EmbeddingStore(cache, new)
+    sources = [s for s, samples in val_by_source.items() if samples]
+
+    def scores(model) -> dict[str, float]:
+        return {s: validation_score(evaluate_cached(model, store, val_by_source[s], n_clicks=5), mode)
+                for s in sources}
+
+    reference = scores(old)
+    trials = {}
+    for alpha in alphas:
+        new.sam.load_state_dict(mix_toward(new_state, old_state, alpha), strict=False)
+        per_source = scores(new)
+        worst = min(per_source[s] - reference[s] for s in sources)
+        trials[alpha] = {"per_source": per_source, "worst_gain": worst,
+                         "mean": float(np.mean(list(per_source.values())))}
+        print(f"mix alpha {alpha:g}: validation " + ", ".join(f"{s} {100 * v:.1f}" for s, v in per_source.items())
+              + f"; worst gain over {SHIPPED_NAME} {100 * worst:+.1f} points", flush=True)
+    best = max(alphas, key=lambda a: (round(trials[a]["worst_gain"], 6), -a))
+    print(f"mix: alpha {best:g} kept ({SHIPPED_NAME} on validation: "
+          + ", ".join(f"{s} {100 * v:.1f}" for s, v in reference.items()) + ")", flush=True)
+    meta = read_metadata(out / "decoder.pth")
+    for suffix in (".pth", ".json"):
+        shutil.copy2(out / ("decoder" + suffix), out / ("decoder_unmixed" + suffix))
+    new.sam.load_state_dict(mix_toward(new_state, old_state, best), strict=False)
+    training = {k: v for k, v in meta["training"].items() if k != "kind"}
+    training["mix"] = {"alpha": best, "candidates": {str(a): t for a, t in trials.items()},
+                       "previous_on_validation": reference, "rule": "max over alpha of the worst source's gain"}
+    save_checkpoint(new, out / "decoder.pth", name=meta["name"], kind=meta["training"].get("kind", "decoder"),
+                    weights="full", training=training)
+    return best, trials
 
 
 def gentle_mask_init(prompt_encoder, signal: float = 0.2) -> str:
