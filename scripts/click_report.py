@@ -5,7 +5,9 @@
 
 Prints, per held-out set and for the mean of the sets, the table of docs/training.md (Dice@1..5, NoC@80/90,
 FR@80/90, MaxDSC, box Dice) for every row (base LiteMedSAM with a box, the previous and the new click
-model), the ship rule's verdict, and plots the mean Dice after 1..5 clicks per set (box Dice as a mark at 0).
+model), the ship rule's verdict, the new row minus the previous one paired over the same structure-images
+(mean Dice points and bootstrap 95 % interval, clicks 1..5), and plots the mean Dice after 1..5 clicks per set
+(box Dice as a mark at 0).
 """
 
 from __future__ import annotations
@@ -32,9 +34,30 @@ def main(argv=None) -> int:
     print("\nship rule:", "passed" if report.get("passed") else "failed")
     for reason in report.get("reasons", []):
         print("-", reason)
+    print(f"\n{paired_table(report)}")
     if args.plot:
         plot(sets, Path(args.plot))
     return 0
+
+
+def paired_table(report: dict, new: str = "new", old: str = "litemedsam_clicks (previous)") -> str:
+    """Markdown: ``new`` minus ``old`` per set, Dice points [paired bootstrap 95 % interval] at clicks 1..5,
+    from the per-structure-image curves in ``heldout.json``."""
+    from sonosam.train.validate import paired_difference
+
+    lines = [f"| set ({new} - {old}) | 1 click | 2 clicks | 3 clicks | 4 clicks | 5 clicks |", "|" + "---|" * 6]
+    for name, rows in report["curves"].items():
+        if not (rows.get(new) and rows.get(old)):
+            continue
+        a, b = rows[new], rows[old]
+        if len(a) != len(b):
+            raise ValueError(f"{name}: {len(a)} curves for {new!r} but {len(b)} for {old!r}; not the same cases")
+        cells = []
+        for k in range(5):
+            mean, lo, hi = (100 * v for v in paired_difference([c[k] for c in a], [c[k] for c in b]))
+            cells.append(f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+        lines.append(f"| {name} ({len(a)}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def plot(sets: dict, path: Path) -> None:
