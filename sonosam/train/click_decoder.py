@@ -348,8 +348,8 @@ def choose_mix(out: Path, old_path: Path, val_by_source: dict, cache: str, alpha
     print(f"mix: alpha {best:g} kept ({SHIPPED_NAME} on validation: "
           + ", ".join(f"{s} {100 * v:.1f}" for s, v in reference.items()) + ")", flush=True)
     meta = read_metadata(out / "decoder.pth")
-    for suffix in (".pth", ".json"):
-        shutil.copy2(out / ("decoder" + suffix), out / ("decoder_unmixed" + suffix))
+    shutil.copy2(out / "decoder.pth", out / "decoder_unmixed.pth")
+    (out / "decoder_unmixed.json").write_text(json.dumps({**meta, "file": "decoder_unmixed.pth"}, indent=2) + "\n")
     new.sam.load_state_dict(mix_toward(new_state, old_state, best), strict=False)
     training = {k: v for k, v in meta["training"].items() if k != "kind"}
     training["mix"] = {"alpha": best, "candidates": {str(a): t for a, t in trials.items()},
