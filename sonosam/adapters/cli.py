@@ -12,8 +12,7 @@ from pathlib import Path
 
 from ..cli import float_in, int_at_least
 from ..errors import InputImageError
-
-AXES = {"k": 0, "j": 1, "i": 2}
+from ..image import AXES
 
 
 def register(subparsers):

@@ -208,7 +208,7 @@ def _ppn_classes(args) -> dict[str, int]:
 def _ppn_volume(source: str, args, part: str = "train"):
     """(images, label maps) of one --data/--val-data source: every --stride-th slice along --axis; 'colin27': its
     ``part`` slabs (sonosam.seeds_data.ppn_split)."""
-    from ..image import take_slice
+    from ..image import axis_index, take_slice
     from ..io import read_volume
 
     if source == "colin27":
@@ -223,7 +223,7 @@ def _ppn_volume(source: str, args, part: str = "train"):
     volume, labels = read_volume(image_path).array, read_volume(label_path).array
     if volume.shape != labels.shape:
         raise DataFileError(f"{label_path} is {labels.shape}, {image_path} {volume.shape}: same grid needed.")
-    picks = range(0, volume.shape[{"k": 0, "j": 1, "i": 2}[args.axis]], args.stride)
+    picks = range(0, volume.shape[axis_index(args.axis)], args.stride)
     return [take_slice(volume, args.axis, i) for i in picks], [take_slice(labels, args.axis, i) for i in picks]
 
 
