@@ -105,6 +105,10 @@ def main(argv=None) -> int:
                         help="after training, try weights litemedsam_clicks + alpha * (new - litemedsam_clicks) "
                              "for these alphas (and 1) and keep the one whose worst source gains most on "
                              "validation (choose_mix), e.g. 0.25,0.5,0.75")
+    parser.add_argument("--select", choices=("score", "rule"), default="score",
+                        help="keep the epoch with the best validation score (score), or snapshot every epoch and "
+                             "keep the epoch - and with --mix the alpha - whose validation rows pass the ship rule "
+                             "with the most slack (rule; select_by_rule)")
     parser.add_argument("--val-per-source", type=int, default=10, help="validation structure-images per source")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-test", type=int, default=None,
@@ -174,9 +178,16 @@ def main(argv=None) -> int:
                              samples_per_epoch=args.samples_per_epoch, val_samples=None, val_clicks=5,
                              seed=args.seed, cache_dir=args.cache, grad_iterations=args.grad_iterations,
                              val_score=args.val_score)
-        result = _train(model, train, val, config, out, data, weights, args.minutes)
+        snapshots = out / "epochs" if args.select == "rule" else None
+        # with snapshots the epochs are judged afterwards, per source, so no pooled validation runs in between
+        result = _train(model, train, [] if snapshots else val, config, out, data, weights, args.minutes, snapshots)
         print(f"trained {result.steps} steps in {time.perf_counter() - began:.0f} s", flush=True)
-        if args.mix:
+        if snapshots:
+            selecting = time.perf_counter()
+            select_by_rule(out, old_dir / (SHIPPED_NAME + ".pth"), val_by_source, args.cache, snapshots,
+                           args.mix or [1.0], config.to_dict())
+            print(f"selected by the rule in {time.perf_counter() - selecting:.0f} s", flush=True)
+        elif args.mix:
             mixing = time.perf_counter()
             choose_mix(out, old_dir / (SHIPPED_NAME + ".pth"), val_by_source, args.cache, args.mix,
                        args.val_score)
@@ -248,24 +259,31 @@ def main(argv=None) -> int:
 OLD_ROW, NEW_ROW = "litemedsam_clicks (previous)", "new"
 
 
-def ship_rule(rows_by_set: dict[str, dict[str, dict]], old: str = OLD_ROW, new: str = NEW_ROW,
-              margin: float = 0.01) -> tuple[bool, list[str]]:
-    """The issue-14 ship rule (module doc) on held-out rows {set: {row: metrics}} (Dice as fractions):
-    (passed, one line per check that failed, or one line saying all passed)."""
-    failed = []
+def rule_checks(rows_by_set: dict[str, dict[str, dict]], old: str = OLD_ROW, new: str = NEW_ROW,
+                margin: float = 0.01) -> list[tuple[float, str]]:
+    """Every check of the issue-14 ship rule (module doc) on rows {set: {row: metrics}} (Dice as fractions), as
+    (slack, what failing it means): a check passes when its slack is >= 0."""
     sets = list(rows_by_set)
     gain = float(np.mean([rows_by_set[s][new]["dice@5"] - rows_by_set[s][old]["dice@5"] for s in sets]))
-    if gain < margin:
-        failed.append(f"mean Dice@5 gain {100 * gain:+.1f} points < {100 * margin:.0f}")
+    checks = [(gain - margin, f"mean Dice@5 gain {100 * gain:+.1f} points < {100 * margin:.0f}")]
     for s in sets:
         for key in [f"dice@{k}" for k in range(1, 6)] + ["box"]:
             drop = rows_by_set[s][old][key] - rows_by_set[s][new][key]
-            if drop > margin:
-                failed.append(f"{s} {key}: {100 * drop:.1f} points below {old}")
+            checks.append((margin - drop, f"{s} {key}: {100 * drop:.1f} points below {old}"))
     curve = [float(np.mean([rows_by_set[s][new][f"dice@{k}"] for s in sets])) for k in range(1, 6)]
     for k in range(1, 5):
-        if curve[k] < curve[k - 1] - margin:
-            failed.append(f"mean Dice@{k + 1} {100 * curve[k]:.1f} < Dice@{k} {100 * curve[k - 1]:.1f} - 1")
+        checks.append((curve[k] - curve[k - 1] + margin,
+                       f"mean Dice@{k + 1} {100 * curve[k]:.1f} < Dice@{k} {100 * curve[k - 1]:.1f} - 1"))
+    return checks
+
+
+def ship_rule(rows_by_set: dict[str, dict[str, dict]], old: str = OLD_ROW, new: str = NEW_ROW,
+              margin: float = 0.01) -> tuple[bool, list[str]]:
+    """The issue-14 ship rule on held-out rows: (passed, one line per check that failed, or one line saying
+    all passed)."""
+    checks = rule_checks(rows_by_set, old, new, margin)
+    failed = [text for slack, text in checks if slack < 0]
+    gain = checks[0][0] + margin
     return not failed, failed or [f"all checks passed (mean Dice@5 gain {100 * gain:+.1f} points)"]
 
 
@@ -359,6 +377,75 @@ def choose_mix(out: Path, old_path: Path, val_by_source: dict, cache: str, alpha
     return best, trials
 
 
+def select_by_rule(out: Path, old_path: Path, val_by_source: dict, cache: str, snapshots: Path, alphas,
+                   config: dict, top: int = 3):
+    """Choose the decoder to keep with the ship rule itself, asked of validation: score every epoch's snapshot
+    in ``snapshots`` on each source's validation part, then ``mix_toward`` the decoder at ``old_path`` at each
+    alpha < 1 of ``alphas`` for the ``top`` epochs; keep the candidate whose weakest rule check has the most
+    slack (each click count and the box of each source is its own check, so a box loss on one source is not
+    averaged away). Writes ``out/decoder.pth`` with every candidate's validation rows in its ``.json``."""
+    from ..models import load_model
+    from .cache import EmbeddingStore
+    from .checkpoint import save_checkpoint
+    from .finetune import clickable
+    from .validate import evaluate_cached
+
+    paths = sorted(Path(snapshots).glob("epoch_*.pth"))
+    if not paths:
+        raise FileNotFoundError(f"no epoch snapshots (epoch_NN.pth) in {snapshots}: train with --select rule first")
+    old = clickable(load_model(str(old_path)), mask=False)
+    store = EmbeddingStore(cache, old)
+    sources = [s for s, samples in val_by_source.items() if samples]
+    prefixes = ("prompt_encoder.", "mask_decoder.")
+    old_state = {k: v.detach().float() for k, v in old.sam.state_dict().items() if k.startswith(prefixes)}
+
+    def rows(model) -> dict[str, dict]:
+        return {s: evaluate_cached(model, store, val_by_source[s], n_clicks=5) for s in sources}
+
+    reference = rows(old)
+    trials: dict[str, dict] = {}
+
+    def judge(label: str, model, epoch: int, alpha: float) -> None:
+        got = rows(model)
+        checks = rule_checks({s: {OLD_ROW: reference[s], NEW_ROW: got[s]} for s in sources})
+        slack, binding = min(checks)
+        trials[label] = {"epoch": epoch, "alpha": alpha, "slack": slack, "binding": binding,
+                         "failed": sum(c < 0 for c, _ in checks), "rows": got}
+        print(f"{label}: rule slack {100 * slack:+.1f} points ({trials[label]['failed']} checks failed; weakest: "
+              f"{binding}); " + ", ".join(f"{s} Dice@1/@5/box {100 * got[s]['dice@1']:.1f}/"
+                                          f"{100 * got[s]['dice@5']:.1f}/{100 * got[s]['box']:.1f}" for s in sources),
+              flush=True)
+
+    models = {}
+    for path in paths:
+        epoch = int(path.stem.split("_")[-1])
+        models[epoch] = load_model(str(path))
+        judge(f"epoch {epoch}", models[epoch], epoch, 1.0)
+    best_epochs = sorted(models, key=lambda e: -trials[f"epoch {e}"]["slack"])[:top]
+    for epoch in best_epochs:
+        model = models[epoch]
+        new_state = {k: v.detach().clone() for k, v in model.sam.state_dict().items() if k.startswith(prefixes)}
+        for alpha in [a for a in alphas if a < 1]:
+            model.sam.load_state_dict(mix_toward(new_state, old_state, alpha), strict=False)
+            judge(f"epoch {epoch} mixed {alpha:g}", model, epoch, alpha)
+        model.sam.load_state_dict(new_state, strict=False)
+    label = max(trials, key=lambda t: (round(trials[t]["slack"], 6), -trials[t]["alpha"]))
+    kept = trials[label]
+    print(f"kept {label} (rule slack on validation {100 * kept['slack']:+.1f} points); {SHIPPED_NAME} on "
+          "validation: " + ", ".join(f"{s} Dice@1/@5/box {100 * r['dice@1']:.1f}/{100 * r['dice@5']:.1f}/"
+                                     f"{100 * r['box']:.1f}" for s, r in reference.items()), flush=True)
+    model = models[kept["epoch"]]
+    if kept["alpha"] < 1:
+        state = {k: v.detach().clone() for k, v in model.sam.state_dict().items() if k.startswith(prefixes)}
+        model.sam.load_state_dict(mix_toward(state, old_state, kept["alpha"]), strict=False)
+    selection = {"kept": label, "rule": "max over candidates of the weakest ship-rule check's slack, on validation",
+                 "previous_on_validation": reference, "candidates": trials}
+    save_checkpoint(model, out / "decoder.pth", name=SHIPPED_NAME + "_run", kind="decoder", weights="full",
+                    training={"config": config, "best_epoch": kept["epoch"], "mix": {"alpha": kept["alpha"]},
+                              "selection": selection})
+    return label, trials
+
+
 def gentle_mask_init(prompt_encoder, signal: float = 0.2) -> str:
     """Start the mask-prompt path near "no mask": LiteMedSAM's decoder was trained with boxes only, so it has
     only ever seen the ``no_mask_embed`` dense embedding (rms ~0.03), while any mask prompt through the shipped
@@ -376,9 +463,11 @@ def gentle_mask_init(prompt_encoder, signal: float = 0.2) -> str:
     return f"last conv weights x{signal:g} (rms {before:.4f} -> {before * signal:.4f}), bias = no_mask_embed"
 
 
-def _train(model, train, val, config, out: Path, data: dict, weights, minutes):
-    """train_decoder, epoch by epoch (resumable), until ``config.epochs`` or ``minutes`` of wall time."""
-    from .finetune import train_decoder
+def _train(model, train, val, config, out: Path, data: dict, weights, minutes, snapshots: Path | None = None):
+    """train_decoder, epoch by epoch (resumable), until ``config.epochs`` or ``minutes`` of wall time;
+    ``snapshots``: also keep every epoch's decoder there (``epoch_NN.pth``, a decoder overlay)."""
+    from .checkpoint import save_checkpoint
+    from .finetune import clickable, train_decoder
 
     began, result = time.perf_counter(), None
     target = config.epochs
@@ -389,10 +478,14 @@ def _train(model, train, val, config, out: Path, data: dict, weights, minutes):
                                log=print if epoch == 1 else _quiet_log)
         last = result.epochs[-1] if result.epochs else {}
         if last:
-            v = last.get("val", {})
+            v = last.get("val")
             print(f"epoch {last['epoch']}: loss {last['loss']:.4f}, train Dice {last['dice']:.3f}, "
-                  f"{last['seconds']:.0f} s; val Dice@1 {v.get('dice@1', math.nan):.3f} @5 "
-                  f"{v.get('dice@5', math.nan):.3f} box {v.get('box', math.nan):.3f}", flush=True)
+                  f"{last['seconds']:.0f} s" + (f"; val Dice@1 {v['dice@1']:.3f} @5 {v['dice@5']:.3f} "
+                                                f"box {v['box']:.3f}" if v else ""), flush=True)
+        if snapshots is not None and last:
+            save_checkpoint(clickable(model, mask=config.mask_feedback), snapshots / f"epoch_{last['epoch']:02d}.pth",
+                            name=f"{SHIPPED_NAME}_epoch_{last['epoch']}", weights="decoder",
+                            training={"epoch": last["epoch"], "steps": result.steps, "config": config.to_dict()})
         if minutes and time.perf_counter() - began > minutes * 60:
             print(f"stopping after {epoch} epochs: the {minutes:g}-minute budget is spent", flush=True)
             break
