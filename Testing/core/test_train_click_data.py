@@ -119,3 +119,53 @@ def test_plax_loop_is_found_and_its_model_free_box_lands_on_a_chamber():
 
     pools = blood_pools(_luminance(pixel_array(str(echo_plax_path()), index=10)))
     assert (pools == 1).sum() > 2000   # the chamber scripts.click_sim_to_real boxes on this frame
+
+
+def test_rule_checks_slack_is_the_margin_left_and_its_sign_is_the_verdict():
+    from sonosam.train.click_decoder import NEW_ROW, OLD_ROW, rule_checks, ship_rule
+
+    def row(curve, box):
+        return {**{f"dice@{k + 1}": v for k, v in enumerate(curve)}, "box": box}
+
+    old = row([0.50, 0.50, 0.60, 0.60, 0.60], 0.70)
+    rows = {"a": {OLD_ROW: old, NEW_ROW: row([0.52, 0.52, 0.62, 0.62, 0.63], 0.685)}}
+    slack, weakest = min(rule_checks(rows))
+    assert slack == pytest.approx(-0.005) and weakest.startswith("a box: 1.5 points below")   # the binding check
+    assert not ship_rule(rows)[0]
+    rows["a"][NEW_ROW]["box"] = 0.695
+    assert min(rule_checks(rows))[0] == pytest.approx(0.005)   # now Dice@5's +3 - 1 is not the weakest: box's 0.5
+    assert ship_rule(rows)[0]
+
+
+@pytest.mark.slow
+def test_select_by_rule_keeps_the_candidate_with_the_most_slack_on_real_decoders(tmp_path, echo_frames):
+    """Two 'epochs' - the shipped click decoder and LiteMedSAM's box-only decoder declared clickable - scored
+    on a real echo frame: the click decoder, judged against itself, fails only by its own curve and the +1 point
+    it cannot gain; LiteMedSAM's decoder, which never learnt clicks, has far less slack. The kept weights are the
+    click decoder's (unmixed on a tie) and the .json names every candidate."""
+    from sonosam.models import load_model
+    from sonosam.train.checkpoint import save_checkpoint
+    from sonosam.train.click_decoder import select_by_rule
+    from sonosam.train.finetune import clickable
+
+    old = load_model("litemedsam_clicks", device="cpu")
+    save_checkpoint(old, tmp_path / "epochs" / "epoch_01.pth", weights="decoder", base_model="litemedsam")
+    save_checkpoint(clickable(load_model("litemedsam", device="cpu"), mask=False),
+                    tmp_path / "epochs" / "epoch_02.pth", weights="decoder")
+    from sonosam.evaluate.datasets import Sample
+
+    frame = echo_frames[0]
+    val = [Sample(frame, blood_pools(frame) == 1, "LV blood pool", ("a4c", 0))]   # the real left ventricle
+    label, trials = select_by_rule(tmp_path, tmp_path / "epochs" / "epoch_01.pth", {"echo": val, "none": []},
+                                   str(tmp_path / "cache"), tmp_path / "epochs", [0.5, 1.0], {"test": True}, top=1)
+    assert label == "epoch 1"
+    assert trials["epoch 1"]["slack"] <= -0.01 + 1e-9                  # identical rows: no gain
+    assert trials["epoch 2"]["slack"] < trials["epoch 1"]["slack"]
+    assert set(trials) == {"epoch 1", "epoch 2", "epoch 1 mixed 0.5"}  # mixes only for the top epoch
+    kept = load_model(str(tmp_path / "decoder.pth"), device="cpu")
+    key = "mask_decoder.output_upscaling.0.weight"
+    assert torch.allclose(kept.sam.state_dict()[key].float(), old.sam.state_dict()[key].float())
+    import json
+
+    selection = json.loads((tmp_path / "decoder.json").read_text())["training"]["selection"]
+    assert selection["kept"] == "epoch 1" and len(selection["candidates"]) == 3

@@ -429,7 +429,7 @@ def select_by_rule(out: Path, old_path: Path, val_by_source: dict, cache: str, s
             model.sam.load_state_dict(mix_toward(new_state, old_state, alpha), strict=False)
             judge(f"epoch {epoch} mixed {alpha:g}", model, epoch, alpha)
         model.sam.load_state_dict(new_state, strict=False)
-    label = max(trials, key=lambda t: (round(trials[t]["slack"], 6), -trials[t]["alpha"]))
+    label = max(trials, key=lambda t: (round(trials[t]["slack"], 6), trials[t]["alpha"]))   # ties: unmixed
     kept = trials[label]
     print(f"kept {label} (rule slack on validation {100 * kept['slack']:+.1f} points); {SHIPPED_NAME} on "
           "validation: " + ", ".join(f"{s} Dice@1/@5/box {100 * r['dice@1']:.1f}/{100 * r['dice@5']:.1f}/"
