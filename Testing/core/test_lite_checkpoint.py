@@ -1,0 +1,117 @@
+"""SonoSAMLite's shippable form: an encoder-only fp16 checkpoint (the distilled TinyViT) whose prompt encoder +
+mask decoder come from a registered model by name at load time (``weights: "encoder"``, ``decoder_from``).
+Real weights throughout: the student is built from the shipped ``litemedsam_clicks`` (blocks inherited from
+LiteMedSAM's encoder), saved, registered and loaded as a user would, then asked for masks on a real echo frame."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from sonosam.errors import CheckpointError, WeightsNotAvailableError
+from sonosam.models import get_spec, load_model, register_checkpoint
+from sonosam.prompts import Prompts
+from sonosam.train.checkpoint import save_checkpoint
+from sonosam.train.distillation import DEFAULT_STUDENT, build_student, student_encoder_config
+
+DECODER = "litemedsam_clicks"
+PREFIXES = ("prompt_encoder.", "mask_decoder.")
+LV_BOX = (300, 70, 440, 270)   # the left ventricle in frame 0 of the A4C loop (Testing/conftest.py)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    teacher = load_model(DECODER)
+    student, _ = build_student(teacher, DEFAULT_STUDENT)
+    folder = tmp_path_factory.mktemp("lite")
+    pth, meta = save_checkpoint(student, folder / "lite_test.pth", name="lite_test", kind="distill",
+                                weights="encoder", dtype="float16", decoder_from=DECODER, base_model="litemedsam",
+                                architecture={"type": "litemedsam-tinyvit",
+                                              "encoder": student_encoder_config(DEFAULT_STUDENT)})
+    return teacher, student, pth, meta
+
+
+def test_encoder_only_checkpoint_is_small_and_holds_only_the_encoder(saved):
+    _, student, pth, meta = saved
+    state = torch.load(pth, weights_only=True)
+    assert state and all(k.startswith("image_encoder.") for k in state)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    assert pth.stat().st_size < 10e6   # the repository's limit per file; the full student is 14 MB in fp16
+    info = json.loads(meta.read_text())
+    assert info["weights"] == "encoder" and info["decoder_from"] == DECODER
+
+
+def test_loaded_student_has_the_named_models_decoder_and_its_own_encoder(saved, echo_frames):
+    teacher, student, pth, _ = saved
+    model = load_model(str(pth))
+    spec = get_spec("lite_test")
+    assert spec.decoder_from == DECODER and spec.prompt_kinds == get_spec(DECODER).prompt_kinds
+    got = model.sam.state_dict()
+    for key, value in teacher.sam.state_dict().items():
+        if key.startswith(PREFIXES):
+            assert torch.equal(got[key], value), key
+    for key, value in student.sam.image_encoder.state_dict().items():
+        want = value.half().to(value.dtype) if value.is_floating_point() else value   # stored in fp16
+        assert torch.equal(got["image_encoder." + key], want), key
+    # predict: the loaded model answers a click and a box on a real echo frame as the in-memory student does
+    frame = echo_frames[0]
+    box = Prompts(box=LV_BOX)
+    mine = model.decode(model.encode(frame), box).masks[0]
+    ref = student.decode(student.encode(frame), box).masks[0]
+    assert 2000 < mine.sum() < 0.9 * (LV_BOX[2] - LV_BOX[0]) * (LV_BOX[3] - LV_BOX[1])
+    assert (mine == ref).mean() > 0.995   # fp16 storage of the encoder changes a few edge pixels at most
+    centre = ((LV_BOX[0] + LV_BOX[2]) / 2, (LV_BOX[1] + LV_BOX[3]) / 2)
+    click = model.decode(model.encode(frame), Prompts(points=[centre], labels=[1])).masks[0]
+    assert click[int(centre[1]), int(centre[0])] and click.sum() > 500
+
+
+def test_digest_mismatch_is_refused(saved, tmp_path):
+    _, _, pth, meta = saved
+    copy = tmp_path / "lite_bad.pth"
+    state = torch.load(pth, weights_only=True)
+    key = next(iter(state))
+    state[key] = state[key] + 1
+    torch.save(state, copy)
+    info = json.loads(meta.read_text())
+    info.update(name="lite_bad", file=copy.name)
+    (tmp_path / "lite_bad.json").write_text(json.dumps(info))
+    register_checkpoint(tmp_path / "lite_bad.json")
+    with pytest.raises(CheckpointError, match="Checksum mismatch"):
+        load_model("lite_bad")
+
+
+def test_missing_decoder_model_is_a_clear_error(saved, tmp_path):
+    _, _, pth, meta = saved
+    shutil.copy2(pth, tmp_path / "lite_orphan.pth")
+    info = json.loads(meta.read_text())
+    info.update(name="lite_orphan", file="lite_orphan.pth", decoder_from="no_such_decoder")
+    (tmp_path / "lite_orphan.json").write_text(json.dumps(info))
+    register_checkpoint(tmp_path / "lite_orphan.json")
+    with pytest.raises(WeightsNotAvailableError, match="no_such_decoder.*not installed"):
+        load_model("lite_orphan")
+
+
+def test_encoder_only_needs_a_decoder_model(saved, tmp_path):
+    _, student, _, _ = saved
+    with pytest.raises(ValueError, match="decoder_from"):
+        save_checkpoint(student, tmp_path / "x.pth", weights="encoder", base_model="litemedsam")
+
+
+def test_shipped_lite_model_loads_with_the_shipped_decoder():
+    """When SonoSAMLite ships (sonosam/weights/sonosamlite_clicks.json), it loads by name with the decoder of
+    the model it names."""
+    from sonosam.models import list_models
+
+    names = {spec.name: spec for spec in list_models()}
+    if "sonosamlite_clicks" not in names:
+        pytest.skip("sonosamlite_clicks is not shipped in this tree")
+    spec = names["sonosamlite_clicks"]
+    model = load_model("sonosamlite_clicks")
+    decoder = load_model(spec.decoder_from)
+    got = model.sam.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in decoder.sam.state_dict().items() if k.startswith(PREFIXES))
+    assert not torch.equal(got["image_encoder.neck.0.weight"][:1], torch.zeros_like(got["image_encoder.neck.0.weight"][:1]))
+    assert sum(p.numel() for p in model.sam.image_encoder.parameters()) < 0.6 * sum(
+        p.numel() for p in decoder.sam.image_encoder.parameters())
