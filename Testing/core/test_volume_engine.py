@@ -319,3 +319,28 @@ def test_a_bright_wall_is_followed_with_its_own_threshold_where_the_box_splits_a
         inter = (mask & ring[index]).sum()
         assert 2 * inter / (mask.sum() + ring[index].sum()) > 0.9, index
     assert all(result.slices[t].candidate == "intensity" for t in range(5, 17) if t != 10)
+
+
+def test_a_model_that_over_fills_its_boxes_gets_boxes_no_wider_than_the_anchor():
+    # the stand-in segments every bright pixel in its box; the structure the user drew (a 17 px square) lies in a wider
+    # bright plateau, so each mask fills its box and the next box (mask + margin) grows: with the default 1.25x limit
+    # the fronts segment 1.25x the anchor's width; a model listed in model_box_size stays within 1.0x (the fill flag
+    # and the jump rule are relaxed: they would end these fronts, which is not what is tested here)
+    shape = (15, 64, 64)
+    k, j, i = np.indices(shape)
+    volume = (20 + 80 * (np.hypot(j - 32, i - 32) <= 20) + np.random.default_rng(5).normal(0, 3, shape)).astype(np.float32)
+    anchor = (np.abs(j[7] - 32) <= 8) & (np.abs(i[7] - 32) <= 8)
+    side = np.ptp(np.nonzero(anchor)[1]) + 1  # 17 px
+
+    def widest(**options):
+        model = ThresholdModel()
+        result = propagate(Predictor(model), volume, [Seed(7, mask=anchor)], flag_fill=False, max_growth=3.0,
+                           **options)
+        assert result.extent() == (0, 14)
+        widths = [np.ptp(np.nonzero(result.slice_mask(t))[1]) + 1 for t in range(15) if result.slice_mask(t).any()]
+        return max(widths), max(call["box"][2] - call["box"][0] for call in model.calls)
+
+    mask_width, box_width = widest()
+    assert mask_width > 1.15 * side and box_width > 1.15 * side  # the front inflated to the 1.25x limit
+    mask_width, box_width = widest(model_box_size={"threshold": 1.0})
+    assert mask_width <= side + 1 and box_width <= side + 1e-6
