@@ -95,9 +95,9 @@ class PropagationOptions:
     n_points: int = 3                # positive points for point-capable models (0: none)
     mask_prompt: bool | None = None  # previous logits as mask prompt; None: only for models trained with masks
     max_box_size: float | None = 1.25  # box sides at most this multiple of the anchor mask's bounding box
-    model_box_size: dict = field(default_factory=lambda: {"litemedsam_clicks": 1.0})  # ... for these models
-                                     # (by spec.name) instead: litemedsam_clicks over-fills its boxes, and with
-                                     # 1.25x its fronts grew to 2-3x the structure's area (docs/volume.md)
+    model_box_size: dict = field(default_factory=dict)  # ... for these models (by spec.name) instead, e.g.
+                                     # {"litemedsam_clicks": 1.0}: it over-fills its boxes (2-3x the structure's area
+                                     # at 1.25x); measured, not the default: held-out mixed (docs/volume.md)
     # stop rules (see stop_reason); "anchor": the seed or accepted slice the front started from
     min_consistent: float = 0.2      # stop at once when fewer of the previous mask's pixels pass the rule
     min_area: int = 10               # stop at once below this many pixels
