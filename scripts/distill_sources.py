@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -135,14 +136,15 @@ def main(argv=None) -> int:
     print(f"scored in {time.perf_counter() - began:.0f} s", flush=True)
 
     images = [im for s in sources.values() for im in unique_images(_validation_subset(s.split.test, args.max_test))]
-    images = [images[i] for i in np.linspace(0, len(images) - 1, args.timing_images).round().astype(int)]
+    images = [images[i] for i in np.linspace(0, len(images) - 1, args.timing_images).round().astype(int)] \
+        if args.timing_images else []
     timing = {"teacher": [], "student": []}
     with torch.no_grad():
         for image in images:   # interleaved in one process: the ratio is fair on a shared machine
             for who, model in (("teacher", teacher), ("student", student)):
                 model.encode(image)
                 timing[who].append(_median_ms(lambda: model.encode(image), 3))
-    ms = {who: float(np.median(v)) for who, v in timing.items()}
+    ms = {who: float(np.median(v)) if v else float("nan") for who, v in timing.items()}
     passed, failures = lite_rule(rows_by_set, srow, trow)
     lines = [f"encoder ms/frame (eager, {args.threads} thread(s), median of 3 encodes on each of {len(images)} "
              f"test images, interleaved): teacher {ms['teacher']:.0f}, student {ms['student']:.0f}, "
@@ -162,6 +164,22 @@ def main(argv=None) -> int:
          "failures": failures, "decoder": args.decoder, "threads": args.threads,
          "test": {s: summarize(_validation_subset(src.split.test, args.max_test)) for s, src in sources.items()}},
         indent=1, default=str) + "\n")
+    if passed:   # the shippable pair: the same weights file, its description with the held-out figures
+        from sonosam.models import get_spec
+
+        meta = json.loads(checkpoint.with_suffix(".json").read_text())
+        meta["training"]["heldout_test"] = {
+            "protocol": "heldout_metrics (issue 14), --max-test %d per set" % args.max_test,
+            "scored_with_decoder": args.decoder, "encoder_ms": ms,
+            "sets": {s: {r: {k: v for k, v in m.items() if k != "curves"} for r, m in rows.items()}
+                     for s, rows in rows_by_set.items()}}
+        spec = get_spec(args.decoder)   # which decoder weights the figures were measured with
+        meta["training"]["heldout_test"]["decoder_digest"] = spec.overlay_digest or spec.digest
+        ship = out / "ship"
+        ship.mkdir(exist_ok=True)
+        shutil.copy2(checkpoint, ship / checkpoint.name)
+        (ship / f"{MODEL_NAME}.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        print("passed: the shippable pair is in", ship, flush=True)
     return 0 if passed else 1
 
 
