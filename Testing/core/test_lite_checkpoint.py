@@ -6,7 +6,6 @@ LiteMedSAM's encoder), saved, registered and loaded as a user would, then asked 
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
@@ -106,6 +105,7 @@ def test_lite_rule_fails_a_set_more_than_one_point_below_at_1_3_or_5_clicks():
     ok = {f"dice@{k}": 0.595 for k in range(1, 6)}          # 0.5 point below: within the rule
     bad = {**ok, "dice@3": 0.585}                           # 1.5 points below at 3 clicks
     worse_at_2_only = {**ok, "dice@2": 0.40}                 # 2 clicks is not part of the rule
-    assert lite_rule({"mri": {"s": ok, "t": teacher}, "echo": {"s": worse_at_2_only, "t": teacher}}, "s", "t") == (True, [])
+    rows = {"mri": {"s": ok, "t": teacher}, "echo": {"s": worse_at_2_only, "t": teacher}}
+    assert lite_rule(rows, "s", "t") == (True, [])
     passed, failures = lite_rule({"mri": {"s": ok, "t": teacher}, "echo": {"s": bad, "t": teacher}}, "s", "t")
     assert not passed and len(failures) == 1 and failures[0].startswith("echo Dice@3")
