@@ -66,28 +66,30 @@ def test_loaded_student_has_the_named_models_decoder_and_its_own_encoder(saved, 
     assert click[int(centre[1]), int(centre[0])] and click.sum() > 500
 
 
-def test_digest_mismatch_is_refused(saved, tmp_path):
+def _registered_variant(saved, folder, name, change_weights=False, **meta_changes):
+    """The saved checkpoint copied under ``name`` (its first tensor changed if asked, its .json edited),
+    registered as a user's installed model would be."""
     _, _, pth, meta = saved
-    copy = tmp_path / "lite_bad.pth"
-    state = torch.load(pth, weights_only=True)
-    key = next(iter(state))
-    state[key] = state[key] + 1
-    torch.save(state, copy)
-    info = json.loads(meta.read_text())
-    info.update(name="lite_bad", file=copy.name)
-    (tmp_path / "lite_bad.json").write_text(json.dumps(info))
-    register_checkpoint(tmp_path / "lite_bad.json")
+    if change_weights:
+        state = torch.load(pth, weights_only=True)
+        key = next(iter(state))
+        state[key] = state[key] + 1
+        torch.save(state, folder / f"{name}.pth")
+    else:
+        shutil.copy2(pth, folder / f"{name}.pth")   # byte for byte: its recorded sha256 still holds
+    info = {**json.loads(meta.read_text()), "name": name, "file": f"{name}.pth", **meta_changes}
+    (folder / f"{name}.json").write_text(json.dumps(info))
+    register_checkpoint(folder / f"{name}.json")
+
+
+def test_digest_mismatch_is_refused(saved, tmp_path):
+    _registered_variant(saved, tmp_path, "lite_bad", change_weights=True)
     with pytest.raises(CheckpointError, match="Checksum mismatch"):
         load_model("lite_bad")
 
 
 def test_missing_decoder_model_is_a_clear_error(saved, tmp_path):
-    _, _, pth, meta = saved
-    shutil.copy2(pth, tmp_path / "lite_orphan.pth")
-    info = json.loads(meta.read_text())
-    info.update(name="lite_orphan", file="lite_orphan.pth", decoder_from="no_such_decoder")
-    (tmp_path / "lite_orphan.json").write_text(json.dumps(info))
-    register_checkpoint(tmp_path / "lite_orphan.json")
+    _registered_variant(saved, tmp_path, "lite_orphan", decoder_from="no_such_decoder")
     with pytest.raises(WeightsNotAvailableError, match="no_such_decoder.*not installed"):
         load_model("lite_orphan")
 
