@@ -34,6 +34,11 @@ def lite_rule(rows_by_set: dict[str, dict[str, dict]], student: str, teacher: st
     return not failures, failures
 
 
+def differences(by_clicks: dict) -> str:
+    """{clicks: (mean, low, high)} as 'Dice@1 +0.1 [-2.1, +2.3], ...' (points)."""
+    return ", ".join(f"Dice@{k} {100 * d[0]:+.1f} [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}]" for k, d in by_clicks.items())
+
+
 def main(argv=None) -> int:
     from sonosam.train.distillation import DEFAULT_STUDENT, STUDENTS
 
@@ -131,8 +136,7 @@ def main(argv=None) -> int:
                                             [c[k - 1] for c in rows[trow]["curves"]]) for k in CLICKS}
         print(f"\n### {name}: {len(test)} of {len(source.split.test)} held-out structure-images "
               f"({len({s.key for s in test})} images); {source.split.rule}\n\n{table(rows)}\n\nstudent - teacher: "
-              + ", ".join(f"Dice@{k} {100 * d[0]:+.1f} [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}]"
-                          for k, d in diffs[name].items()), flush=True)
+              + differences(diffs[name]), flush=True)
     print(f"scored in {time.perf_counter() - began:.0f} s", flush=True)
 
     images = [im for s in sources.values() for im in unique_images(_validation_subset(s.split.test, args.max_test))]
@@ -152,9 +156,8 @@ def main(argv=None) -> int:
              "lite rule: " + ("PASSED (within 1 point at 1, 3 and 5 clicks on every set)" if passed else
                               "FAILED: " + "; ".join(failures))]
     print("\n".join(lines), flush=True)
-    md = "\n\n".join(f"### {s}\n\n{table(rows)}\n\nstudent - teacher (paired bootstrap 95 %): " + ", ".join(
-        f"Dice@{k} {100 * d[0]:+.1f} [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}]" for k, d in diffs[s].items())
-        for s, rows in rows_by_set.items())
+    md = "\n\n".join(f"### {s}\n\n{table(rows)}\n\nstudent - teacher (paired bootstrap 95 %): " + differences(diffs[s])
+                     for s, rows in rows_by_set.items())
     (out / "heldout.md").write_text(md + "\n\n" + "\n".join(lines) + "\n")
     (out / "heldout.json").write_text(json.dumps(
         {"sets": {s: {r: {k: v for k, v in m.items() if k != "curves"} for r, m in rows.items()}

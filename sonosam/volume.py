@@ -95,9 +95,6 @@ class PropagationOptions:
     n_points: int = 3                # positive points for point-capable models (0: none)
     mask_prompt: bool | None = None  # previous logits as mask prompt; None: only for models trained with masks
     max_box_size: float | None = 1.25  # box sides at most this multiple of the anchor mask's bounding box
-    model_box_size: dict = field(default_factory=dict)  # ... for these models (by spec.name) instead, e.g.
-                                     # {"litemedsam_clicks": 1.0}: it over-fills its boxes (2-3x the structure's area
-                                     # at 1.25x); measured, not the default: held-out mixed (docs/volume.md)
     # stop rules (see stop_reason); "anchor": the seed or accepted slice the front started from
     min_consistent: float = 0.2      # stop at once when fewer of the previous mask's pixels pass the rule
     min_area: int = 10               # stop at once below this many pixels
@@ -342,7 +339,6 @@ class _Run:
         kinds = self.model.spec.prompt_kinds
         self.use_points = "point" in kinds and options.n_points > 0
         self.use_mask = ("mask" in kinds) if options.mask_prompt is None else bool(options.mask_prompt)
-        self.box_size = (options.model_box_size or {}).get(self.model.spec.name, options.max_box_size)
         self.window = tuple(options.window) if options.window is not None else volume_window(volume)
         self.volume_id = volume_id or _volume_id(volume)
         self.progress, self.cancel = progress, cancel
@@ -505,8 +501,8 @@ class _Run:
             share = consistent.sum() / max(prev_mask.sum(), 1)
             region = consistent if share >= opt.min_consistent and consistent.any() else prev_mask
             box = box_with_margin(region, opt.box_margin)
-            if self.box_size is not None and anchor_box is not None:
-                box = _clamp_box(box, anchor_box, self.box_size, image.shape)
+            if opt.max_box_size is not None and anchor_box is not None:
+                box = _clamp_box(box, anchor_box, opt.max_box_size, image.shape)
             points = _interior_points(consistent, opt.n_points) if self.use_points else None
             logits = None
             if self.use_mask:

@@ -324,7 +324,7 @@ def test_a_bright_wall_is_followed_with_its_own_threshold_where_the_box_splits_a
 def test_a_model_that_over_fills_its_boxes_gets_boxes_no_wider_than_the_anchor():
     # the stand-in segments every bright pixel in its box; the structure the user drew (a 17 px square) lies in a wider
     # bright plateau, so each mask fills its box and the next box (mask + margin) grows: with the default 1.25x limit
-    # the fronts segment 1.25x the anchor's width; a model listed in model_box_size stays within 1.0x (the fill flag
+    # the fronts segment 1.25x the anchor's width; with max_box_size=1.0 they stay within 1.0x (the fill flag
     # and the jump rule are relaxed: they would end these fronts, which is not what is tested here)
     shape = (15, 64, 64)
     k, j, i = np.indices(shape)
@@ -342,5 +342,5 @@ def test_a_model_that_over_fills_its_boxes_gets_boxes_no_wider_than_the_anchor()
 
     mask_width, box_width = widest()
     assert mask_width > 1.15 * side and box_width > 1.15 * side  # the front inflated to the 1.25x limit
-    mask_width, box_width = widest(model_box_size={"threshold": 1.0})
+    mask_width, box_width = widest(max_box_size=1.0)
     assert mask_width <= side + 1 and box_width <= side + 1e-6
