@@ -21,7 +21,6 @@ output, so it can serve as held-out ground truth for any SonoSAM model.
 from __future__ import annotations
 
 import gzip
-import io
 import plistlib
 import tarfile
 from dataclasses import dataclass, field
@@ -90,6 +89,16 @@ WM_MIN = 100        # T1 intensity: white matter above (its histogram peak is at
 MIDLINE_I = 90      # column i of x = 0 mm (ch2's ijk-to-RAS puts x = i - 90); i < 90 is the left hemisphere
 
 
+def colin27_brain_mask() -> np.ndarray:
+    """Colin27's brain mask (``ch2bet``, shipped beside the T1 in mricron-data), on the T1 grid."""
+    from .data import mri_colin27_paths
+
+    bet_path = Path(mri_colin27_paths()[0]).parent / "ch2bet.nii.gz"
+    if not bet_path.exists():
+        raise DataFileError(f"The Colin27 brain mask {bet_path} is missing: run `make data`.")
+    return read_volume(bet_path).array > 0
+
+
 def colin27_references(aal: bool = True) -> Subject:
     """The Colin27 T1 MRI with its reference structures (see the module doc)."""
     from .data import mri_colin27_paths
@@ -98,10 +107,7 @@ def colin27_references(aal: bool = True) -> Subject:
     volume = read_volume(t1_path)
     t1 = volume.array.astype(np.float32)
     atlas = read_volume(aal_path).array
-    bet_path = Path(t1_path).parent / "ch2bet.nii.gz"
-    if not bet_path.exists():
-        raise DataFileError(f"The Colin27 brain mask {bet_path} is missing: run `make data`.")
-    brain = read_volume(bet_path).array > 0
+    brain = colin27_brain_mask()
     subject = Subject("colin27", "MRI", volume)
     if aal:
         for name, (value, shape) in COLIN27_AAL.items():

@@ -4,6 +4,7 @@ per prompt."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +35,21 @@ def mask_to_logits(mask: np.ndarray, magnitude: float = 8.0) -> np.ndarray:
     canvas = np.zeros((LOW_RES, LOW_RES), np.float32)
     canvas[:h, :w] = cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     return (canvas * 2.0 - 1.0) * magnitude
+
+
+def encoder_id(model) -> str:
+    """A short id of ``model``'s image encoder weights + preprocessing (cached on the model object): two models
+    with the same id give the same embeddings (the training cache's folders, propagation's carrier)."""
+    cached = getattr(model, "_sonosam_encoder_id", None)
+    if cached:
+        return cached
+    digest = hashlib.sha256(f"{model.spec.image_size}:{model.spec.normalization}".encode())
+    for name, tensor in sorted(model.sam.image_encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    value = digest.hexdigest()[:16]
+    model._sonosam_encoder_id = value
+    return value
 
 
 @dataclass

@@ -9,7 +9,6 @@ their shape/dtype and the intensity window (``sonosam.predictor.image_key``).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -19,23 +18,10 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from ..models.sam import encoder_id
 from ..predictor import image_key
 
 __all__ = ["EmbeddingStore", "CachedEmbedding", "encoder_id", "input_size_for"]
-
-
-def encoder_id(model) -> str:
-    """A short id of ``model``'s image encoder weights + preprocessing (cached on the model object)."""
-    cached = getattr(model, "_sonosam_encoder_id", None)
-    if cached:
-        return cached
-    digest = hashlib.sha256(f"{model.spec.image_size}:{model.spec.normalization}".encode())
-    for name, tensor in sorted(model.sam.image_encoder.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    value = digest.hexdigest()[:16]
-    model._sonosam_encoder_id = value
-    return value
 
 
 def input_size_for(shape: tuple[int, int], image_size: int) -> tuple[int, int]:

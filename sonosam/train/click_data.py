@@ -33,7 +33,7 @@ from scipy import ndimage
 
 from ..errors import DataFileError
 from ..evaluate.datasets import Sample, samples_from_arrays
-from .data import Split, _is_test_structure, thin_images
+from .data import COLIN27_AAL_RANGES, Split, _is_test_structure, thin_images
 
 __all__ = ["SOURCES", "build_sources", "colin27_tissue", "ct_references", "blood_pools",
            "ultrasound_style", "slab_part"]
@@ -84,9 +84,8 @@ def _mri_samples(stride: int, min_area: int) -> dict[str, list[Sample]]:
     t1, aal = _colin27_arrays()[:2]
     tissue = colin27_tissue()
     name = str(mri_colin27_paths()[0])
-    ranges = {0: (12, 152), 1: (22, 196), 2: (20, 160)}   # where the AAL labels are (as colin27_split)
     parts: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
-    for axis, (lo, hi) in ranges.items():
+    for axis, (lo, hi) in COLIN27_AAL_RANGES.items():
         slices = list(range(lo, hi + 1, stride))
         for labelmap, kind in ((aal, "aal"), (tissue, "tissue")):
             for sample in samples_from_arrays(t1, labelmap, axis=axis, min_area=min_area, name=name,

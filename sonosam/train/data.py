@@ -85,6 +85,9 @@ def _is_test_structure(label: int, period: int) -> bool:
     return ((int(label) - 1) // 2) % period == period // 2   # AAL: 2k+1 / 2k+2 are one left/right pair
 
 
+COLIN27_AAL_RANGES = {0: (12, 152), 1: (22, 196), 2: (20, 160)}   # slices along each axis that hold AAL labels
+
+
 def colin27_split(*, axes: Sequence[int] = (0, 1, 2), stride: int = 4, slab: int = 12, min_area: int = 150,
                   structure_period: int = 5, max_train: int | None = None, max_val: int | None = None,
                   max_test: int | None = None, ranges: dict[int, tuple[int, int]] | None = None) -> Split:
@@ -94,7 +97,7 @@ def colin27_split(*, axes: Sequence[int] = (0, 1, 2), stride: int = 4, slab: int
     from ..data import mri_colin27_paths
 
     t1, aal = mri_colin27_paths()
-    ranges = ranges or {0: (12, 152), 1: (22, 196), 2: (20, 160)}   # where the AAL labels are
+    ranges = ranges or COLIN27_AAL_RANGES
     train, val, test = [], [], []
     for axis in axes:
         lo, hi = ranges[axis]

@@ -34,7 +34,7 @@ from ..models import SamModel, _build_litemedsam
 from .cache import EmbeddingStore, input_size_for
 from .engine import PromptDecoder, autocast, iterate_prompts, low_res_target
 from .finetune import clickable
-from .losses import bernoulli_kl, dice_focal_loss, embedding_loss, soft_dice
+from .losses import bernoulli_kl, dice_focal_loss, embedding_loss, hard_dice
 from .prompts import PromptSampler
 
 __all__ = ["DistillConfig", "DistillResult", "distill", "STUDENTS", "DEFAULT_STUDENT", "student_encoder_config",
@@ -418,7 +418,7 @@ def _batch_loss(teacher, teacher_net, student, student_net, store, features, bat
         kl = bernoulli_kl(logits, teacher_targets[indices])
         parts.append(((1 - alpha) * seg + alpha * kl).sum())
         if iteration == n_iterations - 1:
-            last_dice.extend(soft_dice((logits.detach() > 0).float() * 40 - 20, targets[indices]).tolist())
+            last_dice.extend(hard_dice(logits.detach(), targets[indices]).tolist())
 
     iterate_prompts(lambda idx, t, m: student_net(features[idx], t.points, t.boxes, m), gts, s_sizes, sampler,
                     student.transform, 256, n_iterations, device, on_output, replay=history,
@@ -429,6 +429,6 @@ def _batch_loss(teacher, teacher_net, student, student_net, store, features, bat
 def low_res_teacher_best(teacher_logits: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
     """Per sample, the teacher's logits at the iteration with the best (hard, low-res) Dice."""
     stacked = torch.stack(teacher_logits)                    # (T, B, 1, 256, 256)
-    dice = torch.stack([soft_dice((l > 0).float() * 40 - 20, targets) for l in teacher_logits])   # (T, B)
+    dice = torch.stack([hard_dice(l, targets) for l in teacher_logits])   # (T, B)
     best = dice.argmax(0)
     return stacked[best, torch.arange(stacked.shape[1])]

@@ -129,7 +129,7 @@ def iterate_prompts(forward, gts: list[np.ndarray], sizes: list[tuple[tuple[int,
                     sampler: PromptSampler, transform, image_size: int, n_iterations: int, device,
                     on_output=None, starts: list[Prompts] | None = None, replay: list[list[Prompts]] | None = None,
                     mask_feedback: bool = True, feedback_draws: list[bool] | None = None, step_context=None,
-                    graded: set[int] | None = None):
+                    graded: set[int] | None = None, first_masks: torch.Tensor | None = None):
     """The iterative prompt loop over one batch.
 
     ``forward(indices, prompt_tensors, mask_logits)`` -> (logits (b, 1, 256, 256), iou (b, 1)) for the
@@ -142,11 +142,12 @@ def iterate_prompts(forward, gts: list[np.ndarray], sizes: list[tuple[tuple[int,
     manager around each forward + ``on_output`` (DDP's ``no_sync`` on all but the batch's last output).
     ``graded`` (None: all): the iterations whose forward keeps an autograd graph; the others run under
     ``torch.no_grad()`` (they only move the click simulation on: a forward costs ~1/7 of forward + backward).
+    ``first_masks`` (b, 1, 256, 256): mask prompts for iteration 0 (a propagated slice's previous mask).
     Returns the prompts used at each iteration and the detached logits of each iteration."""
     n = len(gts)
     prompts = [snapshot(p) for p in starts] if starts is not None else [sampler.start(gt) for gt in gts]
     history_prompts, history_logits = [], []
-    previous = None
+    previous = first_masks
     for iteration in range(n_iterations):
         if replay is not None:
             prompts = replay[iteration]

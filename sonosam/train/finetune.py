@@ -24,7 +24,7 @@ from ..evaluate.datasets import Sample
 from ..models import SamModel
 from .cache import EmbeddingStore, input_size_for
 from .engine import Dist, PromptDecoder, autocast, iterate_prompts, low_res_target, setup_distributed
-from .losses import dice_focal_loss, soft_dice
+from .losses import hard_dice, prompt_loss
 from .prompts import PromptSampler
 
 __all__ = ["TrainConfig", "TrainResult", "train_decoder", "clickable", "trainable_parameters", "LiveEncoder"]
@@ -199,17 +199,11 @@ def run_epoch(net, sam_model: SamModel, items: list[_Item], store, optimizer, co
             if graded is not None and iteration not in graded:
                 return
             target = targets[indices]
-            loss = dice_focal_loss(logits, target)
-            hard = (logits.detach() > 0).float()
-            inter = (hard * target).flatten(1).sum(1)
-            union = (hard + target).clamp(max=1).flatten(1).sum(1)
-            real_iou = inter / union.clamp(min=1)
-            loss = loss + config.iou_weight * (iou.float()[:, 0] - real_iou) ** 2
-            total = loss.sum() / (len(batch) * n_graded)
+            total = prompt_loss(logits, iou, target, config.iou_weight).sum() / (len(batch) * n_graded)
             (scaler.scale(total) if scaler is not None else total).backward()
             batch_loss[0] += float(total.detach())
             if iteration == n_iterations - 1:
-                d = soft_dice((logits.detach() > 0).float() * 40 - 20, target)  # hard Dice
+                d = hard_dice(logits.detach(), target)
                 last_dice[0] = (last_dice[0] or []) + d.tolist()
 
         iterate_prompts(forward, [it.sample.mask for it in batch], [it.sizes for it in batch], sampler,

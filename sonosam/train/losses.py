@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["dice_loss", "focal_loss", "dice_focal_loss", "bernoulli_kl", "soft_dice", "embedding_loss"]
+__all__ = ["dice_loss", "focal_loss", "dice_focal_loss", "bernoulli_kl", "soft_dice", "embedding_loss", "prompt_loss",
+           "hard_dice"]
 
 
 def soft_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -14,6 +15,11 @@ def soft_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     target = target.float().flatten(1)
     inter = (prob * target).sum(1)
     return (2 * inter + eps) / (prob.sum(1) + target.sum(1) + eps)
+
+
+def hard_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample Dice of the thresholded mask (logits > 0) against the target; shape (B,)."""
+    return soft_dice((logits > 0).float() * 40 - 20, target)
 
 
 def dice_loss(logits, target):
@@ -51,3 +57,13 @@ def embedding_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
     the plain MSE; dividing by the teacher's mean square makes the value (and its weight) scale-free."""
     student, teacher = student.float().flatten(1), teacher.float().flatten(1)
     return ((student - teacher) ** 2).mean(1) / (teacher ** 2).mean(1).clamp(min=1e-12)
+
+
+def prompt_loss(logits: torch.Tensor, iou: torch.Tensor, target: torch.Tensor, iou_weight: float = 1.0) -> torch.Tensor:
+    """Per sample: DiceFocal of the mask + ``iou_weight`` x the squared error of the predicted IoU against the
+    real IoU of the thresholded mask (SAM's loss for one prompt iteration). logits/target (B, 1, H, W), iou (B, M)."""
+    hard = (logits.detach() > 0).float()
+    inter = (hard * target).flatten(1).sum(1)
+    union = (hard + target).clamp(max=1).flatten(1).sum(1)
+    real_iou = inter / union.clamp(min=1)
+    return dice_focal_loss(logits, target) + iou_weight * (iou.float()[:, 0] - real_iou) ** 2
