@@ -251,7 +251,7 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
         worst, erase = found
         taken.add(worst)
         truth = slice_of(gt, axis, worst)
-        if erase:
+        if erase or not truth.any():  # past an end, or a gap inside the extent: the user erases the slice
             kinds.append(f"erase {worst}")
             seed = Seed(worst, mask=np.zeros_like(truth))
         else:  # the user takes the best answer they are shown, and only if it beats what the slice holds now

@@ -11,8 +11,10 @@ Each next slice is prompted from the previous slice's result (see docs/volume.md
   ``|X_{t+1}(p) - X_t(p)| < lambda * std(X_t[L_t])``, gives the box (its bounding box plus a margin);
   box-only models (the default LiteMedSAM) get only that box;
 - models that take points also get positive points picked inside the consistent pixels (deepest first);
-- models that take mask prompts get the previous low-res logits (off by default for box-only models,
-  which were not trained with them; see `PropagationOptions.mask_prompt`).
+- models that take mask prompts also get the previous slice's mask as it was kept (after `keep_component` and
+  the intensity candidate: what the user sees), as logits; off by default for models not trained with mask
+  prompts (`PropagationOptions.mask_prompt`). The slice decoder (`sonosam.train.slice_decoder`) is trained on
+  exactly this prompt.
 
 A front stops when the structure ends (`stop_reason`): at once on a break with the previous slice (too few
 intensity-consistent pixels, the mask vanishes, its area jumps by more than `max_growth`, or it hardly
@@ -38,6 +40,7 @@ returning True) stops the run at the next slice and returns what is done, with `
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -50,6 +53,7 @@ from .errors import InputImageError, PromptError
 from .image import AXES, axis_index, take_slice as slice_of, volume_window
 from .masks import bounding_box, box_with_margin, content_hash
 from .models import mask_to_logits
+from .models.sam import encoder_id
 from .predictor import Predictor
 from .prompts import Prompts
 from .seed_check import _fills_box, _otsu, check_seed, contrast_polarity, structure_candidate
@@ -93,7 +97,7 @@ class PropagationOptions:
     box_margin: float = 0.2          # box = consistent pixels' bounding box + margin * its size (at least 2 px)
     consistency_lambda: float = 1.0  # SAM^Med lambda: |X_t+1 - X_t| < lambda * std(X_t[mask])
     n_points: int = 3                # positive points for point-capable models (0: none)
-    mask_prompt: bool | None = None  # previous logits as mask prompt; None: only for models trained with masks
+    mask_prompt: bool | None = None  # previous mask as mask prompt; None: only for models trained with masks
     max_box_size: float | None = 1.25  # box sides at most this multiple of the anchor mask's bounding box
     # stop rules (see stop_reason); "anchor": the seed or accepted slice the front started from
     min_consistent: float = 0.2      # stop at once when fewer of the previous mask's pixels pass the rule
@@ -132,6 +136,12 @@ class PropagationOptions:
     # the previous result stays (False: recompute whole stretches from both anchors, as before)
     local_rerun: bool = True
     agree_iou: float = 0.9
+    # a second decoder for the propagated slices: a model (name or checkpoint path) sharing the predictor's image
+    # encoder, e.g. the slice decoder (sonosam.train.slice_decoder), trained to continue a carried mask. It answers
+    # the fronts of structures that are not high-contrast; seeds and high-contrast fronts (the intensity candidate
+    # leads there) stay with the predictor's model. "auto": the registered model that declares it carries for the
+    # predictor's model (ModelSpec.carries_for: litemedsam_slices for litemedsam_clicks), else none; None: none
+    carrier: str | None = "auto"
 
 
 @dataclass
@@ -143,8 +153,7 @@ class PropagationResult:
     seconds: float = 0.0
     encoder_calls: int = 0
     decoded: int = 0                  # slices decoded in this run (those recomputed)
-    # anchors for a re-run: index -> (Seed, low-res logits or None)
-    anchors: dict[int, tuple[Seed, np.ndarray | None]] = field(default_factory=dict, repr=False)
+    anchors: dict[int, Seed] = field(default_factory=dict, repr=False)  # for a re-run: index -> its Seed
     seed_checks: dict = field(default_factory=dict, repr=False)  # seed index -> sonosam.seed_check.SeedCheck
 
     def slice_mask(self, index: int) -> np.ndarray:
@@ -166,7 +175,7 @@ class PropagationResult:
             if info is None or info.status == STOPPED:
                 raise PromptError(f"Slice {index} has no mask to accept.")
             info.status = ACCEPTED
-            self.anchors[index] = (Seed(index, mask=self.slice_mask(index).copy()), None)
+            self.anchors[index] = Seed(index, mask=self.slice_mask(index).copy())
 
     def summary(self) -> str:
         counts: dict[str, int] = {}
@@ -244,6 +253,23 @@ def stop_reason(opt: PropagationOptions, *, share: float, area: int, prev_area: 
     return "", False
 
 
+def next_slice_prompt(prev_image: np.ndarray, image: np.ndarray, prev_mask: np.ndarray, anchor_box, opt,
+                      points: bool, mask: bool) -> tuple[Prompts, float]:
+    """The prompt for the slice after ``prev_image`` (SAM^Med's rule): a box around the previous mask's pixels
+    that pass the intensity-consistency test (the whole previous mask when too few do), with a margin, clamped
+    to ``opt.max_box_size`` x the anchor's box; ``points``: up to ``opt.n_points`` clicks deep inside those
+    pixels; ``mask``: the previous mask (as logits) as the mask prompt. Returns it with the share
+    of consistent pixels. Propagation and the slice decoder's training (sonosam.train.slice_decoder) both use it."""
+    consistent = consistent_pixels(prev_image, image, prev_mask, opt.consistency_lambda)
+    share = float(consistent.sum() / max(prev_mask.sum(), 1))
+    region = consistent if share >= opt.min_consistent and consistent.any() else prev_mask
+    box = box_with_margin(region, opt.box_margin)
+    if opt.max_box_size is not None and anchor_box is not None:
+        box = _clamp_box(box, anchor_box, opt.max_box_size, image.shape)
+    clicks = _interior_points(consistent, opt.n_points) if points else None
+    return Prompts(clicks or None, None, box, mask_to_logits(prev_mask) if mask else None), share
+
+
 def _clamp_box(box, anchor_box, factor: float, shape) -> tuple[float, float, float, float]:
     """Shrink `box` about its centre so that no side exceeds `factor` times `anchor_box`'s (keeps a front
     from inflating slice after slice)."""
@@ -311,6 +337,43 @@ def _as_predictor(predictor_or_model) -> Predictor:
     raise TypeError("Give a sonosam Predictor or a model from sonosam.models.load_model().")
 
 
+def carrier_for(model_name: str) -> str | None:
+    """The registered model that carries propagation for ``model_name`` by default (PropagationOptions.carrier
+    "auto"), or None."""
+    from .models import list_models
+
+    return next((spec.name for spec in list_models() if model_name in spec.carries_for), None)
+
+
+def _carrier(name: str | None, model):
+    """The carrier model PropagationOptions.carrier names ("auto": ``carrier_for``), loaded once per process and
+    checked to share ``model``'s image encoder; None when there is none."""
+    if name == "auto":
+        name = carrier_for(model.spec.name)
+    if not name:
+        return None
+    carrier = _load_carrier(name, str(model.device))
+    if _encoder_id(carrier) != _encoder_id(model):
+        raise PromptError(f"The carrier {name!r} has another image encoder than {model.spec.name!r}, so it cannot "
+                          "answer from the same embeddings: give a decoder trained over the same base model, or "
+                          "carrier=None.")
+    return carrier
+
+
+@functools.lru_cache(maxsize=2)
+def _load_carrier(name: str, device: str):
+    from .models import load_model
+
+    return load_model(name, device=device)
+
+
+def _encoder_id(model) -> str:
+    try:
+        return encoder_id(model)
+    except AttributeError:   # not a SAM-family model: nothing to share with
+        return f"{type(model).__name__}:{id(model)}"
+
+
 def _as_seeds(seeds) -> list[Seed]:
     if isinstance(seeds, Seed):
         seeds = [seeds]
@@ -337,7 +400,6 @@ class _Run:
         self.predictor, self.volume, self.axis, self.options = predictor, volume, axis, options
         self.model = predictor.model
         kinds = self.model.spec.prompt_kinds
-        self.use_points = "point" in kinds and options.n_points > 0
         self.use_mask = ("mask" in kinds) if options.mask_prompt is None else bool(options.mask_prompt)
         self.window = tuple(options.window) if options.window is not None else volume_window(volume)
         self.volume_id = volume_id or _volume_id(volume)
@@ -352,6 +414,7 @@ class _Run:
         self.seed_checks: dict = {}
         self.prefer: str | None = None  # the kind of alternative taken on earlier seeds (a re-run's corrections)
         self.anchor_scores: dict[int, float] = {}  # anchor slice -> its predicted IoU (nan: an accepted mask)
+        self.carrier = _carrier(options.carrier, self.model)
 
     # embeddings ------------------------------------------------------------------------------
     def key(self, index: int):
@@ -383,11 +446,15 @@ class _Run:
                 job.cancel()
                 del self.jobs[i]
 
-    def predict(self, index: int, prompts: Prompts):
+    def predict(self, index: int, prompts: Prompts, model=None):
+        """The predictor's answer on slice ``index``, or ``model``'s (a carrier: same encoder) from the same embedding."""
         self.decoded += 1
         self.encode_slab(index)
-        return self.predictor.predict(lambda: self.image(index), prompts, key=self.key(index), window=self.window,
-                                      multimask=False)
+        if model is None:
+            return self.predictor.predict(lambda: self.image(index), prompts, key=self.key(index), window=self.window,
+                                          multimask=False)
+        embedding = self.predictor.embedding(lambda: self.image(index), key=self.key(index), window=self.window)
+        return model.decode(replace(embedding, model_id=model.model_id), prompts, multimask=False)
 
     def feature(self, index: int, mask: np.ndarray) -> np.ndarray:
         """Unit-length mean of the image embedding under `mask` (masked average pooling on the 64x64 grid)."""
@@ -423,7 +490,7 @@ class _Run:
                 raise PromptError(f"The mask for slice {seed.index} has shape {mask.shape}; the slice is "
                                   f"{self.image(seed.index).shape}.")
             info = SliceInfo(seed.index, ACCEPTED, float("nan"), int(mask.sum()), source=seed.index)
-            return mask, None, info
+            return mask, info
         if self.options.seed_check and seed.box is not None:
             self.decoded += 1
             self.encode_slab(seed.index)
@@ -432,21 +499,21 @@ class _Run:
                                prefer=self.prefer)
             self.seed_checks[seed.index] = check
             chosen = check.candidates[check.best]
-            mask, score, logits = chosen.mask, chosen.score, chosen.logits
+            mask, score = chosen.mask, chosen.score
             reason = "" if check.ok else check.summary()  # names the alternative taken, and why
             kind = "model" if np.isfinite(score) else "intensity"
         else:
             pred = self.predict(seed.index, Prompts(seed.points, seed.labels, seed.box))
-            mask, score, logits, reason, kind = pred.mask, pred.score, pred.logits, "", "model"
+            mask, score, reason, kind = pred.mask, pred.score, "", "model"
         info = SliceInfo(seed.index, SEED, score, int(mask.sum()), reason=reason, source=seed.index, candidate=kind)
         if info.area == 0:
             info.reason = "the seed prompt gave an empty mask"
-        return mask, logits, info
+        return mask, info
 
-    def front(self, start: int, mask: np.ndarray, logits, step: int, limit: int, out: dict,
+    def front(self, start: int, mask: np.ndarray, step: int, limit: int, out: dict,
               agrees: Callable[[int, np.ndarray], bool] | None = None,
               yields: Callable[[int], bool] | None = None) -> int | None:
-        """Propagate from anchor `start` (mask, logits) in direction `step` up to slice `limit` (inclusive);
+        """Propagate from anchor `start` (its mask) in direction `step` up to slice `limit` (inclusive);
         put (mask, info) per slice in `out`. A local re-run (sonosam.volume's `local_rerun`) also gives
         `agrees(t, mask)`: True ends the front at slice t, which then keeps the previous run's result (returned:
         t); and `yields(t)`: True ends it before slice t (another anchor's earlier result is nearer there)."""
@@ -454,7 +521,7 @@ class _Run:
         if not mask.any():  # an empty anchor (e.g. a corrected slice erased by the user) has no front
             return None
         anchor_area, anchor_box = int(mask.sum()), bounding_box(mask)
-        prev_mask, prev_logits, prev_image = mask, logits, self.image(start).astype(np.float32)
+        prev_mask, prev_image = mask, self.image(start).astype(np.float32)
         anchor_values = prev_image[mask]
         anchor_mean, anchor_std = float(anchor_values.mean()), max(float(anchor_values.std()), 1e-6)
         anchor_feature = self.feature(start, mask) if opt.min_similarity is not None else None
@@ -497,18 +564,14 @@ class _Run:
             if image.min() == image.max():
                 stop(SliceInfo(t, STOPPED, float("nan"), 0, source=start), "the slice is blank", True)
                 return None
-            consistent = consistent_pixels(prev_image, image, prev_mask, opt.consistency_lambda)
-            share = consistent.sum() / max(prev_mask.sum(), 1)
-            region = consistent if share >= opt.min_consistent and consistent.any() else prev_mask
-            box = box_with_margin(region, opt.box_margin)
-            if opt.max_box_size is not None and anchor_box is not None:
-                box = _clamp_box(box, anchor_box, opt.max_box_size, image.shape)
-            points = _interior_points(consistent, opt.n_points) if self.use_points else None
-            logits = None
-            if self.use_mask:
-                logits = prev_logits if prev_logits is not None else mask_to_logits(prev_mask)
-            pred = self.predict(t, Prompts(points or None, None, box, logits))
-            new, score, logits, kind = pred.mask, pred.score, pred.logits, "model"
+            model = self.carrier if polarity is None else None
+            kinds = (model or self.model).spec.prompt_kinds
+            prompts, share = next_slice_prompt(prev_image, image, prev_mask, anchor_box, opt,
+                                               opt.n_points > 0 and "point" in kinds,
+                                               "mask" in kinds if model is not None else self.use_mask)
+            box = tuple(prompts.box)
+            pred = self.predict(t, prompts, model)
+            new, score, kind = pred.mask, pred.score, "model"
             if opt.keep_component and new.any():
                 new = _keep_touching(new, prev_mask)
             if polarity is not None:  # a high-contrast structure: the intensity candidate may follow it better
@@ -517,7 +580,7 @@ class _Run:
                 if found is not None:
                     other = _keep_touching(found[0], prev_mask)
                     if _iou(other, prev_mask) > _iou(new, prev_mask):
-                        new, score, logits, kind = other, float("nan"), None, "intensity"
+                        new, score, kind = other, float("nan"), "intensity"
             area = int(new.sum())
             shift = similarity = None
             if area:
@@ -549,7 +612,7 @@ class _Run:
             else:  # a good slice: the weak ones before it stay, flagged
                 keep([(m, replace(i, reason="", flag=i.reason)) for m, i in weak] + [(new, info)])
                 weak = []
-            prev_mask, prev_logits, prev_image = new, logits, image
+            prev_mask, prev_image = new, image
             areas.append(area)
         keep([(m, replace(i, reason="", flag=i.reason)) for m, i in weak])  # the range ended before a stop
         return None
@@ -603,7 +666,7 @@ def propagate(predictor, volume, seeds, axis=0, options: PropagationOptions | No
     encoder_calls = predictor.encoder_calls
 
     # anchors: earlier ones (kept as they are) and this run's seeds (new: their neighbourhood is recomputed)
-    anchors: dict[int, tuple[Seed, np.ndarray | None]] = dict(previous.anchors) if previous else {}
+    anchors: dict[int, Seed] = dict(previous.anchors) if previous else {}
     new_indices = {seed.index for seed in seeds}
     run.prefetch(sorted(new_indices))
     result = PropagationResult(np.zeros(volume.shape, bool), axis)
@@ -622,8 +685,8 @@ def propagate(predictor, volume, seeds, axis=0, options: PropagationOptions | No
         run.prefer = taken[0] if taken else None
     anchor_masks: dict[int, np.ndarray] = {}
     for seed in seeds:
-        mask, logits, info = run.segment_seed(seed)
-        anchors[seed.index] = (seed, logits)
+        mask, info = run.segment_seed(seed)
+        anchors[seed.index] = seed
         anchor_masks[seed.index] = mask
         put(seed.index, mask, info)
         run.report(info)
@@ -669,19 +732,19 @@ def propagate(predictor, volume, seeds, axis=0, options: PropagationOptions | No
         agreed_up = agreed_down = None
         if local:  # only the new anchors' fronts run, each until it meets the previous run's result again
             if below is not None and forward and below in new_indices:
-                agreed_up = run.front(below, anchor_masks[below], anchors[below][1], +1, last, results_up, agrees,
+                agreed_up = run.front(below, anchor_masks[below], +1, last, results_up, agrees,
                                       lambda t: _yields(t, below, previous_source, outdated))
             run.drop_prefetch()
             if above is not None and backward and above in new_indices and not run.check_cancel():
-                agreed_down = run.front(above, anchor_masks[above], anchors[above][1], -1, first, results_down,
+                agreed_down = run.front(above, anchor_masks[above], -1, first, results_down,
                                         agrees, lambda t: _yields(t, above, previous_source, outdated))
             run.drop_prefetch()
         else:
             if below is not None and forward:
-                run.front(below, anchor_masks[below], anchors[below][1], +1, last, results_up)
+                run.front(below, anchor_masks[below], +1, last, results_up)
             run.drop_prefetch()
             if above is not None and backward and not run.check_cancel():
-                run.front(above, anchor_masks[above], anchors[above][1], -1, first, results_down)
+                run.front(above, anchor_masks[above], -1, first, results_down)
             run.drop_prefetch()
         for index in range(first, last + 1):
             up, down = results_up.get(index), results_down.get(index)

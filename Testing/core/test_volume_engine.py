@@ -152,12 +152,15 @@ def test_naive_baseline_segments_every_slice():
 def test_point_capable_model_gets_consistent_interior_points_and_mask_prompt():
     volume, ball = sphere_volume()
     model = ThresholdModel(kinds=("point", "box", "mask"))
-    propagate(Predictor(model), volume, [Seed(20, box=(20, 20, 44, 44))], n_points=3)
+    result = propagate(Predictor(model), volume, [Seed(20, box=(20, 20, 44, 44))], n_points=3)
     propagated = model.calls[1:]
     with_points = [call for call in propagated if call["points"] is not None]
     assert len(with_points) >= len(propagated) - 2  # all but the stops past the ends, with nothing consistent
     assert all(1 <= len(call["points"]) <= 3 for call in with_points)
     assert all(call["mask_logits"] is not None for call in propagated)
+    # the mask prompt is the previous slice's mask as it was kept (the first step forward: the seed's)
+    from sonosam.models import mask_to_logits
+    assert np.array_equal(propagated[0]["mask_logits"], mask_to_logits(result.slice_mask(20)))
     # the points of the first step forward lie inside the seed slice's ball
     for x, y in propagated[0]["points"]:
         assert ball[20, int(y), int(x)]
