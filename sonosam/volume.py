@@ -155,6 +155,7 @@ class PropagationResult:
     decoded: int = 0                  # slices decoded in this run (those recomputed)
     anchors: dict[int, Seed] = field(default_factory=dict, repr=False)  # for a re-run: index -> its Seed
     seed_checks: dict = field(default_factory=dict, repr=False)  # seed index -> sonosam.seed_check.SeedCheck
+    carrier: str | None = None        # the model that answered the propagated slices (options.carrier), if any
 
     def slice_mask(self, index: int) -> np.ndarray:
         return slice_of(self.mask, self.axis, index)
@@ -185,7 +186,8 @@ class PropagationResult:
         stops = [f"{i} ({s.reason})" for i, s in sorted(self.slices.items()) if s.status == STOPPED]
         return (f"{int(self.mask.sum())} voxels on slices {extent[0]}..{extent[1]}" if extent else "empty") + \
             f"; {', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}" + \
-            (f"; stopped at {', '.join(stops)}" if stops else "") + (" (cancelled)" if self.cancelled else "")
+            (f"; stopped at {', '.join(stops)}" if stops else "") + \
+            (f"; carried by {self.carrier}" if self.carrier else "") + (" (cancelled)" if self.cancelled else "")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -415,6 +417,7 @@ class _Run:
         self.prefer: str | None = None  # the kind of alternative taken on earlier seeds (a re-run's corrections)
         self.anchor_scores: dict[int, float] = {}  # anchor slice -> its predicted IoU (nan: an accepted mask)
         self.carrier = _carrier(options.carrier, self.model)
+        self.carried = False  # the carrier answered at least one slice
 
     # embeddings ------------------------------------------------------------------------------
     def key(self, index: int):
@@ -565,6 +568,7 @@ class _Run:
                 stop(SliceInfo(t, STOPPED, float("nan"), 0, source=start), "the slice is blank", True)
                 return None
             model = self.carrier if polarity is None else None
+            self.carried = self.carried or model is not None
             kinds = (model or self.model).spec.prompt_kinds
             prompts, share = next_slice_prompt(prev_image, image, prev_mask, anchor_box, opt,
                                                opt.n_points > 0 and "point" in kinds,
@@ -779,6 +783,7 @@ def propagate(predictor, volume, seeds, axis=0, options: PropagationOptions | No
     result.cancelled = run.cancelled
     result.decoded = run.decoded
     result.encoder_calls = predictor.encoder_calls - encoder_calls
+    result.carrier = (run.carrier.spec.name if run.carried else None) or (previous.carrier if previous else None)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -173,6 +173,12 @@ or connects to a GPU host.</html>"""
         self.propagateDirection = qt.QComboBox()
         self.propagateDirection.addItems(["both", "forward", "backward"])
         self.propagateDirection.toolTip = "Forward = increasing slice index along the axis"
+        self.propagateCarry = qt.QCheckBox("Carry the mask from slice to slice")
+        self.propagateCarry.checked = True
+        self.propagateCarry.toolTip = ("Where the model has a slice decoder (litemedsam_clicks: litemedsam_slices), it "
+                                       "answers each propagated slice by continuing the previous slice's mask; "
+                                       "seeds and high-contrast structures stay with the model. Off: the model "
+                                       "answers every slice.")
         self.propagateButton = qt.QPushButton("Propagate")
         self.propagateButton.toolTip = ("Segment the selected segment on the other slices, starting from the slices "
                                         "it already has (kept as they are). After correcting a slice, click again: "
@@ -185,6 +191,7 @@ or connects to a GPU host.</html>"""
         form.addRow("Range:", self.propagateRange)
         form.addRow("Slices (N):", self.propagateSlices)
         form.addRow("Direction:", self.propagateDirection)
+        form.addRow("", self.propagateCarry)
         row = qt.QHBoxLayout()
         row.addWidget(self.propagateButton)
         row.addWidget(self.stopButton)
@@ -568,7 +575,8 @@ or connects to a GPU host.</html>"""
             self.onCancel()
             plan = self.logic.plan_propagation(parameterSet.GetSourceVolumeNode(), parameterSet.GetSegmentationNode(),
                                                parameterSet.GetSelectedSegmentID(), self.propagateAxis.currentText,
-                                               direction=self.propagateDirection.currentText, maxSlices=nSlices)
+                                               direction=self.propagateDirection.currentText, maxSlices=nSlices,
+                                               carry=self.propagateCarry.checked)
             self.propagation = self.logic.start_propagation(plan)
             self.busyBar.setRange(0, 0)
             self.busyBar.visible = True

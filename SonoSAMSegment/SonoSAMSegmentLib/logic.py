@@ -738,7 +738,8 @@ class SegmentLogic:
         return current, layout.stack(current), image_to_seg, extent
 
     def propagate(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", seedSlices=None,
-                  direction: str = "both", maxSlices=None, progress=None, cancel=None, modify=None) -> str:
+                  direction: str = "both", maxSlices=None, progress=None, cancel=None, modify=None,
+                  carry: bool = True) -> str:
         """Carry the segment through the volume along ``sliceAxis`` with the core's ``sonosam.volume.propagate``.
 
         Seeds are the segment's slices along the axis, kept exactly (accepted masks): all its non-empty
@@ -748,6 +749,8 @@ class SegmentLogic:
         is written, in one call of ``modify`` per change kind (one undo state: call ``saveStateForUndo()``
         before), and never on a seed slice. ``direction``: "both", "forward" (increasing index) or
         "backward"; ``maxSlices``: at most this many slices from each seed (None: until the structure ends);
+        ``carry``: the slice decoder shipped for the model, if any, answers the propagated slices (the core's
+        ``carrier="auto"``; False: the model answers every slice);
         ``progress(done, total, info)`` and ``cancel`` (threading.Event or callable) go to the core.
         Returns the result's summary. In-process; the effect runs the same plan as a server job
         (``plan_propagation`` -> job -> ``finish_propagation``).
@@ -757,14 +760,14 @@ class SegmentLogic:
         except ImportError as error:
             raise MissingDependencyError(f"SonoSAM's core is not installed ({error}).") from error
         plan = self.plan_propagation(volumeNode, segmentationNode, segmentId, sliceAxis, seedSlices, direction,
-                                     maxSlices)
+                                     maxSlices, carry)
         result = core_propagate(self.predictor, plan.stack, plan.seeds(), axis=0, previous=plan.previous,
                                 volume_id=plan.volume_id, progress=progress, cancel=cancel, window=plan.window,
                                 **plan.options)
         return self.finish_propagation(plan, result, modify)
 
     def plan_propagation(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", seedSlices=None,
-                         direction: str = "both", maxSlices=None) -> PropagationPlan:
+                         direction: str = "both", maxSlices=None, carry: bool = True) -> PropagationPlan:
         """Everything ``propagate`` hands the core (the stack, the seeds, the previous run to continue),
         read from MRML now; nothing is written."""
         _segment_and_label(segmentationNode, segmentId)
@@ -775,7 +778,8 @@ class SegmentLogic:
         n = stack.shape[0]
         key = (segmentationNode.GetID(), segmentId, info.key, layout.axis, layout.x_axis, layout.y_axis,
                layout.x_flip, layout.y_flip)
-        options = {"direction": direction, "max_slices": None if maxSlices in (None, 0) else int(maxSlices)}
+        options = {"direction": direction, "max_slices": None if maxSlices in (None, 0) else int(maxSlices),
+                   "carrier": "auto" if carry else None}
         filled = [s for s in range(n) if seg_stack[s].any()]
         previous, written_before = None, set()
         last = self._propagations.get(key)

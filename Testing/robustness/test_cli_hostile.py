@@ -258,6 +258,8 @@ def _checkpoint_cases():
         ("checkpoint-not-a-dict", ["state dict of tensors"],
          lambda t: corpus.checkpoint(t / "w.pth", [torch.ones(2)]) and seg(t, t / "w.pth")),
         ("model-unknown", ["unknown model"], lambda t: [*segment(good_png(t)), "--model", "nosuchmodel"]),
+        ("propagate-carrier-unknown", ["unknown model 'nosuchdecoder'"],
+         lambda t: propagate(good_volume(t), "--carrier", "nosuchdecoder")),
     ]
 
 

@@ -335,6 +335,20 @@ def test_a_start_sent_again_after_a_late_answer_names_the_same_job(client):
     assert client._request("POST", "/v1/jobs", {**meta, "request": "start-2"})["id"] != first["id"]
 
 
+def test_propagation_options_are_checked_by_name_and_type_and_the_carrier_can_be_turned_off(client):
+    volume = np.zeros((3, 48, 48), np.float32)
+    volume[:, 12:36, 12:36] = 100.0
+    seeds = [{"index": 1, "box": [10, 10, 38, 38]}]
+    for options, needle in (({"carier": None}, "Unknown propagation option"), ({"carrier": 3}, "carrier = 3"),
+                            ({"max_slices": "two"}, "max_slices")):
+        with pytest.raises(ServerError, match=needle) as caught:
+            client.start_job("propagate", volume=volume, seeds=seeds, axis=0, **options)
+        assert caught.value.status == 400
+    # carrier: "auto" by default, null (JSON) turns it off; the result says which decoder carried (none here)
+    result = client.propagate(volume, seeds, axis=0, carrier=None, max_slices=1)
+    assert result.mask[1].any() and result.carrier is None and "carried by" not in result.summary()
+
+
 def test_prepared_job_sends_its_volume_from_polls_and_a_bad_volume_fails_naming_it(client):
     volume = _volume(seed=3).astype(np.float32)
     volume[7, 100, 100] = np.nan

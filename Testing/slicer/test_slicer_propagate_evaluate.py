@@ -225,3 +225,34 @@ def test_evaluate_real_default_model_on_real_mri(colin, real_logic, tmp_path):  
     assert row["Images"] == 3 and row["Errors"] == 0 and row["Clicks"] == "box only"
     assert row["Dice@1"] > 70
     assert (tmp_path / "dice_vs_clicks.png").exists()
+
+
+@pytest.mark.slow  # the real click model and its slice decoder on real MRI
+def test_real_clicks_model_carries_its_fronts_unless_told_not_to(colin):  # noqa: F811
+    """litemedsam_clicks from one accepted Thalamus_L slice: by default its shipped slice decoder answers the
+    propagated slices (the summary names it); with carry=False the model answers them itself - a fresh run from
+    the same seed (other options), whose slices differ. The seed slice is never rewritten."""
+    import SimpleITK as sitk
+
+    from sonosam.models import load_model
+
+    logic = SegmentLogic(predictor=Predictor(load_model("litemedsam_clicks", device="cpu")))
+    labels = sitk.GetArrayFromImage(colin.itk_aal) == 77
+    k = int(np.argmax(labels.sum((1, 2))))
+    seed = np.zeros_like(labels)
+    seed[k] = labels[k]
+    sid = add_segment(colin.segmentation, "Thalamus_L")
+    m = logic.volume_info(colin.volume).ijk_to_world
+    dims = colin.volume.GetImageData().GetDimensions()
+    write_segment_block(colin.segmentation, sid, seed, m, [0, dims[0] - 1, 0, dims[1] - 1, 0, dims[2] - 1])
+
+    carried_summary = logic.propagate(colin.volume, colin.segmentation, sid, "axial", maxSlices=2)
+    carried = segment_array(colin.segmentation, sid, m, dims)
+    alone_summary = logic.propagate(colin.volume, colin.segmentation, sid, "axial", maxSlices=2, carry=False)
+    alone = segment_array(colin.segmentation, sid, m, dims)
+    assert "carried by litemedsam_slices" in carried_summary and "carried by" not in alone_summary
+    np.testing.assert_array_equal(carried[k], labels[k])
+    np.testing.assert_array_equal(alone[k], labels[k])
+    assert [s for s in range(len(carried)) if carried[s].any()] == list(range(k - 2, k + 3))
+    assert any(not np.array_equal(carried[s], alone[s]) for s in (k - 2, k - 1, k + 1, k + 2))
+    logic.predictor.close()

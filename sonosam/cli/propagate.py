@@ -33,6 +33,10 @@ def register(subparsers):
                         "the volume's 0.5/99.5 percentiles)")
     parser.add_argument("--no-seed-check", action="store_true", help="propagate the model's answer on the seed "
                         "slice even when it disagrees with the box (default: take the suggested alternative)")
+    parser.add_argument("--carrier", default="auto", metavar="MODEL|auto|none",
+                        help="a second decoder over the same image encoder that answers the propagated slices (it "
+                        "continues the previous slice's mask); auto (default): the one shipped for the model, if any "
+                        "(litemedsam_slices for litemedsam_clicks); none: the model answers every slice")
     parser.add_argument("--name", type=name_argument, default="Segment_1", help="segment name in the output")
     parser.add_argument("-o", "--output", required=True, help="output .seg.nrrd or .nii.gz (labelmap)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -61,16 +65,21 @@ def run(args) -> int:
     check_image_size(height, width, f"{args.volume}: a slice across axis {args.axis}")
     check_prompts_inside(points, labels, args.box, width, height)
 
+    from ..models import get_spec
     from ..predictor import Predictor
     from ..volume import PropagationOptions, Seed, propagate
 
+    carrier = None if args.carrier.lower() == "none" else args.carrier
+    if carrier not in (None, "auto"):
+        get_spec(carrier)   # an unknown name is refused before any weights are read
     model = load_model_from_args(args)
     if args.adapters:
         from ..adapters import load_adapters
 
         load_adapters(model, args.adapters)
     options = PropagationOptions(direction=args.direction, max_slices=args.max_slices,
-                                 seed_check=not args.no_seed_check)
+                                 seed_check=not args.no_seed_check,
+                                 carrier=carrier)
     if args.window:
         try:
             low, high = (float(v) for v in args.window.split(","))

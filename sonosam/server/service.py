@@ -61,9 +61,10 @@ def _window(value):
     return (low, high)
 
 
-def check_options(options, defaults: dict, what: str) -> dict:
+def check_options(options, defaults: dict, what: str, nullable: frozenset = frozenset()) -> dict:
     """Keyword options sent as JSON: known names only, each of its default's type (numbers for numbers;
-    None allowed where the default is None), so a bad value is a 400 naming it, not a failed job."""
+    None allowed where the default is None or the name is in ``nullable``), so a bad value is a 400 naming it,
+    not a failed job."""
     if not isinstance(options, dict):
         raise ApiError(400, "bad_option", f"{what} options must be an object.")
     unknown = sorted(set(options) - set(defaults))
@@ -71,7 +72,7 @@ def check_options(options, defaults: dict, what: str) -> dict:
         raise ApiError(400, "bad_option", f"Unknown {what} option(s) {unknown}; known: {', '.join(sorted(defaults))}.")
     for name, value in options.items():
         default = defaults[name]
-        if value is None and default is None:
+        if value is None and (default is None or name in nullable):
             continue
         if isinstance(default, bool) or (default is None and isinstance(value, bool)):
             ok = isinstance(value, bool)
@@ -637,8 +638,10 @@ class Service:
                               labels=p.labels.tolist() if len(p.points) else None, mask=mask))
         options = dict(params.get("options") or {})
         window = _window(options.pop("window", None))
-        defaults = {f.name: f.default for f in dataclasses.fields(PropagationOptions) if f.name != "window"}
-        options = PropagationOptions(**check_options(options, defaults, "propagation"), window=window)
+        fields = [f for f in dataclasses.fields(PropagationOptions) if f.name != "window"]
+        nullable = frozenset(f.name for f in fields if "None" in str(f.type))   # e.g. carrier: str | None = "auto"
+        options = PropagationOptions(**check_options(options, {f.name: f.default for f in fields}, "propagation",
+                                                     nullable), window=window)
         previous = None
         if params.get("previous") is not None:
             earlier = self.job(params["previous"])
@@ -662,7 +665,7 @@ class Service:
                                for k, v in dataclasses.asdict(s).items()} for i, s in result.slices.items()}
             meta = {"axis": result.axis, "slices": slices, "anchors": sorted(result.anchors),
                     "summary": result.summary(), "seconds": result.seconds, "encoder_calls": result.encoder_calls,
-                    "decoded": result.decoded}
+                    "decoded": result.decoded, "carrier": result.carrier}
             return meta, {"mask": result.mask}, result
         return run
 
