@@ -22,9 +22,7 @@ Alternatives: the model's other masks where it has trained multimask heads (SAM 
 models, the box plus a click deep inside the structure the box's intensities point to; and, model-free, the
 darker or brighter part of the box (a threshold between the box's two intensity classes, Otsu's) whose
 connected component spans the box best. `structure_candidate` is that last one, also used by the propagation
-when the model loses a high-contrast structure (sonosam.volume). Also offered, never suggested: the darkest and the
-brightest of three intensity classes (a box around a large structure holds it, its surroundings and the background:
-white matter / grey matter / CSF, bone / soft tissue / air).
+when the model loses a high-contrast structure (sonosam.volume).
 
 Everything here is Qt-free and model-agnostic: the Slicer effect shows `candidates` and lets the user pick.
 """
@@ -35,8 +33,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
-
-from .masks import iou
 
 __all__ = ["Candidate", "SeedCheck", "check_seed", "structure_candidate", "box_agreement", "mask_problems",
            "is_ring"]
@@ -53,7 +49,6 @@ SURE_CONTRAST = 4.0    # it stands out at least this much ...
 SURE_SPAN = 0.85       # ... spans the box at least this well ...
 SURE_MARGIN = 0.1      # ... and better than the model's answer by this much
 HOLLOW = 1.5           # a candidate whose holes would add more than half its area is a ring: kept hollow
-SAME_IOU = 0.9         # an alternative this close (IoU) to one already offered is not offered again
 
 
 @dataclass
@@ -148,23 +143,6 @@ def _otsu(values: np.ndarray) -> float:
     return float((centres[best] + centres[last]) / 2)
 
 
-def _otsu3(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
-    """The two thresholds that split `values` into three classes with the largest between-class variance (Otsu's
-    rule for three classes), e.g. air / soft tissue / bone in a box around the head."""
-    hist, edges = np.histogram(values, bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    p = hist / max(hist.sum(), 1)
-    weight, mean = np.cumsum(p), np.cumsum(p * centres)
-    total_mean = mean[-1]
-    i, j = np.triu_indices(bins - 1, k=1)          # class 0: bins 0..i, class 1: i+1..j, class 2: j+1..
-    w0, w1, w2 = weight[i], weight[j] - weight[i], 1.0 - weight[j]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (mean[i] ** 2 / w0 + (mean[j] - mean[i]) ** 2 / w1 + (total_mean - mean[j]) ** 2 / w2)
-    between[(w0 <= 0) | (w1 <= 0) | (w2 <= 1e-12) | ~np.isfinite(between)] = -1
-    best = int(np.argmax(between))
-    return float(edges[i[best] + 1]), float(edges[j[best] + 1])
-
-
 def contrast(image: np.ndarray, mask: np.ndarray) -> float | None:
     """(mean inside - mean of a 3 px ring around it) / SD inside: how far the mask stands out from its
     surroundings (negative: darker); None for a mask under 10 px or without a ring."""
@@ -211,35 +189,28 @@ def is_ring(mask: np.ndarray) -> bool:
 
 
 def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None, near: np.ndarray | None = None,
-                        threshold: float | None = None, between: tuple[float, float] | None = None,
-                        classes: int = 2) -> tuple[np.ndarray, str] | None:
+                        threshold: float | None = None, between: tuple[float, float] | None = None
+                        ) -> tuple[np.ndarray, str] | None:
     """The model-free candidate: inside the box, the darker (or brighter) of the two intensity classes (Otsu
     threshold over the box, or `threshold`), opened 1 px, its connected component that spans the box best (or, with
     `near`, overlaps `near` most), leaving out components lying mostly on the box's outer 2 px (the surroundings
     that a loose box takes in, not a structure). polarity "dark"/"bright" fixes the class; None tries both.
     `threshold` replaces the box's Otsu split where that split does not lie `between` the two intensities given
     (a structure's surroundings and its own mean: the split would not separate them), or always (between None).
-    classes=3: the darkest (or brightest) of three intensity classes instead (`_otsu3`; a box around a large
-    structure holds the structure, what surrounds it and the background: white matter, grey matter and CSF; bone,
-    soft tissue and air). Returns (mask, source) or None when nothing qualifies."""
+    Returns (mask, source) or None when nothing qualifies."""
     x0, y0, x1, y1 = _box_pixels(box, image.shape)
     if x1 - x0 < 3 or y1 - y0 < 3:
         return None
     crop = np.asarray(image, np.float32)[y0:y1 + 1, x0:x1 + 1]
     if crop.max() <= crop.min():
         return None
-    if classes == 3:
-        splits = dict(zip(("dark", "bright"), _otsu3(crop.ravel())))
-    else:
-        split = _otsu(crop.ravel())
-        if threshold is None or (between is not None and min(between) < split < max(between)):
-            threshold = split
-        splits = {"dark": threshold, "bright": threshold}
+    split = _otsu(crop.ravel())
+    if threshold is None or (between is not None and min(between) < split < max(between)):
+        threshold = split
     edge = np.ones(crop.shape, bool)   # the box's outer 2 px: a component lying there is the surroundings
     edge[2:-2, 2:-2] = False
     best = None
     for kind in ([polarity] if polarity else ["dark", "bright"]):
-        threshold = splits[kind]
         part = crop < threshold if kind == "dark" else crop >= threshold
         part = ndimage.binary_opening(part)
         labels, count = ndimage.label(part)
@@ -254,16 +225,12 @@ def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None, 
             else:  # spans the box, and lies inside it rather than along its edge
                 score = box_agreement(full, (x0, y0, x1 + 1, y1 + 1)) - (component & edge).sum() / component.sum()
             if best is None or score > best[0]:
-                best = (score, full, kind, threshold)
+                best = (score, full, f"the {kind} part of the box (threshold {threshold:.4g})")
     if best is None or best[0] <= 0:
         return None
-    _, mask, kind, threshold = best
-    ring = is_ring(mask)  # a ring (a skull in a box around the head): the ring, not its disc
-    if classes == 2:
-        source = f"the {kind} {'ring in' if ring else 'part of'} the box (threshold {threshold:.4g})"
-    else:
-        source = f"the {kind}est{' ring' if ring else ''} of three intensity classes in the box (threshold {threshold:.4g})"
-    return (mask if ring else ndimage.binary_fill_holes(mask)), source
+    if is_ring(best[1]):  # a ring (a skull in a box around the head): the ring, not its disc
+        return best[1], best[2].replace(" part of the box", " ring in the box")
+    return ndimage.binary_fill_holes(best[1]), best[2]
 
 
 def mask_problems(mask: np.ndarray, score: float, box, evidence: float | None = None,
@@ -350,21 +317,12 @@ def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None,
         candidates.append(intensity)
     if enclosing is not None:
         candidates.append(enclosing)
-    # offered, never suggested: the darkest and the brightest of three intensity classes (a box around a large
-    # structure holds it, its surroundings and the background, and the two-class split can separate the wrong two)
-    three = []
-    for kind in ("dark", "bright") if box is not None else ():
-        found = structure_candidate(image, box, polarity=kind, classes=3)
-        if found is not None and all(iou(found[0], c.mask) < SAME_IOU for c in candidates + three):
-            three.append(Candidate(found[0], float("nan"), found[1]))
-    candidates += three
     for c in candidates:
         c.agreement = box_agreement(c.mask, box) if box is not None else float("nan")
         if c is not candidates[0]:
             c.problems = mask_problems(c.mask, c.score, box, None, min_score)
-    for c in ([intensity] if intensity is not None and polarity is None else []) + \
-            [c for c in three if contrast_polarity(image, c.mask) is None]:
-        c.problems.append("it hardly stands out from its surroundings")
+    if intensity is not None and polarity is None:
+        intensity.problems.append("it hardly stands out from its surroundings")
     check = SeedCheck(candidates, polarity=polarity if evidence is not None else None)
     # suggest an alternative only on two signals together: the model is unsure, and a contrasted structure that
     # its mask avoids spans the box (the bright band beside a dark ventricle). Either alone is only reported:
@@ -375,8 +333,7 @@ def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None,
         + SPAN_MARGIN
     unsure = np.isfinite(model_answer.score) and model_answer.score < min_score
     if conflict and (unsure or (prefer is not None and prefer == check.polarity)):
-        fine = [i for i, c in enumerate(candidates) if i and not c.problems and c is not enclosing
-                and all(c is not t for t in three)]
+        fine = [i for i, c in enumerate(candidates) if i and not c.problems and c is not enclosing]
         if fine:
             check.best = max(fine, key=lambda i: (round(candidates[i].agreement, 2), -i))
             check.decision = f"Took {candidates[check.best].source}: the model is unsure and its mask avoids " \

@@ -172,27 +172,3 @@ def test_the_simulated_user_picks_the_offered_mask_closest_to_the_reference_only
             return Prediction(truth[None], np.array([0.95]), np.zeros((1, 256, 256), np.float32))
 
     assert user_seed(_Right(), image, truth, box, key=None, window=None) == (None, "")   # nothing to pick from
-
-
-def test_the_darkest_and_brightest_of_three_classes_are_offered_never_suggested():
-    # a hemisphere-like box: background (CSF/air), surroundings (grey matter/soft tissue) and a large bright
-    # structure (white matter/bone) inside them; the two-class split separates the background from the rest
-    rng = np.random.default_rng(7)
-    rows, cols = np.indices((120, 120))
-    radius = np.hypot(rows - 60, cols - 60)
-    tissue, structure = radius <= 50, radius <= 35
-    image = np.where(structure, 110.0, np.where(tissue, 70.0, 10.0)) + rng.normal(0, 3, (120, 120))
-    box = loose_box(tissue, margin=2)
-    two = structure_candidate(image, box, polarity="bright")
-    assert dice(two[0], tissue) > 0.95                           # two classes: the whole disc
-    mask, source = structure_candidate(image, box, polarity="bright", classes=3)
-    assert source.startswith("the brightest of three intensity classes") and dice(mask, structure) > 0.95
-    check = check_seed(_SureOfTheBand(), image, box=box)
-    offered = [c for c in check.candidates if c.source.startswith("the brightest of three")]
-    assert len(offered) == 1 and dice(offered[0].mask, structure) > 0.95, check.summary()
-    assert check.candidates[check.best] is not offered[0]        # offered, never suggested
-    # an alternative that repeats one already offered (IoU >= 0.9) is not offered twice
-    from sonosam.masks import iou
-
-    three = [c for c in check.candidates if "of three" in c.source]
-    assert all(iou(t.mask, c.mask) < 0.9 for t in three for c in check.candidates if c is not t)
