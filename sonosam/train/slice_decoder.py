@@ -45,11 +45,16 @@ from .engine import PromptDecoder, iterate_prompts, low_res_target
 from .losses import hard_dice, prompt_loss
 from .prompts import PromptSampler
 
-__all__ = ["SlicePair", "colin27_pairs", "excluded_labels", "training_labels", "perturb", "propagation_start", "main"]
+__all__ = ["SlicePair", "colin27_pairs", "excluded_labels", "training_labels", "unions", "perturb", "propagation_start",
+           "main"]
 
 NAME = "litemedsam_slices"
 OFFSETS = (-2, -1, 1, 2)                                  # neighbour slices a mask is carried from
 CEREBELLAR_WM, FIRST_CSF = 200, 201                       # training_labels' model-free tissue
+FIRST_UNION = 300                                         # large structures: unions of AAL labels (``unions``)
+# AAL's lobes (odd values left, the next even one right), none of them holding a propagation test structure
+LOBES = {"frontal": range(1, 29), "cingulate_parahippocampal": (31, 32, 33, 34, 35, 36, 39, 40),
+         "occipital": range(43, 57), "parietal": range(57, 71), "temporal": range(79, 91), "cerebellum": range(91, 109)}
 
 
 @dataclass(frozen=True)
@@ -90,20 +95,39 @@ def training_labels() -> np.ndarray:
     return labels
 
 
+@lru_cache(maxsize=1)
+def unions() -> dict[int, tuple[int, ...]]:
+    """Large structures to train on, as label value (from ``FIRST_UNION``) -> the AAL values they join: each lobe of
+    ``LOBES`` per side (40-220k voxels; a hemisphere's white matter, which the bench holds out, is 280k). No bench
+    structure is in them; as with the single AAL labels trained on, AAL's generous parcels take in white matter near
+    the cortex (59 % of White_Matter_L's voxels lie in AAL labels trained on, with or without the lobes)."""
+    out: dict[int, tuple[int, ...]] = {}
+    for side in (1, 0):   # left: odd AAL values, right: even
+        for values in LOBES.values():
+            out[FIRST_UNION + len(out)] = tuple(v for v in values if v % 2 == side)
+    assert not set(v for g in out.values() for v in g) & excluded_labels()
+    return out
+
+
+def _union_areas(aal_slice: np.ndarray) -> dict[int, int]:
+    areas = np.bincount(aal_slice.ravel(), minlength=256)
+    return {value: int(areas[list(members)].sum()) for value, members in unions().items()}
+
+
 def colin27_pairs(stride: int = 3, min_area: int = 60) -> dict[str, list[SlicePair]]:
-    """Training and validation pairs: (target slice, neighbour, label of ``training_labels``) where the neighbour
-    holds at least ``min_area`` pixels of the label (the target may hold fewer, or none: a structure's end)."""
-    aal = training_labels()
+    """Training and validation pairs: (target slice, neighbour, label of ``training_labels`` or ``unions``) where
+    the neighbour holds at least ``min_area`` pixels of it (the target may hold fewer, or none: a structure's end)."""
+    labelled, aal = training_labels(), _colin27_arrays()[1]
     parts: dict[str, list[SlicePair]] = {"train": [], "val": []}
     for axis, (lo, hi) in COLIN27_AAL_RANGES.items():
-        labels = np.moveaxis(aal, axis, 0)
+        labels, raw = np.moveaxis(labelled, axis, 0), np.moveaxis(aal, axis, 0)
         for index in range(lo, hi + 1, stride):
             part = "val" if slab_part(index) == "val" else "train"
             for offset in OFFSETS:
-                areas = np.bincount(labels[index + offset].ravel(), minlength=int(aal.max()) + 1)
-                for label in np.flatnonzero(areas >= min_area):
-                    if label:
-                        parts[part].append(SlicePair(axis, index, offset, int(label)))
+                areas = np.bincount(labels[index + offset].ravel(), minlength=int(labelled.max()) + 1)
+                found = [int(label) for label in np.flatnonzero(areas >= min_area) if label]
+                found += [value for value, area in _union_areas(raw[index + offset]).items() if area >= min_area]
+                parts[part] += [SlicePair(axis, index, offset, label) for label in found]
     return parts
 
 
@@ -135,15 +159,17 @@ class _Pairs:
     def __init__(self, model, store):
         from ..image import volume_window
 
-        t1 = _colin27_arrays()[0]
-        self.t1, self.aal, self.window = t1, training_labels(), volume_window(t1)
+        t1, aal = _colin27_arrays()[:2]
+        self.t1, self.labels, self.aal, self.window = t1, training_labels(), aal, volume_window(t1)
         self.model, self.store = model, store
 
     def slice(self, axis, index):
         return np.ascontiguousarray(np.moveaxis(self.t1, axis, 0)[index])
 
     def mask(self, axis, index, label):
-        return np.moveaxis(self.aal, axis, 0)[index] == label
+        if label >= FIRST_UNION:
+            return np.isin(np.moveaxis(self.aal, axis, 0)[index], unions()[label])
+        return np.moveaxis(self.labels, axis, 0)[index] == label
 
     def features(self, pair: SlicePair) -> torch.Tensor:
         return self.store.get(self.slice(pair.axis, pair.index), self.window).features
@@ -240,6 +266,7 @@ def main(argv=None) -> int:
     parser.add_argument("--point-start", type=float, default=0.6, help="share of click (not box) starts in the others")
     parser.add_argument("--max-corrections", type=int, default=2)
     parser.add_argument("--tissue-share", type=float, default=0.2, help="share of draws from the model-free tissue")
+    parser.add_argument("--union-share", type=float, default=0.0, help="share of draws from the lobes (``unions``)")
     parser.add_argument("--val", type=int, default=160, help="validation pairs (evenly spaced, fixed)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -277,8 +304,10 @@ def main(argv=None) -> int:
     optimizer = torch.optim.Adam(trainable_parameters(model.sam), lr=args.lr)
     rng = np.random.default_rng(args.seed)
     sampler = PromptSampler(rng, point_start=args.point_start)
-    tissue = np.array([p.label >= CEREBELLAR_WM for p in train])   # few pairs: drawn at --tissue-share
-    draw = np.where(tissue, args.tissue_share / max(tissue.sum(), 1), (1 - args.tissue_share) / max((~tissue).sum(), 1))
+    # AAL structures, tissue and lobes, each drawn at its share (--tissue-share, --union-share); the AAL ones get the rest
+    kind = np.array([2 if p.label >= FIRST_UNION else 1 if p.label >= CEREBELLAR_WM else 0 for p in train])
+    shares = np.array([1 - args.tissue_share - args.union_share, args.tissue_share, args.union_share])
+    draw = shares[kind] / np.maximum(np.bincount(kind, minlength=3), 1)[kind]
     draw /= draw.sum()
     history, best, began, steps = [], -1.0, time.perf_counter(), 0
     while time.perf_counter() - began < args.minutes * 60:
@@ -304,7 +333,9 @@ def main(argv=None) -> int:
                                 "set); points, boxes, masks"),
                             training={"args": vars(args), "mask_init": init,
                                       "data": {"train_pairs": len(train), "val_pairs": len(val),
-                                               "excluded_labels": sorted(excluded_labels())},
+                                               "excluded_labels": sorted(excluded_labels()),
+                                               "unions": {str(k): list(v) for k, v in unions().items()}
+                                               if args.union_share else {}},
                                       "baseline": baseline, "history": history, "best_val": best})
     print(f"best validation Dice of one propagation step: {best:.3f} (baseline {json.dumps(baseline)}); "
           f"{steps} steps in {time.perf_counter() - began:.0f} s -> {out / 'decoder.pth'}", flush=True)
