@@ -22,6 +22,22 @@ def test_pairs_leave_out_every_test_structure_on_both_sides():
     assert not slices["train"] & slices["val"]          # split by slab, never by slice
 
 
+def test_lobes_are_large_unions_of_aal_labels_without_a_test_structure(default_model, tmp_path):
+    from sonosam.train.cache import EmbeddingStore
+    from sonosam.train.click_data import _colin27_arrays
+    from sonosam.train.slice_decoder import FIRST_UNION, unions
+
+    lobes, aal = unions(), _colin27_arrays()[1]
+    assert len(lobes) == 12 and min(lobes) == FIRST_UNION
+    assert not {v for members in lobes.values() for v in members} & excluded_labels()
+    assert all(len({v % 2 for v in members}) == 1 for members in lobes.values())       # one side each
+    assert min(int(np.isin(aal, members).sum()) for members in lobes.values()) > 30000
+    pairs = _Pairs(default_model, EmbeddingStore(tmp_path / "cache", default_model))
+    frontal_left = pairs.mask(0, 100, FIRST_UNION)
+    assert np.array_equal(frontal_left, np.isin(aal[100], lobes[FIRST_UNION])) and frontal_left.sum() > 1000
+    assert any(p.label >= FIRST_UNION for p in colin27_pairs()["val"])
+
+
 def test_perturb_keeps_a_nearby_nonempty_mask():
     mask = np.zeros((60, 60), bool)
     mask[20:40, 15:45] = True
