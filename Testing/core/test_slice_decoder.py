@@ -35,7 +35,8 @@ def test_lobes_are_large_unions_of_aal_labels_without_a_test_structure(default_m
     pairs = _Pairs(default_model, EmbeddingStore(tmp_path / "cache", default_model))
     frontal_left = pairs.mask(0, 100, FIRST_UNION)
     assert np.array_equal(frontal_left, np.isin(aal[100], lobes[FIRST_UNION])) and frontal_left.sum() > 1000
-    assert any(p.label >= FIRST_UNION for p in colin27_pairs()["val"])
+    assert any(p.label >= FIRST_UNION for p in colin27_pairs(lobes=True)["val"])
+    assert not any(p.label >= FIRST_UNION for p in colin27_pairs()["train"])   # only when asked (--union-share)
 
 
 def test_perturb_keeps_a_nearby_nonempty_mask():

@@ -12,8 +12,9 @@ starts, and each batch may add corrective clicks, so the decoder still takes a b
 
 Data (``training_labels``): Colin27 T1 (Debian ``mricron-data``) along all three axes, every AAL structure **except**
 the structures of propagation's test set (``sonosam.references.COLIN27_AAL``, both sides), plus model-free tissue
-that is not in that test set (the cerebellum's white matter; CSF away from the lateral ventricles): the bench rows
-stay held out by structure, the head CT by volume and modality. Target slices are every 3rd slice; slabs of 12
+that is not in that test set (the cerebellum's white matter; CSF away from the lateral ventricles), and with
+``--union-share`` the AAL lobes per side (``unions``: large structures): the bench rows stay held out by structure,
+the head CT by volume and modality. Target slices are every 3rd slice; slabs of 12
 (``slab_part``: "val") are the validation part. The shipped decoder took two runs:
 
     python -m sonosam.train.slice_decoder --out runs/slices --minutes 30 --threads 1
@@ -114,9 +115,10 @@ def _union_areas(aal_slice: np.ndarray) -> dict[int, int]:
     return {value: int(areas[list(members)].sum()) for value, members in unions().items()}
 
 
-def colin27_pairs(stride: int = 3, min_area: int = 60) -> dict[str, list[SlicePair]]:
-    """Training and validation pairs: (target slice, neighbour, label of ``training_labels`` or ``unions``) where
-    the neighbour holds at least ``min_area`` pixels of it (the target may hold fewer, or none: a structure's end)."""
+def colin27_pairs(stride: int = 3, min_area: int = 60, lobes: bool = False) -> dict[str, list[SlicePair]]:
+    """Training and validation pairs: (target slice, neighbour, label of ``training_labels``, or with ``lobes`` also
+    of ``unions``) where the neighbour holds at least ``min_area`` pixels of it (the target may hold fewer, or none:
+    a structure's end)."""
     labelled, aal = training_labels(), _colin27_arrays()[1]
     parts: dict[str, list[SlicePair]] = {"train": [], "val": []}
     for axis, (lo, hi) in COLIN27_AAL_RANGES.items():
@@ -126,7 +128,8 @@ def colin27_pairs(stride: int = 3, min_area: int = 60) -> dict[str, list[SlicePa
             for offset in OFFSETS:
                 areas = np.bincount(labels[index + offset].ravel(), minlength=int(labelled.max()) + 1)
                 found = [int(label) for label in np.flatnonzero(areas >= min_area) if label]
-                found += [value for value, area in _union_areas(raw[index + offset]).items() if area >= min_area]
+                if lobes:
+                    found += [value for value, area in _union_areas(raw[index + offset]).items() if area >= min_area]
                 parts[part] += [SlicePair(axis, index, offset, label) for label in found]
     return parts
 
@@ -285,7 +288,7 @@ def main(argv=None) -> int:
     model = load_model(args.init, backend="eager")
     store = EmbeddingStore(args.cache, model)
     pairs = _Pairs(model, store)
-    parts = colin27_pairs()
+    parts = colin27_pairs(lobes=args.union_share > 0)
     val = parts["val"][::max(1, len(parts["val"]) // args.val)][:args.val]
     train = parts["train"]
     targets = {(p.axis, p.index) for p in train} | {(p.axis, p.index) for p in val}
