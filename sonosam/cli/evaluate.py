@@ -49,6 +49,10 @@ def register(subparsers):
     parser.add_argument("--box-jitter", type=float_in(0.0, 1.0), default=0.0,
                         help="move each box side by up to this fraction of the box size (0)")
     parser.add_argument("--box-margin", type=int_at_least(0), default=0, help="grow the box by this many pixels (0)")
+    parser.add_argument("--local-corrections", action="store_true",
+                        help="keep each corrective click's change only where it flipped the clicked pixel, as the "
+                             "Slicer effect does (sonosam.masks.local_correction); default: SAM's protocol, the "
+                             "whole new answer")
     parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2),
                         help="numpy axis of 3D volumes to slice along (0 = k, axial for axial scans)")
     parser.add_argument("--slices", type=_slices, metavar="A:B|I,J", help="only these slice/frame indices")
@@ -116,7 +120,7 @@ def run(args) -> int:
             result = evaluate(predictor, samples, n_clicks=args.clicks, start=args.start,
                               box_jitter=args.box_jitter, box_margin=args.box_margin, seed=args.seed,
                               name=name if checkpoint is None else f"{name} ({Path(checkpoint).name})",
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, local_corrections=args.local_corrections)
         for message in dict.fromkeys(str(w.message) for w in caught):
             print(f"warning: {message}", file=sys.stderr)
         results.append(result)

@@ -13,7 +13,9 @@ Protocol per sample (interaction 1 = the first prompt):
    a single first click asks for 3 masks (``multimask``) and keeps the one with the best predicted IoU;
 2. interactions 2..N: one click in the largest error region of the current mask (see ``clicks``), all
    previous prompts kept, the previous best low-res logits passed as the mask prompt (if the model takes
-   masks), one mask asked; when the mask is already perfect, the Dice is carried forward.
+   masks), one mask asked; when the mask is already perfect, the Dice is carried forward. With
+   ``local_corrections`` the model's new answer is kept only where it changed the clicked pixel
+   (``sonosam.masks.local_correction``, what the Slicer effect does), else the whole new answer (SAM's protocol).
 
 A model that takes no clicks (``spec.prompt_kinds`` lacks ``"point"``, e.g. LiteMedSAM) is run with the
 box only; its later interactions are recorded as NaN ("not measured") and the result says
@@ -31,6 +33,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import SonoSAMError, UnsupportedPromptError
+from ..masks import local_correction
 from . import metrics
 from .clicks import ClickSimulator
 from .datasets import Sample
@@ -72,6 +75,7 @@ class ModelResult:
     seconds: float = 0.0
     encoder_calls: int | None = None
     box_jitter: float = 0.0
+    local_corrections: bool = False
 
     @property
     def curves(self) -> list[list[float]]:
@@ -91,7 +95,7 @@ class ModelResult:
         out.update(model=self.model, start=self.start, errors=len(self.errors), n_clicks=self.n_clicks,
                    clicks_supported=self.clicks_supported, seconds=self.seconds,
                    seconds_per_image=self.seconds / len(self.images) if self.images else float("nan"),
-                   encoder_calls=self.encoder_calls)
+                   encoder_calls=self.encoder_calls, local_corrections=self.local_corrections)
         return out
 
 
@@ -157,7 +161,7 @@ def _resolve_start(start: str, kinds: set[str] | None, name: str) -> str:
 def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "point",
                clicks_supported: bool = True, masks_supported: bool = True, box_jitter: float = 0.0,
                box_margin: int = 0, rng: np.random.Generator | None = None, multimask_first: bool = True,
-               name: str = "model") -> ImageResult:
+               name: str = "model", local_corrections: bool = False) -> ImageResult:
     """The interactive protocol on one sample (exceptions propagate; ``evaluate`` records them)."""
     gt = np.asarray(sample.mask, dtype=bool)
     sim = ClickSimulator(rng=rng if rng is not None else np.random.default_rng(0), box_jitter=box_jitter,
@@ -187,7 +191,8 @@ def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "p
             result.clicks.pop()
             result.refused = str(error)
             break
-        mask, logits, score = _best(pred, gt.shape)
+        answer, logits, score = _best(pred, gt.shape)
+        mask = local_correction(mask, answer, (click.x, click.y)) if local_corrections else answer
         result.dice[step] = metrics.dice(mask, gt)
         result.scores.append(score)
     result.seconds = time.perf_counter() - began
@@ -196,7 +201,8 @@ def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "p
 
 def evaluate(predictor, samples: Sequence[Sample], *, n_clicks: int = 10, start: str = "auto",
              box_jitter: float = 0.0, box_margin: int = 0, seed: int = 0, name: str | None = None,
-             progress: bool = True, on_error: str = "record", multimask_first: bool = True) -> ModelResult:
+             progress: bool = True, on_error: str = "record", multimask_first: bool = True,
+             local_corrections: bool = False) -> ModelResult:
     """Run the click protocol (module doc) on every sample; ``on_error="raise"`` stops at the first
     failing sample, ``"record"`` keeps its message in the result and goes on."""
     if n_clicks < 1:
@@ -224,7 +230,8 @@ def evaluate(predictor, samples: Sequence[Sample], *, n_clicks: int = 10, start:
                 result = run_sample(predictor, sample, n_clicks=n_clicks, start=start,
                                     clicks_supported=clicks_supported, masks_supported=masks_supported,
                                     box_jitter=box_jitter, box_margin=box_margin, rng=rng,
-                                    multimask_first=multimask_first, name=name)
+                                    multimask_first=multimask_first, name=name,
+                                    local_corrections=local_corrections)
             except Exception as error:  # noqa: BLE001 - recorded with its message, never as a zero
                 if on_error == "raise":
                     raise
@@ -246,7 +253,8 @@ def evaluate(predictor, samples: Sequence[Sample], *, n_clicks: int = 10, start:
     encoder_calls = calls_after - calls_before if isinstance(calls_after, int) and isinstance(calls_before, int) else None
     if images and all(not r.ok for r in images):
         raise SonoSAMError(f"Model {name!r} failed on every sample; first error: {images[0].error}")
-    return ModelResult(name, start, n_clicks, images, clicks_supported, seconds, encoder_calls, box_jitter)
+    return ModelResult(name, start, n_clicks, images, clicks_supported, seconds, encoder_calls, box_jitter,
+                       local_corrections)
 
 
 def _progress(samples, name: str, enabled: bool):

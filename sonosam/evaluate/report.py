@@ -39,7 +39,8 @@ def summary_table(results: Sequence[ModelResult]) -> list[dict]:
         curve = s["mean_dice"]
         rows.append({
             "Model": result.model,
-            "Start": result.start + (f" (jitter {result.box_jitter:g})" if result.start == "box" and result.box_jitter else ""),
+            "Start": result.start + (f" (jitter {result.box_jitter:g})" if result.start == "box" and result.box_jitter else "")
+                     + (", local corrections" if result.local_corrections else ""),
             "Images": s["n"],
             "Errors": s["errors"],
             "Dice@1": _pct(_at(curve, 1)),

@@ -37,17 +37,18 @@ SHARES = {"mri": 0.35, "mri_us": 0.2, "ct": 0.25, "echo": 0.2}   # of each epoch
 KEYS = [f"dice@{k}" for k in range(1, 6)] + ["noc@80", "noc@90", "fr@80", "fr@90", "max_dsc", "box"]
 
 
-def heldout_metrics(model, store, samples, n_clicks: int = 5, clicks: bool = True) -> dict:
+def heldout_metrics(model, store, samples, n_clicks: int = 5, clicks: bool = True, local: bool = False) -> dict:
     """The issue's table row on ``samples``: Dice@1..n (centroid start, clicks at the centre of the largest
-    error region, as ``sonosam evaluate``), NoC@80/90 (n + 1 when never reached), FR@80/90 (%), MaxDSC,
-    and the Dice with the tight box."""
+    error region, as ``sonosam evaluate``; ``local``: with its ``local_corrections``), NoC@80/90 (n + 1 when
+    never reached), FR@80/90 (%), MaxDSC, and the Dice with the tight box."""
     from ..evaluate.harness import evaluate
     from .validate import CachedPredictor
 
     predictor = CachedPredictor(model, store)
     out: dict = {"samples": len(samples)}
     if clicks:
-        result = evaluate(predictor, samples, n_clicks=n_clicks, start="point", progress=False)
+        result = evaluate(predictor, samples, n_clicks=n_clicks, start="point", progress=False,
+                          local_corrections=local)
         summary = result.summary()
         for k in range(n_clicks):
             out[f"dice@{k + 1}"] = float(summary["mean_dice"][k])
@@ -118,6 +119,9 @@ def main(argv=None) -> int:
                         help="score only the base and previous models (their rows are kept in OUT/rows/)")
     parser.add_argument("--no-gentle-mask-init", dest="gentle_mask_init", action="store_false",
                         help="keep the mask-prompt path as LiteMedSAM ships it (see gentle_mask_init)")
+    parser.add_argument("--local-corrections", action="store_true",
+                        help="score the held-out sets with each correction kept local to its click "
+                             "(sonosam.masks.local_correction), as the Slicer effect applies them")
     parser.add_argument("--ship", action="store_true")
     parser.add_argument("--ablation", action="store_true",
                         help="also score the new decoder without mask feedback (twice the scoring time)")
@@ -209,11 +213,13 @@ def main(argv=None) -> int:
         test = _validation_subset(source.split.test, args.max_test)
         rows = {}
         for row, model in models.items():
-            saved = out / "rows" / f"{name}__{row.split()[0].strip(',')}_{len(row)}_{len(test)}.json"
+            saved = out / "rows" / (f"{name}__{row.split()[0].strip(',')}_{len(row)}_{len(test)}"
+                                    f"{'_local' if args.local_corrections else ''}.json")
             if row in ("litemedsam (base, box)", "litemedsam_clicks (previous)") and saved.is_file():
                 rows[row] = json.loads(saved.read_text())   # fixed models on a fixed test set: computed once
                 continue
-            rows[row] = heldout_metrics(model, store, test, clicks=row != "litemedsam (base, box)")
+            rows[row] = heldout_metrics(model, store, test, clicks=row != "litemedsam (base, box)",
+                                        local=args.local_corrections)
             saved.write_text(json.dumps(rows[row]) + "\n")
         rows_by_set[name] = rows
         print(f"\n### {name}: {source.description}; {len(test)} of {len(source.split.test)} held-out structure-images "
