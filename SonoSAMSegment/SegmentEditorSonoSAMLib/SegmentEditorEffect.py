@@ -107,8 +107,13 @@ or connects to a GPU host.</html>"""
         self.negativeCheckBox = qt.QCheckBox("Next clicks are negative (outside)")
         self.negativeCheckBox.toolTip = "Or hold Shift while clicking"
         self.refineCheckBox = qt.QCheckBox("Refine the existing segment (use it as mask prompt)")
+        self.localCheckBox = qt.QCheckBox("Each click changes only the part it is on")
+        self.localCheckBox.toolTip = ("On: a click added to the preview changes it only where the model changed the "
+                                      "clicked pixel, so a correction cannot undo what earlier clicks got right. "
+                                      "Off: the model redraws the whole mask on every click (SAM's behaviour).")
         self.scriptedEffect.addOptionsWidget(self.negativeCheckBox)
         self.scriptedEffect.addOptionsWidget(self.refineCheckBox)
+        self.scriptedEffect.addOptionsWidget(self.localCheckBox)
 
         # the seed check of a boxed preview: its warning and the alternatives, previewed when picked
         self.choiceLabel = qt.QLabel("")
@@ -150,6 +155,7 @@ or connects to a GPU host.</html>"""
         for button in self.modeButtons.values():
             button.connect("toggled(bool)", self.updateMRMLFromGUI)
         self.refineCheckBox.connect("toggled(bool)", self.updateMRMLFromGUI)
+        self.localCheckBox.connect("toggled(bool)", self.updateMRMLFromGUI)
         self.connectButton.connect("clicked()", self.onServer)
         self.undoPromptButton.connect("clicked()", self.onRemoveLastPrompt)
         self.applyButton.connect("clicked()", self.onApply)
@@ -205,14 +211,16 @@ or connects to a GPU host.</html>"""
     def setMRMLDefaults(self):
         self.scriptedEffect.setParameterDefault("Mode", "replace")
         self.scriptedEffect.setParameterDefault("Refine", 1)
+        self.scriptedEffect.setParameterDefault("LocalClicks", 1)
 
     def updateGUIFromMRML(self):
         if self.widgets is None or self.scriptedEffect.parameterSetNode() is None:
             return
-        widgets = [self.refineCheckBox] + list(self.modeButtons.values())
+        widgets = [self.refineCheckBox, self.localCheckBox] + list(self.modeButtons.values())
         blocked = [w.blockSignals(True) for w in widgets]
         try:
             self.refineCheckBox.checked = self.scriptedEffect.integerParameter("Refine") != 0
+            self.localCheckBox.checked = self.scriptedEffect.integerParameter("LocalClicks") != 0
             mode = self.scriptedEffect.parameter("Mode")
             self.modeButtons.get(mode, self.modeButtons["replace"]).checked = True
         finally:
@@ -224,6 +232,7 @@ or connects to a GPU host.</html>"""
         if self.scriptedEffect.parameterSetNode() is None:
             return
         self.scriptedEffect.setParameter("Refine", 1 if self.refineCheckBox.checked else 0)
+        self.scriptedEffect.setParameter("LocalClicks", 1 if self.localCheckBox.checked else 0)
         for mode, button in self.modeButtons.items():
             if button.checked:
                 self.scriptedEffect.setParameter("Mode", mode)
@@ -401,6 +410,7 @@ or connects to a GPU host.</html>"""
             # first prompt on this slice: the server encodes it; re-run this preview when it is done
             self._prefetch(volume, [geometry], then=lambda: self._updatePreview(volume, sliceToRAS))
             return
+        session.local_corrections = self.scriptedEffect.integerParameter("LocalClicks") != 0
         prediction = session.predict(volume, segmentation, segmentId, slice_to_ras=sliceToRAS,
                                      refine=self.scriptedEffect.integerParameter("Refine") != 0)
         segment = segmentation.GetSegmentation().GetSegment(segmentId) if segmentId else None

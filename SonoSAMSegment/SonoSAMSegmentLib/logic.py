@@ -16,7 +16,7 @@ connected SonoSAM server; elsewhere the model runs in-process)::
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import slicer.util
@@ -1300,15 +1300,18 @@ class PromptSession:
 
     Markers live in a markups fiducial node (``markups_node``) so that they show in every view and can be
     deleted one by one with Slicer's own markups tools; ``sync_from_markups`` picks up such deletions.
-    A prompt on another slice (or view) starts a new session.
+    A prompt on another slice (or view) starts a new session. With ``local_corrections`` a click added to a
+    preview changes it only where the model changed the clicked pixel (``sonosam.masks.local_correction``;
+    docs/training.md measures it); moving or deleting a marker, or a new box, asks the model afresh.
     """
 
     POSITIVE, NEGATIVE = "+", "-"
 
-    def __init__(self, logic: SegmentLogic, markups_node=None, box_node=None):
+    def __init__(self, logic: SegmentLogic, markups_node=None, box_node=None, local_corrections: bool = True):
         self.logic = logic
         self.markups_node = markups_node
         self.box_node = box_node
+        self.local_corrections = local_corrections
         self.clear()
 
     def clear(self):
@@ -1377,13 +1380,20 @@ class PromptSession:
         if self.empty:
             self.prediction = None
             return None
-        previous = self.prediction.logits if (self.prediction is not None and self.points_ras) else None
+        before = self.prediction
+        previous = before.logits if (before is not None and self.points_ras) else None
         if previous is not None and "mask" not in self.logic.prompt_kinds():
             previous = None
         self.prediction = self.logic.predict(
             volume_node, self.points_ras or None, self.labels or None, self.box_ras, slice_axis,
             sliceToRAS=slice_to_ras, mask_logits=previous, segmentationNode=segmentation_node,
             segmentId=segment_id, refine=refine)
+        if self.local_corrections and _one_click_more(before, self.prediction):
+            from sonosam.masks import local_correction
+
+            click = self.prediction.points_xy[-1]
+            self.prediction = replace(self.prediction, mask=local_correction(before.mask, self.prediction.mask, click),
+                                      notes=self.prediction.notes + ["the click's change kept local to it"])
         self.choices = None
         return self.prediction
 
@@ -1402,6 +1412,20 @@ class PromptSession:
             raise PromptError(f"No alternative {index} to choose: check the preview first.")
         self.prediction = self.choices.choices[index]
         return self.prediction
+
+
+def _one_click_more(before: SlicePrediction | None, after: SlicePrediction) -> bool:
+    """True when ``after`` answers ``before``'s prompts on the same slice plus one click added at the end."""
+    if before is None or after.points_xy is None or before.cache_key != after.cache_key:
+        return False
+    if before.box_xy != after.box_xy or before.mask.shape != after.mask.shape:
+        return False
+    old = np.zeros((0, 2)) if before.points_xy is None else np.asarray(before.points_xy, float)
+    old_labels = np.zeros(0) if before.labels is None else np.asarray(before.labels)
+    new, new_labels = np.asarray(after.points_xy, float), np.asarray(after.labels)
+    # the same markers map to the same pixels up to rounding (RAS -> IJK of 1 or of n points)
+    return (len(new) == len(old) + 1 and np.allclose(new[:-1], old, atol=1e-6)
+            and np.array_equal(new_labels[:-1], old_labels))
 
 
 def show_preview(logic: SegmentLogic, prediction: SlicePrediction | None, volume_node, preview_node,

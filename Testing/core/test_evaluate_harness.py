@@ -93,6 +93,16 @@ class AllBright(Recorder):
         return keep
 
 
+class Forgetful(Recorder):
+    """Only the bright component under the last positive click: each click redraws the whole mask."""
+
+    def answer(self, image, points, labels, box):
+        comps, _ = ndimage.label(image > 127)
+        positives = [p for p, l in zip(points or [], labels or []) if l]
+        x, y = positives[-1]
+        return (comps == comps[y, x]) if comps[y, x] else np.zeros(image.shape, bool)
+
+
 class Broken(Recorder):
     def answer(self, image, points, labels, box):
         raise RuntimeError("out of memory (simulated)")
@@ -157,6 +167,16 @@ def test_false_positive_gets_a_negative_click():
     image = result.images[0]
     assert image.dice[0] < 0.9 and image.dice[1] == 1.0
     assert image.clicks[1] == (52, 52, 0)
+
+
+def test_local_corrections_keep_what_earlier_clicks_got_right():
+    sample = two_blob_sample(gt_both=True)
+    whole = evaluate(Forgetful(), [sample], n_clicks=2, progress=False).images[0]
+    local = evaluate(Forgetful(), [sample], n_clicks=2, progress=False, local_corrections=True)
+    assert whole.clicks == local.images[0].clicks and whole.clicks[1] == (52, 52, 1)
+    assert whole.dice[1] < whole.dice[0] < 0.95          # the second click's answer forgot the big square
+    assert local.images[0].dice[1] == 1.0                # kept: the small square added, the big one stays
+    assert local.local_corrections and "local corrections" in summary_table([local])[0]["Start"]
 
 
 def test_box_only_model_starts_from_a_box_and_reports_clicks_as_not_measured():

@@ -5,7 +5,7 @@ import pytest
 
 from sonosam.errors import InputImageError
 from sonosam.image import to_uint8_rgb, volume_window
-from sonosam.masks import bounding_box, box_with_margin, content_hash, dice, iou
+from sonosam.masks import bounding_box, box_with_margin, content_hash, dice, iou, local_correction
 from sonosam.predictor import image_key
 
 
@@ -50,3 +50,21 @@ def test_one_window_rule_for_volumes():
         volume_window(np.full((8, 8, 8), 7, np.int16))
     # every slice of the volume becomes the same pixels whichever path windows it
     assert (to_uint8_rgb(volume[3], (low, high)) == to_uint8_rgb(volume[3].astype(np.float64), (low, high))).all()
+
+
+def test_a_correction_changes_only_the_part_it_flipped():
+    previous = np.zeros((40, 40), bool)
+    previous[5:15, 5:15] = True                               # right so far
+    previous[25:30, 25:35] = True                             # a leak the user clicks away at (30, 27)
+    new = np.zeros((40, 40), bool)
+    new[5:15, 5:12] = True                                    # the redrawn answer also lost a strip far away ...
+    new[30:35, 5:10] = True                                   # ... and grew a blob elsewhere
+    corrected = local_correction(previous, new, (30, 27))
+    expected = previous.copy()
+    expected[25:30, 25:35] = False                            # only the leak under the click goes
+    assert np.array_equal(corrected, expected)
+    assert np.array_equal(local_correction(previous, new, (7, 7)), previous)       # the model did not follow
+    assert np.array_equal(local_correction(previous, new, (99, 7)), previous)      # outside the image
+    assert local_correction(previous, new, (30.4, 26.6)).sum() == expected.sum()   # sub-pixel clicks round
+    with pytest.raises(ValueError, match="differ in shape"):
+        local_correction(previous, new[:20], (7, 7))

@@ -559,6 +559,45 @@ def test_prompt_session_markers_preview_and_new_slice(sphere):
     assert markers.GetNumberOfControlPoints() == 1 and session.labels == [1]
 
 
+class RedrawingPredictor:
+    """Redraws the whole mask on every click, as the click decoders do: the bright part shrunk by one pixel per
+    click after the first, plus a 3x3 square at each positive click outside it."""
+
+    def predict(self, image, prompts, **kw):
+        points, labels, _, _ = unpack(prompts)
+        fg = np.asarray(image) > 50000
+        mask = ndimage.binary_erosion(fg, iterations=len(points) - 1) if len(points) > 1 else fg.copy()
+        for (x, y), lab in zip(np.round(points).astype(int), labels):
+            if lab == 1 and not fg[y, x]:
+                mask[y - 1:y + 2, x - 1:x + 2] = True
+        return SimpleNamespace(mask=mask, score=1.0, logits=None, notes=[])
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_prompt_session_keeps_a_click_s_change_local(sphere, local):
+    from SonoSAMSegmentLib.logic import PromptSession
+
+    session = PromptSession(SegmentLogic(predictor=RedrawingPredictor()), local_corrections=local)
+    k = int(np.round(CENTER_IJK[2]))
+    session.add_point(sphere.volume, (sphere.m @ np.r_[CENTER_IJK[0], CENTER_IJK[1], k, 1])[:3], True, "K")
+    first = session.predict(sphere.volume, slice_axis="K").mask
+    assert first.sum() == sphere.inside[k].sum()
+    session.add_point(sphere.volume, (sphere.m @ np.r_[4, 4, k, 1])[:3], True, "K")   # far from the sphere
+    second = session.predict(sphere.volume, slice_axis="K")
+    x, y = np.round(second.points_xy[-1]).astype(int)
+    added = np.zeros_like(first)
+    added[y - 1:y + 2, x - 1:x + 2] = True
+    if local:   # the square the click asked for, and the sphere as the first click left it
+        np.testing.assert_array_equal(second.mask, first | added)
+        assert "local" in second.notes[-1]
+    else:       # the model's whole new answer: the sphere shrunk
+        np.testing.assert_array_equal(second.mask, ndimage.binary_erosion(first) | added)
+    # a marker moved or deleted asks the model afresh: the same two clicks in another order are not "one more"
+    session.points_ras.reverse(), session.labels.reverse()
+    again = session.predict(sphere.volume, slice_axis="K").mask
+    np.testing.assert_array_equal(again, ndimage.binary_erosion(first) | added)
+
+
 @pytest.mark.slow
 def test_refine_segment_on_real_mri_with_the_real_click_model(colin):
     """The zero-shot refiner from a rough segment (an eroded AAL Caudate_R) on an axial slice, through MRML:
