@@ -19,6 +19,8 @@ table is decode-only.
 
 `--seed-pick user`: where the seed check reports a problem, the simulated user picks the offered mask closest to the
 reference (what the Slicer effect's Mask list lets a user do), reported apart from the one-prompt figures.
+Corrective clicks keep each click's change local to it, as the Slicer effect shows them (`--whole-corrections`:
+the model's whole new answer, as the figures before 2026-12-03 were measured).
 `--assist-after N`: after N corrections, SAM^assist learned from the held slices and the propagation re-run with and
 without it (row["assist"]).
 
@@ -122,15 +124,17 @@ def _correction(pred: np.ndarray, gt: np.ndarray, axis: int, taken: set[int]) ->
 
 
 def corrective_choices(predictor, image: np.ndarray, gt: np.ndarray, *, key, window, max_clicks: int = 3,
-                       good: float = 0.9) -> list[tuple[np.ndarray, str]]:
+                       good: float = 0.9, local: bool = True) -> list[tuple[np.ndarray, str]]:
     """What the simulated user sees when correcting one slice: (mask, how) answers to choose from.
 
     Every model: a slightly loose box and the seed check's alternatives (what the Slicer effect offers). Click-
     capable models (litemedsam_clicks, SAM) also: clicks alone, and the box with clicks: a positive click deep inside
     the structure (clicks alone) or none (with the box), then clicks in the largest error region of the model's
     answer (sonosam.evaluate.clicks, the click protocol's user), up to `max_clicks` clicks, stopping at slice Dice
-    `good`; every answer is a choice."""
+    `good`; every answer is a choice. `local`: each click's answer kept local to it (sonosam.masks.local_correction),
+    as the Slicer effect shows it; else the model's whole new answer."""
     from sonosam.evaluate.clicks import centroid_click, next_click
+    from sonosam.masks import local_correction
     from sonosam.seed_check import check_seed
 
     box = loose_box(gt)
@@ -148,7 +152,7 @@ def corrective_choices(predictor, image: np.ndarray, gt: np.ndarray, *, key, win
                 clicks.append(next_click(mask, gt))
             pred = predictor.predict(image, points=[c.xy for c in clicks], labels=[c.label for c in clicks],
                                      box=start_box, key=key, window=window)
-            mask = pred.mask
+            mask = local_correction(mask, pred.mask, clicks[-1].xy) if local and mask is not None else pred.mask
             choices.append((mask, f"{'box + ' if start_box is not None else ''}{len(clicks)} "
                                   f"click{'s' if len(clicks) > 1 else ''}"))
     return choices
@@ -199,7 +203,7 @@ def _assisted_rerun(predictor, volume, result, axis, window, volume_id, kinds, *
 
 def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=None, corrections: int = 3,
                        naive: bool = True, seed_pick: str = "auto", assist_after=(),
-                       assist_kinds=("box", "point"), **options) -> dict:
+                       assist_kinds=("box", "point"), local_corrections: bool = True, **options) -> dict:
     """One structure: seed box on its widest slice, propagation, corrections, naive baseline; see module doc.
     seed_pick "user": the simulated user picks the seed from the offered masks (`user_seed`); assist_after:
     after these correction counts (e.g. (2, 3)), also learn SAM^assist from the held slices and re-run
@@ -257,7 +261,7 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
         else:  # the user takes the best answer they are shown, and only if it beats what the slice holds now
             now = dice(result.slice_mask(worst), truth) if truth.any() else 0.0
             choices = corrective_choices(predictor, slice_of(volume, axis, worst), truth, key=(volume_id, axis, worst),
-                                         window=window)
+                                         window=window, local=local_corrections)
             mask, how = max(choices, key=lambda c: dice(c[0], truth))
             if dice(mask, truth) <= now:
                 kinds.append(f"{worst}: nothing better offered ({how})")
@@ -300,7 +304,7 @@ def _subject(name):
 def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache: str = "runs/cache",
           corrections: int = 3, naive: bool = True, model_name: str = "litemedsam", backend: str | None = "auto",
           verbose: bool = True, seed_pick: str = "auto", assist_after=(), assist_kinds=("box", "point"),
-          **options) -> dict:
+          local_corrections: bool = True, **options) -> dict:
     import torch
 
     from sonosam.models import load_model
@@ -311,7 +315,8 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
     model = load_model(model_name, backend=backend)
     store = EmbeddingStore(cache, model, memory=False)
     out = {"model": model.spec.name, "backend": model.backend, "threads": torch.get_num_threads(), "axis": axis,
-           "seed_pick": seed_pick, "assist_after": list(assist_after), "rows": []}
+           "seed_pick": seed_pick, "assist_after": list(assist_after), "local_corrections": local_corrections,
+           "rows": []}
     for subject_name in subjects:
         subject = _subject(subject_name)
         volume = subject.volume.array
@@ -330,7 +335,7 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
             encoded = warm_from_store(predictor, store, volume, axis, window, volume_id, reach)
             row = evaluate_structure(predictor, volume, ref.mask, axis, window, volume_id, corrections, naive,
                                      seed_pick=seed_pick, assist_after=assist_after, assist_kinds=assist_kinds,
-                                     **options)
+                                     local_corrections=local_corrections, **options)
             row.update(subject=subject_name, modality=subject.modality, name=name, shape=ref.shape,
                        set="dev" if name in DEV else "held-out", window=list(window), encoded=encoded,
                        wall_seconds=time.perf_counter() - started)
@@ -401,6 +406,9 @@ def main(argv=None) -> int:
     parser.add_argument("--assist-after", type=int, nargs="*", default=[],
                         help="after these correction counts, learn SAM^assist from the held slices and re-run")
     parser.add_argument("--assist-kinds", nargs="+", default=["box", "point"], choices=["box", "point"])
+    parser.add_argument("--whole-corrections", dest="local_corrections", action="store_false",
+                        help="a correcting click's whole new answer (SAM's protocol; the figures before 2026-12-03) "
+                             "instead of its change kept local to it, as the Slicer effect shows it")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -414,7 +422,8 @@ def main(argv=None) -> int:
                                                                 else value)
     result = bench(args.subjects, args.structures, axis=args.axis, cache=args.cache, corrections=args.corrections,
                    naive=not args.no_naive, model_name=args.model, backend=args.backend, seed_pick=args.seed_pick,
-                   assist_after=tuple(args.assist_after), assist_kinds=tuple(args.assist_kinds), **options)
+                   assist_after=tuple(args.assist_after), assist_kinds=tuple(args.assist_kinds),
+                   local_corrections=args.local_corrections, **options)
     print(format_table(result))
     print(goals(result))
     if args.json:

@@ -80,3 +80,26 @@ def test_cli_on_real_mri(mri_samples, tmp_path, capsys):
     assert {p.name for p in out.iterdir()} == {"per_image.csv", "summary.csv", "summary.md", "dice_vs_clicks.png"}
     with pytest.raises(DataFileError, match="already holds a report"):
         args.func(args)
+
+
+def test_cli_local_corrections_with_the_real_click_model(mri_samples, tmp_path, capsys):
+    """The same clicks, the whole new answer (SAM's protocol) or each click's change kept local to it: the first
+    prompt is the same, the report says which protocol ran."""
+    from sonosam.cli import evaluate as evaluate_cli
+
+    parser = argparse.ArgumentParser(prog="sonosam")
+    parser.add_argument("--device", default="cpu")
+    evaluate_cli.register(parser.add_subparsers(dest="command"))
+    summaries = {}
+    for flag in ([], ["--local-corrections"]):
+        out = tmp_path / f"report{len(flag)}"
+        args = parser.parse_args(["evaluate", "--data", "colin27", "--label", "71", "--label", "72", "--slices", "85:95",
+                                  "--max-images", "2", "--clicks", "4", "--model", "litemedsam_clicks", "-o", str(out),
+                                  "--no-progress", *flag])
+        assert args.func(args) == 0
+        summaries[bool(flag)] = list(csv.DictReader(open(out / "per_image.csv")))
+    table = capsys.readouterr().out
+    assert "| litemedsam_clicks | point, local corrections |" in table
+    whole, local = summaries[False], summaries[True]
+    assert [r["dice_1"] for r in whole] == [r["dice_1"] for r in local]
+    assert [r["dice_4"] for r in whole] != [r["dice_4"] for r in local]   # the corrections were kept differently
