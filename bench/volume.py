@@ -152,7 +152,12 @@ def corrective_choices(predictor, image: np.ndarray, gt: np.ndarray, *, key, win
                 clicks.append(next_click(mask, gt))
             pred = predictor.predict(image, points=[c.xy for c in clicks], labels=[c.label for c in clicks],
                                      box=start_box, key=key, window=window)
-            mask = local_correction(mask, pred.mask, clicks[-1].xy) if local and mask is not None else pred.mask
+            if local and mask is not None:   # alone: the last click by itself, if the model ignored it
+                mask = local_correction(mask, pred.mask, clicks[-1].xy, positive=clicks[-1].positive,
+                                        alone=lambda: predictor.predict(image, points=[clicks[-1].xy], labels=[1],
+                                                                        key=key, window=window).mask)
+            else:
+                mask = pred.mask
             choices.append((mask, f"{'box + ' if start_box is not None else ''}{len(clicks)} "
                                   f"click{'s' if len(clicks) > 1 else ''}"))
     return choices

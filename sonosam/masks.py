@@ -62,18 +62,26 @@ def iou(a, b) -> float:
     return int(np.logical_and(a, b).sum()) / union
 
 
-def local_correction(previous, new, click) -> np.ndarray:
+def local_correction(previous, new, click, positive: bool | None = None, alone=None) -> np.ndarray:
     """The mask after a corrective click ``click`` = (x, y): the model's new answer ``new`` where it changed the
     clicked pixel, that is on the connected part of (``new`` XOR ``previous``) under the click, and ``previous``
     everywhere else. A correction then cannot undo what earlier prompts got right elsewhere in the image (the
     click-trained decoders here redraw the whole mask on each click, and their first correction often lowers the
-    Dice); a click the model did not follow leaves the mask as it was. docs/training.md measures it."""
+    Dice). The click models here ignore about half of all corrective clicks (the clicked pixel keeps its value):
+    for a ``positive`` click ignored so, ``alone()`` (optional) gives the model's mask for that click by itself,
+    and the connected part of it under the click is added, kept local the same way; otherwise an ignored click
+    leaves the mask as it was. docs/training.md measures both."""
     previous, new = _pair(previous, new)
     x, y = (int(round(float(v))) for v in click)
-    if not (0 <= y < new.shape[0] and 0 <= x < new.shape[1]) or previous[y, x] == new[y, x]:
+    if not (0 <= y < new.shape[0] and 0 <= x < new.shape[1]):
         return previous.copy()
     from scipy import ndimage
 
+    if previous[y, x] == new[y, x] and positive and alone is not None and not previous[y, x]:
+        parts, _ = ndimage.label(np.asarray(alone(), bool))
+        new = previous | (parts == parts[y, x]) if parts[y, x] else previous
+    if previous[y, x] == new[y, x]:
+        return previous.copy()
     changed, _ = ndimage.label(previous != new)
     return np.where(changed == changed[y, x], new, previous)
 

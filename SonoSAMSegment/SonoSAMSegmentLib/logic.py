@@ -1301,8 +1301,9 @@ class PromptSession:
     Markers live in a markups fiducial node (``markups_node``) so that they show in every view and can be
     deleted one by one with Slicer's own markups tools; ``sync_from_markups`` picks up such deletions.
     A prompt on another slice (or view) starts a new session. With ``local_corrections`` a click added to a
-    preview changes it only where the model changed the clicked pixel (``sonosam.masks.local_correction``;
-    docs/training.md measures it); moving or deleting a marker, or a new box, asks the model afresh.
+    preview changes it only where the model changed the clicked pixel, and a positive click the model ignored
+    adds what it segments from that click alone (``sonosam.masks.local_correction``; docs/training.md measures
+    it); moving or deleting a marker, or a new box, asks the model afresh.
     """
 
     POSITIVE, NEGATIVE = "+", "-"
@@ -1391,8 +1392,13 @@ class PromptSession:
         if self.local_corrections and _one_click_more(before, self.prediction):
             from sonosam.masks import local_correction
 
-            click = self.prediction.points_xy[-1]
-            self.prediction = replace(self.prediction, mask=local_correction(before.mask, self.prediction.mask, click),
+            def alone():   # the model's answer to the new click by itself (for a positive click it ignored)
+                return self.logic.predict(volume_node, [self.points_ras[-1]], [1], None, slice_axis,
+                                          sliceToRAS=slice_to_ras, refine=False).mask
+
+            mask = local_correction(before.mask, self.prediction.mask, self.prediction.points_xy[-1],
+                                    positive=self.labels[-1] == 1, alone=alone)
+            self.prediction = replace(self.prediction, mask=mask,
                                       notes=self.prediction.notes + ["the click's change kept local to it"])
         self.choices = None
         return self.prediction

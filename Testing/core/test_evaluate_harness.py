@@ -103,6 +103,15 @@ class Forgetful(Recorder):
         return (comps == comps[y, x]) if comps[y, x] else np.zeros(image.shape, bool)
 
 
+class Stubborn(Recorder):
+    """Only the bright component under the first positive click: later clicks are ignored."""
+
+    def answer(self, image, points, labels, box):
+        comps, _ = ndimage.label(image > 127)
+        x, y = [p for p, l in zip(points or [], labels or []) if l][0]
+        return (comps == comps[y, x]) if comps[y, x] else np.zeros(image.shape, bool)
+
+
 class Broken(Recorder):
     def answer(self, image, points, labels, box):
         raise RuntimeError("out of memory (simulated)")
@@ -177,6 +186,16 @@ def test_local_corrections_keep_what_earlier_clicks_got_right():
     assert whole.dice[1] < whole.dice[0] < 0.95          # the second click's answer forgot the big square
     assert local.images[0].dice[1] == 1.0                # kept: the small square added, the big one stays
     assert local.local_corrections and "local corrections" in summary_table([local])[0]["Start"]
+
+
+def test_a_positive_click_the_model_ignores_adds_what_it_segments_alone():
+    sample = two_blob_sample(gt_both=True)
+    whole = evaluate(Stubborn(), [sample], n_clicks=2, progress=False).images[0]
+    model = Stubborn()
+    local = evaluate(model, [sample], n_clicks=2, progress=False, local_corrections=True).images[0]
+    assert whole.dice[1] == whole.dice[0] < 0.95          # the second click changed nothing
+    assert local.dice[1] == 1.0                           # the small square, from the click by itself
+    assert model.calls[-1]["points"] == [(52, 52)] and model.calls[-1]["labels"] == [1]
 
 
 def test_box_only_model_starts_from_a_box_and_reports_clicks_as_not_measured():

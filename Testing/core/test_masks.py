@@ -68,3 +68,27 @@ def test_a_correction_changes_only_the_part_it_flipped():
     assert local_correction(previous, new, (30.4, 26.6)).sum() == expected.sum()   # sub-pixel clicks round
     with pytest.raises(ValueError, match="differ in shape"):
         local_correction(previous, new[:20], (7, 7))
+
+
+def test_a_positive_click_the_model_ignored_adds_what_the_click_alone_segments():
+    previous = np.zeros((40, 40), bool)
+    previous[5:15, 5:15] = True
+    ignored = previous.copy()                                 # the model's new answer left (30, 30) outside
+    ignored[5:15, 5:10] = False                               # (and lost a strip far away)
+    alone = np.zeros((40, 40), bool)
+    alone[28:33, 28:33] = alone[0:3, 0:3] = True              # the click alone: a blob there, another elsewhere
+    corrected = local_correction(previous, ignored, (30, 30), positive=True, alone=lambda: alone)
+    expected = previous.copy()
+    expected[28:33, 28:33] = True                             # only the part under the click, added
+    assert np.array_equal(corrected, expected)
+
+    def never():
+        raise AssertionError("asked although the model followed the click or the click is negative")
+
+    followed = previous.copy()
+    followed[29:32, 29:32] = True
+    assert np.array_equal(local_correction(previous, followed, (30, 30), positive=True, alone=never), followed)
+    assert np.array_equal(local_correction(previous, ignored, (12, 12), positive=False, alone=never), previous)
+    nothing = np.zeros((40, 40), bool)                        # the click alone gives nothing there: no change
+    assert np.array_equal(local_correction(previous, ignored, (30, 30), positive=True, alone=lambda: nothing),
+                          previous)

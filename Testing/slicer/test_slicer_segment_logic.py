@@ -598,6 +598,40 @@ def test_prompt_session_keeps_a_click_s_change_local(sphere, local):
     np.testing.assert_array_equal(again, ndimage.binary_erosion(first) | added)
 
 
+class IgnoringPredictor:
+    """The bright part, plus a 3x3 square at each positive click outside it except the last of several: a model
+    that ignores a new click among others, and follows a click given alone."""
+
+    def predict(self, image, prompts, **kw):
+        points, labels, _, _ = unpack(prompts)
+        fg = np.asarray(image) > 50000
+        mask = fg.copy()
+        for (x, y), lab in list(zip(np.round(points).astype(int), labels))[:max(len(points) - 1, 1)]:
+            if lab == 1 and not fg[y, x]:
+                mask[y - 1:y + 2, x - 1:x + 2] = True
+        return SimpleNamespace(mask=mask, score=1.0, logits=None, notes=[])
+
+
+def test_prompt_session_adds_what_an_ignored_click_segments_alone(sphere):
+    from SonoSAMSegmentLib.logic import PromptSession
+
+    session = PromptSession(SegmentLogic(predictor=IgnoringPredictor()))
+    k = int(np.round(CENTER_IJK[2]))
+    session.add_point(sphere.volume, (sphere.m @ np.r_[CENTER_IJK[0], CENTER_IJK[1], k, 1])[:3], True, "K")
+    first = session.predict(sphere.volume, slice_axis="K").mask
+    session.add_point(sphere.volume, (sphere.m @ np.r_[4, 4, k, 1])[:3], True, "K")
+    second = session.predict(sphere.volume, slice_axis="K")
+    x, y = np.round(second.points_xy[-1]).astype(int)
+    added = np.zeros_like(first)
+    added[y - 1:y + 2, x - 1:x + 2] = True
+    np.testing.assert_array_equal(second.mask, first | added)
+    session.local_corrections = False   # SAM's behaviour: the model's answer, which ignored the click
+    session.remove_point(1)
+    session.predict(sphere.volume, slice_axis="K")
+    session.add_point(sphere.volume, (sphere.m @ np.r_[4, 4, k, 1])[:3], True, "K")
+    np.testing.assert_array_equal(session.predict(sphere.volume, slice_axis="K").mask, first)
+
+
 @pytest.mark.slow
 def test_refine_segment_on_real_mri_with_the_real_click_model(colin):
     """The zero-shot refiner from a rough segment (an eroded AAL Caudate_R) on an axial slice, through MRML:

@@ -14,8 +14,9 @@ Protocol per sample (interaction 1 = the first prompt):
 2. interactions 2..N: one click in the largest error region of the current mask (see ``clicks``), all
    previous prompts kept, the previous best low-res logits passed as the mask prompt (if the model takes
    masks), one mask asked; when the mask is already perfect, the Dice is carried forward. With
-   ``local_corrections`` the model's new answer is kept only where it changed the clicked pixel
-   (``sonosam.masks.local_correction``, what the Slicer effect does), else the whole new answer (SAM's protocol).
+   ``local_corrections`` the model's new answer is kept only where it changed the clicked pixel, and a positive
+   click it ignored adds what the model segments from that click alone (``sonosam.masks.local_correction``, what
+   the Slicer effect does); else the whole new answer (SAM's protocol).
 
 A model that takes no clicks (``spec.prompt_kinds`` lacks ``"point"``, e.g. LiteMedSAM) is run with the
 box only; its later interactions are recorded as NaN ("not measured") and the result says
@@ -34,6 +35,7 @@ import numpy as np
 
 from ..errors import SonoSAMError, UnsupportedPromptError
 from ..masks import local_correction
+from ..prompts import Prompts
 from . import metrics
 from .clicks import ClickSimulator
 from .datasets import Sample
@@ -192,7 +194,12 @@ def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "p
             result.refused = str(error)
             break
         answer, logits, score = _best(pred, gt.shape)
-        mask = local_correction(mask, answer, (click.x, click.y)) if local_corrections else answer
+        if local_corrections:   # alone: the model's answer to this click by itself, if it ignored the click
+            mask = local_correction(mask, answer, click.xy, positive=click.positive, alone=lambda: _best(
+                predictor.predict(sample.image, Prompts([click.xy], [1]), multimask=False, key=sample.key),
+                gt.shape)[0])
+        else:
+            mask = answer
         result.dice[step] = metrics.dice(mask, gt)
         result.scores.append(score)
     result.seconds = time.perf_counter() - began
