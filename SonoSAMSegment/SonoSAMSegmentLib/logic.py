@@ -1398,8 +1398,10 @@ class PromptSession:
 
             mask = local_correction(before.mask, self.prediction.mask, self.prediction.points_xy[-1],
                                     positive=self.labels[-1] == 1, alone=alone)
-            self.prediction = replace(self.prediction, mask=mask,
-                                      notes=self.prediction.notes + ["the click's change kept local to it"])
+            note = ("the click's change kept local to it" if not np.array_equal(mask, before.mask) else
+                    "the model did not follow this click, nothing changed: click elsewhere in the wrong part, or "
+                    "paint it (Paint, Erase)")
+            self.prediction = replace(self.prediction, mask=mask, notes=self.prediction.notes + [note])
         self.choices = None
         return self.prediction
 

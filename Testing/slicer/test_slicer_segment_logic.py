@@ -625,6 +625,12 @@ def test_prompt_session_adds_what_an_ignored_click_segments_alone(sphere):
     added = np.zeros_like(first)
     added[y - 1:y + 2, x - 1:x + 2] = True
     np.testing.assert_array_equal(second.mask, first | added)
+    # a negative click it ignores changes nothing, and the preview says so
+    session.add_point(sphere.volume, (sphere.m @ np.r_[CENTER_IJK[0], CENTER_IJK[1], k, 1])[:3], False, "K")
+    third = session.predict(sphere.volume, slice_axis="K")
+    np.testing.assert_array_equal(third.mask, second.mask)
+    assert "did not follow" in third.notes[-1]
+    session.remove_point(2)
     session.local_corrections = False   # SAM's behaviour: the model's answer, which ignored the click
     session.remove_point(1)
     session.predict(sphere.volume, slice_axis="K")
