@@ -8,6 +8,12 @@ FR@80/90, MaxDSC, box Dice) for every row (base LiteMedSAM with a box, the previ
 model), the ship rule's verdict, the new row minus the previous one paired over the same structure-images
 (mean Dice points and bootstrap 95 % interval, clicks 1..5), and plots the mean Dice after 1..5 clicks per set
 (box Dice as a mark at 0).
+
+    python -m scripts.click_report --compare "SAM's protocol=runs/clicks_global" "local=runs/clicks_local2" \
+        --plot docs/images/click_local_corrections.png
+
+compares the ``litemedsam_clicks`` rows that ``--baselines-only`` runs left in each OUT/rows (e.g. with and without
+``--local-corrections``) the same way: tables, the last minus the first paired, the plot.
 """
 
 from __future__ import annotations
@@ -19,25 +25,51 @@ from pathlib import Path
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.click_report", description=__doc__.splitlines()[0])
-    parser.add_argument("heldout", help="OUT/heldout.json of a click_decoder run")
+    parser.add_argument("heldout", nargs="?", help="OUT/heldout.json of a click_decoder run")
+    parser.add_argument("--compare", nargs="+", metavar="LABEL=OUT",
+                        help="instead: the litemedsam_clicks rows of these --baselines-only runs' OUT/rows")
     parser.add_argument("--plot", default=None, help="write the Dice-vs-clicks PNG here")
     args = parser.parse_args(argv)
+    if bool(args.heldout) == bool(args.compare):
+        parser.error("give a heldout.json or --compare, not both")
 
     from sonosam.train.click_decoder import table
 
-    report = json.loads(Path(args.heldout).read_text())
+    report = json.loads(Path(args.heldout).read_text()) if args.heldout else compared(args.compare)
     sets = report["sets"]
     for name, rows in sets.items():
         n = next(iter(rows.values())).get("samples")
         print(f"\n### {name} ({n} held-out structure-images)\n\n{table(rows)}")
     print(f"\n### mean of the {len(sets)} sets\n\n{table(report['pooled'])}")
-    print("\nship rule:", "passed" if report.get("passed") else "failed")
-    for reason in report.get("reasons", []):
-        print("-", reason)
-    print(f"\n{paired_table(report)}")
+    if args.heldout:
+        print("\nship rule:", "passed" if report.get("passed") else "failed")
+        for reason in report.get("reasons", []):
+            print("-", reason)
+        print(f"\n{paired_table(report)}")
+    else:
+        labels = list(report["pooled"])
+        print(f"\n{paired_table(report, new=labels[-1], old=labels[0])}")
     if args.plot:
         plot(sets, Path(args.plot))
     return 0
+
+
+def compared(items) -> dict:
+    """A heldout.json-like report from ``LABEL=OUT`` items: per set, each run's ``litemedsam_clicks`` row (as
+    ``--baselines-only`` keeps it in OUT/rows), and their mean over the sets."""
+    sets: dict[str, dict] = {}
+    for item in items:
+        label, _, out = item.partition("=")
+        files = sorted(Path(out, "rows").glob("*__litemedsam_clicks_*.json"))
+        if not files:
+            raise SystemExit(f"{out}/rows holds no litemedsam_clicks rows: run click_decoder --baselines-only there")
+        for path in files:
+            sets.setdefault(path.name.split("__")[0], {})[label] = json.loads(path.read_text())
+    labels = [item.partition("=")[0] for item in items]
+    keys = [f"dice@{k}" for k in range(1, 6)] + ["noc@80", "noc@90", "fr@80", "fr@90", "max_dsc", "box"]
+    pooled = {label: {k: sum(rows[label][k] for rows in sets.values()) / len(sets) for k in keys} for label in labels}
+    curves = {name: {label: row["curves"] for label, row in rows.items()} for name, rows in sets.items()}
+    return {"sets": sets, "pooled": pooled, "curves": curves}
 
 
 def paired_table(report: dict, new: str = "new", old: str = "litemedsam_clicks (previous)") -> str:
