@@ -37,10 +37,10 @@ def box_with_margin(mask, margin: float, min_margin: float = 2.0) -> tuple[float
             float(min(height - 1, y1 + my)))
 
 
-def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
+def _pair(a, b, names=("prediction", "ground truth")) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.asarray(a).astype(bool, copy=False), np.asarray(b).astype(bool, copy=False)
     if a.shape != b.shape:
-        raise ValueError(f"Masks differ in shape: prediction {a.shape}, ground truth {b.shape}.")
+        raise ValueError(f"Masks differ in shape: {names[0]} {a.shape}, {names[1]} {b.shape}.")
     return a, b
 
 
@@ -71,14 +71,14 @@ def local_correction(previous, new, click, positive: bool | None = None, alone=N
     for a ``positive`` click ignored so, ``alone()`` (optional) gives the model's mask for that click by itself,
     and the connected part of it under the click is added, kept local the same way; otherwise an ignored click
     leaves the mask as it was. docs/training.md measures both."""
-    previous, new = _pair(previous, new)
+    previous, new = _pair(previous, new, ("previous mask", "new answer"))
     x, y = (int(round(float(v))) for v in click)
     if not (0 <= y < new.shape[0] and 0 <= x < new.shape[1]):
         return previous.copy()
     from scipy import ndimage
 
     if previous[y, x] == new[y, x] and positive and alone is not None and not previous[y, x]:
-        parts, _ = ndimage.label(np.asarray(alone(), bool))
+        parts, _ = ndimage.label(_pair(previous, alone(), ("previous mask", "answer to the click alone"))[1])
         new = previous | (parts == parts[y, x]) if parts[y, x] else previous
     if previous[y, x] == new[y, x]:
         return previous.copy()

@@ -66,7 +66,7 @@ def test_a_correction_changes_only_the_part_it_flipped():
     assert np.array_equal(local_correction(previous, new, (7, 7)), previous)       # the model did not follow
     assert np.array_equal(local_correction(previous, new, (99, 7)), previous)      # outside the image
     assert local_correction(previous, new, (30.4, 26.6)).sum() == expected.sum()   # sub-pixel clicks round
-    with pytest.raises(ValueError, match="differ in shape"):
+    with pytest.raises(ValueError, match=r"previous mask \(40, 40\), new answer \(20, 40\)"):
         local_correction(previous, new[:20], (7, 7))
 
 
@@ -92,3 +92,5 @@ def test_a_positive_click_the_model_ignored_adds_what_the_click_alone_segments()
     nothing = np.zeros((40, 40), bool)                        # the click alone gives nothing there: no change
     assert np.array_equal(local_correction(previous, ignored, (30, 30), positive=True, alone=lambda: nothing),
                           previous)
+    with pytest.raises(ValueError, match=r"answer to the click alone \(40, 20\)"):
+        local_correction(previous, ignored, (30, 30), positive=True, alone=lambda: alone[:, :20])
