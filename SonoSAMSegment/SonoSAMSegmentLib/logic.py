@@ -1303,7 +1303,8 @@ class PromptSession:
     A prompt on another slice (or view) starts a new session. With ``local_corrections`` a click added to a
     preview changes it only where the model changed the clicked pixel, and a positive click the model ignored
     adds what it segments from that click alone (``sonosam.masks.local_correction``; docs/training.md measures
-    it); moving or deleting a marker, or a new box, asks the model afresh.
+    it); moving a marker or a new box asks the model afresh, and prompts seen before on this slice (the last
+    point removed) bring back the preview they had, since with local corrections it depends on the clicks' order.
     """
 
     POSITIVE, NEGATIVE = "+", "-"
@@ -1322,6 +1323,7 @@ class PromptSession:
         self.slice_key = None
         self.prediction: SlicePrediction | None = None
         self.choices: SeedChoices | None = None   # the seed check of the last boxed preview
+        self._previews: dict = {}                 # prompts -> the preview shown for them (undo of a click)
         if self.markups_node is not None:
             self.markups_node.RemoveAllControlPoints()
         if self.box_node is not None:
@@ -1381,6 +1383,10 @@ class PromptSession:
         if self.empty:
             self.prediction = None
             return None
+        shown = self._previews.get(self._prompts_now()) if self.local_corrections else None
+        if shown is not None and shown.volume_key == self.logic.volume_info(volume_node).key:
+            self.prediction, self.choices = shown, None
+            return shown
         before = self.prediction
         previous = before.logits if (before is not None and self.points_ras) else None
         if previous is not None and "mask" not in self.logic.prompt_kinds():
@@ -1402,8 +1408,13 @@ class PromptSession:
                     "the model did not follow this click, nothing changed: click elsewhere in the wrong part, or "
                     "paint it (Paint, Erase)")
             self.prediction = replace(self.prediction, mask=mask, notes=self.prediction.notes + [note])
+        self._previews[self._prompts_now()] = self.prediction
         self.choices = None
         return self.prediction
+
+    def _prompts_now(self) -> tuple:
+        return (tuple(tuple(p) for p in self.points_ras), tuple(self.labels),
+                None if self.box_ras is None else tuple(tuple(c) for c in self.box_ras))
 
     def check(self, volume_node) -> SeedChoices | None:
         """The seed check of the current preview (``SegmentLogic.seed_choices``), kept in ``choices``; the
@@ -1419,6 +1430,7 @@ class PromptSession:
         if self.choices is None or not 0 <= index < len(self.choices.choices):
             raise PromptError(f"No alternative {index} to choose: check the preview first.")
         self.prediction = self.choices.choices[index]
+        self._previews[self._prompts_now()] = self.prediction
         return self.prediction
 
 

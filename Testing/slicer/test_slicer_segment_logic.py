@@ -630,7 +630,13 @@ def test_prompt_session_adds_what_an_ignored_click_segments_alone(sphere):
     third = session.predict(sphere.volume, slice_axis="K")
     np.testing.assert_array_equal(third.mask, second.mask)
     assert "did not follow" in third.notes[-1]
+    # removing the last points brings back the previews they had (the model alone would not give them back)
     session.remove_point(2)
+    assert session.predict(sphere.volume, slice_axis="K") is second
+    session.remove_point(1)
+    np.testing.assert_array_equal(session.predict(sphere.volume, slice_axis="K").mask, first)
+    session.add_point(sphere.volume, (sphere.m @ np.r_[4, 4, k, 1])[:3], True, "K")
+    np.testing.assert_array_equal(session.predict(sphere.volume, slice_axis="K").mask, second.mask)
     session.local_corrections = False   # SAM's behaviour: the model's answer, which ignored the click
     session.remove_point(1)
     session.predict(sphere.volume, slice_axis="K")
