@@ -124,7 +124,8 @@ def _correction(pred: np.ndarray, gt: np.ndarray, axis: int, taken: set[int]) ->
 
 
 def corrective_choices(predictor, image: np.ndarray, gt: np.ndarray, *, key, window, max_clicks: int = 3,
-                       good: float = 0.9, local: bool = True) -> list[tuple[np.ndarray, str]]:
+                       good: float = 0.9, local: bool = True, current: np.ndarray | None = None
+                       ) -> list[tuple[np.ndarray, str]]:
     """What the simulated user sees when correcting one slice: (mask, how) answers to choose from.
 
     Every model: a slightly loose box and the seed check's alternatives (what the Slicer effect offers). Click-
@@ -132,7 +133,9 @@ def corrective_choices(predictor, image: np.ndarray, gt: np.ndarray, *, key, win
     the structure (clicks alone) or none (with the box), then clicks in the largest error region of the model's
     answer (sonosam.evaluate.clicks, the click protocol's user), up to `max_clicks` clicks, stopping at slice Dice
     `good`; every answer is a choice. `local`: each click's answer kept local to it (sonosam.masks.local_correction),
-    as the Slicer effect shows it; else the model's whole new answer."""
+    as the Slicer effect shows it; else the model's whole new answer. `current` (an experiment, `--refine-clicks`):
+    also clicks that correct the slice's own mask locally, the model given a positive click at that mask's centre
+    first (not shown) and then the corrective clicks."""
     from sonosam.evaluate.clicks import centroid_click, next_click
     from sonosam.masks import local_correction
     from sonosam.seed_check import check_seed
@@ -160,6 +163,17 @@ def corrective_choices(predictor, image: np.ndarray, gt: np.ndarray, *, key, win
                 mask = pred.mask
             choices.append((mask, f"{'box + ' if start_box is not None else ''}{len(clicks)} "
                                   f"click{'s' if len(clicks) > 1 else ''}"))
+    if local and current is not None and current.any():
+        mask, clicks = current, [centroid_click(current)]
+        while len(clicks) <= max_clicks and dice(mask, gt) < good and next_click(mask, gt) is not None:
+            click = next_click(mask, gt)
+            clicks.append(click)
+            pred = predictor.predict(image, points=[c.xy for c in clicks], labels=[c.label for c in clicks],
+                                     key=key, window=window)
+            mask = local_correction(mask, pred.mask, click.xy, positive=click.positive,
+                                    alone=lambda: predictor.predict(image, points=[click.xy], labels=[1], key=key,
+                                                                    window=window).mask)
+            choices.append((mask, f"{len(clicks) - 1} click{'s' if len(clicks) > 2 else ''} on the slice's mask"))
     return choices
 
 
@@ -208,7 +222,8 @@ def _assisted_rerun(predictor, volume, result, axis, window, volume_id, kinds, *
 
 def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=None, corrections: int = 3,
                        naive: bool = True, seed_pick: str = "auto", assist_after=(),
-                       assist_kinds=("box", "point"), local_corrections: bool = True, **options) -> dict:
+                       assist_kinds=("box", "point"), local_corrections: bool = True, refine_clicks: bool = False,
+                       **options) -> dict:
     """One structure: seed box on its widest slice, propagation, corrections, naive baseline; see module doc.
     seed_pick "user": the simulated user picks the seed from the offered masks (`user_seed`); assist_after:
     after these correction counts (e.g. (2, 3)), also learn SAM^assist from the held slices and re-run
@@ -266,7 +281,8 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
         else:  # the user takes the best answer they are shown, and only if it beats what the slice holds now
             now = dice(result.slice_mask(worst), truth) if truth.any() else 0.0
             choices = corrective_choices(predictor, slice_of(volume, axis, worst), truth, key=(volume_id, axis, worst),
-                                         window=window, local=local_corrections)
+                                         window=window, local=local_corrections,
+                                         current=result.slice_mask(worst) if refine_clicks else None)
             mask, how = max(choices, key=lambda c: dice(c[0], truth))
             if dice(mask, truth) <= now:
                 kinds.append(f"{worst}: nothing better offered ({how})")
@@ -309,7 +325,7 @@ def _subject(name):
 def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache: str = "runs/cache",
           corrections: int = 3, naive: bool = True, model_name: str = "litemedsam", backend: str | None = "auto",
           verbose: bool = True, seed_pick: str = "auto", assist_after=(), assist_kinds=("box", "point"),
-          local_corrections: bool = True, **options) -> dict:
+          local_corrections: bool = True, refine_clicks: bool = False, **options) -> dict:
     import torch
 
     from sonosam.models import load_model
@@ -321,6 +337,7 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
     store = EmbeddingStore(cache, model, memory=False)
     out = {"model": model.spec.name, "backend": model.backend, "threads": torch.get_num_threads(), "axis": axis,
            "seed_pick": seed_pick, "assist_after": list(assist_after), "local_corrections": local_corrections,
+           "refine_clicks": refine_clicks,
            "rows": []}
     for subject_name in subjects:
         subject = _subject(subject_name)
@@ -340,7 +357,7 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
             encoded = warm_from_store(predictor, store, volume, axis, window, volume_id, reach)
             row = evaluate_structure(predictor, volume, ref.mask, axis, window, volume_id, corrections, naive,
                                      seed_pick=seed_pick, assist_after=assist_after, assist_kinds=assist_kinds,
-                                     local_corrections=local_corrections, **options)
+                                     local_corrections=local_corrections, refine_clicks=refine_clicks, **options)
             row.update(subject=subject_name, modality=subject.modality, name=name, shape=ref.shape,
                        set="dev" if name in DEV else "held-out", window=list(window), encoded=encoded,
                        wall_seconds=time.perf_counter() - started)
@@ -414,6 +431,9 @@ def main(argv=None) -> int:
     parser.add_argument("--whole-corrections", dest="local_corrections", action="store_false",
                         help="a correcting click's whole new answer (SAM's protocol; the figures before 2026-12-03) "
                              "instead of its change kept local to it, as the Slicer effect shows it")
+    parser.add_argument("--refine-clicks", action="store_true",
+                        help="experiment: the simulated user may also click to correct the slice's own propagated "
+                             "mask locally (corrective_choices' `current`)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -428,7 +448,7 @@ def main(argv=None) -> int:
     result = bench(args.subjects, args.structures, axis=args.axis, cache=args.cache, corrections=args.corrections,
                    naive=not args.no_naive, model_name=args.model, backend=args.backend, seed_pick=args.seed_pick,
                    assist_after=tuple(args.assist_after), assist_kinds=tuple(args.assist_kinds),
-                   local_corrections=args.local_corrections, **options)
+                   local_corrections=args.local_corrections, refine_clicks=args.refine_clicks, **options)
     print(format_table(result))
     print(goals(result))
     if args.json:
