@@ -140,6 +140,15 @@ def corrective_choices(predictor, image: np.ndarray, gt: np.ndarray, *, key, win
     from sonosam.masks import local_correction
     from sonosam.seed_check import check_seed
 
+    def answer(clicks, box, mask):   # the model's answer to the clicks (and box), local to the last one if asked
+        pred = predictor.predict(image, points=[c.xy for c in clicks], labels=[c.label for c in clicks], box=box,
+                                 key=key, window=window)
+        if not local or mask is None:
+            return pred.mask
+        last = clicks[-1]   # alone: the last click by itself, if the model ignored it
+        return local_correction(mask, pred.mask, last.xy, positive=last.positive, alone=lambda: predictor.predict(
+            image, points=[last.xy], labels=[1], key=key, window=window).mask)
+
     box = loose_box(gt)
     check = check_seed(predictor, image, box=box, key=key, window=window)
     choices = [(c.mask, f"box: {c.source}") for c in check.candidates]
@@ -153,26 +162,14 @@ def corrective_choices(predictor, image: np.ndarray, gt: np.ndarray, *, key, win
                 if dice(mask, gt) >= good or next_click(mask, gt) is None:
                     break
                 clicks.append(next_click(mask, gt))
-            pred = predictor.predict(image, points=[c.xy for c in clicks], labels=[c.label for c in clicks],
-                                     box=start_box, key=key, window=window)
-            if local and mask is not None:   # alone: the last click by itself, if the model ignored it
-                mask = local_correction(mask, pred.mask, clicks[-1].xy, positive=clicks[-1].positive,
-                                        alone=lambda: predictor.predict(image, points=[clicks[-1].xy], labels=[1],
-                                                                        key=key, window=window).mask)
-            else:
-                mask = pred.mask
+            mask = answer(clicks, start_box, mask)
             choices.append((mask, f"{'box + ' if start_box is not None else ''}{len(clicks)} "
                                   f"click{'s' if len(clicks) > 1 else ''}"))
     if local and current is not None and current.any():
         mask, clicks = current, [centroid_click(current)]
         while len(clicks) <= max_clicks and dice(mask, gt) < good and next_click(mask, gt) is not None:
-            click = next_click(mask, gt)
-            clicks.append(click)
-            pred = predictor.predict(image, points=[c.xy for c in clicks], labels=[c.label for c in clicks],
-                                     key=key, window=window)
-            mask = local_correction(mask, pred.mask, click.xy, positive=click.positive,
-                                    alone=lambda: predictor.predict(image, points=[click.xy], labels=[1], key=key,
-                                                                    window=window).mask)
+            clicks.append(next_click(mask, gt))
+            mask = answer(clicks, None, mask)
             choices.append((mask, f"{len(clicks) - 1} click{'s' if len(clicks) > 2 else ''} on the slice's mask"))
     return choices
 
