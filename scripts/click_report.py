@@ -65,9 +65,10 @@ def compared(items) -> dict:
             raise SystemExit(f"{out}/rows holds no litemedsam_clicks rows: run click_decoder --baselines-only there")
         for path in files:
             sets.setdefault(path.name.split("__")[0], {})[label] = json.loads(path.read_text())
+    from sonosam.train.click_decoder import KEYS
+
     labels = [item.partition("=")[0] for item in items]
-    keys = [f"dice@{k}" for k in range(1, 6)] + ["noc@80", "noc@90", "fr@80", "fr@90", "max_dsc", "box"]
-    pooled = {label: {k: sum(rows[label][k] for rows in sets.values()) / len(sets) for k in keys} for label in labels}
+    pooled = {label: {k: sum(rows[label][k] for rows in sets.values()) / len(sets) for k in KEYS} for label in labels}
     curves = {name: {label: row["curves"] for label, row in rows.items()} for name, rows in sets.items()}
     return {"sets": sets, "pooled": pooled, "curves": curves}
 
