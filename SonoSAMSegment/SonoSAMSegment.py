@@ -294,7 +294,8 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
                 self.ui.evalVolumeSelector.currentNode(), self.ui.evalSegmentSelector.currentNode(),
                 self.ui.evalSegmentSelector.currentSegmentID(), self.ui.evalAxisComboBox.currentText,
                 nClicks=self.ui.evalClicksSpinBox.value, start=self.ui.evalStartComboBox.currentText,
-                maxSlices=self.ui.evalMaxSlicesSpinBox.value or None)
+                maxSlices=self.ui.evalMaxSlicesSpinBox.value or None,
+                localCorrections=self.ui.evalLocalCheckBox.checked)
             self.ui.evalResultLabel.text = "Evaluating on the server..."
             self.timer.start()
         self.updateGUI()

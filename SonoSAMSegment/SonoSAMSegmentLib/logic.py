@@ -861,10 +861,12 @@ class SegmentLogic:
         return info, layout, stack, seg_stack, filled, segment.GetName()
 
     def evaluate(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", nClicks: int = 10,
-                 start: str = "box", outputDir=None, slices=None, maxSlices=None, minArea: int = 100):
+                 start: str = "box", outputDir=None, slices=None, maxSlices=None, minArea: int = 100,
+                 localCorrections: bool = False):
         """Score the model against the segment (the reference) with the core's simulated-click protocol
         (``sonosam.evaluate``) on the segment's slices along ``sliceAxis`` (or ``slices``; ``maxSlices``:
-        that many, evenly spread). Returns the summary table (a list of row dicts: Dice@1, MaxDSC, NoC...)
+        that many, evenly spread; ``localCorrections``: each click kept local to it, as the effect shows
+        it, instead of SAM's protocol). Returns the summary table (a list of row dicts: Dice@1, MaxDSC, NoC...)
         and writes the report (per-image CSV, summary, Dice-vs-clicks plot) into ``outputDir`` when given.
         In-process; the module runs the same inputs as a server job (``start_evaluation``)."""
         try:
@@ -881,14 +883,16 @@ class SegmentLogic:
             index = sample.key[-1]
             sample.image = to_uint8_rgb(sample.image, window=info.window)
             sample.key = (info.key, "evaluate", "IJK"[layout.axis], layout.x_flip, layout.y_flip, index)
-        result = core_evaluate(self.predictor, samples, n_clicks=int(nClicks), start=start, progress=False)
+        result = core_evaluate(self.predictor, samples, n_clicks=int(nClicks), start=start, progress=False,
+                               local_corrections=bool(localCorrections))
         self.last_evaluation = result
         if outputDir:
             write_report([result], outputDir, title=f"{result.model} on '{name}'")
         return summary_table([result])
 
     def start_evaluation(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", nClicks: int = 10,
-                         start: str = "box", slices=None, maxSlices=None, minArea: int = 100):
+                         start: str = "box", slices=None, maxSlices=None, minArea: int = 100,
+                         localCorrections: bool = False):
         """``evaluate`` as a server job (the predictor must be a client): returns the job; its result is
         ``{"table": rows, "result": ...}``. The same slices, window and protocol as ``evaluate``."""
         if not hasattr(self.predictor, "start_job"):
@@ -897,7 +901,8 @@ class SegmentLogic:
             volumeNode, segmentationNode, segmentId, sliceAxis, slices, maxSlices, minArea)
         return _prepare_job(self.predictor, "evaluate", volume=stack, labelmap=seg_stack.view(np.uint8), labels=[1],
                             slices=[int(s) for s in filled], n_clicks=int(nClicks), start=start,
-                            min_area=int(minArea), window=info.window, name=name)
+                            min_area=int(minArea), window=info.window, name=name,
+                            local_corrections=bool(localCorrections))
 
     # -- few-shot and prompt-free modes: SAM^assist and the prompt predictor (docs/seeds.md) ------------
     def accepted_slices(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", most: int = 5) -> list:

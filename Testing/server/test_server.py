@@ -349,6 +349,18 @@ def test_propagation_options_are_checked_by_name_and_type_and_the_carrier_can_be
     assert result.mask[1].any() and result.carrier is None and "carried by" not in result.summary()
 
 
+def test_evaluation_job_takes_local_corrections_as_a_boolean(client):
+    volume = np.zeros((2, 48, 48), np.float32)
+    volume[:, 12:36, 12:36] = 100.0
+    gt = (volume > 0).astype(np.uint8)
+    with pytest.raises(ServerError, match="local_corrections must be true or false") as caught:
+        client.start_job("evaluate", volume=volume, labelmap=gt, labels=[1], n_clicks=2, local_corrections="yes")
+    assert caught.value.status == 400
+    result = client.start_job("evaluate", volume=volume, labelmap=gt, labels=[1], n_clicks=2, start="box",
+                              local_corrections=True).result(timeout=300)
+    assert result["result"]["local_corrections"] is True and "local corrections" in result["table"][0]["Start"]
+
+
 def test_prepared_job_sends_its_volume_from_polls_and_a_bad_volume_fails_naming_it(client):
     volume = _volume(seed=3).astype(np.float32)
     volume[7, 100, 100] = np.nan

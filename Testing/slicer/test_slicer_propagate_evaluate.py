@@ -202,6 +202,9 @@ def test_evaluate_with_stand_in_returns_dice_table_and_report(ball, tmp_path):
     assert rows[0]["Dice@1"] == 100.0
     assert (tmp_path / "summary.md").exists() and (tmp_path / "per_image.csv").exists()
     np.testing.assert_array_equal(read(ball, ball.target), ball.inside)  # the reference is not written
+    rows = ball.logic.evaluate(ball.volume, ball.segmentation, ball.target, "axial", nClicks=2, start="box",
+                               maxSlices=3, localCorrections=True)
+    assert rows[0]["Start"] == "box, local corrections" and ball.logic.last_evaluation.local_corrections
 
 
 @pytest.mark.slow  # the real model on real MRI

@@ -684,6 +684,9 @@ class Service:
         start = params.get("start", "auto")
         if start not in ("auto", "point", "box"):
             raise ApiError(400, "bad_value", f"start must be auto, point or box; got {start!r}.")
+        local = params.get("local_corrections", False)
+        if not isinstance(local, bool):
+            raise ApiError(400, "bad_value", f"local_corrections must be true or false; got {local!r}.")
         labels = params.get("labels")
         slices = params.get("slices")
         for name, value in (("labels", labels), ("slices", slices)):
@@ -721,7 +724,8 @@ class Service:
 
         def run(job: Job):
             job.progress(0, 0, "reading the labelled slices")
-            result = evaluate(predictor, Counted(job, make_samples()), n_clicks=n_clicks, start=start, progress=False)
+            result = evaluate(predictor, Counted(job, make_samples()), n_clicks=n_clicks, start=start, progress=False,
+                              local_corrections=local)
             return {"table": summary_table([result]), "result": dataclasses.asdict(result)}, {}
         return run
 
