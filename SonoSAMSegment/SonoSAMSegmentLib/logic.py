@@ -1329,6 +1329,7 @@ class PromptSession:
         self.prediction: SlicePrediction | None = None
         self.choices: SeedChoices | None = None   # the seed check of the last boxed preview
         self._previews: dict = {}                 # prompts -> the preview shown for them (undo of a click)
+        self._shown_for = None                    # the prompts the current preview answers
         if self.markups_node is not None:
             self.markups_node.RemoveAllControlPoints()
         if self.box_node is not None:
@@ -1388,11 +1389,12 @@ class PromptSession:
         if self.empty:
             self.prediction = None
             return None
-        shown = self._previews.get(self._prompts_now()) if self.local_corrections else None
+        now = self._prompts_now()
+        shown = self._previews.get(now) if self.local_corrections else None
         if shown is not None and shown.volume_key == self.logic.volume_info(volume_node).key:
-            self.prediction, self.choices = shown, None
+            self.prediction, self.choices, self._shown_for = shown, None, now
             return shown
-        before = self.prediction
+        before, before_prompts = self.prediction, self._shown_for
         previous = before.logits if (before is not None and self.points_ras) else None
         if previous is not None and "mask" not in self.logic.prompt_kinds():
             previous = None
@@ -1400,7 +1402,8 @@ class PromptSession:
             volume_node, self.points_ras or None, self.labels or None, self.box_ras, slice_axis,
             sliceToRAS=slice_to_ras, mask_logits=previous, segmentationNode=segmentation_node,
             segmentId=segment_id, refine=refine)
-        if self.local_corrections and _one_click_more(before, self.prediction):
+        if (self.local_corrections and before is not None and before.volume_key == self.prediction.volume_key
+                and _one_click_more(before_prompts, now)):
             from sonosam.masks import local_correction
 
             def alone():   # the model's answer to the new click by itself (for a positive click it ignored)
@@ -1409,12 +1412,15 @@ class PromptSession:
 
             mask = local_correction(before.mask, self.prediction.mask, self.prediction.points_xy[-1],
                                     positive=self.labels[-1] == 1, alone=alone)
+            x, y = (int(round(float(v))) for v in self.prediction.points_xy[-1])
+            inside = 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and bool(before.mask[y, x])
             note = ("the click's change kept local to it" if not np.array_equal(mask, before.mask) else
+                    f"that pixel is already {'inside' if inside else 'outside'} the mask: nothing to correct there"
+                    if inside == (self.labels[-1] == 1) else
                     "the model did not follow this click, nothing changed: click elsewhere in the wrong part, or "
                     "paint it (Paint, Erase)")
             self.prediction = replace(self.prediction, mask=mask, notes=self.prediction.notes + [note])
-        self._previews[self._prompts_now()] = self.prediction
-        self.choices = None
+        self._previews[now], self._shown_for, self.choices = self.prediction, now, None
         return self.prediction
 
     def _prompts_now(self) -> tuple:
@@ -1439,18 +1445,12 @@ class PromptSession:
         return self.prediction
 
 
-def _one_click_more(before: SlicePrediction | None, after: SlicePrediction) -> bool:
-    """True when ``after`` answers ``before``'s prompts on the same slice plus one click added at the end."""
-    if before is None or after.points_xy is None or before.cache_key != after.cache_key:
+def _one_click_more(before, now) -> bool:
+    """True when the prompts ``now`` (``PromptSession._prompts_now``) are ``before``'s plus one click at the end."""
+    if before is None:
         return False
-    if before.box_xy != after.box_xy or before.mask.shape != after.mask.shape:
-        return False
-    old = np.zeros((0, 2)) if before.points_xy is None else np.asarray(before.points_xy, float)
-    old_labels = np.zeros(0) if before.labels is None else np.asarray(before.labels)
-    new, new_labels = np.asarray(after.points_xy, float), np.asarray(after.labels)
-    # the same markers map to the same pixels up to rounding (RAS -> IJK of 1 or of n points)
-    return (len(new) == len(old) + 1 and np.allclose(new[:-1], old, atol=1e-6)
-            and np.array_equal(new_labels[:-1], old_labels))
+    (points0, labels0, box0), (points1, labels1, box1) = before, now
+    return box0 == box1 and len(points1) == len(points0) + 1 and points1[:-1] == points0 and labels1[:-1] == labels0
 
 
 def show_preview(logic: SegmentLogic, prediction: SlicePrediction | None, volume_node, preview_node,

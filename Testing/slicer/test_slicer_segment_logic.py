@@ -637,6 +637,12 @@ def test_prompt_session_adds_what_an_ignored_click_segments_alone(sphere):
     np.testing.assert_array_equal(session.predict(sphere.volume, slice_axis="K").mask, first)
     session.add_point(sphere.volume, (sphere.m @ np.r_[4, 4, k, 1])[:3], True, "K")
     np.testing.assert_array_equal(session.predict(sphere.volume, slice_axis="K").mask, second.mask)
+    # a positive click on a pixel already inside: nothing to correct, and the note says that, not "ignored"
+    session.add_point(sphere.volume, (sphere.m @ np.r_[CENTER_IJK[0] + 1, CENTER_IJK[1], k, 1])[:3], True, "K")
+    inside = session.predict(sphere.volume, slice_axis="K")
+    np.testing.assert_array_equal(inside.mask, second.mask)
+    assert "already inside" in inside.notes[-1]
+    session.remove_point(2)
     session.local_corrections = False   # SAM's behaviour: the model's answer, which ignored the click
     session.remove_point(1)
     session.predict(sphere.volume, slice_axis="K")
