@@ -191,3 +191,37 @@ def test_distillation_student_is_smaller_and_its_losses_fall(data, trained, caps
     print(f"held-out Dice after 1 click: teacher {rows['teacher']['dice@1']:.3f}, "
           f"student {rows['student']['dice@1']:.3f}")
     assert all(np.isfinite(r["dice@1"]) for r in rows.values())
+
+
+def test_box_keep_holds_box_answers_and_click_weight_trains(data, tmp_path):
+    """box_keep pulls the answers to a box alone toward the starting decoder; click_weight adds the per-click
+    term to the loss. Same seed, steps and draws in the three runs."""
+    from sonosam.train.finetune import PromptDecoder
+    from sonosam.train.losses import bernoulli_kl
+    from sonosam.train.prompts import PromptSampler, to_model_inputs
+
+    train, _, _ = data
+    start = load_model("litemedsam", device="cpu")
+    store = EmbeddingStore(tmp_path / "cache", start)
+    boxes = [PromptSampler(np.random.default_rng(0), point_start=0.0).start(s.mask) for s in train[:8]]
+    features = torch.stack([store.get(s.image).features for s in train[:8]])
+    tensors = to_model_inputs(boxes, [s.mask.shape for s in train[:8]], start.transform, torch.device("cpu"))
+
+    def box_answers(model):
+        with torch.no_grad():
+            return PromptDecoder(model.sam.prompt_encoder, model.sam.mask_decoder)(features, None, tensors.boxes)[0]
+
+    before = box_answers(start)
+    drift, first_loss = {}, {}
+    for run, (keep, weight) in {"plain": (0.0, 0.0), "box kept": (200.0, 0.0), "clicks weighted": (0.0, 1.0)}.items():
+        model = load_model("litemedsam", device="cpu")
+        config = TrainConfig(epochs=2, batch_size=4, samples_per_epoch=16, max_corrections=2, lr=1e-3,
+                             val_samples=None, cache_dir=str(tmp_path / "cache"), progress=False,
+                             box_keep=keep, click_weight=weight)
+        result = train_decoder(model, train, [], config, log=None, anchor=start)
+        drift[run] = bernoulli_kl(box_answers(model), before).mean().item()
+        first_loss[run] = result.losses[0]
+    print("box answers' drift from the start (KL):", drift, "first-step losses:", first_loss)
+    assert drift["box kept"] < 0.5 * drift["plain"]                   # measured 0.010 against 0.025
+    assert first_loss["box kept"] == first_loss["plain"]              # no pull before the weights move
+    assert first_loss["clicks weighted"] > first_loss["plain"]        # the click term is in the loss

@@ -6,7 +6,7 @@ import torch
 
 from sonosam.evaluate.clicks import ClickSimulator, box_from_mask, error_regions, first_click
 from sonosam.train.engine import group_by_shape, low_res_target
-from sonosam.train.losses import bernoulli_kl, dice_focal_loss
+from sonosam.train.losses import bernoulli_kl, click_loss, dice_focal_loss
 from sonosam.train.prompts import PromptSampler, to_model_inputs
 
 
@@ -84,6 +84,22 @@ def test_targets_and_losses():
     assert dice_focal_loss(-logits, target[None]).item() > 1.0
     assert bernoulli_kl(logits, logits).item() == pytest.approx(0, abs=1e-6)
     assert bernoulli_kl(logits, -logits).item() > 1
+
+
+def test_click_loss_reads_the_logit_under_each_click_in_input_pixels():
+    logits = torch.full((2, 1, 256, 256), -6.0, requires_grad=True)
+    inside = torch.zeros(2, 1, 256, 256)
+    inside[0, 0, 100:110, 50:60] = 12.0                     # low-res rows 100-109, columns 50-59: positive
+    x = logits + inside
+    at = [55 * 4 + 1.5, 105 * 4 + 1.5]                      # (x, y) in 1024-pixel input coordinates, inside
+    points = torch.tensor([[at, [8.0, 8.0]], [at, [0.0, 0.0]]])
+    labels = torch.tensor([[1, 0], [1, -1]])                # sample 1's second point is padding
+    loss = click_loss(x, points, labels, 1024)
+    assert loss[0].item() < 0.01                            # both clicks followed
+    assert loss[1].item() == pytest.approx(6.0, abs=0.01)   # its positive click lies on a -6 logit
+    loss.sum().backward()
+    touched = logits.grad.abs().sum((0, 1)) > 0
+    assert touched.sum() <= 8 and touched[104:107, 54:57].any()   # only the pixels under the clicks
 
 
 def test_point_start_probability_and_mask_feedback_switch():

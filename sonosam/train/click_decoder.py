@@ -96,6 +96,12 @@ def main(argv=None) -> int:
                         help="start from this decoder checkpoint instead (e.g. a first phase's best, for a second "
                              "phase at a lower --lr with a fresh optimiser)")
     parser.add_argument("--point-start", type=float, default=0.6)
+    parser.add_argument("--click-weight", type=float, default=0.0,
+                        help="weight of the cross-entropy under each click (losses.click_loss): asks the decoder to "
+                             "follow every click (0: off)")
+    parser.add_argument("--box-keep", type=float, default=0.0,
+                        help="weight of the KL toward the starting decoder's answer to a box alone (0: off): the "
+                             "box answers stay while clicks are learned")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--lr-step", type=int, default=1000, help="epochs between learning-rate drops")
     parser.add_argument("--lr-gamma", type=float, default=0.5, help="learning-rate factor at each drop")
@@ -120,8 +126,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-gentle-mask-init", dest="gentle_mask_init", action="store_false",
                         help="keep the mask-prompt path as LiteMedSAM ships it (see gentle_mask_init)")
     parser.add_argument("--local-corrections", action="store_true",
-                        help="score the held-out sets with each correction kept local to its click "
-                             "(sonosam.masks.local_correction), as the Slicer effect applies them")
+                        help="score the held-out sets (and --select rule's validation) with each correction kept "
+                             "local to its click (sonosam.masks.local_correction), as the Slicer effect applies them")
     parser.add_argument("--ship", action="store_true")
     parser.add_argument("--ablation", action="store_true",
                         help="also score the new decoder without mask feedback (twice the scoring time)")
@@ -181,15 +187,16 @@ def main(argv=None) -> int:
                              mask_feedback_p=args.mask_feedback_p, point_start=args.point_start,
                              samples_per_epoch=args.samples_per_epoch, val_samples=None, val_clicks=5,
                              seed=args.seed, cache_dir=args.cache, grad_iterations=args.grad_iterations,
-                             val_score=args.val_score)
+                             val_score=args.val_score, click_weight=args.click_weight, box_keep=args.box_keep)
         snapshots = out / "epochs" if args.select == "rule" else None
         # with snapshots the epochs are judged afterwards, per source, so no pooled validation runs in between
-        result = _train(model, train, [] if snapshots else val, config, out, data, weights, args.minutes, snapshots)
+        result = _train(model, train, [] if snapshots else val, config, out, data, weights, args.minutes, snapshots,
+                        anchor=previous)
         print(f"trained {result.steps} steps in {time.perf_counter() - began:.0f} s", flush=True)
         if snapshots:
             selecting = time.perf_counter()
             select_by_rule(out, old_dir / (SHIPPED_NAME + ".pth"), val_by_source, args.cache, snapshots,
-                           args.mix or [1.0], config.to_dict())
+                           args.mix or [1.0], config.to_dict(), local=args.local_corrections)
             print(f"selected by the rule in {time.perf_counter() - selecting:.0f} s", flush=True)
         elif args.mix:
             mixing = time.perf_counter()
@@ -384,12 +391,13 @@ def choose_mix(out: Path, old_path: Path, val_by_source: dict, cache: str, alpha
 
 
 def select_by_rule(out: Path, old_path: Path, val_by_source: dict, cache: str, snapshots: Path, alphas,
-                   config: dict, top: int = 3):
+                   config: dict, top: int = 3, local: bool = False):
     """Choose the decoder to keep with the ship rule itself, asked of validation: score every epoch's snapshot
     in ``snapshots`` on each source's validation part, then ``mix_toward`` the decoder at ``old_path`` at each
     alpha < 1 of ``alphas`` for the ``top`` epochs; keep the candidate whose weakest rule check has the most
     slack (each click count and the box of each source is its own check, so a box loss on one source is not
-    averaged away). Writes ``out/decoder.pth`` with every candidate's validation rows in its ``.json``."""
+    averaged away); ``local``: clicks scored with local corrections, as the held-out tables then are. Writes
+    ``out/decoder.pth`` with every candidate's validation rows in its ``.json``."""
     from ..models import load_model
     from .cache import EmbeddingStore
     from .checkpoint import save_checkpoint
@@ -406,7 +414,7 @@ def select_by_rule(out: Path, old_path: Path, val_by_source: dict, cache: str, s
     old_state = {k: v.detach().float() for k, v in old.sam.state_dict().items() if k.startswith(prefixes)}
 
     def rows(model) -> dict[str, dict]:
-        return {s: evaluate_cached(model, store, val_by_source[s], n_clicks=5) for s in sources}
+        return {s: evaluate_cached(model, store, val_by_source[s], n_clicks=5, local=local) for s in sources}
 
     reference = rows(old)
     trials: dict[str, dict] = {}
@@ -469,9 +477,11 @@ def gentle_mask_init(prompt_encoder, signal: float = 0.2) -> str:
     return f"last conv weights x{signal:g} (rms {before:.4f} -> {before * signal:.4f}), bias = no_mask_embed"
 
 
-def _train(model, train, val, config, out: Path, data: dict, weights, minutes, snapshots: Path | None = None):
+def _train(model, train, val, config, out: Path, data: dict, weights, minutes, snapshots: Path | None = None,
+           anchor=None):
     """train_decoder, epoch by epoch (resumable), until ``config.epochs`` or ``minutes`` of wall time;
-    ``snapshots``: also keep every epoch's decoder there (``epoch_NN.pth``, a decoder overlay)."""
+    ``snapshots``: also keep every epoch's decoder there (``epoch_NN.pth``, a decoder overlay); ``anchor``: the
+    starting decoder, for ``config.box_keep``."""
     from .checkpoint import save_checkpoint
     from .finetune import clickable, train_decoder
 
@@ -481,7 +491,7 @@ def _train(model, train, val, config, out: Path, data: dict, weights, minutes, s
         config.epochs = epoch
         result = train_decoder(model, train, val, config, out / "decoder.pth", name=SHIPPED_NAME + "_run",
                                data_summary=data, resume=True, sample_weights=weights,
-                               log=print if epoch == 1 else _quiet_log)
+                               log=print if epoch == 1 else _quiet_log, anchor=anchor)
         last = result.epochs[-1] if result.epochs else {}
         if last:
             v = last.get("val")

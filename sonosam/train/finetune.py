@@ -8,6 +8,7 @@ mask decoder trained with DiceFocal loss and the iterative prompt simulation (``
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -24,7 +25,7 @@ from ..evaluate.datasets import Sample
 from ..models import SamModel
 from .cache import EmbeddingStore, input_size_for
 from .engine import Dist, PromptDecoder, autocast, iterate_prompts, low_res_target, setup_distributed
-from .losses import hard_dice, prompt_loss
+from .losses import bernoulli_kl, click_loss, hard_dice, prompt_loss
 from .prompts import PromptSampler
 
 __all__ = ["TrainConfig", "TrainResult", "train_decoder", "clickable", "trainable_parameters", "LiveEncoder"]
@@ -44,6 +45,9 @@ class TrainConfig:
     point_jitter: float = 0.2         # first click: up to 20 % of the structure's size from the centroid
     box_jitter: float = 0.2           # first box: each side moved by up to 20 % of the box size
     iou_weight: float = 1.0           # MSE of the IoU head against the real IoU
+    click_weight: float = 0.0         # x the cross-entropy under each click (losses.click_loss): follow every click
+    box_keep: float = 0.0             # x KL toward the starting decoder's answer to a box alone (``train_decoder``'s
+                                      # ``anchor``): clicks are learned without losing what the box gave
     mask_feedback: bool = True        # feed the previous low-res logits back as the mask prompt (False: the
                                       # decoder is trained, validated and declared without "mask" prompts)
     mask_feedback_p: float = 1.0      # with mask_feedback: probability, per corrective iteration, that the
@@ -155,9 +159,10 @@ def _progress(total, desc, enabled):
 
 def run_epoch(net, sam_model: SamModel, items: list[_Item], store, optimizer, config: TrainConfig,
               rng: np.random.Generator, device, scaler, dist: Dist, result: TrainResult, desc: str = "train",
-              weights: np.ndarray | None = None) -> dict:
+              weights: np.ndarray | None = None, anchor: PromptDecoder | None = None) -> dict:
     """One pass over ``items`` (this rank's share) with the iterative prompt simulation. ``weights``: draw
-    ``samples_per_epoch`` items with these probabilities (with replacement) instead of a permutation."""
+    ``samples_per_epoch`` items with these probabilities (with replacement) instead of a permutation.
+    ``anchor``: the frozen decoder that ``config.box_keep`` pulls box-alone answers toward."""
     sampler = PromptSampler(rng, config.point_jitter, config.box_jitter, point_start=config.point_start)
     if weights is not None:
         order = rng.choice(len(items), size=config.samples_per_epoch or len(items), replace=True, p=weights)
@@ -188,18 +193,26 @@ def run_epoch(net, sam_model: SamModel, items: list[_Item], store, optimizer, co
             others = rng.permutation(n_iterations - 1)[:max(config.grad_iterations - 1, 0)]
             graded = {n_iterations - 1, *others.tolist()}   # the last always: DDP syncs gradients on it
         n_graded = n_iterations if graded is None else len(graded)
-        batch_loss, last_dice = [0.0], [None]
+        batch_loss, last_dice, asked = [0.0], [None], {}
         optimizer.zero_grad(set_to_none=True)
 
         def forward(indices, tensors, mask_in):
+            asked["prompts"] = tensors   # what on_output's click and box terms read
             with autocast(device, config.amp):
                 return net(features[indices], tensors.points, tensors.boxes, mask_in)
 
         def on_output(iteration, indices, logits, iou, final=False):
             if graded is not None and iteration not in graded:
                 return
-            target = targets[indices]
-            total = prompt_loss(logits, iou, target, config.iou_weight).sum() / (len(batch) * n_graded)
+            target, prompts = targets[indices], asked["prompts"]
+            total = prompt_loss(logits, iou, target, config.iou_weight).sum()
+            if config.click_weight and prompts.points is not None:
+                total = total + config.click_weight * click_loss(logits, *prompts.points, image_size).sum()
+            if config.box_keep and anchor is not None and prompts.points is None and prompts.boxes is not None:
+                with torch.no_grad(), autocast(device, config.amp):
+                    kept, _ = anchor(features[indices], None, prompts.boxes, None)
+                total = total + config.box_keep * bernoulli_kl(logits, kept).sum()
+            total = total / (len(batch) * n_graded)
             (scaler.scale(total) if scaler is not None else total).backward()
             batch_loss[0] += float(total.detach())
             if iteration == n_iterations - 1:
@@ -266,12 +279,14 @@ def _protocol(config: TrainConfig, **override) -> dict:
 def train_decoder(model: SamModel, train: Sequence[Sample], val: Sequence[Sample], config: TrainConfig | None = None,
                   output: str | Path | None = None, *, resume: bool = False, name: str | None = None,
                   data_summary: dict | None = None, save_weights: str = "full", log=print,
-                  sample_weights: Sequence[float] | None = None) -> TrainResult:
+                  sample_weights: Sequence[float] | None = None, anchor: SamModel | None = None) -> TrainResult:
     """Fine-tune ``model``'s prompt encoder and mask decoder in place (module doc). Writes, on rank 0,
     ``output`` (best validation checkpoint) + its ``.json`` metadata, and ``output``.resume (for
     ``resume=True``) after every epoch. ``sample_weights`` (one per training sample): each epoch draws
-    ``samples_per_epoch`` samples with these relative weights (e.g. to balance data sources). Returns the
-    per-step and per-epoch record."""
+    ``samples_per_epoch`` samples with these relative weights (e.g. to balance data sources). ``anchor``: the
+    decoder whose answers to a box alone ``config.box_keep`` keeps (default: a frozen copy of ``model`` as it
+    is now; pass the starting decoder when training epoch by epoch with ``resume``). Returns the per-step and
+    per-epoch record."""
     from .checkpoint import save_checkpoint
     from .validate import evaluate_cached
 
@@ -304,6 +319,11 @@ def train_decoder(model: SamModel, train: Sequence[Sample], val: Sequence[Sample
     val_subset = _validation_subset(val, config.val_samples)
 
     net: torch.nn.Module = PromptDecoder(sam.prompt_encoder, sam.mask_decoder)
+    frozen = None
+    if config.box_keep:
+        source = anchor.sam if anchor is not None else sam
+        frozen = copy.deepcopy(PromptDecoder(source.prompt_encoder, source.mask_decoder)).float().to(device).eval()
+        frozen.requires_grad_(False)
     if dist.enabled:
         # find_unused_parameters: a step without boxes (or without a mask prompt) leaves those embeddings unused
         net = torch.nn.parallel.DistributedDataParallel(
@@ -347,7 +367,7 @@ def train_decoder(model: SamModel, train: Sequence[Sample], val: Sequence[Sample
         sam.train()
         sam.image_encoder.eval()
         stats = run_epoch(net, view, items, store, optimizer, config, rng, device, scaler, dist, result,
-                          desc=f"epoch {epoch + 1}/{config.epochs}", weights=weights)
+                          desc=f"epoch {epoch + 1}/{config.epochs}", weights=weights, anchor=frozen)
         scheduler.step()
         sam.eval()
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **stats}

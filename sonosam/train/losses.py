@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["dice_loss", "focal_loss", "dice_focal_loss", "bernoulli_kl", "soft_dice", "embedding_loss", "prompt_loss",
-           "hard_dice"]
+           "hard_dice", "click_loss"]
 
 
 def soft_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -67,3 +67,15 @@ def prompt_loss(logits: torch.Tensor, iou: torch.Tensor, target: torch.Tensor, i
     union = (hard + target).clamp(max=1).flatten(1).sum(1)
     real_iou = inter / union.clamp(min=1)
     return dice_focal_loss(logits, target) + iou_weight * (iou.float()[:, 0] - real_iou) ** 2
+
+
+def click_loss(logits: torch.Tensor, points: torch.Tensor, labels: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Per sample: the mean binary cross-entropy of the logits read (bilinearly) under each click against the
+    click's label (1 positive, 0 negative; other labels, such as padding, are skipped). The mask losses weigh the
+    clicked pixel as one of 65,536, so a decoder can learn to ignore a corrective click; this term asks it to
+    follow each one. logits (B, 1, L, L); points (B, N, 2) x, y in encoder-input pixels (``image_size`` square)."""
+    grid = (points.float() + 0.5) / image_size * 2 - 1   # + 0.5: the pixel's centre, as SAM's prompt encoder reads it
+    values = F.grid_sample(logits.float(), grid[:, :, None, :], mode="bilinear", align_corners=False)[:, 0, :, 0]
+    valid = (labels == 0) | (labels == 1)
+    bce = F.binary_cross_entropy_with_logits(values, (labels == 1).float(), reduction="none") * valid
+    return bce.sum(1) / valid.sum(1).clamp(min=1)

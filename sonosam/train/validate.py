@@ -41,15 +41,17 @@ class CachedPredictor:
 
 
 def evaluate_cached(model, store, samples: Sequence[Sample], n_clicks: int = 5, box: bool = True,
-                    progress: bool = False, name: str | None = None, per_sample: bool = False) -> dict:
-    """Mean Dice after clicks 1..n (centroid start, clicks in the error region, as ``evaluate``) and with
-    the tight box; keys ``dice@K``, ``box``, ``clicks``, ``samples``, ``errors`` (``per_sample``: also
+                    progress: bool = False, name: str | None = None, per_sample: bool = False,
+                    local: bool = False) -> dict:
+    """Mean Dice after clicks 1..n (centroid start, clicks in the error region, as ``evaluate``; ``local``: with
+    its ``local_corrections``, as the Slicer effect corrects) and with the tight box; keys ``dice@K``, ``box``, ``clicks``, ``samples``, ``errors`` (``per_sample``: also
     ``per_sample`` = {key: the Dice of every sample, in order}, for paired comparisons)."""
     predictor = CachedPredictor(model, store)
     out: dict = {"clicks": n_clicks, "samples": len(samples)}
     each: dict[str, list[float]] = {}
     if "point" in model.spec.prompt_kinds:
-        result = evaluate(predictor, samples, n_clicks=n_clicks, start="point", progress=progress, name=name)
+        result = evaluate(predictor, samples, n_clicks=n_clicks, start="point", progress=progress, name=name,
+                          local_corrections=local)
         curves = np.array(result.curves, dtype=float)
         for k in range(n_clicks):
             out[f"dice@{k + 1}"] = float(np.nanmean(curves[:, k])) if len(curves) else math.nan
