@@ -53,6 +53,10 @@ def register(subparsers):
     dec.add_argument("--mask-feedback-p", type=float_in(0, 1), default=1.0,
                      help="probability that a corrective iteration gets the previous logits as mask prompt (1.0)")
     dec.add_argument("--point-start", type=float_in(0, 1), default=0.5, help="share of samples starting with a click (else a box)")
+    dec.add_argument("--click-weight", type=float_in(0), default=0.0,
+                     help="weight of the cross-entropy under each click: asks the decoder to follow every click (0: off)")
+    dec.add_argument("--box-keep", type=float_in(0), default=0.0,
+                     help="weight of the KL toward the starting decoder's answer to a box alone (0: off)")
     _data_arguments(dec)
     dec.set_defaults(func=run_decoder)
 
@@ -149,7 +153,8 @@ def run_decoder(args):
                          lr_gamma=args.lr_gamma, max_corrections=args.max_corrections, seed=args.seed,
                          amp=not args.no_amp, max_steps=args.max_steps, cache_dir=_cache_dir(args),
                          use_cache=not args.no_cache, progress=not args.quiet, val_samples=args.val_samples,
-                         mask_feedback_p=args.mask_feedback_p, point_start=args.point_start)
+                         mask_feedback_p=args.mask_feedback_p, point_start=args.point_start,
+                         click_weight=args.click_weight, box_keep=args.box_keep)
     result = train_decoder(model, split.train, split.val, config, args.output, resume=args.resume, name=args.name,
                            data_summary=split.summary(), save_weights=args.save)
     if result.best is None:

@@ -74,6 +74,8 @@ def table(rows: dict[str, dict]) -> str:
 
 
 def main(argv=None) -> int:
+    from ..cli import float_in
+
     parser = argparse.ArgumentParser(prog="python -m sonosam.train.click_decoder", description=__doc__.splitlines()[0])
     parser.add_argument("--cache", default="runs/cache")
     parser.add_argument("--out", default="runs/clicks_v2")
@@ -96,10 +98,10 @@ def main(argv=None) -> int:
                         help="start from this decoder checkpoint instead (e.g. a first phase's best, for a second "
                              "phase at a lower --lr with a fresh optimiser)")
     parser.add_argument("--point-start", type=float, default=0.6)
-    parser.add_argument("--click-weight", type=float, default=0.0,
+    parser.add_argument("--click-weight", type=float_in(0), default=0.0,
                         help="weight of the cross-entropy under each click (losses.click_loss): asks the decoder to "
                              "follow every click (0: off)")
-    parser.add_argument("--box-keep", type=float, default=0.0,
+    parser.add_argument("--box-keep", type=float_in(0), default=0.0,
                         help="weight of the KL toward the starting decoder's answer to a box alone (0: off): the "
                              "box answers stay while clicks are learned")
     parser.add_argument("--lr", type=float, default=1e-4)
