@@ -136,7 +136,7 @@ def test_only_graded_iterations_keep_a_graph():
         logits = torch.zeros(len(indices), 1, 256, 256) * weight
         return logits, torch.zeros(len(indices), 1)
 
-    def on_output(iteration, indices, logits, iou, final=False):
+    def on_output(iteration, indices, logits, iou, final=False, prompts=None):
         seen.append((iteration, logits.requires_grad))
 
     iterate_prompts(forward, [gt], [(gt.shape, (256, 213))], PromptSampler(rng=0), ResizeLongestSide(256), 256,

@@ -413,7 +413,7 @@ def _batch_loss(teacher, teacher_net, student, student_net, store, features, bat
     teacher_targets = low_res_teacher_best(teacher_logits, targets)
     parts, last_dice = [], []
 
-    def on_output(iteration, indices, logits, iou, final=False):
+    def on_output(iteration, indices, logits, iou, final=False, prompts=None):
         seg = dice_focal_loss(logits, targets[indices])
         kl = bernoulli_kl(logits, teacher_targets[indices])
         parts.append(((1 - alpha) * seg + alpha * kl).sum())

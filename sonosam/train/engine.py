@@ -133,8 +133,8 @@ def iterate_prompts(forward, gts: list[np.ndarray], sizes: list[tuple[tuple[int,
     """The iterative prompt loop over one batch.
 
     ``forward(indices, prompt_tensors, mask_logits)`` -> (logits (b, 1, 256, 256), iou (b, 1)) for the
-    samples ``indices``; ``on_output(iteration, indices, logits, iou, final=)`` sees every output (losses,
-    backward; ``final`` marks the batch's last one). Iteration 0 uses the first prompt (``starts``, else drawn by ``sampler``); each further
+    samples ``indices``; ``on_output(iteration, indices, logits, iou, final=, prompts=)`` sees every output (losses,
+    backward; ``final`` marks the batch's last one, ``prompts`` are the ``PromptTensors`` it answered). Iteration 0 uses the first prompt (``starts``, else drawn by ``sampler``); each further
     iteration adds a click in the error region of the previous prediction and feeds its logits back as
     the mask prompt (unless ``mask_feedback`` is False; ``feedback_draws[i]`` False skips it at iteration i, so
     the decoder also learns to correct from clicks alone, as SAM's training mixes both). ``replay`` (per
@@ -164,7 +164,7 @@ def iterate_prompts(forward, gts: list[np.ndarray], sizes: list[tuple[tuple[int,
                     torch.set_grad_enabled(grad and torch.is_grad_enabled()):
                 logits, iou = forward(indices, tensors, mask_in)
                 if on_output is not None:   # final: the batch's last output (DDP syncs gradients there)
-                    on_output(iteration, indices, logits, iou, final=final)
+                    on_output(iteration, indices, logits, iou, final=final, prompts=tensors)
             current[indices] = logits.detach().float()
         history_logits.append(current)
         previous = current

@@ -193,18 +193,17 @@ def run_epoch(net, sam_model: SamModel, items: list[_Item], store, optimizer, co
             others = rng.permutation(n_iterations - 1)[:max(config.grad_iterations - 1, 0)]
             graded = {n_iterations - 1, *others.tolist()}   # the last always: DDP syncs gradients on it
         n_graded = n_iterations if graded is None else len(graded)
-        batch_loss, last_dice, asked = [0.0], [None], {}
+        batch_loss, last_dice = [0.0], [None]
         optimizer.zero_grad(set_to_none=True)
 
         def forward(indices, tensors, mask_in):
-            asked["prompts"] = tensors   # what on_output's click and box terms read
             with autocast(device, config.amp):
                 return net(features[indices], tensors.points, tensors.boxes, mask_in)
 
-        def on_output(iteration, indices, logits, iou, final=False):
+        def on_output(iteration, indices, logits, iou, final=False, prompts=None):
             if graded is not None and iteration not in graded:
                 return
-            target, prompts = targets[indices], asked["prompts"]
+            target = targets[indices]
             total = prompt_loss(logits, iou, target, config.iou_weight).sum()
             if config.click_weight and prompts.points is not None:
                 total = total + config.click_weight * click_loss(logits, *prompts.points, image_size).sum()

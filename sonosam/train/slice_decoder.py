@@ -218,7 +218,7 @@ def _run(net, model, pairs, prepared, sampler, n_iterations, device, optimizer=N
     def forward(indices, tensors, mask_in):
         return net(features[indices], tensors.points, tensors.boxes, mask_in)
 
-    def on_output(iteration, indices, logits, iou, final=False):
+    def on_output(iteration, indices, logits, iou, final=False, prompts=None):
         if iteration == 0:
             first_dice.extend(hard_dice(logits.detach(), targets[indices]).tolist())
         if optimizer is not None:
