@@ -213,11 +213,13 @@ def test_box_keep_holds_box_answers_and_click_weight_trains(data, tmp_path):
 
     before = box_answers(start)
     drift, first_loss = {}, {}
-    for run, (keep, weight) in {"plain": (0.0, 0.0), "box kept": (200.0, 0.0), "clicks weighted": (0.0, 1.0)}.items():
+    runs = {"plain": (0.0, 0.0, False), "box kept": (200.0, 0.0, False), "clicks weighted": (0.0, 1.0, False),
+            "box kept every step": (200.0, 0.0, True)}
+    for run, (keep, weight, every) in runs.items():
         model = load_model("litemedsam", device="cpu")
         config = TrainConfig(epochs=2, batch_size=4, samples_per_epoch=16, max_corrections=2, lr=1e-3,
                              val_samples=None, cache_dir=str(tmp_path / "cache"), progress=False,
-                             box_keep=keep, click_weight=weight)
+                             box_keep=keep, click_weight=weight, box_keep_every=every)
         result = train_decoder(model, train, [], config, log=None, anchor=start)
         drift[run] = bernoulli_kl(box_answers(model), before).mean().item()
         first_loss[run] = result.losses[0]
@@ -225,3 +227,4 @@ def test_box_keep_holds_box_answers_and_click_weight_trains(data, tmp_path):
     assert drift["box kept"] < 0.5 * drift["plain"]                   # measured 0.010 against 0.025
     assert first_loss["box kept"] == first_loss["plain"]              # no pull before the weights move
     assert first_loss["clicks weighted"] > first_loss["plain"]        # the click term is in the loss
+    assert drift["box kept every step"] < 0.5 * drift["plain"]        # a box drawn on every step holds them too

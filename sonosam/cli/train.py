@@ -57,6 +57,8 @@ def register(subparsers):
                      help="weight of the cross-entropy under each click: asks the decoder to follow every click (0: off)")
     dec.add_argument("--box-keep", type=float_in(0), default=0.0,
                      help="weight of the KL toward the starting decoder's answer to a box alone (0: off)")
+    dec.add_argument("--box-keep-every", action="store_true",
+                     help="with --box-keep: keep the answer to a jittered box on every step, not only on box starts")
     _data_arguments(dec)
     dec.set_defaults(func=run_decoder)
 
@@ -154,7 +156,8 @@ def run_decoder(args):
                          amp=not args.no_amp, max_steps=args.max_steps, cache_dir=_cache_dir(args),
                          use_cache=not args.no_cache, progress=not args.quiet, val_samples=args.val_samples,
                          mask_feedback_p=args.mask_feedback_p, point_start=args.point_start,
-                         click_weight=args.click_weight, box_keep=args.box_keep)
+                         click_weight=args.click_weight, box_keep=args.box_keep,
+                         box_keep_every=args.box_keep_every)
     result = train_decoder(model, split.train, split.val, config, args.output, resume=args.resume, name=args.name,
                            data_summary=split.summary(), save_weights=args.save)
     if result.best is None:

@@ -104,6 +104,9 @@ def main(argv=None) -> int:
     parser.add_argument("--box-keep", type=float_in(0), default=0.0,
                         help="weight of the KL toward the starting decoder's answer to a box alone (0: off): the "
                              "box answers stay while clicks are learned")
+    parser.add_argument("--box-keep-every", action="store_true",
+                        help="with --box-keep: also keep the answer to a jittered box drawn for every sample of every "
+                             "step (one more forward), not only on the steps that start from a box")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--lr-step", type=int, default=1000, help="epochs between learning-rate drops")
     parser.add_argument("--lr-gamma", type=float, default=0.5, help="learning-rate factor at each drop")
@@ -189,7 +192,8 @@ def main(argv=None) -> int:
                              mask_feedback_p=args.mask_feedback_p, point_start=args.point_start,
                              samples_per_epoch=args.samples_per_epoch, val_samples=None, val_clicks=5,
                              seed=args.seed, cache_dir=args.cache, grad_iterations=args.grad_iterations,
-                             val_score=args.val_score, click_weight=args.click_weight, box_keep=args.box_keep)
+                             val_score=args.val_score, click_weight=args.click_weight, box_keep=args.box_keep,
+                             box_keep_every=args.box_keep_every)
         snapshots = out / "epochs" if args.select == "rule" else None
         # with snapshots the epochs are judged afterwards, per source, so no pooled validation runs in between
         result = _train(model, train, [] if snapshots else val, config, out, data, weights, args.minutes, snapshots,

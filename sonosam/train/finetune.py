@@ -26,7 +26,7 @@ from ..models import SamModel
 from .cache import EmbeddingStore, input_size_for
 from .engine import Dist, PromptDecoder, autocast, iterate_prompts, low_res_target, setup_distributed
 from .losses import bernoulli_kl, click_loss, hard_dice, prompt_loss
-from .prompts import PromptSampler
+from .prompts import PromptSampler, to_model_inputs
 
 __all__ = ["TrainConfig", "TrainResult", "train_decoder", "clickable", "trainable_parameters", "LiveEncoder"]
 
@@ -48,6 +48,8 @@ class TrainConfig:
     click_weight: float = 0.0         # x the cross-entropy under each click (losses.click_loss): follow every click
     box_keep: float = 0.0             # x KL toward the starting decoder's answer to a box alone (``train_decoder``'s
                                       # ``anchor``): clicks are learned without losing what the box gave
+    box_keep_every: bool = False      # box_keep also on a jittered box drawn for every sample of every step (one
+                                      # more forward), not only on the box starts (a tenth of CT's draws in v6)
     mask_feedback: bool = True        # feed the previous low-res logits back as the mask prompt (False: the
                                       # decoder is trained, validated and declared without "mask" prompts)
     mask_feedback_p: float = 1.0      # with mask_feedback: probability, per corrective iteration, that the
@@ -218,6 +220,18 @@ def run_epoch(net, sam_model: SamModel, items: list[_Item], store, optimizer, co
                 d = hard_dice(logits.detach(), target)
                 last_dice[0] = (last_dice[0] or []) + d.tolist()
 
+        if config.box_keep and config.box_keep_every and anchor is not None:
+            # before the prompt loop: under DDP its last output is where gradients are all-reduced
+            boxes = [sampler.start(it.sample.mask, kind="box") for it in batch]
+            tensors = to_model_inputs(boxes, [it.sizes[0] for it in batch], sam_model.transform, device)
+            with step_context(False):
+                with autocast(device, config.amp):
+                    logits, _ = net(features, None, tensors.boxes, None)
+                with torch.no_grad(), autocast(device, config.amp):
+                    kept, _ = anchor(features, None, tensors.boxes, None)
+                total = config.box_keep * bernoulli_kl(logits, kept).sum() / (len(batch) * n_graded)
+                (scaler.scale(total) if scaler is not None else total).backward()
+                batch_loss[0] += float(total.detach())
         iterate_prompts(forward, [it.sample.mask for it in batch], [it.sizes for it in batch], sampler,
                         sam_model.transform, image_size, n_iterations, device, on_output,
                         mask_feedback=config.mask_feedback, feedback_draws=feedback, step_context=step_context,
