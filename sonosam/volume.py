@@ -88,7 +88,8 @@ class SliceInfo:
     area: int = 0            # pixels in this slice's mask (for "stopped": of the rejected prediction)
     reason: str = ""         # why a front stopped here (for a seed: what the seed check found)
     source: int | None = None  # the anchor slice this result was propagated from
-    candidate: str = "model"  # which answer was kept: "model", or "intensity" (the high-contrast fallback)
+    candidate: str = "model"  # which answer was kept: "model", "intensity" (the high-contrast fallback) or
+                             # "second opinion" (the predictor's model where the carrier's answer was weak)
     flag: str = ""           # a weak sign on a slice the front kept (e.g. growth against its trend): worth a look
 
 
@@ -142,6 +143,8 @@ class PropagationOptions:
     # leads there) stay with the predictor's model. "auto": the registered model that declares it carries for the
     # predictor's model (ModelSpec.carries_for: litemedsam_slices for litemedsam_clicks), else none; None: none
     carrier: str | None = "auto"
+    second_opinion: bool = False     # where a carried slice is weak, the predictor's own model answers it afresh
+                                     # (no mask prompt) and that answer is kept when no stop rule flags it
 
 
 @dataclass
@@ -554,6 +557,27 @@ class _Run:
                     f"{first.reason} ({len(weak) + 1} weak slices in a row)"
             keep([(None, replace(first, status=STOPPED, reason=reason))])
 
+        def judge(new, box, score):
+            """(why this slice is weak or ends the front, "" if neither; whether that alone ends it)."""
+            area = int(new.sum())
+            shift = similarity = extent = None
+            if area:
+                shift = (float(image[new].mean()) - anchor_mean) / anchor_std
+                if anchor_feature is not None:
+                    similarity = float(self.feature(t, new) @ anchor_feature)
+                if anchor_box is not None:
+                    nb = bounding_box(new)
+                    extent = max((nb[2] - nb[0] + 1) / (anchor_box[2] - anchor_box[0] + 1),
+                                 (nb[3] - nb[1] + 1) / (anchor_box[3] - anchor_box[1] + 1))
+            ratios = [b / max(a, 1) for a, b in zip(areas[-4:], areas[-3:])]
+            trend = float(np.exp(np.mean(np.log(np.maximum(ratios, 1e-6))))) if len(ratios) >= 2 else None
+            return stop_reason(opt, share=share, area=area, prev_area=int(prev_mask.sum()), anchor_area=anchor_area,
+                               score=score,
+                               overlap=(new & prev_mask).sum() / max(area, 1), intensity_shift=shift,
+                               similarity=similarity, trend=trend, extent_ratio=extent,
+                               fills_box=bool(area) and _fills_box(new, box),
+                               anchor_score=self.anchor_scores.get(start, float("nan")))
+
         t = start
         while t != limit:
             if self.check_cancel():
@@ -585,25 +609,19 @@ class _Run:
                     other = _keep_touching(found[0], prev_mask)
                     if _iou(other, prev_mask) > _iou(new, prev_mask):
                         new, score, kind = other, float("nan"), "intensity"
+            reason, at_once = judge(new, box, score)
+            if reason and model is not None and opt.second_opinion:
+                # the carrier is unsure here: the predictor's own model answers afresh (no mask carried) and is
+                # kept when no rule finds fault with it (a front's end, or a slice the carrier lost the thread on)
+                fresh, _ = next_slice_prompt(prev_image, image, prev_mask, anchor_box, opt,
+                                             opt.n_points > 0 and "point" in self.model.spec.prompt_kinds,
+                                             self.use_mask)
+                second = self.predict(t, fresh)
+                other = _keep_touching(second.mask, prev_mask) if opt.keep_component and second.mask.any() \
+                    else second.mask
+                if not judge(other, tuple(fresh.box), second.score)[0]:
+                    new, score, kind, reason, at_once = other, second.score, "second opinion", "", False
             area = int(new.sum())
-            shift = similarity = None
-            if area:
-                shift = (float(image[new].mean()) - anchor_mean) / anchor_std
-                if anchor_feature is not None:
-                    similarity = float(self.feature(t, new) @ anchor_feature)
-            ratios = [b / max(a, 1) for a, b in zip(areas[-4:], areas[-3:])]
-            trend = float(np.exp(np.mean(np.log(np.maximum(ratios, 1e-6))))) if len(ratios) >= 2 else None
-            extent = None
-            if area and anchor_box is not None:
-                nb = bounding_box(new)
-                extent = max((nb[2] - nb[0] + 1) / (anchor_box[2] - anchor_box[0] + 1),
-                             (nb[3] - nb[1] + 1) / (anchor_box[3] - anchor_box[1] + 1))
-            reason, at_once = stop_reason(opt, share=share, area=area, prev_area=int(prev_mask.sum()),
-                                          anchor_area=anchor_area, score=score,
-                                          overlap=(new & prev_mask).sum() / max(area, 1),
-                                          intensity_shift=shift, similarity=similarity, trend=trend,
-                                          extent_ratio=extent, fills_box=bool(area) and _fills_box(new, box),
-                                          anchor_score=self.anchor_scores.get(start, float("nan")))
             info = SliceInfo(t, PROPAGATED, score, area, source=start, candidate=kind)
             if reason and (at_once or len(weak) + 1 >= max(opt.patience, 1)):
                 stop(info, reason, at_once)
