@@ -172,3 +172,14 @@ def test_the_simulated_user_picks_the_offered_mask_closest_to_the_reference_only
             return Prediction(truth[None], np.array([0.95]), np.zeros((1, 256, 256), np.float32))
 
     assert user_seed(_Right(), image, truth, box, key=None, window=None) == (None, "")   # nothing to pick from
+
+
+def test_bench_moves_the_seed_box_each_way_inside_the_slice():
+    from bench.volume import moved_boxes
+
+    boxes = moved_boxes((10.0, 20.0, 50.0, 60.0), 3, (100, 52))
+    assert boxes[0] == (7.0, 17.0, 51.0, 63.0)          # grown (clipped at the slice's last column, 51)
+    assert boxes[1] == (13.0, 23.0, 47.0, 57.0)         # shrunk
+    assert {b[0] - 10.0 for b in boxes[2:4]} == {-3.0, 3.0} and all(b[1] == 20.0 for b in boxes[2:4])
+    assert {b[1] - 20.0 for b in boxes[4:]} == {-3.0, 3.0} and all(b[0] == 10.0 for b in boxes[4:])
+    assert len(set(boxes)) == 6
