@@ -239,7 +239,8 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
     seed_pick "user": the simulated user picks the seed from the offered masks (`user_seed`); assist_after:
     after these correction counts (e.g. (2, 3)), also learn SAM^assist from the held slices and re-run
     (`_assisted_rerun`): row["assist"]. box_shifts > 0: also one prompt from the seed box grown, shrunk and moved
-    by that many pixels each way (`moved_boxes`): row["dice_boxes"] (the seed box's first, then the 6 others)."""
+    by that many pixels each way (`moved_boxes`), each with the seed check's automatic pick: row["dice_boxes"] (the
+    seed box's first, then the 6 others)."""
     window = tuple(window or volume_window(volume))
     other = tuple(a for a in range(3) if a != axis)
     index = int(np.argmax(gt.sum(axis=other)))
