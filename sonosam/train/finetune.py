@@ -202,6 +202,16 @@ def run_epoch(net, sam_model: SamModel, items: list[_Item], store, optimizer, co
             with autocast(device, config.amp):
                 return net(features[indices], tensors.points, tensors.boxes, mask_in)
 
+        def box_kept(feats, boxes, logits):   # box_keep's term: KL toward the anchor's answer to the same box alone
+            with torch.no_grad(), autocast(device, config.amp):
+                kept, _ = anchor(feats, None, boxes, None)
+            return config.box_keep * bernoulli_kl(logits, kept).sum()
+
+        def backward(total):   # one output's share of the step's loss
+            total = total / (len(batch) * n_graded)
+            (scaler.scale(total) if scaler is not None else total).backward()
+            batch_loss[0] += float(total.detach())
+
         def on_output(iteration, indices, logits, iou, final=False, prompts=None):
             if graded is not None and iteration not in graded:
                 return
@@ -210,12 +220,8 @@ def run_epoch(net, sam_model: SamModel, items: list[_Item], store, optimizer, co
             if config.click_weight and prompts.points is not None:
                 total = total + config.click_weight * click_loss(logits, *prompts.points, image_size).sum()
             if config.box_keep and anchor is not None and prompts.points is None and prompts.boxes is not None:
-                with torch.no_grad(), autocast(device, config.amp):
-                    kept, _ = anchor(features[indices], None, prompts.boxes, None)
-                total = total + config.box_keep * bernoulli_kl(logits, kept).sum()
-            total = total / (len(batch) * n_graded)
-            (scaler.scale(total) if scaler is not None else total).backward()
-            batch_loss[0] += float(total.detach())
+                total = total + box_kept(features[indices], prompts.boxes, logits)
+            backward(total)
             if iteration == n_iterations - 1:
                 d = hard_dice(logits.detach(), target)
                 last_dice[0] = (last_dice[0] or []) + d.tolist()
@@ -227,11 +233,7 @@ def run_epoch(net, sam_model: SamModel, items: list[_Item], store, optimizer, co
             with step_context(False):
                 with autocast(device, config.amp):
                     logits, _ = net(features, None, tensors.boxes, None)
-                with torch.no_grad(), autocast(device, config.amp):
-                    kept, _ = anchor(features, None, tensors.boxes, None)
-                total = config.box_keep * bernoulli_kl(logits, kept).sum() / (len(batch) * n_graded)
-                (scaler.scale(total) if scaler is not None else total).backward()
-                batch_loss[0] += float(total.detach())
+                backward(box_kept(features, tensors.boxes, logits))
         iterate_prompts(forward, [it.sample.mask for it in batch], [it.sizes for it in batch], sampler,
                         sam_model.transform, image_size, n_iterations, device, on_output,
                         mask_feedback=config.mask_feedback, feedback_draws=feedback, step_context=step_context,
