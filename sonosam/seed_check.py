@@ -16,7 +16,9 @@ disagrees with that when (docs/volume.md):
 - the model is unsure (predicted IoU below `min_score`).
 
 An alternative is suggested (`best`) only on two signals together: the model is unsure, and a contrasted
-structure that its mask avoids spans the box. Every problem is reported and every alternative offered.
+structure that its mask avoids spans the box; or when a part of the box stands out strongly (CSF, air) and either
+spans the box clearly better than the model's answer or the model is unsure. Every problem is reported and every
+alternative offered.
 
 Alternatives: the model's other masks where it has trained multimask heads (SAM ViT-B/L/H); for click-capable
 models, the box plus a click deep inside the structure the box's intensities point to; and, model-free, the
@@ -43,9 +45,9 @@ SPAN_MARGIN = 0.25     # ... and an intensity component spans the box better by 
 FILL_SIDES = 0.6       # flagged when the mask runs along more than this share of each of the 4 sides
 MIN_CONTRAST = 2.0     # an intensity candidate counts as evidence only when it stands out this much from its
                        # surroundings (contrast_polarity); low-contrast boxes never overrule the model
-# a confident switch to the intensity candidate, even when the model is sure (chosen on the dev structures: the
-# ventricles' dark part stands out 5.6-6.6 SD, every other dev candidate at most 2.7; docs/volume.md)
-SURE_CONTRAST = 4.0    # it stands out at least this much ...
+# a confident switch to the intensity candidate (chosen on the dev structures: the ventricles' dark part stands
+# out 5.6-6.6 SD, every other dev candidate at most 2.7; docs/volume.md)
+SURE_CONTRAST = 4.0    # it stands out at least this much, and the model is unsure (below MIN_SCORE) or it ...
 SURE_SPAN = 0.85       # ... spans the box at least this well ...
 SURE_MARGIN = 0.1      # ... and better than the model's answer by this much
 HOLLOW = 1.5           # a candidate whose holes would add more than half its area is a ring: kept hollow
@@ -339,17 +341,19 @@ def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None,
             check.decision = f"Took {candidates[check.best].source}: the model is unsure and its mask avoids " \
                              f"the contrasted structure that spans the box" if unsure else \
                 f"Took {candidates[check.best].source}: the earlier seeds of this structure took that kind"
-    # a confident switch, even when the model is sure: a structure that stands out strongly (CSF, air) spans the
-    # box, and spans it clearly better than the model's answer (the sagittal ventricle: 90 % against 59 %)
+    # a confident switch: a structure that stands out strongly (CSF, air) spans the box, and either spans it clearly
+    # better than the model's answer (the sagittal ventricle: 90 % against 59 %, even when the model is sure) or the
+    # model is unsure (a box a few pixels off no longer lets the ventricle span it that much better)
     if check.best == 0 and intensity is not None and not intensity.problems:
         value = contrast(image, intensity.mask)
-        if value is not None and abs(value) >= SURE_CONTRAST and intensity.agreement >= SURE_SPAN \
-                and intensity.agreement >= model_answer.agreement + SURE_MARGIN:
+        spans = intensity.agreement >= SURE_SPAN and intensity.agreement >= model_answer.agreement + SURE_MARGIN
+        if value is not None and abs(value) >= SURE_CONTRAST and (spans or unsure):
             check.best = next(i for i, c in enumerate(candidates) if c is intensity)
             check.polarity = "dark" if value < 0 else "bright"
             check.decision = (f"Took {intensity.source}: it stands out {abs(value):.1f} SD from its surroundings "
-                              f"and spans the box ({intensity.agreement:.0%}) better than the model's answer "
-                              f"({model_answer.agreement:.0%})")
+                              + (f"and spans the box ({intensity.agreement:.0%}) better than the model's answer "
+                                 f"({model_answer.agreement:.0%})" if spans else
+                                 f"and the model is unsure (predicted IoU {model_answer.score:.2f})"))
             if not model_answer.problems:
                 model_answer.problems.append(f"{intensity.source.split(' (')[0]} spans the box better "
                                              f"({intensity.agreement:.0%} against {model_answer.agreement:.0%})")
