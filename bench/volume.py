@@ -27,8 +27,9 @@ with a 3 px change; docs/volume.md).
 `--assist-after N`: after N corrections, SAM^assist learned from the held slices and the propagation re-run with and
 without it (row["assist"]).
 
-DEV rows (left-hemisphere MRI structures) are where the rules were chosen; HELD-OUT rows (right hemisphere: a
-weak hold-out, mirror images; the CT: another subject, another modality, a real one) were only run.
+DEV rows (left-hemisphere MRI structures; since 2026-12-03 evening also the head CT's lateral ventricles) are where
+the rules are chosen; HELD-OUT rows (right hemisphere: a weak hold-out, mirror images; the rest of the CT: another
+subject, another modality, a real one) are only run.
 """
 
 from __future__ import annotations
@@ -43,11 +44,12 @@ import numpy as np
 from sonosam.evaluate.metrics import dice
 from sonosam.volume import Seed, naive_baseline, propagate, slice_of, volume_window
 
-# the structures the rules were chosen on (every shape, left hemisphere); everything else is held out
+# the structures the rules are chosen on (every shape, left hemisphere; the CT's ventricles, so that a rule for CT
+# need not be tuned on held-out rows); everything else is held out
 DEV = ("Lateral_Ventricle_L", "White_Matter_L", "Thalamus_L", "Putamen_L", "Caudate_L", "Hippocampus_L",
-       "Pallidum_L", "Amygdala_L")
-# CT intensity windows (Slicer's CT-brain preset; one wide window for bone and air)
-CT_WINDOWS = {"Brain": (0.0, 100.0)}
+       "Pallidum_L", "Amygdala_L", "Lateral_Ventricle_a", "Lateral_Ventricle_b")
+# CT intensity windows (Slicer's CT-brain preset for the brain and its ventricles; one wide window for bone and air)
+CT_WINDOWS = {"Brain": (0.0, 100.0), "Lateral_Ventricle_a": (0.0, 100.0), "Lateral_Ventricle_b": (0.0, 100.0)}
 CT_WIDE = (-1000.0, 1000.0)
 NAIVE_REACH = 10  # the naive baseline prompts the structure's slices and this many beyond each end
 MARGIN = 2  # px added to each side of a reference's bounding box: a slightly loose box

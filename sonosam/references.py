@@ -15,7 +15,7 @@ output, so it can serve as held-out ground truth for any SonoSAM model.
   label, cut above the brainstem).
 - Head CT (Debian `invesalius-examples`, "ProMED CT 0051", 0.96 x 0.96 x 1.5 mm, Hounsfield units): skull,
   the mandible's rami, the airway (nasopharynx), a maxillary sinus, the frontal sinus,
-  the brain.
+  the brain, the lateral ventricles (smoothed CSF threshold inside the brain, split at its midline).
 """
 
 from __future__ import annotations
@@ -171,6 +171,7 @@ DENSE_BONE = 800    # HU: dense cortex only, where the mandible's rami come apar
 AIR_MAX = -500      # HU: air (soft tissue > -100, fat ~ -100)
 HEAD_MIN = -300     # HU: the head's outline (skin and everything inside)
 BRAIN_HU = (5, 45)  # HU: brain parenchyma of this scan (its histogram peaks at 20-25; CSF below 5, bone above)
+CSF_HU_MAX = 8      # HU, after a 1-voxel Gaussian: ventricular CSF (-5..5 here) against brain (20-25)
 
 
 def ct_head_references() -> Subject:
@@ -254,4 +255,21 @@ def ct_head_references() -> Subject:
     brain = ndimage.binary_fill_holes(_largest(brain, 1)[0])
     subject.add("Brain", brain, "large", f"{BRAIN_HU[0]} <= HU <= {BRAIN_HU[1]} >= 3 voxels from bone, opened 3, "
                 "largest component grown back 4 voxels (not onto bone), holes filled")
+
+    # lateral ventricles (not in the brain reference: they open into the cisterns, so they are no holes): CSF,
+    # smoothed against the noise (brain and CSF are 20 HU apart), at least 6 voxels inside the slice-filled brain
+    # (no sulci), above a flat cut 5 slices below the brain's centre of mass (the third ventricle, the cisterns and
+    # the temporal horns below it are left out, as on Colin27), less 2 voxels either side of the brain's midline
+    # column (the septum); the largest component per side, holes filled (calcified choroid plexus in the atria)
+    smooth = ndimage.gaussian_filter(hu.astype(np.float32), sigma=(0.7, 1.0, 1.0))
+    csf = (smooth < CSF_HU_MAX) & ndimage.binary_erosion(_fill_slices(brain), iterations=6)
+    brain_k, _, brain_i = (int(c) for c in ndimage.center_of_mass(brain))
+    csf[:brain_k - 5] = False
+    csf[:, :, brain_i - 2:brain_i + 3] = False
+    for side, pick in (("a", slice(None, brain_i)), ("b", slice(brain_i, None))):
+        part = np.zeros_like(csf)
+        part[:, :, pick] = csf[:, :, pick]
+        subject.add(f"Lateral_Ventricle_{side}", ndimage.binary_fill_holes(_largest(part, 1)[0]), "thin/curved",
+                    f"smoothed HU < {CSF_HU_MAX} >= 6 voxels inside the brain, above the brain's centre - 5 slices, "
+                    "largest component on this side of the midline (image side, like the rami)")
     return subject

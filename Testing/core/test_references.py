@@ -69,6 +69,14 @@ def test_ct_references_follow_hounsfield(ct):
     assert np.nonzero(a.any(axis=(0, 1)))[0].max() < 128 <= np.nonzero(b.any(axis=(0, 1)))[0].min()
     assert np.ptp(np.nonzero(a.any(axis=(1, 2)))[0]) >= 20
     assert not (a & refs["Skull"].mask).any()
+    # the lateral ventricles: CSF on either side of the brain's midline, inside the brain's outline, 5-25 ml each
+    ventricles = [refs[f"Lateral_Ventricle_{side}"].mask for side in "ab"]
+    for ventricle in ventricles:
+        assert ndimage.label(ventricle)[1] == 1 and np.median(hu[ventricle]) < 10
+        assert 5 < ventricle.sum() * np.prod(ct.volume.geometry.spacing) / 1000 < 25
+        assert not (ventricle & brain).any() or (ventricle & brain).sum() < 0.2 * ventricle.sum()
+    columns = [np.nonzero(v.any(axis=(0, 1)))[0] for v in ventricles]
+    assert columns[0].max() < columns[1].min()
 
 
 def test_read_inv3_rejects_other_files(tmp_path):
