@@ -98,6 +98,37 @@ def test_a_strongly_contrasted_structure_spanning_the_box_wins_even_over_a_sure_
     assert check_seed(_SureOfTheBand(), faint, box=box).best == 0
 
 
+class _Answers(_SureOfTheBand):
+    """A stand-in predictor that answers every prompt with one fixed mask and predicted IoU."""
+
+    def __init__(self, mask, score):
+        self.mask, self.score = mask, score
+
+    def predict(self, image, prompts=None, **kwargs):
+        from sonosam.prompts import Prediction
+
+        return Prediction(self.mask[None], np.array([self.score]), np.zeros((1, 256, 256), np.float32))
+
+
+def test_contrast_is_measured_in_the_window_the_model_sees():
+    # a CT ventricle: CSF (-8 HU, noise 10) in brain (22 HU, noise 5). On raw HU the CSF's noisy tail below 0
+    # widens its spread (about 3 SD of contrast); in the CT-brain window (0..100) it stands out far more
+    rng = np.random.default_rng(5)
+    rows, cols = np.indices((112, 112))
+    truth = np.hypot(rows - 56, cols - 56) <= 25
+    image = 22 + rng.normal(0, 5, (112, 112))
+    image[truth] = -8 + rng.normal(0, 10, truth.sum())
+    box = loose_box(truth)
+    x0, y0, x1, y1 = box
+    answer = truth | ((cols > x1 - 12) & (rows >= y0 + 10) & (rows <= y1 - 10))   # unsure, and into the tissue
+    raw = check_seed(_Answers(answer, 0.6), image, box=box, window=None)
+    seen = check_seed(_Answers(answer, 0.6), image, box=box, window=(0.0, 100.0))
+    assert "dark part of the box" in seen.candidates[seen.best].source and "stands out" in seen.decision, \
+        seen.summary()
+    assert dice(seen.candidates[seen.best].mask, truth) > 0.9
+    assert raw.best == 0 or "stands out" not in raw.decision, raw.summary()   # the raw-HU contrast does not switch
+
+
 def test_a_strongly_contrasted_structure_wins_over_an_unsure_model_when_the_box_is_loose():
     # a box moved by 8 px no longer lets the dark disc span it 85 %, and the model's answer (the disc and the bright
     # strip the box moved onto) spans it well: a sure model keeps its answer, an unsure one (predicted IoU below
@@ -110,17 +141,7 @@ def test_a_strongly_contrasted_structure_wins_over_an_unsure_model_when_the_box_
     x0, y0, x1, y1 = loose_box(truth, margin=0)
     box = (x0 + 8, y0, x1 + 8, y1)
     answer = truth | ((cols > x1) & (cols <= x1 + 8) & (rows >= y0 + 10) & (rows <= y1 - 10))
-
-    class _Answers(_SureOfTheBand):
-        def __init__(self, score):
-            self.score = score
-
-        def predict(self, image, prompts=None, **kwargs):
-            from sonosam.prompts import Prediction
-
-            return Prediction(answer[None], np.array([self.score]), np.zeros((1, 256, 256), np.float32))
-
-    sure, unsure = check_seed(_Answers(0.9), image, box=box), check_seed(_Answers(0.6), image, box=box)
+    sure, unsure = check_seed(_Answers(answer, 0.9), image, box=box), check_seed(_Answers(answer, 0.6), image, box=box)
     assert sure.best == 0, sure.summary()
     assert unsure.best != 0 and "dark part of the box" in unsure.candidates[unsure.best].source, unsure.summary()
     assert "the model is unsure" in unsure.decision and unsure.polarity == "dark"
