@@ -49,7 +49,8 @@ from sonosam.volume import Seed, naive_baseline, propagate, slice_of, volume_win
 DEV = ("Lateral_Ventricle_L", "White_Matter_L", "Thalamus_L", "Putamen_L", "Caudate_L", "Hippocampus_L",
        "Pallidum_L", "Amygdala_L", "Lateral_Ventricle_a", "Lateral_Ventricle_b")
 # CT intensity windows (Slicer's CT-brain preset for the brain and its ventricles; one wide window for bone and air)
-CT_WINDOWS = {"Brain": (0.0, 100.0), "Lateral_Ventricle_a": (0.0, 100.0), "Lateral_Ventricle_b": (0.0, 100.0)}
+CT_BRAIN = (0.0, 100.0)
+CT_WINDOWS = {"Brain": CT_BRAIN, "Lateral_Ventricle_a": CT_BRAIN, "Lateral_Ventricle_b": CT_BRAIN}
 CT_WIDE = (-1000.0, 1000.0)
 NAIVE_REACH = 10  # the naive baseline prompts the structure's slices and this many beyond each end
 MARGIN = 2  # px added to each side of a reference's bounding box: a slightly loose box

@@ -70,7 +70,8 @@ def collect_one(predictor, volume: np.ndarray, reference: np.ndarray, seed: int,
 
 def _cut(front: list[dict], opt: PropagationOptions) -> int | None:
     """The first slice of `front` (ordered outward) that `opt`'s rules leave out; None: it keeps them all.
-    Mirrors sonosam.volume's front: a break ends it there, `patience` weak slices in a row end it at the first."""
+    Mirrors the stop logic of sonosam.volume's `_Run.front` (a break ends it there, `patience` weak slices in a row end
+    it at the first); Testing/core/test_stop_rules.py fails if the two drift apart."""
     weak: list[int] = []
     for call in front:
         signals = {k: call[k] for k in SIGNALS}
@@ -161,7 +162,14 @@ def collect(out: str, labels: list[int] | None) -> None:
 
 
 def replay(paths: list[str], cv: bool) -> None:
-    rows = [row for path in paths for row in json.load(open(path))]
+    rows = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                rows += json.load(f)
+        except (OSError, json.JSONDecodeError) as error:
+            raise SystemExit(f"{path}: not a readable signals file ({error}); make one with "
+                             f"`python -m scripts.stop_rules collect {path}`.") from None
     default = PropagationOptions()
     print(f"{len(rows)} structures: default rules {mean_dice(rows, default):.4f}, best cut "
           f"{np.mean([best_cut_dice(r) for r in rows]):.4f}")

@@ -27,3 +27,14 @@ def test_replay_matches_propagation_under_each_rule():
     assert best_cut_dice(row) >= replay_dice(row, default)
     fitted = fit([row], default, rounds=1)
     assert replay_dice(row, fitted) >= replay_dice(row, default)
+
+
+def test_replay_names_a_file_it_cannot_read(tmp_path):
+    import pytest
+
+    from scripts.stop_rules import replay
+
+    bad = tmp_path / "signals.json"
+    bad.write_text("{")
+    with pytest.raises(SystemExit, match="not a readable signals file.*collect"):
+        replay([str(bad)], cv=False)
