@@ -57,6 +57,7 @@ from .models.sam import encoder_id
 from .predictor import Predictor
 from .prompts import Prompts
 from .seed_check import _fills_box, _otsu, check_seed, contrast_polarity, structure_candidate
+from .track.motion import FlowEstimator, follow_slice
 
 __all__ = ["Seed", "SliceInfo", "PropagationOptions", "PropagationResult", "propagate", "naive_baseline",
            "stop_reason", "slice_of", "axis_index", "consistent_pixels", "volume_window", "AXES"]
@@ -128,6 +129,8 @@ class PropagationOptions:
     lookahead: int = 4               # slices encoded ahead of the front in the background
     seed_check: bool = True          # a seed whose model answer disagrees with its box takes the suggested
                                      # alternative (sonosam.seed_check); the check is kept in result.seed_checks
+    follow_motion: bool = True       # pull the previous slice's mask onto the next by optical flow before prompting
+                                     # it (sonosam.track.motion.follow_slice; False: prompt where the mask was)
     min_contrast: float | None = 2.0  # anchors at least this contrasted with their surroundings ((mean inside -
                                      # mean of a 3 px ring) / SD inside) also try the intensity candidate on
                                      # each slice and keep whichever overlaps the previous mask more (None: off)
@@ -578,6 +581,7 @@ class _Run:
                                fills_box=bool(area) and _fills_box(new, box),
                                anchor_score=self.anchor_scores.get(start, float("nan")))
 
+        flow = FlowEstimator(scale=1.0) if opt.follow_motion else None
         t = start
         while t != limit:
             if self.check_cancel():
@@ -591,6 +595,8 @@ class _Run:
             if image.min() == image.max():
                 stop(SliceInfo(t, STOPPED, float("nan"), 0, source=start), "the slice is blank", True)
                 return None
+            if flow is not None:
+                prev_image, prev_mask = follow_slice(flow, prev_image, image, prev_mask)
             model = self.carrier if polarity is None else None
             self.carried = self.carried or model is not None
             kinds = (model or self.model).spec.prompt_kinds

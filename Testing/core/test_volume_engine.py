@@ -152,7 +152,8 @@ def test_naive_baseline_segments_every_slice():
 def test_point_capable_model_gets_consistent_interior_points_and_mask_prompt():
     volume, ball = sphere_volume()
     model = ThresholdModel(kinds=("point", "box", "mask"))
-    result = propagate(Predictor(model), volume, [Seed(20, box=(20, 20, 44, 44))], n_points=3)
+    # follow_motion off: the prompts come from the previous mask where it was (with it, from that mask moved)
+    result = propagate(Predictor(model), volume, [Seed(20, box=(20, 20, 44, 44))], n_points=3, follow_motion=False)
     propagated = model.calls[1:]
     with_points = [call for call in propagated if call["points"] is not None]
     assert len(with_points) >= len(propagated) - 2  # all but the stops past the ends, with nothing consistent
@@ -347,3 +348,34 @@ def test_a_model_that_over_fills_its_boxes_gets_boxes_no_wider_than_the_anchor()
     assert mask_width > 1.15 * side and box_width > 1.15 * side  # the front inflated to the 1.25x limit
     mask_width, box_width = widest(max_box_size=1.0)
     assert mask_width <= side + 1 and box_width <= side + 1e-6
+
+
+def test_a_front_follows_a_structure_that_moves_in_plane_from_slice_to_slice():
+    # a bright disc sliding 4 px a slice: prompted where the previous mask was, each box (around the pixels that kept
+    # their intensity, plus a margin) clips the disc's leading edge and the front shrinks away; with the previous
+    # mask pulled onto each slice by optical flow (follow_motion, the default) the front keeps the whole disc
+    shape = (13, 64, 96)
+    k, j, i = np.indices(shape)
+    disc = np.hypot(j - 32, i - (24 + 4 * k)) <= 8
+    volume = (20 + 80 * disc + np.random.default_rng(7).normal(0, 3, shape)).astype(np.float32)
+
+    def dice_with(**options):
+        result = propagate(Predictor(ThresholdModel()), volume, [Seed(6, mask=disc[6])], **options)
+        return 2 * (result.mask & disc).sum() / (result.mask.sum() + disc.sum())
+
+    still, moving = dice_with(follow_motion=False), dice_with()
+    assert moving > 0.95 and moving > still + 0.1, (still, moving)
+
+
+def test_follow_slice_moves_the_mask_with_the_image_and_keeps_it_when_the_flow_loses_it():
+    from sonosam.track.motion import FlowEstimator, follow_slice
+
+    rng = np.random.default_rng(8)
+    j, i = np.indices((80, 80))
+    before, after = (np.hypot(j - 40, i - c) <= 10 for c in (36, 41))
+    texture = lambda mask: (30 + 90 * mask + rng.normal(0, 3, mask.shape)).astype(np.float32)
+    image, mask = follow_slice(FlowEstimator(scale=1.0), texture(before), texture(after), before)
+    assert (mask & after).sum() / (mask | after).sum() > 0.9 > (before & after).sum() / (before | after).sum()
+    assert image.shape == before.shape and abs(float(image[40, 48]) - 120) < 15   # the disc's inside moved too
+    blank = np.zeros((80, 80), bool)
+    assert follow_slice(FlowEstimator(scale=1.0), texture(before), texture(after), blank)[1] is blank

@@ -102,6 +102,10 @@ def test_cli_propagate_writes_a_segmentation(colin, tmp_path, default_model, mon
     seg = read_segmentation(out)
     filled = np.nonzero(seg.labelmap.any(axis=(1, 2)))[0]
     assert seg.labelmap.shape == colin["volume"].shape and len(filled) == 5
+    still = tmp_path / "still.seg.nrrd"   # prompted where each previous mask was, not moved by optical flow
+    assert main(["propagate", str(path), "--slice", str(run["index"]), "--box", box, "--max-slices", "2",
+                 "--no-follow-motion", "--quiet", "-o", str(still)]) == 0
+    assert read_segmentation(still).labelmap.any(axis=(1, 2)).sum() == 5
     assert main(["propagate", str(path), "--slice", "1", "-o", str(tmp_path / "x.seg.nrrd")]) == 2  # no prompt
 
 

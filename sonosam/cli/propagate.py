@@ -33,6 +33,9 @@ def register(subparsers):
                         "the volume's 0.5/99.5 percentiles)")
     parser.add_argument("--no-seed-check", action="store_true", help="propagate the model's answer on the seed "
                         "slice even when it disagrees with the box (default: take the suggested alternative)")
+    parser.add_argument("--no-follow-motion", action="store_true", help="prompt each slice where the previous "
+                        "slice's mask was (default: that mask is first moved onto the slice by optical flow, so a "
+                        "structure that shifts in-plane from slice to slice is followed)")
     parser.add_argument("--carrier", default="auto", metavar="MODEL|auto|none",
                         help="a second decoder over the same image encoder that answers the propagated slices (it "
                         "continues the previous slice's mask); auto (default): the one shipped for the model, if any "
@@ -78,7 +81,7 @@ def run(args) -> int:
 
         load_adapters(model, args.adapters)
     options = PropagationOptions(direction=args.direction, max_slices=args.max_slices,
-                                 seed_check=not args.no_seed_check,
+                                 seed_check=not args.no_seed_check, follow_motion=not args.no_follow_motion,
                                  carrier=carrier)
     if args.window:
         try:
