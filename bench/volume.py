@@ -45,9 +45,10 @@ from sonosam.evaluate.metrics import dice
 from sonosam.volume import Seed, naive_baseline, propagate, slice_of, volume_window
 
 # the structures the rules are chosen on (every shape, left hemisphere; the CT's ventricles, so that a rule for CT
-# need not be tuned on held-out rows); everything else is held out
+# need not be tuned on held-out rows; the MRI's whole brain, a large structure with dark pockets like the CT's
+# brain); everything else is held out
 DEV = ("Lateral_Ventricle_L", "White_Matter_L", "Thalamus_L", "Putamen_L", "Caudate_L", "Hippocampus_L",
-       "Pallidum_L", "Amygdala_L", "Lateral_Ventricle_a", "Lateral_Ventricle_b")
+       "Pallidum_L", "Amygdala_L", "Lateral_Ventricle_a", "Lateral_Ventricle_b", "Brain_MRI")
 # CT intensity windows (Slicer's CT-brain preset for the brain and its ventricles; one wide window for bone and air)
 CT_BRAIN = (0.0, 100.0)
 CT_WINDOWS = {"Brain": CT_BRAIN, "Lateral_Ventricle_a": CT_BRAIN, "Lateral_Ventricle_b": CT_BRAIN}

@@ -12,7 +12,7 @@ output, so it can serve as held-out ground truth for any SonoSAM model.
 - Colin27 T1 MRI (Debian `mricron-data`, 1 mm): AAL structures (expert atlas, as shipped); lateral ventricles
   (CSF by threshold inside the brain mask `ch2bet`, connected components near the centre, split at the
   midline); cerebral white matter per hemisphere (bright voxels in the brain mask, not in any AAL grey-matter
-  label, cut above the brainstem).
+  label, cut above the brainstem); the whole brain (`ch2bet` itself).
 - Head CT (Debian `invesalius-examples`, "ProMED CT 0051", 0.96 x 0.96 x 1.5 mm, Hounsfield units): skull,
   the mandible's rami, the airway (nasopharynx), a maxillary sinus, the frontal sinus,
   the brain, the lateral ventricles (smoothed CSF threshold inside the brain, split at its midline).
@@ -146,6 +146,9 @@ def colin27_references(aal: bool = True) -> Subject:
         subject.add(f"White_Matter_{side}", _largest(wm & hemisphere, 1)[0], "large",
                     f"T1 >= {WM_MIN} in the brain mask, not in the AAL deep grey nuclei, no brainstem/cerebellum, "
                     "largest component of the hemisphere")
+    # the whole brain: a large structure holding dark pockets (ventricles, sulci), like the head CT's brain
+    subject.add("Brain_MRI", brain, "large", "the brain mask ch2bet shipped with the T1 (cerebrum, cerebellum and "
+                "brainstem; checked on overlays)")
     return subject
 
 

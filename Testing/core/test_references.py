@@ -50,6 +50,11 @@ def test_colin27_ventricles_and_white_matter(colin):
         assert ndimage.binary_fill_holes(wm[k] | ventricle[k]).sum() > (wm[k] | ventricle[k]).sum()
     # no AAL deep grey nucleus inside the white matter
     assert not (refs["White_Matter_L"].mask & refs["Thalamus_L"].mask).any()
+    # the whole brain holds both hemispheres' ventricles and white matter, and is a brain's size (this ch2 grid: 1.7 l)
+    brain = refs["Brain_MRI"].mask
+    assert 1_200_000 < brain.sum() < 2_000_000
+    for name in ("Lateral_Ventricle_L", "Lateral_Ventricle_R", "White_Matter_L", "White_Matter_R"):
+        assert (refs[name].mask & brain).sum() > 0.95 * refs[name].mask.sum(), name
 
 
 def test_ct_references_follow_hounsfield(ct):
