@@ -62,6 +62,16 @@ def test_seed_check_flags_the_ventricle_and_offers_the_right_alternative(colin, 
     predictor.close()
 
 
+def _disc(seed, size, radius, inside, inside_sd, outside, outside_sd):
+    """A noisy disc of `radius` at the middle of a noisy square image: (rng, rows, cols, disc, image)."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.indices((size, size))
+    disc = np.hypot(rows - size // 2, cols - size // 2) <= radius
+    image = outside + rng.normal(0, outside_sd, (size, size))
+    image[disc] = inside + rng.normal(0, inside_sd, disc.sum())
+    return rng, rows, cols, disc, image
+
+
 class _SureOfTheBand:
     """A stand-in predictor that is sure (IoU 0.9) of the bright band left of the box's centre: the sagittal
     ventricle's failure (the model sure of the tissue beside a thin dark structure)."""
@@ -81,11 +91,7 @@ class _SureOfTheBand:
 
 
 def test_a_strongly_contrasted_structure_spanning_the_box_wins_even_over_a_sure_model():
-    rng = np.random.default_rng(0)
-    rows, cols = np.indices((96, 96))
-    truth = np.hypot(rows - 48, cols - 48) <= 25                 # a dark disc, 51 px across
-    image = 100 + rng.normal(0, 3, (96, 96))
-    image[truth] = 15 + rng.normal(0, 3, truth.sum())          # stands out ~25 SD
+    rng, rows, cols, truth, image = _disc(0, 96, 25, 15, 3, 100, 3)   # a dark disc, 51 px across: ~25 SD
     box = loose_box(truth, margin=0)                             # its bounding box
     check = check_seed(_SureOfTheBand(), image, box=box)
     assert check.best != 0 and "dark part of the box" in check.candidates[check.best].source, check.summary()
@@ -113,11 +119,7 @@ class _Answers(_SureOfTheBand):
 def test_contrast_is_measured_in_the_window_the_model_sees():
     # a CT ventricle: CSF (-8 HU, noise 10) in brain (22 HU, noise 5). On raw HU the CSF's noisy tail below 0
     # widens its spread (about 3 SD of contrast); in the CT-brain window (0..100) it stands out far more
-    rng = np.random.default_rng(5)
-    rows, cols = np.indices((112, 112))
-    truth = np.hypot(rows - 56, cols - 56) <= 25
-    image = 22 + rng.normal(0, 5, (112, 112))
-    image[truth] = -8 + rng.normal(0, 10, truth.sum())
+    rng, rows, cols, truth, image = _disc(5, 112, 25, -8, 10, 22, 5)
     box = loose_box(truth)
     x0, y0, x1, y1 = box
     answer = truth | ((cols > x1 - 12) & (rows >= y0 + 10) & (rows <= y1 - 10))   # unsure, and into the tissue
@@ -133,11 +135,7 @@ def test_a_strongly_contrasted_structure_wins_over_an_unsure_model_when_the_box_
     # a box moved by 8 px no longer lets the dark disc span it 85 %, and the model's answer (the disc and the bright
     # strip the box moved onto) spans it well: a sure model keeps its answer, an unsure one (predicted IoU below
     # 0.7) gives way to the disc (the ventricle from shifted boxes, docs/volume.md)
-    rng = np.random.default_rng(4)
-    rows, cols = np.indices((112, 112))
-    truth = np.hypot(rows - 56, cols - 56) <= 25
-    image = 100 + rng.normal(0, 3, (112, 112))
-    image[truth] = 15 + rng.normal(0, 3, truth.sum())
+    rng, rows, cols, truth, image = _disc(4, 112, 25, 15, 3, 100, 3)
     x0, y0, x1, y1 = loose_box(truth, margin=0)
     box = (x0 + 8, y0, x1 + 8, y1)
     answer = truth | ((cols > x1) & (cols <= x1 + 8) & (rows >= y0 + 10) & (rows <= y1 - 10))
@@ -239,11 +237,7 @@ def test_an_unsure_answer_inside_a_contrasted_part_spanning_the_box_is_sharpened
     # a large bright structure (noisy: it stands out ~2.5 SD, under the confident switch's 4) filling its box; the
     # model finds its middle but not its edge (white matter, a whole brain). Unsure, its answer gives way to the
     # bright part of the box that holds it; sure, it stays; an answer lying outside the bright part is not sharpened
-    rng = np.random.default_rng(6)
-    rows, cols = np.indices((96, 96))
-    truth = np.hypot(rows - 48, cols - 48) <= 30
-    image = 50 + rng.normal(0, 4, (96, 96))
-    image[truth] = 100 + rng.normal(0, 15, truth.sum())
+    rng, rows, cols, truth, image = _disc(6, 96, 30, 100, 15, 50, 4)
     box = loose_box(truth, margin=0)
     middle = np.hypot(rows - 48, cols - 48) <= 22
     unsure = check_seed(_Answers(middle, 0.55), image, box=box)
