@@ -18,9 +18,7 @@ disagrees with that when (docs/volume.md):
 An alternative is suggested (`best`) only on two signals together: the model is unsure, and a contrasted
 structure that its mask avoids spans the box; or when a part of the box stands out strongly (CSF, air) and either
 spans the box clearly better than the model's answer or the model is unsure (contrast measured in the model's
-window); or when the model is unsure and a contrasted part of the box spans it and holds nearly all of the model's
-mask (a large structure whose edge the model misses: white matter, a whole brain). Every problem is reported and
-every alternative offered.
+window). Every problem is reported and every alternative offered.
 
 Alternatives: the model's other masks where it has trained multimask heads (SAM ViT-B/L/H); for click-capable
 models, the box plus a click deep inside the structure the box's intensities point to; and, model-free, the
@@ -53,10 +51,6 @@ SURE_CONTRAST = 4.0    # it stands out at least this much, and the model is unsu
 SURE_SPAN = 0.85       # ... spans the box at least this well ...
 SURE_MARGIN = 0.1      # ... and better than the model's answer by this much
 HOLLOW = 1.5           # a candidate whose holes would add more than half its area is a ring: kept hollow
-# the unsure model's answer sharpened (white matter, a whole brain: the model finds a large structure, not its edge):
-# the intensity candidate spans the box at least this well (every other dev candidate <= 94 %) ...
-SHARPEN_SPAN = 0.95
-SHARPEN_HOLDS = 0.9    # ... and holds at least this share of the model's mask (docs/volume.md)
 
 
 @dataclass
@@ -366,13 +360,4 @@ def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None,
             if not model_answer.problems:
                 model_answer.problems.append(f"{intensity.source.split(' (')[0]} spans the box better "
                                              f"({intensity.agreement:.0%} against {model_answer.agreement:.0%})")
-    # the unsure model's answer sharpened: a contrasted part of the box spans it and holds nearly all of the model's mask
-    if check.best == 0 and intensity is not None and not intensity.problems and unsure and model_answer.mask.any():
-        holds = float((model_answer.mask & intensity.mask).sum()) / float(model_answer.mask.sum())
-        if intensity.agreement >= SHARPEN_SPAN and holds >= SHARPEN_HOLDS:
-            check.best = next(i for i, c in enumerate(candidates) if c is intensity)
-            check.polarity = "dark" if contrast(seen, intensity.mask) < 0 else "bright"
-            check.decision = (f"Took {intensity.source}: the model is unsure (predicted IoU {model_answer.score:.2f}), "
-                              f"and it holds {holds:.0%} of the model's mask and spans the box "
-                              f"({intensity.agreement:.0%})")
     return check

@@ -232,18 +232,3 @@ def test_bench_moves_the_seed_box_each_way_inside_the_slice():
     assert {b[1] - 20.0 for b in boxes[4:]} == {-3.0, 3.0} and all(b[0] == 10.0 for b in boxes[4:])
     assert len(set(boxes)) == 6
 
-
-def test_an_unsure_answer_inside_a_contrasted_part_spanning_the_box_is_sharpened_to_it():
-    # a large bright structure (noisy: it stands out ~2.5 SD, under the confident switch's 4) filling its box; the
-    # model finds its middle but not its edge (white matter, a whole brain). Unsure, its answer gives way to the
-    # bright part of the box that holds it; sure, it stays; an answer lying outside the bright part is not sharpened
-    rng, rows, cols, truth, image = _disc(6, 96, 30, 100, 15, 50, 4)
-    box = loose_box(truth, margin=0)
-    middle = np.hypot(rows - 48, cols - 48) <= 22
-    unsure = check_seed(_Answers(middle, 0.55), image, box=box)
-    assert "bright part of the box" in unsure.candidates[unsure.best].source, unsure.summary()
-    assert "holds 100% of the model's mask" in unsure.decision and unsure.polarity == "bright"
-    assert dice(unsure.candidates[unsure.best].mask, truth) > 0.9 > dice(middle, truth)
-    assert check_seed(_Answers(middle, 0.9), image, box=box).best == 0
-    outside = (np.hypot(rows - 48, cols - 48) > 31) & (rows > 16) & (rows < 80) & (cols > 16) & (cols < 80)
-    assert check_seed(_Answers(outside, 0.55), image, box=box).best == 0
