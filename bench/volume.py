@@ -436,6 +436,16 @@ def goals(result: dict) -> str:
     return "\n".join(lines)
 
 
+def parse_options(items) -> dict:
+    """["NAME=VALUE", ...] (`--option`) as PropagationOptions keywords: JSON values, None, True/False."""
+    options = {}
+    for item in items:
+        key, value = item.split("=", 1)
+        options[key] = None if value == "None" else json.loads(value.lower() if value in ("True", "False")
+                                                                else value)
+    return options
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", nargs="+", default=["colin27", "ct_head"])
@@ -470,11 +480,7 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    options = {}
-    for item in args.option:
-        key, value = item.split("=", 1)
-        options[key] = None if value == "None" else json.loads(value.lower() if value in ("True", "False")
-                                                                else value)
+    options = parse_options(args.option)
     result = bench(args.subjects, args.structures, axis=args.axis, cache=args.cache, corrections=args.corrections,
                    naive=not args.no_naive, model_name=args.model, backend=args.backend, seed_pick=args.seed_pick,
                    assist_after=tuple(args.assist_after), assist_kinds=tuple(args.assist_kinds),
