@@ -17,18 +17,13 @@ import json
 
 import numpy as np
 
-from bench.volume import loose_box, parse_options, warm_from_store
-from scripts.stop_rules import BENCH_LABELS
+from bench.volume import loose_box, parse_options
+from scripts.stop_rules import colin27_aal
 
 
 def main(argv=None) -> int:
-    from sonosam.data import mri_colin27_paths
     from sonosam.evaluate.metrics import dice
-    from sonosam.io import read_volume
-    from sonosam.models import load_model
-    from sonosam.predictor import Predictor
-    from sonosam.train.cache import EmbeddingStore
-    from sonosam.volume import Seed, propagate, volume_window
+    from sonosam.volume import Seed, propagate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE")
@@ -38,14 +33,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     options = parse_options(args.option)
 
-    t1_path, aal_path = mri_colin27_paths()
-    volume, atlas = read_volume(t1_path).array, read_volume(aal_path).array
-    labels = args.labels or [int(v) for v in np.unique(atlas) if v and int(v) not in BENCH_LABELS]
-    window = volume_window(volume)
-    volume_id = f"colin27-{window}"
-    model = load_model("litemedsam_clicks")
-    predictor = Predictor(model, cache_mib=4096)
-    warm_from_store(predictor, EmbeddingStore(args.cache, model, memory=False), volume, 0, window, volume_id)
+    predictor, volume, atlas, labels, window, volume_id = colin27_aal(args.labels, args.cache)
     rows = []
     for value in labels:
         reference = atlas == value

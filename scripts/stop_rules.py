@@ -127,8 +127,10 @@ def _describe(opt: PropagationOptions) -> str:
     return ", ".join(changed) or "the defaults"
 
 
-def collect(out: str, labels: list[int] | None) -> None:
-    from bench.volume import loose_box, true_extent, warm_from_store
+def colin27_aal(labels: list[int] | None, cache: str = "runs/cache"):
+    """The Colin27 T1, its AAL atlas, the labels (default: every non-bench label) and a `litemedsam_clicks`
+    predictor holding every axial slice's embedding: (predictor, volume, atlas, labels, window, volume_id)."""
+    from bench.volume import warm_from_store
     from sonosam.data import mri_colin27_paths
     from sonosam.io import read_volume
     from sonosam.models import load_model
@@ -143,8 +145,15 @@ def collect(out: str, labels: list[int] | None) -> None:
     window = volume_window(volume)
     volume_id = f"colin27-{window}"
     predictor = Predictor(model, cache_mib=4096)
-    warm_from_store(predictor, EmbeddingStore("runs/cache", model, memory=False), volume, 0, window, volume_id,
+    warm_from_store(predictor, EmbeddingStore(cache, model, memory=False), volume, 0, window, volume_id,
                     range(volume.shape[0]))
+    return predictor, volume, atlas, labels, window, volume_id
+
+
+def collect(out: str, labels: list[int] | None) -> None:
+    from bench.volume import loose_box, true_extent
+
+    predictor, volume, atlas, labels, window, volume_id = colin27_aal(labels)
     rows = []
     for value in labels:
         reference = atlas == value

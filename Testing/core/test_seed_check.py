@@ -231,4 +231,3 @@ def test_bench_moves_the_seed_box_each_way_inside_the_slice():
     assert {b[0] - 10.0 for b in boxes[2:4]} == {-3.0, 3.0} and all(b[1] == 20.0 for b in boxes[2:4])
     assert {b[1] - 20.0 for b in boxes[4:]} == {-3.0, 3.0} and all(b[0] == 10.0 for b in boxes[4:])
     assert len(set(boxes)) == 6
-
