@@ -440,9 +440,13 @@ def parse_options(items) -> dict:
     """["NAME=VALUE", ...] (`--option`) as PropagationOptions keywords: JSON values, None, True/False."""
     options = {}
     for item in items:
-        key, value = item.split("=", 1)
-        options[key] = None if value == "None" else json.loads(value.lower() if value in ("True", "False")
-                                                                else value)
+        key, _, value = item.partition("=")
+        try:
+            options[key] = None if value == "None" else json.loads(value.lower() if value in ("True", "False")
+                                                                    else value)
+        except json.JSONDecodeError:
+            raise SystemExit(f"--option {item!r}: expected NAME=VALUE with a number, None, True/False or JSON "
+                             "(e.g. min_similarity=0.8)") from None
     return options
 
 

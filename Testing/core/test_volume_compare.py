@@ -29,3 +29,13 @@ def test_different_rows_are_refused(tmp_path):
     other = _run(tmp_path / "b.json", [("B", 0.5, [0.5], 0.7)])
     with pytest.raises(SystemExit, match="different rows"):
         main([before, other])
+
+
+def test_bench_options_parse_and_a_bad_one_names_itself():
+    from bench.volume import parse_options
+
+    assert parse_options(["min_similarity=0.8", "max_slices=None", "follow_motion=False"]) == \
+        {"min_similarity": 0.8, "max_slices": None, "follow_motion": False}
+    for bad in ("min_similarity", "min_similarity=high"):
+        with pytest.raises(SystemExit, match=f"--option '{bad}': expected NAME=VALUE"):
+            parse_options([bad])
