@@ -339,9 +339,12 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
 
 
 def _subject(name):
-    from sonosam.references import colin27_references, ct_head_references
+    from sonosam.references import colin27_references, ct_head_references, inia19_references
 
-    return colin27_references() if name == "colin27" else ct_head_references()
+    subjects = {"colin27": colin27_references, "ct_head": ct_head_references, "inia19": inia19_references}
+    if name not in subjects:
+        raise SystemExit(f"Unknown subject {name!r}: choose from {', '.join(subjects)}.")
+    return subjects[name]()
 
 
 def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache: str = "runs/cache",

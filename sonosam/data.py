@@ -66,6 +66,16 @@ def mri_colin27_paths() -> tuple[Path, Path]:
     return folder / "ch2.nii.gz", folder / "aal.nii.gz"
 
 
+def mri_inia19_paths() -> tuple[Path, Path]:
+    """(brain-extracted T1, NeuroMaps label map) of the INIA19 rhesus macaque template, 168 x 206 x 128 at 0.5 mm,
+    shipped beside Colin27 in Debian mricron-data: a second subject (another brain, another species)."""
+    folder = _mricron_dir()
+    if folder is None or not (folder / "inia19-t1-brain.nii.gz").exists():
+        raise DataFileError("The INIA19 macaque template (Debian package mricron-data) is not there: run `make data`, "
+                            "or `apt-get install mricron-data`, or set SONOSAM_DATA to its templates folder.")
+    return folder / "inia19-t1-brain.nii.gz", folder / "inia19-NeuroMaps.nii.gz"
+
+
 def ct_head_path() -> Path:
     """A real head CT (InVesalius project "ProMED CT 0051", 108 x 256 x 256, 0.96 x 0.96 x 1.5 mm, Hounsfield
     units; Debian `invesalius-examples`), read with `sonosam.references.read_inv3`."""

@@ -13,6 +13,9 @@ output, so it can serve as held-out ground truth for any SonoSAM model.
   (CSF by threshold inside the brain mask `ch2bet`, connected components near the centre, split at the
   midline); cerebral white matter per hemisphere (bright voxels in the brain mask, not in any AAL grey-matter
   label, cut above the brainstem); the whole brain (`ch2bet` itself).
+- INIA19 rhesus macaque T1 template (Debian `mricron-data`, 0.5 mm, brain-extracted): a second subject, held out
+  from everything: the whole brain (the template's non-zero voxels) and NeuroMaps structures (expert atlas, as
+  shipped; the package names no label, so rows are named by value), chosen by a rule on the atlas alone.
 - Head CT (Debian `invesalius-examples`, "ProMED CT 0051", 0.96 x 0.96 x 1.5 mm, Hounsfield units): skull,
   the mandible's rami, the airway (nasopharynx), a maxillary sinus, the frontal sinus,
   the brain, the lateral ventricles (smoothed CSF threshold inside the brain, split at its midline).
@@ -32,7 +35,8 @@ from scipy import ndimage
 from .errors import DataFileError
 from .io import Geometry, Volume, read_volume
 
-__all__ = ["Reference", "Subject", "colin27_references", "ct_head_references", "read_inv3", "SHAPES"]
+__all__ = ["Reference", "Subject", "colin27_references", "ct_head_references", "inia19_references", "read_inv3",
+           "SHAPES"]
 
 # the shape classes the issue asks every rule to hold across
 SHAPES = ("thin/curved", "small", "compact", "long", "large")
@@ -149,6 +153,56 @@ def colin27_references(aal: bool = True) -> Subject:
     # the whole brain: a large structure holding dark pockets (ventricles, sulci), like the head CT's brain
     subject.add("Brain_MRI", brain, "large", "the brain mask ch2bet shipped with the T1 (cerebrum, cerebellum and "
                 "brainstem; checked on overlays)")
+    return subject
+
+
+# ------------------------------------------------------------------------------------------------ INIA19
+
+INIA19_LABELS = 8       # NeuroMaps structures taken: the largest left ones that are a single connected piece
+INIA19_MIN_VOXELS = 1000
+RIGHT_OFFSET = 1000     # NeuroMaps numbers a right-hemisphere structure as its left twin + 1000
+
+
+def _shape_of(mask: np.ndarray) -> str:
+    """A shape class from geometry alone (for atlas structures that come without names)."""
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    extent = [s.stop - s.start for s in box]
+    voxels = int(mask.sum())
+    if voxels >= 15000:
+        return "large"
+    if voxels / np.prod(extent) < 0.08:
+        return "thin/curved"
+    if extent[0] >= 1.5 * max(extent[1:]):
+        return "long"
+    return "small" if voxels < 3000 else "compact"
+
+
+def inia19_references() -> Subject:
+    """The INIA19 macaque T1 template with its reference structures (see the module doc). The NeuroMaps rows: the
+    `INIA19_LABELS` largest left-hemisphere labels (value < 1000 with a right twin) of at least
+    `INIA19_MIN_VOXELS` voxels that form one connected piece (many NeuroMaps labels are scattered cortical bits),
+    fixed by that rule before any model ran on them."""
+    from .data import mri_inia19_paths
+
+    t1_path, atlas_path = mri_inia19_paths()
+    volume = read_volume(t1_path)
+    atlas = read_volume(atlas_path).array
+    subject = Subject("inia19", "MRI", volume)
+    values, counts = np.unique(atlas, return_counts=True)
+    present = set(values.tolist())
+    taken = 0
+    for value, count in sorted(zip(values.tolist(), counts.tolist()), key=lambda vc: (-vc[1], vc[0])):
+        if taken == INIA19_LABELS:
+            break
+        if not 0 < value < RIGHT_OFFSET or value + RIGHT_OFFSET not in present or count < INIA19_MIN_VOXELS:
+            continue
+        mask = atlas == value
+        if ndimage.label(mask)[1] != 1:
+            continue
+        subject.add(f"NeuroMaps_{value}", mask, _shape_of(mask), f"NeuroMaps label {value} (expert atlas)")
+        taken += 1
+    subject.add("Brain_inia19", volume.array > 0, "large", "the template's brain (it ships brain-extracted: its "
+                "non-zero voxels; cerebrum, cerebellum and brainstem)")
     return subject
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from sonosam.references import SHAPES, colin27_references, ct_head_references, read_inv3
+from sonosam.references import SHAPES, colin27_references, ct_head_references, inia19_references, read_inv3
 
 pytestmark = pytest.mark.slow  # reference labels computed on the real MRI and CT volumes
 
@@ -55,6 +55,23 @@ def test_colin27_ventricles_and_white_matter(colin):
     assert 1_200_000 < brain.sum() < 2_000_000
     for name in ("Lateral_Ventricle_L", "Lateral_Ventricle_R", "White_Matter_L", "White_Matter_R"):
         assert (refs[name].mask & brain).sum() > 0.95 * refs[name].mask.sum(), name
+
+
+def test_inia19_rows_are_single_atlas_structures_and_a_macaque_sized_brain():
+    subject = inia19_references()
+    refs = subject.references
+    assert subject.volume.geometry.spacing == pytest.approx((0.5, 0.5, 0.5))
+    atlas_rows = [name for name in refs if name.startswith("NeuroMaps_")]
+    assert len(atlas_rows) == 8 and "NeuroMaps_1" in atlas_rows
+    brain = refs["Brain_inia19"].mask
+    assert 90 < brain.sum() * 0.5 ** 3 / 1000 < 130      # ml: a rhesus macaque's brain is about 100 ml
+    sizes = [refs[name].mask.sum() for name in atlas_rows]
+    assert sizes == sorted(sizes, reverse=True) and min(sizes) >= 1000
+    for name in atlas_rows:
+        mask = refs[name].mask
+        assert ndimage.label(mask)[1] == 1 and (mask & brain).sum() > 0.95 * mask.sum(), name
+        assert refs[name].shape in SHAPES
+    assert {refs[name].shape for name in atlas_rows} >= {"large", "compact"}
 
 
 def test_ct_references_follow_hounsfield(ct):
