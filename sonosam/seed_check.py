@@ -18,10 +18,7 @@ disagrees with that when (docs/volume.md):
 An alternative is suggested (`best`) only on two signals together: the model is unsure, and a contrasted
 structure that its mask avoids spans the box; or when a part of the box stands out strongly (CSF, air) and either
 spans the box clearly better than the model's answer or the model is unsure (contrast measured in the model's
-window); or when the model is unsure and a contrasted part of the box spans it, holds nearly all of the model's
-mask and ends inside the box (a large structure whose edge the model misses: white matter, a whole brain; the
-tissue a parcel belongs to runs on across the box's edge instead). Every problem is reported and every
-alternative offered.
+window). Every problem is reported and every alternative offered.
 
 Alternatives: the model's other masks where it has trained multimask heads (SAM ViT-B/L/H); for click-capable
 models, the box plus a click deep inside the structure the box's intensities point to; and, model-free, the
@@ -54,12 +51,6 @@ SURE_CONTRAST = 4.0    # it stands out at least this much, and the model is unsu
 SURE_SPAN = 0.85       # ... spans the box at least this well ...
 SURE_MARGIN = 0.1      # ... and better than the model's answer by this much
 HOLLOW = 1.5           # a candidate whose holes would add more than half its area is a ring: kept hollow
-# the unsure model's answer sharpened (white matter, a whole brain: the model finds a large structure, not its edge):
-# the intensity candidate spans the box at least this well (every other dev candidate <= 94 %) ...
-SHARPEN_SPAN = 0.95
-SHARPEN_HOLDS = 0.9    # ... holds at least this share of the model's mask ...
-SHARPEN_OUTLINE = 0.3  # ... and covers at most this share of the box's outline: a whole structure ends inside a
-                       # loose box, the tissue around a parcel (a cerebellar lobule) crosses it (docs/volume.md)
 
 
 @dataclass
@@ -134,13 +125,6 @@ def _fills_box(mask: np.ndarray, box) -> bool:
     sides = [mask[y0:y1 + 1, x0:x0 + 3].any(axis=1), mask[y0:y1 + 1, max(x1 - 2, 0):x1 + 1].any(axis=1),
              mask[y0:y0 + 3, x0:x1 + 1].any(axis=0), mask[max(y1 - 2, 0):y1 + 1, x0:x1 + 1].any(axis=0)]
     return all(side.mean() > FILL_SIDES for side in sides)
-
-
-def outline_share(mask: np.ndarray, box) -> float:
-    """The share of the box's 1-pixel outline that the mask covers (0 when the mask ends inside the box)."""
-    x0, y0, x1, y1 = _box_pixels(box, mask.shape)
-    outline = np.concatenate([mask[y0, x0:x1 + 1], mask[y1, x0:x1 + 1], mask[y0 + 1:y1, x0], mask[y0 + 1:y1, x1]])
-    return float(outline.mean()) if outline.size else 0.0
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -272,12 +256,11 @@ def mask_problems(mask: np.ndarray, score: float, box, evidence: float | None = 
 
 
 def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None, *, key=None, window=None,
-               min_score: float = MIN_SCORE, prefer: str | None = None, sharpen: bool = True) -> SeedCheck:
+               min_score: float = MIN_SCORE, prefer: str | None = None) -> SeedCheck:
     """Segment the seed slice and check the answer against the prompt; see the module doc.
     predictor: a sonosam Predictor (or anything with its predict() and .model). prefer: "dark"/"bright" when the
     user already took that kind of alternative on another slice of the same structure (a correction then
-    follows it even where the model is sure). sharpen: False leaves an unsure answer that a contrasted part of the box
-    holds as it is (that part is still offered)."""
+    follows it even where the model is sure)."""
     model = getattr(predictor, "model", None)
     spec = getattr(model, "spec", None)
     multimask = bool(getattr(spec, "multimask", False))
@@ -377,16 +360,4 @@ def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None,
             if not model_answer.problems:
                 model_answer.problems.append(f"{intensity.source.split(' (')[0]} spans the box better "
                                              f"({intensity.agreement:.0%} against {model_answer.agreement:.0%})")
-    # the unsure model's answer sharpened: a contrasted part of the box spans it, holds nearly all of the model's mask
-    # and ends inside the box (a parcel's surrounding tissue would run on across its edge)
-    if sharpen and check.best == 0 and intensity is not None and not intensity.problems and unsure \
-            and model_answer.mask.any() and intensity.agreement >= SHARPEN_SPAN:
-        holds = float((model_answer.mask & intensity.mask).sum()) / float(model_answer.mask.sum())
-        outline = outline_share(intensity.mask, box)
-        if holds >= SHARPEN_HOLDS and outline <= SHARPEN_OUTLINE:
-            check.best = next(i for i, c in enumerate(candidates) if c is intensity)
-            check.polarity = "dark" if contrast(seen, intensity.mask) < 0 else "bright"
-            check.decision = (f"Took {intensity.source}: the model is unsure (predicted IoU {model_answer.score:.2f}), "
-                              f"and it holds {holds:.0%} of the model's mask, spans the box ({intensity.agreement:.0%}) "
-                              f"and ends inside it ({outline:.0%} of the box's outline)")
     return check

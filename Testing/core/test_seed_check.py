@@ -8,8 +8,7 @@ import pytest
 from sonosam.evaluate.metrics import dice
 from sonosam.predictor import Predictor
 from sonosam.references import colin27_references
-from sonosam import seed_check
-from sonosam.seed_check import box_agreement, check_seed, mask_problems, outline_share, structure_candidate
+from sonosam.seed_check import box_agreement, check_seed, mask_problems, structure_candidate
 from sonosam.volume import volume_window
 from bench.volume import loose_box
 
@@ -232,37 +231,3 @@ def test_bench_moves_the_seed_box_each_way_inside_the_slice():
     assert {b[0] - 10.0 for b in boxes[2:4]} == {-3.0, 3.0} and all(b[1] == 20.0 for b in boxes[2:4])
     assert {b[1] - 20.0 for b in boxes[4:]} == {-3.0, 3.0} and all(b[0] == 10.0 for b in boxes[4:])
     assert len(set(boxes)) == 6
-
-
-def test_an_unsure_answer_is_sharpened_to_a_contrasted_part_of_the_box_only_where_that_part_ends_inside_it(
-        monkeypatch):
-    # a large bright structure (noisy: it stands out ~2.5 SD, under the confident switch's 4) inside a loose box; the
-    # model finds its middle but not its edge (white matter, a whole brain). Unsure, its answer gives way to the
-    # bright part of the box that holds it; sure, it stays; an answer outside the bright part stays; and it stays
-    # when the bright part covers more of the box's outline than allowed (a parcel's tissue running on across it)
-    rng, rows, cols, truth, image = _disc(6, 96, 30, 100, 15, 50, 4)
-    box = loose_box(truth, margin=0)
-    middle = np.hypot(rows - 48, cols - 48) <= 22
-    unsure = check_seed(_Answers(middle, 0.55), image, box=box)
-    assert "bright part of the box" in unsure.candidates[unsure.best].source, unsure.summary()
-    assert "holds 100% of the model's mask" in unsure.decision and "of the box's outline" in unsure.decision
-    assert unsure.polarity == "bright"
-    assert dice(unsure.candidates[unsure.best].mask, truth) > 0.9 > dice(middle, truth)
-    assert check_seed(_Answers(middle, 0.9), image, box=box).best == 0
-    assert check_seed(_Answers(middle, 0.55), image, box=box, sharpen=False).best == 0
-    outside = (np.hypot(rows - 48, cols - 48) > 31) & (rows > 16) & (rows < 80) & (cols > 16) & (cols < 80)
-    assert check_seed(_Answers(outside, 0.55), image, box=box).best == 0
-    # the outline: the same pick with a stricter outline share (the disc touches its tight box's sides) stays put
-    touching = outline_share(unsure.candidates[unsure.best].mask, box)
-    assert 0 < touching <= 0.3
-    monkeypatch.setattr(seed_check, "SHARPEN_OUTLINE", touching / 2)
-    assert check_seed(_Answers(middle, 0.55), image, box=box).best == 0
-
-
-def test_outline_share_is_zero_inside_a_loose_box_and_counts_what_crosses_it():
-    mask = np.zeros((50, 50), bool)
-    mask[10:20, 10:20] = True
-    assert outline_share(mask, (5, 5, 25, 25)) == 0.0
-    mask[:, 15:] = True        # tissue running on across the box's top, right and bottom sides
-    share = outline_share(mask, (5, 5, 25, 25))
-    assert share == pytest.approx((11 + 11 + 19 + 0) / 80)
