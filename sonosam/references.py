@@ -158,9 +158,9 @@ def colin27_references(aal: bool = True) -> Subject:
 
 # ------------------------------------------------------------------------------------------------ INIA19
 
-INIA19_LABELS = 8       # NeuroMaps structures taken: the largest left ones that are a single connected piece
+INIA19_LABELS = 8       # NeuroMaps structures taken: the largest of one hemisphere that are a single connected piece
 INIA19_MIN_VOXELS = 1000
-RIGHT_OFFSET = 1000     # NeuroMaps numbers a right-hemisphere structure as its left twin + 1000
+TWIN_OFFSET = 1000      # NeuroMaps numbers a structure of one hemisphere as its twin in the other + 1000
 
 
 def _shape_of(mask: np.ndarray) -> str:
@@ -179,7 +179,7 @@ def _shape_of(mask: np.ndarray) -> str:
 
 def inia19_references() -> Subject:
     """The INIA19 macaque T1 template with its reference structures (see the module doc). The NeuroMaps rows: the
-    `INIA19_LABELS` largest left-hemisphere labels (value < 1000 with a right twin) of at least
+    `INIA19_LABELS` largest labels numbered below 1000 that have a twin at +1000 (the other hemisphere), of at least
     `INIA19_MIN_VOXELS` voxels that form one connected piece (many NeuroMaps labels are scattered cortical bits),
     fixed by that rule before any model ran on them."""
     from .data import mri_inia19_paths
@@ -194,7 +194,7 @@ def inia19_references() -> Subject:
     for value, count in sorted(zip(values.tolist(), counts.tolist()), key=lambda vc: (-vc[1], vc[0])):
         if taken == INIA19_LABELS:
             break
-        if not 0 < value < RIGHT_OFFSET or value + RIGHT_OFFSET not in present or count < INIA19_MIN_VOXELS:
+        if not 0 < value < TWIN_OFFSET or value + TWIN_OFFSET not in present or count < INIA19_MIN_VOXELS:
             continue
         mask = atlas == value
         if ndimage.label(mask)[1] != 1:
