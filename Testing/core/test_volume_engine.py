@@ -379,3 +379,46 @@ def test_follow_slice_moves_the_mask_with_the_image_and_keeps_it_when_the_flow_l
     assert image.shape == before.shape and abs(float(image[40, 48]) - 120) < 15   # the disc's inside moved too
     blank = np.zeros((80, 80), bool)
     assert follow_slice(FlowEstimator(scale=1.0), texture(before), texture(after), blank)[1] is blank
+
+
+class _LeftHalfModel(ThresholdModel):
+    """A model that finds only the left half of what is bright in its box (a correction's poor carrier)."""
+
+    def decode(self, embedding, prompts, multimask=False):
+        pred = super().decode(embedding, prompts, multimask)
+        mask = pred.masks[0].copy()
+        cols = np.nonzero(mask.any(axis=0))[0]
+        if cols.size:
+            mask[:, (cols[0] + cols[-1]) // 2 + 1:] = False
+        return Prediction(mask[None], pred.scores, pred.low_res_logits)
+
+
+def test_a_weakly_contrasted_correction_follows_the_kind_the_seed_took_and_keeps_the_earlier_good_slices():
+    # the earlier run held the barrel on every slice (its anchor stands out: the intensity candidate led); the seed check
+    # had taken "the bright part of the box". A correction on slice 25 whose mask carries a halo of background stands
+    # out less than min_contrast: following the seed's kind, its fronts meet the earlier run's discs and stop; without
+    # that kind known, they run on the poor model and overwrite good slices with half discs
+    from scipy import ndimage
+
+    from sonosam.seed_check import Candidate, SeedCheck, contrast
+
+    volume, ball = sphere_volume()
+    predictor = Predictor(_LeftHalfModel())
+    first = propagate(predictor, volume, [Seed(20, mask=ball[20])])
+    assert all(_dice(first.slice_mask(t), ball[t]) > 0.95 for t in range(13, 28))
+    halo = ndimage.binary_dilation(ball[25], iterations=5)
+    assert 0 < contrast(volume[25], halo) < 2.0
+    runs = {}
+    for kind in ("bright", None):
+        first.seed_checks = {20: SeedCheck([Candidate(ball[20], 0.5, "the model's answer"),
+                                            Candidate(ball[20], float("nan"), "the bright part of the box")],
+                                           best=1, polarity=kind)} if kind else {}
+        runs[kind] = propagate(predictor, volume, [Seed(25, mask=halo)], previous=first)
+    followed, alone = runs["bright"], runs[None]
+    for t in (24, 26, 27):
+        assert _dice(followed.slice_mask(t), ball[t]) > 0.95, t
+    assert _dice(alone.slice_mask(27), ball[27]) < 0.8     # the half discs the model alone gives
+
+
+def _dice(a, b):
+    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
