@@ -1,10 +1,11 @@
 """Propagation accuracy for every shape of structure, on MRI and CT, against model-free references.
 
-    python -m bench.volume [--subjects colin27 ct_head] [--structures NAME ...] [--cache runs/cache]
+    python -m bench.volume [--subjects colin27 ct_head inia19] [--structures NAME ...] [--cache runs/cache]
                                    [--corrections 3] [--seed-pick auto|user] [--assist-after 3] [--json out.json]
 
 Subjects and references: `sonosam.references` (Colin27 T1 MRI: AAL structures, lateral ventricles, white
-matter; the invesalius head CT: skull, mandible rami, airway, sinuses, brain). For each structure, along its
+matter; the invesalius head CT: skull, mandible rami, airway, sinuses, brain; on request, `--subjects inia19`, the
+INIA19 macaque template: NeuroMaps structures and the whole brain). For each structure, along its
 axis: one slightly loose seed box (the reference's bounding box + 2 px) on the slice where the reference is
 largest; propagation both ways; then up to `corrections` corrections, each on the slice with the most
 wrong pixels so far, where the simulated user looks at what the tool offers (`corrective_choices`: clicks for
@@ -29,7 +30,7 @@ without it (row["assist"]).
 
 DEV rows (left-hemisphere MRI structures; since 2026-12-03 evening also the head CT's lateral ventricles) are where
 the rules are chosen; HELD-OUT rows (right hemisphere: a weak hold-out, mirror images; the rest of the CT: another
-subject, another modality, a real one) are only run.
+subject, another modality, a real one; every INIA19 row: another subject and species) are only run.
 """
 
 from __future__ import annotations
