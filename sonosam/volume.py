@@ -56,7 +56,7 @@ from .models import mask_to_logits
 from .models.sam import encoder_id
 from .predictor import Predictor
 from .prompts import Prompts
-from .seed_check import _fills_box, _otsu, check_seed, contrast, contrast_polarity, structure_candidate
+from .seed_check import _fills_box, _otsu, check_seed, contrast_polarity, structure_candidate
 from .track.motion import FlowEstimator, follow_slice
 
 __all__ = ["Seed", "SliceInfo", "PropagationOptions", "PropagationResult", "propagate", "naive_baseline",
@@ -535,13 +535,6 @@ class _Run:
         anchor_mean, anchor_std = float(anchor_values.mean()), max(float(anchor_values.std()), 1e-6)
         anchor_feature = self.feature(start, mask) if opt.min_similarity is not None else None
         polarity = contrast_polarity(prev_image, mask, opt.min_contrast)
-        if polarity is None and self.prefer is not None and opt.min_contrast is not None:
-            # a correction standing out less than min_contrast, on the side of the kind the earlier seeds took (a model
-            # answer around a brain at 1.8 SD where the seed took its bright part at 4.5): its front follows that kind,
-            # else it runs on the model alone and overwrites the earlier run's better slices (docs/volume.md)
-            value = contrast(prev_image, mask)
-            if value is not None and (value < 0) == (self.prefer == "dark"):
-                polarity = self.prefer
         # the anchor's own split of its kind from its surroundings (Otsu over it and a 3 px ring), for the slices where
         # the box's Otsu split does not fall between the two (around the skull's bone the box holds air, tissue and
         # bone: its split is 338 HU on the seed slice, -400 HU from 4 slices up, where "bright" is the whole head)
