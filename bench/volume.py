@@ -339,13 +339,15 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
     return row
 
 
-def _subject(name):
-    from sonosam.references import colin27_references, ct_head_references, inia19_references
+SUBJECTS = ("colin27", "ct_head", "inia19")   # sonosam.references' subjects, by name
 
-    subjects = {"colin27": colin27_references, "ct_head": ct_head_references, "inia19": inia19_references}
-    if name not in subjects:
-        raise SystemExit(f"Unknown subject {name!r}: choose from {', '.join(subjects)}.")
-    return subjects[name]()
+
+def _subject(name):
+    import sonosam.references as references
+
+    if name not in SUBJECTS:
+        raise ValueError(f"Unknown subject {name!r}: choose from {', '.join(SUBJECTS)}.")
+    return getattr(references, f"{name}_references")()
 
 
 def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache: str = "runs/cache",
@@ -456,7 +458,7 @@ def parse_options(items) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subjects", nargs="+", default=["colin27", "ct_head"])
+    parser.add_argument("--subjects", nargs="+", default=["colin27", "ct_head"], choices=SUBJECTS)
     parser.add_argument("--structures", nargs="+", help="reference names (default: all)")
     parser.add_argument("--cache", default="runs/cache", help="folder of the on-disk embedding cache")
     parser.add_argument("--axis", type=int, default=0, choices=[0, 1, 2], help="slicing axis (0: k, axial)")
