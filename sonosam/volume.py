@@ -162,6 +162,9 @@ class PropagationResult:
     anchors: dict[int, Seed] = field(default_factory=dict, repr=False)  # for a re-run: index -> its Seed
     seed_checks: dict = field(default_factory=dict, repr=False)  # seed index -> sonosam.seed_check.SeedCheck
     carrier: str | None = None        # the model that answered the propagated slices (options.carrier), if any
+    replaced: list[int] = field(default_factory=list)  # a re-run's slices, other than its new seeds, whose earlier
+                                      # mask it changed (IoU below agree_iou): a correction reaches past its own
+                                      # slice, for better or worse, and these are the slices to review
 
     def slice_mask(self, index: int) -> np.ndarray:
         return slice_of(self.mask, self.axis, index)
@@ -193,7 +196,21 @@ class PropagationResult:
         return (f"{int(self.mask.sum())} voxels on slices {extent[0]}..{extent[1]}" if extent else "empty") + \
             f"; {', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}" + \
             (f"; stopped at {', '.join(stops)}" if stops else "") + \
-            (f"; carried by {self.carrier}" if self.carrier else "") + (" (cancelled)" if self.cancelled else "")
+            (f"; carried by {self.carrier}" if self.carrier else "") + \
+            (f"; changed the earlier mask on {len(self.replaced)} slice{'s' if len(self.replaced) > 1 else ''} "
+             f"({_ranges(self.replaced)}): review them" if self.replaced else "") + \
+            (" (cancelled)" if self.cancelled else "")
+
+
+def _ranges(indices: list[int]) -> str:
+    """[3, 4, 5, 9] -> "3..5, 9"."""
+    runs: list[list[int]] = []
+    for index in sorted(indices):
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    return ", ".join(f"{a}..{b}" if b > a else f"{a}" for a, b in runs)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -808,6 +825,9 @@ def propagate(predictor, volume, seeds, axis=0, options: PropagationOptions | No
     result.decoded = run.decoded
     result.encoder_calls = predictor.encoder_calls - encoder_calls
     result.carrier = (run.carrier.spec.name if run.carried else None) or (previous.carrier if previous else None)
+    if previous is not None:
+        result.replaced = [i for i in range(n) if i not in new_indices and previous.slice_mask(i).any()
+                           and _iou(result.slice_mask(i), previous.slice_mask(i)) < options.agree_iou]
     result.seconds = time.perf_counter() - started
     return result
 

@@ -260,6 +260,7 @@ def test_local_rerun_runs_from_the_correction_only_until_it_meets_the_previous_r
     np.testing.assert_array_equal(np.delete(second.mask, 25, axis=0), np.delete(first.mask, 25, axis=0))
     assert second.slices[26].source == 25 and second.slices[27].source == 25  # they now rest on the correction
     assert second.slices[22].source == 20  # nearer the seed: untouched
+    assert second.replaced == [] and "earlier mask" not in second.summary()  # nothing beyond the correction moved
 
 
 def test_local_rerun_replaces_a_wrong_stretch_and_erasing_clears_what_came_through_it():
@@ -273,6 +274,7 @@ def test_local_rerun_replaces_a_wrong_stretch_and_erasing_clears_what_came_throu
     # erase slice 29 (an empty accepted mask): what the front carried through it goes; nothing below changes
     second = propagate(predictor, volume, [Seed(29, mask=np.zeros((64, 64), bool))], previous=first, **loose)
     assert second.decoded == 0 and not second.mask[29:].any()
+    assert second.replaced == list(range(30, 40)) and "earlier mask on 10 slices (30..39)" in second.summary()
     np.testing.assert_array_equal(second.mask[:29], first.mask[:29])
     # a wrong slice inside: the user's mask on 24 is a different disc; the front from it replaces the slices it
     # disagrees with (up to the slices nearer the seed) and stops at the erased anchor
@@ -282,6 +284,8 @@ def test_local_rerun_replaces_a_wrong_stretch_and_erasing_clears_what_came_throu
     assert third.slices[24].status == "accepted" and third.slices[20].status == "seed"
     np.testing.assert_array_equal(third.mask[:23], second.mask[:23])   # nearer the seed (22 is the middle)
     assert not third.mask[29:].any()
+    # the slices to review: those whose earlier mask the correction's front changed, on both sides of it
+    assert third.replaced == [23, 25, 26, 27, 28] and "(23, 25..28): review them" in third.summary()
 
 
 def test_the_growth_rules_alone_stop_a_front_that_balloons_into_the_neighbour():

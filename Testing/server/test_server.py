@@ -347,6 +347,13 @@ def test_propagation_options_are_checked_by_name_and_type_and_the_carrier_can_be
     # carrier: "auto" by default, null (JSON) turns it off; the result says which decoder carried (none here)
     result = client.propagate(volume, seeds, axis=0, carrier=None, max_slices=1)
     assert result.mask[1].any() and result.carrier is None and "carried by" not in result.summary()
+    # a re-run names the slices whose earlier mask it changed: erasing slice 0 clears nothing else here, erasing
+    # slice 1 (the seed) clears what was propagated from it
+    assert result.mask[0].any() and result.mask[2].any()
+    erase = np.zeros((48, 48), bool)
+    rerun = client.propagate(volume, [{"index": 1, "mask": erase}], axis=0, previous=result, carrier=None,
+                             max_slices=1)
+    assert rerun.replaced == [0, 2] and not rerun.mask.any() and "(0, 2): review them" in rerun.summary()
 
 
 def test_evaluation_job_takes_local_corrections_as_a_boolean(client):

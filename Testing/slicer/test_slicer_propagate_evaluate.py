@@ -164,6 +164,10 @@ def test_rerun_after_correction_changes_only_non_seed_slices(ball):
     assert any(not np.array_equal(second[s], first[s]) for s in range(c + 3, len(first)))
     assert all((second[s] & ~inside[s]).sum() <= 2 for s in range(len(first)))  # at most a boundary pixel
     assert "2 accepted" in summary
+    # the slices the re-run changed beyond the correction are named for review
+    moved = [s for s in range(len(first)) if s != c + 2 and first[s].any()
+             and (second[s] & first[s]).sum() < 0.9 * (second[s] | first[s]).sum()]
+    assert moved and ball.logic.last_propagation.replaced == moved and "review them" in summary
     assert ball.model.decodes - decodes <= len(first) - c                 # only slices above c were decoded
     np.testing.assert_array_equal(read(ball, ball.other), ball.other_mask)
     # same again without a change: nothing to recompute, nothing changes
