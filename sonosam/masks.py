@@ -62,7 +62,7 @@ def iou(a, b) -> float:
     return int(np.logical_and(a, b).sum()) / union
 
 
-def local_correction(previous, new, click, positive: bool | None = None, alone=None) -> np.ndarray:
+def local_correction(previous, new, click, positive: bool | None = None, alone=None, box=None) -> np.ndarray:
     """The mask after a corrective click ``click`` = (x, y): the model's new answer ``new`` where it changed the
     clicked pixel, that is on the connected part of (``new`` XOR ``previous``) under the click, and ``previous``
     everywhere else. A correction then cannot undo what earlier prompts got right elsewhere in the image (the
@@ -70,7 +70,9 @@ def local_correction(previous, new, click, positive: bool | None = None, alone=N
     Dice). The click models here ignore about half of all corrective clicks (the clicked pixel keeps its value):
     for a ``positive`` click ignored so, ``alone()`` (optional) gives the model's mask for that click by itself,
     and the connected part of it under the click is added, kept local the same way; otherwise an ignored click
-    leaves the mask as it was. docs/training.md measures both."""
+    leaves the mask as it was. ``box`` (x0, y0, x1, y1), the box the user drew, if any: the correction adds
+    nothing outside it unless the click itself lies outside it (a box says how far the structure reaches).
+    docs/training.md measures all three."""
     previous, new = _pair(previous, new, ("previous mask", "new answer"))
     x, y = (int(round(float(v))) for v in click)
     if not (0 <= y < new.shape[0] and 0 <= x < new.shape[1]):
@@ -83,7 +85,14 @@ def local_correction(previous, new, click, positive: bool | None = None, alone=N
     if previous[y, x] == new[y, x]:
         return previous.copy()
     changed, _ = ndimage.label(previous != new)
-    return np.where(changed == changed[y, x], new, previous)
+    corrected = np.where(changed == changed[y, x], new, previous)
+    if box is not None:
+        x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+        inside = np.zeros(corrected.shape, bool)
+        inside[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1] = True
+        if inside[y, x]:
+            corrected &= inside | previous
+    return corrected
 
 
 def content_hash(array, extra: str = "", digest_size: int = 16) -> str:

@@ -94,3 +94,22 @@ def test_a_positive_click_the_model_ignored_adds_what_the_click_alone_segments()
                           previous)
     with pytest.raises(ValueError, match=r"answer to the click alone \(40, 20\)"):
         local_correction(previous, ignored, (30, 30), positive=True, alone=lambda: alone[:, :20])
+
+
+def test_after_a_box_a_correction_adds_nothing_outside_it_unless_the_click_is_outside():
+    previous = np.zeros((40, 40), bool)
+    previous[10:20, 10:20] = True
+    grown = previous.copy()
+    grown[10:20, 20:38] = True                                # the answer to a click at (22, 15) spills past x = 25
+    box = (8.0, 8.0, 25.0, 22.0)                              # x0, y0, x1, y1, the box the user drew
+    corrected = local_correction(previous, grown, (22, 15), positive=True, box=box)
+    expected = previous.copy()
+    expected[10:20, 20:26] = True                             # added up to the box's right side (x = 25), no further
+    assert np.array_equal(corrected, expected)
+    assert np.array_equal(local_correction(previous, grown, (22, 15), positive=True), grown)   # no box: all of it
+    # a click outside the box: the user says "here too", the whole part under it is added
+    assert np.array_equal(local_correction(previous, grown, (30, 15), positive=True, box=box), grown)
+    # removing is never limited: a negative click inside the box takes away its whole part
+    shrunk = previous.copy()
+    shrunk[10:20, 15:20] = False
+    assert np.array_equal(local_correction(previous, shrunk, (17, 15), positive=False, box=box), shrunk)

@@ -565,6 +565,7 @@ class RedrawingPredictor:
 
     def predict(self, image, prompts, **kw):
         points, labels, _, _ = unpack(prompts)
+        points, labels = (points, labels) if points is not None else ([], [])   # a box alone
         fg = np.asarray(image) > 50000
         mask = ndimage.binary_erosion(fg, iterations=len(points) - 1) if len(points) > 1 else fg.copy()
         for (x, y), lab in zip(np.round(points).astype(int), labels):
@@ -596,6 +597,26 @@ def test_prompt_session_keeps_a_click_s_change_local(sphere, local):
     session.points_ras.reverse(), session.labels.reverse()
     again = session.predict(sphere.volume, slice_axis="K").mask
     np.testing.assert_array_equal(again, ndimage.binary_erosion(first) | added)
+
+
+def test_prompt_session_keeps_a_correction_after_a_box_inside_the_box(sphere):
+    from SonoSAMSegmentLib.logic import PromptSession
+
+    session = PromptSession(SegmentLogic(predictor=RedrawingPredictor()))
+    k, c = int(np.round(CENTER_IJK[2])), np.round(CENTER_IJK).astype(int)
+    corner = lambda i, j: (sphere.m @ np.r_[i, j, k, 1])[:3]   # noqa: E731
+    session.set_box(sphere.volume, corner(c[0] - 12, c[1] - 12), corner(c[0] + 12, c[1] + 12), "K")
+    first = session.predict(sphere.volume, slice_axis="K").mask
+    session.add_point(sphere.volume, corner(c[0] + 12, c[1]), True, "K")   # on the box's side, outside the sphere
+    second = session.predict(sphere.volume, slice_axis="K")
+    x, y = np.round(second.points_xy[-1]).astype(int)
+    square = np.zeros_like(first)
+    square[y - 1:y + 2, x - 1:x + 2] = True                   # what the model added around the click
+    x0, y0, x1, y1 = np.round(second.box_xy).astype(int)
+    box = np.zeros_like(first)
+    box[y0:y1 + 1, x0:x1 + 1] = True
+    assert (square & ~box).any() and not first[y, x]          # the square reaches past the box
+    np.testing.assert_array_equal(second.mask, first | (square & box))
 
 
 class IgnoringPredictor:
