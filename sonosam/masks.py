@@ -62,7 +62,8 @@ def iou(a, b) -> float:
     return int(np.logical_and(a, b).sum()) / union
 
 
-def local_correction(previous, new, click, positive: bool | None = None, alone=None, box=None) -> np.ndarray:
+def local_correction(previous, new, click, positive: bool | None = None, alone=None, box=None,
+                     earlier=()) -> np.ndarray:
     """The mask after a corrective click ``click`` = (x, y): the model's new answer ``new`` where it changed the
     clicked pixel, that is on the connected part of (``new`` XOR ``previous``) under the click, and ``previous``
     everywhere else. A correction then cannot undo what earlier prompts got right elsewhere in the image (the
@@ -72,7 +73,9 @@ def local_correction(previous, new, click, positive: bool | None = None, alone=N
     and the connected part of it under the click is added, kept local the same way; otherwise an ignored click
     leaves the mask as it was. ``box`` (x0, y0, x1, y1), the box the user drew, if any: the correction adds
     nothing outside it unless the click itself lies outside it (a box says how far the structure reaches).
-    docs/training.md measures all three."""
+    ``earlier``: the clicks before this one, ((x, y), positive) pairs: the correction changes no pixel nearer an
+    earlier click of the other kind than this click (a click says what its neighbourhood is; a later click does not
+    overrule it there). docs/training.md measures each rule."""
     previous, new = _pair(previous, new, ("previous mask", "new answer"))
     x, y = (int(round(float(v))) for v in click)
     if not (0 <= y < new.shape[0] and 0 <= x < new.shape[1]):
@@ -92,6 +95,12 @@ def local_correction(previous, new, click, positive: bool | None = None, alone=N
         inside[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1] = True
         if inside[y, x]:
             corrected &= inside | previous
+    opposing = [xy for xy, sign in earlier if positive is not None and bool(sign) != bool(positive)]
+    if opposing:
+        rows, cols = np.indices(corrected.shape)
+        mine = (cols - float(click[0])) ** 2 + (rows - float(click[1])) ** 2
+        theirs = np.min([(cols - float(ex)) ** 2 + (rows - float(ey)) ** 2 for ex, ey in opposing], axis=0)
+        corrected = np.where(theirs < mine, previous, corrected)
     return corrected
 
 

@@ -1411,7 +1411,9 @@ class PromptSession:
                                           sliceToRAS=slice_to_ras, refine=False).mask
 
             mask = local_correction(before.mask, self.prediction.mask, self.prediction.points_xy[-1],
-                                    positive=self.labels[-1] == 1, alone=alone, box=self.prediction.box_xy)
+                                    positive=self.labels[-1] == 1, alone=alone, box=self.prediction.box_xy,
+                                    earlier=[(xy, label == 1) for xy, label in zip(self.prediction.points_xy[:-1],
+                                                                                   self.labels[:-1])])
             x, y = (int(round(float(v))) for v in self.prediction.points_xy[-1])
             inside = 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and bool(before.mask[y, x])
             note = ("the click's change kept local to it" if not np.array_equal(mask, before.mask) else

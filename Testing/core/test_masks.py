@@ -113,3 +113,21 @@ def test_after_a_box_a_correction_adds_nothing_outside_it_unless_the_click_is_ou
     shrunk = previous.copy()
     shrunk[10:20, 15:20] = False
     assert np.array_equal(local_correction(previous, shrunk, (17, 15), positive=False, box=box), shrunk)
+
+
+def test_a_correction_does_not_overrule_an_earlier_click_of_the_other_kind():
+    previous = np.zeros((40, 40), bool)
+    previous[10:30, 5:35] = True
+    gone = np.zeros((40, 40), bool)                           # the answer to a negative click at (30, 20): all of it
+    corrected = local_correction(previous, gone, (30, 20), positive=False, earlier=[((10, 20), True)])
+    cols = np.indices(previous.shape)[1]
+    np.testing.assert_array_equal(corrected, previous & (cols < 20))   # only what is nearer (30, 20) than (10, 20)
+    assert np.array_equal(local_correction(previous, gone, (30, 20), positive=False), gone)   # no earlier click
+    # an earlier click of the same kind claims nothing; an earlier negative click bounds a positive click's addition
+    assert np.array_equal(local_correction(previous, gone, (30, 20), positive=False, earlier=[((10, 20), False)]),
+                          gone)
+    empty = np.zeros((40, 40), bool)
+    grown = np.zeros((40, 40), bool)
+    grown[10:30, 5:35] = True
+    added = local_correction(empty, grown, (30, 20), positive=True, earlier=[((10, 20), False)])
+    np.testing.assert_array_equal(added, grown & (cols >= 20))        # a tie goes to the correcting click

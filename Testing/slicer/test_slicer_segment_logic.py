@@ -619,6 +619,35 @@ def test_prompt_session_keeps_a_correction_after_a_box_inside_the_box(sphere):
     np.testing.assert_array_equal(second.mask, first | (square & box))
 
 
+class ForgettingPredictor:
+    """The bright part, or nothing at all when the last click is negative: a model whose answer to a negative click
+    drops the whole structure."""
+
+    def predict(self, image, prompts, **kw):
+        points, labels, _, _ = unpack(prompts)
+        mask = np.asarray(image) > 50000
+        if labels is not None and len(labels) and labels[-1] == 0:
+            mask = np.zeros_like(mask)
+        return SimpleNamespace(mask=mask, score=1.0, logits=None, notes=[])
+
+
+def test_prompt_session_does_not_let_a_click_overrule_an_earlier_one(sphere):
+    from SonoSAMSegmentLib.logic import PromptSession
+
+    session = PromptSession(SegmentLogic(predictor=ForgettingPredictor()))
+    k, c = int(np.round(CENTER_IJK[2])), np.round(CENTER_IJK).astype(int)
+    at = lambda i, j: (sphere.m @ np.r_[i, j, k, 1])[:3]   # noqa: E731
+    session.add_point(sphere.volume, at(c[0], c[1]), True, "K")
+    first = session.predict(sphere.volume, slice_axis="K").mask
+    session.add_point(sphere.volume, at(c[0] + 7, c[1]), False, "K")   # inside the sphere, near its edge
+    second = session.predict(sphere.volume, slice_axis="K")
+    (px, py), (nx, ny) = second.points_xy
+    rows, cols = np.indices(first.shape)
+    nearer_positive = (cols - px) ** 2 + (rows - py) ** 2 < (cols - nx) ** 2 + (rows - ny) ** 2
+    assert first.any() and (first & ~nearer_positive).any()
+    np.testing.assert_array_equal(second.mask, first & nearer_positive)   # the positive click's side stays
+
+
 class IgnoringPredictor:
     """The bright part, plus a 3x3 square at each positive click outside it except the last of several: a model
     that ignores a new click among others, and follows a click given alone."""

@@ -197,7 +197,8 @@ def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "p
         if local_corrections:   # alone: the model's answer to this click by itself, if it ignored the click
             mask = local_correction(mask, answer, click.xy, positive=click.positive, alone=lambda: _best(
                 predictor.predict(sample.image, Prompts([click.xy], [1]), multimask=False, key=sample.key),
-                gt.shape)[0], box=prompts.box)
+                gt.shape)[0], box=prompts.box,
+                earlier=[(xy, label == 1) for xy, label in zip(prompts.points[:-1], prompts.labels[:-1])])
         else:
             mask = answer
         result.dice[step] = metrics.dice(mask, gt)
