@@ -62,20 +62,27 @@ def iou(a, b) -> float:
     return int(np.logical_and(a, b).sum()) / union
 
 
+CORRECTION_REACH = 3.0   # a correction keeps what lies within this many click depths of the click
+
+
 def local_correction(previous, new, click, positive: bool | None = None, alone=None, box=None,
                      earlier=()) -> np.ndarray:
     """The mask after a corrective click ``click`` = (x, y): the model's new answer ``new`` where it changed the
     clicked pixel, that is on the connected part of (``new`` XOR ``previous``) under the click, and ``previous``
     everywhere else. A correction then cannot undo what earlier prompts got right elsewhere in the image (the
     click-trained decoders here redraw the whole mask on each click, and their first correction often lowers the
-    Dice). The click models here ignore about half of all corrective clicks (the clicked pixel keeps its value):
-    for a ``positive`` click ignored so, ``alone()`` (optional) gives the model's mask for that click by itself,
-    and the connected part of it under the click is added, kept local the same way; otherwise an ignored click
-    leaves the mask as it was. ``box`` (x0, y0, x1, y1), the box the user drew, if any: the correction adds
-    nothing outside it unless the click itself lies outside it (a box says how far the structure reaches).
-    ``earlier``: the clicks before this one, ((x, y), positive) pairs: the correction changes no pixel nearer an
-    earlier click of the other kind than this click (a click says what its neighbourhood is; a later click does not
-    overrule it there). docs/training.md measures each rule."""
+    Dice). ``box`` (x0, y0, x1, y1), the box the user drew, if any: the correction adds nothing outside it unless
+    the click itself lies outside it (a box says how far the structure reaches). ``earlier``: the clicks before
+    this one, ((x, y), positive) pairs: the correction changes no pixel nearer an earlier click of the other kind
+    than this click (a click says what its neighbourhood is; a later click does not overrule it there).
+
+    With the click's sign (``positive``) known, its depth (the distance from the click to the nearest pixel of the
+    other kind in ``previous``) sizes it: a correction keeps only what lies within ``CORRECTION_REACH`` depths of
+    the click. The click models here ignore about half of all corrective clicks (the clicked pixel keeps its
+    value): for a positive click ignored so, ``alone()`` (optional) gives the model's mask for that click by
+    itself, and the part of it under the click is added; a click still not reached changes the disk of one depth
+    around it (a negative click takes the largest bite around it inside the mask, a positive one adds the disk
+    that just reaches it), kept local the same way. docs/training.md measures each rule."""
     previous, new = _pair(previous, new, ("previous mask", "new answer"))
     x, y = (int(round(float(v))) for v in click)
     if not (0 <= y < new.shape[0] and 0 <= x < new.shape[1]):
@@ -85,8 +92,26 @@ def local_correction(previous, new, click, positive: bool | None = None, alone=N
     if previous[y, x] == new[y, x] and positive and alone is not None and not previous[y, x]:
         parts, _ = ndimage.label(_pair(previous, alone(), ("previous mask", "answer to the click alone"))[1])
         new = previous | (parts == parts[y, x]) if parts[y, x] else previous
+    corrected = _kept_local(previous, new, x, y, click, positive, box, earlier)
+    kind = previous[y, x]
+    if positive is None or bool(positive) == kind or (previous == kind).all():
+        return corrected   # no sign, nothing to correct, or no depth: the other kind is nowhere
+    depth = ndimage.distance_transform_edt(previous == kind)[y, x]
+    rows, cols = np.indices(previous.shape)
+    distance = np.hypot(cols - x, rows - y)
+    if corrected[y, x] == bool(positive):
+        return np.where(distance <= CORRECTION_REACH * depth, corrected, previous)
+    painted = np.where(distance <= depth, bool(positive), previous)
+    return _kept_local(previous, painted, x, y, click, positive, box, earlier)
+
+
+def _kept_local(previous, new, x, y, click, positive, box, earlier) -> np.ndarray:
+    """``new`` on the connected part of the change under the click (x, y), within the box and nearer this click
+    than any earlier one of the other kind; ``previous`` elsewhere (``local_correction``'s locality rules)."""
     if previous[y, x] == new[y, x]:
         return previous.copy()
+    from scipy import ndimage
+
     changed, _ = ndimage.label(previous != new)
     corrected = np.where(changed == changed[y, x], new, previous)
     if box is not None:

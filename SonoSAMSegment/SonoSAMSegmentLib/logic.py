@@ -1306,9 +1306,9 @@ class PromptSession:
     Markers live in a markups fiducial node (``markups_node``) so that they show in every view and can be
     deleted one by one with Slicer's own markups tools; ``sync_from_markups`` picks up such deletions.
     A prompt on another slice (or view) starts a new session. With ``local_corrections`` a click added to a
-    preview changes it only where the model changed the clicked pixel, and a positive click the model ignored
-    adds what it segments from that click alone (``sonosam.masks.local_correction``; docs/training.md measures
-    it); moving a marker or a new box asks the model afresh, and prompts seen before on this slice (the last
+    preview changes it only near the click, where the model changed the clicked pixel; a positive click the model
+    ignored adds what it segments from that click alone, and a click still not reached changes the disk around it
+    up to the mask's edge (``sonosam.masks.local_correction``; docs/training.md measures it); moving a marker or a new box asks the model afresh, and prompts seen before on this slice (the last
     point removed) bring back the preview they had, since with local corrections it depends on the clicks' order.
     """
 
@@ -1415,8 +1415,13 @@ class PromptSession:
                                     earlier=[(xy, label == 1) for xy, label in zip(self.prediction.points_xy[:-1],
                                                                                    self.labels[:-1])])
             x, y = (int(round(float(v))) for v in self.prediction.points_xy[-1])
-            inside = 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and bool(before.mask[y, x])
-            note = ("the click's change kept local to it" if not np.array_equal(mask, before.mask) else
+            on_image = 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1]
+            inside = on_image and bool(before.mask[y, x])
+            followed = on_image and bool(self.prediction.mask[y, x]) == (self.labels[-1] == 1)
+            note = ("the click's change kept local to it" if followed and not np.array_equal(mask, before.mask) else
+                    "the model did not follow this click: the mask changed around it instead (what the click alone "
+                    "segments, or the disk up to the mask's edge); remove the marker to undo, or paint (Paint, Erase)"
+                    if not np.array_equal(mask, before.mask) else
                     f"that pixel is already {'inside' if inside else 'outside'} the mask: nothing to correct there"
                     if inside == (self.labels[-1] == 1) else
                     "the model did not follow this click, nothing changed: click elsewhere in the wrong part, or "

@@ -88,12 +88,38 @@ def test_a_positive_click_the_model_ignored_adds_what_the_click_alone_segments()
     followed = previous.copy()
     followed[29:32, 29:32] = True
     assert np.array_equal(local_correction(previous, followed, (30, 30), positive=True, alone=never), followed)
-    assert np.array_equal(local_correction(previous, ignored, (12, 12), positive=False, alone=never), previous)
-    nothing = np.zeros((40, 40), bool)                        # the click alone gives nothing there: no change
-    assert np.array_equal(local_correction(previous, ignored, (30, 30), positive=True, alone=lambda: nothing),
-                          previous)
+    assert np.array_equal(local_correction(previous, ignored, (12, 12), positive=None, alone=never), previous)
     with pytest.raises(ValueError, match=r"answer to the click alone \(40, 20\)"):
         local_correction(previous, ignored, (30, 30), positive=True, alone=lambda: alone[:, :20])
+
+
+def test_a_click_nothing_reached_changes_the_disk_of_its_depth():
+    previous = np.zeros((40, 40), bool)
+    previous[5:25, 5:25] = True
+    rows, cols = np.indices(previous.shape)
+    # a negative click the model ignored, 4 pixels deep: the largest bite around it that stays inside the mask
+    bitten = local_correction(previous, previous, (12, 21), positive=False)
+    np.testing.assert_array_equal(bitten, previous & ((cols - 12) ** 2 + (rows - 21) ** 2 > 16))
+    # a positive click 6 pixels right of the mask, the click alone gives nothing: the disk that just reaches it
+    nothing = np.zeros((40, 40), bool)
+    added = local_correction(previous, previous, (30, 15), positive=True, alone=lambda: nothing)
+    np.testing.assert_array_equal(added, previous | ((cols - 30) ** 2 + (rows - 15) ** 2 <= 36))
+    # kept local like any correction: an earlier positive click keeps its side of the bite
+    kept = local_correction(previous, previous, (12, 21), positive=False, earlier=[((12, 15), True)])
+    np.testing.assert_array_equal(kept, previous & ~((bitten != previous) & (rows >= 18)))   # a tie goes to this click
+    # no depth when the mask holds no pixel of the other kind: nothing changes
+    empty = np.zeros((40, 40), bool)
+    np.testing.assert_array_equal(local_correction(empty, empty, (20, 20), positive=True), empty)
+
+
+def test_a_correction_keeps_what_lies_within_three_depths_of_its_click():
+    previous = np.zeros((60, 60), bool)
+    previous[10:50, 10:50] = True
+    gone = np.zeros((60, 60), bool)                           # a negative click 2 pixels deep takes everything
+    corrected = local_correction(previous, gone, (11, 30), positive=False)
+    rows, cols = np.indices(previous.shape)
+    np.testing.assert_array_equal(corrected, previous & ((cols - 11) ** 2 + (rows - 30) ** 2 > 36))
+    assert np.array_equal(local_correction(previous, gone, (11, 30)), gone)   # no sign: the whole part
 
 
 def test_after_a_box_a_correction_adds_nothing_outside_it_unless_the_click_is_outside():
@@ -106,7 +132,7 @@ def test_after_a_box_a_correction_adds_nothing_outside_it_unless_the_click_is_ou
     expected = previous.copy()
     expected[10:20, 20:26] = True                             # added up to the box's right side (x = 25), no further
     assert np.array_equal(corrected, expected)
-    assert np.array_equal(local_correction(previous, grown, (22, 15), positive=True), grown)   # no box: all of it
+    assert np.array_equal(local_correction(previous, grown, (22, 15)), grown)   # no box (nor sign): all of it
     # a click outside the box: the user says "here too", the whole part under it is added
     assert np.array_equal(local_correction(previous, grown, (30, 15), positive=True, box=box), grown)
     # removing is never limited: a negative click inside the box takes away its whole part
@@ -120,12 +146,14 @@ def test_a_correction_does_not_overrule_an_earlier_click_of_the_other_kind():
     previous[10:30, 5:35] = True
     gone = np.zeros((40, 40), bool)                           # the answer to a negative click at (30, 20): all of it
     corrected = local_correction(previous, gone, (30, 20), positive=False, earlier=[((10, 20), True)])
-    cols = np.indices(previous.shape)[1]
+    rows, cols = np.indices(previous.shape)
     np.testing.assert_array_equal(corrected, previous & (cols < 20))   # only what is nearer (30, 20) than (10, 20)
-    assert np.array_equal(local_correction(previous, gone, (30, 20), positive=False), gone)   # no earlier click
+    within_reach = (cols - 30) ** 2 + (rows - 20) ** 2 <= 15 ** 2     # 3 x the click's depth (5)
+    unclaimed = previous & ~within_reach
+    np.testing.assert_array_equal(local_correction(previous, gone, (30, 20), positive=False), unclaimed)
     # an earlier click of the same kind claims nothing; an earlier negative click bounds a positive click's addition
-    assert np.array_equal(local_correction(previous, gone, (30, 20), positive=False, earlier=[((10, 20), False)]),
-                          gone)
+    np.testing.assert_array_equal(local_correction(previous, gone, (30, 20), positive=False,
+                                                   earlier=[((10, 20), False)]), unclaimed)
     empty = np.zeros((40, 40), bool)
     grown = np.zeros((40, 40), bool)
     grown[10:30, 5:35] = True

@@ -645,7 +645,11 @@ def test_prompt_session_does_not_let_a_click_overrule_an_earlier_one(sphere):
     rows, cols = np.indices(first.shape)
     nearer_positive = (cols - px) ** 2 + (rows - py) ** 2 < (cols - nx) ** 2 + (rows - ny) ** 2
     assert first.any() and (first & ~nearer_positive).any()
-    np.testing.assert_array_equal(second.mask, first & nearer_positive)   # the positive click's side stays
+    i, j = int(round(nx)), int(round(ny))   # the click's pixel
+    within_reach = (cols - i) ** 2 + (rows - j) ** 2 <= (3 * ndimage.distance_transform_edt(first)[j, i]) ** 2
+    assert (first & ~within_reach).any()
+    # the positive click's side stays, and so does what lies beyond 3 x the negative click's depth
+    np.testing.assert_array_equal(second.mask, first & (nearer_positive | ~within_reach))
 
 
 class IgnoringPredictor:
@@ -675,11 +679,18 @@ def test_prompt_session_adds_what_an_ignored_click_segments_alone(sphere):
     added = np.zeros_like(first)
     added[y - 1:y + 2, x - 1:x + 2] = True
     np.testing.assert_array_equal(second.mask, first | added)
-    # a negative click it ignores changes nothing, and the preview says so
-    session.add_point(sphere.volume, (sphere.m @ np.r_[CENTER_IJK[0], CENTER_IJK[1], k, 1])[:3], False, "K")
+    # a negative click it ignores takes the disk up to the mask's edge around it, and the preview says so
+    session.add_point(sphere.volume, (sphere.m @ np.r_[CENTER_IJK[0] + 3, CENTER_IJK[1], k, 1])[:3], False, "K")
     third = session.predict(sphere.volume, slice_axis="K")
-    np.testing.assert_array_equal(third.mask, second.mask)
-    assert "did not follow" in third.notes[-1]
+    (px, py), (nx, ny) = third.points_xy[0], third.points_xy[-1]
+    i, j = int(round(nx)), int(round(ny))   # the click's pixel
+    rows, cols = np.indices(first.shape)
+    depth = ndimage.distance_transform_edt(second.mask)[j, i]
+    bite = (cols - i) ** 2 + (rows - j) ** 2 <= depth ** 2
+    nearer_positive = (cols - px) ** 2 + (rows - py) ** 2 < (cols - nx) ** 2 + (rows - ny) ** 2
+    assert (second.mask & bite & ~nearer_positive).sum() > 4
+    np.testing.assert_array_equal(third.mask, second.mask & ~(bite & ~nearer_positive))
+    assert "did not follow" in third.notes[-1] and "disk" in third.notes[-1]
     # removing the last points brings back the previews they had (the model alone would not give them back)
     session.remove_point(2)
     assert session.predict(sphere.volume, slice_axis="K") is second

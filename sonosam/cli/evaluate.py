@@ -50,7 +50,8 @@ def register(subparsers):
                         help="move each box side by up to this fraction of the box size (0)")
     parser.add_argument("--box-margin", type=int_at_least(0), default=0, help="grow the box by this many pixels (0)")
     parser.add_argument("--local-corrections", action="store_true",
-                        help="keep each corrective click's change only where it flipped the clicked pixel, as the "
+                        help="keep each corrective click's change only near it, where it flipped the clicked "
+                             "pixel (a click the model ignored changes the disk up to the mask's edge), as the "
                              "Slicer effect does (sonosam.masks.local_correction); default: SAM's protocol, the "
                              "whole new answer")
     parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2),

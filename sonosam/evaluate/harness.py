@@ -14,8 +14,9 @@ Protocol per sample (interaction 1 = the first prompt):
 2. interactions 2..N: one click in the largest error region of the current mask (see ``clicks``), all
    previous prompts kept, the previous best low-res logits passed as the mask prompt (if the model takes
    masks), one mask asked; when the mask is already perfect, the Dice is carried forward. With
-   ``local_corrections`` the model's new answer is kept only where it changed the clicked pixel, a positive
-   click it ignored adds what the model segments from that click alone, nothing is added outside the box and
+   ``local_corrections`` the model's new answer is kept only where it changed the clicked pixel and within 3
+   x the click's depth of it, a positive click it ignored adds what the model segments from that click alone, a
+   click still not reached changes the disk of its depth around it, nothing is added outside the box and
    nothing changes nearer an earlier click of the other kind (``sonosam.masks.local_correction``, what the Slicer
    effect does); else the whole new answer (SAM's protocol).
 
