@@ -1308,8 +1308,9 @@ class PromptSession:
     A prompt on another slice (or view) starts a new session. With ``local_corrections`` a click added to a
     preview changes it only near the click, where the model changed the clicked pixel; a positive click the model
     ignored adds what it segments from that click alone, and a click still not reached changes the disk around it
-    up to the mask's edge (``sonosam.masks.local_correction``; docs/training.md measures it); moving a marker or a new box asks the model afresh, and prompts seen before on this slice (the last
-    point removed) bring back the preview they had, since with local corrections it depends on the clicks' order.
+    up to the mask's edge (``sonosam.masks.local_correction``; docs/training.md measures it); moving a marker or
+    a new box asks the model afresh, and prompts seen before on this slice (the last point removed) bring back the
+    preview they had, since with local corrections it depends on the clicks' order.
     """
 
     POSITIVE, NEGATIVE = "+", "-"
