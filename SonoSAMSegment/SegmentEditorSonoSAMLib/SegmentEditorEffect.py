@@ -109,9 +109,11 @@ or connects to a GPU host.</html>"""
         self.refineCheckBox = qt.QCheckBox("Refine the existing segment (use it as mask prompt)")
         self.localCheckBox = qt.QCheckBox("Each click changes only the part it is on")
         self.localCheckBox.toolTip = ("On: a click added to the preview changes it only where the model changed the "
-                                      "clicked pixel, so a correction cannot undo what earlier clicks got right: "
-                                      "it changes nothing nearer an earlier click of the other kind, and after a "
-                                      "box it adds nothing outside the box (click outside it to grow past it). "
+                                      "clicked pixel, near the click, so a correction cannot undo what earlier "
+                                      "clicks got right: it changes nothing nearer an earlier click of the other "
+                                      "kind, and after a box it adds nothing outside the box (click outside it to "
+                                      "grow past it). A click the model ignores changes the disk around it up to "
+                                      "the mask's edge. "
                                       "Off: the model redraws the whole mask on every click (SAM's behaviour).")
         self.scriptedEffect.addOptionsWidget(self.negativeCheckBox)
         self.scriptedEffect.addOptionsWidget(self.refineCheckBox)
