@@ -92,7 +92,7 @@ def local_correction(previous, new, click, positive: bool | None = None, alone=N
     if previous[y, x] == new[y, x] and positive and alone is not None and not previous[y, x]:
         parts, _ = ndimage.label(_pair(previous, alone(), ("previous mask", "answer to the click alone"))[1])
         new = previous | (parts == parts[y, x]) if parts[y, x] else previous
-    corrected = _kept_local(previous, new, x, y, click, positive, box, earlier)
+    corrected = _kept_local(previous, new, click, positive, box, earlier)
     kind = previous[y, x]
     if positive is None or bool(positive) == kind or (previous == kind).all():
         return corrected   # no sign, nothing to correct, or no depth: the other kind is nowhere
@@ -102,12 +102,13 @@ def local_correction(previous, new, click, positive: bool | None = None, alone=N
     if corrected[y, x] == bool(positive):
         return np.where(distance <= CORRECTION_REACH * depth, corrected, previous)
     painted = np.where(distance <= depth, bool(positive), previous)
-    return _kept_local(previous, painted, x, y, click, positive, box, earlier)
+    return _kept_local(previous, painted, click, positive, box, earlier)
 
 
-def _kept_local(previous, new, x, y, click, positive, box, earlier) -> np.ndarray:
-    """``new`` on the connected part of the change under the click (x, y), within the box and nearer this click
-    than any earlier one of the other kind; ``previous`` elsewhere (``local_correction``'s locality rules)."""
+def _kept_local(previous, new, click, positive, box, earlier) -> np.ndarray:
+    """``new`` on the connected part of the change under the click (on the image), within the box and nearer this
+    click than any earlier one of the other kind; ``previous`` elsewhere (``local_correction``'s locality rules)."""
+    x, y = (int(round(float(v))) for v in click)
     if previous[y, x] == new[y, x]:
         return previous.copy()
     from scipy import ndimage
