@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sonosam.train.click_data import blood_pools, build_sources, slab_part, ultrasound_style
+from sonosam.train.click_data import blood_pools, build_sources, ct_references, slab_part, ultrasound_style
 
 
 def test_slab_rule():
@@ -49,6 +49,15 @@ def test_held_out_parts_share_no_image_and_no_slab_with_training():
             assert slab_part(index, slab) == "test"
         for sample in split.train:
             assert sample.mask.any() and sample.mask.shape == sample.image.shape[:2]
+    # CT is shown as the product shows it (the volume's window), not clipped to soft tissue: air is black,
+    # bone bright, and the fat and partial air between them keep their greys (a -100..300 HU clip made them black)
+    hu = ct_references()[0]
+    sample = sources["ct"].split.test[0]
+    shown, slice_hu = sample.image, np.moveaxis(hu, sample.meta["axis"], 0)[sample.meta["slice"]]
+    assert shown.dtype == np.uint8
+    assert shown[slice_hu <= -1000].mean() < 5 and shown[slice_hu >= 1000].mean() > 150
+    between = (slice_hu > -900) & (slice_hu < -200)
+    assert between.sum() > 50 and 10 < shown[between].mean() < 120
 
 
 def test_gentle_mask_init_starts_near_no_mask():

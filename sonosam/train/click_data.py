@@ -11,7 +11,8 @@ Sources (``build_sources``):
   scan, depth attenuation, speckle, an acoustic shadow), same masks, same split.
 * ``ct``: the head CT of Debian's ``invesalius-examples`` ("ProMED CT 0051", 108 x 256 x 256) with the
   model-free Hounsfield references of ``sonosam.references`` (skull, mandible rami, airway, sinuses, brain),
-  shown through a -100..300 HU window, each 2D connected component a structure; one volume, so split by slabs
+  shown through the volume's own window (``sonosam.image.volume_window``), as the Slicer module and
+  propagation show a CT to the model; each 2D connected component a structure; one volume, so split by slabs
   (12 slices, 6 along the 108 axial ones) like Colin27.
 * ``echo``: real B-mode frames of the apical 4-chamber loop (``pydicom-data``), split by time blocks of
   the one loop we have (there is no second echo loop in a registry package here); a model-free dark
@@ -186,17 +187,22 @@ def _component_samples(image: np.ndarray, labels: np.ndarray, name: str, key: tu
 
 
 def _ct_samples(stride: int, min_area: int) -> dict[str, list[Sample]]:
+    from ..image import to_uint8_rgb, volume_window
+
     hu, labels = ct_references()
-    # a wide brain window (-100..300 HU): brain vs CSF contrast stays, bone is white, air black
-    windowed = np.clip(hu, -100, 300).astype(np.int16)
+    # the window the product gives the model (the click sets once clipped it to -100..300 HU: docs/training.md,
+    # "CT shown as the product shows it")
+    window = volume_window(hu)
     parts: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
     name = "invesalius:Cranium.inv3"
     for axis in range(3):
-        img_axis, lab_axis = np.moveaxis(windowed, axis, 0), np.moveaxis(labels, axis, 0)
+        img_axis, lab_axis = np.moveaxis(hu, axis, 0), np.moveaxis(labels, axis, 0)
         step = max(1, stride // 2) if axis == 0 else stride   # 108 axial slices vs 256 on the other axes
         slab = 6 if axis == 0 else 12
         for index in range(0, img_axis.shape[0], step):
-            image = np.ascontiguousarray(img_axis[index])
+            if not lab_axis[index].any():
+                continue
+            image = np.ascontiguousarray(to_uint8_rgb(img_axis[index], window=window)[..., 0])
             meta = {"source": name, "axis": axis, "slice": index, "kind": "volume"}
             found = _component_samples(image, lab_axis[index], f"{name}[axis{axis}:{index}]",
                                        (name, axis, index), meta, min_area)
