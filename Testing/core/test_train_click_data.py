@@ -178,3 +178,19 @@ def test_select_by_rule_keeps_the_candidate_with_the_most_slack_on_real_decoders
 
     selection = json.loads((tmp_path / "decoder.json").read_text())["training"]["selection"]
     assert selection["kept"] == "epoch 1" and len(selection["candidates"]) == 3
+
+
+def test_held_out_rows_are_kept_per_test_content(tmp_path):
+    from sonosam.evaluate.datasets import Sample
+    from sonosam.train.click_decoder import rows_file
+
+    image, mask = np.zeros((32, 32), np.uint8), np.zeros((32, 32), bool)
+    image[8:20, 8:20], mask[8:20, 8:20] = 200, True
+    test = [Sample(image, mask, "a", ("a",))]
+    path = rows_file(tmp_path, "ct", "litemedsam_clicks (previous)", test, local=True)
+    assert path == rows_file(tmp_path, "ct", "litemedsam_clicks (previous)", [Sample(image.copy(), mask, "a", ("a",))],
+                             local=True)
+    shown_otherwise = [Sample(image // 2, mask, "a", ("a",))]   # same structure, other window: measured afresh
+    assert rows_file(tmp_path, "ct", "litemedsam_clicks (previous)", shown_otherwise, local=True) != path
+    assert rows_file(tmp_path, "ct", "litemedsam_clicks (previous)", test, local=False) != path
+    assert path.parent == tmp_path / "rows" and path.name.startswith("ct__litemedsam_clicks_") and "_local" in path.name

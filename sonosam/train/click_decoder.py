@@ -73,6 +73,16 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def rows_file(out: Path, name: str, row: str, test, local: bool) -> Path:
+    """Where a fixed model's held-out row on ``test`` is kept between runs: named by the test samples' pixels and
+    masks too, so a set that changed (CT's window, 2026-12-04) is measured afresh, never read from an old file."""
+    from ..masks import content_hash
+
+    content = content_hash(np.array([content_hash(s.image) + content_hash(s.mask) for s in test]), digest_size=6)
+    return out / "rows" / (f"{name}__{row.split()[0].strip(',')}_{len(row)}_{len(test)}_{content}"
+                           f"{'_local' if local else ''}.json")
+
+
 def main(argv=None) -> int:
     from ..cli import float_in
 
@@ -226,8 +236,7 @@ def main(argv=None) -> int:
         test = _validation_subset(source.split.test, args.max_test)
         rows = {}
         for row, model in models.items():
-            saved = out / "rows" / (f"{name}__{row.split()[0].strip(',')}_{len(row)}_{len(test)}"
-                                    f"{'_local' if args.local_corrections else ''}.json")
+            saved = rows_file(out, name, row, test, args.local_corrections)
             if row in ("litemedsam (base, box)", "litemedsam_clicks (previous)") and saved.is_file():
                 rows[row] = json.loads(saved.read_text())   # fixed models on a fixed test set: computed once
                 continue
