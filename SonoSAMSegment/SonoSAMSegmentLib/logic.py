@@ -58,7 +58,8 @@ class VolumeInfo:
     ijk_to_world: np.ndarray     # 4x4, parent transforms included
     dims_ijk: tuple
     key: str                     # node ID + image-data modified time: identifies the pixels for the cache
-    window: tuple | None         # intensity window given to the model (volume-wide, so slices agree)
+    window: tuple | None         # intensity window given to the model (volume-wide, so slices agree): the user's
+                                 # display window, or the volume's 0.5-99.5 % while Slicer's is automatic
 
 
 @dataclass
@@ -415,17 +416,32 @@ class SegmentLogic:
         ijk_to_world = node_to_world(volume_node) @ slicer.util.arrayFromVTKMatrix(ijk)
         array = volume_array(volume_node)
         key = f"{volume_node.GetID()}@{image.GetMTime()}"
-        if key not in self._windows:
+        # the key names the pixels only: a window changed to look at a preview must not void the preview (the
+        # embedding caches are keyed by the window as well)
+        window = self._display_window(volume_node) if comps == 1 else None
+        if window is None and key not in self._windows:
             self._windows = {k: v for k, v in self._windows.items() if not k.startswith(volume_node.GetID() + "@")}
             self._windows[key] = self._volume_window(array)
         return VolumeInfo(volume_node.GetID(), array, ijk_to_world, tuple(image.GetDimensions()), key,
-                          self._windows[key])
+                          window if window is not None else self._windows[key])
+
+    @staticmethod
+    def _display_window(volume_node):
+        """The window the user set for this volume in Slicer (window/level in the Volumes module or a slice view,
+        a preset such as CT-Brain, a DICOM window), so that the model sees what the user sees; None while Slicer
+        chooses the window itself (automatic window/level)."""
+        display = volume_node.GetDisplayNode()
+        if display is None or not display.IsA("vtkMRMLScalarVolumeDisplayNode") or display.GetAutoWindowLevel():
+            return None
+        low, high = float(display.GetWindowLevelMin()), float(display.GetWindowLevelMax())
+        return (low, high) if high > low else None
 
     @staticmethod
     def _volume_window(array: np.ndarray):
         """One window for the whole volume (0.5-99.5 percentiles), so every slice is scaled alike; uint8
-        volumes as they are. Not yet the core's sonosam.image.volume_window, which windows uint8 volumes
-        too (issue 12: one rule for both, once the slow suite can re-measure propagation on uint8 volumes)."""
+        volumes as they are; while Slicer's window/level is automatic (``_display_window`` otherwise). Not yet the
+        core's sonosam.image.volume_window, which windows uint8 volumes too (issue 12: one rule for both, once the
+        slow suite can re-measure propagation on uint8 volumes)."""
         if array.dtype == np.uint8:
             return None
         sample = array.reshape(-1)[:: max(1, array.size // 2_000_000)]

@@ -194,6 +194,33 @@ def test_anatomical_view_names_pick_the_closest_voxel_axis_and_box_prompts(spher
     assert seg.sum() == slice_of(sphere.inside, expected_axis, axis_index).sum()
 
 
+def test_the_model_sees_the_window_the_user_set(sphere):
+    """While Slicer's window/level is automatic the model gets the volume's 0.5-99.5 % window; once the user sets
+    one (a preset such as CT-Brain, or dragging in a view) it gets exactly that window; and changing the window to
+    look at a preview does not void the preview."""
+    predictor = ThresholdPredictor(50000)
+    logic = SegmentLogic(predictor=predictor)
+    sid = add_segment(sphere.segmentation, "sphere")
+    display = sphere.volume.GetDisplayNode()
+    display.AutoWindowLevelOn()
+    logic.predict(sphere.volume, [sphere.center_ras], [1])
+    voxels = (sphere.inside * 100000.0 + sphere.code).astype(np.float32)
+    np.testing.assert_allclose(predictor.calls[-1].window, np.percentile(voxels, (0.5, 99.5)), rtol=1e-6)
+
+    display.AutoWindowLevelOff()
+    display.SetWindowLevel(2000.0, 101000.0)              # the user's window: 100000..102000
+    preview = logic.predict(sphere.volume, [sphere.center_ras], [1])
+    assert predictor.calls[-1].window == (100000.0, 102000.0)
+    display.SetWindowLevel(400.0, 100500.0)               # looking closer at the preview before applying it
+    logic.apply(preview, sphere.volume, sphere.segmentation, sid)
+    assert segment_array(sphere.segmentation, sid, sphere.m).sum() == preview.mask.sum() > 20
+    logic.predict(sphere.volume, [sphere.center_ras], [1])
+    assert predictor.calls[-1].window == (100300.0, 100700.0)
+    display.AutoWindowLevelOn()
+    logic.predict(sphere.volume, [sphere.center_ras], [1])
+    np.testing.assert_allclose(predictor.calls[-1].window, np.percentile(voxels, (0.5, 99.5)), rtol=1e-6)
+
+
 def test_slice_image_is_oriented_like_the_slice_view():
     """Identity-direction (RAS) volume, axial view: screen right = patient left, screen up = anterior."""
     m = np.diag([1.0, 1.0, 1.0, 1.0])
