@@ -9,6 +9,7 @@ from PIL import Image
 
 from sonosam.errors import DataFileError, InputImageError
 from sonosam.evaluate.datasets import colin27_samples, find_pairs, load_pair, load_samples, samples_from_arrays
+from sonosam.image import volume_window
 
 
 def write(array, path, spacing=None, vector=False):
@@ -39,6 +40,7 @@ def test_volume_sliced_with_minimum_area(tmp_path):
     np.testing.assert_array_equal(s.image, volume[3])
     np.testing.assert_array_equal(s.mask, labels[3] == 2)
     assert s.area == 120 and s.key == (str(img), 0, 3)
+    assert all(sample.window == volume_window(volume) for sample in samples)   # one window for the volume
     assert samples[2].key == s.key  # two structures of one slice share the image key (one embedding)
     assert len(load_pair(img, lab, min_area=10)) == 6
     assert [s.label for s in load_pair(img, lab, labels=[2], min_area=10)] == [2, 2]

@@ -198,6 +198,28 @@ def test_a_positive_click_the_model_ignores_adds_what_it_segments_alone():
     assert model.calls[-1]["points"] == [(52, 52)] and model.calls[-1]["labels"] == [1]
 
 
+class Windowed(Stubborn):
+    """A predictor that takes windows: shows the image through the window it is given (bright above its middle)."""
+
+    def predict(self, image, prompts, multimask=False, key=None, window=None):
+        self.windows = getattr(self, "windows", []) + [window]
+        low, high = window if window is not None else (0, 255)
+        return super().predict(np.where(np.asarray(image) > (low + high) / 2, 200, 0), prompts, multimask, key)
+
+
+def test_every_decode_sees_the_sample_s_window():
+    blobs = two_blob_sample(gt_both=True)
+    hu = np.where(blobs.image > 0, 40, -1000).astype(np.int16)    # the squares at 40 "HU" in -1000 "air"
+    sample = Sample(hu, blobs.mask, "ct", ("ct",), 1, window=(0.0, 60.0))
+    model = Windowed()
+    local = evaluate(model, [sample], n_clicks=2, progress=False, local_corrections=True).images[0]
+    assert model.windows == [(0.0, 60.0)] * 3            # the first answer, the correction, the click alone
+    assert local.dice[1] == 1.0
+    unwindowed = Windowed()
+    evaluate(unwindowed, [two_blob_sample(gt_both=True)], n_clicks=2, progress=False)
+    assert unwindowed.windows == [None, None]            # no window of its own: none is passed
+
+
 def test_box_only_model_starts_from_a_box_and_reports_clicks_as_not_measured():
     model = Oracle(kinds=("box", "mask"))
     with pytest.warns(UserWarning, match="takes no clicks"):

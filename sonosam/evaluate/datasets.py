@@ -35,6 +35,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import DataFileError, InputImageError
+from ..image import volume_window
 
 __all__ = ["Sample", "read_array", "samples_from_arrays", "load_pair", "find_pairs", "load_samples",
            "colin27_samples"]
@@ -50,7 +51,8 @@ _IMAGE_DIRS = ("images", "imagesTr", "imagesTs", "image")
 class Sample:
     """One evaluation item: a 2D image (H, W) or RGB frame (H, W, 3), the binary ground-truth mask (H, W),
     and where it came from. ``key`` identifies the image (not the structure), so several structures of
-    one slice share one cached embedding in the Predictor."""
+    one slice share one cached embedding in the Predictor. ``window``: the intensity window the model sees the
+    image through (one per volume, as the tool shows a volume), or None for the image's own."""
 
     image: np.ndarray
     mask: np.ndarray
@@ -58,6 +60,7 @@ class Sample:
     key: tuple
     label: int = 1
     meta: dict = field(default_factory=dict)
+    window: tuple | None = None
 
     @property
     def area(self) -> int:
@@ -214,8 +217,14 @@ def load_pair(image_path, label_path, *, labels: Sequence[int] | None = None, ax
     if kind == "auto" and image_path.suffix.lower() == ".dcm" and labelmap.ndim == 3:
         kind = "cine"  # a multi-frame DICOM is a loop
     name = str(image_path)
-    return samples_from_arrays(image, labelmap, labels=labels, axis=axis, min_area=min_area, name=name,
-                               vector=vector, kind=kind, slices=slices)
+    samples = samples_from_arrays(image, labelmap, labels=labels, axis=axis, min_area=min_area, name=name,
+                                  vector=vector, kind=kind, slices=slices)
+    volume = [s for s in samples if s.meta.get("kind") == "volume"]
+    if volume and not vector and image.dtype != np.uint8:   # every slice through the volume's one window, as
+        window = volume_window(image)                        # the Slicer module and `propagate` show it
+        for sample in volume:
+            sample.window = window
+    return samples
 
 
 def _image_files(folder: Path) -> list[Path]:

@@ -176,7 +176,9 @@ def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "p
     result.box = None if prompts.box is None else tuple(int(v) for v in prompts.box)
     result.clicks = [(int(x), int(y), int(l)) for (x, y), l in zip(prompts.points, prompts.labels)]
     multimask = bool(multimask_first and start == "point")
-    pred = predictor.predict(sample.image, prompts, multimask=multimask, key=sample.key)
+    # the sample's window (one per volume), where it has one; predictors without windows are never asked
+    shown = {"window": sample.window} if getattr(sample, "window", None) is not None else {}
+    pred = predictor.predict(sample.image, prompts, multimask=multimask, key=sample.key, **shown)
     mask, logits, score = _best(pred, gt.shape)
     result.dice[0], result.scores = metrics.dice(mask, gt), [score]
     for step in range(1, n_clicks if clicks_supported else 1):
@@ -189,7 +191,7 @@ def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "p
         prompts = with_click
         try:
             pred = predictor.predict(sample.image, prompts.with_mask(logits if masks_supported else None),
-                                     multimask=False, key=sample.key)
+                                     multimask=False, key=sample.key, **shown)
         except UnsupportedPromptError as error:
             # a model that did not declare its prompt kinds refuses clicks: stop here, say so
             result.clicks.pop()
@@ -198,7 +200,7 @@ def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "p
         answer, logits, score = _best(pred, gt.shape)
         if local_corrections:   # alone: the model's answer to this click by itself, if it ignored the click
             mask = local_correction(mask, answer, click.xy, positive=click.positive, alone=lambda: _best(
-                predictor.predict(sample.image, Prompts([click.xy], [1]), multimask=False, key=sample.key),
+                predictor.predict(sample.image, Prompts([click.xy], [1]), multimask=False, key=sample.key, **shown),
                 gt.shape)[0], box=prompts.box,
                 earlier=[(xy, label == 1) for xy, label in zip(prompts.points[:-1], prompts.labels[:-1])])
         else:
