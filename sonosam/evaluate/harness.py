@@ -177,7 +177,7 @@ def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "p
     result.clicks = [(int(x), int(y), int(l)) for (x, y), l in zip(prompts.points, prompts.labels)]
     multimask = bool(multimask_first and start == "point")
     # the sample's window (one per volume), where it has one; predictors without windows are never asked
-    shown = {"window": sample.window} if getattr(sample, "window", None) is not None else {}
+    shown = {"window": sample.window} if sample.window is not None else {}
     pred = predictor.predict(sample.image, prompts, multimask=multimask, key=sample.key, **shown)
     mask, logits, score = _best(pred, gt.shape)
     result.dice[0], result.scores = metrics.dice(mask, gt), [score]
