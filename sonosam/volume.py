@@ -99,6 +99,8 @@ class PropagationOptions:
     box_margin: float = 0.2          # box = consistent pixels' bounding box + margin * its size (at least 2 px)
     consistency_lambda: float = 1.0  # SAM^Med lambda: |X_t+1 - X_t| < lambda * std(X_t[mask])
     n_points: int = 3                # positive points for point-capable models (0: none)
+    model_points: bool = True        # False: only a carrier gets them (trained with them), the predictor's own
+                                     # model answers with the box alone
     mask_prompt: bool | None = None  # previous mask as mask prompt; None: only for models trained with masks
     max_box_size: float | None = 1.25  # box sides at most this multiple of the anchor mask's bounding box
     # stop rules (see stop_reason); "anchor": the seed or accepted slice the front started from
@@ -498,6 +500,10 @@ class _Run:
         vector = (features * weight).sum((1, 2)) / weight.sum().clamp(min=1e-6)
         return (vector / vector.norm().clamp(min=1e-6)).numpy()
 
+    def points(self, kinds, carried: bool) -> bool:
+        """Whether a propagated slice's prompt holds interior points, for a model with these prompt kinds."""
+        return self.options.n_points > 0 and "point" in kinds and (carried or self.options.model_points)
+
     # steps -----------------------------------------------------------------------------------
     def report(self, info: SliceInfo) -> None:
         self.done += 1
@@ -618,7 +624,7 @@ class _Run:
             self.carried = self.carried or model is not None
             kinds = (model or self.model).spec.prompt_kinds
             prompts, share = next_slice_prompt(prev_image, image, prev_mask, anchor_box, opt,
-                                               opt.n_points > 0 and "point" in kinds,
+                                               self.points(kinds, carried=model is not None),
                                                "mask" in kinds if model is not None else self.use_mask)
             box = tuple(prompts.box)
             pred = self.predict(t, prompts, model)
@@ -637,7 +643,7 @@ class _Run:
                 # the carrier is unsure here: the predictor's own model answers afresh (no mask carried) and is
                 # kept when no rule finds fault with it (a front's end, or a slice the carrier lost the thread on)
                 fresh, _ = next_slice_prompt(prev_image, image, prev_mask, anchor_box, opt,
-                                             opt.n_points > 0 and "point" in self.model.spec.prompt_kinds,
+                                             self.points(self.model.spec.prompt_kinds, carried=False),
                                              self.use_mask)
                 second = self.predict(t, fresh)
                 other = _keep_touching(second.mask, prev_mask) if opt.keep_component and second.mask.any() \
