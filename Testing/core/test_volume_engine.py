@@ -153,7 +153,8 @@ def test_point_capable_model_gets_consistent_interior_points_and_mask_prompt():
     volume, ball = sphere_volume()
     model = ThresholdModel(kinds=("point", "box", "mask"))
     # follow_motion off: the prompts come from the previous mask where it was (with it, from that mask moved)
-    result = propagate(Predictor(model), volume, [Seed(20, box=(20, 20, 44, 44))], n_points=3, follow_motion=False)
+    result = propagate(Predictor(model), volume, [Seed(20, box=(20, 20, 44, 44))], n_points=3, model_points=True,
+                       follow_motion=False)
     propagated = model.calls[1:]
     with_points = [call for call in propagated if call["points"] is not None]
     assert len(with_points) >= len(propagated) - 2  # all but the stops past the ends, with nothing consistent
@@ -165,6 +166,15 @@ def test_point_capable_model_gets_consistent_interior_points_and_mask_prompt():
     # the points of the first step forward lie inside the seed slice's ball
     for x, y in propagated[0]["points"]:
         assert ball[20, int(y), int(x)]
+
+
+def test_model_points_off_leaves_the_predictors_own_model_the_box_alone():
+    volume, _ = sphere_volume()
+    model = ThresholdModel(kinds=("point", "box", "mask"))
+    result = propagate(Predictor(model), volume, [Seed(20, box=(20, 20, 44, 44))], n_points=3, model_points=False)
+    propagated = model.calls[1:]
+    assert len(propagated) > 10 and all(call["points"] is None and call["box"] is not None for call in propagated)
+    assert result.extent() is not None and result.extent()[1] - result.extent()[0] > 10
 
 
 def test_rerun_keeps_accepted_slices_and_changes_only_the_stretches_next_to_new_seeds():
