@@ -98,9 +98,9 @@ class SliceInfo:
 class PropagationOptions:
     box_margin: float = 0.2          # box = consistent pixels' bounding box + margin * its size (at least 2 px)
     consistency_lambda: float = 1.0  # SAM^Med lambda: |X_t+1 - X_t| < lambda * std(X_t[mask])
-    n_points: int = 3                # positive points for point-capable models (0: none)
-    model_points: bool = True        # False: only a carrier gets them (trained with them), the predictor's own
-                                     # model answers with the box alone
+    n_points: int = 3                # positive points in a carrier's prompt, if it takes points (0: none)
+    model_points: bool = False       # True: the predictor's own model gets them too (the click decoders answer a
+                                     # large structure worse with them than with the box alone: docs/volume.md)
     mask_prompt: bool | None = None  # previous mask as mask prompt; None: only for models trained with masks
     max_box_size: float | None = 1.25  # box sides at most this multiple of the anchor mask's bounding box
     # stop rules (see stop_reason); "anchor": the seed or accepted slice the front started from
