@@ -168,10 +168,10 @@ def test_point_capable_model_gets_consistent_interior_points_and_mask_prompt():
         assert ball[20, int(y), int(x)]
 
 
-def test_model_points_off_leaves_the_predictors_own_model_the_box_alone():
+def test_by_default_the_predictors_own_model_answers_a_propagated_slice_from_the_box_alone():
     volume, _ = sphere_volume()
-    model = ThresholdModel(kinds=("point", "box", "mask"))
-    result = propagate(Predictor(model), volume, [Seed(20, box=(20, 20, 44, 44))], n_points=3, model_points=False)
+    model = ThresholdModel(kinds=("point", "box", "mask"))   # no carrier: every slice is the model's own
+    result = propagate(Predictor(model), volume, [Seed(20, box=(20, 20, 44, 44))], n_points=3)
     propagated = model.calls[1:]
     assert len(propagated) > 10 and all(call["points"] is None and call["box"] is not None for call in propagated)
     assert result.extent() is not None and result.extent()[1] - result.extent()[0] > 10
