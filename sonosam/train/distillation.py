@@ -378,9 +378,11 @@ def distill(teacher: SamModel, train: Sequence[Sample], config: DistillConfig | 
                    "train_dice": float(np.mean(dices)) if dices else math.nan}, t0)
     result.seconds = time.perf_counter() - began
     result.probe_loss_after, result.probe_embedding_after = probe_losses()
-    if log:
+    if log and probe:
         log(f"fixed-probe mask loss {result.probe_loss_before:.4f} -> {result.probe_loss_after:.4f}, embedding loss "
             f"{result.probe_embedding_before:.4f} -> {result.probe_embedding_after:.4f}; {result.seconds:.0f} s")
+    elif log:   # the embedding stage alone: no mask-stage sample to probe
+        log(f"no mask stage; {result.seconds:.0f} s")
     if output is not None:
         result.checkpoint = save_checkpoint(
             student, output, name=name, kind="distill", weights="full", architecture=architecture,
