@@ -500,9 +500,10 @@ class _Run:
         vector = (features * weight).sum((1, 2)) / weight.sum().clamp(min=1e-6)
         return (vector / vector.norm().clamp(min=1e-6)).numpy()
 
-    def points(self, kinds, carried: bool) -> bool:
-        """Whether a propagated slice's prompt holds interior points, for a model with these prompt kinds."""
-        return self.options.n_points > 0 and "point" in kinds and (carried or self.options.model_points)
+    def points(self, carrier=None) -> bool:
+        """Whether a propagated slice's prompt holds interior points: for ``carrier`` (None: the predictor's model)."""
+        kinds = (carrier or self.model).spec.prompt_kinds
+        return self.options.n_points > 0 and "point" in kinds and (carrier is not None or self.options.model_points)
 
     # steps -----------------------------------------------------------------------------------
     def report(self, info: SliceInfo) -> None:
@@ -624,7 +625,7 @@ class _Run:
             self.carried = self.carried or model is not None
             kinds = (model or self.model).spec.prompt_kinds
             prompts, share = next_slice_prompt(prev_image, image, prev_mask, anchor_box, opt,
-                                               self.points(kinds, carried=model is not None),
+                                               self.points(model),
                                                "mask" in kinds if model is not None else self.use_mask)
             box = tuple(prompts.box)
             pred = self.predict(t, prompts, model)
@@ -643,7 +644,7 @@ class _Run:
                 # the carrier is unsure here: the predictor's own model answers afresh (no mask carried) and is
                 # kept when no rule finds fault with it (a front's end, or a slice the carrier lost the thread on)
                 fresh, _ = next_slice_prompt(prev_image, image, prev_mask, anchor_box, opt,
-                                             self.points(self.model.spec.prompt_kinds, carried=False),
+                                             self.points(),
                                              self.use_mask)
                 second = self.predict(t, fresh)
                 other = _keep_touching(second.mask, prev_mask) if opt.keep_component and second.mask.any() \
