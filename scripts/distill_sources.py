@@ -53,6 +53,11 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup-lr", type=float, default=1e-3)
     parser.add_argument("--warmup-batch", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", help="start the student's encoder from this saved student (OUT/%s.pth of an "
+                        "earlier run) instead of the teacher's blocks" % MODEL_NAME)
+    parser.add_argument("--more-images", action="store_true",
+                        help="also train on click_data.embedding_images(): unlabelled echo frames, warps, the PLAX "
+                             "loop and ultrasound-style MRI slices, all outside the held-out parts")
     parser.add_argument("--max-test", type=int, default=20,
                         help="held-out structure-images per set (evenly spaced, as click_decoder --max-test)")
     parser.add_argument("--timing-images", type=int, default=3)
@@ -90,8 +95,15 @@ def main(argv=None) -> int:
         warmup = [im for s in sources.values() for im in unique_images(s.split.train)]   # never a val/test image
         print("embedding stage on training images: " + ", ".join(
             f"{n} {len(unique_images(s.split.train))}" for n, s in sources.items()) + f" ({len(warmup)})", flush=True)
+        if args.more_images:
+            from sonosam.train.click_data import embedding_images
+
+            extra = embedding_images()
+            warmup += [im for images in extra.values() for im in images]
+            print("and unlabelled: " + ", ".join(f"{n} {len(v)}" for n, v in extra.items()) + f" ({len(warmup)} in all)",
+                  flush=True)
         config = DistillConfig(epochs=0, warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr,
-                               warmup_batch=args.warmup_batch, seed=args.seed, cache_dir=args.cache)
+                               warmup_batch=args.warmup_batch, seed=args.seed, cache_dir=args.cache, init=args.init)
         result = distill(teacher, [], config, arch=args.arch, warmup_images=warmup)
         val_error = {}
         with torch.no_grad():   # relative embedding error on each source's validation images (never trained on)
@@ -114,7 +126,7 @@ def main(argv=None) -> int:
                                     f"{result.student_encoder_parameters:,} parameters) with {args.decoder}'s prompt "
                                     "encoder + mask decoder; points and boxes, about 2x faster encoding",
                         training={"teacher_encoder": "litemedsam", "config": config.to_dict(), "data": data,
-                                  "warmup_images": len(warmup), "epochs": result.epochs, "seconds": result.seconds,
+                                  "warmup_images": len(warmup), "more_images": args.more_images, "epochs": result.epochs, "seconds": result.seconds,
                                   "validation_embedding_error": val_error,
                                   "student_encoder_parameters": result.student_encoder_parameters,
                                   "teacher_encoder_parameters": result.teacher_encoder_parameters})

@@ -36,7 +36,7 @@ from ..errors import DataFileError
 from ..evaluate.datasets import Sample, samples_from_arrays
 from .data import COLIN27_AAL_RANGES, Split, _is_test_structure, thin_images
 
-__all__ = ["SOURCES", "build_sources", "colin27_tissue", "ct_references", "blood_pools",
+__all__ = ["SOURCES", "build_sources", "embedding_images", "colin27_tissue", "ct_references", "blood_pools",
            "ultrasound_style", "slab_part"]
 
 SOURCES = ("mri", "mri_us", "ct", "echo")
@@ -266,6 +266,36 @@ def _echo_samples(stride: int, min_area: int, warps: int = 1) -> dict[str, list[
                                                       (name, index, "warp", k), {**meta, "warp": k}, min_area,
                                                       max_per_class=1))
     return parts
+
+
+def embedding_images(echo_warps: int = 1, mri_stride: int = 8) -> dict[str, list[np.ndarray]]:
+    """Unlabelled images for a student's embedding stage (it needs no labels), beyond ``build_sources``' training
+    images and never from a validation or test part: every frame of the A4C loop's training blocks not already
+    there (``build_sources`` takes every 3rd) and ``echo_warps`` smooth warps of each training-block frame; the
+    frames of the PLAX loop (deid-data; a second loop, in no held-out set of ``build_sources``); and
+    ultrasound-style copies of Colin27 training-slab slices (every ``mri_stride``-th, offset from
+    ``build_sources``' stride-3 slices by one)."""
+    from ..data import echo_plax_path
+    from ..io import read_cine
+    from ..track.synthetic import echo_frame
+
+    echo, mri_us = [], []
+    for index in range(120):
+        if slab_part(index, 15) != "train":
+            continue
+        frame = echo_frame(index)
+        if index % 3:
+            echo.append(frame)
+        rng = np.random.default_rng([index, 7])
+        echo.extend(_smooth_warp(frame, np.zeros(frame.shape, np.int64), rng)[0] for _ in range(echo_warps))
+    echo.extend(np.ascontiguousarray(frame) for frame in read_cine(echo_plax_path()).frames)
+    t1 = _colin27_arrays()[0]
+    for axis, (lo, hi) in COLIN27_AAL_RANGES.items():
+        for index in range(lo + 1, hi + 1, mri_stride):
+            if slab_part(index) == "train":
+                image = np.ascontiguousarray(np.take(t1, index, axis=axis))
+                mri_us.append(ultrasound_style(image, seed=1000 * axis + index))
+    return {"echo": echo, "mri_us": mri_us}
 
 
 # -------------------------------------------------------------------------------------------- together

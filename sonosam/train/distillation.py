@@ -184,6 +184,7 @@ class DistillConfig:
     amp: bool = True
     max_steps: int | None = None      # optimizer steps in all (warm-up + main)
     cache_dir: str | None = None
+    init: str | None = None           # a saved student (checkpoint path) whose image encoder the student starts from
     progress: bool = True
     probe_samples: int = 4            # fixed probe batch for a comparable before/after loss
 
@@ -236,6 +237,15 @@ def distill(teacher: SamModel, train: Sequence[Sample], config: DistillConfig | 
     device = teacher.device
     mask_feedback = "mask" in click_capable(teacher).spec.prompt_kinds   # as the teacher was trained and is used
     student, architecture = build_student(teacher, arch)
+    if config.init:   # continue an earlier run's encoder (same architecture) instead of the teacher's blocks
+        from ..models import load_model
+
+        earlier = load_model(config.init, device=str(device))
+        try:
+            student.sam.image_encoder.load_state_dict(earlier.sam.image_encoder.state_dict())
+        except RuntimeError as error:
+            raise ValueError(f"{config.init}'s image encoder is not a {arch} student ({str(error)[:200]}); give the "
+                             "--arch it was trained with.") from None
     result = DistillResult(teacher_parameters=count_parameters(teacher.sam),
                            student_parameters=count_parameters(student.sam),
                            teacher_encoder_parameters=count_parameters(teacher.sam.image_encoder),
