@@ -4,6 +4,7 @@ Training images: three axial slices; held-out image: an axial slice from another
 uses the held-out slice's training structures, the test its held-out structures (AAL pairs never
 trained on), so the held-out Dice is measured on structure-slices training never saw."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -184,6 +185,11 @@ def test_distillation_student_is_smaller_and_its_losses_fall(data, trained, caps
     ours, theirs = student.sam.state_dict(), teacher.sam.state_dict()
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs if k.startswith("mask_decoder."))   # frozen
     assert not torch.equal(ours["image_encoder.neck.0.weight"], theirs["image_encoder.neck.0.weight"])   # trained
+    # a later run can continue this student's encoder (DistillConfig.init) instead of the teacher's blocks
+    again = distill(teacher, picked, dataclasses.replace(config, epochs=0, warmup_epochs=0,
+                                                         init=str(folder / "student.pth")), log=None)
+    continued = again.student.sam.image_encoder.state_dict()
+    assert all(torch.equal(continued[k], ours["image_encoder." + k]) for k in continued)
 
     held = test[:1]
     rows = {"teacher": evaluate_cached(teacher, EmbeddingStore(folder / "cache", teacher), held, n_clicks=1),

@@ -35,6 +35,20 @@ def test_blood_pool_reference_finds_the_left_ventricle():
     assert x0 <= cols.mean() <= x1 and y0 <= rows.mean() <= y1
 
 
+def test_embedding_images_hold_no_held_out_frame():
+    """The student's extra unlabelled images come from training blocks only: no A4C frame of a validation or test
+    block is among them (the loop repeats a frame 7 times, each time inside one block)."""
+    from sonosam.track.synthetic import echo_frame
+    from sonosam.train.click_data import embedding_images
+
+    images = embedding_images()
+    a4c = [im for im in images["echo"] if im.shape == (480, 640)]
+    assert len(a4c) == 40 + 60 and len(images["echo"]) == 100 + 30   # 40 frames, 60 warps, the PLAX loop's 30
+    assert images["mri_us"] and all(im.dtype == np.uint8 and (im == 0).any() for im in images["mri_us"])
+    held = [echo_frame(i) for i in range(120) if slab_part(i, 15) != "train"]
+    assert not any(np.array_equal(im, frame) for im in a4c for frame in held)
+
+
 @pytest.mark.slow
 def test_held_out_parts_share_no_image_and_no_slab_with_training():
     sources = build_sources(("ct", "echo"))
