@@ -112,6 +112,10 @@ class PropagationOptions:
     min_score_anchor: float | None = 0.8  # ... or below this share of the anchor's own predicted IoU, if lower (a
                                      # model whose scores run low, e.g. litemedsam_clicks at 0.5-0.6, is judged
                                      # against its own anchor; never stricter than min_score)
+    score_on_contrast: bool = True   # the predicted-IoU rule also judges fronts of anchors that stand out, where
+                                     # the model's answer competes with the intensity candidate (False: there,
+                                     # only the other rules judge; the click decoder's IoU runs 0.42-0.57 on a
+                                     # CT brain it segments at slice Dice 0.71-0.90: docs/volume.md)
     min_area_ratio: float = 0.05     # weak below this share of the anchor's area
     max_intensity_shift: float | None = 2.0  # weak when the mask's mean intensity is more than this many anchor
                                      # standard deviations from the anchor's mean (None: off)
@@ -599,7 +603,7 @@ class _Run:
             ratios = [b / max(a, 1) for a, b in zip(areas[-4:], areas[-3:])]
             trend = float(np.exp(np.mean(np.log(np.maximum(ratios, 1e-6))))) if len(ratios) >= 2 else None
             return stop_reason(opt, share=share, area=area, prev_area=int(prev_mask.sum()), anchor_area=anchor_area,
-                               score=score,
+                               score=score if polarity is None or opt.score_on_contrast else float("nan"),
                                overlap=(new & prev_mask).sum() / max(area, 1), intensity_shift=shift,
                                similarity=similarity, trend=trend, extent_ratio=extent,
                                fills_box=bool(area) and _fills_box(new, box),

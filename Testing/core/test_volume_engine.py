@@ -143,6 +143,29 @@ def test_stop_reason_breaks_stop_at_once_and_drift_waits():
                        **{**fine, "similarity": 0.1, "intensity_shift": 9.0}) == ("", False)
 
 
+class UnsureModel(ThresholdModel):
+    """Sure of its first answer (the seed), unsure of every later one: a model whose predicted IoU runs low on
+    slices it segments well."""
+
+    def decode(self, embedding, prompts, multimask=False):
+        out = super().decode(embedding, prompts, multimask)
+        if len(self.calls) > 1:
+            out.scores[:] = 0.3
+        return out
+
+
+def test_fronts_of_a_standing_out_anchor_can_ignore_the_predicted_iou():
+    volume, ball = sphere_volume()   # the barrel stands out from its background
+    seed = [Seed(20, box=(20, 20, 44, 44))]
+    judged = propagate(Predictor(UnsureModel()), volume, seed)
+    assert "predicted IoU 0.30" in judged.summary() and judged.extent()[1] - judged.extent()[0] < 6
+    ignored = propagate(Predictor(UnsureModel()), volume, seed, score_on_contrast=False)
+    first, last = np.nonzero(ball.any(axis=(1, 2)))[0][[0, -1]]
+    assert "predicted IoU" not in ignored.summary() and ignored.extent() == (first, last)
+    assert all(ignored.slices[t].score == pytest.approx(0.3) for t in range(first, last + 1) if t != 20
+               and ignored.slices[t].candidate == "model")   # the score is still reported
+
+
 def test_naive_baseline_segments_every_slice():
     volume, ball = sphere_volume(neighbour=True)
     base = naive_baseline(Predictor(ThresholdModel()), volume, (20, 20, 44, 44))
