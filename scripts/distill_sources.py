@@ -126,7 +126,8 @@ def main(argv=None) -> int:
                                     f"{result.student_encoder_parameters:,} parameters) with {args.decoder}'s prompt "
                                     "encoder + mask decoder; points and boxes, about 2x faster encoding",
                         training={"teacher_encoder": "litemedsam", "config": config.to_dict(), "data": data,
-                                  "warmup_images": len(warmup), "more_images": args.more_images, "epochs": result.epochs, "seconds": result.seconds,
+                                  "warmup_images": len(warmup), "more_images": args.more_images,
+                                  "epochs": result.epochs, "seconds": result.seconds,
                                   "validation_embedding_error": val_error,
                                   "student_encoder_parameters": result.student_encoder_parameters,
                                   "teacher_encoder_parameters": result.teacher_encoder_parameters})

@@ -113,9 +113,9 @@ class PropagationOptions:
                                      # model whose scores run low, e.g. litemedsam_clicks at 0.5-0.6, is judged
                                      # against its own anchor; never stricter than min_score)
     score_on_contrast: bool = True   # the predicted-IoU rule also judges fronts of anchors that stand out, where
-                                     # the model's answer competes with the intensity candidate (False: there,
-                                     # only the other rules judge; the click decoder's IoU runs 0.42-0.57 on a
-                                     # CT brain it segments at slice Dice 0.71-0.90: docs/volume.md)
+                                     # the model's answer competes with the intensity candidate (False: there only
+                                     # the other rules judge; a click decoder's IoU can run low on slices it
+                                     # segments well, docs/volume.md)
     min_area_ratio: float = 0.05     # weak below this share of the anchor's area
     max_intensity_shift: float | None = 2.0  # weak when the mask's mean intensity is more than this many anchor
                                      # standard deviations from the anchor's mean (None: off)

@@ -245,7 +245,7 @@ def distill(teacher: SamModel, train: Sequence[Sample], config: DistillConfig | 
             student.sam.image_encoder.load_state_dict(earlier.sam.image_encoder.state_dict())
         except RuntimeError as error:
             raise ValueError(f"{config.init}'s image encoder is not a {arch} student ({str(error)[:200]}); give the "
-                             "--arch it was trained with.") from None
+                             "arch it was trained with.") from None
     result = DistillResult(teacher_parameters=count_parameters(teacher.sam),
                            student_parameters=count_parameters(student.sam),
                            teacher_encoder_parameters=count_parameters(teacher.sam.image_encoder),
