@@ -65,6 +65,8 @@ def main(argv=None) -> int:
     parser.add_argument("--score-only", action="store_true", help="score OUT/MODEL_NAME.pth, do not train")
     parser.add_argument("--train-only", action="store_true")
     args = parser.parse_args(argv)
+    if args.init and not Path(args.init).is_file():   # before the teacher's embeddings are encoded (minutes)
+        parser.error(f"--init {args.init}: no such file; give OUT/{MODEL_NAME}.pth of an earlier run")
 
     import numpy as np
     import torch

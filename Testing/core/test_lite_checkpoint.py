@@ -111,3 +111,12 @@ def test_lite_rule_fails_a_set_more_than_one_point_below_at_1_3_or_5_clicks():
     assert lite_rule(rows, "s", "t") == (True, [])
     passed, failures = lite_rule({"mri": {"s": ok, "t": teacher}, "echo": {"s": bad, "t": teacher}}, "s", "t")
     assert not passed and len(failures) == 1 and failures[0].startswith("echo Dice@3")
+
+
+def test_distill_sources_refuses_a_missing_init_before_any_work(tmp_path, capsys):
+    from scripts.distill_sources import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--init", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2 and "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()   # nothing written
