@@ -112,10 +112,10 @@ class PropagationOptions:
     min_score_anchor: float | None = 0.8  # ... or below this share of the anchor's own predicted IoU, if lower (a
                                      # model whose scores run low, e.g. litemedsam_clicks at 0.5-0.6, is judged
                                      # against its own anchor; never stricter than min_score)
-    score_on_contrast: bool = True   # the predicted-IoU rule also judges fronts of anchors that stand out, where
-                                     # the model's answer competes with the intensity candidate (False: there only
-                                     # the other rules judge; a click decoder's IoU can run low on slices it
-                                     # segments well, docs/volume.md)
+    unscored_contrast: float | None = None  # fronts whose anchor stands out at least this much (as min_contrast)
+                                     # are not judged by the predicted IoU, only by the other rules: there the
+                                     # model's answer competes with the intensity candidate, and a click decoder's
+                                     # IoU can run low on slices it segments well (None: every front is judged)
     min_area_ratio: float = 0.05     # weak below this share of the anchor's area
     max_intensity_shift: float | None = 2.0  # weak when the mask's mean intensity is more than this many anchor
                                      # standard deviations from the anchor's mean (None: off)
@@ -563,6 +563,7 @@ class _Run:
         anchor_mean, anchor_std = float(anchor_values.mean()), max(float(anchor_values.std()), 1e-6)
         anchor_feature = self.feature(start, mask) if opt.min_similarity is not None else None
         polarity = contrast_polarity(prev_image, mask, opt.min_contrast)
+        scored = polarity is None or contrast_polarity(prev_image, mask, opt.unscored_contrast) is None
         # the anchor's own split of its kind from its surroundings (Otsu over it and a 3 px ring), for the slices where
         # the box's Otsu split does not fall between the two (around the skull's bone the box holds air, tissue and
         # bone: its split is 338 HU on the seed slice, -400 HU from 4 slices up, where "bright" is the whole head)
@@ -603,7 +604,7 @@ class _Run:
             ratios = [b / max(a, 1) for a, b in zip(areas[-4:], areas[-3:])]
             trend = float(np.exp(np.mean(np.log(np.maximum(ratios, 1e-6))))) if len(ratios) >= 2 else None
             return stop_reason(opt, share=share, area=area, prev_area=int(prev_mask.sum()), anchor_area=anchor_area,
-                               score=score if polarity is None or opt.score_on_contrast else float("nan"),
+                               score=score if scored else float("nan"),
                                overlap=(new & prev_mask).sum() / max(area, 1), intensity_shift=shift,
                                similarity=similarity, trend=trend, extent_ratio=extent,
                                fills_box=bool(area) and _fills_box(new, box),

@@ -11,6 +11,7 @@ import torch
 from sonosam.errors import PromptError
 from sonosam.models import Embedding, Prediction
 from sonosam.predictor import Predictor
+from sonosam.seed_check import contrast
 from sonosam.models import mask_to_logits
 from sonosam.volume import (Seed, consistent_pixels, naive_baseline, propagate,
                             slice_of)
@@ -154,16 +155,21 @@ class UnsureModel(ThresholdModel):
         return out
 
 
-def test_fronts_of_a_standing_out_anchor_can_ignore_the_predicted_iou():
+def test_fronts_of_an_anchor_standing_out_past_unscored_contrast_ignore_the_predicted_iou():
     volume, ball = sphere_volume()   # the barrel stands out from its background
     seed = [Seed(20, box=(20, 20, 44, 44))]
     judged = propagate(Predictor(UnsureModel()), volume, seed)
     assert "predicted IoU 0.30" in judged.summary() and judged.extent()[1] - judged.extent()[0] < 6
-    ignored = propagate(Predictor(UnsureModel()), volume, seed, score_on_contrast=False)
+    ignored = propagate(Predictor(UnsureModel()), volume, seed, unscored_contrast=2.0)
     first, last = np.nonzero(ball.any(axis=(1, 2)))[0][[0, -1]]
     assert "predicted IoU" not in ignored.summary() and ignored.extent() == (first, last)
     assert all(ignored.slices[t].score == pytest.approx(0.3) for t in range(first, last + 1) if t != 20
                and ignored.slices[t].candidate == "model")   # the score is still reported
+    # an anchor that stands out less than the threshold is judged as before
+    standing_out = abs(contrast(volume[20].astype(np.float32), judged.slice_mask(20)))
+    assert standing_out > 2.0
+    above = propagate(Predictor(UnsureModel()), volume, seed, unscored_contrast=standing_out + 0.5)
+    assert above.extent() == judged.extent() and "predicted IoU 0.30" in above.summary()
 
 
 def test_naive_baseline_segments_every_slice():
