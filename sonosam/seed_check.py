@@ -45,8 +45,8 @@ SPAN_MARGIN = 0.25     # ... and an intensity component spans the box better by 
 FILL_SIDES = 0.6       # flagged when the mask runs along more than this share of each of the 4 sides
 MIN_CONTRAST = 2.0     # an intensity candidate counts as evidence only when it stands out this much from its
                        # surroundings (contrast_polarity); low-contrast boxes never overrule the model
-# a confident switch to the intensity candidate (chosen on the dev structures: the ventricles' dark part stands
-# out 5.6-6.6 SD, every other dev candidate at most 2.7; docs/volume.md)
+# a confident switch to the intensity candidate (chosen on the dev structures, between the ventricles' dark part
+# and every other dev candidate; docs/volume.md)
 SURE_CONTRAST = 4.0    # it stands out at least this much, and the model is unsure (below MIN_SCORE) or it ...
 SURE_SPAN = 0.85       # ... spans the box at least this well ...
 SURE_MARGIN = 0.1      # ... and better than the model's answer by this much
@@ -160,9 +160,8 @@ def contrast(image: np.ndarray, mask: np.ndarray) -> float | None:
 
 def contrast_polarity(image: np.ndarray, mask: np.ndarray, min_contrast: float | None = MIN_CONTRAST) -> str | None:
     """"dark" or "bright" when the mask stands out from a 3 px ring around it by at least `min_contrast`
-    standard deviations of its own intensities (a ventricle, an air space, bone); None otherwise. On Colin27
-    the AAL grey-matter structures measure 0.2-1.1, the ventricles 15, white matter 5.4-5.9; on the head CT
-    bone 2.1-2.2, air spaces 6.7-10.5 (docs/volume.md)."""
+    standard deviations of its own intensities (a ventricle, an air space, bone; grey-matter parcels do not);
+    None otherwise. The values per structure are in docs/volume.md."""
     if min_contrast is None:
         return None
     value = contrast(image, mask)
@@ -269,7 +268,7 @@ def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None,
     pred = predictor.predict(image, points=points, labels=labels, box=box, multimask=multimask, key=key,
                              window=window)
     # contrast as the model and the user see it: in the window (on a CT, raw HU put the clipped tails of air, CSF or
-    # dense bone into a structure's spread: the CT ventricle's dark part stands out 2.7 SD raw, 4.7 in its window)
+    # dense bone into a structure's spread, so the CT ventricle's dark part stands out less raw than in its window)
     seen = np.clip(image.astype(np.float32), *window) if window is not None else image
     candidates = [Candidate(pred.masks[i], float(pred.scores[i]), "the model's answer" if i == 0 else
                             f"the model's mask #{i + 1}", pred.low_res_logits[i]) for i in range(len(pred.masks))]

@@ -110,8 +110,8 @@ class PropagationOptions:
     min_overlap: float = 0.3         # stop at once when |new & prev| / |new| falls below this (jumped elsewhere)
     min_score: float = 0.5           # weak below this predicted IoU ...
     min_score_anchor: float | None = 0.8  # ... or below this share of the anchor's own predicted IoU, if lower (a
-                                     # model whose scores run low, e.g. litemedsam_clicks at 0.5-0.6, is judged
-                                     # against its own anchor; never stricter than min_score)
+                                     # model whose scores run low, e.g. litemedsam_clicks, is judged against
+                                     # its own anchor; never stricter than min_score)
     unscored_contrast: float | None = None  # fronts whose anchor stands out at least this much (as min_contrast)
                                      # are not judged by the predicted IoU, only by the other rules: there the
                                      # model's answer competes with the intensity candidate, and a click decoder's
@@ -243,7 +243,7 @@ def stop_reason(opt: PropagationOptions, *, share: float, area: int, prev_area: 
 
     Breaks with the previous slice stop the front at once (True). Weak or drifting slices (False) stop it only
     on `opt.patience` slices in a row: on Colin27's AAL structures the model's IoU score dips on single slices
-    inside a structure, and past a structure's end it keeps scoring 0.7-0.9 on the neighbouring tissue, which
+    inside a structure, and past a structure's end it keeps scoring high on the neighbouring tissue, which
     only a gradual drift away from the anchor's look gives away (docs/volume.md).
     overlap: |new & prev| / |new|; intensity_shift: (mean under the mask - anchor's mean) / anchor's SD;
     similarity: cosine of the mask's pooled image-embedding feature to the anchor's; trend: the front's mean area
