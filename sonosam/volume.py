@@ -56,7 +56,7 @@ from .models import mask_to_logits
 from .models.sam import encoder_id
 from .predictor import Predictor
 from .prompts import Prompts
-from .seed_check import _fills_box, _otsu, check_seed, contrast_polarity, structure_candidate
+from .seed_check import SURE_CONTRAST, _fills_box, _otsu, check_seed, contrast_polarity, structure_candidate
 from .track.motion import FlowEstimator, follow_slice
 
 __all__ = ["Seed", "SliceInfo", "PropagationOptions", "PropagationResult", "propagate", "naive_baseline",
@@ -112,10 +112,12 @@ class PropagationOptions:
     min_score_anchor: float | None = 0.8  # ... or below this share of the anchor's own predicted IoU, if lower (a
                                      # model whose scores run low, e.g. litemedsam_clicks, is judged against
                                      # its own anchor; never stricter than min_score)
-    unscored_contrast: float | None = None  # fronts whose anchor stands out at least this much (as min_contrast)
-                                     # are not judged by the predicted IoU, only by the other rules: there the
-                                     # model's answer competes with the intensity candidate, and a click decoder's
-                                     # IoU can run low on slices it segments well (None: every front is judged)
+    unscored_contrast: float | None = SURE_CONTRAST  # fronts whose anchor stands out unmistakably (at least this
+                                     # much, measured as for min_contrast) are not judged by the predicted IoU,
+                                     # only by the other rules: there the model's answer competes with the intensity
+                                     # candidate, and a click decoder's IoU can run low on slices it segments well;
+                                     # parcels of a larger tissue stand out less, and their low score is often the
+                                     # only sign of their end (None: every front is judged; docs/volume.md)
     min_area_ratio: float = 0.05     # weak below this share of the anchor's area
     max_intensity_shift: float | None = 2.0  # weak when the mask's mean intensity is more than this many anchor
                                      # standard deviations from the anchor's mean (None: off)

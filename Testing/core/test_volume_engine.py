@@ -11,9 +11,9 @@ import torch
 from sonosam.errors import PromptError
 from sonosam.models import Embedding, Prediction
 from sonosam.predictor import Predictor
-from sonosam.seed_check import contrast
+from sonosam.seed_check import SURE_CONTRAST, contrast
 from sonosam.models import mask_to_logits
-from sonosam.volume import (Seed, consistent_pixels, naive_baseline, propagate,
+from sonosam.volume import (PropagationOptions, Seed, consistent_pixels, naive_baseline, propagate,
                             slice_of)
 
 
@@ -158,7 +158,7 @@ class UnsureModel(ThresholdModel):
 def test_fronts_of_an_anchor_standing_out_past_unscored_contrast_ignore_the_predicted_iou():
     volume, ball = sphere_volume()   # the barrel stands out from its background
     seed = [Seed(20, box=(20, 20, 44, 44))]
-    judged = propagate(Predictor(UnsureModel()), volume, seed)
+    judged = propagate(Predictor(UnsureModel()), volume, seed, unscored_contrast=None)
     assert "predicted IoU 0.30" in judged.summary() and judged.extent()[1] - judged.extent()[0] < 6
     ignored = propagate(Predictor(UnsureModel()), volume, seed, unscored_contrast=2.0)
     first, last = np.nonzero(ball.any(axis=(1, 2)))[0][[0, -1]]
@@ -170,6 +170,8 @@ def test_fronts_of_an_anchor_standing_out_past_unscored_contrast_ignore_the_pred
     assert standing_out > 2.0
     above = propagate(Predictor(UnsureModel()), volume, seed, unscored_contrast=standing_out + 0.5)
     assert above.extent() == judged.extent() and "predicted IoU 0.30" in above.summary()
+    # the default: the seed check's line for "stands out unmistakably"
+    assert PropagationOptions().unscored_contrast == SURE_CONTRAST
 
 
 def test_naive_baseline_segments_every_slice():
