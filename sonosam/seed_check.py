@@ -255,13 +255,11 @@ def mask_problems(mask: np.ndarray, score: float, box, evidence: float | None = 
 
 
 def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None, *, key=None, window=None,
-               min_score: float = MIN_SCORE, prefer: str | None = None, contrast_switch: bool = False) -> SeedCheck:
+               min_score: float = MIN_SCORE, prefer: str | None = None) -> SeedCheck:
     """Segment the seed slice and check the answer against the prompt; see the module doc.
     predictor: a sonosam Predictor (or anything with its predict() and .model). prefer: "dark"/"bright" when the
     user already took that kind of alternative on another slice of the same structure (a correction then
-    follows it even where the model is sure). contrast_switch: an unsure model's answer that spans the box but
-    does not stand out gives way to the part of the box of its kind that does (and spans the box at least as
-    well)."""
+    follows it even where the model is sure)."""
     model = getattr(predictor, "model", None)
     spec = getattr(model, "spec", None)
     multimask = bool(getattr(spec, "multimask", False))
@@ -361,16 +359,4 @@ def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None,
             if not model_answer.problems:
                 model_answer.problems.append(f"{intensity.source.split(' (')[0]} spans the box better "
                                              f"({intensity.agreement:.0%} against {model_answer.agreement:.0%})")
-    # a large structure the model is unsure of (a whole brain, white matter): its answer found the structure's
-    # extent but blends into the surroundings, while the part of the box that stands out, of the same kind, is the
-    # structure (a part of the other kind, or one that spans a loose box better than the answer, is a neighbour)
-    if contrast_switch and check.best == 0 and unsure and intensity is not None and not intensity.problems \
-            and intensity.agreement >= model_answer.agreement >= SURE_SPAN:
-        answer, value = contrast(seen, model_answer.mask), contrast(seen, intensity.mask)
-        if answer is not None and abs(answer) < MIN_CONTRAST and value is not None and answer * value > 0:
-            check.best = next(i for i, c in enumerate(candidates) if c is intensity)
-            check.polarity = "dark" if value < 0 else "bright"
-            check.decision = (f"Took {intensity.source}: the model is unsure (predicted IoU {model_answer.score:.2f})"
-                              f" and its answer does not stand out from its surroundings, while this part does "
-                              f"({abs(value):.1f} SD)")
     return check
