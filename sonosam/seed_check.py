@@ -37,7 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = ["Candidate", "SeedCheck", "check_seed", "structure_candidate", "box_agreement", "mask_problems",
-           "is_ring"]
+           "is_ring", "whole_share"]
 
 MIN_SCORE = 0.7        # below this predicted IoU the answer is flagged as unsure
 MIN_SPAN = 0.6         # flagged when the mask's bounding box covers less than this share of the box's area ...
@@ -51,6 +51,9 @@ SURE_CONTRAST = 4.0    # it stands out at least this much, and the model is unsu
 SURE_SPAN = 0.85       # ... spans the box at least this well ...
 SURE_MARGIN = 0.1      # ... and better than the model's answer by this much
 HOLLOW = 1.5           # a candidate whose holes would add more than half its area is a ring: kept hollow
+WHOLE = 0.9            # a part of the box is a whole structure when this share of its whole-slice component lies
+                       # within the box grown by WHOLE_MARGIN px (a parcel's runs on into the larger tissue)
+WHOLE_MARGIN = 3
 
 
 @dataclass
@@ -189,6 +192,29 @@ def is_ring(mask: np.ndarray) -> bool:
     return bool(mask.any()) and ndimage.binary_fill_holes(mask).sum() > HOLLOW * mask.sum()
 
 
+def _box_split(image: np.ndarray, box) -> float:
+    """Otsu's threshold between the box's two intensity classes."""
+    x0, y0, x1, y1 = _box_pixels(box, image.shape)
+    return _otsu(np.asarray(image, np.float32)[y0:y1 + 1, x0:x1 + 1].ravel())
+
+
+def whole_share(image: np.ndarray, part: np.ndarray, box, kind: str, threshold: float) -> float:
+    """The share of `part`'s whole-slice component (the pixels on its side of `threshold` over the whole slice,
+    the connected components it touches) that lies within `box` grown by WHOLE_MARGIN px: about 1 for a whole
+    structure in its box (a brain, a ventricle), small for a piece of a larger tissue (a cortical parcel)."""
+    image = np.asarray(image, np.float32)
+    side = image < threshold if kind == "dark" else image >= threshold
+    labels, _ = ndimage.label(side)
+    touched = np.unique(labels[part & side])
+    component = np.isin(labels, touched[touched > 0])
+    if not component.any():
+        return 0.0
+    x0, y0, x1, y1 = _box_pixels(box, image.shape)
+    m = WHOLE_MARGIN
+    inside = component[max(y0 - m, 0):y1 + m + 1, max(x0 - m, 0):x1 + m + 1].sum()
+    return float(inside / component.sum())
+
+
 def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None, near: np.ndarray | None = None,
                         threshold: float | None = None, between: tuple[float, float] | None = None
                         ) -> tuple[np.ndarray, str] | None:
@@ -205,7 +231,7 @@ def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None, 
     crop = np.asarray(image, np.float32)[y0:y1 + 1, x0:x1 + 1]
     if crop.max() <= crop.min():
         return None
-    split = _otsu(crop.ravel())
+    split = _box_split(image, box)
     if threshold is None or (between is not None and min(between) < split < max(between)):
         threshold = split
     edge = np.ones(crop.shape, bool)   # the box's outer 2 px: a component lying there is the surroundings
@@ -255,11 +281,12 @@ def mask_problems(mask: np.ndarray, score: float, box, evidence: float | None = 
 
 
 def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None, *, key=None, window=None,
-               min_score: float = MIN_SCORE, prefer: str | None = None) -> SeedCheck:
+               min_score: float = MIN_SCORE, prefer: str | None = None, contrast_switch: bool = False) -> SeedCheck:
     """Segment the seed slice and check the answer against the prompt; see the module doc.
     predictor: a sonosam Predictor (or anything with its predict() and .model). prefer: "dark"/"bright" when the
     user already took that kind of alternative on another slice of the same structure (a correction then
-    follows it even where the model is sure)."""
+    follows it even where the model is sure). contrast_switch: an unsure model's answer that does not stand out
+    gives way to the part of the box that does, where that part is a whole structure (`whole_share`)."""
     model = getattr(predictor, "model", None)
     spec = getattr(model, "spec", None)
     multimask = bool(getattr(spec, "multimask", False))
@@ -359,4 +386,18 @@ def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None,
             if not model_answer.problems:
                 model_answer.problems.append(f"{intensity.source.split(' (')[0]} spans the box better "
                                              f"({intensity.agreement:.0%} against {model_answer.agreement:.0%})")
+    # a large whole structure the model is unsure of (a whole brain): its answer blends into the surroundings, while
+    # the part of the box that stands out is the structure. Not where that part runs on out of the box: then it is a
+    # piece of a larger tissue (a cortical parcel, one hemisphere's white matter) and the model may well be right
+    if contrast_switch and check.best == 0 and unsure and intensity is not None and not intensity.problems \
+            and intensity.agreement >= model_answer.agreement:
+        answer, value = contrast(seen, model_answer.mask), contrast(seen, intensity.mask)
+        kind = "dark" if intensity.source.startswith("the dark") else "bright"
+        if (answer is None or abs(answer) < MIN_CONTRAST) and value is not None \
+                and whole_share(image, intensity.mask, box, kind, _box_split(image, box)) >= WHOLE:
+            check.best = next(i for i, c in enumerate(candidates) if c is intensity)
+            check.polarity = "dark" if value < 0 else "bright"
+            check.decision = (f"Took {intensity.source}: the model is unsure (predicted IoU {model_answer.score:.2f})"
+                              f" and its answer does not stand out from its surroundings, while this part does "
+                              f"({abs(value):.1f} SD) and lies whole within the box")
     return check

@@ -137,6 +137,8 @@ class PropagationOptions:
     lookahead: int = 4               # slices encoded ahead of the front in the background
     seed_check: bool = True          # a seed whose model answer disagrees with its box takes the suggested
                                      # alternative (sonosam.seed_check); the check is kept in result.seed_checks
+    seed_contrast_switch: bool = False  # the check's contrast_switch (an unsure answer that does not stand out
+                                     # gives way to the part of the box that does, where that part is whole)
     follow_motion: bool = True       # pull the previous slice's mask onto the next by optical flow before prompting
                                      # it (sonosam.track.motion.follow_slice; False: prompt where the mask was)
     min_contrast: float | None = 2.0  # anchors at least this contrasted with their surroundings ((mean inside -
@@ -535,7 +537,7 @@ class _Run:
             self.encode_slab(seed.index)
             check = check_seed(self.predictor, self.image(seed.index), box=seed.box, points=seed.points,
                                labels=seed.labels, key=self.key(seed.index), window=self.window,
-                               prefer=self.prefer)
+                               prefer=self.prefer, contrast_switch=self.options.seed_contrast_switch)
             self.seed_checks[seed.index] = check
             chosen = check.candidates[check.best]
             mask, score = chosen.mask, chosen.score
