@@ -17,8 +17,10 @@ disagrees with that when (docs/volume.md):
 
 An alternative is suggested (`best`) only on two signals together: the model is unsure, and a contrasted
 structure that its mask avoids spans the box; or when a part of the box stands out strongly (CSF, air) and either
-spans the box clearly better than the model's answer or the model is unsure (contrast measured in the model's
-window). Every problem is reported and every alternative offered.
+spans the box clearly better than the model's answer or the model is unsure; or when the model is unsure, its
+answer does not stand out from its surroundings, and a part of the box that does lies whole within the box (a
+whole brain; `whole_share`). Contrast is measured in the model's window. Every problem is reported and every
+alternative offered.
 
 Alternatives: the model's other masks where it has trained multimask heads (SAM ViT-B/L/H); for click-capable
 models, the box plus a click deep inside the structure the box's intensities point to; and, model-free, the
@@ -281,7 +283,7 @@ def mask_problems(mask: np.ndarray, score: float, box, evidence: float | None = 
 
 
 def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None, *, key=None, window=None,
-               min_score: float = MIN_SCORE, prefer: str | None = None, contrast_switch: bool = False) -> SeedCheck:
+               min_score: float = MIN_SCORE, prefer: str | None = None, contrast_switch: bool = True) -> SeedCheck:
     """Segment the seed slice and check the answer against the prompt; see the module doc.
     predictor: a sonosam Predictor (or anything with its predict() and .model). prefer: "dark"/"bright" when the
     user already took that kind of alternative on another slice of the same structure (a correction then

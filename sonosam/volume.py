@@ -137,7 +137,7 @@ class PropagationOptions:
     lookahead: int = 4               # slices encoded ahead of the front in the background
     seed_check: bool = True          # a seed whose model answer disagrees with its box takes the suggested
                                      # alternative (sonosam.seed_check); the check is kept in result.seed_checks
-    seed_contrast_switch: bool = False  # the check's contrast_switch (an unsure answer that does not stand out
+    seed_contrast_switch: bool = True  # the check's contrast_switch (an unsure answer that does not stand out
                                      # gives way to the part of the box that does, where that part is whole)
     follow_motion: bool = True       # pull the previous slice's mask onto the next by optical flow before prompting
                                      # it (sonosam.track.motion.follow_slice; False: prompt where the mask was)

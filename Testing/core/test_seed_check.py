@@ -152,19 +152,19 @@ def test_contrast_switch_takes_the_part_that_stands_out_only_where_it_is_a_whole
     rng, rows, cols, truth, image = _disc(7, 112, 25, 130, 10, 100, 5)
     box = loose_box(truth)
     answer = np.hypot(rows - 56, cols - 68) <= 27
-    switched = check_seed(_Answers(answer, 0.6), image, box=box, contrast_switch=True)
+    switched = check_seed(_Answers(answer, 0.6), image, box=box)   # on by default
     assert "bright part of the box" in switched.candidates[switched.best].source, switched.summary()
     assert "does not stand out" in switched.decision and switched.polarity == "bright"
     assert dice(switched.candidates[switched.best].mask, truth) > 0.9
-    assert check_seed(_Answers(answer, 0.6), image, box=box).best == 0            # the option off: as before
-    assert check_seed(_Answers(answer, 0.9), image, box=box, contrast_switch=True).best == 0   # a sure model
+    assert check_seed(_Answers(answer, 0.6), image, box=box, contrast_switch=False).best == 0   # the option off
+    assert check_seed(_Answers(answer, 0.9), image, box=box).best == 0            # a sure model
     # the same disc joined by a bridge to a larger bright region outside the box: a piece of a larger tissue (a
     # cortical parcel), which the model may well be right to leave
     tissue = image.copy()
     outside = (cols > box[2] + 4) | ((cols > 56) & (abs(rows - 56) <= 3))
     tissue[outside & ~truth] = 130 + rng.normal(0, 10, (outside & ~truth).sum())
     assert structure_candidate(tissue, box) is not None
-    kept = check_seed(_Answers(answer, 0.6), tissue, box=box, contrast_switch=True)
+    kept = check_seed(_Answers(answer, 0.6), tissue, box=box)
     assert kept.best == 0, kept.summary()
 
 
