@@ -194,10 +194,10 @@ def is_ring(mask: np.ndarray) -> bool:
     return bool(mask.any()) and ndimage.binary_fill_holes(mask).sum() > HOLLOW * mask.sum()
 
 
-def _box_split(image: np.ndarray, box) -> float:
-    """Otsu's threshold between the box's two intensity classes."""
+def _box_crop(image: np.ndarray, box) -> np.ndarray:
+    """The box's pixels (float32): what its two intensity classes are split over (Otsu's threshold)."""
     x0, y0, x1, y1 = _box_pixels(box, image.shape)
-    return _otsu(np.asarray(image, np.float32)[y0:y1 + 1, x0:x1 + 1].ravel())
+    return np.asarray(image, np.float32)[y0:y1 + 1, x0:x1 + 1]
 
 
 def whole_share(image: np.ndarray, part: np.ndarray, box, kind: str, threshold: float) -> float:
@@ -230,10 +230,10 @@ def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None, 
     x0, y0, x1, y1 = _box_pixels(box, image.shape)
     if x1 - x0 < 3 or y1 - y0 < 3:
         return None
-    crop = np.asarray(image, np.float32)[y0:y1 + 1, x0:x1 + 1]
+    crop = _box_crop(image, box)
     if crop.max() <= crop.min():
         return None
-    split = _box_split(image, box)
+    split = _otsu(crop.ravel())
     if threshold is None or (between is not None and min(between) < split < max(between)):
         threshold = split
     edge = np.ones(crop.shape, bool)   # the box's outer 2 px: a component lying there is the surroundings
@@ -396,7 +396,7 @@ def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None,
         answer, value = contrast(seen, model_answer.mask), contrast(seen, intensity.mask)
         kind = "dark" if intensity.source.startswith("the dark") else "bright"
         if (answer is None or abs(answer) < MIN_CONTRAST) and value is not None \
-                and whole_share(image, intensity.mask, box, kind, _box_split(image, box)) >= WHOLE:
+                and whole_share(image, intensity.mask, box, kind, _otsu(_box_crop(image, box).ravel())) >= WHOLE:
             check.best = next(i for i, c in enumerate(candidates) if c is intensity)
             check.polarity = "dark" if value < 0 else "bright"
             check.decision = (f"Took {intensity.source}: the model is unsure (predicted IoU {model_answer.score:.2f})"
