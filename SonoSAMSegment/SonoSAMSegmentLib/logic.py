@@ -761,7 +761,8 @@ class SegmentLogic:
         Seeds are the segment's slices along the axis, kept exactly (accepted masks): all its non-empty
         slices on a first run, or ``seedSlices`` (indices along the axis) when given. On a re-run, the
         slices the user changed since the last run (corrections, new slices) are new seeds, the earlier
-        seeds stay anchors, and only the stretches next to what changed are recomputed. Only this segment
+        seeds stay anchors, and only the stretches next to what changed are recomputed; a propagated slice the
+        user erased is kept empty and ends the fronts that reach it. Only this segment
         is written, in one call of ``modify`` per change kind (one undo state: call ``saveStateForUndo()``
         before), and never on a seed slice. ``direction``: "both", "forward" (increasing index) or
         "backward"; ``maxSlices``: at most this many slices from each seed (None: until the structure ends);
@@ -810,15 +811,18 @@ class SegmentLogic:
         elif last is not None:
             prev_result, prev_options, written_before = last
             changed = [s for s in range(n) if not np.array_equal(seg_stack[s], prev_result.mask[s])]
-            anchors_kept = all(seg_stack[s].any() for s in prev_result.anchors)
-            indices = [s for s in changed if seg_stack[s].any()]
-            if prev_options == options and anchors_kept:
+            # an anchor is kept while it holds what it held (an erased slice the run took as an end stays empty)
+            kept = {s for s in prev_result.anchors if seg_stack[s].any() or not prev_result.mask[s].any()}
+            # every changed slice is a new anchor: a correction, or a propagated slice the user erased, which
+            # becomes an empty anchor, an end the fronts stop at (else the re-run would write its old mask back)
+            indices = [s for s in changed if seg_stack[s].any() or s not in prev_result.anchors]
+            if prev_options == options and kept == set(prev_result.anchors):
                 previous = prev_result
             else:  # other options, or an anchor erased: a fresh run from the anchors and the corrections
-                indices = sorted(set(indices) | {s for s in prev_result.anchors if seg_stack[s].any()})
+                indices = sorted(set(indices) | kept)
         else:
             indices = filled
-        if not indices and previous is None:
+        if previous is None and not any(seg_stack[s].any() for s in indices):
             raise PromptError("The segment is empty along this axis: segment (or draw) at least one slice, "
                               "then propagate.")
         volume_id = self._stack_id(info, layout)

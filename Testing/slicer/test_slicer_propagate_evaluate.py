@@ -175,6 +175,29 @@ def test_rerun_after_correction_changes_only_non_seed_slices(ball):
     np.testing.assert_array_equal(stack(ball, read(ball, ball.target)), second)
 
 
+def test_a_propagated_slice_the_user_erases_stays_empty_and_ends_the_front(ball):
+    inside = stack(ball, ball.inside)
+    c = int(np.argmax(inside.reshape(len(inside), -1).sum(1)))
+    write_slice(ball, c, inside[c])
+    ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial")
+    first = stack(ball, read(ball, ball.target)).copy()
+    top = max(s for s in range(len(first)) if first[s].any())
+    end = top - 2   # the user decides the structure ends below this slice and clears it
+    assert end > c + 1 and first[end + 1:top + 1].any()
+    write_slice(ball, end, np.zeros_like(first[end]))
+    summary = ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial")
+    second = stack(ball, read(ball, ball.target))
+    assert not second[end].any() and not second[end + 1:].any()           # erased, and nothing past it
+    np.testing.assert_array_equal(second[:end], first[:end])               # the rest as it was
+    assert "2 accepted" in summary and ball.logic.last_propagation.anchors[end].accepted
+    # a third run keeps the erased slice as an end (it is not an anchor the user erased)
+    write_slice(ball, c - 2, first[c - 2] & ~inside[c])   # a correction on the other side
+    ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial")
+    third = stack(ball, read(ball, ball.target))
+    assert not third[end:].any() and ball.logic.last_propagation.anchors.keys() == {c, end, c - 2}
+    np.testing.assert_array_equal(third[c:end], first[c:end])
+
+
 def test_direction_max_slices_seed_slices_and_cancel(ball):
     inside = stack(ball, ball.inside)
     c = int(np.argmax(inside.reshape(len(inside), -1).sum(1)))
