@@ -25,6 +25,9 @@ the model's whole new answer, as the figures before 2026-12-03 were measured).
 `--box-shifts PX`: each row also from 6 more seed boxes (grown, shrunk, moved left / right / up / down by PX pixels),
 one prompt each: the mean over the 7 boxes is the figure a one-box row cannot give (some rows swing from 0.03 to 0.7
 with a 3 px change; docs/volume.md).
+`--ends [N]`: the simulated user also gives each structure's first and last slice (`PropagationOptions.span`), N
+slices further out each way (default 0: the true ends), with every prompt from the seed box on (the Slicer effect's
+"between two slices").
 `--assist-after N`: after N corrections, SAM^assist learned from the held slices and the propagation re-run with and
 without it (row["assist"]).
 
@@ -354,7 +357,8 @@ def _subject(name):
 def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache: str = "runs/cache",
           corrections: int = 3, naive: bool = True, model_name: str = "litemedsam", backend: str | None = "auto",
           verbose: bool = True, seed_pick: str = "auto", assist_after=(), assist_kinds=("box", "point"),
-          local_corrections: bool = True, refine_clicks: bool = False, box_shifts: int = 0, **options) -> dict:
+          local_corrections: bool = True, refine_clicks: bool = False, box_shifts: int = 0,
+          ends: int | None = None, **options) -> dict:
     import torch
 
     from sonosam.models import load_model
@@ -366,7 +370,7 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
     store = EmbeddingStore(cache, model, memory=False)
     out = {"model": model.spec.name, "backend": model.backend, "threads": torch.get_num_threads(), "axis": axis,
            "seed_pick": seed_pick, "assist_after": list(assist_after), "local_corrections": local_corrections,
-           "refine_clicks": refine_clicks, "box_shifts": box_shifts,
+           "refine_clicks": refine_clicks, "box_shifts": box_shifts, "ends": ends,
            "rows": []}
     for subject_name in subjects:
         subject = _subject(subject_name)
@@ -387,7 +391,10 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
             row = evaluate_structure(predictor, volume, ref.mask, axis, window, volume_id, corrections, naive,
                                      seed_pick=seed_pick, assist_after=assist_after, assist_kinds=assist_kinds,
                                      local_corrections=local_corrections, refine_clicks=refine_clicks,
-                                     box_shifts=box_shifts, **options)
+                                     box_shifts=box_shifts,
+                                     **(options if ends is None else
+                                        {**options, "span": (max(first - ends, 0),
+                                                             min(last + ends, volume.shape[axis] - 1))}))
             row.update(subject=subject_name, modality=subject.modality, name=name, shape=ref.shape,
                        set="dev" if name in DEV else "held-out", window=list(window), encoded=encoded,
                        wall_seconds=time.perf_counter() - started)
@@ -485,6 +492,10 @@ def main(argv=None) -> int:
     parser.add_argument("--box-shifts", type=int, default=0, metavar="PX",
                         help="also propagate from the seed box grown, shrunk and moved by PX pixels (6 more one-prompt "
                              "runs per row): the spread says how much a row hangs on the exact box")
+    parser.add_argument("--ends", type=int, nargs="?", const=0, metavar="SLICES",
+                        help="the simulated user also gives each structure's first and last slice (the core's "
+                             "`span`), SLICES further out each way (default 0: exactly), with every prompt: 'a box "
+                             "and the ends' instead of 'a box'")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -496,7 +507,7 @@ def main(argv=None) -> int:
                    naive=not args.no_naive, model_name=args.model, backend=args.backend, seed_pick=args.seed_pick,
                    assist_after=tuple(args.assist_after), assist_kinds=tuple(args.assist_kinds),
                    local_corrections=args.local_corrections, refine_clicks=args.refine_clicks,
-                   box_shifts=args.box_shifts, **options)
+                   box_shifts=args.box_shifts, ends=args.ends, **options)
     print(format_table(result))
     print(goals(result))
     if args.json:

@@ -80,6 +80,11 @@ class Seed:
     def accepted(self) -> bool:
         return self.mask is not None
 
+    @property
+    def empty(self) -> bool:
+        """An accepted empty mask: the user says the structure is not on this slice (fronts end there)."""
+        return self.mask is not None and not np.asarray(self.mask).any()
+
 
 @dataclass
 class SliceInfo:
@@ -134,6 +139,10 @@ class PropagationOptions:
     keep_component: bool = True      # keep the connected parts of the mask that touch the previous mask
     max_slices: int | None = None    # at most this many slices from each seed in each direction
     direction: str = "both"          # "both", "forward" (increasing index) or "backward"
+    span: tuple[int, int] | None = None  # the structure's first and last slice, as the user gives them: fronts
+                                     # end there, and inside it only a break (the mask vanished, jumped or
+                                     # ballooned) ends one; weak slices are kept and flagged (None: the rules
+                                     # decide where the structure ends)
     lookahead: int = 4               # slices encoded ahead of the front in the background
     seed_check: bool = True          # a seed whose model answer disagrees with its box takes the suggested
                                      # alternative (sonosam.seed_check); the check is kept in result.seed_checks
@@ -577,6 +586,10 @@ class _Run:
             split, between = _otsu(prev_image[mask | around]), (float(prev_image[around].mean()), anchor_mean)
         if opt.max_slices is not None:
             limit = start + step * min(abs(limit - start), opt.max_slices)
+        if opt.span is not None:  # the user's ends bound the front (an earlier anchor outside them has none)
+            if not opt.span[0] <= start <= opt.span[1]:
+                return None
+            limit = min(limit, opt.span[1]) if step > 0 else max(limit, opt.span[0])
         weak: list[tuple[np.ndarray, SliceInfo]] = []  # weak slices in a row: kept on probation
         areas = [anchor_area]  # the front's areas so far: its own trend, for the growth rule
 
@@ -662,6 +675,8 @@ class _Run:
                     new, score, kind, reason, at_once = other, second.score, "second opinion", "", False
             area = int(new.sum())
             info = SliceInfo(t, PROPAGATED, score, area, source=start, candidate=kind)
+            if reason and not at_once and opt.span is not None:  # inside the user's span: kept, flagged
+                info.flag, reason = reason, ""
             if reason and (at_once or len(weak) + 1 >= max(opt.patience, 1)):
                 stop(info, reason, at_once)
                 return None
@@ -717,6 +732,15 @@ def propagate(predictor, volume, seeds, axis=0, options: PropagationOptions | No
     for seed in seeds:
         if not 0 <= seed.index < n:
             raise PromptError(f"Seed slice {seed.index} is outside the volume ({n} slices along axis {axis}).")
+    if options.span is not None:
+        first, last = (int(v) for v in options.span)
+        if not 0 <= first <= last < n:
+            raise PromptError(f"span must be two slices, first <= last, within 0..{n - 1}; got {options.span!r}.")
+        outside = [seed.index for seed in seeds if not first <= seed.index <= last and not seed.empty]
+        if outside:
+            raise PromptError(f"Seed slice {outside[0]} lies outside the span {first}..{last}: widen the span or "
+                              "seed inside it.")
+        options = replace(options, span=(first, last))
     if previous is not None:
         if previous.axis != axis or previous.mask.shape != volume.shape:
             raise PromptError("`previous` is a result for another volume shape or axis; run without it.")

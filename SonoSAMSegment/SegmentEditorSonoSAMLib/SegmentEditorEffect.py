@@ -174,12 +174,19 @@ or connects to a GPU host.</html>"""
         self.propagateAxis = qt.QComboBox()
         self.propagateAxis.addItems(["axial", "coronal", "sagittal"])
         self.propagateRange = qt.QComboBox()
-        self.propagateRange.addItems(["until the structure ends", "N slices"])
+        self.propagateRange.addItems(["until the structure ends", "N slices", "between two slices"])
         self.propagateRange.toolTip = ("Until the structure ends: the model's stop rules end each front. "
-                                       "N slices: at most N from each seed.")
+                                       "N slices: at most N from each seed. Between two slices: you say where the "
+                                       "structure starts and ends; the fronts run to those slices and only a break "
+                                       "(the mask vanished, jumped or ballooned) ends one before.")
         self.propagateSlices = qt.QSpinBox()
         self.propagateSlices.setRange(1, 2000)
         self.propagateSlices.value = 10
+        self.propagateFirst, self.propagateLast = qt.QSpinBox(), qt.QSpinBox()
+        for spin in (self.propagateFirst, self.propagateLast):
+            spin.setRange(0, 4000)
+            spin.toolTip = ("Slice index along the axis (the volume's IJK index, as the Data Probe shows it; the "
+                            "status line names slices the same way)")
         self.propagateDirection = qt.QComboBox()
         self.propagateDirection.addItems(["both", "forward", "backward"])
         self.propagateDirection.toolTip = "Forward = increasing slice index along the axis"
@@ -200,6 +207,11 @@ or connects to a GPU host.</html>"""
         form.addRow("Slice axis:", self.propagateAxis)
         form.addRow("Range:", self.propagateRange)
         form.addRow("Slices (N):", self.propagateSlices)
+        between = qt.QHBoxLayout()
+        between.addWidget(self.propagateFirst)
+        between.addWidget(qt.QLabel("to"))
+        between.addWidget(self.propagateLast)
+        form.addRow("Between slices:", between)
         form.addRow("Direction:", self.propagateDirection)
         form.addRow("", self.propagateCarry)
         row = qt.QHBoxLayout()
@@ -584,13 +596,15 @@ or connects to a GPU host.</html>"""
             return
         parameterSet = self.scriptedEffect.parameterSetNode()
         nSlices = self.propagateSlices.value if self.propagateRange.currentText == "N slices" else None
+        span = (self.propagateFirst.value, self.propagateLast.value) \
+            if self.propagateRange.currentText == "between two slices" else None
         with showErrors("SonoSAM could not start the propagation."):
             self._requireServer()
             self.onCancel()
             plan = self.logic.plan_propagation(parameterSet.GetSourceVolumeNode(), parameterSet.GetSegmentationNode(),
                                                parameterSet.GetSelectedSegmentID(), self.propagateAxis.currentText,
                                                direction=self.propagateDirection.currentText, maxSlices=nSlices,
-                                               carry=self.propagateCarry.checked)
+                                               carry=self.propagateCarry.checked, span=span)
             self.propagation = self.logic.start_propagation(plan)
             self.busyBar.setRange(0, 0)
             self.busyBar.visible = True

@@ -114,7 +114,7 @@ class PropagationPlan:
     seed_indices: list
     previous: object             # the last PropagationResult to continue, or None
     written_before: set
-    options: dict                # direction, max_slices
+    options: dict                # direction, max_slices, carrier, span
     volume_id: str
     window: tuple | None
 
@@ -755,7 +755,7 @@ class SegmentLogic:
 
     def propagate(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", seedSlices=None,
                   direction: str = "both", maxSlices=None, progress=None, cancel=None, modify=None,
-                  carry: bool = True) -> str:
+                  carry: bool = True, span=None) -> str:
         """Carry the segment through the volume along ``sliceAxis`` with the core's ``sonosam.volume.propagate``.
 
         Seeds are the segment's slices along the axis, kept exactly (accepted masks): all its non-empty
@@ -767,7 +767,9 @@ class SegmentLogic:
         before), and never on a seed slice. ``direction``: "both", "forward" (increasing index) or
         "backward"; ``maxSlices``: at most this many slices from each seed (None: until the structure ends);
         ``carry``: the slice decoder shipped for the model, if any, answers the propagated slices (the core's
-        ``carrier="auto"``; False: the model answers every slice);
+        ``carrier="auto"``; False: the model answers every slice); ``span``: (first, last) slice index along the
+        axis where the user says the structure starts and ends (the core's ``span``: fronts end there, and only a
+        break ends one inside it);
         ``progress(done, total, info)`` and ``cancel`` (threading.Event or callable) go to the core.
         Returns the result's summary. In-process; the effect runs the same plan as a server job
         (``plan_propagation`` -> job -> ``finish_propagation``).
@@ -777,14 +779,15 @@ class SegmentLogic:
         except ImportError as error:
             raise MissingDependencyError(f"SonoSAM's core is not installed ({error}).") from error
         plan = self.plan_propagation(volumeNode, segmentationNode, segmentId, sliceAxis, seedSlices, direction,
-                                     maxSlices, carry)
+                                     maxSlices, carry, span)
         result = core_propagate(self.predictor, plan.stack, plan.seeds(), axis=0, previous=plan.previous,
                                 volume_id=plan.volume_id, progress=progress, cancel=cancel, window=plan.window,
                                 **plan.options)
         return self.finish_propagation(plan, result, modify)
 
     def plan_propagation(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", seedSlices=None,
-                         direction: str = "both", maxSlices=None, carry: bool = True) -> PropagationPlan:
+                         direction: str = "both", maxSlices=None, carry: bool = True,
+                         span=None) -> PropagationPlan:
         """Everything ``propagate`` hands the core (the stack, the seeds, the previous run to continue),
         read from MRML now; nothing is written."""
         _segment_and_label(segmentationNode, segmentId)
@@ -795,8 +798,13 @@ class SegmentLogic:
         n = stack.shape[0]
         key = (segmentationNode.GetID(), segmentId, info.key, layout.axis, layout.x_axis, layout.y_axis,
                layout.x_flip, layout.y_flip)
+        if span is not None:
+            span = tuple(int(v) for v in span)
+            if len(span) != 2 or not 0 <= span[0] <= span[1] < n:
+                raise PromptError(f"The slices the structure spans must be two indices, first <= last, within "
+                                  f"0..{n - 1} along this axis; got {span}.")
         options = {"direction": direction, "max_slices": None if maxSlices in (None, 0) else int(maxSlices),
-                   "carrier": "auto" if carry else None}
+                   "carrier": "auto" if carry else None, "span": span}
         filled = [s for s in range(n) if seg_stack[s].any()]
         previous, written_before = None, set()
         last = self._propagations.get(key)
@@ -825,6 +833,10 @@ class SegmentLogic:
         if previous is None and not any(seg_stack[s].any() for s in indices):
             raise PromptError("The segment is empty along this axis: segment (or draw) at least one slice, "
                               "then propagate.")
+        outside = [s for s in indices if span is not None and seg_stack[s].any() and not span[0] <= s <= span[1]]
+        if outside:
+            raise PromptError(f"Slice {outside[0]} of the segment lies outside the slices {span[0]}..{span[1]} "
+                              "you gave: widen them, or erase that slice.")
         volume_id = self._stack_id(info, layout)
         return PropagationPlan(segmentationNode, segmentId, volumeNode, info.key, key, layout, stack, seg_stack,
                                current, image_to_seg, extent, indices, previous, written_before, options,

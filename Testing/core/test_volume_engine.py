@@ -249,6 +249,27 @@ def test_options_direction_and_max_slices():
     assert result.extent() == (20, 23)
 
 
+def test_a_span_the_user_gives_ends_the_fronts_and_outranks_the_weak_rules_inside_it():
+    volume, ball = sphere_volume(neighbour=True)
+    volume[24:27][ball[24:27]] += 60   # three weak slices in a row inside the barrel (12..28)
+    seed = [Seed(20, box=(20, 20, 44, 44))]
+    rules = dict(min_consistent=0.0)   # so that only the weak intensity rule judges those slices
+    ruled = propagate(Predictor(ThresholdModel()), volume, seed, **rules)
+    assert ruled.extent() == (12, 23)   # the weak run ends the front early
+    spanned = propagate(Predictor(ThresholdModel()), volume, seed, span=(14, 28), **rules)
+    assert spanned.extent() == (14, 28) and 13 not in spanned.slices and 29 not in spanned.slices
+    np.testing.assert_array_equal(spanned.mask[14:29], ball[14:29])
+    assert all("intensity" in spanned.slices[t].flag for t in (24, 25, 26))   # kept, flagged for review
+    # a break inside the span still ends a front: a blank slice
+    blank = volume.copy()
+    blank[26] = 0
+    assert propagate(Predictor(ThresholdModel()), blank, seed, span=(14, 28), **rules).extent() == (14, 25)
+    with pytest.raises(PromptError, match="outside the span 22..28"):
+        propagate(Predictor(ThresholdModel()), volume, seed, span=(22, 28))
+    with pytest.raises(PromptError, match="first <= last"):
+        propagate(Predictor(ThresholdModel()), volume, seed, span=(28, 14))
+
+
 def test_cancel_stops_early_and_keeps_what_is_done():
     volume, ball = sphere_volume()
     stop = threading.Event()

@@ -106,6 +106,12 @@ def test_cli_propagate_writes_a_segmentation(colin, tmp_path, default_model, mon
     assert main(["propagate", str(path), "--slice", str(run["index"]), "--box", box, "--max-slices", "2",
                  "--no-follow-motion", "--quiet", "-o", str(still)]) == 0
     assert read_segmentation(still).labelmap.any(axis=(1, 2)).sum() == 5
+    spanned = tmp_path / "spanned.seg.nrrd"   # the user's span: nothing past its ends
+    index = run["index"]
+    assert main(["propagate", str(path), "--slice", str(index), "--box", box, "--span", f"{index - 1},{index + 2}",
+                 "--quiet", "-o", str(spanned)]) == 0
+    kept = np.nonzero(read_segmentation(spanned).labelmap.any(axis=(1, 2)))[0]
+    assert kept.min() >= index - 1 and kept.max() <= index + 2 and index in kept
     assert main(["propagate", str(path), "--slice", "1", "-o", str(tmp_path / "x.seg.nrrd")]) == 2  # no prompt
 
 

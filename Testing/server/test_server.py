@@ -340,13 +340,16 @@ def test_propagation_options_are_checked_by_name_and_type_and_the_carrier_can_be
     volume[:, 12:36, 12:36] = 100.0
     seeds = [{"index": 1, "box": [10, 10, 38, 38]}]
     for options, needle in (({"carier": None}, "Unknown propagation option"), ({"carrier": 3}, "carrier = 3"),
-                            ({"max_slices": "two"}, "max_slices")):
+                            ({"max_slices": "two"}, "max_slices"), ({"span": [0, 5]}, r"span must be \[first, last\]"),
+                            ({"span": [2, 2]}, "Seed slice 1 lies outside the span 2..2")):
         with pytest.raises(ServerError, match=needle) as caught:
             client.start_job("propagate", volume=volume, seeds=seeds, axis=0, **options)
         assert caught.value.status == 400
     # carrier: "auto" by default, null (JSON) turns it off; the result says which decoder carried (none here)
     result = client.propagate(volume, seeds, axis=0, carrier=None, max_slices=1)
     assert result.mask[1].any() and result.carrier is None and "carried by" not in result.summary()
+    spanned = client.propagate(volume, seeds, axis=0, carrier=None, span=[1, 2])   # the user's span: from 1 to 2
+    assert not spanned.mask[0].any() and spanned.mask[1].any() and spanned.mask[2].any()
     # a re-run names the slices whose earlier mask it changed: erasing slice 0 clears nothing else here, erasing
     # slice 1 (the seed) clears what was propagated from it
     assert result.mask[0].any() and result.mask[2].any()

@@ -198,6 +198,27 @@ def test_a_propagated_slice_the_user_erases_stays_empty_and_ends_the_front(ball)
     np.testing.assert_array_equal(third[c:end], first[c:end])
 
 
+def test_the_slices_the_user_says_the_structure_spans_bound_the_propagation(ball):
+    inside = stack(ball, ball.inside)
+    c = int(np.argmax(inside.reshape(len(inside), -1).sum(1)))
+    write_slice(ball, c, inside[c])
+    n = len(inside)
+    with pytest.raises(PromptError, match=f"within 0..{n - 1}"):
+        ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial", span=(c, n))
+    with pytest.raises(PromptError, match=f"Slice {c} of the segment lies outside the slices"):
+        ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial", span=(c + 1, c + 3))
+    summary = ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial", span=(c - 1, c + 2))
+    got = stack(ball, read(ball, ball.target))
+    assert [s for s in range(n) if got[s].any()] == [c - 1, c, c + 1, c + 2] and "1 accepted" in summary
+    for s in (c - 1, c + 1, c + 2):
+        assert (got[s] ^ inside[s]).sum() <= 2
+    # the same run without the span reaches further: a new run (other options) replaces what it wrote
+    ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial")
+    assert stack(ball, read(ball, ball.target))[c + 3].any()
+    ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial", span=(c - 1, c + 2))
+    np.testing.assert_array_equal(stack(ball, read(ball, ball.target)), got)
+
+
 def test_direction_max_slices_seed_slices_and_cancel(ball):
     inside = stack(ball, ball.inside)
     c = int(np.argmax(inside.reshape(len(inside), -1).sum(1)))

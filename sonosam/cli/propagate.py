@@ -28,6 +28,9 @@ def register(subparsers):
     parser.add_argument("--adapters", metavar="FILE", help="Med-SA adapter weights (from `sonosam train adapters`)")
     parser.add_argument("--direction", default="both", choices=["both", "forward", "backward"])
     parser.add_argument("--max-slices", type=int_at_least(1), metavar="N", help="at most N slices each way from the seed")
+    parser.add_argument("--span", metavar="FIRST,LAST", help="the structure's first and last slice, if you know "
+                        "them: the fronts end there, and inside them only a break (the mask vanished, jumped or "
+                        "ballooned) ends one; weak slices are kept and flagged")
     parser.add_argument("--min-score", type=float_in(0.0, 1.0), help="stop below this predicted IoU (default 0.5)")
     parser.add_argument("--window", metavar="LO,HI", help="intensity window (e.g. 0,100 for brain CT; default: "
                         "the volume's 0.5/99.5 percentiles)")
@@ -67,6 +70,15 @@ def run(args) -> int:
     height, width = [n for i, n in enumerate(volume.shape) if i != axis]
     check_image_size(height, width, f"{args.volume}: a slice across axis {args.axis}")
     check_prompts_inside(points, labels, args.box, width, height)
+    span = None
+    if args.span:
+        try:
+            span = tuple(int(v) for v in args.span.split(","))
+        except ValueError:
+            span = ()
+        if len(span) != 2 or not 0 <= span[0] <= args.slice <= span[1] < volume.shape[axis]:
+            raise PromptError(f"--span {args.span!r} must be FIRST,LAST: two slice indices with FIRST <= --slice "
+                              f"{args.slice} <= LAST, within 0..{volume.shape[axis] - 1} along axis {args.axis}.")
 
     from ..models import get_spec
     from ..predictor import Predictor
@@ -82,7 +94,7 @@ def run(args) -> int:
         load_adapters(model, args.adapters)
     options = PropagationOptions(direction=args.direction, max_slices=args.max_slices,
                                  seed_check=not args.no_seed_check, follow_motion=not args.no_follow_motion,
-                                 carrier=carrier)
+                                 carrier=carrier, span=span)
     if args.window:
         try:
             low, high = (float(v) for v in args.window.split(","))

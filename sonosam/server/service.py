@@ -638,10 +638,20 @@ class Service:
                               labels=p.labels.tolist() if len(p.points) else None, mask=mask))
         options = dict(params.get("options") or {})
         window = _window(options.pop("window", None))
-        fields = [f for f in dataclasses.fields(PropagationOptions) if f.name != "window"]
+        span = options.pop("span", None)
+        if span is not None:
+            if not (isinstance(span, list) and len(span) == 2 and all(type(v) is int for v in span)
+                    and 0 <= span[0] <= span[1] < n):
+                raise ApiError(400, "bad_option", f"span must be [first, last]: two slice indices, first <= last, "
+                               f"within 0..{n - 1}; got {span!r}.")
+            outside = [seed.index for seed in seeds if not span[0] <= seed.index <= span[1] and not seed.empty]
+            if outside:
+                raise ApiError(400, "bad_seed", f"Seed slice {outside[0]} lies outside the span {span[0]}..{span[1]}.")
+        fields = [f for f in dataclasses.fields(PropagationOptions) if f.name not in ("window", "span")]
         nullable = frozenset(f.name for f in fields if "None" in str(f.type))   # e.g. carrier: str | None = "auto"
         options = PropagationOptions(**check_options(options, {f.name: f.default for f in fields}, "propagation",
-                                                     nullable), window=window)
+                                                     nullable), window=window,
+                                     span=None if span is None else tuple(span))
         previous = None
         if params.get("previous") is not None:
             earlier = self.job(params["previous"])
