@@ -701,6 +701,23 @@ def _yields(index: int, anchor: int, previous_source, outdated) -> bool:
     return source is not None and not outdated(index) and abs(index - source) < abs(index - anchor)
 
 
+def check_span(span, n: int, seeds: Sequence[Seed]) -> tuple[int, int]:
+    """The user's span as (first, last) ints, checked: within 0..n-1, first <= last, every seed that holds
+    something inside it (PromptError naming the problem otherwise)."""
+    try:
+        first, last = (int(v) for v in span)
+        ok = all(float(v) == int(v) for v in span)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not 0 <= first <= last < n:
+        raise PromptError(f"span must be two slice indices, first <= last, within 0..{n - 1}; got {span!r}.")
+    outside = [seed.index for seed in seeds if not first <= seed.index <= last and not seed.empty]
+    if outside:
+        raise PromptError(f"Seed slice {outside[0]} lies outside the span {first}..{last}: widen the span or seed "
+                          "inside it.")
+    return first, last
+
+
 def _mask_shape(volume_shape, axis):
     return tuple(s for a, s in enumerate(volume_shape) if a != axis)
 
@@ -733,14 +750,7 @@ def propagate(predictor, volume, seeds, axis=0, options: PropagationOptions | No
         if not 0 <= seed.index < n:
             raise PromptError(f"Seed slice {seed.index} is outside the volume ({n} slices along axis {axis}).")
     if options.span is not None:
-        first, last = (int(v) for v in options.span)
-        if not 0 <= first <= last < n:
-            raise PromptError(f"span must be two slices, first <= last, within 0..{n - 1}; got {options.span!r}.")
-        outside = [seed.index for seed in seeds if not first <= seed.index <= last and not seed.empty]
-        if outside:
-            raise PromptError(f"Seed slice {outside[0]} lies outside the span {first}..{last}: widen the span or "
-                              "seed inside it.")
-        options = replace(options, span=(first, last))
+        options = replace(options, span=check_span(options.span, n, seeds))
     if previous is not None:
         if previous.axis != axis or previous.mask.shape != volume.shape:
             raise PromptError("`previous` is a result for another volume shape or axis; run without it.")

@@ -799,10 +799,9 @@ class SegmentLogic:
         key = (segmentationNode.GetID(), segmentId, info.key, layout.axis, layout.x_axis, layout.y_axis,
                layout.x_flip, layout.y_flip)
         if span is not None:
-            span = tuple(int(v) for v in span)
-            if len(span) != 2 or not 0 <= span[0] <= span[1] < n:
-                raise PromptError(f"The slices the structure spans must be two indices, first <= last, within "
-                                  f"0..{n - 1} along this axis; got {span}.")
+            from sonosam.volume import check_span
+
+            span = check_span(span, n, [])   # the seeds are checked below, in the effect's words
         options = {"direction": direction, "max_slices": None if maxSlices in (None, 0) else int(maxSlices),
                    "carrier": "auto" if carry else None, "span": span}
         filled = [s for s in range(n) if seg_stack[s].any()]

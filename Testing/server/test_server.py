@@ -340,7 +340,8 @@ def test_propagation_options_are_checked_by_name_and_type_and_the_carrier_can_be
     volume[:, 12:36, 12:36] = 100.0
     seeds = [{"index": 1, "box": [10, 10, 38, 38]}]
     for options, needle in (({"carier": None}, "Unknown propagation option"), ({"carrier": 3}, "carrier = 3"),
-                            ({"max_slices": "two"}, "max_slices"), ({"span": [0, 5]}, r"span must be \[first, last\]"),
+                            ({"max_slices": "two"}, "max_slices"), ({"span": [0, 5]}, r"within 0..2"), ({"span": [0]}, "two slice indices"),
+                            ({"span": "0,2"}, r"span must be \[first, last\]"),
                             ({"span": [2, 2]}, "Seed slice 1 lies outside the span 2..2")):
         with pytest.raises(ServerError, match=needle) as caught:
             client.start_job("propagate", volume=volume, seeds=seeds, axis=0, **options)

@@ -610,7 +610,7 @@ class Service:
 
     # propagation through a volume (sonosam.volume.propagate)
     def _prepare_propagate(self, params: dict, arrays: dict):
-        from ..volume import PropagationOptions, Seed, propagate
+        from ..volume import PropagationOptions, Seed, check_span, propagate
 
         volume_id = params.get("volume")
         volume = check_stack(self.store.get(volume_id, "volume"), "volume", values=False)  # voxels: in the job
@@ -640,18 +640,17 @@ class Service:
         window = _window(options.pop("window", None))
         span = options.pop("span", None)
         if span is not None:
-            if not (isinstance(span, list) and len(span) == 2 and all(type(v) is int for v in span)
-                    and 0 <= span[0] <= span[1] < n):
-                raise ApiError(400, "bad_option", f"span must be [first, last]: two slice indices, first <= last, "
-                               f"within 0..{n - 1}; got {span!r}.")
-            outside = [seed.index for seed in seeds if not span[0] <= seed.index <= span[1] and not seed.empty]
-            if outside:
-                raise ApiError(400, "bad_seed", f"Seed slice {outside[0]} lies outside the span {span[0]}..{span[1]}.")
+            if not isinstance(span, list) or not all(type(v) is int for v in span):
+                raise ApiError(400, "bad_option", f"span must be [first, last], two integers; got {span!r}.")
+            try:
+                span = check_span(span, n, seeds)
+            except PromptError as error:
+                raise ApiError(400, "bad_option", str(error)) from None
         fields = [f for f in dataclasses.fields(PropagationOptions) if f.name not in ("window", "span")]
         nullable = frozenset(f.name for f in fields if "None" in str(f.type))   # e.g. carrier: str | None = "auto"
         options = PropagationOptions(**check_options(options, {f.name: f.default for f in fields}, "propagation",
                                                      nullable), window=window,
-                                     span=None if span is None else tuple(span))
+                                     span=span)
         previous = None
         if params.get("previous") is not None:
             earlier = self.job(params["previous"])
