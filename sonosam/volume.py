@@ -212,10 +212,14 @@ class PropagationResult:
             counts[info.status] = counts.get(info.status, 0) + 1
         extent = self.extent()
         stops = [f"{i} ({s.reason})" for i, s in sorted(self.slices.items()) if s.status == STOPPED]
+        # kept slices a stop rule found weak (inside a span, or a dip the front recovered from): where to look
+        weak = sorted(i for i, s in self.slices.items() if s.flag and s.status != STOPPED and self.slice_mask(i).any())
         return (f"{int(self.mask.sum())} voxels on slices {extent[0]}..{extent[1]}" if extent else "empty") + \
             f"; {', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}" + \
             (f"; stopped at {', '.join(stops)}" if stops else "") + \
             (f"; carried by {self.carrier}" if self.carrier else "") + \
+            (f"; weak on {len(weak)} slice{'s' if len(weak) > 1 else ''} ({_ranges(weak)}): worth a look"
+             if weak else "") + \
             (f"; changed the earlier mask on {len(self.replaced)} slice{'s' if len(self.replaced) > 1 else ''} "
              f"({_ranges(self.replaced)}): review them" if self.replaced else "") + \
             (" (cancelled)" if self.cancelled else "")

@@ -260,6 +260,7 @@ def test_a_span_the_user_gives_ends_the_fronts_and_outranks_the_weak_rules_insid
     assert spanned.extent() == (14, 28) and 13 not in spanned.slices and 29 not in spanned.slices
     np.testing.assert_array_equal(spanned.mask[14:29], ball[14:29])
     assert all("intensity" in spanned.slices[t].flag for t in (24, 25, 26))   # kept, flagged for review
+    assert "weak on 3 slices (24..26): worth a look" in spanned.summary()
     # a break inside the span still ends a front: a blank slice
     blank = volume.copy()
     blank[26] = 0
