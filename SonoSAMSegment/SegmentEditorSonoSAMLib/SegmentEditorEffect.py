@@ -208,9 +208,14 @@ or connects to a GPU host.</html>"""
         form.addRow("Range:", self.propagateRange)
         form.addRow("Slices (N):", self.propagateSlices)
         between = qt.QHBoxLayout()
-        between.addWidget(self.propagateFirst)
-        between.addWidget(qt.QLabel("to"))
-        between.addWidget(self.propagateLast)
+        for label, spin in (("", self.propagateFirst), ("to", self.propagateLast)):
+            if label:
+                between.addWidget(qt.QLabel(label))
+            between.addWidget(spin)
+            here = qt.QPushButton("here")
+            here.toolTip = "The slice the view of this axis shows now"
+            here.connect("clicked()", lambda spin=spin: self.onSliceHere(spin))
+            between.addWidget(here)
         form.addRow("Between slices:", between)
         form.addRow("Direction:", self.propagateDirection)
         form.addRow("", self.propagateCarry)
@@ -610,6 +615,20 @@ or connects to a GPU host.</html>"""
             self.busyBar.visible = True
             self.statusLabel.text = "Propagating on the server..."
         self._updateButtons()
+
+    def onSliceHere(self, spin):
+        """Fill a "between two slices" box with the slice shown in the first view of the chosen axis."""
+        axis = self.propagateAxis.currentText
+        layoutManager = slicer.app.layoutManager()
+        views = [layoutManager.sliceWidget(name).mrmlSliceNode() for name in layoutManager.sliceViewNames()]
+        view = next((v for v in views if v.GetOrientation().lower() == axis), None)
+        volume = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
+        if view is None or volume is None:
+            self.statusLabel.text = f"No {axis} slice view (or no source volume) to take the slice from."
+            return
+        sliceToRAS = view.GetSliceToRAS()
+        with showErrors("SonoSAM could not find that slice."):
+            spin.value = self.logic.slice_index(volume, axis, [sliceToRAS.GetElement(i, 3) for i in range(3)])
 
     def onStopPropagation(self):
         if self.propagation is not None:

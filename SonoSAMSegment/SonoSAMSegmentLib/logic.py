@@ -740,6 +740,17 @@ class SegmentLogic:
             raise PromptError(str(error)) from error
         return info, layout, layout.stack(info.array)
 
+    def slice_index(self, volumeNode, sliceAxis, ras) -> int:
+        """The index along ``sliceAxis`` (the propagation's slice numbering) of the slice through RAS point
+        ``ras``, e.g. a slice view's centre: what "between two slices" takes."""
+        info = self.volume_info(volumeNode)
+        try:
+            axis, _, _ = geo.resolve_axis(info.ijk_to_world, sliceAxis)
+        except geo.GeometryError as error:
+            raise PromptError(str(error)) from error
+        index = int(np.round(geo.ras_to_ijk(np.asarray(ras, float)[:3], info.ijk_to_world)[0, axis]))
+        return int(np.clip(index, 0, info.dims_ijk[axis] - 1))
+
     @staticmethod
     def _stack_id(info, layout) -> str:
         """Names a volume's slice stack along one layout: in-process, the core keys its slices' embeddings

@@ -207,6 +207,9 @@ def test_the_slices_the_user_says_the_structure_spans_bound_the_propagation(ball
         ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial", span=(c, n))
     with pytest.raises(PromptError, match=f"Slice {c} of the segment lies outside the slices"):
         ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial", span=(c + 1, c + 3))
+    # "current slice": the index along the axis of the slice through a view's centre (here, voxel centres)
+    assert [ball.logic.slice_index(ball.volume, "axial", (ball.m @ np.r_[CENTER_IJK[:2], k, 1])[:3])
+            for k in (c - 1, c + 2)] == [c - 1, c + 2]
     summary = ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial", span=(c - 1, c + 2))
     got = stack(ball, read(ball, ball.target))
     assert [s for s in range(n) if got[s].any()] == [c - 1, c, c + 1, c + 2] and "1 accepted" in summary
