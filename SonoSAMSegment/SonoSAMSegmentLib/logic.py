@@ -772,8 +772,8 @@ class SegmentLogic:
         Seeds are the segment's slices along the axis, kept exactly (accepted masks): all its non-empty
         slices on a first run, or ``seedSlices`` (indices along the axis) when given. On a re-run, the
         slices the user changed since the last run (corrections, new slices) are new seeds, the earlier
-        seeds stay anchors, and only the stretches next to what changed are recomputed; a propagated slice the
-        user erased is kept empty and ends the fronts that reach it. Only this segment
+        seeds stay anchors, and only the stretches next to what changed are recomputed; a slice the user
+        erased is kept empty and ends the fronts that reach it. Only this segment
         is written, in one call of ``modify`` per change kind (one undo state: call ``saveStateForUndo()``
         before), and never on a seed slice. ``direction``: "both", "forward" (increasing index) or
         "backward"; ``maxSlices``: at most this many slices from each seed (None: until the structure ends);
@@ -828,16 +828,13 @@ class SegmentLogic:
                 raise PromptError(f"Seed slice {empty[0]} of the segment is empty: draw or accept it first.")
         elif last is not None:
             prev_result, prev_options, written_before = last
-            changed = [s for s in range(n) if not np.array_equal(seg_stack[s], prev_result.mask[s])]
-            # an anchor is kept while it holds what it held (an erased slice the run took as an end stays empty)
-            kept = {s for s in prev_result.anchors if seg_stack[s].any() or not prev_result.mask[s].any()}
-            # every changed slice is a new anchor: a correction, or a propagated slice the user erased, which
-            # becomes an empty anchor, an end the fronts stop at (else the re-run would write its old mask back)
-            indices = [s for s in changed if seg_stack[s].any() or s not in prev_result.anchors]
-            if prev_options == options and kept == set(prev_result.anchors):
+            # every changed slice is a new anchor: a correction, or a slice the user erased, which becomes an
+            # empty anchor, an end the fronts stop at (a re-run never writes into it)
+            indices = [s for s in range(n) if not np.array_equal(seg_stack[s], prev_result.mask[s])]
+            if prev_options == options:
                 previous = prev_result
-            else:  # other options, or an anchor erased: a fresh run from the anchors and the corrections
-                indices = sorted(set(indices) | kept)
+            else:  # other options: a fresh run from every anchor as it is now, and the corrections
+                indices = sorted(set(indices) | set(prev_result.anchors))
         else:
             indices = filled
         if previous is None and not any(seg_stack[s].any() for s in indices):

@@ -190,12 +190,21 @@ def test_a_propagated_slice_the_user_erases_stays_empty_and_ends_the_front(ball)
     assert not second[end].any() and not second[end + 1:].any()           # erased, and nothing past it
     np.testing.assert_array_equal(second[:end], first[:end])               # the rest as it was
     assert "2 accepted" in summary and ball.logic.last_propagation.anchors[end].accepted
-    # a third run keeps the erased slice as an end (it is not an anchor the user erased)
-    write_slice(ball, c - 2, first[c - 2] & ~inside[c])   # a correction on the other side
-    ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial")
+    # a third run keeps the erased slice as an end, also as a fresh run (other options)
+    corrected = first[c - 2].copy()   # a correction on the other side: its left half
+    cols = np.nonzero(corrected.any(0))[0]
+    corrected[:, (cols.min() + cols.max()) // 2:] = False
+    write_slice(ball, c - 2, corrected)
+    ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial", carry=False)
     third = stack(ball, read(ball, ball.target))
     assert not third[end:].any() and ball.logic.last_propagation.anchors.keys() == {c, end, c - 2}
     np.testing.assert_array_equal(third[c:end], first[c:end])
+    # erasing the seed itself: it stays empty, and what was carried from it alone goes with it
+    write_slice(ball, c, np.zeros_like(first[c]))
+    ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial", carry=False)
+    fourth = stack(ball, read(ball, ball.target))
+    assert not fourth[c].any() and not fourth[c + 1:].any()
+    np.testing.assert_array_equal(fourth[c - 2], corrected)
 
 
 def test_the_slices_the_user_says_the_structure_spans_bound_the_propagation(ball):
