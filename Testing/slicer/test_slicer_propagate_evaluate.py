@@ -106,6 +106,23 @@ def write_slice(b, index, mask2d):
     write_segment_block(b.segmentation, b.target, b.layout.unstack(new), b.m, b.full)
 
 
+def seeded_and_propagated(b):
+    """The ball's widest slice drawn and propagated once: (the ball as a stack, that slice, the segment after)."""
+    inside = stack(b, b.inside)
+    c = int(np.argmax(inside.reshape(len(inside), -1).sum(1)))
+    write_slice(b, c, inside[c])
+    b.logic.propagate(b.volume, b.segmentation, b.target, "axial")
+    return inside, c, stack(b, read(b, b.target)).copy()
+
+
+def left_half(mask):
+    """A correction: only the left half of a slice's mask."""
+    corrected = mask.copy()
+    cols = np.nonzero(corrected.any(0))[0]
+    corrected[:, (cols.min() + cols.max()) // 2:] = False
+    return corrected
+
+
 def test_stack_is_the_slice_tool_layout(ball):
     info = ball.logic.volume_info(ball.volume)
     s = ball.layout.stack(info.array)
@@ -145,15 +162,8 @@ def test_propagate_from_one_accepted_slice(ball):
 
 
 def test_rerun_after_correction_changes_only_non_seed_slices(ball):
-    inside = stack(ball, ball.inside)
-    c = int(np.argmax(inside.reshape(len(inside), -1).sum(1)))
-    write_slice(ball, c, inside[c])
-    ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial")
-    first = stack(ball, read(ball, ball.target)).copy()
-    # correct slice c+2: keep only its left half
-    corrected = first[c + 2].copy()
-    cols = np.nonzero(corrected.any(0))[0]
-    corrected[:, (cols.min() + cols.max()) // 2:] = False
+    inside, c, first = seeded_and_propagated(ball)
+    corrected = left_half(first[c + 2])   # correct slice c+2
     write_slice(ball, c + 2, corrected)
     decodes = ball.model.decodes
     summary = ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial")
@@ -176,11 +186,7 @@ def test_rerun_after_correction_changes_only_non_seed_slices(ball):
 
 
 def test_a_propagated_slice_the_user_erases_stays_empty_and_ends_the_front(ball):
-    inside = stack(ball, ball.inside)
-    c = int(np.argmax(inside.reshape(len(inside), -1).sum(1)))
-    write_slice(ball, c, inside[c])
-    ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial")
-    first = stack(ball, read(ball, ball.target)).copy()
+    inside, c, first = seeded_and_propagated(ball)
     top = max(s for s in range(len(first)) if first[s].any())
     end = top - 2   # the user decides the structure ends below this slice and clears it
     assert end > c + 1 and first[end + 1:top + 1].any()
@@ -191,9 +197,7 @@ def test_a_propagated_slice_the_user_erases_stays_empty_and_ends_the_front(ball)
     np.testing.assert_array_equal(second[:end], first[:end])               # the rest as it was
     assert "2 accepted" in summary and ball.logic.last_propagation.anchors[end].accepted
     # a third run keeps the erased slice as an end, also as a fresh run (other options)
-    corrected = first[c - 2].copy()   # a correction on the other side: its left half
-    cols = np.nonzero(corrected.any(0))[0]
-    corrected[:, (cols.min() + cols.max()) // 2:] = False
+    corrected = left_half(first[c - 2])   # a correction on the other side
     write_slice(ball, c - 2, corrected)
     ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial", carry=False)
     third = stack(ball, read(ball, ball.target))
