@@ -139,10 +139,9 @@ class PropagationOptions:
     keep_component: bool = True      # keep the connected parts of the mask that touch the previous mask
     max_slices: int | None = None    # at most this many slices from each seed in each direction
     direction: str = "both"          # "both", "forward" (increasing index) or "backward"
-    span: tuple[int, int] | None = None  # the structure's first and last slice, as the user gives them: fronts
-                                     # end there, and inside it only a break (the mask vanished, jumped or
-                                     # ballooned) ends one; weak slices are kept and flagged (None: the rules
-                                     # decide where the structure ends)
+    span: tuple[int, int] | None = None  # the structure's first and last slice, as the user gives them: no front
+                                     # runs past them; inside, the stop rules judge as without them (None: the
+                                     # rules alone decide where the structure ends)
     lookahead: int = 4               # slices encoded ahead of the front in the background
     seed_check: bool = True          # a seed whose model answer disagrees with its box takes the suggested
                                      # alternative (sonosam.seed_check); the check is kept in result.seed_checks
@@ -679,8 +678,6 @@ class _Run:
                     new, score, kind, reason, at_once = other, second.score, "second opinion", "", False
             area = int(new.sum())
             info = SliceInfo(t, PROPAGATED, score, area, source=start, candidate=kind)
-            if reason and not at_once and opt.span is not None:  # inside the user's span: kept, flagged
-                info.flag, reason = reason, ""
             if reason and (at_once or len(weak) + 1 >= max(opt.patience, 1)):
                 stop(info, reason, at_once)
                 return None

@@ -177,8 +177,8 @@ or connects to a GPU host.</html>"""
         self.propagateRange.addItems(["until the structure ends", "N slices", "between two slices"])
         self.propagateRange.toolTip = ("Until the structure ends: the model's stop rules end each front. "
                                        "N slices: at most N from each seed. Between two slices: you say where the "
-                                       "structure starts and ends; the fronts run to those slices and only a break "
-                                       "(the mask vanished, jumped or ballooned) ends one before.")
+                                       "structure starts and ends; no front runs past those slices (inside them "
+                                       "the stop rules judge as usual).")
         self.propagateSlices = qt.QSpinBox()
         self.propagateSlices.setRange(1, 2000)
         self.propagateSlices.value = 10

@@ -779,8 +779,7 @@ class SegmentLogic:
         "backward"; ``maxSlices``: at most this many slices from each seed (None: until the structure ends);
         ``carry``: the slice decoder shipped for the model, if any, answers the propagated slices (the core's
         ``carrier="auto"``; False: the model answers every slice); ``span``: (first, last) slice index along the
-        axis where the user says the structure starts and ends (the core's ``span``: fronts end there, and only a
-        break ends one inside it);
+        axis where the user says the structure starts and ends (the core's ``span``: no front runs past them);
         ``progress(done, total, info)`` and ``cancel`` (threading.Event or callable) go to the core.
         Returns the result's summary. In-process; the effect runs the same plan as a server job
         (``plan_propagation`` -> job -> ``finish_propagation``).

@@ -29,8 +29,7 @@ def register(subparsers):
     parser.add_argument("--direction", default="both", choices=["both", "forward", "backward"])
     parser.add_argument("--max-slices", type=int_at_least(1), metavar="N", help="at most N slices each way from the seed")
     parser.add_argument("--span", metavar="FIRST,LAST", help="the structure's first and last slice, if you know "
-                        "them: the fronts end there, and inside them only a break (the mask vanished, jumped or "
-                        "ballooned) ends one; weak slices are kept and flagged")
+                        "them: no front runs past them (inside them the stop rules judge as usual)")
     parser.add_argument("--min-score", type=float_in(0.0, 1.0), help="stop below this predicted IoU (default 0.5)")
     parser.add_argument("--window", metavar="LO,HI", help="intensity window (e.g. 0,100 for brain CT; default: "
                         "the volume's 0.5/99.5 percentiles)")
