@@ -211,7 +211,7 @@ class PropagationResult:
             counts[info.status] = counts.get(info.status, 0) + 1
         extent = self.extent()
         stops = [f"{i} ({s.reason})" for i, s in sorted(self.slices.items()) if s.status == STOPPED]
-        # kept slices a stop rule found weak (inside a span, or a dip the front recovered from): where to look
+        # kept slices a stop rule found weak (a dip the front recovered from, or the end of its range): where to look
         weak = sorted(i for i, s in self.slices.items() if s.flag and s.status != STOPPED and self.slice_mask(i).any())
         return (f"{int(self.mask.sum())} voxels on slices {extent[0]}..{extent[1]}" if extent else "empty") + \
             f"; {', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}" + \
