@@ -207,8 +207,9 @@ class PropagationResult:
 
     def summary(self) -> str:
         counts: dict[str, int] = {}
-        for info in self.slices.values():
-            counts[info.status] = counts.get(info.status, 0) + 1
+        for info in self.slices.values():   # an accepted empty slice is an end the user set
+            kind = "end you set" if info.status == ACCEPTED and not info.area else info.status
+            counts[kind] = counts.get(kind, 0) + 1
         extent = self.extent()
         stops = [f"{i} ({s.reason})" for i, s in sorted(self.slices.items()) if s.status == STOPPED]
         # kept slices a stop rule found weak (a dip the front recovered from, or the end of its range): where to look
