@@ -124,6 +124,13 @@ class PropagationPlan:
         return [Seed(s, mask=self.seg_stack[s].copy()) for s in self.seed_indices]
 
 
+def _undone(result_mask, before, now) -> bool:
+    """Whether the segment is back where it was before a propagation on every slice that run changed (Undo),
+    rather than edited on a few of them (an erased slice is an end the next run keeps)."""
+    changed = [s for s in range(len(before)) if not np.array_equal(result_mask[s], before[s])]
+    return bool(changed) and all(np.array_equal(now[s], before[s]) for s in changed)
+
+
 # ---------------------------------------------------------------------------------------------------
 # MRML helpers (work on any scene: the real Slicer one or a headless slicer-core one)
 # ---------------------------------------------------------------------------------------------------
@@ -327,7 +334,8 @@ class SegmentLogic:
         self._predictor = predictor
         self._windows: dict[str, tuple | None] = {}
         self._last: dict[tuple, SlicePrediction] = {}  # (seg node ID, segment ID, slice key) -> last written
-        self._propagations: dict[tuple, tuple] = {}  # (seg, segment, volume key, layout) -> (result, options, written)
+        # (seg, segment, volume key, layout) -> (result, options, written, the segment's stack before that run)
+        self._propagations: dict[tuple, tuple] = {}
         self.last_propagation = None
         self.last_evaluation = None
         self._assist = None      # SAM^assist: the predictor with a learned prompt encoder (learn_from_segment)
@@ -817,6 +825,8 @@ class SegmentLogic:
         filled = [s for s in range(n) if seg_stack[s].any()]
         previous, written_before = None, set()
         last = self._propagations.get(key)
+        if last is not None and _undone(last[0].mask, last[3], seg_stack):
+            last = None   # the user undid that run (Ctrl+Z): start afresh, as if it never ran
         if seedSlices is not None:
             indices = sorted({int(s) for s in seedSlices})
             bad = [s for s in indices if not 0 <= s < n]
@@ -826,7 +836,7 @@ class SegmentLogic:
             if empty:
                 raise PromptError(f"Seed slice {empty[0]} of the segment is empty: draw or accept it first.")
         elif last is not None:
-            prev_result, prev_options, written_before = last
+            prev_result, prev_options, written_before, _ = last
             # every changed slice is a new anchor: a correction, or a slice the user erased, which becomes an
             # empty anchor, an end the fronts stop at (a re-run never writes into it)
             indices = [s for s in range(n) if not np.array_equal(seg_stack[s], prev_result.mask[s])]
@@ -875,7 +885,7 @@ class SegmentLogic:
             sl[array_axis(layout.axis)] = slice(lo, hi + 1)   # layout.axis is IJK; the block is [k, j, i]
             write_segment_block(plan.segmentation_node, plan.segment_id, new[tuple(sl)], plan.image_to_seg, ext,
                                 plan.current[tuple(sl)], modify or self.modify)
-        self._propagations[plan.key] = (result, plan.options, written)
+        self._propagations[plan.key] = (result, plan.options, written, plan.seg_stack)
         self.last_propagation = result
         return result.summary()
 

@@ -211,6 +211,16 @@ def test_a_propagated_slice_the_user_erases_stays_empty_and_ends_the_front(ball)
     np.testing.assert_array_equal(fourth[c - 2], corrected)
 
 
+def test_after_undo_propagate_starts_afresh_rather_than_taking_the_undone_slices_for_ends(ball):
+    inside, c, first = seeded_and_propagated(ball)
+    before = np.zeros_like(first)
+    before[c] = inside[c]
+    write_segment_block(ball.segmentation, ball.target, ball.layout.unstack(before), ball.m, ball.full)  # Ctrl+Z
+    summary = ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial")
+    np.testing.assert_array_equal(stack(ball, read(ball, ball.target)), first)
+    assert "end you set" not in summary
+
+
 def test_the_slices_the_user_says_the_structure_spans_bound_the_propagation(ball):
     inside = stack(ball, ball.inside)
     c = int(np.argmax(inside.reshape(len(inside), -1).sum(1)))
