@@ -46,7 +46,7 @@ from dataclasses import replace
 import numpy as np
 
 from sonosam.evaluate.metrics import dice
-from sonosam.volume import Seed, naive_baseline, propagate, slice_of, volume_window
+from sonosam.volume import PropagationOptions, Seed, naive_baseline, propagate, slice_of, volume_window
 
 # the structures the rules are chosen on (every shape, left hemisphere; the CT's ventricles, so that a rule for CT
 # need not be tuned on held-out rows; the MRI's whole brain, a large structure with dark pockets like the CT's
@@ -146,8 +146,8 @@ def _correction(pred: np.ndarray, gt: np.ndarray, axis: int, taken: set[int]) ->
 
 
 def corrective_choices(predictor, image: np.ndarray, gt: np.ndarray, *, key, window, max_clicks: int = 3,
-                       good: float = 0.9, local: bool = True, current: np.ndarray | None = None
-                       ) -> list[tuple[np.ndarray, str]]:
+                       good: float = 0.9, local: bool = True, current: np.ndarray | None = None,
+                       three_classes: bool = PropagationOptions.seed_three_classes) -> list[tuple[np.ndarray, str]]:
     """What the simulated user sees when correcting one slice: (mask, how) answers to choose from.
 
     Every model: a slightly loose box and the seed check's alternatives (what the Slicer effect offers). Click-
@@ -173,7 +173,7 @@ def corrective_choices(predictor, image: np.ndarray, gt: np.ndarray, *, key, win
             earlier=[(c.xy, c.positive) for c in clicks[:-1]])
 
     box = loose_box(gt)
-    check = check_seed(predictor, image, box=box, key=key, window=window)
+    check = check_seed(predictor, image, box=box, key=key, window=window, three_classes=three_classes)
     choices = [(c.mask, f"box: {c.source}") for c in check.candidates]
     if "point" not in predictor.model.spec.prompt_kinds:
         return choices
@@ -197,14 +197,15 @@ def corrective_choices(predictor, image: np.ndarray, gt: np.ndarray, *, key, win
     return choices
 
 
-def user_seed(predictor, image: np.ndarray, truth: np.ndarray, box, *, key, window) -> tuple[Seed | None, str]:
+def user_seed(predictor, image: np.ndarray, truth: np.ndarray, box, *, key, window,
+              three_classes: bool = PropagationOptions.seed_three_classes) -> tuple[Seed | None, str]:
     """"The user picks the seed from the offered masks": where the seed check reports a problem (the Slicer effect
     then shows its Mask list), the simulated user takes the offered candidate closest to the reference (Dice) and
     propagates from it as an accepted mask, as the effect does; (None, "") when the check finds nothing wrong or the
     pick is what the check suggests anyway (the box seed propagates as in the one-prompt figures)."""
     from sonosam.seed_check import check_seed
 
-    check = check_seed(predictor, image, box=box, key=key, window=window)
+    check = check_seed(predictor, image, box=box, key=key, window=window, three_classes=three_classes)
     if check.ok:
         return None, ""
     picked = max(range(len(check.candidates)), key=lambda i: dice(check.candidates[i].mask, truth))
@@ -251,13 +252,14 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
     by that many pixels each way (`moved_boxes`), each with the seed check's automatic pick: row["dice_boxes"] (the
     seed box's first, then the 6 others)."""
     window = tuple(window or volume_window(volume))
+    three_classes = options.get("seed_three_classes", PropagationOptions.seed_three_classes)  # offered to the user
     other = tuple(a for a in range(3) if a != axis)
     index = int(np.argmax(gt.sum(axis=other)))
     box = loose_box(slice_of(gt, axis, index))
     seed, picked = Seed(index, box=box), ""
     if seed_pick == "user":
         chosen, picked = user_seed(predictor, slice_of(volume, axis, index), slice_of(gt, axis, index), box,
-                                   key=(volume_id, axis, index), window=window)
+                                   key=(volume_id, axis, index), window=window, three_classes=three_classes)
         if chosen is not None:
             seed = replace(chosen, index=index)
     elif seed_pick != "auto":
@@ -309,7 +311,8 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
             now = dice(result.slice_mask(worst), truth) if truth.any() else 0.0
             choices = corrective_choices(predictor, slice_of(volume, axis, worst), truth, key=(volume_id, axis, worst),
                                          window=window, local=local_corrections,
-                                         current=result.slice_mask(worst) if refine_clicks else None)
+                                         current=result.slice_mask(worst) if refine_clicks else None,
+                                         three_classes=three_classes)
             mask, how = max(choices, key=lambda c: dice(c[0], truth))
             if dice(mask, truth) <= now:
                 kinds.append(f"{worst}: nothing better offered ({how})")

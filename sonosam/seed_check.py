@@ -26,7 +26,9 @@ Alternatives: the model's other masks where it has trained multimask heads (SAM 
 models, the box plus a click deep inside the structure the box's intensities point to; and, model-free, the
 darker or brighter part of the box (a threshold between the box's two intensity classes, Otsu's) whose
 connected component spans the box best. `structure_candidate` is that last one, also used by the propagation
-when the model loses a high-contrast structure (sonosam.volume).
+when the model loses a high-contrast structure (sonosam.volume). With `three_classes`, also offered and never
+suggested: the darkest and the brightest of three intensity classes (a box around a large structure holds it, its
+surroundings and the background: white matter / grey matter / CSF, bone / soft tissue / air).
 
 Everything here is Qt-free and model-agnostic: the Slicer effect shows `candidates` and lets the user pick.
 """
@@ -37,6 +39,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
+
+from .masks import iou
 
 __all__ = ["Candidate", "SeedCheck", "check_seed", "structure_candidate", "box_agreement", "mask_problems",
            "is_ring", "whole_share"]
@@ -56,6 +60,7 @@ HOLLOW = 1.5           # a candidate whose holes would add more than half its ar
 WHOLE = 0.9            # a part of the box is a whole structure when this share of its whole-slice component lies
                        # within the box grown by WHOLE_MARGIN px (a parcel's runs on into the larger tissue)
 WHOLE_MARGIN = 3
+SAME_IOU = 0.9         # an alternative this close (IoU) to one already offered is not offered again
 
 
 @dataclass
@@ -150,6 +155,22 @@ def _otsu(values: np.ndarray) -> float:
     return float((centres[best] + centres[last]) / 2)
 
 
+def _otsu3(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
+    """The two thresholds that split `values` into three classes with the largest between-class variance (Otsu's
+    rule for three classes)."""
+    hist, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    p = hist / max(hist.sum(), 1)
+    weight, mean = np.cumsum(p), np.cumsum(p * centres)
+    i, j = np.triu_indices(bins - 1, k=1)          # class 0: bins 0..i, class 1: i+1..j, class 2: j+1..
+    w0, w1, w2 = weight[i], weight[j] - weight[i], 1.0 - weight[j]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = mean[i] ** 2 / w0 + (mean[j] - mean[i]) ** 2 / w1 + (mean[-1] - mean[j]) ** 2 / w2
+    between[(w0 <= 0) | (w1 <= 0) | (w2 <= 1e-12) | ~np.isfinite(between)] = -1
+    best = int(np.argmax(between))
+    return float(edges[i[best] + 1]), float(edges[j[best] + 1])
+
+
 def contrast(image: np.ndarray, mask: np.ndarray) -> float | None:
     """(mean inside - mean of a 3 px ring around it) / SD inside: how far the mask stands out from its
     surroundings (negative: darker); None for a mask under 10 px or without a ring."""
@@ -218,14 +239,15 @@ def whole_share(image: np.ndarray, part: np.ndarray, box, kind: str, threshold: 
 
 
 def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None, near: np.ndarray | None = None,
-                        threshold: float | None = None, between: tuple[float, float] | None = None
-                        ) -> tuple[np.ndarray, str] | None:
+                        threshold: float | None = None, between: tuple[float, float] | None = None,
+                        classes: int = 2) -> tuple[np.ndarray, str] | None:
     """The model-free candidate: inside the box, the darker (or brighter) of the two intensity classes (Otsu
     threshold over the box, or `threshold`), opened 1 px, its connected component that spans the box best (or, with
     `near`, overlaps `near` most), leaving out components lying mostly on the box's outer 2 px (the surroundings
     that a loose box takes in, not a structure). polarity "dark"/"bright" fixes the class; None tries both.
     `threshold` replaces the box's Otsu split where that split does not lie `between` the two intensities given
     (a structure's surroundings and its own mean: the split would not separate them), or always (between None).
+    classes=3: the darkest (or brightest) of three intensity classes instead (`_otsu3`; `threshold` unused).
     Returns (mask, source) or None when nothing qualifies."""
     x0, y0, x1, y1 = _box_pixels(box, image.shape)
     if x1 - x0 < 3 or y1 - y0 < 3:
@@ -233,13 +255,18 @@ def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None, 
     crop = _box_crop(image, box)
     if crop.max() <= crop.min():
         return None
-    split = _otsu(crop.ravel())
-    if threshold is None or (between is not None and min(between) < split < max(between)):
-        threshold = split
+    if classes == 3:
+        splits = dict(zip(("dark", "bright"), _otsu3(crop.ravel())))
+    else:
+        split = _otsu(crop.ravel())
+        if threshold is None or (between is not None and min(between) < split < max(between)):
+            threshold = split
+        splits = {"dark": threshold, "bright": threshold}
     edge = np.ones(crop.shape, bool)   # the box's outer 2 px: a component lying there is the surroundings
     edge[2:-2, 2:-2] = False
     best = None
     for kind in ([polarity] if polarity else ["dark", "bright"]):
+        threshold = splits[kind]
         part = crop < threshold if kind == "dark" else crop >= threshold
         part = ndimage.binary_opening(part)
         labels, count = ndimage.label(part)
@@ -254,12 +281,16 @@ def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None, 
             else:  # spans the box, and lies inside it rather than along its edge
                 score = box_agreement(full, (x0, y0, x1 + 1, y1 + 1)) - (component & edge).sum() / component.sum()
             if best is None or score > best[0]:
-                best = (score, full, f"the {kind} part of the box (threshold {threshold:.4g})")
+                best = (score, full, kind, threshold)
     if best is None or best[0] <= 0:
         return None
-    if is_ring(best[1]):  # a ring (a skull in a box around the head): the ring, not its disc
-        return best[1], best[2].replace(" part of the box", " ring in the box")
-    return ndimage.binary_fill_holes(best[1]), best[2]
+    _, mask, kind, threshold = best
+    ring = is_ring(mask)  # a ring (a skull in a box around the head): the ring, not its disc
+    if classes == 3:
+        source = f"the {kind}est{' ring' if ring else ''} of three intensity classes in the box"
+    else:
+        source = f"the {kind} {'ring in' if ring else 'part of'} the box"
+    return (mask if ring else ndimage.binary_fill_holes(mask)), f"{source} (threshold {threshold:.4g})"
 
 
 def mask_problems(mask: np.ndarray, score: float, box, evidence: float | None = None,
@@ -283,12 +314,14 @@ def mask_problems(mask: np.ndarray, score: float, box, evidence: float | None = 
 
 
 def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None, *, key=None, window=None,
-               min_score: float = MIN_SCORE, prefer: str | None = None, contrast_switch: bool = True) -> SeedCheck:
+               min_score: float = MIN_SCORE, prefer: str | None = None, contrast_switch: bool = True,
+               three_classes: bool = False) -> SeedCheck:
     """Segment the seed slice and check the answer against the prompt; see the module doc.
     predictor: a sonosam Predictor (or anything with its predict() and .model). prefer: "dark"/"bright" when the
     user already took that kind of alternative on another slice of the same structure (a correction then
     follows it even where the model is sure). contrast_switch: an unsure model's answer that does not stand out
-    gives way to the part of the box that does, where that part is a whole structure (`whole_share`)."""
+    gives way to the part of the box that does, where that part is a whole structure (`whole_share`).
+    three_classes: also offer the darkest and the brightest of three intensity classes (never suggested)."""
     model = getattr(predictor, "model", None)
     spec = getattr(model, "spec", None)
     multimask = bool(getattr(spec, "multimask", False))
@@ -350,12 +383,19 @@ def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None,
         candidates.append(intensity)
     if enclosing is not None:
         candidates.append(enclosing)
+    three = []   # offered, never suggested: where the two-class split separates the wrong two of three
+    for kind in ("dark", "bright") if three_classes and box is not None else ():
+        found = structure_candidate(image, box, polarity=kind, classes=3)
+        if found is not None and all(iou(found[0], c.mask) < SAME_IOU for c in candidates + three):
+            three.append(Candidate(found[0], float("nan"), found[1]))
+    candidates += three
     for c in candidates:
         c.agreement = box_agreement(c.mask, box) if box is not None else float("nan")
         if c is not candidates[0]:
             c.problems = mask_problems(c.mask, c.score, box, None, min_score)
-    if intensity is not None and polarity is None:
-        intensity.problems.append("it hardly stands out from its surroundings")
+    for c in ([intensity] if intensity is not None and polarity is None else []) + \
+            [c for c in three if contrast_polarity(seen, c.mask) is None]:
+        c.problems.append("it hardly stands out from its surroundings")
     check = SeedCheck(candidates, polarity=polarity if evidence is not None else None)
     # suggest an alternative only on two signals together: the model is unsure, and a contrasted structure that
     # its mask avoids spans the box (the bright band beside a dark ventricle). Either alone is only reported:
@@ -366,7 +406,8 @@ def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None,
         + SPAN_MARGIN
     unsure = np.isfinite(model_answer.score) and model_answer.score < min_score
     if conflict and (unsure or (prefer is not None and prefer == check.polarity)):
-        fine = [i for i, c in enumerate(candidates) if i and not c.problems and c is not enclosing]
+        fine = [i for i, c in enumerate(candidates) if i and not c.problems and c is not enclosing
+                and all(c is not t for t in three)]
         if fine:
             check.best = max(fine, key=lambda i: (round(candidates[i].agreement, 2), -i))
             check.decision = f"Took {candidates[check.best].source}: the model is unsure and its mask avoids " \

@@ -253,3 +253,40 @@ def test_bench_moves_the_seed_box_each_way_inside_the_slice():
     assert {b[0] - 10.0 for b in boxes[2:4]} == {-3.0, 3.0} and all(b[1] == 20.0 for b in boxes[2:4])
     assert {b[1] - 20.0 for b in boxes[4:]} == {-3.0, 3.0} and all(b[0] == 10.0 for b in boxes[4:])
     assert len(set(boxes)) == 6
+
+
+def test_the_darkest_and_brightest_of_three_classes_are_offered_never_suggested():
+    # a hemisphere-like box: background (CSF/air), surroundings (grey matter/soft tissue) and a large bright
+    # structure (white matter/bone) inside them; the two-class split separates the background from the rest
+    rng = np.random.default_rng(7)
+    rows, cols = np.indices((120, 120))
+    radius = np.hypot(rows - 60, cols - 60)
+    tissue, structure = radius <= 50, radius <= 35
+    image = np.where(structure, 110.0, np.where(tissue, 70.0, 10.0)) + rng.normal(0, 3, (120, 120))
+    box = loose_box(tissue, margin=2)
+    assert dice(structure_candidate(image, box, polarity="bright")[0], tissue) > 0.95   # two classes: the disc
+    mask, source = structure_candidate(image, box, polarity="bright", classes=3)
+    assert source.startswith("the brightest of three intensity classes") and dice(mask, structure) > 0.95
+    assert not any("of three" in c.source for c in check_seed(_SureOfTheBand(), image, box=box).candidates)
+    check = check_seed(_SureOfTheBand(), image, box=box, three_classes=True)
+    offered = [c for c in check.candidates if c.source.startswith("the brightest of three")]
+    assert len(offered) == 1 and dice(offered[0].mask, structure) > 0.95, check.summary()
+    assert check.candidates[check.best] is not offered[0]        # offered, never suggested
+    # an alternative that repeats one already offered (IoU >= 0.9) is not offered twice
+    from sonosam.masks import iou
+
+    three = [c for c in check.candidates if "of three" in c.source]
+    assert all(iou(t.mask, c.mask) < 0.9 for t in three for c in check.candidates if c is not t)
+
+
+def test_three_classes_find_the_white_matter_that_two_classes_merge_with_the_grey():
+    # the real Colin27 T1: a loose box around one hemisphere's white matter on its widest slice holds white matter,
+    # grey matter and CSF; two classes split CSF from the rest, the brightest of three is the white matter
+    subject = colin27_references()
+    ref = subject.references["White_Matter_L"].mask
+    k = int(np.argmax(ref.sum(axis=(1, 2))))
+    image, truth, box = subject.volume.array[k], ref[k], loose_box(ref[k])
+    two = structure_candidate(image, box, polarity="bright")
+    three = structure_candidate(image, box, polarity="bright", classes=3)
+    assert dice(three[0], truth) > 0.85 and dice(three[0], truth) > dice(two[0], truth) + 0.1, (
+        dice(two[0], truth), dice(three[0], truth))
