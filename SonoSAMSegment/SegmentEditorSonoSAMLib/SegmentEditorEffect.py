@@ -124,9 +124,9 @@ or connects to a GPU host.</html>"""
         self.choiceLabel.wordWrap = True
         self.choiceLabel.setStyleSheet("color: #c05000")
         self.choiceCombo = qt.QComboBox()
-        self.choiceCombo.toolTip = ("The model's answer may not be the structure in your box: pick another mask "
-                                    "to preview it on the slice; Apply writes the one shown, and Propagate starts "
-                                    "from it.")
+        self.choiceCombo.toolTip = ("Other masks for your box (the model's other answers, the box's darker or "
+                                    "brighter part): pick one to preview it on the slice; Apply writes the one "
+                                    "shown, and Propagate starts from it.")
         self.choiceFrame = qt.QFrame()
         choiceRow = qt.QHBoxLayout(self.choiceFrame)
         choiceRow.setContentsMargins(0, 0, 0, 0)
@@ -445,10 +445,13 @@ or connects to a GPU host.</html>"""
         self._updateButtons()
 
     def _showChoices(self, choices):
-        """Show the seed check's warning and alternatives (hidden when the answer agrees with the box)."""
-        shown = choices is not None and not choices.ok and len(choices.choices) > 1
-        self.choiceLabel.text = f"Check this mask: {'; '.join(choices.problems)}." if shown else ""
-        self.choiceLabel.visible = shown
+        """Show the seed check's alternatives whenever there are any (also for a correction on another slice,
+        where the box's darker or brighter part may be the better mask), and its warning when the answer
+        disagrees with the box."""
+        shown = choices is not None and len(choices.choices) > 1
+        warned = shown and not choices.ok
+        self.choiceLabel.text = f"Check this mask: {'; '.join(choices.problems)}." if warned else ""
+        self.choiceLabel.visible = warned
         self.choiceFrame.visible = shown
         blocked = self.choiceCombo.blockSignals(True)
         try:
