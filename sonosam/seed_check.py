@@ -26,8 +26,8 @@ Alternatives: the model's other masks where it has trained multimask heads (SAM 
 models, the box plus a click deep inside the structure the box's intensities point to; and, model-free, the
 darker or brighter part of the box (a threshold between the box's two intensity classes, Otsu's) whose
 connected component spans the box best. `structure_candidate` is that last one, also used by the propagation
-when the model loses a high-contrast structure (sonosam.volume). With `three_classes`, also offered and never
-suggested: the darkest and the brightest of three intensity classes (a box around a large structure holds it, its
+when the model loses a high-contrast structure (sonosam.volume). Also offered and never suggested
+(`three_classes`): the darkest and the brightest of three intensity classes (a box around a large structure holds it, its
 surroundings and the background: white matter / grey matter / CSF, bone / soft tissue / air).
 
 Everything here is Qt-free and model-agnostic: the Slicer effect shows `candidates` and lets the user pick.
@@ -315,7 +315,7 @@ def mask_problems(mask: np.ndarray, score: float, box, evidence: float | None = 
 
 def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None, *, key=None, window=None,
                min_score: float = MIN_SCORE, prefer: str | None = None, contrast_switch: bool = True,
-               three_classes: bool = False) -> SeedCheck:
+               three_classes: bool = True) -> SeedCheck:
     """Segment the seed slice and check the answer against the prompt; see the module doc.
     predictor: a sonosam Predictor (or anything with its predict() and .model). prefer: "dark"/"bright" when the
     user already took that kind of alternative on another slice of the same structure (a correction then

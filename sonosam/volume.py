@@ -147,7 +147,7 @@ class PropagationOptions:
                                      # alternative (sonosam.seed_check); the check is kept in result.seed_checks
     seed_contrast_switch: bool = True  # the check's contrast_switch (an unsure answer that does not stand out
                                      # gives way to the part of the box that does, where that part is whole)
-    seed_three_classes: bool = False  # the check also offers the darkest and brightest of three intensity classes
+    seed_three_classes: bool = True  # the check also offers the darkest and brightest of three intensity classes
     follow_motion: bool = True       # pull the previous slice's mask onto the next by optical flow before prompting
                                      # it (sonosam.track.motion.follow_slice; False: prompt where the mask was)
     min_contrast: float | None = 2.0  # anchors at least this contrasted with their surroundings ((mean inside -

@@ -583,7 +583,8 @@ class SegmentLogic:
         """Check a boxed preview against its box (``sonosam.seed_check.check_seed``: a mask beside the structure
         the box holds, a mask filling the box, an unsure model) and offer the alternatives: the model's other
         masks where it has trained multimask heads, the model with a click inside the box's contrasted structure
-        (click-capable models), the box's darker or brighter part. Each choice is a SlicePrediction for
+        (click-capable models), the box's darker or brighter part, the darkest and brightest of its three intensity
+        classes (never suggested). Each choice is a SlicePrediction for
         ``show_preview`` / ``apply``; applying one and propagating seeds the propagation with it. Previews
         without a box (clicks only) and colour slices are not checked (one choice: the preview)."""
         info = self.volume_info(volumeNode)

@@ -96,3 +96,28 @@ def test_clicks_only_previews_are_not_checked_and_choose_needs_a_check(tube):
     session.set_box(volume, ras(m, 13, 11, 10), ras(m, 26, 22, 10), slice_axis="axial")
     session.predict(volume, segmentation, sid, slice_axis="axial")
     assert session.choices is None
+
+
+def test_a_box_around_three_intensity_classes_offers_the_brightest_even_when_the_answer_agrees(mrml):
+    # a disc of tissue (70) around a bright core (130) on a dark background (10), like a hemisphere's grey and white
+    # matter: the model (pixels above 60) answers the whole disc, which agrees with the box; the Mask list still
+    # offers the core, the brightest of three classes, for the user to pick (a correction's slice, say)
+    m = np.diag([0.9, 0.9, 2.0, 1.0])
+    rng = np.random.default_rng(1)
+    j, i = np.indices((48, 48))
+    radius = np.hypot(j - 24, i - 24)
+    plane = np.where(radius <= 10, 130.0, np.where(radius <= 18, 70.0, 10.0))
+    voxels = (plane[None] + rng.normal(0, 2, (5, 48, 48))).astype(np.float32)
+    volume = add_volume_from_array(mrml.scene, voxels, m, "three")
+    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    sid = segmentation.GetSegmentation().AddEmptySegment("core", "core")
+    session = PromptSession(SegmentLogic(predictor=Predictor(ThresholdModel())))
+    session.set_box(volume, ras(m, 4, 4, 2), ras(m, 44, 44, 2), slice_axis="axial")
+    preview = session.predict(volume, segmentation, sid, slice_axis="axial")
+    choices = session.check(volume)
+    brightest = [n for n, label in enumerate(choices.labels) if label.startswith("the brightest of three")]
+    assert len(brightest) == 1 and choices.suggested == 0, (choices.labels, choices.summary)   # offered, not taken
+    core = preview.geometry.extract(np.broadcast_to(radius <= 10, voxels.shape))
+    picked = session.choose(brightest[0])
+    assert (picked.mask ^ core).sum() <= 0.05 * core.sum() and preview.mask.sum() > 2 * core.sum()
