@@ -115,6 +115,41 @@ def test_cli_propagate_writes_a_segmentation(colin, tmp_path, default_model, mon
     assert main(["propagate", str(path), "--slice", "1", "-o", str(tmp_path / "x.seg.nrrd")]) == 2  # no prompt
 
 
+def test_cli_propagates_from_the_seed_checks_mask_the_user_picks(colin, tmp_path, default_model, monkeypatch, capsys):
+    """`--seed-choice N`: the seed check's masks are listed after a run; the one picked seeds the propagation,
+    written exactly; a choice the check does not offer is refused before anything is written."""
+    from sonosam import models
+    from sonosam.cli import main
+    from sonosam.io import Volume, read_segmentation, read_volume, write_volume
+    from sonosam.seed_check import check_seed
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: default_model)
+    path = write_volume(Volume(colin["volume"]), tmp_path / "t1.nii.gz")
+    gt = colin["ventricle"]
+    index = int(np.argmax(gt.sum(axis=(1, 2))))
+    box = loose_box(gt[index])
+    args = ["propagate", str(path), "--slice", str(index), "--box", ",".join(str(v) for v in box),
+            "--max-slices", "1", "--quiet"]
+    assert main(args + ["-o", str(tmp_path / "auto.seg.nrrd")]) == 0
+    assert "--seed-choice N propagates from one of them" in capsys.readouterr().err
+    volume = read_volume(path).array
+    check = check_seed(Predictor(default_model), volume[index], box=box, window=volume_window(volume))
+    dark = next(i for i, c in enumerate(check.candidates) if c.source.startswith("the dark part of the box"))
+    assert not np.array_equal(check.candidates[0].mask, check.candidates[dark].mask)
+    for choice in (0, dark):   # the model's answer, then the ventricle's dark part
+        out = tmp_path / f"choice{choice}.seg.nrrd"
+        assert main(args + ["--seed-choice", str(choice), "-o", str(out)]) == 0
+        assert f"propagated from choice {choice}, {check.candidates[choice].source}" in capsys.readouterr().err
+        written = read_segmentation(out).labelmap[index] > 0
+        assert np.array_equal(written, check.candidates[choice].mask)
+    assert dice(written, gt[index]) > 0.85
+    refused = tmp_path / "refused.seg.nrrd"
+    assert main(args + ["--seed-choice", str(len(check.candidates)), "-o", str(refused)]) == 2
+    assert "the seed check offers" in capsys.readouterr().err and not refused.exists()
+    assert main(["propagate", str(path), "--slice", str(index), "--point", "100,100", "--seed-choice", "1",
+                 "-o", str(refused)]) == 2 and not refused.exists()   # no box: nothing to check against
+
+
 @pytest.mark.slow
 def test_thin_dark_ventricle_takes_the_checked_seed_and_follows_it(colin):
     """Issue 16: from one loose box on the ventricle's widest slice the model segments the bright band beside

@@ -35,6 +35,9 @@ def register(subparsers):
                         "the volume's 0.5/99.5 percentiles)")
     parser.add_argument("--no-seed-check", action="store_true", help="propagate the model's answer on the seed "
                         "slice even when it disagrees with the box (default: take the suggested alternative)")
+    parser.add_argument("--seed-choice", type=int_at_least(0), metavar="N", help="propagate from mask N of the "
+                        "seed check's choices for the box (0: the model's answer; the others, such as the box's "
+                        "darker or brighter part, are listed after a run, as the Slicer effect's Mask list shows them)")
     parser.add_argument("--no-follow-motion", action="store_true", help="prompt each slice where the previous "
                         "slice's mask was (default: that mask is first moved onto the slice by optical flow, so a "
                         "structure that shifts in-plane from slice to slice is followed)")
@@ -69,6 +72,9 @@ def run(args) -> int:
     height, width = [n for i, n in enumerate(volume.shape) if i != axis]
     check_image_size(height, width, f"{args.volume}: a slice across axis {args.axis}")
     check_prompts_inside(points, labels, args.box, width, height)
+    if args.seed_choice is not None and (args.box is None or args.no_seed_check or args.adapters):
+        raise PromptError("--seed-choice picks among the masks the seed check offers for a box: give --box, "
+                          "without --no-seed-check or --adapters.")
     span = None
     if args.span:
         try:
@@ -112,17 +118,41 @@ def run(args) -> int:
                   .ljust(78)[:100], end="", file=sys.stderr, flush=True)
 
     predictor = Predictor(model)
+    seed, chosen = Seed(args.slice, box=args.box, points=points, labels=labels), None
     try:
-        result = propagate(predictor, volume.array, [Seed(args.slice, box=args.box, points=points, labels=labels)],
-                           axis=args.axis, options=options, progress=progress)
+        if args.seed_choice is not None:   # the user's pick among the check's masks, propagated as an accepted mask
+            chosen = _seed_choice(predictor, volume.array, axis, seed, options, args.seed_choice)
+            seed = Seed(args.slice, mask=chosen.mask)
+        result = propagate(predictor, volume.array, [seed], axis=args.axis, options=options, progress=progress)
     finally:
         predictor.close()
         if not args.quiet:
             print(file=sys.stderr)
     write_segmentation(output, result.mask, volume.geometry, [{"name": args.name, "label": 1}],
                        overwrite=args.overwrite)
+    if chosen is not None:
+        print(f"seed slice {args.slice}: propagated from choice {args.seed_choice}, {chosen.source}", file=sys.stderr)
     for index, check in sorted(result.seed_checks.items()):
         if not check.ok:
             print(f"seed slice {index}: {check.summary()}", file=sys.stderr)
+        elif len(check.candidates) > 1:
+            print(f"seed slice {index}: other masks for the box: "
+                  + ", ".join(f"{i}: {c.source}" for i, c in enumerate(check.candidates) if i), file=sys.stderr)
+        if len(check.candidates) > 1:
+            print("  (--seed-choice N propagates from one of them)", file=sys.stderr)
     print(f"{output}: {result.summary()}; {result.encoder_calls} slices encoded in {result.seconds:.1f} s")
     return 0
+
+
+def _seed_choice(predictor, volume, axis, seed, options, choice):
+    """Choice `choice` of the seed check's masks for the seed's box (sonosam.seed_check), as the run would check it."""
+    from ..seed_check import check_seed
+    from ..volume import slice_of, volume_window
+
+    check = check_seed(predictor, slice_of(volume, axis, seed.index), box=seed.box, points=seed.points,
+                       labels=seed.labels, window=options.window or volume_window(volume),
+                       contrast_switch=options.seed_contrast_switch, three_classes=options.seed_three_classes)
+    if choice >= len(check.candidates):
+        raise PromptError(f"--seed-choice {choice}: the seed check offers {len(check.candidates)} masks for this box ("
+                          + ", ".join(f"{i}: {c.source}" for i, c in enumerate(check.candidates)) + ").")
+    return check.candidates[choice]
