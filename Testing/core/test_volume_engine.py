@@ -442,31 +442,3 @@ def test_follow_slice_moves_the_mask_with_the_image_and_keeps_it_when_the_flow_l
     assert image.shape == before.shape and abs(float(image[40, 48]) - 120) < 15   # the disc's inside moved too
     blank = np.zeros((80, 80), bool)
     assert follow_slice(FlowEstimator(scale=1.0), texture(before), texture(after), blank)[1] is blank
-
-
-def test_a_front_from_a_three_class_anchor_follows_that_class_where_the_option_asks():
-    # a hemisphere-like slice: background (10), tissue (70), a bright core (110) holding a darker pocket (40), like
-    # white matter around a ventricle: the core's mask, pocket filled, does not stand out 2 SD from its ring (no
-    # two-class intensity path), but it is the brightest of three classes around it; the model answers the tissue too
-    shape = (15, 80, 80)
-    k, j, i = np.indices(shape)
-    radius = np.hypot(j - 40, i - 40)
-    core_radius = 18 - 0.4 * np.abs(k - 7)
-    volume = np.where(radius <= 30, 70.0, 10.0)
-    volume[radius <= core_radius] = 110.0
-    volume[radius <= 6] = 40.0
-    volume = (volume + np.random.default_rng(5).normal(0, 3, shape)).astype(np.float32)
-    core = radius <= core_radius
-    from sonosam.evaluate.metrics import dice
-    from sonosam.seed_check import contrast_polarity
-    from sonosam.volume import _three_class_kind
-
-    assert contrast_polarity(volume[7], core[7]) is None and _three_class_kind(volume[7], core[7]) == "bright"
-    assert _three_class_kind(volume[7], radius[7] <= 30) is None   # the tissue disc is no class of three
-    followed = propagate(Predictor(ThresholdModel(level=60)), volume, [Seed(7, mask=core[7])],
-                         three_class_fronts=True)
-    plain = propagate(Predictor(ThresholdModel(level=60)), volume, [Seed(7, mask=core[7])])
-    for index in (4, 5, 6, 8, 9, 10):
-        assert dice(followed.slice_mask(index), core[index]) > 0.9, index
-        assert followed.slices[index].candidate == "intensity"
-        assert dice(plain.slice_mask(index), core[index]) < 0.7, index   # the option off: the model's tissue
