@@ -150,9 +150,6 @@ class PropagationOptions:
     seed_three_classes: bool = True  # the check also offers the darkest and brightest of three intensity classes
     follow_motion: bool = True       # pull the previous slice's mask onto the next by optical flow before prompting
                                      # it (sonosam.track.motion.follow_slice; False: prompt where the mask was)
-    three_class_fronts: bool = False  # an anchor that does not stand out but is the brightest (darkest) of three
-                                     # intensity classes around it (the seed check's three-class alternative) also
-                                     # tries that class's candidate on each slice, as contrasted anchors do
     min_contrast: float | None = 2.0  # anchors at least this contrasted with their surroundings ((mean inside -
                                      # mean of a 3 px ring) / SD inside) also try the intensity candidate on
                                      # each slice and keep whichever overlaps the previous mask more (None: off)
@@ -350,20 +347,6 @@ def _interior_points(region: np.ndarray, n: int) -> list[tuple[float, float]]:
         # farther from the points taken is better: damp the depth near them
         score = np.minimum(score, np.hypot(rows - r, cols - c) * 0.5)
     return points
-
-
-THREE_CLASS_IOU = 0.8  # an anchor this close (IoU) to the three-class candidate around it is one
-
-
-def _three_class_kind(image: np.ndarray, mask: np.ndarray) -> str | None:
-    """"bright" ("dark") when `mask` is the brightest (darkest) of three intensity classes in its bounding box grown
-    by 10 % a side (a white-matter slice in a hemisphere's box, a sinus in the face), else None."""
-    box = box_with_margin(mask, 0.1)
-    for kind in ("bright", "dark"):
-        found = structure_candidate(image, box, polarity=kind, classes=3)
-        if found is not None and _iou(found[0], mask) >= THREE_CLASS_IOU:
-            return kind
-    return None
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -599,7 +582,6 @@ class _Run:
         anchor_mean, anchor_std = float(anchor_values.mean()), max(float(anchor_values.std()), 1e-6)
         anchor_feature = self.feature(start, mask) if opt.min_similarity is not None else None
         polarity = contrast_polarity(prev_image, mask, opt.min_contrast)
-        three = _three_class_kind(prev_image, mask) if polarity is None and opt.three_class_fronts else None
         scored = polarity is None or contrast_polarity(prev_image, mask, opt.unscored_contrast) is None
         # the anchor's own split of its kind from its surroundings (Otsu over it and a 3 px ring), for the slices where
         # the box's Otsu split does not fall between the two (around the skull's bone the box holds air, tissue and
@@ -678,9 +660,9 @@ class _Run:
             new, score, kind = pred.mask, pred.score, "model"
             if opt.keep_component and new.any():
                 new = _keep_touching(new, prev_mask)
-            if polarity is not None or three is not None:  # the intensity candidate may follow it better
-                found = structure_candidate(image, box, polarity=polarity or three, near=prev_mask, threshold=split,
-                                            between=between, classes=2 if polarity else 3)
+            if polarity is not None:  # a high-contrast structure: the intensity candidate may follow it better
+                found = structure_candidate(image, box, polarity=polarity, near=prev_mask, threshold=split,
+                                            between=between)
                 if found is not None:
                     other = _keep_touching(found[0], prev_mask)
                     if _iou(other, prev_mask) > _iou(new, prev_mask):
