@@ -27,8 +27,8 @@ models, the box plus a click deep inside the structure the box's intensities poi
 darker or brighter part of the box (a threshold between the box's two intensity classes, Otsu's) whose
 connected component spans the box best. `structure_candidate` is that last one, also used by the propagation
 when the model loses a high-contrast structure (sonosam.volume). Also offered and never suggested
-(`three_classes`): the darkest and the brightest of three intensity classes (a box around a large structure holds it, its
-surroundings and the background: white matter / grey matter / CSF, bone / soft tissue / air).
+(`three_classes`): the darkest and the brightest of three intensity classes (a box around a large structure holds
+it, its surroundings and the background: white matter / grey matter / CSF, bone / soft tissue / air).
 
 Everything here is Qt-free and model-agnostic: the Slicer effect shows `candidates` and lets the user pick.
 """
