@@ -121,6 +121,11 @@ CASES = [
     ("span-words", ["--span", "FIRST,LAST"], lambda t: propagate(good_volume(t), "--span", "a,b")),
     ("span-misses-seed", ["--span", "FIRST <= --slice 5 <= LAST"], lambda t: propagate(good_volume(t), "--span", "6,9")),
     ("span-beyond", ["--span", "within 0..11"], lambda t: propagate(good_volume(t), "--span", "2,60")),
+    ("seed-choice-negative", ["--seed-choice", "at least 0"], lambda t: propagate(good_volume(t), "--seed-choice", "-1")),
+    ("seed-choice-no-box", ["--seed-choice", "give --box"], lambda t: [
+        "propagate", good_volume(t), "--slice", 5, "--point", "20,20", "--seed-choice", "1", "-o", t / "out.seg.nrrd"]),
+    ("seed-choice-unchecked", ["--seed-choice", "--no-seed-check"],
+     lambda t: propagate(good_volume(t), "--seed-choice", "1", "--no-seed-check")),
     ("propagate-slice-negative", ["--slice", "at least 0"], lambda t: propagate(good_volume(t), slice_=-3)),
     ("propagate-slice-beyond", ["--slice 40", "outside"], lambda t: propagate(good_volume(t), slice_=40)),
     ("propagate-box-outside", ["outside the 48x48 image"], lambda t: propagate(good_volume(t), box="30,30,60,60")),
