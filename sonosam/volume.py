@@ -549,10 +549,8 @@ class _Run:
         if self.options.seed_check and seed.box is not None:
             self.decoded += 1
             self.encode_slab(seed.index)
-            check = check_seed(self.predictor, self.image(seed.index), box=seed.box, points=seed.points,
-                               labels=seed.labels, key=self.key(seed.index), window=self.window,
-                               prefer=self.prefer, contrast_switch=self.options.seed_contrast_switch,
-                               three_classes=self.options.seed_three_classes)
+            check = check_seed_slice(self.predictor, self.image(seed.index), seed, self.options, window=self.window,
+                                     key=self.key(seed.index), prefer=self.prefer)
             self.seed_checks[seed.index] = check
             chosen = check.candidates[check.best]
             mask, score = chosen.mask, chosen.score
@@ -703,6 +701,16 @@ def _yields(index: int, anchor: int, previous_source, outdated) -> bool:
     holds and its own anchor is nearer (the nearer anchor's result wins, as between two fronts)."""
     source = previous_source(index)
     return source is not None and not outdated(index) and abs(index - source) < abs(index - anchor)
+
+
+def check_seed_slice(predictor, image: np.ndarray, seed: Seed, options: PropagationOptions, *, window, key=None,
+                     prefer: str | None = None):
+    """The seed check a propagation runs on a prompted seed slice (sonosam.seed_check.check_seed with the options'
+    switches): one call for the run and for a caller that lets the user pick among its masks (`sonosam propagate
+    --seed-choice`), so that both number the masks alike."""
+    return check_seed(predictor, image, box=seed.box, points=seed.points, labels=seed.labels, key=key, window=window,
+                      prefer=prefer, contrast_switch=options.seed_contrast_switch,
+                      three_classes=options.seed_three_classes)
 
 
 def check_span(span, n: int, seeds: Sequence[Seed]) -> tuple[int, int]:

@@ -145,13 +145,11 @@ def run(args) -> int:
 
 
 def _seed_choice(predictor, volume, axis, seed, options, choice):
-    """Choice `choice` of the seed check's masks for the seed's box (sonosam.seed_check), as the run would check it."""
-    from ..seed_check import check_seed
-    from ..volume import slice_of, volume_window
+    """Choice `choice` of the seed check's masks for the seed's box, checked as the run would check it."""
+    from ..volume import check_seed_slice, slice_of, volume_window
 
-    check = check_seed(predictor, slice_of(volume, axis, seed.index), box=seed.box, points=seed.points,
-                       labels=seed.labels, window=options.window or volume_window(volume),
-                       contrast_switch=options.seed_contrast_switch, three_classes=options.seed_three_classes)
+    check = check_seed_slice(predictor, slice_of(volume, axis, seed.index), seed, options,
+                             window=options.window or volume_window(volume))
     if choice >= len(check.candidates):
         raise PromptError(f"--seed-choice {choice}: the seed check offers {len(check.candidates)} masks for this box ("
                           + ", ".join(f"{i}: {c.source}" for i, c in enumerate(check.candidates)) + ").")
