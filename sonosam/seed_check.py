@@ -242,9 +242,10 @@ def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None, 
                         threshold: float | None = None, between: tuple[float, float] | None = None,
                         classes: int = 2) -> tuple[np.ndarray, str] | None:
     """The model-free candidate: inside the box, the darker (or brighter) of the two intensity classes (Otsu
-    threshold over the box, or `threshold`), opened 1 px, its connected component that spans the box best (or, with
-    `near`, overlaps `near` most), leaving out components lying mostly on the box's outer 2 px (the surroundings
-    that a loose box takes in, not a structure). polarity "dark"/"bright" fixes the class; None tries both.
+    threshold over the box, or `threshold`), opened 1 px, its connected component that spans the box best less its
+    share on the box's outer 2 px and of its border (or, with `near`, overlaps `near` most), leaving out components
+    lying mostly on those 2 px. The surroundings a loose box takes in lie along its border; a structure the box was
+    drawn around touches the border at a few points at most. polarity "dark"/"bright" fixes the class; None tries both.
     `threshold` replaces the box's Otsu split where that split does not lie `between` the two intensities given
     (a structure's surroundings and its own mean: the split would not separate them), or always (between None).
     classes=3: the darkest (or brightest) of three intensity classes instead (`_otsu3`; `threshold` unused).
@@ -264,6 +265,8 @@ def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None, 
         splits = {"dark": threshold, "bright": threshold}
     edge = np.ones(crop.shape, bool)   # the box's outer 2 px: a component lying there is the surroundings
     edge[2:-2, 2:-2] = False
+    border = np.ones(crop.shape, bool)  # the box's outer 1 px: the surroundings run along it, a structure does not
+    border[1:-1, 1:-1] = False
     best = None
     for kind in ([polarity] if polarity else ["dark", "bright"]):
         threshold = splits[kind]
@@ -279,7 +282,8 @@ def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None, 
             if near is not None:
                 score = float((full & near).sum()) / max(float((full | near).sum()), 1.0)
             else:  # spans the box, and lies inside it rather than along its edge
-                score = box_agreement(full, (x0, y0, x1 + 1, y1 + 1)) - (component & edge).sum() / component.sum()
+                score = box_agreement(full, (x0, y0, x1 + 1, y1 + 1)) - (component & edge).sum() / component.sum() \
+                    - (component & border).sum() / border.sum()
             if best is None or score > best[0]:
                 best = (score, full, kind, threshold)
     if best is None or best[0] <= 0:

@@ -291,3 +291,18 @@ def test_three_classes_find_the_white_matter_that_two_classes_merge_with_the_gre
     three = structure_candidate(image, box, polarity="bright", classes=3)
     assert dice(three[0], truth) > 0.85 and dice(three[0], truth) > dice(two[0], truth) + 0.1, (
         dice(two[0], truth), dice(three[0], truth))
+
+
+def test_the_surroundings_a_loose_box_takes_in_are_not_the_structure(colin):
+    """A box 5 px from the ventricle (the bench box grown by 3 px) takes in a band of brighter tissue that reaches
+    further in than the box's outer 2 px and spans the box; it runs along the box's border, the ventricle does not."""
+    case = colin["cases"]["Lateral_Ventricle_L"]
+    x0, y0, x1, y1 = case["box"]
+    mask, source = structure_candidate(case["image"], (x0 - 3, y0 - 3, x1 + 3, y1 + 3))
+    assert "dark" in source and dice(mask, case["gt"]) > 0.85
+    # synthetic: a dark disc in bright tissue in a 6 px loose box: the disc, not the tissue around it
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 32) ** 2 <= 10 ** 2
+    image = np.where(disc, 20.0, 100.0) + np.random.default_rng(0).normal(0, 2, (64, 64))
+    mask, source = structure_candidate(image, (16, 16, 48, 48))
+    assert "dark" in source and dice(mask, disc) > 0.95
