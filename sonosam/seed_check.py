@@ -267,6 +267,7 @@ def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None, 
     edge[2:-2, 2:-2] = False
     border = np.ones(crop.shape, bool)  # the box's outer 1 px: the surroundings run along it, a structure does not
     border[1:-1, 1:-1] = False
+    border_length = border.sum()
     best = None
     for kind in ([polarity] if polarity else ["dark", "bright"]):
         threshold = splits[kind]
@@ -283,7 +284,7 @@ def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None, 
                 score = float((full & near).sum()) / max(float((full | near).sum()), 1.0)
             else:  # spans the box, and lies inside it rather than along its edge
                 score = box_agreement(full, (x0, y0, x1 + 1, y1 + 1)) - (component & edge).sum() / component.sum() \
-                    - (component & border).sum() / border.sum()
+                    - (component & border).sum() / border_length
             if best is None or score > best[0]:
                 best = (score, full, kind, threshold)
     if best is None or best[0] <= 0:

@@ -374,7 +374,8 @@ def _is_cancelled(cancel) -> bool:
     return bool(cancel())
 
 
-def _volume_id(volume: np.ndarray) -> str:
+def volume_cache_id(volume: np.ndarray) -> str:
+    """The volume's name in the embedding cache when the caller gives none (slices are keyed (id, axis, index))."""
     return "vol-" + content_hash(volume, digest_size=12)
 
 
@@ -451,7 +452,7 @@ class _Run:
         kinds = self.model.spec.prompt_kinds
         self.use_mask = ("mask" in kinds) if options.mask_prompt is None else bool(options.mask_prompt)
         self.window = tuple(options.window) if options.window is not None else volume_window(volume)
-        self.volume_id = volume_id or _volume_id(volume)
+        self.volume_id = volume_id or volume_cache_id(volume)
         self.progress, self.cancel = progress, cancel
         self.n = volume.shape[axis]
         self.slab = getattr(self.model, "slab_depth", 1)   # > 1: Med-SA SD-Trans encodes a slab at a time
@@ -901,7 +902,7 @@ def naive_baseline(predictor, volume, box, axis=0, indices: Iterable[int] | None
     volume = np.asarray(getattr(volume, "array", volume))
     axis = axis_index(axis)
     window = tuple(window) if window is not None else volume_window(volume)
-    volume_id = volume_id or _volume_id(volume)
+    volume_id = volume_id or volume_cache_id(volume)
     out = np.zeros(volume.shape, bool)
     for index in (range(volume.shape[axis]) if indices is None else indices):
         image = slice_of(volume, axis, index)

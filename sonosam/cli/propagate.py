@@ -87,7 +87,7 @@ def run(args) -> int:
 
     from ..models import get_spec
     from ..predictor import Predictor
-    from ..volume import PropagationOptions, Seed, propagate
+    from ..volume import PropagationOptions, Seed, propagate, volume_cache_id
 
     carrier = None if args.carrier.lower() == "none" else args.carrier
     if carrier not in (None, "auto"):
@@ -120,10 +120,12 @@ def run(args) -> int:
     predictor = Predictor(model)
     seed, chosen = Seed(args.slice, box=args.box, points=points, labels=labels), None
     try:
+        volume_id = volume_cache_id(volume.array)  # one hash; the check's embedding is the run's
         if args.seed_choice is not None:   # the user's pick among the check's masks, propagated as an accepted mask
-            chosen = _seed_choice(predictor, volume.array, axis, seed, options, args.seed_choice)
+            chosen = _seed_choice(predictor, volume.array, axis, seed, options, args.seed_choice, volume_id)
             seed = Seed(args.slice, mask=chosen.mask)
-        result = propagate(predictor, volume.array, [seed], axis=args.axis, options=options, progress=progress)
+        result = propagate(predictor, volume.array, [seed], axis=args.axis, options=options, progress=progress,
+                           volume_id=volume_id)
     finally:
         predictor.close()
         if not args.quiet:
@@ -144,12 +146,14 @@ def run(args) -> int:
     return 0
 
 
-def _seed_choice(predictor, volume, axis, seed, options, choice):
-    """Choice `choice` of the seed check's masks for the seed's box, checked as the run would check it."""
+def _seed_choice(predictor, volume, axis, seed, options, choice, volume_id):
+    """Choice `choice` of the seed check's masks for the seed's box, checked as the run would check it (same
+    window and cache key, so the run reuses the seed slice's embedding)."""
     from ..volume import check_seed_slice, slice_of, volume_window
 
-    check = check_seed_slice(predictor, slice_of(volume, axis, seed.index), seed, options,
-                             window=options.window or volume_window(volume))
+    window = tuple(options.window) if options.window is not None else volume_window(volume)
+    check = check_seed_slice(predictor, slice_of(volume, axis, seed.index), seed, options, window=window,
+                             key=(volume_id, axis, seed.index))
     if choice >= len(check.candidates):
         raise PromptError(f"--seed-choice {choice}: the seed check offers {len(check.candidates)} masks for this box ("
                           + ", ".join(f"{i}: {c.source}" for i, c in enumerate(check.candidates)) + ").")
