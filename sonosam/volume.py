@@ -60,7 +60,7 @@ from .seed_check import SURE_CONTRAST, _fills_box, _otsu, check_seed, contrast_p
 from .track.motion import FlowEstimator, follow_slice
 
 __all__ = ["Seed", "SliceInfo", "PropagationOptions", "PropagationResult", "propagate", "naive_baseline",
-           "stop_reason", "slice_of", "axis_index", "consistent_pixels", "volume_window", "AXES"]
+           "stop_reason", "slice_of", "axis_index", "consistent_pixels", "keep_touching", "volume_window", "AXES"]
 
 SEED, ACCEPTED, PROPAGATED, STOPPED = "seed", "accepted", "propagated", "stopped"
 
@@ -354,7 +354,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return int((a & b).sum()) / union if union else 0.0
 
 
-def _keep_touching(mask: np.ndarray, prev: np.ndarray) -> np.ndarray:
+def keep_touching(mask: np.ndarray, prev: np.ndarray) -> np.ndarray:
     """The connected parts of `mask` that overlap `prev` (all of it when none does)."""
     labels, n = ndimage.label(mask)
     if n <= 1:
@@ -658,12 +658,12 @@ class _Run:
             pred = self.predict(t, prompts, model)
             new, score, kind = pred.mask, pred.score, "model"
             if opt.keep_component and new.any():
-                new = _keep_touching(new, prev_mask)
+                new = keep_touching(new, prev_mask)
             if polarity is not None:  # a high-contrast structure: the intensity candidate may follow it better
                 found = structure_candidate(image, box, polarity=polarity, near=prev_mask, threshold=split,
                                             between=between)
                 if found is not None:
-                    other = _keep_touching(found[0], prev_mask)
+                    other = keep_touching(found[0], prev_mask)
                     if _iou(other, prev_mask) > _iou(new, prev_mask):
                         new, score, kind = other, float("nan"), "intensity"
             reason, at_once = judge(new, box, score)
@@ -674,7 +674,7 @@ class _Run:
                                              self.points(),
                                              self.use_mask)
                 second = self.predict(t, fresh)
-                other = _keep_touching(second.mask, prev_mask) if opt.keep_component and second.mask.any() \
+                other = keep_touching(second.mask, prev_mask) if opt.keep_component and second.mask.any() \
                     else second.mask
                 if not judge(other, tuple(fresh.box), second.score)[0]:
                     new, score, kind, reason, at_once = other, second.score, "second opinion", "", False

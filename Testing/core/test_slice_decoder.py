@@ -101,3 +101,28 @@ def test_model_free_tissue_is_trained_on_but_never_the_bench_ventricles_or_white
     assert not (near & (labels >= FIRST_CSF)).any()
     wm = refs["White_Matter_L"].mask | refs["White_Matter_R"].mask
     assert not (wm & (labels == CEREBELLAR_WM)).any()     # the bench's white matter is the cerebrum's
+
+
+def test_rollouts_carry_the_decoders_own_answers_and_stop_where_told(tmp_path):
+    from sonosam.models import load_model
+    from sonosam.train.cache import EmbeddingStore
+    from sonosam.train.engine import PromptDecoder
+    from sonosam.train.finetune import trainable_parameters
+    from sonosam.train.prompts import PromptSampler
+    from sonosam.train.slice_decoder import _rollout
+
+    model = load_model("litemedsam_slices", device="cpu", backend="eager")
+    pairs = _Pairs(model, EmbeddingStore(tmp_path / "cache", model))
+    net, device = PromptDecoder(model.sam.prompt_encoder, model.sam.mask_decoder), torch.device("cpu")
+    start = [SlicePair(0, 75, -1, 85)]   # Temporal_Mid_L carried up from slice 74: 75, then 76
+    with torch.no_grad():
+        dices = _rollout(net, model, pairs, start, np.random.default_rng(0), PromptSampler(0), 2, device)
+    assert len(dices) == 2 and min(dices) > 0.6          # the shipped carrier follows the structure on its answers
+    with torch.no_grad():
+        stopped = _rollout(net, model, pairs, start, np.random.default_rng(0), PromptSampler(0), 2, device,
+                           allowed=lambda axis, index: index != 76)
+    assert stopped == dices[:1]                          # the refused slice ends the rollout, the first step is the same
+    before = [p.detach().clone() for p in trainable_parameters(model.sam)]
+    optimizer = torch.optim.Adam(trainable_parameters(model.sam), lr=1e-4)
+    _rollout(net, model, pairs, start, np.random.default_rng(0), PromptSampler(0), 2, device, optimizer)
+    assert sum(not torch.equal(a, b) for a, b in zip(before, trainable_parameters(model.sam))) > len(before) // 2

@@ -8,7 +8,9 @@ previous slice's mask as SAM's mask prompt, and is trained on exactly the prompt
 (``sonosam.volume.next_slice_prompt``: box around the intensity-consistent part of the previous mask, clicks deep
 inside it, the mask itself), from a neighbouring slice's reference mask that is randomly eroded, dilated or shifted
 so that it looks like a previous prediction. The other batches (``--propagate-share``) are ordinary click/box
-starts, and each batch may add corrective clicks, so the decoder still takes a box and a user's corrections.
+starts, and each batch may add corrective clicks, so the decoder still takes a box and a user's corrections. With
+``--rollout-share`` a share of the batches carry the structure several slices on from the decoder's own answers
+(``_rollout``), the masks propagation really feeds it, whose errors a perturbed reference does not imitate.
 
 Data (``training_labels``): Colin27 T1 (Debian ``mricron-data``) along all three axes, every AAL structure **except**
 the structures of propagation's test set (``sonosam.references.COLIN27_AAL``, both sides), plus model-free tissue
@@ -42,7 +44,7 @@ from scipy import ndimage
 from ..masks import bounding_box
 from .click_data import _colin27_arrays, slab_part
 from .data import COLIN27_AAL_RANGES
-from .engine import PromptDecoder, iterate_prompts, low_res_target
+from .engine import PromptDecoder, full_res_mask, iterate_prompts, low_res_target
 from .losses import hard_dice, prompt_loss
 from .prompts import PromptSampler
 
@@ -204,9 +206,12 @@ def _batch(pairs: _Pairs, batch: list[SlicePair], rng, propagate: bool, sampler:
     return batch, gts, sizes, starts, torch.stack(masks), carried
 
 
-def _run(net, model, pairs, prepared, sampler, n_iterations, device, optimizer=None, mask: bool = True):
+def _run(net, model, pairs, prepared, sampler, n_iterations, device, optimizer=None, mask: bool = True,
+         answers: dict | None = None):
     """One prepared batch (``_batch``) through the prompt loop; trains when ``optimizer`` is given; ``mask=False``
-    leaves out the first mask prompt. Returns the hard Dice of iteration 0 per sample."""
+    leaves out the first mask prompt. Returns the hard Dice of iteration 0 per sample (in the order
+    the prompt loop answers them); ``answers`` (a dict) gets iteration 0's mask of each sample, by its place in the
+    batch, at the slice's own size."""
     batch, gts, sizes, starts, first, _ = prepared
     if not batch:
         return []
@@ -221,6 +226,9 @@ def _run(net, model, pairs, prepared, sampler, n_iterations, device, optimizer=N
     def on_output(iteration, indices, logits, iou, final=False, prompts=None):
         if iteration == 0:
             first_dice.extend(hard_dice(logits.detach(), targets[indices]).tolist())
+            if answers is not None:
+                answers.update({i: full_res_mask(logits[k].detach(), sizes[i][1], sizes[i][0], image_size)
+                                for k, i in enumerate(indices)})
         if optimizer is not None:
             (prompt_loss(logits, iou, targets[indices]).sum() / (len(batch) * n_iterations)).backward()
 
@@ -232,6 +240,54 @@ def _run(net, model, pairs, prepared, sampler, n_iterations, device, optimizer=N
         if optimizer is not None:
             optimizer.step()
     return first_dice
+
+
+def _rollout(net, model, pairs, batch: list[SlicePair], rng, sampler, steps: int, device, optimizer=None,
+             allowed=lambda axis, index: True) -> list[float]:
+    """Carry each pair's structure ``steps`` slices on from its perturbed neighbour mask, one slice a step (away
+    from the neighbour), each step prompted by ``next_slice_prompt`` from the decoder's **own** previous answer, kept
+    as propagation keeps it (the parts touching the previous mask). Every step is graded against its slice's
+    reference and, with ``optimizer``, trained (one optimizer step per step; no gradient through the carried mask).
+    A sample's rollout ends on an empty answer or a slice ``allowed(axis, index)`` refuses. Returns the Dice of every
+    step taken (full resolution)."""
+    from ..volume import keep_touching
+
+    carried = [(p, p.index + p.offset, perturb(pairs.mask(p.axis, p.index + p.offset, p.label), rng)) for p in batch]
+    dices: list[float] = []
+    for _ in range(steps):
+        live, step_pairs, gts, starts = [], [], [], []
+        for k, (p, previous, prev_mask) in enumerate(carried):
+            target = previous - int(np.sign(p.offset))
+            if prev_mask is None or not allowed(p.axis, target):
+                continue
+            live.append(k)
+            step_pairs.append(SlicePair(p.axis, target, previous - target, p.label))
+            gts.append(pairs.mask(p.axis, target, p.label))
+            starts.append(propagation_start(pairs.slice(p.axis, previous), pairs.slice(p.axis, target), prev_mask))
+        if not live:
+            break
+        first = torch.stack([torch.from_numpy(np.array(s.mask_logits))[None] for s in starts])
+        answers: dict[int, np.ndarray] = {}
+        _run(net, model, pairs, (step_pairs, gts, [pairs.sizes(p) for p in step_pairs], starts, first, None),
+             sampler, 1, device, optimizer, answers=answers)
+        for j, k in enumerate(live):
+            answer, gt, (p, _, prev_mask) = answers[j], gts[j], carried[k]
+            dices.append(float(2 * (answer & gt).sum() / max(answer.sum() + gt.sum(), 1)) if (answer.any() or gt.any())
+                         else 1.0)
+            carried[k] = (p, step_pairs[j].index, keep_touching(answer, prev_mask) if answer.any() else None)
+    return dices
+
+
+def validate_rollout(net, model, pairs, val: list[SlicePair], device, steps: int = 6) -> float:
+    """Mean Dice over ``steps``-slice rollouts (``_rollout``) from the validation pairs (fixed perturbations): how
+    well the decoder carries a structure on its own answers, as propagation runs it."""
+    rng, sampler, dices = np.random.default_rng(1234), PromptSampler(0), []
+    net.eval()
+    with torch.no_grad():
+        for start in range(0, len(val), 16):
+            dices += _rollout(net, model, pairs, val[start:start + 16], rng, sampler, steps, device)
+    net.train()
+    return float(np.mean(dices))
 
 
 def carried_dice(pairs, val: list[SlicePair]) -> float:
@@ -270,6 +326,10 @@ def main(argv=None) -> int:
     parser.add_argument("--max-corrections", type=int, default=2)
     parser.add_argument("--tissue-share", type=float, default=0.2, help="share of draws from the model-free tissue")
     parser.add_argument("--union-share", type=float, default=0.0, help="share of draws from the lobes (``unions``)")
+    parser.add_argument("--rollout-share", type=float, default=0.0,
+                        help="share of batches that carry the structure on the decoder's own answers (``_rollout``); "
+                             "when > 0, checkpoints are chosen by the validation rollouts' Dice")
+    parser.add_argument("--rollout-steps", type=int, default=4, help="slices a training rollout carries a structure")
     parser.add_argument("--val", type=int, default=160, help="validation pairs (evenly spaced, fixed)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -302,6 +362,22 @@ def main(argv=None) -> int:
                 "with mask, before training": validate(net, model, pairs, val, device),
                 "without mask (the --init decoder as propagation runs it)": validate(net, model, pairs, val, device,
                                                                                     mask=False)}
+    ranges = {axis: (lo - 2, hi + 2) for axis, (lo, hi) in COLIN27_AAL_RANGES.items()}   # every slice encoded above
+
+    def in_range(axis, index):
+        return ranges[axis][0] <= index <= ranges[axis][1]
+
+    def trainable(axis, index):   # a training rollout never steps into a validation slab
+        return in_range(axis, index) and slab_part(index) != "val"
+
+    def score(net):
+        return validate_rollout(net, model, pairs, val, device) if args.rollout_share else \
+            validate(net, model, pairs, val, device)
+
+    if args.rollout_share:
+        store.precompute([pairs.slice(a, i) for a, (lo, hi) in ranges.items() for i in range(lo, hi + 1)],
+                         pairs.window)
+        baseline["rollouts of 6 slices, before training"] = score(net)
     print("validation, one propagation step:", json.dumps(baseline), flush=True)
     init = "as --init trained it" if "mask" in model.spec.prompt_kinds else gentle_mask_init(model.sam.prompt_encoder)
     optimizer = torch.optim.Adam(trainable_parameters(model.sam), lr=args.lr)
@@ -317,17 +393,22 @@ def main(argv=None) -> int:
         dices = []
         for _ in range(args.steps_per_check):
             batch = [train[i] for i in rng.choice(len(train), args.batch_size, replace=False, p=draw)]
+            if rng.random() < args.rollout_share:
+                dices += _rollout(net, model, pairs, batch, rng, sampler, args.rollout_steps, device, optimizer,
+                                  allowed=trainable)
+                steps += 1
+                continue
             propagate = bool(rng.random() < args.propagate_share)
             n_iterations = 1 + int(rng.integers(0, args.max_corrections + 1))
             dices += _run(net, model, pairs, _batch(pairs, batch, rng, propagate, sampler), sampler, n_iterations,
                           device, optimizer)
             steps += 1
-        score = validate(net, model, pairs, val, device)
+        value = score(net)
         history.append({"steps": steps, "seconds": round(time.perf_counter() - began), "train_dice@first": float(np.mean(dices)),
-                        "val": score})
+                        "val": value})
         print(json.dumps(history[-1]), flush=True)
-        if score > best:
-            best = score
+        if value > best:
+            best = value
             save_checkpoint(clickable(model, mask=True), out / "decoder.pth", name=NAME, kind="slice_decoder", weights="decoder",
                             dtype="float16", description=(
                                 "LiteMedSAM with a prompt encoder + mask decoder trained to carry a structure from "
@@ -340,7 +421,7 @@ def main(argv=None) -> int:
                                                "unions": {str(k): list(v) for k, v in unions().items()}
                                                if args.union_share else {}},
                                       "baseline": baseline, "history": history, "best_val": best})
-    print(f"best validation Dice of one propagation step: {best:.3f} (baseline {json.dumps(baseline)}); "
+    print(f"best validation Dice ({'rollouts' if args.rollout_share else 'one propagation step'}): {best:.3f} (baseline {json.dumps(baseline)}); "
           f"{steps} steps in {time.perf_counter() - began:.0f} s -> {out / 'decoder.pth'}", flush=True)
     return 0
 
