@@ -42,11 +42,12 @@ import argparse
 import json
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
 from sonosam.evaluate.metrics import dice
-from sonosam.volume import PropagationOptions, Seed, naive_baseline, propagate, slice_of, volume_window
+from sonosam.volume import AXES, PropagationOptions, Seed, naive_baseline, propagate, slice_of, volume_window
 
 # the structures the rules are chosen on (every shape, left hemisphere; the CT's ventricles, so that a rule for CT
 # need not be tuned on held-out rows; the MRI's whole brain, a large structure with dark pockets like the CT's
@@ -59,6 +60,7 @@ CT_WINDOWS = {"Brain": CT_BRAIN, "Lateral_Ventricle_a": CT_BRAIN, "Lateral_Ventr
 CT_WIDE = (-1000.0, 1000.0)
 NAIVE_REACH = 10  # the naive baseline prompts the structure's slices and this many beyond each end
 MARGIN = 2  # px added to each side of a reference's bounding box: a slightly loose box
+AXIS_NAME = {index: name for name, index in AXES.items()}   # 0 -> "k" (axial), as the tables name them
 
 
 def label_seed(labels: np.ndarray, label: int, axis: int = 0) -> tuple[int, tuple[int, int, int, int]]:
@@ -421,13 +423,16 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
 
 
 def format_table(result: dict) -> str:
-    lines = ["| subject | structure | shape | set | true extent | propagated | Dice, 1 prompt | +1 | +2 | +3 | "
-             "naive | seed Dice (choice) | ms/slice |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    """The rows as docs/volume.md shows them; "7 boxes" is the one-prompt mean over the seed box and its 6 moves
+    (``--box-shifts``), where the run made them."""
+    lines = ["| subject | axis | structure | shape | set | true extent | propagated | Dice, 1 prompt | 7 boxes | +1 | +2 | "
+             "+3 | naive | seed Dice (choice) | ms/slice |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         after = (r["dice_after"] + [float("nan")] * 3)[:3]
-        lines.append(f"| {r['subject']} | {r['name']} | {r['shape']} | {r['set']} | "
+        boxes = f"{np.mean(r['dice_boxes']):.3f}" if "dice_boxes" in r else "-"
+        lines.append(f"| {r['subject']} | {AXIS_NAME[r['axis']]} | {r['name']} | {r['shape']} | {r['set']} | "
                      f"{r['true_extent'][0]}..{r['true_extent'][1]} | {r['extent'][0]}..{r['extent'][1]} | "
-                     f"**{r['dice']:.3f}** | " + " | ".join(f"{d:.3f}" for d in after) + " | "
+                     f"**{r['dice']:.3f}** | {boxes} | " + " | ".join(f"{d:.3f}" for d in after) + " | "
                      f"{r.get('dice_naive', float('nan')):.3f} | {r['seed_dice']:.3f} ({r['seed_choice']}) | "
                      f"{r['seconds_per_slice'] * 1000:.0f} |")
     return "\n".join(lines)
@@ -500,7 +505,19 @@ def main(argv=None) -> int:
                              "`span`), SLICES further out each way (default 0: exactly), with every prompt: 'a box "
                              "and the ends' instead of 'a box'")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--table", nargs="+", metavar="JSON",
+                        help="only print the table and goals of earlier runs' --json files, taken together")
     args = parser.parse_args(argv)
+    if args.table:
+        rows = []
+        for path in args.table:
+            try:
+                rows += json.loads(Path(path).read_text())["rows"]
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise SystemExit(f"--table {path}: not a bench.volume --json file ({error!r})") from None
+        print(format_table({"rows": rows}))
+        print(goals({"rows": rows}))
+        return 0
     if args.threads:
         import torch
 

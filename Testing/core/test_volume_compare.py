@@ -39,3 +39,25 @@ def test_bench_options_parse_and_a_bad_one_names_itself():
     for bad in ("min_similarity", "min_similarity=high"):
         with pytest.raises(SystemExit, match=f"--option '{bad}': expected NAME=VALUE"):
             parse_options([bad])
+
+
+def test_bench_table_of_earlier_runs_puts_them_together(tmp_path, capsys):
+    from bench.volume import main as bench_main
+
+    def row(name, subject_set, one, boxes=None):
+        out = {"subject": "colin27", "axis": 2, "name": name, "shape": "compact", "set": subject_set, "dice": one,
+               "dice_after": [0.6, 0.7, 0.8], "true_extent": [10, 20], "extent": [11, 19], "dice_naive": 0.3,
+               "seed_dice": 0.9, "seed_choice": "model", "seconds_per_slice": 0.1}
+        return out if boxes is None else {**out, "dice_boxes": boxes}
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"rows": [row("Thalamus_L", "dev", 0.7, [0.7, 0.5])]}))
+    b.write_text(json.dumps({"rows": [row("Thalamus_R", "held-out", 0.4)]}))
+    assert bench_main(["--table", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "| colin27 | i | Thalamus_L | compact | dev | 10..20 | 11..19 | **0.700** | 0.600 | 0.600 | 0.700 | 0.800 |" in out
+    assert "| Thalamus_R | compact | held-out | 10..20 | 11..19 | **0.400** | - |" in out     # no box shifts in that run
+    assert "held-out (1): mean Dice from one prompt 0.400" in out and "all (2)" in out
+    (tmp_path / "c.json").write_text("{}")
+    with pytest.raises(SystemExit, match="c.json: not a bench.volume --json file"):
+        bench_main(["--table", str(tmp_path / "c.json")])
