@@ -246,8 +246,9 @@ def _assisted_rerun(predictor, volume, result, axis, window, volume_id, kinds, *
 def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=None, corrections: int = 3,
                        naive: bool = True, seed_pick: str = "auto", assist_after=(),
                        assist_kinds=("box", "point"), local_corrections: bool = True, refine_clicks: bool = False,
-                       box_shifts: int = 0, **options) -> dict:
-    """One structure: seed box on its widest slice, propagation, corrections, naive baseline; see module doc.
+                       box_shifts: int = 0, seed_at: float | None = None, **options) -> dict:
+    """One structure: seed box on its widest slice (``seed_at`` F: on the slice at F of the way through its true
+    extent instead, or the nearest that holds it), propagation, corrections, naive baseline; see module doc.
     seed_pick "user": the simulated user picks the seed from the offered masks (`user_seed`); assist_after:
     after these correction counts (e.g. (2, 3)), also learn SAM^assist from the held slices and re-run
     (`_assisted_rerun`): row["assist"]. box_shifts > 0: also one prompt from the seed box grown, shrunk and moved
@@ -256,7 +257,14 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
     window = tuple(window or volume_window(volume))
     three_classes = options.get("seed_three_classes", PropagationOptions.seed_three_classes)  # offered to the user
     other = tuple(a for a in range(3) if a != axis)
-    index = int(np.argmax(gt.sum(axis=other)))
+    areas = gt.sum(axis=other)
+    if seed_at is None:
+        index = int(np.argmax(areas))
+    else:   # a user need not seed where the structure is widest
+        if not 0 <= seed_at <= 1:
+            raise ValueError(f"seed_at must be a fraction of the structure's extent (0..1), not {seed_at!r}.")
+        held = np.flatnonzero(areas)
+        index = int(held[np.argmin(np.abs(held - (held[0] + seed_at * (held[-1] - held[0]))))])
     box = loose_box(slice_of(gt, axis, index))
     seed, picked = Seed(index, box=box), ""
     if seed_pick == "user":
@@ -363,7 +371,7 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
           corrections: int = 3, naive: bool = True, model_name: str = "litemedsam", backend: str | None = "auto",
           verbose: bool = True, seed_pick: str = "auto", assist_after=(), assist_kinds=("box", "point"),
           local_corrections: bool = True, refine_clicks: bool = False, box_shifts: int = 0,
-          ends: int | None = None, **options) -> dict:
+          ends: int | None = None, seed_at: float | None = None, **options) -> dict:
     import torch
 
     from sonosam.models import load_model
@@ -375,7 +383,7 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
     store = EmbeddingStore(cache, model, memory=False)
     out = {"model": model.spec.name, "backend": model.backend, "threads": torch.get_num_threads(), "axis": axis,
            "seed_pick": seed_pick, "assist_after": list(assist_after), "local_corrections": local_corrections,
-           "refine_clicks": refine_clicks, "box_shifts": box_shifts, "ends": ends,
+           "refine_clicks": refine_clicks, "box_shifts": box_shifts, "ends": ends, "seed_at": seed_at,
            "rows": []}
     for subject_name in subjects:
         subject = _subject(subject_name)
@@ -396,7 +404,7 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
             row = evaluate_structure(predictor, volume, ref.mask, axis, window, volume_id, corrections, naive,
                                      seed_pick=seed_pick, assist_after=assist_after, assist_kinds=assist_kinds,
                                      local_corrections=local_corrections, refine_clicks=refine_clicks,
-                                     box_shifts=box_shifts,
+                                     box_shifts=box_shifts, seed_at=seed_at,
                                      **(options if ends is None else
                                         {**options, "span": (max(first - ends, 0),
                                                              min(last + ends, volume.shape[axis] - 1))}))
@@ -504,6 +512,8 @@ def main(argv=None) -> int:
                         help="the simulated user also gives each structure's first and last slice (the core's "
                              "`span`), SLICES further out each way (default 0: exactly), with every prompt: 'a box "
                              "and the ends' instead of 'a box'")
+    parser.add_argument("--seed-at", type=float, metavar="F",
+                        help="seed on the slice F (0..1) of the way through the structure's extent, not its widest")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--table", nargs="+", metavar="JSON",
                         help="only print the table and goals of earlier runs' --json files, taken together")
@@ -527,7 +537,7 @@ def main(argv=None) -> int:
                    naive=not args.no_naive, model_name=args.model, backend=args.backend, seed_pick=args.seed_pick,
                    assist_after=tuple(args.assist_after), assist_kinds=tuple(args.assist_kinds),
                    local_corrections=args.local_corrections, refine_clicks=args.refine_clicks,
-                   box_shifts=args.box_shifts, ends=args.ends, **options)
+                   box_shifts=args.box_shifts, ends=args.ends, seed_at=args.seed_at, **options)
     print(format_table(result))
     print(goals(result))
     if args.json:
