@@ -433,8 +433,8 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
 def format_table(result: dict) -> str:
     """The rows as docs/volume.md shows them; "7 boxes" is the one-prompt mean over the seed box and its 6 moves
     (``--box-shifts``), where the run made them."""
-    lines = ["| subject | axis | structure | shape | set | true extent | propagated | Dice, 1 prompt | 7 boxes | +1 | +2 | "
-             "+3 | naive | seed Dice (choice) | ms/slice |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| subject | axis | structure | shape | set | true extent | propagated | Dice, 1 prompt | 7 boxes | +1 | "
+             "+2 | +3 | naive | seed Dice (choice) | ms/slice |", "|---" * 15 + "|"]
     for r in result["rows"]:
         after = (r["dice_after"] + [float("nan")] * 3)[:3]
         boxes = f"{np.mean(r['dice_boxes']):.3f}" if "dice_boxes" in r else "-"

@@ -121,7 +121,7 @@ def test_rollouts_carry_the_decoders_own_answers_and_stop_where_told(tmp_path):
     with torch.no_grad():
         stopped = _rollout(net, model, pairs, start, np.random.default_rng(0), PromptSampler(0), 2, device,
                            allowed=lambda axis, index: index != 76)
-    assert stopped == dices[:1]                          # the refused slice ends the rollout, the first step is the same
+    assert stopped == dices[:1]                          # the refused slice ends the rollout; the first step is kept
     before = [p.detach().clone() for p in trainable_parameters(model.sam)]
     optimizer = torch.optim.Adam(trainable_parameters(model.sam), lr=1e-4)
     _rollout(net, model, pairs, start, np.random.default_rng(0), PromptSampler(0), 2, device, optimizer)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..masks import bounding_box
+from ..masks import bounding_box, dice
 from .click_data import _colin27_arrays, slab_part
 from .data import COLIN27_AAL_RANGES
 from .engine import PromptDecoder, full_res_mask, iterate_prompts, low_res_target
@@ -272,8 +272,7 @@ def _rollout(net, model, pairs, batch: list[SlicePair], rng, sampler, steps: int
              sampler, 1, device, optimizer, answers=answers)
         for j, k in enumerate(live):
             answer, gt, (p, _, prev_mask) = answers[j], gts[j], carried[k]
-            dices.append(float(2 * (answer & gt).sum() / max(answer.sum() + gt.sum(), 1)) if (answer.any() or gt.any())
-                         else 1.0)
+            dices.append(dice(answer, gt))
             carried[k] = (p, step_pairs[j].index, keep_touching(answer, prev_mask) if answer.any() else None)
     return dices
 
@@ -362,13 +361,10 @@ def main(argv=None) -> int:
                 "with mask, before training": validate(net, model, pairs, val, device),
                 "without mask (the --init decoder as propagation runs it)": validate(net, model, pairs, val, device,
                                                                                     mask=False)}
-    ranges = {axis: (lo - 2, hi + 2) for axis, (lo, hi) in COLIN27_AAL_RANGES.items()}   # every slice encoded above
+    ranges = {axis: (lo - 2, hi + 2) for axis, (lo, hi) in COLIN27_AAL_RANGES.items()}   # every slice encoded below
 
-    def in_range(axis, index):
-        return ranges[axis][0] <= index <= ranges[axis][1]
-
-    def trainable(axis, index):   # a training rollout never steps into a validation slab
-        return in_range(axis, index) and slab_part(index) != "val"
+    def trainable(axis, index):   # a training rollout stays on encoded slices and never enters a validation slab
+        return ranges[axis][0] <= index <= ranges[axis][1] and slab_part(index) != "val"
 
     def score(net):
         return validate_rollout(net, model, pairs, val, device) if args.rollout_share else \
@@ -421,8 +417,9 @@ def main(argv=None) -> int:
                                                "unions": {str(k): list(v) for k, v in unions().items()}
                                                if args.union_share else {}},
                                       "baseline": baseline, "history": history, "best_val": best})
-    print(f"best validation Dice ({'rollouts' if args.rollout_share else 'one propagation step'}): {best:.3f} (baseline {json.dumps(baseline)}); "
-          f"{steps} steps in {time.perf_counter() - began:.0f} s -> {out / 'decoder.pth'}", flush=True)
+    print(f"best validation Dice ({'rollouts' if args.rollout_share else 'one propagation step'}): {best:.3f} "
+          f"(baseline {json.dumps(baseline)}); {steps} steps in {time.perf_counter() - began:.0f} s -> "
+          f"{out / 'decoder.pth'}", flush=True)
     return 0
 
 
