@@ -238,37 +238,6 @@ def whole_share(image: np.ndarray, part: np.ndarray, box, kind: str, threshold: 
     return float(inside / component.sum())
 
 
-def _class_parts(crop: np.ndarray, classes: int, threshold: float | None = None,
-                 between: tuple[float, float] | None = None) -> dict[str, tuple[float, np.ndarray]]:
-    """kind ("dark"/"bright") -> (threshold, that class of the box's pixels, opened 1 px): the two classes of Otsu's
-    split (or `threshold`, see `structure_candidate`), or with classes=3 the darkest and brightest of three."""
-    if classes == 3:
-        splits = dict(zip(("dark", "bright"), _otsu3(crop.ravel())))
-    else:
-        split = _otsu(crop.ravel())
-        if threshold is None or (between is not None and min(between) < split < max(between)):
-            threshold = split
-        splits = {"dark": threshold, "bright": threshold}
-    return {kind: (t, ndimage.binary_opening(crop < t if kind == "dark" else crop >= t)) for kind, t in splits.items()}
-
-
-def _edge(shape) -> np.ndarray:
-    """The box's outer 2 px (of a crop of `shape`): a component lying there is the surroundings a loose box takes in."""
-    edge = np.ones(shape, bool)
-    edge[2:-2, 2:-2] = False
-    return edge
-
-
-def _pieces(part: np.ndarray, edge: np.ndarray):
-    """The connected components of a class of the box that a candidate may hold: at least 10 px, not lying mostly on
-    the box's outer 2 px (`edge`)."""
-    labels, count = ndimage.label(part)
-    for index in range(1, count + 1):
-        component = labels == index
-        if component.sum() >= 10 and (component & edge).sum() <= 0.5 * component.sum():
-            yield component
-
-
 def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None, near: np.ndarray | None = None,
                         threshold: float | None = None, between: tuple[float, float] | None = None,
                         classes: int = 2) -> tuple[np.ndarray, str] | None:
@@ -287,14 +256,28 @@ def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None, 
     crop = _box_crop(image, box)
     if crop.max() <= crop.min():
         return None
-    parts, edge = _class_parts(crop, classes, threshold, between), _edge(crop.shape)
+    if classes == 3:
+        splits = dict(zip(("dark", "bright"), _otsu3(crop.ravel())))
+    else:
+        split = _otsu(crop.ravel())
+        if threshold is None or (between is not None and min(between) < split < max(between)):
+            threshold = split
+        splits = {"dark": threshold, "bright": threshold}
+    edge = np.ones(crop.shape, bool)   # the box's outer 2 px: a component lying there is the surroundings
+    edge[2:-2, 2:-2] = False
     border = np.ones(crop.shape, bool)  # the box's outer 1 px: the surroundings run along it, a structure does not
     border[1:-1, 1:-1] = False
     border_length = border.sum()
     best = None
     for kind in ([polarity] if polarity else ["dark", "bright"]):
-        threshold, part = parts[kind]
-        for component in _pieces(part, edge):
+        threshold = splits[kind]
+        part = crop < threshold if kind == "dark" else crop >= threshold
+        part = ndimage.binary_opening(part)
+        labels, count = ndimage.label(part)
+        for index in range(1, count + 1):
+            component = labels == index
+            if component.sum() < 10 or (component & edge).sum() > 0.5 * component.sum():
+                continue
             full = np.zeros(image.shape, bool)
             full[y0:y1 + 1, x0:x1 + 1] = component
             if near is not None:
@@ -313,28 +296,6 @@ def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None, 
     else:
         source = f"the {kind} {'ring in' if ring else 'part of'} the box"
     return (mask if ring else ndimage.binary_fill_holes(mask)), f"{source} (threshold {threshold:.4g})"
-
-
-def class_pieces(image: np.ndarray, box, kind: str, classes: int = 2) -> tuple[np.ndarray, str] | None:
-    """Every piece of the box's dark (or bright) class together, as `structure_candidate` admits each one, holes
-    filled: a structure the box was drawn around may lie in it in several parts (a lateral ventricle's horns on a slice
-    near its lower end), none of which spans the box alone. Returns (mask, source) or None when nothing qualifies."""
-    x0, y0, x1, y1 = _box_pixels(box, image.shape)
-    if x1 - x0 < 3 or y1 - y0 < 3:
-        return None
-    crop = _box_crop(image, box)
-    if crop.max() <= crop.min():
-        return None
-    threshold, part = _class_parts(crop, classes)[kind]
-    together = np.zeros(crop.shape, bool)
-    for component in _pieces(part, _edge(crop.shape)):
-        together |= component
-    if not together.any():
-        return None
-    mask = np.zeros(image.shape, bool)
-    mask[y0:y1 + 1, x0:x1 + 1] = ndimage.binary_fill_holes(together)
-    name = f"the {kind}est pieces of three intensity classes" if classes == 3 else f"the {kind} pieces"
-    return mask, f"{name} in the box, together (threshold {threshold:.4g})"
 
 
 def mask_problems(mask: np.ndarray, score: float, box, evidence: float | None = None,
@@ -359,15 +320,13 @@ def mask_problems(mask: np.ndarray, score: float, box, evidence: float | None = 
 
 def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None, *, key=None, window=None,
                min_score: float = MIN_SCORE, prefer: str | None = None, contrast_switch: bool = True,
-               three_classes: bool = True, pieces: bool = False) -> SeedCheck:
+               three_classes: bool = True) -> SeedCheck:
     """Segment the seed slice and check the answer against the prompt; see the module doc.
     predictor: a sonosam Predictor (or anything with its predict() and .model). prefer: "dark"/"bright" when the
     user already took that kind of alternative on another slice of the same structure (a correction then
     follows it even where the model is sure). contrast_switch: an unsure model's answer that does not stand out
     gives way to the part of the box that does, where that part is a whole structure (`whole_share`).
-    three_classes: also offer the darkest and the brightest of three intensity classes (never suggested). pieces:
-    where nothing else is taken and the model is unsure, a class's pieces together (`class_pieces`) that stand out
-    strongly, span the box and avoid the model's mask are offered and taken."""
+    three_classes: also offer the darkest and the brightest of three intensity classes (never suggested)."""
     model = getattr(predictor, "model", None)
     spec = getattr(model, "spec", None)
     multimask = bool(getattr(spec, "multimask", False))
@@ -489,27 +448,4 @@ def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None,
             check.decision = (f"Took {intensity.source}: the model is unsure (predicted IoU {model_answer.score:.2f})"
                               f" and its answer does not stand out from its surroundings, while this part does "
                               f"({abs(value):.1f} SD) and lies whole within the box")
-    # a structure in several parts on this slice (a ventricle's horns near its end): no one part spans the box, so no
-    # rule above takes it, while the class's pieces together do and stand out; taken where the model is unsure and its
-    # mask lies mostly outside them
-    if pieces and check.best == 0 and unsure and box is not None and model_answer.mask.any():
-        found = []
-        for kind in ("dark", "bright"):
-            for classes in (2, 3):
-                got = class_pieces(image, box, kind, classes)
-                value = contrast(seen, got[0]) if got is not None else None
-                if value is not None and abs(value) >= SURE_CONTRAST and box_agreement(got[0], box) >= SURE_SPAN \
-                        and (got[0] & model_answer.mask).sum() < 0.5 * model_answer.mask.sum():
-                    found.append((abs(value), value, got))
-        if found:
-            _, value, (mask, source) = max(found, key=lambda f: f[0])
-            taken = Candidate(mask, float("nan"), source)
-            taken.agreement = box_agreement(mask, box)
-            taken.problems = mask_problems(mask, taken.score, box, None, min_score)
-            candidates.append(taken)
-            check.best = len(candidates) - 1
-            check.polarity = "dark" if value < 0 else "bright"
-            check.decision = (f"Took {source}: the model is unsure (predicted IoU {model_answer.score:.2f}) and its "
-                              f"mask lies mostly outside them, while together they stand out {abs(value):.1f} SD and "
-                              f"span the box ({taken.agreement:.0%})")
     return check

@@ -148,8 +148,6 @@ class PropagationOptions:
     seed_contrast_switch: bool = True  # the check's contrast_switch (an unsure answer that does not stand out
                                      # gives way to the part of the box that does, where that part is whole)
     seed_three_classes: bool = True  # the check also offers the darkest and brightest of three intensity classes
-    seed_pieces: bool = False        # the check's pieces: an unsure answer gives way to a contrasted class's pieces
-                                     # together that span the box (a structure in several parts on the seed slice)
     follow_motion: bool = True       # pull the previous slice's mask onto the next by optical flow before prompting
                                      # it (sonosam.track.motion.follow_slice; False: prompt where the mask was)
     min_contrast: float | None = 2.0  # anchors at least this contrasted with their surroundings ((mean inside -
@@ -713,7 +711,7 @@ def check_seed_slice(predictor, image: np.ndarray, seed: Seed, options: Propagat
     --seed-choice`), so that both number the masks alike."""
     return check_seed(predictor, image, box=seed.box, points=seed.points, labels=seed.labels, key=key, window=window,
                       prefer=prefer, contrast_switch=options.seed_contrast_switch,
-                      three_classes=options.seed_three_classes, pieces=options.seed_pieces)
+                      three_classes=options.seed_three_classes)
 
 
 def check_span(span, n: int, seeds: Sequence[Seed]) -> tuple[int, int]:
