@@ -518,6 +518,9 @@ def main(argv=None) -> int:
     parser.add_argument("--table", nargs="+", metavar="JSON",
                         help="only print the table and goals of earlier runs' --json files, taken together")
     args = parser.parse_args(argv)
+    if args.seed_at is not None and not 0 <= args.seed_at <= 1:
+        parser.error(f"--seed-at {args.seed_at}: give a fraction of the structure's extent, 0 to 1 (0.25: a quarter "
+                     "of the way in)")
     if args.table:
         rows = []
         for path in args.table:

@@ -61,3 +61,12 @@ def test_bench_table_of_earlier_runs_puts_them_together(tmp_path, capsys):
     (tmp_path / "c.json").write_text("{}")
     with pytest.raises(SystemExit, match="c.json: not a bench.volume --json file"):
         bench_main(["--table", str(tmp_path / "c.json")])
+
+
+def test_bench_seed_at_out_of_range_is_refused_in_one_line(capsys):
+    from bench.volume import main as bench_main
+
+    with pytest.raises(SystemExit) as exited:
+        bench_main(["--seed-at", "2", "--subjects", "colin27"])
+    assert exited.value.code == 2
+    assert "--seed-at 2.0: give a fraction of the structure's extent, 0 to 1" in capsys.readouterr().err
