@@ -1,0 +1,101 @@
+"""A prompt answered in a crop around its box, zoomed to the model's input.
+
+The encoder sees an image resized so its longest side spans its input (256 px for LiteMedSAM): a 15 px
+structure on a 200 px slice covers four or five cells of the 64x64 embedding. Encoding a square crop of
+`context` times the box's longest side instead gives the same structure several times the cells, which
+is where small, low-contrast structures gain (docs/volume.md, "the structure's surroundings, zoomed").
+The answer comes back in the whole image's frame, so callers see an ordinary `Prediction`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from .prompts import LOW_RES, Prediction, Prompts
+
+OUTSIDE = -20.0  # the logit given to pixels outside the crop: surely background
+
+
+def zoom_crop(box, shape: tuple[int, int], context: float, min_side: int) -> tuple[int, int, int, int] | None:
+    """The crop (x0, y0, x1, y1; ends exclusive) centred on ``box``, ``context`` times its longest side and
+    at least ``min_side`` px a side, inside an image of ``shape`` (H, W); None when it would hold the whole
+    image (zooming would change nothing)."""
+    height, width = shape
+    x0, y0, x1, y1 = (float(v) for v in box)
+    side = max(x1 - x0 + 1, y1 - y0 + 1, 1.0) * context
+    side = max(side, float(min_side))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    left, right = int(max(0, np.floor(cx - side / 2))), int(min(width, np.ceil(cx + side / 2)))
+    top, bottom = int(max(0, np.floor(cy - side / 2))), int(min(height, np.ceil(cy + side / 2)))
+    if left == 0 and top == 0 and right == width and bottom == height:
+        return None
+    return left, top, right, bottom
+
+
+def _frame(shape) -> tuple[int, int]:
+    """The (h, w) a low-res logits frame gives an image of ``shape``: longest side spans it, padded bottom/right."""
+    height, width = shape
+    scale = LOW_RES / max(height, width)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+
+def logits_to_pixels(logits: np.ndarray, shape) -> np.ndarray:
+    """A (256, 256) low-res logits frame -> the logits at every pixel of an image of ``shape``."""
+    import cv2
+
+    h, w = _frame(shape)
+    return cv2.resize(np.ascontiguousarray(logits[:h, :w], np.float32), (shape[1], shape[0]),
+                      interpolation=cv2.INTER_LINEAR)
+
+
+def pixels_to_logits(field: np.ndarray) -> np.ndarray:
+    """Per-pixel logits of an image -> its (256, 256) low-res frame (the inverse of `logits_to_pixels`)."""
+    import cv2
+
+    h, w = _frame(field.shape)
+    small = field.shape[0] > h or field.shape[1] > w
+    canvas = np.full((LOW_RES, LOW_RES), OUTSIDE, np.float32)
+    canvas[:h, :w] = cv2.resize(np.ascontiguousarray(field, np.float32), (w, h),
+                                interpolation=cv2.INTER_AREA if small else cv2.INTER_LINEAR)
+    return canvas
+
+
+def crop_prompts(prompts: Prompts, crop, shape) -> Prompts:
+    """``prompts`` on an image of ``shape``, moved into ``crop``'s frame (points and box clipped to it, the mask
+    prompt resampled)."""
+    left, top, right, bottom = crop
+    limit = np.array([right - left - 1, bottom - top - 1], np.float32)
+    offset = np.array([left, top], np.float32)
+    points = None if not prompts.has_points else np.clip(prompts.points - offset, 0, limit)
+    box = None
+    if prompts.box is not None:
+        box = np.clip(np.asarray(prompts.box, np.float32) - np.tile(offset, 2), 0, np.tile(limit, 2))
+    mask = None
+    if prompts.mask_logits is not None:
+        mask = pixels_to_logits(logits_to_pixels(prompts.mask_logits, shape)[top:bottom, left:right])
+    return Prompts(points, prompts.labels if points is not None else None, box, mask)
+
+
+def decode_zoomed(decoder, shape: tuple[int, int], prompts: Prompts, embed, *, context: float,
+                  min_side: int) -> Prediction:
+    """``prompts`` (with a box) on an image of ``shape`` answered by ``decoder`` on the crop around the box
+    (`zoom_crop`); ``embed(crop)`` gives the crop's embedding from an encoder ``decoder`` shares (``embed(None)``:
+    the whole image's, used when the crop would be the whole image). Masks and logits come back in the image's
+    frame."""
+    crop = zoom_crop(prompts.box, shape, context, min_side)
+    if crop is None:
+        return decoder.decode(replace(embed(None), model_id=decoder.model_id), prompts, multimask=False)
+    left, top, right, bottom = crop
+    pred = decoder.decode(replace(embed(crop), model_id=decoder.model_id), crop_prompts(prompts, crop, shape),
+                          multimask=False)
+    n = len(pred.masks)
+    masks = np.zeros((n,) + tuple(shape), bool)
+    masks[:, top:bottom, left:right] = pred.masks
+    logits = np.empty((n, LOW_RES, LOW_RES), np.float32)
+    for i in range(n):
+        field = np.full(shape, OUTSIDE, np.float32)
+        field[top:bottom, left:right] = logits_to_pixels(pred.low_res_logits[i], (bottom - top, right - left))
+        logits[i] = pixels_to_logits(field)
+    return Prediction(masks, pred.scores, logits, list(pred.notes))
