@@ -1,0 +1,66 @@
+"""A prompt answered on a zoomed crop around its box (sonosam.zoom) and propagation's `zoom` option."""
+
+import numpy as np
+
+from sonosam.models import mask_to_logits
+from sonosam.predictor import Predictor
+from sonosam.prompts import Prompts
+from sonosam.volume import Seed, propagate
+from sonosam.zoom import crop_prompts, decode_zoomed, logits_to_pixels, zoom_crop
+
+from test_volume_engine import ThresholdModel, sphere_volume
+
+
+def test_the_crop_is_centred_on_the_box_at_least_min_side_and_inside_the_image():
+    # a 20 px box (centre 49.5, 59.5): x1.5 -> 30 px (to whole pixels, outward), but never under min_side
+    assert zoom_crop((40, 50, 59, 69), (200, 300), 1.5, 16) == (34, 44, 65, 75)
+    assert zoom_crop((40, 50, 59, 69), (200, 300), 1.5, 40) == (29, 39, 70, 80)
+    assert zoom_crop((0, 0, 19, 19), (200, 300), 2.0, 16) == (0, 0, 30, 30)  # clipped at the corner
+    assert zoom_crop((10, 10, 280, 190), (200, 300), 1.5, 16) is None  # the whole image: nothing to zoom
+
+
+def test_prompts_move_into_the_crop_and_the_mask_prompt_keeps_its_shape():
+    shape = (120, 200)
+    mask = np.zeros(shape, bool)
+    mask[40:70, 90:130] = True
+    prompts = Prompts([[100, 50], [300, 500]], [1, 0], (88, 38, 131, 71), mask_to_logits(mask))
+    crop = (70, 20, 150, 90)
+    moved = crop_prompts(prompts, crop, shape)
+    assert np.allclose(moved.box, (18, 18, 61, 51))
+    assert np.allclose(moved.points, [[30, 30], [79, 69]])  # a point outside the crop lands on its edge
+    assert moved.labels.tolist() == [1, 0]
+    inside = logits_to_pixels(moved.mask_logits, (70, 80)) > 0
+    assert (inside == mask[20:90, 70:150]).mean() > 0.97
+
+
+def test_propagation_on_crops_gives_the_whole_slice_answer_for_a_model_blind_to_scale():
+    # ThresholdModel thresholds inside the box: on a crop holding the box its answer, mapped back, is the same
+    volume, ball = sphere_volume()
+    seeds = [Seed(20, box=(20, 20, 44, 44))]
+    plain = propagate(Predictor(ThresholdModel()), volume, seeds)
+    model = ThresholdModel()
+    zoomed = propagate(Predictor(model), volume, seeds, zoom=1.5, zoom_min_side=16)
+    assert np.array_equal(plain.mask, zoomed.mask) and zoomed.mask.sum() > 0.9 * ball.sum()
+    sizes = {tuple(call["box"][2:] - call["box"][:2]) for call in model.calls}
+    assert all(max(size) < 40 for size in sizes)  # the propagated slices were answered in crops (boxes moved in)
+
+
+def test_a_small_structure_is_answered_in_the_image_frame(default_model):
+    # a 14 px dim disc on a 240 x 320 slice: the zoomed answer comes back at the slice's size, nothing outside the
+    # crop, with logits that agree with the masks
+    rng = np.random.default_rng(3)
+    image = rng.normal(60, 4, (240, 320)).astype(np.float32)
+    yy, xx = np.indices(image.shape)
+    disc = np.hypot(yy - 150, xx - 200) <= 7
+    image[disc] += 40
+    prompts = Prompts(box=(190, 140, 210, 160))
+    embed = lambda crop: default_model.encode(image if crop is None else image[crop[1]:crop[3], crop[0]:crop[2]])
+    pred = decode_zoomed(default_model, image.shape, prompts, embed, context=1.5, min_side=32)
+    crop = zoom_crop(prompts.box, image.shape, 1.5, 32)
+    assert pred.masks.shape[1:] == image.shape and pred.low_res_logits.shape[1:] == (256, 256)
+    outside = np.ones(image.shape, bool)
+    outside[crop[1]:crop[3], crop[0]:crop[2]] = False
+    assert not pred.mask[outside].any()
+    dice = 2 * (pred.mask & disc).sum() / (pred.mask.sum() + disc.sum())
+    assert dice > 0.8, dice
+    assert ((logits_to_pixels(pred.logits, image.shape) > 0) == pred.mask).mean() > 0.99
