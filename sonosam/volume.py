@@ -58,7 +58,6 @@ from .predictor import Predictor
 from .prompts import Prompts
 from .seed_check import SURE_CONTRAST, _fills_box, _otsu, check_seed, contrast_polarity, structure_candidate
 from .track.motion import FlowEstimator, follow_slice
-from .zoom import decode_zoomed
 
 __all__ = ["Seed", "SliceInfo", "PropagationOptions", "PropagationResult", "propagate", "naive_baseline",
            "stop_reason", "slice_of", "axis_index", "consistent_pixels", "keep_touching", "volume_window", "AXES"]
@@ -155,10 +154,6 @@ class PropagationOptions:
                                      # mean of a 3 px ring) / SD inside) also try the intensity candidate on
                                      # each slice and keep whichever overlaps the previous mask more (None: off)
     window: tuple[float, float] | None = None  # intensity window; None: volume_window(volume)
-    zoom: float | None = None        # answer each propagated slice on a crop this many times its prompt box's longest
-                                     # side (at least zoom_min_side px), zoomed to the encoder's input (sonosam.zoom;
-                                     # None: on the whole slice)
-    zoom_min_side: int = 32
     # re-runs (previous=): a correction's front runs outward from the corrected slice only until its mask agrees
     # with the previous run's (IoU >= agree_iou) or reaches slices a nearer earlier anchor holds; the rest of
     # the previous result stays (False: recompute whole stretches from both anchors, as before)
@@ -471,7 +466,6 @@ class _Run:
         self.anchor_scores: dict[int, float] = {}  # anchor slice -> its predicted IoU (nan: an accepted mask)
         self.carrier = _carrier(options.carrier, self.model)
         self.carried = False  # the carrier answered at least one slice
-        self.last_crop: tuple = (None, None, None)  # (slice, crop, embedding) of the last zoomed answer
 
     # embeddings ------------------------------------------------------------------------------
     def key(self, index: int):
@@ -507,26 +501,11 @@ class _Run:
         """The predictor's answer on slice ``index``, or ``model``'s (a carrier: same encoder) from the same embedding."""
         self.decoded += 1
         self.encode_slab(index)
-        if self.options.zoom and prompts.box is not None and self.slab == 1:
-            return decode_zoomed(model or self.model, self.image(index).shape, prompts,
-                                 lambda crop: self.crop_embedding(index, crop), context=self.options.zoom,
-                                 min_side=self.options.zoom_min_side)
         if model is None:
             return self.predictor.predict(lambda: self.image(index), prompts, key=self.key(index), window=self.window,
                                           multimask=False)
         embedding = self.predictor.embedding(lambda: self.image(index), key=self.key(index), window=self.window)
         return model.decode(replace(embedding, model_id=model.model_id), prompts, multimask=False)
-
-    def crop_embedding(self, index: int, crop):
-        """The embedding of ``crop`` (x0, y0, x1, y1) of slice ``index`` (None: the whole slice's, cached); the last
-        crop is kept, since a slice's second opinion and a re-run's agreement test ask for it again."""
-        if crop is None:
-            return self.predictor.embedding(lambda: self.image(index), key=self.key(index), window=self.window)
-        if self.last_crop[:2] != (index, crop):
-            left, top, right, bottom = crop
-            image = np.ascontiguousarray(self.image(index)[top:bottom, left:right])
-            self.last_crop = (index, crop, self.model.encode(image, self.window))
-        return self.last_crop[2]
 
     def feature(self, index: int, mask: np.ndarray) -> np.ndarray:
         """Unit-length mean of the image embedding under `mask` (masked average pooling on the 64x64 grid)."""

@@ -1,14 +1,10 @@
-"""A prompt answered on a zoomed crop around its box (sonosam.zoom) and propagation's `zoom` option."""
+"""A prompt answered on a zoomed crop around its box (sonosam.zoom)."""
 
 import numpy as np
 
 from sonosam.models import mask_to_logits
-from sonosam.predictor import Predictor
 from sonosam.prompts import Prompts
-from sonosam.volume import Seed, propagate
 from sonosam.zoom import crop_prompts, decode_zoomed, logits_to_pixels, zoom_crop
-
-from test_volume_engine import ThresholdModel, sphere_volume
 
 
 def test_the_crop_is_centred_on_the_box_at_least_min_side_and_inside_the_image():
@@ -31,18 +27,6 @@ def test_prompts_move_into_the_crop_and_the_mask_prompt_keeps_its_shape():
     assert moved.labels.tolist() == [1, 0]
     inside = logits_to_pixels(moved.mask_logits, (70, 80)) > 0
     assert (inside == mask[20:90, 70:150]).mean() > 0.97
-
-
-def test_propagation_on_crops_gives_the_whole_slice_answer_for_a_model_blind_to_scale():
-    # ThresholdModel thresholds inside the box: on a crop holding the box its answer, mapped back, is the same
-    volume, ball = sphere_volume()
-    seeds = [Seed(20, box=(20, 20, 44, 44))]
-    plain = propagate(Predictor(ThresholdModel()), volume, seeds)
-    model = ThresholdModel()
-    zoomed = propagate(Predictor(model), volume, seeds, zoom=1.5, zoom_min_side=16)
-    assert np.array_equal(plain.mask, zoomed.mask) and zoomed.mask.sum() > 0.9 * ball.sum()
-    sizes = {tuple(call["box"][2:] - call["box"][:2]) for call in model.calls}
-    assert all(max(size) < 40 for size in sizes)  # the propagated slices were answered in crops (boxes moved in)
 
 
 def test_a_small_structure_is_answered_in_the_image_frame(default_model):
