@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from .predictor import as_prompts
 from .prompts import LOW_RES, Prediction, Prompts
 
 OUTSIDE = -20.0  # the logit given to pixels outside the crop: surely background
@@ -78,18 +79,27 @@ def crop_prompts(prompts: Prompts, crop, shape) -> Prompts:
     return Prompts(points, prompts.labels if points is not None else None, box, mask)
 
 
-def decode_zoomed(decoder, shape: tuple[int, int], prompts: Prompts, embed, *, context: float,
-                  min_side: int) -> Prediction:
-    """``prompts`` (with a box) on an image of ``shape`` answered by ``decoder`` on the crop around the box
-    (`zoom_crop`); ``embed(crop)`` gives the crop's embedding from an encoder ``decoder`` shares (``embed(None)``:
-    the whole image's, used when the crop would be the whole image). Masks and logits come back in the image's
-    frame."""
-    crop = zoom_crop(prompts.box, shape, context, min_side)
+def prompt_extent(prompts: Prompts) -> tuple[float, float, float, float]:
+    """The box holding ``prompts``' box and clicks: a crop around it keeps every click inside."""
+    corners = [np.asarray(prompts.box, np.float64).reshape(2, 2)] if prompts.box is not None else []
+    if prompts.has_points:
+        corners.append(np.asarray(prompts.points, np.float64))
+    corners = np.concatenate(corners)
+    return (*corners.min(axis=0), *corners.max(axis=0))
+
+
+def decode_zoomed(decoder, shape: tuple[int, int], prompts: Prompts, embed, *, context: float, min_side: int,
+                  multimask: bool = False) -> Prediction:
+    """``prompts`` (with a box) on an image of ``shape`` answered by ``decoder`` on the crop around the box and the
+    clicks (`zoom_crop` of `prompt_extent`); ``embed(crop)`` gives the crop's embedding from an encoder ``decoder``
+    shares (``embed(None)``: the whole image's, used when the crop would be the whole image). Masks and logits come
+    back in the image's frame."""
+    crop = zoom_crop(prompt_extent(prompts), shape, context, min_side)
     if crop is None:
-        return decoder.decode(replace(embed(None), model_id=decoder.model_id), prompts, multimask=False)
+        return decoder.decode(replace(embed(None), model_id=decoder.model_id), prompts, multimask=multimask)
     left, top, right, bottom = crop
     pred = decoder.decode(replace(embed(crop), model_id=decoder.model_id), crop_prompts(prompts, crop, shape),
-                          multimask=False)
+                          multimask=multimask)
     n = len(pred.masks)
     masks = np.zeros((n,) + tuple(shape), bool)
     masks[:, top:bottom, left:right] = pred.masks
@@ -99,3 +109,32 @@ def decode_zoomed(decoder, shape: tuple[int, int], prompts: Prompts, embed, *, c
         field[top:bottom, left:right] = logits_to_pixels(pred.low_res_logits[i], (bottom - top, right - left))
         logits[i] = pixels_to_logits(field)
     return Prediction(masks, pred.scores, logits, list(pred.notes))
+
+
+class ZoomedPredictor:
+    """A `Predictor` whose answers to prompts with a box come from the zoomed crop around the box and the clicks
+    (`decode_zoomed`); prompts without a box are answered on the whole image, from the predictor's cache."""
+
+    def __init__(self, predictor, context: float = 1.5, min_side: int = 32):
+        self.predictor, self.model = predictor, predictor.model
+        self.context, self.min_side = context, min_side
+        self._last: tuple = (None, None)  # (image key, window, crop), its embedding: a slice's clicks reuse it
+
+    def predict(self, image, prompts: Prompts | None = None, *, multimask: bool = False, key=None, window=None,
+                **conveniences) -> Prediction:
+        prompts = as_prompts(prompts, **conveniences)
+        if prompts.box is None:
+            return self.predictor.predict(image, prompts, multimask=multimask, key=key, window=window)
+        pixels = image() if callable(image) else np.asarray(image)
+
+        def embed(crop):
+            if crop is None:
+                return self.predictor.embedding(pixels, key, window)
+            ident = (id(image) if key is None else key, window, crop)
+            if self._last[0] != ident:
+                left, top, right, bottom = crop
+                self._last = (ident, self.model.encode(np.ascontiguousarray(pixels[top:bottom, left:right]), window))
+            return self._last[1]
+
+        return decode_zoomed(self.model, pixels.shape[:2], prompts, embed, context=self.context,
+                             min_side=self.min_side, multimask=multimask)

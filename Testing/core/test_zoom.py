@@ -48,3 +48,26 @@ def test_a_small_structure_is_answered_in_the_image_frame(default_model):
     dice = 2 * (pred.mask & disc).sum() / (pred.mask.sum() + disc.sum())
     assert dice > 0.8, dice
     assert ((logits_to_pixels(pred.logits, image.shape) > 0) == pred.mask).mean() > 0.99
+
+
+def test_a_zoomed_predictor_zooms_on_boxes_keeps_clicks_inside_and_answers_clicks_alone_on_the_whole_image(
+        default_model):
+    from sonosam.predictor import Predictor
+    from sonosam.zoom import ZoomedPredictor, prompt_extent
+
+    rng = np.random.default_rng(5)
+    image = rng.normal(60, 4, (200, 260)).astype(np.float32)
+    yy, xx = np.indices(image.shape)
+    image[np.hypot(yy - 100, xx - 130) <= 9] += 40
+    zoomed, plain = ZoomedPredictor(Predictor(default_model), 1.5, 32), Predictor(default_model)
+    clicks = Prompts([[121, 91], [139, 109]], [1, 1])  # no box (litemedsam reads the clicks' extremes as one)
+    assert np.array_equal(zoomed.predict(image, clicks, key="a").mask, plain.predict(image, clicks, key="a").mask)
+    # a click outside the box widens the crop so that it stays inside
+    prompts = Prompts([[160, 100]], [0], (118, 88, 142, 112))
+    assert prompt_extent(prompts) == (118, 88, 160, 112)
+    left, top, right, bottom = zoom_crop(prompt_extent(prompts), image.shape, 1.5, 32)
+    assert left <= 118 and right > 160 and top <= 88 and bottom > 112
+    answer = zoomed.predict(image, prompts, key="a")
+    outside = np.ones(image.shape, bool)
+    outside[top:bottom, left:right] = False
+    assert answer.masks.shape[1:] == image.shape and answer.mask.any() and not answer.mask[outside].any()
