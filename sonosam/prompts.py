@@ -26,6 +26,14 @@ __all__ = ["Prompts", "PromptKind", "Prediction", "LOW_RES"]
 LOW_RES = 256  # SAM's mask-prompt / low-res-logits side, for every family
 
 
+def low_res_frame(shape) -> tuple[int, int]:
+    """The (h, w) an image of ``shape`` (H, W) takes in the low-res frame: its longest side spans it, padded at the
+    bottom/right (every family lays the frame out so)."""
+    height, width = shape
+    scale = LOW_RES / max(height, width)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+
 class PromptKind(str, enum.Enum):
     """A kind of prompt; str-valued, so ``PromptKind.BOX == "box"`` and sets of kinds compare with strings."""
     POINT = "point"

@@ -2,9 +2,9 @@
 
 The encoder sees an image resized so its longest side spans its input (256 px for LiteMedSAM): a 15 px
 structure on a 200 px slice covers four or five cells of the 64x64 embedding. Encoding a square crop of
-`context` times the box's longest side instead gives the same structure several times the cells, which
-is where small, low-contrast structures gain (docs/volume.md, "the structure's surroundings, zoomed").
-The answer comes back in the whole image's frame, so callers see an ordinary `Prediction`.
+`context` times the box's longest side instead gives the same structure several times the cells. The
+answer comes back in the whole image's frame, so callers see an ordinary `Prediction`. Where it helps and
+where it does not: docs/training.md ("A box answered on a zoomed crop") and docs/volume.md (stop 44).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from .predictor import as_prompts
-from .prompts import LOW_RES, Prediction, Prompts
+from .prompts import LOW_RES, Prediction, Prompts, low_res_frame
 
 OUTSIDE = -20.0  # the logit given to pixels outside the crop: surely background
 
@@ -35,18 +35,11 @@ def zoom_crop(box, shape: tuple[int, int], context: float, min_side: int) -> tup
     return left, top, right, bottom
 
 
-def _frame(shape) -> tuple[int, int]:
-    """The (h, w) a low-res logits frame gives an image of ``shape``: longest side spans it, padded bottom/right."""
-    height, width = shape
-    scale = LOW_RES / max(height, width)
-    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
-
-
 def logits_to_pixels(logits: np.ndarray, shape) -> np.ndarray:
     """A (256, 256) low-res logits frame -> the logits at every pixel of an image of ``shape``."""
     import cv2
 
-    h, w = _frame(shape)
+    h, w = low_res_frame(shape)
     return cv2.resize(np.ascontiguousarray(logits[:h, :w], np.float32), (shape[1], shape[0]),
                       interpolation=cv2.INTER_LINEAR)
 
@@ -55,11 +48,11 @@ def pixels_to_logits(field: np.ndarray) -> np.ndarray:
     """Per-pixel logits of an image -> its (256, 256) low-res frame (the inverse of `logits_to_pixels`)."""
     import cv2
 
-    h, w = _frame(field.shape)
-    small = field.shape[0] > h or field.shape[1] > w
+    h, w = low_res_frame(field.shape)
+    shrinking = field.shape[0] > h or field.shape[1] > w
     canvas = np.full((LOW_RES, LOW_RES), OUTSIDE, np.float32)
     canvas[:h, :w] = cv2.resize(np.ascontiguousarray(field, np.float32), (w, h),
-                                interpolation=cv2.INTER_AREA if small else cv2.INTER_LINEAR)
+                                interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
     return canvas
 
 

@@ -15,7 +15,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..errors import PromptError, SonoSAMError, UnsupportedPromptError
 from ..image import to_uint8_rgb
-from ..prompts import LOW_RES, Prediction, PromptKind, Prompts
+from ..prompts import LOW_RES, Prediction, PromptKind, Prompts, low_res_frame
 
 if TYPE_CHECKING:
     from . import ModelSpec
@@ -29,11 +29,10 @@ def mask_to_logits(mask: np.ndarray, magnitude: float = 8.0) -> np.ndarray:
     import cv2
 
     mask = np.asarray(mask, dtype=np.float32)
-    height, width = mask.shape
-    scale = LOW_RES / max(height, width)
-    h, w = max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+    h, w = low_res_frame(mask.shape)
     canvas = np.zeros((LOW_RES, LOW_RES), np.float32)
-    canvas[:h, :w] = cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    canvas[:h, :w] = cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA if max(mask.shape) > LOW_RES
+                                else cv2.INTER_LINEAR)
     return (canvas * 2.0 - 1.0) * magnitude
 
 
