@@ -58,7 +58,6 @@ from .predictor import Predictor
 from .prompts import Prompts
 from .seed_check import SURE_CONTRAST, _fills_box, _otsu, check_seed, contrast_polarity, structure_candidate
 from .track.motion import FlowEstimator, follow_slice
-from .zoom import ZoomedPredictor
 
 __all__ = ["Seed", "SliceInfo", "PropagationOptions", "PropagationResult", "propagate", "naive_baseline",
            "stop_reason", "slice_of", "axis_index", "consistent_pixels", "keep_touching", "volume_window", "AXES"]
@@ -155,8 +154,6 @@ class PropagationOptions:
                                      # mean of a 3 px ring) / SD inside) also try the intensity candidate on
                                      # each slice and keep whichever overlaps the previous mask more (None: off)
     window: tuple[float, float] | None = None  # intensity window; None: volume_window(volume)
-    seed_zoom: float | None = None   # the seed check answers its box on a crop this many times the box's longest side,
-                                     # zoomed to the encoder's input (sonosam.zoom.ZoomedPredictor; None: whole slice)
     # re-runs (previous=): a correction's front runs outward from the corrected slice only until its mask agrees
     # with the previous run's (IoU >= agree_iou) or reaches slices a nearer earlier anchor holds; the rest of
     # the previous result stays (False: recompute whole stretches from both anchors, as before)
@@ -712,8 +709,6 @@ def check_seed_slice(predictor, image: np.ndarray, seed: Seed, options: Propagat
     """The seed check a propagation runs on a prompted seed slice (sonosam.seed_check.check_seed with the options'
     switches): one call for the run and for a caller that lets the user pick among its masks (`sonosam propagate
     --seed-choice`), so that both number the masks alike."""
-    if options.seed_zoom:
-        predictor = ZoomedPredictor(predictor, options.seed_zoom)
     return check_seed(predictor, image, box=seed.box, points=seed.points, labels=seed.labels, key=key, window=window,
                       prefer=prefer, contrast_switch=options.seed_contrast_switch,
                       three_classes=options.seed_three_classes)
