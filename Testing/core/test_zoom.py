@@ -71,4 +71,3 @@ def test_a_zoomed_predictor_zooms_on_boxes_keeps_clicks_inside_and_answers_click
     outside = np.ones(image.shape, bool)
     outside[top:bottom, left:right] = False
     assert answer.masks.shape[1:] == image.shape and answer.mask.any() and not answer.mask[outside].any()
-
