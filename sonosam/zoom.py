@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from .errors import SonoSAMError
 from .predictor import as_prompts
 from .prompts import LOW_RES, Prediction, Prompts, low_res_frame
 
@@ -20,17 +21,23 @@ OUTSIDE = -20.0  # the logit given to pixels outside the crop: surely background
 
 
 def zoom_crop(box, shape: tuple[int, int], context: float, min_side: int) -> tuple[int, int, int, int] | None:
-    """The crop (x0, y0, x1, y1; ends exclusive) centred on ``box``, ``context`` times its longest side and
-    at least ``min_side`` px a side, inside an image of ``shape`` (H, W); None when it would hold the whole
-    image (zooming would change nothing)."""
-    height, width = shape
+    """The square crop (x0, y0, x1, y1; ends exclusive) centred on ``box``, ``context`` times its longest side and at
+    least ``min_side`` px, moved inside an image of ``shape`` (H, W) where it would cross an edge (cut only where
+    the image is narrower); None when it would hold the whole image (zooming would change nothing)."""
     x0, y0, x1, y1 = (float(v) for v in box)
-    side = max(x1 - x0 + 1, y1 - y0 + 1, 1.0) * context
-    side = max(side, float(min_side))
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    left, right = int(max(0, np.floor(cx - side / 2))), int(min(width, np.ceil(cx + side / 2)))
-    top, bottom = int(max(0, np.floor(cy - side / 2))), int(min(height, np.ceil(cy + side / 2)))
-    if left == 0 and top == 0 and right == width and bottom == height:
+    side = int(np.ceil(max(x1 - x0 + 1, y1 - y0 + 1, 1.0) * context - 1e-9))
+    side = max(side, int(min_side))
+
+    def span(low: float, high: float, size: int) -> tuple[int, int]:
+        if side >= size:
+            return 0, size
+        start = int(np.floor((low + high + 1) / 2 - side / 2 + 0.5))   # pixel x0..x1 spans [x0, x1 + 1)
+        start = min(max(start, 0), size - side)
+        return start, start + side
+
+    height, width = shape
+    (left, right), (top, bottom) = span(x0, x1, width), span(y0, y1, height)
+    if (left, top, right, bottom) == (0, 0, width, height):
         return None
     return left, top, right, bottom
 
@@ -109,6 +116,12 @@ class ZoomedPredictor:
     (`decode_zoomed`); prompts without a box are answered on the whole image, from the predictor's cache."""
 
     def __init__(self, predictor, context: float = 1.5, min_side: int = 32):
+        if not (np.isfinite(context) and context >= 1):
+            raise SonoSAMError(f"context={context!r}: the crop is this many times the box's longest side, so give a "
+                               "number >= 1 (e.g. 3); below 1 the crop would cut the box.")
+        if not min_side >= 8:
+            raise SonoSAMError(f"min_side={min_side!r}: give at least 8 px (e.g. 32), the smallest crop the encoder "
+                               "takes.")
         self.predictor, self.model = predictor, predictor.model
         self.context, self.min_side = context, min_side
         self._last: tuple = (None, None)  # (image key, window, crop), its embedding: a slice's clicks reuse it

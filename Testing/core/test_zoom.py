@@ -8,10 +8,12 @@ from sonosam.zoom import crop_prompts, decode_zoomed, logits_to_pixels, zoom_cro
 
 
 def test_the_crop_is_centred_on_the_box_at_least_min_side_and_inside_the_image():
-    # a 20 px box (centre 49.5, 59.5): x1.5 -> 30 px (to whole pixels, outward), but never under min_side
-    assert zoom_crop((40, 50, 59, 69), (200, 300), 1.5, 16) == (34, 44, 65, 75)
-    assert zoom_crop((40, 50, 59, 69), (200, 300), 1.5, 40) == (29, 39, 70, 80)
-    assert zoom_crop((0, 0, 19, 19), (200, 300), 2.0, 16) == (0, 0, 30, 30)  # clipped at the corner
+    # a 20 px box (pixels 40..59, 50..69): x1.5 -> 30 px, 5 px either side; never under min_side
+    assert zoom_crop((40, 50, 59, 69), (200, 300), 1.5, 16) == (35, 45, 65, 75)
+    assert zoom_crop((40, 50, 59, 69), (200, 300), 1.5, 40) == (30, 40, 70, 80)
+    assert zoom_crop((0, 0, 19, 19), (200, 300), 2.0, 16) == (0, 0, 40, 40)  # moved inside at the corner
+    assert zoom_crop((297, 198, 299, 199), (200, 300), 1.5, 32) == (268, 168, 300, 200)  # a tiny box at the edge
+    assert zoom_crop((100, 10, 179, 30), (200, 300), 3.0, 16) == (20, 0, 260, 200)  # taller than the image: cut
     assert zoom_crop((10, 10, 280, 190), (200, 300), 1.5, 16) is None  # the whole image: nothing to zoom
 
 
@@ -71,3 +73,17 @@ def test_a_zoomed_predictor_zooms_on_boxes_keeps_clicks_inside_and_answers_click
     outside = np.ones(image.shape, bool)
     outside[top:bottom, left:right] = False
     assert answer.masks.shape[1:] == image.shape and answer.mask.any() and not answer.mask[outside].any()
+
+
+def test_a_zoomed_predictor_refuses_a_crop_that_would_cut_the_box(default_model):
+    import pytest
+
+    from sonosam.errors import SonoSAMError
+    from sonosam.predictor import Predictor
+    from sonosam.zoom import ZoomedPredictor
+
+    for context in (0.5, float("nan")):
+        with pytest.raises(SonoSAMError, match="number >= 1"):
+            ZoomedPredictor(Predictor(default_model), context)
+    with pytest.raises(SonoSAMError, match="at least 8 px"):
+        ZoomedPredictor(Predictor(default_model), 3, min_side=2)
