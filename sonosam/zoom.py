@@ -115,7 +115,7 @@ class ZoomedPredictor:
     """A `Predictor` whose answers to prompts with a box come from the zoomed crop around the box and the clicks
     (`decode_zoomed`); prompts without a box are answered on the whole image, from the predictor's cache."""
 
-    def __init__(self, predictor, context: float = 1.5, min_side: int = 32):
+    def __init__(self, predictor, context: float = 3.0, min_side: int = 32):
         if not (np.isfinite(context) and context >= 1):
             raise SonoSAMError(f"context={context!r}: the crop is this many times the box's longest side, so give a "
                                "number >= 1 (e.g. 3); below 1 the crop would cut the box.")
@@ -124,7 +124,7 @@ class ZoomedPredictor:
                                "takes.")
         self.predictor, self.model = predictor, predictor.model
         self.context, self.min_side = context, min_side
-        self._last: tuple = (None, None)  # (image key, window, crop), its embedding: a slice's clicks reuse it
+        self._last: tuple = (None, None)  # (key, window, crop), its embedding: a keyed image's next clicks reuse it
 
     def predict(self, image, prompts: Prompts | None = None, *, multimask: bool = False, key=None, window=None,
                 **conveniences) -> Prediction:
@@ -136,8 +136,8 @@ class ZoomedPredictor:
         def embed(crop):
             if crop is None:
                 return self.predictor.embedding(pixels, key, window)
-            ident = (id(image) if key is None else key, window, crop)
-            if self._last[0] != ident:
+            ident = None if key is None else (key, window, crop)   # an image without a key is encoded afresh
+            if ident is None or self._last[0] != ident:
                 left, top, right, bottom = crop
                 self._last = (ident, self.model.encode(np.ascontiguousarray(pixels[top:bottom, left:right]), window))
             return self._last[1]
