@@ -9,8 +9,6 @@ where it does not: docs/training.md ("A box answered on a zoomed crop") and docs
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from .errors import SonoSAMError
@@ -88,18 +86,16 @@ def prompt_extent(prompts: Prompts) -> tuple[float, float, float, float]:
     return (*corners.min(axis=0), *corners.max(axis=0))
 
 
-def decode_zoomed(decoder, shape: tuple[int, int], prompts: Prompts, embed, *, context: float, min_side: int,
+def decode_zoomed(model, shape: tuple[int, int], prompts: Prompts, embed, *, context: float, min_side: int,
                   multimask: bool = False) -> Prediction:
-    """``prompts`` (with a box) on an image of ``shape`` answered by ``decoder`` on the crop around the box and the
-    clicks (`zoom_crop` of `prompt_extent`); ``embed(crop)`` gives the crop's embedding from an encoder ``decoder``
-    shares (``embed(None)``: the whole image's, used when the crop would be the whole image). Masks and logits come
-    back in the image's frame."""
+    """``prompts`` (with a box) on an image of ``shape`` answered by ``model`` on the crop around the box and the
+    clicks (`zoom_crop` of `prompt_extent`); ``embed(crop)`` gives the crop's embedding (``embed(None)``: the whole
+    image's, used when the crop would be the whole image). Masks and logits come back in the image's frame."""
     crop = zoom_crop(prompt_extent(prompts), shape, context, min_side)
     if crop is None:
-        return decoder.decode(replace(embed(None), model_id=decoder.model_id), prompts, multimask=multimask)
+        return model.decode(embed(None), prompts, multimask=multimask)
     left, top, right, bottom = crop
-    pred = decoder.decode(replace(embed(crop), model_id=decoder.model_id), crop_prompts(prompts, crop, shape),
-                          multimask=multimask)
+    pred = model.decode(embed(crop), crop_prompts(prompts, crop, shape), multimask=multimask)
     n = len(pred.masks)
     masks = np.zeros((n,) + tuple(shape), bool)
     masks[:, top:bottom, left:right] = pred.masks
