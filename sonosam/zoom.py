@@ -107,20 +107,45 @@ def decode_zoomed(model, shape: tuple[int, int], prompts: Prompts, embed, *, con
     return Prediction(masks, pred.scores, logits, list(pred.notes))
 
 
+def decode_multiscale(model, shape: tuple[int, int], prompts: Prompts, embed, *, contexts, min_side: int,
+                      multimask: bool = False) -> Prediction:
+    """``prompts`` (with a box) answered at several scales, their logits averaged at every pixel: a context of None is
+    the whole image, a number the crop `decode_zoomed` takes. One scale's mistake is outvoted where the others agree.
+    With ``multimask`` the average comes first and the whole image's alternatives follow it (the heads of different
+    scales are not aligned, so only the best answers are averaged)."""
+    answers = [model.decode(embed(None), prompts) if context is None else
+               decode_zoomed(model, shape, prompts, embed, context=context, min_side=min_side) for context in contexts]
+    field = np.mean([logits_to_pixels(answer.logits, shape) for answer in answers], axis=0)
+    masks, scores, logits = [field > 0], [np.mean([answer.score for answer in answers])], [pixels_to_logits(field)]
+    notes = [note for answer in answers for note in answer.notes]
+    if multimask:
+        alternatives = model.decode(embed(None), prompts, multimask=True)
+        masks += list(alternatives.masks)
+        scores += list(alternatives.scores)
+        logits += list(alternatives.low_res_logits)
+    return Prediction(np.array(masks), np.array(scores, np.float32), np.array(logits, np.float32),
+                      list(dict.fromkeys(notes)))
+
+
 class ZoomedPredictor:
     """A `Predictor` whose answers to prompts with a box come from the zoomed crop around the box and the clicks
-    (`decode_zoomed`); prompts without a box are answered on the whole image, from the predictor's cache."""
+    (`decode_zoomed`), or, given several scales (``context=(None, 1.5, 3)``: None is the whole image), from their
+    averaged logits (`decode_multiscale`); prompts without a box are answered on the whole image, from the
+    predictor's cache."""
 
-    def __init__(self, predictor, context: float = 3.0, min_side: int = 32):
-        if not (np.isfinite(context) and context >= 1):
-            raise SonoSAMError(f"context={context!r}: the crop is this many times the box's longest side, so give a "
-                               "number >= 1 (e.g. 3); below 1 the crop would cut the box.")
-        if not min_side >= 8:
-            raise SonoSAMError(f"min_side={min_side!r}: give at least 8 px (e.g. 32), the smallest crop the encoder "
-                               "takes.")
+    def __init__(self, predictor, context=3.0, min_side: int = 32):
+        scales = tuple(context) if isinstance(context, (tuple, list)) else (context,)
+        for scale in scales:
+            if scale is not None and not (np.isfinite(scale) and scale >= 1):
+                raise SonoSAMError(f"context={context!r}: a crop is this many times the box's longest side, so give "
+                                   "numbers >= 1 (e.g. 3, or None for the whole image); below 1 the crop would cut "
+                                   "the box.")
+        if not scales or not min_side >= 8:
+            raise SonoSAMError(f"context={context!r}, min_side={min_side!r}: give at least one scale and a min_side "
+                               "of at least 8 px (e.g. 32), the smallest crop the encoder takes.")
         self.predictor, self.model = predictor, predictor.model
-        self.context, self.min_side = context, min_side
-        self._last: tuple = (None, None)  # (key, window, crop), its embedding: a keyed image's next clicks reuse it
+        self.scales, self.min_side = scales, min_side
+        self._crops: dict = {}  # (key, window, crop) -> embedding: a keyed image's next clicks reuse its crops
 
     def predict(self, image, prompts: Prompts | None = None, *, multimask: bool = False, key=None, window=None,
                 **conveniences) -> Prediction:
@@ -128,15 +153,22 @@ class ZoomedPredictor:
         if prompts.box is None:
             return self.predictor.predict(image, prompts, multimask=multimask, key=key, window=window)
         pixels = image() if callable(image) else np.asarray(image)
+        if any(ident[:2] != (key, window) for ident in self._crops):
+            self._crops.clear()   # another image: its crops are of no further use
 
         def embed(crop):
             if crop is None:
                 return self.predictor.embedding(pixels, key, window)
-            ident = None if key is None else (key, window, crop)   # an image without a key is encoded afresh
-            if ident is None or self._last[0] != ident:
-                left, top, right, bottom = crop
-                self._last = (ident, self.model.encode(np.ascontiguousarray(pixels[top:bottom, left:right]), window))
-            return self._last[1]
+            left, top, right, bottom = crop
+            encode = lambda: self.model.encode(np.ascontiguousarray(pixels[top:bottom, left:right]), window)
+            if key is None:   # an image without a key is encoded afresh
+                return encode()
+            if (key, window, crop) not in self._crops:
+                self._crops[key, window, crop] = encode()
+            return self._crops[key, window, crop]
 
-        return decode_zoomed(self.model, pixels.shape[:2], prompts, embed, context=self.context,
-                             min_side=self.min_side, multimask=multimask)
+        if len(self.scales) == 1 and self.scales[0] is not None:
+            return decode_zoomed(self.model, pixels.shape[:2], prompts, embed, context=self.scales[0],
+                                 min_side=self.min_side, multimask=multimask)
+        return decode_multiscale(self.model, pixels.shape[:2], prompts, embed, contexts=self.scales,
+                                 min_side=self.min_side, multimask=multimask)

@@ -83,7 +83,7 @@ def test_a_zoomed_predictor_refuses_a_crop_that_would_cut_the_box(default_model)
     from sonosam.zoom import ZoomedPredictor
 
     for context in (0.5, float("nan")):
-        with pytest.raises(SonoSAMError, match="number >= 1"):
+        with pytest.raises(SonoSAMError, match="numbers >= 1"):
             ZoomedPredictor(Predictor(default_model), context)
     with pytest.raises(SonoSAMError, match="at least 8 px"):
         ZoomedPredictor(Predictor(default_model), 3, min_side=2)
