@@ -145,7 +145,6 @@ class ZoomedPredictor:
                                "of at least 8 px (e.g. 32), the smallest crop the encoder takes.")
         self.predictor, self.model = predictor, predictor.model
         self.scales, self.min_side = scales, min_side
-        self._crops: dict = {}  # (key, window, crop) -> embedding: a keyed image's next clicks reuse its crops
 
     def predict(self, image, prompts: Prompts | None = None, *, multimask: bool = False, key=None, window=None,
                 **conveniences) -> Prediction:
@@ -153,19 +152,13 @@ class ZoomedPredictor:
         if prompts.box is None:
             return self.predictor.predict(image, prompts, multimask=multimask, key=key, window=window)
         pixels = image() if callable(image) else np.asarray(image)
-        if any(ident[:2] != (key, window) for ident in self._crops):
-            self._crops.clear()   # another image: its crops are of no further use
 
-        def embed(crop):
+        def embed(crop):   # the crops share the predictor's cache: a keyed image's next clicks reuse them
             if crop is None:
                 return self.predictor.embedding(pixels, key, window)
             left, top, right, bottom = crop
-            encode = lambda: self.model.encode(np.ascontiguousarray(pixels[top:bottom, left:right]), window)
-            if key is None:   # an image without a key is encoded afresh
-                return encode()
-            if (key, window, crop) not in self._crops:
-                self._crops[key, window, crop] = encode()
-            return self._crops[key, window, crop]
+            return self.predictor.embedding(np.ascontiguousarray(pixels[top:bottom, left:right]),
+                                            None if key is None else (key, "crop", crop), window)
 
         if len(self.scales) == 1 and self.scales[0] is not None:
             return decode_zoomed(self.model, pixels.shape[:2], prompts, embed, context=self.scales[0],

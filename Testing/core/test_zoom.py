@@ -87,3 +87,36 @@ def test_a_zoomed_predictor_refuses_a_crop_that_would_cut_the_box(default_model)
             ZoomedPredictor(Predictor(default_model), context)
     with pytest.raises(SonoSAMError, match="at least 8 px"):
         ZoomedPredictor(Predictor(default_model), 3, min_side=2)
+
+
+def test_several_scales_average_their_logits_and_reuse_the_crops_from_the_predictors_cache(default_model):
+    from sonosam.predictor import Predictor
+    from sonosam.zoom import ZoomedPredictor, decode_multiscale
+
+    rng = np.random.default_rng(7)
+    image = rng.normal(60, 4, (240, 320)).astype(np.float32)
+    yy, xx = np.indices(image.shape)
+    disc = np.hypot(yy - 120, xx - 160) <= 8
+    image[disc] += 40
+    prompts = Prompts(box=(150, 110, 170, 130))
+    embed = lambda crop: default_model.encode(image if crop is None else image[crop[1]:crop[3], crop[0]:crop[2]])
+    one = [default_model.decode(embed(None), prompts)] + [
+        decode_zoomed(default_model, image.shape, prompts, embed, context=c, min_side=32) for c in (1.5, 3.0)]
+    averaged = np.mean([logits_to_pixels(p.logits, image.shape) for p in one], axis=0)
+    pred = decode_multiscale(default_model, image.shape, prompts, embed, contexts=(None, 1.5, 3.0), min_side=32)
+    assert np.array_equal(pred.mask, averaged > 0)
+    assert np.isclose(pred.score, np.mean([p.score for p in one]))
+    dice = 2 * (pred.mask & disc).sum() / (pred.mask.sum() + disc.sum())
+    assert dice > 0.8, dice
+    # multimask: the average first, then the whole image's alternatives
+    alternatives = default_model.decode(embed(None), prompts, multimask=True)
+    several = decode_multiscale(default_model, image.shape, prompts, embed, contexts=(None, 1.5, 3.0), min_side=32,
+                                multimask=True)
+    assert np.array_equal(several.masks[0], pred.mask) and np.array_equal(several.masks[1:], alternatives.masks)
+
+    predictor = Predictor(default_model)
+    zoomed = ZoomedPredictor(predictor, (None, 1.5, 3.0))
+    first = zoomed.predict(image, prompts, key="slice")
+    assert predictor.encoder_calls == 3 and np.array_equal(first.mask, pred.mask)
+    zoomed.predict(image, Prompts([[160, 120]], [1], prompts.box), key="slice")   # a click inside the box
+    assert predictor.encoder_calls == 3   # the same crops, from the cache
