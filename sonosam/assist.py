@@ -198,7 +198,7 @@ class AssistedPredictor(Predictor):
 
     def predict(self, image, prompts=None, *, points=None, labels=None, box=None, mask_logits=None,
                 multimask: bool = False, key=None, window=None):
-        from .predictor import as_prompts
+        from .prompts import as_prompts
 
         prompts = as_prompts(prompts, points=points, labels=labels, box=box, mask_logits=mask_logits)
         return self.model.decode(self.base.embedding(image, key, window), prompts, multimask=multimask)

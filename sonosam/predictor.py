@@ -20,10 +20,10 @@ from typing import Callable, Hashable, Iterable
 import numpy as np
 import torch
 
-from .errors import InputImageError, PromptError
+from .errors import InputImageError
 from .masks import content_hash
 from .models import Embedding, Prediction, SamModel
-from .prompts import Prompts
+from .prompts import Prompts, as_prompts
 
 ImageSource = "np.ndarray | Callable[[], np.ndarray]"
 
@@ -35,19 +35,6 @@ def image_key(image: np.ndarray, window=None) -> str:
         raise InputImageError(f"The image is {type(image).__name__} of dtype {array.dtype}; give a numeric "
                               f"(integer or float) array, (H, W) or (H, W, 3).")
     return content_hash(array, str(window))
-
-
-def as_prompts(prompts: Prompts | None = None, *, points=None, labels=None, box=None, mask_logits=None) -> Prompts:
-    """A Prompts, or the keyword conveniences of `predict` made into one (the one place that does it)."""
-    loose = any(value is not None for value in (points, labels, box, mask_logits))
-    if prompts is None:
-        return Prompts(points, labels, box, mask_logits)
-    if not isinstance(prompts, Prompts):
-        raise TypeError(f"prompts must be a sonosam.prompts.Prompts, not {type(prompts).__name__}; or give "
-                        "points=/labels=/box=/mask_logits= as keywords.")
-    if loose:
-        raise PromptError("Give either a Prompts or the points/labels/box/mask_logits keywords, not both.")
-    return prompts
 
 
 class EmbeddingCache:

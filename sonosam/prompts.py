@@ -222,3 +222,16 @@ class Prediction:
     @property
     def logits(self) -> np.ndarray:
         return self.low_res_logits[0]
+
+
+def as_prompts(prompts: Prompts | None = None, *, points=None, labels=None, box=None, mask_logits=None) -> Prompts:
+    """A Prompts, or the keyword conveniences of `predict` made into one (the one place that does it)."""
+    loose = any(value is not None for value in (points, labels, box, mask_logits))
+    if prompts is None:
+        return Prompts(points, labels, box, mask_logits)
+    if not isinstance(prompts, Prompts):
+        raise TypeError(f"prompts must be a sonosam.prompts.Prompts, not {type(prompts).__name__}; or give "
+                        "points=/labels=/box=/mask_logits= as keywords.")
+    if loose:
+        raise PromptError("Give either a Prompts or the points/labels/box/mask_logits keywords, not both.")
+    return prompts

@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import SonoSAMError
-from .predictor import as_prompts
-from .prompts import LOW_RES, Prediction, Prompts, low_res_frame
+from .prompts import LOW_RES, Prediction, Prompts, as_prompts, low_res_frame
 
 OUTSIDE = -20.0  # the logit given to pixels outside the crop: surely background
 
@@ -165,3 +164,13 @@ class ZoomedPredictor:
                                  min_side=self.min_side, multimask=multimask)
         return decode_multiscale(self.model, pixels.shape[:2], prompts, embed, contexts=self.scales,
                                  min_side=self.min_side, multimask=multimask)
+
+
+def interactive_predictor(predictor):
+    """What a user's prompts go through: boxes answered at the scales their model was measured best at
+    (`ModelSpec.box_scales`; docs/training.md, "A box answered at three scales"), everything else as ``predictor``
+    answers it. ``predictor`` itself where its model answers on the whole image, or where it is a server's client
+    (the server applies its model's scales)."""
+    spec = getattr(getattr(predictor, "model", None), "spec", None)
+    scales = tuple(getattr(spec, "box_scales", (None,)))
+    return predictor if scales == (None,) else ZoomedPredictor(predictor, scales)

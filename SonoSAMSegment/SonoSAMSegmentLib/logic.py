@@ -351,6 +351,16 @@ class SegmentLogic:
         return self._assist if self._assist is not None else base
 
     @property
+    def interactive_predictor(self):
+        """What the user's prompts go through: the assisted predictor after ``learn_from_segment``, else the base
+        with its model's box scales (sonosam.zoom.interactive_predictor; a server applies its own)."""
+        if self._assist is not None:
+            return self._assist
+        from sonosam.zoom import interactive_predictor
+
+        return interactive_predictor(self.base_predictor)
+
+    @property
     def base_predictor(self):
         if self._predictor is None:
             if not self.in_process:
@@ -569,8 +579,8 @@ class SegmentLogic:
             mask_logits = self._refinement_logits(info, geometry, segmentationNode, segmentId)
         prompts = Prompts(points_xy, labels_xy, box_xy, mask_logits)
         t1 = time.perf_counter()
-        result = self.predictor.predict(image, prompts, multimask=multimask, key=geometry.key(info.key),
-                                        window=info.window)
+        result = self.interactive_predictor.predict(image, prompts, multimask=multimask,
+                                                    key=geometry.key(info.key), window=info.window)
         t2 = time.perf_counter()
         mask = np.asarray(result.mask, dtype=bool)
         if mask.shape != image.shape[:2]:
@@ -932,7 +942,7 @@ class SegmentLogic:
             index = sample.key[-1]
             sample.image = to_uint8_rgb(sample.image, window=info.window)
             sample.key = (info.key, "evaluate", "IJK"[layout.axis], layout.x_flip, layout.y_flip, index)
-        result = core_evaluate(self.predictor, samples, n_clicks=int(nClicks), start=start, progress=False,
+        result = core_evaluate(self.interactive_predictor, samples, n_clicks=int(nClicks), start=start, progress=False,
                                local_corrections=bool(localCorrections))
         self.last_evaluation = result
         if outputDir:

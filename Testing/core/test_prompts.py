@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sonosam.errors import PromptError
-from sonosam.predictor import as_prompts
+from sonosam.prompts import as_prompts
 from sonosam.prompts import PromptKind, Prompts
 
 

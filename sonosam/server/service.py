@@ -465,7 +465,7 @@ class Service:
             raise ApiError(400, "bad_value", f"multimask must be true or false; got {multimask!r}.")
         prompts = prompts_from(meta, arrays, image.shape[1], image.shape[0])
         started = time.perf_counter()
-        predictor = self._predictor_for(meta)
+        predictor = self._interactive_for(meta)
         prediction = predictor.predict(image, prompts, multimask=multimask, key=("array", image_id), window=window)
         return ({"scores": prediction.scores.tolist(), "notes": list(prediction.notes),
                  "seconds": time.perf_counter() - started},
@@ -729,7 +729,7 @@ class Service:
                     yield sample
                 self.job.progress(len(self.samples), len(self.samples))
 
-        predictor = self._predictor_for(params)
+        predictor = self._interactive_for(params)
 
         def run(job: Job):
             job.progress(0, 0, "reading the labelled slices")
@@ -752,6 +752,14 @@ class Service:
             raise ApiError(404, "unknown_assist", f"The server holds no learned prompt encoder {assist_id!r} (forgotten "
                            f"to stay within {self.ASSIST_BUDGET_MIB} MiB, or the server restarted): learn it again.")
         return entry[0]
+
+    def _interactive_for(self, params: dict):
+        """What a user's prompts go through: the shared predictor with its model's box scales
+        (sonosam.zoom.interactive_predictor), or the assisted one a request names (measured on the whole image)."""
+        from ..zoom import interactive_predictor
+
+        predictor = self._predictor_for(params)
+        return interactive_predictor(predictor) if predictor is self.predictor else predictor
 
     def _keep_assist(self, assisted) -> str:
         nbytes = sum(p.numel() * p.element_size() for p in assisted.model.sam.prompt_encoder.parameters())

@@ -11,7 +11,7 @@ import numpy as np
 from ..evaluate.datasets import Sample
 from ..evaluate.harness import evaluate
 from ..models import Embedding
-from ..predictor import as_prompts
+from ..prompts import as_prompts
 
 __all__ = ["CachedPredictor", "evaluate_cached", "compare_table", "paired_difference", "difference_table"]
 
