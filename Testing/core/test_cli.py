@@ -24,6 +24,23 @@ def test_segment_cine_frame_writes_mask_and_overlay(tmp_path, capsys):
     assert (tmp_path / "lv_overlay.png").stat().st_size > 10000
 
 
+def test_segment_answers_the_click_models_box_at_its_scales(tmp_path):
+    from pathlib import Path
+
+    from sonosam.cli.images import load_image
+    from sonosam.models import load_model
+    from sonosam.predictor import Predictor
+    from sonosam.zoom import interactive_predictor
+
+    output = tmp_path / "lv.png"
+    assert main(["segment", str(echo_a4c_path()), "--model", "litemedsam_clicks", "--box", "300,70,440,270",
+                 "-o", str(output)]) == 0
+    written = read_segmentation(output).labelmap.squeeze() > 0
+    image = load_image(Path(echo_a4c_path()), None, "k")[0]
+    want = interactive_predictor(Predictor(load_model("litemedsam_clicks"))).predict(image, box=(300, 70, 440, 270))
+    assert written.shape == want.mask.shape and np.array_equal(written, want.mask) and want.mask.sum() > 5000
+
+
 def test_segment_volume_slice_fills_only_that_slice(tmp_path):
     pytest.importorskip("SimpleITK")
     from sonosam.data import mri_colin27_paths
