@@ -149,8 +149,7 @@ def _correction(pred: np.ndarray, gt: np.ndarray, axis: int, taken: set[int]) ->
 
 def corrective_choices(predictor, image: np.ndarray, gt: np.ndarray, *, key, window, max_clicks: int = 3,
                        good: float = 0.9, local: bool = True, current: np.ndarray | None = None,
-                       three_classes: bool = PropagationOptions.seed_three_classes,
-                       box_scales=PropagationOptions.box_scales) -> list[tuple[np.ndarray, str]]:
+                       three_classes: bool = PropagationOptions.seed_three_classes) -> list[tuple[np.ndarray, str]]:
     """What the simulated user sees when correcting one slice: (mask, how) answers to choose from.
 
     Every model: a slightly loose box and the seed check's alternatives (what the Slicer effect offers). Click-
@@ -160,15 +159,10 @@ def corrective_choices(predictor, image: np.ndarray, gt: np.ndarray, *, key, win
     `good`; every answer is a choice. `local`: each click's answer kept local to it (sonosam.masks.local_correction),
     as the Slicer effect shows it; else the model's whole new answer. `current` (an experiment, `--refine-clicks`):
     also clicks that correct the slice's own mask locally, the model given a positive click at that mask's centre
-    first (not shown) and then the corrective clicks. `box_scales`: prompts with a box answered at these scales, as
-    the propagation's seed check answers them (PropagationOptions.box_scales)."""
+    first (not shown) and then the corrective clicks."""
     from sonosam.evaluate.clicks import centroid_click, next_click
     from sonosam.masks import local_correction
     from sonosam.seed_check import check_seed
-    from sonosam.zoom import ZoomedPredictor
-
-    if box_scales:
-        predictor = ZoomedPredictor(predictor, box_scales)
 
     def answer(clicks, box, mask):   # the model's answer to the clicks (and box), local to the last one if asked
         pred = predictor.predict(image, points=[c.xy for c in clicks], labels=[c.label for c in clicks], box=box,
@@ -328,8 +322,7 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
             choices = corrective_choices(predictor, slice_of(volume, axis, worst), truth, key=(volume_id, axis, worst),
                                          window=window, local=local_corrections,
                                          current=result.slice_mask(worst) if refine_clicks else None,
-                                         three_classes=three_classes,
-                                         box_scales=options.get("box_scales", PropagationOptions.box_scales))
+                                         three_classes=three_classes)
             mask, how = max(choices, key=lambda c: dice(c[0], truth))
             if dice(mask, truth) <= now:
                 kinds.append(f"{worst}: nothing better offered ({how})")

@@ -58,7 +58,6 @@ from .predictor import Predictor
 from .prompts import Prompts
 from .seed_check import SURE_CONTRAST, _fills_box, _otsu, check_seed, contrast_polarity, structure_candidate
 from .track.motion import FlowEstimator, follow_slice
-from .zoom import ZoomedPredictor
 
 __all__ = ["Seed", "SliceInfo", "PropagationOptions", "PropagationResult", "propagate", "naive_baseline",
            "stop_reason", "slice_of", "axis_index", "consistent_pixels", "keep_touching", "volume_window", "AXES"]
@@ -149,9 +148,6 @@ class PropagationOptions:
     seed_contrast_switch: bool = True  # the check's contrast_switch (an unsure answer that does not stand out
                                      # gives way to the part of the box that does, where that part is whole)
     seed_three_classes: bool = True  # the check also offers the darkest and brightest of three intensity classes
-    box_scales: tuple | None = None  # the seed check answers the user's box at these scales, logits averaged
-                                     # (sonosam.zoom.ZoomedPredictor: None the whole slice, a number a crop that
-                                     # many times the box); None: the whole slice alone
     follow_motion: bool = True       # pull the previous slice's mask onto the next by optical flow before prompting
                                      # it (sonosam.track.motion.follow_slice; False: prompt where the mask was)
     min_contrast: float | None = 2.0  # anchors at least this contrasted with their surroundings ((mean inside -
@@ -713,8 +709,6 @@ def check_seed_slice(predictor, image: np.ndarray, seed: Seed, options: Propagat
     """The seed check a propagation runs on a prompted seed slice (sonosam.seed_check.check_seed with the options'
     switches): one call for the run and for a caller that lets the user pick among its masks (`sonosam propagate
     --seed-choice`), so that both number the masks alike."""
-    if options.box_scales:
-        predictor = ZoomedPredictor(predictor, options.box_scales)
     return check_seed(predictor, image, box=seed.box, points=seed.points, labels=seed.labels, key=key, window=window,
                       prefer=prefer, contrast_switch=options.seed_contrast_switch,
                       three_classes=options.seed_three_classes)
