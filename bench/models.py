@@ -3,6 +3,7 @@
     python -m bench.models predictor [--threads 2] [--clicks 50]   (from the repository root)
     python -m bench.models backends       # eager vs ONNX Runtime etc.: ms, ratios, mask IoU vs eager
     python -m bench.models pipelines      # tracking the echo loop and propagating through the MRI: eager vs auto
+    python -m bench.models boxes          # a user's box at the model's scales vs the whole image alone
 
 Timings on a shared machine are noisy: medians, and ratios taken within one process, are what to compare.
 """
@@ -142,6 +143,37 @@ def bench_backends(clicks: int = 30, encodes: int = 3, model_name: str = "liteme
     return figures
 
 
+def bench_boxes(boxes: int = 8, model_name: str = "litemedsam_clicks", backend: str = "auto") -> dict:
+    """A user's box as the Slicer effect answers it (sonosam.zoom.interactive_predictor: the model's box scales)
+    against the whole image alone, on the real echo frame and MRI slice, the image already encoded (prefetched, as
+    the effect does): ms for a new box (each box a few px apart, so its crops are new), and for a click added inside
+    the box (its crops cached)."""
+    from sonosam.models import load_model
+    from sonosam.predictor import Predictor
+    from sonosam.zoom import interactive_predictor
+
+    model = load_model(model_name, backend=backend)
+    figures = {"model": model_name, "backend": model.backend, "threads": torch.get_num_threads(),
+               "scales": str(model.spec.box_scales),
+               "columns": "image: new box ms whole | new box ms at the scales (x whole) | click after box ms"}
+    for label, image, (x0, y0, x1, y1) in real_test_images():
+        predictor = Predictor(model)
+        interactive = interactive_predictor(predictor)
+        predictor.embedding(image, key=label)
+        shifted = [(x0 + i % 7, y0 + i % 5, x1 - i % 3, y1 - i % 4) for i in range(boxes + 1)]
+        interactive.predict(image, box=shifted[-1], key=label)   # warm-up
+        whole = iter(shifted)
+        whole_ms = _median_ms(lambda: predictor.predict(image, box=next(whole), key=label), boxes)
+        scaled = iter(shifted)
+        scaled_ms = _median_ms(lambda: interactive.predict(image, box=next(scaled), key=label), boxes)
+        click = Prompts([((x0 + x1) / 2, (y0 + y1) / 2)], [1], shifted[0])
+        interactive.predict(image, box=shifted[0], key=label)
+        click_ms = _median_ms(lambda: interactive.predict(image, click, key=label), boxes)
+        figures[label] = f"{whole_ms:6.1f} | {scaled_ms:6.1f} ({scaled_ms / whole_ms:.1f}x) | {click_ms:6.1f}"
+    figures["peak_rss_mib"] = peak_rss_mib()
+    return figures
+
+
 def _pipeline_run(pipeline: str, backend: str, threads: int) -> dict:
     """One pipeline with one backend, from a fresh process (so that its peak RSS is its own)."""
     torch.set_num_threads(threads)
@@ -197,7 +229,8 @@ def _print_table(title: str, figures: dict) -> None:
         print(f"  {key:28s} {text}")
 
 
-BENCHMARKS = {"predictor": bench_predictor, "backends": bench_backends, "pipelines": bench_pipelines}
+BENCHMARKS = {"predictor": bench_predictor, "backends": bench_backends, "pipelines": bench_pipelines,
+              "boxes": bench_boxes}
 
 
 def main(argv=None) -> int:
