@@ -7,6 +7,21 @@ from sonosam.prompts import Prompts
 from sonosam.zoom import crop_prompts, decode_zoomed, logits_to_pixels, zoom_crop
 
 
+def disc_image(seed: int, shape, centre, radius):
+    """A noisy slice with one brighter disc: (image, the disc's mask)."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(60, 4, shape).astype(np.float32)
+    yy, xx = np.indices(shape)
+    disc = np.hypot(yy - centre[0], xx - centre[1]) <= radius
+    image[disc] += 40
+    return image, disc
+
+
+def crop_encoder(model, image):
+    """`decode_zoomed`'s ``embed``: a crop's embedding, or the whole image's for None."""
+    return lambda crop: model.encode(image if crop is None else image[crop[1]:crop[3], crop[0]:crop[2]])
+
+
 def test_the_crop_is_centred_on_the_box_at_least_min_side_and_inside_the_image():
     # a 20 px box (pixels 40..59, 50..69): x1.5 -> 30 px, 5 px either side; never under min_side
     assert zoom_crop((40, 50, 59, 69), (200, 300), 1.5, 16) == (35, 45, 65, 75)
@@ -34,13 +49,9 @@ def test_prompts_move_into_the_crop_and_the_mask_prompt_keeps_its_shape():
 def test_a_small_structure_is_answered_in_the_image_frame(default_model):
     # a 14 px dim disc on a 240 x 320 slice: the zoomed answer comes back at the slice's size, nothing outside the
     # crop, with logits that agree with the masks
-    rng = np.random.default_rng(3)
-    image = rng.normal(60, 4, (240, 320)).astype(np.float32)
-    yy, xx = np.indices(image.shape)
-    disc = np.hypot(yy - 150, xx - 200) <= 7
-    image[disc] += 40
+    image, disc = disc_image(3, (240, 320), (150, 200), 7)
     prompts = Prompts(box=(190, 140, 210, 160))
-    embed = lambda crop: default_model.encode(image if crop is None else image[crop[1]:crop[3], crop[0]:crop[2]])
+    embed = crop_encoder(default_model, image)
     pred = decode_zoomed(default_model, image.shape, prompts, embed, context=1.5, min_side=32)
     crop = zoom_crop(prompts.box, image.shape, 1.5, 32)
     assert pred.masks.shape[1:] == image.shape and pred.low_res_logits.shape[1:] == (256, 256)
@@ -57,10 +68,7 @@ def test_a_zoomed_predictor_zooms_on_boxes_keeps_clicks_inside_and_answers_click
     from sonosam.predictor import Predictor
     from sonosam.zoom import ZoomedPredictor, prompt_extent
 
-    rng = np.random.default_rng(5)
-    image = rng.normal(60, 4, (200, 260)).astype(np.float32)
-    yy, xx = np.indices(image.shape)
-    image[np.hypot(yy - 100, xx - 130) <= 9] += 40
+    image = disc_image(5, (200, 260), (100, 130), 9)[0]
     zoomed, plain = ZoomedPredictor(Predictor(default_model), 1.5, 32), Predictor(default_model)
     clicks = Prompts([[121, 91], [139, 109]], [1, 1])  # no box (litemedsam reads the clicks' extremes as one)
     assert np.array_equal(zoomed.predict(image, clicks, key="a").mask, plain.predict(image, clicks, key="a").mask)
@@ -93,13 +101,9 @@ def test_several_scales_average_their_logits_and_reuse_the_crops_from_the_predic
     from sonosam.predictor import Predictor
     from sonosam.zoom import ZoomedPredictor, decode_multiscale
 
-    rng = np.random.default_rng(7)
-    image = rng.normal(60, 4, (240, 320)).astype(np.float32)
-    yy, xx = np.indices(image.shape)
-    disc = np.hypot(yy - 120, xx - 160) <= 8
-    image[disc] += 40
+    image, disc = disc_image(7, (240, 320), (120, 160), 8)
     prompts = Prompts(box=(150, 110, 170, 130))
-    embed = lambda crop: default_model.encode(image if crop is None else image[crop[1]:crop[3], crop[0]:crop[2]])
+    embed = crop_encoder(default_model, image)
     one = [default_model.decode(embed(None), prompts)] + [
         decode_zoomed(default_model, image.shape, prompts, embed, context=c, min_side=32) for c in (1.5, 3.0)]
     averaged = np.mean([logits_to_pixels(p.logits, image.shape) for p in one], axis=0)
