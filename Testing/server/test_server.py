@@ -164,8 +164,11 @@ def test_prefetch_encodes_ahead_on_the_server(client, echo_frames):
     assert job.done and job.done_count == 2
     assert client.is_cached(("flipped", 0)) and client.is_cached(("flipped", 1))
     assert client.encoder_calls == calls + 2
-    client.predict(frames[0], box=LV_BOX, key=("flipped", 0))
+    client.predict(frames[0], points=[(370, 170)], labels=[1], key=("flipped", 0))
     assert client.encoder_calls == calls + 2  # answered from the shared cache
+    client.predict(frames[0], box=LV_BOX, key=("flipped", 0))   # the whole frame cached; the box's 2 crops encoded
+    client.predict(frames[0], box=LV_BOX, points=[(370, 170)], labels=[1], key=("flipped", 0))
+    assert client.encoder_calls == calls + 4  # a click inside the box: its crops from the shared cache too
 
 
 def test_refusals_are_clear_and_the_server_keeps_serving(server, client, echo_frames):
