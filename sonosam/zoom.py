@@ -3,8 +3,11 @@
 The encoder sees an image resized so its longest side spans its input (256 px for LiteMedSAM): a 15 px
 structure on a 200 px slice covers four or five cells of the 64x64 embedding. Encoding a square crop of
 `context` times the box's longest side instead gives the same structure several times the cells. The
-answer comes back in the whole image's frame, so callers see an ordinary `Prediction`. Where it helps and
-where it does not: docs/training.md ("A box answered on a zoomed crop") and docs/volume.md (stop 44).
+answer comes back in the whole image's frame, so callers see an ordinary `Prediction`. A single crop wins on some
+structures and loses on others; the whole image's and two crops' logits averaged (`decode_multiscale`) is what a
+user's box gets from the models whose metadata names those scales (`interactive_predictor`). Where each helps and
+where it does not: docs/training.md ("A box answered on a zoomed crop", "A box answered at three scales") and
+docs/volume.md (stops 44 and 45: propagation stays on the whole slice).
 """
 
 from __future__ import annotations

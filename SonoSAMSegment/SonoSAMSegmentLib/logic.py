@@ -942,8 +942,8 @@ class SegmentLogic:
             index = sample.key[-1]
             sample.image = to_uint8_rgb(sample.image, window=info.window)
             sample.key = (info.key, "evaluate", "IJK"[layout.axis], layout.x_flip, layout.y_flip, index)
-        result = core_evaluate(self.interactive_predictor, samples, n_clicks=int(nClicks), start=start, progress=False,
-                               local_corrections=bool(localCorrections))
+        result = core_evaluate(self.interactive_predictor, samples, n_clicks=int(nClicks), start=start,
+                               progress=False, local_corrections=bool(localCorrections))
         self.last_evaluation = result
         if outputDir:
             write_report([result], outputDir, title=f"{result.model} on '{name}'")

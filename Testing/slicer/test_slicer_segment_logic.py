@@ -559,8 +559,8 @@ def test_the_click_model_answers_a_users_box_at_its_scales_in_process(colin):
     lo_ijk, hi_ijk = (cols.min() - 2, rows.min() - 2, k), (cols.max() + 2, rows.max() + 2, k)
     sid = add_segment(colin.segmentation, "caudate")
     calls = logic.predictor.encoder_calls
-    logic.segment(colin.volume, colin.segmentation, sid, box_ras=[itk_ras(colin.itk, lo_ijk), itk_ras(colin.itk, hi_ijk)],
-                  sliceAxis="axial")
+    corners = [itk_ras(colin.itk, lo_ijk), itk_ras(colin.itk, hi_ijk)]
+    logic.segment(colin.volume, colin.segmentation, sid, box_ras=corners, sliceAxis="axial")
     assert logic.predictor.encoder_calls - calls == 3
     seg = segment_array(colin.segmentation, sid, logic.volume_info(colin.volume).ijk_to_world,
                         colin.volume.GetImageData().GetDimensions())
