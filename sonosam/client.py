@@ -298,10 +298,12 @@ class SonoSAMClient:
         return self._with_image(image, key, call)
 
     def prefetch(self, items: Iterable[tuple[Hashable, object]], window=None,
-                 on_progress: Callable[[int, int], None] | None = None) -> "RemotePrefetchJob":
+                 on_progress: Callable[[int, int], None] | None = None, box=None) -> "RemotePrefetchJob":
         """Encode (key, image-or-callable) items ahead on the server, nearest first as given. The images are
         sent now (those the server lacks); the encoding runs there. Returns a job with done, done_count,
-        total, cancel(), wait() like the in-process PrefetchJob (`on_progress` is called from poll/wait)."""
+        total, cancel(), wait() like the in-process PrefetchJob (`on_progress` is called from poll/wait).
+        ``box``: a box just drawn on these images: the zoomed crops its answer needs are encoded too, where the
+        served model answers boxes at several scales (sonosam.zoom), so that the answer only decodes."""
         items = list(items)
         ids, arrays = [], {}
         for key, image in items:
@@ -317,7 +319,8 @@ class SonoSAMClient:
                 self.upload(np.asarray(image() if callable(image) else image) if array is None else array,
                             array_id=array_id)
                 missing.discard(array_id)
-        job = self.start_job("encode", images=ids, window=_window(window))
+        prompts = None if box is None else Prompts(box=box).to_json()   # checked here, before any request
+        job = self.start_job("encode", images=ids, window=_window(window), prompts=prompts)
         return RemotePrefetchJob(job, len(ids), on_progress)
 
     def close_session(self) -> None:

@@ -88,12 +88,17 @@ def prompt_extent(prompts: Prompts) -> tuple[float, float, float, float]:
     return (*corners.min(axis=0), *corners.max(axis=0))
 
 
+def prompt_crop(prompts: Prompts, shape: tuple[int, int], context: float, min_side: int):
+    """The crop (`zoom_crop`) that ``prompts``' answer at ``context`` is decoded on: around the box and the clicks."""
+    return zoom_crop(prompt_extent(prompts), shape, context, min_side)
+
+
 def decode_zoomed(model, shape: tuple[int, int], prompts: Prompts, embed, *, context: float, min_side: int,
                   multimask: bool = False) -> Prediction:
     """``prompts`` (with a box) on an image of ``shape`` answered by ``model`` on the crop around the box and the
     clicks (`zoom_crop` of `prompt_extent`); ``embed(crop)`` gives the crop's embedding (``embed(None)``: the whole
     image's, used when the crop would be the whole image). Masks and logits come back in the image's frame."""
-    crop = zoom_crop(prompt_extent(prompts), shape, context, min_side)
+    crop = prompt_crop(prompts, shape, context, min_side)
     if crop is None:
         return model.decode(embed(None), prompts, multimask=multimask)
     left, top, right, bottom = crop
@@ -154,19 +159,33 @@ class ZoomedPredictor:
         if prompts.box is None:
             return self.predictor.predict(image, prompts, multimask=multimask, key=key, window=window)
         pixels = image() if callable(image) else np.asarray(image)
-
-        def embed(crop):   # the crops share the predictor's cache: a keyed image's next clicks reuse them
-            if crop is None:
-                return self.predictor.embedding(pixels, key, window)
-            left, top, right, bottom = crop
-            return self.predictor.embedding(np.ascontiguousarray(pixels[top:bottom, left:right]),
-                                            None if key is None else (key, "crop", crop), window)
-
+        embed = lambda crop: self._embedding(pixels, crop, key, window)
         if len(self.scales) == 1 and self.scales[0] is not None:
             return decode_zoomed(self.model, pixels.shape[:2], prompts, embed, context=self.scales[0],
                                  min_side=self.min_side, multimask=multimask)
         return decode_multiscale(self.model, pixels.shape[:2], prompts, embed, contexts=self.scales,
                                  min_side=self.min_side, multimask=multimask)
+
+    def prepare(self, image, prompts: Prompts, *, key=None, window=None) -> int:
+        """Encode ahead the crops that ``prompts``' answer needs into the predictor's cache (a server does it in a
+        job, so that the GUI does not wait for them); returns how many crops there are."""
+        if prompts.box is None:
+            return 0
+        pixels = image() if callable(image) else np.asarray(image)
+        crops = {prompt_crop(prompts, pixels.shape[:2], scale, self.min_side) for scale in self.scales
+                 if scale is not None} - {None}
+        for crop in crops:
+            self._embedding(pixels, crop, key, window)
+        return len(crops)
+
+    def _embedding(self, pixels, crop, key, window):
+        """The whole image's embedding (crop None) or a crop's; crops share the predictor's cache under the image's
+        key, so that a keyed image's next clicks reuse them."""
+        if crop is None:
+            return self.predictor.embedding(pixels, key, window)
+        left, top, right, bottom = crop
+        return self.predictor.embedding(np.ascontiguousarray(pixels[top:bottom, left:right]),
+                                        None if key is None else (key, "crop", crop), window)
 
 
 def interactive_predictor(predictor):

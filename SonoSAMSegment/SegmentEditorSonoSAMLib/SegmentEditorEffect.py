@@ -43,6 +43,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.logic = SegmentLogic(in_process=False)  # the model never loads in Slicer's process
         self.connection = shared_connection()
         self.session = None              # PromptSession, once there is a prompt
+        self.preparedBox = None          # (volume ID, box) whose zoomed crops the server was last asked to encode
         self.previewNode = None
         self.markupsNode = None
         self.boxNode = None
@@ -431,6 +432,15 @@ or connects to a GPU host.</html>"""
             # first prompt on this slice: the server encodes it; re-run this preview when it is done
             self._prefetch(volume, [geometry], then=lambda: self._updatePreview(volume, sliceToRAS))
             return
+        box = (volume.GetID(), tuple(map(tuple, np.asarray(session.box_ras, float).tolist()))) \
+            if session.box_ras is not None else None
+        if box is not None and box != self.preparedBox:
+            # a new box: the server encodes the zoomed crops its answer needs; re-run this preview when it is done
+            self.preparedBox = box
+            job = self.logic.prepare_box(volume, geometry, session.box_ras)
+            if job is not None:
+                self._prefetch(volume, [geometry], then=lambda: self._updatePreview(volume, sliceToRAS), job=job)
+                return
         session.local_corrections = self.scriptedEffect.integerParameter("LocalClicks") != 0
         prediction = session.predict(volume, segmentation, segmentId, slice_to_ras=sliceToRAS,
                                      refine=self.scriptedEffect.integerParameter("Refine") != 0)
@@ -478,13 +488,15 @@ or connects to a GPU host.</html>"""
             self.statusLabel.text = " ".join(prediction.notes)
         self._updateButtons()
 
-    def _prefetch(self, volume, geometries, then=None):
+    def _prefetch(self, volume, geometries, then=None, job=None):
+        """Poll an encode job (``job``, else one started for ``geometries``) from the timer; ``then`` when done."""
         if self.prefetchJob is not None:
             self._cancelQuietly(self.prefetchJob)
-        self.prefetchJob = self.logic.prefetch(volume, geometries)
+        self.prefetchJob = job if job is not None else self.logic.prefetch(volume, geometries)
         self.afterPrefetch = then
         self.busyBar.visible = True
-        self.statusLabel.text = "Computing the image embedding on the server..."
+        self.statusLabel.text = ("Zooming in on the box on the server..." if job is not None else
+                                 "Computing the image embedding on the server...")
 
     def _onTimer(self):
         """Every POLL_MS: advance the server connection, the encode-ahead job and a running propagation

@@ -1096,6 +1096,18 @@ class SegmentLogic:
         items = [(g.key(info.key), (lambda g=g: self.slice_image(info, g))) for g in geometries]
         return predictor.prefetch(items, window=info.window, on_progress=on_progress)
 
+    def prepare_box(self, volumeNode, geometry, box_ras):
+        """On a server, encode ahead what a box's answer needs beyond the slice (the zoomed crops of a model that
+        answers boxes at several scales, sonosam.zoom) and return the job to poll; None where nothing is encoded
+        ahead (in-process the answer encodes them itself; an assisted model answers on the whole slice)."""
+        predictor = self.predictor
+        if self._assist is not None or not hasattr(predictor, "start_job"):
+            return None
+        info = self.volume_info(volumeNode)
+        box_xy = self._prompts_xy(info, geometry, None, None, box_ras)[2]
+        return predictor.prefetch([(geometry.key(info.key), lambda: self.slice_image(info, geometry))],
+                                  window=info.window, box=box_xy)
+
     def is_cached(self, volumeNode, geometry) -> bool:
         info = self.volume_info(volumeNode)
         check = getattr(self.predictor, "is_cached", None)

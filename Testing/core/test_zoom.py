@@ -124,6 +124,12 @@ def test_several_scales_average_their_logits_and_reuse_the_crops_from_the_predic
     assert predictor.encoder_calls == 3 and np.array_equal(first.mask, pred.mask)
     zoomed.predict(image, Prompts([[160, 120]], [1], prompts.box), key="slice")   # a click inside the box
     assert predictor.encoder_calls == 3   # the same crops, from the cache
+    # a box's crops encoded ahead (as a server's encode job does): its answer then only decodes
+    moved = Prompts(box=(140, 100, 175, 140))
+    assert zoomed.prepare(image, moved, key="slice") == 2 and predictor.encoder_calls == 5
+    assert zoomed.prepare(image, Prompts([[160, 120]], [1]), key="slice") == 0   # no box: nothing to zoom on
+    zoomed.predict(image, moved, key="slice")
+    assert predictor.encoder_calls == 5
 
 
 def test_a_users_box_takes_the_scales_its_model_was_measured_at_and_no_other_model_changes():

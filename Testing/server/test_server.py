@@ -227,6 +227,8 @@ def test_refusals_are_clear_and_the_server_keeps_serving(server, client, echo_fr
         client.predict(image, points=[(700, 100)], labels=[1])
     with pytest.raises(PromptError, match="Box corner"):
         client.predict(image, box=(10, 10, 650, 200))
+    with pytest.raises(PromptError, match="encode job: Box corner"):   # a box's crops asked for ahead
+        client.prefetch([(("echo", 0), image)], box=(10, 10, 650, 200))
 
     assert client.info()["model"] == MODEL
     assert client.predict(image, box=LV_BOX).mask.any()

@@ -121,6 +121,34 @@ def test_encode_ahead_then_click_uses_the_servers_cache(ball, clients):
     assert client.encoder_calls == calls
 
 
+def test_a_new_box_s_crops_are_encoded_ahead_then_its_answer_only_decodes(ball, clients):
+    """The effect's flow for a box: the slice encoded ahead, then the box's zoomed crops in a server job
+    (``prepare_box``), then the answer: no encode while the GUI waits, and the same mask as in-process."""
+    client, local = clients
+    logic = SegmentLogic(predictor=client)
+    k = int(CENTER[2]) + 2
+    box = _box_ras(ball, k)
+    geometry = logic.slice_geometry(ball["volume"], "K", sliceIndex=k, box_ras=box)
+    calls = client.encoder_calls
+    _wait_done(logic.prefetch(ball["volume"], [geometry]))
+    _wait_done(logic.prepare_box(ball["volume"], geometry, box))
+    encoded = client.encoder_calls
+    assert encoded >= calls + 2   # the slice and the box's crops (on this 48 x 40 slice the 3x crop is the slice)
+    remote = logic.predict(ball["volume"], box_ras=box, sliceAxis="K", sliceIndex=k)
+    assert client.encoder_calls == encoded
+    here = SegmentLogic(predictor=local).predict(ball["volume"], box_ras=box, sliceAxis="K", sliceIndex=k)
+    np.testing.assert_array_equal(remote.mask, here.mask)
+    assert SegmentLogic(predictor=local).prepare_box(ball["volume"], geometry, box) is None   # in-process: no job
+
+
+def _wait_done(job, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not job.done and time.monotonic() < deadline:
+        time.sleep(0.1)
+    job.wait(0)
+    assert job.done
+
+
 def _seed(ball, logic, sid):
     k = int(CENTER[2])
     logic.segment(ball["volume"], ball["segmentation"], sid, box_ras=_box_ras(ball, k), sliceAxis="K")

@@ -599,11 +599,18 @@ class Service:
             raise ApiError(400, "bad_job", "An encode job needs 'images': a list of content ids.")
         images = [(i, check_image(self.store.get(i, "image"))) for i in ids]
         window = _window(params.get("window"))
+        # with 'prompts' (a box the user just drew): also the crops its answer needs (sonosam.zoom), so that the
+        # answer then only decodes
+        prompts = [prompts_from(params, {}, image.shape[1], image.shape[0], "encode job") for _, image in images] \
+            if params.get("prompts") is not None else None
+        zoomed = self._interactive_for({})
 
         def run(job: Job):
             job.progress(0, len(images))
             for n, (image_id, image) in enumerate(images, start=1):
                 self.predictor.embedding(image, key=("array", image_id), window=window)
+                if prompts is not None and hasattr(zoomed, "prepare"):
+                    zoomed.prepare(image, prompts[n - 1], key=("array", image_id), window=window)
                 job.progress(n, len(images))
             return {"encoded": len(images)}, {}
         return run
