@@ -347,7 +347,8 @@ class SonoSAMClient:
         track:     tracker (a RemoteTracker or its id), rerun
         refine:    image, coarse (probabilities 0..1, same grid), context (bool mask, optional), seed, steps, window;
                    result(): (meta {positives, negatives, k, score, steps}, {"mask": HxW bool})
-        encode:    images (content ids of uploaded arrays), window
+        encode:    images (content ids of uploaded arrays), window, prompts (optional {"box": [x0, y0, x1, y1]}: also
+                   the zoomed crops that box's answer needs, where the model answers boxes at several scales)
         assist:    volume (array (n, H, W)), slices (2-5 indices on axis 0), masks ((len(slices), H, W) bool), window,
                    kinds, steps, seed, lr, batch; result(): {"assist": id for with_assist(), slices, seconds,
                    encode_seconds, losses, trained_parameters, config}
