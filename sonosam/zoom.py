@@ -134,6 +134,21 @@ def decode_multiscale(model, shape: tuple[int, int], prompts: Prompts, embed, *,
                       list(dict.fromkeys(notes)))
 
 
+def check_scales(context) -> tuple:
+    """``context`` (a number, or a list of numbers and None) as a tuple of scales: None is the whole image, a number
+    >= 1 a crop that many times the box; SonoSAMError naming the problem otherwise."""
+    scales = tuple(context) if isinstance(context, (tuple, list)) else (context,)
+    for scale in scales:
+        number = isinstance(scale, (int, float, np.number)) and not isinstance(scale, bool)
+        if scale is not None and not (number and np.isfinite(scale) and scale >= 1):
+            raise SonoSAMError(f"context={context!r}: a crop is this many times the box's longest side, so give "
+                               "numbers >= 1 (e.g. 3, or None for the whole image); below 1 the crop would cut "
+                               "the box.")
+    if not scales:
+        raise SonoSAMError("context=(): give at least one scale (None for the whole image, or a number >= 1).")
+    return scales
+
+
 class ZoomedPredictor:
     """A `Predictor` whose answers to prompts with a box come from the zoomed crop around the box and the clicks
     (`decode_zoomed`), or, given several scales (``context=(None, 1.5, 3)``: None is the whole image), from their
@@ -141,17 +156,11 @@ class ZoomedPredictor:
     predictor's cache."""
 
     def __init__(self, predictor, context=3.0, min_side: int = 32):
-        scales = tuple(context) if isinstance(context, (tuple, list)) else (context,)
-        for scale in scales:
-            if scale is not None and not (np.isfinite(scale) and scale >= 1):
-                raise SonoSAMError(f"context={context!r}: a crop is this many times the box's longest side, so give "
-                                   "numbers >= 1 (e.g. 3, or None for the whole image); below 1 the crop would cut "
-                                   "the box.")
-        if not scales or not min_side >= 8:
-            raise SonoSAMError(f"context={context!r}, min_side={min_side!r}: give at least one scale and a min_side "
-                               "of at least 8 px (e.g. 32), the smallest crop the encoder takes.")
+        if not min_side >= 8:
+            raise SonoSAMError(f"min_side={min_side!r}: give at least 8 px (e.g. 32), the smallest crop the encoder "
+                               "takes.")
         self.predictor, self.model = predictor, predictor.model
-        self.scales, self.min_side = scales, min_side
+        self.scales, self.min_side = check_scales(context), min_side
 
     def predict(self, image, prompts: Prompts | None = None, *, multimask: bool = False, key=None, window=None,
                 **conveniences) -> Prediction:

@@ -1,5 +1,7 @@
 """A prompt answered on a zoomed crop around its box (sonosam.zoom)."""
 
+from pathlib import Path
+
 import numpy as np
 
 from sonosam.models import mask_to_logits
@@ -147,3 +149,26 @@ def test_a_users_box_takes_the_scales_its_model_was_measured_at_and_no_other_mod
             assert interactive_predictor(plain) is plain, spec.name
     stand_in = SimpleNamespace(predict=None)   # e.g. a server's client or a test's predictor: left as it is
     assert interactive_predictor(stand_in) is stand_in
+
+
+def test_bad_box_scales_are_refused_in_one_line_naming_where_they_came_from(tmp_path):
+    import json
+
+    import pytest
+
+    from sonosam.errors import SonoSAMError, WeightsNotAvailableError
+    from sonosam.models import register_checkpoint
+    from sonosam.zoom import check_scales
+
+    assert check_scales(3) == (3,) and check_scales([None, 1.5, 3]) == (None, 1.5, 3)
+    for bad in ("3", [None, 0.5], [True], []):
+        with pytest.raises(SonoSAMError, match="context="):
+            check_scales(bad)
+    shipped = Path(__file__).resolve().parents[2] / "sonosam" / "weights" / "litemedsam_clicks.json"
+    meta = json.loads(shipped.read_text())
+    meta["box_scales"] = [None, "big"]
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(meta))
+    with pytest.raises(WeightsNotAvailableError, match=r"edited\.json: box_scales context="):
+        register_checkpoint(edited)
+

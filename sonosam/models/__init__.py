@@ -19,8 +19,9 @@ from typing import Callable
 
 import torch
 
-from ..errors import CheckpointError, UnknownModelError, WeightsNotAvailableError
+from ..errors import CheckpointError, SonoSAMError, UnknownModelError, WeightsNotAvailableError
 from ..prompts import PromptKind
+from ..zoom import check_scales
 from . import weights
 from .interface import PromptableModel
 from .sam import Embedding, Prediction, SamModel, mask_to_logits
@@ -155,7 +156,7 @@ def register_checkpoint(path: str | Path) -> ModelSpec:
                    build=functools.partial(_build_litemedsam, encoder) if encoder else base.build,
                    base_model=base.name, where_to_get=f"{meta_path} (trained with `sonosam train`)",
                    carries_for=tuple(meta.get("carries_for", ())),
-                   box_scales=tuple(meta.get("box_scales", (None,))))
+                   box_scales=_box_scales(meta.get("box_scales", [None]), meta_path))
     if meta.get("weights") == "encoder":   # a distilled encoder; the decoder is another model's, by name
         if not meta.get("decoder_from"):
             raise WeightsNotAvailableError(f"{meta_path}: weights 'encoder' needs 'decoder_from', the model whose "
@@ -176,6 +177,13 @@ def register_checkpoint(path: str | Path) -> ModelSpec:
         spec = replace(spec, bundled=lambda: str(file), digest="sha256:" + meta["sha256"])
     _REGISTRY[spec.name] = spec
     return spec
+
+
+def _box_scales(scales, where) -> tuple:
+    try:
+        return check_scales(scales)
+    except SonoSAMError as error:
+        raise WeightsNotAvailableError(f"{where}: box_scales {error}") from None
 
 
 def _prompt_kinds(names, where) -> frozenset[PromptKind]:
