@@ -26,10 +26,14 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 # Debian's mricron-data (Colin27 T1 MRI + AAL labels), unpacked locally without installing it;
-# Debian's invesalius-examples (a real head CT, Cranium.inv3), the same way.
+# Debian's invesalius-examples (a real head CT, Cranium.inv3), the same way; the MNI ICBM152 2009a template
+# (T1 + grey/white matter probability maps) taken out of nilearn's wheel on PyPI (pinned by its sha256).
 MRICRON := .data/mricron/usr/share/mricron/templates/ch2.nii.gz
 HEADCT  := .data/invesalius/usr/share/doc/invesalius-examples/examples/Cranium.inv3
-data: $(MRICRON) $(HEADCT)
+ICBM152 := .data/icbm152/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz
+NILEARN_WHEEL  := nilearn-0.14.1-py3-none-any.whl
+NILEARN_SHA256 := 725206484e9fb3f6691f9c2d20204a068759d5072f12055324702ee0cb2bbe8a
+data: $(MRICRON) $(HEADCT) $(ICBM152)
 $(MRICRON):
 	mkdir -p .data/deb
 	cd .data/deb && { apt-get download mricron-data 2>/dev/null || { apt-get update -qq && apt-get download mricron-data; }; }
@@ -39,6 +43,17 @@ $(HEADCT):
 	mkdir -p .data/deb
 	cd .data/deb && { apt-get download invesalius-examples 2>/dev/null || { apt-get update -qq && apt-get download invesalius-examples; }; }
 	dpkg -x .data/deb/invesalius-examples_*.deb .data/invesalius
+	test -f $@
+$(ICBM152): | $(STAMP)
+	mkdir -p .data/wheels
+	test -f .data/wheels/$(NILEARN_WHEEL) || $(PY) -m pip download --disable-pip-version-check -q --no-deps \
+	    nilearn==0.14.1 -d .data/wheels
+	echo "$(NILEARN_SHA256)  .data/wheels/$(NILEARN_WHEEL)" | sha256sum -c -
+	rm -rf .data/icbm152.part && mkdir -p .data/icbm152.part
+	$(PY) -c "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+	    [open('.data/icbm152.part/' + n.rsplit('/', 1)[1], 'wb').write(z.read(n)) \
+	     for n in z.namelist() if '/mni_icbm152_' in n]" .data/wheels/$(NILEARN_WHEEL)
+	rm -rf .data/icbm152 && mv .data/icbm152.part .data/icbm152
 	test -f $@
 
 clean:

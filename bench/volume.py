@@ -1,11 +1,12 @@
 """Propagation accuracy for every shape of structure, on MRI and CT, against model-free references.
 
-    python -m bench.volume [--subjects colin27 ct_head inia19] [--structures NAME ...] [--cache runs/cache]
+    python -m bench.volume [--subjects colin27 ct_head inia19 icbm152] [--structures NAME ...] [--cache runs/cache]
                                    [--corrections 3] [--seed-pick auto|user] [--assist-after 3] [--json out.json]
 
 Subjects and references: `sonosam.references` (Colin27 T1 MRI: AAL structures, lateral ventricles, white
 matter; the invesalius head CT: skull, mandible rami, airway, sinuses, brain; on request, `--subjects inia19`, the
-INIA19 macaque template: NeuroMaps structures and the whole brain). For each structure, along its
+INIA19 macaque template: NeuroMaps structures and the whole brain; `--subjects icbm152`, the MNI ICBM152 template:
+lateral ventricles, white matter per hemisphere, the whole brain). For each structure, along its
 axis: one slightly loose seed box (the reference's bounding box + 2 px) on the slice where the reference is
 largest; propagation both ways; then up to `corrections` corrections, each on the slice with the most
 wrong pixels so far, where the simulated user looks at what the tool offers (`corrective_choices`: clicks for
@@ -33,7 +34,8 @@ without it (row["assist"]).
 
 DEV rows (left-hemisphere MRI structures; since 2026-12-03 evening also the head CT's lateral ventricles) are where
 the rules are chosen; HELD-OUT rows (right hemisphere: a weak hold-out, mirror images; the rest of the CT: another
-subject, another modality, a real one; every INIA19 row: another subject and species) are only run.
+subject, another modality, a real one; every INIA19 row: another subject and species; every ICBM152 row: another
+human brain, an average of 152) are only run.
 """
 
 from __future__ import annotations
@@ -356,7 +358,8 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
     return row
 
 
-SUBJECTS = ("colin27", "ct_head", "inia19")   # sonosam.references' subjects, by name
+SUBJECTS = ("colin27", "ct_head", "inia19", "icbm152")   # sonosam.references' subjects, by name
+DEV_SUBJECTS = ("colin27", "ct_head")   # DEV names rows of these; other subjects are held out whole
 
 
 def _subject(name):
@@ -409,7 +412,8 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
                                         {**options, "span": (max(first - ends, 0),
                                                              min(last + ends, volume.shape[axis] - 1))}))
             row.update(subject=subject_name, modality=subject.modality, name=name, shape=ref.shape,
-                       set="dev" if name in DEV else "held-out", window=list(window), encoded=encoded,
+                       set="dev" if subject_name in DEV_SUBJECTS and name in DEV else "held-out",
+                       window=list(window), encoded=encoded,
                        wall_seconds=time.perf_counter() - started)
             predictor.close()
             out["rows"].append(row)

@@ -2,7 +2,7 @@
 
 Nothing here downloads: the echo loops come with the `pydicom-data` / `pydicom` wheels, the labelled MRI
 with Debian's `mricron-data` and the head CT with `invesalius-examples` (unpacked into `.data/` by
-`make data`, or installed system-wide)."""
+`make data`, or installed system-wide); the ICBM152 template is taken out of nilearn's wheel by `make data`."""
 
 from __future__ import annotations
 
@@ -74,6 +74,18 @@ def mri_inia19_paths() -> tuple[Path, Path]:
         raise DataFileError("The INIA19 macaque template (Debian package mricron-data) is not there: run `make data`, "
                             "or `apt-get install mricron-data`, or set SONOSAM_DATA to its templates folder.")
     return folder / "inia19-t1-brain.nii.gz", folder / "inia19-NeuroMaps.nii.gz"
+
+
+def mri_icbm152_paths() -> tuple[Path, Path, Path]:
+    """(brain-extracted T1, grey-matter and white-matter probability maps, 0-255) of the MNI ICBM152 2009a symmetric
+    template, 197 x 233 x 189 at 1 mm, as nilearn's wheel ships them (unpacked by `make data`): a third subject, the
+    average of 152 adult brains."""
+    folder = Path(os.environ.get("SONOSAM_ICBM152") or _REPO_DATA / "icbm152")
+    paths = tuple(folder / f"mni_icbm152_{part}_tal_nlin_sym_09a_converted.nii.gz" for part in ("t1", "gm", "wm"))
+    if not all(path.exists() for path in paths):
+        raise DataFileError(f"The ICBM152 template is not in {folder}: run `make data` (it takes the files out of "
+                            "the nilearn==0.14.1 wheel), or set SONOSAM_ICBM152 to a folder holding them.")
+    return paths
 
 
 def ct_head_path() -> Path:

@@ -16,6 +16,9 @@ output, so it can serve as held-out ground truth for any SonoSAM model.
 - INIA19 rhesus macaque T1 template (Debian `mricron-data`, 0.5 mm, brain-extracted): a second subject, held out
   from everything: the whole brain (the template's non-zero voxels) and NeuroMaps structures (expert atlas, as
   shipped; the package names no label, so rows are named by value), chosen by a rule on the atlas alone.
+- MNI ICBM152 2009a symmetric template (nilearn's wheel, 1 mm, brain-extracted; the average of 152 adults): a third
+  subject, held out from everything: the lateral ventricles (the Colin27 rule on its own threshold), cerebral white
+  matter per hemisphere (the template's white-matter probability >= 0.5, brainstem cut off), the whole brain.
 - Head CT (Debian `invesalius-examples`, "ProMED CT 0051", 0.96 x 0.96 x 1.5 mm, Hounsfield units): skull,
   the mandible's rami, the airway (nasopharynx), a maxillary sinus, the frontal sinus,
   the brain, the lateral ventricles (smoothed CSF threshold inside the brain, split at its midline).
@@ -35,8 +38,8 @@ from scipy import ndimage
 from .errors import DataFileError
 from .io import Geometry, Volume, read_volume
 
-__all__ = ["Reference", "Subject", "colin27_references", "ct_head_references", "inia19_references", "read_inv3",
-           "SHAPES"]
+__all__ = ["Reference", "Subject", "colin27_references", "ct_head_references", "icbm152_references",
+           "inia19_references", "read_inv3", "SHAPES"]
 
 # the shape classes the issue asks every rule to hold across
 SHAPES = ("thin/curved", "small", "compact", "long", "large")
@@ -93,6 +96,22 @@ WM_MIN = 100        # T1 intensity: white matter above (its histogram peak is at
 MIDLINE_I = 90      # column i of x = 0 mm (ch2's ijk-to-RAS puts x = i - 90); i < 90 is the left hemisphere
 
 
+def _add_lateral_ventricles(subject: Subject, csf: np.ndarray, brain: np.ndarray, midline_i: int, how: str) -> None:
+    """Each lateral ventricle (1 mm grids, left where i < ``midline_i``): the largest dark component of ``csf`` on its
+    side whose centre lies within 30 mm of the brain's centre of mass and above it (the basal cisterns, below it,
+    are as large and as close; the CSF of the sulci is spread around the surface)."""
+    centre = np.array(ndimage.center_of_mass(brain))
+    labels, count = ndimage.label(csf)
+    sizes = ndimage.sum(csf, labels, range(1, count + 1))
+    centres = np.array(ndimage.center_of_mass(csf, labels, range(1, count + 1)))
+    near = (np.linalg.norm(centres - centre, axis=1) < 30) & (centres[:, 0] > centre[0])
+    for side, on_side in (("L", centres[:, 2] < midline_i), ("R", centres[:, 2] >= midline_i)):
+        best = int(np.argmax(np.where(near & on_side, sizes, 0))) + 1
+        subject.add(f"Lateral_Ventricle_{side}", labels == best, "thin/curved",
+                    f"{how}, the largest component {'left' if side == 'L' else 'right'} of the midline centred "
+                    "within 30 mm above the brain's centre")
+
+
 def colin27_brain_mask() -> np.ndarray:
     """Colin27's brain mask (``ch2bet``, shipped beside the T1 in mricron-data), on the T1 grid."""
     from .data import mri_colin27_paths
@@ -119,22 +138,7 @@ def colin27_references(aal: bool = True) -> Subject:
 
     left = np.zeros(t1.shape, bool)
     left[:, :, :MIDLINE_I] = True
-    csf = (t1 < CSF_MAX) & brain
-    # each lateral ventricle: the largest dark component on its side whose centre lies within 30 mm of the
-    # brain's centre of mass and above it (the basal cisterns, below it, are as large and as close; the CSF of
-    # the sulci is spread around the surface). At this threshold the two are apart, and apart from the 3rd
-    # ventricle.
-    centre = np.array(ndimage.center_of_mass(brain))
-    labels, count = ndimage.label(csf)
-    sizes = ndimage.sum(csf, labels, range(1, count + 1))
-    centres = np.array(ndimage.center_of_mass(csf, labels, range(1, count + 1)))
-    near = (np.linalg.norm(centres - centre, axis=1) < 30) & (centres[:, 0] > centre[0])
-    for side, on_side in (("L", centres[:, 2] < MIDLINE_I), ("R", centres[:, 2] >= MIDLINE_I)):
-        best = int(np.argmax(np.where(near & on_side, sizes, 0))) + 1
-        subject.add(f"Lateral_Ventricle_{side}", labels == best, "thin/curved",
-                    f"T1 < {CSF_MAX} in the brain mask, the largest component "
-                    f"{'left' if side == 'L' else 'right'} of the midline centred within 30 mm above the "
-                    "brain's centre")
+    _add_lateral_ventricles(subject, (t1 < CSF_MAX) & brain, brain, MIDLINE_I, f"T1 < {CSF_MAX} in the brain mask")
 
     # white matter: bright, in the brain mask, not in the AAL deep grey nuclei; the cerebrum only: no voxel
     # below the thalamus's lowest slice within 20 mm of the midline (brainstem), none near the cerebellum
@@ -203,6 +207,43 @@ def inia19_references() -> Subject:
         taken += 1
     subject.add("Brain_inia19", volume.array > 0, "large", "the template's brain (it ships brain-extracted: its "
                 "non-zero voxels; cerebrum, cerebellum and brainstem)")
+    return subject
+
+
+# ----------------------------------------------------------------------------------------------- ICBM152
+
+ICBM152_CSF_MAX = 100   # T1 (0-255): the ventricles' CSF is darker; at 100 the two lateral ventricles are apart
+ICBM152_WM_MIN = 128    # white-matter probability (0-255): at least 0.5
+ICBM152_MIDLINE_I = 98  # column i of x = 0 mm; i < 98 is the left hemisphere
+ICBM152_Z0_K = 72       # slice k of z = 0 mm
+
+
+def icbm152_references() -> Subject:
+    """The MNI ICBM152 2009a template (brain-extracted T1) with references from its own tissue maps and intensities
+    (see the module doc); thresholds fixed from overlays before any model ran on it."""
+    from .data import mri_icbm152_paths
+
+    t1_path, gm_path, wm_path = mri_icbm152_paths()
+    volume = read_volume(t1_path)
+    t1 = volume.array.astype(np.float32)
+    brain = t1 > 0
+    subject = Subject("icbm152", "MRI", volume)
+    # the eroded brain: the dark rim where the extracted brain meets the background is no CSF
+    inner = ndimage.binary_erosion(brain, iterations=3)
+    _add_lateral_ventricles(subject, (t1 < ICBM152_CSF_MAX) & inner, brain, ICBM152_MIDLINE_I,
+                            f"T1 < {ICBM152_CSF_MAX} in the brain eroded by 3 mm")
+    # cerebral white matter: the brainstem cut off (within 20 mm of the midline below z = -10 mm), which also parts
+    # the cerebellum's white matter from the hemispheres'
+    wm = (read_volume(wm_path).array >= ICBM152_WM_MIN) & brain
+    wm[:ICBM152_Z0_K - 10, :, ICBM152_MIDLINE_I - 20:ICBM152_MIDLINE_I + 21] = False
+    left = np.zeros(t1.shape, bool)
+    left[:, :, :ICBM152_MIDLINE_I] = True
+    for side, hemisphere in (("L", left), ("R", ~left)):
+        subject.add(f"White_Matter_{side}", _largest(wm & hemisphere, 1)[0], "large",
+                    f"white-matter probability >= {ICBM152_WM_MIN}/255, no brainstem, largest component of the "
+                    "hemisphere")
+    subject.add("Brain_icbm152", brain, "large", "the template's brain (it ships brain-extracted: its non-zero "
+                "voxels; cerebrum, cerebellum and brainstem)")
     return subject
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from sonosam.references import SHAPES, colin27_references, ct_head_references, inia19_references, read_inv3
+from sonosam.references import (SHAPES, colin27_references, ct_head_references, icbm152_references, inia19_references,
+                                read_inv3)
 
 pytestmark = pytest.mark.slow  # reference labels computed on the real MRI and CT volumes
 
@@ -72,6 +73,32 @@ def test_inia19_rows_are_single_atlas_structures_and_a_macaque_sized_brain():
         assert ndimage.label(mask)[1] == 1 and (mask & brain).sum() > 0.95 * mask.sum(), name
         assert refs[name].shape in SHAPES
     assert {refs[name].shape for name in atlas_rows} >= {"large", "compact"}
+
+
+def test_icbm152_ventricles_white_matter_and_brain_are_where_anatomy_puts_them():
+    """The third subject (the MNI ICBM152 template out of nilearn's wheel): each ventricle one dark piece on its own
+    side, inside its hemisphere's white matter; the white matter a hemisphere's (the brainstem and cerebellum cut
+    off); a human brain's volume. The template is symmetric, so the sides are mirror twins."""
+    subject = icbm152_references()
+    refs, t1 = subject.references, subject.volume.array
+    assert set(refs) == {"Lateral_Ventricle_L", "Lateral_Ventricle_R", "White_Matter_L", "White_Matter_R",
+                         "Brain_icbm152"}
+    assert subject.volume.geometry.spacing == pytest.approx((1.0, 1.0, 1.0)) and t1.shape == (189, 233, 197)
+    brain = refs["Brain_icbm152"].mask
+    assert 1_500_000 < brain.sum() < 2_000_000     # ml at 1 mm: an adult brain
+    for side, (lo, hi) in (("L", (0, 98)), ("R", (98, 197))):
+        ventricle, wm = refs[f"Lateral_Ventricle_{side}"].mask, refs[f"White_Matter_{side}"].mask
+        assert 4000 < ventricle.sum() < 15000 and ndimage.label(ventricle)[1] == 1
+        columns = np.nonzero(ventricle.any(axis=(0, 1)))[0]
+        assert lo - 2 <= columns.min() and columns.max() < hi + 2
+        assert np.median(t1[ventricle]) < 100 < np.median(t1[wm])
+        assert 200_000 < wm.sum() < 350_000 and not (wm & ventricle).any()
+        k = int(np.argmax(ventricle.sum(axis=(1, 2))))
+        assert ndimage.binary_fill_holes(wm[k] | ventricle[k]).sum() > (wm[k] | ventricle[k]).sum()
+        assert not (wm & ~brain).any() and not (ventricle & ~brain).any()
+        # the cerebrum only: nothing within 20 mm of the midline below z = -10 mm (slice 62)
+        assert not wm[:62, :, 78:119].any()
+    assert refs["Lateral_Ventricle_L"].mask.sum() == refs["Lateral_Ventricle_L"].mask[:, :, ::-1].sum()
 
 
 def test_ct_references_follow_hounsfield(ct):
