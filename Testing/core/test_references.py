@@ -135,3 +135,27 @@ def test_read_inv3_rejects_other_files(tmp_path):
     bad.write_bytes(b"not a project")
     with pytest.raises(DataFileError, match="InVesalius"):
         read_inv3(bad)
+
+
+def test_reference_labels_script_writes_a_label_map_that_reads_back_and_refuses_to_overwrite(tmp_path):
+    """`python -m scripts.reference_labels`: the references as one label map on the subject's grid (value order as
+    asked, legend beside it), read back voxel for voxel; a second run without --overwrite changes nothing."""
+    from scripts.reference_labels import main
+    from sonosam.io import read_volume
+
+    out = tmp_path / "icbm152_labels.nii.gz"
+    names = ["White_Matter_R", "Lateral_Ventricle_R"]
+    assert main(["icbm152", "-o", str(out), "--structures", *names]) == 0
+    subject = icbm152_references()
+    written = read_volume(out)
+    for part in ("spacing", "origin", "direction"):
+        np.testing.assert_allclose(getattr(written.geometry, part), getattr(subject.volume.geometry, part))
+    for value, name in enumerate(names, 1):
+        np.testing.assert_array_equal(written.array == value, subject.references[name].mask)
+    assert set(np.unique(written.array)) == {0, 1, 2}
+    legend = (tmp_path / "icbm152_labels.nii.gz.txt").read_text().splitlines()
+    assert legend == ["1 White_Matter_R large", "2 Lateral_Ventricle_R thin/curved"]
+    before = out.read_bytes()
+    with pytest.raises(SystemExit, match="already exists"):
+        main(["icbm152", "-o", str(out)])
+    assert out.read_bytes() == before
