@@ -112,6 +112,15 @@ def _add_lateral_ventricles(subject: Subject, csf: np.ndarray, brain: np.ndarray
                     "within 30 mm above the brain's centre")
 
 
+def _add_white_matter(subject: Subject, wm: np.ndarray, midline_i: int, how: str) -> None:
+    """Each hemisphere's white matter (left where i < ``midline_i``): the largest connected piece of ``wm`` there."""
+    left = np.zeros(wm.shape, bool)
+    left[:, :, :midline_i] = True
+    for side, hemisphere in (("L", left), ("R", ~left)):
+        subject.add(f"White_Matter_{side}", _largest(wm & hemisphere, 1)[0], "large",
+                    f"{how}, largest component of the hemisphere")
+
+
 def colin27_brain_mask() -> np.ndarray:
     """Colin27's brain mask (``ch2bet``, shipped beside the T1 in mricron-data), on the T1 grid."""
     from .data import mri_colin27_paths
@@ -136,8 +145,6 @@ def colin27_references(aal: bool = True) -> Subject:
         for name, (value, shape) in COLIN27_AAL.items():
             subject.add(name, atlas == value, shape, f"AAL label {value} (expert atlas)")
 
-    left = np.zeros(t1.shape, bool)
-    left[:, :, :MIDLINE_I] = True
     _add_lateral_ventricles(subject, (t1 < CSF_MAX) & brain, brain, MIDLINE_I, f"T1 < {CSF_MAX} in the brain mask")
 
     # white matter: bright, in the brain mask, not in the AAL deep grey nuclei; the cerebrum only: no voxel
@@ -150,10 +157,8 @@ def colin27_references(aal: bool = True) -> Subject:
     stem[:low, :, MIDLINE_I - 20:MIDLINE_I + 21] = True
     cerebellum = ndimage.binary_dilation(atlas >= 91, iterations=3)
     wm &= ~stem & ~cerebellum
-    for side, hemisphere in (("L", left), ("R", ~left)):
-        subject.add(f"White_Matter_{side}", _largest(wm & hemisphere, 1)[0], "large",
-                    f"T1 >= {WM_MIN} in the brain mask, not in the AAL deep grey nuclei, no brainstem/cerebellum, "
-                    "largest component of the hemisphere")
+    _add_white_matter(subject, wm, MIDLINE_I, f"T1 >= {WM_MIN} in the brain mask, not in the AAL deep grey nuclei, "
+                      "no brainstem/cerebellum")
     # the whole brain: a large structure holding dark pockets (ventricles, sulci), like the head CT's brain
     subject.add("Brain_MRI", brain, "large", "the brain mask ch2bet shipped with the T1 (cerebrum, cerebellum and "
                 "brainstem; checked on overlays)")
@@ -236,12 +241,8 @@ def icbm152_references() -> Subject:
     # the cerebellum's white matter from the hemispheres'
     wm = (read_volume(wm_path).array >= ICBM152_WM_MIN) & brain
     wm[:ICBM152_Z0_K - 10, :, ICBM152_MIDLINE_I - 20:ICBM152_MIDLINE_I + 21] = False
-    left = np.zeros(t1.shape, bool)
-    left[:, :, :ICBM152_MIDLINE_I] = True
-    for side, hemisphere in (("L", left), ("R", ~left)):
-        subject.add(f"White_Matter_{side}", _largest(wm & hemisphere, 1)[0], "large",
-                    f"white-matter probability >= {ICBM152_WM_MIN}/255, no brainstem, largest component of the "
-                    "hemisphere")
+    _add_white_matter(subject, wm, ICBM152_MIDLINE_I, f"white-matter probability >= {ICBM152_WM_MIN}/255, "
+                      "no brainstem")
     subject.add("Brain_icbm152", brain, "large", "the template's brain (it ships brain-extracted: its non-zero "
                 "voxels; cerebrum, cerebellum and brainstem)")
     return subject
