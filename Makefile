@@ -48,7 +48,8 @@ $(ICBM152): | $(STAMP)
 	mkdir -p .data/wheels
 	test -f .data/wheels/$(NILEARN_WHEEL) || $(PY) -m pip download --disable-pip-version-check -q --no-deps \
 	    nilearn==0.14.1 -d .data/wheels
-	echo "$(NILEARN_SHA256)  .data/wheels/$(NILEARN_WHEEL)" | sha256sum -c -
+	echo "$(NILEARN_SHA256)  .data/wheels/$(NILEARN_WHEEL)" | sha256sum -c - \
+	    || { rm -f .data/wheels/$(NILEARN_WHEEL); echo "error: the nilearn wheel is not the pinned one"; exit 1; }
 	rm -rf .data/icbm152.part && mkdir -p .data/icbm152.part
 	$(PY) -c "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
 	    [open('.data/icbm152.part/' + n.rsplit('/', 1)[1], 'wb').write(z.read(n)) \
