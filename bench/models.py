@@ -3,7 +3,7 @@
     python -m bench.models predictor [--threads 2] [--clicks 50]   (from the repository root)
     python -m bench.models backends       # eager vs ONNX Runtime etc.: ms, ratios, mask IoU vs eager
     python -m bench.models pipelines      # tracking the echo loop and propagating through the MRI: eager vs auto
-    python -m bench.models boxes          # a user's box at the model's scales vs the whole image alone
+    python -m bench.models boxes          # a user's box at each model's scales vs the whole image alone (litemedsam, _clicks)
 
 Timings on a shared machine are noisy: medians, and ratios taken within one process, are what to compare.
 """
@@ -143,36 +143,40 @@ def bench_backends(clicks: int = 30, encodes: int = 3, model_name: str = "liteme
     return figures
 
 
-def bench_boxes(boxes: int = 8, model_name: str = "litemedsam_clicks", backend: str = "auto") -> dict:
+def bench_boxes(boxes: int = 8, model_names=("litemedsam", "litemedsam_clicks"), backend: str = "auto") -> dict:
     """A user's box as the Slicer effect answers it (sonosam.zoom.interactive_predictor: the model's box scales)
     against the whole image alone, on the real echo frame and MRI slice, the image already encoded (prefetched, as
     the effect does): ms for a new box (each box a few px apart, so its crops are new), and for a click added inside
-    the box (its crops cached)."""
-    from sonosam.models import load_model
+    the box (its crops cached; click-capable models only)."""
+    from sonosam.models import PromptKind, load_model
     from sonosam.predictor import Predictor
     from sonosam.zoom import interactive_predictor
 
-    model = load_model(model_name, backend=backend)
-    figures = {"model": model_name, "backend": model.backend, "threads": torch.get_num_threads(),
-               "scales": str(model.spec.box_scales),
-               "columns": "image: encode ms | new box ms whole | new box ms at the scales (x whole) | click after "
-                          "box ms"}
-    for label, image, (x0, y0, x1, y1) in real_test_images():
-        predictor = Predictor(model)
-        interactive = interactive_predictor(predictor)
-        predictor.embedding(image, key=label)
-        shifted = [(x0 + i % 7, y0 + i % 5, x1 - i % 3, y1 - i % 4) for i in range(boxes + 1)]
-        interactive.predict(image, box=shifted[-1], key=label)   # warm-up
-        whole = iter(shifted)
-        whole_ms = _median_ms(lambda: predictor.predict(image, box=next(whole), key=label), boxes)
-        scaled = iter(shifted)
-        scaled_ms = _median_ms(lambda: interactive.predict(image, box=next(scaled), key=label), boxes)
-        click = Prompts([((x0 + x1) / 2, (y0 + y1) / 2)], [1], shifted[0])
-        interactive.predict(image, box=shifted[0], key=label)
-        click_ms = _median_ms(lambda: interactive.predict(image, click, key=label), boxes)
-        encode_ms = _median_ms(lambda: model.encode(image), 3)
-        figures[label] = (f"{encode_ms:6.0f} | {whole_ms:6.1f} | {scaled_ms:6.1f} ({scaled_ms / whole_ms:.1f}x) | "
-                          f"{click_ms:6.1f}")
+    figures = {"threads": torch.get_num_threads(),
+               "columns": "model, image: encode ms | new box ms whole | new box ms at the scales (x whole) | click "
+                          "after box ms"}
+    for model_name in model_names:
+        model = load_model(model_name, backend=backend)
+        figures[f"{model_name}: backend, scales"] = f"{model.backend}, {model.spec.box_scales}"
+        for label, image, (x0, y0, x1, y1) in real_test_images():
+            predictor = Predictor(model)
+            interactive = interactive_predictor(predictor)
+            predictor.embedding(image, key=label)
+            shifted = [(x0 + i % 7, y0 + i % 5, x1 - i % 3, y1 - i % 4) for i in range(boxes + 1)]
+            interactive.predict(image, box=shifted[-1], key=label)   # warm-up
+            whole = iter(shifted)
+            whole_ms = _median_ms(lambda: predictor.predict(image, box=next(whole), key=label), boxes)
+            scaled = iter(shifted)
+            scaled_ms = _median_ms(lambda: interactive.predict(image, box=next(scaled), key=label), boxes)
+            click_ms = "-"
+            if PromptKind.POINT in model.spec.prompt_kinds:
+                click = Prompts([((x0 + x1) / 2, (y0 + y1) / 2)], [1], shifted[0])
+                interactive.predict(image, box=shifted[0], key=label)
+                click_ms = f"{_median_ms(lambda: interactive.predict(image, click, key=label), boxes):6.1f}"
+            encode_ms = _median_ms(lambda: model.encode(image), 3)
+            figures[f"{model_name}: {label}"] = (f"{encode_ms:6.0f} | {whole_ms:6.1f} | {scaled_ms:6.1f} "
+                                                 f"({scaled_ms / whole_ms:.1f}x) | {click_ms}")
+            predictor.close()
     figures["peak_rss_mib"] = peak_rss_mib()
     return figures
 
