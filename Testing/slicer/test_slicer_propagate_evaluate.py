@@ -270,14 +270,17 @@ def test_direction_max_slices_seed_slices_and_cancel(ball):
 
 def test_evaluate_with_stand_in_returns_dice_table_and_report(ball, tmp_path):
     write_segment_block(ball.segmentation, ball.target, ball.inside, ball.m, ball.full)
-    rows = ball.logic.evaluate(ball.volume, ball.segmentation, ball.target, "axial", nClicks=2, start="box",
-                               outputDir=tmp_path, maxSlices=3)
+    # the stand-in model takes boxes only: the user is told the clicks are not measured
+    with pytest.warns(UserWarning, match="takes no clicks.*not measured"):
+        rows = ball.logic.evaluate(ball.volume, ball.segmentation, ball.target, "axial", nClicks=2, start="box",
+                                   outputDir=tmp_path, maxSlices=3)
     assert len(rows) == 1 and rows[0]["Images"] == 3 and rows[0]["Errors"] == 0
     assert rows[0]["Dice@1"] == 100.0
     assert (tmp_path / "summary.md").exists() and (tmp_path / "per_image.csv").exists()
     np.testing.assert_array_equal(read(ball, ball.target), ball.inside)  # the reference is not written
-    rows = ball.logic.evaluate(ball.volume, ball.segmentation, ball.target, "axial", nClicks=2, start="box",
-                               maxSlices=3, localCorrections=True)
+    with pytest.warns(UserWarning, match="takes no clicks"):
+        rows = ball.logic.evaluate(ball.volume, ball.segmentation, ball.target, "axial", nClicks=2, start="box",
+                                   maxSlices=3, localCorrections=True)
     assert rows[0]["Start"] == "box, local corrections" and ball.logic.last_evaluation.local_corrections
 
 
