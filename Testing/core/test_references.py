@@ -160,3 +160,13 @@ def test_reference_labels_script_writes_a_label_map_that_reads_back_and_refuses_
     with pytest.raises(SystemExit, match="already exists"):
         main(["icbm152", "-o", str(out)])
     assert out.read_bytes() == before
+
+
+def test_a_missing_icbm152_folder_is_named_with_the_fix(tmp_path, monkeypatch):
+    from sonosam.data import mri_icbm152_paths
+    from sonosam.errors import DataFileError
+
+    monkeypatch.setenv("SONOSAM_ICBM152", str(tmp_path))
+    (tmp_path / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz").write_bytes(b"")   # one of the three only
+    with pytest.raises(DataFileError, match=f"not in {tmp_path}: run `make data`"):
+        mri_icbm152_paths()
