@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from sonosam.evaluate.metrics import dice
+from sonosam.references import SUBJECTS, load_subject
 from sonosam.volume import AXES, PropagationOptions, Seed, naive_baseline, propagate, slice_of, volume_window
 
 # the structures the rules are chosen on (every shape, left hemisphere; the CT's ventricles, so that a rule for CT
@@ -358,16 +359,7 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
     return row
 
 
-SUBJECTS = ("colin27", "ct_head", "inia19", "icbm152")   # sonosam.references' subjects, by name
 DEV_SUBJECTS = ("colin27", "ct_head")   # DEV names rows of these; other subjects are held out whole
-
-
-def _subject(name):
-    import sonosam.references as references
-
-    if name not in SUBJECTS:
-        raise ValueError(f"Unknown subject {name!r}: choose from {', '.join(SUBJECTS)}.")
-    return getattr(references, f"{name}_references")()
 
 
 def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache: str = "runs/cache",
@@ -389,7 +381,7 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
            "refine_clicks": refine_clicks, "box_shifts": box_shifts, "ends": ends, "seed_at": seed_at,
            "rows": []}
     for subject_name in subjects:
-        subject = _subject(subject_name)
+        subject = load_subject(subject_name)
         volume = subject.volume.array
         names = [n for n in structures if n in subject.references] if structures else list(subject.references)
         for name in names:  # in the order asked for

@@ -14,6 +14,8 @@ import argparse
 
 import numpy as np
 
+from sonosam.references import SUBJECTS, load_subject
+
 
 def label_map(subject, structures=None) -> tuple[np.ndarray, list[str]]:
     """(uint8 label map on the subject's grid, the reference names in value order)."""
@@ -29,8 +31,6 @@ def label_map(subject, structures=None) -> tuple[np.ndarray, list[str]]:
 
 
 def main(argv=None) -> int:
-    import sonosam.references as references
-    from bench.volume import SUBJECTS
     from sonosam.errors import SonoSAMError
     from sonosam.io import Volume, write_volume
     from sonosam.io.atomic import check_output_path, write_text
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     try:
         for path in (args.out, f"{args.out}.txt"):   # both checked before anything is written
             check_output_path(path, args.overwrite)
-        subject = getattr(references, f"{args.subject}_references")()
+        subject = load_subject(args.subject)
         labels, names = label_map(subject, args.structures)
         write_volume(Volume(labels, subject.volume.geometry), args.out, overwrite=args.overwrite)
         legend = "".join(f"{value} {name} {subject.references[name].shape}\n" for value, name in enumerate(names, 1))

@@ -38,8 +38,8 @@ from scipy import ndimage
 from .errors import DataFileError
 from .io import Geometry, Volume, read_volume
 
-__all__ = ["Reference", "Subject", "colin27_references", "ct_head_references", "icbm152_references",
-           "inia19_references", "read_inv3", "SHAPES"]
+__all__ = ["Reference", "Subject", "SUBJECTS", "load_subject", "colin27_references", "ct_head_references",
+           "icbm152_references", "inia19_references", "read_inv3", "SHAPES"]
 
 # the shape classes the issue asks every rule to hold across
 SHAPES = ("thin/curved", "small", "compact", "long", "large")
@@ -228,7 +228,7 @@ def icbm152_references() -> Subject:
     (see the module doc); thresholds fixed from overlays before any model ran on it."""
     from .data import mri_icbm152_paths
 
-    t1_path, gm_path, wm_path = mri_icbm152_paths()
+    t1_path, _, wm_path = mri_icbm152_paths()   # the grey-matter map is not used
     volume = read_volume(t1_path)
     t1 = volume.array.astype(np.float32)
     brain = t1 > 0
@@ -372,3 +372,13 @@ def ct_head_references() -> Subject:
                     f"smoothed HU < {CSF_HU_MAX} >= 6 voxels inside the brain, above the brain's centre - 5 slices, "
                     "largest component on this side of the midline (image side, like the rami)")
     return subject
+
+
+SUBJECTS = ("colin27", "ct_head", "inia19", "icbm152")   # the subjects above, by name
+
+
+def load_subject(name: str) -> Subject:
+    """A subject by name (`SUBJECTS`) with its references."""
+    if name not in SUBJECTS:
+        raise DataFileError(f"Unknown subject {name!r}: choose from {', '.join(SUBJECTS)}.")
+    return globals()[f"{name}_references"]()

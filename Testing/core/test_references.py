@@ -170,3 +170,13 @@ def test_a_missing_icbm152_folder_is_named_with_the_fix(tmp_path, monkeypatch):
     (tmp_path / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz").write_bytes(b"")   # one of the three only
     with pytest.raises(DataFileError, match=f"not in {tmp_path}: run `make data`"):
         mri_icbm152_paths()
+
+
+def test_subjects_are_named_in_one_place_and_an_unknown_name_is_refused():
+    from sonosam.errors import DataFileError
+    from sonosam.references import SUBJECTS, load_subject
+
+    assert SUBJECTS == ("colin27", "ct_head", "inia19", "icbm152")
+    with pytest.raises(DataFileError, match="Unknown subject 'colin28': choose from colin27, ct_head"):
+        load_subject("colin28")
+

@@ -603,13 +603,13 @@ class Service:
         # answer then only decodes
         prompts = [prompts_from(params, {}, image.shape[1], image.shape[0], "encode job") for _, image in images] \
             if params.get("prompts") is not None else None
-        zoomed = self._interactive_for({})
+        zoomed = self._interactive_for({}) if prompts is not None else None
 
         def run(job: Job):
             job.progress(0, len(images))
             for n, (image_id, image) in enumerate(images, start=1):
                 self.predictor.embedding(image, key=("array", image_id), window=window)
-                if prompts is not None and hasattr(zoomed, "prepare"):
+                if hasattr(zoomed, "prepare"):
                     zoomed.prepare(image, prompts[n - 1], key=("array", image_id), window=window)
                 job.progress(n, len(images))
             return {"encoded": len(images)}, {}
