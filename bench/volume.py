@@ -175,7 +175,7 @@ def corrective_choices(predictor, image: np.ndarray, gt: np.ndarray, *, key, win
         last = clicks[-1]   # alone: the last click by itself, if the model ignored it
         return local_correction(mask, pred.mask, last.xy, positive=last.positive, alone=lambda: predictor.predict(
             image, points=[last.xy], labels=[1], key=key, window=window).mask, box=box,
-            earlier=[(c.xy, c.positive) for c in clicks[:-1]])
+            earlier=[(c.xy, c.positive) for c in clicks[:-1]], image=image, window=window)
 
     box = loose_box(gt)
     check = check_seed(predictor, image, box=box, key=key, window=window, three_classes=three_classes)

@@ -66,7 +66,7 @@ CORRECTION_REACH = 3.0   # a correction keeps what lies within this many click d
 
 
 def local_correction(previous, new, click, positive: bool | None = None, alone=None, box=None,
-                     earlier=()) -> np.ndarray:
+                     earlier=(), image=None, window=None) -> np.ndarray:
     """The mask after a corrective click ``click`` = (x, y): the model's new answer ``new`` where it changed the
     clicked pixel, that is on the connected part of (``new`` XOR ``previous``) under the click, and ``previous``
     everywhere else. A correction then cannot undo what earlier prompts got right elsewhere in the image (the
@@ -82,7 +82,12 @@ def local_correction(previous, new, click, positive: bool | None = None, alone=N
     value): for a positive click ignored so, ``alone()`` (optional) gives the model's mask for that click by
     itself, and the part of it under the click is added; a click still not reached changes the disk of one depth
     around it (a negative click takes the largest bite around it inside the mask, a positive one adds the disk
-    that just reaches it), kept local the same way. docs/training.md measures each rule."""
+    that just reaches it), kept local the same way.
+
+    ``image`` (optional; the slice, (H, W) or (H, W, C), clipped to ``window`` as the model sees it): a negative
+    click deep inside the mask (at least half its largest depth) on a spot that looks unlike the mask removes only
+    what looks like that spot (`_looks_like_click`): a click on the ventricles inside a brain mask makes a hole
+    instead of cutting the brain open. docs/training.md measures each rule."""
     previous, new = _pair(previous, new, ("previous mask", "new answer"))
     x, y = (int(round(float(v))) for v in click)
     if not (0 <= y < new.shape[0] and 0 <= x < new.shape[1]):
@@ -100,9 +105,41 @@ def local_correction(previous, new, click, positive: bool | None = None, alone=N
     rows, cols = np.indices(previous.shape)
     distance = np.hypot(cols - x, rows - y)
     if corrected[y, x] == bool(positive):
-        return np.where(distance <= CORRECTION_REACH * depth, corrected, previous)
-    painted = np.where(distance <= depth, bool(positive), previous)
-    return _kept_local(previous, painted, click, positive, box, earlier)
+        result = np.where(distance <= CORRECTION_REACH * depth, corrected, previous)
+    else:
+        painted = np.where(distance <= depth, bool(positive), previous)
+        result = _kept_local(previous, painted, click, positive, box, earlier)
+    if image is not None and not positive:
+        like = _looks_like_click(previous, image, window, (x, y), depth)
+        if like is not None:
+            result |= previous & ~like
+    return result
+
+
+def _looks_like_click(mask, image, window, xy, depth) -> np.ndarray | None:
+    """Where a negative click at ``xy`` (inside ``mask``, ``depth`` from its edge) may remove pixels: those nearer in
+    intensity to the clicked spot (its 5 x 5 median) than to the mask's median; None (anywhere) unless the click lies
+    deep in the mask (at least half its largest depth: the wrong region reaches no edge) on a spot that differs from
+    the mask by more than the mask's standard deviation (where the spot looks like the mask, all of it may be wrong)."""
+    from scipy import ndimage
+
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3:
+        image = image.mean(axis=-1)
+    if image.shape != mask.shape:
+        raise ValueError(f"Image and mask differ in shape: image {image.shape}, mask {mask.shape}.")
+    if window is not None:
+        image = np.clip(image, *window)
+    inner = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    if depth < 0.5 * inner.max():
+        return None
+    x, y = xy
+    spot = float(np.median(image[max(y - 2, 0):y + 3, max(x - 2, 0):x + 3]))
+    body = image[mask]
+    middle = float(np.median(body))
+    if abs(spot - middle) <= float(body.std()):
+        return None
+    return np.abs(image - spot) < np.abs(image - middle)
 
 
 def _kept_local(previous, new, click, positive, box, earlier) -> np.ndarray:

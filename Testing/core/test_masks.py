@@ -159,3 +159,29 @@ def test_a_correction_does_not_overrule_an_earlier_click_of_the_other_kind():
     grown[10:30, 5:35] = True
     added = local_correction(empty, grown, (30, 20), positive=True, earlier=[((10, 20), False)])
     np.testing.assert_array_equal(added, grown & (cols >= 20))        # a tie goes to the correcting click
+
+
+def test_a_deep_negative_click_on_a_spot_unlike_the_mask_removes_only_what_looks_like_it():
+    rows, cols = np.indices((80, 80))
+    brain = (cols - 40) ** 2 + (rows - 40) ** 2 <= 30 ** 2            # the mask: a disc, 30 px deep at its centre
+    hole = (cols - 40) ** 2 + (rows - 40) ** 2 <= 6 ** 2             # a dark region at its centre the user clicks
+    image = np.where(brain, 120.0, 0.0) + np.where(hole, -80.0, 0.0) + (rows % 3)   # a little texture: SD > 0
+    cut = brain & (cols >= 50)                                       # the model's answer: the brain cut open
+    corrected = local_correction(brain, cut, (40, 40), positive=False, image=image)
+    np.testing.assert_array_equal(corrected, brain & ~hole)          # a hole, not a cut
+    # without the image, or on an RGB image's grey, as before / the same hole
+    np.testing.assert_array_equal(local_correction(brain, cut, (40, 40), positive=False), cut)   # 3 depths reach all
+    rgb = np.repeat(image[..., None], 3, axis=-1)
+    np.testing.assert_array_equal(local_correction(brain, cut, (40, 40), positive=False, image=rgb), brain & ~hole)
+    # a window that clips the hole and the brain alike: the spot no longer looks unlike the mask
+    np.testing.assert_array_equal(local_correction(brain, cut, (40, 40), positive=False, image=image,
+                                                   window=(0.0, 30.0)), local_correction(brain, cut, (40, 40),
+                                                                                         positive=False))
+    # a spot that looks like the mask (the whole mask may be wrong), or a click near its edge: the model's correction
+    plain = np.where(brain, 120.0, 0.0) + (rows % 3)
+    np.testing.assert_array_equal(local_correction(brain, cut, (40, 40), positive=False, image=plain),
+                                  local_correction(brain, cut, (40, 40), positive=False))
+    np.testing.assert_array_equal(local_correction(brain, cut, (14, 40), positive=False, image=image),
+                                  local_correction(brain, cut, (14, 40), positive=False))
+    with pytest.raises(ValueError, match="Image and mask differ in shape"):
+        local_correction(brain, cut, (40, 40), positive=False, image=image[:40])

@@ -202,7 +202,8 @@ def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "p
             mask = local_correction(mask, answer, click.xy, positive=click.positive, alone=lambda: _best(
                 predictor.predict(sample.image, Prompts([click.xy], [1]), multimask=False, key=sample.key, **shown),
                 gt.shape)[0], box=prompts.box,
-                earlier=[(xy, label == 1) for xy, label in zip(prompts.points[:-1], prompts.labels[:-1])])
+                earlier=[(xy, label == 1) for xy, label in zip(prompts.points[:-1], prompts.labels[:-1])],
+                image=sample.image, window=sample.window)
         else:
             mask = answer
         result.dice[step] = metrics.dice(mask, gt)
