@@ -123,16 +123,15 @@ def _looks_like_click(mask, image, window, xy, depth) -> np.ndarray | None:
     the mask by more than the mask's standard deviation (where the spot looks like the mask, all of it may be wrong)."""
     from scipy import ndimage
 
+    if np.shape(image)[:2] != mask.shape:
+        raise ValueError(f"Image and mask differ in shape: image {np.shape(image)}, mask {mask.shape}.")
+    if depth < 0.5 * ndimage.distance_transform_edt(np.pad(mask, 1)).max():
+        return None   # near the edge (most negative clicks): the image is not needed
     image = np.asarray(image, dtype=np.float32)
     if image.ndim == 3:
         image = image.mean(axis=-1)
-    if image.shape != mask.shape:
-        raise ValueError(f"Image and mask differ in shape: image {image.shape}, mask {mask.shape}.")
     if window is not None:
         image = np.clip(image, *window)
-    inner = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    if depth < 0.5 * inner.max():
-        return None
     x, y = xy
     spot = float(np.median(image[max(y - 2, 0):y + 3, max(x - 2, 0):x + 3]))
     body = image[mask]

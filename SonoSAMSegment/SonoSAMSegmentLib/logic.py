@@ -1482,12 +1482,14 @@ class PromptSession:
                 return self.logic.predict(volume_node, [self.points_ras[-1]], [1], None, slice_axis,
                                           sliceToRAS=slice_to_ras, refine=False).mask
 
-            info = self.logic.volume_info(volume_node)   # the slice as the model saw it: what a click looks like
+            negative = self.labels[-1] != 1   # only a negative click asks what the clicked spot looks like
+            info = self.logic.volume_info(volume_node) if negative else None
             mask = local_correction(before.mask, self.prediction.mask, self.prediction.points_xy[-1],
                                     positive=self.labels[-1] == 1, alone=alone, box=self.prediction.box_xy,
                                     earlier=[(xy, label == 1) for xy, label in zip(self.prediction.points_xy[:-1],
                                                                                    self.labels[:-1])],
-                                    image=self.logic.slice_image(info, self.prediction.geometry), window=info.window)
+                                    image=self.logic.slice_image(info, self.prediction.geometry) if negative else None,
+                                    window=info.window if negative else None)
             x, y = (int(round(float(v))) for v in self.prediction.points_xy[-1])
             on_image = 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1]
             inside = on_image and bool(before.mask[y, x])
