@@ -146,15 +146,16 @@ def bench_backends(clicks: int = 30, encodes: int = 3, model_name: str = "liteme
 def bench_boxes(boxes: int = 8, model_names=("litemedsam", "litemedsam_clicks"), backend: str = "auto") -> dict:
     """A user's box as the Slicer effect answers it (sonosam.zoom.interactive_predictor: the model's box scales)
     against the whole image alone, on the real echo frame and MRI slice, the image already encoded (prefetched, as
-    the effect does): ms for a new box (each box a few px apart, so its crops are new), and for a click added inside
-    the box (its crops cached; click-capable models only)."""
+    the effect does): ms for a new box (each box a few px apart, so its crops are new), and, for click-capable models,
+    for a click added inside the box and one 20 px outside it, as the effect answers them (on the whole image, since
+    stop 48) and on the box's crops as before (a click outside moves the crops: two encodings)."""
     from sonosam.models import PromptKind, load_model
     from sonosam.predictor import Predictor
-    from sonosam.zoom import interactive_predictor
+    from sonosam.zoom import ZoomedPredictor, interactive_predictor
 
     figures = {"threads": torch.get_num_threads(),
                "columns": "model, image: encode ms | new box ms whole | new box ms at the scales (x whole) | click "
-                          "after box ms"}
+                          "inside / outside the box ms, whole image | the same on the crops"}
     for model_name in model_names:
         model = load_model(model_name, backend=backend)
         figures[f"{model_name}: backend, scales"] = f"{model.backend}, {model.spec.box_scales}"
@@ -168,14 +169,19 @@ def bench_boxes(boxes: int = 8, model_names=("litemedsam", "litemedsam_clicks"),
             whole_ms = _median_ms(lambda: predictor.predict(image, box=next(whole), key=label), boxes)
             scaled = iter(shifted)
             scaled_ms = _median_ms(lambda: interactive.predict(image, box=next(scaled), key=label), boxes)
-            click_ms = "-"
+            clicks_ms = "- | -"
             if PromptKind.POINT in model.spec.prompt_kinds:
-                click = Prompts([((x0 + x1) / 2, (y0 + y1) / 2)], [1], shifted[0])
-                interactive.predict(image, box=shifted[0], key=label)
-                click_ms = f"{_median_ms(lambda: interactive.predict(image, click, key=label), boxes):6.1f}"
+                zoomed = ZoomedPredictor(predictor, model.spec.box_scales, zoom_clicks=True)   # before stop 48
+                times = []
+                for answering in (interactive, zoomed):
+                    for x, y in (((x0 + x1) / 2, (y0 + y1) / 2), (x1 + 20, y1 + 20)):   # inside, outside the box
+                        answering.predict(image, box=shifted[0], key=label)   # the box's crops, cached
+                        clicks = iter(Prompts([(x + i, y)], [1], shifted[0]) for i in range(boxes))
+                        times.append(_median_ms(lambda: answering.predict(image, next(clicks), key=label), boxes))
+                clicks_ms = "{:6.1f} / {:6.1f} | {:6.1f} / {:6.1f}".format(*times)
             encode_ms = _median_ms(lambda: model.encode(image), 3)
             figures[f"{model_name}: {label}"] = (f"{encode_ms:6.0f} | {whole_ms:6.1f} | {scaled_ms:6.1f} "
-                                                 f"({scaled_ms / whole_ms:.1f}x) | {click_ms}")
+                                                 f"({scaled_ms / whole_ms:.1f}x) | {clicks_ms}")
             predictor.close()
     figures["peak_rss_mib"] = peak_rss_mib()
     return figures

@@ -5,8 +5,9 @@ structure on a 200 px slice covers four or five cells of the 64x64 embedding. En
 `context` times the box's longest side instead gives the same structure several times the cells. The
 answer comes back in the whole image's frame, so callers see an ordinary `Prediction`. A single crop wins on some
 structures and loses on others; the whole image's and two crops' logits averaged (`decode_multiscale`) is what a
-user's box gets from the models whose metadata names those scales (`interactive_predictor`). Where each helps and
-where it does not: docs/training.md ("A box answered on a zoomed crop", "A box answered at three scales") and
+user's box gets from the models whose metadata names those scales (`interactive_predictor`); the clicks that then
+correct it are answered on the whole image. Where each helps and where it does not: docs/training.md ("A box answered
+on a zoomed crop", "A box answered at three scales", "A box's corrections answered on the whole image") and
 docs/volume.md (stops 44 and 45: propagation stays on the whole slice).
 """
 
@@ -153,19 +154,23 @@ class ZoomedPredictor:
     """A `Predictor` whose answers to prompts with a box come from the zoomed crop around the box and the clicks
     (`decode_zoomed`), or, given several scales (``context=(None, 1.5, 3)``: None is the whole image), from their
     averaged logits (`decode_multiscale`); prompts without a box are answered on the whole image, from the
-    predictor's cache."""
+    predictor's cache, and so are a box's corrective clicks with ``zoom_clicks=False`` (the box alone is zoomed)."""
 
-    def __init__(self, predictor, context=3.0, min_side: int = 32):
+    def __init__(self, predictor, context=3.0, min_side: int = 32, zoom_clicks: bool = True):
         if not min_side >= 8:
             raise SonoSAMError(f"min_side={min_side!r}: give at least 8 px (e.g. 32), the smallest crop the encoder "
                                "takes.")
         self.predictor, self.model = predictor, predictor.model
-        self.scales, self.min_side = check_scales(context), min_side
+        self.scales, self.min_side, self.zoom_clicks = check_scales(context), min_side, zoom_clicks
+
+    def zooms(self, prompts: Prompts) -> bool:
+        """Whether ``prompts`` are answered on crops (else on the whole image)."""
+        return prompts.box is not None and (self.zoom_clicks or not prompts.has_points)
 
     def predict(self, image, prompts: Prompts | None = None, *, multimask: bool = False, key=None, window=None,
                 **conveniences) -> Prediction:
         prompts = as_prompts(prompts, **conveniences)
-        if prompts.box is None:
+        if not self.zooms(prompts):
             return self.predictor.predict(image, prompts, multimask=multimask, key=key, window=window)
         pixels = image() if callable(image) else np.asarray(image)
         embed = lambda crop: self._embedding(pixels, crop, key, window)
@@ -178,7 +183,7 @@ class ZoomedPredictor:
     def prepare(self, image, prompts: Prompts, *, key=None, window=None) -> int:
         """Encode ahead the crops that ``prompts``' answer needs into the predictor's cache (a server does it in a
         job, so that the GUI does not wait for them); returns how many crops there are."""
-        if prompts.box is None:
+        if not self.zooms(prompts):
             return 0
         pixels = image() if callable(image) else np.asarray(image)
         crops = {prompt_crop(prompts, pixels.shape[:2], scale, self.min_side) for scale in self.scales
@@ -198,10 +203,11 @@ class ZoomedPredictor:
 
 
 def interactive_predictor(predictor):
-    """What a user's prompts go through: boxes answered at the scales their model was measured best at
-    (`ModelSpec.box_scales`; docs/training.md, "A box answered at three scales"), everything else as ``predictor``
-    answers it. ``predictor`` itself where its model answers on the whole image, or where it is a server's client
-    (the server applies its model's scales)."""
+    """What a user's prompts go through: a box answered at the scales its model was measured best at
+    (`ModelSpec.box_scales`; docs/training.md, "A box answered at three scales"), its corrective clicks and everything
+    else as ``predictor`` answers it, on the whole image ("A box's corrections answered on the whole image").
+    ``predictor`` itself where its model answers on the whole image, or where it is a server's client (the server
+    applies its model's scales)."""
     spec = getattr(getattr(predictor, "model", None), "spec", None)
     scales = tuple(getattr(spec, "box_scales", (None,)))
-    return predictor if scales == (None,) else ZoomedPredictor(predictor, scales)
+    return predictor if scales == (None,) else ZoomedPredictor(predictor, scales, zoom_clicks=False)

@@ -134,6 +134,23 @@ def test_several_scales_average_their_logits_and_reuse_the_crops_from_the_predic
     assert predictor.encoder_calls == 5
 
 
+def test_a_boxs_corrective_clicks_can_be_answered_on_the_whole_image_without_new_crops(default_model):
+    from sonosam.predictor import Predictor
+    from sonosam.zoom import ZoomedPredictor
+
+    image = disc_image(7, (240, 320), (120, 160), 8)[0]
+    predictor, plain = Predictor(default_model), Predictor(default_model)
+    zoomed = ZoomedPredictor(predictor, (None, 1.5, 3.0), zoom_clicks=False)
+    box = (150, 110, 170, 130)
+    zoomed.predict(image, Prompts(box=box), key="slice")
+    assert predictor.encoder_calls == 3   # the box: the whole image and its two crops
+    corrected = Prompts([[160, 120], [200, 150]], [1, 0], box)   # a click inside the box and one far outside it
+    assert zoomed.prepare(image, corrected, key="slice") == 0
+    answer = zoomed.predict(image, corrected, key="slice")
+    assert predictor.encoder_calls == 3   # no crop moved to take the outside click in: nothing encoded
+    assert np.array_equal(answer.masks, plain.predict(image, corrected, key="slice").masks)
+
+
 def test_a_users_box_takes_the_scales_its_model_was_measured_at_and_no_other_model_changes():
     from types import SimpleNamespace
 
@@ -145,6 +162,7 @@ def test_a_users_box_takes_the_scales_its_model_was_measured_at_and_no_other_mod
     for name in measured:
         zoomed = interactive_predictor(as_predictor(get_spec(name)))
         assert isinstance(zoomed, ZoomedPredictor) and zoomed.scales == (None, 1.5, 3), name
+        assert not zoomed.zoom_clicks, name   # the box alone at its scales, its corrections on the whole image
     for spec in list_models():   # every other model answers on the whole image
         if spec.name not in measured:
             plain = as_predictor(spec)
