@@ -1482,18 +1482,19 @@ class PromptSession:
                 return self.logic.predict(volume_node, [self.points_ras[-1]], [1], None, slice_axis,
                                           sliceToRAS=slice_to_ras, refine=False).mask
 
-            negative = self.labels[-1] != 1   # only a negative click asks what the clicked spot looks like
-            info = self.logic.volume_info(volume_node) if negative else None
+            positive, image, window = self.labels[-1] == 1, None, None
+            if not positive:   # only a negative click asks what the clicked spot looks like
+                info = self.logic.volume_info(volume_node)
+                image, window = self.logic.slice_image(info, self.prediction.geometry), info.window
             mask = local_correction(before.mask, self.prediction.mask, self.prediction.points_xy[-1],
-                                    positive=self.labels[-1] == 1, alone=alone, box=self.prediction.box_xy,
+                                    positive=positive, alone=alone, box=self.prediction.box_xy,
                                     earlier=[(xy, label == 1) for xy, label in zip(self.prediction.points_xy[:-1],
                                                                                    self.labels[:-1])],
-                                    image=self.logic.slice_image(info, self.prediction.geometry) if negative else None,
-                                    window=info.window if negative else None)
+                                    image=image, window=window)
             x, y = (int(round(float(v))) for v in self.prediction.points_xy[-1])
             on_image = 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1]
             inside = on_image and bool(before.mask[y, x])
-            followed = on_image and bool(self.prediction.mask[y, x]) == (self.labels[-1] == 1)
+            followed = on_image and bool(self.prediction.mask[y, x]) == positive
             note = ("the click's change kept local to it" if followed and not np.array_equal(mask, before.mask) else
                     "the model did not follow this click: the mask changed around it instead (what the click alone "
                     "segments, or the disk up to the mask's edge); remove the marker to undo, or paint (Paint, Erase)"
