@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from sonosam.errors import SonoSAMError
 from sonosam.evaluate import colin27_samples
 from sonosam.models import list_models, load_model
 from sonosam.train import EmbeddingStore, TrainConfig, clickable, evaluate_cached, save_checkpoint, train_decoder
@@ -234,3 +235,15 @@ def test_box_keep_holds_box_answers_and_click_weight_trains(data, tmp_path):
     assert first_loss["box kept"] == first_loss["plain"]              # no pull before the weights move
     assert first_loss["clicks weighted"] > first_loss["plain"]        # the click term is in the loss
     assert drift["box kept every step"] < 0.5 * drift["plain"]        # a box drawn on every step holds them too
+
+
+def test_an_overlay_keeps_the_box_scales_it_is_given(trained, tmp_path):
+    model, _, _, _ = trained
+    _, meta_path = save_checkpoint(clickable(model), tmp_path / "scaled.pth", name="test_scaled", weights="decoder",
+                                   box_scales=[None, 1.5, 3])
+    assert load_model(str(meta_path), device="cpu").spec.box_scales == (None, 1.5, 3)
+    _, plain = save_checkpoint(clickable(model), tmp_path / "plain.pth", name="test_plain", weights="decoder")
+    assert load_model(str(plain), device="cpu").spec.box_scales == (None,)
+    with pytest.raises(SonoSAMError, match="numbers >= 1"):
+        save_checkpoint(clickable(model), tmp_path / "bad.pth", weights="decoder", box_scales=[0.5])
+    assert not (tmp_path / "bad.pth").exists()

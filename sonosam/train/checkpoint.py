@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ..models import weights as weights_module
+from ..zoom import check_scales
 
 __all__ = ["save_checkpoint", "read_metadata", "FORMAT"]
 
@@ -42,13 +43,15 @@ def _atomic_save(obj, path: Path) -> None:
 def save_checkpoint(model, path, *, name: str | None = None, kind: str = "decoder", weights: str = "full",
                     dtype: str = "float32", training: dict | None = None, architecture: dict | None = None,
                     base_model: str | None = None, description: str | None = None,
-                    decoder_from: str | None = None) -> tuple[Path, Path]:
-    """Write ``path`` (state dict) and ``path`` with ``.json`` (metadata); returns both paths."""
+                    decoder_from: str | None = None, box_scales=None) -> tuple[Path, Path]:
+    """Write ``path`` (state dict) and ``path`` with ``.json`` (metadata); returns both paths. ``box_scales``: the
+    scales a user's box is answered at (`ModelSpec.box_scales`), written when given (else the whole image)."""
     if weights not in ("full", "decoder", "encoder"):
         raise ValueError("weights must be 'full', 'decoder' or 'encoder'")
     if (weights == "encoder") != bool(decoder_from):
         raise ValueError("weights='encoder' needs decoder_from (the model whose prompt encoder + mask decoder it "
                          "uses), and decoder_from only goes with weights='encoder'")
+    scales = None if box_scales is None else list(check_scales(box_scales))   # refused before anything is written
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu") for k, v in model.sam.state_dict().items()
@@ -72,6 +75,8 @@ def save_checkpoint(model, path, *, name: str | None = None, kind: str = "decode
     }
     if decoder_from:
         meta["decoder_from"] = decoder_from
+    if scales is not None:
+        meta["box_scales"] = scales
     if weights == "decoder":  # the base weights this overlay goes on; checked when it is loaded
         from ..models import _REGISTRY, weights_path
 

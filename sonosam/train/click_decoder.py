@@ -270,7 +270,7 @@ def main(argv=None) -> int:
         training["data"] = data
         pth, meta_path = save_checkpoint(new, out / "ship" / f"{SHIPPED_NAME}.pth", name=SHIPPED_NAME,
                                          weights="decoder", dtype="float16", base_model="litemedsam",
-                                         training=training,
+                                         training=training, box_scales=meta.get("box_scales"),
                                          description="LiteMedSAM with a click-trained prompt encoder + mask decoder "
                                                      "(sonosam train, MRI + ultrasound-style MRI + head CT + echo, "
                                                      "iterative clicks" + (" with mask feedback); points, boxes and "
