@@ -237,7 +237,10 @@ def test_box_keep_holds_box_answers_and_click_weight_trains(data, tmp_path):
     assert drift["box kept every step"] < 0.5 * drift["plain"]        # a box drawn on every step holds them too
 
 
-def test_an_overlay_keeps_the_box_scales_it_is_given(trained, tmp_path):
+def test_an_overlay_keeps_the_box_scales_it_is_given(trained, tmp_path, monkeypatch):
+    import sonosam.models
+
+    monkeypatch.setattr(sonosam.models, "_REGISTRY", dict(sonosam.models._REGISTRY))   # its models leave with it
     model, _, _, _ = trained
     _, meta_path = save_checkpoint(clickable(model), tmp_path / "scaled.pth", name="test_scaled", weights="decoder",
                                    box_scales=[None, 1.5, 3])
