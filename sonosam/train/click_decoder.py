@@ -182,9 +182,9 @@ def main(argv=None) -> int:
     for suffix in (".pth", ".json"):   # keep the decoder being replaced, for the comparison
         if not (old_dir / (SHIPPED_NAME + suffix)).exists():
             shutil.copy2(shipped / (SHIPPED_NAME + suffix), old_dir / (SHIPPED_NAME + suffix))
-    meta = json.loads((old_dir / (SHIPPED_NAME + ".json")).read_text())
-    meta["name"] = SHIPPED_NAME + "_previous"
-    (old_dir / (SHIPPED_NAME + ".json")).write_text(json.dumps(meta, indent=2) + "\n")
+    previous_meta = json.loads((old_dir / (SHIPPED_NAME + ".json")).read_text())
+    previous_meta["name"] = SHIPPED_NAME + "_previous"
+    (old_dir / (SHIPPED_NAME + ".json")).write_text(json.dumps(previous_meta, indent=2) + "\n")
 
     began = time.perf_counter()
     if not (args.eval_only or args.baselines_only):
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
         training["data"] = data
         pth, meta_path = save_checkpoint(new, out / "ship" / f"{SHIPPED_NAME}.pth", name=SHIPPED_NAME,
                                          weights="decoder", dtype="float16", base_model="litemedsam",
-                                         training=training, box_scales=meta.get("box_scales"),
+                                         training=training, box_scales=previous_meta.get("box_scales"),
                                          description="LiteMedSAM with a click-trained prompt encoder + mask decoder "
                                                      "(sonosam train, MRI + ultrasound-style MRI + head CT + echo, "
                                                      "iterative clicks" + (" with mask feedback); points, boxes and "
