@@ -590,13 +590,13 @@ class SegmentLogic:
                                {"prepare_s": t1 - t0, "model_s": t2 - t1})
 
     def seed_choices(self, volumeNode, prediction: SlicePrediction) -> SeedChoices:
-        """Check a boxed preview against its box (``sonosam.seed_check.check_seed``: a mask beside the structure
-        the box holds, a mask filling the box, an unsure model) and offer the alternatives: the model's other
-        masks where it has trained multimask heads, the model with a click inside the box's contrasted structure
-        (click-capable models), the box's darker or brighter part, the darkest and brightest of its three intensity
-        classes (never suggested). Each choice is a SlicePrediction for
-        ``show_preview`` / ``apply``; applying one and propagating seeds the propagation with it. Previews
-        without a box (clicks only) and colour slices are not checked (one choice: the preview)."""
+        """Check a boxed preview against its box (``sonosam.seed_check.check_seed`` through the user's route, so that
+        it judges the preview as shown: a mask beside the structure the box holds, a mask filling the box, an unsure
+        model) and offer the alternatives: the model's other masks where it has trained multimask heads, the model
+        with a click inside the box's contrasted structure (click-capable models), the box's darker or brighter part,
+        the darkest and brightest of its three intensity classes (never suggested). Each choice is a SlicePrediction
+        for ``show_preview`` / ``apply``; applying one and propagating seeds the propagation with it. Previews without
+        a box (clicks only) and colour slices are not checked (one choice: the preview)."""
         info = self.volume_info(volumeNode)
         if prediction.volume_key != info.key:
             raise SegmentationError("The volume changed since this preview: prompt again.")
@@ -607,7 +607,7 @@ class SegmentLogic:
 
         points = None if prediction.points_xy is None else [tuple(p) for p in np.asarray(prediction.points_xy)]
         labels = None if prediction.labels is None else [int(v) for v in prediction.labels]
-        check = check_seed(self.predictor, image, box=prediction.box_xy, points=points, labels=labels,
+        check = check_seed(self.interactive_predictor, image, box=prediction.box_xy, points=points, labels=labels,
                            key=prediction.cache_key, window=info.window)
         choices, names = [prediction], ["the model's answer"]
         for candidate in check.candidates[1:]:

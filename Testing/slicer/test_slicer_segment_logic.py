@@ -574,6 +574,37 @@ def test_the_click_model_answers_a_users_box_at_its_scales_in_process(colin):
     np.testing.assert_array_equal(seg[k], direct.mask[::-1, ::-1])
 
 
+def test_the_seed_check_judges_the_answer_the_user_sees(colin, monkeypatch):
+    """The seed check of a boxed preview (its problems, its suggestion) judges the preview itself, the box answered at
+    the model's scales, in-process as through a server (whose predict answers at those scales), not the whole slice's
+    answer to the same box."""
+    import SimpleITK as sitk
+
+    import sonosam.seed_check
+
+    logic = SegmentLogic("litemedsam_clicks", device="cpu")
+    labels = sitk.GetArrayFromImage(colin.itk_aal)
+    k = int(np.argmax((labels == 72).sum(axis=(1, 2))))
+    rows, cols = np.nonzero(labels[k] == 72)
+    corners = [itk_ras(colin.itk, (cols.min() - 2, rows.min() - 2, k)),
+               itk_ras(colin.itk, (cols.max() + 2, rows.max() + 2, k))]
+    preview = logic.predict(colin.volume, box_ras=corners, sliceAxis="axial")
+    judged, check_seed = [], sonosam.seed_check.check_seed
+
+    def recording(predictor, image, **options):
+        check = check_seed(predictor, image, **options)
+        judged.append(check.candidates[0].mask)
+        return check
+
+    monkeypatch.setattr(sonosam.seed_check, "check_seed", recording)
+    choices = logic.seed_choices(colin.volume, preview)
+    np.testing.assert_array_equal(judged[0], preview.mask)
+    np.testing.assert_array_equal(choices.choices[0].mask, preview.mask)
+    whole = logic.predictor.predict(logic.slice_image(logic.volume_info(colin.volume), preview.geometry),
+                                    box=preview.box_xy, window=logic.volume_info(colin.volume).window)
+    assert not np.array_equal(whole.mask, preview.mask)   # the two answers differ here: the check saw the right one
+
+
 # ---------------------------------------------------------------------------------------------------
 # The effect's Qt-free parts: prompt session with markups markers, preview node
 # ---------------------------------------------------------------------------------------------------
