@@ -49,6 +49,15 @@ def test_embedding_images_hold_no_held_out_frame():
     assert not any(np.array_equal(im, frame) for im in a4c for frame in held)
 
 
+def test_the_ultrasound_style_mri_has_a_validation_part_apart_from_its_training_and_test_images():
+    """Selection judges every source on its validation part; this one had none until stop 51 (a click-start rule then
+    failed on it unseen). Its training and test parts stay those of every earlier table."""
+    split = build_sources(("mri_us",))["mri_us"].split
+    train, val, test = ({s.key for s in part} for part in (split.train, split.val, split.test))
+    assert (len(split.train), len(split.test)) == (208, 57) and len(val) == 4 and len(split.val) > 20
+    assert not val & train and not val & test
+
+
 @pytest.mark.slow
 def test_held_out_parts_share_no_image_and_no_slab_with_training():
     sources = build_sources(("ct", "echo"))

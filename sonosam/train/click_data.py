@@ -309,7 +309,7 @@ class SourceSplit:
 
 # Images per part (train, val, test) kept of each source (evenly spaced, every structure of a kept image
 # stays): encoding costs 2-15 s per image on the shared 2-core machine, so the image count is the budget.
-IMAGE_BUDGET = {"mri": (None, 6, None), "mri_us": (12, 0, 12), "ct": (30, 4, None), "echo": (None, 4, None)}
+IMAGE_BUDGET = {"mri": (None, 6, None), "mri_us": (12, 4, 12), "ct": (30, 4, None), "echo": (None, 4, None)}
 
 
 def build_sources(sources=SOURCES, *, mri_stride: int = 3, ct_stride: int = 8, echo_stride: int = 3,
