@@ -51,11 +51,24 @@ def test_embedding_images_hold_no_held_out_frame():
 
 def test_the_ultrasound_style_mri_has_a_validation_part_apart_from_its_training_and_test_images():
     """Selection judges every source on its validation part; this one had none until stop 51 (a click-start rule then
-    failed on it unseen). Its training and test parts stay those of every earlier table."""
+    failed on it unseen). The counts are the same on every checkout (the copies no longer depend on the data's path)."""
     split = build_sources(("mri_us",))["mri_us"].split
     train, val, test = ({s.key for s in part} for part in (split.train, split.val, split.test))
-    assert (len(split.train), len(split.test)) == (208, 57) and len(val) == 4 and len(split.val) > 20
+    assert (len(split.train), len(split.val), len(split.test)) == (212, 42, 55) and len(val) == 4
     assert not val & train and not val & test
+
+
+def test_ultrasound_style_copies_are_the_same_wherever_the_data_lies():
+    from sonosam.evaluate.datasets import Sample
+    from sonosam.train.click_data import _ultrasound_copies
+
+    yy, xx = np.indices((96, 96))
+    mask = np.hypot(yy - 60, xx - 48) < 12
+    image = (40 + 80 * mask + xx).astype(np.float32)
+    copies = [_ultrasound_copies({"train": [Sample(image, mask, "s", (f"{root}/templates/ch2.nii.gz", 0, 24), 1,
+                                                   {"source": "mri"})]})["train"] for root in ("/a", "/b/c")]
+    assert len(copies[0]) == len(copies[1]) == 1
+    assert np.array_equal(copies[0][0].image, copies[1][0].image)
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -140,7 +141,10 @@ def _ultrasound_copies(parts: dict[str, list[Sample]]) -> dict[str, list[Sample]
         out[part] = []
         for s in samples:
             if s.key not in images:
-                seed = int.from_bytes(hashlib.sha256(repr(s.key).encode()).digest()[:4], "little")
+                # the key names the volume by its path: seed from the file name, so that every checkout makes the
+                # same copies
+                stable = tuple(Path(k).name if isinstance(k, str) else k for k in s.key)
+                seed = int.from_bytes(hashlib.sha256(repr(stable).encode()).digest()[:4], "little")
                 images[s.key] = ultrasound_style(s.image, seed)
             image = images[s.key]
             visible = s.mask & (image > 0)
