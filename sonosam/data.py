@@ -2,7 +2,8 @@
 
 Nothing here downloads: the echo loops come with the `pydicom-data` / `pydicom` wheels, the labelled MRI
 with Debian's `mricron-data` and the head CT with `invesalius-examples` (unpacked into `.data/` by
-`make data`, or installed system-wide); the ICBM152 template is taken out of nilearn's wheel by `make data`."""
+`make data`, or installed system-wide); the ICBM152 template is taken out of nilearn's wheel, and five patients'
+lesion scans out of pyradiomics' source archive, by `make data`."""
 
 from __future__ import annotations
 
@@ -86,6 +87,24 @@ def mri_icbm152_paths() -> tuple[Path, Path, Path]:
         raise DataFileError(f"The ICBM152 template is not in {folder}: run `make data` (it takes the files out of "
                             "the nilearn==0.14.1 wheel), or set SONOSAM_ICBM152 to a folder holding them.")
     return paths
+
+
+# pyradiomics' test cases (BSD-3, Harvard Medical School): each patient's scan with an expert's lesion label, by the
+# names the archive gives them: MRI of two brain tumours and a breast lesion, CT of two lung lesions
+LESION_CASES = ("brain1", "brain2", "breast1", "lung1", "lung2")
+
+
+def lesions_dir() -> Path:
+    """The folder of the lesion cases (`LESION_CASES`: NAME_image.nrrd + NAME_label.nrrd each), as `make data` takes
+    them out of the pinned pyradiomics-3.1.0 source archive on PyPI; real patients, thick slices (2.1-6.5 mm)."""
+    folder = Path(os.environ.get("SONOSAM_LESIONS") or _REPO_DATA / "lesions")
+    missing = [f"{case}_{part}.nrrd" for case in LESION_CASES for part in ("image", "label")
+               if not (folder / f"{case}_{part}.nrrd").exists()]
+    if missing:
+        raise DataFileError(f"The lesion scans are not all in {folder} (missing {', '.join(missing)}): run `make data` "
+                            "(it takes them out of the pyradiomics-3.1.0 source archive on PyPI), or set "
+                            "SONOSAM_LESIONS to a folder holding them.")
+    return folder
 
 
 def ct_head_path() -> Path:

@@ -19,6 +19,10 @@ output, so it can serve as held-out ground truth for any SonoSAM model.
 - MNI ICBM152 2009a symmetric template (nilearn's wheel, 1 mm, brain-extracted; the average of 152 adults): a third
   subject, held out from everything: the lateral ventricles (the Colin27 rule on its own threshold), cerebral white
   matter per hemisphere (the template's white-matter probability >= 0.5, brainstem cut off), the whole brain.
+- Five patients' lesions (pyradiomics' test cases, `sonosam.data.lesions_dir`): each scan's expert lesion label as
+  shipped, one row `Lesion` per subject: two brain tumours on contrast T1 MRI (`brain_mr1`, `brain_mr2`), a breast
+  lesion on MRI (`breast_mr1`), two lung lesions on CT (`lung_ct1`, `lung_ct2`); thick slices (2.1-6.5 mm), so a
+  lesion spans 3 to 11 slices. Other patients, other organs, pathology: held out from everything.
 - Head CT (Debian `invesalius-examples`, "ProMED CT 0051", 0.96 x 0.96 x 1.5 mm, Hounsfield units): skull,
   the mandible's rami, the airway (nasopharynx), a maxillary sinus, the frontal sinus,
   the brain, the lateral ventricles (smoothed CSF threshold inside the brain, split at its midline).
@@ -38,8 +42,8 @@ from scipy import ndimage
 from .errors import DataFileError
 from .io import Geometry, Volume, read_volume
 
-__all__ = ["Reference", "Subject", "SUBJECTS", "load_subject", "colin27_references", "ct_head_references",
-           "icbm152_references", "inia19_references", "read_inv3", "SHAPES"]
+__all__ = ["Reference", "Subject", "SUBJECTS", "LESION_SUBJECTS", "load_subject", "colin27_references",
+           "ct_head_references", "icbm152_references", "inia19_references", "lesion_references", "read_inv3", "SHAPES"]
 
 # the shape classes the issue asks every rule to hold across
 SHAPES = ("thin/curved", "small", "compact", "long", "large")
@@ -374,11 +378,35 @@ def ct_head_references() -> Subject:
     return subject
 
 
-SUBJECTS = ("colin27", "ct_head", "inia19", "icbm152")   # the subjects above, by name
+# ----------------------------------------------------------------------------------------------- lesions
+
+# subject name -> (pyradiomics' case name, modality)
+LESION_SUBJECTS = {"brain_mr1": ("brain1", "MRI"), "brain_mr2": ("brain2", "MRI"), "breast_mr1": ("breast1", "MRI"),
+                   "lung_ct1": ("lung1", "CT"), "lung_ct2": ("lung2", "CT")}
+
+
+def lesion_references(name: str) -> Subject:
+    """One patient's scan (`LESION_SUBJECTS`) with its expert lesion label as shipped, the row `Lesion`."""
+    from .data import lesions_dir
+
+    case, modality = LESION_SUBJECTS[name]
+    folder = lesions_dir()
+    volume = read_volume(folder / f"{case}_image.nrrd")
+    label = read_volume(folder / f"{case}_label.nrrd").array > 0
+    if label.shape != volume.shape:
+        raise DataFileError(f"{folder / f'{case}_label.nrrd'}: its grid {label.shape} is not the scan's {volume.shape}.")
+    subject = Subject(name, modality, volume)
+    subject.add("Lesion", label, _shape_of(label), f"pyradiomics' {case}_label.nrrd (an expert's lesion label)")
+    return subject
+
+
+SUBJECTS = ("colin27", "ct_head", "inia19", "icbm152", *LESION_SUBJECTS)   # the subjects above, by name
 
 
 def load_subject(name: str) -> Subject:
     """A subject by name (`SUBJECTS`) with its references."""
     if name not in SUBJECTS:
         raise DataFileError(f"Unknown subject {name!r}: choose from {', '.join(SUBJECTS)}.")
+    if name in LESION_SUBJECTS:
+        return lesion_references(name)
     return globals()[f"{name}_references"]()

@@ -96,6 +96,23 @@ def test_flat_folder_and_list_file(tmp_path):
     assert samples[0].key == (str(tmp_path / "b.mha"),)
 
 
+def test_name_image_beside_name_label_pairs_as_pyradiomics_names_them(tmp_path):
+    """NAME_image.ext + NAME_label.ext (pyradiomics' test cases, many collections): one pair, the label never taken
+    for an image; a plain NAME.ext beside them still pairs with its own label."""
+    volume, labels = volume_and_labels()
+    write(volume, tmp_path / "lung1_image.nrrd")
+    write(labels, tmp_path / "lung1_label.nrrd")
+    write(volume[2], tmp_path / "c_img.nrrd")
+    write(labels[2], tmp_path / "c_mask.nrrd")
+    write(volume[3], tmp_path / "d.nrrd")
+    write(labels[3], tmp_path / "d_label.nrrd")
+    pairs = find_pairs(tmp_path)
+    assert [(i.name, l.name) for i, l in pairs] == [("c_img.nrrd", "c_mask.nrrd"), ("d.nrrd", "d_label.nrrd"),
+                                                    ("lung1_image.nrrd", "lung1_label.nrrd")]
+    samples = load_samples(tmp_path, labels=[1], min_area=100)
+    assert len(samples) == 4 + 1 + 1
+
+
 def test_nnunet_naming(tmp_path):
     (tmp_path / "imagesTr").mkdir()
     (tmp_path / "labelsTr").mkdir()

@@ -176,7 +176,39 @@ def test_subjects_are_named_in_one_place_and_an_unknown_name_is_refused():
     from sonosam.errors import DataFileError
     from sonosam.references import SUBJECTS, load_subject
 
-    assert SUBJECTS == ("colin27", "ct_head", "inia19", "icbm152")
+    assert SUBJECTS == ("colin27", "ct_head", "inia19", "icbm152", "brain_mr1", "brain_mr2", "breast_mr1", "lung_ct1",
+                        "lung_ct2")
     with pytest.raises(DataFileError, match="Unknown subject 'colin28': choose from colin27, ct_head"):
         load_subject("colin28")
 
+
+
+def test_the_five_patients_lesions_are_the_expert_labels_on_their_scans():
+    """pyradiomics' test cases out of its source archive (`make data`): each subject one `Lesion` on its scan's grid,
+    where the expert drew it (the slices it spans), and the lung lesions are soft tissue inside air-filled lung."""
+    from sonosam.references import LESION_SUBJECTS, load_subject
+
+    spans = {}
+    for name, (_, modality) in LESION_SUBJECTS.items():
+        subject = load_subject(name)
+        assert subject.modality == modality and list(subject.references) == ["Lesion"]
+        lesion = subject.references["Lesion"].mask
+        assert lesion.shape == subject.volume.shape
+        slices = np.flatnonzero(lesion.any(axis=(1, 2)))
+        spans[name] = (int(slices[0]), int(slices[-1]), int(lesion.sum()))
+        if modality == "CT":
+            hu = subject.volume.array
+            around = ndimage.binary_dilation(lesion, iterations=3) & ~lesion
+            assert np.median(hu[lesion]) > -200 and np.median(hu[around]) < -400
+    assert spans == {"brain_mr1": (11, 17, 4137), "brain_mr2": (8, 10, 453), "breast_mr1": (8, 10, 143),
+                     "lung_ct1": (32, 34, 837), "lung_ct2": (15, 25, 24644)}
+
+
+def test_missing_lesion_scans_are_named_with_the_fix(tmp_path, monkeypatch):
+    from sonosam.data import lesions_dir
+    from sonosam.errors import DataFileError
+
+    monkeypatch.setenv("SONOSAM_LESIONS", str(tmp_path))
+    (tmp_path / "lung2_image.nrrd").write_bytes(b"")
+    with pytest.raises(DataFileError, match=f"not all in {tmp_path} \\(missing brain1_image.nrrd, .*run `make data`"):
+        lesions_dir()

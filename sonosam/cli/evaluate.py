@@ -4,7 +4,8 @@
                      [--label 7] [--clicks 10] [--start auto|point|box] -o report/
 
 Writes report/per_image.csv, summary.csv, summary.md and dice_vs_clicks.png (one curve per model).
-``--data colin27`` uses the real Colin27 MRI with AAL labels (Debian mricron-data, `make data`).
+``--data colin27`` uses the real Colin27 MRI with AAL labels (Debian mricron-data, `make data`); ``--data lesions``
+five patients' lesions on CT and MRI with an expert's labels (pyradiomics' test cases, `make data`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def register(subparsers):
                     "tables and a Dice-vs-clicks plot.")
     parser.add_argument("--data", action="append", required=True, metavar="SOURCE",
                         help="a folder (images/ + labels/, or NAME + NAME_label files), a .csv/.txt list of "
-                             "'image,label' lines, an IMAGE,LABEL pair, or 'colin27'; repeatable")
+                             "'image,label' lines, an IMAGE,LABEL pair, 'colin27' or 'lesions'; repeatable")
     parser.add_argument("--model", action="append", metavar="NAME[=CHECKPOINT]",
                         help="model to evaluate (see `sonosam models`), optionally with its weights file; "
                              "repeatable for a comparison (default: litemedsam)")
@@ -79,6 +80,10 @@ def _sources(items: list[str]):
             from ..data import mri_colin27_paths
 
             sources.append(tuple(mri_colin27_paths()))
+        elif item.lower() == "lesions":
+            from ..data import lesions_dir
+
+            sources.append(lesions_dir())
         elif "," in item and not Path(item).exists():
             image, label = (part.strip() for part in item.split(",", 1))
             sources.append((Path(image), Path(label)))

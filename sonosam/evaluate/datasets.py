@@ -16,7 +16,7 @@ Each distinct non-zero value of a label map is one structure (``labels=`` picks 
 * folder with ``images/`` and ``labels/`` (or ``masks/``; nnU-Net's ``imagesTr``/``labelsTr`` with the
   ``_0000`` channel suffix also work) matched by file stem;
 * flat folder with ``NAME.ext`` next to ``NAME_label.ext`` / ``NAME_mask`` / ``NAME_seg`` /
-  ``NAME-label`` / ``NAME.seg.nrrd``;
+  ``NAME-label`` / ``NAME.seg.nrrd``, the image also as ``NAME_image.ext`` / ``NAME_img.ext`` (pyradiomics' naming);
 * a ``.csv``/``.txt`` list: one ``image,label`` pair per line (paths relative to the list; ``#`` comments).
 
 Reading goes through the input gate ``sonosam.io.read_image`` (size budget before decoding, finite values,
@@ -43,6 +43,7 @@ __all__ = ["Sample", "read_array", "samples_from_arrays", "load_pair", "find_pai
 _EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".tif",
                ".tiff", ".bmp", ".dcm", ".gz")
 _LABEL_SUFFIXES = ("_label", "_labels", "_mask", "_seg", "_gt", "-label", "-labels", "-mask", "-seg", ".seg")
+_IMAGE_SUFFIXES = ("_image", "_img", "-image")   # NAME_image.ext beside NAME_label.ext
 _LABEL_DIRS = ("labels", "masks", "labelsTr", "labelsTs", "segmentations", "gt")
 _IMAGE_DIRS = ("images", "imagesTr", "imagesTs", "image")
 
@@ -274,12 +275,12 @@ def find_pairs(path) -> list[tuple[Path, Path]]:
     label_paths = set()
     pairs = []
     for stem, file in sorted(by_stem.items()):
-        for suffix in _LABEL_SUFFIXES:
-            if stem + suffix in by_stem:
-                label = by_stem[stem + suffix]
-                pairs.append((file, label))
-                label_paths.add(label)
-                break
+        names = [stem] + [stem[:-len(s)] for s in _IMAGE_SUFFIXES if stem.endswith(s) and len(stem) > len(s)]
+        label = next((by_stem[name + suffix] for name in names for suffix in _LABEL_SUFFIXES
+                      if name + suffix in by_stem), None)
+        if label is not None:
+            pairs.append((file, label))
+            label_paths.add(label)
     if not pairs:
         raise DataFileError(f"{path}: found no image/label pairs. Use images/ + labels/ folders, "
                             "NAME.ext + NAME_label.ext files, or a list file of 'image,label' lines.")
