@@ -362,11 +362,42 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
 DEV_SUBJECTS = ("colin27", "ct_head")   # DEV names rows of these; other subjects are held out whole
 
 
+def thick_slices(subject, mm: float, axis: int = 0):
+    """The subject as a thick-slice acquisition along `axis` (clinical CT and MRI are often 3-7 mm; every subject
+    here but the lesion scans is 0.5-1.5 mm): groups of round(mm / spacing) consecutive slices averaged into one (the
+    partial volume of a thick slice), each reference kept where it fills at least half of a group; a last partial
+    group is dropped. Returns (subject, slices per group)."""
+    from dataclasses import replace as copy_with
+
+    from sonosam.io import Volume
+    from sonosam.references import Subject
+
+    spacing = subject.volume.geometry.spacing[2 - axis]   # geometry is (i, j, k); array axis 0 is k
+    group = max(1, round(mm / spacing))
+    kept = subject.volume.shape[axis] // group * group
+
+    def merged(array):
+        array = np.moveaxis(np.moveaxis(array, axis, 0)[:kept].astype(np.float32), 0, axis)
+        shape = list(array.shape)
+        shape[axis:axis + 1] = [kept // group, group]
+        return array.reshape(shape).mean(axis=axis + 1)
+
+    spacing3 = list(subject.volume.geometry.spacing)
+    spacing3[2 - axis] = spacing * group
+    thick = Subject(subject.name, subject.modality,
+                    Volume(merged(subject.volume.array), copy_with(subject.volume.geometry, spacing=tuple(spacing3))))
+    for name, ref in subject.references.items():
+        mask = merged(ref.mask) >= 0.5
+        if mask.any():
+            thick.add(name, mask, ref.shape, f"{ref.how}; in {group}-slice thick slices, where it fills half")
+    return thick, group
+
+
 def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache: str = "runs/cache",
           corrections: int = 3, naive: bool = True, model_name: str = "litemedsam", backend: str | None = "auto",
           verbose: bool = True, seed_pick: str = "auto", assist_after=(), assist_kinds=("box", "point"),
           local_corrections: bool = True, refine_clicks: bool = False, box_shifts: int = 0,
-          ends: int | None = None, seed_at: float | None = None, **options) -> dict:
+          ends: int | None = None, seed_at: float | None = None, thick: float | None = None, **options) -> dict:
     import torch
 
     from sonosam.models import load_model
@@ -379,9 +410,11 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
     out = {"model": model.spec.name, "backend": model.backend, "threads": torch.get_num_threads(), "axis": axis,
            "seed_pick": seed_pick, "assist_after": list(assist_after), "local_corrections": local_corrections,
            "refine_clicks": refine_clicks, "box_shifts": box_shifts, "ends": ends, "seed_at": seed_at,
-           "rows": []}
+           "thick": thick, "rows": []}
     for subject_name in subjects:
-        subject = load_subject(subject_name)
+        subject, group = load_subject(subject_name), 1
+        if thick:
+            subject, group = thick_slices(subject, thick, axis)
         volume = subject.volume.array
         names = [n for n in structures if n in subject.references] if structures else list(subject.references)
         for name in names:  # in the order asked for
@@ -391,7 +424,7 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
             else:
                 window = volume_window(volume)
             predictor = Predictor(model, cache_mib=2048)
-            volume_id = f"{subject_name}-{window}"
+            volume_id = f"{subject_name}-{window}" + (f"-thick{group}x{axis}" if group > 1 else "")
             started = time.perf_counter()
             first, last = true_extent(ref.mask, axis)
             reach = range(max(0, first - NAIVE_REACH), min(volume.shape[axis], last + NAIVE_REACH + 1))
@@ -405,7 +438,7 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
                                                              min(last + ends, volume.shape[axis] - 1))}))
             row.update(subject=subject_name, modality=subject.modality, name=name, shape=ref.shape,
                        set="dev" if subject_name in DEV_SUBJECTS and name in DEV else "held-out",
-                       window=list(window), encoded=encoded,
+                       window=list(window), encoded=encoded, slices_per_thick_slice=group,
                        wall_seconds=time.perf_counter() - started)
             predictor.close()
             out["rows"].append(row)
@@ -510,6 +543,9 @@ def main(argv=None) -> int:
                              "and the ends' instead of 'a box'")
     parser.add_argument("--seed-at", type=float, metavar="F",
                         help="seed on the slice F (0..1) of the way through the structure's extent, not its widest")
+    parser.add_argument("--thick", type=float, metavar="MM",
+                        help="bench the subjects as thick-slice acquisitions along --axis: consecutive slices averaged "
+                             "into slices about MM thick (`thick_slices`)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--table", nargs="+", metavar="JSON",
                         help="only print the table and goals of earlier runs' --json files, taken together")
@@ -536,7 +572,7 @@ def main(argv=None) -> int:
                    naive=not args.no_naive, model_name=args.model, backend=args.backend, seed_pick=args.seed_pick,
                    assist_after=tuple(args.assist_after), assist_kinds=tuple(args.assist_kinds),
                    local_corrections=args.local_corrections, refine_clicks=args.refine_clicks,
-                   box_shifts=args.box_shifts, ends=args.ends, seed_at=args.seed_at, **options)
+                   box_shifts=args.box_shifts, ends=args.ends, seed_at=args.seed_at, thick=args.thick, **options)
     print(format_table(result))
     print(goals(result))
     if args.json:

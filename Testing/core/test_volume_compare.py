@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import pytest
 
 from scripts.volume_compare import main
@@ -70,3 +72,27 @@ def test_bench_seed_at_out_of_range_is_refused_in_one_line(capsys):
         bench_main(["--seed-at", "2", "--subjects", "colin27"])
     assert exited.value.code == 2
     assert "--seed-at 2.0: give a fraction of the structure's extent, 0 to 1" in capsys.readouterr().err
+
+
+def test_thick_slices_average_groups_by_spacing_and_keep_references_that_fill_half():
+    """`bench.volume --thick MM`: slices averaged in groups of round(MM / spacing) along the axis, the spacing grown to
+    match, a reference kept where it fills at least half a group, the last partial group dropped."""
+    from bench.volume import thick_slices
+    from sonosam.io import Geometry, Volume
+    from sonosam.references import Subject
+
+    array = np.arange(7 * 4 * 5, dtype=np.int16).reshape(7, 4, 5)
+    subject = Subject("s", "CT", Volume(array, Geometry(spacing=(0.8, 0.9, 1.5))))
+    mask = np.zeros(array.shape, bool)
+    mask[0:2, 1, 1] = True       # 2 of the first 3 slices: kept
+    mask[3, 2, 2] = True         # 1 of 3: dropped
+    mask[6, 3, 3] = True         # only in the dropped partial group
+    subject.add("Lesion", mask, "small", "test")
+    thick, group = thick_slices(subject, 5, axis=0)                   # 5 mm / 1.5 mm -> 3 slices a group
+    assert group == 3 and thick.volume.shape == (2, 4, 5)
+    assert thick.volume.geometry.spacing == (0.8, 0.9, 4.5)
+    np.testing.assert_allclose(thick.volume.array[1], array[3:6].mean(axis=0))
+    assert np.argwhere(thick.references["Lesion"].mask).tolist() == [[0, 1, 1]]
+    side, group = thick_slices(subject, 2, axis=2)                     # along i: 2 mm / 0.8 mm -> 2 columns
+    assert group == 2 and side.volume.shape == (7, 4, 2) and side.volume.geometry.spacing == (1.6, 0.9, 1.5)
+    np.testing.assert_allclose(side.volume.array[..., 1], array[..., 2:4].mean(axis=-1))
