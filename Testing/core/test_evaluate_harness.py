@@ -303,6 +303,31 @@ def test_report_files_for_two_models(tmp_path):
     assert np.asarray(png.convert("L")).std() > 5  # something was drawn
 
 
+def test_report_gives_each_source_volume_and_the_mean_over_sources(tmp_path):
+    """Slices of one volume are not independent: with samples cut from several volumes, summary.md adds a table per
+    source and the mean over sources beside the pooled mean (3 perfect slices of one volume and 1 slice of another
+    at Dice 2/3: pooled 91.7, over sources 83.3); samples of one source get no such table."""
+    from sonosam.evaluate.report import per_source_table
+
+    samples = [Sample(s.image, s.mask, s.name, ("/data/a_image.nrrd", 0, i), 1)
+               for i, s in enumerate(square_samples(3))]
+    mask = np.zeros((64, 64), bool)
+    mask[10:40, 10:40] = True
+    image = np.zeros((64, 64), np.uint8)
+    image[10:40, 10:25] = 200              # the image draws half the structure: the oracle finds that half
+    samples.append(Sample(image, mask, "b", ("/data/b_image.nrrd", 0, 5), 1))
+    results = evaluate_models({"oracle": Oracle()}, samples, n_clicks=3, progress=False)
+    rows = per_source_table(results)
+    assert [(r["Source"], r["Images"], r["Dice@1"]) for r in rows] == [
+        ("a_image.nrrd", 3, 100.0), ("b_image.nrrd", 1, 66.7), ("mean of 2 sources", 4, 83.3)]
+    assert summary_table(results)[0]["Dice@1"] == 91.7
+    md = write_report(results, tmp_path / "two")["summary_md"].read_text()
+    assert "## Per source" in md and "| oracle | mean of 2 sources | 4 | 83.3 |" in md
+    alone = write_report(evaluate_models({"oracle": Oracle()}, square_samples(3), n_clicks=3, progress=False),
+                         tmp_path / "alone")["summary_md"].read_text()
+    assert "Per source" not in alone
+
+
 def test_prediction_of_the_wrong_size_is_an_error_not_a_score():
     class Wrong(Oracle):
         def answer(self, image, points, labels, box):

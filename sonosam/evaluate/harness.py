@@ -61,6 +61,7 @@ class ImageResult:
     seconds: float = 0.0
     error: str | None = None
     refused: str | None = None              # the model refused corrective clicks (undeclared box-only)
+    source: str = ""                        # the file (volume, loop, image) the sample was cut from
 
     @property
     def ok(self) -> bool:
@@ -162,6 +163,11 @@ def _resolve_start(start: str, kinds: set[str] | None, name: str) -> str:
     return start
 
 
+def source_of(sample: Sample) -> str:
+    """The file a sample was cut from (its key's first part: slices of one volume share it)."""
+    return str(sample.key[0]) if sample.key else sample.name
+
+
 def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "point",
                clicks_supported: bool = True, masks_supported: bool = True, box_jitter: float = 0.0,
                box_margin: int = 0, rng: np.random.Generator | None = None, multimask_first: bool = True,
@@ -170,7 +176,8 @@ def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "p
     gt = np.asarray(sample.mask, dtype=bool)
     sim = ClickSimulator(rng=rng if rng is not None else np.random.default_rng(0), box_jitter=box_jitter,
                          box_margin=box_margin)
-    result = ImageResult(name, sample.name, sample.label, sample.area, start, [float("nan")] * n_clicks)
+    result = ImageResult(name, sample.name, sample.label, sample.area, start, [float("nan")] * n_clicks,
+                         source=source_of(sample))
     began = time.perf_counter()
     prompts = sim.start(gt, start)
     result.box = None if prompts.box is None else tuple(int(v) for v in prompts.box)
@@ -249,7 +256,8 @@ def evaluate(predictor, samples: Sequence[Sample], *, n_clicks: int = 10, start:
                 if on_error == "raise":
                     raise
                 result = ImageResult(name, sample.name, sample.label, sample.area, start,
-                                     [float("nan")] * n_clicks, error=f"{type(error).__name__}: {error}")
+                                     [float("nan")] * n_clicks, error=f"{type(error).__name__}: {error}",
+                                     source=source_of(sample))
                 warnings.warn(f"{name} on {sample.name}: {result.error}", stacklevel=2)
             if result.refused and clicks_supported:
                 clicks_supported = False

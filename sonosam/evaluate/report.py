@@ -14,8 +14,8 @@ from ..io.atomic import atomic_output, output_set, write_text
 from . import metrics
 from .harness import ModelResult
 
-__all__ = ["SUMMARY_COLUMNS", "summary_table", "write_per_image_csv", "write_summary", "plot_dice_curves",
-           "write_report", "format_markdown"]
+__all__ = ["SUMMARY_COLUMNS", "SOURCE_COLUMNS", "summary_table", "per_source_table", "write_per_image_csv",
+           "write_summary", "plot_dice_curves", "write_report", "format_markdown"]
 
 # The SonoSAM paper's table (Dice after 1/3/5/N clicks, MaxDSC, NoC@80/90, FR@80/90), with the run's facts.
 SUMMARY_COLUMNS = ["Model", "Start", "Images", "Errors", "Dice@1", "Dice@3", "Dice@5", "Dice@N", "MaxDSC",
@@ -56,6 +56,37 @@ def summary_table(results: Sequence[ModelResult]) -> list[dict]:
             "s/image": round(s["seconds_per_image"], 2) if np.isfinite(s["seconds_per_image"]) else float("nan"),
         })
     return rows
+
+
+SOURCE_COLUMNS = ["Model", "Source", "Images", "Dice@1", "Dice@3", "Dice@5", "Dice@N"]
+
+
+def per_source_table(results: Sequence[ModelResult]) -> list[dict]:
+    """Per model, one row per source (the volume, loop or image file the samples were cut from) and a last row, the
+    mean over sources: slices of one volume are not independent, so with several subjects the mean over subjects is
+    the figure that is held out by subject. Sources named by file name where that is unique."""
+    sources = sorted({i.source for r in results for i in r.images})
+    names = [Path(s).name for s in sources]
+    label = {s: (n if names.count(n) == 1 else s) for s, n in zip(sources, names)}
+    rows = []
+    for result in results:
+        means = []
+        for source in sources:
+            curves = np.array([i.dice for i in result.images if i.ok and i.source == source], dtype=float)
+            if not len(curves):
+                continue
+            curve = curves.mean(axis=0)   # NaN where not measured (a box-only model's clicks)
+            means.append(curve)
+            rows.append(_source_row(result, label[source], len(curves), curve))
+        if len(means) > 1:
+            rows.append(_source_row(result, f"mean of {len(means)} sources", sum(
+                1 for i in result.images if i.ok), np.mean(means, axis=0)))
+    return rows
+
+
+def _source_row(result: ModelResult, source: str, n: int, curve: np.ndarray) -> dict:
+    return {"Model": result.model, "Source": source, "Images": n, "Dice@1": _pct(_at(curve, 1)),
+            "Dice@3": _pct(_at(curve, 3)), "Dice@5": _pct(_at(curve, 5)), "Dice@N": _pct(_at(curve, result.n_clicks))}
 
 
 def _cell(value) -> str:
@@ -129,6 +160,11 @@ def write_summary(results: Sequence[ModelResult], out_dir, overwrite: bool = Tru
         f"t % Dice, counted as N+1 = {n + 1} for an image that never reaches it (a lower bound: read it with "
         "FR@t, the % of images that never reach t). MaxDSC: mean over images of each image's best Dice.",
     ]
+    sources = {i.source for r in results for i in r.images}
+    if 1 < len(sources) <= 50 and len(sources) < max((len(r.images) for r in results), default=0):
+        notes += ["", "## Per source", "", "Slices of one volume are not independent: with several subjects, read "
+                  "the mean over sources (held out by subject) beside the mean over images above.", "",
+                  format_markdown(per_source_table(results), SOURCE_COLUMNS)]
     box_only = [r.model for r in results if not r.clicks_supported]
     if box_only:
         notes += ["", f"Box only (the model takes no clicks; Dice after 1 interaction only, NoC/FR count the box "
