@@ -806,7 +806,7 @@ class RemotePrefetchJob:
 class RemotePropagationResult:
     """sonosam.volume.PropagationResult's fields, from the server: mask (volume-shaped bool), axis, slices
     {index: SimpleNamespace(index, status, score, area, reason, source)}, anchors (indices), carrier, replaced,
-    summary().
+    added, summary().
     Pass it as `previous=` to a later propagate job: the server keeps the full result under `job_id`."""
     mask: np.ndarray
     axis: int
@@ -820,13 +820,15 @@ class RemotePropagationResult:
     _summary: str = ""
     carrier: str | None = None
     replaced: list = field(default_factory=list)
+    added: list = field(default_factory=list)
 
     @classmethod
     def from_wire(cls, meta: dict, arrays: dict, job_id: str) -> "RemotePropagationResult":
         slices = {int(i): types.SimpleNamespace(**info) for i, info in meta["slices"].items()}
         return cls(np.array(arrays["mask"]), int(meta["axis"]), slices, [int(i) for i in meta["anchors"]], job_id,
                    float(meta["seconds"]), int(meta["encoder_calls"]), int(meta["decoded"]), False, meta["summary"],
-                   meta.get("carrier"), [int(i) for i in meta.get("replaced", [])])
+                   meta.get("carrier"), [int(i) for i in meta.get("replaced", [])],
+                   [int(i) for i in meta.get("added", [])])
 
     def slice_mask(self, index: int) -> np.ndarray:
         return np.take(self.mask, index, axis=self.axis)

@@ -184,6 +184,9 @@ class PropagationResult:
     replaced: list[int] = field(default_factory=list)  # a re-run's slices, other than its new seeds, whose earlier
                                       # mask it changed (IoU below agree_iou): a correction reaches past its own
                                       # slice, for better or worse, and these are the slices to review
+    added: list[int] = field(default_factory=list)  # a re-run's slices, other than its new seeds, that the earlier
+                                      # result left empty and it filled: a front from a correction can run past
+                                      # where the earlier run stopped, and these are to review too
 
     def slice_mask(self, index: int) -> np.ndarray:
         return slice_of(self.mask, self.axis, index)
@@ -223,6 +226,8 @@ class PropagationResult:
              if weak else "") + \
             (f"; changed the earlier mask on {len(self.replaced)} slice{'s' if len(self.replaced) > 1 else ''} "
              f"({_ranges(self.replaced)}): review them" if self.replaced else "") + \
+            (f"; filled {len(self.added)} slice{'s' if len(self.added) > 1 else ''} the earlier run left empty "
+             f"({_ranges(self.added)}): review them" if self.added else "") + \
             (" (cancelled)" if self.cancelled else "")
 
 
@@ -891,6 +896,8 @@ def propagate(predictor, volume, seeds, axis=0, options: PropagationOptions | No
     if previous is not None:
         result.replaced = [i for i in range(n) if i not in new_indices and previous.slice_mask(i).any()
                            and _iou(result.slice_mask(i), previous.slice_mask(i)) < options.agree_iou]
+        result.added = [i for i in range(n) if i not in new_indices and not previous.slice_mask(i).any()
+                        and result.slice_mask(i).any()]
     result.seconds = time.perf_counter() - started
     return result
 

@@ -347,6 +347,24 @@ def test_local_rerun_replaces_a_wrong_stretch_and_erasing_clears_what_came_throu
     assert third.replaced == [23, 25, 26, 27, 28] and "(23, 25..28): review them" in third.summary()
 
 
+def test_a_rerun_names_the_slices_it_filled_that_the_earlier_run_left_empty():
+    """A correction at the structure's end: its front runs past where the earlier run stopped (here, with no stop
+    rule, into the bright slab above the barrel); the user is told which slices it filled, as for the ones it
+    changed."""
+    volume, ball = sphere_volume(neighbour=True)
+    predictor = Predictor(ThresholdModel())
+    first = propagate(predictor, volume, [Seed(20, box=(20, 20, 44, 44))])
+    assert first.extent()[1] == 28 and not first.mask[29:].any()       # the rules stop it at the barrel's end
+    loose = dict(max_growth=100.0, min_overlap=0.0, min_consistent=0.0, max_intensity_shift=None,
+                 min_similarity=None, max_box_size=None, max_trend_growth=None, max_extent_ratio=None, flag_fill=False)
+    second = propagate(predictor, volume, [Seed(28, mask=ball[28])], previous=first, **loose)
+    assert second.added == list(range(29, 40)) and second.mask[29:].any()
+    assert "filled 11 slices the earlier run left empty (29..39): review them" in second.summary()
+    assert 28 not in second.added and 28 not in second.replaced        # the correction itself is no news
+    again = propagate(predictor, volume, [Seed(28, mask=ball[28])], previous=second, **loose)
+    assert again.added == [] and "left empty" not in again.summary()   # nothing new the second time
+
+
 def test_the_growth_rules_alone_stop_a_front_that_balloons_into_the_neighbour():
     volume, ball = sphere_volume(neighbour=True)
     breaks_off = dict(min_consistent=0.0, max_growth=1e9, min_overlap=0.0, max_intensity_shift=None,

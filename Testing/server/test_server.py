@@ -366,6 +366,12 @@ def test_propagation_options_are_checked_by_name_and_type_and_the_carrier_can_be
     rerun = client.propagate(volume, [{"index": 1, "mask": erase}], axis=0, previous=result, carrier=None,
                              max_slices=1)
     assert rerun.replaced == [0, 2] and not rerun.mask.any() and "(0, 2): review them" in rerun.summary()
+    # ... and the slices it filled that the earlier run left empty: the span kept slice 0 empty, a re-run from
+    # slice 1 without it fills slice 0
+    grown = client.propagate(volume, [{"index": 1, "mask": spanned.mask[1]}], axis=0, previous=spanned,
+                             carrier=None)
+    assert grown.added == [0] and grown.replaced == [] and grown.mask[0].any()
+    assert "filled 1 slice the earlier run left empty (0): review them" in grown.summary()
 
 
 def test_evaluation_job_takes_local_corrections_as_a_boolean(client):

@@ -681,7 +681,8 @@ class Service:
                                for k, v in dataclasses.asdict(s).items()} for i, s in result.slices.items()}
             meta = {"axis": result.axis, "slices": slices, "anchors": sorted(result.anchors),
                     "summary": result.summary(), "seconds": result.seconds, "encoder_calls": result.encoder_calls,
-                    "decoded": result.decoded, "carrier": result.carrier, "replaced": result.replaced}
+                    "decoded": result.decoded, "carrier": result.carrier, "replaced": result.replaced,
+                    "added": result.added}
             return meta, {"mask": result.mask}, result
         return run
 
