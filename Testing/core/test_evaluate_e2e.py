@@ -1,4 +1,4 @@
-"""End to end on real labelled MRI (Colin27 T1 + AAL labels) with the real default model (LiteMedSAM).
+"""End to end on real labelled MRI (Colin27 T1 + AAL labels; five patients' lesions) with the real models.
 
 A few slices only: the encoder costs seconds per image on a 2-core CPU."""
 
@@ -103,3 +103,23 @@ def test_cli_local_corrections_with_the_real_click_model(mri_samples, tmp_path, 
     whole, local = summaries[False], summaries[True]
     assert [r["dice_1"] for r in whole] == [r["dice_1"] for r in local]
     assert [r["dice_4"] for r in whole] != [r["dice_4"] for r in local]   # the corrections were kept differently
+
+
+def test_cli_on_five_patients_lesions_reports_each_patient(tmp_path, capsys):
+    """`--data lesions` (pyradiomics' patients, NAME_image + NAME_label files): the real click model's box on real
+    tumours and nodules of other patients, organs and scanners than anything it saw, and a per-patient table."""
+    from sonosam.cli import evaluate as evaluate_cli
+
+    parser = argparse.ArgumentParser(prog="sonosam")
+    parser.add_argument("--device", default="cpu")
+    evaluate_cli.register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "lesions"
+    args = parser.parse_args(["evaluate", "--data", "lesions", "--min-area", "20", "--max-images", "5", "--clicks", "2",
+                              "--start", "box", "--model", "litemedsam_clicks", "-o", str(out), "--no-progress"])
+    assert args.func(args) == 0
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    assert [Path(r["image"].split("[")[0]).name for r in rows] == ["brain1_image.nrrd"] * 2 + ["lung1_image.nrrd"] + \
+        ["lung2_image.nrrd"] * 2
+    assert all(float(r["dice_1"]) > 0.8 for r in rows), [r["dice_1"] for r in rows]   # 0.84-0.96 when written
+    summary = (out / "summary.md").read_text()
+    assert "| litemedsam_clicks | lung1_image.nrrd | 1 |" in summary and "mean of 3 sources | 5 |" in summary
