@@ -362,6 +362,21 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
 DEV_SUBJECTS = ("colin27", "ct_head")   # DEV names rows of these; other subjects are held out whole
 
 
+def thicken(array: np.ndarray, group: int, axis: int = 0) -> np.ndarray:
+    """`array` with every `group` consecutive slices along `axis` averaged into one (float32); a last partial group
+    is dropped. A mask thickened this way holds the share of each thick slice it fills."""
+    kept = array.shape[axis] // group * group
+    array = np.moveaxis(np.moveaxis(array, axis, 0)[:kept].astype(np.float32), 0, axis)
+    shape = list(array.shape)
+    shape[axis:axis + 1] = [kept // group, group]
+    return array.reshape(shape).mean(axis=axis + 1)
+
+
+def slices_per_group(spacing: float, mm: float) -> int:
+    """How many slices of `spacing` mm make one slice about `mm` thick."""
+    return max(1, round(mm / spacing))
+
+
 def thick_slices(subject, mm: float, axis: int = 0):
     """The subject as a thick-slice acquisition along `axis` (clinical CT and MRI are often 3-7 mm; every subject
     here but the lesion scans is 0.5-1.5 mm): groups of round(mm / spacing) consecutive slices averaged into one (the
@@ -373,21 +388,13 @@ def thick_slices(subject, mm: float, axis: int = 0):
     from sonosam.references import Subject
 
     spacing = subject.volume.geometry.spacing[2 - axis]   # geometry is (i, j, k); array axis 0 is k
-    group = max(1, round(mm / spacing))
-    kept = subject.volume.shape[axis] // group * group
-
-    def merged(array):
-        array = np.moveaxis(np.moveaxis(array, axis, 0)[:kept].astype(np.float32), 0, axis)
-        shape = list(array.shape)
-        shape[axis:axis + 1] = [kept // group, group]
-        return array.reshape(shape).mean(axis=axis + 1)
-
+    group = slices_per_group(spacing, mm)
     spacing3 = list(subject.volume.geometry.spacing)
     spacing3[2 - axis] = spacing * group
     thick = Subject(subject.name, subject.modality,
-                    Volume(merged(subject.volume.array), copy_with(subject.volume.geometry, spacing=tuple(spacing3))))
+                    Volume(thicken(subject.volume.array, group, axis), copy_with(subject.volume.geometry, spacing=tuple(spacing3))))
     for name, ref in subject.references.items():
-        mask = merged(ref.mask) >= 0.5
+        mask = thicken(ref.mask, group, axis) >= 0.5
         if mask.any():
             thick.add(name, mask, ref.shape, f"{ref.how}; in {group}-slice thick slices, where it fills half")
     return thick, group

@@ -1,6 +1,6 @@
 """Stop rules judged on many structures at once, offline (docs/volume.md, "stop rules fitted on 38 AAL structures").
 
-    python -m scripts.stop_rules collect runs/stops/signals.json [--labels 1 2 3 ...]   # Colin27 AAL, not bench rows
+    python -m scripts.stop_rules collect runs/stops/signals.json [--labels 1 2 3 ...] [--thick MM]   # Colin27 AAL
     python -m scripts.stop_rules replay runs/stops/signals.json [--cv]                  # default rules, best cut, fit
 
 `collect` propagates each structure from the bench's box (axial, `litemedsam_clicks` with its carrier) with every
@@ -127,10 +127,12 @@ def _describe(opt: PropagationOptions) -> str:
     return ", ".join(changed) or "the defaults"
 
 
-def colin27_aal(labels: list[int] | None, cache: str = "runs/cache"):
+def colin27_aal(labels: list[int] | None, cache: str = "runs/cache", thick: float | None = None):
     """The Colin27 T1, its AAL atlas, the labels (default: every non-bench label) and a `litemedsam_clicks`
-    predictor holding every axial slice's embedding: (predictor, volume, atlas, labels, window, volume_id)."""
-    from bench.volume import warm_from_store
+    predictor holding every axial slice's embedding: (predictor, volume, atlas, labels, window, volume_id).
+    `thick`: the T1 as slices about that many mm thick (`bench.volume.thicken`); the atlas stays as it is (1 mm),
+    and `collect` thickens each label the same way."""
+    from bench.volume import slices_per_group, thicken, warm_from_store
     from sonosam.data import mri_colin27_paths
     from sonosam.io import read_volume
     from sonosam.models import load_model
@@ -139,24 +141,31 @@ def colin27_aal(labels: list[int] | None, cache: str = "runs/cache"):
     from sonosam.volume import volume_window
 
     t1_path, aal_path = mri_colin27_paths()
-    volume, atlas = read_volume(t1_path).array, read_volume(aal_path).array
+    t1, atlas = read_volume(t1_path), read_volume(aal_path).array
+    volume, spacing = t1.array, t1.geometry.spacing[2]
     labels = labels or [int(v) for v in np.unique(atlas) if v and int(v) not in BENCH_LABELS]
     model = load_model("litemedsam_clicks")
+    group = slices_per_group(spacing, thick) if thick else 1
+    if group > 1:
+        volume = thicken(volume, group)
     window = volume_window(volume)
-    volume_id = f"colin27-{window}"
+    volume_id = f"colin27-{window}" + (f"-thick{group}x0" if group > 1 else "")
     predictor = Predictor(model, cache_mib=4096)
     warm_from_store(predictor, EmbeddingStore(cache, model, memory=False), volume, 0, window, volume_id,
                     range(volume.shape[0]))
     return predictor, volume, atlas, labels, window, volume_id
 
 
-def collect(out: str, labels: list[int] | None) -> None:
-    from bench.volume import loose_box, true_extent
+def collect(out: str, labels: list[int] | None, thick: float | None = None) -> None:
+    from bench.volume import loose_box, thicken, true_extent
 
-    predictor, volume, atlas, labels, window, volume_id = colin27_aal(labels)
+    predictor, volume, atlas, labels, window, volume_id = colin27_aal(labels, thick=thick)
+    group = atlas.shape[0] // volume.shape[0]   # the T1's slices per thick slice (1: as it is)
     rows = []
     for value in labels:
-        reference = atlas == value
+        reference = atlas == value if group == 1 else thicken(atlas == value, group) >= 0.5
+        if not reference.any():
+            continue
         first, last = true_extent(reference, 0)
         seed = int(np.argmax(reference.sum(axis=(1, 2))))
         row = collect_one(predictor, volume, reference, seed, loose_box(slice_of(reference, 0, seed)),
@@ -201,12 +210,13 @@ def main(argv=None) -> None:
     c = sub.add_parser("collect")
     c.add_argument("out")
     c.add_argument("--labels", type=int, nargs="*")
+    c.add_argument("--thick", type=float, metavar="MM", help="the T1 and labels as slices about MM thick")
     r = sub.add_parser("replay")
     r.add_argument("signals", nargs="+")
     r.add_argument("--cv", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "collect":
-        collect(args.out, args.labels)
+        collect(args.out, args.labels, args.thick)
     else:
         replay(args.signals, args.cv)
 
