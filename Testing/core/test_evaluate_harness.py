@@ -307,7 +307,7 @@ def test_report_gives_each_source_volume_and_the_mean_over_sources(tmp_path):
     """Slices of one volume are not independent: with samples cut from several volumes, summary.md adds a table per
     source and the mean over sources beside the pooled mean (3 perfect slices of one volume and 1 slice of another
     at Dice 2/3: pooled 91.7, over sources 83.3); samples of one source get no such table."""
-    from sonosam.evaluate.report import per_source_table
+    from sonosam.evaluate import per_source_table
 
     samples = [Sample(s.image, s.mask, s.name, ("/data/a_image.nrrd", 0, i), 1)
                for i, s in enumerate(square_samples(3))]
