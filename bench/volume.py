@@ -391,8 +391,8 @@ def thick_slices(subject, mm: float, axis: int = 0):
     group = slices_per_group(spacing, mm)
     spacing3 = list(subject.volume.geometry.spacing)
     spacing3[2 - axis] = spacing * group
-    thick = Subject(subject.name, subject.modality,
-                    Volume(thicken(subject.volume.array, group, axis), copy_with(subject.volume.geometry, spacing=tuple(spacing3))))
+    geometry = copy_with(subject.volume.geometry, spacing=tuple(spacing3))
+    thick = Subject(subject.name, subject.modality, Volume(thicken(subject.volume.array, group, axis), geometry))
     for name, ref in subject.references.items():
         mask = thicken(ref.mask, group, axis) >= 0.5
         if mask.any():

@@ -394,7 +394,8 @@ def lesion_references(name: str) -> Subject:
     volume = read_volume(folder / f"{case}_image.nrrd")
     label = read_volume(folder / f"{case}_label.nrrd").array > 0
     if label.shape != volume.shape:
-        raise DataFileError(f"{folder / f'{case}_label.nrrd'}: its grid {label.shape} is not the scan's {volume.shape}.")
+        raise DataFileError(f"{folder / f'{case}_label.nrrd'}: its grid {label.shape} is not the scan's "
+                            f"{volume.shape}.")
     subject = Subject(name, modality, volume)
     subject.add("Lesion", label, _shape_of(label), f"pyradiomics' {case}_label.nrrd (an expert's lesion label)")
     return subject
