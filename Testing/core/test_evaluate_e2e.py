@@ -107,7 +107,8 @@ def test_cli_local_corrections_with_the_real_click_model(mri_samples, tmp_path, 
 
 def test_cli_on_five_patients_lesions_reports_each_patient(tmp_path, capsys):
     """`--data lesions` (pyradiomics' patients, NAME_image + NAME_label files): the real click model's box on real
-    tumours and nodules of other patients, organs and scanners than anything it saw, and a per-patient table."""
+    tumours and nodules of other patients, organs and scanners than anything it saw, and a per-patient table; a
+    second `--start` adds the click start to the same report (the same slices, encoded once)."""
     from sonosam.cli import evaluate as evaluate_cli
 
     parser = argparse.ArgumentParser(prog="sonosam")
@@ -115,11 +116,18 @@ def test_cli_on_five_patients_lesions_reports_each_patient(tmp_path, capsys):
     evaluate_cli.register(parser.add_subparsers(dest="command"))
     out = tmp_path / "lesions"
     args = parser.parse_args(["evaluate", "--data", "lesions", "--min-area", "20", "--max-images", "5", "--clicks", "2",
-                              "--start", "box", "--model", "litemedsam_clicks", "-o", str(out), "--no-progress"])
+                              "--start", "box", "--start", "point", "--model", "litemedsam_clicks", "-o", str(out),
+                              "--no-progress"])
     assert args.func(args) == 0
     rows = list(csv.DictReader(open(out / "per_image.csv")))
-    assert [Path(r["image"].split("[")[0]).name for r in rows] == ["brain1_image.nrrd"] * 2 + ["lung1_image.nrrd"] + \
+    assert [r["start"] for r in rows] == ["box"] * 5 + ["point"] * 5
+    box = rows[:5]
+    assert [Path(r["image"].split("[")[0]).name for r in box] == ["brain1_image.nrrd"] * 2 + ["lung1_image.nrrd"] + \
         ["lung2_image.nrrd"] * 2
-    assert all(float(r["dice_1"]) > 0.8 for r in rows), [r["dice_1"] for r in rows]   # 0.84-0.96 when written
+    assert all(float(r["dice_1"]) > 0.8 for r in box), [r["dice_1"] for r in box]   # 0.84-0.96 when written
     summary = (out / "summary.md").read_text()
-    assert "| litemedsam_clicks | lung1_image.nrrd | 1 |" in summary and "mean of 3 sources | 5 |" in summary
+    assert "| litemedsam_clicks | box | lung1_image.nrrd | 1 |" in summary
+    assert "| litemedsam_clicks | box | mean of 3 sources | 5 |" in summary
+    assert "| litemedsam_clicks | point | mean of 3 sources | 5 |" in summary
+    table = capsys.readouterr().out
+    assert "| litemedsam_clicks | box | 5 | 0 |" in table and "| litemedsam_clicks | point | 5 | 0 |" in table

@@ -322,7 +322,7 @@ def test_report_gives_each_source_volume_and_the_mean_over_sources(tmp_path):
         ("a_image.nrrd", 3, 100.0), ("b_image.nrrd", 1, 66.7), ("mean of 2 sources", 4, 83.3)]
     assert summary_table(results)[0]["Dice@1"] == 91.7
     md = write_report(results, tmp_path / "two")["summary_md"].read_text()
-    assert "## Per source" in md and "| oracle | mean of 2 sources | 4 | 83.3 |" in md
+    assert "## Per source" in md and "| oracle | point | mean of 2 sources | 4 | 83.3 |" in md
     alone = write_report(evaluate_models({"oracle": Oracle()}, square_samples(3), n_clicks=3, progress=False),
                          tmp_path / "alone")["summary_md"].read_text()
     assert "Per source" not in alone

@@ -1,7 +1,7 @@
 """`sonosam evaluate`: the simulated-click protocol on labelled data, for one or more models.
 
     sonosam evaluate --data DIR_OR_LIST [--data IMAGE,LABEL] --model litemedsam [--model sam_vit_b=ckpt.pth]
-                     [--label 7] [--clicks 10] [--start auto|point|box] -o report/
+                     [--label 7] [--clicks 10] [--start auto|point|box ...] -o report/
 
 Writes report/per_image.csv, summary.csv, summary.md and dice_vs_clicks.png (one curve per model).
 ``--data colin27`` uses the real Colin27 MRI with AAL labels (Debian mricron-data, `make data`); ``--data lesions``
@@ -44,9 +44,9 @@ def register(subparsers):
     parser.add_argument("--label", type=int_at_least(1), action="append", metavar="L",
                         help="label value(s) to evaluate (default: every non-zero label; colin27: 7,8,85,86)")
     parser.add_argument("--clicks", type=int_at_least(1), default=10, help="interactions per image, first prompt included (10)")
-    parser.add_argument("--start", choices=("auto", "point", "box"), default="auto",
+    parser.add_argument("--start", choices=("auto", "point", "box"), action="append",
                         help="first prompt: centroid click, ground-truth box, or auto = click if the model takes "
-                             "clicks, else box (default)")
+                             "clicks, else box (default); repeatable: each model from each start, in one report")
     parser.add_argument("--box-jitter", type=float_in(0.0, 1.0), default=0.0,
                         help="move each box side by up to this fraction of the box size (0)")
     parser.add_argument("--box-margin", type=int_at_least(0), default=0, help="grow the box by this many pixels (0)")
@@ -121,16 +121,17 @@ def run(args) -> int:
     for text in args.model or ["litemedsam"]:
         name, checkpoint = _parse_model(text)
         model = load_model_from_args(args, name, checkpoint)
-        predictor = Predictor(model)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = evaluate(interactive_predictor(predictor), samples, n_clicks=args.clicks, start=args.start,
-                              box_jitter=args.box_jitter, box_margin=args.box_margin, seed=args.seed,
-                              name=name if checkpoint is None else f"{name} ({Path(checkpoint).name})",
-                              progress=not args.no_progress, local_corrections=args.local_corrections)
-        for message in dict.fromkeys(str(w.message) for w in caught):
-            print(f"warning: {message}", file=sys.stderr)
-        results.append(result)
+        predictor = Predictor(model)   # one per model: its embedding cache serves every start
+        for start in dict.fromkeys(args.start or ["auto"]):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = evaluate(interactive_predictor(predictor), samples, n_clicks=args.clicks, start=start,
+                                  box_jitter=args.box_jitter, box_margin=args.box_margin, seed=args.seed,
+                                  name=name if checkpoint is None else f"{name} ({Path(checkpoint).name})",
+                                  progress=not args.no_progress, local_corrections=args.local_corrections)
+            for message in dict.fromkeys(str(w.message) for w in caught):
+                print(f"warning: {message}", file=sys.stderr)
+            results.append(result)
         predictor.close()
     paths = write_report(results, out, overwrite=args.overwrite)
     print(format_markdown(summary_table(results)))

@@ -58,11 +58,11 @@ def summary_table(results: Sequence[ModelResult]) -> list[dict]:
     return rows
 
 
-SOURCE_COLUMNS = ["Model", "Source", "Images", "Dice@1", "Dice@3", "Dice@5", "Dice@N"]
+SOURCE_COLUMNS = ["Model", "Start", "Source", "Images", "Dice@1", "Dice@3", "Dice@5", "Dice@N"]
 
 
 def per_source_table(results: Sequence[ModelResult]) -> list[dict]:
-    """Per model, one row per source (the volume, loop or image file the samples were cut from) and a last row, the
+    """Per model and start, one row per source (the volume, loop or image file the samples were cut from) and a last row, the
     mean over sources: slices of one volume are not independent, so with several subjects the mean over subjects is
     the figure that is held out by subject. Sources named by file name where that is unique."""
     sources = sorted({i.source for r in results for i in r.images})
@@ -85,8 +85,9 @@ def per_source_table(results: Sequence[ModelResult]) -> list[dict]:
 
 
 def _source_row(result: ModelResult, source: str, n: int, curve: np.ndarray) -> dict:
-    return {"Model": result.model, "Source": source, "Images": n, "Dice@1": _pct(_at(curve, 1)),
-            "Dice@3": _pct(_at(curve, 3)), "Dice@5": _pct(_at(curve, 5)), "Dice@N": _pct(_at(curve, result.n_clicks))}
+    return {"Model": result.model, "Start": result.start, "Source": source, "Images": n,
+            "Dice@1": _pct(_at(curve, 1)), "Dice@3": _pct(_at(curve, 3)), "Dice@5": _pct(_at(curve, 5)),
+            "Dice@N": _pct(_at(curve, result.n_clicks))}
 
 
 def _cell(value) -> str:
