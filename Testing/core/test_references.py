@@ -182,7 +182,6 @@ def test_subjects_are_named_in_one_place_and_an_unknown_name_is_refused():
         load_subject("colin28")
 
 
-
 def test_the_five_patients_lesions_are_the_expert_labels_on_their_scans():
     """pyradiomics' test cases out of its source archive (`make data`): each subject one `Lesion` on its scan's grid,
     where the expert drew it (the slices it spans), and the lung lesions are soft tissue inside air-filled lung."""
