@@ -49,7 +49,8 @@ from pathlib import Path
 import numpy as np
 
 from sonosam.evaluate.metrics import dice
-from sonosam.references import SUBJECTS, load_subject
+from sonosam.io import Volume
+from sonosam.references import SUBJECTS, Subject, load_subject
 from sonosam.volume import AXES, PropagationOptions, Seed, naive_baseline, propagate, slice_of, volume_window
 
 # the structures the rules are chosen on (every shape, left hemisphere; the CT's ventricles, so that a rule for CT
@@ -382,16 +383,11 @@ def thick_slices(subject, mm: float, axis: int = 0):
     here but the lesion scans is 0.5-1.5 mm): groups of round(mm / spacing) consecutive slices averaged into one (the
     partial volume of a thick slice), each reference kept where it fills at least half of a group; a last partial
     group is dropped. Returns (subject, slices per group)."""
-    from dataclasses import replace as copy_with
-
-    from sonosam.io import Volume
-    from sonosam.references import Subject
-
     spacing = subject.volume.geometry.spacing[2 - axis]   # geometry is (i, j, k); array axis 0 is k
     group = slices_per_group(spacing, mm)
     spacing3 = list(subject.volume.geometry.spacing)
     spacing3[2 - axis] = spacing * group
-    geometry = copy_with(subject.volume.geometry, spacing=tuple(spacing3))
+    geometry = replace(subject.volume.geometry, spacing=tuple(spacing3))
     thick = Subject(subject.name, subject.modality, Volume(thicken(subject.volume.array, group, axis), geometry))
     for name, ref in subject.references.items():
         mask = thicken(ref.mask, group, axis) >= 0.5

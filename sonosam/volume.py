@@ -894,10 +894,13 @@ def propagate(predictor, volume, seeds, axis=0, options: PropagationOptions | No
     result.encoder_calls = predictor.encoder_calls - encoder_calls
     result.carrier = (run.carrier.spec.name if run.carried else None) or (previous.carrier if previous else None)
     if previous is not None:
-        result.replaced = [i for i in range(n) if i not in new_indices and previous.slice_mask(i).any()
-                           and _iou(result.slice_mask(i), previous.slice_mask(i)) < options.agree_iou]
-        result.added = [i for i in range(n) if i not in new_indices and not previous.slice_mask(i).any()
-                        and result.slice_mask(i).any()]
+        for i in sorted(set(range(n)) - new_indices):   # what the user should review: changed or newly filled
+            before, after = previous.slice_mask(i), result.slice_mask(i)
+            if before.any():
+                if _iou(after, before) < options.agree_iou:
+                    result.replaced.append(i)
+            elif after.any():
+                result.added.append(i)
     result.seconds = time.perf_counter() - started
     return result
 
