@@ -29,6 +29,9 @@ with a 3 px change; docs/volume.md).
 `--ends [N]`: the simulated user also gives each structure's first and last slice (`PropagationOptions.span`), N
 slices further out each way (default 0: the true ends), with every prompt from the seed box on (the Slicer effect's
 "between two slices").
+`--seed-prompt click` (click-capable models): the first prompt is one positive click at the centre of the structure
+on the seed slice (`centroid_click`) instead of the box, as `sonosam propagate --point` takes it; the corrections
+are as above.
 `--assist-after N`: after N corrections, SAM^assist learned from the held slices and the propagation re-run with and
 without it (row["assist"]).
 
@@ -48,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sonosam.evaluate.clicks import centroid_click
 from sonosam.evaluate.metrics import dice
 from sonosam.io import Volume
 from sonosam.references import SUBJECTS, Subject, load_subject
@@ -250,14 +254,24 @@ def _assisted_rerun(predictor, volume, result, axis, window, volume_id, kinds, *
 def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=None, corrections: int = 3,
                        naive: bool = True, seed_pick: str = "auto", assist_after=(),
                        assist_kinds=("box", "point"), local_corrections: bool = True, refine_clicks: bool = False,
-                       box_shifts: int = 0, seed_at: float | None = None, **options) -> dict:
+                       box_shifts: int = 0, seed_at: float | None = None, seed_prompt: str = "box",
+                       **options) -> dict:
     """One structure: seed box on its widest slice (``seed_at`` F: on the slice at F of the way through its true
     extent instead, or the nearest that holds it), propagation, corrections, naive baseline; see module doc.
     seed_pick "user": the simulated user picks the seed from the offered masks (`user_seed`); assist_after:
     after these correction counts (e.g. (2, 3)), also learn SAM^assist from the held slices and re-run
     (`_assisted_rerun`): row["assist"]. box_shifts > 0: also one prompt from the seed box grown, shrunk and moved
     by that many pixels each way (`moved_boxes`), each with the seed check's automatic pick: row["dice_boxes"] (the
-    seed box's first, then the 6 others)."""
+    seed box's first, then the 6 others). seed_prompt "click": one positive click on the seed slice's reference
+    (`centroid_click`: its centroid, or its deepest pixel where the centroid falls outside) instead of the box, for
+    models that take points."""
+    if seed_prompt not in ("box", "click"):
+        raise ValueError(f"seed_prompt must be 'box' or 'click', not {seed_prompt!r}.")
+    if seed_prompt == "click" and "point" not in predictor.model.spec.prompt_kinds:
+        raise ValueError(f"{predictor.model.spec.name} takes no clicks: seed it with a box, or bench a click-capable "
+                         "model (litemedsam_clicks).")
+    if seed_prompt == "click" and (box_shifts or seed_pick != "auto"):
+        raise ValueError("box_shifts and seed_pick 'user' move or replace the seed box: use them with a box seed.")
     window = tuple(window or volume_window(volume))
     three_classes = options.get("seed_three_classes", PropagationOptions.seed_three_classes)  # offered to the user
     other = tuple(a for a in range(3) if a != axis)
@@ -271,6 +285,8 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
         index = int(held[np.argmin(np.abs(held - (held[0] + seed_at * (held[-1] - held[0]))))])
     box = loose_box(slice_of(gt, axis, index))
     seed, picked = Seed(index, box=box), ""
+    if seed_prompt == "click":
+        seed = Seed(index, points=[centroid_click(slice_of(gt, axis, index)).xy], labels=[1])
     if seed_pick == "user":
         chosen, picked = user_seed(predictor, slice_of(volume, axis, index), slice_of(gt, axis, index), box,
                                    key=(volume_id, axis, index), window=window, three_classes=three_classes)
@@ -285,6 +301,7 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
     first, last = true_extent(gt, axis)
     extent = result.extent() or (index, index)
     row = {"axis": axis, "seed_slice": index, "box": list(box), "true_extent": [first, last],
+           "seed_prompt": seed_prompt, "click": list(seed.points[0]) if seed.points else None,
            "extent": list(extent), "stop_error": [extent[0] - first, extent[1] - last],
            "dice": dice(result.mask, gt), "seed_dice": dice(result.slice_mask(index), slice_of(gt, axis, index)),
            "seed_check": check.summary() if check is not None else "", "seed_pick": seed_pick,
@@ -400,7 +417,8 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
           corrections: int = 3, naive: bool = True, model_name: str = "litemedsam", backend: str | None = "auto",
           verbose: bool = True, seed_pick: str = "auto", assist_after=(), assist_kinds=("box", "point"),
           local_corrections: bool = True, refine_clicks: bool = False, box_shifts: int = 0,
-          ends: int | None = None, seed_at: float | None = None, thick: float | None = None, **options) -> dict:
+          ends: int | None = None, seed_at: float | None = None, thick: float | None = None, seed_prompt: str = "box",
+          **options) -> dict:
     import torch
 
     from sonosam.models import load_model
@@ -413,7 +431,7 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
     out = {"model": model.spec.name, "backend": model.backend, "threads": torch.get_num_threads(), "axis": axis,
            "seed_pick": seed_pick, "assist_after": list(assist_after), "local_corrections": local_corrections,
            "refine_clicks": refine_clicks, "box_shifts": box_shifts, "ends": ends, "seed_at": seed_at,
-           "thick": thick, "rows": []}
+           "thick": thick, "seed_prompt": seed_prompt, "rows": []}
     for subject_name in subjects:
         subject, group = load_subject(subject_name), 1
         if thick:
@@ -435,7 +453,7 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
             row = evaluate_structure(predictor, volume, ref.mask, axis, window, volume_id, corrections, naive,
                                      seed_pick=seed_pick, assist_after=assist_after, assist_kinds=assist_kinds,
                                      local_corrections=local_corrections, refine_clicks=refine_clicks,
-                                     box_shifts=box_shifts, seed_at=seed_at,
+                                     box_shifts=box_shifts, seed_at=seed_at, seed_prompt=seed_prompt,
                                      **(options if ends is None else
                                         {**options, "span": (max(first - ends, 0),
                                                              min(last + ends, volume.shape[axis] - 1))}))
@@ -546,6 +564,9 @@ def main(argv=None) -> int:
                              "and the ends' instead of 'a box'")
     parser.add_argument("--seed-at", type=float, metavar="F",
                         help="seed on the slice F (0..1) of the way through the structure's extent, not its widest")
+    parser.add_argument("--seed-prompt", choices=["box", "click"], default="box",
+                        help="the first prompt: the loose box (default) or one positive click at the seed slice's "
+                             "structure centre, for click-capable models")
     parser.add_argument("--thick", type=float, metavar="MM",
                         help="bench the subjects as thick-slice acquisitions along --axis: consecutive slices averaged "
                              "into slices about MM thick (`thick_slices`)")
@@ -556,6 +577,8 @@ def main(argv=None) -> int:
     if args.seed_at is not None and not 0 <= args.seed_at <= 1:
         parser.error(f"--seed-at {args.seed_at}: give a fraction of the structure's extent, 0 to 1 (0.25: a quarter "
                      "of the way in)")
+    if args.seed_prompt == "click" and (args.box_shifts or args.seed_pick != "auto"):
+        parser.error("--box-shifts and --seed-pick user move or replace the seed box: use them with --seed-prompt box")
     if args.table:
         rows = []
         for path in args.table:
@@ -575,7 +598,8 @@ def main(argv=None) -> int:
                    naive=not args.no_naive, model_name=args.model, backend=args.backend, seed_pick=args.seed_pick,
                    assist_after=tuple(args.assist_after), assist_kinds=tuple(args.assist_kinds),
                    local_corrections=args.local_corrections, refine_clicks=args.refine_clicks,
-                   box_shifts=args.box_shifts, ends=args.ends, seed_at=args.seed_at, thick=args.thick, **options)
+                   box_shifts=args.box_shifts, ends=args.ends, seed_at=args.seed_at, thick=args.thick,
+                   seed_prompt=args.seed_prompt, **options)
     print(format_table(result))
     print(goals(result))
     if args.json:

@@ -95,3 +95,32 @@ def test_thick_slices_average_groups_by_spacing_and_keep_references_that_fill_ha
     side, group = thick_slices(subject, 2, axis=2)                     # along i: 2 mm / 0.8 mm -> 2 columns
     assert group == 2 and side.volume.shape == (7, 4, 2) and side.volume.geometry.spacing == (1.6, 0.9, 1.5)
     np.testing.assert_allclose(side.volume.array[..., 1], array[..., 2:4].mean(axis=-1))
+
+
+def test_bench_click_seed_refuses_box_moves_in_one_line(capsys):
+    from bench.volume import main as bench_main
+
+    with pytest.raises(SystemExit) as exited:
+        bench_main(["--seed-prompt", "click", "--box-shifts", "3", "--subjects", "colin27"])
+    assert exited.value.code == 2
+    assert "--box-shifts and --seed-pick user move or replace the seed box" in capsys.readouterr().err
+
+
+@pytest.mark.slow   # the real click model through 8 real slices
+def test_a_structure_seeded_by_one_click_propagates_from_it(colin_stack, default_model):
+    """`--seed-prompt click`: the seed slice gets one positive click at the structure's centre, no box; a box-only
+    model is refused by name."""
+    from bench.volume import evaluate_structure
+    from sonosam.models import load_model
+    from sonosam.predictor import Predictor
+
+    stack, labels, window = colin_stack
+    gt = labels == 77                                     # Thalamus_L, on every slice of the stack
+    with pytest.raises(ValueError, match="litemedsam takes no clicks"):
+        evaluate_structure(Predictor(default_model), stack, gt, window=window, seed_prompt="click")
+    predictor = Predictor(load_model("litemedsam_clicks", device="cpu"))
+    row = evaluate_structure(predictor, stack, gt, window=window, volume_id="colin-stack", corrections=1,
+                             naive=False, seed_prompt="click")
+    x, y = row["click"]
+    assert row["seed_prompt"] == "click" and gt[row["seed_slice"], y, x]
+    assert row["seed_dice"] > 0.6 and row["dice"] > 0.5 and len(row["dice_after"]) == 1
