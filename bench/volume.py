@@ -208,15 +208,20 @@ def corrective_choices(predictor, image: np.ndarray, gt: np.ndarray, *, key, win
 
 
 def user_seed(predictor, image: np.ndarray, truth: np.ndarray, box, *, key, window,
-              three_classes: bool = PropagationOptions.seed_three_classes) -> tuple[Seed | None, str]:
+              three_classes: bool = PropagationOptions.seed_three_classes, click=None) -> tuple[Seed | None, str]:
     """"The user picks the seed from the offered masks": where the seed check reports a problem (the Slicer effect
     then shows its Mask list), the simulated user takes the offered candidate closest to the reference (Dice) and
     propagates from it as an accepted mask, as the effect does; (None, "") when the check finds nothing wrong or the
-    pick is what the check suggests anyway (the box seed propagates as in the one-prompt figures)."""
+    pick is what the check suggests anyway (the box seed propagates as in the one-prompt figures). `click` (x, y) in
+    place of the box: the seed check of that click alone, and the user looks at the list whenever it holds an
+    alternative (the effect shows it whenever it does; its regions come with no warning)."""
     from sonosam.seed_check import check_seed
 
-    check = check_seed(predictor, image, box=box, key=key, window=window, three_classes=three_classes)
-    if check.ok:
+    if click is not None:
+        check = check_seed(predictor, image, points=[click], labels=[1], key=key, window=window)
+    else:
+        check = check_seed(predictor, image, box=box, key=key, window=window, three_classes=three_classes)
+    if check.ok and (click is None or len(check.candidates) == 1):
         return None, ""
     picked = max(range(len(check.candidates)), key=lambda i: dice(check.candidates[i].mask, truth))
     if picked == check.best:
@@ -270,8 +275,8 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
     if seed_prompt == "click" and "point" not in predictor.model.spec.prompt_kinds:
         raise ValueError(f"{predictor.model.spec.name} takes no clicks: seed it with a box, or bench a click-capable "
                          "model (litemedsam_clicks).")
-    if seed_prompt == "click" and (box_shifts or seed_pick != "auto"):
-        raise ValueError("box_shifts and seed_pick 'user' move or replace the seed box: use them with a box seed.")
+    if seed_prompt == "click" and box_shifts:
+        raise ValueError("box_shifts moves the seed box: use it with a box seed.")
     window = tuple(window or volume_window(volume))
     three_classes = options.get("seed_three_classes", PropagationOptions.seed_three_classes)  # offered to the user
     other = tuple(a for a in range(3) if a != axis)
@@ -284,12 +289,12 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
         held = np.flatnonzero(areas)
         index = int(held[np.argmin(np.abs(held - (held[0] + seed_at * (held[-1] - held[0]))))])
     box = loose_box(slice_of(gt, axis, index))
-    seed, picked = Seed(index, box=box), ""
-    if seed_prompt == "click":
-        seed = Seed(index, points=[centroid_click(slice_of(gt, axis, index)).xy], labels=[1])
+    click = centroid_click(slice_of(gt, axis, index)).xy if seed_prompt == "click" else None
+    seed, picked = (Seed(index, box=box) if click is None else Seed(index, points=[click], labels=[1])), ""
     if seed_pick == "user":
         chosen, picked = user_seed(predictor, slice_of(volume, axis, index), slice_of(gt, axis, index), box,
-                                   key=(volume_id, axis, index), window=window, three_classes=three_classes)
+                                   key=(volume_id, axis, index), window=window, three_classes=three_classes,
+                                   click=click)
         if chosen is not None:
             seed = replace(chosen, index=index)
     elif seed_pick != "auto":
@@ -301,7 +306,7 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
     first, last = true_extent(gt, axis)
     extent = result.extent() or (index, index)
     row = {"axis": axis, "seed_slice": index, "box": list(box), "true_extent": [first, last],
-           "seed_prompt": seed_prompt, "click": list(seed.points[0]) if seed.points else None,
+           "seed_prompt": seed_prompt, "click": None if click is None else list(click),
            "extent": list(extent), "stop_error": [extent[0] - first, extent[1] - last],
            "dice": dice(result.mask, gt), "seed_dice": dice(result.slice_mask(index), slice_of(gt, axis, index)),
            "seed_check": check.summary() if check is not None else "", "seed_pick": seed_pick,
@@ -577,8 +582,8 @@ def main(argv=None) -> int:
     if args.seed_at is not None and not 0 <= args.seed_at <= 1:
         parser.error(f"--seed-at {args.seed_at}: give a fraction of the structure's extent, 0 to 1 (0.25: a quarter "
                      "of the way in)")
-    if args.seed_prompt == "click" and (args.box_shifts or args.seed_pick != "auto"):
-        parser.error("--box-shifts and --seed-pick user move or replace the seed box: use them with --seed-prompt box")
+    if args.seed_prompt == "click" and args.box_shifts:
+        parser.error("--box-shifts moves the seed box: use it with --seed-prompt box")
     if args.table:
         rows = []
         for path in args.table:

@@ -29,6 +29,8 @@ connected component spans the box best. `structure_candidate` is that last one, 
 when the model loses a high-contrast structure (sonosam.volume). Also offered and never suggested
 (`three_classes`): the darkest and the brightest of three intensity classes (a box around a large structure holds
 it, its surroundings and the background: white matter / grey matter / CSF, bone / soft tissue / air).
+With clicks and no box (one click does not say how much of a tissue is meant), also offered and never suggested:
+the region the first positive click is in, for the slice's two and three intensity classes (`click_regions`).
 
 Everything here is Qt-free and model-agnostic: the Slicer effect shows `candidates` and lets the user pick.
 """
@@ -42,8 +44,8 @@ from scipy import ndimage
 
 from .masks import iou
 
-__all__ = ["Candidate", "SeedCheck", "check_seed", "structure_candidate", "box_agreement", "mask_problems",
-           "is_ring", "whole_share"]
+__all__ = ["Candidate", "SeedCheck", "check_seed", "structure_candidate", "click_regions", "box_agreement",
+           "mask_problems", "is_ring", "whole_share"]
 
 MIN_SCORE = 0.7        # below this predicted IoU the answer is flagged as unsure
 MIN_SPAN = 0.6         # flagged when the mask's bounding box covers less than this share of the box's area ...
@@ -61,6 +63,7 @@ WHOLE = 0.9            # a part of the box is a whole structure when this share 
                        # within the box grown by WHOLE_MARGIN px (a parcel's runs on into the larger tissue)
 WHOLE_MARGIN = 3
 SAME_IOU = 0.9         # an alternative this close (IoU) to one already offered is not offered again
+MIN_REGION = 20        # px: a click's region smaller than this is not offered (`click_regions`)
 
 
 @dataclass
@@ -298,6 +301,37 @@ def structure_candidate(image: np.ndarray, box, *, polarity: str | None = None, 
     return (mask if ring else ndimage.binary_fill_holes(mask)), f"{source} (threshold {threshold:.4g})"
 
 
+def click_regions(image: np.ndarray, click) -> list[tuple[np.ndarray, str]]:
+    """The model-free answers to a click (no box): the connected region of the click's intensity class that holds it,
+    for the slice's two intensity classes (Otsu) and its three (`_otsu3`); opened 1 px as `structure_candidate`'s
+    part (the unopened class where the opening took the click's pixel), holes filled unless a ring. Left out: regions
+    under `MIN_REGION` pixels and regions touching the slice's outer pixel (the background around a head or a
+    body). One click does not say how much of a tissue is meant; where the structure stands out, its region does.
+    `image`: the slice as the model sees it (in its window). Returns [(mask, source)], possibly empty."""
+    image = np.asarray(image, dtype=np.float32)
+    x, y = (int(round(v)) for v in click)
+    if image.ndim != 2 or not (0 <= y < image.shape[0] and 0 <= x < image.shape[1]) or image.max() <= image.min():
+        return []
+    border = np.ones(image.shape, bool)
+    border[1:-1, 1:-1] = False
+    regions = []
+    for classes, splits in ((2, [_otsu(image.ravel())]), (3, list(_otsu3(image.ravel())))):
+        level = np.searchsorted(np.asarray(splits), image, side="right")   # 0: darkest class
+        names = ("dark", "bright") if classes == 2 else ("darkest", "middle", "brightest")
+        kind = level[y, x]
+        same = level == kind
+        opened = ndimage.binary_opening(same)
+        labels, _ = ndimage.label(opened if opened[y, x] else same)
+        region = labels == labels[y, x]
+        if region.sum() < MIN_REGION or (region & border).any():
+            continue
+        ring = is_ring(region)
+        regions.append((region if ring else ndimage.binary_fill_holes(region),
+                        f"the {names[kind]} {'ring' if ring else 'region'} the click is in "
+                        f"({'two' if classes == 2 else 'three'} intensity classes of the slice)"))
+    return regions
+
+
 def mask_problems(mask: np.ndarray, score: float, box, evidence: float | None = None,
                   min_score: float = MIN_SCORE) -> list[str]:
     """Why `mask` (predicted IoU `score`) disagrees with the prompt `box`; evidence: the best box agreement
@@ -388,6 +422,12 @@ def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None,
         candidates.append(intensity)
     if enclosing is not None:
         candidates.append(enclosing)
+    # clicks alone: the region the first positive click is in (offered, never suggested; `click_regions`)
+    positive = [p for p, label in zip(points or [], labels or [1] * len(points or [])) if label]
+    if box is None and positive:
+        for mask, source in click_regions(seen, positive[0]):
+            if all(iou(mask, c.mask) < SAME_IOU for c in candidates):
+                candidates.append(Candidate(mask, float("nan"), source))
     three = []   # offered, never suggested: where the two-class split separates the wrong two of three
     for kind in ("dark", "bright") if three_classes and box is not None else ():
         found = structure_candidate(image, box, polarity=kind, classes=3)

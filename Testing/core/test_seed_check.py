@@ -306,3 +306,32 @@ def test_the_surroundings_a_loose_box_takes_in_are_not_the_structure(colin):
     image = np.where(disc, 20.0, 100.0) + np.random.default_rng(0).normal(0, 2, (64, 64))
     mask, source = structure_candidate(image, (16, 16, 48, 48))
     assert "dark" in source and dice(mask, disc) > 0.95
+
+
+def test_a_click_alone_is_offered_the_region_it_is_in_never_suggested():
+    """One click does not say how much of a tissue is meant: the seed check of clicks alone offers the connected
+    region of the click's intensity class (two and three classes), never the background around the head."""
+    from sonosam.seed_check import click_regions
+
+    rng = np.random.default_rng(3)
+    rows, cols = np.indices((96, 96))
+    head = (np.abs(rows - 48) <= 36) & (np.abs(cols - 48) <= 36)
+    disc = np.hypot(rows - 48, cols - 48) <= 10
+    image = rng.normal(5, 2, (96, 96))            # dark background around a bright head with a dark disc inside
+    image[head] = rng.normal(100, 4, head.sum())
+    image[disc] = rng.normal(20, 4, disc.sum())
+    inside = click_regions(image, (48, 48))
+    assert inside and all(dice(mask, disc) > 0.95 for mask, _ in inside)
+    assert "dark" in inside[0][1] and "two intensity classes" in inside[0][1]
+    head_regions = click_regions(image, (20, 20))    # in the head, outside the disc: the head, its hole filled
+    assert head_regions and dice(head_regions[0][0], head) > 0.97 and "bright region" in head_regions[0][1]
+    assert click_regions(image, (3, 3)) == []        # the background touches the slice's edge
+    assert click_regions(image, (200, 3)) == []      # off the slice
+
+    small = np.hypot(rows - 30, cols - 30) <= 4        # the model's answer: a small blob around the click
+    check = check_seed(_Answers(small, 0.95), image, points=[(30, 30)], labels=[1])
+    assert check.best == 0 and check.ok
+    assert any(c.source.startswith("the bright region the click is in") and dice(c.mask, head) > 0.97
+               for c in check.candidates[1:])
+    boxed = check_seed(_Answers(small, 0.95), image, points=[(30, 30)], labels=[1], box=loose_box(small))
+    assert not any("the click is in" in c.source for c in boxed.candidates)   # a box says how far: not offered

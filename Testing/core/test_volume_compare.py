@@ -97,13 +97,13 @@ def test_thick_slices_average_groups_by_spacing_and_keep_references_that_fill_ha
     np.testing.assert_allclose(side.volume.array[..., 1], array[..., 2:4].mean(axis=-1))
 
 
-def test_bench_click_seed_refuses_box_moves_in_one_line(capsys):
+def test_bench_click_seed_refuses_box_shifts_in_one_line(capsys):
     from bench.volume import main as bench_main
 
     with pytest.raises(SystemExit) as exited:
         bench_main(["--seed-prompt", "click", "--box-shifts", "3", "--subjects", "colin27"])
     assert exited.value.code == 2
-    assert "--box-shifts and --seed-pick user move or replace the seed box" in capsys.readouterr().err
+    assert "--box-shifts moves the seed box: use it with --seed-prompt box" in capsys.readouterr().err
 
 
 @pytest.mark.slow   # the real click model through 8 real slices
