@@ -25,7 +25,8 @@ end a front. The slice where it stopped is reported with status "stopped" and le
 slices after it.
 
 A seed's answer is checked against its box first (sonosam.seed_check): when the model is unsure and a contrasted
-structure that its mask avoids spans the box, the suggested alternative propagates instead (`result.seed_checks`).
+structure that its mask avoids spans the box, the suggested alternative propagates instead (`result.seed_checks`;
+a seed of clicks alone is checked too, for the alternatives it offers, and keeps the model's answer).
 Anchors that stand out from their surroundings (a ventricle, an air space) also try the model-free intensity
 candidate on every slice and keep whichever continues the previous mask better (`SliceInfo.candidate`).
 
@@ -552,7 +553,7 @@ class _Run:
                                   f"{self.image(seed.index).shape}.")
             info = SliceInfo(seed.index, ACCEPTED, float("nan"), int(mask.sum()), source=seed.index)
             return mask, info
-        if self.options.seed_check and seed.box is not None:
+        if self.options.seed_check and (seed.box is not None or seed.points):  # clicks alone: offered, not switched
             self.decoded += 1
             self.encode_slab(seed.index)
             check = check_seed_slice(self.predictor, self.image(seed.index), seed, self.options, window=self.window,

@@ -109,7 +109,7 @@ def test_bench_click_seed_refuses_box_shifts_in_one_line(capsys):
 @pytest.mark.slow   # the real click model through 8 real slices
 def test_a_structure_seeded_by_one_click_propagates_from_it(colin_stack, default_model):
     """`--seed-prompt click`: the seed slice gets one positive click at the structure's centre, no box; a box-only
-    model is refused by name."""
+    model is refused by name. The propagation checks a seed of clicks alone and keeps the model's answer."""
     from bench.volume import evaluate_structure
     from sonosam.models import load_model
     from sonosam.predictor import Predictor
@@ -124,3 +124,11 @@ def test_a_structure_seeded_by_one_click_propagates_from_it(colin_stack, default
     x, y = row["click"]
     assert row["seed_prompt"] == "click" and gt[row["seed_slice"], y, x]
     assert row["seed_dice"] > 0.6 and row["dice"] > 0.5 and len(row["dice_after"]) == 1
+    # a seed of clicks alone is checked too (its alternatives listed) and keeps the model's answer
+    from sonosam.volume import Seed, propagate
+
+    index = row["seed_slice"]
+    result = propagate(predictor, stack, [Seed(index, points=[(x, y)], labels=[1])], window=window, max_slices=1)
+    check = result.seed_checks[index]
+    assert check.best == 0 and np.array_equal(result.slice_mask(index), check.candidates[0].mask)
+    assert any("the click is in" in c.source for c in check.candidates[1:])

@@ -147,7 +147,7 @@ def test_cli_propagates_from_the_seed_checks_mask_the_user_picks(colin, tmp_path
     assert main(args + ["--seed-choice", str(len(check.candidates)), "-o", str(refused)]) == 2
     assert "the seed check offers" in capsys.readouterr().err and not refused.exists()
     assert main(["propagate", str(path), "--slice", str(index), "--point", "100,100", "--seed-choice", "1",
-                 "-o", str(refused)]) == 2 and not refused.exists()   # no box: nothing to check against
+                 "-o", str(refused)]) == 2 and not refused.exists()   # a box-only model: its clicks are refused
 
 
 @pytest.mark.slow

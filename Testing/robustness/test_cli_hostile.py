@@ -122,8 +122,9 @@ CASES = [
     ("span-misses-seed", ["--span", "FIRST <= --slice 5 <= LAST"], lambda t: propagate(good_volume(t), "--span", "6,9")),
     ("span-beyond", ["--span", "within 0..11"], lambda t: propagate(good_volume(t), "--span", "2,60")),
     ("seed-choice-negative", ["--seed-choice", "at least 0"], lambda t: propagate(good_volume(t), "--seed-choice", "-1")),
-    ("seed-choice-no-box", ["--seed-choice", "give --box"], lambda t: [
-        "propagate", good_volume(t), "--slice", 5, "--point", "20,20", "--seed-choice", "1", "-o", t / "out.seg.nrrd"]),
+    ("seed-choice-beyond-a-click", ["--seed-choice 9", "offers 2 masks for this prompt", "the click is in"],
+     lambda t: ["propagate", good_volume(t), "--slice", 5, "--point", "20,20", "--model", "litemedsam_clicks",
+                "--seed-choice", "9", "-o", t / "out.seg.nrrd"]),
     ("seed-choice-unchecked", ["--seed-choice", "--no-seed-check"],
      lambda t: propagate(good_volume(t), "--seed-choice", "1", "--no-seed-check")),
     ("propagate-slice-negative", ["--slice", "at least 0"], lambda t: propagate(good_volume(t), slice_=-3)),

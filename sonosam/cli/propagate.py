@@ -36,8 +36,9 @@ def register(subparsers):
     parser.add_argument("--no-seed-check", action="store_true", help="propagate the model's answer on the seed "
                         "slice even when it disagrees with the box (default: take the suggested alternative)")
     parser.add_argument("--seed-choice", type=int_at_least(0), metavar="N", help="propagate from mask N of the "
-                        "seed check's choices for the box (0: the model's answer; the others, such as the box's "
-                        "darker or brighter part, are listed after a run, as the Slicer effect's Mask list shows them)")
+                        "seed check's choices for the prompt (0: the model's answer; the others, such as the box's "
+                        "darker or brighter part or the region a lone click is in, are listed after a run, as the "
+                        "Slicer effect's Mask list shows them)")
     parser.add_argument("--no-follow-motion", action="store_true", help="prompt each slice where the previous "
                         "slice's mask was (default: that mask is first moved onto the slice by optical flow, so a "
                         "structure that shifts in-plane from slice to slice is followed)")
@@ -72,9 +73,9 @@ def run(args) -> int:
     height, width = [n for i, n in enumerate(volume.shape) if i != axis]
     check_image_size(height, width, f"{args.volume}: a slice across axis {args.axis}")
     check_prompts_inside(points, labels, args.box, width, height)
-    if args.seed_choice is not None and (args.box is None or args.no_seed_check or args.adapters):
-        raise PromptError("--seed-choice picks among the masks the seed check offers for a box: give --box, "
-                          "without --no-seed-check or --adapters.")
+    if args.seed_choice is not None and (args.no_seed_check or args.adapters):
+        raise PromptError("--seed-choice picks among the masks the seed check offers: leave out --no-seed-check "
+                          "and --adapters.")
     span = None
     if args.span:
         try:
@@ -138,7 +139,7 @@ def run(args) -> int:
         if not check.ok:
             print(f"seed slice {index}: {check.summary()}", file=sys.stderr)
         elif len(check.candidates) > 1:
-            print(f"seed slice {index}: other masks for the box: "
+            print(f"seed slice {index}: other masks for the {'box' if args.box is not None else 'click'}: "
                   + ", ".join(f"{i}: {c.source}" for i, c in enumerate(check.candidates) if i), file=sys.stderr)
         if len(check.candidates) > 1:
             print("  (--seed-choice N propagates from one of them)", file=sys.stderr)
@@ -147,7 +148,7 @@ def run(args) -> int:
 
 
 def _seed_choice(predictor, volume, axis, seed, options, choice, volume_id):
-    """Choice `choice` of the seed check's masks for the seed's box, checked as the run would check it (same
+    """Choice `choice` of the seed check's masks for the seed's prompt, checked as the run would check it (same
     window and cache key, so the run reuses the seed slice's embedding)."""
     from ..volume import check_seed_slice, slice_of, volume_window
 
@@ -155,6 +156,7 @@ def _seed_choice(predictor, volume, axis, seed, options, choice, volume_id):
     check = check_seed_slice(predictor, slice_of(volume, axis, seed.index), seed, options, window=window,
                              key=(volume_id, axis, seed.index))
     if choice >= len(check.candidates):
-        raise PromptError(f"--seed-choice {choice}: the seed check offers {len(check.candidates)} masks for this box ("
+        raise PromptError(f"--seed-choice {choice}: the seed check offers {len(check.candidates)} masks for this "
+                          f"{'box' if seed.box is not None else 'prompt'} ("
                           + ", ".join(f"{i}: {c.source}" for i, c in enumerate(check.candidates)) + ").")
     return check.candidates[choice]
