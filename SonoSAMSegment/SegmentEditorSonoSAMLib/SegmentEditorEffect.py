@@ -450,8 +450,10 @@ or connects to a GPU host.</html>"""
         if prediction is not None:
             notes = " ".join(prediction.notes)
             self.statusLabel.text = f"Predicted IoU {prediction.score:.2f}. {notes}".strip()
-        # a box: check the answer against it (two more decodes at most) and offer the alternatives
-        self._showChoices(session.check(volume) if prediction is not None and session.box_ras else None)
+        # check the answer against the prompt (two more decodes at most) and offer the alternatives: for a box, its
+        # darker or brighter part; for clicks alone, the region the first positive click is in
+        prompted = session.box_ras is not None or any(session.labels)
+        self._showChoices(session.check(volume) if prediction is not None and prompted else None)
         self._updateButtons()
 
     def _showChoices(self, choices):

@@ -83,7 +83,7 @@ class SlicePrediction:
 
 @dataclass
 class SeedChoices:
-    """The seed check of a boxed preview (the core's ``sonosam.seed_check``): what is wrong with the model's
+    """The seed check of a preview (the core's ``sonosam.seed_check``): what is wrong with the model's
     answer, and the alternatives as previews the user can look at and apply (then propagate from)."""
     problems: list                 # [] when the answer agrees with the box
     summary: str                   # one line for the status label ("" when fine)
@@ -594,14 +594,17 @@ class SegmentLogic:
         it judges the preview as shown: a mask beside the structure the box holds, a mask filling the box, an unsure
         model) and offer the alternatives: the model's other masks where it has trained multimask heads, the model
         with a click inside the box's contrasted structure (click-capable models), the box's darker or brighter part,
-        the darkest and brightest of its three intensity classes (never suggested). Each choice is a SlicePrediction
-        for ``show_preview`` / ``apply``; applying one and propagating seeds the propagation with it. Previews without
-        a box (clicks only) and colour slices are not checked (one choice: the preview)."""
+        the darkest and brightest of its three intensity classes (never suggested); for a preview of clicks alone, the
+        region the first positive click is in (two and three intensity classes of the slice; never suggested: one
+        click does not say how much of a tissue is meant). Each choice is a SlicePrediction for ``show_preview`` /
+        ``apply``; applying one and propagating seeds the propagation with it. Previews with no box and no positive
+        click, and colour slices, are not checked (one choice: the preview)."""
         info = self.volume_info(volumeNode)
         if prediction.volume_key != info.key:
             raise SegmentationError("The volume changed since this preview: prompt again.")
         image = self.slice_image(info, prediction.geometry)
-        if prediction.box_xy is None or image.ndim != 2:
+        clicked = prediction.labels is not None and any(int(v) for v in prediction.labels)
+        if (prediction.box_xy is None and not clicked) or image.ndim != 2:
             return SeedChoices([], "", [prediction], ["the model's answer"])
         from sonosam.seed_check import check_seed
 
@@ -1399,7 +1402,7 @@ class PromptSession:
         self.box_ras = None
         self.slice_key = None
         self.prediction: SlicePrediction | None = None
-        self.choices: SeedChoices | None = None   # the seed check of the last boxed preview
+        self.choices: SeedChoices | None = None   # the seed check of the last preview
         self._previews: dict = {}                 # prompts -> the preview shown for them (undo of a click)
         self._shown_for = None                    # the prompts the current preview answers
         if self.markups_node is not None:

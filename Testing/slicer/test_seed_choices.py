@@ -81,7 +81,29 @@ def test_a_flagged_box_offers_the_dark_structure_and_propagation_carries_the_pic
     assert result[3].any() and result[16].any() and not result[:3].any() and not result[17:].any()
 
 
-def test_clicks_only_previews_are_not_checked_and_choose_needs_a_check(tube):
+def test_a_click_alone_offers_the_region_it_is_in_and_propagation_carries_the_pick(tube):
+    # the stand-in answers a click with every bright pixel of the slice (the tissue around the tube); one click does
+    # not say how much is meant, so the check offers the dark region the click is in, never suggesting it
+    m, volume, segmentation, sid, logic, inside = tube
+    k = 10
+    session = PromptSession(logic)
+    session.add_point(volume, ras(m, 20, 17, k), positive=True, slice_axis="axial")   # inside the tube
+    preview = session.predict(volume, segmentation, sid, slice_axis="axial")
+    truth = preview.geometry.extract(inside)
+    assert preview.mask.any() and not (preview.mask & truth).any()
+    choices = session.check(volume)
+    assert choices.ok and choices.suggested == 0 and choices.choices[0] is preview
+    dark = [i for i, label in enumerate(choices.labels) if label.startswith("the dark region the click is in")]
+    assert len(dark) == 1, choices.labels
+    picked = session.choose(dark[0])
+    assert not (picked.mask & ~truth).any() and (truth & ~picked.mask).sum() <= 4   # opened 1 px: the corners
+    logic.apply(session.prediction, volume, segmentation, sid, "replace")
+    summary = logic.propagate(volume, segmentation, sid, "axial")
+    result = read_segment_block(segmentation, sid, m, [0, DIMS[0] - 1, 0, DIMS[1] - 1, 0, DIMS[2] - 1])
+    assert not (result & ~inside).any() and result.sum() >= 0.9 * inside.sum(), summary
+
+
+def test_choose_needs_a_check(tube):
     m, volume, segmentation, sid, logic, inside = tube
     session = PromptSession(logic)
     with pytest.raises(PromptError, match="check the preview first"):
