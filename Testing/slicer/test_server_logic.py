@@ -320,16 +320,22 @@ def test_seed_choices_through_the_server_equal_in_process(ball, clients):
 
     client, local = clients
     k = int(CENTER[2])
-    out = []
-    for predictor in (client, local):
-        logic = SegmentLogic(predictor=predictor)
-        session = PromptSession(logic)
-        corners = _box_ras(ball, k)
-        session.set_box(ball["volume"], corners[0], corners[1], slice_axis="K")
-        session.predict(ball["volume"], slice_axis="K")
-        out.append(session.check(ball["volume"]))
-    remote, here = out
-    assert remote.labels == here.labels and remote.problems == here.problems and remote.suggested == here.suggested
-    assert len(remote.choices) >= 2   # the model's answer and at least the box's brighter part
-    for a, b in zip(remote.choices, here.choices):
-        np.testing.assert_array_equal(a.mask, b.mask)
+    for prompt in ("box", "click"):   # a click alone: the region it is in is offered
+        out = []
+        for predictor in (client, local):
+            logic = SegmentLogic(predictor=predictor)
+            session = PromptSession(logic)
+            if prompt == "box":
+                corners = _box_ras(ball, k)
+                session.set_box(ball["volume"], corners[0], corners[1], slice_axis="K")
+            else:
+                session.add_point(ball["volume"], (ball["m"] @ np.r_[CENTER[0], CENTER[1], k, 1])[:3], slice_axis="K")
+            session.predict(ball["volume"], slice_axis="K")
+            out.append(session.check(ball["volume"]))
+        remote, here = out
+        assert remote.labels == here.labels and remote.problems == here.problems \
+            and remote.suggested == here.suggested
+        assert len(remote.choices) >= 2, remote.labels  # the model's answer and the box's brighter part / the region
+        for a, b in zip(remote.choices, here.choices):
+            np.testing.assert_array_equal(a.mask, b.mask)
+    assert any(label.startswith("the bright region the click is in") for label in remote.labels), remote.labels
