@@ -361,6 +361,9 @@ def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None,
     follows it even where the model is sure). contrast_switch: an unsure model's answer that does not stand out
     gives way to the part of the box that does, where that part is a whole structure (`whole_share`).
     three_classes: also offer the darkest and the brightest of three intensity classes (never suggested)."""
+    # lists or arrays, as any caller gives them (a console user's Seed(points=np.array(...)))
+    points = None if points is None or len(points) == 0 else [tuple(float(v) for v in p) for p in points]
+    labels = None if labels is None or len(labels) == 0 else [int(v) for v in labels]
     model = getattr(predictor, "model", None)
     spec = getattr(model, "spec", None)
     multimask = bool(getattr(spec, "multimask", False))
