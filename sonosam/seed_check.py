@@ -389,7 +389,10 @@ def check_seed(predictor, image: np.ndarray, box=None, points=None, labels=None,
             if polarity is not None and polarity in found[1] and model_mask.any() \
                     and (model_mask & intensity.mask).sum() < 0.5 * model_mask.sum():
                 evidence = box_agreement(intensity.mask, box)
-    candidates[0].problems = mask_problems(candidates[0].mask, candidates[0].score, box, evidence, min_score)
+    # clicks alone: no "unsure" (a click model's predicted IoU for one click runs low whether it is right or wrong,
+    # docs/volume.md); the regions the click is in are offered without a warning
+    candidates[0].problems = mask_problems(candidates[0].mask, candidates[0].score, box, evidence,
+                                           min_score if box is not None else 0.0)
     if intensity is not None and " ring " in intensity.source:  # the model answered the ring's disc?
         hole = ndimage.binary_fill_holes(intensity.mask) & ~intensity.mask
         if (candidates[0].mask & hole).sum() > 0.5 * hole.sum():

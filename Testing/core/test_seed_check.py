@@ -329,8 +329,8 @@ def test_a_click_alone_is_offered_the_region_it_is_in_never_suggested():
     assert click_regions(image, (200, 3)) == []      # off the slice
 
     small = np.hypot(rows - 30, cols - 30) <= 4        # the model's answer: a small blob around the click
-    check = check_seed(_Answers(small, 0.95), image, points=np.array([[30, 30]]), labels=np.array([1]))  # arrays too
-    assert check.best == 0 and check.ok
+    check = check_seed(_Answers(small, 0.3), image, points=np.array([[30, 30]]), labels=np.array([1]))  # arrays too
+    assert check.best == 0 and check.ok     # a click model's low predicted IoU is no warning for clicks alone
     assert any(c.source.startswith("the bright region the click is in") and dice(c.mask, head) > 0.97
                for c in check.candidates[1:])
     boxed = check_seed(_Answers(small, 0.95), image, points=[(30, 30)], labels=[1], box=loose_box(small))
