@@ -360,3 +360,34 @@ def test_bench_timer_counts_calls_and_formats_a_table():
     assert (timed.encode_calls, timed.decode_calls) == (1, 2) and timed.spec.name == "toy"
     table = format_rows([{"run": "x", "images/s": 0.12345, "Dice": None}])
     assert table.splitlines()[2] == "| x | 0.123 | n/a |"
+
+
+class AroundTheClick(Recorder):
+    """A small disc around the first positive click (a click model that finds a piece of a large structure)."""
+
+    def answer(self, image, points, labels, box):
+        x, y = [p for p, l in zip(points or [], labels or []) if l][0]
+        rows, cols = np.indices(image.shape)
+        return np.hypot(rows - y, cols - x) <= 4
+
+
+def test_pick_first_takes_the_listed_region_the_click_is_in_where_it_beats_the_answer(tmp_path):
+    """`pick_first`: after the first prompt the simulated user takes the seed check's listed mask closest to the
+    reference (the Slicer effect's Mask list), and corrections start from it; the report says how many."""
+    rng = np.random.default_rng(0)
+    rows, cols = np.indices((80, 80))
+    head = (np.abs(rows - 40) <= 28) & (np.abs(cols - 40) <= 28)
+    hole = np.hypot(rows - 40, cols - 55) <= 8     # off-centre: the centroid click lands on the tissue
+    image = np.where(head & ~hole, 200, 20) + rng.normal(0, 3, (80, 80))
+    sample = Sample(image.astype(np.float32), head, "head", ("head",), 1)   # the whole head, its dark hole too
+    plain = evaluate(AroundTheClick(), [sample], n_clicks=2, start="point", progress=False, local_corrections=True)
+    picked = evaluate(AroundTheClick(), [sample], n_clicks=2, start="point", progress=False, local_corrections=True,
+                      pick_first=True)
+    assert plain.images[0].dice[0] < 0.2 and plain.images[0].picked == ""
+    assert picked.images[0].picked == "the bright region the click is in" and picked.images[0].dice[0] > 0.95
+    assert picked.images[0].dice[1] >= picked.images[0].dice[0] - 0.01       # the correction starts from the pick
+    assert picked.summary()["picked"] == 1 and picked.summary()["pick_first"]
+    md = write_report([plain, picked], tmp_path / "report")["summary_md"].read_text()
+    assert "picked from the list (1)" in md
+    oracle = evaluate(Oracle(), [sample], n_clicks=1, start="point", progress=False, pick_first=True)
+    assert oracle.images[0].picked == ""                                        # nothing beats a right answer

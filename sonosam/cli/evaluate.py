@@ -55,6 +55,11 @@ def register(subparsers):
                              "pixel (a click the model ignored changes the disk up to the mask's edge), as the "
                              "Slicer effect does (sonosam.masks.local_correction); default: SAM's protocol, the "
                              "whole new answer")
+    parser.add_argument("--pick-first", action="store_true",
+                        help="after the first prompt the simulated user takes the mask of the seed check's list (the "
+                             "Slicer effect's Mask list: for a box its darker or brighter part, for a click the region "
+                             "it is in) closest to the reference, where it beats the model's answer; corrections "
+                             "start from it. A diligent user who picks by the reference: an upper bound")
     parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2),
                         help="numpy axis of 3D volumes to slice along (0 = k, axial for axial scans)")
     parser.add_argument("--slices", type=_slices, metavar="A:B|I,J", help="only these slice/frame indices")
@@ -128,7 +133,8 @@ def run(args) -> int:
                 result = evaluate(interactive_predictor(predictor), samples, n_clicks=args.clicks, start=start,
                                   box_jitter=args.box_jitter, box_margin=args.box_margin, seed=args.seed,
                                   name=name if checkpoint is None else f"{name} ({Path(checkpoint).name})",
-                                  progress=not args.no_progress, local_corrections=args.local_corrections)
+                                  progress=not args.no_progress, local_corrections=args.local_corrections,
+                                  pick_first=args.pick_first)
             for message in dict.fromkeys(str(w.message) for w in caught):
                 print(f"warning: {message}", file=sys.stderr)
             results.append(result)

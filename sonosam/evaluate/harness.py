@@ -20,6 +20,12 @@ Protocol per sample (interaction 1 = the first prompt):
    nothing changes nearer an earlier click of the other kind (``sonosam.masks.local_correction``, what the Slicer
    effect does); else the whole new answer (SAM's protocol).
 
+With ``pick_first`` the simulated user also looks at the Slicer effect's **Mask** list after the first prompt (the
+seed check's alternatives, ``sonosam.seed_check.check_seed``: for a box its darker or brighter part and more, for a
+click the region it is in) and takes the listed mask closest to the reference where it beats the model's answer
+(``ImageResult.picked`` names it); the corrections then start from it. A diligent user who picks by the reference:
+an upper bound on a pick by eye.
+
 A model that takes no clicks (``spec.prompt_kinds`` lacks ``"point"``, e.g. LiteMedSAM) is run with the
 box only; its later interactions are recorded as NaN ("not measured") and the result says
 ``clicks_supported=False``. A sample whose prediction raises is recorded with its error message and NaN
@@ -62,6 +68,7 @@ class ImageResult:
     error: str | None = None
     refused: str | None = None              # the model refused corrective clicks (undeclared box-only)
     source: str = ""                        # the file (volume, loop, image) the sample was cut from
+    picked: str = ""                        # pick_first: the listed mask taken after the first prompt ("" none)
 
     @property
     def ok(self) -> bool:
@@ -81,6 +88,7 @@ class ModelResult:
     encoder_calls: int | None = None
     box_jitter: float = 0.0
     local_corrections: bool = False
+    pick_first: bool = False
 
     @property
     def curves(self) -> list[list[float]]:
@@ -100,7 +108,8 @@ class ModelResult:
         out.update(model=self.model, start=self.start, errors=len(self.errors), n_clicks=self.n_clicks,
                    clicks_supported=self.clicks_supported, seconds=self.seconds,
                    seconds_per_image=self.seconds / len(self.images) if self.images else float("nan"),
-                   encoder_calls=self.encoder_calls, local_corrections=self.local_corrections)
+                   encoder_calls=self.encoder_calls, local_corrections=self.local_corrections,
+                   pick_first=self.pick_first, picked=sum(bool(r.picked) for r in self.images if r.ok))
         return out
 
 
@@ -171,7 +180,7 @@ def source_of(sample: Sample) -> str:
 def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "point",
                clicks_supported: bool = True, masks_supported: bool = True, box_jitter: float = 0.0,
                box_margin: int = 0, rng: np.random.Generator | None = None, multimask_first: bool = True,
-               name: str = "model", local_corrections: bool = False) -> ImageResult:
+               name: str = "model", local_corrections: bool = False, pick_first: bool = False) -> ImageResult:
     """The interactive protocol on one sample (exceptions propagate; ``evaluate`` records them)."""
     gt = np.asarray(sample.mask, dtype=bool)
     sim = ClickSimulator(rng=rng if rng is not None else np.random.default_rng(0), box_jitter=box_jitter,
@@ -187,6 +196,8 @@ def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "p
     shown = {"window": sample.window} if sample.window is not None else {}
     pred = predictor.predict(sample.image, prompts, multimask=multimask, key=sample.key, **shown)
     mask, logits, score = _best(pred, gt.shape)
+    if pick_first:
+        mask, logits, result.picked = _pick_from_list(predictor, sample, prompts, mask, logits, gt)
     result.dice[0], result.scores = metrics.dice(mask, gt), [score]
     for step in range(1, n_clicks if clicks_supported else 1):
         click, with_click = sim.correct(mask, gt, prompts)
@@ -219,10 +230,32 @@ def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "p
     return result
 
 
+def _pick_from_list(predictor, sample: Sample, prompts: Prompts, mask, logits, gt):
+    """The simulated user's pick from the seed check's list after the first prompt: (mask, logits, what was picked);
+    the model's answer ("" picked) unless a listed mask is closer to the reference."""
+    from ..seed_check import check_seed
+
+    shown = {"window": sample.window} if sample.window is not None else {}
+
+    class Asks:   # the seed check asks with keywords; the harness's predictors take a Prompts
+        model = getattr(predictor, "model", None) or predictor
+
+        @staticmethod
+        def predict(image, points=None, labels=None, box=None, multimask=False, key=None, window=None):
+            return predictor.predict(image, Prompts(points, labels, box), multimask=multimask, key=key, **shown)
+
+    check = check_seed(Asks, sample.image, box=prompts.box, points=prompts.points, labels=prompts.labels,
+                       key=sample.key, window=sample.window)
+    best = max(check.candidates[1:], key=lambda c: metrics.dice(c.mask, gt), default=None)
+    if best is None or metrics.dice(best.mask, gt) <= metrics.dice(mask, gt):
+        return mask, logits, ""
+    return np.asarray(best.mask, bool), best.logits, best.source.split(" (")[0]
+
+
 def evaluate(predictor, samples: Sequence[Sample], *, n_clicks: int = 10, start: str = "auto",
              box_jitter: float = 0.0, box_margin: int = 0, seed: int = 0, name: str | None = None,
              progress: bool = True, on_error: str = "record", multimask_first: bool = True,
-             local_corrections: bool = False) -> ModelResult:
+             local_corrections: bool = False, pick_first: bool = False) -> ModelResult:
     """Run the click protocol (module doc) on every sample; ``on_error="raise"`` stops at the first
     failing sample, ``"record"`` keeps its message in the result and goes on."""
     if n_clicks < 1:
@@ -251,7 +284,7 @@ def evaluate(predictor, samples: Sequence[Sample], *, n_clicks: int = 10, start:
                                     clicks_supported=clicks_supported, masks_supported=masks_supported,
                                     box_jitter=box_jitter, box_margin=box_margin, rng=rng,
                                     multimask_first=multimask_first, name=name,
-                                    local_corrections=local_corrections)
+                                    local_corrections=local_corrections, pick_first=pick_first)
             except Exception as error:  # noqa: BLE001 - recorded with its message, never as a zero
                 if on_error == "raise":
                     raise
@@ -275,7 +308,7 @@ def evaluate(predictor, samples: Sequence[Sample], *, n_clicks: int = 10, start:
     if images and all(not r.ok for r in images):
         raise SonoSAMError(f"Model {name!r} failed on every sample; first error: {images[0].error}")
     return ModelResult(name, start, n_clicks, images, clicks_supported, seconds, encoder_calls, box_jitter,
-                       local_corrections)
+                       local_corrections, pick_first)
 
 
 def _progress(samples, name: str, enabled: bool):
