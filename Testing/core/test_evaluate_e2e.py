@@ -131,3 +131,14 @@ def test_cli_on_five_patients_lesions_reports_each_patient(tmp_path, capsys):
     assert "| litemedsam_clicks | point | mean of 3 sources | 5 |" in summary
     table = capsys.readouterr().out
     assert "| litemedsam_clicks | box | 5 | 0 |" in table and "| litemedsam_clicks | point | 5 | 0 |" in table
+    # --pick-first: the user takes the Mask list's closest mask after the first click (the nodule's bright region)
+    picked = tmp_path / "picked"
+    args = parser.parse_args(["evaluate", "--data", "lesions", "--min-area", "20", "--max-images", "5", "--clicks", "2",
+                              "--start", "point", "--pick-first", "--model", "litemedsam_clicks", "-o", str(picked),
+                              "--no-progress"])
+    assert args.func(args) == 0
+    after = list(csv.DictReader(open(picked / "per_image.csv")))
+    before = [float(r["dice_1"]) for r in rows[5:]]
+    assert all(float(a["dice_1"]) >= b for a, b in zip(after, before))
+    assert sum(float(a["dice_1"]) > b + 0.1 for a, b in zip(after, before)) >= 1, (before, after)
+    assert "| litemedsam_clicks | point, picked from the list (" in capsys.readouterr().out
