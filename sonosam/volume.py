@@ -127,6 +127,9 @@ class PropagationOptions:
     min_area_ratio: float = 0.05     # weak below this share of the anchor's area
     max_intensity_shift: float | None = 2.0  # weak when the mask's mean intensity is more than this many anchor
                                      # standard deviations from the anchor's mean (None: off)
+    shift_contrast_floor: float | None = 0.1  # for anchors that stand out, the shift's unit is at least this share
+                                     # of their contrast to their 3 px ring: a thresholded class's SD is cut short
+                                     # (None: the anchor's SD alone; docs/volume.md, stop 53)
     min_similarity: float | None = 0.7  # weak when the cosine similarity of the mask's mean image-embedding
                                      # feature to the anchor's falls below this (None: off)
     patience: int = 3                # stop after this many weak slices in a row (they are left empty)
@@ -595,6 +598,8 @@ class _Run:
         if polarity is not None:
             around = ndimage.binary_dilation(mask, iterations=3) & ~mask
             split, between = _otsu(prev_image[mask | around]), (float(prev_image[around].mean()), anchor_mean)
+            if opt.shift_contrast_floor is not None:
+                anchor_std = max(anchor_std, opt.shift_contrast_floor * abs(anchor_mean - between[0]))
         if opt.max_slices is not None:
             limit = start + step * min(abs(limit - start), opt.max_slices)
         if opt.span is not None:  # the user's ends bound the front (an earlier anchor outside them has none)

@@ -460,3 +460,25 @@ def test_follow_slice_moves_the_mask_with_the_image_and_keeps_it_when_the_flow_l
     assert image.shape == before.shape and abs(float(image[40, 48]) - 120) < 15   # the disc's inside moved too
     blank = np.zeros((80, 80), bool)
     assert follow_slice(FlowEstimator(scale=1.0), texture(before), texture(after), blank)[1] is blank
+
+
+def test_a_thresholded_anchor_s_tight_intensities_do_not_stop_its_front_at_the_partial_volume_rim():
+    """An accepted mask that is one intensity class (a dark tube's core, its 1 px partial-volume rim left out) has a
+    tiny SD; the next slices' masks take in the rim and shift many of those SDs. With `shift_contrast_floor` (default)
+    the unit is at least that share of the anchor's contrast to its surroundings, and the front follows the tube."""
+    rng = np.random.default_rng(1)
+    volume = 100 + rng.normal(0, 3, (30, 48, 48))
+    rows, cols = np.indices((48, 48))
+    radius = np.hypot(rows - 24, cols - 24)
+    core, rim = radius <= 8, (radius > 8) & (radius <= 9)
+    for k in range(3, 27):                              # the tube, slices 3..26
+        volume[k][rim] = 45 + rng.normal(0, 2, rim.sum())
+        volume[k][core] = 10 + rng.normal(0, 1, core.sum())
+    seed = Seed(15, mask=core.copy())                 # the darkest class: the core alone
+    predictor = Predictor(ThresholdModel())
+    tight = propagate(predictor, volume, [seed], window=(0, 120), shift_contrast_floor=None)
+    floored = propagate(predictor, volume, [seed], window=(0, 120))                   # the default, 0.1
+    first, last = floored.extent()
+    assert first <= 4 and last >= 25, floored.summary()
+    low, high = tight.extent()
+    assert high - low < 10 and "SD from the anchor's" in tight.summary(), tight.summary()
