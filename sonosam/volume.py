@@ -77,6 +77,12 @@ class Seed:
     labels: Sequence[int] | None = None
     mask: np.ndarray | None = None
 
+    def __post_init__(self):   # lists or arrays, as a console user gives them: plain lists from here on
+        if self.points is not None:
+            self.points = [tuple(float(v) for v in p) for p in self.points] or None
+        if self.labels is not None:
+            self.labels = [int(v) for v in self.labels] or None
+
     @property
     def accepted(self) -> bool:
         return self.mask is not None
@@ -556,7 +562,7 @@ class _Run:
                                   f"{self.image(seed.index).shape}.")
             info = SliceInfo(seed.index, ACCEPTED, float("nan"), int(mask.sum()), source=seed.index)
             return mask, info
-        if self.options.seed_check and (seed.box is not None or seed.points):  # clicks alone: offered, not switched
+        if self.options.seed_check and (seed.box is not None or seed.points):   # clicks alone: offered, kept
             self.decoded += 1
             self.encode_slab(seed.index)
             check = check_seed_slice(self.predictor, self.image(seed.index), seed, self.options, window=self.window,

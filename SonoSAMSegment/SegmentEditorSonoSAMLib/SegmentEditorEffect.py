@@ -451,9 +451,8 @@ or connects to a GPU host.</html>"""
             notes = " ".join(prediction.notes)
             self.statusLabel.text = f"Predicted IoU {prediction.score:.2f}. {notes}".strip()
         # check the answer against the prompt (two more decodes at most) and offer the alternatives: for a box, its
-        # darker or brighter part; for clicks alone, the region the first positive click is in
-        prompted = session.box_ras is not None or any(session.labels)
-        self._showChoices(session.check(volume) if prediction is not None and prompted else None)
+        # darker or brighter part; for clicks alone, the region the first positive click is in (the logic decides)
+        self._showChoices(session.check(volume) if prediction is not None else None)
         self._updateButtons()
 
     def _showChoices(self, choices):

@@ -482,3 +482,13 @@ def test_a_thresholded_anchor_s_tight_intensities_do_not_stop_its_front_at_the_p
     assert first <= 4 and last >= 25, floored.summary()
     low, high = tight.extent()
     assert high - low < 10 and "SD from the anchor's" in tight.summary(), tight.summary()
+
+
+def test_a_seed_given_numpy_points_propagates_like_one_given_lists():
+    volume, _ = sphere_volume()
+    predictor = Predictor(ThresholdModel(kinds=("box", "point")))
+    lists = propagate(predictor, volume, [Seed(20, points=[(32, 32)], labels=[1])], max_slices=3)
+    arrays = propagate(predictor, volume, [Seed(20, points=np.array([[32.0, 32.0]]), labels=np.array([1]))],
+                       max_slices=3)
+    assert np.array_equal(lists.mask, arrays.mask) and lists.mask.any()
+    assert Seed(3, points=np.array([[1, 2]])).points == [(1.0, 2.0)]
