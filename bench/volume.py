@@ -1,7 +1,7 @@
 """Propagation accuracy for every shape of structure, on MRI and CT, against model-free references.
 
     python -m bench.volume [--subjects colin27 ct_head inia19 icbm152] [--structures NAME ...] [--cache runs/cache]
-                                   [--corrections 3] [--seed-pick auto|user] [--assist-after 3] [--json out.json]
+                                   [--corrections 3] [--seed-pick auto|user|correct] [--assist-after 3] [--json out.json]
 
 Subjects and references: `sonosam.references` (Colin27 T1 MRI: AAL structures, lateral ventricles, white
 matter; the invesalius head CT: skull, mandible rami, airway, sinuses, brain; on request, `--subjects inia19`, the
@@ -21,6 +21,9 @@ table is decode-only.
 
 `--seed-pick user`: where the seed check reports a problem, the simulated user picks the offered mask closest to the
 reference (what the Slicer effect's Mask list lets a user do), reported apart from the one-prompt figures.
+`--seed-pick correct`: the simulated user corrects the seed slice before anything propagates, taking the best answer
+that slice offers (the choices a correction has, below) where it beats the checked seed (`corrected_seed`): one
+correction spent on the seed slice instead of the worst slice.
 Corrective clicks keep each click's change local to it, as the Slicer effect shows them (`--whole-corrections`:
 the model's whole new answer, as the figures before 2026-12-03 were measured).
 `--box-shifts PX`: each row also from 6 more seed boxes (grown, shrunk, moved left / right / up / down by PX pixels),
@@ -229,6 +232,25 @@ def user_seed(predictor, image: np.ndarray, truth: np.ndarray, box, *, key, wind
     return Seed(0, mask=check.candidates[picked].mask), check.candidates[picked].source
 
 
+def corrected_seed(predictor, image: np.ndarray, truth: np.ndarray, box, *, key, window, local: bool = True,
+                   three_classes: bool = PropagationOptions.seed_three_classes, click=None) -> tuple[Seed | None, str]:
+    """"The user corrects the seed slice before propagating" (the Slicer effect: clicks on the seed slice, then
+    Propagate): the simulated user takes the best answer the seed slice offers (`corrective_choices`: the box, the
+    seed check's alternatives and, for click-capable models, up to 3 clicks alone or after the box) where it beats
+    what the seed check would propagate from the box (or the `click`), and propagates from it as an accepted mask;
+    (None, "") when nothing offered beats it."""
+    from sonosam.seed_check import check_seed
+
+    prompt = {"box": box} if click is None else {"points": [click], "labels": [1]}
+    check = check_seed(predictor, image, key=key, window=window, three_classes=three_classes, **prompt)
+    now = dice(check.candidates[check.best].mask, truth)
+    mask, how = max(corrective_choices(predictor, image, truth, key=key, window=window, local=local,
+                                       three_classes=three_classes), key=lambda c: dice(c[0], truth))
+    if dice(mask, truth) <= now:
+        return None, ""
+    return Seed(0, mask=mask), f"{how} ({now:.2f} -> {dice(mask, truth):.2f})"
+
+
 def _assisted_rerun(predictor, volume, result, axis, window, volume_id, kinds, **options) -> dict | None:
     """SAM^Med's prompt-encoder learning in the correction loop: learn an assisted prompt encoder from the slices
     the user holds (the seed's mask and the accepted corrections; sonosam.assist.learn_assist, the product's
@@ -297,8 +319,14 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
                                    click=click)
         if chosen is not None:
             seed = replace(chosen, index=index)
+    elif seed_pick == "correct":
+        chosen, picked = corrected_seed(predictor, slice_of(volume, axis, index), slice_of(gt, axis, index), box,
+                                        key=(volume_id, axis, index), window=window, local=local_corrections,
+                                        three_classes=three_classes, click=click)
+        if chosen is not None:
+            seed = replace(chosen, index=index)
     elif seed_pick != "auto":
-        raise ValueError(f"seed_pick must be 'auto' or 'user', not {seed_pick!r}.")
+        raise ValueError(f"seed_pick must be 'auto', 'user' or 'correct', not {seed_pick!r}.")
     started = time.perf_counter()
     result = propagate(predictor, volume, [seed], axis=axis, window=window, volume_id=volume_id, **options)
     seconds, decoded = time.perf_counter() - started, result.decoded
@@ -548,9 +576,11 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                         help="a PropagationOptions override, e.g. min_contrast=None (repeatable)")
-    parser.add_argument("--seed-pick", choices=["auto", "user"], default="auto",
+    parser.add_argument("--seed-pick", choices=["auto", "user", "correct"], default="auto",
                         help="auto: the seed check's suggestion (the one-prompt figures); user: where the check "
-                             "reports a problem, the simulated user picks the offered mask closest to the reference")
+                             "reports a problem, the simulated user picks the offered mask closest to the reference; "
+                             "correct: the user corrects the seed slice first (the best answer it offers, clicks "
+                             "included)")
     parser.add_argument("--assist-after", type=int, nargs="*", default=[],
                         help="after these correction counts, learn SAM^assist from the held slices and re-run")
     parser.add_argument("--assist-kinds", nargs="+", default=["box", "point"], choices=["box", "point"])

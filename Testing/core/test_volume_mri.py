@@ -170,3 +170,24 @@ def test_thin_dark_ventricle_takes_the_checked_seed_and_follows_it(colin):
     unchecked = propagate(colin["predictor"], colin["volume"], [Seed(index, box=box)], window=colin["window"],
                           seed_check=False, max_slices=2)
     assert dice(unchecked.slice_mask(index), gt[index]) < 0.3
+
+
+def test_the_simulated_user_corrects_the_seed_slice_first(colin):
+    """bench.volume --seed-pick correct: the best answer the seed slice offers (clicks included) replaces the checked
+    seed where it is closer to the reference (Pallidum_R), and the checked seed stays where nothing offered beats it
+    (Thalamus_R, whose checked seed is already close)."""
+    from bench.volume import corrected_seed, corrective_choices
+
+    for label in (76, THALAMUS_R):
+        run = colin["runs"][label]
+        gt, index = run["gt"][run["index"]], run["index"]
+        image = colin["volume"][index]
+        checked = dice(run["result"].slice_mask(index), gt)
+        seed, how = corrected_seed(colin["predictor"], image, gt, run["box"], key=None, window=colin["window"])
+        print(f"\n{label}: checked seed {checked:.3f}; corrected: {how or 'kept'}")
+        if label == 76:
+            assert seed is not None and dice(seed.mask, gt) > checked
+            assert how.endswith(f"({checked:.2f} -> {dice(seed.mask, gt):.2f})")
+        else:
+            offered = corrective_choices(colin["predictor"], image, gt, key=None, window=colin["window"])
+            assert (seed, how) == (None, "") and max(dice(m, gt) for m, _ in offered) <= checked
