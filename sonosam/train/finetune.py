@@ -45,6 +45,7 @@ class TrainConfig:
     point_jitter: float = 0.2         # first click: up to 20 % of the structure's size from the centroid
     box_jitter: float = 0.2           # first box: each side moved by up to 20 % of the box size
     iou_weight: float = 1.0           # MSE of the IoU head against the real IoU
+    mask_loss: str = "dice_focal"     # losses.MASK_LOSSES: SAM's DiceFocal, or "bce_dice" (BCE + soft Dice)
     click_weight: float = 0.0         # x the cross-entropy under each click (losses.click_loss): follow every click
     box_keep: float = 0.0             # x KL toward the starting decoder's answer to a box alone (``train_decoder``'s
                                       # ``anchor``): clicks are learned without losing what the box gave
@@ -216,7 +217,7 @@ def run_epoch(net, sam_model: SamModel, items: list[_Item], store, optimizer, co
             if graded is not None and iteration not in graded:
                 return
             target = targets[indices]
-            total = prompt_loss(logits, iou, target, config.iou_weight).sum()
+            total = prompt_loss(logits, iou, target, config.iou_weight, config.mask_loss).sum()
             if config.click_weight and prompts.points is not None:
                 total = total + config.click_weight * click_loss(logits, *prompts.points, image_size).sum()
             if config.box_keep and anchor is not None and prompts.points is None and prompts.boxes is not None:

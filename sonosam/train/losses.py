@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["dice_loss", "focal_loss", "dice_focal_loss", "bernoulli_kl", "soft_dice", "embedding_loss", "prompt_loss",
-           "hard_dice", "click_loss"]
+           "hard_dice", "click_loss", "bce_dice_loss", "MASK_LOSSES"]
 
 
 def soft_dice(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -59,14 +59,25 @@ def embedding_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
     return ((student - teacher) ** 2).mean(1) / (teacher ** 2).mean(1).clamp(min=1e-12)
 
 
-def prompt_loss(logits: torch.Tensor, iou: torch.Tensor, target: torch.Tensor, iou_weight: float = 1.0) -> torch.Tensor:
-    """Per sample: DiceFocal of the mask + ``iou_weight`` x the squared error of the predicted IoU against the
-    real IoU of the thresholded mask (SAM's loss for one prompt iteration). logits/target (B, 1, H, W), iou (B, M)."""
+def bce_dice_loss(logits, target) -> torch.Tensor:
+    """Per sample: mean binary cross-entropy + soft Dice loss (MedSAM's loss); shape (B,)."""
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none").flatten(1).mean(1)
+    return bce + dice_loss(logits, target)
+
+
+MASK_LOSSES = {"dice_focal": dice_focal_loss, "bce_dice": bce_dice_loss}
+
+
+def prompt_loss(logits: torch.Tensor, iou: torch.Tensor, target: torch.Tensor, iou_weight: float = 1.0,
+                mask_loss: str = "dice_focal") -> torch.Tensor:
+    """Per sample: the mask loss (``MASK_LOSSES``: SAM's DiceFocal, or BCE + soft Dice) + ``iou_weight`` x the
+    squared error of the predicted IoU against the real IoU of the thresholded mask (SAM's loss for one prompt
+    iteration). logits/target (B, 1, H, W), iou (B, M)."""
     hard = (logits.detach() > 0).float()
     inter = (hard * target).flatten(1).sum(1)
     union = (hard + target).clamp(max=1).flatten(1).sum(1)
     real_iou = inter / union.clamp(min=1)
-    return dice_focal_loss(logits, target) + iou_weight * (iou.float()[:, 0] - real_iou) ** 2
+    return MASK_LOSSES[mask_loss](logits, target) + iou_weight * (iou.float()[:, 0] - real_iou) ** 2
 
 
 def click_loss(logits: torch.Tensor, points: torch.Tensor, labels: torch.Tensor, image_size: int) -> torch.Tensor:
