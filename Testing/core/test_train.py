@@ -250,3 +250,28 @@ def test_an_overlay_keeps_the_box_scales_it_is_given(trained, tmp_path, monkeypa
     with pytest.raises(SonoSAMError, match="numbers >= 1"):
         save_checkpoint(clickable(model), tmp_path / "bad.pth", weights="decoder", box_scales=[0.5])
     assert not (tmp_path / "bad.pth").exists()
+
+
+def test_the_box_decoder_recipe_trains_on_boxes_alone_and_saves_a_box_session_model(data, tmp_path, monkeypatch):
+    """sonosam.train.box_decoder: litemedsam_clicks' decoder, loose boxes alone, BCE + soft Dice; the checkpoint
+    loads as a model whose box sessions take the trained decoder and everything else litemedsam_clicks'."""
+    import sonosam.models
+    from sonosam.train.box_decoder import recipe, train_box_decoder
+
+    monkeypatch.setattr(sonosam.models, "_REGISTRY", dict(sonosam.models._REGISTRY))   # its models leave with it
+    train, _, _ = data
+    config = recipe(steps=3, batch_size=4, cache_dir=str(tmp_path / "cache"))
+    config.progress = False
+    assert (config.point_start, config.max_corrections, config.mask_feedback, config.mask_loss) == (0, 0, False,
+                                                                                                     "bce_dice")
+    model, result = train_box_decoder(train, [1.0] * len(train), config)
+    assert result.steps == 3 and np.isfinite(result.losses).all()
+    start, trained = load_model("litemedsam_clicks", device="cpu").sam.state_dict(), model.sam.state_dict()
+    changed = [k for k in start if not torch.equal(start[k], trained[k])]
+    assert changed and all(k.startswith(("prompt_encoder.", "mask_decoder.")) for k in changed)
+    _, meta = save_checkpoint(model, tmp_path / "boxes.pth", name="test_boxes", weights="decoder", dtype="float16",
+                              base_model="litemedsam", box_sessions_of="litemedsam_clicks")
+    loaded = load_model(str(meta), device="cpu")
+    assert all(torch.equal(v, start[k]) for k, v in loaded.sam.state_dict().items())
+    session = loaded.box_session_model.sam.state_dict()
+    assert all(torch.equal(session[k], trained[k].half().float()) for k in changed)

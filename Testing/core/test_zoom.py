@@ -158,7 +158,8 @@ def test_a_users_box_takes_the_scales_its_model_was_measured_at_and_no_other_mod
     from sonosam.zoom import ZoomedPredictor, interactive_predictor
 
     as_predictor = lambda spec: SimpleNamespace(model=SimpleNamespace(spec=spec))
-    measured = {"litemedsam", "litemedsam_clicks"}   # docs/training.md: both passed their registered tests
+    measured = {"litemedsam", "litemedsam_clicks",   # docs/training.md: both passed their registered tests
+                "litemedsam_boxes"}                  # trained from litemedsam_clicks, measured at its scales
     for name in measured:
         zoomed = interactive_predictor(as_predictor(get_spec(name)))
         assert isinstance(zoomed, ZoomedPredictor) and zoomed.scales == (None, 1.5, 3), name

@@ -23,9 +23,9 @@ ENV = {"PYTHONPATH": str(ROOT)}  # the subprocess imports this worktree's code
 LV_BOX = (300, 70, 440, 270)
 
 
-def _start(tmp_path, *args, env=None, **kwargs):
+def _start(tmp_path, *args, env=None, model=MODEL, **kwargs):
     cache = tmp_path / "cache"
-    return start_local_server(model=MODEL, backend="eager",
+    return start_local_server(model=model, backend="eager",
                               env={**ENV, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})},
                               args=["--threads", "1", "--cache-dir", str(cache), "--log-level", "info", *args],
                               timeout=900, **kwargs)  # minutes on a machine shared by many test runs
@@ -153,6 +153,24 @@ def test_prediction_fields_refine_and_images_sent_once(client, predictor, echo_f
     assert uploads == []
     want = interactive.predict(image, box=LV_BOX, mask_logits=want.logits)
     assert np.array_equal(refined.mask, want.mask)
+
+
+@pytest.mark.slow  # a second server, with the opt-in model whose box sessions have their own decoder
+def test_a_servers_box_sessions_and_clicks_take_the_route_they_take_in_process(tmp_path, echo_frames):
+    from sonosam.models import load_model
+    from sonosam.predictor import Predictor
+
+    local = _start(tmp_path, model="litemedsam_boxes")
+    try:
+        client = local.client()
+        here = interactive_predictor(Predictor(load_model("litemedsam_boxes", device="cpu")))
+        image = echo_frames[2]
+        for prompts in ({"box": LV_BOX}, {"box": LV_BOX, "points": [(370, 170)], "labels": [1]},
+                        {"points": [(370, 170)], "labels": [1]}):
+            served = client.predict(image, key=("echo", 2), **prompts)
+            assert np.array_equal(served.mask, here.predict(image, **prompts).mask), prompts
+    finally:
+        local.stop()
 
 
 @pytest.mark.slow  # encodes many images on a real server (fast tier: imports, refusals, prediction fields)
