@@ -1,7 +1,7 @@
 """Propagation accuracy for every shape of structure, on MRI and CT, against model-free references.
 
     python -m bench.volume [--subjects colin27 ct_head inia19 icbm152] [--structures NAME ...] [--cache runs/cache]
-                                   [--corrections 3] [--seed-pick auto|user|correct] [--assist-after 3] [--json out.json]
+                                   [--corrections 3] [--seed-pick auto|user|correct|route] [--assist-after 3] [--json out.json]
 
 Subjects and references: `sonosam.references` (Colin27 T1 MRI: AAL structures, lateral ventricles, white
 matter; the invesalius head CT: skull, mandible rami, airway, sinuses, brain; on request, `--subjects inia19`, the
@@ -24,6 +24,9 @@ reference (what the Slicer effect's Mask list lets a user do), reported apart fr
 `--seed-pick correct`: the simulated user corrects the seed slice before anything propagates, taking the best answer
 that slice offers (the choices a correction has, below) where it beats the checked seed (`corrected_seed`): one
 correction spent on the seed slice instead of the worst slice.
+`--seed-pick route`: the seed is the box's preview as the Slicer effect shows it and the user accepts it before
+propagating (`route_seed`: `interactive_predictor`, the model's box scales and box-session decoder), not the
+propagation's own answer to the box.
 Corrective clicks keep each click's change local to it, as the Slicer effect shows them (`--whole-corrections`:
 the model's whole new answer, as the figures before 2026-12-03 were measured).
 `--box-shifts PX`: each row also from 6 more seed boxes (grown, shrunk, moved left / right / up / down by PX pixels),
@@ -232,6 +235,17 @@ def user_seed(predictor, image: np.ndarray, truth: np.ndarray, box, *, key, wind
     return Seed(0, mask=check.candidates[picked].mask), check.candidates[picked].source
 
 
+def route_seed(predictor, image: np.ndarray, box, *, key, window) -> tuple[Seed, str]:
+    """"The user accepts the box's preview" (the Slicer effect: a box, then Propagate): the mask the user's route
+    answers the box with (`interactive_predictor`: the model's box scales, its box-session decoder where it has one),
+    propagated from as an accepted mask."""
+    from sonosam.prompts import Prompts
+    from sonosam.zoom import interactive_predictor
+
+    answer = interactive_predictor(predictor).predict(image, Prompts(box=box), key=key, window=window)
+    return Seed(0, mask=answer.mask), "the box's preview"
+
+
 def corrected_seed(predictor, image: np.ndarray, truth: np.ndarray, box, *, key, window, local: bool = True,
                    three_classes: bool = PropagationOptions.seed_three_classes, click=None) -> tuple[Seed | None, str]:
     """"The user corrects the seed slice before propagating" (the Slicer effect: clicks on the seed slice, then
@@ -325,8 +339,14 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
                                         three_classes=three_classes, click=click)
         if chosen is not None:
             seed = replace(chosen, index=index)
+    elif seed_pick == "route":
+        if click is not None:
+            raise ValueError("seed_pick 'route' accepts the box's preview: use it with a box seed.")
+        chosen, picked = route_seed(predictor, slice_of(volume, axis, index), box, key=(volume_id, axis, index),
+                                    window=window)
+        seed = replace(chosen, index=index)
     elif seed_pick != "auto":
-        raise ValueError(f"seed_pick must be 'auto', 'user' or 'correct', not {seed_pick!r}.")
+        raise ValueError(f"seed_pick must be 'auto', 'user', 'correct' or 'route', not {seed_pick!r}.")
     started = time.perf_counter()
     result = propagate(predictor, volume, [seed], axis=axis, window=window, volume_id=volume_id, **options)
     seconds, decoded = time.perf_counter() - started, result.decoded
@@ -576,11 +596,11 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                         help="a PropagationOptions override, e.g. min_contrast=None (repeatable)")
-    parser.add_argument("--seed-pick", choices=["auto", "user", "correct"], default="auto",
+    parser.add_argument("--seed-pick", choices=["auto", "user", "correct", "route"], default="auto",
                         help="auto: the seed check's suggestion (the one-prompt figures); user: where the check "
                              "reports a problem, the simulated user picks the offered mask closest to the reference; "
                              "correct: the user corrects the seed slice first (the best answer it offers, clicks "
-                             "included)")
+                             "included); route: the box's preview as the Slicer effect shows it, accepted")
     parser.add_argument("--assist-after", type=int, nargs="*", default=[],
                         help="after these correction counts, learn SAM^assist from the held slices and re-run")
     parser.add_argument("--assist-kinds", nargs="+", default=["box", "point"], choices=["box", "point"])

@@ -191,3 +191,21 @@ def test_the_simulated_user_corrects_the_seed_slice_first(colin):
         else:
             offered = corrective_choices(colin["predictor"], image, gt, key=None, window=colin["window"])
             assert (seed, how) == (None, "") and max(dice(m, gt) for m, _ in offered) <= checked
+
+
+def test_the_route_seed_is_the_preview_the_user_accepted(colin):
+    """bench.volume --seed-pick route: the seed is the box's answer as the Slicer effect previews it (the model's box
+    scales), propagated from as an accepted mask, not propagation's own answer to the box."""
+    from dataclasses import replace
+
+    from bench.volume import route_seed
+    from sonosam.zoom import interactive_predictor
+
+    run = colin["runs"][THALAMUS_R]
+    index, image, window = run["index"], colin["volume"][run["index"]], colin["window"]
+    seed, how = route_seed(colin["predictor"], image, run["box"], key=None, window=window)
+    preview = interactive_predictor(colin["predictor"]).predict(image, box=run["box"], window=window)
+    assert how == "the box's preview" and np.array_equal(seed.mask, preview.mask)
+    assert not np.array_equal(seed.mask, run["result"].slice_mask(index))   # three scales, not the whole slice
+    result = propagate(colin["predictor"], colin["volume"], [replace(seed, index=index)], window=window)
+    assert np.array_equal(result.slice_mask(index), preview.mask)
