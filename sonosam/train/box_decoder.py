@@ -14,7 +14,6 @@ copies them into sonosam/weights.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 NAME = "litemedsam_boxes"
 START = "litemedsam_clicks"
+STEPS_PER_EPOCH = 20   # epochs only pace the draws (each draws STEPS_PER_EPOCH batches); nothing is chosen per epoch
 
 
 def recipe(steps: int = 200, batch_size: int = 8, lr: float = 1e-4, box_jitter: float = 0.1, seed: int = 0,
@@ -29,10 +29,10 @@ def recipe(steps: int = 200, batch_size: int = 8, lr: float = 1e-4, box_jitter: 
     """The TrainConfig of the shipped model: ``steps`` optimizer steps of ``batch_size`` loose boxes."""
     from .finetune import TrainConfig
 
-    per_epoch = 20 * batch_size
-    return TrainConfig(epochs=-(-steps // 20), batch_size=batch_size, lr=lr, lr_step=10 ** 6, max_corrections=0,
-                       point_start=0.0, box_jitter=box_jitter, mask_feedback=False, mask_loss="bce_dice",
-                       samples_per_epoch=per_epoch, val_samples=0, max_steps=steps, seed=seed, cache_dir=cache_dir)
+    return TrainConfig(epochs=-(-steps // STEPS_PER_EPOCH), batch_size=batch_size, lr=lr, lr_step=10 ** 6,
+                       max_corrections=0, point_start=0.0, box_jitter=box_jitter, mask_feedback=False,
+                       mask_loss="bce_dice", samples_per_epoch=STEPS_PER_EPOCH * batch_size, val_samples=0,
+                       max_steps=steps, seed=seed, cache_dir=cache_dir)
 
 
 def train_box_decoder(train, sample_weights, config, start: str = START):
@@ -61,6 +61,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
 
+    from ..models import get_spec
     from .checkpoint import save_checkpoint
     from .click_data import build_sources
     from .data import summarize
@@ -76,11 +77,10 @@ def main(argv=None) -> int:
     model, result = train_box_decoder(train, weights, config)
     seconds = time.perf_counter() - began
     print(f"trained {result.steps} steps in {seconds:.0f} s", flush=True)
-    start_meta = json.loads((Path(__file__).resolve().parent.parent / "weights" / f"{START}.json").read_text())
     out = Path(args.out)
     pth, meta = save_checkpoint(
         model, out / f"{NAME}.pth", name=NAME, weights="decoder", dtype="float16", base_model="litemedsam",
-        box_scales=start_meta.get("box_scales"), box_sessions_of=START,
+        box_scales=get_spec(START).box_scales, box_sessions_of=START,
         training={"start": START, "steps": result.steps, "seconds": round(seconds), "config": config.to_dict(),
                   "data": data, "command": "python -m sonosam.train.box_decoder " + " ".join(argv)},
         description=f"{START} with a second prompt encoder + mask decoder, fine-tuned on loose boxes alone (BCE + "
