@@ -1,7 +1,7 @@
 """Propagation accuracy for every shape of structure, on MRI and CT, against model-free references.
 
     python -m bench.volume [--subjects colin27 ct_head inia19 icbm152] [--structures NAME ...] [--cache runs/cache]
-                                   [--corrections 3] [--seed-pick auto|user|correct|route] [--assist-after 3] [--json out.json]
+                                   [--corrections 3] [--seed-pick auto|user|correct|route|route-suggested] [--assist-after 3] [--json out.json]
 
 Subjects and references: `sonosam.references` (Colin27 T1 MRI: AAL structures, lateral ventricles, white
 matter; the invesalius head CT: skull, mandible rami, airway, sinuses, brain; on request, `--subjects inia19`, the
@@ -26,7 +26,8 @@ that slice offers (the choices a correction has, below) where it beats the check
 correction spent on the seed slice instead of the worst slice.
 `--seed-pick route`: the seed is the box's preview as the Slicer effect shows it and the user accepts it before
 propagating (`route_seed`: `interactive_predictor`, the model's box scales and box-session decoder), not the
-propagation's own answer to the box.
+propagation's own answer to the box. `--seed-pick route-suggested`: the same, the preview switched to the seed check's
+suggestion where it makes one (the check through the same route; docs/volume.md, stop 56's experiment).
 Corrective clicks keep each click's change local to it, as the Slicer effect shows them (`--whole-corrections`:
 the model's whole new answer, as the figures before 2026-12-03 were measured).
 `--box-shifts PX`: each row also from 6 more seed boxes (grown, shrunk, moved left / right / up / down by PX pixels),
@@ -235,14 +236,22 @@ def user_seed(predictor, image: np.ndarray, truth: np.ndarray, box, *, key, wind
     return Seed(0, mask=check.candidates[picked].mask), check.candidates[picked].source
 
 
-def route_seed(predictor, image: np.ndarray, box, *, key, window) -> tuple[Seed, str]:
+def route_seed(predictor, image: np.ndarray, box, *, key, window, suggested: bool = False) -> tuple[Seed, str]:
     """"The user accepts the box's preview" (the Slicer effect: a box, then Propagate): the mask the user's route
     answers the box with (`interactive_predictor`: the model's box scales, its box-session decoder where it has one),
-    propagated from as an accepted mask."""
+    propagated from as an accepted mask. suggested: the preview is the seed check's suggestion where it makes one (the
+    check through the same route)."""
     from sonosam.prompts import Prompts
     from sonosam.zoom import interactive_predictor
 
-    answer = interactive_predictor(predictor).predict(image, Prompts(box=box), key=key, window=window)
+    route = interactive_predictor(predictor)
+    if suggested:
+        from sonosam.seed_check import check_seed
+
+        check = check_seed(route, image, box=box, key=key, window=window)
+        if check.best:
+            return Seed(0, mask=check.candidates[check.best].mask), f"the box's preview: {check.decision}"
+    answer = route.predict(image, Prompts(box=box), key=key, window=window)
     return Seed(0, mask=answer.mask), "the box's preview"
 
 
@@ -339,14 +348,14 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
                                         three_classes=three_classes, click=click)
         if chosen is not None:
             seed = replace(chosen, index=index)
-    elif seed_pick == "route":
+    elif seed_pick in ("route", "route-suggested"):
         if click is not None:
-            raise ValueError("seed_pick 'route' accepts the box's preview: use it with a box seed.")
+            raise ValueError(f"seed_pick {seed_pick!r} accepts the box's preview: use it with a box seed.")
         chosen, picked = route_seed(predictor, slice_of(volume, axis, index), box, key=(volume_id, axis, index),
-                                    window=window)
+                                    window=window, suggested=seed_pick == "route-suggested")
         seed = replace(chosen, index=index)
     elif seed_pick != "auto":
-        raise ValueError(f"seed_pick must be 'auto', 'user', 'correct' or 'route', not {seed_pick!r}.")
+        raise ValueError(f"seed_pick must be 'auto', 'user', 'correct', 'route' or 'route-suggested', not {seed_pick!r}.")
     started = time.perf_counter()
     result = propagate(predictor, volume, [seed], axis=axis, window=window, volume_id=volume_id, **options)
     seconds, decoded = time.perf_counter() - started, result.decoded
@@ -596,11 +605,12 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                         help="a PropagationOptions override, e.g. min_contrast=None (repeatable)")
-    parser.add_argument("--seed-pick", choices=["auto", "user", "correct", "route"], default="auto",
+    parser.add_argument("--seed-pick", choices=["auto", "user", "correct", "route", "route-suggested"], default="auto",
                         help="auto: the seed check's suggestion (the one-prompt figures); user: where the check "
                              "reports a problem, the simulated user picks the offered mask closest to the reference; "
                              "correct: the user corrects the seed slice first (the best answer it offers, clicks "
-                             "included); route: the box's preview as the Slicer effect shows it, accepted")
+                             "included); route: the box's preview as the Slicer effect shows it, accepted; route-suggested: the "
+                             "same, the seed check's suggestion where it makes one")
     parser.add_argument("--assist-after", type=int, nargs="*", default=[],
                         help="after these correction counts, learn SAM^assist from the held slices and re-run")
     parser.add_argument("--assist-kinds", nargs="+", default=["box", "point"], choices=["box", "point"])

@@ -391,3 +391,51 @@ def test_pick_first_takes_the_listed_region_the_click_is_in_where_it_beats_the_a
     assert "picked from the list (1)" in md
     oracle = evaluate(Oracle(), [sample], n_clicks=1, start="point", progress=False, pick_first=True)
     assert oracle.images[0].picked == ""                                        # nothing beats a right answer
+
+
+class UnsureBand(Recorder):
+    """The bright pixels inside the box, with a low predicted IoU (LiteMedSAM on a box around a dark ventricle: the
+    bright tissue beside it, unsure); clicks add or remove the discs around them."""
+
+    def answer(self, image, points, labels, box):
+        x0, y0, x1, y1 = box
+        mask = np.zeros(image.shape, bool)
+        mask[y0:y1 + 1, x0:x1 + 1] = image[y0:y1 + 1, x0:x1 + 1] > 127
+        rows, cols = np.indices(image.shape)
+        for (x, y), label in zip(points or [], labels or []):
+            mask[np.hypot(rows - y, cols - x) <= 3] = bool(label)
+        return mask
+
+    def predict(self, image, prompts, multimask=False, key=None):
+        from sonosam.prompts import Prediction
+
+        pred = super().predict(image, prompts, multimask=multimask, key=key)
+        return Prediction(pred.masks, np.full(len(pred.masks), 0.4), pred.low_res_logits)
+
+
+def test_pick_first_suggested_takes_the_checks_suggestion_for_a_box_without_the_reference(tmp_path):
+    """`pick_first="suggested"`: after the box the simulated user takes what the seed check suggests (the Slicer
+    effect's preview under stop 56's rule), whether or not it is closer to the reference; corrections start from
+    it."""
+    rng = np.random.default_rng(0)
+    rows, cols = np.indices((60, 60))
+    dark = np.hypot(rows - 30, cols - 29) <= 12
+    image = (np.where(dark, 20, 200) + rng.normal(0, 3, (60, 60))).astype(np.float32)
+    sample = Sample(image, dark, "ventricle", ("v",), 1)
+    plain = evaluate(UnsureBand(), [sample], n_clicks=3, start="box", box_margin=1, progress=False,
+                     local_corrections=True)
+    taken = evaluate(UnsureBand(), [sample], n_clicks=3, start="box", box_margin=1, progress=False,
+                     local_corrections=True, pick_first="suggested")
+    assert plain.images[0].dice[0] < 0.1 and plain.images[0].picked == ""
+    assert taken.images[0].picked.startswith("the dark part of the box") and taken.images[0].dice[0] > 0.9
+    assert min(taken.images[0].dice) > 0.85                            # the corrections start from the suggestion
+    md = write_report([plain, taken], tmp_path / "report")["summary_md"].read_text()
+    assert "the suggestion taken (1)" in md
+    # the reference is what the model answered (the box's bright corners): the suggestion is taken all the same
+    corners = Sample(image, ~dark & (np.abs(rows - 30) <= 13) & (np.abs(cols - 29) <= 13), "corners", ("c",), 1)
+    model = evaluate(UnsureBand(), [corners], n_clicks=1, start="box", progress=False)
+    kept = evaluate(UnsureBand(), [corners], n_clicks=1, start="box", progress=False, pick_first="suggested")
+    assert model.images[0].dice[0] > 0.9
+    assert kept.images[0].picked.startswith("the dark part") and kept.images[0].dice[0] < 0.1
+    with pytest.raises(ValueError, match="pick_first"):
+        evaluate(UnsureBand(), [sample], n_clicks=1, start="box", progress=False, pick_first="best")

@@ -209,3 +209,23 @@ def test_the_route_seed_is_the_preview_the_user_accepted(colin):
     assert not np.array_equal(seed.mask, run["result"].slice_mask(index))   # three scales, not the whole slice
     result = propagate(colin["predictor"], colin["volume"], [replace(seed, index=index)], window=window)
     assert np.array_equal(result.slice_mask(index), preview.mask)
+
+
+def test_the_route_seed_with_the_suggestion_is_the_checks_pick_on_the_ventricle(colin):
+    """bench.volume --seed-pick route-suggested: on the ventricle's widest slice the seed check (through the user's
+    route) suggests the box's dark part, closer to the ventricle than the route's preview: the seed is that
+    suggestion."""
+    from bench.volume import route_seed
+    from sonosam.seed_check import check_seed
+    from sonosam.zoom import interactive_predictor
+
+    gt, window = colin["ventricle"], colin["window"]
+    index = int(np.argmax(gt.sum(axis=(1, 2))))
+    image, box = colin["volume"][index], loose_box(gt[index])
+    preview, how = route_seed(colin["predictor"], image, box, key=None, window=window)
+    seed, taken = route_seed(colin["predictor"], image, box, key=None, window=window, suggested=True)
+    check = check_seed(interactive_predictor(colin["predictor"]), image, box=box, window=window)
+    assert check.best and taken == f"the box's preview: {check.decision}" and how == "the box's preview"
+    assert np.array_equal(seed.mask, check.candidates[check.best].mask)
+    assert np.array_equal(preview.mask, check.candidates[0].mask)
+    assert dice(seed.mask, gt[index]) > dice(preview.mask, gt[index]) + 0.05

@@ -55,11 +55,12 @@ def register(subparsers):
                              "pixel (a click the model ignored changes the disk up to the mask's edge), as the "
                              "Slicer effect does (sonosam.masks.local_correction); default: SAM's protocol, the "
                              "whole new answer")
-    parser.add_argument("--pick-first", action="store_true",
-                        help="after the first prompt the simulated user takes the mask of the seed check's list (the "
+    parser.add_argument("--pick-first", nargs="?", const="closest", choices=("closest", "suggested"),
+                        help="after the first prompt the simulated user takes a mask of the seed check's list (the "
                              "Slicer effect's Mask list: for a box its darker or brighter part, for a click the region "
-                             "it is in) closest to the reference, where it beats the model's answer; corrections "
-                             "start from it. A diligent user who picks by the reference: an upper bound")
+                             "it is in): 'closest' (the default when given alone) the one closest to the reference, "
+                             "where it beats the model's answer (a diligent user who picks by the reference: an upper "
+                             "bound); 'suggested' the one the check suggests for a box. Corrections start from it")
     parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2),
                         help="numpy axis of 3D volumes to slice along (0 = k, axial for axial scans)")
     parser.add_argument("--slices", type=_slices, metavar="A:B|I,J", help="only these slice/frame indices")
@@ -134,7 +135,7 @@ def run(args) -> int:
                                   box_jitter=args.box_jitter, box_margin=args.box_margin, seed=args.seed,
                                   name=name if checkpoint is None else f"{name} ({Path(checkpoint).name})",
                                   progress=not args.no_progress, local_corrections=args.local_corrections,
-                                  pick_first=args.pick_first)
+                                  pick_first=args.pick_first or False)
             for message in dict.fromkeys(str(w.message) for w in caught):
                 print(f"warning: {message}", file=sys.stderr)
             results.append(result)

@@ -24,7 +24,9 @@ With ``pick_first`` the simulated user also looks at the Slicer effect's **Mask*
 seed check's alternatives, ``sonosam.seed_check.check_seed``: for a box its darker or brighter part and more, for a
 click the region it is in) and takes the listed mask closest to the reference where it beats the model's answer
 (``ImageResult.picked`` names it); the corrections then start from it. A diligent user who picks by the reference:
-an upper bound on a pick by eye.
+an upper bound on a pick by eye. With ``pick_first="suggested"`` the simulated user takes what the check suggests
+for a box's first answer (``check.best``, the model's answer unless it is clearly wrong) without looking at the
+reference.
 
 A model that takes no clicks (``spec.prompt_kinds`` lacks ``"point"``, e.g. LiteMedSAM) is run with the
 box only; its later interactions are recorded as NaN ("not measured") and the result says
@@ -88,7 +90,7 @@ class ModelResult:
     encoder_calls: int | None = None
     box_jitter: float = 0.0
     local_corrections: bool = False
-    pick_first: bool = False
+    pick_first: bool | str = False
 
     @property
     def curves(self) -> list[list[float]]:
@@ -180,7 +182,7 @@ def source_of(sample: Sample) -> str:
 def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "point",
                clicks_supported: bool = True, masks_supported: bool = True, box_jitter: float = 0.0,
                box_margin: int = 0, rng: np.random.Generator | None = None, multimask_first: bool = True,
-               name: str = "model", local_corrections: bool = False, pick_first: bool = False) -> ImageResult:
+               name: str = "model", local_corrections: bool = False, pick_first: bool | str = False) -> ImageResult:
     """The interactive protocol on one sample (exceptions propagate; ``evaluate`` records them)."""
     gt = np.asarray(sample.mask, dtype=bool)
     sim = ClickSimulator(rng=rng if rng is not None else np.random.default_rng(0), box_jitter=box_jitter,
@@ -197,7 +199,8 @@ def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "p
     pred = predictor.predict(sample.image, prompts, multimask=multimask, key=sample.key, **shown)
     mask, logits, score = _best(pred, gt.shape)
     if pick_first:
-        mask, logits, result.picked = _pick_from_list(predictor, sample, prompts, mask, logits, gt)
+        how = "suggested" if pick_first == "suggested" else "closest"
+        mask, logits, result.picked = _pick_from_list(predictor, sample, prompts, mask, logits, gt, how)
     result.dice[0], result.scores = metrics.dice(mask, gt), [score]
     for step in range(1, n_clicks if clicks_supported else 1):
         click, with_click = sim.correct(mask, gt, prompts)
@@ -230,9 +233,10 @@ def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "p
     return result
 
 
-def _pick_from_list(predictor, sample: Sample, prompts: Prompts, mask, logits, gt):
+def _pick_from_list(predictor, sample: Sample, prompts: Prompts, mask, logits, gt, how="closest"):
     """The simulated user's pick from the seed check's list after the first prompt: (mask, logits, what was picked);
-    the model's answer ("" picked) unless a listed mask is closer to the reference."""
+    the model's answer ("" picked) unless a listed mask is closer to the reference (``how="closest"``) or the check
+    suggests another (``how="suggested"``)."""
     from ..seed_check import check_seed
 
     shown = {"window": sample.window} if sample.window is not None else {}
@@ -246,8 +250,12 @@ def _pick_from_list(predictor, sample: Sample, prompts: Prompts, mask, logits, g
 
     check = check_seed(Asks, sample.image, box=prompts.box, points=prompts.points, labels=prompts.labels,
                        key=sample.key, window=sample.window)
-    best = max(check.candidates[1:], key=lambda c: metrics.dice(c.mask, gt), default=None)
-    if best is None or metrics.dice(best.mask, gt) <= metrics.dice(mask, gt):
+    if how == "suggested":
+        best = check.candidates[check.best] if check.best else None
+    else:
+        best = max(check.candidates[1:], key=lambda c: metrics.dice(c.mask, gt), default=None)
+        best = best if best is not None and metrics.dice(best.mask, gt) > metrics.dice(mask, gt) else None
+    if best is None:
         return mask, logits, ""
     return np.asarray(best.mask, bool), best.logits, best.source.split(" (")[0]
 
@@ -255,13 +263,15 @@ def _pick_from_list(predictor, sample: Sample, prompts: Prompts, mask, logits, g
 def evaluate(predictor, samples: Sequence[Sample], *, n_clicks: int = 10, start: str = "auto",
              box_jitter: float = 0.0, box_margin: int = 0, seed: int = 0, name: str | None = None,
              progress: bool = True, on_error: str = "record", multimask_first: bool = True,
-             local_corrections: bool = False, pick_first: bool = False) -> ModelResult:
+             local_corrections: bool = False, pick_first: bool | str = False) -> ModelResult:
     """Run the click protocol (module doc) on every sample; ``on_error="raise"`` stops at the first
     failing sample, ``"record"`` keeps its message in the result and goes on."""
     if n_clicks < 1:
         raise ValueError("n_clicks must be >= 1")
     if on_error not in ("record", "raise"):
         raise ValueError("on_error must be 'record' or 'raise'")
+    if pick_first not in (False, True, "closest", "suggested"):
+        raise ValueError(f"pick_first must be False, True (the closest listed mask) or 'suggested', not {pick_first!r}")
     predictor = as_predictor(predictor)
     name = name or model_name(predictor)
     kinds = prompt_kinds(predictor)

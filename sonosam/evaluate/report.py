@@ -41,7 +41,8 @@ def summary_table(results: Sequence[ModelResult]) -> list[dict]:
             "Model": result.model,
             "Start": result.start + (f" (jitter {result.box_jitter:g})" if result.start == "box" and result.box_jitter else "")
                      + (", local corrections" if result.local_corrections else "")
-                     + (f", picked from the list ({s['picked']})" if result.pick_first else ""),
+                     + (f", the suggestion taken ({s['picked']})" if result.pick_first == "suggested" else
+                        f", picked from the list ({s['picked']})" if result.pick_first else ""),
             "Images": s["n"],
             "Errors": s["errors"],
             "Dice@1": _pct(_at(curve, 1)),
