@@ -127,7 +127,9 @@ or connects to a GPU host.</html>"""
         self.choiceCombo = qt.QComboBox()
         self.choiceCombo.toolTip = ("Other masks for your box (the model's other answers, the box's darker or "
                                     "brighter part): pick one to preview it on the slice; Apply writes the one "
-                                    "shown, and Propagate starts from it.")
+                                    "shown, and Propagate starts from it. Where the check finds the model's answer "
+                                    "to a box wrong, its suggestion is shown first; the model's answer stays at the "
+                                    "top of the list.")
         self.choiceFrame = qt.QFrame()
         choiceRow = qt.QHBoxLayout(self.choiceFrame)
         choiceRow.setContentsMargins(0, 0, 0, 0)
@@ -444,15 +446,20 @@ or connects to a GPU host.</html>"""
         session.local_corrections = self.scriptedEffect.integerParameter("LocalClicks") != 0
         prediction = session.predict(volume, segmentation, segmentId, slice_to_ras=sliceToRAS,
                                      refine=self.scriptedEffect.integerParameter("Refine") != 0)
+        # check the answer against the prompt (two more decodes at most) and offer the alternatives: for a box, its
+        # darker or brighter part; for clicks alone, the region the first positive click is in. For a box's first
+        # answer the session shows the check's suggestion where it makes one (the logic decides)
+        choices = session.check(volume) if prediction is not None else None
         segment = segmentation.GetSegmentation().GetSegment(segmentId) if segmentId else None
         color = segment.GetColor() if segment is not None else (1.0, 1.0, 0.0)
-        show_preview(self.logic, prediction, volume, self._previewSegmentation(), color)
-        if prediction is not None:
+        show_preview(self.logic, session.prediction, volume, self._previewSegmentation(), color)
+        if prediction is not None and session.shown_choice:   # the check's suggestion, or a pick brought back
+            shown = choices.labels[session.shown_choice].removesuffix(" (suggested)")
+            self.statusLabel.text = f"Showing {shown}; the model's answer is first in the Mask list."
+        elif prediction is not None:
             notes = " ".join(prediction.notes)
             self.statusLabel.text = f"Predicted IoU {prediction.score:.2f}. {notes}".strip()
-        # check the answer against the prompt (two more decodes at most) and offer the alternatives: for a box, its
-        # darker or brighter part; for clicks alone, the region the first positive click is in (the logic decides)
-        self._showChoices(session.check(volume) if prediction is not None else None)
+        self._showChoices(choices)
         self._updateButtons()
 
     def _showChoices(self, choices):
@@ -469,7 +476,7 @@ or connects to a GPU host.</html>"""
             self.choiceCombo.clear()
             if shown:
                 self.choiceCombo.addItems(list(choices.labels))
-                self.choiceCombo.currentIndex = 0   # the preview shows the model's answer until one is picked
+                self.choiceCombo.currentIndex = self.session.shown_choice   # the one the preview shows
         finally:
             self.choiceCombo.blockSignals(blocked)
 

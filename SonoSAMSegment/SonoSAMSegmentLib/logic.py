@@ -1384,7 +1384,8 @@ class PromptSession:
     ignored adds what it segments from that click alone, and a click still not reached changes the disk around it
     up to the mask's edge (``sonosam.masks.local_correction``; docs/training.md measures it); moving a marker or
     a new box asks the model afresh, and prompts seen before on this slice (the last point removed) bring back the
-    preview they had, since with local corrections it depends on the clicks' order.
+    preview they had, since with local corrections it depends on the clicks' order. ``check`` puts the seed check's
+    suggestion in place of a box's first answer where it makes one (docs/volume.md, stop 56).
     """
 
     POSITIVE, NEGATIVE = "+", "-"
@@ -1404,6 +1405,7 @@ class PromptSession:
         self.prediction: SlicePrediction | None = None
         self.choices: SeedChoices | None = None   # the seed check of the last preview
         self._previews: dict = {}                 # prompts -> the preview shown for them (undo of a click)
+        self._checks: dict = {}                   # prompts -> the seed check of their first preview
         self._shown_for = None                    # the prompts the current preview answers
         if self.markups_node is not None:
             self.markups_node.RemoveAllControlPoints()
@@ -1515,13 +1517,28 @@ class PromptSession:
                 None if self.box_ras is None else tuple(tuple(c) for c in self.box_ras))
 
     def check(self, volume_node) -> SeedChoices | None:
-        """The seed check of the current preview (``SegmentLogic.seed_choices``), kept in ``choices``; the
-        preview stays the model's answer until ``choose``."""
+        """The seed check of the current preview (``SegmentLogic.seed_choices``), kept in ``choices``. A box's
+        first answer (no click yet) gives way to the check's suggestion where it makes one (``choices.suggested``;
+        the model's answer stays first in the list: ``choose(0)``); other previews stay until ``choose``. A preview
+        brought back (a click removed) keeps the check it had and is not switched again."""
         if self.prediction is None:
             self.choices = None
             return None
-        self.choices = self.logic.seed_choices(volume_node, self.prediction)
+        now = self._prompts_now()
+        known = self._checks.get(now)
+        if known is not None and any(choice is self.prediction for choice in known.choices):
+            self.choices = known
+            return known
+        self.choices = self._checks[now] = self.logic.seed_choices(volume_node, self.prediction)
+        if self.choices.suggested and self.box_ras is not None and not self.points_ras:
+            self.choose(self.choices.suggested)
         return self.choices
+
+    @property
+    def shown_choice(self) -> int:
+        """Which of ``choices`` the preview is (0, the model's answer, when none is checked)."""
+        choices = self.choices.choices if self.choices is not None else []
+        return next((i for i, choice in enumerate(choices) if choice is self.prediction), 0)
 
     def choose(self, index: int) -> SlicePrediction:
         """Make choice `index` of the last check the preview (what Apply writes and Propagate starts from)."""

@@ -143,3 +143,50 @@ def test_a_box_around_three_intensity_classes_offers_the_brightest_even_when_the
     core = preview.geometry.extract(np.broadcast_to(radius <= 10, voxels.shape))
     picked = session.choose(brightest[0])
     assert (picked.mask ^ core).sum() <= 0.05 * core.sum() and preview.mask.sum() > 2 * core.sum()
+
+
+class UnsureThresholdModel(ThresholdModel):
+    """ThresholdModel with a low predicted IoU: unsure of every answer."""
+
+    def decode(self, embedding, prompts, multimask=False):
+        answer = super().decode(embedding, prompts, multimask)
+        answer.scores[:] = 0.4
+        return answer
+
+
+def test_a_boxs_first_preview_is_the_checks_suggestion_and_the_models_answer_stays_one_pick_away(mrml):
+    # a dark disc (a vessel, a ventricle in cross-section) in bright tissue; the box is the disc's bounds and a pixel:
+    # the unsure model answers the bright corners, the check suggests the disc, and the preview shows the disc
+    m = np.diag([0.9, 0.9, 2.0, 1.0])
+    rng = np.random.default_rng(2)
+    j, i = np.indices((48, 48))
+    disc = np.hypot(j - 24, i - 23) <= 12
+    voxels = (np.where(disc, 20.0, 200.0)[None] + rng.normal(0, 3, (5, 48, 48))).astype(np.float32)
+    volume = add_volume_from_array(mrml.scene, voxels, m, "disc")
+    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    sid = segmentation.GetSegmentation().AddEmptySegment("disc", "disc")
+    session = PromptSession(SegmentLogic(predictor=Predictor(UnsureThresholdModel())))
+    corners = ras(m, 10, 11, 2), ras(m, 36, 37, 2)
+    session.set_box(volume, *corners, slice_axis="axial")
+    answer = session.predict(volume, segmentation, sid, slice_axis="axial")
+    choices = session.check(volume)
+    truth = answer.geometry.extract(np.broadcast_to(disc, voxels.shape))
+    assert choices.suggested and choices.labels[choices.suggested].startswith("the dark part of the box"), choices.labels
+    assert choices.choices[0] is answer and not (answer.mask & truth).any()           # the model: the bright corners
+    assert session.prediction is choices.choices[choices.suggested] and session.shown_choice == choices.suggested
+    assert (session.prediction.mask ^ truth).sum() <= 0.05 * truth.sum()              # the preview: the disc
+    # the user goes back to the model's answer: the same prompts bring it back, not the suggestion again
+    assert session.choose(0) is answer and session.shown_choice == 0
+    session.set_box(volume, *corners, slice_axis="axial")
+    assert session.predict(volume, segmentation, sid, slice_axis="axial") is answer
+    assert session.check(volume) is choices and session.prediction is answer
+    # Apply writes what is shown; a new box is checked afresh
+    session.choose(choices.suggested)
+    session.logic.apply(session.prediction, volume, segmentation, sid, "replace")
+    written = read_segment_block(segmentation, sid, m, [0, 47, 0, 47, 0, 4])
+    assert written[2].sum() == session.prediction.mask.sum() and not np.delete(written, 2, axis=0).any()
+    session.set_box(volume, ras(m, 9, 10, 2), ras(m, 37, 38, 2), slice_axis="axial")
+    session.predict(volume, segmentation, sid, slice_axis="axial")
+    again = session.check(volume)
+    assert again is not choices and session.shown_choice == again.suggested != 0
