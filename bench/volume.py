@@ -246,10 +246,10 @@ def route_seed(predictor, image: np.ndarray, box, *, key, window, suggested: boo
 
     route = interactive_predictor(predictor)
     if suggested:
-        from sonosam.seed_check import check_seed
+        from sonosam.seed_check import check_seed, preview_index
 
         check = check_seed(route, image, box=box, key=key, window=window)
-        if check.best:
+        if preview_index(check.best, box):
             return Seed(0, mask=check.candidates[check.best].mask), f"the box's preview: {check.decision}"
     answer = route.predict(image, Prompts(box=box), key=key, window=window)
     return Seed(0, mask=answer.mask), "the box's preview"

@@ -5,6 +5,7 @@
     check.problems            # [] when the answer agrees with the prompt, else one line per problem
     check.candidates          # [Candidate(mask, score, source, problems), ...]: the model's answer first
     check.best                # the suggested candidate (0, the model's, unless the answer is clearly wrong)
+    preview_index(check.best, box, points)   # the candidate a preview shows (the suggestion, for a box alone)
     Seed(index, mask=check.candidates[i].mask)   # propagate from the one the user picks
 
 A box says where a structure is and how far it reaches: its sides touch the structure. The model's answer
@@ -44,7 +45,7 @@ from scipy import ndimage
 
 from .masks import iou
 
-__all__ = ["Candidate", "SeedCheck", "check_seed", "structure_candidate", "click_regions", "box_agreement",
+__all__ = ["Candidate", "SeedCheck", "check_seed", "preview_index", "structure_candidate", "click_regions", "box_agreement",
            "mask_problems", "is_ring", "whole_share"]
 
 MIN_SCORE = 0.7        # below this predicted IoU the answer is flagged as unsure
@@ -98,6 +99,12 @@ class SeedCheck:
         alternatives = ", ".join(f"{i}: {c.source}" for i, c in enumerate(self.candidates) if i)
         return "; ".join(self.problems) + (f". Alternatives: {alternatives} (suggested: {self.best})"
                                            if alternatives else "") + (f". {self.decision}" if self.decision else "")
+
+
+def preview_index(best: int, box, points=None) -> int:
+    """Which candidate a preview shows: the check's suggestion (`best`) for a box alone, its first answer before any
+    click; else the model's answer (0), and the preview follows the clicks (docs/volume.md, stop 56)."""
+    return best if box is not None and (points is None or len(points) == 0) else 0
 
 
 def _bbox(mask: np.ndarray):

@@ -1518,8 +1518,9 @@ class PromptSession:
 
     def check(self, volume_node) -> SeedChoices | None:
         """The seed check of the current preview (``SegmentLogic.seed_choices``), kept in ``choices``. A box's
-        first answer (no click yet) gives way to the check's suggestion where it makes one (``choices.suggested``;
-        the model's answer stays first in the list: ``choose(0)``); other previews stay until ``choose``. A preview
+        first answer (no click yet) gives way to the check's suggestion where it makes one (the core's
+        ``preview_index``; the model's answer stays first in the list: ``choose(0)``); other previews stay until
+        ``choose``. A preview
         brought back (a click removed) keeps the check it had and is not switched again."""
         if self.prediction is None:
             self.choices = None
@@ -1529,9 +1530,12 @@ class PromptSession:
         if known is not None and any(choice is self.prediction for choice in known.choices):
             self.choices = known
             return known
+        from sonosam.seed_check import preview_index
+
         self.choices = self._checks[now] = self.logic.seed_choices(volume_node, self.prediction)
-        if self.choices.suggested and self.box_ras is not None and not self.points_ras:
-            self.choose(self.choices.suggested)
+        shown = preview_index(self.choices.suggested, self.box_ras, self.points_ras)
+        if shown:
+            self.choose(shown)
         return self.choices
 
     @property

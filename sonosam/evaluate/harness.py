@@ -237,7 +237,7 @@ def _pick_from_list(predictor, sample: Sample, prompts: Prompts, mask, logits, g
     """The simulated user's pick from the seed check's list after the first prompt: (mask, logits, what was picked);
     the model's answer ("" picked) unless a listed mask is closer to the reference (``how="closest"``) or the check
     suggests another (``how="suggested"``)."""
-    from ..seed_check import check_seed
+    from ..seed_check import check_seed, preview_index
 
     shown = {"window": sample.window} if sample.window is not None else {}
 
@@ -250,8 +250,9 @@ def _pick_from_list(predictor, sample: Sample, prompts: Prompts, mask, logits, g
 
     check = check_seed(Asks, sample.image, box=prompts.box, points=prompts.points, labels=prompts.labels,
                        key=sample.key, window=sample.window)
-    if how == "suggested":
-        best = check.candidates[check.best] if check.best else None
+    if how == "suggested":   # the preview the Slicer effect shows
+        shown = preview_index(check.best, prompts.box, prompts.points)
+        best = check.candidates[shown] if shown else None
     else:
         best = max(check.candidates[1:], key=lambda c: metrics.dice(c.mask, gt), default=None)
         best = best if best is not None and metrics.dice(best.mask, gt) > metrics.dice(mask, gt) else None
