@@ -8,7 +8,7 @@ import pytest
 from sonosam.evaluate.metrics import dice
 from sonosam.predictor import Predictor
 from sonosam.references import colin27_references
-from sonosam.seed_check import box_agreement, check_seed, mask_problems, structure_candidate
+from sonosam.seed_check import box_agreement, check_seed, mask_problems, preview_index, structure_candidate
 from sonosam.volume import volume_window
 from bench.volume import loose_box
 
@@ -335,3 +335,10 @@ def test_a_click_alone_is_offered_the_region_it_is_in_never_suggested():
                for c in check.candidates[1:])
     boxed = check_seed(_Answers(small, 0.95), image, points=[(30, 30)], labels=[1], box=loose_box(small))
     assert not any("the click is in" in c.source for c in boxed.candidates)   # a box says how far: not offered
+
+
+def test_a_preview_shows_the_suggestion_for_a_box_alone_and_the_models_answer_once_clicked():
+    box = (10, 10, 40, 40)
+    assert preview_index(2, box) == preview_index(2, box, []) == preview_index(2, box, np.zeros((0, 2))) == 2
+    assert preview_index(2, box, [(20, 20)]) == preview_index(2, box, np.array([[20.0, 20.0]])) == 0
+    assert preview_index(2, None, [(20, 20)]) == preview_index(0, box) == 0
