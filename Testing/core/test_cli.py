@@ -81,3 +81,46 @@ def test_models_lists_the_embedded_default(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "litemedsam" in out and "lite_medsam.pth" in out and "sam_vit_b" in out
+
+
+def test_segment_writes_the_seed_checks_suggestion_for_a_box_and_any_choice_asked(tmp_path, capsys):
+    """A loose box on Colin27's left lateral ventricle: the seed check (through the same route as the answer) suggests
+    the box's dark part, and `segment` writes it, as the Slicer effect previews it; --no-seed-check writes the model's
+    answer, --seed-choice N the check's mask N, and a choice it does not offer is refused before anything is written."""
+    from bench.volume import loose_box
+    from sonosam.cli.images import load_image
+    from sonosam.data import mri_colin27_paths
+    from sonosam.evaluate.metrics import dice
+    from sonosam.models import load_model
+    from sonosam.predictor import Predictor
+    from sonosam.references import colin27_references
+    from sonosam.seed_check import check_seed
+    from sonosam.zoom import interactive_predictor
+
+    t1, _ = mri_colin27_paths()
+    ventricle = colin27_references(aal=False).references["Lateral_Ventricle_L"].mask
+    index = int(np.argmax(ventricle.sum(axis=(1, 2))))
+    box = loose_box(ventricle[index])
+    image = load_image(t1, index, "k")[0]
+    route = interactive_predictor(Predictor(load_model("litemedsam")))
+    check = check_seed(route, image, box=box)
+    assert check.best, check.summary()
+    args = ["segment", str(t1), "--slice", str(index), "--box", ",".join(str(v) for v in box)]
+
+    def written(name, *more):
+        out = tmp_path / name
+        assert main(args + list(more) + ["-o", str(out)]) == 0
+        return read_segmentation(out).labelmap[index] > 0, capsys.readouterr().out
+
+    mask, said = written("suggested.nii.gz")
+    assert np.array_equal(mask, check.candidates[check.best].mask)
+    assert f"wrote choice {check.best}, {check.candidates[check.best].source}" in said and "seed check:" in said
+    assert dice(mask, ventricle[index]) > 0.8
+    model, said = written("model.nii.gz", "--no-seed-check")
+    assert np.array_equal(model, route.predict(image, box=box).mask) and "seed check" not in said
+    assert dice(model, ventricle[index]) < dice(mask, ventricle[index])
+    chosen, _ = written("zero.nii.gz", "--seed-choice", "0")
+    assert np.array_equal(chosen, model)
+    refused = tmp_path / "refused.nii.gz"
+    assert main(args + ["--seed-choice", str(len(check.candidates)), "-o", str(refused)]) == 2
+    assert "the seed check offers" in capsys.readouterr().err and not refused.exists()

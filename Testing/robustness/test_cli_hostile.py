@@ -112,6 +112,9 @@ CASES = [
     ("point-inf", ["finite"], lambda t: ["segment", good_png(t), "--point", "inf,3", "-o", t / "o.png"]),
     ("point-outside-image", ["outside the 64x64 image"], lambda t: ["segment", good_png(t), "--point", "500,3", "-o", t / "o.png"]),
     ("no-prompt", ["give a prompt"], lambda t: ["segment", good_png(t), "-o", t / "o.png"]),
+    ("seed-choice-unchecked", ["--seed-choice", "leave out --no-seed-check"],
+     lambda t: ["segment", good_png(t), "--box", "10,10,40,40", "--seed-choice", "1", "--no-seed-check", "-o",
+                t / "o.png"]),
     # ------------------------------------------------------------------------------ numeric options
     ("min-score-nan", ["--min-score", "finite"], lambda t: propagate(good_volume(t), "--min-score", "nan")),
     ("min-score-above-1", ["--min-score", "at most 1"], lambda t: propagate(good_volume(t), "--min-score", "1.5")),

@@ -29,6 +29,13 @@ def register(subparsers):
     parser.add_argument("--auto", metavar="CLASS", help="segment CLASS with no clicks, from a prompt predictor (--ppn); "
                                                         "--point clicks are added to its prompts")
     parser.add_argument("--ppn", help="prompt predictor file from `sonosam train ppn`")
+    parser.add_argument("--no-seed-check", action="store_true",
+                        help="write the model's answer to a box even where the seed check finds it wrong (default: "
+                             "the check's suggestion, as the Slicer effect previews it)")
+    parser.add_argument("--seed-choice", type=int_at_least(0), metavar="N",
+                        help="write mask N of the seed check's choices for the prompt (0: the model's answer; the "
+                             "others, such as the box's darker or brighter part or the region a lone click is in, are "
+                             "listed after a run, as the Slicer effect's Mask list shows them)")
     parser.add_argument("-o", "--output", type=Path, required=True,
                         help=f"mask file ({', '.join(MASK_SUFFIXES)}); an overlay PNG is written beside it")
     parser.set_defaults(func=run)
@@ -50,6 +57,9 @@ def run(args):
         raise PromptError("--auto needs --ppn FILE (a prompt predictor from `sonosam train ppn`).")
     if args.box is None and points is None and not args.auto:
         raise PromptError("Give a prompt: --box X0,Y0,X1,Y1 or --point X,Y[,LABEL] (or --auto CLASS --ppn FILE).")
+    if args.seed_choice is not None and (args.no_seed_check or args.auto):
+        raise PromptError("--seed-choice picks among the masks the seed check offers for your prompt: leave out "
+                          "--no-seed-check and --auto.")
     image, volume, geometry, display = load_image(args.image, args.index, args.axis)
     try:  # the model's own input rules (size, finite, not constant), checked before it loads
         to_uint8_rgb(image)
@@ -72,7 +82,10 @@ def run(args):
         prediction, box = run_auto(args, image, model, predictor)
         args.box = tuple(float(v) for v in box)   # drawn on the overlay: the predicted box prompt
     else:
-        prediction = interactive_predictor(predictor).predict(image, Prompts(points, labels, args.box))
+        route = interactive_predictor(predictor)
+        prediction = route.predict(image, Prompts(points, labels, args.box))
+        if not args.no_seed_check:
+            prediction = _checked(route, image, points, labels, args.box, prediction, args.seed_choice)
     decoded = time.perf_counter()
 
     mask = prediction.mask
@@ -89,8 +102,37 @@ def run(args):
                          overwrite=args.overwrite)
     for note in prediction.notes:
         print(f"note: {note}")
-    print(f"mask: {output} ({int(prediction.mask.sum())} pixels, predicted IoU {prediction.score:.3f})")
+    score = f"predicted IoU {prediction.score:.3f}" if np.isfinite(prediction.score) else "no predicted IoU"
+    print(f"mask: {output} ({int(prediction.mask.sum())} pixels, {score})")
     print(f"overlay: {overlay}")
     print(f"time: model load {loaded - started:.2f} s, encode {encoded - loaded:.2f} s, "
           f"answer {1000 * (decoded - encoded):.0f} ms on {model.device}")
     return 0
+
+
+def _checked(route, image, points, labels, box, prediction, choice):
+    """The seed check of the answer (`sonosam.seed_check`, through the same route as the answer): the candidate a
+    preview shows (`preview_index`: the suggestion for a box alone) or the user's `choice`, with the check's findings
+    and list as notes. A prompt the check does not look at (no box and no positive click) keeps the answer."""
+    from ..prompts import Prediction
+    from ..seed_check import check_seed, preview_index
+
+    if box is None and not any(labels or ()):
+        if choice:
+            raise PromptError("--seed-choice needs a box or a positive click: the seed check looks at those.")
+        return prediction
+    check = check_seed(route, image, box=box, points=points, labels=labels)
+    index = preview_index(check.best, box, points) if choice is None else choice
+    if index >= len(check.candidates):
+        raise PromptError(f"--seed-choice {index}: the seed check offers {len(check.candidates)} masks for this prompt ("
+                          + ", ".join(f"{i}: {c.source}" for i, c in enumerate(check.candidates)) + ").")
+    notes = list(prediction.notes) + ([] if check.ok else [f"seed check: {check.summary()}"])
+    if len(check.candidates) > 1:
+        notes.append("choices: " + ", ".join(f"{i}: {c.source}" for i, c in enumerate(check.candidates))
+                     + " (--seed-choice N writes one of them)")
+    if index == 0:
+        return Prediction(prediction.masks, prediction.scores, prediction.low_res_logits, notes)
+    chosen = check.candidates[index]
+    logits = chosen.logits if chosen.logits is not None else np.zeros_like(prediction.low_res_logits[0])
+    return Prediction(np.asarray(chosen.mask, bool)[None], np.array([chosen.score], np.float32), logits[None],
+                      notes + [f"wrote choice {index}, {chosen.source}"])
