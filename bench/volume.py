@@ -1,7 +1,8 @@
 """Propagation accuracy for every shape of structure, on MRI and CT, against model-free references.
 
     python -m bench.volume [--subjects colin27 ct_head inia19 icbm152] [--structures NAME ...] [--cache runs/cache]
-                                   [--corrections 3] [--seed-pick auto|user|correct|route|route-suggested] [--assist-after 3] [--json out.json]
+                                   [--corrections 3] [--seed-pick auto|user|correct|route|route-suggested]
+                                   [--assist-after 3] [--json out.json]
 
 Subjects and references: `sonosam.references` (Colin27 T1 MRI: AAL structures, lateral ventricles, white
 matter; the invesalius head CT: skull, mandible rami, airway, sinuses, brain; on request, `--subjects inia19`, the
@@ -249,8 +250,9 @@ def route_seed(predictor, image: np.ndarray, box, *, key, window, suggested: boo
         from sonosam.seed_check import check_seed, preview_index
 
         check = check_seed(route, image, box=box, key=key, window=window)
-        if preview_index(check.best, box):
-            return Seed(0, mask=check.candidates[check.best].mask), f"the box's preview: {check.decision}"
+        index = preview_index(check.best, box)
+        if index:
+            return Seed(0, mask=check.candidates[index].mask), f"the box's preview: {check.decision}"
     answer = route.predict(image, Prompts(box=box), key=key, window=window)
     return Seed(0, mask=answer.mask), "the box's preview"
 
@@ -355,7 +357,8 @@ def evaluate_structure(predictor, volume, gt, axis=0, window=None, volume_id=Non
                                     window=window, suggested=seed_pick == "route-suggested")
         seed = replace(chosen, index=index)
     elif seed_pick != "auto":
-        raise ValueError(f"seed_pick must be 'auto', 'user', 'correct', 'route' or 'route-suggested', not {seed_pick!r}.")
+        raise ValueError(f"seed_pick must be 'auto', 'user', 'correct', 'route' or 'route-suggested', not "
+                         f"{seed_pick!r}.")
     started = time.perf_counter()
     result = propagate(predictor, volume, [seed], axis=axis, window=window, volume_id=volume_id, **options)
     seconds, decoded = time.perf_counter() - started, result.decoded
@@ -605,12 +608,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                         help="a PropagationOptions override, e.g. min_contrast=None (repeatable)")
-    parser.add_argument("--seed-pick", choices=["auto", "user", "correct", "route", "route-suggested"], default="auto",
+    parser.add_argument("--seed-pick", choices=["auto", "user", "correct", "route", "route-suggested"],
+                        default="auto",
                         help="auto: the seed check's suggestion (the one-prompt figures); user: where the check "
                              "reports a problem, the simulated user picks the offered mask closest to the reference; "
                              "correct: the user corrects the seed slice first (the best answer it offers, clicks "
-                             "included); route: the box's preview as the Slicer effect shows it, accepted; route-suggested: the "
-                             "same, the seed check's suggestion where it makes one")
+                             "included); route: the box's preview as the Slicer effect shows it, accepted; "
+                             "route-suggested: the same, the seed check's suggestion where it makes one")
     parser.add_argument("--assist-after", type=int, nargs="*", default=[],
                         help="after these correction counts, learn SAM^assist from the held slices and re-run")
     parser.add_argument("--assist-kinds", nargs="+", default=["box", "point"], choices=["box", "point"])

@@ -45,8 +45,8 @@ from scipy import ndimage
 
 from .masks import iou
 
-__all__ = ["Candidate", "SeedCheck", "check_seed", "preview_index", "structure_candidate", "click_regions", "box_agreement",
-           "mask_problems", "is_ring", "whole_share"]
+__all__ = ["Candidate", "SeedCheck", "check_seed", "preview_index", "structure_candidate", "click_regions",
+           "box_agreement", "mask_problems", "is_ring", "whole_share"]
 
 MIN_SCORE = 0.7        # below this predicted IoU the answer is flagged as unsure
 MIN_SPAN = 0.6         # flagged when the mask's bounding box covers less than this share of the box's area ...

@@ -1520,8 +1520,7 @@ class PromptSession:
         """The seed check of the current preview (``SegmentLogic.seed_choices``), kept in ``choices``. A box's
         first answer (no click yet) gives way to the check's suggestion where it makes one (the core's
         ``preview_index``; the model's answer stays first in the list: ``choose(0)``); other previews stay until
-        ``choose``. A preview
-        brought back (a click removed) keeps the check it had and is not switched again."""
+        ``choose``. A preview brought back (a click removed) keeps the check it had and is not switched again."""
         if self.prediction is None:
             self.choices = None
             return None

@@ -112,7 +112,7 @@ CASES = [
     ("point-inf", ["finite"], lambda t: ["segment", good_png(t), "--point", "inf,3", "-o", t / "o.png"]),
     ("point-outside-image", ["outside the 64x64 image"], lambda t: ["segment", good_png(t), "--point", "500,3", "-o", t / "o.png"]),
     ("no-prompt", ["give a prompt"], lambda t: ["segment", good_png(t), "-o", t / "o.png"]),
-    ("seed-choice-unchecked", ["--seed-choice", "leave out --no-seed-check"],
+    ("segment-seed-choice-unchecked", ["--seed-choice", "leave out --no-seed-check"],
      lambda t: ["segment", good_png(t), "--box", "10,10,40,40", "--seed-choice", "1", "--no-seed-check", "-o",
                 t / "o.png"]),
     # ------------------------------------------------------------------------------ numeric options

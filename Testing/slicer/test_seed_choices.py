@@ -172,7 +172,8 @@ def test_a_boxs_first_preview_is_the_checks_suggestion_and_the_models_answer_sta
     answer = session.predict(volume, segmentation, sid, slice_axis="axial")
     choices = session.check(volume)
     truth = answer.geometry.extract(np.broadcast_to(disc, voxels.shape))
-    assert choices.suggested and choices.labels[choices.suggested].startswith("the dark part of the box"), choices.labels
+    assert choices.suggested, choices.labels
+    assert choices.labels[choices.suggested].startswith("the dark part of the box"), choices.labels
     assert choices.choices[0] is answer and not (answer.mask & truth).any()           # the model: the bright corners
     assert session.prediction is choices.choices[choices.suggested] and session.shown_choice == choices.suggested
     assert (session.prediction.mask ^ truth).sum() <= 0.05 * truth.sum()              # the preview: the disc

@@ -124,8 +124,8 @@ def _checked(route, image, points, labels, box, prediction, choice):
     check = check_seed(route, image, box=box, points=points, labels=labels)
     index = preview_index(check.best, box, points) if choice is None else choice
     if index >= len(check.candidates):
-        raise PromptError(f"--seed-choice {index}: the seed check offers {len(check.candidates)} masks for this prompt ("
-                          + ", ".join(f"{i}: {c.source}" for i, c in enumerate(check.candidates)) + ").")
+        raise PromptError(f"--seed-choice {index}: the seed check offers {len(check.candidates)} masks for this "
+                          "prompt (" + ", ".join(f"{i}: {c.source}" for i, c in enumerate(check.candidates)) + ").")
     notes = list(prediction.notes) + ([] if check.ok else [f"seed check: {check.summary()}"])
     if len(check.candidates) > 1:
         notes.append("choices: " + ", ".join(f"{i}: {c.source}" for i, c in enumerate(check.candidates))

@@ -251,8 +251,8 @@ def _pick_from_list(predictor, sample: Sample, prompts: Prompts, mask, logits, g
     check = check_seed(Asks, sample.image, box=prompts.box, points=prompts.points, labels=prompts.labels,
                        key=sample.key, window=sample.window)
     if how == "suggested":   # the preview the Slicer effect shows
-        shown = preview_index(check.best, prompts.box, prompts.points)
-        best = check.candidates[shown] if shown else None
+        index = preview_index(check.best, prompts.box, prompts.points)
+        best = check.candidates[index] if index else None
     else:
         best = max(check.candidates[1:], key=lambda c: metrics.dice(c.mask, gt), default=None)
         best = best if best is not None and metrics.dice(best.mask, gt) > metrics.dice(mask, gt) else None
@@ -272,7 +272,8 @@ def evaluate(predictor, samples: Sequence[Sample], *, n_clicks: int = 10, start:
     if on_error not in ("record", "raise"):
         raise ValueError("on_error must be 'record' or 'raise'")
     if pick_first not in (False, True, "closest", "suggested"):
-        raise ValueError(f"pick_first must be False, True (the closest listed mask) or 'suggested', not {pick_first!r}")
+        raise ValueError(f"pick_first must be False, True (the closest listed mask) or 'suggested', not "
+                         f"{pick_first!r}")
     predictor = as_predictor(predictor)
     name = name or model_name(predictor)
     kinds = prompt_kinds(predictor)
