@@ -93,10 +93,14 @@ class SeedCheck:
     def ok(self) -> bool:
         return not self.problems
 
+    def listing(self, first: int = 0) -> str:
+        """The candidates from `first` on as "i: source, ..." (what --seed-choice and the Mask list number)."""
+        return ", ".join(f"{i}: {c.source}" for i, c in enumerate(self.candidates) if i >= first)
+
     def summary(self) -> str:
         if self.ok:
             return "the mask agrees with the prompt"
-        alternatives = ", ".join(f"{i}: {c.source}" for i, c in enumerate(self.candidates) if i)
+        alternatives = self.listing(1)
         return "; ".join(self.problems) + (f". Alternatives: {alternatives} (suggested: {self.best})"
                                            if alternatives else "") + (f". {self.decision}" if self.decision else "")
 

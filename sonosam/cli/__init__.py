@@ -12,7 +12,7 @@ import importlib
 import math
 import sys
 
-from ..errors import SonoSAMError
+from ..errors import PromptError, SonoSAMError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -152,6 +152,14 @@ def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="litemedsam", help="model name (see `sonosam models`)")
     parser.add_argument("--checkpoint", help="weights file for --model (default: bundled or cached)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def seed_choice(check, choice: int, prompt: str = "prompt"):
+    """Candidate `choice` of a seed check (`--seed-choice N`), or a PromptError that lists what the check offers."""
+    if choice >= len(check.candidates):
+        raise PromptError(f"--seed-choice {choice}: the seed check offers {len(check.candidates)} masks for this "
+                          f"{prompt} ({check.listing()}).")
+    return check.candidates[choice]
 
 
 def check_prompts_inside(points, labels, box, width: int, height: int) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import DataFileError, PromptError
 from . import (add_prompt_arguments, check_prompts_inside, float_in, int_at_least, load_model_from_args, name_argument,
-               split_points)
+               seed_choice, split_points)
 
 
 def register(subparsers):
@@ -140,7 +140,7 @@ def run(args) -> int:
             print(f"seed slice {index}: {check.summary()}", file=sys.stderr)
         elif len(check.candidates) > 1:
             print(f"seed slice {index}: other masks for the {'box' if args.box is not None else 'click'}: "
-                  + ", ".join(f"{i}: {c.source}" for i, c in enumerate(check.candidates) if i), file=sys.stderr)
+                  + check.listing(1), file=sys.stderr)
         if len(check.candidates) > 1:
             print("  (--seed-choice N propagates from one of them)", file=sys.stderr)
     print(f"{output}: {result.summary()}; {result.encoder_calls} slices encoded in {result.seconds:.1f} s")
@@ -155,8 +155,4 @@ def _seed_choice(predictor, volume, axis, seed, options, choice, volume_id):
     window = tuple(options.window) if options.window is not None else volume_window(volume)
     check = check_seed_slice(predictor, slice_of(volume, axis, seed.index), seed, options, window=window,
                              key=(volume_id, axis, seed.index))
-    if choice >= len(check.candidates):
-        raise PromptError(f"--seed-choice {choice}: the seed check offers {len(check.candidates)} masks for this "
-                          f"{'box' if seed.box is not None else 'prompt'} ("
-                          + ", ".join(f"{i}: {c.source}" for i, c in enumerate(check.candidates)) + ").")
-    return check.candidates[choice]
+    return seed_choice(check, choice, "box" if seed.box is not None else "prompt")

@@ -10,7 +10,8 @@ import numpy as np
 from ..errors import DataFileError, InputImageError, PromptError
 from ..image import axis_index
 from ..prompts import Prompts
-from . import add_prompt_arguments, check_prompts_inside, int_at_least, load_model_from_args, split_points
+from . import (add_prompt_arguments, check_prompts_inside, int_at_least, load_model_from_args, seed_choice,
+               split_points)
 from .images import MASK_SUFFIXES, load_image
 
 
@@ -123,16 +124,12 @@ def _checked(route, image, points, labels, box, prediction, choice):
         return prediction
     check = check_seed(route, image, box=box, points=points, labels=labels)
     index = preview_index(check.best, box, points) if choice is None else choice
-    if index >= len(check.candidates):
-        raise PromptError(f"--seed-choice {index}: the seed check offers {len(check.candidates)} masks for this "
-                          "prompt (" + ", ".join(f"{i}: {c.source}" for i, c in enumerate(check.candidates)) + ").")
+    chosen = seed_choice(check, index)
     notes = list(prediction.notes) + ([] if check.ok else [f"seed check: {check.summary()}"])
     if len(check.candidates) > 1:
-        notes.append("choices: " + ", ".join(f"{i}: {c.source}" for i, c in enumerate(check.candidates))
-                     + " (--seed-choice N writes one of them)")
+        notes.append(f"choices: {check.listing()} (--seed-choice N writes one of them)")
     if index == 0:
         return Prediction(prediction.masks, prediction.scores, prediction.low_res_logits, notes)
-    chosen = check.candidates[index]
     logits = chosen.logits if chosen.logits is not None else np.zeros_like(prediction.low_res_logits[0])
     return Prediction(np.asarray(chosen.mask, bool)[None], np.array([chosen.score], np.float32), logits[None],
                       notes + [f"wrote choice {index}, {chosen.source}"])
