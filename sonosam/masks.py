@@ -66,7 +66,7 @@ CORRECTION_REACH = 3.0   # a correction keeps what lies within this many click d
 
 
 def local_correction(previous, new, click, positive: bool | None = None, alone=None, box=None,
-                     earlier=(), image=None, window=None) -> np.ndarray:
+                     earlier=(), image=None, window=None, alternative: bool = False) -> np.ndarray:
     """The mask after a corrective click ``click`` = (x, y): the model's new answer ``new`` where it changed the
     clicked pixel, that is on the connected part of (``new`` XOR ``previous``) under the click, and ``previous``
     everywhere else. A correction then cannot undo what earlier prompts got right elsewhere in the image (the
@@ -87,7 +87,11 @@ def local_correction(previous, new, click, positive: bool | None = None, alone=N
     ``image`` (optional; the slice, (H, W) or (H, W, C), clipped to ``window`` as the model sees it): a negative
     click deep inside the mask (at least half its largest depth) on a spot that looks unlike the mask removes only
     what looks like that spot (`_looks_like_click`): a click on the ventricles inside a brain mask makes a hole
-    instead of cutting the brain open. docs/training.md measures each rule."""
+    instead of cutting the brain open. ``alternative``: ``previous`` began as one of the seed check's alternatives
+    (`sonosam.seed_check`: the suggestion a box's preview shows, or a listed mask picked), a mask chosen for its
+    contrast: there that rule holds at any depth (what such a mask wrongly took in differs from its body, and the
+    model's answer, which read the box otherwise, does not say where the shown structure ends). docs/training.md
+    and docs/volume.md measure each rule."""
     previous, new = _pair(previous, new, ("previous mask", "new answer"))
     x, y = (int(round(float(v))) for v in click)
     if not (0 <= y < new.shape[0] and 0 <= x < new.shape[1]):
@@ -110,22 +114,23 @@ def local_correction(previous, new, click, positive: bool | None = None, alone=N
         painted = np.where(distance <= depth, bool(positive), previous)
         result = _kept_local(previous, painted, click, positive, box, earlier)
     if image is not None and not positive:
-        like = _looks_like_click(previous, image, window, (x, y), depth)
+        like = _looks_like_click(previous, image, window, (x, y), depth, anywhere=alternative)
         if like is not None:
             result |= previous & ~like
     return result
 
 
-def _looks_like_click(mask, image, window, xy, depth) -> np.ndarray | None:
+def _looks_like_click(mask, image, window, xy, depth, anywhere: bool = False) -> np.ndarray | None:
     """Where a negative click at ``xy`` (inside ``mask``, ``depth`` from its edge) may remove pixels: those nearer in
     intensity to the clicked spot (its 5 x 5 median) than to the mask's median; None (anywhere) unless the click lies
-    deep in the mask (at least half its largest depth: the wrong region reaches no edge) on a spot that differs from
-    the mask by more than the mask's standard deviation (where the spot looks like the mask, all of it may be wrong)."""
+    deep in the mask (at least half its largest depth: the wrong region reaches no edge; ``anywhere``: at any depth)
+    on a spot that differs from the mask by more than the mask's standard deviation (where the spot looks like the
+    mask, all of it may be wrong)."""
     from scipy import ndimage
 
     if np.shape(image)[:2] != mask.shape:
         raise ValueError(f"Image and mask differ in shape: image {np.shape(image)}, mask {mask.shape}.")
-    if depth < 0.5 * ndimage.distance_transform_edt(np.pad(mask, 1)).max():
+    if not anywhere and depth < 0.5 * ndimage.distance_transform_edt(np.pad(mask, 1)).max():
         return None   # near the edge (most negative clicks): the image is not needed
     image = np.asarray(image, dtype=np.float32)
     if image.ndim == 3:

@@ -1406,6 +1406,7 @@ class PromptSession:
         self.choices: SeedChoices | None = None   # the seed check of the last preview
         self._previews: dict = {}                 # prompts -> the preview shown for them (undo of a click)
         self._checks: dict = {}                   # prompts -> the seed check of their first preview
+        self._alternatives: set = set()           # prompts whose preview is a picked alternative or corrected from one
         self._shown_for = None                    # the prompts the current preview answers
         if self.markups_node is not None:
             self.markups_node.RemoveAllControlPoints()
@@ -1479,6 +1480,7 @@ class PromptSession:
             volume_node, self.points_ras or None, self.labels or None, self.box_ras, slice_axis,
             sliceToRAS=slice_to_ras, mask_logits=previous, segmentationNode=segmentation_node,
             segmentId=segment_id, refine=refine)
+        self._alternatives.discard(now)   # the model's answer, unless corrected from an alternative below
         if (self.local_corrections and before is not None and before.volume_key == self.prediction.volume_key
                 and _one_click_more(before_prompts, now)):
             from sonosam.masks import local_correction
@@ -1491,11 +1493,14 @@ class PromptSession:
             if not positive:   # only a negative click asks what the clicked spot looks like
                 info = self.logic.volume_info(volume_node)
                 image, window = self.logic.slice_image(info, self.prediction.geometry), info.window
+            alternative = before_prompts in self._alternatives
             mask = local_correction(before.mask, self.prediction.mask, self.prediction.points_xy[-1],
                                     positive=positive, alone=alone, box=self.prediction.box_xy,
                                     earlier=[(xy, label == 1) for xy, label in zip(self.prediction.points_xy[:-1],
                                                                                    self.labels[:-1])],
-                                    image=image, window=window)
+                                    image=image, window=window, alternative=alternative)
+            if alternative:
+                self._alternatives.add(now)
             x, y = (int(round(float(v))) for v in self.prediction.points_xy[-1])
             on_image = 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1]
             inside = on_image and bool(before.mask[y, x])
@@ -1544,11 +1549,14 @@ class PromptSession:
         return next((i for i, choice in enumerate(choices) if choice is self.prediction), 0)
 
     def choose(self, index: int) -> SlicePrediction:
-        """Make choice `index` of the last check the preview (what Apply writes and Propagate starts from)."""
+        """Make choice `index` of the last check the preview (what Apply writes and Propagate starts from); the clicks
+        that follow correct an alternative (index > 0) as one (``sonosam.masks.local_correction``'s ``alternative``)."""
         if self.choices is None or not 0 <= index < len(self.choices.choices):
             raise PromptError(f"No alternative {index} to choose: check the preview first.")
         self.prediction = self.choices.choices[index]
-        self._previews[self._prompts_now()] = self.prediction
+        now = self._prompts_now()
+        self._previews[now] = self.prediction
+        (self._alternatives.add if index else self._alternatives.discard)(now)   # its clicks correct it as one
         return self.prediction
 
 

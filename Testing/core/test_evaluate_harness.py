@@ -439,3 +439,21 @@ def test_pick_first_suggested_takes_the_checks_suggestion_for_a_box_without_the_
     assert kept.images[0].picked.startswith("the dark part") and kept.images[0].dice[0] < 0.1
     with pytest.raises(ValueError, match="pick_first"):
         evaluate(UnsureBand(), [sample], n_clicks=1, start="box", progress=False, pick_first="best")
+
+
+def test_corrections_after_a_taken_suggestion_remove_what_looks_like_the_clicked_spot():
+    """After the suggestion is taken, a negative click on what it wrongly took in (a grey crescent beside the dark
+    disc) removes that, not the disc around it: the harness corrects it as the Slicer effect does. (The stand-in's
+    answer to the click also brings back bright pixels beside the click, as the model's reading of the box does: the
+    Dice falls a little all the same; corrected as the model's answer, the disc is bitten and it falls to 0.77.)"""
+    rng = np.random.default_rng(1)
+    rows, cols = np.indices((60, 60))
+    radius = np.hypot(rows - 30, cols - 29)
+    disc, crescent = radius <= 10, (radius > 10) & (radius <= 14) & (cols > 32)
+    image = (np.where(disc, 20, np.where(crescent, 50, 200)) + rng.normal(0, 2, (60, 60))).astype(np.float32)
+    sample = Sample(image, disc, "ventricle", ("v",), 1)
+    taken = evaluate(UnsureBand(), [sample], n_clicks=2, start="box", box_margin=5, progress=False,
+                     local_corrections=True, pick_first="suggested")
+    first, second = taken.images[0].dice
+    assert taken.images[0].picked.startswith("the dark part of the box") and first < 0.85
+    assert taken.images[0].clicks[-1][2] == 0 and second > 0.8    # a negative click on the crescent; the disc kept

@@ -185,3 +185,25 @@ def test_a_deep_negative_click_on_a_spot_unlike_the_mask_removes_only_what_looks
                                   local_correction(brain, cut, (14, 40), positive=False))
     with pytest.raises(ValueError, match="Image and mask differ in shape"):
         local_correction(brain, cut, (40, 40), positive=False, image=image[:40])
+
+
+def test_a_negative_click_on_a_taken_alternative_removes_only_what_looks_like_it_at_any_depth():
+    # the box's bright part took in a grey rim beside the tissue (partial volume); the model read the box as
+    # something else and its answer holds none of the shown mask: a click on the rim, near the mask's edge
+    rows, cols = np.indices((60, 60))
+    tissue = (rows >= 10) & (rows < 50) & (cols >= 10) & (cols < 40)
+    rim = (rows >= 10) & (rows < 50) & (cols >= 40) & (cols < 46)
+    shown = tissue | rim
+    image = np.where(tissue, 200.0, np.where(rim, 110.0, 20.0)) + (rows % 3)   # a little texture: SD > 0
+    nothing = np.zeros_like(shown)
+    click = (43, 30)                                                 # on the rim, 3 px from the mask's edge
+    as_model_answer = local_correction(shown, nothing, click, positive=False, image=image)
+    assert (tissue & ~as_model_answer).any()                         # the correction bites into the tissue
+    corrected = local_correction(shown, nothing, click, positive=False, image=image, alternative=True)
+    assert (corrected & tissue).sum() == tissue.sum()                # the tissue kept whole
+    assert not (corrected & rim & (np.abs(rows - 30) <= 6)).any()    # the rim around the click removed
+    assert (corrected & ~shown).sum() == 0
+    # a spot that looks like the mask: the alternative is corrected as the model's answer would be
+    plain = np.where(shown, 200.0, 20.0) + (rows % 3)
+    np.testing.assert_array_equal(local_correction(shown, nothing, click, positive=False, image=plain, alternative=True),
+                                  local_correction(shown, nothing, click, positive=False, image=plain))

@@ -191,3 +191,34 @@ def test_a_boxs_first_preview_is_the_checks_suggestion_and_the_models_answer_sta
     session.predict(volume, segmentation, sid, slice_axis="axial")
     again = session.check(volume)
     assert again is not choices and session.shown_choice == again.suggested != 0
+
+
+def test_a_negative_click_on_the_shown_suggestion_removes_what_looks_like_the_spot_not_the_structure(mrml):
+    # the dark disc with a grey crescent beside it (partial volume) that the box's dark part takes in; the unsure
+    # model answers the bright corners: a negative click on the crescent, 2 px from the mask's edge, takes the
+    # crescent around it and leaves the disc whole (the model's answer holds none of the disc to say where it ends)
+    m = np.diag([0.9, 0.9, 2.0, 1.0])
+    rng = np.random.default_rng(3)
+    j, i = np.indices((48, 48))
+    radius = np.hypot(j - 24, i - 23)
+    disc, crescent = radius <= 10, (radius > 10) & (radius <= 14) & (i > 26)
+    slab = np.where(disc, 20.0, np.where(crescent, 50.0, 200.0))
+    voxels = (slab[None] + rng.normal(0, 2, (5, 48, 48))).astype(np.float32)
+    volume = add_volume_from_array(mrml.scene, voxels, m, "disc and crescent")
+    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    sid = segmentation.GetSegmentation().AddEmptySegment("disc", "disc")
+    session = PromptSession(SegmentLogic(predictor=Predictor(UnsureThresholdModel())))
+    session.set_box(volume, ras(m, 11, 12, 2), ras(m, 38, 36, 2), slice_axis="axial")
+    answer = session.predict(volume, segmentation, sid, slice_axis="axial")
+    choices = session.check(volume)
+    assert choices.suggested and choices.labels[choices.suggested].startswith("the dark part of the box")
+    shown = session.prediction
+    truth, rim = (answer.geometry.extract(np.broadcast_to(region, voxels.shape)) for region in (disc, crescent))
+    assert (shown.mask & truth).sum() == truth.sum() and (shown.mask & rim).sum() >= 0.9 * rim.sum()
+    session.add_point(volume, ras(m, 35, 24, 2), positive=False, slice_axis="axial")   # on the crescent
+    corrected = session.predict(volume, segmentation, sid, slice_axis="axial").mask
+    assert (corrected & truth).sum() == truth.sum()                     # the disc kept whole
+    near = rim & (np.hypot(*(np.indices(rim.shape) - np.argwhere(shown.mask ^ corrected).mean(0)[:, None, None]))
+                  <= 3)
+    assert (shown.mask & ~corrected).sum() > 0 and not (corrected & near).any()

@@ -23,7 +23,8 @@ Protocol per sample (interaction 1 = the first prompt):
 With ``pick_first`` the simulated user also looks at the Slicer effect's **Mask** list after the first prompt (the
 seed check's alternatives, ``sonosam.seed_check.check_seed``: for a box its darker or brighter part and more, for a
 click the region it is in) and takes the listed mask closest to the reference where it beats the model's answer
-(``ImageResult.picked`` names it); the corrections then start from it. A diligent user who picks by the reference:
+(``ImageResult.picked`` names it); the corrections then start from it, corrected as a taken alternative
+(``local_correction(alternative=True)``, as the Slicer effect corrects it). A diligent user who picks by the reference:
 an upper bound on a pick by eye. With ``pick_first="suggested"`` the simulated user takes what the check suggests
 for a box's first answer (``check.best``, the model's answer unless it is clearly wrong) without looking at the
 reference.
@@ -224,7 +225,7 @@ def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "p
                 predictor.predict(sample.image, Prompts([click.xy], [1]), multimask=False, key=sample.key, **shown),
                 gt.shape)[0], box=prompts.box,
                 earlier=[(xy, label == 1) for xy, label in zip(prompts.points[:-1], prompts.labels[:-1])],
-                image=sample.image, window=sample.window)
+                image=sample.image, window=sample.window, alternative=bool(result.picked))
         else:
             mask = answer
         result.dice[step] = metrics.dice(mask, gt)
