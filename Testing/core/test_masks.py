@@ -205,5 +205,6 @@ def test_a_negative_click_on_a_taken_alternative_removes_only_what_looks_like_it
     assert (corrected & ~shown).sum() == 0
     # a spot that looks like the mask: the alternative is corrected as the model's answer would be
     plain = np.where(shown, 200.0, 20.0) + (rows % 3)
-    np.testing.assert_array_equal(local_correction(shown, nothing, click, positive=False, image=plain, alternative=True),
-                                  local_correction(shown, nothing, click, positive=False, image=plain))
+    np.testing.assert_array_equal(
+        local_correction(shown, nothing, click, positive=False, image=plain, alternative=True),
+        local_correction(shown, nothing, click, positive=False, image=plain))

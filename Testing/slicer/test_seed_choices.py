@@ -47,6 +47,21 @@ def ras(m, i, j, k):
     return (m @ np.r_[i, j, k, 1.0])[:3]
 
 
+PLANE = np.diag([0.9, 0.9, 2.0, 1.0])   # IJK -> RAS of the one-image scenes below
+
+
+def plane_scene(mrml, plane, model, seed, noise=2.0, name="plane"):
+    """One image over 5 axial slices (noise added), a segmentation with one segment named ``name`` and a session
+    on ``model``: (volume, segmentation, segment id, session, voxels)."""
+    rng = np.random.default_rng(seed)
+    voxels = (plane[None] + rng.normal(0, noise, (5, *plane.shape))).astype(np.float32)
+    volume = add_volume_from_array(mrml.scene, voxels, PLANE, name)
+    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    sid = segmentation.GetSegmentation().AddEmptySegment(name, name)
+    return volume, segmentation, sid, PromptSession(SegmentLogic(predictor=Predictor(model))), voxels
+
+
 def test_a_flagged_box_offers_the_dark_structure_and_propagation_carries_the_pick(tube):
     m, volume, segmentation, sid, logic, inside = tube
     k = 10
@@ -124,17 +139,11 @@ def test_a_box_around_three_intensity_classes_offers_the_brightest_even_when_the
     # a disc of tissue (70) around a bright core (130) on a dark background (10), like a hemisphere's grey and white
     # matter: the model (pixels above 60) answers the whole disc, which agrees with the box; the Mask list still
     # offers the core, the brightest of three classes, for the user to pick (a correction's slice, say)
-    m = np.diag([0.9, 0.9, 2.0, 1.0])
-    rng = np.random.default_rng(1)
+    m = PLANE
     j, i = np.indices((48, 48))
     radius = np.hypot(j - 24, i - 24)
     plane = np.where(radius <= 10, 130.0, np.where(radius <= 18, 70.0, 10.0))
-    voxels = (plane[None] + rng.normal(0, 2, (5, 48, 48))).astype(np.float32)
-    volume = add_volume_from_array(mrml.scene, voxels, m, "three")
-    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
-    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-    sid = segmentation.GetSegmentation().AddEmptySegment("core", "core")
-    session = PromptSession(SegmentLogic(predictor=Predictor(ThresholdModel())))
+    volume, segmentation, sid, session, voxels = plane_scene(mrml, plane, ThresholdModel(), 1, name="core")
     session.set_box(volume, ras(m, 6, 6, 2), ras(m, 42, 42, 2), slice_axis="axial")   # the disc's bounds
     preview = session.predict(volume, segmentation, sid, slice_axis="axial")
     choices = session.check(volume)
@@ -157,16 +166,11 @@ class UnsureThresholdModel(ThresholdModel):
 def test_a_boxs_first_preview_is_the_checks_suggestion_and_the_models_answer_stays_one_pick_away(mrml):
     # a dark disc (a vessel, a ventricle in cross-section) in bright tissue; the box is the disc's bounds and a pixel:
     # the unsure model answers the bright corners, the check suggests the disc, and the preview shows the disc
-    m = np.diag([0.9, 0.9, 2.0, 1.0])
-    rng = np.random.default_rng(2)
+    m = PLANE
     j, i = np.indices((48, 48))
     disc = np.hypot(j - 24, i - 23) <= 12
-    voxels = (np.where(disc, 20.0, 200.0)[None] + rng.normal(0, 3, (5, 48, 48))).astype(np.float32)
-    volume = add_volume_from_array(mrml.scene, voxels, m, "disc")
-    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
-    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-    sid = segmentation.GetSegmentation().AddEmptySegment("disc", "disc")
-    session = PromptSession(SegmentLogic(predictor=Predictor(UnsureThresholdModel())))
+    volume, segmentation, sid, session, voxels = plane_scene(mrml, np.where(disc, 20.0, 200.0),
+                                                             UnsureThresholdModel(), 2, noise=3.0, name="disc")
     corners = ras(m, 10, 11, 2), ras(m, 36, 37, 2)
     session.set_box(volume, *corners, slice_axis="axial")
     answer = session.predict(volume, segmentation, sid, slice_axis="axial")
@@ -197,18 +201,12 @@ def test_a_negative_click_on_the_shown_suggestion_removes_what_looks_like_the_sp
     # the dark disc with a grey crescent beside it (partial volume) that the box's dark part takes in; the unsure
     # model answers the bright corners: a negative click on the crescent, 2 px from the mask's edge, takes the
     # crescent around it and leaves the disc whole (the model's answer holds none of the disc to say where it ends)
-    m = np.diag([0.9, 0.9, 2.0, 1.0])
-    rng = np.random.default_rng(3)
+    m = PLANE
     j, i = np.indices((48, 48))
     radius = np.hypot(j - 24, i - 23)
     disc, crescent = radius <= 10, (radius > 10) & (radius <= 14) & (i > 26)
-    slab = np.where(disc, 20.0, np.where(crescent, 50.0, 200.0))
-    voxels = (slab[None] + rng.normal(0, 2, (5, 48, 48))).astype(np.float32)
-    volume = add_volume_from_array(mrml.scene, voxels, m, "disc and crescent")
-    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
-    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-    sid = segmentation.GetSegmentation().AddEmptySegment("disc", "disc")
-    session = PromptSession(SegmentLogic(predictor=Predictor(UnsureThresholdModel())))
+    volume, segmentation, sid, session, voxels = plane_scene(
+        mrml, np.where(disc, 20.0, np.where(crescent, 50.0, 200.0)), UnsureThresholdModel(), 3, name="disc")
     session.set_box(volume, ras(m, 11, 12, 2), ras(m, 38, 36, 2), slice_axis="axial")
     answer = session.predict(volume, segmentation, sid, slice_axis="axial")
     choices = session.check(volume)

@@ -24,10 +24,10 @@ With ``pick_first`` the simulated user also looks at the Slicer effect's **Mask*
 seed check's alternatives, ``sonosam.seed_check.check_seed``: for a box its darker or brighter part and more, for a
 click the region it is in) and takes the listed mask closest to the reference where it beats the model's answer
 (``ImageResult.picked`` names it); the corrections then start from it, corrected as a taken alternative
-(``local_correction(alternative=True)``, as the Slicer effect corrects it). A diligent user who picks by the reference:
-an upper bound on a pick by eye. With ``pick_first="suggested"`` the simulated user takes what the check suggests
-for a box's first answer (``check.best``, the model's answer unless it is clearly wrong) without looking at the
-reference.
+(``local_correction(alternative=True)``, as the Slicer effect corrects it). A diligent user who picks by the
+reference: an upper bound on a pick by eye. With ``pick_first="suggested"`` the simulated user takes what the check
+suggests for a box's first answer (``check.best``, the model's answer unless it is clearly wrong) without looking at
+the reference.
 
 A model that takes no clicks (``spec.prompt_kinds`` lacks ``"point"``, e.g. LiteMedSAM) is run with the
 box only; its later interactions are recorded as NaN ("not measured") and the result says
