@@ -445,7 +445,7 @@ def test_corrections_after_a_taken_suggestion_remove_what_looks_like_the_clicked
     """After the suggestion is taken, a negative click on what it wrongly took in (a grey crescent beside the dark
     disc) removes that, not the disc around it: the harness corrects it as the Slicer effect does. (The stand-in's
     answer to the click also brings back bright pixels beside the click, as the model's reading of the box does: the
-    Dice falls a little all the same; corrected as the model's answer, the disc is bitten and it falls to 0.77.)"""
+    Dice falls a little all the same; corrected as the model's answer, the disc is bitten and it falls below 0.8.)"""
     rng = np.random.default_rng(1)
     rows, cols = np.indices((60, 60))
     radius = np.hypot(rows - 30, cols - 29)
