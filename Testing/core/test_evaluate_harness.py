@@ -457,3 +457,22 @@ def test_corrections_after_a_taken_suggestion_remove_what_looks_like_the_clicked
     first, second = taken.images[0].dice
     assert taken.images[0].picked.startswith("the dark part of the box") and first < 0.85
     assert taken.images[0].clicks[-1][2] == 0 and second > 0.8    # a negative click on the crescent; the disc kept
+
+
+def test_box_sessions_bench_compares_two_runs_of_the_same_samples(tmp_path, capsys):
+    import json
+
+    from bench.box_sessions import main as box_sessions
+
+    def run(curves, samples=("a", "b")):
+        return {"sets": {"ct": {"samples": list(samples), "picked": ["", "darker part"], "curves": curves}}}
+
+    before, after, other = tmp_path / "before.json", tmp_path / "after.json", tmp_path / "other.json"
+    before.write_text(json.dumps(run([[0.5, 0.6], [0.4, 0.5]])))
+    after.write_text(json.dumps(run([[0.5, 0.7], [0.4, 0.4]])))
+    assert box_sessions(["--compare", str(before), str(after)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| ct"))
+    assert row == "| ct (1 of 2) | 45.0 / 55.0 | 45.0 / 55.0 | 1 / 1 |"
+    other.write_text(json.dumps(run([[0.5, 0.6], [0.4, 0.5]], samples=("a", "c"))))
+    with pytest.raises(SystemExit, match="different samples"):
+        box_sessions(["--compare", str(before), str(other)])
