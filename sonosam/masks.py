@@ -90,8 +90,8 @@ def local_correction(previous, new, click, positive: bool | None = None, alone=N
     instead of cutting the brain open. ``alternative``: ``previous`` began as one of the seed check's alternatives
     (`sonosam.seed_check`: the suggestion a box's preview shows, or a listed mask picked), a mask chosen for its
     contrast: there that rule holds at any depth (what such a mask wrongly took in differs from its body, and the
-    model's answer, which read the box otherwise, does not say where the shown structure ends). docs/training.md
-    and docs/volume.md measure each rule."""
+    model's answer, which read the box otherwise, does not say where the shown structure ends), and such a click
+    adds nothing. docs/training.md and docs/volume.md measure each rule."""
     previous, new = _pair(previous, new, ("previous mask", "new answer"))
     x, y = (int(round(float(v))) for v in click)
     if not (0 <= y < new.shape[0] and 0 <= x < new.shape[1]):
@@ -116,6 +116,8 @@ def local_correction(previous, new, click, positive: bool | None = None, alone=N
     if image is not None and not positive:
         like = _looks_like_click(previous, image, window, (x, y), depth, anywhere=alternative)
         if like is not None:
+            if alternative:
+                result &= previous   # the model read the box otherwise: its additions are not the shown structure
             result |= previous & ~like
     return result
 

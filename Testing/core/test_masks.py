@@ -208,3 +208,23 @@ def test_a_negative_click_on_a_taken_alternative_removes_only_what_looks_like_it
     np.testing.assert_array_equal(
         local_correction(shown, nothing, click, positive=False, image=plain, alternative=True),
         local_correction(shown, nothing, click, positive=False, image=plain))
+
+
+def test_a_negative_click_on_a_taken_alternative_adds_nothing_where_its_spot_looks_unlike_the_mask():
+    # the shown mask took in a grey rim beside the tissue; the model's answer to the click drops the rim and reaches
+    # out beside it (its own reading of the box), connected to what it removed
+    rows, cols = np.indices((60, 60))
+    tissue = (rows >= 10) & (rows < 50) & (cols >= 10) & (cols < 40)
+    rim = (rows >= 10) & (rows < 50) & (cols >= 40) & (cols < 46)
+    beside = (rows >= 10) & (rows < 50) & (cols >= 46) & (cols < 52)
+    shown, answer = tissue | rim, tissue | beside
+    image = np.where(tissue, 200.0, np.where(rim, 110.0, 20.0)) + (rows % 3)
+    click = (43, 30)
+    assert (local_correction(shown, answer, click, positive=False, image=image) & beside).any()  # the model's way
+    corrected = local_correction(shown, answer, click, positive=False, image=image, alternative=True)
+    assert not (corrected & ~shown).any()                            # nothing added
+    assert (corrected & tissue).sum() == tissue.sum()
+    assert not (corrected & rim & (np.abs(rows - 30) <= 6)).any()    # the rim around the click removed
+    # where the clicked spot looks like the mask (all of it may be wrong) the model's additions stay
+    plain = np.where(shown, 200.0, 20.0) + (rows % 3)
+    assert (local_correction(shown, answer, click, positive=False, image=plain, alternative=True) & beside).any()
