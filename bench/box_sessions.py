@@ -63,10 +63,11 @@ def run(sets, model_name: str = "litemedsam_clicks", clicks: int = 5) -> dict:
         began = time.perf_counter()
         result = evaluate(interactive_predictor(predictor), samples(name), n_clicks=clicks, start="box",
                           local_corrections=True, pick_first="suggested", progress=False, on_error="raise")
-        report["sets"][name] = {"samples": [r.name.rsplit("/", 1)[-1] for r in result.images],   # the data's folder aside
-                                "picked": [r.picked for r in result.images], "curves": result.curves}
-        print(f"{name}: {len(result.images)} samples, took the suggestion {sum(map(bool, report['sets'][name]['picked']))}, "
-              f"Dice@1..{clicks} {_row(result.curves)} ({time.perf_counter() - began:.0f} s)", flush=True)
+        picked = [r.picked for r in result.images]
+        report["sets"][name] = {"samples": [r.name.rsplit("/", 1)[-1] for r in result.images],  # without the folder
+                                "picked": picked, "curves": result.curves}
+        print(f"{name}: {len(picked)} samples, took the suggestion {sum(map(bool, picked))}, Dice@1..{clicks} "
+              f"{_row(result.curves)} ({time.perf_counter() - began:.0f} s)", flush=True)
     predictor.close()
     return report
 
