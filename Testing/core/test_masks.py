@@ -203,11 +203,14 @@ def test_a_negative_click_on_a_taken_alternative_removes_only_what_looks_like_it
     assert (corrected & tissue).sum() == tissue.sum()                # the tissue kept whole
     assert not (corrected & rim & (np.abs(rows - 30) <= 6)).any()    # the rim around the click removed
     assert (corrected & ~shown).sum() == 0
-    # a spot that looks like the mask: the alternative is corrected as the model's answer would be
+    # a spot that looks like the mask (what it wrongly took in looks like it) and an answer that only takes away:
+    # only the disk of the click's depth goes
     plain = np.where(shown, 200.0, 20.0) + (rows % 3)
-    np.testing.assert_array_equal(
-        local_correction(shown, nothing, click, positive=False, image=plain, alternative=True),
-        local_correction(shown, nothing, click, positive=False, image=plain))
+    as_model_answer = local_correction(shown, nothing, click, positive=False, image=plain)
+    corrected = local_correction(shown, nothing, click, positive=False, image=plain, alternative=True)
+    removed, near = shown & ~corrected, np.hypot(cols - 43, rows - 30) <= 3
+    assert removed.any() and not (removed & ~near).any()
+    assert (shown & ~as_model_answer & ~near).any()                  # the model's way reaches three depths
 
 
 def test_a_negative_click_on_a_taken_alternative_adds_nothing_where_its_spot_looks_unlike_the_mask():
@@ -225,6 +228,9 @@ def test_a_negative_click_on_a_taken_alternative_adds_nothing_where_its_spot_loo
     assert not (corrected & ~shown).any()                            # nothing added
     assert (corrected & tissue).sum() == tissue.sum()
     assert not (corrected & rim & (np.abs(rows - 30) <= 6)).any()    # the rim around the click removed
-    # where the clicked spot looks like the mask (all of it may be wrong) the model's additions stay
+    # where the clicked spot looks like the mask and the model's answer brings in a structure of its own (all of the
+    # mask may be wrong) the model's answer stays, its additions and its reach
     plain = np.where(shown, 200.0, 20.0) + (rows % 3)
+    np.testing.assert_array_equal(local_correction(shown, answer, click, positive=False, image=plain, alternative=True),
+                                  local_correction(shown, answer, click, positive=False, image=plain))
     assert (local_correction(shown, answer, click, positive=False, image=plain, alternative=True) & beside).any()
