@@ -7,7 +7,7 @@ Each sample: the reference's tight box, the seed check's suggestion taken as the
 (``pick_first="suggested"``), then 4 corrective clicks at the largest error, corrected locally
 (``sonosam.masks.local_correction``), through the user's route (``sonosam.zoom.interactive_predictor``). The sets
 (docs/volume.md, stop 56 on; none of them trained or tuned on): the click tables' four test parts (MRI, ultrasound-
-style MRI, head CT, echo: 20 evenly spaced structure-images each, `sonosam.train.click_data`), the five patients'
+style MRI, head CT, echo: up to 20 evenly spaced structure-images each, `sonosam.train.click_data`), the five patients'
 lesions (every slice of 20 pixels or more) and the ICBM152 template's ventricles and white matter (64 evenly
 spaced structure-slices per axis). The sets are built here so that a rule measured in one session can be measured
 again in the next on the same samples. A rule is compared by running this at two commits and ``--compare``-ing the

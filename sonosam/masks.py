@@ -63,6 +63,7 @@ def iou(a, b) -> float:
 
 
 CORRECTION_REACH = 3.0   # a correction keeps what lies within this many click depths of the click
+TAKEOVER_FRACTION = 0.1  # a correction that adds this fraction of what it removes brings in a structure of its own
 
 
 def local_correction(previous, new, click, positive: bool | None = None, alone=None, box=None,
@@ -92,9 +93,9 @@ def local_correction(previous, new, click, positive: bool | None = None, alone=N
     contrast: there that rule holds at any depth (what such a mask wrongly took in differs from its body, and the
     model's answer, which read the box otherwise, does not say where the shown structure ends), and such a click
     adds nothing; on a spot that looks like such a mask a negative click removes only within its depth (the largest
-    disk around it inside the mask), unless the model's answer brings in a structure of its own (it adds at least a
-    tenth of what it removes: the shown mask may be wholly wrong). docs/training.md and docs/volume.md measure each
-    rule."""
+    disk around it inside the mask), unless the model's answer brings in a structure of its own (it adds at least
+    ``TAKEOVER_FRACTION`` of what it removes: the shown mask may be wholly wrong). docs/training.md and docs/volume.md
+    measure each rule."""
     previous, new = _pair(previous, new, ("previous mask", "new answer"))
     x, y = (int(round(float(v))) for v in click)
     if not (0 <= y < new.shape[0] and 0 <= x < new.shape[1]):
@@ -122,7 +123,7 @@ def local_correction(previous, new, click, positive: bool | None = None, alone=N
             if alternative:
                 result &= previous   # the model read the box otherwise: its additions are not the shown structure
             result |= previous & ~like
-        elif alternative and (result & ~previous).sum() < 0.1 * (previous & ~result).sum():
+        elif alternative and (result & ~previous).sum() < TAKEOVER_FRACTION * (previous & ~result).sum():
             # what it wrongly took in looks like it, and the model's answer only takes away: remove near the click
             result |= previous & (distance > depth)
     return result
