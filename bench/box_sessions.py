@@ -104,6 +104,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     parser.add_argument("--model", default="litemedsam_clicks")
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="instead: compare two runs' files")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     args = parser.parse_args(argv)
     if args.compare:
         before, after = (json.loads(Path(p).read_text()) for p in args.compare)
@@ -111,9 +112,16 @@ def main(argv=None) -> int:
         return 0
     if not args.out:
         parser.error("give -o OUT (or --compare BEFORE AFTER)")
+    from sonosam.errors import SonoSAMError
+    from sonosam.io.atomic import check_output_path, write_text
+
+    try:
+        check_output_path(args.out, args.overwrite, parents=True)   # before the run, not after it
+    except SonoSAMError as error:
+        raise SystemExit(f"error: {error}") from None
     report = run(args.sets, args.model)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report) + "\n")
+    write_text(args.out, json.dumps(report) + "\n", overwrite=args.overwrite)
     print("wrote", args.out)
     return 0
 

@@ -476,3 +476,7 @@ def test_box_sessions_bench_compares_two_runs_of_the_same_samples(tmp_path, caps
     other.write_text(json.dumps(run([[0.5, 0.6], [0.4, 0.5]], samples=("a", "c"))))
     with pytest.raises(SystemExit, match="different samples"):
         box_sessions(["--compare", str(before), str(other)])
+    # an earlier run's file is not replaced (refused before the run starts)
+    with pytest.raises(SystemExit, match="error: .*before.json"):
+        box_sessions(["-o", str(before), "--sets", "echo"])
+    assert json.loads(before.read_text())["sets"]["ct"]["curves"] == [[0.5, 0.6], [0.4, 0.5]]
