@@ -455,7 +455,7 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
 # Logic: the Qt-free logic, on the shared server connection
 #
 
-class SonoSAMSegmentLogic(ScriptedLoadableModuleLogic, SegmentLogic):
+class SonoSAMSegmentLogic(SegmentLogic, ScriptedLoadableModuleLogic):
     """Scripting API: ``segment(volumeNode, segmentationNode, segmentId, points_ras=..., labels=...,
     box_ras=..., sliceAxis=..., mode=...)``; see SonoSAMSegmentLib.logic for everything else. The model
     is the connected server's (start it in the module panel, or ``shared_connection().use_local(...)``)."""

@@ -225,8 +225,10 @@ class SonoSAMTrackWidget(ScriptedLoadableModuleWidget):
             plot_widget.mrmlPlotViewNode().SetPlotChartNodeID(self.session.chart.GetID())
 
 
-class SonoSAMTrackLogic(ScriptedLoadableModuleLogic, TrackLogic):
-    """The Qt-free TrackLogic on Slicer's scene, with the shared SonoSAM server as its predictor."""
+class SonoSAMTrackLogic(TrackLogic, ScriptedLoadableModuleLogic):
+    """The Qt-free TrackLogic on Slicer's scene, with the shared SonoSAM server as its predictor. TrackLogic comes
+    first: ScriptedLoadableModuleLogic.__init__ calls super().__init__() with no arguments, which would reach
+    TrackLogic.__init__ (it needs the scene) if TrackLogic came after it."""
 
     def __init__(self, predictor=None):
         ScriptedLoadableModuleLogic.__init__(self)
