@@ -127,7 +127,7 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
         self.updateGUI()
         if problem:
             self.ui.serverStatusLabel.text = problem
-        elif not conn.missing(conn.requirements()):
+        elif not conn.missing(conn.server_requirements()):
             self.listModels()
 
     def cleanup(self):
@@ -191,14 +191,14 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
             settings.setValue(SETTINGS + "Mode", "local")
             model = self.ui.modelComboBox.currentText.strip() or conn.DEFAULT_MODEL
             settings.setValue(SETTINGS + "Model", model)
-            needed = conn.missing(conn.requirements())
+            needed = conn.missing(conn.server_requirements())
             install = False
             if needed:
                 names = "\n  ".join(needed)
                 install = slicer.util.confirmOkCancelDisplay(
                     f"SonoSAM's server needs these Python packages in Slicer's Python:\n\n  {names}\n\n"
-                    "Install them now? (Several hundred MB for PyTorch; it runs in the background, Slicer stays "
-                    "usable. Slicer's own numpy, SimpleITK and VTK are kept as they are.)",
+                    "Install them now? (PyTorch alone takes several hundred MB, on Linux a few GB; it runs in the "
+                    "background, Slicer stays usable. Slicer's own numpy, SimpleITK and VTK are kept as they are.)",
                     "SonoSAM: install Python packages")
                 if not install:
                     return

