@@ -114,3 +114,40 @@ def test_start_run_reports_a_pause_and_refreshes_the_output(mrml, small_loop):
     assert report.paused and report.frame == 1 and report.events[0]["object"] == "LV"
     assert np.array_equal(logic.output_masks(session, "LV")[1], session.tracker.masks("LV")[1])
     assert logic.output_masks(session, "LV")[1].any() and not logic.output_masks(session, "LV")[2].any()
+
+
+def test_a_correction_painted_on_the_browsers_proxy_becomes_a_keyframe(mrml, small_loop):
+    """The module's "Use my correction": the user edits the output's proxy segmentation on the paused frame (the
+    Segment Editor writes the segment's labelmap in the frame's geometry); the tracker takes that mask as a keyframe
+    and the output sequence holds it."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+    from SonoSAMTrackLib.logic import TrackLogic
+
+    loop, predictor = small_loop
+    seq, browser = _volume_sequence(mrml.scene, loop.frames)
+    logic = TrackLogic(mrml.scene, predictor=predictor)
+    session = logic.start(seq, [{"name": "LV", "frame": 0, "mask": loop.masks["LV"][0]}], browser=browser,
+                          threshold=1.0, model_every=4)
+    report = logic.run(session)
+    assert report.paused and report.frame == 1
+    browser.SetSelectedItemNumber(1)
+    mrml.logic("Sequences").UpdateProxyNodesFromSequences(browser)
+    proxy = browser.GetProxyNode(session.output_sequence)
+    assert proxy is not None and proxy.IsA("vtkMRMLSegmentationNode")
+
+    truth = loop.masks["LV"][1]
+    painted = slicer.vtkOrientedImageData()   # what a Segment Editor stroke leaves: the mask on the frame's grid
+    painted.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(session.ijk_to_ras))
+    painted.SetExtent(0, truth.shape[1] - 1, 0, truth.shape[0] - 1, 0, 0)
+    painted.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    numpy_support.vtk_to_numpy(painted.GetPointData().GetScalars())[:] = truth.astype(np.uint8).ravel()
+    segment_id = proxy.GetSegmentation().GetSegmentIdBySegmentName("LV")
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        painted, proxy, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    assert not np.array_equal(session.tracker.masks("LV")[1], truth)   # the correction changes something
+
+    logic.correct_from_segmentation(session, 1, proxy)
+    assert np.array_equal(session.tracker.masks("LV")[1], truth)
+    assert np.array_equal(logic.output_masks(session, "LV")[1], truth)
