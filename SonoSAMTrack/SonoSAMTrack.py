@@ -201,8 +201,7 @@ class SonoSAMTrackWidget(ScriptedLoadableModuleWidget):
     def onAccept(self):
         if self.session is not None:
             with showErrors("Could not accept the frame."):
-                for name in self.session.names:
-                    self.logic.accept(self.session, self._currentFrame(), name)
+                self.logic.accept(self.session, self._currentFrame())
 
     def onUseCorrection(self):
         """The browser's proxy segmentation for the output sequence holds what the user edited on this frame."""

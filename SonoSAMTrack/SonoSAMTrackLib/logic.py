@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import slicer.util
 
+from sonosam.errors import SonoSAMError
+
 DEFAULT_COLORS = [(0.95, 0.35, 0.25), (0.25, 0.65, 0.95), (0.35, 0.85, 0.35), (0.95, 0.8, 0.25)]
 
 
@@ -287,8 +289,20 @@ class TrackLogic:
                 session.tracker.correct(frame, obj, mask=mask_from_segment(segmentation_node, segment_id, shape))
         self.update_output(session, frames=[frame])
 
-    def accept(self, session: TrackSession, frame: int, name: str):
-        session.tracker.accept(frame, name)
+    def accept(self, session: TrackSession, frame: int, name: str | None = None):
+        """The tracker's mask of ``name`` (default: every object) on ``frame`` becomes a keyframe as it is, and the
+        output shows it. All or nothing: refused, with nothing accepted, when an object has no mask there yet."""
+        names = [name] if name else list(session.names)
+        if name and name not in session.names:
+            raise SonoSAMError(f"No tracked object {name!r}; tracked: {', '.join(session.names)}.")
+        tracked = ~np.isnan(np.asarray(session.tracker.confidences(), float)[frame])   # columns: session.names
+        untracked = [n for n in names if not tracked[session.names.index(n)]]
+        if untracked:
+            raise SonoSAMError(f"Nothing accepted: {', '.join(untracked)} has no mask on frame {frame} yet; run the "
+                               "tracker to that frame, or correct it there.")
+        for n in names:
+            session.tracker.accept(frame, n)
+        self.update_output(session, frames=[frame])
 
     def next_attention(self, session: TrackSession, after: int = -1):
         return session.tracker.next_attention(after)

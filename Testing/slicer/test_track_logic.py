@@ -151,3 +151,36 @@ def test_a_correction_painted_on_the_browsers_proxy_becomes_a_keyframe(mrml, sma
     logic.correct_from_segmentation(session, 1, proxy)
     assert np.array_equal(session.tracker.masks("LV")[1], truth)
     assert np.array_equal(logic.output_masks(session, "LV")[1], truth)
+
+
+def test_accept_is_all_or_nothing_and_shows_in_the_output(mrml, small_loop):
+    """The module's Accept: every object's mask on the frame becomes a keyframe, or, where one object has no mask
+    there yet, none does and the error says which; the confidence table shows the accepted frame at once."""
+    from SonoSAMTrackLib.logic import TrackLogic
+    from sonosam.errors import SonoSAMError
+
+    loop, predictor = small_loop
+    seq, _ = _volume_sequence(mrml.scene, loop.frames)
+    logic = TrackLogic(mrml.scene, predictor=predictor)
+    gt = loop.masks["LV"]
+    other = np.zeros_like(gt[0])
+    other[gt[0].nonzero()[0].max() + 2:, 120:200] = True
+    session = logic.start(seq, [{"name": "LV", "frame": 0, "mask": gt[0]}, {"name": "LA", "frame": 0, "mask": other}],
+                          threshold=1.0, model_every=4)
+    assert logic.run(session).paused
+    logic.correct(session, 3, "LA", mask=other)      # frame 3: LA has a mask (a keyframe), LV none yet
+    with pytest.raises(SonoSAMError, match="Nothing accepted: LV has no mask on frame 3"):
+        logic.accept(session, 3)
+    assert session.tracker.result(3, "LV") is None
+    with pytest.raises(SonoSAMError, match="No tracked object 'RV'"):
+        logic.accept(session, 1, "RV")
+
+    before = session.tracker.masks("LV")[1]
+    assert 0 < session.tracker.confidences()[1, 0] < 1
+    logic.accept(session, 1)
+    assert np.array_equal(session.tracker.masks("LV")[1], before)           # kept as it was ...
+    assert session.tracker.result(1, "LV").source == "keyframe"              # ... as a keyframe
+    assert session.tracker.confidences()[1].tolist() == [1.0, 1.0]
+    table = session.table.GetTable()
+    assert table.GetValueByName(1, "LV confidence").ToDouble() == 1.0       # the table shows it without a re-run
+    assert np.array_equal(logic.output_masks(session, "LV")[1], before)
