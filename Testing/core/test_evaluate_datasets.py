@@ -96,6 +96,17 @@ def test_flat_folder_and_list_file(tmp_path):
     assert samples[0].key == (str(tmp_path / "b.mha"),)
 
 
+def test_a_list_file_saved_with_a_bom_and_other_scripts_names_its_files(tmp_path):
+    """Excel's and Notepad's "UTF-8" list files begin with a BOM, and file names may hold any script: the list is
+    read as UTF-8 whatever the system's code page (Windows' is not UTF-8), the BOM not taken for part of a name."""
+    volume, labels = volume_and_labels()
+    write(volume[3], tmp_path / "größe_脳.mha")
+    write(labels[3], tmp_path / "größe_脳_seg.mha")
+    listing = tmp_path / "list.csv"
+    listing.write_bytes("größe_脳.mha,größe_脳_seg.mha\n".encode("utf-8-sig"))
+    assert [(i.name, l.name) for i, l in find_pairs(listing)] == [("größe_脳.mha", "größe_脳_seg.mha")]
+
+
 def test_name_image_beside_name_label_pairs_as_pyradiomics_names_them(tmp_path):
     """NAME_image.ext + NAME_label.ext (pyradiomics' test cases, many collections): one pair, the label never taken
     for an image; a plain NAME.ext beside them still pairs with its own label."""

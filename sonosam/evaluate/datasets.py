@@ -242,7 +242,7 @@ def find_pairs(path) -> list[tuple[Path, Path]]:
             raise DataFileError(f"{path}: give a folder, a .csv/.txt list of 'image,label' lines, "
                                 "or an image together with its label map.")
         pairs = []
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:   # a BOM: saved by Excel or Notepad
             for row_number, row in enumerate(csv.reader(handle), 1):
                 fields = [f.strip() for f in (row if len(row) > 1 else (row[0].split() if row else []))]
                 fields = [f for f in fields if f]

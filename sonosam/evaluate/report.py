@@ -121,7 +121,7 @@ def write_per_image_csv(results: Sequence[ModelResult], path, overwrite: bool = 
     n_max = max((r.n_clicks for r in results), default=0)
     header = (["model", "image", "label", "area_px", "start", "box"] + [f"dice_{k}" for k in range(1, n_max + 1)]
               + ["noc80", "noc90", "max_dice", "clicks", "seconds", "error", "note"])
-    with atomic_output(path, overwrite) as tmp, open(tmp, "w", newline="") as handle:
+    with atomic_output(path, overwrite) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for result in results:
@@ -148,7 +148,7 @@ def write_summary(results: Sequence[ModelResult], out_dir, overwrite: bool = Tru
     out_dir = _ensure_dir(out_dir)
     rows = summary_table(results)
     csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
-    with atomic_output(csv_path, overwrite) as tmp, open(tmp, "w", newline="") as handle:
+    with atomic_output(csv_path, overwrite) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
         writer.writeheader()
         for row in rows:

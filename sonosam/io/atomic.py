@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -39,9 +40,8 @@ def _first_line(error: BaseException) -> str:
 
 
 def _disk_full(folder: Path) -> bool:
-    with contextlib.suppress(OSError):
-        stats = os.statvfs(folder)
-        return stats.f_bavail * stats.f_frsize < 1 << 20
+    with contextlib.suppress(OSError):   # shutil, not os.statvfs: that one does not exist on Windows
+        return shutil.disk_usage(folder).free < 1 << 20
     return False
 
 

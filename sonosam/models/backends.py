@@ -305,7 +305,7 @@ def _session(path: Path):
 def _atomic_write_text(path: Path, text: str) -> None:
     handle, temp = tempfile.mkstemp(prefix=path.name, suffix=".part", dir=path.parent)
     try:
-        with os.fdopen(handle, "w") as out:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
         os.replace(temp, path)
     finally:

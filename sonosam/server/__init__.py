@@ -38,7 +38,7 @@ def resolve_token(token: str | None, token_file: str | None, host: str) -> str:
     """--token, else --token-file, else $SONOSAM_SERVER_TOKEN, else (loopback only) a fresh random one."""
     if token_file:
         try:
-            token = Path(token_file).read_text().strip()
+            token = Path(token_file).read_text(encoding="utf-8-sig").strip()   # a BOM: saved by an editor on Windows
         except OSError as error:
             raise SonoSAMError(f"Cannot read the token file {token_file}: {error.strerror}.") from None
     token = token or os.environ.get(TOKEN_ENV) or None
@@ -97,7 +97,8 @@ def serve(*, host: str = "127.0.0.1", port: int = 0, token: str | None = None, t
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY only then
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if os.name == "posix":   # on Windows it would let a second server bind a port in use (socket.create_server)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted connections (Linux)
     try:
         sock.bind((host, port))

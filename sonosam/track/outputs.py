@@ -89,7 +89,7 @@ def read_sequence_nrrd(path) -> tuple[np.ndarray, list[dict], dict]:
 def write_confidence_csv(path, confidences: np.ndarray, names: Sequence[str], sources=None, model_frames=(),
                          overwrite: bool = False, extra: dict[str, Sequence] | None = None) -> Path:
     """One row per frame: frame, <name>_confidence, <name>_source..., model_run (0/1), extra columns."""
-    with _atomic_output(path, overwrite) as tmp, open(tmp, "w", newline="") as handle:
+    with _atomic_output(path, overwrite) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         head = ["frame"] + [f"{n}_confidence" for n in names]
         if sources is not None:
@@ -109,8 +109,9 @@ def write_interventions(folder, events, overwrite: bool = False) -> tuple[Path, 
     folder = Path(folder)
     rows = [e.as_dict() for e in events]
     with _atomic_output(folder / "interventions.json", overwrite) as tmp:
-        tmp.write_text(json.dumps(rows, indent=1))
-    with _atomic_output(folder / "interventions.csv", overwrite) as tmp, open(tmp, "w", newline="") as handle:
+        tmp.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    with _atomic_output(folder / "interventions.csv", overwrite) as tmp, \
+            open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["frame", "object", "confidence", "status", "reason"])
         writer.writeheader()
         writer.writerows(rows)
@@ -202,5 +203,5 @@ def write_tracking_outputs(out: Path, tracker, frames: np.ndarray, spacing_xy=(1
         summary.update(seconds=round(seconds, 2), frames_per_second=round(tracker.n_frames / seconds, 3))
     summary["timing_s"] = {k: round(v, 3) for k, v in tracker.timing.items()}
     with _atomic_output(out / "summary.json", overwrite) as temp:
-        temp.write_text(json.dumps(summary, indent=1))
+        temp.write_text(json.dumps(summary, indent=1), encoding="utf-8")
     return summary
