@@ -537,6 +537,15 @@ def test_non_loopback_needs_a_token():
     assert len(resolve_token(None, None, "127.0.0.1")) >= 32
 
 
+def test_a_token_file_saved_with_a_bom_gives_the_token(tmp_path):
+    """Notepad's "UTF-8" begins the file with a BOM: the token is what follows it, not a 401 for every request."""
+    from sonosam.server import resolve_token
+
+    token = "s3cret-token-of-thirty-two-chars"
+    (tmp_path / "token.txt").write_bytes(f"{token}\r\n".encode("utf-8-sig"))
+    assert resolve_token(None, str(tmp_path / "token.txt"), "0.0.0.0") == token
+
+
 @pytest.mark.slow  # encodes many images on a real server (fast tier: imports, refusals, prediction fields)
 def test_server_killed_mid_job_is_named_over_tls(tmp_path, echo_frames):
     """The second server serves HTTPS (a self-signed certificate), then is killed while a job runs."""
