@@ -131,12 +131,14 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
             self.listModels()
 
     def cleanup(self):
-        self.timer.stop()
+        if self.timer is not None:   # None when setup() failed before making it
+            self.timer.stop()
         if self.onConnectionChanged in self.connection.listeners:
             self.connection.listeners.remove(self.onConnectionChanged)
 
     def enter(self):
-        self.timer.start()
+        if self.timer is not None:
+            self.timer.start()
 
     def exit(self):
         if not (self.connection.busy or self.modelsProcess or self.downloadProcess or self.evaluationJob
@@ -240,7 +242,8 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
         self.ui.statusLabel.text = ""
         if process.poll() != 0:
             raise RuntimeError(f"`sonosam models` failed: {process.last_line()}")
-        self.models = json.loads(process.log_path.read_text().strip().splitlines()[-1])
+        output = process.log_path.read_text(encoding="utf-8", errors="replace")   # core_env: the child writes UTF-8
+        self.models = json.loads(output.strip().splitlines()[-1])
         table = self.ui.modelsTable
         table.setRowCount(0)
         current = self.ui.modelComboBox.currentText

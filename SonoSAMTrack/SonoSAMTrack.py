@@ -64,7 +64,8 @@ class SonoSAMTrackWidget(ScriptedLoadableModuleWidget):
         self.updateButtons()
 
     def cleanup(self):
-        self.timer.stop()
+        if self.timer is not None:   # None when setup() failed before making it
+            self.timer.stop()
 
     def updateButtons(self):
         running = self.run is not None or self.starting is not None

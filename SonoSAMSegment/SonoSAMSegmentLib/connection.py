@@ -342,10 +342,13 @@ def shared_connection() -> Connection:
 
 def core_env(base: dict | None = None) -> dict:
     """The environment for a child Python that imports ``sonosam`` from where this process found it (in
-    Slicer: the extension's library folder, which is on Slicer's sys.path but not on PYTHONPATH)."""
+    Slicer: the extension's library folder, which is on Slicer's sys.path but not on PYTHONPATH), and writes its
+    output as UTF-8: it goes to a log read as UTF-8, and on Windows a redirected output would otherwise be in the
+    code page, which fails on a path or name outside it."""
     env = dict(os.environ if base is None else base)
     root = str(pyproject_path().parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env["PYTHONIOENCODING"] = "utf-8"
     return env
 
 

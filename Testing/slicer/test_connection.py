@@ -73,6 +73,23 @@ def test_stop_ends_what_a_launcher_started(tmp_path):
     assert not _alive(pid), "the launcher's child outlived stop()"
 
 
+def test_a_childs_output_in_any_script_reaches_its_log(tmp_path):
+    """`sonosam models --download` prints where it saved the weights; on Windows a redirected output is in the code
+    page, and a user folder named in another script made the print fail after the download (exit 1). The module's
+    children write UTF-8 (core_env); an ASCII default stands in for a code page without those characters."""
+    import os
+
+    env = conn.core_env({"PATH": os.environ.get("PATH", ""), "PYTHONIOENCODING": "ascii"})
+    process = conn.BackgroundProcess([sys.executable, "-c", "print('saved to C:/Users/Müller/苗/weights.pth')"],
+                                     tmp_path / "log.txt", env)
+    deadline = time.time() + 30
+    while process.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert process.poll() == 0, process.last_line()
+    assert process.last_line() == "saved to C:/Users/Müller/苗/weights.pth"
+
+
 def test_missing_finds_absent_and_out_of_range_packages():
     import numpy
 
