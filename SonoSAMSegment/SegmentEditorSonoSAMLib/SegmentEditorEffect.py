@@ -23,7 +23,7 @@ import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from SonoSAMSegmentLib.connection import shared_connection
-from SonoSAMSegmentLib.logic import MODES, PromptSession, SegmentLogic, add_helper_node, show_preview
+from SonoSAMSegmentLib.logic import MODES, PromptSession, SegmentLogic, add_helper_node, editor_writer, show_preview
 from SonoSAMSegmentLib.ui import showErrors
 
 DRAG_PIXELS = 6       # mouse travel that turns a click into a box
@@ -202,7 +202,9 @@ or connects to a GPU host.</html>"""
         self.propagateButton = qt.QPushButton("Propagate")
         self.propagateButton.toolTip = ("Segment the selected segment on the other slices, starting from the slices "
                                         "it already has (kept as they are). After correcting a slice, click again: "
-                                        "only the slices next to the correction are recomputed. Ctrl+Z undoes it.")
+                                        "only the slices next to the correction are recomputed. Changed options (axis, range, "
+                                        "direction, carry) start a new run, which replaces the slices the earlier "
+                                        "one wrote. Ctrl+Z undoes it.")
         self.stopButton = qt.QPushButton("Stop")
         self.stopButton.toolTip = "Cancel the propagation: nothing is written"
         self.stopButton.enabled = False
@@ -575,11 +577,14 @@ or connects to a GPU host.</html>"""
             mode = "replace"
         with showErrors("SonoSAM could not write the segment."):
             self.scriptedEffect.saveStateForUndo()
-            self.logic.apply(self.session.prediction, volume, segmentation, segmentId, mode, modify=self._modify)
+            self.logic.apply(self.session.prediction, volume, segmentation, segmentId, mode, modify=self._writer())
             self.onCancel()
 
-    def _modify(self, segmentationNode, segmentId, labelmap, mode, extent):
+    def _writer(self):
         """The logic's writer (see logic.editor_writer): the Segment Editor's own, with its masking."""
+        return editor_writer(self.scriptedEffect.parameterSetNode(), self._modify)
+
+    def _modify(self, segmentationNode, segmentId, labelmap, mode, extent):
         if segmentId != self.scriptedEffect.parameterSetNode().GetSelectedSegmentID():
             from SonoSAMSegmentLib.logic import SegmentationError
 
@@ -685,7 +690,7 @@ or connects to a GPU host.</html>"""
             self.statusLabel.text = "Propagation stopped: the segment is unchanged."
             return
         self.scriptedEffect.saveStateForUndo()
-        self.statusLabel.text = task.finish(modify=self._modify)  # raises the job's error if it failed
+        self.statusLabel.text = task.finish(modify=self._writer())  # raises the job's error if it failed
 
 
 logging.debug("SonoSAM Segment Editor effect loaded")

@@ -219,40 +219,52 @@ def read_segment_block(segmentation_node, segment_id, image_to_seg: np.ndarray, 
     return out
 
 
-def editor_writer(editor_node=None):
+def editor_writer(editor_node=None, write=None):
     """The one way this logic changes a segment: Slicer's Segment Editor rule
     ``vtkSlicerSegmentEditorLogic::ModifySegmentByLabelmap``, which honours the editor node's masking
-    (editable area, editable intensity range, "modify other segments"). The effect passes its own
-    ``scriptedEffect.modifySelectedSegmentByLabelmap`` instead, which delegates to the same C++ (Slicer 5.10+).
+    (editable area, editable intensity range, "modify other segments").
 
     ``editor_node``: a ``vtkMRMLSegmentEditorNode`` (in the scene, with the segmentation and source volume
     set when its masking needs them). None (console use): edit everywhere and never overwrite other segments.
-    Returns ``modify(segmentation_node, segment_id, labelmap, mode, extent)`` with mode "add" or "remove".
+    ``write``: the effect passes its ``scriptedEffect.modifySelectedSegmentByLabelmap`` call (same signature
+    as the result), which delegates to the same C++ (Slicer 5.10+), with its own editor node.
+    Returns ``modify(segmentation_node, segment_id, labelmap, mode, extent)`` with mode "add" or "remove";
+    ``modify.editor_node`` is the node whose masking applies.
     """
     import slicer
 
     if editor_node is None:
         editor_node = slicer.vtkMRMLSegmentEditorNode()
         editor_node.SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteNone)
-    logic = slicer.vtkSlicerSegmentEditorLogic()
-    if editor_node.GetScene() is not None:
-        logic.SetMRMLScene(editor_node.GetScene())
-    logic.SetSegmentEditorNode(editor_node)
-    modes = {"add": logic.ModificationModeAdd, "remove": logic.ModificationModeRemove}
+    if write is None:
+        logic = slicer.vtkSlicerSegmentEditorLogic()
+        if editor_node.GetScene() is not None:
+            logic.SetMRMLScene(editor_node.GetScene())
+        logic.SetSegmentEditorNode(editor_node)
+        modes = {"add": logic.ModificationModeAdd, "remove": logic.ModificationModeRemove}
+
+        def write(segmentation_node, segment_id, labelmap, mode, extent):
+            logic.ModifySegmentByLabelmap(segmentation_node, segment_id, labelmap, modes[mode], list(extent), True,
+                                          False)
 
     def modify(segmentation_node, segment_id, labelmap, mode, extent):
-        logic.ModifySegmentByLabelmap(segmentation_node, segment_id, labelmap, modes[mode], list(extent), True, False)
+        write(segmentation_node, segment_id, labelmap, mode, extent)
 
     modify.editor_node = editor_node  # keeps the node (and so its settings) alive with the function
     return modify
 
 
 def write_segment_block(segmentation_node, segment_id, block_kji: np.ndarray, image_to_seg: np.ndarray, extent,
-                        current_kji: np.ndarray | None = None, modify=None):
+                        current_kji: np.ndarray | None = None, modify=None, erase: bool = False):
     """Make the segment equal ``block_kji`` inside ``extent`` (nothing outside it changes), through
-    ``modify`` (``editor_writer()``'s signature; default: ``editor_writer()``): an "add" of the voxels to
-    gain and a "remove" of the voxels to lose, each limited to the extent, so the Segment Editor's masking
-    decides what may change. Returns True when something was to be written.
+    ``modify`` (``editor_writer()``'s; default: ``editor_writer()``): an "add" of the voxels to gain and a
+    "remove" of the voxels to lose, each limited to the extent, so the Segment Editor's masking decides what
+    may change. Returns True when something was to be written.
+
+    With the editable area "inside segment X", Slicer's remove is its Erase: it may remove the segment's
+    voxels outside X and gives them to X. That suits an explicit removal (``erase=True``: splitting X by
+    painting), not a replace, which like Slicer's own "set" must leave the segment outside X as it is and
+    never grow X: so by default the removals are limited to X.
     """
     import slicer
     import vtk
@@ -262,11 +274,15 @@ def write_segment_block(segmentation_node, segment_id, block_kji: np.ndarray, im
     block = np.ascontiguousarray(block_kji, dtype=bool)
     if current_kji is None:
         current_kji = read_segment_block(segmentation_node, segment_id, image_to_seg, extent)
-    changes = [("add", block & ~current_kji), ("remove", current_kji & ~block)]
+    modify = modify or editor_writer()
+    removals = current_kji & ~block
+    mask_segment = None if erase else _single_mask_segment(getattr(modify, "editor_node", None))
+    if mask_segment is not None and removals.any():
+        removals &= read_segment_block(segmentation_node, mask_segment, image_to_seg, extent)
+    changes = [("add", block & ~current_kji), ("remove", removals)]
     changes = [(mode, voxels) for mode, voxels in changes if voxels.any()]
     if not changes:
         return False
-    modify = modify or editor_writer()
     reference = _reference_geometry(segmentation_node)
     if reference is not None and _same_grid(reference, image_to_seg):
         reference = None
@@ -286,6 +302,15 @@ def write_segment_block(segmentation_node, segment_id, block_kji: np.ndarray, im
             labelmap, modification_extent = resampled, list(resampled.GetExtent())
         modify(segmentation_node, segment_id, labelmap, mode, modification_extent)
     return True
+
+
+def _single_mask_segment(editor_node):
+    """The segment X of the editable area "inside segment X", or None for any other editable area."""
+    import slicer
+
+    if editor_node is None or editor_node.GetMaskMode() != slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment:
+        return None
+    return editor_node.GetMaskSegmentID() or None
 
 
 def _reference_geometry(segmentation_node):
@@ -696,7 +721,7 @@ class SegmentLogic:
             mask_block = geometry.to_block(prediction.mask).astype(bool)
             new = mask_block if mode == "replace" else (current | mask_block if mode == "add" else current & ~mask_block)
         changed = write_segment_block(segmentationNode, segmentId, new, image_to_seg, extent, current,
-                                      modify or self.modify)
+                                      modify or self.modify, erase=mode == "remove")
         self._last[(segmentationNode.GetID(), segmentId, prediction.cache_key)] = prediction
         prediction.timings["write_s"] = time.perf_counter() - t0
         return changed
@@ -710,6 +735,8 @@ class SegmentLogic:
         corners; ``sliceAxis``: "axial"/"coronal"/"sagittal" (the volume axis closest to it), or "I"/"J"/"K";
         ``mode``: "replace" the segment on this slice, "add" to it, or "remove" from it.
         Returns the prediction (mask, score, timings); raises a ``SonoSAMError`` with a clear message.
+        Like ``apply`` and ``propagate``, it saves no undo state: call the Segment Editor's
+        ``saveStateForUndo()`` first if Ctrl+Z should undo it.
         """
         if mode not in MODES:
             raise SegmentationError(f"Unknown mode {mode!r}; use one of {', '.join(MODES)}.")
@@ -802,8 +829,8 @@ class SegmentLogic:
         ``carry``: the slice decoder shipped for the model, if any, answers the propagated slices (the core's
         ``carrier="auto"``; False: the model answers every slice); ``span``: (first, last) slice index along the
         axis where the user says the structure starts and ends (the core's ``span``: no front runs past them);
-        ``progress(done, total, info)`` and ``cancel`` (threading.Event or callable) go to the core.
-        Returns the result's summary. In-process; the effect runs the same plan as a server job
+        ``progress(done, total, info)`` and ``cancel`` (threading.Event or callable) go to the core; a
+        cancelled run writes nothing and raises ``JobCancelledError``. Returns the result's summary. In-process; the effect runs the same plan as a server job
         (``plan_propagation`` -> job -> ``finish_propagation``).
         """
         try:
@@ -876,6 +903,10 @@ class SegmentLogic:
         """Write a propagation result (``sonosam.volume.PropagationResult``-like: ``mask`` (n, H, W),
         ``slices``, ``anchors``, ``summary()``) into the segment: never on an anchor, one change per kind.
         Refused if the volume or the segment changed since the plan was made (the user edited meanwhile)."""
+        from sonosam.errors import JobCancelledError
+
+        if getattr(result, "cancelled", False):
+            raise JobCancelledError("Propagation was cancelled: nothing was written.")
         info = self.volume_info(plan.volume_node)
         if info.key != plan.volume_key:
             raise SegmentationError("The volume changed while propagating; nothing was written. Propagate again.")
@@ -1140,19 +1171,32 @@ class _JobTask:
     message), ``cancel()``, ``wait()``; subclasses ``finish()``. With a server, the first polls send the
     volume a chunk at a time (state "sending", done/total in MiB)."""
     job = None
+    cancel_requested = False
 
     def poll(self):
         if self.job is None:
-            return "done", 1, 1, ""
-        from sonosam.client import GUI_POLL_SECONDS
+            state, done, total, message = "done", 1, 1, ""
+        else:
+            from sonosam.client import GUI_POLL_SECONDS
 
-        status = self.job.poll(timeout=GUI_POLL_SECONDS)  # late: the last status, asked again next tick
-        done, total = (status.get("progress") or [0, 0])[:2]
-        return status["state"], int(done), int(total), status.get("message", "")
+            status = self.job.poll(timeout=GUI_POLL_SECONDS)  # late: the last status, asked again next tick
+            done, total = (status.get("progress") or [0, 0])[:2]
+            state, message = status["state"], status.get("message", "")
+        if self.cancel_requested and state == "done":
+            state = "cancelled"   # it ended before the cancel reached it: still, the user asked for nothing
+        return state, int(done), int(total), message
 
     def cancel(self):
+        """Nothing will be written: the job stops, and ``finish`` refuses even if it had already ended."""
+        self.cancel_requested = True
         if self.job is not None:
             self.job.cancel()
+
+    def _refuse_if_cancelled(self, what: str):
+        from sonosam.errors import JobCancelledError
+
+        if self.cancel_requested:
+            raise JobCancelledError(f"{what} was cancelled: nothing was written.")
 
     def wait(self, timeout=None):
         if self.job is not None:
@@ -1185,6 +1229,7 @@ class PropagationTask(_JobTask):
     def finish(self, modify=None) -> str:
         """Fetch the result (the job must be finished) and write it; raises the job's error, or
         ``JobCancelledError`` when it was cancelled."""
+        self._refuse_if_cancelled("Propagation")
         if self.result is None:
             self.result = self.job.result(timeout=5)
         return self.logic.finish_propagation(self.plan, self.result, modify)
@@ -1302,6 +1347,7 @@ class AutoTask(_JobTask):
     def finish(self, modify=None) -> AutoOutcome:
         from sonosam.errors import JobCancelledError
 
+        self._refuse_if_cancelled("Auto")
         if self.result is not None:
             if self.result.cancelled:
                 raise JobCancelledError("Auto was cancelled: nothing was written.")

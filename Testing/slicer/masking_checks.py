@@ -252,9 +252,52 @@ def check_intensity_range_on_a_finer_segmentation_grid(case):
     np.testing.assert_array_equal(got[:, :, SHAPE[2] // 2:], expected[:, :, SHAPE[2] // 2:])
 
 
+def _inside_other_with_target_outside_it(case):
+    """Editable area "inside segment other" (other = the prediction's top-left corner on slice K, overwrite
+    all: Slicer's default); the target already holds a bar on slice K, outside both "other" and the
+    prediction. Returns (other, target) as they were."""
+    import slicer
+
+    other = np.zeros(SHAPE, bool)
+    other[K, 0:10, 0:12] = True
+    target = np.zeros(SHAPE, bool)
+    target[K, 17:20, 0:30] = True
+    case.set(case.other, other)
+    case.set(case.target, target)
+    case.editor.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
+    case.editor.SetMaskSegmentID(case.other)
+    case.editor.SetOverwriteMode(case.editor.OverwriteAllSegments)
+    return other, target
+
+
+@_with_case
+def check_replace_inside_one_segment_keeps_the_target_outside_it(case):
+    """Replace under "inside segment other", as Slicer's own "set": the target gains the prediction inside
+    "other" and keeps its voxels outside "other"; "other" loses the overlap and gains nothing."""
+    other, target = _inside_other_with_target_outside_it(case)
+    case.segment()
+    written = case.rect_block() & other
+    np.testing.assert_array_equal(case.array(case.target), target | written)
+    np.testing.assert_array_equal(case.array(case.other), other & ~written)
+
+
+@_with_case
+def check_remove_inside_one_segment_gives_the_voxels_to_it(case):
+    """Remove under "inside segment other" is Slicer's Erase (how a segment is split by painting): the
+    target's voxels under the prediction leave it, also outside "other", and go to "other"."""
+    other, target = _inside_other_with_target_outside_it(case)
+    target[K, 4:16, 20:25] = True  # under the prediction, outside "other"
+    case.set(case.target, target)
+    case.segment(mode="remove")
+    np.testing.assert_array_equal(case.array(case.target), target & ~case.rect_block())
+    np.testing.assert_array_equal(case.array(case.other), other | (target & case.rect_block()))
+
+
 CHECKS = [check_everywhere_writes_the_prediction, check_intensity_range_limits_apply,
           check_intensity_range_limits_remove, check_editable_area_outside_all_segments,
           check_editable_area_inside_one_segment, check_overwrite_all_takes_voxels_from_other_segments,
           check_overwrite_none_and_hidden_segments_keep_their_voxels,
           check_replace_keeps_other_slices_and_removes_only_editable_voxels,
-          check_intensity_range_on_a_finer_segmentation_grid]
+          check_intensity_range_on_a_finer_segmentation_grid,
+          check_replace_inside_one_segment_keeps_the_target_outside_it,
+          check_remove_inside_one_segment_gives_the_voxels_to_it]

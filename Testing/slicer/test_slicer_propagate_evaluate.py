@@ -10,7 +10,6 @@ real default model on 3 slices of the real MRI.
 
 from __future__ import annotations
 
-import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -24,7 +23,7 @@ from test_slicer_segment_logic import (CENTER_IJK, DIMS, add_segment, colin, rea
                                        segment_array, synthetic_matrix, voxel_ras)
 from mrml_scene import add_volume_from_array  # noqa: E402
 
-from sonosam.errors import PromptError  # noqa: E402
+from sonosam.errors import JobCancelledError, PromptError  # noqa: E402
 from sonosam.models import Embedding, Prediction  # noqa: E402
 from sonosam.predictor import Predictor  # noqa: E402
 
@@ -258,14 +257,34 @@ def test_direction_max_slices_seed_slices_and_cancel(ball):
     np.testing.assert_array_equal(got[c + 1], inside[c + 1])
     with pytest.raises(PromptError, match="empty"):
         ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial", seedSlices=[0])
-    cancel = threading.Event()
-    cancel.set()
-    summary = ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial", seedSlices=[c],
-                                   cancel=cancel)
-    assert "cancelled" in summary
+    # cancelled after two slices: nothing is written, not even those two
+    before = read(ball, ball.target).copy()
+    done = []
+    with pytest.raises(JobCancelledError, match="nothing was written"):
+        ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial", seedSlices=[c],
+                             progress=lambda *info: done.append(info), cancel=lambda: len(done) >= 2)
+    assert len(done) >= 2
+    np.testing.assert_array_equal(read(ball, ball.target), before)
     empty = add_segment(ball.segmentation, "empty")
     with pytest.raises(PromptError, match="empty"):
         ball.logic.propagate(ball.volume, ball.segmentation, empty, "axial")
+
+
+def test_stop_after_the_run_ended_writes_nothing(ball):
+    """Stop pressed after the propagation had already ended (in-process: at once; a server job that finished
+    before the cancel reached it): the task reports "cancelled" and ``finish`` writes nothing."""
+    inside = stack(ball, ball.inside)
+    c = int(np.argmax(inside.reshape(len(inside), -1).sum(1)))
+    write_slice(ball, c, inside[c])
+    before = read(ball, ball.target).copy()
+    task = ball.logic.start_propagation(ball.logic.plan_propagation(ball.volume, ball.segmentation, ball.target,
+                                                                    "axial"))
+    assert task.poll()[0] == "done"
+    task.cancel()
+    assert task.poll()[0] == "cancelled"
+    with pytest.raises(JobCancelledError, match="nothing was written"):
+        task.finish()
+    np.testing.assert_array_equal(read(ball, ball.target), before)
 
 
 def test_evaluate_with_stand_in_returns_dice_table_and_report(ball, tmp_path):
