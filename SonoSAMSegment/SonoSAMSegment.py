@@ -23,7 +23,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 
 from SonoSAMSegmentLib import connection as conn
-from SonoSAMSegmentLib.logic import SegmentLogic
+from SonoSAMSegmentLib.logic import SegmentLogic, editor_writer
 from SonoSAMSegmentLib.ui import showErrors
 
 POLL_MS = 100
@@ -434,8 +434,9 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
                 self.ui.modesStatusLabel.text = "Stopped: nothing was written."
             elif kind == "refine":
                 prediction = task.finish()   # raises the job's error when it failed
-                self._saveStateForUndo(context["segmentation"])
-                self.logic.apply(prediction, context["volume"], context["segmentation"], context["segmentId"])
+                segmentation = context["segmentation"]
+                writer = editor_writer(before_first_write=lambda *_: self._saveStateForUndo(segmentation))
+                self.logic.apply(prediction, context["volume"], segmentation, context["segmentId"], modify=writer)
                 self.ui.modesStatusLabel.text = f"Refined: {prediction.notes[0]} (Ctrl+Z in the Segment Editor undoes it)."
             elif kind == "learn":
                 summary = task.finish().summary()

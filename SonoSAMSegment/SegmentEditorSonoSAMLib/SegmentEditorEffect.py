@@ -576,19 +576,23 @@ or connects to a GPU host.</html>"""
         if mode not in MODES:
             mode = "replace"
         with showErrors("SonoSAM could not write the segment."):
-            self.scriptedEffect.saveStateForUndo()
             self.logic.apply(self.session.prediction, volume, segmentation, segmentId, mode, modify=self._writer())
             self.onCancel()
 
     def _writer(self):
         """The logic's writer (see logic.editor_writer): the Segment Editor's own, with its masking."""
-        return editor_writer(self.scriptedEffect.parameterSetNode(), self._modify)
+        return editor_writer(self.scriptedEffect.parameterSetNode(), self._modify,
+                             before_first_write=self._saveStateForUndo)
 
-    def _modify(self, segmentationNode, segmentId, labelmap, mode, extent):
+    def _saveStateForUndo(self, segmentationNode, segmentId):
+        # the effect writes into the selected segment: it must still be the one the result is for
         if segmentId != self.scriptedEffect.parameterSetNode().GetSelectedSegmentID():
             from SonoSAMSegmentLib.logic import SegmentationError
 
             raise SegmentationError("The selected segment changed: select the segment again and apply.")
+        self.scriptedEffect.saveStateForUndo()
+
+    def _modify(self, segmentationNode, segmentId, labelmap, mode, extent):
         modes = {"add": slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeAdd,
                  "remove": slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeRemove}
         self.scriptedEffect.modifySelectedSegmentByLabelmap(labelmap, modes[mode], list(extent))
@@ -689,7 +693,6 @@ or connects to a GPU host.</html>"""
         if state == "cancelled":
             self.statusLabel.text = "Propagation stopped: the segment is unchanged."
             return
-        self.scriptedEffect.saveStateForUndo()
         self.statusLabel.text = task.finish(modify=self._writer())  # raises the job's error if it failed
 
 

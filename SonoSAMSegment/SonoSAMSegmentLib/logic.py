@@ -219,7 +219,7 @@ def read_segment_block(segmentation_node, segment_id, image_to_seg: np.ndarray, 
     return out
 
 
-def editor_writer(editor_node=None, write=None):
+def editor_writer(editor_node=None, write=None, before_first_write=None):
     """The one way this logic changes a segment: Slicer's Segment Editor rule
     ``vtkSlicerSegmentEditorLogic::ModifySegmentByLabelmap``, which honours the editor node's masking
     (editable area, editable intensity range, "modify other segments").
@@ -228,6 +228,9 @@ def editor_writer(editor_node=None, write=None):
     set when its masking needs them). None (console use): edit everywhere and never overwrite other segments.
     ``write``: the effect passes its ``scriptedEffect.modifySelectedSegmentByLabelmap`` call (same signature
     as the result), which delegates to the same C++ (Slicer 5.10+), with its own editor node.
+    ``before_first_write(segmentation_node, segment_id)``: called once, just before the first change
+    (``saveStateForUndo``: one undo step per action, none for an action that writes nothing; it may raise to
+    refuse the write).
     Returns ``modify(segmentation_node, segment_id, labelmap, mode, extent)`` with mode "add" or "remove";
     ``modify.editor_node`` is the node whose masking applies.
     """
@@ -247,7 +250,11 @@ def editor_writer(editor_node=None, write=None):
             logic.ModifySegmentByLabelmap(segmentation_node, segment_id, labelmap, modes[mode], list(extent), True,
                                           False)
 
+    pending = [before_first_write] if before_first_write is not None else []
+
     def modify(segmentation_node, segment_id, labelmap, mode, extent):
+        while pending:
+            pending.pop()(segmentation_node, segment_id)
         write(segmentation_node, segment_id, labelmap, mode, extent)
 
     modify.editor_node = editor_node  # keeps the node (and so its settings) alive with the function

@@ -97,3 +97,36 @@ def test_propagation_honours_the_editable_area(ball, mrml):
         if s != c:   # the stand-in's answer, up to a boundary pixel (each prompt box follows the flow-moved mask)
             assert (got_stack[s] ^ expected[s]).sum() <= 0.01 * expected[s].sum() + 1, s
     np.testing.assert_array_equal(read(ball, ball.other), ball.other_mask)
+
+
+def test_the_undo_state_is_saved_once_before_the_first_change_and_never_for_no_change(ball):
+    """``before_first_write`` (the effect's ``saveStateForUndo``): once per action, before anything changes;
+    an action that changes nothing saves no (empty) undo step; a hook that refuses leaves the segment as it was."""
+    from SonoSAMSegmentLib.logic import write_segment_block
+
+    c, inside = _seeded(ball)
+    task = ball.logic.start_propagation(ball.logic.plan_propagation(ball.volume, ball.segmentation, ball.target,
+                                                                    "axial"))
+    before = read(ball, ball.target).copy()
+    seen = []
+
+    def save_state(segmentation, segment_id):
+        seen.append((segmentation, segment_id, read(ball, ball.target).copy()))
+
+    task.finish(modify=editor_writer(before_first_write=save_state))
+    assert len(seen) == 1 and seen[0][:2] == (ball.segmentation, ball.target)
+    np.testing.assert_array_equal(seen[0][2], before)            # the state saved is the one before the write
+    after = read(ball, ball.target).copy()
+    assert after.sum() > before.sum()
+    seen.clear()
+    assert not write_segment_block(ball.segmentation, ball.target, after, ball.m, ball.full,
+                                   modify=editor_writer(before_first_write=save_state))
+    assert seen == []                                            # nothing to write: no undo step
+
+    def refuse(segmentation, segment_id):
+        raise SegmentationError("The selected segment changed: select the segment again and apply.")
+
+    with pytest.raises(SegmentationError, match="selected segment changed"):
+        write_segment_block(ball.segmentation, ball.target, before, ball.m, ball.full,
+                            modify=editor_writer(before_first_write=refuse))
+    np.testing.assert_array_equal(read(ball, ball.target), after)
