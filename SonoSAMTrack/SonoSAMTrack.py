@@ -205,15 +205,13 @@ class SonoSAMTrackWidget(ScriptedLoadableModuleWidget):
                 self.logic.accept(self.session, self._currentFrame())
 
     def onUseCorrection(self):
-        """The browser's proxy segmentation for the output sequence holds what the user edited on this frame."""
+        """What the user painted on the output's frames (the browser saves proxy edits into it) becomes keyframes."""
         if self.session is None:
             return
         with showErrors("Could not use the correction."):
-            proxy = self._browser().GetProxyNode(self.session.output_sequence) if self._browser() else None
-            if proxy is None:
-                raise ValueError("Select the sequence browser that shows the tracking output.")
-            self.logic.correct_from_segmentation(self.session, self._currentFrame(), proxy)
-            self.ui.statusLabel.text = f"Frame {self._currentFrame()} corrected (keyframe). Press Resume."
+            edited = self.logic.use_edits(self.session)
+            self.ui.statusLabel.text = (f"Frame(s) {', '.join(str(t) for t in edited)} corrected (keyframes). "
+                                        "Press Resume.")
 
     def _showChart(self):
         layout = slicer.app.layoutManager()

@@ -247,8 +247,8 @@ class TrackLogic:
                                points=spec.get("points"), labels=spec.get("labels"))
             names.append(spec["name"])
             colors.append(tuple(spec.get("color", DEFAULT_COLORS[i % len(DEFAULT_COLORS)])))
-        output = self.scene.AddNewNodeByClass("vtkMRMLSequenceNode",
-                                              output_name or f"{input_sequence.GetName()} SonoSAMTrack")
+        output = self.scene.AddNewNodeByClass("vtkMRMLSequenceNode", output_name or self.scene.GenerateUniqueName(
+            f"{input_sequence.GetName()} SonoSAMTrack"))
         output.SetIndexName(input_sequence.GetIndexName())
         output.SetIndexUnit(input_sequence.GetIndexUnit())
         output.SetIndexType(input_sequence.GetIndexType())
@@ -257,11 +257,16 @@ class TrackLogic:
         self.update_output(session)
         if browser is not None:
             browser.AddSynchronizedSequenceNode(output)
+            # the user's edits of the shown frame go into the output (Slicer's "save changes"), where
+            # edited_frames() finds them, instead of being dropped when the frame or the output changes
+            browser.SetSaveChanges(output, True)
         return session
 
     def run(self, session: TrackSession, on_progress=None) -> TrackReport:
         """Track until done or until a frame needs attention (then ``report.paused``), waiting here; refreshes
-        the output sequence and the confidence table. The module uses ``start_run`` (polled) instead."""
+        the output sequence and the confidence table. The module uses ``start_run`` (polled) instead.
+        Refused while the output holds edits not yet used (``use_edits``), which the run would overwrite."""
+        self._refuse_unused_edits(session, "Nothing tracked")
         r = session.tracker.run(on_progress=on_progress)
         if isinstance(r, dict):  # the server's report
             report = TrackReport(bool(r["paused"]), r["frame"], [event_dict(e) for e in r["events"]])
@@ -271,11 +276,14 @@ class TrackLogic:
         return report
 
     def start_run(self, session: TrackSession, rerun: bool = False) -> TrackRun:
-        """Start tracking: a server job when the tracker is a server's, else run in-process now."""
+        """Start tracking: a server job when the tracker is a server's, else run in-process now (refused as
+        ``run`` is)."""
+        self._refuse_unused_edits(session, "Nothing tracked")
         return TrackRun(self, session, rerun)
 
     def correct(self, session: TrackSession, frame: int, name: str, mask=None, box=None, points=None, labels=None):
         """The user's correction on a paused frame: a keyframe, never overwritten by later runs."""
+        self._refuse_unused_edits(session, "Nothing corrected", frame, keep=name)
         mask = session.tracker.correct(frame, name, mask=mask, box=box, points=points, labels=labels)
         self.update_output(session, frames=[frame])
         return mask
@@ -300,9 +308,52 @@ class TrackLogic:
         if untracked:
             raise SonoSAMError(f"Nothing accepted: {', '.join(untracked)} has no mask on frame {frame} yet; run the "
                                "tracker to that frame, or correct it there.")
+        self._refuse_unused_edits(session, "Nothing accepted", frame)
         for n in names:
             session.tracker.accept(frame, n)
         self.update_output(session, frames=[frame])
+
+    def edited_frames(self, session: TrackSession) -> dict:
+        """{frame: [object names]} where the output differs from the tracker's masks: the user's edits (painted on
+        the browser's proxy, which saves them into the output), not yet used as corrections."""
+        edited = {}
+        for name in session.names:
+            shown = self.sequence_masks(session.output_sequence, name, session.shape)
+            tracked = session.tracker.masks(name)
+            differs = (shown != tracked).reshape(len(tracked), -1).any(1) if shown.shape == tracked.shape else \
+                np.ones(len(tracked), bool)
+            for t in np.nonzero(differs)[0]:
+                edited.setdefault(int(t), []).append(name)
+        return dict(sorted(edited.items()))
+
+    def use_edits(self, session: TrackSession) -> dict:
+        """Every edited object on every edited frame (``edited_frames``) becomes a keyframe with the mask the
+        user left; returns what was used. Refused when nothing was edited."""
+        edited = self.edited_frames(session)
+        if not edited:
+            raise SonoSAMError(f"Nothing to use: no frame of '{session.output_sequence.GetName()}' was edited. Paint "
+                               "the correction on the shown frame of that output (Segment Editor) first.")
+        for t, names in edited.items():
+            for name in names:
+                item = session.output_sequence.GetNthDataNode(t)
+                segment_id = item.GetSegmentation().GetSegmentIdBySegmentName(name) if item is not None else ""
+                mask = mask_from_segment(item, segment_id, session.shape) if segment_id else \
+                    np.zeros(session.shape, bool)
+                session.tracker.correct(t, name, mask=mask)
+        self.update_output(session, frames=list(edited))
+        return edited
+
+    def _refuse_unused_edits(self, session: TrackSession, what: str, frame: int | None = None, keep=None):
+        """Refuse (nothing done) where an action would overwrite edits not yet used: on any frame, or on
+        ``frame`` only (except object ``keep``, which the action itself replaces)."""
+        edited = self.edited_frames(session)
+        if frame is not None:
+            edited = {t: [n for n in names if n != keep] for t, names in edited.items() if t == frame}
+            edited = {t: names for t, names in edited.items() if names}
+        if edited:
+            where = "; ".join(f"frame {t}: {', '.join(names)}" for t, names in list(edited.items())[:5])
+            raise SonoSAMError(f"{what}: the output holds edits not yet used ({where}). Press 'Use my correction' "
+                               "(console: use_edits(session)) to make them keyframes, or undo them first.")
 
     def next_attention(self, session: TrackSession, after: int = -1):
         return session.tracker.next_attention(after)
@@ -347,7 +398,7 @@ class TrackLogic:
         out = np.zeros((sequence_node.GetNumberOfDataNodes(),) + tuple(shape), bool)
         for t in range(out.shape[0]):
             node = sequence_node.GetNthDataNode(t)
-            segment_id = node.GetSegmentation().GetSegmentIdBySegmentName(name)
+            segment_id = node.GetSegmentation().GetSegmentIdBySegmentName(name) if node is not None else ""
             if segment_id:
                 out[t] = mask_from_segment(node, segment_id, shape)
         return out
@@ -398,10 +449,15 @@ class TrackLogic:
         import vtk
         from vtk.util import numpy_support
 
+        from sonosam.track.outputs import segment_fields
+
         labels = session.tracker.labelmap()
         seq = self.scene.AddNewNodeByClass("vtkMRMLSequenceNode", name or f"{session.output_sequence.GetName()} labelmaps")
         seq.SetIndexName(session.output_sequence.GetIndexName())
         seq.SetIndexUnit(session.output_sequence.GetIndexUnit())
+        seq.SetIndexType(session.output_sequence.GetIndexType())   # text indices would all read as 0 otherwise
+        for key, value in segment_fields(session.names, session.colors).items():
+            seq.SetAttribute(key, value)   # the storage node writes node attributes into the file's header
         h, w = labels.shape[1:]
         for t in range(labels.shape[0]):
             node = slicer.vtkMRMLLabelMapVolumeNode()
@@ -414,66 +470,82 @@ class TrackLogic:
             seq.SetDataNodeAtValue(node, session.index_values[t])
         return seq
 
-    def save_sequence(self, session: TrackSession, path: str):
-        """Write the tracking result as `.seq.nrrd` through Slicer's volume sequence storage node."""
-        seq = self.labelmap_sequence(session)
-        storage = self.scene.AddNewNodeByClass("vtkMRMLVolumeSequenceStorageNode")
-        storage.SetFileName(str(path))
-        try:
-            if not storage.WriteData(seq):
-                raise OSError(f"Slicer could not write {path}.")
-        finally:
-            self.scene.RemoveNode(storage)
-            self.scene.RemoveNode(seq)
+    def save_sequence(self, session: TrackSession, path: str, overwrite: bool = False):
+        """Write the tracking result as `.seq.nrrd` through Slicer's volume sequence storage node, with the
+        objects' names and colours in its header; written to a temp file and renamed, so a failed write leaves
+        any earlier file as it was, and an existing file is only replaced with ``overwrite=True``."""
+        from sonosam.io.atomic import atomic_output
+
+        with atomic_output(path, overwrite) as tmp:
+            seq = self.labelmap_sequence(session)
+            storage = self.scene.AddNewNodeByClass("vtkMRMLVolumeSequenceStorageNode")
+            storage.SetFileName(str(tmp))
+            try:
+                if not storage.WriteData(seq):
+                    raise OSError(f"Slicer could not write {path}.")
+            finally:
+                self.scene.RemoveNode(storage)
+                self.scene.RemoveNode(seq)
         return path
 
     def load_sequence(self, path: str, names=None, colors=None, name: str = "SonoSAMTrack loaded"):
         """Read a `.seq.nrrd` labelmap sequence (ours or Slicer's) into a new segmentation sequence, one
-        segment per label; names from ``names``, else from the file's SonoSAMTrack_Segment fields."""
+        segment per label; names and colours from ``names`` / ``colors``, else from the file's
+        SonoSAMTrack_Segment fields."""
         import slicer
         from vtk.util import numpy_support
+
+        from sonosam.errors import DataFileError
 
         if names is None:
             try:
                 import nrrd
 
                 header = nrrd.read_header(str(path))
-                names = []
+                names, stored_colors = [], []
                 while f"SonoSAMTrack_Segment{len(names)}_Name" in header:
-                    names.append(header[f"SonoSAMTrack_Segment{len(names)}_Name"])
+                    field = f"SonoSAMTrack_Segment{len(names)}"
+                    names.append(header[f"{field}_Name"])
+                    if f"{field}_Color" in header:
+                        stored_colors.append(tuple(float(v) for v in header[f"{field}_Color"].split()))
+                colors = colors or (stored_colors if stored_colors and len(stored_colors) == len(names) else None)
             except Exception:  # pynrrd missing or unusual header: fall back to label numbers
                 names = []
         labelmaps = self.scene.AddNewNodeByClass("vtkMRMLSequenceNode", name + " labelmaps")
         storage = self.scene.AddNewNodeByClass("vtkMRMLVolumeSequenceStorageNode")
-        storage.SetFileName(str(path))
-        if not storage.ReadData(labelmaps):
-            raise OSError(f"Slicer could not read {path} as a volume sequence.")
-        output = self.scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
-        output.SetIndexName(labelmaps.GetIndexName())
-        output.SetIndexUnit(labelmaps.GetIndexUnit())
-        for t in range(labelmaps.GetNumberOfDataNodes()):
-            volume = labelmaps.GetNthDataNode(t)
-            image = volume.GetImageData()
-            dims = image.GetDimensions()
-            labels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])[0]
-            count = max(int(labels.max()), len(names))
-            m = __import__("vtk").vtkMatrix4x4()
-            volume.GetIJKToRASMatrix(m)
-            node = slicer.vtkMRMLSegmentationNode()
-            for label in range(1, count + 1):
-                seg_name = names[label - 1] if label - 1 < len(names) else f"Segment_{label}"
-                color = (colors or DEFAULT_COLORS)[(label - 1) % len(colors or DEFAULT_COLORS)]
-                segment_id = node.GetSegmentation().AddEmptySegment(seg_name, seg_name, list(color))
-                mask = labels == label
-                if not mask.any():
-                    continue
-                oriented = slicer.vtkOrientedImageData()
-                oriented.SetImageToWorldMatrix(m)
-                oriented.SetExtent(0, dims[0] - 1, 0, dims[1] - 1, 0, 0)
-                oriented.AllocateScalars(__import__("vtk").VTK_UNSIGNED_CHAR, 1)
-                numpy_support.vtk_to_numpy(oriented.GetPointData().GetScalars())[:] = mask.astype(np.uint8).ravel()
-                slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-                    oriented, node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
-            output.SetDataNodeAtValue(node, labelmaps.GetNthIndexValue(t))
-        self.scene.RemoveNode(storage)
-        return output
+        try:
+            storage.SetFileName(str(path))
+            if not storage.ReadData(labelmaps):
+                raise DataFileError(f"Slicer could not read {path} as a volume sequence.")
+            output = self.scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+            output.SetIndexName(labelmaps.GetIndexName())
+            output.SetIndexUnit(labelmaps.GetIndexUnit())
+            output.SetIndexType(labelmaps.GetIndexType())
+            for t in range(labelmaps.GetNumberOfDataNodes()):
+                volume = labelmaps.GetNthDataNode(t)
+                image = volume.GetImageData()
+                dims = image.GetDimensions()
+                labels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0])[0]
+                count = max(int(labels.max()), len(names))
+                m = __import__("vtk").vtkMatrix4x4()
+                volume.GetIJKToRASMatrix(m)
+                node = slicer.vtkMRMLSegmentationNode()
+                for label in range(1, count + 1):
+                    seg_name = names[label - 1] if label - 1 < len(names) else f"Segment_{label}"
+                    color = (colors or DEFAULT_COLORS)[(label - 1) % len(colors or DEFAULT_COLORS)]
+                    segment_id = node.GetSegmentation().AddEmptySegment(seg_name, seg_name, list(color))
+                    mask = labels == label
+                    if not mask.any():
+                        continue
+                    oriented = slicer.vtkOrientedImageData()
+                    oriented.SetImageToWorldMatrix(m)
+                    oriented.SetExtent(0, dims[0] - 1, 0, dims[1] - 1, 0, 0)
+                    oriented.AllocateScalars(__import__("vtk").VTK_UNSIGNED_CHAR, 1)
+                    numpy_support.vtk_to_numpy(oriented.GetPointData().GetScalars())[:] = mask.astype(np.uint8).ravel()
+                    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+                        oriented, node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+                output.SetDataNodeAtValue(node, labelmaps.GetNthIndexValue(t))
+            return output
+        finally:
+            self.scene.RemoveNode(storage)
+            self.scene.RemoveNode(labelmaps)

@@ -118,12 +118,14 @@ def test_start_run_reports_a_pause_and_refreshes_the_output(mrml, small_loop):
 
 def test_a_correction_painted_on_the_browsers_proxy_becomes_a_keyframe(mrml, small_loop):
     """The module's "Use my correction": the user edits the output's proxy segmentation on the paused frame (the
-    Segment Editor writes the segment's labelmap in the frame's geometry); the tracker takes that mask as a keyframe
-    and the output sequence holds it."""
+    Segment Editor writes the segment's labelmap in the frame's geometry). The browser saves the edit into the
+    output, so going to another frame and back keeps it, and Accept or Resume, which would overwrite it, are
+    refused until it is used; then the tracker takes that mask as a keyframe and the output sequence holds it."""
     import slicer
     import vtk
     from vtk.util import numpy_support
     from SonoSAMTrackLib.logic import TrackLogic
+    from sonosam.errors import SonoSAMError
 
     loop, predictor = small_loop
     seq, browser = _volume_sequence(mrml.scene, loop.frames)
@@ -147,10 +149,26 @@ def test_a_correction_painted_on_the_browsers_proxy_becomes_a_keyframe(mrml, sma
     slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
         painted, proxy, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
     assert not np.array_equal(session.tracker.masks("LV")[1], truth)   # the correction changes something
+    for frame in (2, 1):   # another frame and back: the edit is kept
+        browser.SetSelectedItemNumber(frame)
+        mrml.logic("Sequences").UpdateProxyNodesFromSequences(browser)
+    assert np.array_equal(logic.output_masks(session, "LV")[1], truth)
+    assert logic.edited_frames(session) == {1: ["LV"]}
+    with pytest.raises(SonoSAMError, match=r"Nothing accepted: the output holds edits not yet used \(frame 1: LV\)"):
+        logic.accept(session, 1)
+    with pytest.raises(SonoSAMError, match=r"Nothing tracked: .*frame 1: LV.*Use my correction"):
+        logic.start_run(session)
+    assert np.array_equal(logic.output_masks(session, "LV")[1], truth)
 
-    logic.correct_from_segmentation(session, 1, proxy)
+    assert logic.use_edits(session) == {1: ["LV"]}
     assert np.array_equal(session.tracker.masks("LV")[1], truth)
     assert np.array_equal(logic.output_masks(session, "LV")[1], truth)
+    assert logic.edited_frames(session) == {}
+    with pytest.raises(SonoSAMError, match="Nothing to use: no frame of 'cine SonoSAMTrack' was edited"):
+        logic.use_edits(session)
+    # the console's route from any segmentation node, the proxy here
+    logic.correct_from_segmentation(session, 1, proxy)
+    assert np.array_equal(session.tracker.masks("LV")[1], truth)
 
 
 def test_accept_is_all_or_nothing_and_shows_in_the_output(mrml, small_loop):

@@ -26,6 +26,18 @@ __all__ = ["write_tracking_outputs", "write_sequence_nrrd", "read_sequence_nrrd"
            "write_overlay_gif", "write_overlay_strip", "overlay_frame"]
 
 
+def segment_fields(names, colors=None) -> dict[str, str]:
+    """The ``SonoSAMTrack_Segment<i>_Name/_LabelValue/_Color`` header fields (object i = label i + 1), which
+    ``read_sequence_nrrd`` and the SonoSAMTrack module read back."""
+    colors = list(colors) if colors else [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(len(names))]
+    fields = {}
+    for i, name in enumerate(names):
+        fields[f"SonoSAMTrack_Segment{i}_Name"] = check_name(str(name), "object name")
+        fields[f"SonoSAMTrack_Segment{i}_LabelValue"] = str(i + 1)
+        fields[f"SonoSAMTrack_Segment{i}_Color"] = " ".join(f"{float(c):.4g}" for c in colors[i][:3])
+    return fields
+
+
 def write_sequence_nrrd(path, labelmaps: np.ndarray, names: Sequence[str], colors=None,
                         spacing_xy: tuple[float, float] = (1.0, 1.0), frame_time_ms: float | None = None,
                         geometry: Geometry | None = None, note: str | None = None, overwrite: bool = False) -> Path:
@@ -54,11 +66,7 @@ def write_sequence_nrrd(path, labelmaps: np.ndarray, names: Sequence[str], color
         "axis 3 index type": "numeric",
         "axis 3 index values": " ".join(times),
     }
-    colors = list(colors) if colors else [DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(len(names))]
-    for i, name in enumerate(names):
-        header[f"SonoSAMTrack_Segment{i}_Name"] = check_name(str(name), "object name")
-        header[f"SonoSAMTrack_Segment{i}_LabelValue"] = str(i + 1)
-        header[f"SonoSAMTrack_Segment{i}_Color"] = " ".join(f"{float(c):.4g}" for c in colors[i][:3])
+    header.update(segment_fields(names, colors))
     if note:
         header["SonoSAMTrack_Note"] = note.replace("\n", " ")
     # C order (T, K=1, J, I) <-> NRRD axes (i, j, k, t).

@@ -1,0 +1,110 @@
+"""SonoSAMTrack's `.seq.nrrd` files through Slicer's own storage node (slicer-core): every frame of a text-indexed
+cine survives, names and colours travel in the header, an existing file is never replaced unless asked, a file
+that is not a sequence is refused, and no helper node is left in the scene. A stand-in tracker (known masks):
+the file rules are under test, not the model."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="slicer-core is not installed")
+
+T, H, W = 4, 12, 16
+NAMES, COLORS = ["LV", "LA"], [(0.9, 0.1, 0.2), (0.1, 0.5, 0.9)]
+
+
+class KnownTracker:
+    """The masks a tracker would hold: LV a square moving right, LA a bar below it."""
+
+    n_frames = T
+    events: list = []
+
+    def __init__(self):
+        self._masks = {name: np.zeros((T, H, W), bool) for name in NAMES}
+        for t in range(T):
+            self._masks["LV"][t, 2:6, 2 + t:6 + t] = True
+            self._masks["LA"][t, 8:10, 1:12] = True
+
+    def masks(self, name):
+        return self._masks[name].copy()
+
+    def confidences(self):
+        return np.ones((T, len(NAMES)))
+
+    def labelmap(self):
+        labels = np.zeros((T, H, W), np.uint8)
+        for i, name in enumerate(NAMES):
+            labels[self._masks[name]] = i + 1
+        return labels
+
+
+def _session(scene, index_type):
+    from mrml_scene import add_volume_from_array
+    from SonoSAMTrackLib.logic import TrackLogic, TrackSession
+
+    cine = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "cine")
+    cine.SetIndexType(index_type)
+    ijk_to_ras = np.diag([-0.5, -0.5, 1.0, 1.0])
+    values = [f"frame{t}" for t in range(T)] if index_type == cine.TextIndex else [f"{t * 0.04:.2f}" for t in range(T)]
+    for t, value in enumerate(values):
+        node = add_volume_from_array(scene, np.full((1, H, W), 10 * t, np.uint8), ijk_to_ras, name=f"f{t}")
+        cine.SetDataNodeAtValue(node, value)
+        scene.RemoveNode(node)
+    output = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "cine SonoSAMTrack")
+    output.SetIndexType(cine.GetIndexType())
+    logic = TrackLogic(scene, predictor=object())
+    session = TrackSession(KnownTracker(), cine, output, ijk_to_ras, values, list(NAMES), list(COLORS), shape=(H, W))
+    logic.update_output(session)
+    return logic, session
+
+
+@pytest.mark.parametrize("index_type", ["text", "numeric"])
+def test_save_and_load_keep_every_frame_name_and_colour(mrml, tmp_path, index_type):
+    import slicer
+
+    scene = mrml.scene
+    kind = {"text": slicer.vtkMRMLSequenceNode.TextIndex, "numeric": slicer.vtkMRMLSequenceNode.NumericIndex}
+    logic, session = _session(scene, kind[index_type])
+    nodes_before = scene.GetNumberOfNodes()
+    path = tmp_path / "track.seq.nrrd"
+    logic.save_sequence(session, str(path))
+    assert scene.GetNumberOfNodes() == nodes_before                      # no helper node left
+    loaded = logic.load_sequence(str(path))                              # no names given: the file's
+    assert scene.GetNumberOfNodes() == nodes_before + 1                  # just the loaded sequence
+    assert loaded.GetNumberOfDataNodes() == T
+    assert [loaded.GetNthIndexValue(t) for t in range(T)] == [session.output_sequence.GetNthIndexValue(t)
+                                                              for t in range(T)]
+    for name, color in zip(NAMES, COLORS):
+        np.testing.assert_array_equal(logic.sequence_masks(loaded, name, (H, W)), session.tracker.masks(name))
+        segmentation = loaded.GetNthDataNode(0).GetSegmentation()
+        segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(name))
+        np.testing.assert_allclose(segment.GetColor(), color, atol=1e-3)
+
+
+def test_an_existing_file_is_replaced_only_when_asked(mrml, tmp_path):
+    from sonosam.errors import DataFileError
+
+    import slicer
+
+    logic, session = _session(mrml.scene, slicer.vtkMRMLSequenceNode.NumericIndex)
+    path = tmp_path / "track.seq.nrrd"
+    path.write_bytes(b"the user's earlier file")
+    nodes_before = mrml.scene.GetNumberOfNodes()
+    with pytest.raises(DataFileError, match="already exists; pass overwrite=True"):
+        logic.save_sequence(session, str(path))
+    assert path.read_bytes() == b"the user's earlier file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["track.seq.nrrd"]   # no temp file left
+    assert mrml.scene.GetNumberOfNodes() == nodes_before
+    logic.save_sequence(session, str(path), overwrite=True)
+    assert logic.sequence_masks(logic.load_sequence(str(path)), "LV", (H, W)).sum() == session.tracker.masks("LV").sum()
+
+
+def test_a_file_that_is_not_a_sequence_is_refused_and_leaves_no_node(mrml, tmp_path):
+    from SonoSAMTrackLib.logic import TrackLogic
+    from sonosam.errors import DataFileError
+
+    path = tmp_path / "notes.seq.nrrd"
+    path.write_text("not a NRRD file")
+    nodes_before = mrml.scene.GetNumberOfNodes()
+    with pytest.raises(DataFileError, match="could not read .* as a volume sequence"):
+        TrackLogic(mrml.scene).load_sequence(str(path))
+    assert mrml.scene.GetNumberOfNodes() == nodes_before
