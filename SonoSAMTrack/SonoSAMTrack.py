@@ -78,14 +78,14 @@ class SonoSAMTrackWidget(ScriptedLoadableModuleWidget):
     def _browser(self):
         return self.ui.browserSelector.currentNode()
 
-    def _currentFrame(self):
-        browser = self._browser()
-        return browser.GetSelectedItemNumber() if browser is not None else 0
+    def _currentFrame(self, sequence=None):
+        """The frame of the cine (the session's, or ``sequence``) the browser shows; refused for another cine's."""
+        return self.logic.browser_frame(self._browser(), sequence or self.session.input_sequence)
 
     def _goTo(self, frame):
         browser = self._browser()
         if browser is not None and frame is not None:
-            browser.SetSelectedItemNumber(int(frame))
+            self.logic.show_frame(browser, self.session.input_sequence, frame)
 
     def _requireServer(self):
         self.connection.poll()
@@ -101,13 +101,13 @@ class SonoSAMTrackWidget(ScriptedLoadableModuleWidget):
             segmentation = self.ui.segmentationSelector.currentNode()
             if sequence is None or segmentation is None:
                 raise ValueError("Choose the cine sequence and a segmentation with one segment per structure.")
-            frame = self._currentFrame()
-            frames, _, _ = self.logic.frames_from_sequence(sequence)
+            frame = self._currentFrame(sequence)
+            frames, ijk_to_ras, _ = self.logic.frames_from_sequence(sequence)
             objects = []
             seg = segmentation.GetSegmentation()
             for i in range(seg.GetNumberOfSegments()):
                 segment_id = seg.GetNthSegmentID(i)
-                mask = mask_from_segment(segmentation, segment_id, frames.shape[1:])
+                mask = mask_from_segment(segmentation, segment_id, frames.shape[1:], ijk_to_ras)
                 if mask.any():
                     objects.append({"name": seg.GetSegment(segment_id).GetName(), "frame": frame, "mask": mask,
                                     "color": seg.GetSegment(segment_id).GetColor()})
@@ -195,9 +195,11 @@ class SonoSAMTrackWidget(ScriptedLoadableModuleWidget):
 
     def onNextAttention(self):
         if self.session is not None:
-            frame = self.logic.next_attention(self.session, self._currentFrame())
-            self.ui.statusLabel.text = "No frame needs attention." if frame is None else f"Frame {frame} needs attention."
-            self._goTo(frame)
+            with showErrors("Could not find the next frame."):
+                frame = self.logic.next_attention(self.session, self._currentFrame())
+                self.ui.statusLabel.text = ("No frame needs attention." if frame is None
+                                            else f"Frame {frame} needs attention.")
+                self._goTo(frame)
 
     def onAccept(self):
         if self.session is not None:

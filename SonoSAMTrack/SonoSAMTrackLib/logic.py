@@ -148,10 +148,16 @@ def volume_frame(volume_node) -> np.ndarray:
     return frame
 
 
-def mask_from_segment(segmentation_node, segment_id, shape) -> np.ndarray:
-    """(H, W) bool of a segment stored on the frame grid by this logic (its labelmap may be cropped)."""
+def mask_from_segment(segmentation_node, segment_id, shape, ijk_to_ras=None) -> np.ndarray:
+    """(H, W) bool of a segment stored on the frame grid by this logic (its labelmap may be cropped); with the
+    frame's ``ijk_to_ras``, of any segment (the user's), resampled onto the frame grid where it lies on another."""
     import slicer
     from vtk.util import numpy_support
+
+    if ijk_to_ras is not None:
+        from SonoSAMSegmentLib.logic import read_segment_block
+
+        return read_segment_block(segmentation_node, segment_id, ijk_to_ras, [0, shape[1] - 1, 0, shape[0] - 1, 0, 0])[0]
 
     out = np.zeros(shape, bool)
     labelmap = slicer.vtkOrientedImageData()
@@ -211,6 +217,26 @@ class TrackLogic:
         if len(shapes) != 1:
             raise ValueError(f"The frames of '{sequence_node.GetName()}' differ in size: {sorted(shapes)}.")
         return np.stack(frames), ijk_to_ras, values
+
+    @staticmethod
+    def browser_frame(browser, sequence) -> int:
+        """The frame (item number) of ``sequence`` that ``browser`` shows now, matched by index value; refused
+        when the browser does not play that sequence (its frame would be another cine's)."""
+        if browser is None or not browser.IsSynchronizedSequenceNodeID(sequence.GetID(), True):
+            raise SonoSAMError(f"Choose the sequence browser that plays '{sequence.GetName()}' (none selected, or "
+                               "it plays another sequence).")
+        master = browser.GetMasterSequenceNode()
+        value = master.GetNthIndexValue(browser.GetSelectedItemNumber())
+        frame = sequence.GetItemNumberFromIndexValue(value, False)
+        if frame < 0:
+            raise SonoSAMError(f"'{sequence.GetName()}' has no frame at {master.GetIndexName()} = {value}; go to one "
+                               "of its frames in the browser.")
+        return frame
+
+    @staticmethod
+    def show_frame(browser, sequence, frame: int):
+        """Make ``browser`` show ``sequence``'s item ``frame`` (by its index value)."""
+        browser.SetSelectedItemByIndexValue(sequence.GetNthIndexValue(int(frame)), False)
 
     # ------------------------------------------------------------------------------------------ tracking
     def start(self, input_sequence, objects, browser=None, threshold: float = 0.85, model_every: int = 5,
@@ -294,7 +320,8 @@ class TrackLogic:
         for obj in ([name] if name else session.names):
             segment_id = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(obj)
             if segment_id:
-                session.tracker.correct(frame, obj, mask=mask_from_segment(segmentation_node, segment_id, shape))
+                session.tracker.correct(frame, obj, mask=mask_from_segment(segmentation_node, segment_id, shape,
+                                                                            session.ijk_to_ras))
         self.update_output(session, frames=[frame])
 
     def accept(self, session: TrackSession, frame: int, name: str | None = None):

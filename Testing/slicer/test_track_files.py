@@ -108,3 +108,63 @@ def test_a_file_that_is_not_a_sequence_is_refused_and_leaves_no_node(mrml, tmp_p
     with pytest.raises(DataFileError, match="could not read .* as a volume sequence"):
         TrackLogic(mrml.scene).load_sequence(str(path))
     assert mrml.scene.GetNumberOfNodes() == nodes_before
+
+
+def _cine(scene, name, values):
+    from mrml_scene import add_volume_from_array
+
+    cine = scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+    for t, value in enumerate(values):
+        node = add_volume_from_array(scene, np.full((1, H, W), t, np.uint8), np.diag([-0.5, -0.5, 1.0, 1.0]))
+        cine.SetDataNodeAtValue(node, value)
+        scene.RemoveNode(node)
+    return cine
+
+
+def test_the_frame_comes_from_a_browser_that_plays_the_cine(mrml):
+    """The module's current frame: refused from a browser that plays another cine (it used to be that cine's item
+    number, or frame 0 without a browser); matched by index value where the cine is not the browser's master."""
+    from SonoSAMTrackLib.logic import TrackLogic
+    from sonosam.errors import SonoSAMError
+
+    scene = mrml.scene
+    a = _cine(scene, "cine A", ["0", "1", "2", "3"])
+    b = _cine(scene, "cine B", ["1", "2", "3"])
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "browser A")
+    browser.SetAndObserveMasterSequenceNodeID(a.GetID())
+    browser.SetSelectedItemNumber(2)
+    assert TrackLogic.browser_frame(browser, a) == 2
+    for chosen in (browser, None):
+        with pytest.raises(SonoSAMError, match="Choose the sequence browser that plays 'cine B'"):
+            TrackLogic.browser_frame(chosen, b)
+    browser.AddSynchronizedSequenceNode(b)
+    assert TrackLogic.browser_frame(browser, b) == 1              # index value "2": B's second frame
+    TrackLogic.show_frame(browser, b, 2)                          # B's value "3": A's item 3
+    assert browser.GetSelectedItemNumber() == 3
+
+
+def test_a_start_segment_on_another_grid_is_read_where_it_lies(mrml):
+    """The user's start segmentation lies on a grid shifted by 2 columns from the frames' (made on another volume):
+    read on the frame grid, the mask sits where it is in space, not 2 columns off."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+    from SonoSAMTrackLib.logic import mask_from_segment
+
+    ijk_to_ras = np.diag([-0.5, -0.5, 1.0, 1.0])
+    shifted = ijk_to_ras.copy()
+    shifted[0, 3] = -1.0                                          # origin 2 columns (0.5 mm each) along I
+    painted = np.zeros((H, W), bool)
+    painted[3:7, 4:9] = True
+    image = slicer.vtkOrientedImageData()
+    image.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(shifted))
+    image.SetExtent(0, W - 1, 0, H - 1, 0, 0)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = painted.astype(np.uint8).ravel()
+    segmentation = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "start")
+    segment_id = segmentation.GetSegmentation().AddEmptySegment("LV")
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        image, segmentation, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+    expected = np.zeros((H, W), bool)
+    expected[3:7, 6:11] = True
+    np.testing.assert_array_equal(mask_from_segment(segmentation, segment_id, (H, W), ijk_to_ras), expected)
