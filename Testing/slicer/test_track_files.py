@@ -1,7 +1,8 @@
-"""SonoSAMTrack's `.seq.nrrd` files through Slicer's own storage node (slicer-core): every frame of a text-indexed
-cine survives, names and colours travel in the header, an existing file is never replaced unless asked, a file
-that is not a sequence is refused, and no helper node is left in the scene. A stand-in tracker (known masks):
-the file rules are under test, not the model."""
+"""SonoSAMTrack's logic on the real scene (slicer-core) where the model plays no part: `.seq.nrrd` files through
+Slicer's own storage node (every frame of a text-indexed cine survives, names and colours travel in the header, an
+existing file is never replaced unless asked, a file that is not a sequence is refused, no helper node is left in
+the scene); the current frame from a browser that plays the cine; a start segmentation on another grid. A
+stand-in tracker (known masks): the rules are under test, not the model."""
 
 import numpy as np
 import pytest
