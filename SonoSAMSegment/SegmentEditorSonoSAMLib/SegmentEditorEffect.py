@@ -585,11 +585,13 @@ or connects to a GPU host.</html>"""
                              before_first_write=self._saveStateForUndo)
 
     def _saveStateForUndo(self, segmentationNode, segmentId):
-        # the effect writes into the selected segment: it must still be the one the result is for
-        if segmentId != self.scriptedEffect.parameterSetNode().GetSelectedSegmentID():
+        # the effect writes into the editor's selected segment: it must still be the one the result is for
+        parameterSet = self.scriptedEffect.parameterSetNode()
+        if segmentationNode is not parameterSet.GetSegmentationNode() or segmentId != parameterSet.GetSelectedSegmentID():
             from SonoSAMSegmentLib.logic import SegmentationError
 
-            raise SegmentationError("The selected segment changed: select the segment again and apply.")
+            raise SegmentationError("The selected segmentation or segment changed: select them again and apply; "
+                                    "nothing was written.")
         self.scriptedEffect.saveStateForUndo()
 
     def _modify(self, segmentationNode, segmentId, labelmap, mode, extent):

@@ -283,7 +283,9 @@ def write_segment_block(segmentation_node, segment_id, block_kji: np.ndarray, im
         current_kji = read_segment_block(segmentation_node, segment_id, image_to_seg, extent)
     modify = modify or editor_writer()
     removals = current_kji & ~block
-    mask_segment = None if erase else _single_mask_segment(getattr(modify, "editor_node", None))
+    mask_segment = _single_mask_segment(getattr(modify, "editor_node", None), segmentation_node)
+    if erase:
+        mask_segment = None
     if mask_segment is not None and removals.any():
         removals &= read_segment_block(segmentation_node, mask_segment, image_to_seg, extent)
     changes = [("add", block & ~current_kji), ("remove", removals)]
@@ -307,17 +309,38 @@ def write_segment_block(segmentation_node, segment_id, block_kji: np.ndarray, im
             slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
                 labelmap, reference, resampled, False, False)
             labelmap, modification_extent = resampled, list(resampled.GetExtent())
+            if mode == "remove" and mask_segment is not None:   # limited to X again, on the grid Slicer uses
+                _keep_inside_segment(labelmap, segmentation_node, mask_segment)
         modify(segmentation_node, segment_id, labelmap, mode, modification_extent)
     return True
 
 
-def _single_mask_segment(editor_node):
-    """The segment X of the editable area "inside segment X", or None for any other editable area."""
+def _single_mask_segment(editor_node, segmentation_node):
+    """The segment X of the editable area "inside segment X", or None for any other editable area; refused
+    when X is gone (Slicer would then write nothing, silently)."""
     import slicer
 
     if editor_node is None or editor_node.GetMaskMode() != slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment:
         return None
-    return editor_node.GetMaskSegmentID() or None
+    mask_segment = editor_node.GetMaskSegmentID() or None
+    if mask_segment is not None and segmentation_node.GetSegmentation().GetSegment(mask_segment) is None:
+        raise SegmentationError(f"The editable area is 'inside segment {mask_segment}', which is not in "
+                                f"'{segmentation_node.GetName()}': choose another editable area (Segment Editor > "
+                                "Masking); nothing was written.")
+    return mask_segment
+
+
+def _keep_inside_segment(labelmap, segmentation_node, segment_id):
+    """Clear ``labelmap``'s voxels outside the segment, read on the labelmap's own grid."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    matrix = vtk.vtkMatrix4x4()
+    labelmap.GetImageToWorldMatrix(matrix)
+    inside = read_segment_block(segmentation_node, segment_id, slicer.util.arrayFromVTKMatrix(matrix),
+                                list(labelmap.GetExtent()))
+    numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())[~inside.ravel()] = 0
 
 
 def _reference_geometry(segmentation_node):

@@ -293,6 +293,73 @@ def check_remove_inside_one_segment_gives_the_voxels_to_it(case):
     np.testing.assert_array_equal(case.array(case.other), other | (target & case.rect_block()))
 
 
+@_with_case
+def check_replace_inside_one_segment_on_a_finer_offset_grid(case):
+    """The same rule where the segmentation's own grid is 2x finer and offset by a quarter voxel (its reference
+    geometry; "other" in a layer of its own): a replace that empties slice K removes the target only inside
+    "other", and "other" gains nothing (the removals are limited to "other" again on the grid Slicer writes on)."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+    from SonoSAMSegmentLib.logic import read_segment_block, write_segment_block
+
+    fine = np.diag([0.5, 0.5, 2.0, 1.0])
+    fine[0, 3] = fine[1, 3] = 0.25
+    shape = (SHAPE[0], 2 * SHAPE[1], 2 * SHAPE[2])
+    extent = [0, shape[2] - 1, 0, shape[1] - 1, 0, shape[0] - 1]
+    reference = slicer.vtkOrientedImageData()
+    reference.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(fine))
+    reference.SetExtent(*extent)
+    case.segmentation.GetSegmentation().SetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(),
+        slicer.vtkSegmentationConverter.SerializeImageGeometry(reference))
+
+    def set_fine(segment_id, block):
+        image = slicer.vtkOrientedImageData()
+        image.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(fine))
+        image.SetExtent(*extent)
+        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = block.astype(np.uint8).ravel()
+        slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            image, case.segmentation, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+
+    target, other = np.zeros(shape, bool), np.zeros(shape, bool)
+    target[K, 8:32, 0:60] = True
+    other[K, 0:40, 0:26] = True   # its edge falls mid-way through a volume voxel
+    set_fine(case.other, other)
+    set_fine(case.target, target)
+    case.editor.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
+    case.editor.SetMaskSegmentID(case.other)
+    case.editor.SetOverwriteMode(case.editor.OverwriteNone)
+    slice_k = list(case.full)
+    slice_k[4] = slice_k[5] = K
+    current = read_segment_block(case.segmentation, case.target, IJK_TO_RAS, slice_k)
+    write_segment_block(case.segmentation, case.target, np.zeros_like(current), IJK_TO_RAS, slice_k, current,
+                        case.modify)
+    np.testing.assert_array_equal(read_segment_block(case.segmentation, case.target, fine, extent), target & ~other)
+    np.testing.assert_array_equal(read_segment_block(case.segmentation, case.other, fine, extent), other)
+
+
+@_with_case
+def check_a_deleted_mask_segment_is_refused(case):
+    """Editable area "inside segment other", and "other" deleted since: refused with a message naming it (Slicer
+    itself would write nothing, silently); the target is unchanged."""
+    import slicer
+    from SonoSAMSegmentLib.logic import SegmentationError
+
+    case.set(case.target, case.rect_block(K - 1))
+    case.editor.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
+    case.editor.SetMaskSegmentID(case.other)
+    case.segmentation.GetSegmentation().RemoveSegment(case.other)
+    try:
+        case.segment()
+    except SegmentationError as error:
+        assert "inside segment other" in str(error) and "nothing was written" in str(error), error
+    else:
+        raise AssertionError("a write inside a deleted segment was not refused")
+    np.testing.assert_array_equal(case.array(case.target), case.rect_block(K - 1))
+
+
 CHECKS = [check_everywhere_writes_the_prediction, check_intensity_range_limits_apply,
           check_intensity_range_limits_remove, check_editable_area_outside_all_segments,
           check_editable_area_inside_one_segment, check_overwrite_all_takes_voxels_from_other_segments,
@@ -300,4 +367,5 @@ CHECKS = [check_everywhere_writes_the_prediction, check_intensity_range_limits_a
           check_replace_keeps_other_slices_and_removes_only_editable_voxels,
           check_intensity_range_on_a_finer_segmentation_grid,
           check_replace_inside_one_segment_keeps_the_target_outside_it,
-          check_remove_inside_one_segment_gives_the_voxels_to_it]
+          check_remove_inside_one_segment_gives_the_voxels_to_it,
+          check_replace_inside_one_segment_on_a_finer_offset_grid, check_a_deleted_mask_segment_is_refused]
