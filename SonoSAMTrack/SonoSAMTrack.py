@@ -149,15 +149,18 @@ class SonoSAMTrackWidget(ScriptedLoadableModuleWidget):
             self.run = None
             self.updateButtons()
             report = run.finish()  # raises the job's error if it failed
+            kept = (f" Your edits on frame(s) {', '.join(map(str, report.kept))} made while it ran were kept: "
+                    "press 'Use my correction' or undo them." if report.kept else "")
             if report.paused and report.frame is None:
-                self.ui.statusLabel.text = "Paused: every frame tracked so far is kept. Resume to go on."
+                self.ui.statusLabel.text = "Paused: every frame tracked so far is kept. Resume to go on." + kept
             elif report.paused:
                 reasons = "; ".join(f"{e['object']}: {e['reason']}" for e in report.events)
-                self.ui.statusLabel.text = f"Frame {report.frame} needs attention - {reasons}"
+                self.ui.statusLabel.text = f"Frame {report.frame} needs attention - {reasons}." + kept
                 self._goTo(report.frame)
             else:
                 count = len(self.session.tracker.events)
-                self.ui.statusLabel.text = f"Done: {self.session.tracker.n_frames} frames, {count} intervention request(s)."
+                self.ui.statusLabel.text = (f"Done: {self.session.tracker.n_frames} frames, {count} intervention "
+                                            "request(s)." + kept)
 
     def _pollStart(self):
         with showErrors("Could not start tracking."):

@@ -33,10 +33,12 @@ DEFAULT_COLORS = [(0.95, 0.35, 0.25), (0.25, 0.65, 0.95), (0.35, 0.85, 0.35), (0
 
 @dataclass
 class TrackReport:
-    """What a run ended with: ``paused`` on ``frame`` for ``events`` (dicts: frame, object, reason, ...)."""
+    """What a run ended with: ``paused`` on ``frame`` for ``events`` (dicts: frame, object, reason, ...);
+    ``kept``: frames the user edited while it ran, left as edited (not rewritten from the tracker)."""
     paused: bool
     frame: int | None
     events: list
+    kept: list = field(default_factory=list)
 
 
 def event_dict(event) -> dict:
@@ -91,14 +93,17 @@ class TrackStart:
 class TrackRun:
     """A tracking run for a GUI timer: ``poll()`` -> (state, done, total), ``cancel()`` (a pause: the
     frames tracked so far, and their requests, are kept), ``finish()`` -> TrackReport after it ended, with
-    the output sequence and confidence table refreshed."""
+    the output sequence and confidence table refreshed, except the masks the user edited while it ran
+    (``report.kept``), which stay as edited, to be used or undone."""
 
     def __init__(self, logic: "TrackLogic", session: TrackSession, rerun: bool = False):
         self.logic, self.session = logic, session
         self.job = None
         self.report = None
+        self.shown, self.edited = None, set()   # the output before a server job; (frame, name) edited since
         tracker = session.tracker
         if hasattr(tracker, "start"):
+            self.shown = logic.output_digests(session)   # to find what the user edits while the job runs
             self.job = tracker.start(rerun=rerun)
         else:
             report = tracker.rerun() if rerun else tracker.run()
@@ -126,7 +131,10 @@ class TrackRun:
             else:
                 r = self.session.tracker.finish(self.job, timeout=5)
                 self.report = TrackReport(bool(r["paused"]), r["frame"], [event_dict(e) for e in r["events"]])
-        self.logic.update_output(self.session)
+            now = self.logic.output_digests(self.session)
+            self.edited = {key for key, digest in now.items() if self.shown.get(key) != digest}
+            self.report.kept = sorted({t for t, _ in self.edited})
+        self.logic.update_output(self.session, keep=self.edited)
         return self.report
 
 
@@ -282,11 +290,19 @@ class TrackLogic:
                                shape=tuple(frames.shape[1:]))
         self.update_output(session)
         if browser is not None:
-            browser.AddSynchronizedSequenceNode(output)
-            # the user's edits of the shown frame go into the output (Slicer's "save changes"), where
-            # edited_frames() finds them, instead of being dropped when the frame or the output changes
-            browser.SetSaveChanges(output, True)
+            self.show_output(session, browser)
         return session
+
+    @staticmethod
+    def show_output(session: TrackSession, browser):
+        """Synchronise the output with ``browser``. The user's edits of the shown frame go into the output
+        (Slicer's "save changes"), where ``edited_frames`` finds them, instead of being dropped when the frame
+        changes; a master frame the cine lacks shows nothing and adds no item to the output."""
+        output = session.output_sequence
+        browser.AddSynchronizedSequenceNode(output)
+        browser.SetSaveChanges(output, True)
+        browser.SetMissingItemMode(output, browser.MissingItemSetToDefault)
+        session.browser = browser
 
     def run(self, session: TrackSession, on_progress=None) -> TrackReport:
         """Track until done or until a frame needs attention (then ``report.paused``), waiting here; refreshes
@@ -309,20 +325,22 @@ class TrackLogic:
 
     def correct(self, session: TrackSession, frame: int, name: str, mask=None, box=None, points=None, labels=None):
         """The user's correction on a paused frame: a keyframe, never overwritten by later runs."""
-        self._refuse_unused_edits(session, "Nothing corrected", frame, keep=name)
+        pending = self._refuse_unused_edits(session, "Nothing corrected", frame, keep=[name])
         mask = session.tracker.correct(frame, name, mask=mask, box=box, points=points, labels=labels)
-        self.update_output(session, frames=[frame])
+        self.update_output(session, keep=pending - {(frame, name)})
         return mask
 
     def correct_from_segmentation(self, session: TrackSession, frame: int, segmentation_node, name: str | None = None):
         """Take the (edited, e.g. with the SonoSAM effect) segment(s) of ``segmentation_node`` as keyframes."""
         shape = session.shape
-        for obj in ([name] if name else session.names):
+        found = [obj for obj in ([name] if name else session.names)
+                 if segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(obj)]
+        pending = self._refuse_unused_edits(session, "Nothing corrected", frame, keep=found)
+        for obj in found:
             segment_id = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(obj)
-            if segment_id:
-                session.tracker.correct(frame, obj, mask=mask_from_segment(segmentation_node, segment_id, shape,
-                                                                            session.ijk_to_ras))
-        self.update_output(session, frames=[frame])
+            session.tracker.correct(frame, obj, mask=mask_from_segment(segmentation_node, segment_id, shape,
+                                                                        session.ijk_to_ras))
+        self.update_output(session, keep=pending - {(frame, obj) for obj in found})
 
     def accept(self, session: TrackSession, frame: int, name: str | None = None):
         """The tracker's mask of ``name`` (default: every object) on ``frame`` becomes a keyframe as it is, and the
@@ -335,23 +353,34 @@ class TrackLogic:
         if untracked:
             raise SonoSAMError(f"Nothing accepted: {', '.join(untracked)} has no mask on frame {frame} yet; run the "
                                "tracker to that frame, or correct it there.")
-        self._refuse_unused_edits(session, "Nothing accepted", frame)
+        pending = self._refuse_unused_edits(session, "Nothing accepted", frame)
         for n in names:
             session.tracker.accept(frame, n)
-        self.update_output(session, frames=[frame])
+        self.update_output(session, keep=pending)
+
+    def _shown_mask(self, session: TrackSession, t: int, name: str) -> np.ndarray:
+        """Object ``name``'s mask in the output's item for frame ``t`` (found by its index value)."""
+        item = session.output_sequence.GetDataNodeAtValue(session.index_values[t])
+        segment_id = item.GetSegmentation().GetSegmentIdBySegmentName(name) if item is not None else ""
+        return mask_from_segment(item, segment_id, session.shape) if segment_id else np.zeros(session.shape, bool)
 
     def edited_frames(self, session: TrackSession) -> dict:
         """{frame: [object names]} where the output differs from the tracker's masks: the user's edits (painted on
         the browser's proxy, which saves them into the output), not yet used as corrections."""
         edited = {}
         for name in session.names:
-            shown = self.sequence_masks(session.output_sequence, name, session.shape)
             tracked = session.tracker.masks(name)
-            differs = (shown != tracked).reshape(len(tracked), -1).any(1) if shown.shape == tracked.shape else \
-                np.ones(len(tracked), bool)
-            for t in np.nonzero(differs)[0]:
-                edited.setdefault(int(t), []).append(name)
-        return dict(sorted(edited.items()))
+            for t in range(len(tracked)):
+                if not np.array_equal(self._shown_mask(session, t, name), tracked[t]):
+                    edited.setdefault(t, []).append(name)
+        return edited
+
+    def output_digests(self, session: TrackSession) -> dict:
+        """{(frame, name): digest} of the output's masks, to tell later which the user changed."""
+        import hashlib
+
+        return {(t, name): hashlib.blake2b(np.packbits(self._shown_mask(session, t, name)).tobytes()).digest()
+                for t in range(len(session.index_values)) for name in session.names}
 
     def use_edits(self, session: TrackSession) -> dict:
         """Every edited object on every edited frame (``edited_frames``) becomes a keyframe with the mask the
@@ -362,25 +391,24 @@ class TrackLogic:
                                "the correction on the shown frame of that output (Segment Editor) first.")
         for t, names in edited.items():
             for name in names:
-                item = session.output_sequence.GetNthDataNode(t)
-                segment_id = item.GetSegmentation().GetSegmentIdBySegmentName(name) if item is not None else ""
-                mask = mask_from_segment(item, segment_id, session.shape) if segment_id else \
-                    np.zeros(session.shape, bool)
-                session.tracker.correct(t, name, mask=mask)
-        self.update_output(session, frames=list(edited))
+                session.tracker.correct(t, name, mask=self._shown_mask(session, t, name))
+        self.update_output(session)   # all of it: a keyframe can change the tracker's later frames too
         return edited
 
-    def _refuse_unused_edits(self, session: TrackSession, what: str, frame: int | None = None, keep=None):
+    def _refuse_unused_edits(self, session: TrackSession, what: str, frame: int | None = None, keep=()) -> set:
         """Refuse (nothing done) where an action would overwrite edits not yet used: on any frame, or on
-        ``frame`` only (except object ``keep``, which the action itself replaces)."""
+        ``frame`` only (except the objects in ``keep``, which the action itself replaces). Returns every
+        (frame, name) edited, for the output to keep as it is when the action rewrites it (``update_output``)."""
         edited = self.edited_frames(session)
+        pending = {(t, name) for t, names in edited.items() for name in names}
         if frame is not None:
-            edited = {t: [n for n in names if n != keep] for t, names in edited.items() if t == frame}
+            edited = {t: [n for n in names if n not in keep] for t, names in edited.items() if t == frame}
             edited = {t: names for t, names in edited.items() if names}
         if edited:
             where = "; ".join(f"frame {t}: {', '.join(names)}" for t, names in list(edited.items())[:5])
             raise SonoSAMError(f"{what}: the output holds edits not yet used ({where}). Press 'Use my correction' "
                                "(console: use_edits(session)) to make them keyframes, or undo them first.")
+        return pending
 
     def next_attention(self, session: TrackSession, after: int = -1):
         return session.tracker.next_attention(after)
@@ -408,10 +436,13 @@ class TrackLogic:
                 image, node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
         return node
 
-    def update_output(self, session: TrackSession, frames=None):
-        """Write the tracker's masks into the output segmentation sequence (one item per input frame)."""
+    def update_output(self, session: TrackSession, frames=None, keep=()):
+        """Write the tracker's masks into the output segmentation sequence (one item per input frame), except
+        the (frame, name) pairs in ``keep``, which stay as the output shows them."""
         seq = session.output_sequence
-        masks = {name: session.tracker.masks(name) for name in session.names}
+        masks = {name: np.array(session.tracker.masks(name)) for name in session.names}   # copies: edited below
+        for t, name in keep:
+            masks[name][t] = self._shown_mask(session, t, name)
         for t in (range(session.tracker.n_frames) if frames is None else frames):
             seq.SetDataNodeAtValue(self._segmentation_for_frame(session, t, masks), session.index_values[t])
         self.update_confidence_table(session)

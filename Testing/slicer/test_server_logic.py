@@ -247,6 +247,20 @@ def test_track_job_pauses_and_resumes_on_the_server(mrml, clients):
     assert report.paused and report.frame == 1 and report.events[0]["object"] == "disc"
     np.testing.assert_array_equal(logic.output_masks(session, "disc"), session.tracker.masks("disc"))
     assert logic.output_masks(session, "disc")[1].any()
+
+    # the user paints frame 1 of the output while the next run is on the server: its end keeps that edit
+    run = logic.start_run(session)
+    painted = np.zeros_like(first)
+    painted[10:30, 10:40] = True
+    _paint_shown_frame(mrml, browser, session, 1, "disc", painted)
+    assert _wait(run) == "done"
+    report = run.finish()
+    assert report.kept == [1]
+    np.testing.assert_array_equal(logic.output_masks(session, "disc")[1], painted)
+    assert logic.edited_frames(session) == {1: ["disc"]}
+    assert logic.use_edits(session) == {1: ["disc"]}
+    np.testing.assert_array_equal(session.tracker.masks("disc")[1], painted)
+
     run = logic.start_run(session)
     run.cancel()
     state = _wait(run)
@@ -256,6 +270,26 @@ def test_track_job_pauses_and_resumes_on_the_server(mrml, clients):
         assert report.paused and report.frame is None
     np.testing.assert_array_equal(logic.output_masks(session, "disc"), session.tracker.masks("disc"))
     assert logic.output_masks(session, "disc")[1].any()   # the frame tracked before the pause is kept
+
+
+def _paint_shown_frame(mrml, browser, session, frame, name, mask):
+    """What a Segment Editor stroke on the browser's output segmentation does: the browser shows ``frame``, the
+    proxy's segment becomes ``mask`` (on the frame's grid), and the browser saves it into the output."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    browser.SetSelectedItemNumber(frame)
+    mrml.logic("Sequences").UpdateProxyNodesFromSequences(browser)
+    proxy = browser.GetProxyNode(session.output_sequence)
+    image = slicer.vtkOrientedImageData()
+    image.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(session.ijk_to_ras))
+    image.SetExtent(0, mask.shape[1] - 1, 0, mask.shape[0] - 1, 0, 0)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = mask.astype(np.uint8).ravel()
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        image, proxy, proxy.GetSegmentation().GetSegmentIdBySegmentName(name),
+        slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
 
 
 def test_track_start_sends_the_loop_from_timer_polls(mrml, clients):

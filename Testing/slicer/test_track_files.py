@@ -169,3 +169,21 @@ def test_a_start_segment_on_another_grid_is_read_where_it_lies(mrml):
     expected = np.zeros((H, W), bool)
     expected[3:7, 6:11] = True
     np.testing.assert_array_equal(mask_from_segment(segmentation, segment_id, (H, W), ijk_to_ras), expected)
+
+
+def test_browsing_a_longer_master_adds_no_frame_to_the_output(mrml):
+    """The browser's master has frames the cine lacks: showing them leaves the output's frames as they were (Slicer's
+    default would copy the previous item into each), so no edit is seen where the user made none."""
+    import slicer
+
+    logic, session = _session(mrml.scene, slicer.vtkMRMLSequenceNode.NumericIndex)
+    master = _cine(mrml.scene, "longer", [f"{t * 0.02:.2f}" for t in range(2 * T)])   # every 0.02 s; the cine's 0.04
+    browser = mrml.scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "browser")
+    browser.SetAndObserveMasterSequenceNodeID(master.GetID())
+    browser.AddSynchronizedSequenceNode(session.input_sequence)
+    logic.show_output(session, browser)
+    for item in range(2 * T):
+        browser.SetSelectedItemNumber(item)
+        mrml.logic("Sequences").UpdateProxyNodesFromSequences(browser)
+    assert session.output_sequence.GetNumberOfDataNodes() == T
+    assert logic.edited_frames(session) == {}
