@@ -335,6 +335,9 @@ class TrackLogic:
         shape = session.shape
         found = [obj for obj in ([name] if name else session.names)
                  if segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(obj)]
+        if not found:
+            raise SonoSAMError(f"Nothing corrected: '{segmentation_node.GetName()}' has no segment named "
+                               f"{' or '.join(repr(n) for n in ([name] if name else session.names))}.")
         pending = self._refuse_unused_edits(session, "Nothing corrected", frame, keep=found)
         for obj in found:
             segment_id = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(obj)
@@ -437,13 +440,17 @@ class TrackLogic:
         return node
 
     def update_output(self, session: TrackSession, frames=None, keep=()):
-        """Write the tracker's masks into the output segmentation sequence (one item per input frame), except
-        the (frame, name) pairs in ``keep``, which stay as the output shows them."""
+        """Write the tracker's masks into the output segmentation sequence (one item per input frame; by
+        default only the items that differ), except the (frame, name) pairs in ``keep``, which stay as the
+        output shows them."""
         seq = session.output_sequence
         masks = {name: np.array(session.tracker.masks(name)) for name in session.names}   # copies: edited below
         for t, name in keep:
             masks[name][t] = self._shown_mask(session, t, name)
         for t in (range(session.tracker.n_frames) if frames is None else frames):
+            if frames is None and seq.GetDataNodeAtValue(session.index_values[t]) is not None and all(
+                    np.array_equal(self._shown_mask(session, t, name), masks[name][t]) for name in session.names):
+                continue
             seq.SetDataNodeAtValue(self._segmentation_for_frame(session, t, masks), session.index_values[t])
         self.update_confidence_table(session)
 
