@@ -370,6 +370,7 @@ class TrackLogic:
     def edited_frames(self, session: TrackSession) -> dict:
         """{frame: [object names]} where the output differs from the tracker's masks: the user's edits (painted on
         the browser's proxy, which saves them into the output), not yet used as corrections."""
+        self._require_output(session)
         edited = {}
         for name in session.names:
             tracked = session.tracker.masks(name)
@@ -439,10 +440,17 @@ class TrackLogic:
                 image, node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
         return node
 
+    @staticmethod
+    def _require_output(session: TrackSession):
+        if session.output_sequence.GetScene() is None:
+            raise SonoSAMError(f"The output '{session.output_sequence.GetName()}' is no longer in the scene (deleted, "
+                               "or the scene was closed): press Start to track again.")
+
     def update_output(self, session: TrackSession, frames=None, keep=()):
         """Write the tracker's masks into the output segmentation sequence (one item per input frame; by
         default only the items that differ), except the (frame, name) pairs in ``keep``, which stay as the
         output shows them."""
+        self._require_output(session)
         seq = session.output_sequence
         masks = {name: np.array(session.tracker.masks(name)) for name in session.names}   # copies: edited below
         for t, name in keep:
@@ -474,6 +482,10 @@ class TrackLogic:
         import vtk
 
         tracker = session.tracker
+        if session.table is not None and session.table.GetScene() is None:   # the user deleted it: a new one
+            session.table = session.chart = None
+        if session.chart is not None and session.chart.GetScene() is None:
+            session.chart = None
         if session.table is None:
             session.table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{session.output_sequence.GetName()} confidence")
         table = session.table.GetTable()

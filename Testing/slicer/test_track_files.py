@@ -187,3 +187,23 @@ def test_browsing_a_longer_master_adds_no_frame_to_the_output(mrml):
         mrml.logic("Sequences").UpdateProxyNodesFromSequences(browser)
     assert session.output_sequence.GetNumberOfDataNodes() == T
     assert logic.edited_frames(session) == {}
+
+
+def test_a_deleted_output_is_named_and_a_deleted_table_comes_back(mrml):
+    """The user deleted the output sequence (or closed the scene): every action says so instead of writing into a
+    node nobody sees; a deleted confidence table or chart is made again on the next refresh."""
+    import slicer
+    from sonosam.errors import SonoSAMError
+
+    logic, session = _session(mrml.scene, slicer.vtkMRMLSequenceNode.NumericIndex)
+    old_table = session.table
+    mrml.scene.RemoveNode(session.table)
+    mrml.scene.RemoveNode(session.chart)
+    logic.update_output(session)
+    assert session.table is not old_table and session.table.GetScene() is mrml.scene
+    assert session.chart.GetScene() is mrml.scene and session.table.GetTable().GetNumberOfRows() == T
+    mrml.scene.RemoveNode(session.output_sequence)
+    for action in (lambda: logic.accept(session, 1), lambda: logic.update_output(session),
+                   lambda: logic.use_edits(session)):
+        with pytest.raises(SonoSAMError, match="'cine SonoSAMTrack' is no longer in the scene.*press Start"):
+            action()
