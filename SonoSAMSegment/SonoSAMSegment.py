@@ -443,8 +443,9 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
                 self.connection.use_assist(self.logic.predictor)   # the effect's clicks and propagation use it too
                 self.ui.modesStatusLabel.text = "Model: " + summary[0].lower() + summary[1:]
             else:
-                self._saveStateForUndo(context["segmentation"])
-                outcome = task.finish()
+                segmentation = context["segmentation"]
+                outcome = task.finish(modify=editor_writer(
+                    before_first_write=lambda *_: self._saveStateForUndo(segmentation)))
                 self.ui.modesStatusLabel.text = outcome.summary() + " Correct it with clicks (Segment Editor > SonoSAM)."
         finally:
             self.updateGUI()

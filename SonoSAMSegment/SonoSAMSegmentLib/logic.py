@@ -252,12 +252,16 @@ def editor_writer(editor_node=None, write=None, before_first_write=None):
 
     pending = [before_first_write] if before_first_write is not None else []
 
-    def modify(segmentation_node, segment_id, labelmap, mode, extent):
+    def before_change(segmentation_node, segment_id):
         while pending:
             pending.pop()(segmentation_node, segment_id)
+
+    def modify(segmentation_node, segment_id, labelmap, mode, extent):
+        before_change(segmentation_node, segment_id)
         write(segmentation_node, segment_id, labelmap, mode, extent)
 
     modify.editor_node = editor_node  # keeps the node (and so its settings) alive with the function
+    modify.before_change = before_change   # for a change made otherwise (a new segment), e.g. by Auto
     return modify
 
 
@@ -1397,6 +1401,8 @@ class AutoTask(_JobTask):
             if not np.array_equal(now, self.seg_stack):
                 raise SegmentationError("The segment was edited while Auto ran; nothing was written. Run it again.")
         elif present:
+            modify = modify or logic.modify or editor_writer()
+            getattr(modify, "before_change", lambda *_: None)(node, "")   # the undo state, before the new segment
             segment_id = node.GetSegmentation().AddEmptySegment("", _unique_segment_name(node, self.class_name))
             created = True
         if present:

@@ -22,7 +22,7 @@ pytest.importorskip("slicer", reason="slicer-core is not installed")
 pytest.importorskip("torch")
 
 from mrml_scene import add_volume_from_array  # noqa: E402
-from SonoSAMSegmentLib.logic import SegmentLogic, read_segment_block, write_segment_block  # noqa: E402
+from SonoSAMSegmentLib.logic import SegmentLogic, editor_writer, read_segment_block, write_segment_block  # noqa: E402
 
 from sonosam.errors import JobCancelledError, PromptError, UnsupportedPromptError  # noqa: E402
 
@@ -174,9 +174,12 @@ def test_auto_writes_the_slices_it_finds_and_nothing_else(colin, predictors, bri
     editor.SetMRMLScene(colin["scene"])
     editor.SetSegmentEditorNode(editor_node)
     editor.SetSegmentationNode(seg)
-    assert editor.SaveStateForUndo()
+    saved = []   # the module's writer saves the undo state once, before Auto adds its segment
+    writer = editor_writer(before_first_write=lambda *_: saved.append(
+        (seg.GetSegmentation().GetNumberOfSegments(), editor.SaveStateForUndo())))
     outcome = logic.auto_segment(volume, seg, "Thalamus_L", ppn, sliceAxis="axial", sliceRange=(2, 5),
-                                 threshold=0.0, timeout=900)
+                                 threshold=0.0, timeout=900, modify=writer)
+    assert saved == [(1, True)]
     assert outcome.written == [2, 3, 4, 5] and outcome.absent == [] and outcome.created
     assert seg.GetSegmentation().GetSegment(outcome.segment_id).GetName() == "Thalamus_L"
     auto = _array(colin, outcome.segment_id)
