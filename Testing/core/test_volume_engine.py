@@ -462,6 +462,23 @@ def test_follow_slice_moves_the_mask_with_the_image_and_keeps_it_when_the_flow_l
     assert follow_slice(FlowEstimator(scale=1.0), texture(before), texture(after), blank)[1] is blank
 
 
+def test_flow_on_a_thin_window_is_no_motion_instead_of_a_crash():
+    """A propagation along a short axis (a 12-30 slice stack seen sagittally) measures flow on windows 8-15 px high
+    after the estimator's half scale, where OpenCV's DIS flow kills the process (segfault), or under 8 px, where it
+    raises: such windows give no motion, and the mask is carried as it is."""
+    from sonosam.track.motion import FlowEstimator, follow_slice
+
+    rng = np.random.default_rng(3)
+    for h, w in ((12, 128), (20, 200), (30, 300)):
+        a, b = (rng.normal(100, 20, (h, w)).astype(np.float32) for _ in range(2))
+        flow = FlowEstimator().flow(a, b)
+        assert flow.shape == (h, w, 2) and not flow.any()
+        mask = np.zeros((h, w), bool)
+        mask[h // 4:h // 2, w // 4:w // 2] = True
+        image, moved = follow_slice(FlowEstimator(), a, b, mask)
+        np.testing.assert_array_equal(moved, mask)
+
+
 def test_a_thresholded_anchor_s_tight_intensities_do_not_stop_its_front_at_the_partial_volume_rim():
     """An accepted mask that is one intensity class (a dark tube's core, its 1 px partial-volume rim left out) has a
     tiny SD; the next slices' masks take in the rim and shift many of those SDs. With `shift_contrast_floor` (default)

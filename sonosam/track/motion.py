@@ -60,6 +60,11 @@ def roi_ncc(a: np.ndarray, b: np.ndarray, roi: np.ndarray) -> float:
     return float((a * b).sum() / den)
 
 
+# OpenCV's DIS flow crashes the process (segfault) on images 8-15 px high and refuses those under 8 px: a
+# propagation along a short axis (a 12-slice stack seen sagittally) gives it such windows
+MIN_FLOW_SIDE = 16
+
+
 class FlowEstimator:
     """Dense optical flow between frames, cached per frame pair (flows are re-used by re-runs)."""
 
@@ -77,6 +82,8 @@ class FlowEstimator:
             return self._cache[key]
         h, w = np.asarray(src).shape[:2]
         a, b = _prepare(src, self.scale), _prepare(dst, self.scale)
+        if min(a.shape[:2]) < MIN_FLOW_SIDE:
+            return np.zeros((h, w, 2), np.float32)   # too small to measure: no motion
         small = self._dis.calc(a, b, None)
         self.calls += 1
         if self.scale != 1.0:
