@@ -636,6 +636,10 @@ class SegmentLogic:
         image = self.slice_image(info, geometry)
         if mask_logits is None and refine and segmentationNode is not None and segmentId:
             mask_logits = self._refinement_logits(info, geometry, segmentationNode, segmentId)
+        if box_xy is None and mask_logits is None and not np.any(np.asarray(labels_xy) == 1):
+            # SAM answers a lone negative click with a blob around it: the very spot the user excluded
+            raise PromptError("A negative click alone does not say what to segment: click inside the structure "
+                              "(or drag a box) first.")
         prompts = Prompts(points_xy, labels_xy, box_xy, mask_logits)
         t1 = time.perf_counter()
         result = self.interactive_predictor.predict(image, prompts, multimask=multimask,

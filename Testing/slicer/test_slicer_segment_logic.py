@@ -466,6 +466,10 @@ def test_errors_are_sonosam_errors_with_clear_messages(sphere, mrml):
         logic.segment(sphere.volume, sphere.segmentation, sid, points_ras=inside, labels=[1], mode="paint")
     with pytest.raises(PromptError, match="one label per"):
         logic.segment(sphere.volume, sphere.segmentation, sid, points_ras=inside, labels=[1, 0])
+    # a lone negative click (SAM answers it with a blob around the excluded spot): refused, nothing written
+    with pytest.raises(PromptError, match="negative click alone does not say what to segment"):
+        logic.segment(sphere.volume, sphere.segmentation, sid, points_ras=inside, labels=[0])
+    assert not segment_array(sphere.segmentation, sid, sphere.m).any()
 
     # a 4D (multi-component) volume
     import vtk
