@@ -299,6 +299,7 @@ def write_segment_block(segmentation_node, segment_id, block_kji: np.ndarray, im
     reference = _reference_geometry(segmentation_node)
     if reference is not None and _same_grid(reference, image_to_seg):
         reference = None
+    writes = []   # all prepared before the first write: a refusal leaves the segment as it was
     for mode, voxels in changes:
         labelmap = slicer.vtkOrientedImageData()
         labelmap.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(image_to_seg))
@@ -312,9 +313,16 @@ def write_segment_block(segmentation_node, segment_id, block_kji: np.ndarray, im
             resampled = slicer.vtkOrientedImageData()
             slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
                 labelmap, reference, resampled, False, False)
+            if not numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars()).any():
+                raise SegmentationError(
+                    f"'{segmentation_node.GetName()}' has a coarser geometry than the volume, and this change falls "
+                    "between its voxels, so nothing would be written: set its geometry to the source volume "
+                    "(Segment Editor > Specify geometry), then try again; nothing was written.")
             labelmap, modification_extent = resampled, list(resampled.GetExtent())
             if mode == "remove" and mask_segment is not None:   # limited to X again, on the grid Slicer uses
                 _keep_inside_segment(labelmap, segmentation_node, mask_segment)
+        writes.append((mode, labelmap, modification_extent))
+    for mode, labelmap, modification_extent in writes:
         modify(segmentation_node, segment_id, labelmap, mode, modification_extent)
     return True
 

@@ -360,6 +360,29 @@ def check_a_deleted_mask_segment_is_refused(case):
     np.testing.assert_array_equal(case.array(case.target), case.rect_block(K - 1))
 
 
+@_with_case
+def check_a_slice_between_a_coarser_grid_s_voxels_is_refused(case):
+    """The segmentation's own grid is 2x coarser than the volume's (Segment Editor > Specify geometry, oversampling
+    0.5): slice K + 1 falls between its voxels, where a write would silently change nothing; it is refused, and the
+    segment is unchanged."""
+    import slicer
+    from SonoSAMSegmentLib.logic import SegmentationError
+
+    reference = slicer.vtkOrientedImageData()
+    reference.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(np.diag([2.0, 2.0, 4.0, 1.0])))
+    reference.SetExtent(0, SHAPE[2] // 2 - 1, 0, SHAPE[1] // 2 - 1, 0, SHAPE[0] // 2)
+    case.segmentation.GetSegmentation().SetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(),
+        slicer.vtkSegmentationConverter.SerializeImageGeometry(reference))
+    try:
+        case.segment(k=K + 1)
+    except SegmentationError as error:
+        assert "coarser geometry" in str(error) and "Specify geometry" in str(error), error
+    else:
+        raise AssertionError("a write that changes nothing was not refused")
+    assert not case.array(case.target).any()
+
+
 CHECKS = [check_everywhere_writes_the_prediction, check_intensity_range_limits_apply,
           check_intensity_range_limits_remove, check_editable_area_outside_all_segments,
           check_editable_area_inside_one_segment, check_overwrite_all_takes_voxels_from_other_segments,
@@ -368,4 +391,5 @@ CHECKS = [check_everywhere_writes_the_prediction, check_intensity_range_limits_a
           check_intensity_range_on_a_finer_segmentation_grid,
           check_replace_inside_one_segment_keeps_the_target_outside_it,
           check_remove_inside_one_segment_gives_the_voxels_to_it,
-          check_replace_inside_one_segment_on_a_finer_offset_grid, check_a_deleted_mask_segment_is_refused]
+          check_replace_inside_one_segment_on_a_finer_offset_grid, check_a_deleted_mask_segment_is_refused,
+          check_a_slice_between_a_coarser_grid_s_voxels_is_refused]
