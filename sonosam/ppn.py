@@ -21,6 +21,7 @@ docs/seeds.md). The SAM model (all of it) stays frozen.
 
 from __future__ import annotations
 
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -497,7 +498,7 @@ def load_ppn(path, device=None) -> PromptPredictor:
             raise ValueError("not a prompt predictor file")
         ppn = PromptPredictor(**data["config"])
         ppn.load_state_dict(data["state"])
-    except (OSError, ValueError, KeyError, RuntimeError, AttributeError) as error:
+    except (OSError, ValueError, KeyError, RuntimeError, AttributeError, pickle.UnpicklingError) as error:
         raise CheckpointError(f"{path}: not a readable prompt predictor ({error}); it is written by "
                               "`sonosam train ppn`.") from None
     return ppn.eval()

@@ -499,6 +499,10 @@ class SegmentLogic:
         ijk = vtk.vtkMatrix4x4()
         volume_node.GetIJKToRASMatrix(ijk)
         ijk_to_world = node_to_world(volume_node) @ slicer.util.arrayFromVTKMatrix(ijk)
+        if not abs(np.linalg.det(ijk_to_world[:3, :3])) > 1e-12:
+            raise InputImageError(f"Volume '{volume_node.GetName()}' has a flat geometry (a zero spacing, or a transform "
+                                  "that scales it to nothing): fix its spacing (Volumes > Volume Information) or its "
+                                  "transform.")
         array = volume_array(volume_node)
         key = f"{volume_node.GetID()}@{image.GetMTime()}"
         # the key names the pixels only: a window changed to look at a preview must not void the preview (the
@@ -712,7 +716,11 @@ class SegmentLogic:
     # -- write ---------------------------------------------------------------------------------------
     def _grid_to_segmentation(self, info: VolumeInfo, segmentation_node) -> np.ndarray:
         """Volume IJK -> segmentation-node coordinates (the labelmap frame SetBinaryLabelmapToSegment takes)."""
-        return np.linalg.inv(node_to_world(segmentation_node)) @ info.ijk_to_world
+        to_world = node_to_world(segmentation_node)
+        if not abs(np.linalg.det(to_world[:3, :3])) > 1e-12:
+            raise SegmentationError(f"'{segmentation_node.GetName()}' is under a transform that scales it to nothing: "
+                                    "fix or remove that transform (Transforms module).")
+        return np.linalg.inv(to_world) @ info.ijk_to_world
 
     def _ensure_reference_geometry(self, segmentation_node, volume_node):
         import slicer
@@ -843,6 +851,8 @@ class SegmentLogic:
             axis, _, _ = geo.resolve_axis(info.ijk_to_world, sliceAxis)
         except geo.GeometryError as error:
             raise PromptError(str(error)) from error
+        if not np.all(np.isfinite(np.asarray(ras, float)[:3])):
+            raise PromptError(f"The position {list(ras)[:3]} is not a point in space: give finite RAS coordinates.")
         index = int(np.round(geo.ras_to_ijk(np.asarray(ras, float)[:3], info.ijk_to_world)[0, axis]))
         return int(np.clip(index, 0, info.dims_ijk[axis] - 1))
 
@@ -990,8 +1000,14 @@ class SegmentLogic:
         info, layout, stack = self._volume_stack(volumeNode, sliceAxis)
         _, seg_stack, _, _ = self._segment_stack(info, layout, segmentationNode, segmentId)
         filled = [s for s in range(stack.shape[0]) if seg_stack[s].sum() >= max(1, minArea)]
+        if maxSlices is not None and int(maxSlices) < 1:
+            raise PromptError(f"maxSlices must be 1 or more (or None: every slice), not {maxSlices}.")
         if slices is not None:
-            filled = [s for s in sorted({int(v) for v in slices}) if s in set(filled)]
+            chosen = sorted({int(v) for v in slices})
+            outside = [s for s in chosen if not 0 <= s < stack.shape[0]]
+            if outside:
+                raise PromptError(f"Slice {outside[0]} is outside 0..{stack.shape[0] - 1} along this axis.")
+            filled = [s for s in chosen if s in set(filled)]
         if maxSlices and len(filled) > maxSlices:
             filled = [filled[int(round(i))] for i in np.linspace(0, len(filled) - 1, int(maxSlices))]
         if not filled:
@@ -1122,6 +1138,10 @@ class SegmentLogic:
             raise SegmentationError("No segmentation selected: choose or create a segmentation node.")
         if not className:
             raise PromptError("Choose the class to segment (one the prompt predictor was trained for).")
+        if ppn is None or ppn == "":
+            raise PromptError("Choose the prompt predictor: a PPN file name (available_ppns()) or a .pt file.")
+        if sliceRange is not None and (np.ndim(sliceRange) != 1 or len(sliceRange) != 2):
+            raise PromptError(f"sliceRange is (first, last), two slice indices; got {sliceRange!r}.")
         info, layout, stack = self._volume_stack(volumeNode, sliceAxis)
         n = stack.shape[0]
         if sliceRange is None:

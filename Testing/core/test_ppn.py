@@ -83,6 +83,10 @@ def test_not_a_ppn_file(tmp_path):
     torch.save({"format": "other"}, bad)
     with pytest.raises(CheckpointError, match="not a readable prompt predictor"):
         load_ppn(bad)
+    for junk in (b"not a torch file at all", b"\x80\x02K\x07."):   # text; a pickle that is no zip archive
+        bad.write_bytes(junk)
+        with pytest.raises(CheckpointError, match="not a readable prompt predictor"):
+            load_ppn(bad)
 
 
 

@@ -471,6 +471,25 @@ def test_errors_are_sonosam_errors_with_clear_messages(sphere, mrml):
         logic.segment(sphere.volume, sphere.segmentation, sid, points_ras=inside, labels=[0])
     assert not segment_array(sphere.segmentation, sid, sphere.m).any()
 
+    # what a console user or a panel can pass by mistake: one-line errors, never a raw traceback
+    logic.segment(sphere.volume, sphere.segmentation, sid, points_ras=inside, labels=[1])
+    for options, words in (({"nClicks": 0}, "whole number >= 1"), ({"start": "lasso"}, "start must be"),
+                           ({"maxSlices": -1}, "maxSlices must be 1 or more"), ({"slices": [999]}, "Slice 999 is outside")):
+        with pytest.raises(PromptError, match=words):
+            logic.evaluate(sphere.volume, sphere.segmentation, sid, "axial", minArea=1, **options)
+    with pytest.raises(PromptError, match="not a point in space"):
+        logic.slice_index(sphere.volume, "axial", [float("nan"), 0.0, 0.0])
+    with pytest.raises(PromptError, match=r"sliceRange is \(first, last\)"):
+        logic.start_auto_segment(sphere.volume, sphere.segmentation, "ball", "ball.ppn.pt", sliceRange=(4,))
+    with pytest.raises(PromptError, match="Choose the prompt predictor"):
+        logic.start_auto_segment(sphere.volume, sphere.segmentation, "ball", None)
+    flat = mrml.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "flat")
+    flat.Copy(sphere.volume)
+    flat.SetAndObserveImageData(sphere.volume.GetImageData())
+    flat.SetSpacing(1.0, 1.0, 0.0)
+    with pytest.raises(InputImageError, match="flat geometry"):
+        logic.segment(flat, sphere.segmentation, sid, points_ras=inside, labels=[1])
+
     # a 4D (multi-component) volume
     import vtk
 

@@ -44,7 +44,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import SonoSAMError, UnsupportedPromptError
+from ..errors import PromptError, SonoSAMError, UnsupportedPromptError
 from ..masks import local_correction
 from ..prompts import Prompts
 from . import metrics
@@ -161,7 +161,7 @@ def _best(pred, shape) -> tuple[np.ndarray, np.ndarray | None, float]:
 
 def _resolve_start(start: str, kinds: set[str] | None, name: str) -> str:
     if start not in ("auto", "point", "box"):
-        raise ValueError(f"start must be 'auto', 'point' or 'box', not {start!r}")
+        raise PromptError(f"start must be 'auto', 'point' or 'box', not {start!r}")
     takes_points = kinds is None or "point" in kinds
     if start == "auto":
         return "point" if takes_points else "box"
@@ -268,8 +268,8 @@ def evaluate(predictor, samples: Sequence[Sample], *, n_clicks: int = 10, start:
              local_corrections: bool = False, pick_first: bool | str = False) -> ModelResult:
     """Run the click protocol (module doc) on every sample; ``on_error="raise"`` stops at the first
     failing sample, ``"record"`` keeps its message in the result and goes on."""
-    if n_clicks < 1:
-        raise ValueError("n_clicks must be >= 1")
+    if not isinstance(n_clicks, (int, np.integer)) or n_clicks < 1:
+        raise PromptError(f"The number of interactions must be a whole number >= 1, not {n_clicks!r}.")
     if on_error not in ("record", "raise"):
         raise ValueError("on_error must be 'record' or 'raise'")
     if pick_first not in (False, True, "closest", "suggested"):
