@@ -301,31 +301,40 @@ class ObliquePlane:
         return out.reshape(self.height, self.width)
 
     def voxel_footprint(self, ijk_to_ras, dims_ijk):
-        """The voxels the plane cuts through: (extent, (K, J, I) bool slab, (K, J, I) x, y pixel indices).
+        """The voxels the plane cuts through: (extent, (k, j, i) index arrays into the extent's (K, J, I) block,
+        each voxel's x and y pixel indices).
 
-        A voxel belongs to the plane when its centre is within half a voxel step (along the normal) of it,
-        so an axis-aligned plane picks exactly one voxel layer.
+        A voxel belongs to the plane when its centre is within half a voxel step (along the normal) of it, so an
+        axis-aligned plane picks exactly one voxel layer, and any plane one voxel in each column along the IJK
+        axis closest to its normal: found column by column (the plane's bounding box of a thin-slice CT holds
+        tens of millions of voxels).
         """
         m = as_matrix4(ijk_to_ras)
         n = self.normal
-        steps = np.abs(m[:3, :3].T @ n)  # mm along the normal per unit step of I, J, K
-        half = 0.5 * float(steps.max())
+        w_step = m[:3, :3].T @ n            # mm along the normal per unit step of I, J, K
+        half = 0.5 * float(np.abs(w_step).max())
+        d = int(np.argmax(np.abs(w_step)))   # the columns run along this axis
+        a, b = (axis for axis in range(3) if axis != d)
         # bounding IJK box of the plane's rectangle, padded by a voxel
         corners = self.xy_to_ras([(0, 0), (self.width - 1, 0), (0, self.height - 1), (self.width - 1, self.height - 1)])
         cijk = ras_to_ijk(corners, m)
         lo = np.clip(np.floor(cijk.min(0)) - 1, 0, np.array(dims_ijk) - 1).astype(int)
         hi = np.clip(np.ceil(cijk.max(0)) + 1, 0, np.array(dims_ijk) - 1).astype(int)
-        kk, jj, ii = np.meshgrid(np.arange(lo[2], hi[2] + 1), np.arange(lo[1], hi[1] + 1),
-                                 np.arange(lo[0], hi[0] + 1), indexing="ij")
-        ras = m[:3, 3] + ii[..., None] * m[:3, 0] + jj[..., None] * m[:3, 1] + kk[..., None] * m[:3, 2]
-        xyw = self.ras_to_xyw(ras.reshape(-1, 3)).reshape(ras.shape)
-        slab = (xyw[..., 2] >= -half) & (xyw[..., 2] < half)
-        px = np.round(xyw[..., 0]).astype(int)
-        py = np.round(xyw[..., 1]).astype(int)
+        ga, gb = np.meshgrid(np.arange(lo[a], hi[a] + 1), np.arange(lo[b], hi[b] + 1), indexing="ij")
+        w_at_0 = float((m[:3, 3] - np.asarray(self.origin, float)) @ n)
+        crossing = -(w_at_0 + w_step[a] * ga + w_step[b] * gb) / w_step[d]
+        ijk = np.zeros((2 * ga.size, 3), np.int64)   # the two voxels of each column around the crossing
+        ijk[:, a], ijk[:, b] = np.tile(ga.ravel(), 2), np.tile(gb.ravel(), 2)
+        below = np.floor(crossing.ravel()).astype(np.int64)
+        ijk[:, d] = np.r_[below, below + 1]
+        w = w_at_0 + ijk @ w_step
+        ijk = ijk[(w >= -half) & (w < half) & (ijk[:, d] >= lo[d]) & (ijk[:, d] <= hi[d])]
+        xyw = self.ras_to_xyw(m[:3, 3] + ijk @ m[:3, :3].T)
+        px, py = np.round(xyw[:, 0]).astype(int), np.round(xyw[:, 1]).astype(int)
         inside = (px >= 0) & (px < self.width) & (py >= 0) & (py < self.height)
-        slab &= inside
+        ijk, px, py = ijk[inside] - lo, px[inside], py[inside]
         extent = [int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1]), int(lo[2]), int(hi[2])]
-        return extent, slab, np.where(slab, px, 0), np.where(slab, py, 0)
+        return extent, (ijk[:, 2], ijk[:, 1], ijk[:, 0]), px, py
 
 
 def make_oblique_plane(volume_ijk_to_ras, dims_ijk, slice_to_ras, spacing: float | None = None) -> ObliquePlane:

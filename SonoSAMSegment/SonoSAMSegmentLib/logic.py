@@ -736,10 +736,10 @@ class SegmentLogic:
         """The segment on this slice, in the slice image's (x, y) layout."""
         image_to_seg = self._grid_to_segmentation(info, segmentation_node)
         if isinstance(geometry, geo.ObliquePlane):
-            extent, slab, px, py = geometry.voxel_footprint(info.ijk_to_world, info.dims_ijk)
-            block = read_segment_block(segmentation_node, segment_id, image_to_seg, extent)
+            extent, voxels, px, py = geometry.voxel_footprint(info.ijk_to_world, info.dims_ijk)
+            hit = read_segment_block(segmentation_node, segment_id, image_to_seg, extent)[voxels]
             out = np.zeros(geometry.shape, bool)
-            out[py[slab & block], px[slab & block]] = True
+            out[py[hit], px[hit]] = True
             return out
         block = read_segment_block(segmentation_node, segment_id, image_to_seg, geometry.extent)
         return geometry.from_block(block)
@@ -759,16 +759,16 @@ class SegmentLogic:
         image_to_seg = self._grid_to_segmentation(info, segmentationNode)
         geometry = prediction.geometry
         if isinstance(geometry, geo.ObliquePlane):
-            extent, slab, px, py = geometry.voxel_footprint(info.ijk_to_world, info.dims_ijk)
+            extent, voxels, px, py = geometry.voxel_footprint(info.ijk_to_world, info.dims_ijk)
             current = read_segment_block(segmentationNode, segmentId, image_to_seg, extent)
-            on_plane = prediction.mask[py, px] & slab
+            on_plane = prediction.mask[py, px]
             new = current.copy()
             if mode == "replace":
-                new[slab] = on_plane[slab]
+                new[voxels] = on_plane
             elif mode == "add":
-                new |= on_plane
+                new[voxels] |= on_plane
             else:
-                new &= ~on_plane
+                new[voxels] &= ~on_plane
         else:
             extent = geometry.extent
             current = read_segment_block(segmentationNode, segmentId, image_to_seg, extent)

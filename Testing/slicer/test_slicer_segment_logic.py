@@ -259,6 +259,29 @@ def test_oblique_view_is_resampled_and_mapped_back(sphere):
     assert not (seg & ~((dist >= -half) & (dist < half))).any()  # nothing off the plane
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_the_oblique_footprint_is_every_voxel_within_half_a_step_of_the_plane(sphere, seed):
+    """The column-by-column footprint equals its definition computed over every voxel of the volume: the centres
+    within half a voxel step of the plane (along its normal) that fall on the plane's pixels, each with its pixel."""
+    rng = np.random.default_rng(seed)
+    view = np.eye(4)
+    view[:3, :3] = rotation(rng.normal(size=3), rng.uniform(5, 80))
+    view[:3, 3] = sphere.center_ras + rng.normal(0, 3, 3)
+    dims = tuple(sphere.volume.GetImageData().GetDimensions())
+    plane = geo.make_oblique_plane(sphere.m, dims, view)
+    extent, (k, j, i), px, py = plane.voxel_footprint(sphere.m, dims)
+    got = {(kk + extent[4], jj + extent[2], ii + extent[0]): (x, y) for kk, jj, ii, x, y in zip(k, j, i, px, py)}
+    assert len(got) == len(k) > 0                                   # each voxel once
+    kk, jj, ii = np.meshgrid(*(np.arange(n) for n in dims[::-1]), indexing="ij")
+    ijk = np.c_[ii.ravel(), jj.ravel(), kk.ravel()]
+    xyw = plane.ras_to_xyw(sphere.m[:3, 3] + ijk @ sphere.m[:3, :3].T)
+    half = 0.5 * np.abs(sphere.m[:3, :3].T @ plane.normal).max()
+    x, y = np.round(xyw[:, 0]).astype(int), np.round(xyw[:, 1]).astype(int)
+    on = (xyw[:, 2] >= -half) & (xyw[:, 2] < half) & (x >= 0) & (x < plane.width) & (y >= 0) & (y < plane.height)
+    expected = {(c, b, a): (xx, yy) for (a, b, c), xx, yy in zip(ijk[on], x[on], y[on])}
+    assert got == expected
+
+
 # ---------------------------------------------------------------------------------------------------
 # Writing: round trip, other segments, modes
 # ---------------------------------------------------------------------------------------------------
