@@ -54,7 +54,7 @@ class SliceAuto:
     present: bool
     objectness: float
     score: float | None       # the decoder's predicted IoU (None when judged absent)
-    box: list                 # the predicted box prompt, x0 y0 x1 y1 in the slice's pixels
+    box: list                 # the predicted box prompt, x0 y0 x1 y1 in the slice's pixels ([] on a blank slice)
 
     def as_dict(self) -> dict:
         return {"index": self.index, "present": self.present, "objectness": self.objectness, "score": self.score,
@@ -103,14 +103,17 @@ def auto_segment_stack(ppn, predictor, stack: np.ndarray, class_name: str, slice
         if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
             out.cancelled = True
             break
-        cache_key = key(index) if key is not None else None if key_prefix is None else (key_prefix, 0, index)
-        embedding = predictor.embedding(stack[index], key=cache_key, window=window)
-        result = auto_segment(ppn, model, embedding, class_name, threshold=threshold)
-        if result.present:
-            out.masks[n] = np.asarray(result.mask, bool)
-        info = SliceAuto(index, bool(result.present), float(result.objectness),
-                         None if result.prediction is None else float(result.prediction.score),
-                         [float(v) for v in result.box])
+        if not np.ptp(stack[index]):   # a blank slice (a loop's or a scan's zero padding): nothing to find
+            info = SliceAuto(index, False, 0.0, None, [])
+        else:
+            cache_key = key(index) if key is not None else None if key_prefix is None else (key_prefix, 0, index)
+            embedding = predictor.embedding(stack[index], key=cache_key, window=window)
+            result = auto_segment(ppn, model, embedding, class_name, threshold=threshold)
+            if result.present:
+                out.masks[n] = np.asarray(result.mask, bool)
+            info = SliceAuto(index, bool(result.present), float(result.objectness),
+                             None if result.prediction is None else float(result.prediction.score),
+                             [float(v) for v in result.box])
         out.slices.append(info)
         if progress is not None:
             progress(n + 1, len(indices), info)

@@ -249,3 +249,21 @@ def test_train_ppn_command_validates_on_held_out_volumes(default_model, tmp_path
     assert list(steps) == [2, 4, 6] and extra["best_step"] == steps[int(np.argmax(logged))]
     validate = ppn_validator(default_model, list(t1[block]), list(labels[block]), {"Thalamus_L": 77, "Putamen_L": 73})
     assert abs(validate(load_ppn(out)).score - max(logged)) < 1e-6
+
+
+def test_a_blank_slice_is_absent_and_does_not_stop_the_run(default_model):
+    """Zero padding (a scan's or a loop's blank slices) cannot be encoded (a constant image): Auto reports such a
+    slice as absent and goes on with the others, where it used to fail the whole run."""
+    from sonosam.auto import auto_segment_stack
+    from sonosam.predictor import Predictor
+
+    rng = np.random.default_rng(0)
+    stack = rng.normal(100, 20, (3, 64, 64)).astype(np.float32)
+    stack[1] = 0.0
+    torch.manual_seed(0)
+    result = auto_segment_stack(PromptPredictor(["Thalamus_L"]), Predictor(default_model), stack, "Thalamus_L",
+                                threshold=0.0, window=(0.0, 200.0))
+    assert [s.index for s in result.slices] == [0, 1, 2]
+    blank = result.slices[1]
+    assert not blank.present and blank.objectness == 0.0 and not result.masks[1].any()
+    assert result.slices[0].present and result.slices[2].present   # threshold 0: the others are answered
