@@ -569,13 +569,20 @@ class SegmentLogic:
         prompt_ras = np.vstack(prompts) if prompts else np.zeros((0, 3))
         if prompt_ras.shape[1:] != (3,):
             raise PromptError(f"Prompts must be RAS points (x, y, z); got an array of shape {prompt_ras.shape}.")
-        prompt_ijk = self._to_ijk_checked(info, prompt_ras, "The prompt") if len(prompt_ras) else prompt_ras
+        # clicks must be inside the volume; a box may reach past its edge in the slice's plane (cut to the image
+        # in _prompts_xy), not off the volume's slices
+        n_points = len(prompt_ras) - (len(prompts[-1]) if box_ras is not None and len(box_ras) else 0)
+        prompt_ijk = geo.ras_to_ijk(prompt_ras, info.ijk_to_world) if len(prompt_ras) else prompt_ras
+        if n_points:
+            self._to_ijk_checked(info, prompt_ras[:n_points], "The prompt")
         try:
             if sliceToRAS is not None:
                 s = np.asarray(sliceToRAS, float)
                 axis, cos = geo.axis_for_normal(info.ijk_to_world, s[:3, 2] if np.linalg.norm(s[:3, 2]) > 0
                                                 else np.cross(s[:3, 0], s[:3, 1]))
                 if cos < geo.ALIGNED_COS:
+                    if len(prompt_ras) > n_points:
+                        self._to_ijk_checked(info, prompt_ras[n_points:], "The box")
                     plane = geo.make_oblique_plane(info.ijk_to_world, info.dims_ijk, s)
                     if len(prompt_ras):
                         w = plane.ras_to_xyw(prompt_ras)[:, 2]
@@ -588,6 +595,10 @@ class SegmentLogic:
                     sliceIndex = int(np.round(geo.ras_to_ijk(s[:3, 3], info.ijk_to_world)[0, axis]))
             else:
                 axis, right, up = geo.resolve_axis(info.ijk_to_world, sliceAxis)
+            if len(prompt_ras) > n_points:   # the box's slice is one of the volume's
+                along = prompt_ijk[n_points:, axis]
+                if np.any((along < -0.5) | (along > info.dims_ijk[axis] - 0.5)):
+                    self._to_ijk_checked(info, prompt_ras[n_points:], "The box")
             if sliceIndex is None:
                 if not len(prompt_ras):
                     raise PromptError("No prompt: give points_ras or box_ras (or a slice index).")
@@ -623,10 +634,12 @@ class SegmentLogic:
                 cxy = geometry.ras_to_xyw(corners)[:, :2]
             else:
                 cxy = geometry.ijk_to_xy(geo.ras_to_ijk(corners, info.ijk_to_world))
-            x0, y0 = cxy.min(0)
-            x1, y1 = cxy.max(0)
+            height, width = geometry.shape
+            x0, y0 = np.maximum(cxy.min(0), 0.0)   # a box reaching past the image: its part on the image
+            x1, y1 = np.minimum(cxy.max(0), [width - 1.0, height - 1.0])
             if x1 - x0 < 1 or y1 - y0 < 1:
-                raise PromptError("The box is less than one voxel wide on this slice: drag a larger box.")
+                raise PromptError("The box is less than one voxel wide on this slice (or off the image): drag a "
+                                  "larger box over the structure.")
             box_xy = (float(x0), float(y0), float(x1), float(y1))
         return points_xy, labels_out, box_xy
 

@@ -259,6 +259,28 @@ def test_oblique_view_is_resampled_and_mapped_back(sphere):
     assert not (seg & ~((dist >= -half) & (dist < half))).any()  # nothing off the plane
 
 
+def test_a_box_reaching_past_the_image_is_cut_to_it(sphere):
+    """A box dragged from inside the image to past its edge (a structure at the edge of the field of view): the part
+    on the image is the prompt. A box wholly off the image, or off the volume's slices, is refused; so is a click
+    outside the volume."""
+    logic = SegmentLogic(predictor=ThresholdPredictor(50000))
+    dims = np.array(DIMS)
+    k = int(CENTER_IJK[2])
+    to_ras = lambda i, j, kk=k: (sphere.m @ np.r_[i, j, kk, 1.0])[:3]
+    prediction = logic.predict(sphere.volume, box_ras=[to_ras(CENTER_IJK[0], CENTER_IJK[1]),
+                                                       to_ras(dims[0] + 5, dims[1] + 7)], sliceAxis="K")
+    inside = logic.predict(sphere.volume, box_ras=[to_ras(CENTER_IJK[0], CENTER_IJK[1]),
+                                                   to_ras(dims[0] - 1, dims[1] - 1)], sliceAxis="K")
+    np.testing.assert_allclose(prediction.box_xy, inside.box_xy)       # cut at the image's last pixel
+    np.testing.assert_array_equal(prediction.mask, inside.mask)
+    with pytest.raises(PromptError, match="off the image"):
+        logic.predict(sphere.volume, box_ras=[to_ras(dims[0] + 2, 3), to_ras(dims[0] + 9, 8)], sliceAxis="K")
+    with pytest.raises(PromptError, match="The box at RAS .* is outside the volume"):
+        logic.predict(sphere.volume, box_ras=[to_ras(3, 3, dims[2] + 3), to_ras(8, 8, dims[2] + 3)], sliceAxis="K")
+    with pytest.raises(PromptError, match="The prompt at RAS .* is outside the volume"):
+        logic.predict(sphere.volume, points_ras=[to_ras(dims[0] + 5, 3)], labels=[1], sliceAxis="K")
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_the_oblique_footprint_is_every_voxel_within_half_a_step_of_the_plane(sphere, seed):
     """The column-by-column footprint equals its definition computed over every voxel of the volume: the centres
