@@ -491,7 +491,12 @@ class _Run:
         return (self.volume_id, self.axis, index)
 
     def image(self, index: int) -> np.ndarray:
-        return slice_of(self.volume, self.axis, index)
+        image = slice_of(self.volume, self.axis, index)
+        if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+            bad = int((~np.isfinite(image)).sum())
+            raise InputImageError(f"Slice {index} along the propagation axis has {bad} NaN/Inf voxels: replace them "
+                                  "(e.g. with 0, or np.nan_to_num) and propagate again.")
+        return image
 
     def encode_slab(self, index: int) -> None:
         """For SD-Trans: encode the fixed slab [D*(k//D), D*(k//D) + D) holding slice k in one batch, as the

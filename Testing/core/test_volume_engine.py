@@ -462,6 +462,18 @@ def test_follow_slice_moves_the_mask_with_the_image_and_keeps_it_when_the_flow_l
     assert follow_slice(FlowEstimator(scale=1.0), texture(before), texture(after), blank)[1] is blank
 
 
+def test_a_slice_with_nan_voxels_is_named():
+    """A volume with NaN voxels on one slice (a failed reconstruction, a masked export): the error says which slice."""
+    from sonosam.errors import InputImageError
+
+    j, i = np.indices((40, 40))
+    disc = np.hypot(j - 20, i - 20) <= 8
+    volume = np.stack([20 + 80 * disc.astype(np.float32)] * 8)
+    volume[5, :3, :3] = np.nan
+    with pytest.raises(InputImageError, match="Slice 5 along the propagation axis has 9 NaN/Inf voxels"):
+        propagate(Predictor(ThresholdModel()), volume, [Seed(2, mask=disc)], window=(0.0, 120.0))
+
+
 def test_flow_on_a_thin_window_is_no_motion_instead_of_a_crash():
     """A propagation along a short axis (a 12-30 slice stack seen sagittally) measures flow on windows 8-15 px high
     after the estimator's half scale, where OpenCV's DIS flow kills the process (segfault), or under 8 px, where it
