@@ -599,10 +599,14 @@ class SegmentLogic:
                 along = prompt_ijk[n_points:, axis]
                 if np.any((along < -0.5) | (along > info.dims_ijk[axis] - 0.5)):
                     self._to_ijk_checked(info, prompt_ras[n_points:], "The box")
-            if sliceIndex is None:
-                if not len(prompt_ras):
-                    raise PromptError("No prompt: give points_ras or box_ras (or a slice index).")
-                sliceIndex = geo.slice_index_for_points(prompt_ijk, axis, info.dims_ijk)
+            if len(prompt_ras):
+                on = geo.slice_index_for_points(prompt_ijk, axis, info.dims_ijk)
+                if sliceIndex is not None and int(sliceIndex) != on:
+                    raise PromptError(f"The prompts lie on slice {on} along {geo.AXIS_NAMES[axis]}, not on slice "
+                                      f"{int(sliceIndex)}: leave sliceIndex out, or give prompts on that slice.")
+                sliceIndex = on
+            elif sliceIndex is None:
+                raise PromptError("No prompt: give points_ras or box_ras (or a slice index).")
             return geo.make_slice_geometry(info.ijk_to_world, info.dims_ijk, axis, int(sliceIndex), right, up)
         except geo.GeometryError as error:
             raise PromptError(str(error)) from error

@@ -522,6 +522,10 @@ def test_errors_are_sonosam_errors_with_clear_messages(sphere, mrml):
                            ({"maxSlices": -1}, "maxSlices must be 1 or more"), ({"slices": [999]}, "Slice 999 is outside")):
         with pytest.raises(PromptError, match=words):
             logic.evaluate(sphere.volume, sphere.segmentation, sid, "axial", minArea=1, **options)
+    k = int(np.round(geo.ras_to_ijk(sphere.center_ras, sphere.m)[0, 2]))
+    with pytest.raises(PromptError, match=f"lie on slice {k} along .*, not on slice {k + 2}"):
+        logic.predict(sphere.volume, points_ras=inside, labels=[1], sliceAxis="K", sliceIndex=k + 2)
+    assert logic.predict(sphere.volume, points_ras=inside, labels=[1], sliceAxis="K", sliceIndex=k).mask.any()
     with pytest.raises(PromptError, match="not a point in space"):
         logic.slice_index(sphere.volume, "axial", [float("nan"), 0.0, 0.0])
     with pytest.raises(PromptError, match=r"sliceRange is \(first, last\)"):
