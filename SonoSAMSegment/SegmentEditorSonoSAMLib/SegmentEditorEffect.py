@@ -23,7 +23,8 @@ import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from SonoSAMSegmentLib.connection import shared_connection
-from SonoSAMSegmentLib.logic import MODES, PromptSession, SegmentLogic, add_helper_node, editor_writer, show_preview
+from SonoSAMSegmentLib.logic import (MODES, PromptSession, SegmentationError, SegmentLogic, add_helper_node,
+                                     editor_writer, show_preview)
 from SonoSAMSegmentLib.ui import showErrors
 
 DRAG_PIXELS = 6       # mouse travel that turns a click into a box
@@ -588,8 +589,6 @@ or connects to a GPU host.</html>"""
         # the effect writes into the editor's selected segment: it must still be the one the result is for
         parameterSet = self.scriptedEffect.parameterSetNode()
         if segmentationNode is not parameterSet.GetSegmentationNode() or segmentId != parameterSet.GetSelectedSegmentID():
-            from SonoSAMSegmentLib.logic import SegmentationError
-
             raise SegmentationError("The selected segmentation or segment changed: select them again and apply; "
                                     "nothing was written.")
         self.scriptedEffect.saveStateForUndo()

@@ -1439,6 +1439,7 @@ class AutoTask(_JobTask):
             meta, arrays = self.job.result(timeout=5)
             masks, slices = np.asarray(arrays["masks"], bool), meta["slices"]
         logic, node = self.logic, self.segmentation_node
+        modify = modify or logic.modify or editor_writer()
         info = logic.volume_info(self.volume_node)
         if info.key != self.volume_key:
             raise SegmentationError("The volume changed while Auto ran; nothing was written. Run it again.")
@@ -1450,7 +1451,6 @@ class AutoTask(_JobTask):
             if not np.array_equal(now, self.seg_stack):
                 raise SegmentationError("The segment was edited while Auto ran; nothing was written. Run it again.")
         elif present:
-            modify = modify or logic.modify or editor_writer()
             getattr(modify, "before_change", lambda *_: None)(node, "")   # the undo state, before the new segment
             segment_id = node.GetSegmentation().AddEmptySegment("", _unique_segment_name(node, self.class_name))
             created = True
@@ -1466,7 +1466,7 @@ class AutoTask(_JobTask):
             sl[array_axis(self.layout.axis)] = slice(lo, hi + 1)
             logic._ensure_reference_geometry(node, self.volume_node)
             write_segment_block(node, segment_id, self.layout.unstack(new_stack)[tuple(sl)], image_to_seg, ext,
-                                current[tuple(sl)], modify or logic.modify)
+                                current[tuple(sl)], modify)
         return AutoOutcome(segment_id or "", self.class_name, [i for _, i in present],
                            [int(s["index"]) for s in slices if not s["present"]],
                            {int(s["index"]): float(s["objectness"]) for s in slices}, created)
