@@ -209,12 +209,16 @@ def refine(model_or_predictor, image, coarse, *, context=None, seed: int = 0, k_
                           "litemedsam_clicks or sam_vit_b.")
     positives, k, inertia, region = positive_points(prob, low=low, relative=relative, k_range=k_range, seed=seed)
     foreground = prob > low
+    given_context = context
     if context is None:
         context = default_context(foreground)
     context = np.asarray(context, bool)
     if context.shape != prob.shape:
         raise PromptError(f"The context mask is {context.shape[1]}x{context.shape[0]}, not the image's "
                           f"{prob.shape[1]}x{prob.shape[0]}.")
+    if given_context is None and not (context & ~foreground).any():
+        raise PromptError("The coarse mask leaves no background around it on this image: nothing to contrast it "
+                          "against. Give a coarse mask that leaves some background, or a context mask.")
     negatives, losses = optimise_negatives(model, embedding, positives, context & ~foreground, n=len(positives),
                                            steps=steps, lr=lr, seed=seed)
     points = np.concatenate([positives, negatives])

@@ -99,3 +99,9 @@ def test_refine_command_writes_mask_and_overlay(caudate, tmp_path, capsys):
     assert (tmp_path / "refined_overlay.png").is_file()
     assert main(args) == 2   # never overwrites without --overwrite
     assert "exists" in capsys.readouterr().err
+
+
+def test_a_coarse_mask_over_the_whole_image_names_the_mask_not_a_context(clicks_model):
+    image = np.random.default_rng(1).integers(0, 255, (64, 64)).astype(np.uint8)
+    with pytest.raises(PromptError, match="leaves no background"):
+        refine(clicks_model, image, np.ones((64, 64), np.float32), embedding=clicks_model.encode(image), steps=2)
