@@ -569,6 +569,8 @@ class SegmentLogic:
         prompt_ras = np.vstack(prompts) if prompts else np.zeros((0, 3))
         if prompt_ras.shape[1:] != (3,):
             raise PromptError(f"Prompts must be RAS points (x, y, z); got an array of shape {prompt_ras.shape}.")
+        if not np.isfinite(prompt_ras).all():
+            raise PromptError("A prompt point is not a point in space (NaN or infinite): give finite RAS coordinates.")
         # clicks must be inside the volume; a box may reach past its edge in the slice's plane (cut to the image
         # in _prompts_xy), not off the volume's slices
         n_points = len(prompt_ras) - (len(prompts[-1]) if box_ras is not None and len(box_ras) else 0)

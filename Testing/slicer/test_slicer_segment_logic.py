@@ -528,6 +528,9 @@ def test_errors_are_sonosam_errors_with_clear_messages(sphere, mrml):
     assert logic.predict(sphere.volume, points_ras=inside, labels=[1], sliceAxis="K", sliceIndex=k).mask.any()
     with pytest.raises(PromptError, match="not a point in space"):
         logic.slice_index(sphere.volume, "axial", [float("nan"), 0.0, 0.0])
+    for points, box in (([[float("nan"), 0.0, 0.0]], None), (None, [[0.0, 0.0, 0.0], [float("inf"), 1.0, 0.0]])):
+        with pytest.raises(PromptError, match="not a point in space"):
+            logic.predict(sphere.volume, points_ras=points, labels=None if points is None else [1], box_ras=box)
     with pytest.raises(PromptError, match=r"sliceRange is \(first, last\)"):
         logic.start_auto_segment(sphere.volume, sphere.segmentation, "ball", "ball.ppn.pt", sliceRange=(4,))
     with pytest.raises(PromptError, match="Choose the prompt predictor"):
