@@ -582,9 +582,7 @@ class SegmentLogic:
                 s = np.asarray(sliceToRAS, float)
                 axis, cos = geo.axis_for_normal(info.ijk_to_world, s[:3, 2] if np.linalg.norm(s[:3, 2]) > 0
                                                 else np.cross(s[:3, 0], s[:3, 1]))
-                if cos < geo.ALIGNED_COS:
-                    if len(prompt_ras) > n_points:
-                        self._to_ijk_checked(info, prompt_ras[n_points:], "The box")
+                if cos < geo.ALIGNED_COS:   # a box may reach past the volume here too (cut in _prompts_xy)
                     plane = geo.make_oblique_plane(info.ijk_to_world, info.dims_ijk, s)
                     if len(prompt_ras):
                         w = plane.ras_to_xyw(prompt_ras)[:, 2]
@@ -646,8 +644,18 @@ class SegmentLogic:
             if x1 - x0 < 1 or y1 - y0 < 1:
                 raise PromptError("The box is less than one voxel wide on this slice (or off the image): drag a "
                                   "larger box over the structure.")
+            if isinstance(geometry, geo.ObliquePlane) and not self._box_meets_volume(info, geometry, x0, y0, x1, y1):
+                raise PromptError("The box is off the volume on this view: drag it over the image.")
             box_xy = (float(x0), float(y0), float(x1), float(y1))
         return points_xy, labels_out, box_xy
+
+    @staticmethod
+    def _box_meets_volume(info, plane, x0, y0, x1, y1) -> bool:
+        """Whether an oblique view's box (pixels) holds a point of the volume: the plane's image is the volume's
+        bounding rectangle on it, so its corners lie outside the volume."""
+        xs, ys = np.meshgrid(np.linspace(x0, x1, 33), np.linspace(y0, y1, 33))
+        ijk = geo.ras_to_ijk(plane.xy_to_ras(np.c_[xs.ravel(), ys.ravel()]), info.ijk_to_world)
+        return bool(np.all((ijk >= -0.5) & (ijk <= np.asarray(info.dims_ijk) - 0.5), axis=1).any())
 
     # -- predict (preview) ---------------------------------------------------------------------------
     def predict(self, volumeNode, points_ras=None, labels=None, box_ras=None, sliceAxis="axial", sliceIndex=None,

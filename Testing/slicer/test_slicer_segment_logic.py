@@ -281,6 +281,28 @@ def test_a_box_reaching_past_the_image_is_cut_to_it(sphere):
         logic.predict(sphere.volume, points_ras=[to_ras(dims[0] + 5, 3)], labels=[1], sliceAxis="K")
 
 
+def test_a_box_reaching_past_an_oblique_view_is_cut_to_it(sphere):
+    """The same on a view tilted off the voxel axes: a box from the sphere's centre to past the resampled image's
+    corner is the box to that corner; a box wholly on the image's padding outside the volume is refused."""
+    logic = SegmentLogic(predictor=ThresholdPredictor(50000))
+    view = np.eye(4)
+    view[:3, :3] = rotation([0.3, 1, 0.2], 30)
+    view[:3, 3] = sphere.center_ras
+    plane = geo.make_oblique_plane(sphere.m, DIMS, view)
+    centre = plane.ras_to_xyw([sphere.center_ras])[0, :2]
+    corner = np.array([plane.width - 1.0, plane.height - 1.0])
+    past = plane.xy_to_ras([centre, corner + 6])
+    prediction = logic.predict(sphere.volume, box_ras=past, sliceToRAS=view)
+    cut = logic.predict(sphere.volume, box_ras=plane.xy_to_ras([centre, corner]), sliceToRAS=view)
+    np.testing.assert_allclose(prediction.box_xy, cut.box_xy, atol=1e-6)
+    np.testing.assert_array_equal(prediction.mask, cut.mask)
+    assert prediction.mask.any()
+    off = plane.xy_to_ras([(0, 0), (3, 3)])     # the top-left corner of the rectangle: outside the tilted volume
+    assert not np.all(np.abs(geo.ras_to_ijk(off, sphere.m) - (np.array(DIMS) - 1) / 2) <= np.array(DIMS) / 2, axis=1).any()
+    with pytest.raises(PromptError, match="off the volume on this view"):
+        logic.predict(sphere.volume, box_ras=off, sliceToRAS=view)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_the_oblique_footprint_is_every_voxel_within_half_a_step_of_the_plane(sphere, seed):
     """The column-by-column footprint equals its definition computed over every voxel of the volume: the centres
