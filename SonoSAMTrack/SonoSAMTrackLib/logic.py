@@ -235,7 +235,7 @@ class TrackLogic:
                                "it plays another sequence).")
         master = browser.GetMasterSequenceNode()
         value = master.GetNthIndexValue(browser.GetSelectedItemNumber())
-        frame = sequence.GetItemNumberFromIndexValue(value, False)
+        frame = sequence.GetItemNumberFromIndexValue(value, True)   # numeric: within its tolerance, not the nearest earlier
         if frame < 0:
             raise SonoSAMError(f"'{sequence.GetName()}' has no frame at {master.GetIndexName()} = {value}; go to one "
                                "of its frames in the browser.")

@@ -142,6 +142,13 @@ def test_the_frame_comes_from_a_browser_that_plays_the_cine(mrml):
     assert TrackLogic.browser_frame(browser, b) == 1              # index value "2": B's second frame
     TrackLogic.show_frame(browser, b, 2)                          # B's value "3": A's item 3
     assert browser.GetSelectedItemNumber() == 3
+    c = _cine(scene, "cine C", ["0", "2", "4"])                   # every other frame of A's
+    browser.AddSynchronizedSequenceNode(c)
+    browser.SetSelectedItemNumber(3)
+    with pytest.raises(SonoSAMError, match="'cine C' has no frame at .* = 3"):
+        TrackLogic.browser_frame(browser, c)                      # not C's frame "2", the one shown before
+    browser.SetSelectedItemNumber(2)
+    assert TrackLogic.browser_frame(browser, c) == 1
 
 
 def test_a_start_segment_on_another_grid_is_read_where_it_lies(mrml):
