@@ -11,6 +11,7 @@ import qt
 import slicer
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
 
 from SonoSAMSegmentLib import connection as conn
 from SonoSAMSegmentLib.ui import showErrors
@@ -35,9 +36,10 @@ class SonoSAMTrack(ScriptedLoadableModule):
         self.parent.acknowledgementText = "Builds on Segment Anything (Meta AI) and LiteMedSAM (Apache-2.0)."
 
 
-class SonoSAMTrackWidget(ScriptedLoadableModuleWidget):
+class SonoSAMTrackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
         self.logic = None
         self.connection = conn.shared_connection()
         self.session = None
@@ -61,11 +63,28 @@ class SonoSAMTrackWidget(ScriptedLoadableModuleWidget):
         self.ui.nextAttentionButton.connect("clicked(bool)", self.onNextAttention)
         self.ui.acceptButton.connect("clicked(bool)", self.onAccept)
         self.ui.useCorrectionButton.connect("clicked(bool)", self.onUseCorrection)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.updateButtons()
 
     def cleanup(self):
+        self.removeObservers()
         if self.timer is not None:   # None when setup() failed before making it
             self.timer.stop()
+
+    def onSceneStartClose(self, caller, event):
+        """The session's nodes go with the scene: stop what runs for it and forget it, so that the buttons say
+        what is possible (Start) instead of every action failing on the missing output."""
+        for job in (self.starting, self.run):
+            if job is not None:
+                try:
+                    job.cancel()
+                except Exception:  # the server may be gone already; nothing of this session is kept anyway
+                    pass
+        self.session = self.run = self.starting = None
+        if self.timer is not None:
+            self.timer.stop()
+        self.ui.statusLabel.text = "The scene was closed: press Start to track again."
+        self.updateButtons()
 
     def updateButtons(self):
         running = self.run is not None or self.starting is not None
