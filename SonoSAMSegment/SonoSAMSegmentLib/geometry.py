@@ -144,7 +144,10 @@ class SliceGeometry:
         return ext
 
     def key(self, volume_key) -> tuple:
-        return (volume_key, AXIS_NAMES[self.axis], int(self.index))
+        """Names the slice's image: the same slice shown rotated or flipped in another view is another image (its
+        embedding, its last logits)."""
+        return (volume_key, AXIS_NAMES[self.axis], int(self.index), self.x_axis, self.y_axis, bool(self.x_flip),
+                bool(self.y_flip))
 
     # -- arrays -------------------------------------------------------------------------------
     def extract(self, array_kji: np.ndarray) -> np.ndarray:

@@ -122,6 +122,26 @@ def left_half(mask):
     return corrected
 
 
+def test_a_slice_shown_rotated_in_another_view_is_its_own_image(mrml):
+    """The same axial slice in a view rotated by 90 degrees is another image: its box is answered on that image,
+    not on the embedding cached for the first view's layout (which gave a wrong mask, silently)."""
+    k, j, i = np.mgrid[:5, :60, :60]
+    bright = ((i - 44) / 10.0) ** 2 + ((j - 18) / 6.0) ** 2 < 1            # off centre, longer along I
+    volume = add_volume_from_array(mrml.scene, np.where(bright, 100.0, 20.0).astype(np.float32), np.eye(4), "v")
+    axial = np.eye(4)
+    axial[:3, :3] = [[-1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    rotated = np.eye(4)
+    rotated[:3, :3] = [[0, 1, 0], [1, 0, 0], [0, 0, -1]]
+    box = [[30.0, 8.0, 2.0], [58.0, 28.0, 2.0]]
+    logic = SegmentLogic(predictor=Predictor(ThresholdModel()))
+    first = logic.predict(volume, box_ras=box, sliceToRAS=axial)
+    second = logic.predict(volume, box_ras=box, sliceToRAS=rotated)
+    fresh = SegmentLogic(predictor=Predictor(ThresholdModel())).predict(volume, box_ras=box, sliceToRAS=rotated)
+    assert (first.geometry.x_axis, second.geometry.x_axis) == (0, 1)
+    np.testing.assert_array_equal(second.mask, fresh.mask)
+    np.testing.assert_array_equal(second.mask, second.geometry.extract(bright))
+
+
 def test_stack_is_the_slice_tool_layout(ball):
     info = ball.logic.volume_info(ball.volume)
     s = ball.layout.stack(info.array)
