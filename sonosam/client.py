@@ -451,8 +451,15 @@ class SonoSAMClient:
         their content id when they were sent already (begin_upload: a GUI sends them from its timer)."""
         frames = np.asarray(frames)
         frames_id = frames_id or self.upload(frames)
-        answer = self._request("POST", "/v1/trackers", {"frames": frames_id, "options": options, "pause": pause},
-                               context="creating a tracker")
+        body = {"frames": frames_id, "options": options, "pause": pause}
+        try:
+            answer = self._request("POST", "/v1/trackers", body, context="creating a tracker")
+        except ServerError as error:
+            if error.code != "unknown_array":
+                raise
+            self._sent.discard(frames_id)   # the server dropped them (evicted, or restarted): send them again, once
+            self.upload(frames, array_id=frames_id)
+            answer = self._request("POST", "/v1/trackers", body, context="creating a tracker")
         return RemoteTracker(self, answer["id"], frames.shape)
 
 
@@ -629,6 +636,11 @@ class ArrayUpload:
         self._resume(self.client._request("GET", f"/v1/uploads/{self.upload_id}", context=f"sending the {self.what}",
                                           timeout=self._timeout))
 
+    def resend(self) -> None:
+        """The server no longer holds the array (evicted from its store, or restarted): send it again."""
+        self.client._sent.discard(self.id)
+        self.phase, self.sent_bytes, self.upload_id, self._chunked = "asking", 0, None, False
+
     def cancel(self) -> None:
         """Stop; the server drops what it received of this upload (best effort: it expires anyway)."""
         if self.upload_id is not None and self.phase in ("sending", "finishing"):
@@ -650,6 +662,7 @@ class RemoteJob:
         self.client, self.id, self.kind = client, job_id, kind
         self._pending = pending          # (params, job arrays, {parameter: ArrayUpload}) until started
         self._request_id = secrets.token_hex(16)   # a start re-sent after a late answer names the same job
+        self._resent = False                        # its arrays were sent again once, after the server lost one
         self.last: dict = {"state": "queued", "progress": [0, 0], "message": ""}
 
     def _context(self) -> str:
@@ -674,9 +687,19 @@ class RemoteJob:
                                  "message": f"sending the {upload.what}: {upload.message}", "error": None}
                 return self.last
         params = {k: uploads[k].id if k in uploads else v for k, v in params.items()}
-        status = self.client._request("POST", "/v1/jobs", {"kind": self.kind, "params": params,
-                                                           "request": self._request_id}, arrays,
-                                      context=f"starting a {self.kind} job", timeout=timeout)
+        try:
+            status = self.client._request("POST", "/v1/jobs", {"kind": self.kind, "params": params,
+                                                               "request": self._request_id}, arrays,
+                                          context=f"starting a {self.kind} job", timeout=timeout)
+        except ServerError as error:
+            # the server dropped an array it had (evicted by other uploads, or restarted): the next steps send
+            # them again (it answers at once for those it still holds), then start; once
+            if error.code != "unknown_array" or self._resent or not uploads:
+                raise
+            self._resent = True
+            for upload in uploads.values():
+                upload.resend()
+            return self.last
         self.id, self._pending, self.last = status["id"], None, status
         return status
 

@@ -297,6 +297,34 @@ def test_chunked_upload_round_trip_and_a_known_array_costs_nothing(server, clien
         np.testing.assert_array_equal(_stored(client, array_id)[0], array)
 
 
+@pytest.mark.slow  # a server of its own, with a small store
+def test_jobs_and_trackers_send_again_what_the_server_dropped(tmp_path):
+    """A server whose store evicted a volume (other uploads; a restarted remote server alike): a job or tracker on
+    it sends the volume again and starts, from a script and from a GUI's polls (every retry used to fail with
+    'unknown_array' until the user reconnected)."""
+    local = _start(tmp_path, "--store-mib", "3")
+    try:
+        client = local.client()
+        volume = np.random.default_rng(0).normal(100, 20, (8, 256, 256)).astype(np.float32)   # 2 MiB: chunked
+        volume_id = client.upload(volume)
+        client.upload(volume[::-1] + 1)                                                        # evicts it
+        assert client._request("POST", "/v1/arrays/missing", {"ids": [volume_id]})["missing"] == [volume_id]
+        seeds = [{"index": 4, "box": [60, 60, 160, 160]}]
+        result = client.start_job("propagate", volume=volume, seeds=seeds, axis=0, max_slices=1).result(timeout=600)
+        assert result.mask.shape == volume.shape and result.mask[4].any()
+        client.upload(volume[::-1] + 2)                                                        # evicts it again
+        job = client.prepare_job("propagate", volume=volume, seeds=seeds, axis=0, max_slices=1)
+        for _ in range(10000):
+            if job.poll(timeout=5.0)["state"] in ("done", "failed", "cancelled"):
+                break
+        assert job.last["state"] == "done", job.last
+        client.upload(volume[::-1] + 3)
+        tracker = client.tracker(volume, frames_id=volume_id)
+        assert tracker.id
+    finally:
+        local.stop()
+
+
 def test_corrupted_missing_or_interrupted_chunks(server, client):
     volume = _volume(seed=1)
     array_id, data = wire.content_id(volume), volume.tobytes()
