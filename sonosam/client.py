@@ -667,7 +667,7 @@ class RemoteJob:
 
     def _context(self) -> str:
         job = (self.id or "not started")[:8]
-        return f"while its {self.kind} job {job} was running (the job and its result are lost)"
+        return f"while its {self.kind} job {job} was running"
 
     @property
     def started(self) -> bool:
@@ -742,16 +742,23 @@ class RemoteJob:
     def done(self) -> bool:
         return self.poll()["state"] in FINISHED
 
-    def cancel(self) -> dict:
+    def cancel(self, timeout: float | None = None) -> dict:
         """Ask the server to stop after the current step; a cancelled job keeps no result. Before it started:
-        its uploads stop (the server drops the unfinished one) and it never starts."""
+        its uploads stop (the server drops the unfinished one) and it never starts. With ``timeout`` (a GUI's), a
+        busy or hung server's late answer returns the last status with "late": True instead of holding the caller."""
         if self._pending is not None:
             for upload in self._pending[2].values():
                 upload.cancel()
             self.last = {"state": "cancelled", "progress": [0, 0], "error": None,
                          "message": "cancelled before it started; nothing was sent to run"}
             return self.last
-        self.last = self.client._request("POST", f"/v1/jobs/{self.id}/cancel", context=self._context())
+        try:
+            self.last = self.client._request("POST", f"/v1/jobs/{self.id}/cancel", context=self._context(),
+                                             timeout=timeout)
+        except ServerTimeoutError:
+            if timeout is None:
+                raise
+            return {**self.last, "late": True}
         return self.last
 
     def wait(self, timeout: float | None = None, interval: float = 0.1, on_progress=None, cancel=None) -> dict:

@@ -1283,7 +1283,9 @@ class _JobTask:
         """Nothing will be written: the job stops, and ``finish`` refuses even if it had already ended."""
         self.cancel_requested = True
         if self.job is not None:
-            self.job.cancel()
+            from sonosam.client import GUI_POLL_SECONDS
+
+            self.job.cancel(timeout=GUI_POLL_SECONDS)   # a hung server must not hold Slicer; finish refuses anyway
 
     def _refuse_if_cancelled(self, what: str):
         from sonosam.errors import JobCancelledError

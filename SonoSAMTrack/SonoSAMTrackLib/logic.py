@@ -120,7 +120,9 @@ class TrackRun:
 
     def cancel(self):
         if self.job is not None:
-            self.job.cancel()
+            from sonosam.client import GUI_POLL_SECONDS
+
+            self.job.cancel(timeout=GUI_POLL_SECONDS)   # a hung server must not hold Slicer (a late pause still lands)
 
     def finish(self) -> TrackReport:
         if self.report is None:
