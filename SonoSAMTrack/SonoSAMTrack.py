@@ -6,6 +6,8 @@ Module / Widget / Logic / Test like SonoSAMSegment: the Logic is the Qt-free ``S
 (SonoSAMSegmentLib.connection), as a job this widget polls with a QTimer, so the GUI never waits on it."""
 
 
+import logging
+
 import numpy as np
 import qt
 import slicer
@@ -80,11 +82,18 @@ class SonoSAMTrackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     job.cancel()
                 except Exception:  # the server may be gone already; nothing of this session is kept anyway
                     pass
+        self._end(self.session)
         self.session = self.run = self.starting = None
         if self.timer is not None:
             self.timer.stop()
         self.ui.statusLabel.text = "The scene was closed: press Start to track again."
         self.updateButtons()
+
+    def _end(self, session):
+        try:
+            self.logic.end(session)
+        except Exception as error:  # best effort: the server may be gone, and it drops old trackers itself
+            logging.warning(f"SonoSAM Track: could not free a tracking session on the server: {error}")
 
     def updateButtons(self):
         running = self.run is not None or self.starting is not None
@@ -192,7 +201,8 @@ class SonoSAMTrackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if state != "done":
                 self.ui.statusLabel.text = f"Starting: {message}"
                 return
-            self.session, self.starting = self.starting.session, None
+            previous, self.session, self.starting = self.session, self.starting.session, None
+            self._end(previous)
             self._showChart()
             self._startRun()
 

@@ -915,6 +915,14 @@ class RemoteTracker:
         self._call("accept", {"frame": int(frame), "name": name})
         self.refresh()
 
+    def close(self) -> None:
+        """Free the tracker on the server (it holds the loop's frames); its results mirrored here stay."""
+        try:
+            self.client._request("DELETE", f"/v1/trackers/{self.id}", context="closing a tracker")
+        except ServerError as error:
+            if error.code != "unknown_tracker":
+                raise
+
     def start(self, rerun: bool = False) -> RemoteJob:
         """Run (or re-run) the tracker as a server job; poll it, then call finish(job)."""
         return self.client.start_job("track", tracker=self.id, rerun=rerun)
@@ -967,9 +975,6 @@ class RemoteTracker:
                 if self.sources(name)[t] not in (None, "keyframe") and threshold > 0 and conf <= threshold:
                     return t
         return None
-
-    def close(self) -> None:
-        self.client._request("DELETE", f"/v1/trackers/{self.id}", context="closing the tracker")
 
 
 # -------------------------------------------------------------------------------------------- local server

@@ -296,6 +296,13 @@ class TrackLogic:
         return session
 
     @staticmethod
+    def end(session: TrackSession | None):
+        """Free what the session holds outside the scene (a server's tracker keeps the loop's frames); its output
+        nodes stay. The module calls it when a new session replaces it and when the scene closes."""
+        if session is not None:
+            session.tracker.close()
+
+    @staticmethod
     def show_output(session: TrackSession, browser):
         """Synchronise the output with ``browser``. The user's edits of the shown frame go into the output
         (Slicer's "save changes"), where ``edited_frames`` finds them, instead of being dropped when the frame

@@ -629,3 +629,39 @@ def test_poll_with_a_timeout_never_waits_for_a_busy_server():
         assert status.get("late") and job.id is None
     finally:
         listener.close()
+
+
+def test_the_server_bounds_what_trackers_and_finished_jobs_hold(predictor, client):
+    """Trackers (each holds its loop's frames) and finished jobs' results (a propagation's volume mask) grew
+    without bound: the least recently used tracker goes beyond KEEP_TRACKERS, the oldest results beyond the
+    results budget (never the newest of a kind, which a re-run may refer to)."""
+    import time
+
+    from sonosam.server.service import Job, Service
+
+    service = Service(predictor, store_mib=64, results_mib=1)
+    try:
+        frames = np.zeros((3, 64, 64), np.uint8)
+        service.store.put("f", frames, None)
+        ids = [service.create_tracker({"frames": "f"}, {})["id"] for _ in range(Service.KEEP_TRACKERS)]
+        service._tracker(ids[0])                       # used again: kept; the next two oldest go
+        ids += [service.create_tracker({"frames": "f"}, {})["id"] for _ in range(2)]
+        assert set(service.trackers) == {ids[0], *ids[3:]}
+        with pytest.raises(Exception, match="No tracker .* it keeps 8"):
+            service._tracker(ids[1])
+        for n, kind in enumerate(["propagate"] * 3 + ["evaluate"]):
+            job = Job(f"j{n}", kind, state="done", result=({}, {"mask": np.zeros(400_000, bool)}))
+            job.finished = time.time() + n
+            service.jobs[job.id] = job
+        with service._lock:
+            service._forget_old_jobs()
+        assert list(service.jobs) == ["j2", "j3"]      # 1.6 MB > 1 MiB: the two oldest went
+        assert service.info()["results_mib"] == 0.8 and service.info()["trackers"] == Service.KEEP_TRACKERS
+    finally:
+        service.close()
+    # and a client frees its tracker on the server
+    remote = client.tracker(frames, pause=True)
+    before = client.info()["trackers"]
+    remote.close()
+    remote.close()                                     # twice: no error
+    assert client.info()["trackers"] == before - 1

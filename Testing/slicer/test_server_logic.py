@@ -317,6 +317,9 @@ def test_track_start_sends_the_loop_from_timer_polls(mrml, clients):
     stored = client._request("GET", f"/v1/arrays/{wire.content_id(frames)}")[1]["array"]
     np.testing.assert_array_equal(stored, frames)
     assert starting.session.tracker.masks("disc")[0].sum() == disc.sum()   # the keyframe is the given mask
+    trackers = client.info()["trackers"]
+    logic.end(starting.session)                      # a new session, or a closed scene: the server frees it
+    assert client.info()["trackers"] == trackers - 1
     reversed_seq, _ = _volume_sequence(mrml.scene, np.ascontiguousarray(frames[::-1]))   # not on the server yet
     cancelled = logic.begin(reversed_seq, objects)
     while cancelled.upload.phase != "sending":

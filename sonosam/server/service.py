@@ -355,13 +355,21 @@ class Job:
                 "message": self.message, "error": self.error}
 
 
+def _held_bytes(job: Job) -> int:
+    """The bytes a finished job's result holds (its arrays, and the propagation result kept for re-runs)."""
+    arrays = list(job.result[1].values()) if job.result else []
+    arrays.append(getattr(job.keep, "mask", None))
+    return sum(a.nbytes for a in {id(a): a for a in arrays if isinstance(a, np.ndarray)}.values())
+
+
 class Service:
     JOB_KINDS = ("encode", "propagate", "evaluate", "track", "refine", "assist", "auto")
     ASSIST_BUDGET_MIB = 64   # learned prompt encoders kept for later requests (LiteMedSAM's: ~25 KB each)
     KEEP_PPNS = 4            # prompt predictors kept loaded (a few MB each)
+    KEEP_TRACKERS = 8        # tracker sessions kept (each holds its loop's frames); the least recently used goes
 
     def __init__(self, predictor, store_mib: float = 2048, job_workers: int = 2, keep_jobs: int = 64,
-                 max_chunk_bytes: int = 64 * 2**20):
+                 max_chunk_bytes: int = 64 * 2**20, results_mib: float = 1024):
         self.predictor = predictor
         self.model = predictor.model
         self.store = ArrayStore(store_mib)
@@ -370,6 +378,7 @@ class Service:
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.trackers: dict[str, dict] = {}
         self.keep_jobs = keep_jobs
+        self.results_budget = int(results_mib * 2**20)   # finished jobs' results (a propagation's: its volume mask)
         self._lock = threading.Lock()
         self._workers = ThreadPoolExecutor(max_workers=job_workers, thread_name_prefix="sonosam-job")
         # encode-ahead has its own worker: it must not wait behind a long propagation or tracking run
@@ -406,6 +415,7 @@ class Service:
             embeddings, cache_mib = len(cache), round(cache.nbytes / 2**20, 1)
         with self._lock:
             states = [j.state for j in self.jobs.values()]
+            held = sum(_held_bytes(j) for j in self.jobs.values())
         return {"model": spec.name, "description": spec.description, "prompt_kinds": sorted(spec.prompt_kinds),
                 "multimask": bool(spec.multimask), "image_size": spec.image_size, "device": str(self.model.device),
                 "backend": self.model.backend, "model_id": self.model.model_id,
@@ -414,6 +424,7 @@ class Service:
                 "store": {"arrays": len(self.store), "mib": round(self.store.nbytes / 2**20, 1),
                           "budget_mib": round(self.store.budget / 2**20, 1), "uploads": len(self.uploads)},
                 "jobs": {state: states.count(state) for state in ("queued", "running", "done", "failed", "cancelled")},
+                "results_mib": round(held / 2**20, 1), "trackers": len(self.trackers),
                 "assists": len(self.assists), "ppn": self.ppn_files(),
                 "encoder_calls": self.predictor.encoder_calls, "uptime_s": round(time.time() - self.started, 1),
                 "cpu_s": time.process_time()}  # this process's CPU time (benchmarks measure overhead with it)
@@ -501,10 +512,20 @@ class Service:
 
     def _forget_old_jobs(self) -> None:
         """Keep the newest `keep_jobs` finished jobs of each kind (frequent encode-ahead jobs must not push
-        out the propagation a re-run refers to as `previous`)."""
+        out the propagation a re-run refers to as `previous`), and their results within the results budget: the
+        oldest go first, never the newest of a kind."""
         for kind in self.JOB_KINDS:
             finished = [j for j in self.jobs.values() if j.kind == kind and j.finished is not None]
             for job in finished[:max(0, len(finished) - self.keep_jobs)]:
+                self.jobs.pop(job.id, None)
+        finished = sorted((j for j in self.jobs.values() if j.finished is not None), key=lambda j: j.finished)
+        newest = {j.kind: j for j in finished}
+        held = sum(_held_bytes(j) for j in finished)
+        for job in finished:
+            if held <= self.results_budget:
+                break
+            if newest[job.kind] is not job:
+                held -= _held_bytes(job)
                 self.jobs.pop(job.id, None)
 
     def _run_job(self, job: Job, run) -> None:
@@ -530,6 +551,8 @@ class Service:
                                                          f"{type(error).__name__}: {error}"}
         finally:
             job.finished = time.time()
+            with self._lock:
+                self._forget_old_jobs()
 
     def job(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
@@ -955,14 +978,21 @@ class Service:
                           **options)
         tracker_id = uuid.uuid4().hex
         with self._lock:
-            self.trackers[tracker_id] = {"tracker": tracker, "lock": threading.Lock(), "frames": frames_id}
+            self.trackers[tracker_id] = {"tracker": tracker, "lock": threading.Lock(), "frames": frames_id,
+                                         "used": time.monotonic()}
+            idle = sorted((e["used"], i) for i, e in self.trackers.items() if i != tracker_id and not e["lock"].locked())
+            dropped = [self.trackers.pop(i) for _, i in idle[:max(0, len(self.trackers) - self.KEEP_TRACKERS)]]
+        for entry in dropped:
+            entry["tracker"].close()
         return {"id": tracker_id, "n_frames": tracker.n_frames}
 
     def _tracker(self, tracker_id):
         entry = self.trackers.get(tracker_id)
         if entry is None:
-            raise ApiError(404, "unknown_tracker", f"No tracker {tracker_id} on this server (deleted, or the server "
-                           "restarted): start tracking again.")
+            raise ApiError(404, "unknown_tracker", f"No tracker {tracker_id} on this server (deleted, or dropped "
+                           f"for newer ones: it keeps {self.KEEP_TRACKERS}; or the server restarted): start tracking "
+                           "again.")
+        entry["used"] = time.monotonic()
         return entry
 
     def tracker_call(self, tracker_id: str, action: str, meta: dict, arrays: dict) -> tuple[dict, dict]:
