@@ -34,6 +34,8 @@ def low_res_frame(shape) -> tuple[int, int]:
     return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
+MAX_POINTS = 1000   # clicks in one prompt
+
 class PromptKind(str, enum.Enum):
     """A kind of prompt; str-valued, so ``PromptKind.BOX == "box"`` and sets of kinds compare with strings."""
     POINT = "point"
@@ -82,6 +84,8 @@ class Prompts:
             raise PromptError(f"points: got an array of shape {points.shape}; give (x, y) pairs, shape (N, 2).")
         if not np.isfinite(points).all():
             raise PromptError(f"points: coordinates {points.tolist()} are not all finite numbers.")
+        if len(points) > MAX_POINTS:   # the decoder's memory grows with them; no user clicks that often
+            raise PromptError(f"points: {len(points)} of them; give at most {MAX_POINTS}.")
 
         if self.labels is None or (np.size(self.labels) == 0 and len(points) == 0):
             labels = np.ones(len(points), dtype=np.int64)

@@ -117,7 +117,7 @@ def decode(body: bytes) -> tuple[dict, dict[str, np.ndarray]]:
         raise WireError(f"The message header claims {length} bytes but only {len(body) - 8} follow.")
     try:
         header = json.loads(bytes(body[8:8 + length]))
-    except (UnicodeDecodeError, ValueError) as error:
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise WireError(f"The message header is not valid JSON ({error}).") from None
     if not isinstance(header, dict) or not isinstance(header.get("meta", {}), dict) \
             or not isinstance(header.get("arrays", {}), dict):

@@ -248,6 +248,31 @@ def test_refusals_are_clear_and_the_server_keeps_serving(server, client, echo_fr
     with pytest.raises(PromptError, match="encode job: Box corner"):   # a box's crops asked for ahead
         client.prefetch([(("echo", 0), image)], box=(10, 10, 650, 200))
 
+    # malformed job parameters, a header nested beyond reason, a flood of points, a bad URL parameter: 4xx naming
+    # the problem, never a 500 with a traceback
+    volume_id = client.upload(np.zeros((3, 32, 32), np.uint8))
+    seed = [{"index": 1, "box": [2, 2, 20, 20]}]
+    for params, needle in (({"seeds": 5}, "'seeds' must be a list"), ({"options": [1, 2]}, "options must be an object"),
+                           ({"axis": 0.0}, "axis must be"), ({"seeds": [{"index": 1, "mask": ["m"]}]}, "mask array"),
+                           ({"previous": ["x"]}, "No job"), ({"options": "ab"}, "options must be an object")):
+        with pytest.raises(ServerError, match=needle) as caught:
+            client._request("POST", "/v1/jobs", {"kind": "propagate", "params": {"volume": volume_id, "seeds": seed,
+                                                                                 **params}})
+        assert caught.value.status in (400, 404)
+    with pytest.raises(ServerError, match="No tracker") as caught:
+        client._request("POST", "/v1/jobs", {"kind": "track", "params": {"tracker": ["x"]}})
+    assert caught.value.status == 404
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(ServerError) as caught:
+        client._request("POST", "/v1/predict", body=good[:4] + len(deep).to_bytes(4, "little") + deep)
+    assert caught.value.status == 400
+    with pytest.raises(PromptError, match="at most 1000"):
+        client._request("POST", "/v1/predict", {"image": image_id, "prompts": {"points": [[5, 5]] * 1001,
+                                                                               "labels": [1] * 1001}})
+    with pytest.raises(ServerError, match="offset") as caught:
+        client._request("PUT", "/v1/uploads/x?offset=abc", body=b"12", content_type="application/octet-stream")
+    assert caught.value.status == 400
+
     assert client.info()["model"] == MODEL
     assert client.predict(image, box=LV_BOX).mask.any()
 

@@ -35,6 +35,7 @@ import hmac
 import logging
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -64,6 +65,12 @@ def create_app(service: Service, token: str, max_request_bytes: int) -> FastAPI:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError):
         return JSONResponse({"error": error.code, "type": "ApiError", "message": str(error)}, error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameters(request: Request, error: RequestValidationError):
+        # FastAPI's own check of the URL's parameters (e.g. ?offset=abc): the server's error shape, one line
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in error.errors())
+        return JSONResponse({"error": "bad_value", "type": "ApiError", "message": f"Bad request: {problems}."}, 400)
 
     @app.exception_handler(SonoSAMError)
     async def core_error(request: Request, error: SonoSAMError):

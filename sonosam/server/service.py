@@ -61,6 +61,15 @@ def _window(value):
     return (low, high)
 
 
+def _options(value, what: str) -> dict:
+    """A request's options object, copied (the handlers pop from it)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ApiError(400, "bad_option", f"{what} options must be an object; got {type(value).__name__}.")
+    return dict(value)
+
+
 def check_options(options, defaults: dict, what: str, nullable: frozenset = frozenset()) -> dict:
     """Keyword options sent as JSON: known names only, each of its default's type (numbers for numbers;
     None allowed where the default is None or the name is in ``nullable``), so a bad value is a 400 naming it,
@@ -555,7 +564,7 @@ class Service:
                 self._forget_old_jobs()
 
     def job(self, job_id: str) -> Job:
-        job = self.jobs.get(job_id)
+        job = self.jobs.get(job_id) if isinstance(job_id, str) else None
         if job is None:
             raise ApiError(404, "unknown_job", f"No job {job_id} on this server (finished jobs are kept until "
                            f"{self.keep_jobs} newer ones finish, and none survives a restart).")
@@ -602,7 +611,7 @@ class Service:
             if context.shape != coarse.shape:
                 raise ApiError(422, "bad_context", f"The context mask {context.shape} must be shaped like the "
                                f"image {coarse.shape}.")
-        options = check_options(dict(params.get("options") or {}), {"seed": 0, "steps": 100}, "refine")
+        options = check_options(_options(params.get("options"), "refine"), {"seed": 0, "steps": 100}, "refine")
         window = _window(params.get("window"))
         predictor = self._predictor_for(params)
 
@@ -645,18 +654,20 @@ class Service:
         volume_id = params.get("volume")
         volume = check_stack(self.store.get(volume_id, "volume"), "volume", values=False)  # voxels: in the job
         axis = params.get("axis", 0)
-        if axis not in (0, 1, 2, "k", "j", "i", "K", "J", "I"):
+        if not (type(axis) is int and axis in (0, 1, 2)) and axis not in ("k", "j", "i", "K", "J", "I"):
             raise ApiError(400, "bad_value", f"axis must be 0, 1, 2 (or k, j, i); got {axis!r}.")
-        axis = axis if isinstance(axis, int) else "kji".index(axis.lower())
+        axis = axis if type(axis) is int else "kji".index(axis.lower())
         n, plane = volume.shape[axis], tuple(s for a, s in enumerate(volume.shape) if a != axis)
         seeds = []
+        if not isinstance(params.get("seeds") or [], list):
+            raise ApiError(400, "bad_seed", "'seeds' must be a list of seed objects.")
         for entry in params.get("seeds") or []:
             if not isinstance(entry, dict):
                 raise ApiError(400, "bad_seed", "Each seed is an object with index and box/points/labels/mask.")
             index = _number(entry.get("index"), "seed index", integer=True, low=0, high=n - 1)
             mask = None
             if entry.get("mask") is not None:
-                mask = arrays.get(entry["mask"])
+                mask = arrays.get(entry["mask"]) if isinstance(entry["mask"], str) else None
                 if mask is None or mask.shape != plane:
                     raise ApiError(400, "bad_seed", f"Seed {index}: mask array {entry['mask']!r} must be sent with "
                                    f"the job, shaped {plane}.")
@@ -666,7 +677,7 @@ class Service:
             seeds.append(Seed(index, box=None if p.box is None else p.box.tolist(),
                               points=p.points.tolist() if len(p.points) else None,
                               labels=p.labels.tolist() if len(p.points) else None, mask=mask))
-        options = dict(params.get("options") or {})
+        options = _options(params.get("options"), "propagation")
         window = _window(options.pop("window", None))
         span = options.pop("span", None)
         if span is not None:
@@ -830,7 +841,7 @@ class Service:
         empty = [s for s, m in zip(slices, masks) if not m.any()]
         if empty:
             raise ApiError(422, "bad_masks", f"The mask of slice {empty[0]} is empty: accept a segmented slice.")
-        options = check_options(dict(params.get("options") or {}), {"steps": 30, "seed": 0, "lr": 5e-3, "batch": 2,
+        options = check_options(_options(params.get("options"), "assist"), {"steps": 30, "seed": 0, "lr": 5e-3, "batch": 2,
                                                                     "kinds": ["box", "point"]}, "assist")
         if "kinds" in options:
             kinds = options["kinds"]
@@ -987,7 +998,7 @@ class Service:
         return {"id": tracker_id, "n_frames": tracker.n_frames}
 
     def _tracker(self, tracker_id):
-        entry = self.trackers.get(tracker_id)
+        entry = self.trackers.get(tracker_id) if isinstance(tracker_id, str) else None
         if entry is None:
             raise ApiError(404, "unknown_tracker", f"No tracker {tracker_id} on this server (deleted, or dropped "
                            f"for newer ones: it keeps {self.KEEP_TRACKERS}; or the server restarted): start tracking "
