@@ -132,6 +132,23 @@ def test_segment_on_a_full_disk_writes_nothing(full_disk, tmp_path, run_cli):
     assert snapshot(full_disk) == before
 
 
+@pytest.mark.slow
+def test_refine_on_a_full_disk_writes_nothing(full_disk, tmp_path, run_cli):
+    """The same for refine, whose mask used to stay when its overlay found no space."""
+    image = corpus.png(tmp_path / "in.png", corpus.textured(96, 96))
+    coarse = corpus.png(tmp_path / "coarse.png", (corpus.textured(96, 96) > 150).astype(np.uint8) * 255)
+    before = snapshot(full_disk)
+    outcome = run_cli("--device", "cpu", "refine", image, "--coarse", coarse, "--steps", "2", "-o",
+                      full_disk / "mask.nii.gz")
+    outcome.assert_refused("space", "nothing was written")
+    assert snapshot(full_disk) == before
+
+
+def test_refine_into_a_read_only_folder_is_refused_before_the_model(read_only_dir, tmp_path, run_cli):
+    image = corpus.png(tmp_path / "in.png", corpus.textured(96, 96))
+    run_cli("refine", image, "--coarse", image, "-o", read_only_dir / "sub" / "mask.png").assert_refused("read-only")
+
+
 def test_segment_into_a_read_only_folder_is_refused_before_the_model(read_only_dir, tmp_path, run_cli):
     image = corpus.png(tmp_path / "in.png", corpus.textured(96, 96))
     run_cli("segment", image, "--box", "20,20,76,76", "-o", read_only_dir / "mask.png").assert_refused("read-only")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataFileError, SonoSAMError
-from . import load_model_from_args
+from . import int_at_least, load_model_from_args
 
 
 def register(subparsers):
@@ -22,26 +22,28 @@ def register(subparsers):
     parser.add_argument("image", type=Path)
     parser.add_argument("--coarse", type=Path, required=True, help="probability map, same grid as the image")
     parser.add_argument("--context", type=Path, help="mask of the anatomy around the structure (default: a ring)")
-    parser.add_argument("--frame", "--slice", dest="index", type=int, default=0)
+    parser.add_argument("--frame", "--slice", dest="index", type=int_at_least(0), default=0)
     parser.add_argument("--axis", default="k", choices=["k", "j", "i"])
     parser.add_argument("--model", default="litemedsam_clicks", help="a click-capable model (default litemedsam_clicks)")
     parser.add_argument("--checkpoint")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=100, help="AdamW steps for the negatives (early stop)")
+    parser.add_argument("--steps", type=int_at_least(1), default=100, help="AdamW steps for the negatives (early stop)")
     parser.add_argument("-o", "--output", type=Path, required=True)
     parser.add_argument("--overwrite", action="store_true")
     parser.set_defaults(func=run_refine)
 
 
-def _outputs(output: Path, overwrite: bool) -> Path:
+def _outputs(output: Path, overwrite: bool, inputs) -> Path:
+    """The overlay beside ``output``; both refused before any work where they would replace a file (without
+    --overwrite) or an input (ever), or cannot be written."""
+    from ..io import check_output_path
     from .images import MASK_SUFFIXES
 
     if not output.name.lower().endswith(MASK_SUFFIXES):
         raise DataFileError(f"Output {output} must end with one of {', '.join(MASK_SUFFIXES)}.")
     overlay = output.with_name(output.name.split(".")[0] + "_overlay.png")
     for path in (output, overlay):
-        if path.exists() and not overwrite:
-            raise DataFileError(f"{path} exists; choose another output or pass --overwrite.")
+        check_output_path(path, overwrite, inputs=inputs, parents=True)
     return overlay
 
 
@@ -62,7 +64,7 @@ def _map_like(path: Path, image: np.ndarray, volume, index: int, axis: str, what
 
 def _write(args, overlay, image, volume, geometry, display, mask, points, labels, box=None, name="Segment_1"):
     from ..image import axis_index
-    from ..io import Geometry, save_overlay_png, write_segmentation
+    from ..io import Geometry, output_set, save_overlay_png, write_segmentation
 
     full = mask
     if volume is not None:
@@ -70,17 +72,17 @@ def _write(args, overlay, image, volume, geometry, display, mask, points, labels
         np.moveaxis(full, axis_index(args.axis), 0)[args.index or 0] = mask
     elif not args.output.name.lower().endswith(".png"):
         full = mask[np.newaxis]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    write_segmentation(args.output, full, geometry or Geometry(), [{"name": name, "color": (0.85, 0.3, 0.3)}],
-                       overwrite=args.overwrite)
-    save_overlay_png(overlay, display, [mask], points=points, labels=labels, box=box, overwrite=args.overwrite)
+    with output_set([args.output, overlay], folder=args.output.parent):   # both files or neither
+        write_segmentation(args.output, full, geometry or Geometry(), [{"name": name, "color": (0.85, 0.3, 0.3)}],
+                           overwrite=args.overwrite)
+        save_overlay_png(overlay, display, [mask], points=points, labels=labels, box=box, overwrite=args.overwrite)
 
 
 def run_refine(args):
     from ..refine import refine
     from .images import load_image
 
-    overlay = _outputs(args.output, args.overwrite)
+    overlay = _outputs(args.output, args.overwrite, (args.image, args.coarse, args.context))
     image, volume, geometry, display = load_image(args.image, args.index, args.axis)
     coarse = _map_like(args.coarse, image, volume, args.index, args.axis, "Coarse map").astype(np.float32)
     if coarse.max() > 1:
@@ -126,9 +128,10 @@ def register_train(sub):
     assist.add_argument("--model", default="litemedsam")
     assist.add_argument("--checkpoint")
     assist.add_argument("--kinds", default="box,point", help="prompt kinds to learn: box, point or box,point")
-    assist.add_argument("--steps", type=int, default=30)
+    assist.add_argument("--steps", type=int_at_least(1), default=30)
     assist.add_argument("--seed", type=int, default=0)
     assist.add_argument("-o", "--output", required=True, help="OUT.pth (+ OUT.json), loadable with --model OUT.pth")
+    assist.add_argument("--overwrite", action="store_true", help="replace an existing OUT.pth / OUT.json")
     assist.set_defaults(func=run_train_assist)
 
     ppn = sub.add_parser("ppn", help="Sam2Rad prompt predictor: segment a class with no clicks",
@@ -148,15 +151,16 @@ def register_train(sub):
                      help="class name and label value (AAL names, White_Matter_L/R and Lateral_Ventricle_L/R need no "
                           "value with colin27); repeatable")
     ppn.add_argument("--axis", default="k", choices=["k", "j", "i"])
-    ppn.add_argument("--stride", type=int, default=1, help="use every n-th slice")
+    ppn.add_argument("--stride", type=int_at_least(1), default=1, help="use every n-th slice")
     ppn.add_argument("--model", default="litemedsam")
     ppn.add_argument("--checkpoint")
-    ppn.add_argument("--steps", type=int, default=150)
-    ppn.add_argument("--batch-size", type=int, default=4)
+    ppn.add_argument("--steps", type=int_at_least(1), default=150)
+    ppn.add_argument("--batch-size", type=int_at_least(1), default=4)
     ppn.add_argument("--lr", type=float, default=1e-3)
     ppn.add_argument("--seed", type=int, default=0)
     ppn.add_argument("--cache", help="embedding cache folder (default: OUTPUT_DIR/embeddings)")
     ppn.add_argument("-o", "--output", required=True, help="OUT.ppn.pt")
+    ppn.add_argument("--overwrite", action="store_true", help="replace an existing OUT.ppn.pt")
     ppn.set_defaults(func=run_train_ppn)
 
 
@@ -164,7 +168,9 @@ def run_train_assist(args):
     from ..assist import save_assist, train_assist
     from ..image import take_slice
     from ..io import read_volume
+    from .train import _check_output
 
+    _check_output(args, inputs=(args.volume, args.labels))
     volume = read_volume(args.volume).array
     labels = read_volume(args.labels).array
     if labels.shape != volume.shape:
@@ -257,6 +263,10 @@ def run_train_ppn(args):
     from ..ppn import ppn_validator, save_ppn, train_ppn
     from ..train.cache import EmbeddingStore
 
+    from .train import _check_output
+
+    inputs = [p for source in args.data + args.val_data for p in source.split(",")]
+    _check_output(args, inputs=inputs, metadata=False)   # the best weights so far then replace the run's own file
     classes = _ppn_classes(args)
     train_sources, val_sources, how = _ppn_split(args)
     images, label_maps, val_images, val_maps = [], [], [], []

@@ -132,16 +132,19 @@ def _cache_dir(args) -> str:
     return args.cache or str(Path(args.output).resolve().parent / "embeddings")
 
 
-def _check_output(args, resume: bool = False) -> None:
-    """OUT.pth and OUT.json are never replaced without --overwrite (a resumed run continues its own output);
-    checked before the data are read or a model loaded."""
+def _check_output(args, resume: bool = False, inputs=(), metadata: bool = True) -> None:
+    """OUT.pth and OUT.json (``metadata``) are never replaced without --overwrite, nor an input ever (a resumed
+    run continues its own output, when its OUT.pth.resume is there); checked before the data are read or a model
+    loaded."""
     from ..io import check_output_path
 
     output = Path(args.output)
     if output.suffix.lower() not in (".pth", ".pt"):
-        raise SonoSAMError(f"The checkpoint {output} must end with .pth (its metadata goes to {output.stem}.json).")
-    for path in (output, output.with_suffix(".json")):
-        check_output_path(path, args.overwrite or resume, parents=True)
+        raise SonoSAMError(f"The checkpoint {output} must end with .pth (its metadata goes to {output.stem}.json)."
+                           if metadata else f"The prompt predictor {output} must end with .pt (e.g. OUT.ppn.pt).")
+    resume = resume and output.with_name(output.name + ".resume").exists()
+    for path in (output, output.with_suffix(".json")) if metadata else (output,):
+        check_output_path(path, args.overwrite or resume, inputs=inputs, parents=True)
 
 
 def run_decoder(args):
