@@ -82,6 +82,22 @@ def truncated_npy(path: Path) -> Path:
     return path
 
 
+def truncated_nifti(path: Path, *, cut_stream: bool = False) -> Path:
+    """A NIfTI volume whose voxel data stop at 60 %: .nii cut, .nii.gz holding the cut data (complete stream), or
+    with ``cut_stream`` the compressed stream itself cut (a copy that stopped)."""
+    import gzip
+
+    full = volume(path.with_name("full_" + path.name), textured_volume())
+    data = full.read_bytes()
+    full.unlink()
+    if path.name.endswith(".gz") and not cut_stream:
+        raw = gzip.decompress(data)
+        path.write_bytes(gzip.compress(raw[: int(len(raw) * 0.6)]))
+    else:
+        path.write_bytes(data[: int(len(data) * 0.6)])
+    return path
+
+
 def volume(path: Path, array: np.ndarray) -> Path:
     import SimpleITK as sitk
 

@@ -102,6 +102,12 @@ CASES = [
      lambda t: segment(corpus.nifti(t / "inf.nii.gz", np.where(corpus.textured_volume() > 150, np.inf, 1.0)))),
     ("image-nifti-nan-uncompressed", ["nan or infinite"],
      lambda t: segment(corpus.nifti(t / "nan.nii", np.where(corpus.textured_volume() > 150, np.nan, 1.0)))),
+    ("image-nifti-truncated", ["truncated", "not written completely"],
+     lambda t: segment(corpus.truncated_nifti(t / "cut.nii"))),
+    ("image-nifti-gz-truncated", ["truncated", "not written completely"],
+     lambda t: segment(corpus.truncated_nifti(t / "cut.nii.gz"))),
+    ("image-nifti-gz-stream-cut", ["truncated", "not written completely"],
+     lambda t: segment(corpus.truncated_nifti(t / "cut2.nii.gz", cut_stream=True))),
     # ------------------------------------------------------------------------------------- prompts
     ("box-nan", ["finite"], lambda t: ["segment", good_png(t), "--box", "nan,1,20,20", "-o", t / "o.png"]),
     ("box-inverted", ["x0 < x1"], lambda t: ["segment", good_png(t), "--box", "40,40,10,10", "-o", t / "o.png"]),

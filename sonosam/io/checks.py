@@ -191,7 +191,11 @@ def load_sitk_image(path: Path, budget: MemoryBudget, series_id: str | None = No
         raise DataFileError(f"{path}: cannot decode its pixels ({_first_line(error)}); the file may be truncated "
                             f"or corrupt.") from error
     if path.name.lower().endswith((".nii", ".nii.gz")):
-        bad = _nifti_nonfinite(path)
+        bad, held, declared = _nifti_scan(path)
+        if held < declared:
+            raise DataFileError(f"{path} is truncated: its voxel data end before the {declared} bytes its header "
+                                "declares (SimpleITK would fill the rest with 0); the file was not written completely: "
+                                "export or copy it again.")
         if bad:
             raise InputImageError(f"{path} has {bad} NaN or infinite voxels (SimpleITK would silently read them as "
                                   f"0); replace them (e.g. numpy.nan_to_num) and save it again.")
@@ -201,30 +205,39 @@ def load_sitk_image(path: Path, budget: MemoryBudget, series_id: str | None = No
 _NIFTI_FLOATS = {16: np.float32, 64: np.float64}
 
 
-def _nifti_nonfinite(path: Path) -> int:
-    """NaN/Inf voxels in a float NIfTI file, counted in its raw data: ITK's NIfTI reader turns them into 0."""
+def _nifti_scan(path: Path) -> tuple[int, int, int]:
+    """(NaN/Inf voxels, bytes of voxel data the file holds, bytes its header declares) of a NIfTI-1 file, from its
+    raw data: ITK's NIfTI reader turns NaN/Inf into 0 and reads a truncated file as if the rest were 0. Unknown
+    headers (NIfTI-2) give (0, 0, 0): nothing to add to what SimpleITK read."""
     import gzip
+    import zlib
 
     opener = gzip.open if path.name.lower().endswith(".gz") else open
+    bad = held = declared = 0
     try:
         with opener(path, "rb") as handle:
             header = handle.read(348)
             endian = "<" if int.from_bytes(header[:4], "little") == 348 else ">"
-            if int.from_bytes(header[:4], "little" if endian == "<" else "big") != 348:
-                return 0  # NIfTI-2 or unknown: nothing to add to what SimpleITK read
-            datatype = int(np.frombuffer(header[70:72], endian + "i2")[0])
-            if datatype not in _NIFTI_FLOATS:
-                return 0
+            if len(header) < 348 or int.from_bytes(header[:4], "little" if endian == "<" else "big") != 348:
+                return 0, 0, 0
+            dims = np.frombuffer(header[40:56], endian + "i2").astype(np.int64)
+            datatype, bitpix = (int(v) for v in np.frombuffer(header[70:74], endian + "i2"))
+            declared = int(np.prod(dims[1:1 + max(0, min(int(dims[0]), 7))])) * bitpix // 8
             offset = int(np.frombuffer(header[108:112], endian + "f4")[0])
+            if opener is open and datatype not in _NIFTI_FLOATS:
+                return 0, max(0, path.stat().st_size - offset), declared
             handle.read(max(0, offset - 348))
-            dtype = np.dtype(_NIFTI_FLOATS[datatype]).newbyteorder(endian)
-            bad = 0
-            while chunk := handle.read(dtype.itemsize * (1 << 20)):
-                usable = len(chunk) - len(chunk) % dtype.itemsize
-                bad += int(np.count_nonzero(~np.isfinite(np.frombuffer(chunk[:usable], dtype))))
-            return bad
-    except (OSError, EOFError, ValueError):
-        return 0  # SimpleITK read it; a damaged tail was its business
+            dtype = np.dtype(_NIFTI_FLOATS.get(datatype, np.uint8)).newbyteorder(endian)
+            while held < declared and (chunk := handle.read(min(dtype.itemsize * (1 << 20), declared - held))):
+                held += len(chunk)
+                if datatype in _NIFTI_FLOATS:
+                    usable = len(chunk) - len(chunk) % dtype.itemsize
+                    bad += int(np.count_nonzero(~np.isfinite(np.frombuffer(chunk[:usable], dtype))))
+            return bad, held, declared
+    except (EOFError, zlib.error, gzip.BadGzipFile):   # a compressed stream cut short: what it held is what counts
+        return bad, held, declared
+    except (OSError, ValueError):
+        return 0, 0, 0  # SimpleITK read it
 
 
 def _load_dicom_series(path: Path, budget: MemoryBudget, series_id: str | None = None):
