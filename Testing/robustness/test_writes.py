@@ -209,3 +209,41 @@ def test_errors_come_before_torch_in_a_real_process(tmp_path, argv):
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert sorted(os.listdir(tmp_path)) == ["bomb.dcm", "small.png"]
+
+
+@pytest.mark.slow   # loads the model in a child process
+def test_sigterm_mid_write_leaves_nothing(tmp_path):
+    """`kill` (SIGTERM) while the mask is being written cleans up as Ctrl-C does: no hidden temp file, no output
+    (it left the temp file behind: the cleanup never ran)."""
+    import signal
+
+    volume = corpus.volume(tmp_path / "in.nrrd", corpus.textured_volume())
+    out = tmp_path / "out"
+    out.mkdir()
+    script = textwrap.dedent("""
+        import sys, time
+        import SimpleITK as sitk
+        write = sitk.WriteImage
+        def slow(image, path, *args, **kwargs):   # the temp file is on disk: say so, then take a while
+            write(image, path, *args, **kwargs)
+            print("WRITING", file=sys.stderr, flush=True)
+            time.sleep(60)
+        sitk.WriteImage = slow
+        from sonosam.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    child = subprocess.Popen([sys.executable, "-c", script, "--device", "cpu", "segment", str(volume), "--slice", "5",
+                              "--box", "10,10,40,40", "-o", str(out / "m.nii.gz")], stderr=subprocess.PIPE, text=True,
+                             env=env)
+    try:
+        for line in child.stderr:
+            if line.startswith("WRITING"):
+                break
+        assert os.listdir(out), "the temp file should exist while the write takes its time"
+        child.send_signal(signal.SIGTERM)
+        child.stderr.read()
+        assert child.wait(60) == 130
+    finally:
+        child.kill()
+    assert os.listdir(out) == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import signal
 import sys
 
 from ..errors import PromptError, SonoSAMError
@@ -90,8 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = None
+    if args.command != "serve":   # uvicorn handles the server's signals itself (a graceful shutdown)
+        try:   # `kill` (SIGTERM) cleans up like Ctrl-C: temp files and half-written output sets are removed
+            previous = signal.signal(signal.SIGTERM, _interrupt)
+        except ValueError:   # not the main thread: the caller handles its signals
+            pass
     try:
         return args.func(args) or 0
     except SonoSAMError as error:
@@ -104,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sonosam {args.command}: error: out of memory; use a smaller input (crop, fewer frames) or a "
               f"machine with more memory.", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def load_model_from_args(args, name: str | None = None, checkpoint=None):
