@@ -194,3 +194,32 @@ def test_colin27_slices_are_real_labelled_mri(monkeypatch):
         assert s.image.shape == (217, 181) and s.mask.shape == (217, 181)
         assert s.area >= 300 and s.label == 7
         assert s.image[s.mask].mean() > 30  # grey matter is not background
+
+
+def test_a_label_map_stored_flipped_is_read_where_it_lies(tmp_path):
+    """The same label voxels in space, one file stored with its i axis flipped (its origin and direction say so, as
+    fslswapdim and other tools write): both give the same samples; the flipped one was used voxel by voxel (a
+    mirrored reference, silently)."""
+    from sonosam.io import Geometry, Volume, labels_on_grid
+
+    rng = np.random.default_rng(0)
+    volume = rng.integers(0, 200, (6, 40, 48)).astype(np.int16)
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[:, 10:30, 4:20] = 1                                   # on the low-i side only
+    geometry = Geometry((0.8, 0.9, 2.0), (10.0, -20.0, 5.0), np.eye(3))
+    for array, name, g in ((volume, "v.nrrd", geometry), (labels, "aligned.nrrd", geometry),
+                           (labels[:, :, ::-1], "flipped.nrrd",
+                            Geometry(geometry.spacing, (10.0 + 0.8 * 47, -20.0, 5.0), np.diag([-1.0, 1.0, 1.0])))):
+        image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+        g.apply_to(image)
+        sitk.WriteImage(image, str(tmp_path / name))
+    aligned = load_pair(tmp_path / "v.nrrd", tmp_path / "aligned.nrrd", min_area=10)
+    flipped = load_pair(tmp_path / "v.nrrd", tmp_path / "flipped.nrrd", min_area=10)
+    assert len(aligned) == len(flipped) == 6
+    for a, b in zip(aligned, flipped):
+        np.testing.assert_array_equal(a.mask, b.mask)
+    stored = Volume(labels[:, :, ::-1].copy(), Geometry(geometry.spacing, (10.0 + 0.8 * 47, -20.0, 5.0),
+                                                        np.diag([-1.0, 1.0, 1.0])))
+    np.testing.assert_array_equal(labels_on_grid(stored, volume.shape, geometry), labels)   # train assist/ppn/adapters
+    same = Volume(labels, geometry)
+    assert labels_on_grid(same, volume.shape, geometry) is labels                          # nothing to do

@@ -48,7 +48,7 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from ..io import read_volume
+    from ..io import labels_on_grid, read_volume
 
     from ..io import check_input_file, check_output_path
 
@@ -62,12 +62,9 @@ def run(args) -> int:
         raise InputImageError("--slab-depth and --steps must be at least 1.")
     volumes, labels = [], []
     for image_path, label_path in zip(args.images, args.labels):
-        volume, label = read_volume(image_path), read_volume(label_path)
-        if volume.shape != label.shape:
-            raise InputImageError(f"{image_path} has shape {volume.shape} but {label_path} has {label.shape}; "
-                                  "resample the label map onto the volume's grid first.")
+        volume = read_volume(image_path)
         volumes.append(volume.array)
-        labels.append(label.array)
+        labels.append(labels_on_grid(read_volume(label_path), volume.shape, volume.geometry))
 
     from ..models import load_model
     from .modules import add_medsa_adapters, load_adapters, save_adapters, trainable_share

@@ -167,14 +167,13 @@ def register_train(sub):
 def run_train_assist(args):
     from ..assist import save_assist, train_assist
     from ..image import take_slice
-    from ..io import read_volume
+    from ..io import labels_on_grid, read_volume
     from .train import _check_output
 
     _check_output(args, inputs=(args.volume, args.labels))
-    volume = read_volume(args.volume).array
-    labels = read_volume(args.labels).array
-    if labels.shape != volume.shape:
-        raise DataFileError(f"Label map {args.labels} is {labels.shape}, the volume {volume.shape}: same grid needed.")
+    volume = read_volume(args.volume)
+    labels = labels_on_grid(read_volume(args.labels), volume.shape, volume.geometry)
+    volume = volume.array
     slices = _parse_slices(args.slices)
     if not 1 <= len(slices) <= 8:
         raise SonoSAMError(f"Give 2-5 annotated slices (got {len(slices)}).")
@@ -215,7 +214,7 @@ def _ppn_volume(source: str, args, part: str = "train"):
     """(images, label maps) of one --data/--val-data source: every --stride-th slice along --axis; 'colin27': its
     ``part`` slabs (sonosam.seeds_data.ppn_split)."""
     from ..image import axis_index, take_slice
-    from ..io import read_volume
+    from ..io import labels_on_grid, read_volume
 
     if source == "colin27":
         from ..seeds_data import ppn_labels, ppn_split
@@ -226,9 +225,8 @@ def _ppn_volume(source: str, args, part: str = "train"):
     if "," not in source:
         raise SonoSAMError(f"--data {source!r} must be VOLUME,LABELS or colin27.")
     image_path, label_path = source.split(",", 1)
-    volume, labels = read_volume(image_path).array, read_volume(label_path).array
-    if volume.shape != labels.shape:
-        raise DataFileError(f"{label_path} is {labels.shape}, {image_path} {volume.shape}: same grid needed.")
+    volume = read_volume(image_path)
+    volume, labels = volume.array, labels_on_grid(read_volume(label_path), volume.shape, volume.geometry)
     picks = range(0, volume.shape[axis_index(args.axis)], args.stride)
     return [take_slice(volume, args.axis, i) for i in picks], [take_slice(labels, args.axis, i) for i in picks]
 

@@ -3,8 +3,8 @@
 Sources:
 
 * a 2D image (PNG, JPEG, 2D NRRD/NIfTI/MHA, single-frame DICOM) with a 2D label map;
-* a 3D volume (NRRD, NIfTI, MHA, DICOM series folder) with a label map on the same grid (resampled with
-  nearest neighbour when only the physical geometry matches), sliced along a numpy ``axis`` (0 = the
+* a 3D volume (NRRD, NIfTI, MHA, DICOM series folder) with a label map in the same space (resampled onto the
+  volume's grid with nearest neighbour where the two grids differ, in size or in placement), sliced along a numpy ``axis`` (0 = the
   slowest axis ``k``: axial slices of an axially acquired volume) keeping structures of at least
   ``min_area`` pixels in the slice;
 * a cine loop (multi-frame DICOM, or a 2D+t NRRD/NIfTI; RGB frames accepted) with per-frame masks (a
@@ -189,16 +189,15 @@ def samples_from_arrays(image: np.ndarray, labelmap: np.ndarray, *, labels: Sequ
 
 
 def _align_label(label_array, label_image, image):
-    """Resample the label map onto the image grid when the sizes differ but both carry geometry."""
-    import SimpleITK as sitk
+    """The label map on the image grid where both carry geometry (resampled where the grids differ, in size or
+    in space)."""
+    from ..io import Geometry, Volume, labels_on_grid
 
-    if image is None or label_image is None or image.GetDimension() != 3 or label_image.GetDimension() != 3:
+    if image is None or label_image is None or image.GetDimension() != 3 or label_image.GetDimension() != 3 \
+            or label_array.ndim != 3:
         return label_array  # 2D pictures carry no real geometry: a size mismatch is an error, not a resample
-    if tuple(image.GetSize()) == tuple(label_image.GetSize()):
-        return label_array
-    resampled = sitk.Resample(label_image, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
-                              label_image.GetPixelID())
-    return sitk.GetArrayFromImage(resampled)
+    return labels_on_grid(Volume(label_array, Geometry.from_image(label_image)), tuple(reversed(image.GetSize())),
+                          Geometry.from_image(image))
 
 
 def load_pair(image_path, label_path, *, labels: Sequence[int] | None = None, axis: int = 0,
@@ -210,8 +209,7 @@ def load_pair(image_path, label_path, *, labels: Sequence[int] | None = None, ax
     if label_vector:
         raise DataFileError(f"{label_path}: a colour image cannot be a label map; save integer labels "
                             "(0 = background, one value per structure).")
-    if labelmap.shape != _spatial_shape(image, vector):
-        labelmap = _align_label(labelmap, label_sitk, image_sitk)
+    labelmap = _align_label(labelmap, label_sitk, image_sitk)
     if labelmap.shape != _spatial_shape(image, vector):
         raise DataFileError(f"{image_path} {_spatial_shape(image, vector)} and {label_path} {labelmap.shape} "
                             "have different sizes and no common geometry to resample on.")

@@ -51,6 +51,22 @@ def _image_to_volume(image, path: PathLike) -> Volume:
     return Volume(array, geometry)
 
 
+def labels_on_grid(labels: Volume, shape, geometry: Geometry) -> np.ndarray:
+    """A label map's voxels on another grid (``shape`` [k, j, i], ``geometry``): as they are where both grids agree,
+    else resampled (nearest) where they lie in space: a label map stored flipped, cropped or on another spacing is
+    never used voxel by voxel."""
+    tolerance = 1e-3 * min(geometry.spacing)
+    if tuple(labels.shape) == tuple(shape) and labels.geometry.allclose(geometry, atol=tolerance):
+        return labels.array
+    sitk = _sitk()
+    moving = sitk.GetImageFromArray(np.ascontiguousarray(labels.array))
+    labels.geometry.apply_to(moving)
+    reference = sitk.Image([int(n) for n in reversed(tuple(shape))], moving.GetPixelID())
+    geometry.apply_to(reference)
+    resampled = sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, moving.GetPixelID())
+    return sitk.GetArrayFromImage(resampled)
+
+
 def read_volume(path: PathLike, series_id: str | None = None) -> Volume:
     """Read a NRRD/NIfTI/MHA (or any SimpleITK format) file, or a folder holding a DICOM series, through the
     input gate's checks (sonosam.io.gate: size budget before decoding, finite values after).
