@@ -51,6 +51,20 @@ def test_volume_round_trip_keeps_geometry_and_voxels(tmp_path, suffix):
     assert listing(tmp_path) == [f"vol{suffix}"]  # no temp file left beside it
 
 
+def test_sheared_axes_are_never_written_where_the_format_cannot_hold_them(tmp_path):
+    """NIfTI holds no sheared (non-orthogonal) axes: ITK's writer made them a rotation, moving voxels by
+    millimetres, silently. Refused, nothing written; NRRD keeps them exactly."""
+    shear = np.array([[1.0, 0.3, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    sheared = io.Volume(np.zeros((4, 30, 30), np.uint8), io.Geometry((1.0, 1.0, 2.0), (5.0, 6.0, 7.0),
+                                                                     shear / np.linalg.norm(shear, axis=0)))
+    for suffix in (".nii.gz", ".nii"):
+        with pytest.raises(DataFileError, match="NIfTI cannot hold this volume's sheared"):
+            io.write_volume(sheared, tmp_path / f"s{suffix}")
+    assert listing(tmp_path) == []
+    back = io.read_volume(io.write_volume(sheared, tmp_path / "s.nrrd"))
+    np.testing.assert_allclose(back.geometry.ijk_to_lps(), sheared.geometry.ijk_to_lps(), atol=1e-6)
+
+
 def test_ijk_to_ras_matches_simpleitk_and_round_trips():
     image = sitk.Image(11, 9, 6, sitk.sitkUInt8)
     GEOMETRY.apply_to(image)

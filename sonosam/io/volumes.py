@@ -90,15 +90,26 @@ def write_volume(volume: Volume, path: PathLike, *, overwrite: bool = False) -> 
         array = array.astype(np.float32)
     elif array.dtype.kind not in "uif":
         raise InputImageError(f"Cannot write a volume of dtype {array.dtype}; use an integer or float array.")
+    direction = volume.geometry.direction
+    if str(path).lower().endswith((".nii", ".nii.gz")) and not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        raise DataFileError(f"{Path(path).name}: NIfTI cannot hold this volume's sheared (non-orthogonal) axes; nothing "
+                            "was written: write .nrrd (or .seg.nrrd) instead.")
     image = sitk.GetImageFromArray(array)
     volume.geometry.apply_to(image)
     with atomic_output(path, overwrite) as tmp:
         sitk.WriteImage(image, str(tmp), True)
-        _verify_written(sitk, tmp, image.GetSize(), array.nbytes)
+        back = Geometry.from_image(_verify_written(sitk, tmp, image.GetSize(), array.nbytes))
+        corners = np.array([[i, j, k, 1.0] for i in (0, array.shape[2] - 1) for j in (0, array.shape[1] - 1)
+                            for k in (0, array.shape[0] - 1)])
+        moved = float(np.abs(corners @ (back.ijk_to_lps() - volume.geometry.ijk_to_lps()).T).max())
+        if moved > 1e-3 * min(volume.geometry.spacing):   # e.g. NIfTI holds no sheared (non-orthogonal) axes
+            raise DataFileError(f"{Path(path).name}: this format cannot hold the volume's placement in space (read "
+                                f"back, its voxels lie up to {moved:.2f} mm away; sheared axes?): nothing was written; "
+                                "write .nrrd (or .seg.nrrd) instead.")
     return Path(path)
 
 
-def _verify_written(sitk, path: Path, size, nbytes: int) -> None:
+def _verify_written(sitk, path: Path, size, nbytes: int):
     """Read the file back: ITK's NIfTI writer reports a full disk only on stderr and leaves a short file,
     which must never be published (an uncompressed .nii even reads back, zero-filled: hence its size)."""
     name = path.name.lower()
@@ -123,3 +134,4 @@ def _verify_written(sitk, path: Path, size, nbytes: int) -> None:
         raise OSError(f"the written file does not read back ({str(error).strip().splitlines()[-1]})") from None
     if tuple(back.GetSize()) != tuple(size):
         raise OSError(f"the written file reads back as {back.GetSize()}, not {tuple(size)}")
+    return back
