@@ -97,6 +97,11 @@ def test_dicom_series_folder_reads_with_geometry(tmp_path):
     volume = io.read_volume(tmp_path)
     np.testing.assert_array_equal(volume.array, array)
     assert volume.geometry.allclose(geometry, atol=1e-4), volume.geometry
+    # a file missing from the middle: ITK would read the rest at one spacing, every slice after the gap misplaced
+    (tmp_path / "slice002.dcm").unlink()
+    with pytest.raises(DataFileError, match="not evenly spaced: slices 1 and 2 are 3.00 mm apart where the others "
+                                            "are 1.50 mm"):
+        io.read_volume(tmp_path)
 
 
 def colin27_path() -> Path:

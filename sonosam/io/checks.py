@@ -253,12 +253,40 @@ def _load_dicom_series(path: Path, budget: MemoryBudget, series_id: str | None =
     chosen = series_id or max(ids, key=lambda sid: len(files[sid]))
     first = Path(files[chosen][0])
     _check_dicom_header(first, _dicom_header(first), budget, files=len(files[chosen]))
+    _check_slice_steps(path, files[chosen])
     reader.SetFileNames(files[chosen])
     try:
         return reader.Execute()
     except RuntimeError as error:
         raise DataFileError(f"Cannot read the DICOM series in {path}: {_first_line(error)}") from error
 
+
+
+def _check_slice_steps(folder: Path, files) -> None:
+    """Refuse a series whose slices are not evenly spaced (a missing file, a second stack): ITK reads it with one
+    spacing, so every slice after a gap would lie in the wrong place."""
+    positions = []
+    for name in files:
+        ds = _dicom_header(Path(name))
+        try:
+            row_col = np.asarray(ds.ImageOrientationPatient, float).reshape(2, 3)
+            positions.append(float(np.asarray(ds.ImagePositionPatient, float) @ np.cross(row_col[0], row_col[1])))
+        except (AttributeError, TypeError, ValueError):
+            return   # no position to check (a secondary capture, a single multi-frame file): ITK's reading stands
+    steps = np.abs(np.diff(positions))
+    if len(steps) < 2:
+        return
+    fix = "SonoSAM would place its slices wrongly. Export the complete series (or resample it to even spacing)."
+    if steps.min() < 1e-3:
+        at = int(np.argmin(steps))
+        raise DataFileError(f"The DICOM series in {folder} has two files at one position (slices {at} and {at + 1}: two "
+                            f"stacks in one series?); {fix}")
+    typical = float(steps.min())
+    uneven = np.flatnonzero(steps > 1.01 * typical + 0.01)
+    if len(uneven):
+        at = int(uneven[0])
+        raise DataFileError(f"The DICOM series in {folder} is not evenly spaced: slices {at} and {at + 1} are "
+                            f"{steps[at]:.2f} mm apart where the others are {typical:.2f} mm (a missing file?); {fix}")
 
 
 def _not_3d_message(shape, components: int = 1, hint: str = "") -> str:
