@@ -234,6 +234,15 @@ def test_download_offline_is_a_clear_error(tmp_path):
     assert list(target.parent.iterdir()) == []
 
 
+def test_download_into_a_folder_it_cannot_make_is_one_line(tmp_path):
+    """SONOSAM_HOME on a read-only path or under a file: a one-line error, not mkdir's traceback."""
+    from sonosam.errors import DataFileError
+
+    (tmp_path / "home").write_text("a file, not a folder")
+    with pytest.raises(DataFileError, match="nothing was written"):
+        weights.download("http://127.0.0.1:9/x.pth", tmp_path / "home" / "weights" / "x.pth", None, progress=False)
+
+
 @pytest.mark.slow  # SAM ViT-B at 1024 px against segment_anything
 def test_sam_vit_b_matches_segment_anything_predictor(tmp_path, monkeypatch, echo_frames):
     """Our sam_vit_b path against the official SamPredictor, same real-architecture checkpoint."""

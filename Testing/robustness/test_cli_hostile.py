@@ -235,6 +235,10 @@ CASES = [
     ("refine-steps-negative", ["--steps", "at least 1"],
      lambda t: ["refine", good_png(t), "--coarse", corpus.png(t / "c.png", _disc_label() * 255), "--steps", "-3",
                 "-o", t / "m.png"]),
+    ("serve-port-beyond-65535", ["--port", "at most 65535"], lambda t: ["serve", "--port", "99999"]),
+    ("serve-jobs-zero", ["--jobs", "at least 1"], lambda t: ["serve", "--jobs", "0"]),
+    ("serve-max-request-nan", ["--max-request-mib", "finite"], lambda t: ["serve", "--max-request-mib", "nan"]),
+    ("serve-cache-negative", ["--cache-mib", "at least 0"], lambda t: ["serve", "--cache-mib", "-5"]),
     # ------------------------------------------------------------------------------------ tracking
     ("track-single-png", ["not a loop"], lambda t: track(good_png(t))),
     ("track-npy-pickled", ["could run code"], lambda t: track(corpus.npy(t / "o.npy", np.array([None, 1], dtype=object)))),

@@ -23,8 +23,8 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def int_at_least(minimum: int):
-    """argparse type: an integer >= minimum."""
+def int_at_least(minimum: int, maximum: int | None = None):
+    """argparse type: an integer >= minimum (and <= maximum, when given)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -32,6 +32,8 @@ def int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}; got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}; got {value}")
         return value
     parse.__name__ = f"integer >= {minimum}"
     return parse

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import float_in, int_at_least
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -10,19 +12,19 @@ def register(subparsers) -> None:
                     "{url, token, ...} on stdout when ready. Loopback with a random token by default; any other "
                     "address needs --token-file (and preferably --tls-cert/--tls-key).")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=int, default=0, help="port (default 0: a free one, shown in the ready line)")
+    parser.add_argument("--port", type=int_at_least(0, 65535), default=0, help="port (default 0: a free one, shown in the ready line)")
     parser.add_argument("--token", help="the clients' token (prefer --token-file: the command line is visible to others)")
     parser.add_argument("--token-file", help="file holding the token (at least 16 characters)")
     parser.add_argument("--model", default="litemedsam", help="model name (see `sonosam models`) or a checkpoint path")
     parser.add_argument("--checkpoint", help="weights file for --model (default: bundled or cached)")
     parser.add_argument("--cache-dir", help="the only folder the server writes to (default: $SONOSAM_HOME or "
                                             "~/.cache/sonosam): weights, ONNX graphs, spilled embeddings")
-    parser.add_argument("--cache-mib", type=float, default=2048, help="embedding cache budget shared by all clients (MiB)")
+    parser.add_argument("--cache-mib", type=float_in(0), default=2048, help="embedding cache budget shared by all clients (MiB)")
     parser.add_argument("--spill", action="store_true", help="embeddings evicted from memory go to disk (cache folder)")
-    parser.add_argument("--store-mib", type=float, default=2048, help="budget for uploaded images/volumes (MiB)")
-    parser.add_argument("--max-request-mib", type=float, default=1024, help="largest request body accepted (MiB)")
-    parser.add_argument("--jobs", type=int, default=2, help="long jobs (propagate, track, evaluate) run at once")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--store-mib", type=float_in(0, low_open=True), default=2048, help="budget for uploaded images/volumes (MiB)")
+    parser.add_argument("--max-request-mib", type=float_in(0, low_open=True), default=1024, help="largest request body accepted (MiB)")
+    parser.add_argument("--jobs", type=int_at_least(1), default=2, help="long jobs (propagate, track, evaluate) run at once")
+    parser.add_argument("--threads", type=int_at_least(1), help="torch CPU threads (default: torch's)")
     parser.add_argument("--tls-cert", help="PEM certificate: serve HTTPS")
     parser.add_argument("--tls-key", help="PEM private key for --tls-cert")
     parser.add_argument("--exit-on-stdin-eof", action="store_true",

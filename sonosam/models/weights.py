@@ -46,8 +46,13 @@ def verify(path: str | Path, expected: str | None) -> None:
 
 def download(url: str, destination: Path, expected: str | None, progress: bool = True) -> Path:
     """Download to a temporary file beside `destination`, verify, then move into place atomically."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=destination.name, suffix=".part", dir=destination.parent)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(prefix=destination.name, suffix=".part", dir=destination.parent)
+    except OSError as error:   # e.g. SONOSAM_HOME on a read-only path
+        from ..io.atomic import write_error
+
+        raise write_error(destination, error) from None
     temp = Path(temp_name)
     try:
         with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
