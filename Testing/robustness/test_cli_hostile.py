@@ -199,6 +199,12 @@ CASES = [
     ("track-output-holds-results", ["already holds", "--overwrite"],
      lambda t: (t / "tracked").mkdir() or _existing(t / "tracked" / "summary.json") and track(good_loop(t))),
     ("track-output-is-file", ["is a file"], lambda t: _existing(t / "tracked") and track(good_loop(t))),
+    ("track-output-would-replace-input", ["is the input"],
+     lambda t: (t / "tracked").mkdir() or ["track", _existing(t / "tracked" / "overlay.gif"), "--object", "LV", "--box",
+                                           "1,1,20,20", "-o", t / "tracked", "--overwrite"]),
+    ("evaluate-output-would-replace-input", ["is the input"],
+     lambda t: (t / "rep").mkdir() or ["evaluate", "--data", f"{good_png(t)},{_existing(t / 'rep' / 'summary.csv')}",
+                                       "-o", t / "rep", "--overwrite"]),
     ("evaluate-output-holds-report", ["already holds"],
      lambda t: (t / "rep").mkdir() or _existing(t / "rep" / "summary.md") and
      ["evaluate", "--data", _pair(t, corpus.textured(), _disc_label()), "-o", t / "rep"]),

@@ -107,7 +107,8 @@ def run(args) -> int:
 
     # Everything that can be wrong with the command is checked before torch is imported or a model loaded.
     out = Path(args.out)
-    check_output_folder(out, REPORT_FILES, args.overwrite, "a report")
+    check_output_folder(out, REPORT_FILES, args.overwrite, "a report",
+                        inputs=[part for item in args.data for part in item.split(",")])
     for text in args.model or []:
         _, checkpoint = _parse_model(text)
         if checkpoint is not None:

@@ -112,7 +112,7 @@ def run(args):
     if out.exists() and Path(args.cine).exists() and out.resolve() == Path(args.cine).resolve():
         raise DataFileError(f"The output folder {out} is the input; give another folder.")
     # before minutes of tracking, not after
-    check_output_folder(out, TRACKING_OUTPUTS, args.overwrite, "tracking results")
+    check_output_folder(out, TRACKING_OUTPUTS, args.overwrite, "tracking results", inputs=(args.cine,))
     frames, spacing, frame_time, notes = _load_frames(Path(args.cine))
     if args.frames:
         frames = frames[: args.frames]

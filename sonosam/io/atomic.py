@@ -97,12 +97,17 @@ def check_output_path(path: PathLike, overwrite: bool, inputs=(), *, parents: bo
     return path
 
 
-def check_output_folder(folder: PathLike, names, overwrite: bool, what: str = "earlier results") -> Path:
-    """The same checks for a folder of outputs (`names` inside it): it is not a file, its existing outputs
-    are not replaced without `overwrite`, and it (or the folder it will be created in) is writable."""
+def check_output_folder(folder: PathLike, names, overwrite: bool, what: str = "earlier results", inputs=()) -> Path:
+    """The same checks for a folder of outputs (`names` inside it): it is not a file, none of its outputs is an
+    input, its existing outputs are not replaced without `overwrite`, and it (or the folder it will be created in)
+    is writable."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise DataFileError(f"The output folder {folder} is a file; give a folder name.")
+    for source in (Path(s) for s in inputs if s is not None):
+        for name in names:
+            if source.exists() and (folder / name).exists() and os.path.samefile(source, folder / name):
+                raise DataFileError(f"The output {folder / name} is the input {source}; give another output folder.")
     existing = [name for name in names if (folder / name).exists()]
     if existing and not overwrite:
         raise DataFileError(f"{folder} already holds {what} ({', '.join(existing)}); choose another folder or pass "
