@@ -187,6 +187,9 @@ CASES = [
      lambda t: _existing(t / "out.seg.nrrd") and segment(good_png(t))),
     ("output-overlay-exists", ["already exists", "--overwrite"],
      lambda t: _existing(t / "out_overlay.png") and segment(good_png(t))),
+    ("output-overlay-of-another-version-exists", ["already exists"],   # out.v1's overlay is not out.v2's
+     lambda t: _existing(t / "out.v2_overlay.png") and ["segment", good_png(t), "--box", "10,10,40,40", "-o",
+                                                       t / "out.v2.nii.gz"]),
     ("output-is-input", ["is the input"], lambda t: ["segment", good_png(t), "--box", "10,10,40,40", "-o", t / "good.png"]),
     ("output-is-folder", ["is a folder"],
      lambda t: (t / "o.png").mkdir() or ["segment", good_png(t), "--box", "10,10,40,40", "-o", t / "o.png"]),

@@ -10,6 +10,20 @@ from ..image import take_slice
 MASK_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".png")
 
 
+def mask_outputs(output: Path, overwrite: bool, inputs) -> Path:
+    """The overlay beside a mask ``output`` (scan.v1.nii.gz -> scan.v1_overlay.png); both refused before any work
+    where they would replace a file (without --overwrite) or an input (ever), or cannot be written."""
+    from ..io import check_output_path
+
+    suffix = next((s for s in MASK_SUFFIXES if output.name.lower().endswith(s)), None)
+    if suffix is None:
+        raise DataFileError(f"Output {output} must end with one of {', '.join(MASK_SUFFIXES)}.")
+    overlay = output.with_name(output.name[: -len(suffix)] + "_overlay.png")
+    for path in (output, overlay):
+        check_output_path(path, overwrite, inputs=inputs, parents=True)
+    return overlay
+
+
 def load_image(path: Path, index: int | None, axis: str):
     """-> (2D image to segment, source volume array or None, geometry for the mask file, display image),
     through the input gate (sonosam.io.read_image)."""

@@ -33,20 +33,6 @@ def register(subparsers):
     parser.set_defaults(func=run_refine)
 
 
-def _outputs(output: Path, overwrite: bool, inputs) -> Path:
-    """The overlay beside ``output``; both refused before any work where they would replace a file (without
-    --overwrite) or an input (ever), or cannot be written."""
-    from ..io import check_output_path
-    from .images import MASK_SUFFIXES
-
-    if not output.name.lower().endswith(MASK_SUFFIXES):
-        raise DataFileError(f"Output {output} must end with one of {', '.join(MASK_SUFFIXES)}.")
-    overlay = output.with_name(output.name.split(".")[0] + "_overlay.png")
-    for path in (output, overlay):
-        check_output_path(path, overwrite, inputs=inputs, parents=True)
-    return overlay
-
-
 def _map_like(path: Path, image: np.ndarray, volume, index: int, axis: str, what: str) -> np.ndarray:
     """A 2D map for the image: the file itself (2D) or its slice (a volume on the image's grid)."""
     from ..evaluate.datasets import read_array
@@ -82,7 +68,9 @@ def run_refine(args):
     from ..refine import refine
     from .images import load_image
 
-    overlay = _outputs(args.output, args.overwrite, (args.image, args.coarse, args.context))
+    from .images import mask_outputs
+
+    overlay = mask_outputs(args.output, args.overwrite, (args.image, args.coarse, args.context))
     image, volume, geometry, display = load_image(args.image, args.index, args.axis)
     coarse = _map_like(args.coarse, image, volume, args.index, args.axis, "Coarse map").astype(np.float32)
     if coarse.max() > 1:

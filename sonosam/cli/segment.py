@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataFileError, InputImageError, PromptError
+from ..errors import InputImageError, PromptError
 from ..image import axis_index
 from ..prompts import Prompts
 from . import (add_prompt_arguments, check_prompts_inside, int_at_least, load_model_from_args, seed_choice,
                split_points)
-from .images import MASK_SUFFIXES, load_image
+from .images import MASK_SUFFIXES, load_image, mask_outputs
 
 
 
@@ -44,15 +44,11 @@ def register(subparsers):
 
 def run(args):
     from ..image import to_uint8_rgb
-    from ..io import Geometry, check_output_path, output_set, save_overlay_png, write_segmentation
+    from ..io import Geometry, output_set, save_overlay_png, write_segmentation
 
     # Everything that can be wrong with the command is checked before torch is imported or a model loaded.
     output = args.output
-    if not output.name.lower().endswith(MASK_SUFFIXES):
-        raise DataFileError(f"Output {output} must end with one of {', '.join(MASK_SUFFIXES)}.")
-    overlay = output.with_name(output.name.split(".")[0] + "_overlay.png")
-    for path in (output, overlay):
-        check_output_path(path, args.overwrite, inputs=(args.image,), parents=True)
+    overlay = mask_outputs(output, args.overwrite, (args.image,))
     points, labels = split_points(args.point)
     if args.auto and not args.ppn:
         raise PromptError("--auto needs --ppn FILE (a prompt predictor from `sonosam train ppn`).")
