@@ -187,6 +187,10 @@ CASES = [
      lambda t: _existing(t / "out.seg.nrrd") and segment(good_png(t))),
     ("output-overlay-exists", ["already exists", "--overwrite"],
      lambda t: _existing(t / "out_overlay.png") and segment(good_png(t))),
+    ("output-png-for-a-volume", [".png", "volume", ".nii.gz"],
+     lambda t: ["segment", good_volume(t), "--slice", "5", "--box", "10,10,40,40", "-o", t / "m.png"]),
+    ("auto-ppn-missing", ["prompt predictor", "does not exist"],
+     lambda t: ["segment", good_png(t), "--auto", "LV", "--ppn", t / "nope.ppn.pt", "-o", t / "m.png"]),
     ("output-overlay-of-another-version-exists", ["already exists"],   # out.v1's overlay is not out.v2's
      lambda t: _existing(t / "out.v2_overlay.png") and ["segment", good_png(t), "--box", "10,10,40,40", "-o",
                                                        t / "out.v2.nii.gz"]),

@@ -191,16 +191,18 @@ FAST_ERRORS = [
     ["segment", "bomb.dcm", "--box", "1,1,9,9", "-o", "o.png"],
     ["segment", "small.png", "--box", "100,1,190,9", "-o", "o.png"],
     ["--device", "bogus", "segment", "small.png", "--box", "1,1,9,9", "-o", "o.png"],
+    ["segment", "vol.nrrd", "--slice", "3", "--box", "1,1,9,9", "-o", "o.png"],
 ]
 
 
 @pytest.mark.parametrize("argv", FAST_ERRORS, ids=["frames-0", "min-score-nan", "missing", "dicom-bomb",
-                                                   "box-outside", "device-bogus"])
+                                                   "box-outside", "device-bogus", "png-for-a-volume"])
 def test_errors_come_before_torch_in_a_real_process(tmp_path, argv):
     """Fail fast: a real `sonosam` process refuses these without importing torch (so in well under a second
     on an idle machine), with exit status 2, one line and no traceback."""
     corpus.png(tmp_path / "small.png", corpus.textured(64, 64))
     corpus.dicom(tmp_path / "bomb.dcm", rows=65535, columns=65535, n_frames=1000)
+    corpus.volume(tmp_path / "vol.nrrd", corpus.textured_volume())
     script = ("import sys\nfrom sonosam.cli import main\ncode = main(sys.argv[1:])\n"
               "assert 'torch' not in sys.modules, 'torch was imported'\nsys.exit(code)")
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -208,7 +210,7 @@ def test_errors_come_before_torch_in_a_real_process(tmp_path, argv):
                           cwd=tmp_path, env=env)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert sorted(os.listdir(tmp_path)) == ["bomb.dcm", "small.png"]
+    assert sorted(os.listdir(tmp_path)) == ["bomb.dcm", "small.png", "vol.nrrd"]
 
 
 @pytest.mark.slow   # loads the model in a child process

@@ -24,6 +24,13 @@ def mask_outputs(output: Path, overwrite: bool, inputs) -> Path:
     return overlay
 
 
+def check_mask_format(output: Path, volume, image: Path) -> None:
+    """A slice of a volume is written on the volume's grid, which a .png cannot hold: said before the model loads."""
+    if volume is not None and output.name.lower().endswith(".png"):
+        raise DataFileError(f"{image} is a volume: its slice's mask is written on the volume's grid, which a .png "
+                            "cannot hold. Write .nii.gz or .seg.nrrd instead.")
+
+
 def load_image(path: Path, index: int | None, axis: str):
     """-> (2D image to segment, source volume array or None, geometry for the mask file, display image),
     through the input gate (sonosam.io.read_image)."""

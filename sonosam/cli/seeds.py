@@ -66,12 +66,11 @@ def _write(args, overlay, image, volume, geometry, display, mask, points, labels
 
 def run_refine(args):
     from ..refine import refine
-    from .images import load_image
-
-    from .images import mask_outputs
+    from .images import check_mask_format, load_image, mask_outputs
 
     overlay = mask_outputs(args.output, args.overwrite, (args.image, args.coarse, args.context))
     image, volume, geometry, display = load_image(args.image, args.index, args.axis)
+    check_mask_format(args.output, volume, args.image)
     coarse = _map_like(args.coarse, image, volume, args.index, args.axis, "Coarse map").astype(np.float32)
     if coarse.max() > 1:
         if coarse.max() > 255:

@@ -12,7 +12,7 @@ from ..image import axis_index
 from ..prompts import Prompts
 from . import (add_prompt_arguments, check_prompts_inside, int_at_least, load_model_from_args, seed_choice,
                split_points)
-from .images import MASK_SUFFIXES, load_image, mask_outputs
+from .images import MASK_SUFFIXES, check_mask_format, load_image, mask_outputs
 
 
 
@@ -44,7 +44,7 @@ def register(subparsers):
 
 def run(args):
     from ..image import to_uint8_rgb
-    from ..io import Geometry, output_set, save_overlay_png, write_segmentation
+    from ..io import Geometry, check_input_file, output_set, save_overlay_png, write_segmentation
 
     # Everything that can be wrong with the command is checked before torch is imported or a model loaded.
     output = args.output
@@ -57,7 +57,10 @@ def run(args):
     if args.seed_choice is not None and (args.no_seed_check or args.auto):
         raise PromptError("--seed-choice picks among the masks the seed check offers for your prompt: leave out "
                           "--no-seed-check and --auto.")
+    if args.auto:
+        check_input_file(args.ppn, what="prompt predictor")
     image, volume, geometry, display = load_image(args.image, args.index, args.axis)
+    check_mask_format(output, volume, args.image)
     try:  # the model's own input rules (size, finite, not constant), checked before it loads
         to_uint8_rgb(image)
     except InputImageError as error:
