@@ -320,10 +320,14 @@ or connects to a GPU host.</html>"""
             self.connectionLabel.text = connection.status
 
     def _onSceneClosed(self, caller, event):
-        # the scene close removed our helper nodes: forget them, and the prompts that were on them
+        # the scene close removed our helper nodes: forget them, and the prompts that were on them; a propagation
+        # for the closed scene's segment stops (its write would be refused anyway)
         self.previewNode = self.markupsNode = self.boxNode = None
         self.markupsObserver = None
         self.session = None
+        if self.propagation is not None:
+            self._cancelQuietly(self.propagation)
+            self.propagation = None
         if self.widgets is not None:
             self.statusLabel.text = ""
             self._showChoices(None)

@@ -282,6 +282,9 @@ def write_segment_block(segmentation_node, segment_id, block_kji: np.ndarray, im
     from vtk.util import numpy_support
 
     _segment_and_label(segmentation_node, segment_id)
+    if segmentation_node.GetScene() is None:   # a job that ended after its node was deleted or the scene closed
+        raise SegmentationError(f"'{segmentation_node.GetName()}' is no longer in the scene (deleted, or the scene "
+                                "was closed): nothing was written.")
     block = np.ascontiguousarray(block_kji, dtype=bool)
     if current_kji is None:
         current_kji = read_segment_block(segmentation_node, segment_id, image_to_seg, extent)

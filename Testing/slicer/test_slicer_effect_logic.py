@@ -130,3 +130,16 @@ def test_the_undo_state_is_saved_once_before_the_first_change_and_never_for_no_c
         write_segment_block(ball.segmentation, ball.target, before, ball.m, ball.full,
                             modify=editor_writer(before_first_write=refuse))
     np.testing.assert_array_equal(read(ball, ball.target), after)
+
+
+def test_a_segmentation_deleted_while_the_job_ran_gets_nothing(ball):
+    """A propagation that ends after its segmentation was deleted (or the scene closed) writes nothing and says so;
+    it used to write into the node nobody sees any more and report success."""
+    c, inside = _seeded(ball)
+    task = ball.logic.start_propagation(ball.logic.plan_propagation(ball.volume, ball.segmentation, ball.target,
+                                                                    "axial"))
+    before = read(ball, ball.target).copy()
+    ball.volume.GetScene().RemoveNode(ball.segmentation)
+    with pytest.raises(SegmentationError, match="no longer in the scene"):
+        task.finish()
+    np.testing.assert_array_equal(read(ball, ball.target), before)
