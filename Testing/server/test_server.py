@@ -344,6 +344,7 @@ def test_jobs_and_trackers_send_again_what_the_server_dropped(tmp_path):
                 break
         assert job.last["state"] == "done", job.last
         client.upload(volume[::-1] + 3)
+        assert client._request("POST", "/v1/arrays/missing", {"ids": [volume_id]})["missing"] == [volume_id]
         tracker = client.tracker(volume, frames_id=volume_id)
         assert tracker.id
     finally:
@@ -674,14 +675,21 @@ def test_the_server_bounds_what_trackers_and_finished_jobs_hold(predictor, clien
         assert set(service.trackers) == {ids[0], *ids[3:]}
         with pytest.raises(Exception, match="No tracker .* it keeps 8"):
             service._tracker(ids[1])
-        for n, kind in enumerate(["propagate"] * 3 + ["evaluate"]):
-            job = Job(f"j{n}", kind, state="done", result=({}, {"mask": np.zeros(400_000, bool)}))
+        jobs = [("j0", "propagate", "done", True), ("j1", "propagate", "done", False),   # j1: never fetched
+                ("j2", "propagate", "done", True), ("j3", "evaluate", "done", True), ("enc", "encode", "done", True),
+                ("j4", "propagate", "done", True), ("cancelled", "propagate", "cancelled", False)]
+        for n, (name, kind, state, fetched) in enumerate(jobs):
+            holds = kind != "encode" and state == "done"
+            job = Job(name, kind, state=state, fetched=fetched,
+                      result=({}, {"mask": np.zeros(300_000, bool)}) if holds else None)
             job.finished = time.time() + n
             service.jobs[job.id] = job
         with service._lock:
             service._forget_old_jobs()
-        assert list(service.jobs) == ["j2", "j3"]      # 1.6 MB > 1 MiB: the two oldest went
-        assert service.info()["results_mib"] == 0.8 and service.info()["trackers"] == Service.KEEP_TRACKERS
+        # 1.5 MB > 1 MiB: the oldest fetched one goes first (j0), then j2; never the unfetched j1, the newest
+        # propagation result j4 (not the cancelled re-run after it), nor jobs that hold nothing (encode)
+        assert list(service.jobs) == ["j1", "j3", "enc", "j4", "cancelled"]
+        assert service.info()["results_mib"] == 0.9 and service.info()["trackers"] == Service.KEEP_TRACKERS
     finally:
         service.close()
     # and a client frees its tracker on the server

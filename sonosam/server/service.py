@@ -9,6 +9,7 @@ raises `ApiError` (or a SonoSAMError from the core) with a message naming the pr
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import threading
@@ -348,6 +349,7 @@ class Job:
     error: dict | None = None        # {"type", "message"} when failed
     result: tuple | None = None      # (meta, arrays) when done
     keep: object = None              # server-side object a later request may refer to (propagation result)
+    fetched: bool = False            # its result was sent to the client (until then it is never dropped for memory)
     created: float = dataclasses.field(default_factory=time.time)
     finished: float | None = None
     cancel_event: threading.Event = dataclasses.field(default_factory=threading.Event)
@@ -386,6 +388,7 @@ class Service:
         self._requests: OrderedDict[str, str] = OrderedDict()   # start request id -> job id
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.trackers: dict[str, dict] = {}
+        self._uses = itertools.count()                         # tracker recency (a clock can tie)
         self.keep_jobs = keep_jobs
         self.results_budget = int(results_mib * 2**20)   # finished jobs' results (a propagation's: its volume mask)
         self._lock = threading.Lock()
@@ -522,18 +525,20 @@ class Service:
     def _forget_old_jobs(self) -> None:
         """Keep the newest `keep_jobs` finished jobs of each kind (frequent encode-ahead jobs must not push
         out the propagation a re-run refers to as `previous`), and their results within the results budget: the
-        oldest go first, never the newest of a kind."""
+        oldest go first; never the newest result of a kind (a re-run's `previous`) nor one its client has not
+        fetched yet."""
         for kind in self.JOB_KINDS:
             finished = [j for j in self.jobs.values() if j.kind == kind and j.finished is not None]
             for job in finished[:max(0, len(finished) - self.keep_jobs)]:
                 self.jobs.pop(job.id, None)
-        finished = sorted((j for j in self.jobs.values() if j.finished is not None), key=lambda j: j.finished)
-        newest = {j.kind: j for j in finished}
-        held = sum(_held_bytes(j) for j in finished)
-        for job in finished:
+        holding = sorted((j for j in self.jobs.values() if j.finished is not None and _held_bytes(j)),
+                         key=lambda j: j.finished)
+        newest = {j.kind: j for j in holding}
+        held = sum(_held_bytes(j) for j in holding)
+        for job in holding:
             if held <= self.results_budget:
                 break
-            if newest[job.kind] is not job:
+            if job.fetched and newest[job.kind] is not job:
                 held -= _held_bytes(job)
                 self.jobs.pop(job.id, None)
 
@@ -567,7 +572,8 @@ class Service:
         job = self.jobs.get(job_id) if isinstance(job_id, str) else None
         if job is None:
             raise ApiError(404, "unknown_job", f"No job {job_id} on this server (finished jobs are kept until "
-                           f"{self.keep_jobs} newer ones finish, and none survives a restart).")
+                           f"{self.keep_jobs} newer ones of their kind finish, or their results outgrow "
+                           f"{self.results_budget / 2**20:.0f} MiB, and none survives a restart).")
         return job
 
     def cancel_job(self, job_id: str) -> dict:
@@ -581,6 +587,7 @@ class Service:
         job = self.job(job_id)
         if job.state == "done":
             meta, arrays = job.result
+            job.fetched = True
             return {**meta, "job": job.status()}, arrays
         if job.state == "failed":
             raise ApiError(409, "job_failed", f"The {job.kind} job failed: {job.error['message']}")
@@ -990,7 +997,7 @@ class Service:
         tracker_id = uuid.uuid4().hex
         with self._lock:
             self.trackers[tracker_id] = {"tracker": tracker, "lock": threading.Lock(), "frames": frames_id,
-                                         "used": time.monotonic()}
+                                         "used": next(self._uses)}
             idle = sorted((e["used"], i) for i, e in self.trackers.items() if i != tracker_id and not e["lock"].locked())
             dropped = [self.trackers.pop(i) for _, i in idle[:max(0, len(self.trackers) - self.KEEP_TRACKERS)]]
         for entry in dropped:
@@ -1003,7 +1010,7 @@ class Service:
             raise ApiError(404, "unknown_tracker", f"No tracker {tracker_id} on this server (deleted, or dropped "
                            f"for newer ones: it keeps {self.KEEP_TRACKERS}; or the server restarted): start tracking "
                            "again.")
-        entry["used"] = time.monotonic()
+        entry["used"] = next(self._uses)
         return entry
 
     def tracker_call(self, tracker_id: str, action: str, meta: dict, arrays: dict) -> tuple[dict, dict]:
@@ -1044,7 +1051,8 @@ class Service:
     def delete_tracker(self, tracker_id: str) -> dict:
         entry = self._tracker(tracker_id)
         entry["tracker"].close()
-        self.trackers.pop(tracker_id, None)
+        with self._lock:   # create_tracker walks the dict in a worker thread
+            self.trackers.pop(tracker_id, None)
         return {"deleted": tracker_id}
 
     @staticmethod
