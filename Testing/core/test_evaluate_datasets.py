@@ -223,3 +223,9 @@ def test_a_label_map_stored_flipped_is_read_where_it_lies(tmp_path):
     np.testing.assert_array_equal(labels_on_grid(stored, volume.shape, geometry), labels)   # train assist/ppn/adapters
     same = Volume(labels, geometry)
     assert labels_on_grid(same, volume.shape, geometry) is labels                          # nothing to do
+    # saved by a script without any placement (origin 0, spacing 1), same size: its voxels are the image's
+    assert labels_on_grid(Volume(labels, Geometry()), volume.shape, geometry) is labels
+    # placed elsewhere in space: refused, naming both placements, instead of an empty or shifted reference
+    away = Volume(labels, Geometry(geometry.spacing, (300.0, -20.0, 5.0), np.eye(3)))
+    with pytest.raises(DataFileError, match="lies elsewhere in space than the image: on the image's grid it keeps 0%"):
+        labels_on_grid(away, volume.shape, geometry)

@@ -64,7 +64,7 @@ def run(args) -> int:
     for image_path, label_path in zip(args.images, args.labels):
         volume = read_volume(image_path)
         volumes.append(volume.array)
-        labels.append(labels_on_grid(read_volume(label_path), volume.shape, volume.geometry))
+        labels.append(labels_on_grid(read_volume(label_path), volume.shape, volume.geometry, f"Label map {label_path}"))
 
     from ..models import load_model
     from .modules import add_medsa_adapters, load_adapters, save_adapters, trainable_share

@@ -159,7 +159,7 @@ def run_train_assist(args):
 
     _check_output(args, inputs=(args.volume, args.labels))
     volume = read_volume(args.volume)
-    labels = labels_on_grid(read_volume(args.labels), volume.shape, volume.geometry)
+    labels = labels_on_grid(read_volume(args.labels), volume.shape, volume.geometry, f"Label map {args.labels}")
     volume = volume.array
     slices = _parse_slices(args.slices)
     if not 1 <= len(slices) <= 8:
@@ -213,7 +213,8 @@ def _ppn_volume(source: str, args, part: str = "train"):
         raise SonoSAMError(f"--data {source!r} must be VOLUME,LABELS or colin27.")
     image_path, label_path = source.split(",", 1)
     volume = read_volume(image_path)
-    volume, labels = volume.array, labels_on_grid(read_volume(label_path), volume.shape, volume.geometry)
+    volume, labels = volume.array, labels_on_grid(read_volume(label_path), volume.shape, volume.geometry,
+                                                    f"Label map {label_path}")
     picks = range(0, volume.shape[axis_index(args.axis)], args.stride)
     return [take_slice(volume, args.axis, i) for i in picks], [take_slice(labels, args.axis, i) for i in picks]
 

@@ -188,7 +188,7 @@ def samples_from_arrays(image: np.ndarray, labelmap: np.ndarray, *, labels: Sequ
     return samples
 
 
-def _align_label(label_array, label_image, image):
+def _align_label(label_array, label_image, image, name="The label map"):
     """The label map on the image grid where both carry geometry (resampled where the grids differ, in size or
     in space)."""
     from ..io import Geometry, Volume, labels_on_grid
@@ -197,7 +197,7 @@ def _align_label(label_array, label_image, image):
             or label_array.ndim != 3:
         return label_array  # 2D pictures carry no real geometry: a size mismatch is an error, not a resample
     return labels_on_grid(Volume(label_array, Geometry.from_image(label_image)), tuple(reversed(image.GetSize())),
-                          Geometry.from_image(image))
+                          Geometry.from_image(image), name)
 
 
 def load_pair(image_path, label_path, *, labels: Sequence[int] | None = None, axis: int = 0,
@@ -209,7 +209,7 @@ def load_pair(image_path, label_path, *, labels: Sequence[int] | None = None, ax
     if label_vector:
         raise DataFileError(f"{label_path}: a colour image cannot be a label map; save integer labels "
                             "(0 = background, one value per structure).")
-    labelmap = _align_label(labelmap, label_sitk, image_sitk)
+    labelmap = _align_label(labelmap, label_sitk, image_sitk, f"Label map {label_path}")
     if labelmap.shape != _spatial_shape(image, vector):
         raise DataFileError(f"{image_path} {_spatial_shape(image, vector)} and {label_path} {labelmap.shape} "
                             "have different sizes and no common geometry to resample on.")

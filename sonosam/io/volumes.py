@@ -51,20 +51,32 @@ def _image_to_volume(image, path: PathLike) -> Volume:
     return Volume(array, geometry)
 
 
-def labels_on_grid(labels: Volume, shape, geometry: Geometry) -> np.ndarray:
+def labels_on_grid(labels: Volume, shape, geometry: Geometry, name="The label map") -> np.ndarray:
     """A label map's voxels on another grid (``shape`` [k, j, i], ``geometry``): as they are where both grids agree,
-    else resampled (nearest) where they lie in space: a label map stored flipped, cropped or on another spacing is
-    never used voxel by voxel."""
+    or where the label map is the same size and carries no placement of its own (saved by a script without one);
+    else resampled (nearest) where they lie in space, so a label map stored flipped, cropped or on another spacing
+    is never used voxel by voxel. Refused when most of its labels fall outside the grid (placements that disagree)."""
     tolerance = 1e-3 * min(geometry.spacing)
-    if tuple(labels.shape) == tuple(shape) and labels.geometry.allclose(geometry, atol=tolerance):
+    if tuple(labels.shape) == tuple(shape) and (labels.geometry.allclose(geometry, atol=tolerance)
+                                                or labels.geometry.allclose(Geometry())):
         return labels.array
     sitk = _sitk()
     moving = sitk.GetImageFromArray(np.ascontiguousarray(labels.array))
     labels.geometry.apply_to(moving)
     reference = sitk.Image([int(n) for n in reversed(tuple(shape))], moving.GetPixelID())
     geometry.apply_to(reference)
-    resampled = sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, moving.GetPixelID())
-    return sitk.GetArrayFromImage(resampled)
+    resampled = sitk.GetArrayFromImage(sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                                                     moving.GetPixelID()))
+    before = np.count_nonzero(labels.array) * float(np.prod(labels.geometry.spacing))   # labelled mm^3
+    after = np.count_nonzero(resampled) * float(np.prod(geometry.spacing))
+    if before and after < 0.5 * before:
+        raise DataFileError(f"{name} lies elsewhere in space than the image: on the image's grid it keeps "
+                            f"{after / before:.0%} of its labelled volume (label map origin "
+                            f"{np.round(labels.geometry.origin, 1).tolist()}, spacing "
+                            f"{np.round(labels.geometry.spacing, 3).tolist()}; image origin "
+                            f"{np.round(geometry.origin, 1).tolist()}, spacing {np.round(geometry.spacing, 3).tolist()}). "
+                            "Give the label map made on this image.")
+    return resampled
 
 
 def read_volume(path: PathLike, series_id: str | None = None) -> Volume:
