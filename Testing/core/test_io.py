@@ -76,9 +76,9 @@ def test_ijk_to_ras_matches_simpleitk_and_round_trips():
     assert GEOMETRY.allclose(io.Geometry.from_image(image))
 
 
-def test_dicom_series_folder_reads_with_geometry(tmp_path):
-    array = (np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6) * 3 - 40)
-    geometry = io.Geometry((0.8, 0.6, 1.5), (10.0, -5.0, 20.0), rotation(0.0, 0.0, 0.4))
+def _dicom_series(folder, array, geometry, decimals=10):
+    """One DICOM file per slice, positions written with `decimals` decimals."""
+    folder.mkdir(exist_ok=True)
     image = sitk.GetImageFromArray(array)
     geometry.apply_to(image)
     writer = sitk.ImageFileWriter()
@@ -90,10 +90,17 @@ def test_dicom_series_folder_reads_with_geometry(tmp_path):
         for tag, value in [("0008|0060", "MR"), ("0020|000d", "1.2.826.0.1.3680043.2.1125.1"),
                            ("0020|000e", "1.2.826.0.1.3680043.2.1125.2"), ("0008|0018", f"1.2.826.0.1.3680043.2.1125.3.{k}"),
                            ("0020|0037", iop), ("0020|0013", str(k + 1)), ("0028|0030", "0.6\\0.8"),
-                           ("0020|0032", "\\".join(f"{v:.10f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))))]:
+                           ("0020|0032", "\\".join(f"{v:.{decimals}f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))))]:
             slice_.SetMetaData(tag, value)
-        writer.SetFileName(str(tmp_path / f"slice{k:03d}.dcm"))
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
         writer.Execute(slice_)
+    return folder
+
+
+def test_dicom_series_folder_reads_with_geometry(tmp_path):
+    array = (np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6) * 3 - 40)
+    geometry = io.Geometry((0.8, 0.6, 1.5), (10.0, -5.0, 20.0), rotation(0.0, 0.0, 0.4))
+    _dicom_series(tmp_path, array, geometry)
     volume = io.read_volume(tmp_path)
     np.testing.assert_array_equal(volume.array, array)
     assert volume.geometry.allclose(geometry, atol=1e-4), volume.geometry
@@ -102,6 +109,9 @@ def test_dicom_series_folder_reads_with_geometry(tmp_path):
     with pytest.raises(DataFileError, match="not evenly spaced: slices 1 and 2 are 3.00 mm apart where the others "
                                             "are 1.50 mm"):
         io.read_volume(tmp_path)
+    # positions written with one decimal (0.625 mm steps read as 0.6 / 0.7): a real series, read
+    thin = io.Geometry((0.8, 0.6, 0.625), (10.0, -5.0, 20.0))
+    assert io.read_volume(_dicom_series(tmp_path / "thin", np.zeros((8, 5, 6), np.int16) + 7, thin, 1)).shape == (8, 5, 6)
 
 
 def colin27_path() -> Path:
@@ -413,3 +423,19 @@ def test_overlay_on_real_echo_frame(tmp_path, a4c):
     mask[70:270, 300:440] = True
     io.save_overlay_png(tmp_path / "echo.png", frame, [mask], box=(300, 70, 440, 270))
     assert (tmp_path / "echo.png").stat().st_size > 10_000
+
+
+def test_legitimate_nifti_files_are_not_refused(tmp_path):
+    """The truncation check sizes voxels by the datatype, as ITK does (not by a disagreeing bitpix); the read-back
+    check of a write allows the float32 rounding NIfTI stores placements with (0.01 mm voxels 1 m from the origin)."""
+    import struct
+
+    array = np.random.default_rng(0).integers(0, 100, (6, 20, 20)).astype(np.int16)
+    path = io.write_volume(io.Volume(array, GEOMETRY), tmp_path / "v.nii")
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<h", data, 72, 32)           # bitpix says 32 bits; the datatype (int16) says 16
+    (tmp_path / "bitpix.nii").write_bytes(bytes(data))
+    np.testing.assert_array_equal(io.read_volume(tmp_path / "bitpix.nii").array, array)
+    fine = io.Geometry((0.01, 0.01, 0.01), (1000.123, -1500.77, 800.5), np.eye(3))
+    back = io.read_volume(io.write_volume(io.Volume(array, fine), tmp_path / "fine.nii.gz"))
+    assert np.allclose(back.geometry.origin, fine.origin, atol=1e-3)

@@ -203,6 +203,8 @@ def load_sitk_image(path: Path, budget: MemoryBudget, series_id: str | None = No
 
 
 _NIFTI_FLOATS = {16: np.float32, 64: np.float64}
+_NIFTI_ITEMSIZE = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8, 1536: 16,
+                   1792: 16, 2048: 32, 2304: 4}   # NIfTI-1 datatype code -> bytes per voxel
 
 
 def _nifti_scan(path: Path) -> tuple[int, int, int]:
@@ -222,7 +224,8 @@ def _nifti_scan(path: Path) -> tuple[int, int, int]:
                 return 0, 0, 0
             dims = np.frombuffer(header[40:56], endian + "i2").astype(np.int64)
             datatype, bitpix = (int(v) for v in np.frombuffer(header[70:74], endian + "i2"))
-            declared = int(np.prod(dims[1:1 + max(0, min(int(dims[0]), 7))])) * bitpix // 8
+            itemsize = _NIFTI_ITEMSIZE.get(datatype, bitpix // 8)   # ITK goes by the datatype, not bitpix
+            declared = int(np.prod(dims[1:1 + max(0, min(int(dims[0]), 7))])) * itemsize
             offset = int(np.frombuffer(header[108:112], endian + "f4")[0])
             if opener is open and datatype not in _NIFTI_FLOATS:
                 return 0, max(0, path.stat().st_size - offset), declared
@@ -281,8 +284,9 @@ def _check_slice_steps(folder: Path, files) -> None:
         at = int(np.argmin(steps))
         raise DataFileError(f"The DICOM series in {folder} has two files at one position (slices {at} and {at + 1}: two "
                             f"stacks in one series?); {fix}")
-    typical = float(steps.min())
-    uneven = np.flatnonzero(steps > 1.01 * typical + 0.01)
+    typical = float(np.median(steps)) if len(steps) > 2 else float(steps.min())
+    # a missing file doubles a step; positions written with few decimals move steps by a fraction of one
+    uneven = np.flatnonzero(np.abs(steps - typical) > 0.4 * typical)
     if len(uneven):
         at = int(uneven[0])
         raise DataFileError(f"The DICOM series in {folder} is not evenly spaced: slices {at} and {at + 1} are "

@@ -113,11 +113,13 @@ def write_volume(volume: Volume, path: PathLike, *, overwrite: bool = False) -> 
         back = Geometry.from_image(_verify_written(sitk, tmp, image.GetSize(), array.nbytes))
         corners = np.array([[i, j, k, 1.0] for i in (0, array.shape[2] - 1) for j in (0, array.shape[1] - 1)
                             for k in (0, array.shape[0] - 1)])
-        moved = float(np.abs(corners @ (back.ijk_to_lps() - volume.geometry.ijk_to_lps()).T).max())
-        if moved > 1e-3 * min(volume.geometry.spacing):   # e.g. NIfTI holds no sheared (non-orthogonal) axes
+        intended = corners @ volume.geometry.ijk_to_lps().T
+        moved = float(np.abs(corners @ back.ijk_to_lps().T - intended).max())
+        # a format may store the placement in float32 (NIfTI): that rounding is not a loss
+        if moved > 1e-3 * min(volume.geometry.spacing) + 1e-6 * float(np.abs(intended).max()):
             raise DataFileError(f"{Path(path).name}: this format cannot hold the volume's placement in space (read "
-                                f"back, its voxels lie up to {moved:.2f} mm away; sheared axes?): nothing was written; "
-                                "write .nrrd (or .seg.nrrd) instead.")
+                                f"back, its voxels lie up to {moved:.3g} mm away): nothing was written; write .nrrd "
+                                "(or .seg.nrrd) instead.")
     return Path(path)
 
 
