@@ -915,10 +915,14 @@ class RemoteTracker:
         self._call("accept", {"frame": int(frame), "name": name})
         self.refresh()
 
-    def close(self) -> None:
-        """Free the tracker on the server (it holds the loop's frames); its results mirrored here stay."""
+    def close(self, timeout: float | None = None) -> None:
+        """Free the tracker on the server (it holds the loop's frames); its results mirrored here stay. With
+        ``timeout`` (a GUI's), a busy or hung server is not waited for (it drops old trackers itself)."""
         try:
-            self.client._request("DELETE", f"/v1/trackers/{self.id}", context="closing a tracker")
+            self.client._request("DELETE", f"/v1/trackers/{self.id}", context="closing a tracker", timeout=timeout)
+        except ServerTimeoutError:
+            if timeout is None:
+                raise
         except ServerError as error:
             if error.code != "unknown_tracker":
                 raise

@@ -299,7 +299,13 @@ class TrackLogic:
     def end(session: TrackSession | None):
         """Free what the session holds outside the scene (a server's tracker keeps the loop's frames); its output
         nodes stay. The module calls it when a new session replaces it and when the scene closes."""
-        if session is not None:
+        if session is None:
+            return
+        if hasattr(session.tracker, "start"):   # a server's: never hold Slicer on a hung server
+            from sonosam.client import GUI_POLL_SECONDS
+
+            session.tracker.close(timeout=GUI_POLL_SECONDS)
+        else:
             session.tracker.close()
 
     @staticmethod

@@ -646,6 +646,12 @@ def test_poll_with_a_timeout_never_waits_for_a_busy_server():
         # the Cancel button's request neither (the GUI's tasks cancel with a timeout; the result is refused anyway)
         started = time.perf_counter()
         assert job.cancel(timeout=0.2)["late"] and time.perf_counter() - started < 2
+        # nor freeing a tracker (Track does it when the scene closes or a new session replaces it)
+        from sonosam.client import RemoteTracker
+
+        started = time.perf_counter()
+        RemoteTracker(client, "0" * 32, (2, 8, 8)).close(timeout=0.2)
+        assert time.perf_counter() - started < 2
         # a prepared job sending its volume: a late answer is "still sending", never a held GUI
         job = client.prepare_job("propagate", volume=_volume(), seeds=[{"index": 1, "box": [10, 10, 50, 50]}])
         for _ in range(12):   # hashing (no request), then asking: each poll at most ~0.2 s

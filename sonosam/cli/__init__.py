@@ -93,8 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Python next runs (after a long C call returns), so that the cleanup of Ctrl-C runs."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = None
     if args.command != "serve":   # uvicorn handles the server's signals itself (a graceful shutdown)
         try:   # `kill` (SIGTERM) cleans up like Ctrl-C: temp files and half-written output sets are removed
-            previous = signal.signal(signal.SIGTERM, _interrupt)
+            previous = signal.signal(signal.SIGTERM, _terminate) or signal.SIG_DFL
         except ValueError:   # not the main thread: the caller handles its signals
             pass
     try:
@@ -110,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     except SonoSAMError as error:
         print(f"sonosam {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except _Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

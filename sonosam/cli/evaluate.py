@@ -43,7 +43,7 @@ def register(subparsers):
                              "repeatable for a comparison (default: litemedsam)")
     parser.add_argument("--label", type=int_at_least(1), action="append", metavar="L",
                         help="label value(s) to evaluate (default: every non-zero label; colin27: 7,8,85,86)")
-    parser.add_argument("--clicks", type=int_at_least(1), default=10, help="interactions per image, first prompt included (10)")
+    parser.add_argument("--clicks", type=int_at_least(1, 100), default=10, help="interactions per image, first prompt included (10)")
     parser.add_argument("--start", choices=("auto", "point", "box"), action="append",
                         help="first prompt: centroid click, ground-truth box, or auto = click if the model takes "
                              "clicks, else box (default); repeatable: each model from each start, in one report")
