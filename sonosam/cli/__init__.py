@@ -12,6 +12,7 @@ import importlib
 import math
 import signal
 import sys
+from pathlib import Path
 
 from ..errors import PromptError, SonoSAMError
 
@@ -138,6 +139,21 @@ def load_model_from_args(args, name: str | None = None, checkpoint=None):
     resolve_device(getattr(args, "device", None))
     return load_model(name or args.model, checkpoint=checkpoint or getattr(args, "checkpoint", None),
                       device=getattr(args, "device", None), backend=getattr(args, "backend", None))
+
+
+def check_checkpoint_output(args, resume: bool = False, inputs=(), metadata: bool = True) -> None:
+    """OUT.pth and OUT.json (``metadata``) are never replaced without --overwrite, nor an input ever (a resumed
+    run continues its own output, when its OUT.pth.resume is there); checked before the data are read or a model
+    loaded."""
+    from ..io import check_output_path
+
+    output = Path(args.output)
+    if output.suffix.lower() not in (".pth", ".pt"):
+        raise SonoSAMError(f"The checkpoint {output} must end with .pth (its metadata goes to {output.stem}.json)."
+                           if metadata else f"The prompt predictor {output} must end with .pt (e.g. OUT.ppn.pt).")
+    resume = resume and output.with_name(output.name + ".resume").exists()
+    for path in (output, output.with_suffix(".json")) if metadata else (output,):
+        check_output_path(path, args.overwrite or resume, inputs=inputs, parents=True)
 
 
 def parse_point(text: str) -> tuple[float, float, int]:

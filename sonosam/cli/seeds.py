@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataFileError, SonoSAMError
-from . import int_at_least, load_model_from_args
+from . import check_checkpoint_output, int_at_least, load_model_from_args
 
 
 def register(subparsers):
@@ -155,9 +155,7 @@ def run_train_assist(args):
     from ..assist import save_assist, train_assist
     from ..image import take_slice
     from ..io import labels_on_grid, read_volume
-    from .train import _check_output
-
-    _check_output(args, inputs=(args.volume, args.labels))
+    check_checkpoint_output(args, inputs=(args.volume, args.labels))
     volume = read_volume(args.volume)
     labels = labels_on_grid(read_volume(args.labels), volume.shape, volume.geometry, f"Label map {args.labels}")
     volume = volume.array
@@ -249,10 +247,8 @@ def run_train_ppn(args):
     from ..ppn import ppn_validator, save_ppn, train_ppn
     from ..train.cache import EmbeddingStore
 
-    from .train import _check_output
-
     inputs = [p for source in args.data + args.val_data for p in source.split(",")]
-    _check_output(args, inputs=inputs, metadata=False)   # the best weights so far then replace the run's own file
+    check_checkpoint_output(args, inputs=inputs, metadata=False)   # the best weights so far then replace the run's own file
     classes = _ppn_classes(args)
     train_sources, val_sources, how = _ppn_split(args)
     images, label_maps, val_images, val_maps = [], [], [], []

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..errors import SonoSAMError
-from . import float_in, int_at_least, name_argument
+from . import check_checkpoint_output, float_in, int_at_least, name_argument
 
 
 def _data_arguments(parser):
@@ -132,23 +132,8 @@ def _cache_dir(args) -> str:
     return args.cache or str(Path(args.output).resolve().parent / "embeddings")
 
 
-def _check_output(args, resume: bool = False, inputs=(), metadata: bool = True) -> None:
-    """OUT.pth and OUT.json (``metadata``) are never replaced without --overwrite, nor an input ever (a resumed
-    run continues its own output, when its OUT.pth.resume is there); checked before the data are read or a model
-    loaded."""
-    from ..io import check_output_path
-
-    output = Path(args.output)
-    if output.suffix.lower() not in (".pth", ".pt"):
-        raise SonoSAMError(f"The checkpoint {output} must end with .pth (its metadata goes to {output.stem}.json)."
-                           if metadata else f"The prompt predictor {output} must end with .pt (e.g. OUT.ppn.pt).")
-    resume = resume and output.with_name(output.name + ".resume").exists()
-    for path in (output, output.with_suffix(".json")) if metadata else (output,):
-        check_output_path(path, args.overwrite or resume, inputs=inputs, parents=True)
-
-
 def run_decoder(args):
-    _check_output(args, resume=args.resume)
+    check_checkpoint_output(args, resume=args.resume)
     from ..models import load_model
     from ..train import TrainConfig, train_decoder
 
@@ -171,7 +156,7 @@ def run_decoder(args):
 
 
 def run_distill(args):
-    _check_output(args)
+    check_checkpoint_output(args)
     from ..models import load_model
     from ..train.distillation import DistillConfig, distill
 
