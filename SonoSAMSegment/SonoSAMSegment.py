@@ -86,6 +86,7 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
         self.downloadProcess = None   # `sonosam models --download NAME`
         self.evaluationJob = None
         self.modesTask = None         # (kind, task, context): a Refine / Learn / Auto job being polled
+        self.undoSkipped = False      # the last write saved no Segment Editor undo state (_saveStateForUndo)
         self.autoChoices = []         # [(PPN file name, class)] behind the Auto class combo box
         self.models = []
         self.timer = None
@@ -141,8 +142,8 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
             self.timer.start()
 
     def exit(self):
-        if not (self.connection.busy or self.modelsProcess or self.downloadProcess or self.evaluationJob
-                or self.modesTask):
+        if self.timer is not None and not (self.connection.busy or self.modelsProcess or self.downloadProcess
+                                           or self.evaluationJob or self.modesTask):
             self.timer.stop()
 
     # -- server ---------------------------------------------------------------------------------------
@@ -402,14 +403,25 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
                 self.modesTask[1].cancel()
 
     def _saveStateForUndo(self, segmentationNode):
-        """One Ctrl+Z in the Segment Editor undoes the next write: its own history, on this segmentation."""
+        """One Ctrl+Z in the Segment Editor undoes the next write: its own history, on this segmentation. Never
+        switches an editor that shows another segmentation (that would deactivate its effect, stopping a running
+        propagation, and clear that segmentation's undo history): the write then has no undo step, and says so."""
+        self.undoSkipped = True
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
         if editor.mrmlSegmentEditorNode() is None:
             logging.info("SonoSAM: the Segment Editor has no parameter node: no undo state saved")
             return
-        if editor.segmentationNode() is not segmentationNode:
+        if editor.segmentationNode() is None:
             editor.setSegmentationNode(segmentationNode)
+        elif editor.segmentationNode() is not segmentationNode:
+            logging.info("SonoSAM: the Segment Editor shows another segmentation: no undo state saved")
+            return
         editor.saveStateForUndo()
+        self.undoSkipped = False
+
+    def _undoNote(self) -> str:
+        return (" No undo step: the Segment Editor shows another segmentation (select this one there before the "
+                "next run to undo it with Ctrl+Z)." if self.undoSkipped else " (Ctrl+Z in the Segment Editor undoes it.)")
 
     def _pollModes(self):
         if self.modesTask is None:
@@ -437,7 +449,7 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
                 segmentation = context["segmentation"]
                 writer = editor_writer(before_first_write=lambda *_: self._saveStateForUndo(segmentation))
                 self.logic.apply(prediction, context["volume"], segmentation, context["segmentId"], modify=writer)
-                self.ui.modesStatusLabel.text = f"Refined: {prediction.notes[0]} (Ctrl+Z in the Segment Editor undoes it)."
+                self.ui.modesStatusLabel.text = f"Refined: {prediction.notes[0]}." + self._undoNote()
             elif kind == "learn":
                 summary = task.finish().summary()
                 self.connection.use_assist(self.logic.predictor)   # the effect's clicks and propagation use it too
@@ -446,7 +458,8 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
                 segmentation = context["segmentation"]
                 outcome = task.finish(modify=editor_writer(
                     before_first_write=lambda *_: self._saveStateForUndo(segmentation)))
-                self.ui.modesStatusLabel.text = outcome.summary() + " Correct it with clicks (Segment Editor > SonoSAM)."
+                self.ui.modesStatusLabel.text = (outcome.summary() + " Correct it with clicks (Segment Editor > SonoSAM)."
+                                                 + (self._undoNote() if outcome.written or outcome.created else ""))
         finally:
             self.updateGUI()
 

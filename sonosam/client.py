@@ -824,11 +824,16 @@ class RemotePrefetchJob:
 
     def cancel(self) -> None:
         self._cancelled = True
-        self.job.cancel()
+        self.job.cancel(timeout=self.poll_timeout)   # a GUI's: a late answer still lands
 
     def wait(self, timeout: float | None = None) -> None:
-        status = self.job.wait(timeout, interval=0.05)
-        self._update()
+        """Wait for the job (``timeout=0``: not at all, the last status polled; a GUI asks so after ``done``), and
+        raise its error if it failed."""
+        if timeout == 0:
+            status = self.job.last
+        else:
+            status = self.job.wait(timeout, interval=0.05)
+            self._update()
         if status["state"] == "failed":
             _raise_for(409, status.get("error") or {}, "Encoding ahead failed")
 

@@ -294,11 +294,16 @@ or connects to a GPU host.</html>"""
             self._cancelQuietly(self.prefetchJob)
             self.prefetchJob = None
         self.afterPrefetch = None
-        if self.propagation is not None:  # leaving the effect stops it: nothing is written
+        stopped = self.propagation is not None
+        if stopped:  # leaving the effect (another effect, Escape, another module) stops it: nothing is written
             self._cancelQuietly(self.propagation)
             self.propagation = None
         self.session = None
         self._removeHelperNodes()
+        if self.widgets is not None:   # what the panel shows on return: nothing running
+            self.busyBar.visible = False
+            self.statusLabel.text = ("Propagation stopped when you left the SonoSAM effect: nothing was written."
+                                     if stopped else "")
 
     def cleanup(self):
         """Called by Slicer before the effect is deleted: stop the timer and drop its connection."""
@@ -329,6 +334,7 @@ or connects to a GPU host.</html>"""
             self._cancelQuietly(self.propagation)
             self.propagation = None
         if self.widgets is not None:
+            self.busyBar.visible = False
             self.statusLabel.text = ""
             self._showChoices(None)
             self._updateButtons()
@@ -593,7 +599,10 @@ or connects to a GPU host.</html>"""
         # the effect writes into the editor's selected segment: it must still be the one the result is for
         parameterSet = self.scriptedEffect.parameterSetNode()
         if segmentationNode is not parameterSet.GetSegmentationNode() or segmentId != parameterSet.GetSelectedSegmentID():
-            raise SegmentationError("The selected segmentation or segment changed: select them again and apply; "
+            segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+            name = segment.GetName() if segment is not None else segmentId
+            raise SegmentationError(f"The selected segmentation or segment changed: this result is for '{name}' of "
+                                    f"'{segmentationNode.GetName()}'. Select it again and repeat (Apply, or Propagate); "
                                     "nothing was written.")
         self.scriptedEffect.saveStateForUndo()
 

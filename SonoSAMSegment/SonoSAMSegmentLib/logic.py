@@ -282,9 +282,7 @@ def write_segment_block(segmentation_node, segment_id, block_kji: np.ndarray, im
     from vtk.util import numpy_support
 
     _segment_and_label(segmentation_node, segment_id)
-    if segmentation_node.GetScene() is None:   # a job that ended after its node was deleted or the scene closed
-        raise SegmentationError(f"'{segmentation_node.GetName()}' is no longer in the scene (deleted, or the scene "
-                                "was closed): nothing was written.")
+    _require_in_scene(segmentation_node)
     block = np.ascontiguousarray(block_kji, dtype=bool)
     if current_kji is None:
         current_kji = read_segment_block(segmentation_node, segment_id, image_to_seg, extent)
@@ -328,6 +326,13 @@ def write_segment_block(segmentation_node, segment_id, block_kji: np.ndarray, im
     for mode, labelmap, modification_extent in writes:
         modify(segmentation_node, segment_id, labelmap, mode, modification_extent)
     return True
+
+
+def _require_in_scene(segmentation_node):
+    """A job that ended after its segmentation was deleted or the scene closed writes nothing."""
+    if segmentation_node.GetScene() is None:
+        raise SegmentationError(f"'{segmentation_node.GetName()}' is no longer in the scene (deleted, or the scene "
+                                "was closed): nothing was written.")
 
 
 def _single_mask_segment(editor_node, segmentation_node):
@@ -856,7 +861,9 @@ class SegmentLogic:
             raise SegmentationError("The segment is empty on this slice: draw a rough outline of the structure first.")
         context = None if not contextSegmentId else \
             self.read_slice_mask(segmentationNode, contextSegmentId, info, geometry)
-        return RefineTask(self, info, geometry, image, coarse.astype(np.float32), context, steps, seed)
+        task = RefineTask(self, info, geometry, image, coarse.astype(np.float32), context, steps, seed)
+        task.source = (segmentationNode, segmentId, coarse)
+        return task
 
     # -- volume propagation and evaluation (the core does the work; this adapts MRML <-> arrays) ----------
     def _volume_stack(self, volumeNode, sliceAxis):
@@ -1337,7 +1344,7 @@ class RefineTask(_JobTask):
     """The refiner as a server job (or run in-process at once); ``finish()`` -> the SlicePrediction preview."""
 
     def __init__(self, logic, info, geometry, image, coarse, context, steps, seed):
-        self.info, self.geometry, self.began = info, geometry, time.perf_counter()
+        self.logic, self.info, self.geometry, self.began = logic, info, geometry, time.perf_counter()
         self.outcome = None
         predictor = logic.predictor
         if hasattr(predictor, "start_job"):   # a SonoSAMClient: the server's refine job
@@ -1350,7 +1357,15 @@ class RefineTask(_JobTask):
             result = refine(predictor, image, coarse, context=context, steps=steps, seed=seed, embedding=embedding)
             self.outcome = (result.mask, result.score, result.positives, result.negatives)
 
+    source = None   # (segmentation, segment id, its mask on the slice when the refiner started)
+
     def finish(self) -> SlicePrediction:
+        if self.source is not None:
+            node, segment_id, coarse = self.source
+            _require_in_scene(node)
+            if not np.array_equal(self.logic.read_slice_mask(node, segment_id, self.info, self.geometry), coarse):
+                raise SegmentationError("The segment was edited on this slice while the refiner ran; nothing was "
+                                        "written. Refine again to start from your edits.")
         if self.outcome is None:
             meta, arrays = self.job.result(timeout=5)
             self.outcome = (np.asarray(arrays["mask"], bool), float(meta["score"]), np.asarray(meta["positives"]),
@@ -1401,6 +1416,9 @@ class LearnTask(_JobTask):
     def finish(self) -> AssistInfo:
         base = self.logic.base_predictor
         if self.assisted is None:
+            if self.job.client is not base:
+                raise SegmentationError("The server changed while Learn ran: what it learned stays on the other "
+                                        "server. Learn again on this one.")
             meta = self.job.result(timeout=5)
             assisted = base.with_assist(meta["assist"], meta["prompt_kinds"])
             info = AssistInfo(self.segment_name, meta["slices"], meta["seconds"], meta["encode_seconds"],
@@ -1454,6 +1472,7 @@ class AutoTask(_JobTask):
             meta, arrays = self.job.result(timeout=5)
             masks, slices = np.asarray(arrays["masks"], bool), meta["slices"]
         logic, node = self.logic, self.segmentation_node
+        _require_in_scene(node)   # before the undo state or a new segment touch it
         modify = modify or logic.modify or editor_writer()
         info = logic.volume_info(self.volume_node)
         if info.key != self.volume_key:

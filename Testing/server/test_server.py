@@ -652,6 +652,15 @@ def test_poll_with_a_timeout_never_waits_for_a_busy_server():
         started = time.perf_counter()
         RemoteTracker(client, "0" * 32, (2, 8, 8)).close(timeout=0.2)
         assert time.perf_counter() - started < 2
+        # nor the effect's encode-ahead: cancelled on leaving, its error asked for (wait(0)) once done
+        from sonosam.client import RemotePrefetchJob
+
+        prefetch = RemotePrefetchJob(RemoteJob(client, "1" * 32, "encode"), 1)
+        prefetch.poll_timeout = 0.2
+        started = time.perf_counter()
+        prefetch.wait(0)
+        prefetch.cancel()
+        assert prefetch.cancelled and time.perf_counter() - started < 2
         # a prepared job sending its volume: a late answer is "still sending", never a held GUI
         job = client.prepare_job("propagate", volume=_volume(), seeds=[{"index": 1, "box": [10, 10, 50, 50]}])
         for _ in range(12):   # hashing (no request), then asking: each poll at most ~0.2 s

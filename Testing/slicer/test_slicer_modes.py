@@ -22,7 +22,8 @@ pytest.importorskip("slicer", reason="slicer-core is not installed")
 pytest.importorskip("torch")
 
 from mrml_scene import add_volume_from_array  # noqa: E402
-from SonoSAMSegmentLib.logic import SegmentLogic, editor_writer, read_segment_block, write_segment_block  # noqa: E402
+from SonoSAMSegmentLib.logic import (SegmentationError, SegmentLogic, editor_writer, read_segment_block,  # noqa: E402
+                                      write_segment_block)
 
 from sonosam.errors import JobCancelledError, PromptError, UnsupportedPromptError  # noqa: E402
 
@@ -95,6 +96,15 @@ def test_learn_from_accepted_slices_then_clicks_use_it_and_the_base_comes_back(c
     with pytest.raises(UnsupportedPromptError):   # box-only litemedsam: a single click is refused
         logic.predict(volume, points_ras=[click], labels=[1], sliceAxis="axial")
 
+    if side == "server":   # the user connects another server (here: another client) while Learn runs: refused,
+        import copy        # rather than a learned model named on a server that does not hold it
+
+        task = logic.start_learning(volume, seg, sid, "axial", steps=1)
+        logic.set_predictor(copy.copy(predictors[side]))
+        with pytest.raises(SegmentationError, match="server changed while Learn ran"):
+            task.wait(600)
+            task.finish()
+        logic.set_predictor(predictors[side])
     info = logic.learn_from_segment(volume, seg, sid, "axial", steps=3, seed=2)
     assert info.slices == [1, 5] and len(info.losses) == 3 and info.seconds > 0 and "1, 5" in info.summary()
     assert {"box", "point"} <= set(logic.prompt_kinds())
@@ -211,6 +221,17 @@ def test_auto_writes_the_slices_it_finds_and_nothing_else(colin, predictors, bri
     done[side] = auto
     if len(done) == 2:
         np.testing.assert_array_equal(done["in-process"], done["server"])
+
+    # the segmentation deleted while Auto ran: nothing touches it (no undo state saved, no segment added)
+    task = logic.start_auto_segment(volume, seg, "Thalamus_L", ppn, sliceAxis="axial", sliceRange=(2, 3),
+                                    threshold=0.0)
+    task.wait(900)
+    count = seg.GetSegmentation().GetNumberOfSegments()
+    colin["scene"].RemoveNode(seg)
+    hooks = []
+    with pytest.raises(SegmentationError, match="no longer in the scene"):
+        task.finish(modify=editor_writer(before_first_write=lambda *args: hooks.append(args)))
+    assert hooks == [] and seg.GetSegmentation().GetNumberOfSegments() == count
 
 
 def test_auto_sends_a_local_ppn_file_to_the_server(colin, predictors, brief_ppn):

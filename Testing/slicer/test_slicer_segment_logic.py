@@ -919,6 +919,14 @@ def test_refine_segment_on_real_mri_with_the_real_click_model(colin):
 
     write_segment_block(colin.segmentation, sid, rough[None], m, [0, dims[0] - 1, 0, dims[1] - 1, k, k])
     before = segment_array(colin.segmentation, sid, m, dims)
+    # the user paints on the slice while the refiner runs: its answer (from the older mask) is refused
+    task = logic.start_refine_segment(colin.volume, colin.segmentation, sid, sliceAxis="K", sliceIndex=k, steps=2)
+    painted = rough.copy()
+    painted[:4, :4] = True
+    write_segment_block(colin.segmentation, sid, painted[None], m, [0, dims[0] - 1, 0, dims[1] - 1, k, k])
+    with pytest.raises(SegmentationError, match="edited on this slice while the refiner ran"):
+        task.finish()
+    write_segment_block(colin.segmentation, sid, rough[None], m, [0, dims[0] - 1, 0, dims[1] - 1, k, k])
     prediction = logic.refine_segment(colin.volume, colin.segmentation, sid, sliceAxis="K", sliceIndex=k, steps=5)
     np.testing.assert_array_equal(segment_array(colin.segmentation, sid, m, dims), before)   # a preview only
     assert (prediction.labels == 1).sum() >= 4 and (prediction.labels == 0).sum() >= 4
