@@ -306,11 +306,19 @@ or connects to a GPU host.</html>"""
                                      if stopped else "")
 
     def cleanup(self):
-        """Called by Slicer before the effect is deleted: stop the timer and drop its connection."""
+        """Called by Slicer before the effect is deleted (without deactivate() first): stop the timer, the jobs and
+        the observers, and drop its connection."""
         self.timer.stop()
         self.timer.disconnect("timeout()", self._onTimer)
         if self._onConnectionChanged in self.connection.listeners:
             self.connection.listeners.remove(self._onConnectionChanged)
+        if self.sceneObserver is not None:
+            slicer.mrmlScene.RemoveObserver(self.sceneObserver)
+            self.sceneObserver = None
+        for job in (self.prefetchJob, self.propagation):
+            if job is not None:
+                self._cancelQuietly(job)
+        self.prefetchJob = self.propagation = None
 
     @staticmethod
     def _cancelQuietly(job):
@@ -650,6 +658,9 @@ or connects to a GPU host.</html>"""
         span = (self.propagateFirst.value, self.propagateLast.value) \
             if self.propagateRange.currentText == "between two slices" else None
         with showErrors("SonoSAM could not start the propagation."):
+            if self.session is not None and self.session.prediction is not None:   # it would be thrown away
+                raise SegmentationError("A preview is shown but not applied: Apply it first (Propagate starts from "
+                                        "the segment's slices), or Cancel it.")
             self._requireServer()
             self.onCancel()
             plan = self.logic.plan_propagation(parameterSet.GetSourceVolumeNode(), parameterSet.GetSegmentationNode(),
