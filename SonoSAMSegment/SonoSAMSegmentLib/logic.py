@@ -1331,6 +1331,28 @@ class PropagationTask(_JobTask):
             self.result = core_propagate(predictor, plan.stack, plan.seeds(), axis=0, previous=previous,
                                          volume_id=plan.volume_id, window=plan.window, **plan.options)
 
+    def poll(self):
+        return self._previous_kept(super().poll)
+
+    def wait(self, timeout=None):
+        return self._previous_kept(lambda: super(PropagationTask, self).wait(timeout))
+
+    def _previous_kept(self, call):
+        """A re-run whose earlier run the server no longer holds (it keeps the newest results within a memory
+        budget) forgets it, so that the next Propagate runs afresh from the segment's slices instead of failing
+        the same way every time."""
+        from sonosam.errors import ServerError
+
+        try:
+            return call()
+        except ServerError as error:
+            if error.code != "unknown_job" or self.plan.previous is None:
+                raise
+            self.logic._propagations.pop(self.plan.key, None)
+            raise SegmentationError("The server no longer holds this segment's earlier run (it keeps the newest "
+                                    "results within its memory): nothing was written. Propagate again: it runs "
+                                    "afresh from the segment's slices.") from None
+
     def finish(self, modify=None) -> str:
         """Fetch the result (the job must be finished) and write it; raises the job's error, or
         ``JobCancelledError`` when it was cancelled."""

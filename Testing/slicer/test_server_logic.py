@@ -192,6 +192,20 @@ def test_propagation_job_equals_in_process_propagation(ball, clients):
     a, b = _read(ball, ball["a"]), _read(ball, ball["b"])
     assert not a[end].any() and a.sum() > seed.sum()
     np.testing.assert_array_equal(a, b)
+    # the server dropped that run (newer results outgrew its budget): the re-run says so, writes nothing, and the
+    # next Propagate runs afresh (it used to fail with "No job ..." every time)
+    first = min(k for k in range(DIMS[2]) if a[k].any() and not seed[k].any())
+    a[first] = False                                   # another correction: a re-run that continues the last one
+    write_segment_block(ball["segmentation"], ball["a"], a, ball["m"], ball["full"])
+    plan = remote_logic.plan_propagation(ball["volume"], ball["segmentation"], ball["a"], "axial")
+    client._request("DELETE", f"/v1/jobs/{plan.previous.job_id}")
+    with pytest.raises(SonoSAMError, match="no longer holds this segment's earlier run"):
+        _wait(remote_logic.start_propagation(plan))
+    np.testing.assert_array_equal(_read(ball, ball["a"]), a)
+    task = remote_logic.start_propagation(remote_logic.plan_propagation(ball["volume"], ball["segmentation"],
+                                                                        ball["a"], "axial"))
+    assert _wait(task) == "done"
+    task.finish()
 
 
 def test_cancelled_propagation_writes_nothing(ball, clients):
