@@ -719,20 +719,25 @@ class RemoteJob:
         if self._pending is not None:
             if self.last.get("state") == "cancelled":
                 return self.last
-            try:
-                return self._send_step(GUI_STEP_SECONDS if timeout is None else min(timeout, GUI_STEP_SECONDS),
-                                       timeout)
-            except ServerTimeoutError:
-                if timeout is None:
-                    raise
-                return {**self.last, "late": True}   # the next poll asks where the upload (or start) stands
+            # late: the next poll asks where the upload (or start) stands
+            return self._unless_late(lambda: self._send_step(
+                GUI_STEP_SECONDS if timeout is None else min(timeout, GUI_STEP_SECONDS), timeout), timeout)
+        return self._unless_late(lambda: self._status("GET", "", timeout), timeout)
+
+    def _status(self, method: str, action: str, timeout: float | None) -> dict:
+        self.last = self.client._request(method, f"/v1/jobs/{self.id}{action}", context=self._context(),
+                                         timeout=timeout)
+        return self.last
+
+    def _unless_late(self, call, timeout: float | None) -> dict:
+        """call() -> status; with a GUI's ``timeout``, a late answer gives the last status marked "late" instead
+        (without one, it raises ServerTimeoutError)."""
         try:
-            self.last = self.client._request("GET", f"/v1/jobs/{self.id}", context=self._context(), timeout=timeout)
+            return call()
         except ServerTimeoutError:
             if timeout is None:
                 raise
             return {**self.last, "late": True}
-        return self.last
 
     @property
     def state(self) -> str:
@@ -752,14 +757,7 @@ class RemoteJob:
             self.last = {"state": "cancelled", "progress": [0, 0], "error": None,
                          "message": "cancelled before it started; nothing was sent to run"}
             return self.last
-        try:
-            self.last = self.client._request("POST", f"/v1/jobs/{self.id}/cancel", context=self._context(),
-                                             timeout=timeout)
-        except ServerTimeoutError:
-            if timeout is None:
-                raise
-            return {**self.last, "late": True}
-        return self.last
+        return self._unless_late(lambda: self._status("POST", "/cancel", timeout), timeout)
 
     def wait(self, timeout: float | None = None, interval: float = 0.1, on_progress=None, cancel=None) -> dict:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -290,14 +290,7 @@ or connects to a GPU host.</html>"""
         if self.sceneObserver is not None:
             slicer.mrmlScene.RemoveObserver(self.sceneObserver)
             self.sceneObserver = None
-        if self.prefetchJob is not None:
-            self._cancelQuietly(self.prefetchJob)
-            self.prefetchJob = None
-        self.afterPrefetch = None
-        stopped = self.propagation is not None
-        if stopped:  # leaving the effect (another effect, Escape, another module) stops it: nothing is written
-            self._cancelQuietly(self.propagation)
-            self.propagation = None
+        stopped = self._stopJobs()   # leaving the effect (another effect, Escape, another module): nothing written
         self.session = None
         self._removeHelperNodes()
         if self.widgets is not None:   # what the panel shows on return: nothing running
@@ -315,10 +308,16 @@ or connects to a GPU host.</html>"""
         if self.sceneObserver is not None:
             slicer.mrmlScene.RemoveObserver(self.sceneObserver)
             self.sceneObserver = None
+        self._stopJobs()
+
+    def _stopJobs(self) -> bool:
+        """Stop the encode-ahead and a running propagation (nothing is written); True when a propagation ran."""
+        stopped = self.propagation is not None
         for job in (self.prefetchJob, self.propagation):
             if job is not None:
                 self._cancelQuietly(job)
-        self.prefetchJob = self.propagation = None
+        self.prefetchJob = self.propagation = self.afterPrefetch = None
+        return stopped
 
     @staticmethod
     def _cancelQuietly(job):
@@ -338,9 +337,7 @@ or connects to a GPU host.</html>"""
         self.previewNode = self.markupsNode = self.boxNode = None
         self.markupsObserver = None
         self.session = None
-        if self.propagation is not None:
-            self._cancelQuietly(self.propagation)
-            self.propagation = None
+        self._stopJobs()
         if self.widgets is not None:
             self.busyBar.visible = False
             self.statusLabel.text = ""

@@ -861,9 +861,7 @@ class SegmentLogic:
             raise SegmentationError("The segment is empty on this slice: draw a rough outline of the structure first.")
         context = None if not contextSegmentId else \
             self.read_slice_mask(segmentationNode, contextSegmentId, info, geometry)
-        task = RefineTask(self, info, geometry, image, coarse.astype(np.float32), context, steps, seed)
-        task.source = (segmentationNode, segmentId, coarse)
-        return task
+        return RefineTask(self, info, geometry, image, coarse, context, steps, seed, (segmentationNode, segmentId))
 
     # -- volume propagation and evaluation (the core does the work; this adapts MRML <-> arrays) ----------
     def _volume_stack(self, volumeNode, sliceAxis):
@@ -1365,8 +1363,11 @@ class PropagationTask(_JobTask):
 class RefineTask(_JobTask):
     """The refiner as a server job (or run in-process at once); ``finish()`` -> the SlicePrediction preview."""
 
-    def __init__(self, logic, info, geometry, image, coarse, context, steps, seed):
+    def __init__(self, logic, info, geometry, image, coarse, context, steps, seed, source=None):
         self.logic, self.info, self.geometry, self.began = logic, info, geometry, time.perf_counter()
+        # (segmentation, segment id, its mask on the slice now): a result for an edited slice is refused
+        self.source = None if source is None else (*source, coarse)
+        coarse = coarse.astype(np.float32)
         self.outcome = None
         predictor = logic.predictor
         if hasattr(predictor, "start_job"):   # a SonoSAMClient: the server's refine job
@@ -1378,8 +1379,6 @@ class RefineTask(_JobTask):
             embedding = predictor.embedding(image, key=geometry.key(info.key), window=info.window)
             result = refine(predictor, image, coarse, context=context, steps=steps, seed=seed, embedding=embedding)
             self.outcome = (result.mask, result.score, result.positives, result.negatives)
-
-    source = None   # (segmentation, segment id, its mask on the slice when the refiner started)
 
     def finish(self) -> SlicePrediction:
         if self.source is not None:

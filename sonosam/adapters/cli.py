@@ -48,7 +48,7 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from ..io import labels_on_grid, read_volume
+    from ..io import read_labels, read_volume
 
     from ..io import check_input_file, check_output_path
 
@@ -64,7 +64,7 @@ def run(args) -> int:
     for image_path, label_path in zip(args.images, args.labels):
         volume = read_volume(image_path)
         volumes.append(volume.array)
-        labels.append(labels_on_grid(read_volume(label_path), volume.shape, volume.geometry, f"Label map {label_path}"))
+        labels.append(read_labels(label_path, volume))
 
     from ..models import load_model
     from .modules import add_medsa_adapters, load_adapters, save_adapters, trainable_share

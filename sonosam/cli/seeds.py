@@ -154,11 +154,11 @@ def register_train(sub):
 def run_train_assist(args):
     from ..assist import save_assist, train_assist
     from ..image import take_slice
-    from ..io import labels_on_grid, read_volume
+    from ..io import read_labels, read_volume
+
     check_checkpoint_output(args, inputs=(args.volume, args.labels))
     volume = read_volume(args.volume)
-    labels = labels_on_grid(read_volume(args.labels), volume.shape, volume.geometry, f"Label map {args.labels}")
-    volume = volume.array
+    labels, volume = read_labels(args.labels, volume), volume.array
     slices = _parse_slices(args.slices)
     if not 1 <= len(slices) <= 8:
         raise SonoSAMError(f"Give 2-5 annotated slices (got {len(slices)}).")
@@ -199,7 +199,7 @@ def _ppn_volume(source: str, args, part: str = "train"):
     """(images, label maps) of one --data/--val-data source: every --stride-th slice along --axis; 'colin27': its
     ``part`` slabs (sonosam.seeds_data.ppn_split)."""
     from ..image import axis_index, take_slice
-    from ..io import labels_on_grid, read_volume
+    from ..io import read_labels, read_volume
 
     if source == "colin27":
         from ..seeds_data import ppn_labels, ppn_split
@@ -211,8 +211,7 @@ def _ppn_volume(source: str, args, part: str = "train"):
         raise SonoSAMError(f"--data {source!r} must be VOLUME,LABELS or colin27.")
     image_path, label_path = source.split(",", 1)
     volume = read_volume(image_path)
-    volume, labels = volume.array, labels_on_grid(read_volume(label_path), volume.shape, volume.geometry,
-                                                    f"Label map {label_path}")
+    volume, labels = volume.array, read_labels(label_path, volume)
     picks = range(0, volume.shape[axis_index(args.axis)], args.stride)
     return [take_slice(volume, args.axis, i) for i in picks], [take_slice(labels, args.axis, i) for i in picks]
 

@@ -26,11 +26,11 @@ from .geometry import Geometry
 from .overlays import _outline, _to_rgb8, save_overlay_png
 from .segmentations import (DEFAULT_COLORS, Segment, Segmentation, check_name, check_seg_header,
                             read_segmentation, write_segmentation)
-from .volumes import Volume, labels_on_grid, read_volume, write_volume
+from .volumes import Volume, labels_on_grid, read_labels, read_volume, write_volume
 
 _atomic_output = atomic_output  # the name the tests and older callers use
 
-__all__ = ["Geometry", "Volume", "labels_on_grid", "read_volume", "write_volume", "Cine", "read_cine", "Segment", "Segmentation",
+__all__ = ["Geometry", "Volume", "labels_on_grid", "read_labels", "read_volume", "write_volume", "Cine", "read_cine", "Segment", "Segmentation",
            "write_segmentation", "read_segmentation", "save_overlay_png", "DEFAULT_COLORS", "read_image",
            "LoadedImage", "MemoryBudget", "default_budget", "check_input_file", "check_array", "read_npy",
            "check_name", "check_seg_header", "atomic_output", "check_output_path", "check_output_folder",

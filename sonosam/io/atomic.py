@@ -66,18 +66,19 @@ def _writable_ancestor(folder: Path) -> Path:
     return folder
 
 
+def _refuse_inputs(path: Path, inputs, fix: str) -> None:
+    """Refuse an output that is one of the inputs (the same path, or the same file under another name)."""
+    for source in (Path(s) for s in inputs if s is not None):
+        if source.resolve() == path.resolve() or (source.exists() and path.exists() and os.path.samefile(source, path)):
+            raise DataFileError(f"The output {path} is the input {source}; {fix}.")
+
+
 def check_output_path(path: PathLike, overwrite: bool, inputs=(), *, parents: bool = False) -> Path:
     """Refuse, before any work, an output that would replace a file (without `overwrite`), replace an input,
     be a folder, or land in a folder that is missing (unless `parents`: then it will be created, and the
     nearest existing folder above must be writable) or read-only."""
     path = Path(path)
-    for source in inputs:
-        if source is None:
-            continue
-        source = Path(source)
-        if source.resolve() == path.resolve() or (
-                source.exists() and path.exists() and os.path.samefile(source, path)):
-            raise DataFileError(f"The output {path} is the input {source}; write the result to another name.")
+    _refuse_inputs(path, inputs, "write the result to another name")
     if path.is_dir():
         raise DataFileError(f"The output {path} is a folder; give a file name inside it.")
     if path.exists() and not overwrite:
@@ -104,10 +105,8 @@ def check_output_folder(folder: PathLike, names, overwrite: bool, what: str = "e
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise DataFileError(f"The output folder {folder} is a file; give a folder name.")
-    for source in (Path(s) for s in inputs if s is not None):
-        for name in names:
-            if source.exists() and (folder / name).exists() and os.path.samefile(source, folder / name):
-                raise DataFileError(f"The output {folder / name} is the input {source}; give another output folder.")
+    for name in names:
+        _refuse_inputs(folder / name, inputs, "give another output folder")
     existing = [name for name in names if (folder / name).exists()]
     if existing and not overwrite:
         raise DataFileError(f"{folder} already holds {what} ({', '.join(existing)}); choose another folder or pass "

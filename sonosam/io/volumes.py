@@ -79,6 +79,11 @@ def labels_on_grid(labels: Volume, shape, geometry: Geometry, name="The label ma
     return resampled
 
 
+def read_labels(path: PathLike, volume: Volume) -> np.ndarray:
+    """A label map file's voxels on ``volume``'s grid (``labels_on_grid``)."""
+    return labels_on_grid(read_volume(path), volume.shape, volume.geometry, f"Label map {path}")
+
+
 def read_volume(path: PathLike, series_id: str | None = None) -> Volume:
     """Read a NRRD/NIfTI/MHA (or any SimpleITK format) file, or a folder holding a DICOM series, through the
     input gate's checks (sonosam.io.gate: size budget before decoding, finite values after).
