@@ -1236,7 +1236,8 @@ class SegmentLogic:
         answers boxes at several scales, sonosam.zoom) and return the job to poll; None where nothing is encoded
         ahead (in-process the answer encodes them itself; an assisted model answers on the whole slice)."""
         predictor = self.predictor
-        if self._assist is not None or not hasattr(predictor, "start_job"):
+        # the effect holds an assisted client as its predictor (the connection's use_assist), not as _assist
+        if self._assist is not None or getattr(predictor, "assist", None) or not hasattr(predictor, "start_job"):
             return None
         info = self.volume_info(volumeNode)
         box_xy = self._prompts_xy(info, geometry, None, None, box_ras)[2]

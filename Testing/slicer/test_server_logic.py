@@ -139,6 +139,9 @@ def test_a_new_box_s_crops_are_encoded_ahead_then_its_answer_only_decodes(ball, 
     here = SegmentLogic(predictor=local).predict(ball["volume"], box_ras=box, sliceAxis="K", sliceIndex=k)
     np.testing.assert_array_equal(remote.mask, here.mask)
     assert SegmentLogic(predictor=local).prepare_box(ball["volume"], geometry, box) is None   # in-process: no job
+    # an assisted model answers on the whole slice: no crops to encode, whether the logic learned it or the
+    # effect was handed the connection's assisted client
+    assert SegmentLogic(predictor=client.with_assist("learned")).prepare_box(ball["volume"], geometry, box) is None
 
 
 def _wait_done(job, timeout=120):
