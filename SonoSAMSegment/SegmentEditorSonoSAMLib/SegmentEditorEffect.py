@@ -53,6 +53,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.prefetchJob = None          # encode-ahead job on the server
         self.afterPrefetch = None        # what to run when it is done (the pending preview)
         self.propagation = None          # PropagationTask while a propagation runs
+        self.heldPropagation = None      # a finished one, kept until its segment is selected again
         self.pressXY = None
         self.pressRAS = None
         self.pressView = None
@@ -207,7 +208,8 @@ or connects to a GPU host.</html>"""
                                         "direction, carry) start a new run, which replaces the slices the earlier "
                                         "one wrote. Ctrl+Z undoes it.")
         self.stopButton = qt.QPushButton("Stop")
-        self.stopButton.toolTip = "Cancel the propagation: nothing is written"
+        self.stopButton.toolTip = ("Cancel the propagation, or discard a finished one that waits for its segment to "
+                                   "be selected again: nothing is written")
         self.stopButton.enabled = False
         form = qt.QFormLayout()
         form.addRow("Slice axis:", self.propagateAxis)
@@ -269,7 +271,7 @@ or connects to a GPU host.</html>"""
         self.applyButton.enabled = hasPreview
         self.cancelButton.enabled = self.session is not None and not self.session.empty
         self.undoPromptButton.enabled = self.session is not None and bool(self.session.points_ras)
-        running = self.propagation is not None
+        running = self.propagation is not None or self.heldPropagation is not None
         self.propagateButton.enabled = not running
         self.stopButton.enabled = running
         self.connectionLabel.text = self.connection.status
@@ -311,12 +313,13 @@ or connects to a GPU host.</html>"""
         self._stopJobs()
 
     def _stopJobs(self) -> bool:
-        """Stop the encode-ahead and a running propagation (nothing is written); True when a propagation ran."""
-        stopped = self.propagation is not None
-        for job in (self.prefetchJob, self.propagation):
+        """Stop the encode-ahead and a running propagation, discard a held one (nothing is written); True when
+        a propagation ran or was held."""
+        stopped = self.propagation is not None or self.heldPropagation is not None
+        for job in (self.prefetchJob, self.propagation, self.heldPropagation):
             if job is not None:
                 self._cancelQuietly(job)
-        self.prefetchJob = self.propagation = self.afterPrefetch = None
+        self.prefetchJob = self.propagation = self.heldPropagation = self.afterPrefetch = None
         return stopped
 
     @staticmethod
@@ -688,10 +691,15 @@ or connects to a GPU host.</html>"""
         if self.propagation is not None:
             self._cancelQuietly(self.propagation)
             self.statusLabel.text = "Stopping the propagation (nothing will be written)..."
+        elif self.heldPropagation is not None:
+            self._stopJobs()
+            self.statusLabel.text = "The finished propagation was discarded: nothing was written."
+            self._updateButtons()
 
     def _pollPropagation(self):
         task = self.propagation
         if task is None:
+            self._writeHeldPropagation()
             return
         try:
             state, done, total, message = task.poll()
@@ -715,7 +723,34 @@ or connects to a GPU host.</html>"""
         if state == "cancelled":
             self.statusLabel.text = "Propagation stopped: the segment is unchanged."
             return
-        self.statusLabel.text = task.finish(modify=self._writer())  # raises the job's error if it failed
+        if state == "failed":
+            self.statusLabel.text = task.finish(modify=self._writer())  # raises the job's error
+        self.heldPropagation = task
+        self._writeHeldPropagation()
+
+    def _writeHeldPropagation(self):
+        """Write a finished propagation into its segment once that segment is the one selected (the effect writes
+        into the selected segment, with the editor's masking for it): at once, or when the user selects it again
+        after working on another one meanwhile; Stop discards it."""
+        task = self.heldPropagation
+        if task is None:
+            return
+        plan = task.plan
+        segmentation = plan.segmentation_node
+        segment = segmentation.GetSegmentation().GetSegment(plan.segment_id) if segmentation.GetScene() else None
+        if segment is None:
+            self.heldPropagation = None
+            self._updateButtons()
+            raise SegmentationError("The segment this propagation was for was deleted: nothing was written.")
+        parameterSet = self.scriptedEffect.parameterSetNode()
+        if parameterSet.GetSegmentationNode() is not segmentation or parameterSet.GetSelectedSegmentID() != plan.segment_id:
+            self.statusLabel.text = (f"Propagation of '{segment.GetName()}' finished: select '{segment.GetName()}' of "
+                                     f"'{segmentation.GetName()}' to write it, or Stop to discard it.")
+            self._updateButtons()
+            return
+        self.heldPropagation = None
+        self._updateButtons()
+        self.statusLabel.text = task.finish(modify=self._writer())
 
 
 logging.debug("SonoSAM Segment Editor effect loaded")
