@@ -690,6 +690,10 @@ def test_the_server_bounds_what_trackers_and_finished_jobs_hold(predictor, clien
         assert set(service.trackers) == {ids[0], *ids[3:]}
         with pytest.raises(Exception, match="No tracker .* it keeps 8"):
             service._tracker(ids[1])
+        service.jobs["queued"] = Job("queued", "track", tracker=ids[3])   # a track job waits for its turn:
+        ids.append(service.create_tracker({"frames": "f"}, {})["id"])      # its tracker stays, the next oldest goes
+        assert ids[3] in service.trackers and ids[4] not in service.trackers
+        del service.jobs["queued"]
         jobs = [("j0", "propagate", "done", True), ("j1", "propagate", "done", False),   # j1: never fetched
                 ("j2", "propagate", "done", True), ("j3", "evaluate", "done", True), ("enc", "encode", "done", True),
                 ("j4", "propagate", "done", True), ("cancelled", "propagate", "cancelled", False)]

@@ -350,6 +350,7 @@ class Job:
     result: tuple | None = None      # (meta, arrays) when done
     keep: object = None              # server-side object a later request may refer to (propagation result)
     fetched: bool = False            # its result was sent to the client (until then it is never dropped for memory)
+    tracker: str | None = None       # a track job's tracker session (never dropped while the job waits or runs)
     created: float = dataclasses.field(default_factory=time.time)
     finished: float | None = None
     cancel_event: threading.Event = dataclasses.field(default_factory=threading.Event)
@@ -511,7 +512,7 @@ class Service:
             if known is not None:
                 return known.status()
         run = getattr(self, f"_prepare_{kind}")(params, arrays)  # validates now: bad input is a 4xx, not a failed job
-        job = Job(uuid.uuid4().hex, kind)
+        job = Job(uuid.uuid4().hex, kind, tracker=params.get("tracker") if kind == "track" else None)
         with self._lock:
             self.jobs[job.id] = job
             self._forget_old_jobs()
@@ -998,7 +999,9 @@ class Service:
         with self._lock:
             self.trackers[tracker_id] = {"tracker": tracker, "lock": threading.Lock(), "frames": frames_id,
                                          "used": next(self._uses)}
-            idle = sorted((e["used"], i) for i, e in self.trackers.items() if i != tracker_id and not e["lock"].locked())
+            waited_on = {j.tracker for j in self.jobs.values() if j.tracker and j.finished is None}
+            idle = sorted((e["used"], i) for i, e in self.trackers.items()
+                          if i != tracker_id and i not in waited_on and not e["lock"].locked())
             dropped = [self.trackers.pop(i) for _, i in idle[:max(0, len(self.trackers) - self.KEEP_TRACKERS)]]
         for entry in dropped:
             entry["tracker"].close()
