@@ -114,9 +114,11 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
         self.ui.startButton.connect("clicked(bool)", self.onStart)
         self.ui.stopButton.connect("clicked(bool)", self.onStop)
         self.ui.downloadButton.connect("clicked(bool)", self.onDownload)
+        self.ui.downloadStopButton.connect("clicked(bool)", self.onDownloadStop)
         self.ui.refreshModelsButton.connect("clicked(bool)", self.listModels)
         self.ui.openEditorButton.connect("clicked(bool)", self.onOpenEditor)
         self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluate)
+        self.ui.evalStopButton.connect("clicked(bool)", self.onEvaluateStop)
         self.ui.refineButton.connect("clicked(bool)", self.onRefine)
         self.ui.learnButton.connect("clicked(bool)", self.onLearn)
         self.ui.baseModelButton.connect("clicked(bool)", self.onBaseModel)
@@ -163,7 +165,9 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
         self.ui.serverProgress.visible = busy
         self.ui.serverStatusLabel.text = self.connection.status
         self.ui.downloadButton.enabled = self.downloadProcess is None and not remote
+        self.ui.downloadStopButton.enabled = self.downloadProcess is not None
         self.ui.evaluateButton.enabled = self.evaluationJob is None
+        self.ui.evalStopButton.enabled = self.evaluationJob is not None
         idle = self.modesTask is None
         for button in (self.ui.refineButton, self.ui.learnButton, self.ui.autoButton, self.ui.autoRefreshButton):
             button.enabled = idle
@@ -275,6 +279,14 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
             self.timer.start()
             self.updateGUI()
 
+    def onDownloadStop(self):
+        process, self.downloadProcess = self.downloadProcess, None
+        if process is not None:
+            process.stop()   # `sonosam models` removes its partial file on SIGTERM (temp file + rename)
+        self.ui.downloadProgress.visible = False
+        self.ui.statusLabel.text = "Download stopped: nothing was kept."
+        self.updateGUI()
+
     def _pollDownload(self):
         process = self.downloadProcess
         if process is None:
@@ -304,6 +316,14 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
             self.timer.start()
         self.updateGUI()
 
+    def onEvaluateStop(self):
+        if self.evaluationJob is not None:
+            from sonosam.client import GUI_POLL_SECONDS
+
+            with showErrors("SonoSAM could not stop the evaluation."):
+                self.evaluationJob.cancel(timeout=GUI_POLL_SECONDS)   # a hung server's late answer: polled again
+            self.ui.evalResultLabel.text = "Stopping the evaluation..."
+
     def _pollEvaluation(self):
         job = self.evaluationJob
         if job is None:
@@ -318,6 +338,10 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
                                                 else f"Evaluating: {done}/{total} slices...")
                 return
             self.evaluationJob = None
+            if status["state"] == "cancelled":
+                self.ui.evalResultLabel.text = "Evaluation stopped: no table."
+                self.updateGUI()
+                return
             rows = job.result(timeout=5)["table"]
         except Exception:
             self.evaluationJob = None
