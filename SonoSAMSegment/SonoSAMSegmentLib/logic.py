@@ -124,11 +124,40 @@ class PropagationPlan:
         return [Seed(s, mask=self.seg_stack[s].copy()) for s in self.seed_indices]
 
 
-def _undone(result_mask, before, now) -> bool:
-    """Whether the segment is back where it was before a propagation on every slice that run changed (Undo),
-    rather than edited on a few of them (an erased slice is an end the next run keeps)."""
-    changed = [s for s in range(len(before)) if not np.array_equal(result_mask[s], before[s])]
-    return bool(changed) and all(np.array_equal(now[s], before[s]) for s in changed)
+@dataclass
+class PropagationRun:
+    """What the logic remembers of a finished propagation, to continue from it: the core's result, its options,
+    the slices it wrote, and the segment's stack before and after (as it reads back: the Segment Editor's masking
+    may have kept some of the result out)."""
+    result: object
+    options: dict
+    written: set
+    packed: tuple   # the stacks before and after, bit-packed (a whole volume's masks, kept for a while)
+
+    @classmethod
+    def of(cls, result, options, written, before, after):
+        return cls(result, options, set(written), (np.packbits(before, axis=-1), np.packbits(after, axis=-1),
+                                                   before.shape[-1]))
+
+    @property
+    def before(self) -> np.ndarray:
+        return np.unpackbits(self.packed[0], axis=-1, count=self.packed[2]).astype(bool)
+
+    @property
+    def after(self) -> np.ndarray:
+        return np.unpackbits(self.packed[1], axis=-1, count=self.packed[2]).astype(bool)
+
+    def undone(self, now) -> bool:
+        """Whether the segment is back where it was before this run (Undo): none of the slices it changed still
+        holds what it wrote, and some are as they were (others may hold a new drawing). A slice the user erased
+        among slices still as it wrote them is an end the next run keeps, not an undo."""
+        before, after = self.before, self.after
+        changed = [s for s in range(len(before)) if not np.array_equal(after[s], before[s])]
+        back = any(np.array_equal(now[s], before[s]) for s in changed)
+        return back and not any(np.array_equal(now[s], after[s]) for s in changed)
+
+
+KEEP_RUNS = 2   # per segment, volume and layout: after undoing the last run, Propagate continues the one before
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -410,7 +439,7 @@ class SegmentLogic:
         self._windows: dict[str, tuple | None] = {}
         self._last: dict[tuple, SlicePrediction] = {}  # (seg node ID, segment ID, slice key) -> last written
         # (seg, segment, volume key, layout) -> (result, options, written, the segment's stack before that run)
-        self._propagations: dict[tuple, tuple] = {}
+        self._propagations: dict[tuple, list[PropagationRun]] = {}   # plan key -> the latest runs, newest last
         self.last_propagation = None
         self.last_evaluation = None
         self._assist = None      # SAM^assist: the predictor with a learned prompt encoder (learn_from_segment)
@@ -956,9 +985,8 @@ class SegmentLogic:
                    "carrier": "auto" if carry else None, "span": span}
         filled = [s for s in range(n) if seg_stack[s].any()]
         previous, written_before = None, set()
-        last = self._propagations.get(key)
-        if last is not None and _undone(last[0].mask, last[3], seg_stack):
-            last = None   # the user undid that run (Ctrl+Z): start afresh, as if it never ran
+        # the newest run not undone (Ctrl+Z): continue it; none: start afresh, as if they never ran
+        last = next((run for run in reversed(self._propagations.get(key, [])) if not run.undone(seg_stack)), None)
         if seedSlices is not None:
             indices = sorted({int(s) for s in seedSlices})
             bad = [s for s in indices if not 0 <= s < n]
@@ -968,10 +996,11 @@ class SegmentLogic:
             if empty:
                 raise PromptError(f"Seed slice {empty[0]} of the segment is empty: draw or accept it first.")
         elif last is not None:
-            prev_result, prev_options, written_before, _ = last
+            prev_result, prev_options, written_before = last.result, last.options, last.written
             # every changed slice is a new anchor: a correction, or a slice the user erased, which becomes an
             # empty anchor, an end the fronts stop at (a re-run never writes into it)
-            indices = [s for s in range(n) if not np.array_equal(seg_stack[s], prev_result.mask[s])]
+            after = last.after
+            indices = [s for s in range(n) if not np.array_equal(seg_stack[s], after[s])]
             if prev_options == options:
                 previous = prev_result
             else:  # other options: a fresh run from every anchor as it is now, and the corrections
@@ -1021,7 +1050,12 @@ class SegmentLogic:
             sl[array_axis(layout.axis)] = slice(lo, hi + 1)   # layout.axis is IJK; the block is [k, j, i]
             write_segment_block(plan.segmentation_node, plan.segment_id, new[tuple(sl)], plan.image_to_seg, ext,
                                 plan.current[tuple(sl)], modify or self.modify)
-        self._propagations[plan.key] = (result, plan.options, written, plan.seg_stack)
+            _, after, _, _ = self._segment_stack(info, plan.layout, plan.segmentation_node, plan.segment_id)
+        else:
+            after = plan.seg_stack
+        runs = self._propagations.setdefault(plan.key, [])
+        runs.append(PropagationRun.of(result, plan.options, written, plan.seg_stack, after))
+        del runs[:-KEEP_RUNS]
         self.last_propagation = result
         return result.summary()
 

@@ -1,5 +1,6 @@
 """The Segment Editor's masking settings, honoured by SonoSAM's writes: editable intensity range, editable
-area, "modify other segments" (overwrite modes), for Apply (replace / add / remove) and propagation.
+area, "modify other segments" (overwrite modes), for Apply (replace / add / remove). Propagation writes through the
+same writer; a propagation and its re-run under masking: ``test_slicer_propagate_evaluate.py``.
 
 Plain functions on an MRML scene, with no pytest: ``test_slicer_masking.py`` runs them on a headless
 slicer-core scene, ``SonoSAMSegment/Testing/Python/test_in_slicer.py`` (unittest) on Slicer's own

@@ -240,6 +240,70 @@ def test_after_undo_propagate_starts_afresh_rather_than_taking_the_undone_slices
     assert "end you set" not in summary
 
 
+def test_after_undoing_a_rerun_propagate_continues_the_run_before(ball):
+    """Ctrl+Z of a re-run brings back run 1 and the correction: Propagate gives the same local re-run again (it
+    forgot both runs, took every slice for an accepted seed and recomputed nothing)."""
+    inside, c, first = seeded_and_propagated(ball)
+    write_slice(ball, c + 2, left_half(first[c + 2]))
+    corrected = stack(ball, read(ball, ball.target)).copy()
+    ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial")
+    second = stack(ball, read(ball, ball.target)).copy()
+    assert not np.array_equal(second, corrected)
+    write_segment_block(ball.segmentation, ball.target, ball.layout.unstack(corrected), ball.m, ball.full)  # Ctrl+Z
+    summary = ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial")
+    np.testing.assert_array_equal(stack(ball, read(ball, ball.target)), second)
+    assert "2 accepted" in summary
+
+
+def test_after_undo_a_slice_drawn_where_the_undone_run_wrote_is_a_new_seed(ball):
+    """Undo, then draw another slice inside the stretch the undone run had filled: Propagate runs from both
+    drawn slices as a fresh run would (the undone run went unrecognised, its emptied slices became ends)."""
+    inside, c, first = seeded_and_propagated(ball)
+    drawn = np.zeros_like(first)
+    drawn[c], drawn[c + 3] = inside[c], left_half(inside[c + 3])
+    write_segment_block(ball.segmentation, ball.target, ball.layout.unstack(drawn), ball.m, ball.full)  # Ctrl+Z, draw
+    summary = ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial")
+    remembered = stack(ball, read(ball, ball.target)).copy()
+    write_segment_block(ball.segmentation, ball.target, ball.layout.unstack(drawn), ball.m, ball.full)
+    SegmentLogic(predictor=Predictor(ThresholdModel())).propagate(ball.volume, ball.segmentation, ball.target, "axial")
+    np.testing.assert_array_equal(remembered, stack(ball, read(ball, ball.target)))
+    assert "end you set" not in summary and remembered[c + 4].any() and remembered[c - 2].any()
+
+
+def test_a_rerun_under_the_editors_masking_keeps_the_slices_the_user_did_not_touch(ball):
+    """With the editable area "outside all segments", a band segment blocks two slices beyond the seed: the
+    masked-out slices are not the user's edits. A correction on the other side re-runs only there; the slices
+    beyond the band stay (they were taken for an erased slice, an end, and deleted)."""
+    import slicer
+
+    from SonoSAMSegmentLib.logic import editor_writer
+
+    ball.segmentation.GetSegmentation().RemoveSegment(ball.other)
+    inside = stack(ball, ball.inside)
+    c = int(np.argmax(inside.reshape(len(inside), -1).sum(1)))
+    band = np.zeros_like(inside)
+    band[c + 2:c + 4] = True
+    band_id = add_segment(ball.segmentation, "band")
+    write_segment_block(ball.segmentation, band_id, ball.layout.unstack(band), ball.m, ball.full)
+    editor = ball.volume.GetScene().AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+    editor.SetAndObserveSegmentationNode(ball.segmentation)
+    editor.SetAndObserveSourceVolumeNode(ball.volume)
+    editor.SetSelectedSegmentID(ball.target)
+    editor.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedOutsideAllSegments)
+    editor.SetOverwriteMode(editor.OverwriteNone)
+    write_slice(ball, c, inside[c])
+    ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial", modify=editor_writer(editor))
+    first = stack(ball, read(ball, ball.target)).copy()
+    assert not first[c + 2:c + 4].any() and first[c + 4].any()       # the band kept out; the front went on
+    write_slice(ball, c - 2, left_half(first[c - 2]))
+    summary = ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial",
+                                   modify=editor_writer(editor))
+    second = stack(ball, read(ball, ball.target))
+    np.testing.assert_array_equal(second[c:], first[c:])
+    assert "end you set" not in summary and "2 accepted" in summary
+    np.testing.assert_array_equal(stack(ball, read(ball, band_id)), band)
+
+
 def test_the_slices_the_user_says_the_structure_spans_bound_the_propagation(ball):
     inside = stack(ball, ball.inside)
     c = int(np.argmax(inside.reshape(len(inside), -1).sum(1)))
