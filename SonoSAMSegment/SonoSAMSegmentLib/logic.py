@@ -117,6 +117,7 @@ class PropagationPlan:
     options: dict                # direction, max_slices, carrier, span
     volume_id: str
     window: tuple | None
+    note: str = ""               # said after the result's summary (a segmentation grid tilted against the volume)
 
     def seeds(self):
         from sonosam.volume import Seed
@@ -404,6 +405,21 @@ def _reference_geometry(segmentation_node):
     if not slicer.vtkSegmentationConverter.DeserializeImageGeometry(text, reference, False):
         return None
     return reference
+
+
+def _tilted_grid(segmentation_node, image_to_seg: np.ndarray) -> bool:
+    """Whether the segmentation's own grid is tilted against the volume's (their axes not parallel): a slice drawn
+    on the volume then lands on several of the volume's slices as it reads back."""
+    import vtk
+
+    reference = _reference_geometry(segmentation_node)
+    if reference is None:
+        return False
+    matrix = vtk.vtkMatrix4x4()
+    reference.GetImageToWorldMatrix(matrix)
+    volume_to_grid = (np.linalg.inv(slicer.util.arrayFromVTKMatrix(matrix)) @ image_to_seg)[:3, :3]
+    columns = np.abs(volume_to_grid) / np.linalg.norm(volume_to_grid, axis=0)
+    return not np.allclose(np.sort(columns, axis=0)[:2], 0, atol=1e-3)
 
 
 def _same_grid(image, image_to_seg: np.ndarray) -> bool:
@@ -1015,9 +1031,13 @@ class SegmentLogic:
             raise PromptError(f"Slice {outside[0]} of the segment lies outside the slices {span[0]}..{span[1]} "
                               "you gave: widen them, or erase that slice.")
         volume_id = self._stack_id(info, layout)
+        note = (f". '{segmentationNode.GetName()}' has its own grid, tilted against this volume: a slice you draw "
+                "spreads onto its neighbours and every piece is taken for a seed. For exact slices, give it this "
+                "volume's geometry (Segment Editor: Specify geometry) and draw the seed again."
+                if _tilted_grid(segmentationNode, image_to_seg) else "")
         return PropagationPlan(segmentationNode, segmentId, volumeNode, info.key, key, layout, stack, seg_stack,
                                current, image_to_seg, extent, indices, previous, written_before, options,
-                               volume_id, info.window)
+                               volume_id, info.window, note)
 
     def finish_propagation(self, plan: PropagationPlan, result, modify=None) -> str:
         """Write a propagation result (``sonosam.volume.PropagationResult``-like: ``mask`` (n, H, W),
@@ -1057,7 +1077,7 @@ class SegmentLogic:
         runs.append(PropagationRun.of(result, plan.options, written, plan.seg_stack, after))
         del runs[:-KEEP_RUNS]
         self.last_propagation = result
-        return result.summary()
+        return result.summary() + plan.note
 
     def start_propagation(self, plan: PropagationPlan) -> PropagationTask:
         """Start the plan: a server job when the predictor is a client (``start_job``), else in-process now."""

@@ -304,6 +304,34 @@ def test_a_rerun_under_the_editors_masking_keeps_the_slices_the_user_did_not_tou
     np.testing.assert_array_equal(stack(ball, read(ball, band_id)), band)
 
 
+def test_a_segmentation_grid_tilted_against_the_volume_is_named_in_the_summary(ball):
+    """On its own grid tilted against the volume, a drawn slice reads back in pieces on its neighbours, each a seed:
+    the summary says why and how to fix it; a finer grid parallel to the volume's is not tilted."""
+    import slicer
+
+    def summary_on_grid(direction, spacing):
+        matrix = np.eye(4)
+        matrix[:3, :3] = direction @ np.diag(spacing)
+        matrix[:3, 3] = (ball.m @ np.r_[CENTER_IJK, 1])[:3]   # the ball in the middle of its extent
+        reference = slicer.vtkOrientedImageData()
+        reference.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(matrix))
+        reference.SetExtent(-60, 60, -60, 60, -60, 60)
+        segmentation = ball.volume.GetScene().AddNewNodeByClass("vtkMRMLSegmentationNode")
+        segmentation.GetSegmentation().SetConversionParameter(
+            slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(),
+            slicer.vtkSegmentationConverter.SerializeImageGeometry(reference))
+        target = add_segment(segmentation, "target")
+        inside = stack(ball, ball.inside)
+        c = int(np.argmax(inside.reshape(len(inside), -1).sum(1)))
+        seed = np.zeros_like(inside)
+        seed[c] = inside[c]
+        write_segment_block(segmentation, target, ball.layout.unstack(seed), ball.m, ball.full)
+        return ball.logic.propagate(ball.volume, segmentation, target, "axial")
+
+    assert "tilted against this volume" in summary_on_grid(np.eye(3), (0.5, 0.5, 0.5))   # the volume is rotated
+    assert "tilted" not in summary_on_grid(ball.m[:3, :3] / np.linalg.norm(ball.m[:3, :3], axis=0), (0.5, 0.5, 0.5))
+
+
 def test_the_slices_the_user_says_the_structure_spans_bound_the_propagation(ball):
     inside = stack(ball, ball.inside)
     c = int(np.argmax(inside.reshape(len(inside), -1).sum(1)))
