@@ -37,6 +37,32 @@ def image_key(image: np.ndarray, window=None) -> str:
     return content_hash(array, str(window))
 
 
+def check_window(window) -> tuple[float, float] | None:
+    """``window`` as the cache and the encoder take it: None, or two finite numbers (low, high) in any sequence."""
+    if window is None:
+        return None
+    try:
+        low, high = (float(v) for v in np.asarray(window, dtype=float).reshape(-1))
+    except (TypeError, ValueError):
+        raise InputImageError(f"window={window!r} is not two numbers; give window=(low, high), or None for the "
+                              "image's own 0.5/99.5 percentiles.") from None
+    if not (np.isfinite(low) and np.isfinite(high) and high > low):
+        raise InputImageError(f"window={window!r} is empty or not finite; give window=(low, high) with low < high.")
+    return low, high
+
+
+def check_key(key: Hashable | None) -> Hashable | None:
+    """A cache key as given (lists read as tuples); one that cannot be hashed is refused."""
+    if isinstance(key, list):
+        key = tuple(check_key(k) for k in key)
+    try:
+        hash(key)
+    except TypeError:
+        raise InputImageError(f"key={key!r} cannot name an image in the cache; give a string, a number or a tuple "
+                              "of them.") from None
+    return key
+
+
 class EmbeddingCache:
     """Least-recently-used embeddings within a memory budget (MiB); thread-safe.
 
@@ -149,6 +175,15 @@ class PrefetchJob:
         self.future.result(timeout)
 
 
+def _same_size(embedding: Embedding, image, key) -> Embedding:
+    shape = None if callable(image) else np.shape(image)[:2]
+    if shape is not None and tuple(shape) != tuple(embedding.original_size):
+        (h, w), (height, width) = embedding.original_size, shape
+        raise InputImageError(f"key={key!r} names a {w}x{h} image in the cache; this one is {width}x{height}: give "
+                              "each image its own key (or none: the pixels are then the key).")
+    return embedding
+
+
 class Predictor:
     def __init__(self, model: SamModel, cache_mib: float = 1024, spill: bool | str | Path = False):
         self.model = model
@@ -162,23 +197,26 @@ class Predictor:
         return (self.model.model_id, key if key is not None else image_key(image, window), window)
 
     def is_cached(self, key: Hashable, window=None) -> bool:
-        return (self.model.model_id, key, window) in self.cache
+        return (self.model.model_id, check_key(key), check_window(window)) in self.cache
 
     def embedding(self, image: ImageSource, key: Hashable | None = None, window=None) -> Embedding:
-        """The image's embedding, from the cache, from an encoding already under way, or encoded now."""
+        """The image's embedding, from the cache, from an encoding already under way, or encoded now. A ``key``
+        names one image: given again with an image of another size, it is refused (the cached answer would be
+        the other image's)."""
+        key, window = check_key(key), check_window(window)
         if callable(image) and key is None:
             image = image()
         cache_key = self._cache_key(image, key, window)
         embedding = self.cache.get(cache_key)
         if embedding is not None:
-            return embedding
+            return _same_size(embedding, image, key)
         with self._lock:
             pending = self._encoding.get(cache_key)
             owner = pending is None
             if owner:
                 pending = self._encoding[cache_key] = Future()
         if not owner:  # another thread is encoding this very image: wait for it instead of encoding twice
-            return pending.result()
+            return _same_size(pending.result(), image, key)
         try:
             embedding = self.model.encode(image() if callable(image) else image, window)
             self.encoder_calls += 1
@@ -196,7 +234,8 @@ class Predictor:
         """Encode (key, image) items in one batch and cache each under its key: for encoders that must see
         neighbouring slices together (Med-SA's SD-Trans). Items already cached are encoded again with the
         rest, so that every slice of the slab is encoded in the same context."""
-        items = list(items)
+        items = [(check_key(key), image) for key, image in items]
+        window = check_window(window)
         images = [image() if callable(image) else image for _, image in items]
         embeddings = self.model.encode_many(images, window, batch_size=len(images))
         self.encoder_calls += 1

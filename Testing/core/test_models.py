@@ -81,6 +81,20 @@ def test_cache_encodes_each_image_once(default_model, echo_frames):
     assert predictor.encoder_calls == 2
     np.testing.assert_array_equal(first.mask, by_content.mask)
     assert not np.array_equal(first.mask, again.mask)
+    # a key given again with an image of another size is refused (the other image's answer came back)
+    with pytest.raises(InputImageError, match="names a .* image in the cache"):
+        predictor.predict(echo_frames[0][:200, :300], box=(10, 10, 100, 100), key=("loop", 0))
+    # keys and windows as a console user writes them: lists and arrays (they raised "unhashable type")
+    assert predictor.is_cached(["loop", 0])
+    listed = predictor.predict(echo_frames[0], box=LV_BOX, key=["loop", 0], window=[0, 255])
+    predictor.predict(echo_frames[0], box=LV_BOX, key=("loop", 0), window=np.array([0.0, 255.0]))
+    assert predictor.encoder_calls == 3   # one more encode: the same window, given twice as a list and an array
+    assert listed.mask.shape == echo_frames[0].shape[:2]
+    for bad in (100, (5, 5), "wide"):
+        with pytest.raises(InputImageError, match="window"):
+            predictor.predict(echo_frames[0], box=LV_BOX, window=bad)
+    with pytest.raises(InputImageError, match="cannot name an image"):
+        predictor.predict(echo_frames[0], box=LV_BOX, key={"loop": 0})
 
 
 def test_prefetch_in_background_then_cancel(default_model, echo_frames):
