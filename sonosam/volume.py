@@ -78,6 +78,13 @@ class Seed:
     mask: np.ndarray | None = None
 
     def __post_init__(self):   # lists or arrays, as a console user gives them: plain lists from here on
+        try:
+            integral = float(self.index).is_integer()
+        except (TypeError, ValueError):
+            integral = False
+        if not integral or isinstance(self.index, bool):
+            raise PromptError(f"Seed index {self.index!r} is not a slice number; give an integer index along the axis.")
+        self.index = int(self.index)
         if self.points is not None:
             self.points = [tuple(float(v) for v in p) for p in self.points] or None
         if self.labels is not None:
@@ -191,6 +198,7 @@ class PropagationResult:
     anchors: dict[int, Seed] = field(default_factory=dict, repr=False)  # for a re-run: index -> its Seed
     seed_checks: dict = field(default_factory=dict, repr=False)  # seed index -> sonosam.seed_check.SeedCheck
     carrier: str | None = None        # the model that answered the propagated slices (options.carrier), if any
+    volume_id: str | None = None      # the volume it was run on (a re-run's `previous` must be of the same)
     replaced: list[int] = field(default_factory=list)  # a re-run's slices, other than its new seeds, whose earlier
                                       # mask it changed (IoU below agree_iou): a correction reaches past its own
                                       # slice, for better or worse, and these are the slices to review
@@ -441,6 +449,17 @@ def _encoder_id(model) -> str:
         return encoder_id(model)
     except AttributeError:   # not a SAM-family model: nothing to share with
         return f"{type(model).__name__}:{id(model)}"
+
+
+def _reachable(stretch, forward: bool, backward: bool, options: PropagationOptions, n: int) -> int:
+    """How many slices of a stretch between anchors a front may reach (direction, max_slices, span): the
+    progress total."""
+    below, above, first, last = stretch
+    low, high = options.span or (0, n - 1)
+    reach = options.max_slices if options.max_slices is not None else n
+    return sum(1 for t in range(max(first, low), min(last, high) + 1)
+               if (forward and below is not None and t - below <= reach)
+               or (backward and above is not None and above - t <= reach))
 
 
 def _as_seeds(seeds) -> list[Seed]:
@@ -790,6 +809,9 @@ def propagate(predictor, volume, seeds, axis=0, options: PropagationOptions | No
             raise PromptError(f"Seed slice {seed.index} is outside the volume ({n} slices along axis {axis}).")
     if options.span is not None:
         options = replace(options, span=check_span(options.span, n, seeds))
+    limit = options.max_slices
+    if limit is not None and (isinstance(limit, bool) or not float(limit).is_integer() or limit < 0):
+        raise PromptError(f"max_slices={limit!r}: give a whole number of slices >= 0, or None for no limit.")
     if previous is not None:
         if previous.axis != axis or previous.mask.shape != volume.shape:
             raise PromptError("`previous` is a result for another volume shape or axis; run without it.")
@@ -797,13 +819,15 @@ def propagate(predictor, volume, seeds, axis=0, options: PropagationOptions | No
         raise PromptError("Give at least one seed slice (a box, points or a mask).")
 
     run = _Run(predictor, volume, axis, options, volume_id, progress, cancel)
+    if previous is not None and previous.volume_id not in (None, run.volume_id):
+        raise PromptError("`previous` is a result for another volume (or this one changed since); run without it.")
     encoder_calls = predictor.encoder_calls
 
     # anchors: earlier ones (kept as they are) and this run's seeds (new: their neighbourhood is recomputed)
     anchors: dict[int, Seed] = dict(previous.anchors) if previous else {}
     new_indices = {seed.index for seed in seeds}
     run.prefetch(sorted(new_indices))
-    result = PropagationResult(np.zeros(volume.shape, bool), axis)
+    result = PropagationResult(np.zeros(volume.shape, bool), axis, volume_id=run.volume_id)
     if previous is not None:
         result.mask[...] = previous.mask
         result.slices = {i: replace(s) for i, s in previous.slices.items()}
@@ -817,6 +841,15 @@ def propagate(predictor, volume, seeds, axis=0, options: PropagationOptions | No
     if previous is not None:  # corrections follow the kind of alternative the earlier seeds took
         taken = [c.polarity for c in previous.seed_checks.values() if c.best and c.polarity]
         run.prefer = taken[0] if taken else None
+    order = sorted(set(anchors) | new_indices)
+    # stretches: (anchor below or None, anchor above or None, first, last slice)
+    stretches = [(None, order[0], 0, order[0] - 1)]
+    stretches += [(a, b, a + 1, b - 1) for a, b in zip(order, order[1:])]
+    stretches += [(order[-1], None, order[-1] + 1, n - 1)]
+    todo = [s for s in stretches if s[2] <= s[3] and ({s[0], s[1]} & new_indices or previous is None)]
+    forward, backward = options.direction in ("both", "forward"), options.direction in ("both", "backward")
+    run.total = len(seeds) + sum(_reachable(s, forward, backward, options, n) for s in todo)
+
     anchor_masks: dict[int, np.ndarray] = {}
     for seed in seeds:
         mask, info = run.segment_seed(seed)
@@ -828,15 +861,6 @@ def propagate(predictor, volume, seeds, axis=0, options: PropagationOptions | No
         if index not in anchor_masks:
             anchor_masks[index] = result.slice_mask(index).copy()
     run.anchor_scores = {i: (result.slices[i].score if i in result.slices else float("nan")) for i in anchors}
-
-    order = sorted(anchors)
-    # stretches: (anchor below or None, anchor above or None, first, last slice)
-    stretches = [(None, order[0], 0, order[0] - 1)]
-    stretches += [(a, b, a + 1, b - 1) for a, b in zip(order, order[1:])]
-    stretches += [(order[-1], None, order[-1] + 1, n - 1)]
-    todo = [s for s in stretches if s[2] <= s[3] and ({s[0], s[1]} & new_indices or previous is None)]
-    run.total = len(seeds) + sum(s[3] - s[2] + 1 for s in todo)
-    forward, backward = options.direction in ("both", "forward"), options.direction in ("both", "backward")
 
     local = previous is not None and options.local_rerun
 

@@ -245,9 +245,27 @@ def test_two_seeds_fill_the_gap_between_them():
 
 def test_options_direction_and_max_slices():
     volume, ball = sphere_volume()
+    totals = []
     result = propagate(Predictor(ThresholdModel()), volume, [Seed(20, box=(20, 20, 44, 44))],
-                       direction="forward", max_slices=3)
+                       direction="forward", max_slices=3, progress=lambda done, total, info: totals.append(total))
     assert result.extent() == (20, 23)
+    assert set(totals) == {4}   # the progress total counts the slices a front may reach (it counted all 40)
+    for bad in (-1, 1.5, True):   # -1 ran the front off the volume's end ("Slice -1 is outside")
+        with pytest.raises(PromptError, match="max_slices"):
+            propagate(Predictor(ThresholdModel()), volume, [Seed(20, box=(20, 20, 44, 44))], max_slices=bad)
+    # a seed index from a RAS -> IJK conversion: a whole float is a slice, a fraction is refused before any work
+    assert propagate(Predictor(ThresholdModel()), volume, [Seed(np.float64(20), box=(20, 20, 44, 44))],
+                     direction="forward", max_slices=3).extent() == (20, 23)
+    with pytest.raises(PromptError, match="not a slice number"):
+        Seed(20.5, box=(20, 20, 44, 44))
+
+
+def test_a_rerun_refuses_a_previous_result_of_another_volume():
+    volume, ball = sphere_volume()
+    first = propagate(Predictor(ThresholdModel()), volume, [Seed(20, box=(20, 20, 44, 44))])
+    with pytest.raises(PromptError, match="another volume"):   # its masks would have been mixed in
+        propagate(Predictor(ThresholdModel()), volume[:, ::-1].copy(), [Seed(22, box=(20, 20, 44, 44))],
+                  previous=first)
 
 
 def test_a_span_the_user_gives_bounds_the_fronts_and_the_rules_still_judge_inside_it():
