@@ -1106,19 +1106,24 @@ class SegmentLogic:
 
     def evaluate(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", nClicks: int = 10,
                  start: str = "box", outputDir=None, slices=None, maxSlices=None, minArea: int = 100,
-                 localCorrections: bool = False):
+                 localCorrections: bool = False, overwrite: bool = False):
         """Score the model against the segment (the reference) with the core's simulated-click protocol
         (``sonosam.evaluate``) on the segment's slices along ``sliceAxis`` (or ``slices``; ``maxSlices``:
         that many, evenly spread; ``localCorrections``: each click kept local to it, as the effect shows
         it, instead of SAM's protocol). Returns the summary table (a list of row dicts: Dice@1, MaxDSC, NoC...)
-        and writes the report (per-image CSV, summary, Dice-vs-clicks plot) into ``outputDir`` when given.
-        In-process; the module runs the same inputs as a server job (``start_evaluation``)."""
+        and writes the report (per-image CSV, summary, Dice-vs-clicks plot) into ``outputDir`` when given (an
+        earlier report there is replaced only with ``overwrite``: checked before the evaluation runs). In-process; the module runs the same inputs as a server job (``start_evaluation``)."""
         try:
             from sonosam.evaluate import evaluate as core_evaluate
             from sonosam.evaluate import samples_from_arrays, summary_table, write_report
             from sonosam.image import to_uint8_rgb
         except ImportError as error:
             raise MissingDependencyError(f"SonoSAM's core is not installed ({error}).") from error
+        if outputDir:
+            from sonosam.evaluate.report import REPORT_FILES
+            from sonosam.io import check_output_folder
+
+            check_output_folder(outputDir, REPORT_FILES, overwrite, "a report")
         info, layout, stack, seg_stack, filled, name = self._evaluation_inputs(
             volumeNode, segmentationNode, segmentId, sliceAxis, slices, maxSlices, minArea)
         samples = samples_from_arrays(stack, seg_stack.view(np.uint8), labels=[1], axis=0, min_area=minArea,
@@ -1131,7 +1136,7 @@ class SegmentLogic:
                                progress=False, local_corrections=bool(localCorrections))
         self.last_evaluation = result
         if outputDir:
-            write_report([result], outputDir, title=f"{result.model} on '{name}'")
+            write_report([result], outputDir, title=f"{result.model} on '{name}'", overwrite=overwrite)
         return summary_table([result])
 
     def start_evaluation(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", nClicks: int = 10,

@@ -277,6 +277,9 @@ def test_errors_are_recorded_with_their_message_never_as_zero(tmp_path):
     assert s["n"] == 3 and s["errors"] == 1 and s["fr@90"] == 0  # the error is not a failure at Dice 0
     paths = write_report([result], tmp_path)
     assert "decoder blew up" in paths["summary_md"].read_text()
+    with pytest.raises(SonoSAMError, match="already exists"):   # an earlier report is kept unless asked
+        write_report([result], tmp_path)
+    assert write_report([result], tmp_path, overwrite=True)["summary_md"] == paths["summary_md"]
     with pytest.raises(RuntimeError):
         evaluate(Flaky(), samples, n_clicks=3, progress=False, on_error="raise")
     with pytest.raises(SonoSAMError, match="every sample"), pytest.warns(UserWarning):

@@ -321,9 +321,18 @@ def test_overlapping_masks_go_to_layers_as_in_slicer(tmp_path):
     np.testing.assert_array_equal(slicerio.segment_mask(seg, "b").transpose(2, 1, 0), b)
     ours = io.read_segmentation(path)
     np.testing.assert_array_equal(ours.mask("b"), b)
+    with pytest.raises(InputImageError, match="segments overlap.*read_segmentation"):   # it said "RGB"
+        io.read_volume(path)
     with pytest.raises(InputImageError, match="overlap"):
         io.write_segmentation(tmp_path / "two.nii.gz", [a, b], GEOMETRY)
     assert listing(tmp_path) == ["two.seg.nrrd"]
+    # segments described by their names, or one segment by a dict alone (they raised raw TypeErrors)
+    named = io.read_segmentation(io.write_segmentation(tmp_path / "named.seg.nrrd", [a, b], GEOMETRY, ["LV", "RV"]))
+    assert [s.name for s in named.segments] == ["LV", "RV"]
+    one = io.read_segmentation(io.write_segmentation(tmp_path / "one.seg.nrrd", a, GEOMETRY, {"name": "LV"}))
+    assert [s.name for s in one.segments] == ["LV"]
+    with pytest.raises(InputImageError, match="name or a dict with a 'name'"):
+        io.write_segmentation(tmp_path / "bad.seg.nrrd", a, GEOMETRY, [3])
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])

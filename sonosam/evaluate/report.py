@@ -221,9 +221,10 @@ REPORT_FILES = ("per_image.csv", "summary.csv", "summary.md", "dice_vs_clicks.pn
 
 
 def write_report(results: Sequence[ModelResult], out_dir, title: str | None = None,
-                 overwrite: bool = True) -> dict[str, Path]:
+                 overwrite: bool = False) -> dict[str, Path]:
     """Everything into ``out_dir``: per_image.csv, summary.csv, summary.md, dice_vs_clicks.png; each file
-    written atomically, and if one fails the files this call created are removed (all or none)."""
+    written atomically, and if one fails the files this call created are removed (all or none). An earlier
+    report there is replaced only with ``overwrite``."""
     if not results:
         raise ValueError("No results to report.")
     out_dir = Path(out_dir)

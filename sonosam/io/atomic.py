@@ -110,7 +110,7 @@ def check_output_folder(folder: PathLike, names, overwrite: bool, what: str = "e
     existing = [name for name in names if (folder / name).exists()]
     if existing and not overwrite:
         raise DataFileError(f"{folder} already holds {what} ({', '.join(existing)}); choose another folder or pass "
-                            f"--overwrite.")
+                            f"overwrite=True (command line: --overwrite).")
     where = folder if folder.is_dir() else _writable_ancestor(folder)
     if not where.is_dir() or not os.access(where, os.W_OK):
         raise DataFileError(f"Cannot write into {folder}: {where} is read-only or not writable for you. "

@@ -44,9 +44,14 @@ class Segment:
         self.layer = int(self.layer)
 
     @classmethod
-    def coerce(cls, spec: Segment | dict[str, Any]) -> Segment:
+    def coerce(cls, spec: Segment | dict[str, Any] | str) -> Segment:
         if isinstance(spec, Segment):
             return spec
+        if isinstance(spec, str):
+            return cls(spec)
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise InputImageError(f"A segment is described by its name or a dict with a 'name' (and optionally "
+                                  f"'color', 'label', 'id'); got {spec!r}.")
         known = {k: spec[k] for k in ("name", "color", "label", "layer", "id") if k in spec}
         return cls(**known)
 
@@ -78,6 +83,8 @@ def _label_dtype(max_label: int):
 
 def _as_layers(labelmap_or_masks, segments) -> tuple[np.ndarray, list[Segment]]:
     """Normalise the input to ([layer, k, j, i] integer labels, segments with label and layer set)."""
+    if isinstance(segments, (str, dict, Segment)):   # one segment's description, not in a list
+        segments = [segments]
     specs = [Segment.coerce(s) for s in segments] if segments is not None else None
     is_masks = isinstance(labelmap_or_masks, (list, tuple)) or (
         isinstance(labelmap_or_masks, np.ndarray) and labelmap_or_masks.dtype == bool and labelmap_or_masks.ndim == 4)

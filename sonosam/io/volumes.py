@@ -39,6 +39,10 @@ def _sitk():
 def _image_to_volume(image, path: PathLike) -> Volume:
     sitk = _sitk()
     hint = "; for an ultrasound cine use sonosam.io.read_cine" if str(path).lower().endswith(".dcm") else ""
+    if str(path).lower().endswith(".seg.nrrd") and (image.GetNumberOfComponentsPerPixel() > 1
+                                                    or image.GetDimension() > 3):
+        raise InputImageError(f"{path} is a segmentation whose segments overlap (one layer per component); read "
+                              "it with sonosam.io.read_segmentation, or export a label map from Slicer.")
     components = image.GetNumberOfComponentsPerPixel()
     size = tuple(reversed(image.GetSize()))
     if components > 1 or image.GetDimension() > 3:
