@@ -9,14 +9,15 @@ Backends:
 - ``onnx``        ONNX Runtime (CPU) for the image encoder and for the prompt encoder + mask decoder.
                   Both graphs are exported once with `torch.onnx.export` and cached on disk.
 - ``onnx-decoder``  eager encoder, ONNX Runtime decoder (fast clicks, encoder untouched).
-- ``eager-fp16`` / ``eager-bf16``  PyTorch under autocast, meant for GPUs (outputs returned as float32).
+- ``eager-fp16`` / ``eager-bf16``  PyTorch under autocast, meant for GPUs (outputs returned as float32);
+                  ``eager-fp16`` on CPU falls back to eager (float16 is far slower there).
 - ``auto``        CUDA: ``eager``; CPU: ``onnx`` when onnxruntime is importable, else ``eager``.
 
 Any backend that cannot be set up (onnxruntime missing, export failure, wrong device) falls back to
 ``eager`` with a logged note; nothing crashes. A backend always answers: a request it cannot run (the
 ONNX decoder graph with a mask prompt alone) goes to the eager code it inherits. Exported artefacts live in ``~/.cache/sonosam/onnx/``
-(beside the weights cache), named by a key that includes the checkpoint's sha256, a fingerprint of the
-exported weights, and the torch/onnxruntime versions. Each comes with a JSON record holding the file's
+(beside the weights cache), named by a key that includes a fingerprint of the exported weights (the decoder's
+also the model's name and checkpoint sha256) and the torch/onnxruntime versions. Each comes with a JSON record holding the file's
 sha256; an artefact whose record is missing or does not match, or which ONNX Runtime cannot load, is
 rebuilt, never trusted. Files are written to a temporary name and moved into place atomically.
 """
@@ -89,6 +90,8 @@ class AutocastBackend(EagerBackend):
         self.device_type = model.device.type
         if self.device_type not in ("cuda", "cpu"):
             raise BackendUnavailable(f"autocast is not set up for device {model.device}")
+        if self.device_type == "cpu" and dtype == torch.float16:
+            raise BackendUnavailable("float16 on CPU is many times slower than float32; eager-fp16 is for CUDA")
         self.batch_size = 8 if self.device_type == "cuda" else 1
 
     def _autocast(self):
@@ -168,11 +171,9 @@ def _with_dense_prompt(sam, features: torch.Tensor, mask_input: torch.Tensor | N
 
 def make_backend(model: "SamModel", name: str | None = "auto"):
     """The backend `name` for this model, or eager with a logged note when it cannot run here."""
-    name = (name or "auto").lower()
-    if name not in BACKENDS:
-        from ..devices import check_backend_name
+    from ..devices import check_backend_name
 
-        check_backend_name(name)  # raises DeviceError naming the choices
+    name = check_backend_name(name)  # normalised ("ONNX " is "onnx"); an unknown name is a DeviceError naming the choices
     if name == "auto":
         name = _auto_choice(model)
     try:
@@ -230,13 +231,16 @@ def _fingerprint(module: torch.nn.Module) -> str:
 
 
 def artefact_key(model: "SamModel", part: str) -> tuple[str, dict]:
+    """(file stem, record) of ``part``'s artefact. The encoder's graph depends on its weights alone, so it is keyed
+    by their fingerprint: models sharing an image encoder (litemedsam and the decoders trained over it) share one."""
     modules = {"decoder": (model.sam.prompt_encoder, model.sam.mask_decoder)}.get(part, (model.sam.image_encoder,))
-    record = {"model": model.spec.name, "part": part, "image_size": model.spec.image_size,
-              "checkpoint_sha256": _checkpoint_sha256(model.checkpoint),
+    record = {"part": part, "image_size": model.spec.image_size,
               "weights_sha256": hashlib.sha256("".join(_fingerprint(m) for m in modules).encode()).hexdigest(),
               **_versions()}
+    if part == "decoder":
+        record.update(model=model.spec.name, checkpoint_sha256=_checkpoint_sha256(model.checkpoint))
     key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:20]
-    return f"{model.spec.name}-{part}-{key}", record
+    return f"{model.spec.name}-{part}-{key}" if part == "decoder" else f"{part}-{key}", record
 
 
 def load_artefact(model: "SamModel", part: str):

@@ -32,16 +32,21 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
-def verify(path: str | Path, expected: str | None) -> None:
-    """Check a file against "algorithm:hexdigest" (sha256 or md5); no expectation -> nothing to check."""
+def _mismatch(path: str | Path, expected: str | None) -> str | None:
+    """"algorithm is ACTUAL, expected EXPECTED" when the file does not match "algorithm:hexdigest", else None."""
     if not expected:
-        return
+        return None
     algorithm, _, hexdigest = expected.partition(":")
     actual = file_digest(path, algorithm)
-    if actual != hexdigest.lower():
-        raise CheckpointError(
-            f"Checksum mismatch for {path}: {algorithm} is {actual}, expected {hexdigest}. The file is corrupt, "
-            "truncated or a different release; delete it and download it again.")
+    return f"{algorithm} is {actual}, expected {hexdigest}" if actual != hexdigest.lower() else None
+
+
+def verify(path: str | Path, expected: str | None) -> None:
+    """Check a file against "algorithm:hexdigest" (sha256 or md5); no expectation -> nothing to check."""
+    mismatch = _mismatch(path, expected)
+    if mismatch:
+        raise CheckpointError(f"Checksum mismatch for {path}: {mismatch}. The file is corrupt, truncated or a "
+                              "different release; delete it and download it again.")
 
 
 def download(url: str, destination: Path, expected: str | None, progress: bool = True) -> Path:
@@ -64,9 +69,16 @@ def download(url: str, destination: Path, expected: str | None, progress: bool =
                     bar.update(len(block))
             if bar is not None:
                 bar.close()
-        verify(temp, expected)
+        mismatch = _mismatch(temp, expected)
+        if mismatch:
+            raise CheckpointError(f"The download of {url} does not match its checksum ({mismatch}); nothing was "
+                                  "kept. Try again; if it persists, the file at that address has changed.")
         temp.replace(destination)
-    except (urllib.error.URLError, OSError) as error:
+    except OSError as error:
+        from ..io.atomic import _NO_SPACE, _READ_ONLY, write_error
+
+        if not isinstance(error, urllib.error.URLError) and getattr(error, "errno", None) in _NO_SPACE | _READ_ONLY:
+            raise write_error(destination, error) from None   # a full disk or a read-only folder, not the network
         raise WeightsNotAvailableError(
             f"Could not download {url} ({getattr(error, 'reason', error)}). Without network, download the file "
             f"on another machine and put it at {destination}, or pass the checkpoint path explicitly.") from error
