@@ -55,3 +55,8 @@ class JobCancelledError(SonoSAMError):
 
 class DeviceError(SonoSAMError, ValueError):
     """A device or backend that does not exist, or that this machine does not have."""
+
+
+class TrainingError(SonoSAMError, ValueError):
+    """A training run cannot start, resume or save as asked (too little data, a foreign resume file, a model or
+    output that does not fit the command)."""

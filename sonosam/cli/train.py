@@ -132,13 +132,35 @@ def _cache_dir(args) -> str:
     return args.cache or str(Path(args.output).resolve().parent / "embeddings")
 
 
+def _model_files(*names) -> list[str]:
+    """The files behind models named by --model/--teacher/--checkpoint (a path, or a registered model's weights and
+    JSON): an output may never replace one of them."""
+    from ..models import get_spec, weights_path
+
+    files = []
+    for name in filter(None, names):
+        if Path(name).is_file():
+            files += [name, str(Path(name).with_suffix(".json"))]
+            continue
+        try:
+            spec = get_spec(name)
+        except SonoSAMError:
+            continue   # load_model names the problem
+        for file in (weights_path(spec), spec.overlay and spec.overlay()):
+            if file:
+                files += [str(file), str(Path(file).with_suffix(".json"))]
+    return files
+
+
 def run_decoder(args):
-    check_checkpoint_output(args, resume=args.resume)
+    check_checkpoint_output(args, resume=args.resume, inputs=_model_files(args.model, args.checkpoint))
     from ..models import load_model
     from ..train import TrainConfig, train_decoder
+    from ..train.finetune import check_decoder_run
 
-    split = _load_data(args)
     model = load_model(args.model, checkpoint=args.checkpoint, device=getattr(args, "device", None))
+    check_decoder_run(model, args.output, args.name, args.save)   # before the data are read
+    split = _load_data(args)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step,
                          lr_gamma=args.lr_gamma, max_corrections=args.max_corrections, seed=args.seed,
                          amp=not args.no_amp, max_steps=args.max_steps, cache_dir=_cache_dir(args),
@@ -148,20 +170,23 @@ def run_decoder(args):
                          box_keep_every=args.box_keep_every)
     result = train_decoder(model, split.train, split.val, config, args.output, resume=args.resume, name=args.name,
                            data_summary=split.summary(), save_weights=args.save)
-    if result.best is None:
+    if result.best is None or result.checkpoint is None:
         raise SonoSAMError("No epoch finished with a validation score; nothing was saved.")
     print(f"best epoch {result.best['epoch']}: validation {json.dumps(result.best.get('val'))}")
-    print(f"wrote {result.checkpoint} and {result.metadata}; use it with --model {result.checkpoint}")
+    print(f"{'wrote' if result.epochs_run else 'the run had already finished: its checkpoint is'} {result.checkpoint} and "
+          f"{result.metadata}; use it with --model {result.checkpoint}")
     return 0
 
 
 def run_distill(args):
-    check_checkpoint_output(args)
+    check_checkpoint_output(args, inputs=_model_files(args.teacher))
     from ..models import load_model
+    from ..train.checkpoint import checkpoint_name
     from ..train.distillation import DistillConfig, distill
 
-    split = _load_data(args)
+    checkpoint_name(args.output, args.name)
     teacher = load_model(args.teacher, device=getattr(args, "device", None))
+    split = _load_data(args)
     config = DistillConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step,
                            lr_gamma=args.lr_gamma, alpha=args.alpha, max_corrections=args.max_corrections,
                            seed=args.seed, amp=not args.no_amp, max_steps=args.max_steps, cache_dir=_cache_dir(args),

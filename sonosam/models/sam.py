@@ -201,6 +201,8 @@ class SamModel:
                     "(or click two opposite extremes of the structure), or choose a click-capable model such as "
                     "sam_vit_b.")
             prompts = prompts.without_points()
-        if prompts.kinds == {PromptKind.MASK} and PromptKind.MASK not in kinds:
-            raise UnsupportedPromptError(f"{self.spec.name} cannot segment from a mask prompt alone; add a box.")
+        if prompts.kinds == {PromptKind.MASK} and (PromptKind.MASK not in kinds or not self.spec.mask_alone):
+            # a decoder trained with its masks fed back beside clicks or a box returns empty masks for one alone
+            more = "a box or a click" if PromptKind.POINT in kinds else "a box"
+            raise UnsupportedPromptError(f"{self.spec.name} cannot segment from a mask prompt alone; add {more}.")
         return prompts, notes

@@ -16,6 +16,7 @@ prompt kinds, the training data summary and configuration, and the sha256 of ``O
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 from pathlib import Path
 
@@ -55,19 +56,21 @@ def save_checkpoint(model, path, *, name: str | None = None, kind: str = "decode
                          "uses), and decoder_from only goes with weights='encoder'")
     scales = None if box_scales is None else list(check_scales(box_scales))   # refused before anything is written
     path = Path(path)
+    name = checkpoint_name(path, name)
+    base_model = base_model or getattr(model.spec, "base_model", None) or model.spec.name
+    base_file = check_decoder_base(model, base_model) if weights == "decoder" else None
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu") for k, v in model.sam.state_dict().items()
              if weights == "full" or k.startswith(ENCODER_PREFIX if weights == "encoder" else DECODER_PREFIXES)}
     if dtype != "float32":
         state = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in state.items()}
     _atomic_save(state, path)
-    base_model = base_model or getattr(model.spec, "base_model", None) or model.spec.name
     meta = {
         "format": FORMAT, "version": 1,
-        "name": name or path.stem,
+        "name": name,
         "description": description or f"{kind} training of {base_model} ({path.name})",
         "base_model": base_model,
-        "architecture": architecture or {"type": base_model},
+        "architecture": architecture or getattr(model.spec, "architecture", None) or {"type": base_model},
         "weights": weights, "dtype": dtype, "file": path.name,
         "image_size": model.spec.image_size, "normalization": model.spec.normalization,
         "prompt_kinds": sorted(model.spec.prompt_kinds), "multimask": bool(model.spec.multimask),
@@ -81,18 +84,57 @@ def save_checkpoint(model, path, *, name: str | None = None, kind: str = "decode
         meta["box_scales"] = scales
     if box_sessions_of:
         meta["box_sessions_of"] = box_sessions_of
-    if weights == "decoder":  # the base weights this overlay goes on; checked when it is loaded
-        from ..models import _REGISTRY, weights_path
-
-        base_file = weights_path(_REGISTRY[base_model]) if base_model in _REGISTRY else None
-        if base_file is None:
-            raise ValueError(f"weights='decoder' needs the base model {base_model!r}'s weights file; save 'full'.")
+    if base_file is not None:  # the base weights this overlay goes on; checked when it is loaded
         meta["base_weights_sha256"] = weights_module.file_digest(base_file, "sha256")
     meta_path = path.with_suffix(".json")
     from ..io.atomic import write_text
 
     write_text(meta_path, json.dumps(meta, indent=2, default=str) + "\n", overwrite=True)
     return path, meta_path
+
+
+def checkpoint_name(path, name: str | None = None) -> str:
+    """The registry name of a checkpoint written to ``path``: ``name``, else the file's stem; a built-in model's
+    name is refused (the checkpoint would replace that model wherever it is loaded)."""
+    from ..models import check_model_name
+
+    return check_model_name(name or Path(path).stem)
+
+
+_BASE_ENCODERS: dict[tuple, str] = {}   # (base file, size, mtime) -> digest of its image encoder
+
+
+def _encoder_digest(state: dict) -> str:
+    """sha256 of the image-encoder tensors (names, shapes, float32 values): equal iff the encoders are equal."""
+    digest = hashlib.sha256()
+    for key in sorted(k for k in state if k.startswith(ENCODER_PREFIX)):
+        tensor = state[key].detach().to("cpu")
+        tensor = tensor.float() if tensor.is_floating_point() else tensor
+        digest.update(f"{key}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_decoder_base(model, base_model: str | None = None) -> Path:
+    """The base weights file a decoder-only save (``weights="decoder"``) of ``model`` goes over; refused unless
+    ``model``'s image encoder is exactly that file's (another checkpoint, a distilled student, adapters)."""
+    from ..errors import TrainingError
+    from ..models import _REGISTRY, weights_path
+
+    base_model = base_model or getattr(model.spec, "base_model", None) or model.spec.name
+    base_file = weights_path(_REGISTRY[base_model]) if base_model in _REGISTRY else None
+    if base_file is None:
+        raise TrainingError(f"A decoder-only save goes over the base model {base_model!r}'s weights file, which is "
+                            "not here; save the full weights (--save full, weights='full').")
+    stat = base_file.stat()
+    memo = (str(base_file), stat.st_size, stat.st_mtime_ns)
+    if memo not in _BASE_ENCODERS:
+        _BASE_ENCODERS[memo] = _encoder_digest(weights_module.load_state_dict(base_file))
+    if _encoder_digest(model.sam.state_dict()) != _BASE_ENCODERS[memo]:
+        raise TrainingError(f"This {model.spec.name} model's image encoder ({model.checkpoint or 'in memory'}) is not "
+                            f"{base_model}'s ({base_file}), over which a decoder-only save is reloaded; save the full "
+                            "weights (--save full, weights='full').")
+    return base_file
 
 
 def read_metadata(path) -> dict:

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import TrainingError
 from ..evaluate.datasets import Sample, load_samples
 
 __all__ = ["Split", "split_by_source", "colin27_split", "unique_images", "summarize"]
@@ -70,7 +71,8 @@ def split_by_source(samples: Sequence[Sample], val_fraction: float = 0.2, seed: 
     train = [s for s in samples if not pick(s)]
     val = [s for s in samples if pick(s)]
     if not train or not val:
-        raise ValueError(f"Cannot split {len(samples)} samples into train and validation ({rule}); add data.")
+        raise TrainingError(f"Cannot split {len(samples)} samples into train and validation ({rule}); add data, or "
+                            "give validation sources (--val-data).")
     return Split(train, val, [], rule)
 
 

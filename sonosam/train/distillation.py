@@ -152,13 +152,14 @@ def build_student(teacher: SamModel, arch: str = DEFAULT_STUDENT) -> tuple[SamMo
     if any(k.startswith(("prompt_encoder.", "mask_decoder.")) for k in missing.missing_keys):
         raise ValueError("The teacher's prompt encoder / mask decoder do not match the student's design "
                          "(256-d SAM decoder); distil from a SAM-family teacher.")
+    architecture = {"type": "litemedsam-tinyvit", "encoder": dict(encoder), "student_arch": arch,
+                    "from_teacher": a.from_teacher}
     spec = dataclasses.replace(teacher.spec, name=f"{teacher.spec.name}_student_{arch}", image_size=256,
                                normalization="minmax", prompt_kinds=click_capable(teacher).spec.prompt_kinds,
-                               multimask=False,
-                               build=lambda: _build_litemedsam(encoder))
+                               multimask=False, build=lambda: _build_litemedsam(encoder), architecture=architecture,
+                               base_model="litemedsam")   # the registered model of its design (save_checkpoint)
     student = SamModel(spec, sam.to(teacher.device).eval(), None)
-    return student, {"type": "litemedsam-tinyvit", "encoder": dict(encoder), "student_arch": arch,
-                     "from_teacher": a.from_teacher}
+    return student, architecture
 
 
 @dataclass

@@ -85,6 +85,7 @@ class TrainResult:
     metadata: Path | None = None
     steps: int = 0
     seconds: float = 0.0
+    epochs_run: int = 0                                      # epochs this call ran (0: a finished run resumed)
 
     def epoch_loss(self, index: int) -> float:
         return self.epochs[index]["loss"]
@@ -292,6 +293,41 @@ def _protocol(config: TrainConfig, **override) -> dict:
     return protocol
 
 
+def check_decoder_run(model: SamModel, output=None, name: str | None = None, save_weights: str = "full") -> None:
+    """What ``train_decoder`` refuses before any work (the command line asks before reading the data): a model
+    answering box sessions with a second decoder (which one would be trained?), a checkpoint name that is a
+    built-in model's, and a decoder-only save of a model whose encoder is not its base model's."""
+    from ..errors import TrainingError
+    from .checkpoint import check_decoder_base, checkpoint_name
+
+    if model.box_session_model is not None:
+        raise TrainingError(f"{model.spec.name} answers box sessions with a second decoder, so which one to train is "
+                            "ambiguous; train the other decoder by its own model (e.g. --model litemedsam_clicks), the "
+                            "box-session one with python -m sonosam.train.box_decoder.")
+    if output is not None:
+        checkpoint_name(output, name)
+        if save_weights == "decoder":
+            check_decoder_base(model)
+
+
+def _read_resume(path: Path, sam, optimizer, scheduler) -> dict:
+    """Load ``path`` (written by train_decoder after each epoch) into the decoder, optimizer and scheduler."""
+    from ..errors import TrainingError
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        sam.prompt_encoder.load_state_dict(state["prompt_encoder"])
+        sam.mask_decoder.load_state_dict(state["mask_decoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        int(state["epoch"]), float(state["best_score"])
+        return state
+    except Exception as error:  # noqa: BLE001 - truncated, foreign or another model's: one line, naming the file
+        first = (str(error).strip().splitlines() or [""])[0][:120]
+        raise TrainingError(f"{path} is not a resume file of this run ({type(error).__name__}: {first}); delete it "
+                            "and start again without --resume (with --overwrite to replace the output).") from None
+
+
 def train_decoder(model: SamModel, train: Sequence[Sample], val: Sequence[Sample], config: TrainConfig | None = None,
                   output: str | Path | None = None, *, resume: bool = False, name: str | None = None,
                   data_summary: dict | None = None, save_weights: str = "full", log=print,
@@ -306,6 +342,9 @@ def train_decoder(model: SamModel, train: Sequence[Sample], val: Sequence[Sample
     from .checkpoint import save_checkpoint
     from .validate import evaluate_cached
 
+    check_decoder_run(model, output, name, save_weights)
+    if model.backend != "eager":   # an exported ONNX graph keeps the old weights: run the modules being trained
+        model.use_backend("eager")
     config = config or TrainConfig()
     device = model.device
     dist = setup_distributed(device)
@@ -354,11 +393,7 @@ def train_decoder(model: SamModel, train: Sequence[Sample], val: Sequence[Sample
     output = Path(output) if output else None
     resume_path = output.with_name(output.name + ".resume") if output else None
     if resume and resume_path is not None and resume_path.is_file():
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        sam.prompt_encoder.load_state_dict(state["prompt_encoder"])
-        sam.mask_decoder.load_state_dict(state["mask_decoder"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        state = _read_resume(resume_path, sam, optimizer, scheduler)
         first_epoch, best_score = int(state["epoch"]) + 1, float(state["best_score"])
         saved_protocol = state.get("protocol", json.dumps(_protocol(config, mask_feedback=True, val_clicks=3)))
         if saved_protocol != json.dumps(_protocol(config)):   # scores not comparable: pick the best anew
@@ -368,6 +403,10 @@ def train_decoder(model: SamModel, train: Sequence[Sample], val: Sequence[Sample
                     "the best checkpoint is chosen anew")
         result.epochs = json.loads(state["history"]) if "history" in state else []
         result.steps = int(state.get("steps", 0))
+        # the run's best so far (a finished run resumed has nothing left to do: its best and its files stand)
+        result.best = next((r for r in result.epochs if r.get("val_score") == best_score), None)
+        if result.best is not None and output.is_file() and output.with_suffix(".json").is_file():
+            result.checkpoint, result.metadata = output, output.with_suffix(".json")
         if log and dist.main:
             log(f"resumed from {resume_path} at epoch {first_epoch + 1} (best validation score {best_score:.4f})")
     if log and dist.main:
@@ -404,6 +443,7 @@ def train_decoder(model: SamModel, train: Sequence[Sample], val: Sequence[Sample
                         training={"config": config.to_dict(), "data": summary, "best_epoch": epoch + 1,
                                   "validation": metrics})
         result.epochs.append(record)
+        result.epochs_run += 1
         if log and dist.main:
             val_text = ""
             if "val" in record:
