@@ -93,19 +93,24 @@ def test_a_checkpoint_never_silently_drops_a_trained_decoder(name):
 
 
 def test_a_trained_checkpoint_never_takes_a_built_in_name(home, tmp_path, default_model):
-    with pytest.raises(CheckpointError, match="built-in model's name"):
-        save_checkpoint(default_model, tmp_path / "litemedsam.pth")           # the name would be the file's stem
-    assert not (tmp_path / "litemedsam.pth").exists()
+    from sonosam.train import train_decoder
+
+    with pytest.raises(CheckpointError, match="built-in model's name"):    # training asks before any work
+        train_decoder(default_model, [], [], output=tmp_path / "litemedsam.pth")   # the name: the file's stem
     with pytest.raises(CheckpointError, match="built-in"):
-        save_checkpoint(default_model, tmp_path / "x.pth", name="litemedsam_clicks")
-    # a hand-made JSON with a built-in's name: refused by path, skipped (with a warning) among the installed ones
-    _shipped_copy(tmp_path, "litemedsam")
-    with pytest.raises(CheckpointError, match='set another "name"'):
-        load_model(str(tmp_path / "litemedsam.pth"), device="cpu")
+        train_decoder(default_model, [], [], output=tmp_path / "x.pth", name="litemedsam_clicks")
+    assert not list(tmp_path.glob("*.pth"))
+    # a file carrying a built-in's name (written by hand, or a recipe's copy) is registered under NAME@SHA
+    meta = _shipped_copy(tmp_path, "litemedsam")
+    with pytest.warns(UserWarning, match="registered as 'litemedsam@"):
+        by_path = load_model(str(tmp_path / "litemedsam.pth"), device="cpu")
+    assert by_path.spec.name == "litemedsam@" + json.loads(meta.read_text())["sha256"][:8]
     _shipped_copy(home / "models", "litemedsam_slices")
     with pytest.warns(UserWarning, match="litemedsam_slices.json"):
-        list_models()
-    assert get_spec("litemedsam").overlay is None
+        names = [spec.name for spec in list_models()]
+    assert any(n.startswith("litemedsam_slices@") for n in names)
+    assert get_spec("litemedsam").overlay is None and load_model("litemedsam", device="cpu").checkpoint == \
+        weights_path(get_spec("litemedsam"))
     assert get_spec("litemedsam_slices").where_to_get.startswith(str(SHIPPED))
 
 

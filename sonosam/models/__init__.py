@@ -184,8 +184,8 @@ def register_checkpoint(path: str | Path) -> ModelSpec:
     """Register a checkpoint written by `sonosam train` (OUT.pth + OUT.json metadata) under the name in its
     metadata: the base model's architecture and preprocessing, the trained prompt kinds, and its weights,
     either a full state dict or a prompt encoder + mask decoder loaded over the base model's weights.
-    Every field is checked here (a malformed file is one CheckpointError naming it); a built-in model's name
-    is refused (only sonosam's own shipped files carry one)."""
+    Every field is checked here (a malformed file is one CheckpointError naming it). A built-in model's name (only
+    sonosam's own shipped files may carry one) is registered as NAME@SHA (its sha256's first 8 digits), warned."""
     from dataclasses import replace
 
     path = Path(path)
@@ -198,15 +198,18 @@ def register_checkpoint(path: str | Path) -> ModelSpec:
         raise WeightsNotAvailableError(f"{meta_path}: not a readable sonosam checkpoint description ({error}); "
                                        "it is written by `sonosam train` next to the .pth file.") from None
     name = _field(meta, "name", str, meta_path)
-    if _builtin(name) and meta_path.resolve().parent != _SHIPPED:
-        raise CheckpointError(f"{meta_path} names its model {name!r}, a built-in model's name, which a trained "
-                              f'checkpoint may not replace; set another "name" in {meta_path.name}.')
     base = _REGISTRY.get(_field(meta, "base_model", str, meta_path))
     if base is None:
         raise WeightsNotAvailableError(f"{meta_path}: its base model {meta['base_model']!r} is not known here; known "
                                        f"models: {', '.join(_REGISTRY)}.")
     file = meta_path.with_name(_field(meta, "file", str, meta_path))
     sha256 = _field(meta, "sha256", str, meta_path)
+    if _builtin(name) and meta_path.resolve().parent != _SHIPPED:   # never replaces the built-in model
+        renamed = f"{name}@{sha256[:8]}"
+        warnings.warn(f"{meta_path} names its model {name!r}, a built-in model's name; it is registered as "
+                      f'{renamed!r} and {name!r} stays the built-in (set another "name" in {meta_path.name}).',
+                      stacklevel=2)
+        name = renamed
     architecture = _field(meta, "architecture", dict, meta_path, {})
     encoder = _field(architecture, "encoder", dict, f"{meta_path}: architecture", None)
     stored = _field(meta, "weights", str, meta_path, "full")

@@ -56,7 +56,6 @@ def save_checkpoint(model, path, *, name: str | None = None, kind: str = "decode
                          "uses), and decoder_from only goes with weights='encoder'")
     scales = None if box_scales is None else list(check_scales(box_scales))   # refused before anything is written
     path = Path(path)
-    name = checkpoint_name(path, name)
     base_model = base_model or getattr(model.spec, "base_model", None) or model.spec.name
     base_file = check_decoder_base(model, base_model) if weights == "decoder" else None
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +66,7 @@ def save_checkpoint(model, path, *, name: str | None = None, kind: str = "decode
     _atomic_save(state, path)
     meta = {
         "format": FORMAT, "version": 1,
-        "name": name,
+        "name": name or path.stem,
         "description": description or f"{kind} training of {base_model} ({path.name})",
         "base_model": base_model,
         "architecture": architecture or getattr(model.spec, "architecture", None) or {"type": base_model},
@@ -94,8 +93,8 @@ def save_checkpoint(model, path, *, name: str | None = None, kind: str = "decode
 
 
 def checkpoint_name(path, name: str | None = None) -> str:
-    """The registry name of a checkpoint written to ``path``: ``name``, else the file's stem; a built-in model's
-    name is refused (the checkpoint would replace that model wherever it is loaded)."""
+    """The registry name of a checkpoint written to ``path``: ``name``, else the file's stem, refused when it is a
+    built-in model's (the training commands ask before any work; the registry would register it as NAME@SHA)."""
     from ..models import check_model_name
 
     return check_model_name(name or Path(path).stem)
