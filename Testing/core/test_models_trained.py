@@ -134,6 +134,12 @@ def test_a_malformed_json_is_one_line_and_never_breaks_the_registry(home, tmp_pa
         assert "litemedsam_clicks" in [spec.name for spec in list_models()]
 
 
+def test_plain_weights_by_path_are_told_how_to_load(tmp_path, default_model):
+    torch.save(default_model.sam.state_dict(), tmp_path / "plain_medsam.pth")
+    with pytest.raises(WeightsNotAvailableError, match="checkpoint='.*plain_medsam.pth'"):
+        load_model(str(tmp_path / "plain_medsam.pth"), device="cpu")
+
+
 def test_a_decoder_made_over_other_base_weights_says_so(home, tmp_path):
     meta = _shipped_copy(tmp_path, "other_base", base_weights_sha256="0" * 64)
     with pytest.raises(CheckpointError, match="was trained over other litemedsam weights") as error:

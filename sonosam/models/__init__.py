@@ -195,8 +195,12 @@ def register_checkpoint(path: str | Path) -> ModelSpec:
         if not isinstance(meta, dict) or meta.get("format") != "sonosam-checkpoint":
             raise ValueError("not a sonosam-checkpoint file")
     except (OSError, ValueError) as error:
-        raise WeightsNotAvailableError(f"{meta_path}: not a readable sonosam checkpoint description ({error}); "
-                                       "it is written by `sonosam train` next to the .pth file.") from None
+        plain = path.suffix != ".json" and path.is_file() and not meta_path.exists()
+        raise WeightsNotAvailableError(
+            f"{meta_path}: not a readable sonosam checkpoint description ({error}); it is written by `sonosam train` "
+            "next to the .pth file." + (f" For plain weights, name their model and give the file: "
+                                        f"load_model(MODEL, checkpoint={str(path)!r}) (--model MODEL --checkpoint "
+                                        f"{path})." if plain else "")) from None
     name = _field(meta, "name", str, meta_path)
     base = _REGISTRY.get(_field(meta, "base_model", str, meta_path))
     if base is None:
