@@ -67,6 +67,11 @@ def test_box_only_model_refuses_a_single_click(default_model, frame0):
     # two clicks on opposite extremes outline the structure: used as a box, and said so
     prediction = default_model.decode(embedding, Prompts(points=[(305, 75), (435, 265)], labels=[1, 1]))
     assert prediction.mask.sum() > 1000 and "box spanned" in prediction.notes[0]
+    with pytest.raises(UnsupportedPromptError, match="at least 4 pixels apart in x and in y"):   # one row
+        default_model.decode(embedding, Prompts(points=[(305, 170), (435, 170)], labels=[1, 1]))
+    # a mask prompt to a model trained without them is used as given, and said so (it was silent)
+    fed_back = default_model.decode(embedding, Prompts(box=(305, 75, 435, 265), mask_logits=prediction.logits))
+    assert "not trained with mask prompts" in fed_back.notes[-1]
 
 
 def test_cache_encodes_each_image_once(default_model, echo_frames):

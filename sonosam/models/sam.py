@@ -198,11 +198,15 @@ class SamModel:
             else:
                 raise UnsupportedPromptError(
                     f"{self.spec.name} was trained with boxes only and returns empty masks for clicks. Draw a box "
-                    "(or click two opposite extremes of the structure), or choose a click-capable model such as "
-                    "sam_vit_b.")
+                    "(or click two diagonally opposite corners of the structure, at least 4 pixels apart in x and "
+                    "in y), or choose a click-capable model such as litemedsam_clicks.")
             prompts = prompts.without_points()
         if prompts.kinds == {PromptKind.MASK} and (PromptKind.MASK not in kinds or not self.spec.mask_alone):
             # a decoder trained with its masks fed back beside clicks or a box returns empty masks for one alone
             more = "a box or a click" if PromptKind.POINT in kinds else "a box"
             raise UnsupportedPromptError(f"{self.spec.name} cannot segment from a mask prompt alone; add {more}.")
+        if prompts.mask_logits is not None and PromptKind.MASK not in kinds:
+            # used as given (the tracker holds a structure through dropout frames with it), but said: fed back
+            # after a box, the model's own logits can lower its Dice
+            notes.append(f"{self.spec.name} was not trained with mask prompts: the mask was used as given.")
         return prompts, notes
