@@ -52,8 +52,8 @@ def check_window(window) -> tuple[float, float] | None:
 
 
 def check_key(key: Hashable | None) -> Hashable | None:
-    """A cache key as given (lists read as tuples); one that cannot be hashed is refused."""
-    if isinstance(key, list):
+    """A cache key as given (lists read as tuples, also inside tuples); one that cannot be hashed is refused."""
+    if isinstance(key, (list, tuple)):
         key = tuple(check_key(k) for k in key)
     try:
         hash(key)

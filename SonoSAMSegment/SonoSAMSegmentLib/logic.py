@@ -150,12 +150,14 @@ class PropagationRun:
 
     def undone(self, now) -> bool:
         """Whether the segment is back where it was before this run (Undo): none of the slices it changed still
-        holds what it wrote, and some are as they were (others may hold a new drawing). A slice the user erased
-        among slices still as it wrote them is an end the next run keeps, not an undo."""
+        holds what it wrote, and more are as they were than hold a new drawing. A slice the user erased among
+        slices still as it wrote them, or beside slices they corrected, is an end the next run keeps, not an undo."""
         before, after = self.before, self.after
         changed = [s for s in range(len(before)) if not np.array_equal(after[s], before[s])]
-        back = any(np.array_equal(now[s], before[s]) for s in changed)
-        return back and not any(np.array_equal(now[s], after[s]) for s in changed)
+        if any(np.array_equal(now[s], after[s]) for s in changed):
+            return False
+        back = sum(np.array_equal(now[s], before[s]) for s in changed)
+        return back > len(changed) - back
 
 
 KEEP_RUNS = 2   # per segment, volume and layout: after undoing the last run, Propagate continues the one before
@@ -454,7 +456,6 @@ class SegmentLogic:
         self._predictor = predictor
         self._windows: dict[str, tuple | None] = {}
         self._last: dict[tuple, SlicePrediction] = {}  # (seg node ID, segment ID, slice key) -> last written
-        # (seg, segment, volume key, layout) -> (result, options, written, the segment's stack before that run)
         self._propagations: dict[tuple, list[PropagationRun]] = {}   # plan key -> the latest runs, newest last
         self.last_propagation = None
         self.last_evaluation = None

@@ -95,6 +95,8 @@ def test_cache_encodes_each_image_once(default_model, echo_frames):
     predictor.predict(echo_frames[0], box=LV_BOX, key=("loop", 0), window=np.array([0.0, 255.0]))
     assert predictor.encoder_calls == 3   # one more encode: the same window, given twice as a list and an array
     assert listed.mask.shape == echo_frames[0].shape[:2]
+    from sonosam.zoom import interactive_predictor   # its crops are keyed (key, "crop", crop): a list inside
+    assert interactive_predictor(predictor).predict(echo_frames[0], box=LV_BOX, key=["loop", 0]).mask.any()
     for bad in (100, (5, 5), "wide"):
         with pytest.raises(InputImageError, match="window"):
             predictor.predict(echo_frames[0], box=LV_BOX, window=bad)

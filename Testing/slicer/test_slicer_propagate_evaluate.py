@@ -270,6 +270,21 @@ def test_after_undo_a_slice_drawn_where_the_undone_run_wrote_is_a_new_seed(ball)
     assert "end you set" not in summary and remembered[c + 4].any() and remembered[c - 2].any()
 
 
+def test_after_a_short_run_an_erased_slice_beside_a_corrected_one_is_an_end_not_an_undo(ball):
+    """A run of one slice each way; the user erases one of its slices and corrects the other: not an Undo (none of
+    its slices holds what it wrote, but only one is back as before), so the erased slice stays empty."""
+    inside = stack(ball, ball.inside)
+    c = int(np.argmax(inside.reshape(len(inside), -1).sum(1)))
+    write_slice(ball, c, inside[c])
+    ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial", maxSlices=1)
+    first = stack(ball, read(ball, ball.target)).copy()
+    assert first[c - 1].any() and first[c + 1].any()
+    write_slice(ball, c - 1, np.zeros_like(first[c - 1]))
+    write_slice(ball, c + 1, left_half(first[c + 1]))
+    summary = ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial", maxSlices=1)
+    assert not stack(ball, read(ball, ball.target))[c - 1].any() and "1 end you set" in summary
+
+
 def test_a_rerun_under_the_editors_masking_keeps_the_slices_the_user_did_not_touch(ball):
     """With the editable area "outside all segments", a band segment blocks two slices beyond the seed: the
     masked-out slices are not the user's edits. A correction on the other side re-runs only there; the slices
