@@ -280,11 +280,13 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
             self.updateGUI()
 
     def onDownloadStop(self):
-        process, self.downloadProcess = self.downloadProcess, None
-        if process is not None:
-            process.stop()   # `sonosam models` removes its partial file on SIGTERM (temp file + rename)
+        process = self.downloadProcess
+        if process is None or process.poll() is not None:   # it has just ended: the next tick reports how
+            return
+        self.downloadProcess = None
+        process.stop()   # `sonosam models` removes its partial file on SIGTERM (temp file + rename)
         self.ui.downloadProgress.visible = False
-        self.ui.statusLabel.text = "Download stopped: nothing was kept."
+        self.ui.statusLabel.text = "Download stopped."
         self.updateGUI()
 
     def _pollDownload(self):

@@ -451,15 +451,25 @@ def _encoder_id(model) -> str:
         return f"{type(model).__name__}:{id(model)}"
 
 
+def _slice_count(value) -> int:
+    try:
+        whole = not isinstance(value, bool) and float(value).is_integer() and value >= 0
+    except (TypeError, ValueError):
+        whole = False
+    if not whole:
+        raise PromptError(f"max_slices={value!r}: give a whole number of slices >= 0, or None for no limit.")
+    return int(value)
+
+
 def _reachable(stretch, forward: bool, backward: bool, options: PropagationOptions, n: int) -> int:
-    """How many slices of a stretch between anchors a front may reach (direction, max_slices, span): the
-    progress total."""
+    """How many slices the fronts of a stretch between anchors may decode (each front counts the slices it may
+    reach: direction, max_slices, span): the progress total."""
     below, above, first, last = stretch
-    low, high = options.span or (0, n - 1)
+    low, high = max(first, (options.span or (0, n - 1))[0]), min(last, (options.span or (0, n - 1))[1])
     reach = options.max_slices if options.max_slices is not None else n
-    return sum(1 for t in range(max(first, low), min(last, high) + 1)
-               if (forward and below is not None and t - below <= reach)
-               or (backward and above is not None and above - t <= reach))
+    up = max(0, min(high, below + reach) - low + 1) if forward and below is not None else 0
+    down = max(0, high - max(low, above - reach) + 1) if backward and above is not None else 0
+    return up + down
 
 
 def _as_seeds(seeds) -> list[Seed]:
@@ -809,9 +819,8 @@ def propagate(predictor, volume, seeds, axis=0, options: PropagationOptions | No
             raise PromptError(f"Seed slice {seed.index} is outside the volume ({n} slices along axis {axis}).")
     if options.span is not None:
         options = replace(options, span=check_span(options.span, n, seeds))
-    limit = options.max_slices
-    if limit is not None and (isinstance(limit, bool) or not float(limit).is_integer() or limit < 0):
-        raise PromptError(f"max_slices={limit!r}: give a whole number of slices >= 0, or None for no limit.")
+    if options.max_slices is not None:
+        options = replace(options, max_slices=_slice_count(options.max_slices))
     if previous is not None:
         if previous.axis != axis or previous.mask.shape != volume.shape:
             raise PromptError("`previous` is a result for another volume shape or axis; run without it.")

@@ -54,6 +54,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.afterPrefetch = None        # what to run when it is done (the pending preview)
         self.propagation = None          # PropagationTask while a propagation runs
         self.heldPropagation = None      # a finished one, kept until its segment is selected again
+        self.heldMessage = None          # what the status line last said about it (said once, not every tick)
         self.pressXY = None
         self.pressRAS = None
         self.pressView = None
@@ -292,9 +293,12 @@ or connects to a GPU host.</html>"""
         if self.sceneObserver is not None:
             slicer.mrmlScene.RemoveObserver(self.sceneObserver)
             self.sceneObserver = None
-        stopped = self._stopJobs()   # leaving the effect (another effect, Escape, another module): nothing written
+        # leaving the effect (another effect, Escape, another module): a running propagation stops, nothing written;
+        # a finished one waiting for its segment stays, to be written when the effect is back with it selected
+        stopped = self._stopJobs(keepHeld=True)
         self.session = None
         self._removeHelperNodes()
+        self.heldMessage = None   # said again on return
         if self.widgets is not None:   # what the panel shows on return: nothing running
             self.busyBar.visible = False
             self.statusLabel.text = ("Propagation stopped when you left the SonoSAM effect: nothing was written."
@@ -312,14 +316,17 @@ or connects to a GPU host.</html>"""
             self.sceneObserver = None
         self._stopJobs()
 
-    def _stopJobs(self) -> bool:
-        """Stop the encode-ahead and a running propagation, discard a held one (nothing is written); True when
-        a propagation ran or was held."""
-        stopped = self.propagation is not None or self.heldPropagation is not None
-        for job in (self.prefetchJob, self.propagation, self.heldPropagation):
+    def _stopJobs(self, keepHeld: bool = False) -> bool:
+        """Stop the encode-ahead and a running propagation, and discard a held one unless ``keepHeld`` (nothing is
+        written); True when a propagation was stopped or discarded."""
+        held = None if keepHeld else self.heldPropagation
+        stopped = self.propagation is not None or held is not None
+        for job in (self.prefetchJob, self.propagation, held):
             if job is not None:
                 self._cancelQuietly(job)
-        self.prefetchJob = self.propagation = self.heldPropagation = self.afterPrefetch = None
+        self.prefetchJob = self.propagation = self.afterPrefetch = None
+        if not keepHeld:
+            self.heldPropagation = self.heldMessage = None
         return stopped
 
     @staticmethod
@@ -739,16 +746,18 @@ or connects to a GPU host.</html>"""
         segmentation = plan.segmentation_node
         segment = segmentation.GetSegmentation().GetSegment(plan.segment_id) if segmentation.GetScene() else None
         if segment is None:
-            self.heldPropagation = None
+            self.heldPropagation = self.heldMessage = None
             self._updateButtons()
             raise SegmentationError("The segment this propagation was for was deleted: nothing was written.")
         parameterSet = self.scriptedEffect.parameterSetNode()
         if parameterSet.GetSegmentationNode() is not segmentation or parameterSet.GetSelectedSegmentID() != plan.segment_id:
-            self.statusLabel.text = (f"Propagation of '{segment.GetName()}' finished: select '{segment.GetName()}' of "
-                                     f"'{segmentation.GetName()}' to write it, or Stop to discard it.")
-            self._updateButtons()
+            message = (f"Propagation of '{segment.GetName()}' finished: select '{segment.GetName()}' of "
+                       f"'{segmentation.GetName()}' to write it, or Stop to discard it.")
+            if message != self.heldMessage:   # once: the status line stays free for the other segment's work
+                self.heldMessage = self.statusLabel.text = message
+                self._updateButtons()
             return
-        self.heldPropagation = None
+        self.heldPropagation = self.heldMessage = None
         self._updateButtons()
         self.statusLabel.text = task.finish(modify=self._writer())
 

@@ -1078,7 +1078,10 @@ class SegmentLogic:
         runs.append(PropagationRun.of(result, plan.options, written, plan.seg_stack, after))
         del runs[:-KEEP_RUNS]
         self.last_propagation = result
-        return result.summary() + plan.note
+        kept_out = sum(int((new_stack[s] & ~after[s]).sum()) for s in written)
+        masking = (f". The Segment Editor's masking kept {kept_out} of its voxels out of the segment" if kept_out
+                   else "")
+        return result.summary() + masking + plan.note
 
     def start_propagation(self, plan: PropagationPlan) -> PropagationTask:
         """Start the plan: a server job when the predictor is a client (``start_job``), else in-process now."""

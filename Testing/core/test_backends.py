@@ -110,6 +110,9 @@ def test_artefacts_are_reused_and_a_corrupt_one_is_rebuilt(onnx_model, artefact_
     again = load_model("litemedsam", device="cpu", backend="onnx")
     assert again.backend == "onnx" and backends.EXPORTS == exports  # nothing exported again
     assert {f: f.stat().st_mtime_ns for f in files} == mtimes
+    # a decoder trained over this encoder shares its encoder artefact (it was exported again, per model name)
+    clicks = load_model("litemedsam_clicks", device="cpu")
+    assert backends.artefact_key(clicks, "encoder")[0] == backends.artefact_key(again, "encoder")[0]
 
     decoder = next(f for f in files if "-decoder-" in f.name)
     data = bytearray(decoder.read_bytes())

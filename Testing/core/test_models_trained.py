@@ -75,6 +75,10 @@ def test_a_students_decoder_saves_full_and_reloads_with_the_students_encoder(hom
     # as train_decoder saves: no architecture given; the model's own is recorded
     pth, meta = save_checkpoint(student, tmp_path / "student_a.pth", weights="full")
     assert json.loads(meta.read_text())["architecture"] == json.loads(json.dumps(architecture))
+    assert json.loads(meta.read_text())["mask_alone"] is False   # a trained decoder: not known to answer one
+    # a distilled encoder keeps its decoder's answer to a mask alone through save and reload (it was lost)
+    distilled, _ = save_checkpoint(student, tmp_path / "student_d.pth", weights="full", kind="distill")
+    assert load_model(str(distilled), device="cpu").spec.mask_alone
     loaded = load_model(str(pth), device="cpu")
     assert all(torch.equal(loaded.sam.state_dict()[k], v) for k, v in _encoder(student).items())
     # and once more from the loaded student (train decoder --model STUDENT.pth)

@@ -250,7 +250,7 @@ def test_options_direction_and_max_slices():
                        direction="forward", max_slices=3, progress=lambda done, total, info: totals.append(total))
     assert result.extent() == (20, 23)
     assert set(totals) == {4}   # the progress total counts the slices a front may reach (it counted all 40)
-    for bad in (-1, 1.5, True):   # -1 ran the front off the volume's end ("Slice -1 is outside")
+    for bad in (-1, 1.5, True, "3"):   # -1 ran the front off the volume's end ("Slice -1 is outside")
         with pytest.raises(PromptError, match="max_slices"):
             propagate(Predictor(ThresholdModel()), volume, [Seed(20, box=(20, 20, 44, 44))], max_slices=bad)
     # a seed index from a RAS -> IJK conversion: a whole float is a slice, a fraction is refused before any work

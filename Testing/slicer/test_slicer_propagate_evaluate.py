@@ -23,7 +23,7 @@ from test_slicer_segment_logic import (CENTER_IJK, DIMS, add_segment, colin, rea
                                        segment_array, synthetic_matrix, voxel_ras)
 from mrml_scene import add_volume_from_array  # noqa: E402
 
-from sonosam.errors import JobCancelledError, PromptError  # noqa: E402
+from sonosam.errors import JobCancelledError, PromptError, SonoSAMError  # noqa: E402
 from sonosam.models import Embedding, Prediction  # noqa: E402
 from sonosam.predictor import Predictor  # noqa: E402
 
@@ -307,9 +307,11 @@ def test_a_rerun_under_the_editors_masking_keeps_the_slices_the_user_did_not_tou
     editor.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedOutsideAllSegments)
     editor.SetOverwriteMode(editor.OverwriteNone)
     write_slice(ball, c, inside[c])
-    ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial", modify=editor_writer(editor))
+    summary = ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial", modify=editor_writer(editor))
     first = stack(ball, read(ball, ball.target)).copy()
     assert not first[c + 2:c + 4].any() and first[c + 4].any()       # the band kept out; the front went on
+    band_voxels = int(ball.logic.last_propagation.mask[c + 2:c + 4].sum())   # what the core found there
+    assert band_voxels and f"masking kept {band_voxels} of its voxels out" in summary   # said, not hidden
     write_slice(ball, c - 2, left_half(first[c - 2]))
     summary = ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial",
                                    modify=editor_writer(editor))
@@ -428,6 +430,14 @@ def test_evaluate_with_stand_in_returns_dice_table_and_report(ball, tmp_path):
         rows = ball.logic.evaluate(ball.volume, ball.segmentation, ball.target, "axial", nClicks=2, start="box",
                                    maxSlices=3, localCorrections=True)
     assert rows[0]["Start"] == "box, local corrections" and ball.logic.last_evaluation.local_corrections
+    # the earlier report is kept: refused before the evaluation runs, replaced only when asked
+    decodes = ball.model.decodes
+    with pytest.raises(SonoSAMError, match="already holds a report"):
+        ball.logic.evaluate(ball.volume, ball.segmentation, ball.target, "axial", outputDir=tmp_path, maxSlices=3)
+    assert ball.model.decodes == decodes
+    with pytest.warns(UserWarning, match="takes no clicks"):
+        ball.logic.evaluate(ball.volume, ball.segmentation, ball.target, "axial", nClicks=2, outputDir=tmp_path,
+                            maxSlices=3, overwrite=True)
 
 
 @pytest.mark.slow  # the real model on real MRI

@@ -231,10 +231,12 @@ def _fingerprint(module: torch.nn.Module) -> str:
 
 
 def artefact_key(model: "SamModel", part: str) -> tuple[str, dict]:
-    """(file stem, record) of ``part``'s artefact. The encoder's graph depends on its weights alone, so it is keyed
-    by their fingerprint: models sharing an image encoder (litemedsam and the decoders trained over it) share one."""
+    """(file stem, record) of ``part``'s artefact. The encoder's graph depends on its class, its architecture record
+    and its weights alone, so it is keyed by them: models sharing an image encoder (litemedsam and the decoders
+    trained over it) share one."""
     modules = {"decoder": (model.sam.prompt_encoder, model.sam.mask_decoder)}.get(part, (model.sam.image_encoder,))
-    record = {"part": part, "image_size": model.spec.image_size,
+    record = {"part": part, "image_size": model.spec.image_size, "classes": [type(m).__name__ for m in modules],
+              "architecture": getattr(model.spec, "architecture", None) or {"type": model.spec.name},
               "weights_sha256": hashlib.sha256("".join(_fingerprint(m) for m in modules).encode()).hexdigest(),
               **_versions()}
     if part == "decoder":

@@ -73,6 +73,9 @@ def save_checkpoint(model, path, *, name: str | None = None, kind: str = "decode
         "weights": weights, "dtype": dtype, "file": path.name,
         "image_size": model.spec.image_size, "normalization": model.spec.normalization,
         "prompt_kinds": sorted(model.spec.prompt_kinds), "multimask": bool(model.spec.multimask),
+        # a distilled encoder keeps its decoder's answer to a mask alone; a trained decoder or prompt encoder is
+        # not known to give one
+        "mask_alone": bool(model.spec.mask_alone) and kind == "distill",
         "training": {"kind": kind, **(training or {})},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "sha256": weights_module.file_digest(path, "sha256"),
