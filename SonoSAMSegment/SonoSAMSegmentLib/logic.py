@@ -1079,8 +1079,8 @@ class SegmentLogic:
         del runs[:-KEEP_RUNS]
         self.last_propagation = result
         kept_out = sum(int((new_stack[s] & ~after[s]).sum()) for s in written)
-        masking = (f". The Segment Editor's masking kept {kept_out} of its voxels out of the segment" if kept_out
-                   else "")
+        masking = (f". {kept_out} of its voxels did not reach the segment (the Segment Editor's masking, or the "
+                   "segmentation's own coarser or tilted grid)" if kept_out else "")
         return result.summary() + masking + plan.note
 
     def start_propagation(self, plan: PropagationPlan) -> PropagationTask:
@@ -1116,7 +1116,8 @@ class SegmentLogic:
         that many, evenly spread; ``localCorrections``: each click kept local to it, as the effect shows
         it, instead of SAM's protocol). Returns the summary table (a list of row dicts: Dice@1, MaxDSC, NoC...)
         and writes the report (per-image CSV, summary, Dice-vs-clicks plot) into ``outputDir`` when given (an
-        earlier report there is replaced only with ``overwrite``: checked before the evaluation runs). In-process; the module runs the same inputs as a server job (``start_evaluation``)."""
+        earlier report there is replaced only with ``overwrite``: checked before the evaluation runs). In-process;
+        the module runs the same inputs as a server job (``start_evaluation``)."""
         try:
             from sonosam.evaluate import evaluate as core_evaluate
             from sonosam.evaluate import samples_from_arrays, summary_table, write_report

@@ -311,7 +311,7 @@ def test_a_rerun_under_the_editors_masking_keeps_the_slices_the_user_did_not_tou
     first = stack(ball, read(ball, ball.target)).copy()
     assert not first[c + 2:c + 4].any() and first[c + 4].any()       # the band kept out; the front went on
     band_voxels = int(ball.logic.last_propagation.mask[c + 2:c + 4].sum())   # what the core found there
-    assert band_voxels and f"masking kept {band_voxels} of its voxels out" in summary   # said, not hidden
+    assert band_voxels and f"{band_voxels} of its voxels did not reach the segment" in summary   # said, not hidden
     write_slice(ball, c - 2, left_half(first[c - 2]))
     summary = ball.logic.propagate(ball.volume, ball.segmentation, ball.target, "axial",
                                    modify=editor_writer(editor))
