@@ -421,7 +421,8 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
             task = self.logic.start_auto_segment(volume, segmentation, className, name,
                                                  segmentId=segmentId if into else None, sliceAxis=axis,
                                                  sliceRange=sliceRange)
-            self._startModes("auto", task, dict(segmentation=segmentation), f"Auto: {className}...")
+            self._startModes("auto", task, dict(volume=volume, segmentation=segmentation,
+                                                segmentId=segmentId if into else None), f"Auto: {className}...")
 
     def onModesStop(self):
         if self.modesTask is not None:
@@ -445,9 +446,25 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
         editor.saveStateForUndo()
         self.undoSkipped = False
 
-    def _undoNote(self) -> str:
-        return (" No undo step: the Segment Editor shows another segmentation (select this one there before the "
-                "next run to undo it with Ctrl+Z)." if self.undoSkipped else " (Ctrl+Z in the Segment Editor undoes it.)")
+    def _writer(self, context):
+        """How Refine and Auto write: with the Segment Editor's masking (editable area, intensity range, "modify
+        other segments") where it shows this segment of this volume, selected, as its own effects would; else
+        everywhere, never overwriting other segments (the editor's masking is about its selected segment and source
+        volume). One undo step in either case, where the editor shows this segmentation."""
+        segmentation, segmentId = context["segmentation"], context.get("segmentId")
+        node = slicer.modules.segmenteditor.widgetRepresentation().self().editor.mrmlSegmentEditorNode()
+        shown = (node is not None and segmentId and node.GetSegmentationNode() is segmentation
+                 and node.GetSelectedSegmentID() == segmentId and node.GetSourceVolumeNode() is context["volume"])
+        return editor_writer(node if shown else None,
+                             before_first_write=lambda *_: self._saveStateForUndo(segmentation))
+
+    def _undoNote(self, writer) -> str:
+        masking = (" With the Segment Editor's masking." if writer.editor_node.GetScene() is not None else
+                   " Written everywhere (the Segment Editor's masking applies when it shows this segment selected, "
+                   "on this volume).")
+        return masking + (" No undo step: the Segment Editor shows another segmentation (select this one there before "
+                          "the next run to undo it with Ctrl+Z)." if self.undoSkipped
+                          else " (Ctrl+Z in the Segment Editor undoes it.)")
 
     def _pollModes(self):
         if self.modesTask is None:
@@ -472,20 +489,19 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
                 self.ui.modesStatusLabel.text = "Stopped: nothing was written."
             elif kind == "refine":
                 prediction = task.finish()   # raises the job's error when it failed
-                segmentation = context["segmentation"]
-                writer = editor_writer(before_first_write=lambda *_: self._saveStateForUndo(segmentation))
-                self.logic.apply(prediction, context["volume"], segmentation, context["segmentId"], modify=writer)
-                self.ui.modesStatusLabel.text = f"Refined: {prediction.notes[0]}." + self._undoNote()
+                writer = self._writer(context)
+                self.logic.apply(prediction, context["volume"], context["segmentation"], context["segmentId"],
+                                 modify=writer)
+                self.ui.modesStatusLabel.text = f"Refined: {prediction.notes[0]}." + self._undoNote(writer)
             elif kind == "learn":
                 summary = task.finish().summary()
                 self.connection.use_assist(self.logic.predictor)   # the effect's clicks and propagation use it too
                 self.ui.modesStatusLabel.text = "Model: " + summary[0].lower() + summary[1:]
             else:
-                segmentation = context["segmentation"]
-                outcome = task.finish(modify=editor_writer(
-                    before_first_write=lambda *_: self._saveStateForUndo(segmentation)))
+                writer = self._writer(context)
+                outcome = task.finish(modify=writer)
                 self.ui.modesStatusLabel.text = (outcome.summary() + " Correct it with clicks (Segment Editor > SonoSAM)."
-                                                 + (self._undoNote() if outcome.written or outcome.created else ""))
+                                                 + (self._undoNote(writer) if outcome.written or outcome.created else ""))
         finally:
             self.updateGUI()
 
