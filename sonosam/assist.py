@@ -22,13 +22,42 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .errors import SonoSAMError
+from .errors import InputImageError, SonoSAMError
 from .evaluate.clicks import box_from_mask
 from .models import SamModel
 from .predictor import Predictor
 from .prompts import PromptKind
 
-__all__ = ["AssistResult", "train_assist", "save_assist", "assisted_model", "AssistedPredictor", "learn_assist"]
+__all__ = ["AssistResult", "train_assist", "save_assist", "assisted_model", "AssistedPredictor", "learn_assist",
+           "check_slices", "check_kinds", "check_masks"]
+
+MAX_SLICES = 5   # SAM^assist learns from 2..MAX_SLICES annotated slices
+
+
+def check_slices(slices) -> list[int]:
+    """The annotated slices' indices: 2-5 different ones (the command line, the server and learn_assist)."""
+    slices = [int(i) for i in slices]
+    if not 2 <= len(slices) <= MAX_SLICES or len(set(slices)) != len(slices):
+        raise SonoSAMError(f"SAM^assist learns from 2-{MAX_SLICES} different annotated slices; got {slices}.")
+    return slices
+
+
+def check_masks(images, masks) -> None:
+    """Each mask on its image's grid (rows, cols): a transposed or resized mask would train on misplaced targets."""
+    for n, (image, mask) in enumerate(zip(images, masks)):
+        shape, want = np.shape(mask), np.shape(image)[:2]
+        if shape != want:
+            raise InputImageError(f"Mask {n} is {shape} (rows, cols) but its image is {want}: give each mask on its "
+                                  "image's grid.")
+
+
+def check_kinds(kinds) -> tuple[str, ...]:
+    """The prompt kinds to learn: 'box' and/or 'point' (a tuple, or one kind as a string)."""
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    bad = set(kinds) - {"box", "point"}
+    if bad or not kinds:
+        raise SonoSAMError(f"kinds must be 'box' and/or 'point', not {sorted(bad) or 'nothing'}.")
+    return kinds
 
 
 @dataclass
@@ -89,12 +118,11 @@ def train_assist(model: SamModel, images: Sequence[np.ndarray], masks: Sequence[
     from .train.prompts import to_model_inputs
 
     masks = [np.asarray(m, bool) for m in masks]
-    if not 1 <= len(images) == len(masks) or any(not m.any() for m in masks):
-        raise SonoSAMError(f"SAM^assist needs 2-5 slices, each with a non-empty mask; got {len(images)} images and "
-                           f"{len(masks)} masks ({sum(not m.any() for m in masks)} empty).")
-    bad = set(kinds) - {"box", "point"}
-    if bad or not kinds:
-        raise SonoSAMError(f"kinds must be 'box' and/or 'point', not {sorted(bad) or 'nothing'}.")
+    if not 2 <= len(images) == len(masks) <= MAX_SLICES or any(not m.any() for m in masks):
+        raise SonoSAMError(f"SAM^assist needs 2-{MAX_SLICES} slices, each with a non-empty mask; got {len(images)} "
+                           f"images and {len(masks)} masks ({sum(not m.any() for m in masks)} empty).")
+    check_masks(images, masks)
+    kinds = check_kinds(kinds)
     began = time.perf_counter()
     if embeddings is None:
         embeddings = [model.encode(image, window).features for image in images]
@@ -159,10 +187,17 @@ def train_assist(model: SamModel, images: Sequence[np.ndarray], masks: Sequence[
                         sum(p.numel() for p in params), config, time.process_time() - cpu_began, {**kept, steps: assisted})
 
 
-def save_assist(result: AssistResult, path, name: str | None = None) -> tuple:
+def save_assist(result: AssistResult, path, name: str | None = None, *, overwrite: bool = False) -> tuple:
     """Write the learned prompt encoder (with the decoder it was trained against) over the base weights:
-    ``load_model(str(path))`` gives the assisted model back."""
+    ``load_model(str(path))`` gives the assisted model back. An existing ``path`` or its ``.json`` is replaced
+    only with ``overwrite=True``."""
+    from pathlib import Path
+
+    from .io import check_output_path
     from .train.checkpoint import save_checkpoint
+
+    for target in (Path(path), Path(path).with_suffix(".json")):
+        check_output_path(target, overwrite, parents=True)
 
     return save_checkpoint(result.model, path, name=name, kind="assist", weights="decoder",
                            training={"config": result.config, "seconds": result.seconds},
@@ -214,14 +249,13 @@ def learn_assist(predictor, stack: np.ndarray, slices: Sequence[int], masks: Seq
     (the keys sonosam.volume.propagate uses, so propagation reuses them; or ``key(index)``), then ``train_assist``. The one
     call the server's ``assist`` job and the Slicer logic make. ``options``: train_assist's (kinds, steps,
     seed, ...). Returns the AssistedPredictor (``.result``: seconds, losses, config)."""
-    slices = [int(i) for i in slices]
-    if not 2 <= len(slices) <= 5 or len(set(slices)) != len(slices):
-        raise SonoSAMError(f"SAM^assist learns from 2-5 different accepted slices; got {slices}.")
+    slices = check_slices(slices)
     if len(masks) != len(slices):
         raise SonoSAMError(f"Give one mask per slice ({len(slices)} slices, {len(masks)} masks).")
     bad = [i for i in slices if not 0 <= i < len(stack)]
     if bad:
         raise SonoSAMError(f"Slice {bad[0]} is outside 0..{len(stack) - 1}.")
+    check_masks([stack[i] for i in slices], masks)   # before any slice is encoded
     base = getattr(predictor, "base", predictor)   # learning again starts from the base model
     began = time.perf_counter()
     keys = [key(i) if key is not None else None if key_prefix is None else (key_prefix, 0, i) for i in slices]

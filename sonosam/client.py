@@ -346,7 +346,8 @@ class SonoSAMClient:
                    sonosam.volume.PropagationOptions field (direction, max_slices, ...)
         evaluate:  volume, labelmap (arrays, same shape), labels, slices, n_clicks, start, min_area, window, name
         track:     tracker (a RemoteTracker or its id), rerun
-        refine:    image, coarse (probabilities 0..1, same grid), context (bool mask, optional), seed, steps, window;
+        refine:    image, coarse (probabilities 0..1, or a 0..255 integer picture; same grid), context (bool mask,
+                   optional), seed, steps, window;
                    result(): (meta {positives, negatives, k, score, steps}, {"mask": HxW bool})
         encode:    images (content ids of uploaded arrays), window, prompts (optional {"box": [x0, y0, x1, y1]}: also
                    the zoomed crops that box's answer needs, where the model answers boxes at several scales)

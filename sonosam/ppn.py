@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CheckpointError, SonoSAMError
+from .errors import CheckpointError, SonoSAMError, TrainingError
 from .models import Embedding, Prediction, SamModel
 
 __all__ = ["PromptPredictor", "AutoResult", "auto_segment", "add_auto_object", "check_base", "train_ppn", "save_ppn",
-           "load_ppn", "PPNLog", "PPNValidation", "ppn_validator", "split_volumes"]
+           "load_ppn", "check_classes_present", "PPNLog", "PPNValidation", "ppn_validator", "split_volumes"]
 
 FORMAT = "sonosam-ppn"
 
@@ -395,6 +395,19 @@ def ppn_losses(model: SamModel, ppn: PromptPredictor, features: torch.Tensor, ma
     return terms
 
 
+def check_classes_present(label_maps: Sequence[np.ndarray], classes: dict[str, int], what: str = "training") -> None:
+    """Refuse classes whose label value is on none of the label maps: a prompt predictor trained on them would only
+    ever have seen the class absent."""
+    values = set()
+    for label_map in label_maps:
+        values.update(np.unique(np.asarray(label_map)).tolist())
+    missing = [f"{name}={value}" for name, value in classes.items() if value not in values]
+    if missing:
+        raise TrainingError(f"No {what} slice holds {', '.join(missing)} (their label values are on none of the "
+                            f"{len(label_maps)} {what} label maps): give each class's value in these maps, or other "
+                            "data.")
+
+
 def train_ppn(model: SamModel, images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray], classes: dict[str, int],
               *, steps: int = 200, batch: int = 4, lr: float = 1e-3, weight_decay: float = 0.1, decoder_every: int = 1,
               seed: int = 0, store=None, window=None, n_tokens: int = 6, progress=None,
@@ -414,6 +427,7 @@ def train_ppn(model: SamModel, images: Sequence[np.ndarray], label_maps: Sequenc
 
     if not images or len(images) != len(label_maps):
         raise SonoSAMError(f"Give one label map per image (got {len(images)} images, {len(label_maps)} label maps).")
+    check_classes_present(label_maps, classes)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -481,12 +495,15 @@ def train_ppn(model: SamModel, images: Sequence[np.ndarray], label_maps: Sequenc
     return ppn.eval(), log
 
 
-def save_ppn(ppn: PromptPredictor, path, extra: dict | None = None) -> Path:
-    path = Path(path)
+def save_ppn(ppn: PromptPredictor, path, extra: dict | None = None, *, overwrite: bool = False) -> Path:
+    """Write the prompt predictor (one rename: the old file or the new one, never half of one); an existing
+    ``path`` is replaced only with ``overwrite=True``."""
+    from .io import atomic_output, check_output_path
+
+    path = check_output_path(path, overwrite, parents=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    torch.save({"format": FORMAT, "config": ppn.config, "state": ppn.state_dict(), "extra": extra or {}}, tmp)
-    tmp.replace(path)
+    with atomic_output(path, overwrite) as tmp:
+        torch.save({"format": FORMAT, "config": ppn.config, "state": ppn.state_dict(), "extra": extra or {}}, tmp)
     return path
 
 

@@ -26,12 +26,14 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .errors import PromptError, SonoSAMError
+from .errors import PromptError, SonoSAMError, UnsupportedPromptError
 from .models import Embedding, Prediction, mask_to_logits
 from .prompts import Prompts
 
 __all__ = ["RefineResult", "refine", "positive_points", "default_context", "optimise_negatives",
-           "coarse_from_mask"]
+           "coarse_from_mask", "coarse_probabilities", "check_clicks"]
+
+OVERSHOOT = 1.05   # a float map up to this much above 1 (interpolation overshoot) is clipped to 1, not refused
 
 
 @dataclass
@@ -58,6 +60,28 @@ def _as_prob(coarse) -> np.ndarray:
     if not np.isfinite(prob).all() or prob.min() < 0 or prob.max() > 1:
         raise PromptError("The coarse map must hold probabilities in 0..1 (a 0/255 mask: divide by 255).")
     return prob
+
+
+def coarse_probabilities(array, name: str = "The coarse map") -> np.ndarray:
+    """A coarse map as read from a file or sent to the server -> probabilities 0..1 (float32), the one rule the
+    command line and the server share: an integer map with values above 1 is a 0..255 picture (divided by 255);
+    a float map is probabilities, clipped to 1 where it overshoots by at most ``OVERSHOOT`` (cubic resampling
+    does) and refused beyond that. Negative or non-finite values are refused by ``refine`` itself."""
+    array = np.asarray(array)
+    if array.dtype == bool:
+        return array.astype(np.float32)
+    if array.size == 0:
+        return array.astype(np.float32)
+    top = float(np.nanmax(array)) if array.dtype.kind == "f" else float(array.max())
+    if array.dtype.kind in "iu":
+        if top > 255:
+            raise PromptError(f"{name} has values up to {top:g}: give probabilities 0..1 or a 0..255 picture.")
+        return (array.astype(np.float32) / 255.0) if top > 1 else array.astype(np.float32)
+    prob = array.astype(np.float32)
+    if top > OVERSHOOT:
+        raise PromptError(f"{name} holds floats up to {top:g}, not probabilities 0..1: divide it by its scale "
+                          "(e.g. 100 for percent), or store a 0..255 picture as integers (uint8).")
+    return np.minimum(prob, 1.0) if top > 1 else prob
 
 
 def coarse_from_mask(mask, sigma: float = 2.0) -> np.ndarray:
@@ -146,9 +170,10 @@ def _snap_inside(xy: np.ndarray, allowed: np.ndarray) -> np.ndarray:
 
 
 def optimise_negatives(model, embedding: Embedding, positives: np.ndarray, target: np.ndarray, *, n: int,
-                       steps: int = 100, lr: float = 4e-3, patience: int = 10, seed: int = 0
+                       steps: int = 100, lr: float = 4e-3, patience: int = 10, seed: int = 0, progress=None
                        ) -> tuple[np.ndarray, list[float]]:
-    """The complementary problem (module doc): -> (negatives (n, 2) xy inside ``target``, losses)."""
+    """The complementary problem (module doc): -> (negatives (n, 2) xy inside ``target``, losses).
+    ``progress(step, steps)`` before each step (a server job's, which raises to stop it when cancelled)."""
     if not target.any():
         raise PromptError("The context has no pixel outside the coarse foreground: give a larger context mask.")
     rng = np.random.default_rng(seed)
@@ -167,7 +192,9 @@ def optimise_negatives(model, embedding: Embedding, positives: np.ndarray, targe
     losses, best, best_xy, stale = [], np.inf, moving.detach().clone(), 0
     features = embedding.features.clone()  # an inference-mode tensor cannot be saved for backward
     with torch.enable_grad():
-        for _ in range(steps):
+        for step in range(steps):
+            if progress is not None:
+                progress(step, steps)
             coords = torch.cat([fixed, moving.clamp(0, 1) * side])
             loss = F.binary_cross_entropy_with_logits(_decode_points(sam, features, coords, labels), goal)
             (grad,) = torch.autograd.grad(loss, [moving])   # the model's own parameters get no gradient
@@ -191,11 +218,20 @@ def _embedding(model_or_predictor, image, window=None):
     return model_or_predictor, model_or_predictor.encode(image, window)
 
 
+def check_clicks(model) -> None:
+    """The refiner prompts with clicks: a model that takes none is refused (before any work, where callers can)."""
+    if "point" not in model.spec.prompt_kinds:
+        raise UnsupportedPromptError(f"{model.spec.name} takes no clicks; the refiner needs a click-capable model "
+                                     "such as litemedsam_clicks or sam_vit_b.")
+
+
 def refine(model_or_predictor, image, coarse, *, context=None, seed: int = 0, k_range=(4, 6),
            low: float = 0.15, relative: float = 0.4, steps: int = 100, lr: float = 4e-3, window=None,
-           embedding: Embedding | None = None) -> RefineResult:
+           embedding: Embedding | None = None, progress=None) -> RefineResult:
     """Refine a coarse probability map of one structure on one 2D image (module doc). ``context``: a
-    binary mask of the anatomy around it (None: a ring around the coarse region). Deterministic for a seed."""
+    binary mask of the anatomy around it (None: a ring around the coarse region). Deterministic for a seed.
+    ``progress(step, steps)``: called before each optimisation step of the negatives (an exception it raises,
+    e.g. a cancelled job's, stops the refinement)."""
     prob = _as_prob(coarse)
     if prob.shape != np.asarray(image).shape[:2]:
         raise PromptError(f"The coarse map is {prob.shape[1]}x{prob.shape[0]} but the image is "
@@ -204,9 +240,7 @@ def refine(model_or_predictor, image, coarse, *, context=None, seed: int = 0, k_
         model, embedding = _embedding(model_or_predictor, image, window)
     else:
         model = getattr(model_or_predictor, "model", model_or_predictor)
-    if "point" not in model.spec.prompt_kinds:
-        raise PromptError(f"{model.spec.name} takes no clicks; the refiner needs a click-capable model such as "
-                          "litemedsam_clicks or sam_vit_b.")
+    check_clicks(model)
     positives, k, inertia, region = positive_points(prob, low=low, relative=relative, k_range=k_range, seed=seed)
     foreground = prob > low
     given_context = context
@@ -220,7 +254,7 @@ def refine(model_or_predictor, image, coarse, *, context=None, seed: int = 0, k_
         raise PromptError("The coarse mask leaves no background around it on this image: nothing to contrast it "
                           "against. Give a coarse mask that leaves some background, or a context mask.")
     negatives, losses = optimise_negatives(model, embedding, positives, context & ~foreground, n=len(positives),
-                                           steps=steps, lr=lr, seed=seed)
+                                           steps=steps, lr=lr, seed=seed, progress=progress)
     points = np.concatenate([positives, negatives])
     labels = np.array([1] * len(positives) + [0] * len(negatives))
     prediction = model.decode(embedding, Prompts(points=points, labels=labels), multimask=False)

@@ -71,12 +71,58 @@ def test_only_the_prompt_encoder_learns(default_model, putamen, tmp_path):
 
 def test_bad_input_is_refused(default_model):
     image = np.zeros((64, 64), np.uint8)
-    with pytest.raises(SonoSAMError, match="non-empty mask"):
-        train_assist(default_model, [image], [np.zeros((64, 64), bool)], steps=1)
     mask = np.zeros((64, 64), bool)
     mask[20:40, 20:40] = True
+    with pytest.raises(SonoSAMError, match="non-empty mask"):
+        train_assist(default_model, [image] * 2, [mask, np.zeros((64, 64), bool)], steps=1)
     with pytest.raises(SonoSAMError, match="kinds"):
-        train_assist(default_model, [image], [mask], kinds=("mask",), steps=1)
+        train_assist(default_model, [image] * 2, [mask] * 2, kinds=("mask",), steps=1)
+    for n in (1, 6):   # 2-5 slices, as the help and learn_assist say (1 was trained on)
+        with pytest.raises(SonoSAMError, match="2-5"):
+            train_assist(default_model, [image] * n, [mask] * n, steps=1)
+
+
+def test_masks_off_the_images_grid_are_refused_before_any_encoding(default_model):
+    """A transposed or resized mask would train on misplaced targets (it was trained on, as if nothing were
+    wrong); train_assist and learn_assist (the Slicer logic's and the server's call) refuse it."""
+    from sonosam.assist import check_kinds, learn_assist
+    from sonosam.errors import InputImageError
+    from sonosam.predictor import Predictor
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (40, 64)).astype(np.uint8) for _ in range(2)]
+    mask = np.zeros((40, 64), bool)
+    mask[10:30, 20:40] = True
+    for wrong in (mask.T, mask[:20], np.zeros((40, 40), bool) | True):
+        with pytest.raises(InputImageError, match="image's grid"):
+            train_assist(default_model, images, [mask, wrong], steps=1)
+    predictor = Predictor(default_model)
+    with pytest.raises(InputImageError, match="image's grid"):
+        learn_assist(predictor, np.stack(images), [0, 1], [mask, mask.T], steps=1)
+    assert predictor.encoder_calls == 0
+    assert check_kinds("box") == ("box",)   # one kind as a string, not ['b', 'o', 'x']
+
+
+def test_save_assist_replaces_nothing_without_overwrite(default_model, tmp_path):
+    from sonosam.errors import DataFileError
+
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (64, 64)).astype(np.uint8) for _ in range(2)]
+    mask = np.zeros((64, 64), bool)
+    mask[20:40, 20:44] = True
+    result = train_assist(default_model, images, [mask, mask], kinds=("box",), steps=1)
+    path = tmp_path / "a.pth"
+    path.write_bytes(b"precious")
+    with pytest.raises(DataFileError, match="already exists"):
+        save_assist(result, path)
+    assert path.read_bytes() == b"precious" and not path.with_suffix(".json").exists()
+    path.unlink()
+    path.with_suffix(".json").write_text("{}")   # the metadata alone is not replaced either
+    with pytest.raises(DataFileError, match="already exists"):
+        save_assist(result, path)
+    assert not path.exists()
+    written, meta = save_assist(result, path, overwrite=True)
+    assert written.stat().st_size > 0 and meta.read_text() != "{}"
 
 
 @pytest.mark.slow

@@ -267,3 +267,32 @@ def test_a_blank_slice_is_absent_and_does_not_stop_the_run(default_model):
     blank = result.slices[1]
     assert not blank.present and blank.objectness == 0.0 and not result.masks[1].any()
     assert result.slices[0].present and result.slices[2].present   # threshold 0: the others are answered
+
+
+def test_save_ppn_replaces_nothing_without_overwrite(tmp_path):
+    from sonosam.errors import DataFileError
+
+    ppn = PromptPredictor(["A"])
+    path = tmp_path / "a.ppn.pt"
+    path.write_bytes(b"precious")
+    with pytest.raises(DataFileError, match="already exists"):
+        save_ppn(ppn, path)
+    assert path.read_bytes() == b"precious" and [p.name for p in tmp_path.iterdir()] == ["a.ppn.pt"]
+    save_ppn(ppn, path, overwrite=True)
+    assert load_ppn(path).classes == ["A"]
+
+
+def test_a_class_on_no_training_slice_is_refused_before_encoding(default_model):
+    """A class value absent from every label map (a typo, another map's numbering): the PPN would only ever see it
+    absent (it was trained and saved); refused naming it."""
+    from sonosam.errors import TrainingError
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (64, 64)).astype(np.uint8) for _ in range(2)]
+    maps = [np.zeros((64, 64), np.uint8) for _ in range(2)]
+    maps[0][20:40, 20:40] = 1
+
+    with pytest.raises(TrainingError, match="Lesion=7"):
+        train_ppn(default_model, images, maps, {"Lesion": 7}, steps=1)
+    with pytest.raises(TrainingError, match="Other=7"):
+        train_ppn(default_model, images, maps, {"Lesion": 1, "Other": 7}, steps=1)

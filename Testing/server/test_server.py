@@ -458,6 +458,36 @@ def test_evaluation_job_takes_local_corrections_as_a_boolean(client):
     assert result["result"]["local_corrections"] is True and "local corrections" in result["table"][0]["Start"]
 
 
+def test_refine_and_assist_options_are_range_checked_at_start_and_a_refine_job_cancels_between_steps(client):
+    """Out-of-range options are a 400 bad_option when the job starts (steps 0 refined nothing and reported done;
+    lr 0 learned nothing; seed -1, lr -1, batch 0 failed inside the job with a traceback); a running refine job
+    reports each optimisation step and stops at the next one when cancelled (it ran to its end)."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (64, 64)).astype(np.uint8)
+    coarse = np.zeros((64, 64), np.float32)
+    coarse[20:40, 20:40] = 1
+    for options, needle in (({"steps": 0}, r"steps = 0 is out of range \[1, 2000\]"), ({"steps": -5}, "steps = -5"),
+                            ({"seed": -1}, "seed = -1")):
+        with pytest.raises(ServerError, match=needle) as caught:
+            client.start_job("refine", image=image, coarse=coarse, **options)
+        assert (caught.value.status, caught.value.code) == (400, "bad_option")
+    stack = np.stack([image] * 3)
+    masks = np.stack([coarse > 0] * 2)
+    for options, needle in (({"lr": 0}, r"lr = 0 is out of range \(0, 1\]"), ({"lr": 1e9}, "lr = 1000000000"),
+                            ({"lr": -1}, "lr = -1"), ({"batch": 0}, "batch = 0"), ({"seed": -1}, "seed = -1")):
+        with pytest.raises(ServerError, match=needle) as caught:
+            client.start_job("assist", volume=stack, slices=[0, 2], masks=masks, **options)
+        assert (caught.value.status, caught.value.code) == (400, "bad_option")
+
+    # a 0..255 integer picture is the command line's coarse map too (it was refused here)
+    job = client.start_job("refine", image=image, coarse=(coarse * 255).astype(np.uint8), steps=2000)
+    status = job.wait(timeout=600, interval=0.05, cancel=lambda: job.last["progress"][0] >= 2)
+    assert status["state"] == "cancelled", status
+    assert status["progress"][1] == 2000 and 2 <= status["progress"][0] < 2000, status
+    with pytest.raises(JobCancelledError):
+        job.result()
+
+
 def test_prepared_job_sends_its_volume_from_polls_and_a_bad_volume_fails_naming_it(client):
     volume = _volume(seed=3).astype(np.float32)
     volume[7, 100, 100] = np.nan

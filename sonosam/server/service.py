@@ -337,6 +337,22 @@ class Uploads:
         return len(self._items)
 
 
+def check_ranges(options: dict, ranges: dict, what: str) -> dict:
+    """Numeric options (already of the right type, check_options) within ``ranges``: name -> (low, high, low_open);
+    out of range is a 400 bad_option naming the option and its range, before the job starts."""
+    for name, (low, high, low_open) in ranges.items():
+        if name not in options or options[name] is None:
+            continue
+        value = options[name]
+        if value < low or value > high or (low_open and value == low):
+            span = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+            raise ApiError(400, "bad_option", f"{what} option {name} = {value!r} is out of range {span}.")
+    return options
+
+
+SEED_RANGE = (0, 2**32 - 1, False)
+
+
 # ------------------------------------------------------------------------------------------ jobs
 @dataclasses.dataclass
 class Job:
@@ -606,11 +622,15 @@ class Service:
 
     # zero-shot refiner (sonosam.refine): a coarse probability map of one structure -> points -> mask
     def _prepare_refine(self, params: dict, arrays: dict):
-        from ..refine import refine
+        from ..refine import check_clicks, coarse_probabilities, refine
 
         image_id, image = self._image(params)
-        coarse = np.asarray(self.store.get(params.get("coarse"), "coarse"), dtype=np.float32)
-        if coarse.shape != image.shape[:2] or not np.isfinite(coarse).all() or coarse.min() < 0 or coarse.max() > 1:
+        coarse = np.asarray(self.store.get(params.get("coarse"), "coarse"))
+        try:   # the command line's rule: floats 0..1 (a small overshoot clipped), or a 0..255 integer picture
+            coarse = coarse_probabilities(coarse)
+        except SonoSAMError as error:
+            raise ApiError(422, "bad_coarse", str(error)) from None
+        if coarse.shape != image.shape[:2] or not np.isfinite(coarse).all() or coarse.min() < 0:
             raise ApiError(422, "bad_coarse", f"The coarse map ({coarse.shape}) must hold probabilities 0..1 on the "
                            f"image's grid {image.shape[:2]}.")
         context = None
@@ -620,14 +640,18 @@ class Service:
                 raise ApiError(422, "bad_context", f"The context mask {context.shape} must be shaped like the "
                                f"image {coarse.shape}.")
         options = check_options(_options(params.get("options"), "refine"), {"seed": 0, "steps": 100}, "refine")
+        check_ranges(options, {"seed": SEED_RANGE, "steps": (1, 2000, False)}, "refine")
         window = _window(params.get("window"))
         predictor = self._predictor_for(params)
+        check_clicks(predictor.model)   # a box-only model: refused now (422), not a failed job
 
         def run(job: Job):
-            job.progress(0, 1, "refining")
+            steps = options.get("steps", 100)
+            job.progress(0, steps, "encoding")
             embedding = self.predictor.embedding(image, key=("array", image_id), window=window)
-            result = refine(predictor, image, coarse, context=context, embedding=embedding, **options)
-            job.progress(1, 1)
+            result = refine(predictor, image, coarse, context=context, embedding=embedding, **options,
+                            progress=lambda s, n: job.progress(s, n, f"step {s}/{n}"))
+            job.progress(steps, steps)
             return ({"positives": result.positives.tolist(), "negatives": result.negatives.tolist(), "k": result.k,
                      "score": result.score, "steps": len(result.losses)}, {"mask": result.mask})
         return run
@@ -835,11 +859,13 @@ class Service:
         return volume_id, volume, slices
 
     def _prepare_assist(self, params: dict, arrays: dict):
-        from ..assist import learn_assist
+        from ..assist import MAX_SLICES, check_slices, learn_assist
 
         _, volume, slices = self._stack_and_slices(params, "assist")
-        if not 2 <= len(slices) <= 5 or len(set(slices)) != len(slices):
-            raise ApiError(422, "bad_slices", f"SAM^assist learns from 2-5 different slices; got {slices}.")
+        try:
+            check_slices(slices)
+        except SonoSAMError as error:
+            raise ApiError(422, "bad_slices", str(error)) from None
         masks = arrays.get("masks")
         if masks is None or masks.shape != (len(slices),) + volume.shape[1:3]:
             raise ApiError(422, "bad_masks", f"Send the accepted masks as the array 'masks' shaped "
@@ -856,8 +882,8 @@ class Service:
             if not kinds or not all(k in ("box", "point") for k in kinds):
                 raise ApiError(400, "bad_option", f"assist option kinds must list 'box' and/or 'point'; got {kinds!r}.")
             options["kinds"] = tuple(kinds)
-        if "steps" in options:
-            _number(options["steps"], "steps", integer=True, low=1, high=2000)
+        check_ranges(options, {"steps": (1, 2000, False), "seed": SEED_RANGE, "lr": (0, 1, True),
+                               "batch": (1, MAX_SLICES, False)}, "assist")
         window = _window(params.get("window"))
 
         def run(job: Job):
