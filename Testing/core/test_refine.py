@@ -105,3 +105,70 @@ def test_a_coarse_mask_over_the_whole_image_names_the_mask_not_a_context(clicks_
     image = np.random.default_rng(1).integers(0, 255, (64, 64)).astype(np.uint8)
     with pytest.raises(PromptError, match="leaves no background"):
         refine(clicks_model, image, np.ones((64, 64), np.float32), embedding=clicks_model.encode(image), steps=2)
+
+
+def test_coarse_maps_from_files_and_the_wire_follow_one_scale_rule():
+    """coarse_probabilities (the command line's and the server's rule): only an integer map is a 0..255 picture; a
+    float map that overshoots 1 a little (interpolation) is clipped, one clearly above 1 is refused naming the fix."""
+    from sonosam.refine import coarse_probabilities
+
+    picture = np.array([[0, 128, 255]], np.uint8)
+    np.testing.assert_allclose(coarse_probabilities(picture), [[0, 128 / 255, 1]])
+    np.testing.assert_array_equal(coarse_probabilities(np.array([[0, 1]], np.uint8)), [[0, 1]])   # a 0/1 mask
+    overshoot = np.array([[0.0, 0.5, 1.02]], np.float32)
+    np.testing.assert_allclose(coarse_probabilities(overshoot), [[0, 0.5, 1]])   # was divided by 255
+    with pytest.raises(PromptError, match="divide it by its scale"):
+        coarse_probabilities(np.array([[0.0, 50.0, 100.0]], np.float32))   # percent: was silently /255
+    with pytest.raises(PromptError, match="0..255"):
+        coarse_probabilities(np.array([[0, 1000]], np.uint16))
+
+
+def test_a_progress_hook_sees_each_step_and_stops_the_refinement(clicks_model):
+    """The hook a server job passes (its progress raises when the job is cancelled): called before each of the
+    negatives' optimisation steps, and an exception it raises ends the refinement there."""
+    image = np.random.default_rng(2).integers(0, 255, (64, 64)).astype(np.uint8)
+    prob = np.zeros((64, 64), np.float32)
+    prob[20:40, 20:40] = 1
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def progress(step, steps):
+        seen.append((step, steps))
+        if step == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        refine(clicks_model, image, prob, embedding=clicks_model.encode(image), steps=50, progress=progress)
+    assert seen == [(0, 50), (1, 50), (2, 50)]
+
+
+def test_refine_command_reads_a_volume_map_where_it_lies_in_space(tmp_path):
+    """`sonosam refine --coarse` on a volume: a map stored flipped along j (with the geometry that keeps each voxel
+    in place) gives the mask of the same map unflipped (it was used voxel by voxel: the mirror image's mask)."""
+    from sonosam.cli import main
+    from sonosam.io import Geometry, Volume, read_segmentation, write_volume
+    from sonosam.seeds_data import colin27, degrade, largest_slice
+
+    volume, labels, window, _ = colin27()
+    index = largest_slice(labels, CAUDATE_R)
+    block = slice(index - 1, index + 2)
+    t1 = np.ascontiguousarray(volume[block])
+    coarse = np.stack([degrade(s == CAUDATE_R, seed=3) for s in labels[block]]).astype(np.float32)
+    geometry = Geometry(spacing=(1.0, 1.0, 1.0))
+    write_volume(Volume(t1, geometry), tmp_path / "t1.nrrd")
+    direction = np.eye(3)
+    direction[:, 1] *= -1   # j runs the other way; the origin moves to the old last row
+    origin = np.asarray(geometry.origin, float) + np.eye(3)[:, 1] * (t1.shape[1] - 1)
+    flipped = Geometry(spacing=(1.0, 1.0, 1.0), origin=tuple(origin), direction=direction)
+    write_volume(Volume(np.ascontiguousarray(coarse[:, ::-1, :]), flipped), tmp_path / "coarse_flipped.nrrd")
+    write_volume(Volume(coarse, geometry), tmp_path / "coarse.nrrd")
+    masks = {}
+    for name in ("coarse", "coarse_flipped"):
+        out = tmp_path / f"{name}_refined.nii.gz"
+        assert main(["--backend", "eager", "refine", str(tmp_path / "t1.nrrd"), "--coarse", str(tmp_path / f"{name}.nrrd"),
+                     "--slice", "1", "--steps", "3", "-o", str(out)]) == 0
+        masks[name] = read_segmentation(out).labelmap.reshape(t1.shape)[1] > 0
+    np.testing.assert_array_equal(masks["coarse_flipped"], masks["coarse"])
+    assert dice(masks["coarse"], labels[index] == CAUDATE_R) > 0.3

@@ -58,6 +58,29 @@ def _disc_label(h=64, w=64):
     return (corpus.textured(h, w) > 150).astype(np.uint8)
 
 
+def _lesion_volume(tmp: Path) -> tuple[Path, Path]:
+    """A volume and its 0/1 label map (a disc on every slice)."""
+    image = corpus.textured_volume()
+    return good_volume(tmp), corpus.volume(tmp / "lab.nrrd", (image > 150).astype(np.uint8))
+
+
+def _assist(tmp: Path, *extra):
+    volume, labels = _lesion_volume(tmp)
+    return ["train", "assist", volume, "--labels", labels, "-o", tmp / "a.pth", *extra]
+
+
+def _ppn(tmp: Path, *extra):
+    volume, labels = _lesion_volume(tmp)
+    return ["train", "ppn", "--data", f"{volume},{labels}", "-o", tmp / "p.ppn.pt", *extra]
+
+
+def _ppn_file(tmp: Path) -> Path:
+    """A real (untrained) prompt predictor file that knows class A."""
+    from sonosam.ppn import PromptPredictor, save_ppn
+
+    return save_ppn(PromptPredictor(["A"]), tmp / "a.ppn.pt")
+
+
 # (id, words the one-line message must contain, argv builder taking the case's folder)
 CASES = [
     # ------------------------------------------------------------------ image files (segment, the input gate)
@@ -248,6 +271,31 @@ CASES = [
     ("refine-steps-negative", ["--steps", "at least 1"],
      lambda t: ["refine", good_png(t), "--coarse", corpus.png(t / "c.png", _disc_label() * 255), "--steps", "-3",
                 "-o", t / "m.png"]),
+    ("refine-seed-negative", ["--seed", "at least 0"],
+     lambda t: ["refine", good_png(t), "--coarse", corpus.png(t / "c.png", _disc_label() * 255), "--seed", "-1",
+                "-o", t / "m.png"]),
+    ("refine-coarse-in-percent", ["floats up to 100", "divide it by its scale"],
+     lambda t: ["refine", good_png(t), "--coarse", corpus.float_tiff(t / "c.tif", _disc_label() * 100.0),
+                "-o", t / "m.png"]),
+    ("segment-auto-with-box", ["--box does not go with --auto"],
+     lambda t: ["segment", good_png(t), "--auto", "A", "--ppn", _ppn_file(t), "--box", "10,10,40,40", "-o", t / "m.png"]),
+    ("segment-auto-unknown-class", ["knows A, not 'B'"],
+     lambda t: ["segment", good_png(t), "--auto", "B", "--ppn", _ppn_file(t), "-o", t / "m.png"]),
+    ("assist-one-slice", ["--slices 2", "2-5 different"], lambda t: _assist(t, "--slices", "2")),
+    ("assist-same-slice-twice", ["--slices 2,2", "2-5 different"], lambda t: _assist(t, "--slices", "2,2")),
+    ("assist-six-slices", ["2-5 different"], lambda t: _assist(t, "--slices", "1,2,3,4,5,6")),
+    ("assist-seed-negative", ["--seed", "at least 0"], lambda t: _assist(t, "--slices", "2,3", "--seed", "-1")),
+    ("assist-kinds-unknown", ["--kinds box,clicks", "'clicks'"],
+     lambda t: _assist(t, "--slices", "2,3", "--kinds", "box,clicks")),
+    ("ppn-class-value-not-a-number", ["--class Lesion=abc", "whole number"], lambda t: _ppn(t, "--class", "Lesion=abc")),
+    ("ppn-class-on-no-slice", ["Lesion=7", "no training slice"], lambda t: _ppn(t, "--class", "Lesion=7")),
+    ("ppn-aal-name-without-colin27", ["--class Hippocampus_L", "NAME=VALUE", "--data colin27"],
+     lambda t: _ppn(t, "--class", "Hippocampus_L")),
+    ("ppn-lr-negative", ["--lr", "above 0"], lambda t: _ppn(t, "--class", "Lesion=1", "--lr", "-1")),
+    ("ppn-lr-zero", ["--lr", "above 0"], lambda t: _ppn(t, "--class", "Lesion=1", "--lr", "0")),
+    ("ppn-seed-negative", ["--seed", "at least 0"], lambda t: _ppn(t, "--class", "Lesion=1", "--seed", "-1")),
+    ("ppn-colin27-other-axis", ["colin27", "axial", "--axis i"],
+     lambda t: ["train", "ppn", "--data", "colin27", "--class", "Caudate_L", "--axis", "i", "-o", t / "p.ppn.pt"]),
     ("evaluate-clicks-beyond-100", ["--clicks", "at most 100"],
      lambda t: ["evaluate", "--data", "colin27", "--clicks", "1001", "-o", t / "rep"]),
     ("serve-port-beyond-65535", ["--port", "at most 65535"], lambda t: ["serve", "--port", "99999"]),

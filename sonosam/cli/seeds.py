@@ -9,39 +9,46 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataFileError, SonoSAMError
-from . import check_checkpoint_output, int_at_least, load_model_from_args
+from . import check_checkpoint_output, float_in, int_at_least, load_model_from_args
 
 
 def register(subparsers):
     parser = subparsers.add_parser(
         "refine", help="refine a coarse probability map into a mask (zero-shot, no clicks)",
-        description="Refine a coarse probability map (0..1, or a 0/255 picture) of one structure on one 2D frame or "
-                    "slice: positive points by k-medoids on the thresholded map, negatives optimised on the context "
-                    "minus the map, then the frozen model (docs/seeds.md). Files on a volume's grid are sliced "
-                    "like the image.")
+        description="Refine a coarse probability map (0..1, or a 0..255 integer picture) of one structure on one 2D "
+                    "frame or slice: positive points by k-medoids on the thresholded map, negatives optimised on the "
+                    "context minus the map, then the frozen model (docs/seeds.md). A map given as a volume is read "
+                    "where it lies in space (resampled onto the image volume's grid), then sliced like the image.")
     parser.add_argument("image", type=Path)
-    parser.add_argument("--coarse", type=Path, required=True, help="probability map, same grid as the image")
+    parser.add_argument("--coarse", type=Path, required=True, help="probability map: floats 0..1 (up to 1.05 is clipped) or a 0..255 integer picture")
     parser.add_argument("--context", type=Path, help="mask of the anatomy around the structure (default: a ring)")
     parser.add_argument("--frame", "--slice", dest="index", type=int_at_least(0), default=0)
     parser.add_argument("--axis", default="k", choices=["k", "j", "i"])
     parser.add_argument("--model", default="litemedsam_clicks", help="a click-capable model (default litemedsam_clicks)")
     parser.add_argument("--checkpoint")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int_at_least(0), default=0)
     parser.add_argument("--steps", type=int_at_least(1), default=100, help="AdamW steps for the negatives (early stop)")
     parser.add_argument("-o", "--output", type=Path, required=True)
     parser.add_argument("--overwrite", action="store_true")
     parser.set_defaults(func=run_refine)
 
 
-def _map_like(path: Path, image: np.ndarray, volume, index: int, axis: str, what: str) -> np.ndarray:
-    """A 2D map for the image: the file itself (2D) or its slice (a volume on the image's grid)."""
-    from ..evaluate.datasets import read_array
+def _map_like(path: Path, image: np.ndarray, volume, geometry, index: int, axis: str, what: str) -> np.ndarray:
+    """A 2D map for the image: the file itself (2D), or its slice where it lies in space (a volume: on the image
+    volume's grid by sonosam.io.labels_on_grid, the rule evaluate and the train commands use)."""
     from ..image import take_slice
+    from ..io import Volume, labels_on_grid, read_image
 
-    array = np.asarray(read_array(path)[0])
-    if array.ndim == 3 and volume is not None and array.shape == volume.shape:
-        array = take_slice(array, axis, index)
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
+    loaded = read_image(path)
+    array = np.asarray(loaded.array)
+    if loaded.kind == "volume" and array.ndim - loaded.vector == 3 and array.shape[0] == 1:
+        array = array[0]   # a 2D map stored as a one-slice volume
+    if array.ndim == 3 and not loaded.vector and volume is not None:
+        if loaded.geometry is not None and geometry is not None:
+            array = labels_on_grid(Volume(array, loaded.geometry), volume.shape, geometry, f"{what} {path}")
+        if array.shape == volume.shape:
+            array = take_slice(array, axis, index)
+    if loaded.vector and array.ndim == 3 and array.shape[-1] in (3, 4):
         array = array[..., 0]
     if array.shape != image.shape[:2]:
         raise DataFileError(f"{what} {path} is {array.shape} but the image is {image.shape[:2]}; give it on the same grid.")
@@ -65,21 +72,18 @@ def _write(args, overlay, image, volume, geometry, display, mask, points, labels
 
 
 def run_refine(args):
-    from ..refine import refine
+    from ..refine import check_clicks, coarse_probabilities, refine
     from .images import check_mask_format, load_image, mask_outputs
 
     overlay = mask_outputs(args.output, args.overwrite, (args.image, args.coarse, args.context))
     image, volume, geometry, display = load_image(args.image, args.index, args.axis)
     check_mask_format(args.output, volume, args.image)
-    coarse = _map_like(args.coarse, image, volume, args.index, args.axis, "Coarse map").astype(np.float32)
-    if coarse.max() > 1:
-        if coarse.max() > 255:
-            raise DataFileError(f"Coarse map {args.coarse} has values up to {coarse.max():g}: give probabilities 0..1 "
-                                "or a 0..255 picture.")
-        coarse = coarse / 255.0
+    coarse = coarse_probabilities(_map_like(args.coarse, image, volume, geometry, args.index, args.axis, "Coarse map"),
+                                  f"Coarse map {args.coarse}")
     context = None if args.context is None else \
-        _map_like(args.context, image, volume, args.index, args.axis, "Context mask") > 0
+        _map_like(args.context, image, volume, geometry, args.index, args.axis, "Context mask") > 0
     model = load_model_from_args(args)
+    check_clicks(model)
     began = time.perf_counter()
     result = refine(model, image, coarse, context=context, seed=args.seed, steps=args.steps)
     points = np.concatenate([result.positives, result.negatives])
@@ -96,10 +100,16 @@ def run_refine(args):
 # --- sonosam train assist / ppn --------------------------------------------------------------------------
 
 def _parse_slices(text: str) -> list[int]:
+    from ..assist import check_slices
+
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        slices = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise SonoSAMError(f"--slices {text!r} must be comma-separated slice numbers, e.g. 40,52,64") from None
+    try:
+        return check_slices(slices)
+    except SonoSAMError as error:
+        raise SonoSAMError(f"--slices {text}: {error}") from None
 
 
 def register_train(sub):
@@ -116,7 +126,7 @@ def register_train(sub):
     assist.add_argument("--checkpoint")
     assist.add_argument("--kinds", default="box,point", help="prompt kinds to learn: box, point or box,point")
     assist.add_argument("--steps", type=int_at_least(1), default=30)
-    assist.add_argument("--seed", type=int, default=0)
+    assist.add_argument("--seed", type=int_at_least(0), default=0)
     assist.add_argument("-o", "--output", required=True, help="OUT.pth (+ OUT.json), loadable with --model OUT.pth")
     assist.add_argument("--overwrite", action="store_true", help="replace an existing OUT.pth / OUT.json")
     assist.set_defaults(func=run_train_assist)
@@ -143,8 +153,8 @@ def register_train(sub):
     ppn.add_argument("--checkpoint")
     ppn.add_argument("--steps", type=int_at_least(1), default=150)
     ppn.add_argument("--batch-size", type=int_at_least(1), default=4)
-    ppn.add_argument("--lr", type=float, default=1e-3)
-    ppn.add_argument("--seed", type=int, default=0)
+    ppn.add_argument("--lr", type=float_in(0.0, 1.0, low_open=True), default=1e-3)
+    ppn.add_argument("--seed", type=int_at_least(0), default=0)
     ppn.add_argument("--cache", help="embedding cache folder (default: OUTPUT_DIR/embeddings)")
     ppn.add_argument("-o", "--output", required=True, help="OUT.ppn.pt")
     ppn.add_argument("--overwrite", action="store_true", help="replace an existing OUT.ppn.pt")
@@ -152,24 +162,26 @@ def register_train(sub):
 
 
 def run_train_assist(args):
-    from ..assist import save_assist, train_assist
+    from ..assist import check_kinds, save_assist, train_assist
     from ..image import take_slice
     from ..io import read_labels, read_volume
 
     check_checkpoint_output(args, inputs=(args.volume, args.labels))
+    slices = _parse_slices(args.slices)
+    try:
+        kinds = check_kinds(args.kinds.split(","))
+    except SonoSAMError as error:
+        raise SonoSAMError(f"--kinds {args.kinds}: {error}") from None
     volume = read_volume(args.volume)
     labels, volume = read_labels(args.labels, volume), volume.array
-    slices = _parse_slices(args.slices)
-    if not 1 <= len(slices) <= 8:
-        raise SonoSAMError(f"Give 2-5 annotated slices (got {len(slices)}).")
     images = [take_slice(volume, args.axis, i) for i in slices]
     masks = [take_slice(labels, args.axis, i) == args.label for i in slices]
     model = load_model_from_args(args)
     from ..volume import volume_window
 
-    result = train_assist(model, images, masks, kinds=tuple(args.kinds.split(",")), steps=args.steps, seed=args.seed,
+    result = train_assist(model, images, masks, kinds=kinds, steps=args.steps, seed=args.seed,
                           window=volume_window(volume))
-    path, meta = save_assist(result, args.output)
+    path, meta = save_assist(result, args.output, overwrite=args.overwrite)
     print(f"trained {result.trained_parameters} prompt-encoder parameters on {len(slices)} slices in "
           f"{result.seconds:.1f} s (+ {result.encode_seconds:.1f} s encoding); loss {result.losses[0]:.3f} -> "
           f"{np.mean(result.losses[-5:]):.3f}")
@@ -178,6 +190,7 @@ def run_train_assist(args):
 
 
 def _ppn_classes(args) -> dict[str, int]:
+    """--class NAME=VALUE (or a Colin27 name alone, with --data colin27) -> {name: label value}."""
     classes: dict[str, int] = {}
     names = None
     for text in args.classes:
@@ -188,10 +201,16 @@ def _ppn_classes(args) -> dict[str, int]:
 
             if names is None:
                 names = {v: k for k, v in {**aal_label_names(), **TISSUE_LABELS}.items()}
-            if name not in names:
-                raise SonoSAMError(f"--class {name}: give NAME=VALUE (the label value of {name} in the label map).")
+            if name not in names or "colin27" not in args.data:
+                where = "" if name not in names else " (names alone are Colin27's labels, for --data colin27)"
+                raise SonoSAMError(f"--class {name}: give NAME=VALUE, the label value of {name} in the label "
+                                   f"maps{where}.")
             value = names[name]
-        classes[name] = int(value)
+        try:
+            classes[name] = int(value)
+        except ValueError:
+            raise SonoSAMError(f"--class {text}: the value must be a whole number (the class's label value), "
+                               f"e.g. {name}=1.") from None
     return classes
 
 
@@ -203,6 +222,7 @@ def _ppn_volume(source: str, args, part: str = "train"):
 
     if source == "colin27":
         from ..seeds_data import ppn_labels, ppn_split
+
 
         volume, labels = ppn_labels()
         picks = ppn_split(stride=args.stride)[part]
@@ -243,12 +263,15 @@ def _ppn_split(args) -> tuple[list[str], list[str], str]:
 
 
 def run_train_ppn(args):
-    from ..ppn import ppn_validator, save_ppn, train_ppn
+    from ..ppn import check_classes_present, ppn_validator, save_ppn, train_ppn
     from ..train.cache import EmbeddingStore
 
     inputs = [p for source in args.data + args.val_data for p in source.split(",")]
     check_checkpoint_output(args, inputs=inputs, metadata=False)   # the best weights so far then replace the run's own file
     classes = _ppn_classes(args)
+    if args.axis != "k" and "colin27" in args.data + args.val_data:   # its slabs are axial (seeds_data.ppn_split)
+        raise SonoSAMError(f"--data colin27 gives axial slices (its training and validation slabs are along k); "
+                           f"leave out --axis {args.axis}, or give volumes of your own for that axis.")
     train_sources, val_sources, how = _ppn_split(args)
     images, label_maps, val_images, val_maps = [], [], [], []
     for source in train_sources:
@@ -261,6 +284,9 @@ def run_train_ppn(args):
         val_maps += more[1]
     if not images:
         raise SonoSAMError("No training slices: give --data volumes with slices along --axis.")
+    check_classes_present(label_maps, classes)   # before the model loads
+    if val_maps:
+        check_classes_present(val_maps, classes, "validation")
     print(f"{len(images)} training slices from {len(train_sources)} source(s); {how}", flush=True)
     model = load_model_from_args(args)
     store = EmbeddingStore(args.cache or Path(args.output).resolve().parent / "embeddings", model)
@@ -271,10 +297,14 @@ def run_train_ppn(args):
     if val_images:
         validate = ppn_validator(model, val_images, val_maps, classes, store=store)
 
+    written = []   # after the run's first save, its own file is replaced
+
     def on_validation(ppn, step, result, best):
         print(f"validation at step {step} ({len(val_images)} slices): {result.summary()}", flush=True)
         if best:   # the best weights so far are on disk: an interrupted run keeps them
-            save_ppn(ppn, args.output, {**settings, "best_step": step, "best_score": result.score})
+            save_ppn(ppn, args.output, {**settings, "best_step": step, "best_score": result.score},
+                     overwrite=args.overwrite or bool(written))
+            written.append(step)
             print(f"  best so far: saved step {step} to {args.output}", flush=True)
 
     def progress(s, n, loss):
@@ -288,7 +318,7 @@ def run_train_ppn(args):
     if log.best_step is not None:
         extra.update(best_step=log.best_step, validation=log.validation,
                      best_score=max(score for _, score in log.validation))
-    path = save_ppn(ppn, args.output, extra)
+    path = save_ppn(ppn, args.output, extra, overwrite=args.overwrite or bool(written))
     kept = f"the step-{log.best_step} weights (best validation score)" if log.best_step is not None else \
         "the last step's weights"
     print(f"trained on {len(images)} slices in {log.seconds:.0f} s; wrote {path} ({kept}); use it with "
@@ -296,12 +326,12 @@ def run_train_ppn(args):
     return 0
 
 
-def run_auto(args, image, model, predictor):
+def run_auto(args, image, model, predictor, ppn=None):
     """`sonosam segment --auto CLASS --ppn FILE`: the prompt predictor's mask (with --point clicks: semi-auto)."""
     from ..ppn import auto_segment, load_ppn
     from . import split_points
 
-    ppn = load_ppn(args.ppn)
+    ppn = ppn if ppn is not None else load_ppn(args.ppn)
     points, labels = split_points(args.point)
     result = auto_segment(ppn, model, predictor.embedding(image), args.auto, points=points, labels=labels)
     if not result.present:

@@ -52,13 +52,20 @@ def run(args):
     points, labels = split_points(args.point)
     if args.auto and not args.ppn:
         raise PromptError("--auto needs --ppn FILE (a prompt predictor from `sonosam train ppn`).")
+    if args.auto and args.box is not None:
+        raise PromptError("--box does not go with --auto: the prompt predictor draws its own box. Leave out --box "
+                          "(--point clicks are added to its prompts), or leave out --auto to segment from your box.")
     if args.box is None and points is None and not args.auto:
         raise PromptError("Give a prompt: --box X0,Y0,X1,Y1 or --point X,Y[,LABEL] (or --auto CLASS --ppn FILE).")
     if args.seed_choice is not None and (args.no_seed_check or args.auto):
         raise PromptError("--seed-choice picks among the masks the seed check offers for your prompt: leave out "
                           "--no-seed-check and --auto.")
+    ppn = None
     if args.auto:
-        check_input_file(args.ppn, what="prompt predictor")
+        from ..ppn import load_ppn
+
+        ppn = load_ppn(check_input_file(args.ppn, what="prompt predictor"))
+        ppn.class_index(args.auto)   # a class it does not know, before the model loads
     image, volume, geometry, display = load_image(args.image, args.index, args.axis)
     check_mask_format(output, volume, args.image)
     try:  # the model's own input rules (size, finite, not constant), checked before it loads
@@ -79,7 +86,7 @@ def run(args):
     if args.auto:
         from .seeds import run_auto
 
-        prediction, box = run_auto(args, image, model, predictor)
+        prediction, box = run_auto(args, image, model, predictor, ppn)
         args.box = tuple(float(v) for v in box)   # drawn on the overlay: the predicted box prompt
     else:
         route = interactive_predictor(predictor)
