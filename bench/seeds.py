@@ -213,7 +213,8 @@ def bench_ppn(domain: str = "mri", base: str = "litemedsam_clicks", steps: int =
                     best_step=log.best_step, validation=log.validation, train_images=len(train),
                     train_seconds=round(log.seconds), encode_seconds=round(encode_seconds))
     if out:
-        save_ppn(ppn, out, {**settings, "held_out": f"{domain}: slabs/blocks by click_data.slab_part"})
+        save_ppn(ppn, out, {**settings, "held_out": f"{domain}: slabs/blocks by click_data.slab_part"},
+                 overwrite=True)   # the bench refreshes its own artefact
     summary = evaluate_ppn(ppn, model, store, parts[part], classes, verbose=verbose)
     return {"summary": summary, "part": part, **settings}
 
