@@ -136,3 +136,13 @@ def test_auto_job_equals_the_core_from_a_named_or_sent_ppn(served, local_predict
     job.cancel()
     with pytest.raises(JobCancelledError):
         job.result(timeout=600)
+
+
+def test_a_refine_job_on_a_box_only_model_is_refused_at_start(served):
+    """The refiner clicks: on this server's box-only model the job is refused when it starts, as the core's
+    UnsupportedPromptError naming the model (it used to start, then fail inside)."""
+    image = np.random.default_rng(0).integers(0, 255, (64, 64)).astype(np.uint8)
+    coarse = np.zeros((64, 64), np.float32)
+    coarse[20:40, 20:40] = 1
+    with pytest.raises(UnsupportedPromptError, match="litemedsam takes no clicks"):
+        served.client().start_job("refine", image=image, coarse=coarse, steps=3)

@@ -39,7 +39,8 @@ def _data_arguments(parser):
 
 
 def register(subparsers):
-    parser = subparsers.add_parser("train", help="fine-tune a decoder, distil a small model, train adapters")
+    parser = subparsers.add_parser("train", help="fine-tune a decoder, distil a small model, train adapters, "
+                                                 "SAM^assist or a prompt predictor")
     sub = parser.add_subparsers(dest="train_command", required=True, metavar="WHAT")
 
     dec = sub.add_parser("decoder", help="fine-tune the prompt encoder + mask decoder (frozen image encoder)")
