@@ -23,6 +23,20 @@ def check_image_size(height: int, width: int, name: str = "Image") -> None:
                               f"the region of interest or pad it to a squarer shape first.")
 
 
+def check_window(window) -> tuple[float, float] | None:
+    """``window`` as the cache and the encoder take it: None, or two finite numbers (low, high) in any sequence."""
+    if window is None:
+        return None
+    try:
+        low, high = (float(v) for v in np.asarray(window, dtype=float).reshape(-1))
+    except (TypeError, ValueError):
+        raise InputImageError(f"window={window!r} is not two numbers; give window=(low, high), or None for the "
+                              "image's own 0.5/99.5 percentiles.") from None
+    if not (np.isfinite(low) and np.isfinite(high) and high > low):
+        raise InputImageError(f"window={window!r} is empty or not finite; give window=(low, high) with low < high.")
+    return low, high
+
+
 def to_uint8_rgb(image, window: tuple[float, float] | None = None) -> np.ndarray:
     """HxW or HxWx{1,3,4} array of any numeric dtype -> HxWx3 uint8.
 
@@ -46,15 +60,14 @@ def to_uint8_rgb(image, window: tuple[float, float] | None = None) -> np.ndarray
     if array.min() == array.max():
         raise InputImageError(f"Image is constant (every pixel = {array.flat[0]}); there is nothing to segment. "
                               "Check the slice/frame index or the window.")
+    window = check_window(window)
     if array.dtype != np.uint8 or window is not None:
         if window is not None:
-            low, high = map(float, window)
+            low, high = window
         else:
             low, high = np.percentile(array, (0.5, 99.5))
             if high <= low:  # mostly-constant image with a few outliers: use the full range instead
                 low, high = float(array.min()), float(array.max())
-        if not high > low:
-            raise InputImageError(f"Window ({low}, {high}) is empty; give window=(low, high) with low < high.")
         if not np.isfinite(high - low):
             raise InputImageError(f"Pixel values span {low:g}..{high:g}, beyond what can be windowed; rescale the "
                                   "image (or give window=(low, high)) first.")

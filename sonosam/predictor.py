@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import InputImageError
+from .image import check_window
 from .masks import content_hash
 from .models import Embedding, Prediction, SamModel
 from .prompts import Prompts, as_prompts
@@ -35,20 +36,6 @@ def image_key(image: np.ndarray, window=None) -> str:
         raise InputImageError(f"The image is {type(image).__name__} of dtype {array.dtype}; give a numeric "
                               f"(integer or float) array, (H, W) or (H, W, 3).")
     return content_hash(array, str(window))
-
-
-def check_window(window) -> tuple[float, float] | None:
-    """``window`` as the cache and the encoder take it: None, or two finite numbers (low, high) in any sequence."""
-    if window is None:
-        return None
-    try:
-        low, high = (float(v) for v in np.asarray(window, dtype=float).reshape(-1))
-    except (TypeError, ValueError):
-        raise InputImageError(f"window={window!r} is not two numbers; give window=(low, high), or None for the "
-                              "image's own 0.5/99.5 percentiles.") from None
-    if not (np.isfinite(low) and np.isfinite(high) and high > low):
-        raise InputImageError(f"window={window!r} is empty or not finite; give window=(low, high) with low < high.")
-    return low, high
 
 
 def check_key(key: Hashable | None) -> Hashable | None:

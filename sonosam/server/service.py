@@ -52,14 +52,14 @@ def _number(value, what: str, *, integer: bool = False, low=None, high=None):
 
 
 def _window(value):
-    if value is None:
-        return None
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
+    from ..image import check_window
+
+    if value is not None and not isinstance(value, (list, tuple)):   # JSON: a list or null
         raise ApiError(400, "bad_value", f"window must be [low, high]; got {value!r}.")
-    low, high = (float(_number(v, "window")) for v in value)
-    if not low < high:
-        raise ApiError(400, "bad_value", f"window [{low}, {high}] is empty: give low < high.")
-    return (low, high)
+    try:
+        return check_window(value)
+    except InputImageError as error:
+        raise ApiError(400, "bad_value", str(error)) from None
 
 
 def _options(value, what: str) -> dict:
