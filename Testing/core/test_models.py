@@ -1,6 +1,7 @@
 """The model registry and predictor on the real embedded model and real echo frames."""
 
 import functools
+import json
 import http.server
 import os
 import threading
@@ -220,6 +221,29 @@ def test_missing_weights_offline_says_where_to_put_them(tmp_path, monkeypatch):
         load_model("medsam_vit_b")
 
 
+def test_weights_put_in_the_cache_by_hand_are_checked(tmp_path, monkeypatch):
+    """The "No weights" message says where to put the file; a wrong file put there is named, not loaded."""
+    monkeypatch.setenv("SONOSAM_HOME", str(tmp_path))
+    cached = tmp_path / "weights" / get_spec("sam_vit_b").filename
+    cached.parent.mkdir()
+    cached.write_bytes(b"PK\x03\x04 an unofficial file under the official name")
+    with pytest.raises(CheckpointError, match=r"not the official file of this model \(md5 is .*checkpoint=PATH"):
+        load_model("sam_vit_b", download=False)
+
+
+def test_a_cached_file_is_hashed_once_and_again_when_it_changes(tmp_path):
+    cached = tmp_path / "w.pth"
+    cached.write_bytes(b"official bytes")
+    expected = "sha256:" + weights.file_digest(cached)
+    weights.verify_cached(cached, expected)
+    record = tmp_path / "w.pth.verified"
+    assert json.loads(record.read_text())["digest"] == expected
+    weights.verify_cached(cached, expected)           # the record answers
+    cached.write_bytes(b"tampered bytes, longer")     # another size: hashed again, refused
+    with pytest.raises(CheckpointError, match="not the official file"):
+        weights.verify_cached(cached, expected)
+
+
 @pytest.fixture()
 def local_server(default_model):
     """Serves the real LiteMedSAM checkpoint over HTTP on loopback, as a download source."""
@@ -237,6 +261,7 @@ def test_download_verifies_and_moves_into_place(local_server, tmp_path):
     target = tmp_path / "weights" / "lite_medsam.pth"
     weights.download(local_server + "lite_medsam.pth", target, spec.digest, progress=False)
     assert weights.file_digest(target) == spec.digest.split(":")[1]
+    assert (tmp_path / "weights" / "lite_medsam.pth.verified").is_file()   # not hashed again on load
     model = load_model("litemedsam", checkpoint=target)
     assert model.spec.name == "litemedsam"
 
@@ -265,18 +290,16 @@ def test_download_into_a_folder_it_cannot_make_is_one_line(tmp_path):
 
 
 @pytest.mark.slow  # SAM ViT-B at 1024 px against segment_anything
-def test_sam_vit_b_matches_segment_anything_predictor(tmp_path, monkeypatch, echo_frames):
+def test_sam_vit_b_matches_segment_anything_predictor(tmp_path, echo_frames):
     """Our sam_vit_b path against the official SamPredictor, same real-architecture checkpoint."""
     from segment_anything import SamPredictor, sam_model_registry
 
     torch.manual_seed(0)
     reference = sam_model_registry["vit_b"](checkpoint=None).eval()
-    monkeypatch.setenv("SONOSAM_HOME", str(tmp_path))
-    cached = tmp_path / "weights" / get_spec("sam_vit_b").filename
-    cached.parent.mkdir()
-    torch.save(reference.state_dict(), cached)  # found in the cache folder, no download
+    checkpoint = tmp_path / "random_vit_b.pth"
+    torch.save(reference.state_dict(), checkpoint)
 
-    ours = load_model("sam_vit_b", device="cpu", download=False)
+    ours = load_model("sam_vit_b", checkpoint=checkpoint, device="cpu")
     image = echo_frames[0][::2, ::2]  # 240x320: a smaller real image keeps the test quick
     rgb = np.repeat(image[..., None], 3, axis=-1)
     official = SamPredictor(reference)

@@ -385,8 +385,10 @@ def _load(spec: ModelSpec, checkpoint, device, download: bool, backend: str | No
                     + (f" and put it in {weights.cache_dir()}" if spec.filename else "")
                     + ", or pass checkpoint=PATH.")
             path = weights.download(spec.url, weights.cache_dir() / spec.filename, spec.digest)
-        # Bundled files are small and re-verified on each load; downloads were verified on arrival.
+        # Bundled files are small and re-verified on each load; cached ones once, and again if they change.
         expected = spec.digest if spec.bundled else None
+        if not spec.bundled:
+            weights.verify_cached(path, spec.digest)
         checkpoint = path
     checkpoint = Path(checkpoint)
     state = weights.load_state_dict(checkpoint)

@@ -4,6 +4,7 @@ without executing anything (weights_only pickles, checksums, clear errors)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import sys
@@ -49,6 +50,43 @@ def verify(path: str | Path, expected: str | None) -> None:
                               "different release; delete it and download it again.")
 
 
+def _verified_record(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
+
+
+def _stamp(path: Path, expected: str) -> str:
+    stat = path.stat()
+    return json.dumps({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "digest": expected.lower()})
+
+
+def verify_cached(path: Path, expected: str | None) -> None:
+    """A file in the weights cache checked against its official checksum once, and again whenever it changes
+    (size or time), so weights put there by hand are checked too without hashing gigabytes on every load."""
+    if not expected:
+        return
+    record = _verified_record(path)
+    try:
+        if record.read_text() == _stamp(path, expected):
+            return
+    except OSError:
+        pass
+    mismatch = _mismatch(path, expected)
+    if mismatch:
+        raise CheckpointError(f"{path} is not the official file of this model ({mismatch}): corrupt, truncated or "
+                              "other weights. Delete it and download it again, or pass other weights of this "
+                              "architecture as checkpoint=PATH (--checkpoint PATH).")
+    _remember_verified(path, expected)
+
+
+def _remember_verified(path: Path, expected: str | None) -> None:
+    if not expected:
+        return
+    try:
+        _verified_record(path).write_text(_stamp(path, expected))
+    except OSError:
+        pass   # a read-only cache: verified again on the next load
+
+
 def download(url: str, destination: Path, expected: str | None, progress: bool = True) -> Path:
     """Download to a temporary file beside `destination`, verify, then move into place atomically."""
     try:
@@ -74,6 +112,7 @@ def download(url: str, destination: Path, expected: str | None, progress: bool =
             raise CheckpointError(f"The download of {url} does not match its checksum ({mismatch}); nothing was "
                                   "kept. Try again; if it persists, the file at that address has changed.")
         temp.replace(destination)
+        _remember_verified(destination, expected)
     except OSError as error:
         from ..io.atomic import _NO_SPACE, _READ_ONLY, write_error
 
