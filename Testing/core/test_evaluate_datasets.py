@@ -8,7 +8,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 from sonosam.errors import DataFileError, InputImageError
-from sonosam.evaluate.datasets import colin27_samples, find_pairs, load_pair, load_samples, samples_from_arrays
+from sonosam.evaluate.datasets import Sample, colin27_samples, find_pairs, load_pair, load_samples, samples_from_arrays
 from sonosam.image import volume_window
 
 
@@ -229,3 +229,32 @@ def test_a_label_map_stored_flipped_is_read_where_it_lies(tmp_path):
     away = Volume(labels, Geometry(geometry.spacing, (300.0, -20.0, 5.0), np.eye(3)))
     with pytest.raises(DataFileError, match="lies elsewhere in space than the image: on the image's grid it keeps 0%"):
         labels_on_grid(away, volume.shape, geometry)
+
+
+def disk_image(cy, cx, r, size=128):
+    yy, xx = np.mgrid[:size, :size]
+    image = np.full((size, size), 30, np.uint8)
+    image[(yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2] = 220
+    return image, (image > 100).astype(np.uint8)
+
+
+def test_unnamed_arrays_never_share_an_embedding_and_stay_apart_in_the_report(default_model, tmp_path):
+    """Two different in-memory images without a name get keys (and sources) from their pixels: the second is scored
+    on its own embedding, as when it is evaluated alone; equal pixels still share one key. Samples that share a key
+    but not their pixels are refused before any model runs."""
+    from sonosam.evaluate import evaluate, write_report
+    from sonosam.evaluate.report import per_source_table
+    from sonosam.predictor import Predictor
+
+    (img1, lab1), (img2, lab2) = disk_image(40, 40, 20), disk_image(85, 85, 25)
+    s1, s2 = samples_from_arrays(img1, lab1), samples_from_arrays(img2, lab2)
+    assert s1[0].key != s2[0].key and s1[0].meta["source"] != s2[0].meta["source"]
+    assert samples_from_arrays(img1.copy(), lab1)[0].key == s1[0].key
+    both = evaluate(Predictor(default_model), s1 + s2, n_clicks=1, start="box", progress=False)
+    alone = evaluate(Predictor(default_model), s2, n_clicks=1, start="box", progress=False)
+    assert both.images[1].dice[0] == pytest.approx(alone.images[0].dice[0], abs=1e-6)
+    assert both.images[1].dice[0] > 0.9
+    assert len({row["Source"] for row in per_source_table([both])}) == 3   # two arrays and their mean
+    clash = [Sample(img1, lab1 > 0, "a", ("image",)), Sample(img2, lab2 > 0, "b", ("image",))]
+    with pytest.raises(InputImageError, match="share the key .* images differ.*name="):
+        evaluate(Predictor(default_model), clash, n_clicks=1, start="box", progress=False)

@@ -121,7 +121,7 @@ def _label_values(labelmap: np.ndarray, labels: Sequence[int] | None) -> list[in
 
 
 def samples_from_arrays(image: np.ndarray, labelmap: np.ndarray, *, labels: Sequence[int] | None = None,
-                        axis: int = 0, min_area: int = 100, name: str = "image", vector: bool | None = None,
+                        axis: int = 0, min_area: int = 100, name: str | None = None, vector: bool | None = None,
                         kind: str = "auto", slices: Iterable[int] | None = None) -> list[Sample]:
     """Samples from arrays already in memory (the Slicer module's path: volume and labelmap arrays).
 
@@ -129,8 +129,14 @@ def samples_from_arrays(image: np.ndarray, labelmap: np.ndarray, *, labels: Sequ
     ``vector``: whether the last image axis holds colour (guessed when ``None``: last axis of 3 or 4 and
     one more dimension than the label map). ``kind``: ``"volume"`` (slice along ``axis``), ``"cine"``
     (frames along axis 0) or ``"auto"`` (cine for RGB stacks). ``slices``: restrict to these indices.
-    Structures smaller than ``min_area`` pixels in a slice/frame are skipped."""
+    Structures smaller than ``min_area`` pixels in a slice/frame are skipped. ``name``: the source (a file path, a
+    subject) that names the samples and keys their embeddings; two arrays evaluated together need two names. Left
+    out, it is ``array <digest>`` with the digest of the image's pixels, so different arrays never share a key."""
     image, labelmap = np.asarray(image), np.asarray(labelmap)
+    if name is None:
+        from ..predictor import image_key
+
+        name = f"array {image_key(image)[:12]}"
     if vector is None:
         vector = image.ndim == labelmap.ndim + 1 and image.shape[-1] in (3, 4)
     if vector and image.shape[-1] == 4:

@@ -44,7 +44,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import PromptError, SonoSAMError, UnsupportedPromptError
+from ..errors import InputImageError, PromptError, SonoSAMError, UnsupportedPromptError
 from ..masks import local_correction
 from ..prompts import Prompts
 from . import metrics
@@ -180,6 +180,21 @@ def source_of(sample: Sample) -> str:
     return str(sample.key[0]) if sample.key else sample.name
 
 
+def check_keys(samples: Sequence[Sample]) -> None:
+    """Samples that share a cache key must show the same pixels: the Predictor trusts keys, so a second image under
+    a first one's key would be decoded on the first one's embedding."""
+    first: dict = {}
+    for sample in samples:
+        try:
+            seen = first.setdefault(sample.key, sample)
+        except TypeError:   # an unhashable key: the Predictor names it
+            continue
+        if seen is not sample and seen.image is not sample.image and not np.array_equal(seen.image, sample.image):
+            raise InputImageError(
+                f"Samples {seen.name!r} and {sample.name!r} share the key {sample.key!r} but their images differ; "
+                "give each image its own name (samples_from_arrays(..., name=...)) or its own Sample.key.")
+
+
 def run_sample(predictor, sample: Sample, *, n_clicks: int = 10, start: str = "point",
                clicks_supported: bool = True, masks_supported: bool = True, box_jitter: float = 0.0,
                box_margin: int = 0, rng: np.random.Generator | None = None, multimask_first: bool = True,
@@ -275,6 +290,7 @@ def evaluate(predictor, samples: Sequence[Sample], *, n_clicks: int = 10, start:
     if pick_first not in (False, True, "closest", "suggested"):
         raise ValueError(f"pick_first must be False, True (the closest listed mask) or 'suggested', not "
                          f"{pick_first!r}")
+    check_keys(samples)
     predictor = as_predictor(predictor)
     name = name or model_name(predictor)
     kinds = prompt_kinds(predictor)
