@@ -258,3 +258,25 @@ def test_unnamed_arrays_never_share_an_embedding_and_stay_apart_in_the_report(de
     clash = [Sample(img1, lab1 > 0, "a", ("image",)), Sample(img2, lab2 > 0, "b", ("image",))]
     with pytest.raises(InputImageError, match="share the key .* images differ.*name="):
         evaluate(Predictor(default_model), clash, n_clicks=1, start="box", progress=False)
+
+
+def test_name_seg_nrrd_beside_its_image_pairs_and_a_second_label_map_is_refused(tmp_path):
+    """Slicer's NAME.seg.nrrd beside NAME.nrrd / .nii.gz / .mha is NAME's label map (not a second NAME); with a
+    NAME_label file too, the folder holds two label maps for one image: refused by name, never one of them taken for
+    the image. In labels/ it still matches images/NAME."""
+    volume, labels = volume_and_labels()
+    for i, ext in enumerate((".nrrd", ".nii.gz", ".mha")):
+        folder = tmp_path / f"flat{i}"
+        folder.mkdir()
+        write(volume, folder / f"case{ext}")
+        write(labels, folder / "case.seg.nrrd")
+        assert [(a.name, b.name) for a, b in find_pairs(folder)] == [(f"case{ext}", "case.seg.nrrd")]
+    assert [s.key[0] for s in load_samples(tmp_path / "flat0", labels=[1])] == [str(tmp_path / "flat0" / "case.nrrd")] * 4
+    write(labels, tmp_path / "flat0" / "case_label.nrrd")
+    with pytest.raises(DataFileError, match=r"case.nrrd: more than one label map .*case_label.nrrd, case.seg.nrrd"):
+        find_pairs(tmp_path / "flat0")
+    (tmp_path / "split" / "images").mkdir(parents=True)
+    (tmp_path / "split" / "labels").mkdir()
+    write(volume, tmp_path / "split" / "images" / "case.nrrd")
+    write(labels, tmp_path / "split" / "labels" / "case.seg.nrrd")
+    assert [(a.name, b.name) for a, b in find_pairs(tmp_path / "split")] == [("case.nrrd", "case.seg.nrrd")]

@@ -17,6 +17,7 @@ Each distinct non-zero value of a label map is one structure (``labels=`` picks 
   ``_0000`` channel suffix also work) matched by file stem;
 * flat folder with ``NAME.ext`` next to ``NAME_label.ext`` / ``NAME_mask`` / ``NAME_seg`` /
   ``NAME-label`` / ``NAME.seg.nrrd``, the image also as ``NAME_image.ext`` / ``NAME_img.ext`` (pyradiomics' naming);
+  an image with two label maps named like it is refused;
 * a ``.csv``/``.txt`` list: one ``image,label`` pair per line (paths relative to the list; ``#`` comments).
 
 Reading goes through the input gate ``sonosam.io.read_image`` (size budget before decoding, finite values,
@@ -40,7 +41,8 @@ from ..image import volume_window
 __all__ = ["Sample", "read_array", "samples_from_arrays", "load_pair", "find_pairs", "load_samples",
            "colin27_samples"]
 
-_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".tif",
+# NAME.seg.nrrd keeps ".seg" in its stem: Slicer's segmentation of NAME.ext, never the same stem as NAME.nrrd
+_EXTENSIONS = (".nii.gz", ".nrrd", ".nii", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".tif",
                ".tiff", ".bmp", ".dcm", ".gz")
 _LABEL_SUFFIXES = ("_label", "_labels", "_mask", "_seg", "_gt", "-label", "-labels", "-mask", "-seg", ".seg")
 _IMAGE_SUFFIXES = ("_image", "_img", "-image")   # NAME_image.ext beside NAME_label.ext
@@ -280,11 +282,14 @@ def find_pairs(path) -> list[tuple[Path, Path]]:
     pairs = []
     for stem, file in sorted(by_stem.items()):
         names = [stem] + [stem[:-len(s)] for s in _IMAGE_SUFFIXES if stem.endswith(s) and len(stem) > len(s)]
-        label = next((by_stem[name + suffix] for name in names for suffix in _LABEL_SUFFIXES
-                      if name + suffix in by_stem), None)
-        if label is not None:
-            pairs.append((file, label))
-            label_paths.add(label)
+        found = list(dict.fromkeys(by_stem[name + suffix] for name in names for suffix in _LABEL_SUFFIXES
+                                   if name + suffix in by_stem))
+        if len(found) > 1:
+            raise DataFileError(f"{file}: more than one label map is named like it ({', '.join(p.name for p in found)}); "
+                                "keep one in the folder, or list the pairs in a .csv file of 'image,label' lines.")
+        if found:
+            pairs.append((file, found[0]))
+            label_paths.add(found[0])
     if not pairs:
         raise DataFileError(f"{path}: found no image/label pairs. Use images/ + labels/ folders, "
                             "NAME.ext + NAME_label.ext files, or a list file of 'image,label' lines.")
