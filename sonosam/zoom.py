@@ -221,6 +221,22 @@ class BoxSessionPredictor:
         return self.model.decode(self.predictor.embedding(image, key, window), prompts, multimask=multimask)
 
 
+def describe_pipeline(predictor) -> str:
+    """In words, what answers ``predictor``'s prompts (``interactive_predictor``'s wrappers, outermost first)."""
+    parts = []
+    while predictor is not None:
+        if isinstance(predictor, ZoomedPredictor):
+            scales = ", ".join("the whole image" if s is None else f"{s:g} x the box" for s in predictor.scales)
+            parts.append(f"a box answered at {scales} (averaged)"
+                         + ("" if predictor.zoom_clicks else ", its corrective clicks on the whole image"))
+        elif isinstance(predictor, BoxSessionPredictor):
+            parts.append(f"box sessions by the decoder of {getattr(predictor.model.spec, 'name', '?')}")
+        else:
+            parts.append(f"{type(predictor).__name__} on the whole image")
+        predictor = predictor.__dict__.get("predictor")
+    return "; ".join(parts)
+
+
 def interactive_predictor(predictor):
     """What a user's prompts go through: a box answered at the scales its model was measured best at
     (`ModelSpec.box_scales`; docs/training.md, "A box answered at three scales"), its corrective clicks and everything

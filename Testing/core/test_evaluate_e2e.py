@@ -77,7 +77,8 @@ def test_cli_on_real_mri(mri_samples, tmp_path, capsys):
     assert args.func(args) == 0
     table = capsys.readouterr().out
     assert "| litemedsam | box (jitter 0.1) | 1 | 0 |" in table
-    assert {p.name for p in out.iterdir()} == {"per_image.csv", "summary.csv", "summary.md", "dice_vs_clicks.png"}
+    assert {p.name for p in out.iterdir()} == {"per_image.csv", "summary.csv", "summary.md", "dice_vs_clicks.png",
+                                          "run.json"}
     with pytest.raises(DataFileError, match="already holds a report"):
         args.func(args)
 

@@ -483,3 +483,46 @@ def test_box_sessions_bench_compares_two_runs_of_the_same_samples(tmp_path, caps
     with pytest.raises(SystemExit, match="error: .*before.json"):
         box_sessions(["-o", str(before), "--sets", "echo"])
     assert json.loads(before.read_text())["sets"]["ct"]["curves"] == [[0.5, 0.6], [0.4, 0.5]]
+
+
+def lesion_png_pair(folder):
+    """A real CT lesion slice (pyradiomics' lung case, `make data`) and its expert label, as 8-bit PNG files."""
+    from sonosam.data import lesions_dir
+    from sonosam.evaluate import load_pair
+
+    sample = max(load_pair(lesions_dir() / "lung1_image.nrrd", lesions_dir() / "lung1_label.nrrd", min_area=20),
+                 key=lambda s: s.area)
+    lo, hi = np.percentile(sample.image, (1, 99))
+    image = np.clip((sample.image - lo) / (hi - lo) * 255, 0, 255).astype(np.uint8)
+    folder.mkdir()
+    Image.fromarray(image).save(folder / "case.png")
+    Image.fromarray(sample.mask.astype(np.uint8)).save(folder / "case_label.png")
+    return folder
+
+
+@pytest.mark.slow   # the real click model through the command, its box at three scales
+def test_the_report_says_how_it_was_made(tmp_path, capsys):
+    """run.json and summary.md's "Run" section: the arguments, the code's version and commit, the checkpoint and its
+    sha256, the backend and the pipeline that answered the prompts; the box margin reaches the Start column, and the
+    protocol sentence says no mask was fed back to a model that takes none (litemedsam_clicks)."""
+    import json
+
+    from sonosam.cli import main
+    from sonosam.models.weights import file_digest
+
+    data, out = lesion_png_pair(tmp_path / "data"), tmp_path / "report"
+    assert main(["--device", "cpu", "--backend", "eager", "evaluate", "--data", str(data), "--min-area", "20",
+                 "--clicks", "2", "--start", "box", "--box-margin", "3", "--model", "litemedsam_clicks",
+                 "-o", str(out), "--no-progress"]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["arguments"]["box_margin"] == 3 and record["arguments"]["data"] == [str(data)]
+    assert record["code"]["sonosam"] and len(record["code"]["commit"] or "x" * 40) == 40
+    model = record["models"][0]
+    assert model["name"] == "litemedsam_clicks" and model["backend"] == "eager"
+    assert model["checkpoint_sha256"] == file_digest(model["checkpoint"])
+    assert "1.5 x the box" in model["pipeline"]
+    assert record["results"][0]["box_margin"] == 3 and record["results"][0]["mask_logits_fed_back"] is False
+    md = (out / "summary.md").read_text()
+    assert "| litemedsam_clicks | box (margin 3 px) |" in md and "no mask fed back" in md
+    assert "## Run" in md and model["checkpoint_sha256"] in md and "1.5 x the box" in md
+    assert "mask logits fed back" not in md

@@ -3,7 +3,8 @@
     sonosam evaluate --data DIR_OR_LIST [--data IMAGE,LABEL] --model litemedsam [--model sam_vit_b=ckpt.pth]
                      [--label 7] [--clicks 10] [--start auto|point|box ...] -o report/
 
-Writes report/per_image.csv, summary.csv, summary.md and dice_vs_clicks.png (one curve per model).
+Writes report/per_image.csv, summary.csv, summary.md, dice_vs_clicks.png (one curve per model) and run.json (the
+arguments, the code's version and commit, each model's checkpoint sha256, backend and pipeline).
 ``--data colin27`` uses the real Colin27 MRI with AAL labels (Debian mricron-data, `make data`); ``--data lesions``
 five patients' lesions on CT and MRI with an expert's labels (pyradiomics' test cases, `make data`).
 """
@@ -99,7 +100,7 @@ def _sources(items: list[str]):
 
 
 def run(args) -> int:
-    from ..evaluate import evaluate, load_samples, write_report
+    from ..evaluate import evaluate, load_samples, model_record, run_record, write_report
     from ..evaluate.report import format_markdown, summary_table
 
     from ..evaluate.report import REPORT_FILES
@@ -124,15 +125,17 @@ def run(args) -> int:
     from ..predictor import Predictor
     from ..zoom import interactive_predictor
 
-    results = []
+    results, models = [], []
     for text in args.model or ["litemedsam"]:
         name, checkpoint = _parse_model(text)
         model = load_model_from_args(args, name, checkpoint)
         predictor = Predictor(model)   # one per model: its embedding cache serves every start
+        routed = interactive_predictor(predictor)   # the route a user's prompts take
+        models.append(model_record(model, routed))
         for start in dict.fromkeys(args.start or ["auto"]):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                result = evaluate(interactive_predictor(predictor), samples, n_clicks=args.clicks, start=start,
+                result = evaluate(routed, samples, n_clicks=args.clicks, start=start,
                                   box_jitter=args.box_jitter, box_margin=args.box_margin, seed=args.seed,
                                   name=name if checkpoint is None else f"{name} ({Path(checkpoint).name})",
                                   progress=not args.no_progress, local_corrections=args.local_corrections,
@@ -141,7 +144,7 @@ def run(args) -> int:
                 print(f"warning: {message}", file=sys.stderr)
             results.append(result)
         predictor.close()
-    paths = write_report(results, out, overwrite=args.overwrite)
+    paths = write_report(results, out, overwrite=args.overwrite, run=run_record(vars(args), models))
     print(format_markdown(summary_table(results)))
     print("\n".join(f"wrote {path}" for path in paths.values()), file=sys.stderr)
     errors = sum(len(r.errors) for r in results)

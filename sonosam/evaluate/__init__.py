@@ -3,9 +3,11 @@
     from sonosam.evaluate import colin27_samples, evaluate, write_report
     from sonosam.models import load_model
     from sonosam.predictor import Predictor
+    from sonosam.zoom import interactive_predictor
 
     samples = colin27_samples(max_samples=10)               # real MRI slices with AAL labels (or load_samples(DIR))
-    result = evaluate(Predictor(load_model("litemedsam")), samples, n_clicks=10, start="box")
+    predictor = interactive_predictor(Predictor(load_model("litemedsam")))   # the route `sonosam evaluate` scores
+    result = evaluate(predictor, samples, n_clicks=10, start="box")
     write_report([result], "report/")                       # per_image.csv, summary.md/.csv, dice_vs_clicks.png
     per_source_table([result])                              # each volume's Dice and the mean over volumes
 
@@ -18,7 +20,7 @@ from .datasets import Sample, colin27_samples, find_pairs, load_pair, load_sampl
 from .harness import ImageResult, ModelResult, evaluate, evaluate_models, run_sample
 from .metrics import (FrameRecord, clicks_per_loop, dice, dice_drop_before_intervention, interventions_per_loop,
                       iou, max_dice, noc, summarize_curves, summarize_tracking)
-from .report import per_source_table, summary_table, write_report
+from .report import model_record, per_source_table, run_record, summary_table, write_report
 
 __all__ = [
     "Click", "ClickSimulator", "box_from_mask", "centroid_click", "first_click", "next_click",
@@ -26,4 +28,5 @@ __all__ = [
     "ImageResult", "ModelResult", "evaluate", "evaluate_models", "run_sample",
     "FrameRecord", "clicks_per_loop", "dice", "dice_drop_before_intervention", "interventions_per_loop", "iou",
     "max_dice", "noc", "summarize_curves", "summarize_tracking", "per_source_table", "summary_table", "write_report",
+    "model_record", "run_record",
 ]

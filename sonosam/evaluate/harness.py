@@ -92,6 +92,8 @@ class ModelResult:
     box_jitter: float = 0.0
     local_corrections: bool = False
     pick_first: bool | str = False
+    box_margin: int = 0
+    mask_prompts: bool = True               # the previous mask logits were fed back (the model takes mask prompts)
 
     @property
     def curves(self) -> list[list[float]]:
@@ -112,7 +114,8 @@ class ModelResult:
                    clicks_supported=self.clicks_supported, seconds=self.seconds,
                    seconds_per_image=self.seconds / len(self.images) if self.images else float("nan"),
                    encoder_calls=self.encoder_calls, local_corrections=self.local_corrections,
-                   pick_first=self.pick_first, picked=sum(bool(r.picked) for r in self.images if r.ok))
+                   pick_first=self.pick_first, picked=sum(bool(r.picked) for r in self.images if r.ok),
+                   box_jitter=self.box_jitter, box_margin=self.box_margin, mask_prompts=self.mask_prompts)
         return out
 
 
@@ -337,7 +340,8 @@ def evaluate(predictor, samples: Sequence[Sample], *, n_clicks: int = 10, start:
     if images and all(not r.ok for r in images):
         raise SonoSAMError(f"Model {name!r} failed on every sample; first error: {images[0].error}")
     return ModelResult(name, start, n_clicks, images, clicks_supported, seconds, encoder_calls, box_jitter,
-                       local_corrections, pick_first)
+                       local_corrections, pick_first, box_margin=box_margin,
+                       mask_prompts=masks_supported and clicks_supported)
 
 
 def _progress(samples, name: str, enabled: bool):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
+import subprocess
 from pathlib import Path
 from typing import Sequence
 
@@ -15,7 +17,8 @@ from . import metrics
 from .harness import ModelResult
 
 __all__ = ["SUMMARY_COLUMNS", "SOURCE_COLUMNS", "summary_table", "per_source_table", "write_per_image_csv",
-           "write_summary", "plot_dice_curves", "write_report", "format_markdown"]
+           "write_summary", "plot_dice_curves", "write_report", "format_markdown", "code_version", "model_record",
+           "run_record"]
 
 # The SonoSAM paper's table (Dice after 1/3/5/N clicks, MaxDSC, NoC@80/90, FR@80/90), with the run's facts.
 SUMMARY_COLUMNS = ["Model", "Start", "Images", "Errors", "Dice@1", "Dice@3", "Dice@5", "Dice@N", "MaxDSC",
@@ -30,6 +33,13 @@ def _at(curve: np.ndarray, k: int) -> float:
     return float(curve[k - 1]) if 0 < k <= len(curve) else float("nan")
 
 
+def _start(result: ModelResult) -> str:
+    """The first prompt with the box's settings: ``box (margin 3 px, jitter 0.1)``."""
+    box = [f"margin {result.box_margin} px"] * bool(result.box_margin) + [f"jitter {result.box_jitter:g}"] * bool(
+        result.box_jitter)
+    return result.start + (f" ({', '.join(box)})" if result.start == "box" and box else "")
+
+
 def summary_table(results: Sequence[ModelResult]) -> list[dict]:
     """One row per model. Dice and MaxDSC in %, NoC in clicks (N+1 when never reached), FR in % of images;
     ``Clicks`` is N, or ``box only`` for models that take no clicks (their Dice@k>1 are not measured)."""
@@ -39,7 +49,7 @@ def summary_table(results: Sequence[ModelResult]) -> list[dict]:
         curve = s["mean_dice"]
         rows.append({
             "Model": result.model,
-            "Start": result.start + (f" (jitter {result.box_jitter:g})" if result.start == "box" and result.box_jitter else "")
+            "Start": _start(result)
                      + (", local corrections" if result.local_corrections else "")
                      + (f", the suggestion taken ({s['picked']})" if result.pick_first == "suggested" else
                         f", picked from the list ({s['picked']})" if result.pick_first else ""),
@@ -87,7 +97,7 @@ def per_source_table(results: Sequence[ModelResult]) -> list[dict]:
 
 
 def _source_row(result: ModelResult, source: str, n: int, curve: np.ndarray) -> dict:
-    return {"Model": result.model, "Start": result.start, "Source": source, "Images": n,
+    return {"Model": result.model, "Start": _start(result), "Source": source, "Images": n,
             "Dice@1": _pct(_at(curve, 1)), "Dice@3": _pct(_at(curve, 3)), "Dice@5": _pct(_at(curve, 5)),
             "Dice@N": _pct(_at(curve, result.n_clicks))}
 
@@ -143,8 +153,92 @@ def write_per_image_csv(results: Sequence[ModelResult], path, overwrite: bool = 
     return path
 
 
-def write_summary(results: Sequence[ModelResult], out_dir, overwrite: bool = True) -> tuple[Path, Path]:
-    """``summary.csv`` and ``summary.md`` (the table, then the conventions and any errors)."""
+def code_version() -> dict:
+    """The sonosam version and, in a git checkout, its commit (and whether files differ from it)."""
+    from .. import __version__
+
+    record = {"sonosam": __version__, "commit": None, "modified": None}
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        if commit.returncode == 0:
+            status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10)
+            record.update(commit=commit.stdout.strip(), modified=bool(status.stdout.strip()))
+    except (OSError, subprocess.SubprocessError):   # no git, or not a checkout: the version alone
+        pass
+    return record
+
+
+def model_record(model, predictor=None) -> dict:
+    """What a report needs to name a model again: its name, checkpoint file and sha256, backend and device, the
+    prompts it takes, and (given the predictor that was evaluated) the pipeline that answered its prompts."""
+    from ..models.weights import file_digest
+
+    spec = getattr(model, "spec", None)
+    checkpoint = getattr(model, "checkpoint", None)
+    record = {"name": getattr(spec, "name", type(model).__name__),
+              "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
+              "checkpoint_sha256": file_digest(checkpoint) if checkpoint and Path(checkpoint).is_file() else None,
+              "backend": getattr(model, "backend", None), "device": str(getattr(model, "device", "")) or None,
+              "prompt_kinds": sorted(str(getattr(k, "value", k)) for k in getattr(spec, "prompt_kinds", ()))}
+    if predictor is not None:
+        from ..zoom import describe_pipeline
+
+        record["pipeline"] = describe_pipeline(predictor)
+    return record
+
+
+def run_record(arguments: dict, models: Sequence[dict] = ()) -> dict:
+    """``run.json``'s base: the arguments (as given), the code (``code_version``) and the models (``model_record``);
+    ``write_report`` adds each result's protocol settings."""
+    return {"arguments": {k: v for k, v in arguments.items() if not callable(v)}, "code": code_version(),
+            "models": list(models)}
+
+
+def _settings(result: ModelResult) -> dict:
+    return {"model": result.model, "start": result.start, "n_clicks": result.n_clicks,
+            "box_margin": result.box_margin, "box_jitter": result.box_jitter,
+            "clicks_supported": result.clicks_supported, "mask_logits_fed_back": result.mask_prompts,
+            "local_corrections": result.local_corrections, "pick_first": result.pick_first,
+            "images": len(result.images), "errors": len(result.errors)}
+
+
+def _fed_back(results: Sequence[ModelResult]) -> str:
+    clicked = [r for r in results if r.clicks_supported]
+    fed = list(dict.fromkeys(r.model for r in clicked if r.mask_prompts))
+    not_fed = list(dict.fromkeys(r.model for r in clicked if not r.mask_prompts))
+    if not not_fed:
+        return "the previous mask logits fed back as the mask prompt"
+    if not fed:
+        return "no mask fed back (the model takes no mask prompt)"
+    return (f"the previous mask logits fed back as the mask prompt to {', '.join(fed)}; not to "
+            f"{', '.join(not_fed)} (no mask prompt)")
+
+
+def _run_section(run: dict) -> list[str]:
+    code = run.get("code", {})
+    commit = code.get("commit")
+    lines = ["", "## Run", ""]
+    arguments = run.get("arguments", {})
+    if arguments:
+        lines.append("- arguments: " + ", ".join(f"{k}={v}" for k, v in arguments.items()))
+    lines.append(f"- sonosam {code.get('sonosam')}" + (f", commit {commit}" if commit else ", no git commit known")
+                 + (" with uncommitted changes" if code.get("modified") else ""))
+    for model in run.get("models", []):
+        checkpoint = (f"checkpoint {model['checkpoint']} (sha256 {model['checkpoint_sha256']})"
+                      if model.get("checkpoint") else "no checkpoint file")
+        lines.append(f"- model {model.get('name')}: {checkpoint}, backend {model.get('backend')} on "
+                     f"{model.get('device')}" + (f"; pipeline: {model['pipeline']}" if model.get("pipeline") else ""))
+    lines.append("- full record: run.json")
+    return lines
+
+
+def write_summary(results: Sequence[ModelResult], out_dir, overwrite: bool = True,
+                  run: dict | None = None) -> tuple[Path, Path]:
+    """``summary.csv`` and ``summary.md`` (the table, then the conventions, any errors and, given ``run``
+    (``run_record``), how the run was made)."""
     out_dir = _ensure_dir(out_dir)
     rows = summary_table(results)
     csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
@@ -159,7 +253,7 @@ def write_summary(results: Sequence[ModelResult], out_dir, overwrite: bool = Tru
         format_markdown(rows), "",
         f"Interaction 1 is the first prompt (a click at the ground-truth centroid, or the box); interactions "
         f"2..{n} add one click each at the centre of the largest error region (positive on a miss, negative "
-        "on a false positive), the previous mask logits fed back. Dice and MaxDSC in %. NoC@t: clicks to reach "
+        f"on a false positive), {_fed_back(results)}. Dice and MaxDSC in %. NoC@t: clicks to reach "
         f"t % Dice, counted as N+1 = {n + 1} for an image that never reaches it (a lower bound: read it with "
         "FR@t, the % of images that never reach t). MaxDSC: mean over images of each image's best Dice.",
     ]
@@ -178,6 +272,8 @@ def write_summary(results: Sequence[ModelResult], out_dir, overwrite: bool = Tru
         notes += [f"- {model} / {image.name}: {image.error}" for model, image in failures[:50]]
         if len(failures) > 50:
             notes.append(f"- ... and {len(failures) - 50} more (see per_image.csv)")
+    if run is not None:
+        notes += _run_section(run)
     write_text(md_path, "\n".join(notes) + "\n", overwrite=overwrite)
     return csv_path, md_path
 
@@ -217,22 +313,30 @@ def plot_dice_curves(results: Sequence[ModelResult], path, title: str | None = N
     return path
 
 
-REPORT_FILES = ("per_image.csv", "summary.csv", "summary.md", "dice_vs_clicks.png")
+REPORT_FILES = ("per_image.csv", "summary.csv", "summary.md", "dice_vs_clicks.png", "run.json")
 
 
 def write_report(results: Sequence[ModelResult], out_dir, title: str | None = None,
-                 overwrite: bool = False) -> dict[str, Path]:
-    """Everything into ``out_dir``: per_image.csv, summary.csv, summary.md, dice_vs_clicks.png; each file
-    written atomically, and if one fails the files this call created are removed (all or none). An earlier
+                 overwrite: bool = False, run: dict | None = None) -> dict[str, Path]:
+    """Everything into ``out_dir``: per_image.csv, summary.csv, summary.md, dice_vs_clicks.png and, given ``run``
+    (``run_record``: arguments, code version, models), run.json with each result's protocol settings added; each
+    file written atomically, and if one fails the files this call created are removed (all or none). An earlier
     report there is replaced only with ``overwrite``."""
     if not results:
         raise ValueError("No results to report.")
     out_dir = Path(out_dir)
     with output_set([out_dir / name for name in REPORT_FILES], folder=out_dir):
-        csv_path, md_path = write_summary(results, out_dir, overwrite)
-        return {
+        csv_path, md_path = write_summary(results, out_dir, overwrite, run)
+        paths = {
             "per_image": write_per_image_csv(results, out_dir / "per_image.csv", overwrite),
             "summary_csv": csv_path,
             "summary_md": md_path,
             "plot": plot_dice_curves(results, out_dir / "dice_vs_clicks.png", title, overwrite),
         }
+        if run is not None:
+            record = dict(run, results=[_settings(r) for r in results])
+            paths["run"] = write_text(out_dir / "run.json", json.dumps(record, indent=1, default=str) + "\n",
+                                      overwrite=overwrite)
+        elif overwrite:   # an earlier run's record would describe another run
+            (out_dir / "run.json").unlink(missing_ok=True)
+        return paths
