@@ -280,3 +280,65 @@ def test_name_seg_nrrd_beside_its_image_pairs_and_a_second_label_map_is_refused(
     write(volume, tmp_path / "split" / "images" / "case.nrrd")
     write(labels, tmp_path / "split" / "labels" / "case.seg.nrrd")
     assert [(a.name, b.name) for a, b in find_pairs(tmp_path / "split")] == [("case.nrrd", "case.seg.nrrd")]
+
+
+def test_a_requested_label_missing_from_a_source_is_refused_by_name(tmp_path):
+    """--label 1 --label 9 where 9 is in no label map: refused, naming label 9 and the source, never left out while
+    label 1 is evaluated (the five patients' lesions are label 1)."""
+    from sonosam.data import lesions_dir
+
+    pair = (lesions_dir() / "lung1_image.nrrd", lesions_dir() / "lung1_label.nrrd")
+    assert {s.label for s in load_samples([pair], labels=[1], min_area=20)} == {1}
+    with pytest.raises(DataFileError, match=r"lung1_image.nrrd: no structure of label 9 of at least 20 pixels; drop"):
+        load_samples([pair], labels=[1, 9], min_area=20)
+    volume, labels = volume_and_labels()   # a second source without any structure is refused too, not skipped
+    write(volume[0], tmp_path / "x.nrrd")
+    write(labels[0], tmp_path / "x_label.nrrd")
+    with pytest.raises(DataFileError, match=r"No structure .* found in .*x.nrrd"):
+        load_samples([pair, (tmp_path / "x.nrrd", tmp_path / "x_label.nrrd")], min_area=20)
+
+
+def test_label_map_errors_name_the_label_map(tmp_path):
+    volume, labels = volume_and_labels()
+    write(volume, tmp_path / "img.nrrd")
+    write(labels.astype(np.float32) + 0.5, tmp_path / "lab.nrrd")
+    with pytest.raises(InputImageError, match=r"Label map .*lab.nrrd has non-integer values"):
+        load_pair(tmp_path / "img.nrrd", tmp_path / "lab.nrrd")
+    write(labels.astype(np.int16) - 1, tmp_path / "neg.nrrd")
+    with pytest.raises(InputImageError, match=r"Label map .*neg.nrrd has negative values"):
+        load_pair(tmp_path / "img.nrrd", tmp_path / "neg.nrrd")
+    with pytest.raises(InputImageError, match=r"has negative values"):   # a 2D one too
+        samples_from_arrays(volume[2], labels[2].astype(np.int16) - 1)
+
+
+def cli(*argv):
+    from sonosam.cli import build_parser
+
+    return build_parser().parse_args(["evaluate", *argv])
+
+
+def test_cli_reads_colin27_with_its_four_labels_beside_other_data():
+    """--data colin27 --data lesions: colin27 keeps its documented four AAL labels, the lesions their own."""
+    from sonosam.cli.evaluate import _samples
+
+    samples = _samples(cli("--data", "colin27", "--data", "lesions", "--min-area", "20", "-o", "x"))
+    by_source = {}
+    for sample in samples:
+        by_source.setdefault("lesions" if "lesions" in sample.key[0] else "colin27", set()).add(sample.label)
+    assert by_source["colin27"] <= {7, 8, 85, 86} and by_source["lesions"] == {1}
+
+
+def test_cli_refuses_a_wrong_model_start_or_slice_range_before_reading_data(tmp_path, capsys, monkeypatch):
+    from sonosam.cli import main
+    from sonosam.evaluate import datasets
+
+    monkeypatch.setattr(datasets, "find_pairs", lambda *a: pytest.fail("the data were read first"))
+    monkeypatch.setattr(datasets, "load_pair", lambda *a, **k: pytest.fail("the data were read first"))
+    out = str(tmp_path / "r")
+    assert main(["evaluate", "--data", "colin27", "--data", "lesions", "--model", "nosuch", "-o", out]) == 2
+    assert "Unknown model 'nosuch'" in capsys.readouterr().err
+    assert main(["evaluate", "--data", "lesions", "--start", "point", "-o", out]) == 2
+    assert "takes no clicks" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--data", "lesions", "--slices", "5:3", "-o", out])
+    assert "'5:3' hold no slice; give START:STOP with START below STOP" in capsys.readouterr().err

@@ -24,10 +24,14 @@ def _slices(text: str) -> range | list[int]:
     try:
         if ":" in text:
             start, stop = text.split(":", 1)
-            return range(int(start), int(stop))
-        return [int(v) for v in text.split(",")]
+            chosen = range(int(start), int(stop))
+        else:
+            return [int(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"slices {text!r} must be START:STOP or I,J,K") from None
+    if not chosen:
+        raise argparse.ArgumentTypeError(f"slices {text!r} hold no slice; give START:STOP with START below STOP")
+    return chosen
 
 
 def register(subparsers):
@@ -43,7 +47,8 @@ def register(subparsers):
                         help="model to evaluate (see `sonosam models`), optionally with its weights file; "
                              "repeatable for a comparison (default: litemedsam)")
     parser.add_argument("--label", type=int_at_least(1), action="append", metavar="L",
-                        help="label value(s) to evaluate (default: every non-zero label; colin27: 7,8,85,86)")
+                        help="label value(s) to evaluate, each needed in every --data (default: every non-zero label; "
+                             "colin27: 7,8,85,86)")
     parser.add_argument("--clicks", type=int_at_least(1, 100), default=10, help="interactions per image, first prompt included (10)")
     parser.add_argument("--start", choices=("auto", "point", "box"), action="append",
                         help="first prompt: centroid click, ground-truth box, or auto = click if the model takes "
@@ -99,8 +104,20 @@ def _sources(items: list[str]):
     return sources
 
 
+def _samples(args) -> list:
+    """The samples of every --data, each read with the labels asked for (colin27 without --label: its four)."""
+    from ..evaluate import load_samples
+    from ..evaluate.datasets import COLIN27_LABELS, _thin
+
+    samples = []
+    for item, source in zip(args.data, _sources(args.data)):
+        labels = args.label if args.label is not None or item.lower() != "colin27" else list(COLIN27_LABELS)
+        samples += load_samples(source, labels=labels, axis=args.axis, min_area=args.min_area, slices=args.slices)
+    return _thin(samples, args.max_images)
+
+
 def run(args) -> int:
-    from ..evaluate import evaluate, load_samples, model_record, run_record, write_report
+    from ..evaluate import evaluate, model_record, run_record, write_report
     from ..evaluate.report import format_markdown, summary_table
 
     from ..evaluate.report import REPORT_FILES
@@ -110,15 +127,18 @@ def run(args) -> int:
     out = Path(args.out)
     check_output_folder(out, REPORT_FILES, args.overwrite, "a report",
                         inputs=[part for item in args.data for part in item.split(",")])
-    for text in args.model or []:
-        _, checkpoint = _parse_model(text)
+    from ..evaluate.harness import _resolve_start
+    from ..models import get_spec
+
+    for text in args.model or ["litemedsam"]:   # a misspelt model or a start it cannot take: before the data
+        name, checkpoint = _parse_model(text)
+        spec = get_spec(name)
         if checkpoint is not None:
             check_input_file(checkpoint, what="checkpoint")
-    labels = args.label
-    if labels is None and all(item.lower() == "colin27" for item in args.data):
-        labels = [7, 8, 85, 86]
-    samples = load_samples(_sources(args.data), labels=labels, axis=args.axis, min_area=args.min_area,
-                           max_samples=args.max_images, slices=args.slices)
+        else:   # (a checkpoint may declare other prompt kinds: checked when it is loaded)
+            for start in args.start or ["auto"]:
+                _resolve_start(start, set(spec.prompt_kinds), name)
+    samples = _samples(args)
     print(f"{len(samples)} samples from {', '.join(args.data)}", file=sys.stderr)
 
     from . import load_model_from_args

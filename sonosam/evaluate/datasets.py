@@ -124,7 +124,8 @@ def _label_values(labelmap: np.ndarray, labels: Sequence[int] | None) -> list[in
 
 def samples_from_arrays(image: np.ndarray, labelmap: np.ndarray, *, labels: Sequence[int] | None = None,
                         axis: int = 0, min_area: int = 100, name: str | None = None, vector: bool | None = None,
-                        kind: str = "auto", slices: Iterable[int] | None = None) -> list[Sample]:
+                        kind: str = "auto", slices: Iterable[int] | None = None,
+                        label_name: str | None = None) -> list[Sample]:
     """Samples from arrays already in memory (the Slicer module's path: volume and labelmap arrays).
 
     ``image``: (H, W), (H, W, 3), (K, H, W) or (K, H, W, 3); ``labelmap``: the matching integer array.
@@ -133,26 +134,30 @@ def samples_from_arrays(image: np.ndarray, labelmap: np.ndarray, *, labels: Sequ
     (frames along axis 0) or ``"auto"`` (cine for RGB stacks). ``slices``: restrict to these indices.
     Structures smaller than ``min_area`` pixels in a slice/frame are skipped. ``name``: the source (a file path, a
     subject) that names the samples and keys their embeddings; two arrays evaluated together need two names. Left
-    out, it is ``array <digest>`` with the digest of the image's pixels, so different arrays never share a key."""
+    out, it is ``array <digest>`` with the digest of the image's pixels, so different arrays never share a key.
+    ``label_name``: how errors about the label map name it (default: "NAME: the label map")."""
     image, labelmap = np.asarray(image), np.asarray(labelmap)
     if name is None:
         from ..predictor import image_key
 
         name = f"array {image_key(image)[:12]}"
+    label_name = label_name or f"{name}: the label map"
     if vector is None:
         vector = image.ndim == labelmap.ndim + 1 and image.shape[-1] in (3, 4)
     if vector and image.shape[-1] == 4:
         image = image[..., :3]
     shape = _spatial_shape(image, vector)
     if labelmap.ndim >= 3 and labelmap.shape[-1] in (3, 4) and labelmap.ndim == image.ndim and not vector:
-        raise InputImageError(f"{name}: the label map looks like a colour image {labelmap.shape}; "
+        raise InputImageError(f"{label_name} looks like a colour image {labelmap.shape}; "
                               "give an integer label map (one value per structure).")
     if tuple(labelmap.shape) != tuple(shape):
         raise InputImageError(f"{name}: image grid {tuple(shape)} and label map {labelmap.shape} differ.")
     if not (np.issubdtype(labelmap.dtype, np.integer) or labelmap.dtype == bool):
         if not np.array_equal(labelmap, np.round(labelmap)):
-            raise InputImageError(f"{name}: the label map has non-integer values; give integer labels.")
+            raise InputImageError(f"{label_name} has non-integer values; give integer labels.")
         labelmap = labelmap.astype(np.int64)
+    if labelmap.size and labelmap.min() < 0:
+        raise InputImageError(f"{label_name} has negative values; give labels 0 (background) and up.")
     values = _label_values(labelmap, labels)
     if len(shape) == 2:
         samples = []
@@ -176,8 +181,6 @@ def samples_from_arrays(image: np.ndarray, labelmap: np.ndarray, *, labels: Sequ
     wanted = sorted(set(int(i) for i in slices)) if slices is not None else range(n_slices)
     # pixel count of every (slice, label) pair in one pass
     lab_int = lab.astype(np.int64, copy=False)
-    if lab_int.min() < 0:
-        raise InputImageError(f"{name}: negative label values are not supported.")
     top = int(lab_int.max()) + 1
     counts = np.bincount((np.arange(n_slices)[:, None] * top + lab_int.reshape(n_slices, -1)).ravel(),
                          minlength=n_slices * top).reshape(n_slices, top)
@@ -225,7 +228,7 @@ def load_pair(image_path, label_path, *, labels: Sequence[int] | None = None, ax
         kind = "cine"  # a multi-frame DICOM is a loop
     name = str(image_path)
     samples = samples_from_arrays(image, labelmap, labels=labels, axis=axis, min_area=min_area, name=name,
-                                  vector=vector, kind=kind, slices=slices)
+                                  vector=vector, kind=kind, slices=slices, label_name=f"Label map {label_path}")
     volume = [s for s in samples if s.meta.get("kind") == "volume"]
     if volume and not vector and image.dtype != np.uint8:   # every slice through the volume's one window, as
         window = volume_window(image)                        # the Slicer module and `propagate` show it
@@ -307,26 +310,39 @@ def load_samples(sources, *, labels: Sequence[int] | None = None, axis: int = 0,
                  max_samples: int | None = None, kind: str = "auto",
                  slices: Iterable[int] | None = None) -> list[Sample]:
     """All samples of one source or a list of them; a source is a folder, a list file, or an
-    ``(image, label)`` tuple. When there
+    ``(image, label)`` tuple. A source without any structure, or without one of the requested ``labels``, is
+    refused (``DataFileError``) rather than left out. When there
     are more than ``max_samples``, an evenly spaced subset in source/slice/label order is kept
     (deterministic)."""
     if isinstance(sources, (str, Path, tuple)):  # one folder / list file, or one (image, label) pair
         sources = [sources]
     slices = list(slices) if slices is not None else None
     samples: list[Sample] = []
+    where = " in the chosen slices" if slices is not None else ""
     for source in sources:
         pairs = [tuple(source)] if isinstance(source, tuple) else find_pairs(source)
+        found: list[Sample] = []
         for image, label in pairs:
-            samples.extend(load_pair(image, label, labels=labels, axis=axis, min_area=min_area, kind=kind,
-                                     slices=slices))
-    if not samples:
-        raise DataFileError(f"No structure of at least {min_area} pixels found in {sources} "
-                            f"(labels={list(labels) if labels is not None else 'all'}); lower --min-area or "
-                            "check the label values.")
+            found.extend(load_pair(image, label, labels=labels, axis=axis, min_area=min_area, kind=kind,
+                                   slices=slices))
+        named = f"{pairs[0][0]}" if isinstance(source, tuple) else f"{source}"
+        if not found:
+            raise DataFileError(f"No structure of at least {min_area} pixels found in {named}{where} "
+                                f"(labels={list(labels) if labels is not None else 'all'}); lower --min-area or "
+                                "check the label values.")
+        missing = [v for v in dict.fromkeys(int(v) for v in labels or ()) if v not in {s.label for s in found}]
+        if missing:   # a requested label is never silently left out
+            raise DataFileError(f"{named}: no structure of label {', '.join(map(str, missing))} of at least "
+                                f"{min_area} pixels{where}; drop it from the labels (--label), lower --min-area, "
+                                "or check the label values.")
+        samples.extend(found)
     return _thin(samples, max_samples)
 
 
-def colin27_samples(labels: Sequence[int] | None = (7, 8, 85, 86), *, axis: int = 0, min_area: int = 300,
+COLIN27_LABELS = (7, 8, 85, 86)   # the four largest AAL regions: middle frontal and middle temporal gyri
+
+
+def colin27_samples(labels: Sequence[int] | None = COLIN27_LABELS, *, axis: int = 0, min_area: int = 300,
                     max_samples: int | None = 10, slices: Iterable[int] | None = None) -> list[Sample]:
     """Slices of the real Colin27 T1 MRI with AAL labels (``sonosam.data.mri_colin27_paths``). Default
     structures: the four largest AAL regions (7/8 middle frontal gyri, 85/86 middle temporal gyri)."""
