@@ -2,7 +2,7 @@
 
     python -m bench.volume [--subjects colin27 ct_head inia19 icbm152] [--structures NAME ...] [--cache runs/cache]
                                    [--corrections 3] [--seed-pick auto|user|correct|route|route-suggested]
-                                   [--assist-after 3] [--json out.json]
+                                   [--assist-after 3] [--json out.json [--overwrite]]
 
 Subjects and references: `sonosam.references` (Colin27 T1 MRI: AAL structures, lateral ventricles, white
 matter; the invesalius head CT: skull, mandible rami, airway, sinuses, brain; on request, `--subjects inia19`, the
@@ -18,7 +18,9 @@ which bounds the front); and a local re-run (`previous=`) after each. Reported: 
 propagated extent, 3D Dice from one prompt and after 1/2/3 corrections, the naive baseline (the seed box on
 every slice of the structure and 10 beyond each end), the seed check's verdict, and seconds per decoded slice with a warm cache. Embeddings are
 computed once and kept on disk (`--cache`, fp16, `sonosam.train.cache.EmbeddingStore`), so a re-run of the
-table is decode-only.
+table is decode-only. `--json` records the rows with the run's settings (subjects, structures, `--option`
+overrides, the commit); an existing file is kept unless `--overwrite`, and a `--structures` name in none of the
+subjects is refused before the model loads.
 
 `--seed-pick user`: where the seed check reports a problem, the simulated user picks the offered mask closest to the
 reference (what the Slicer effect's Mask list lets a user do), reported apart from the one-prompt figures.
@@ -59,6 +61,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sonosam.cli import int_at_least
+from sonosam.errors import SonoSAMError
 from sonosam.evaluate.clicks import centroid_click
 from sonosam.evaluate.metrics import dice
 from sonosam.io import Volume
@@ -490,17 +494,29 @@ def bench(subjects=("colin27", "ct_head"), structures=None, axis: int = 0, cache
     from sonosam.predictor import Predictor
     from sonosam.train.cache import EmbeddingStore
 
+    from sonosam.evaluate.report import code_version
+
     say = print if verbose else (lambda *a, **k: None)
-    model = load_model(model_name, backend=backend)
-    store = EmbeddingStore(cache, model, memory=False)
-    out = {"model": model.spec.name, "backend": model.backend, "threads": torch.get_num_threads(), "axis": axis,
-           "seed_pick": seed_pick, "assist_after": list(assist_after), "local_corrections": local_corrections,
-           "refine_clicks": refine_clicks, "box_shifts": box_shifts, "ends": ends, "seed_at": seed_at,
-           "thick": thick, "seed_prompt": seed_prompt, "rows": []}
+    loaded = []   # every subject first: a structure name that is in none of them is refused before the model loads
     for subject_name in subjects:
         subject, group = load_subject(subject_name), 1
         if thick:
             subject, group = thick_slices(subject, thick, axis)
+        loaded.append((subject_name, subject, group))
+    unknown = [n for n in structures or () if not any(n in subject.references for _, subject, _ in loaded)]
+    if unknown:
+        known = sorted({n for _, subject, _ in loaded for n in subject.references})
+        raise SonoSAMError(f"--structures {' '.join(unknown)}: in none of the subjects {', '.join(subjects)}; "
+                           f"their structures: {', '.join(known)}.")
+    model = load_model(model_name, backend=backend)
+    store = EmbeddingStore(cache, model, memory=False)
+    out = {"model": model.spec.name, "backend": model.backend, "threads": torch.get_num_threads(), "axis": axis,
+           "subjects": list(subjects), "structures": list(structures) if structures else None,
+           "corrections": corrections, "naive": naive, "options": dict(options), "code": code_version(),
+           "seed_pick": seed_pick, "assist_after": list(assist_after), "local_corrections": local_corrections,
+           "refine_clicks": refine_clicks, "box_shifts": box_shifts, "ends": ends, "seed_at": seed_at,
+           "thick": thick, "seed_prompt": seed_prompt, "rows": []}
+    for subject_name, subject, group in loaded:
         volume = subject.volume.array
         names = [n for n in structures if n in subject.references] if structures else list(subject.references)
         for name in names:  # in the order asked for
@@ -583,9 +599,15 @@ def goals(result: dict) -> str:
 
 def parse_options(items) -> dict:
     """["NAME=VALUE", ...] (`--option`) as PropagationOptions keywords: JSON values, None, True/False."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(PropagationOptions)}
     options = {}
     for item in items:
         key, _, value = item.partition("=")
+        if key not in names:
+            raise SystemExit(f"--option {item!r}: {key!r} is not a PropagationOptions field; choose from "
+                             f"{', '.join(sorted(names))}")
         try:
             options[key] = None if value == "None" else json.loads(value.lower() if value in ("True", "False")
                                                                     else value)
@@ -601,11 +623,11 @@ def main(argv=None) -> int:
     parser.add_argument("--structures", nargs="+", help="reference names (default: all)")
     parser.add_argument("--cache", default="runs/cache", help="folder of the on-disk embedding cache")
     parser.add_argument("--axis", type=int, default=0, choices=[0, 1, 2], help="slicing axis (0: k, axial)")
-    parser.add_argument("--corrections", type=int, default=3)
+    parser.add_argument("--corrections", type=int_at_least(0), default=3)
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     parser.add_argument("--model", default="litemedsam")
     parser.add_argument("--backend", default="auto", help="inference backend (sonosam.models.backends)")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int_at_least(1), help="torch threads (default: torch's choice)")
     parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                         help="a PropagationOptions override, e.g. min_contrast=None (repeatable)")
     parser.add_argument("--seed-pick", choices=["auto", "user", "correct", "route", "route-suggested"],
@@ -615,7 +637,7 @@ def main(argv=None) -> int:
                              "correct: the user corrects the seed slice first (the best answer it offers, clicks "
                              "included); route: the box's preview as the Slicer effect shows it, accepted; "
                              "route-suggested: the same, the seed check's suggestion where it makes one")
-    parser.add_argument("--assist-after", type=int, nargs="*", default=[],
+    parser.add_argument("--assist-after", type=int_at_least(0), nargs="*", default=[],
                         help="after these correction counts, learn SAM^assist from the held slices and re-run")
     parser.add_argument("--assist-kinds", nargs="+", default=["box", "point"], choices=["box", "point"])
     parser.add_argument("--whole-corrections", dest="local_corrections", action="store_false",
@@ -624,10 +646,10 @@ def main(argv=None) -> int:
     parser.add_argument("--refine-clicks", action="store_true",
                         help="experiment: the simulated user may also click to correct the slice's own propagated "
                              "mask locally (corrective_choices' `current`)")
-    parser.add_argument("--box-shifts", type=int, default=0, metavar="PX",
+    parser.add_argument("--box-shifts", type=int_at_least(0), default=0, metavar="PX",
                         help="also propagate from the seed box grown, shrunk and moved by PX pixels (6 more one-prompt "
                              "runs per row): the spread says how much a row hangs on the exact box")
-    parser.add_argument("--ends", type=int, nargs="?", const=0, metavar="SLICES",
+    parser.add_argument("--ends", type=int_at_least(0), nargs="?", const=0, metavar="SLICES",
                         help="the simulated user also gives each structure's first and last slice (the core's "
                              "`span`), SLICES further out each way (default 0: exactly), with every prompt: 'a box "
                              "and the ends' instead of 'a box'")
@@ -639,7 +661,8 @@ def main(argv=None) -> int:
     parser.add_argument("--thick", type=float, metavar="MM",
                         help="bench the subjects as thick-slice acquisitions along --axis: consecutive slices averaged "
                              "into slices about MM thick (`thick_slices`)")
-    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--json", help="write the results here (with the run's settings and commit)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("--table", nargs="+", metavar="JSON",
                         help="only print the table and goals of earlier runs' --json files, taken together")
     args = parser.parse_args(argv)
@@ -658,22 +681,29 @@ def main(argv=None) -> int:
         print(format_table({"rows": rows}))
         print(goals({"rows": rows}))
         return 0
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     options = parse_options(args.option)
-    result = bench(args.subjects, args.structures, axis=args.axis, cache=args.cache, corrections=args.corrections,
+    from sonosam.io.atomic import check_output_path, write_text
+
+    try:
+        if args.json:   # before the run, not after it
+            check_output_path(args.json, args.overwrite, parents=True)
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        result = bench(args.subjects, args.structures, axis=args.axis, cache=args.cache, corrections=args.corrections,
                    naive=not args.no_naive, model_name=args.model, backend=args.backend, seed_pick=args.seed_pick,
                    assist_after=tuple(args.assist_after), assist_kinds=tuple(args.assist_kinds),
                    local_corrections=args.local_corrections, refine_clicks=args.refine_clicks,
                    box_shifts=args.box_shifts, ends=args.ends, seed_at=args.seed_at, thick=args.thick,
                    seed_prompt=args.seed_prompt, **options)
+    except SonoSAMError as error:
+        raise SystemExit(f"error: {error}") from None
     print(format_table(result))
     print(goals(result))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        write_text(args.json, json.dumps(result, indent=1) + "\n", overwrite=args.overwrite)
     return 0
 
 
