@@ -11,7 +11,8 @@ style MRI, head CT, echo: up to 20 evenly spaced structure-images each, `sonosam
 lesions (every slice of 20 pixels or more) and the ICBM152 template's ventricles and white matter (64 evenly
 spaced structure-slices per axis). The sets are built here so that a rule measured in one session can be measured
 again in the next on the same samples. A rule is compared by running this at two commits and ``--compare``-ing the
-two files: Dice@1..5 per set, their mean, and per set the samples higher and lower at Dice@5.
+two files (each records its commit): Dice@1..5 per set, their mean, and per set the samples higher and lower at
+Dice@5; runs of different models or click counts, or without a set in common, are refused.
 """
 
 from __future__ import annotations
@@ -57,8 +58,10 @@ def run(sets, model_name: str = "litemedsam_clicks", clicks: int = 5) -> dict:
     from sonosam.predictor import Predictor
     from sonosam.zoom import interactive_predictor
 
+    from sonosam.evaluate.report import code_version
+
     predictor = Predictor(load_model(model_name, device="cpu"))
-    report = {"model": model_name, "clicks": clicks, "sets": {}}
+    report = {"model": model_name, "clicks": clicks, "code": code_version(), "sets": {}}
     for name in sets:
         began = time.perf_counter()
         result = evaluate(interactive_predictor(predictor), samples(name), n_clicks=clicks, start="box",
@@ -79,6 +82,13 @@ def _row(curves) -> str:
 def compare(before: dict, after: dict) -> str:
     """Markdown: per set (samples that took the suggestion) Dice@1..5 before and after, samples higher / lower at
     the last interaction; then the mean of the sets."""
+    for field in ("model", "clicks"):   # runs of another model or click count are not a before and after
+        if before.get(field) != after.get(field):
+            raise SystemExit(f"error: the runs differ in {field} ({before.get(field)} before, {after.get(field)} "
+                             f"after); compare two runs of one model and click count")
+    if not set(before["sets"]) & set(after["sets"]):
+        raise SystemExit(f"error: the runs share no set (before: {', '.join(before['sets'])}; after: "
+                         f"{', '.join(after['sets'])}); run both with the same --sets")
     lines = ["| set (took the suggestion) | before | after | last Dice, samples higher / lower |", "|---|---|---|---|"]
     means = {"before": [], "after": []}
     for name, old in before["sets"].items():
@@ -98,6 +108,17 @@ def compare(before: dict, after: dict) -> str:
     return "\n".join(lines)
 
 
+def _read_run(path) -> dict:
+    try:
+        run = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(run, dict) or not isinstance(run.get("sets"), dict):
+            raise ValueError("no 'sets'")
+        return run
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: {path}: not a bench.box_sessions run ({getattr(error, 'strerror', None) or error}); "
+                         "give two files written by -o") from None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.box_sessions", description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--out", help="write the per-sample curves here (JSON)")
@@ -107,8 +128,7 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     args = parser.parse_args(argv)
     if args.compare:
-        before, after = (json.loads(Path(p).read_text()) for p in args.compare)
-        print(compare(before, after))
+        print(compare(*(_read_run(path) for path in args.compare)))
         return 0
     if not args.out:
         parser.error("give -o OUT (or --compare BEFORE AFTER)")
