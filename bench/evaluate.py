@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from sonosam.cli import int_at_least
+
 __all__ = ["TimedModel", "benchmark", "main"]
 
 
@@ -135,23 +137,33 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="litemedsam")
     parser.add_argument("--checkpoint")
-    parser.add_argument("--images", type=int, default=10)
-    parser.add_argument("--clicks", type=int, default=10)
+    parser.add_argument("--images", type=int_at_least(1), default=10)
+    parser.add_argument("--clicks", type=int_at_least(1, 100), default=10)
     parser.add_argument("--start", choices=("auto", "point", "box"), default="box")
     parser.add_argument("--device")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int_at_least(1), help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     import warnings
 
     import torch
 
+    from sonosam.errors import SonoSAMError
+    from sonosam.evaluate.harness import _resolve_start
+    from sonosam.models import get_spec
+
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        rows = benchmark(args.model, args.images, args.clicks, args.start, args.device, args.checkpoint,
-                         progress=True)
+    try:
+        spec = get_spec(args.model)   # a misspelt model or a start it cannot take: before the data and weights
+        if args.checkpoint is None:
+            _resolve_start(args.start, set(spec.prompt_kinds), args.model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            rows = benchmark(args.model, args.images, args.clicks, args.start, args.device, args.checkpoint,
+                             progress=True)
+    except SonoSAMError as error:
+        raise SystemExit(f"error: {error}") from None
     print(format_rows(rows))
     return 0
 

@@ -526,3 +526,62 @@ def test_the_report_says_how_it_was_made(tmp_path, capsys):
     assert "| litemedsam_clicks | box (margin 3 px) |" in md and "no mask fed back" in md
     assert "## Run" in md and model["checkpoint_sha256"] in md and "1.5 x the box" in md
     assert "mask logits fed back" not in md
+
+
+def test_bench_volume_refuses_a_wrong_run_before_it_starts(tmp_path, capsys):
+    """bench.volume: a structure name in no subject, an earlier --json file, a negative count and an --option that
+    is no PropagationOptions field are refused in one line before any model runs; nothing is written."""
+    from bench.volume import main as bench_volume
+
+    out = tmp_path / "runs" / "out.json"
+    with pytest.raises(SystemExit, match=r"error: --structures Thalamus_l: in none of the subjects colin27; .*"
+                                         r"Thalamus_L"):
+        bench_volume(["--subjects", "colin27", "--structures", "Thalamus_l", "--json", str(out)])
+    assert not out.exists()
+    out.parent.mkdir()
+    out.write_text('{"precious": 1}')
+    with pytest.raises(SystemExit, match=r"error: .*out.json"):
+        bench_volume(["--subjects", "colin27", "--structures", "Thalamus_L", "--json", str(out)])
+    assert out.read_text() == '{"precious": 1}'
+    with pytest.raises(SystemExit, match="not a PropagationOptions field"):
+        bench_volume(["--option", "min_contrst=None"])
+    for bad in (["--corrections", "-2"], ["--box-shifts", "-3"]):
+        with pytest.raises(SystemExit):
+            bench_volume(bad)
+        assert "must be at least 0" in capsys.readouterr().err
+
+
+def test_box_sessions_compare_refuses_runs_that_are_no_before_and_after(tmp_path):
+    import json
+
+    from bench.box_sessions import main as box_sessions
+
+    def run(path, model="litemedsam_clicks", clicks=5, sets=("ct",)):
+        path.write_text(json.dumps({"model": model, "clicks": clicks, "sets": {
+            name: {"samples": ["a"], "picked": [""], "curves": [[0.5] * clicks]} for name in sets}}))
+        return str(path)
+
+    base = run(tmp_path / "base.json")
+    with pytest.raises(SystemExit, match=r"error: the runs differ in model \(litemedsam_clicks before, litemedsam"):
+        box_sessions(["--compare", base, run(tmp_path / "m.json", model="litemedsam")])
+    with pytest.raises(SystemExit, match=r"error: the runs differ in clicks \(5 before, 3 after\)"):
+        box_sessions(["--compare", base, run(tmp_path / "c.json", clicks=3)])
+    with pytest.raises(SystemExit, match="error: the runs share no set"):
+        box_sessions(["--compare", base, run(tmp_path / "s.json", sets=("mri",))])
+    with pytest.raises(SystemExit, match=r"error: .*missing.json: not a bench.box_sessions run"):
+        box_sessions(["--compare", base, str(tmp_path / "missing.json")])
+    assert box_sessions(["--compare", base, base]) == 0
+
+
+def test_bench_evaluate_refuses_bad_counts_and_models_in_one_line(capsys):
+    from bench.evaluate import main as bench_evaluate
+
+    for bad, says in ((["--images", "0"], "must be at least 1"), (["--images", "-1"], "must be at least 1"),
+                      (["--clicks", "0"], "must be at least 1")):
+        with pytest.raises(SystemExit):
+            bench_evaluate(bad)
+        assert says in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="error: Unknown model 'nosuch'"):
+        bench_evaluate(["--model", "nosuch"])
+    with pytest.raises(SystemExit, match="error: Model 'litemedsam' takes no clicks"):
+        bench_evaluate(["--start", "point"])
