@@ -53,6 +53,8 @@ FINISHED = ("done", "failed", "cancelled")
 GUI_POLL_SECONDS = 0.1  # a poll from a GUI timer never holds that thread longer (RemoteJob.poll(timeout=))
 UPLOAD_CHUNK_BYTES = 2**20  # arrays above this travel in chunks of it: ~10 ms each on loopback (docs/slicer.md)
 GUI_STEP_SECONDS = 0.03  # an upload step from a GUI timer works (hashes, sends chunks) for about this long
+GUI_SEND_SECONDS = 1.0   # a GUI poll that sends (a chunk, a slice, a job's start) may take this long: sending needs
+                         # the time the link takes (1 MiB is 0.4 s at 20 Mbit/s), which GUI_POLL_SECONDS is not
 
 __all__ = ["SonoSAMClient", "Prediction", "RemoteJob", "ArrayUpload", "ServerTimeoutError", "RemotePrefetchJob",
            "RemotePropagationResult",
@@ -99,18 +101,20 @@ class SonoSAMClient:
         self.assist: str | None = None  # a learned prompt encoder on the server (with_assist) used by predict/jobs
 
     # ---------------------------------------------------------------------------------------- transport
-    def _connection(self, fresh: bool = False):
-        """(this thread's connection, whether it was opened just now)."""
+    def _connection(self, fresh: bool = False, timeout: float | None = None):
+        """(this thread's connection, whether it was opened just now). ``timeout`` bounds opening one (a GUI's:
+        a host that does not answer must not hold it for the client's whole timeout)."""
         conn = getattr(self._local, "conn", None)
         if conn is not None and not fresh:
             return conn, False
         if conn is not None:
             conn.close()
             self._local.conn = None
+        limit = self.timeout if timeout is None else timeout
         if self._ssl is not None:
-            conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout, context=self._ssl)
+            conn = http.client.HTTPSConnection(self._host, self._port, timeout=limit, context=self._ssl)
         else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=limit)
         conn.connect()
         # requests and answers are small bursts: without this, Nagle's algorithm meeting delayed ACKs can hold
         # a round trip for ~40 ms
@@ -145,7 +149,7 @@ class SonoSAMClient:
         for attempt in (0, 1):
             conn, opened = None, True
             try:
-                conn, opened = self._connection(fresh=attempt > 0)
+                conn, opened = self._connection(fresh=attempt > 0, timeout=timeout)
                 conn.sock.settimeout(self.timeout if timeout is None else timeout)
                 headers = self._headers if content_type is None else {**self._headers, "Content-Type": content_type}
                 deadline = None if timeout is None else time.monotonic() + timeout
@@ -273,11 +277,19 @@ class SonoSAMClient:
         return self._with_image(image, key, lambda array_id: self._request(
             "POST", "/v1/embed", {"image": array_id, "window": _window(window)}, context="encoding an image"))
 
-    def is_cached(self, key: Hashable, window=None) -> bool:
-        array_id = self._keys.get(_hashable(key))
-        if array_id is None:
-            return False
-        return bool(self._request("POST", "/v1/cached", {"ids": [array_id], "window": _window(window)})["cached"][0])
+    def is_cached(self, key: Hashable, window=None, timeout: float | None = None) -> bool:
+        return self.cached([key], window, timeout)[0]
+
+    def cached(self, keys: Iterable[Hashable], window=None, timeout: float | None = None) -> list[bool]:
+        """Whether each image (by its key) is encoded on the server: one request for them all (none when no key
+        was seen yet). ``timeout``: a GUI's (a late answer raises ServerTimeoutError)."""
+        ids = [self._keys.get(_hashable(key)) for key in keys]
+        known = [i for i in ids if i is not None]
+        if not known:
+            return [False] * len(ids)
+        answer = iter(self._request("POST", "/v1/cached", {"ids": known, "window": _window(window)},
+                                    context="asking what it has encoded", timeout=timeout)["cached"])
+        return [i is not None and bool(next(answer)) for i in ids]
 
     def predict(self, image, prompts=None, *, points=None, labels=None, box=None, mask_logits=None,
                 multimask: bool = False, key: Hashable | None = None, window=None) -> Prediction:
@@ -304,25 +316,26 @@ class SonoSAMClient:
         sent now (those the server lacks); the encoding runs there. Returns a job with done, done_count,
         total, cancel(), wait() like the in-process PrefetchJob (`on_progress` is called from poll/wait).
         ``box``: a box just drawn on these images: the zoomed crops its answer needs are encoded too, where the
-        served model answers boxes at several scales (sonosam.zoom), so that the answer only decodes."""
-        items = list(items)
-        ids, arrays = [], {}
-        for key, image in items:
-            array_id, array = self._image_id(image, key)  # a known key: the image is not even read
-            ids.append(array_id)
-            if array is not None:
-                arrays[array_id] = array
-        missing = set(self._request("POST", "/v1/arrays/missing", {"ids": ids}, context="sending images")["missing"])
-        for array_id, (key, image) in zip(ids, items):
-            if array_id in missing:
-                array = arrays.get(array_id)
-                self._sent.discard(array_id)
-                self.upload(np.asarray(image() if callable(image) else image) if array is None else array,
-                            array_id=array_id)
-                missing.discard(array_id)
+        served model answers boxes at several scales (sonosam.zoom), so that the answer only decodes.
+        A GUI uses ``prepare_prefetch`` instead: nothing is sent until its timer polls."""
+        job = self.prepare_prefetch(items, window, on_progress, box)
+        job.job.start()
+        return job
+
+    def prepare_prefetch(self, items: Iterable[tuple[Hashable, object]], window=None,
+                         on_progress: Callable[[int, int], None] | None = None, box=None) -> "RemotePrefetchJob":
+        """prefetch's job before it starts: no request yet. Each ``done`` (a GUI timer's poll) sends a step of the
+        images this client has not sent (at most GUI_POLL_SECONDS of requests), then starts the encode job, then
+        asks how it stands. An image the server dropped since is sent again when the start says so."""
+        uploads, ids = {}, []
+        for n, (key, image) in enumerate(items):
+            array_id, array = self._image_id(image, key)
+            array = np.asarray(image() if callable(image) else image) if array is None else array
+            ids.append(f"image{n}")   # one already sent is done at once, and sent again if the server dropped it
+            uploads[ids[-1]] = ArrayUpload(self, array, array_id=array_id, what="image")
         prompts = None if box is None else Prompts(box=box).to_json()   # checked here, before any request
-        job = self.start_job("encode", images=ids, window=_window(window), prompts=prompts)
-        return RemotePrefetchJob(job, len(ids), on_progress)
+        params = {"images": ids, "window": _window(window), "prompts": prompts}
+        return RemotePrefetchJob(RemoteJob(self, None, "encode", pending=(params, {}, uploads)), len(ids), on_progress)
 
     def close_session(self) -> None:
         self.close()
@@ -504,6 +517,8 @@ class ArrayUpload:
         self.id = array_id
         self.phase = "asking" if array_id else "hashing"   # -> asking -> sending -> finishing -> done
         self.hashed = self.sent_bytes = 0
+        if array_id is not None and array_id in client._sent:   # the server holds it (resend() if it dropped it)
+            self.phase, self.sent_bytes = "done", self.nbytes
         self.upload_id: str | None = None
         self._chunked = False
         self._deadline: float | None = None   # this step's requests end by then (a GUI poll's timeout)
@@ -687,7 +702,9 @@ class RemoteJob:
                     self.last = {"state": "sending", "progress": [int(done), max(1, int(math.ceil(total)))],
                                  "message": f"sending the {upload.what}: {upload.message}", "error": None}
                 return self.last
-        params = {k: uploads[k].id if k in uploads else v for k, v in params.items()}
+        params = {k: uploads[k].id if k in uploads else [uploads[x].id if isinstance(x, str) and x in uploads else x
+                                                         for x in v] if k == "images" else v
+                  for k, v in params.items()}
         try:
             status = self.client._request("POST", "/v1/jobs", {"kind": self.kind, "params": params,
                                                                "request": self._request_id}, arrays,
@@ -720,9 +737,10 @@ class RemoteJob:
         if self._pending is not None:
             if self.last.get("state") == "cancelled":
                 return self.last
-            # late: the next poll asks where the upload (or start) stands
+            # late: the next poll asks where the upload (or start) stands; a step may take what sending takes
+            send = None if timeout is None else max(timeout, GUI_SEND_SECONDS)
             return self._unless_late(lambda: self._send_step(
-                GUI_STEP_SECONDS if timeout is None else min(timeout, GUI_STEP_SECONDS), timeout), timeout)
+                GUI_STEP_SECONDS if timeout is None else min(timeout, GUI_STEP_SECONDS), send), send)
         return self._unless_late(lambda: self._status("GET", "", timeout), timeout)
 
     def _status(self, method: str, action: str, timeout: float | None) -> dict:
@@ -807,6 +825,8 @@ class RemotePrefetchJob:
 
     def _update(self) -> dict:
         status = self.job.poll(timeout=self.poll_timeout)
+        if not self.job.started:   # still sending its images (progress in MiB)
+            return status
         count = status["progress"][0]
         if count != self.done_count and self.on_progress is not None:
             self.on_progress(count, self.total)

@@ -451,16 +451,17 @@ or connects to a GPU host.</html>"""
                                + " Open the SonoSAM Segment module ('Server...') to start or connect it.")
 
     # -- model calls --------------------------------------------------------------------------------
-    def _updatePreview(self, volume, sliceToRAS):
+    def _updatePreview(self, volume, sliceToRAS, encoded=False):
         parameterSet = self.scriptedEffect.parameterSetNode()
         segmentation = parameterSet.GetSegmentationNode()
         segmentId = parameterSet.GetSelectedSegmentID()
         session = self.session
         geometry = self.logic.slice_geometry(volume, sliceToRAS=sliceToRAS,
                                              points_ras=session.points_ras or None, box_ras=session.box_ras)
-        if not self.logic.is_cached(volume, geometry):
+        if not encoded and not self.logic.is_cached(volume, geometry):
             # first prompt on this slice: the server encodes it; re-run this preview when it is done
-            self._prefetch(volume, [geometry], then=lambda: self._updatePreview(volume, sliceToRAS))
+            self._prefetch(self.logic.prefetch(volume, [geometry]),
+                           then=lambda: self._updatePreview(volume, sliceToRAS, encoded=True))
             return
         box = (volume.GetID(), tuple(map(tuple, np.asarray(session.box_ras, float).tolist()))) \
             if session.box_ras is not None else None
@@ -469,7 +470,8 @@ or connects to a GPU host.</html>"""
             self.preparedBox = box
             job = self.logic.prepare_box(volume, geometry, session.box_ras)
             if job is not None:
-                self._prefetch(volume, [geometry], then=lambda: self._updatePreview(volume, sliceToRAS), job=job)
+                self._prefetch(job, then=lambda: self._updatePreview(volume, sliceToRAS, encoded=True),
+                               message="Zooming in on the box on the server...")
                 return
         session.local_corrections = self.scriptedEffect.integerParameter("LocalClicks") != 0
         prediction = session.predict(volume, segmentation, segmentId, slice_to_ras=sliceToRAS,
@@ -524,15 +526,14 @@ or connects to a GPU host.</html>"""
             self.statusLabel.text = " ".join(prediction.notes)
         self._updateButtons()
 
-    def _prefetch(self, volume, geometries, then=None, job=None):
-        """Poll an encode job (``job``, else one started for ``geometries``) from the timer; ``then`` when done."""
+    def _prefetch(self, job, then=None, message="Computing the image embedding on the server..."):
+        """Poll an encode job from the timer (its polls send the slices, then start it); ``then`` when done."""
         if self.prefetchJob is not None:
             self._cancelQuietly(self.prefetchJob)
-        self.prefetchJob = job if job is not None else self.logic.prefetch(volume, geometries)
+        self.prefetchJob = job
         self.afterPrefetch = then
         self.busyBar.visible = True
-        self.statusLabel.text = ("Zooming in on the box on the server..." if job is not None else
-                                 "Computing the image embedding on the server...")
+        self.statusLabel.text = message
 
     def _onTimer(self):
         """Every POLL_MS: advance the server connection, the encode-ahead job and a running propagation
@@ -572,21 +573,16 @@ or connects to a GPU host.</html>"""
         layoutManager = slicer.app.layoutManager()
         if layoutManager is None:
             return
-        geometries = []
+        shown = []
+        for name in layoutManager.sliceViewNames():
+            widget = layoutManager.sliceWidget(name)
+            # sliceViewNames() also lists views of other layouts: only those on screen now
+            if widget is not None and widget.isVisible() and widget.mrmlSliceNode().IsViewVisibleInLayout():
+                shown.append(self._sliceToRAS(widget))
         with showErrors("SonoSAM could not encode ahead."):
-            for name in layoutManager.sliceViewNames():
-                widget = layoutManager.sliceWidget(name)
-                # sliceViewNames() also lists views of other layouts: only those on screen now
-                if widget is None or not widget.isVisible() or not widget.mrmlSliceNode().IsViewVisibleInLayout():
-                    continue
-                try:
-                    g = self.logic.slice_geometry(volume, sliceToRAS=self._sliceToRAS(widget))
-                except Exception:  # this view does not cut the volume: nothing to encode
-                    continue
-                geometries += [x for x in self.logic.neighbour_geometries(volume, g, radius=1)
-                               if not self.logic.is_cached(volume, x)]
-            if geometries:
-                self._prefetch(volume, geometries)
+            job = self.logic.encode_ahead(volume, shown, radius=1)   # one short request; the slices go from the timer
+            if job is not None:
+                self._prefetch(job)
 
     # -- buttons ------------------------------------------------------------------------------------
     def onApply(self):

@@ -466,6 +466,12 @@ class SegmentLogic:
 
     # -- model ---------------------------------------------------------------------------------------
     @property
+    def request_timeout(self):
+        """Seconds a request this logic makes for the GUI thread may take (the Slicer GUI's logic,
+        ``in_process=False``: a poll's, GUI_POLL_SECONDS; elsewhere the client's own)."""
+        return None if self.in_process else _gui_seconds()
+
+    @property
     def predictor(self):
         """The predictor every call uses: the assisted one after ``learn_from_segment``, else the base."""
         base = self.base_predictor
@@ -1286,14 +1292,31 @@ class SegmentLogic:
 
     # -- background encoding -------------------------------------------------------------------------
     def prefetch(self, volumeNode, geometries, on_progress=None):
-        """Encode the given slices in the core's background thread (nearest first as given); returns the
-        job (``done``, ``done_count``, ``cancel()``) for the caller to poll -- the effect uses a QTimer."""
+        """Encode the given slices in the core's background thread, or on the server (nearest first as given);
+        returns the job (``done``, ``done_count``, ``cancel()``) for the caller to poll -- the effect uses a QTimer.
+        On a server nothing is sent here: each ``done`` sends a step of the slices, then starts the encoding."""
         info = self.volume_info(volumeNode)
         predictor = self.predictor
-        if not hasattr(predictor, "prefetch"):
+        prefetch = getattr(predictor, "prepare_prefetch", None) or getattr(predictor, "prefetch", None)
+        if prefetch is None:
             return None
         items = [(g.key(info.key), (lambda g=g: self.slice_image(info, g))) for g in geometries]
-        return predictor.prefetch(items, window=info.window, on_progress=on_progress)
+        return prefetch(items, window=info.window, on_progress=on_progress)
+
+    def encode_ahead(self, volumeNode, sliceToRASes, radius: int = 1):
+        """When the slice views show new slices: encode each one (its ``sliceToRAS``) and its ``radius``
+        neighbours that are not encoded yet, ahead of the first click. Returns the job to poll, or None when there
+        is nothing to encode. Asks a server once (which of them it has encoded); the slices travel from the
+        job's polls. A view that does not cut the volume is skipped."""
+        geometries = []
+        for sliceToRAS in sliceToRASes:
+            try:
+                geometry = self.slice_geometry(volumeNode, sliceToRAS=sliceToRAS)
+            except Exception:  # this view does not cut the volume: nothing to encode
+                continue
+            geometries += self.neighbour_geometries(volumeNode, geometry, radius=radius)
+        missing = self.uncached(volumeNode, geometries) if geometries else []
+        return self.prefetch(volumeNode, missing) if missing else None
 
     def prepare_box(self, volumeNode, geometry, box_ras):
         """On a server, encode ahead what a box's answer needs beyond the slice (the zoomed crops of a model that
@@ -1305,13 +1328,29 @@ class SegmentLogic:
             return None
         info = self.volume_info(volumeNode)
         box_xy = self._prompts_xy(info, geometry, None, None, box_ras)[2]
-        return predictor.prefetch([(geometry.key(info.key), lambda: self.slice_image(info, geometry))],
-                                  window=info.window, box=box_xy)
+        prefetch = getattr(predictor, "prepare_prefetch", None) or predictor.prefetch   # sent from the job's polls
+        return prefetch([(geometry.key(info.key), lambda: self.slice_image(info, geometry))], window=info.window,
+                        box=box_xy)
 
     def is_cached(self, volumeNode, geometry) -> bool:
+        return not self.uncached(volumeNode, [geometry])
+
+    def uncached(self, volumeNode, geometries) -> list:
+        """The geometries whose slice the predictor has not encoded, in their order: one request to a server
+        (``cached``), within ``request_timeout``; an answer later than that counts as none encoded (an encode job
+        finds the ones that are, at no cost)."""
         info = self.volume_info(volumeNode)
-        check = getattr(self.predictor, "is_cached", None)
-        return bool(check and check(geometry.key(info.key), info.window))
+        keys = [g.key(info.key) for g in geometries]
+        predictor = self.predictor
+        if hasattr(predictor, "cached"):
+            try:
+                encoded = predictor.cached(keys, info.window, timeout=self.request_timeout)
+            except TimeoutError:   # sonosam.client.ServerTimeoutError: a busy or far server
+                encoded = [False] * len(keys)
+        else:
+            check = getattr(predictor, "is_cached", None)
+            encoded = [bool(check and check(key, info.window)) for key in keys]
+        return [g for g, done in zip(geometries, encoded) if not done]
 
     def neighbour_geometries(self, volumeNode, geometry, radius: int = 2):
         """This slice and its neighbours along the same axis, nearest first (to encode ahead of the user)."""
@@ -1324,6 +1363,13 @@ class SegmentLogic:
                     out.append(geo.SliceGeometry(geometry.axis, idx, geometry.dims_ijk, geometry.x_axis,
                                                  geometry.y_axis, geometry.x_flip, geometry.y_flip))
         return out
+
+
+def _gui_seconds() -> float:
+    """How long one request from a GUI timer may hold that thread (sonosam.client.GUI_POLL_SECONDS)."""
+    from sonosam.client import GUI_POLL_SECONDS
+
+    return GUI_POLL_SECONDS
 
 
 def _prepare_job(predictor, kind: str, **arguments):
@@ -1343,9 +1389,7 @@ class _JobTask:
         if self.job is None:
             state, done, total, message = "done", 1, 1, ""
         else:
-            from sonosam.client import GUI_POLL_SECONDS
-
-            status = self.job.poll(timeout=GUI_POLL_SECONDS)  # late: the last status, asked again next tick
+            status = self.job.poll(timeout=_gui_seconds())  # late: the last status, asked again next tick
             done, total = (status.get("progress") or [0, 0])[:2]
             state, message = status["state"], status.get("message", "")
         if self.cancel_requested and state == "done":
@@ -1356,9 +1400,7 @@ class _JobTask:
         """Nothing will be written: the job stops, and ``finish`` refuses even if it had already ended."""
         self.cancel_requested = True
         if self.job is not None:
-            from sonosam.client import GUI_POLL_SECONDS
-
-            self.job.cancel(timeout=GUI_POLL_SECONDS)   # a hung server must not hold Slicer; finish refuses anyway
+            self.job.cancel(timeout=_gui_seconds())   # a hung server must not hold Slicer; finish refuses anyway
 
     def _refuse_if_cancelled(self, what: str):
         from sonosam.errors import JobCancelledError

@@ -347,6 +347,19 @@ def test_jobs_and_trackers_send_again_what_the_server_dropped(tmp_path):
         assert client._request("POST", "/v1/arrays/missing", {"ids": [volume_id]})["missing"] == [volume_id]
         tracker = client.tracker(volume, frames_id=volume_id)
         assert tracker.id
+        # encode-ahead from a GUI's polls (prepare_prefetch): slices this client sent, dropped since, go again
+        images = [(("slice", i), volume[i]) for i in range(2)]
+        client.prefetch(images).wait(600)
+        ids = [client._keys[("slice", i)] for i in range(2)]
+        client.upload(volume[::-1] + 4)
+        client.upload(volume[::-1] + 5)                                                        # evicts them
+        assert client._request("POST", "/v1/arrays/missing", {"ids": ids})["missing"] == ids
+        job = client.prepare_prefetch(images)
+        for _ in range(10000):
+            if job.done:
+                break
+        job.wait(0)
+        assert job.job.last["state"] == "done", job.job.last
     finally:
         local.stop()
 

@@ -393,3 +393,67 @@ def test_seed_choices_through_the_server_equal_in_process(ball, clients):
         for a, b in zip(remote.choices, here.choices):
             np.testing.assert_array_equal(a.mask, b.mask)
     assert any(label.startswith("the bright region the click is in") for label in remote.labels), remote.labels
+
+
+def _views(b, shift=0):
+    """sliceToRAS of two slice views along the volume's own K axis (a 1x2 layout): through the ball's centre
+    (``shift`` slices further) and through slice 0. (The volume's 7 slices are too few for views along I or J.)"""
+    m = b["m"]
+    unit = m[:3, :3] / np.linalg.norm(m[:3, :3], axis=0)
+    out = []
+    for k in (CENTER[2] + shift, 0):
+        view = np.eye(4)
+        view[:3, :3], view[:3, 3] = unit, (m @ np.r_[CENTER[0], CENTER[1], k, 1])[:3]
+        out.append(view)
+    return out
+
+
+def test_a_view_change_asks_the_server_once_and_sends_the_slices_from_the_timer(ball, server, monkeypatch):
+    """What the effect runs on Slicer's GUI thread when the slice views show new slices (``encode_ahead``, from
+    _startPrefetchForViews) makes one request at most, the batched /v1/cached (it was one per slice, then every
+    upload and the job's start: a second or more per scroll step on a remote server); the slices go from the
+    job's polls (the effect's timer), one request per poll, each bounded by GUI_POLL_SECONDS. Requests are
+    counted on the real client talking to the real server."""
+    client = server.client()
+    logic = SegmentLogic(in_process=False)   # the effect's logic
+    logic.set_predictor(client)
+    requests, real = [], client._request
+
+    def counting(method, path, meta=None, arrays=None, **kw):
+        requests.append((method, path.split("?")[0], kw.get("timeout")))
+        return real(method, path, meta, arrays, **kw)
+
+    monkeypatch.setattr(client, "_request", counting)
+
+    def drive(job):
+        per_poll = []
+        deadline = time.monotonic() + 300
+        while True:
+            before = len(requests)
+            finished = job.done                 # one timer tick of the effect (_pollPrefetch)
+            per_poll.append(len(requests) - before)
+            if finished:
+                break
+            assert time.monotonic() < deadline, "encode-ahead did not finish"
+            time.sleep(0.05)
+        job.wait(0)
+        return per_poll
+
+    job = logic.encode_ahead(ball["volume"], _views(ball))
+    assert requests == []                      # slices the server never saw: nothing to ask, nothing sent yet
+    assert job.total == 3 + 2                  # each view's slice and its neighbours (slice 0 has one)
+    per_poll = drive(job)
+    assert max(per_poll) == 1 and sum(per_poll) >= 5 + 1 + 1   # 5 uploads, the start, a status
+    # every request bounded: polls by GUI_POLL_SECONDS, a step that sends by what sending may take
+    assert all(t is not None and t <= client_module.GUI_SEND_SECONDS for _, _, t in requests), requests
+    assert all(t <= client_module.GUI_POLL_SECONDS for m, _, t in requests if m == "GET"), requests
+    for shift, expected in ((0, 0), (1, 1)):   # the same views again; then the K view one slice further
+        requests.clear()
+        job = logic.encode_ahead(ball["volume"], _views(ball, shift))
+        assert [(m, p) for m, p, _ in requests] == [("POST", "/v1/cached")]
+        assert requests[0][2] == client_module.GUI_POLL_SECONDS
+        assert (job.total if job is not None else 0) == expected   # only the slice not encoded yet
+        if job is not None:
+            assert max(drive(job)) == 1
+    assert not logic.uncached(ball["volume"], [logic.slice_geometry(ball["volume"], sliceToRAS=v)
+                                               for v in _views(ball, 1)])
