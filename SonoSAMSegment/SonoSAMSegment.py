@@ -232,12 +232,13 @@ class SonoSAMSegmentWidget(ScriptedLoadableModuleWidget):
 
     # -- models (listed and downloaded by the server's Python, in child processes) --------------------
     def listModels(self):
-        if self.modelsProcess is not None or self.remote():
-            return
-        self.modelsProcess = conn.BackgroundProcess([conn.slicer_python(), "-m", "sonosam", "models", "--json"],
-                                                    self.connection.work_dir / "models.json.log", conn.core_env())
-        self.ui.statusLabel.text = "Listing the models..."
-        self.timer.start()
+        with showErrors("SonoSAM could not list its models."):   # Refresh, setup and a new connection call it
+            if self.modelsProcess is not None or self.remote():
+                return
+            self.modelsProcess = conn.BackgroundProcess([conn.slicer_python(), "-m", "sonosam", "models", "--json"],
+                                                        self.connection.work_dir / "models.json.log", conn.core_env())
+            self.ui.statusLabel.text = "Listing the models..."
+            self.timer.start()
 
     def _pollModels(self):
         process = self.modelsProcess

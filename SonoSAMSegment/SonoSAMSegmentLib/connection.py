@@ -17,6 +17,7 @@ Python that runs the server, with Slicer's own numpy, SimpleITK and VTK pinned b
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 import subprocess
@@ -321,7 +322,10 @@ class Connection:
         if state != "failed":
             self.error = None
         for listener in list(self.listeners):
-            listener(self)
+            try:
+                listener(self)
+            except Exception:   # one module's failure must not keep the others from hearing of the change
+                logging.exception(f"SonoSAM: a listener of the server connection failed ({listener!r})")
         return state
 
     def _fail(self, message: str):

@@ -178,3 +178,19 @@ def test_models_json_and_download_for_the_module(capsys):
     assert models["sam_vit_b"]["downloadable"] and models["litemedsam"]["prompt_kinds"] == ["box"]
     assert main(["models", "--download", conn.DEFAULT_MODEL]) == 0
     assert "already" in capsys.readouterr().out
+
+
+def test_a_failing_listener_is_logged_and_the_others_are_still_told(tmp_path, caplog):
+    """The module panel's listener (it lists the models) raising on a state change must not keep the effect's
+    listener from hearing of it."""
+    c = conn.Connection(tmp_path)
+    told = []
+
+    def failing(connection):
+        raise NotADirectoryError("[Errno 20] Not a directory: 'models.json.log'")
+
+    c.listeners += [failing, lambda connection: told.append(connection.state)]
+    with caplog.at_level("ERROR"):
+        assert c._fail("the server stopped") == "failed"
+    assert told == ["failed"]
+    assert "a listener of the server connection failed" in caplog.text and "Not a directory" in caplog.text
