@@ -23,8 +23,8 @@ import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from SonoSAMSegmentLib.connection import shared_connection
-from SonoSAMSegmentLib.logic import (MODES, PromptSession, SegmentationError, SegmentLogic, add_helper_node,
-                                     editor_writer, show_preview)
+from SonoSAMSegmentLib.logic import (MODES, PromptSession, PropagationControl, SegmentationError, SegmentLogic,
+                                     add_helper_node, cancel_quietly, editor_writer, show_preview)
 from SonoSAMSegmentLib.ui import showErrors
 
 DRAG_PIXELS = 6       # mouse travel that turns a click into a box
@@ -52,9 +52,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.sceneObserver = None
         self.prefetchJob = None          # encode-ahead job on the server
         self.afterPrefetch = None        # what to run when it is done (the pending preview)
-        self.propagation = None          # PropagationTask while a propagation runs
-        self.heldPropagation = None      # a finished one, kept until its segment is selected again
-        self.heldMessage = None          # what the status line last said about it (said once, not every tick)
+        self.propagation = PropagationControl()   # a running propagation, or a finished one held for its segment
         self.pressXY = None
         self.pressRAS = None
         self.pressView = None
@@ -272,9 +270,9 @@ or connects to a GPU host.</html>"""
         self.applyButton.enabled = hasPreview
         self.cancelButton.enabled = self.session is not None and not self.session.empty
         self.undoPromptButton.enabled = self.session is not None and bool(self.session.points_ras)
-        running = self.propagation is not None or self.heldPropagation is not None
-        self.propagateButton.enabled = not running
-        self.stopButton.enabled = running
+        busy = self.propagation.busy   # running, or finished and held for its segment
+        self.propagateButton.enabled = not busy
+        self.stopButton.enabled = busy
         self.connectionLabel.text = self.connection.status
 
     # -- life cycle ---------------------------------------------------------------------------------
@@ -298,7 +296,6 @@ or connects to a GPU host.</html>"""
         stopped = self._stopJobs(keepHeld=True)
         self.session = None
         self._removeHelperNodes()
-        self.heldMessage = None   # said again on return
         if self.widgets is not None:   # what the panel shows on return: nothing running
             self.busyBar.visible = False
             self.statusLabel.text = ("Propagation stopped when you left the SonoSAM effect: nothing was written."
@@ -319,22 +316,10 @@ or connects to a GPU host.</html>"""
     def _stopJobs(self, keepHeld: bool = False) -> bool:
         """Stop the encode-ahead and a running propagation, and discard a held one unless ``keepHeld`` (nothing is
         written); True when a propagation was stopped or discarded."""
-        held = None if keepHeld else self.heldPropagation
-        stopped = self.propagation is not None or held is not None
-        for job in (self.prefetchJob, self.propagation, held):
-            if job is not None:
-                self._cancelQuietly(job)
-        self.prefetchJob = self.propagation = self.afterPrefetch = None
-        if not keepHeld:
-            self.heldPropagation = self.heldMessage = None
-        return stopped
-
-    @staticmethod
-    def _cancelQuietly(job):
-        try:
-            job.cancel()
-        except Exception as error:  # the server may be gone already
-            logging.debug(f"SonoSAM: cancelling: {error}")
+        if self.prefetchJob is not None:
+            cancel_quietly(self.prefetchJob)
+        self.prefetchJob = self.afterPrefetch = None
+        return self.propagation.end(keep_held=keepHeld)
 
     def _onConnectionChanged(self, connection):
         self.logic.set_predictor(connection.client)  # None when not connected
@@ -529,7 +514,7 @@ or connects to a GPU host.</html>"""
     def _prefetch(self, job, then=None, message="Computing the image embedding on the server..."):
         """Poll an encode job from the timer (its polls send the slices, then start it); ``then`` when done."""
         if self.prefetchJob is not None:
-            self._cancelQuietly(self.prefetchJob)
+            cancel_quietly(self.prefetchJob)
         self.prefetchJob = job
         self.afterPrefetch = then
         self.busyBar.visible = True
@@ -552,12 +537,12 @@ or connects to a GPU host.</html>"""
             finished = job.done
         except Exception:
             self.prefetchJob = self.afterPrefetch = None
-            self.busyBar.visible = self.propagation is not None
+            self.busyBar.visible = self.propagation.running is not None
             raise
         if not finished:
             return
         self.prefetchJob = None
-        self.busyBar.visible = self.propagation is not None
+        self.busyBar.visible = self.propagation.running is not None
         self.statusLabel.text = ""
         then, self.afterPrefetch = self.afterPrefetch, None
         job.wait(0)  # raises the server's error, if any
@@ -652,7 +637,7 @@ or connects to a GPU host.</html>"""
 
     # -- propagation (a server job, polled) -----------------------------------------------------------
     def onPropagate(self):
-        if self.propagation is not None:
+        if self.propagation.running is not None:
             return
         if self.scriptedEffect.confirmCurrentSegmentVisible() == self.scriptedEffect.NotConfirmed:
             return
@@ -670,7 +655,7 @@ or connects to a GPU host.</html>"""
                                                parameterSet.GetSelectedSegmentID(), self.propagateAxis.currentText,
                                                direction=self.propagateDirection.currentText, maxSlices=nSlices,
                                                carry=self.propagateCarry.checked, span=span)
-            self.propagation = self.logic.start_propagation(plan)
+            self.propagation.start(self.logic.start_propagation(plan))
             self.busyBar.setRange(0, 0)
             self.busyBar.visible = True
             self.statusLabel.text = "Propagating on the server..."
@@ -691,71 +676,37 @@ or connects to a GPU host.</html>"""
             spin.value = self.logic.slice_index(volume, axis, [sliceToRAS.GetElement(i, 3) for i in range(3)])
 
     def onStopPropagation(self):
-        if self.propagation is not None:
-            self._cancelQuietly(self.propagation)
-            self.statusLabel.text = "Stopping the propagation (nothing will be written)..."
-        elif self.heldPropagation is not None:
+        """Cancel a running propagation, or discard a finished one held for its segment (the logic's rules)."""
+        discarding = self.propagation.running is None and self.propagation.held is not None
+        message = self.propagation.stop()
+        if message is not None:
+            self.statusLabel.text = message
+        if discarding:   # as before: the encode-ahead stops with it, and Propagate is back
             self._stopJobs()
-            self.statusLabel.text = "The finished propagation was discarded: nothing was written."
             self._updateButtons()
 
     def _pollPropagation(self):
-        task = self.propagation
-        if task is None:
-            self._writeHeldPropagation()
-            return
+        """A tick of the propagation (PropagationControl decides: progress, hold, write, errors); shown here."""
+        parameterSet = self.scriptedEffect.parameterSetNode()
+        running = self.propagation.running is not None
         try:
-            state, done, total, message = task.poll()
+            tick = self.propagation.poll(parameterSet.GetSegmentationNode() if parameterSet is not None else None,
+                                         parameterSet.GetSelectedSegmentID() if parameterSet is not None else None,
+                                         self._writer)
         except Exception:
-            self.propagation = None
-            self.busyBar.visible = False
+            if running:
+                self.busyBar.visible = False
             self._updateButtons()
             raise
-        if state not in ("done", "failed", "cancelled"):
-            if total:
-                self.busyBar.setRange(0, total)
-                self.busyBar.value = done
-            if state == "sending":  # the volume travels in chunks first (done/total in MiB)
-                self.statusLabel.text = f"Propagating: {message}"
-            else:
-                self.statusLabel.text = f"Propagating: {done}/{total} slices. {message}".strip()
-            return
-        self.propagation = None
-        self.busyBar.visible = False
-        self._updateButtons()
-        if state == "cancelled":
-            self.statusLabel.text = "Propagation stopped: the segment is unchanged."
-            return
-        if state == "failed":
-            self.statusLabel.text = task.finish(modify=self._writer())  # raises the job's error
-        self.heldPropagation = task
-        self._writeHeldPropagation()
-
-    def _writeHeldPropagation(self):
-        """Write a finished propagation into its segment once that segment is the one selected (the effect writes
-        into the selected segment, with the editor's masking for it): at once, or when the user selects it again
-        after working on another one meanwhile; Stop discards it."""
-        task = self.heldPropagation
-        if task is None:
-            return
-        plan = task.plan
-        segmentation = plan.segmentation_node
-        segment = segmentation.GetSegmentation().GetSegment(plan.segment_id) if segmentation.GetScene() else None
-        if segment is None:
-            self.heldPropagation = self.heldMessage = None
+        if tick.progress is not None:
+            self.busyBar.setRange(0, tick.progress[1])
+            self.busyBar.value = tick.progress[0]
+        if tick.ended:
+            self.busyBar.visible = False
+        if tick.changed:
             self._updateButtons()
-            raise SegmentationError("The segment this propagation was for was deleted: nothing was written.")
-        parameterSet = self.scriptedEffect.parameterSetNode()
-        if parameterSet.GetSegmentationNode() is not segmentation or parameterSet.GetSelectedSegmentID() != plan.segment_id:
-            message = (f"Propagation of '{segment.GetName()}' finished: select '{segment.GetName()}' of "
-                       f"'{segmentation.GetName()}' to write it, or Stop to discard it.")
-            if message != self.heldMessage:   # once: the status line stays free for the other segment's work
-                self.heldMessage = self.statusLabel.text = message
-                self._updateButtons()
-            return
-        self.heldPropagation = self.heldMessage = None
-        self._updateButtons()
-        self.statusLabel.text = task.finish(modify=self._writer())
+        if tick.status is not None:
+            self.statusLabel.text = tick.status
 
 
 logging.debug("SonoSAM Segment Editor effect loaded")

@@ -1467,6 +1467,121 @@ class PropagationTask(_JobTask):
         return self.logic.finish_propagation(self.plan, self.result, modify)
 
 
+def cancel_quietly(job) -> None:
+    """Cancel a job or task; a server that is gone already is only logged (a GUI's cleanup must not fail)."""
+    import logging
+
+    try:
+        job.cancel()
+    except Exception as error:
+        logging.debug(f"SonoSAM: cancelling: {error}")
+
+
+@dataclass
+class PropagationTick:
+    """What one timer tick of a propagation gives the panel: ``status`` for the status line (None: leave it),
+    ``progress`` (done, total) while a job runs, ``ended`` when the job stopped running (hide the busy bar),
+    ``changed`` when Propagate / Stop change (``PropagationControl.busy``)."""
+    status: str | None = None
+    progress: tuple | None = None
+    ended: bool = False
+    changed: bool = False
+
+
+class PropagationControl:
+    """The SonoSAM effect's propagation, without Qt (the effect shows what it says). The effect writes into the
+    editor's selected segment, with the editor's masking for it, so a finished propagation is written only while
+    its segment is the selected one: at once, or -- when the user went on with another segment meanwhile -- held
+    and said once on the status line, then written when that segment is selected again (after the undo check,
+    ``finish``'s). Stop cancels a running one or discards a held one; Propagate is off while one runs or is held
+    (``busy``); leaving the effect stops a running one but keeps a held one; closing the scene discards both; a
+    held one whose segment was deleted is an error. Nothing is ever written but by ``poll`` with the segment
+    selected."""
+
+    def __init__(self):
+        self.running = None   # PropagationTask while its job runs
+        self.held = None      # a finished one, kept until its segment is selected again
+        self.said = None      # what the status line last said about the held one (said once, not every tick)
+
+    @property
+    def busy(self) -> bool:
+        """Propagate disabled, Stop enabled."""
+        return self.running is not None or self.held is not None
+
+    def start(self, task) -> None:
+        self.running = task
+
+    def poll(self, segmentation_node, segment_id, writer) -> PropagationTick:
+        """One tick, with the editor's selection now; ``writer()`` gives the ``modify`` a write uses. Raises the
+        job's error, a refused write, or a deleted segment's (the job and the held result are dropped first, so an
+        error is said once)."""
+        task = self.running
+        if task is None:
+            return self._write_held(segmentation_node, segment_id, writer)
+        try:
+            state, done, total, message = task.poll()
+        except Exception:
+            self.running = None
+            raise
+        if state not in ("done", "failed", "cancelled"):
+            status = (f"Propagating: {message}" if state == "sending"   # the volume travels in chunks (MiB)
+                      else f"Propagating: {done}/{total} slices. {message}".strip())
+            return PropagationTick(status, (done, total) if total else None)
+        self.running = None
+        if state == "cancelled":
+            return PropagationTick("Propagation stopped: the segment is unchanged.", ended=True, changed=True)
+        if state == "failed":
+            task.finish(modify=writer())   # raises the job's error
+        self.held = task
+        tick = self._write_held(segmentation_node, segment_id, writer)
+        tick.ended = tick.changed = True
+        return tick
+
+    def _write_held(self, segmentation_node, segment_id, writer) -> PropagationTick:
+        task = self.held
+        if task is None:
+            return PropagationTick()
+        plan = task.plan
+        segmentation = plan.segmentation_node
+        segment = segmentation.GetSegmentation().GetSegment(plan.segment_id) if segmentation.GetScene() else None
+        if segment is None:
+            self.held = self.said = None
+            raise SegmentationError("The segment this propagation was for was deleted: nothing was written.")
+        if segmentation_node is not segmentation or segment_id != plan.segment_id:
+            message = (f"Propagation of '{segment.GetName()}' finished: select '{segment.GetName()}' of "
+                       f"'{segmentation.GetName()}' to write it, or Stop to discard it.")
+            if message == self.said:   # once: the status line stays free for the other segment's work
+                return PropagationTick()
+            self.said = message
+            return PropagationTick(message, changed=True)
+        self.held = self.said = None
+        return PropagationTick(task.finish(modify=writer()), changed=True)
+
+    def stop(self) -> str | None:
+        """The Stop button: cancel a running one (its poll then says it stopped) or discard a held one; nothing is
+        written. The status line's text, None when there was nothing to stop."""
+        if self.running is not None:
+            cancel_quietly(self.running)
+            return "Stopping the propagation (nothing will be written)..."
+        if self.held is not None:
+            self.end()
+            return "The finished propagation was discarded: nothing was written."
+        return None
+
+    def end(self, keep_held: bool = False) -> bool:
+        """Stop a running one, and discard a held one unless ``keep_held`` (leaving the effect keeps it: it is
+        said again on return); nothing is written. True when one was stopped or discarded."""
+        held = None if keep_held else self.held
+        stopped = self.running is not None or held is not None
+        for task in (self.running, held):
+            if task is not None:
+                cancel_quietly(task)
+        self.running = self.said = None
+        if not keep_held:
+            self.held = None
+        return stopped
+
+
 class RefineTask(_JobTask):
     """The refiner as a server job (or run in-process at once); ``finish()`` -> the SlicePrediction preview."""
 

@@ -457,3 +457,29 @@ def test_a_view_change_asks_the_server_once_and_sends_the_slices_from_the_timer(
             assert max(drive(job)) == 1
     assert not logic.uncached(ball["volume"], [logic.slice_geometry(ball["volume"], sliceToRAS=v)
                                                for v in _views(ball, 1)])
+
+
+def test_the_effect_s_stop_and_leaving_it_stop_a_running_propagation_and_write_nothing(ball, clients):
+    """PropagationControl (the effect's rules) with a job running on the server: Stop says it is stopping, the
+    next ticks say it stopped; leaving the effect (end(keep_held=True)) stops a running one. Nothing written."""
+    from SonoSAMSegmentLib.logic import PropagationControl, editor_writer
+
+    client, _ = clients
+    logic = SegmentLogic(predictor=client)
+    _seed(ball, logic, ball["a"])
+    before = _read(ball, ball["a"]).copy()
+    plan = lambda: logic.plan_propagation(ball["volume"], ball["segmentation"], ball["a"], "axial")  # noqa: E731
+    control = PropagationControl()
+    control.start(logic.start_propagation(plan()))
+    assert control.busy and control.stop() == "Stopping the propagation (nothing will be written)..."
+    deadline, tick = time.monotonic() + 300, None
+    while control.running is not None:
+        assert time.monotonic() < deadline
+        tick = control.poll(ball["segmentation"], ball["a"], editor_writer)
+        time.sleep(0.05)
+    assert tick.status == "Propagation stopped: the segment is unchanged." and tick.ended and not control.busy
+    control.start(logic.start_propagation(plan()))
+    assert control.end(keep_held=True) is True and not control.busy   # leaving the effect
+    for _ in range(3):
+        assert control.poll(ball["segmentation"], ball["a"], editor_writer).status is None
+    np.testing.assert_array_equal(_read(ball, ball["a"]), before)
