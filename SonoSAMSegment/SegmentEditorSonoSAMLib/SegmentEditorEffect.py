@@ -605,7 +605,9 @@ or connects to a GPU host.</html>"""
     def _modify(self, segmentationNode, segmentId, labelmap, mode, extent):
         modes = {"add": slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeAdd,
                  "remove": slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeRemove}
-        self.scriptedEffect.modifySelectedSegmentByLabelmap(labelmap, modes[mode], list(extent))
+        # bypassMasking given: PythonQt must pick the (labelmap, mode, QList<int> extent, bool bypassMasking) overload,
+        # never (labelmap, mode, bool bypassMasking), which would write the whole labelmap past the editor's masking
+        self.scriptedEffect.modifySelectedSegmentByLabelmap(labelmap, modes[mode], [int(e) for e in extent], False)
 
     def onCancel(self):
         if self.session is not None:

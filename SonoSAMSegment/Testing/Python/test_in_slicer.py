@@ -38,6 +38,60 @@ class SonoSAMSegmentMaskingInSlicer(unittest.TestCase):
         finally:
             close()
 
+    def test_a_masked_write_through_the_effect_honours_the_masking(self):
+        """Inside Slicer only: Apply's write through the SonoSAM effect (``scriptedEffect.modifySelectedSegmentBy-
+        Labelmap`` with an extent and bypassMasking, as PythonQt resolves the overload) keeps to the editable
+        intensity range and the editable area; a write over the whole slab must not reach masked voxels."""
+        import numpy as np
+        import slicer
+
+        if getattr(slicer, "app", None) is None or not hasattr(slicer, "qMRMLSegmentEditorWidget"):
+            self.skipTest("needs the Slicer application (the Segment Editor widget and its effects)")
+        from SonoSAMSegmentLib.logic import read_segment_block, write_segment_block
+
+        scene = slicer.mrmlScene
+        voxels = np.zeros((4, 20, 20), np.int16)
+        voxels[:, :, 10:] = 100                      # right half bright: the editable intensity range
+        volume = slicer.util.addVolumeFromArray(voxels, name="SonoSAM masking")
+        segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        segmentation.CreateDefaultDisplayNodes()
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        other = segmentation.GetSegmentation().AddEmptySegment("other")
+        target = segmentation.GetSegmentation().AddEmptySegment("target")
+        import vtk
+
+        matrix = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(matrix)
+        ijk = slicer.util.arrayFromVTKMatrix(matrix)
+        full = [0, 19, 0, 19, 0, 3]
+        taken = np.zeros((4, 20, 20), bool)
+        taken[:, :5, :] = True                        # rows 0-4 belong to "other"
+        write_segment_block(segmentation, other, taken, ijk, full)
+        editorNode = scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")
+        editor = slicer.qMRMLSegmentEditorWidget()
+        editor.setMRMLScene(scene)
+        editor.setMRMLSegmentEditorNode(editorNode)
+        editor.setSegmentationNode(segmentation)
+        editor.setSourceVolumeNode(volume)
+        editorNode.SetSelectedSegmentID(target)
+        editorNode.SetSourceVolumeIntensityMask(True)
+        editorNode.SetSourceVolumeIntensityMaskRange(50, 150)
+        editorNode.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedOutsideAllSegments)
+        try:
+            editor.setActiveEffectByName("SonoSAM")
+            effect = editor.activeEffect().self()
+            everything = np.ones((4, 20, 20), bool)
+            write_segment_block(segmentation, target, everything, ijk, full, np.zeros_like(everything),
+                                effect._writer())   # what Apply does
+            written = read_segment_block(segmentation, target, ijk, full)
+            expected = (voxels >= 50) & ~taken
+            self.assertTrue(written.any(), "nothing was written")
+            np.testing.assert_array_equal(written, expected)
+        finally:
+            editor.setActiveEffectByName("")
+            for node in (editorNode, segmentation, volume):
+                scene.RemoveNode(node)
+
 
 if __name__ == "__main__":
     unittest.main()
