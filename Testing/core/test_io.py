@@ -268,6 +268,17 @@ def test_multiframe_monochrome_with_region_cinerate_and_monochrome1(tmp_path):
     assert inverted.frame_time_ms == pytest.approx(20.0) and not inverted.spacing_known
 
 
+def test_read_cine_skips_timing_fields_that_are_no_positive_time(tmp_path):
+    """A negative FrameTime used to reach the time stamps and fail the GIF writer after the whole tracking run."""
+    frames = np.random.default_rng(2).integers(0, 256, (3, 20, 30), dtype=np.uint8)
+    cine = io.read_cine(write_dicom(tmp_path / "neg.dcm", frames, FrameTime="-33.3", CineRate=25))
+    assert cine.frame_time_ms == pytest.approx(40.0)
+    assert any("FrameTime in the file (-33.3) is no positive time" in note for note in cine.notes)
+    none = io.read_cine(write_dicom(tmp_path / "none.dcm", frames, FrameTime="0", CineRate=-5))
+    assert none.frame_time_ms is None
+    assert any("No frame time in the file" in note for note in none.notes)
+
+
 def test_read_cine_of_a_non_dicom_file_is_a_data_file_error(tmp_path):
     (tmp_path / "x.dcm").write_bytes(b"not dicom at all")
     with pytest.raises(DataFileError, match="x.dcm"):

@@ -167,16 +167,28 @@ def _pixel_spacing(ds) -> tuple[float, float] | None:
     return float(spacing[1]), float(spacing[0])
 
 
-def _frame_time_ms(ds) -> float | None:
-    if ds.get("FrameTime"):
-        return float(ds.FrameTime)
-    vector = ds.get("FrameTimeVector")
-    if vector is not None and len(vector) > 1:  # first entry is 0, the rest are increments in ms
-        return float(np.median([float(v) for v in vector[1:]]))
-    if ds.get("CineRate"):
-        return 1000.0 / float(ds.CineRate)
-    if ds.get("RecommendedDisplayFrameRate"):
-        return 1000.0 / float(ds.RecommendedDisplayFrameRate)
+def _frame_time_ms(ds, notes: list[str]) -> float | None:
+    """Milliseconds per frame from the first timing field that holds a positive, finite value; a field holding
+    anything else (0, negative, not a number) is skipped with a note, so it never reaches time stamps or a GIF."""
+    def number(value) -> float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return float("nan")
+
+    def vector_ms(vector) -> float:   # first entry is 0, the rest are increments in ms
+        return float(np.median([number(v) for v in vector[1:]])) if len(vector) > 1 else float("nan")
+
+    for field, to_ms in (("FrameTime", number), ("FrameTimeVector", vector_ms),
+                         ("CineRate", lambda v: 1000.0 / number(v) if number(v) else float("nan")),
+                         ("RecommendedDisplayFrameRate", lambda v: 1000.0 / number(v) if number(v) else float("nan"))):
+        value = ds.get(field)
+        if value is None or value == "":
+            continue
+        ms = to_ms(value)
+        if np.isfinite(ms) and ms > 0:
+            return ms
+        notes.append(f"{field} in the file ({str(value)[:40]}) is no positive time; it was ignored.")
     return None
 
 
@@ -199,7 +211,7 @@ def read_cine(path: PathLike, *, keep_rgb: bool = False) -> Cine:
         notes.append("No physical calibration in the file: spacing is 1.0 (pixels), not millimetres.")
     if int(ds.get("BitsStored", 8)) > 8:
         notes.append(f"{ds.BitsStored}-bit pixels were scaled linearly (loop min..max) to 0..255.")
-    frame_time = _frame_time_ms(ds)
+    frame_time = _frame_time_ms(ds, notes)
     if frame_time is None and gray.shape[0] > 1:
         notes.append("No frame time in the file (FrameTime, FrameTimeVector, CineRate, RecommendedDisplayFrameRate).")
     return Cine(gray, spacing, known, source, frame_time, photometric, path, notes, rgb)
