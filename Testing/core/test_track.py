@@ -75,6 +75,21 @@ def test_tracker_options_are_one_validated_value():
         TrackerOptions(fusion="average")
 
 
+def test_an_empty_starting_mask_is_refused_by_name_and_frame(loop):
+    """It used to be accepted and fail later as "the tracked mask vanished"."""
+    from sonosam.errors import PromptError
+
+    tracker = Tracker(None, loop.frames[:4])
+    with pytest.raises(PromptError, match="'LV' on frame 2: the mask given is empty"):
+        tracker.add_object("LV", 2, mask=np.zeros(loop.frames.shape[1:], bool))
+    assert "LV" not in tracker.objects
+    square = np.zeros(loop.frames.shape[1:], bool)
+    square[40:60, 50:70] = True
+    tracker.add_object("LV", 0, mask=square)
+    with pytest.raises(PromptError, match="'LV' on frame 3: the mask given is empty"):
+        tracker.correct(3, "LV", mask=np.zeros(loop.frames.shape[1:], bool))
+
+
 def test_fusion_and_anchor_are_str_valued_enums():
     import json
 

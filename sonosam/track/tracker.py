@@ -263,6 +263,7 @@ class Tracker:
         mask are recomputed by the next ``run()``. Returns the keyframe mask."""
         obj = self._object(name)
         frame = self._frame(frame)
+        given = mask
         if mask is None:
             if box is None and points is None:
                 raise PromptError("Give a mask, a box or points to set a keyframe.")
@@ -270,6 +271,9 @@ class Tracker:
         mask = np.asarray(mask).astype(bool)
         if mask.shape != self.frames.shape[1:]:
             raise SonoSAMError(f"The mask is {mask.shape}; the frames are {self.frames.shape[1:]}.")
+        if not mask.any():   # nothing to track from: every later frame would fail as a "vanished" mask
+            how = "the model found nothing for these prompts" if given is None else "the mask given is empty"
+            raise PromptError(f"{name!r} on frame {frame}: {how}; give the structure's mask, or a box or points on it.")
         self._set_keyframe(obj, frame, mask, "corrected")
         return mask
 
