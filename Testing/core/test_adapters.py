@@ -360,6 +360,18 @@ def test_loading_a_wrong_file_raises_checkpoint_error(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- CLI
+def test_cli_init_refuses_a_layout_flag_the_file_contradicts(tmp_path, capsys):
+    """The flags used to be ignored with --init: the saved file said the opposite of what was asked."""
+    from sonosam.adapters.cli import main
+
+    init = save_adapters(add_medsa_adapters(vit_sam()), tmp_path / "init.pth", base_name="tiny_vit_test")
+    argv = ["adapters", "--images", str(tmp_path / "t1.nii.gz"), "--labels", str(tmp_path / "aal.nii.gz"),
+            "--label-value", "1", "-o", str(tmp_path / "out.pth"), "--init", str(init), "--no-hyp-adapter"]
+    assert main(argv) == 2
+    assert f"--no-hyp-adapter contradicts {init}" in capsys.readouterr().err
+    assert not (tmp_path / "out.pth").exists()
+
+
 @pytest.mark.slow  # the real model on real MRI slices
 def test_cli_trains_and_saves_adapters(mri, tmp_path, capsys):
     from sonosam.adapters.cli import main

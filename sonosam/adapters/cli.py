@@ -47,6 +47,20 @@ def register(subparsers):
     return parser
 
 
+def _check_init_layout(args) -> None:
+    """--init keeps the file's adapter layout: a flag asking for another one is refused, not ignored."""
+    from ..errors import TrainingError
+    from .modules import read_adapter_file
+
+    config = read_adapter_file(args.init)["config"]
+    wrong = [flag for flag, key in (("--no-depth-attention", "depth_attention"), ("--no-hyp-adapter", "hyp_adapter"))
+             if getattr(args, flag[2:].replace("-", "_")) and config.get(key, True)]
+    if wrong:
+        raise TrainingError(f"{' and '.join(wrong)} contradict{'s' if len(wrong) == 1 else ''} {args.init}, whose "
+                            "adapters have them (--init keeps the file's layout); leave the flag out, or train "
+                            "without --init.")
+
+
 def run(args) -> int:
     from ..io import read_labels, read_volume
 
@@ -55,6 +69,7 @@ def run(args) -> int:
     output = check_output_path(args.output, args.overwrite, inputs=(*args.images, *args.labels), parents=True)
     if args.init:
         check_input_file(args.init, what="adapter weights file")
+        _check_init_layout(args)
     if len(args.images) != len(args.labels):
         raise InputImageError(f"{len(args.images)} --images but {len(args.labels)} --labels; "
                               "give one label map per volume.")
