@@ -8,6 +8,8 @@ were held out), and the left lateral ventricle (model-free reference, sonosam.re
 structure on which the box-only model segments the bright band beside it (issue 16). The whole table is in
 docs/volume.md (bench/volume.py)."""
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -148,6 +150,27 @@ def test_cli_propagates_from_the_seed_checks_mask_the_user_picks(colin, tmp_path
     assert "the seed check offers" in capsys.readouterr().err and not refused.exists()
     assert main(["propagate", str(path), "--slice", str(index), "--point", "100,100", "--seed-choice", "1",
                  "-o", str(refused)]) == 2 and not refused.exists()   # a box-only model: its clicks are refused
+
+
+@pytest.mark.slow  # an adapted model runs eager on every slice
+def test_cli_with_adapters_never_suggests_the_seed_choice_it_refuses(colin, tmp_path, default_model, monkeypatch,
+                                                                      capsys):
+    from sonosam import models
+    from sonosam.adapters import add_medsa_adapters, save_adapters
+    from sonosam.cli import main
+    from sonosam.io import Volume, write_volume
+
+    adapted = copy.deepcopy(default_model)   # loading adapters changes the model: not the shared one
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: adapted)
+    adapters = save_adapters(add_medsa_adapters(copy.deepcopy(default_model)), tmp_path / "a.pth")
+    path = write_volume(Volume(colin["volume"]), tmp_path / "t1.nii.gz")
+    gt = colin["ventricle"]
+    index = int(np.argmax(gt.sum(axis=(1, 2))))
+    box = ",".join(str(v) for v in loose_box(gt[index]))
+    assert main(["propagate", str(path), "--slice", str(index), "--box", box, "--max-slices", "1", "--quiet",
+                 "--adapters", str(adapters), "-o", str(tmp_path / "adapted.seg.nrrd")]) == 0
+    err = capsys.readouterr().err
+    assert "seed slice" in err and "--seed-choice" not in err   # refused with --adapters: never suggested
 
 
 @pytest.mark.slow

@@ -141,7 +141,7 @@ def run(args) -> int:
         elif len(check.candidates) > 1:
             print(f"seed slice {index}: other masks for the {'box' if args.box is not None else 'click'}: "
                   + check.listing(1), file=sys.stderr)
-        if len(check.candidates) > 1:
+        if len(check.candidates) > 1 and not args.adapters:   # --seed-choice is refused with adapters
             print("  (--seed-choice N propagates from one of them)", file=sys.stderr)
     print(f"{output}: {result.summary()}; {result.encoder_calls} slices encoded in {result.seconds:.1f} s")
     return 0
