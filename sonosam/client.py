@@ -99,8 +99,21 @@ class SonoSAMClient:
         self._keys: dict = {}         # caller's image keys -> (content id, (H, W)), like the Predictor's cache keys
         self._info: dict | None = None
         self.assist: str | None = None  # a learned prompt encoder on the server (with_assist) used by predict/jobs
+        self._link_seconds = 0.0      # what a short request takes on this link (_limit_for)
 
     # ---------------------------------------------------------------------------------------- transport
+    def _limit_for(self, timeout: float | None) -> float | None:
+        """A GUI's short time limit stretched to what this link takes, never past GUI_SEND_SECONDS: on a link
+        slower than GUI_POLL_SECONDS every poll would come late and a job would never be seen to finish."""
+        if timeout is None or timeout >= GUI_SEND_SECONDS:
+            return timeout
+        return min(max(timeout, self._link_seconds), GUI_SEND_SECONDS)
+
+    def _learn_link(self, limit: float | None, elapsed: float | None) -> None:
+        """After a GUI-limited request: twice the time it took, or, when it came late, twice its limit."""
+        if limit is not None and limit < GUI_SEND_SECONDS:
+            self._link_seconds = min(2 * (limit if elapsed is None else elapsed), GUI_SEND_SECONDS)
+
     def _connection(self, fresh: bool = False, timeout: float | None = None):
         """(this thread's connection, whether it was opened just now). ``timeout`` bounds opening one (a GUI's:
         a host that does not answer must not hold it for the client's whole timeout)."""
@@ -146,6 +159,7 @@ class SonoSAMClient:
             if len(body) > limit:
                 raise ServerError(f"A request of {len(body) / 2**20:.1f} MiB exceeds the server's limit of "
                                   f"{limit / 2**20:.0f} MiB (sonosam serve --max-request-mib).", 413, "too_large")
+        asked, timeout, started = timeout, self._limit_for(timeout), time.monotonic()
         for attempt in (0, 1):
             conn, opened = None, True
             try:
@@ -172,12 +186,15 @@ class SonoSAMClient:
                     "give that certificate: SonoSAMClient(url, token, cafile='cert.pem'); else check the URL.") from None
             except (TimeoutError, socket.timeout):
                 self.close()  # the answer may still come: this connection is out of step, drop it
+                self._learn_link(timeout if asked is not None else None, None)
                 limit = self.timeout if timeout is None else timeout
                 raise ServerTimeoutError(f"The SonoSAM server at {self.url} gave no answer within {limit:g} s "
                                          f"{context}".rstrip() + ".") from None
             except OSError as error:  # refused, unreachable, unknown host
                 self.close()
                 raise self._unavailable(error, context) from None
+        if asked is not None:
+            self._learn_link(timeout, time.monotonic() - started)
         if response.status >= 400:
             try:
                 payload = json.loads(data)

@@ -715,6 +715,68 @@ def test_poll_with_a_timeout_never_waits_for_a_busy_server():
         listener.close()
 
 
+def _delaying_proxy(port: int, delay: float):
+    """127.0.0.1 proxy to ``port`` that holds every chunk ``delay`` s each way: a remote server's round trip."""
+    import socket
+    import time
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def pipe(source, target):
+        try:
+            while data := source.recv(65536):
+                time.sleep(delay)
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def serve():
+        while True:
+            try:
+                near, _ = listener.accept()
+            except OSError:
+                return
+            far = socket.create_connection(("127.0.0.1", port))
+            for ends in ((near, far), (far, near)):
+                threading.Thread(target=pipe, args=ends, daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener
+
+
+def test_gui_polls_see_a_job_finish_over_a_slow_link(server):
+    """Over a link whose round trip is longer than GUI_POLL_SECONDS every poll came late and a job was never
+    seen to finish; polls now stretch to what the link takes, never past GUI_SEND_SECONDS."""
+    import time
+    import urllib.parse
+
+    from sonosam.client import GUI_POLL_SECONDS, GUI_SEND_SECONDS
+
+    proxy = _delaying_proxy(urllib.parse.urlsplit(server.url).port, 2 * GUI_POLL_SECONDS)   # 0.4 s round trip
+    try:
+        client = SonoSAMClient(f"http://127.0.0.1:{proxy.getsockname()[1]}", server.token)
+        image = np.random.default_rng(5).integers(0, 255, (64, 80), dtype=np.uint8)
+        job = client.prefetch([(("slow link", 0), image)])
+        deadline, slowest = time.monotonic() + 60, 0.0
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            done = job.done                               # one GUI poll (GUI_POLL_SECONDS asked)
+            slowest = max(slowest, time.monotonic() - started)
+            if done:
+                break
+            time.sleep(0.05)
+        assert done and job.done_count == 1
+        assert slowest < GUI_SEND_SECONDS + 0.5           # a tick never held much past GUI_SEND_SECONDS
+    finally:
+        proxy.close()
+
+
 def test_the_server_bounds_what_trackers_and_finished_jobs_hold(predictor, client):
     """Trackers (each holds its loop's frames) and finished jobs' results (a propagation's volume mask) grew
     without bound: the least recently used tracker goes beyond KEEP_TRACKERS, the oldest results beyond the
