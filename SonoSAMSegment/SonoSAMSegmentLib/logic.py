@@ -1146,8 +1146,16 @@ class SegmentLogic:
         result = core_evaluate(self.interactive_predictor, samples, n_clicks=int(nClicks), start=start,
                                progress=False, local_corrections=bool(localCorrections))
         self.last_evaluation = result
-        if outputDir:
-            write_report([result], outputDir, title=f"{result.model} on '{name}'", overwrite=overwrite)
+        if outputDir:   # with run.json: what was scored, by which model and code, as `sonosam evaluate` records it
+            from sonosam.evaluate import model_record, run_record
+
+            predictor = self.interactive_predictor
+            model = getattr(self.base_predictor, "model", None)
+            run = run_record({"volume": volumeNode.GetName(), "segment": name, "axis": sliceAxis, "slices": filled,
+                              "n_clicks": int(nClicks), "start": start, "min_area": minArea,
+                              "local_corrections": bool(localCorrections)},
+                             [model_record(model, predictor)] if model is not None else [])
+            write_report([result], outputDir, title=f"{result.model} on '{name}'", overwrite=overwrite, run=run)
         return summary_table([result])
 
     def start_evaluation(self, volumeNode, segmentationNode, segmentId, sliceAxis="axial", nClicks: int = 10,

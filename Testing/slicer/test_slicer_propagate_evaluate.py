@@ -10,6 +10,7 @@ real default model on 3 slices of the real MRI.
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -425,6 +426,9 @@ def test_evaluate_with_stand_in_returns_dice_table_and_report(ball, tmp_path):
     assert len(rows) == 1 and rows[0]["Images"] == 3 and rows[0]["Errors"] == 0
     assert rows[0]["Dice@1"] == 100.0
     assert (tmp_path / "summary.md").exists() and (tmp_path / "per_image.csv").exists()
+    run = json.loads((tmp_path / "run.json").read_text())   # how it was made, as `sonosam evaluate` records it
+    assert run["arguments"]["n_clicks"] == 2 and len(run["arguments"]["slices"]) == 3 and run["results"][0]["images"] == 3
+    assert run["models"] and "## Run" in (tmp_path / "summary.md").read_text()
     np.testing.assert_array_equal(read(ball, ball.target), ball.inside)  # the reference is not written
     with pytest.warns(UserWarning, match="takes no clicks"):
         rows = ball.logic.evaluate(ball.volume, ball.segmentation, ball.target, "axial", nClicks=2, start="box",
