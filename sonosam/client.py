@@ -50,8 +50,10 @@ from .prompts import Prediction, Prompts
 
 TOKEN_ENV = "SONOSAM_SERVER_TOKEN"  # the same name as sonosam.server.TOKEN_ENV (that module imports torch)
 FINISHED = ("done", "failed", "cancelled")
-GUI_POLL_SECONDS = 0.1  # a poll from a GUI timer never holds that thread longer (RemoteJob.poll(timeout=))
+GUI_POLL_SECONDS = 0.1  # a poll from a GUI timer holds that thread no longer, on a link faster than that (else what
+                        # the link takes, up to GUI_SEND_SECONDS: SonoSAMClient._limit_for)
 UPLOAD_CHUNK_BYTES = 2**20  # arrays above this travel in chunks of it: ~10 ms each on loopback (docs/slicer.md)
+MIN_CHUNK_BYTES = 2**16     # chunks shrink after a late one down to this (ArrayUpload._smaller_chunks)
 GUI_STEP_SECONDS = 0.03  # an upload step from a GUI timer works (hashes, sends chunks) for about this long
 GUI_SEND_SECONDS = 1.0   # a GUI poll that sends (a chunk, a slice, a job's start) may take this long: sending needs
                          # the time the link takes (1 MiB is 0.4 s at 20 Mbit/s), which GUI_POLL_SECONDS is not
@@ -99,7 +101,7 @@ class SonoSAMClient:
         self._keys: dict = {}         # caller's image keys -> (content id, (H, W)), like the Predictor's cache keys
         self._info: dict | None = None
         self.assist: str | None = None  # a learned prompt encoder on the server (with_assist) used by predict/jobs
-        self._link_seconds = 0.0      # what a short request takes on this link (_limit_for)
+        self._link_seconds, self._link_known = 0.0, False   # what a short request takes on this link (_limit_for)
 
     # ---------------------------------------------------------------------------------------- transport
     def _limit_for(self, timeout: float | None) -> float | None:
@@ -110,9 +112,14 @@ class SonoSAMClient:
         return min(max(timeout, self._link_seconds), GUI_SEND_SECONDS)
 
     def _learn_link(self, limit: float | None, elapsed: float | None) -> None:
-        """After a GUI-limited request: twice the time it took, or, when it came late, twice its limit."""
-        if limit is not None and limit < GUI_SEND_SECONDS:
-            self._link_seconds = min(2 * (limit if elapsed is None else elapsed), GUI_SEND_SECONDS)
+        """Twice the time an answer took, when it came within GUI_SEND_SECONDS (a poll, a status; longer ones are
+        encodes and uploads, not the link). A late GUI answer stretches the limit only while no answer was ever
+        timed: once the link is known, a late answer is a busy or hung server, which must not hold the GUI longer."""
+        if elapsed is not None:
+            if elapsed < GUI_SEND_SECONDS:
+                self._link_seconds, self._link_known = 2 * elapsed, True
+        elif limit is not None and limit < GUI_SEND_SECONDS and not self._link_known:
+            self._link_seconds = min(2 * limit, GUI_SEND_SECONDS)
 
     def _connection(self, fresh: bool = False, timeout: float | None = None):
         """(this thread's connection, whether it was opened just now). ``timeout`` bounds opening one (a GUI's:
@@ -193,8 +200,7 @@ class SonoSAMClient:
             except OSError as error:  # refused, unreachable, unknown host
                 self.close()
                 raise self._unavailable(error, context) from None
-        if asked is not None:
-            self._learn_link(timeout, time.monotonic() - started)
+        self._learn_link(timeout, time.monotonic() - started)
         if response.status >= 400:
             try:
                 payload = json.loads(data)
@@ -592,6 +598,9 @@ class ArrayUpload:
                 try:
                     client._request("PUT", f"/v1/arrays/{self.id}", {"geometry": self.geometry},
                                     {"array": self.array}, context=f"sending the {self.what}", timeout=self._timeout)
+                except ServerTimeoutError:
+                    self._smaller_chunks()   # the link cannot carry it within a GUI's limit: in smaller chunks then
+                    raise
                 except ServerError as error:
                     if error.code != "too_large":   # a server with a smaller request limit: in chunks then
                         raise
@@ -619,6 +628,10 @@ class ArrayUpload:
                 answer = client._request("PUT", f"/v1/uploads/{self.upload_id}?offset={offset}", body=data,
                                          content_type="application/octet-stream", context=f"sending the {self.what}",
                                          timeout=self._timeout)
+            except ServerTimeoutError:   # late: this chunk may or may not have landed; smaller ones from here
+                self.phase = "resync"
+                self._smaller_chunks()
+                raise
             except ServerError as error:
                 self._recover(error)
                 return
@@ -648,6 +661,12 @@ class ArrayUpload:
             self.phase = "done"
         elif self.phase == "failed":
             raise ServerError(f"Sending the {self.what} failed; start a new upload.", 400, "upload_failed")
+
+    def _smaller_chunks(self) -> None:
+        """After a late request with data: halve the chunks (not below MIN_CHUNK_BYTES) and send in chunks, so that a
+        slow uplink still finishes within a GUI's time limit per request."""
+        self._chunked = True
+        self.chunk_bytes = max(MIN_CHUNK_BYTES, min(self.chunk_bytes, self.nbytes) // 2)
 
     @property
     def _timeout(self) -> float | None:

@@ -715,17 +715,18 @@ def test_poll_with_a_timeout_never_waits_for_a_busy_server():
         listener.close()
 
 
-def _delaying_proxy(port: int, delay: float):
-    """127.0.0.1 proxy to ``port`` that holds every chunk ``delay`` s each way: a remote server's round trip."""
+def _delaying_proxy(port: int, delay: float, upload_rate: float | None = None):
+    """127.0.0.1 proxy to ``port`` that holds every chunk ``delay`` s each way (a remote server's round trip) and
+    carries at most ``upload_rate`` bytes/s towards the server (a slow uplink)."""
     import socket
     import time
 
     listener = socket.create_server(("127.0.0.1", 0))
 
-    def pipe(source, target):
+    def pipe(source, target, rate=None):
         try:
-            while data := source.recv(65536):
-                time.sleep(delay)
+            while data := source.recv(16384):
+                time.sleep(delay + (len(data) / rate if rate else 0.0))
                 target.sendall(data)
         except OSError:
             pass
@@ -743,7 +744,7 @@ def _delaying_proxy(port: int, delay: float):
             except OSError:
                 return
             far = socket.create_connection(("127.0.0.1", port))
-            for ends in ((near, far), (far, near)):
+            for ends in ((near, far, upload_rate), (far, near)):
                 threading.Thread(target=pipe, args=ends, daemon=True).start()
 
     threading.Thread(target=serve, daemon=True).start()
@@ -753,28 +754,89 @@ def _delaying_proxy(port: int, delay: float):
 def test_gui_polls_see_a_job_finish_over_a_slow_link(server):
     """Over a link whose round trip is longer than GUI_POLL_SECONDS every poll came late and a job was never
     seen to finish; polls now stretch to what the link takes, never past GUI_SEND_SECONDS."""
-    import time
     import urllib.parse
 
     from sonosam.client import GUI_POLL_SECONDS, GUI_SEND_SECONDS
 
-    proxy = _delaying_proxy(urllib.parse.urlsplit(server.url).port, 2 * GUI_POLL_SECONDS)   # 0.4 s round trip
+    proxy = _delaying_proxy(urllib.parse.urlsplit(server.url).port, 2 * GUI_POLL_SECONDS)   # a round trip > the limit
     try:
         client = SonoSAMClient(f"http://127.0.0.1:{proxy.getsockname()[1]}", server.token)
         image = np.random.default_rng(5).integers(0, 255, (64, 80), dtype=np.uint8)
         job = client.prefetch([(("slow link", 0), image)])
-        deadline, slowest = time.monotonic() + 60, 0.0
-        while time.monotonic() < deadline:
-            started = time.monotonic()
-            done = job.done                               # one GUI poll (GUI_POLL_SECONDS asked)
-            slowest = max(slowest, time.monotonic() - started)
-            if done:
-                break
-            time.sleep(0.05)
+        done, slowest = _poll_until_done(job)
         assert done and job.done_count == 1
         assert slowest < GUI_SEND_SECONDS + 0.5           # a tick never held much past GUI_SEND_SECONDS
     finally:
         proxy.close()
+
+
+def _poll_until_done(job, seconds=60):
+    """A GUI timer's polls (``done``) until the job is done: (done, the longest poll)."""
+    import time
+
+    deadline, slowest, done = time.monotonic() + seconds, 0.0, False
+    while not done and time.monotonic() < deadline:
+        started = time.monotonic()
+        done = job.done
+        slowest = max(slowest, time.monotonic() - started)
+        time.sleep(0.02)
+    return done, slowest
+
+
+def test_a_gui_upload_over_a_slow_uplink_finishes_in_smaller_chunks(server):
+    """A slice sent from GUI polls (each request within GUI_SEND_SECONDS) over an uplink too slow to carry it in one
+    request was sent again and again, never finishing; late requests now halve the chunks."""
+    import urllib.parse
+
+    from sonosam.client import GUI_SEND_SECONDS
+
+    proxy = _delaying_proxy(urllib.parse.urlsplit(server.url).port, 0.01, upload_rate=300_000)
+    try:
+        client = SonoSAMClient(f"http://127.0.0.1:{proxy.getsockname()[1]}", server.token)
+        image = np.random.default_rng(6).integers(0, 255, (512, 768), dtype=np.uint8)   # 0.4 MiB: > 1 s up
+        job = client.prepare_prefetch([(("slow uplink", 0), image)])
+        done, slowest = _poll_until_done(job)
+        assert done and job.done_count == 1 and client.is_cached(("slow uplink", 0))
+        assert slowest < GUI_SEND_SECONDS + 0.5
+    finally:
+        proxy.close()
+
+
+def test_a_hung_server_keeps_gui_polls_short_once_the_link_is_known():
+    """A server that answered once, then hangs: each GUI poll still gives up after GUI_POLL_SECONDS (the limit
+    stretches only for a link never timed), so the GUI is not held a second per request."""
+    import socket
+    import time
+
+    from sonosam.client import GUI_POLL_SECONDS, RemoteJob
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    body = json.dumps({"id": "0" * 32, "kind": "propagate", "state": "running", "progress": [0, 1],
+                       "message": "", "error": None}).encode()
+
+    def answer_once():
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+        while True:   # then hangs: reads, never answers
+            try:
+                if not conn.recv(65536):
+                    return
+            except OSError:
+                return
+
+    threading.Thread(target=answer_once, daemon=True).start()
+    try:
+        client = SonoSAMClient(f"http://127.0.0.1:{listener.getsockname()[1]}", "t" * 32)
+        job = RemoteJob(client, "0" * 32, "propagate")
+        assert job.poll(timeout=GUI_POLL_SECONDS)["state"] == "running"   # answered: the link is known
+        for _ in range(5):
+            started = time.perf_counter()
+            assert job.poll(timeout=GUI_POLL_SECONDS)["late"]
+            assert time.perf_counter() - started < 3 * GUI_POLL_SECONDS
+    finally:
+        listener.close()
 
 
 def test_the_server_bounds_what_trackers_and_finished_jobs_hold(predictor, client):
