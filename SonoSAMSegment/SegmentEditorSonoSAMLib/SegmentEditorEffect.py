@@ -558,13 +558,13 @@ or connects to a GPU host.</html>"""
         layoutManager = slicer.app.layoutManager()
         if layoutManager is None:
             return
-        shown = []
-        for name in layoutManager.sliceViewNames():
-            widget = layoutManager.sliceWidget(name)
-            # sliceViewNames() also lists views of other layouts: only those on screen now
-            if widget is not None and widget.isVisible() and widget.mrmlSliceNode().IsViewVisibleInLayout():
-                shown.append(self._sliceToRAS(widget))
         with showErrors("SonoSAM could not encode ahead."):
+            shown = []
+            for name in layoutManager.sliceViewNames():
+                widget = layoutManager.sliceWidget(name)
+                # sliceViewNames() also lists views of other layouts: only those on screen now
+                if widget is not None and widget.isVisible() and widget.mrmlSliceNode().IsViewVisibleInLayout():
+                    shown.append(self._sliceToRAS(widget))
             job = self.logic.encode_ahead(volume, shown, radius=1)   # one short request; the slices go from the timer
             if job is not None:
                 self._prefetch(job)

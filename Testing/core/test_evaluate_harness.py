@@ -585,3 +585,17 @@ def test_bench_evaluate_refuses_bad_counts_and_models_in_one_line(capsys):
         bench_evaluate(["--model", "nosuch"])
     with pytest.raises(SystemExit, match="error: Model 'litemedsam' takes no clicks"):
         bench_evaluate(["--start", "point"])
+
+
+def test_samples_without_a_key_are_keyed_by_content_and_never_refused():
+    """check_keys groups samples by key to catch two images under one key; key None is the Predictor's "by
+    content", not a shared key."""
+    from sonosam.errors import InputImageError
+    from sonosam.evaluate.harness import check_keys
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((8, 8), bool)
+    a, b = (rng.integers(0, 255, (8, 8), dtype=np.uint8) for _ in range(2))
+    check_keys([Sample(a, mask, "a", None), Sample(b, mask, "b", None)])
+    with pytest.raises(InputImageError, match="share the key"):
+        check_keys([Sample(a, mask, "a", ("k",)), Sample(b, mask, "b", ("k",))])

@@ -274,6 +274,8 @@ def test_read_cine_skips_timing_fields_that_are_no_positive_time(tmp_path):
     cine = io.read_cine(write_dicom(tmp_path / "neg.dcm", frames, FrameTime="-33.3", CineRate=25))
     assert cine.frame_time_ms == pytest.approx(40.0)
     assert any("FrameTime in the file (-33.3) is no positive time" in note for note in cine.notes)
+    single = io.read_cine(write_dicom(tmp_path / "single.dcm", frames, FrameTimeVector=[0], CineRate=25))
+    assert single.frame_time_ms == pytest.approx(40.0)   # a one-value vector holds no increment
     none = io.read_cine(write_dicom(tmp_path / "none.dcm", frames, FrameTime="0", CineRate=-5))
     assert none.frame_time_ms is None
     assert any("No frame time in the file" in note for note in none.notes)

@@ -231,14 +231,16 @@ def test_weights_put_in_the_cache_by_hand_are_checked(tmp_path, monkeypatch):
         load_model("sam_vit_b", download=False)
 
 
-def test_a_cached_file_is_hashed_once_and_again_when_it_changes(tmp_path):
+def test_a_cached_file_is_hashed_once_and_again_when_it_changes(tmp_path, monkeypatch):
     cached = tmp_path / "w.pth"
     cached.write_bytes(b"official bytes")
     expected = "sha256:" + weights.file_digest(cached)
     weights.verify_cached(cached, expected)
     record = tmp_path / "w.pth.verified"
     assert json.loads(record.read_text())["digest"] == expected
-    weights.verify_cached(cached, expected)           # the record answers
+    monkeypatch.setattr(weights, "file_digest", lambda *a: pytest.fail("hashed again"))
+    weights.verify_cached(cached, expected)           # the record answers: not hashed again
+    monkeypatch.undo()
     cached.write_bytes(b"tampered bytes, longer")     # another size: hashed again, refused
     with pytest.raises(CheckpointError, match="not the official file"):
         weights.verify_cached(cached, expected)

@@ -112,7 +112,8 @@ def _samples(args) -> list:
     samples = []
     for item, source in zip(args.data, _sources(args.data)):
         labels = args.label if args.label is not None or item.lower() != "colin27" else list(COLIN27_LABELS)
-        samples += load_samples(source, labels=labels, axis=args.axis, min_area=args.min_area, slices=args.slices)
+        samples += load_samples(source, labels=labels, axis=args.axis, min_area=args.min_area, slices=args.slices,
+                                every_label=True)
     return _thin(samples, args.max_images)
 
 

@@ -308,10 +308,11 @@ def _thin(samples: list[Sample], max_samples: int | None) -> list[Sample]:
 
 def load_samples(sources, *, labels: Sequence[int] | None = None, axis: int = 0, min_area: int = 100,
                  max_samples: int | None = None, kind: str = "auto",
-                 slices: Iterable[int] | None = None) -> list[Sample]:
+                 slices: Iterable[int] | None = None, every_label: bool = False) -> list[Sample]:
     """All samples of one source or a list of them; a source is a folder, a list file, or an
-    ``(image, label)`` tuple. A source without any structure, or without one of the requested ``labels``, is
-    refused (``DataFileError``) rather than left out. When there
+    ``(image, label)`` tuple. A source without any structure is refused (``DataFileError``) rather than left
+    out; with ``every_label`` (an evaluation's: each requested label scored on each source) so is a source
+    without one of the requested ``labels`` (training takes what each source has). When there
     are more than ``max_samples``, an evenly spaced subset in source/slice/label order is kept
     (deterministic)."""
     if isinstance(sources, (str, Path, tuple)):  # one folder / list file, or one (image, label) pair
@@ -331,7 +332,7 @@ def load_samples(sources, *, labels: Sequence[int] | None = None, axis: int = 0,
                                 f"(labels={list(labels) if labels is not None else 'all'}); lower --min-area or "
                                 "check the label values.")
         missing = [v for v in dict.fromkeys(int(v) for v in labels or ()) if v not in {s.label for s in found}]
-        if missing:   # a requested label is never silently left out
+        if missing and every_label:   # a requested label is never silently left out of an evaluation
             raise DataFileError(f"{named}: no structure of label {', '.join(map(str, missing))} of at least "
                                 f"{min_area} pixels{where}; drop it from the labels (--label), lower --min-area, "
                                 "or check the label values.")

@@ -188,6 +188,8 @@ def check_keys(samples: Sequence[Sample]) -> None:
     a first one's key would be decoded on the first one's embedding."""
     first: dict = {}
     for sample in samples:
+        if not sample.key:   # None: keyed by content (the Predictor's own rule)
+            continue
         try:
             seen = first.setdefault(sample.key, sample)
         except TypeError:   # an unhashable key: the Predictor names it

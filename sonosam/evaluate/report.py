@@ -160,6 +160,11 @@ def code_version() -> dict:
     record = {"sonosam": __version__, "commit": None, "modified": None}
     root = Path(__file__).resolve().parents[2]
     try:
+        # only sonosam's own checkout: an installed package may sit inside another project's repository
+        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, timeout=10)
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root:
+            return record
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10)
         if commit.returncode == 0:
@@ -209,6 +214,8 @@ def _fed_back(results: Sequence[ModelResult]) -> str:
     clicked = [r for r in results if r.clicks_supported]
     fed = list(dict.fromkeys(r.model for r in clicked if r.mask_prompts))
     not_fed = list(dict.fromkeys(r.model for r in clicked if not r.mask_prompts))
+    if not clicked:
+        return "box only: no corrections, nothing fed back"
     if not not_fed:
         return "the previous mask logits fed back as the mask prompt"
     if not fed:

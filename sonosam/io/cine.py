@@ -177,11 +177,14 @@ def _frame_time_ms(ds, notes: list[str]) -> float | None:
             return float("nan")
 
     def vector_ms(vector) -> float:   # first entry is 0, the rest are increments in ms
-        return float(np.median([number(v) for v in vector[1:]])) if len(vector) > 1 else float("nan")
+        values = [vector] if isinstance(vector, (int, float, str)) else list(vector)   # one value: a plain DS
+        return float(np.median([number(v) for v in values[1:]])) if len(values) > 1 else float("nan")
 
-    for field, to_ms in (("FrameTime", number), ("FrameTimeVector", vector_ms),
-                         ("CineRate", lambda v: 1000.0 / number(v) if number(v) else float("nan")),
-                         ("RecommendedDisplayFrameRate", lambda v: 1000.0 / number(v) if number(v) else float("nan"))):
+    def rate_ms(rate) -> float:   # frames per second
+        return 1000.0 / number(rate) if number(rate) else float("nan")
+
+    for field, to_ms in (("FrameTime", number), ("FrameTimeVector", vector_ms), ("CineRate", rate_ms),
+                         ("RecommendedDisplayFrameRate", rate_ms)):
         value = ds.get(field)
         if value is None or value == "":
             continue
