@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test bench venv data clean
 
-demo: $(STAMP) data
+demo: $(STAMP)   # the echo loop ships in pydicom-data: no apt download
 	$(PY) -m sonosam.demo --out demo-out
 
 test: $(STAMP) data
@@ -19,7 +19,7 @@ venv: $(STAMP)
 
 # Re-installs only when the pins change.
 $(STAMP): requirements.txt pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; run 'make PYTHON=python3 ...' with a Python >= 3.10"; exit 1; }
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; run 'make PYTHON=python3 ...' with a Python >= 3.11 (the pinned versions have no wheels for 3.10)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
