@@ -2,6 +2,7 @@
 missing packages are found, Slicer's own packages are pinned, child processes are polled without blocking,
 old Slicer versions are sent to a remote server. (The local/remote server itself: test_server_logic.py.)"""
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -194,3 +195,20 @@ def test_a_failing_listener_is_logged_and_the_others_are_still_told(tmp_path, ca
         assert c._fail("the server stopped") == "failed"
     assert told == ["failed"]
     assert "a listener of the server connection failed" in caplog.text and "Not a directory" in caplog.text
+
+
+def test_modules_added_by_module_paths_find_the_core_beside_them(tmp_path):
+    """Slicer's "Additional module paths" put only each module's folder on sys.path: the Lib packages used to fail
+    with "No module named 'sonosam'". Run without site (no editable install of the core), only site-packages for
+    numpy and slicer-core, from another folder."""
+    import subprocess
+    import sysconfig
+
+    code = ("import sys; sys.path[:0] = [{seg!r}, {track!r}]; sys.path.append({site!r}); "
+            "import SonoSAMSegmentLib, SonoSAMTrackLib.logic, sonosam; print(sonosam.__file__)").format(
+        seg=str(ROOT / "SonoSAMSegment"), track=str(ROOT / "SonoSAMTrack"), site=sysconfig.get_paths()["purelib"])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert Path(done.stdout.strip()).resolve() == ROOT / "sonosam" / "__init__.py"
