@@ -188,7 +188,7 @@ def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--point", type=parse_point, action="append", default=[], metavar="X,Y[,LABEL]",
                         help="a click in pixel coordinates (x = column, y = row); label 1 (default) or 0; repeatable")
     parser.add_argument("--box", type=parse_box, metavar="X0,Y0,X1,Y1", help="a box in pixel coordinates")
-    parser.add_argument("--model", default="litemedsam", help="model name (see `sonosam models`)")
+    parser.add_argument("--model", default="litemedsam", help="model name (see `sonosam models`; default: %(default)s)")
     parser.add_argument("--checkpoint", help="weights file for --model (default: bundled or cached)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
 

@@ -15,7 +15,7 @@ def register(subparsers) -> None:
     parser.add_argument("--port", type=int_at_least(0, 65535), default=0, help="port (default 0: a free one, shown in the ready line)")
     parser.add_argument("--token", help="the clients' token (prefer --token-file: the command line is visible to others)")
     parser.add_argument("--token-file", help="file holding the token (at least 16 characters)")
-    parser.add_argument("--model", default="litemedsam", help="model name (see `sonosam models`) or a checkpoint path")
+    parser.add_argument("--model", default="litemedsam", help="model name (see `sonosam models`) or a checkpoint path (default: %(default)s)")
     parser.add_argument("--checkpoint", help="weights file for --model (default: bundled or cached)")
     parser.add_argument("--cache-dir", help="the only folder the server writes to (default: $SONOSAM_HOME or "
                                             "~/.cache/sonosam): weights, ONNX graphs, spilled embeddings")

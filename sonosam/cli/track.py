@@ -63,10 +63,11 @@ def register(subparsers):
     parser.add_argument("--model", default="litemedsam", help="model name (see `sonosam models`)")
     parser.add_argument("--checkpoint", help="weights file for --model (default: bundled or cached)")
     parser.add_argument("--threshold", type=float_in(0.0, 1.0), default=0.85,
-                        help="confidence at or below which a frame requests an intervention (0: never, 1: always)")
+                        help="confidence at or below which a frame requests an intervention (0: never, 1: always; "
+                             "default: %(default)s)")
     parser.add_argument("--model-every", type=int_at_least(1), default=5,
                         help="run the model every N frames (1 = every frame, most accurate and slowest); "
-                             "frames between are carried by optical flow unless its evidence is weak")
+                             "frames between are carried by optical flow unless its evidence is weak (default: %(default)s)")
     parser.add_argument("--frames", type=int_at_least(1), help="track only the first N frames")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.set_defaults(func=run, objects=None)
