@@ -281,6 +281,31 @@ def test_read_cine_skips_timing_fields_that_are_no_positive_time(tmp_path):
     assert any("No frame time in the file" in note for note in none.notes)
 
 
+@pytest.mark.parametrize("value", ["-33.3", "0", "nan", "inf"])
+def test_the_real_loop_with_a_frame_time_that_is_no_time_still_writes_the_tracking_outputs(tmp_path, value):
+    """pydicom's real A4C loop with its FrameTime (33.333) edited: a negative value used to reach the time stamps and
+    fail the GIF writer after the whole tracking run ("can't convert negative int to unsigned"); 'nan' and 'inf' gave
+    NaN time stamps and a GIF the writer refused."""
+    import pydicom
+
+    from sonosam.track.outputs import read_sequence_nrrd, write_overlay_gif, write_sequence_nrrd
+
+    ds = pydicom.dcmread(data.echo_a4c_small_path())
+    ds.FrameTime = value
+    ds.save_as(tmp_path / "loop.dcm")
+    cine = io.read_cine(tmp_path / "loop.dcm")
+    assert cine.frame_time_ms is None and cine.fps is None
+    assert f"FrameTime in the file ({value}) is no positive time; it was ignored." in cine.notes
+    assert any("No frame time in the file" in note for note in cine.notes)
+    masks = np.zeros((3,) + cine.frames.shape[1:], bool)
+    masks[:, 60:120, 150:210] = True
+    write_overlay_gif(tmp_path / "overlay.gif", cine.frames[:3], [masks], [(255, 0, 0)],
+                      frame_time_ms=cine.frame_time_ms)
+    write_sequence_nrrd(tmp_path / "seg.seq.nrrd", masks.astype(np.uint8), ["LV"], frame_time_ms=cine.frame_time_ms)
+    _, _, header = read_sequence_nrrd(tmp_path / "seg.seq.nrrd")
+    assert header["axis 3 index values"].split() == ["0", "1", "2"]
+
+
 def test_read_cine_of_a_non_dicom_file_is_a_data_file_error(tmp_path):
     (tmp_path / "x.dcm").write_bytes(b"not dicom at all")
     with pytest.raises(DataFileError, match="x.dcm"):
