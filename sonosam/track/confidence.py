@@ -31,6 +31,8 @@ A geometric mean lets any one failing signal pull the score down (a blank frame 
 hence the confidence to ~0), while agreeing signals keep it near 1. On frames where the model was not
 run (motion-only frames), ``model_iou``, ``stability`` and ``agreement`` are those of the last frame
 the model saw for this object: the model's evidence is carried along with the mask it vouched for.
+After a frame whose ``motion`` is below ``BREAK_MOTION`` (a break: blank frame, cut, noise) the tracker keeps the
+lowest confidence since the break on that object's later frames until a keyframe (``Tracker._after_break``).
 """
 
 from __future__ import annotations
@@ -43,12 +45,16 @@ import numpy as np
 
 from ..masks import dice
 
-__all__ = ["Signals", "WEIGHTS", "combine", "stability_score", "area_score", "drift_score", "mask_dice", "solidity",
+__all__ = ["Signals", "WEIGHTS", "BREAK_MOTION", "combine", "stability_score", "area_score", "drift_score", "mask_dice", "solidity",
            "shape_score"]
 
 WEIGHTS = {"model_iou": 1.0, "stability": 1.0, "agreement": 2.0, "area": 1.0, "motion": 2.0, "drift": 2.0,
            "shape": 2.0}
 AREA_SIGMA = 0.15
+# A frame whose motion score is below this does not follow from its neighbour (blank frame 0.0, a cut 0.03; the
+# clean real loop's lowest 0.77): a *break*. Frames tracked on from it keep the lowest confidence since the break
+# until a keyframe (docs/tracking.md, "Experiment (stop 63)").
+BREAK_MOTION = 0.1
 SHAPE_TOLERANCE, SHAPE_SPAN = 0.03, 0.07
 
 

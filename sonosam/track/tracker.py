@@ -41,8 +41,8 @@ from ..masks import box_with_margin, content_hash
 from ..models import mask_to_logits
 from ..predictor import Predictor
 from ..prompts import PromptKind, Prompts
-from .confidence import (Signals, area_score, combine, drift_score, mask_dice, shape_score, solidity,
-                         stability_score)
+from .confidence import (BREAK_MOTION, Signals, area_score, combine, drift_score, mask_dice, shape_score,
+                         solidity, stability_score)
 from .motion import FlowEstimator, motion_prior
 
 __all__ = ["Tracker", "TrackerOptions", "Fusion", "Anchor", "TrackedObject", "FrameResult", "Intervention", "RunReport"]
@@ -68,6 +68,8 @@ class FrameResult:
     model_age: int = 0                           # frames since this object's last model or keyframe result
     chain: np.ndarray | None = None              # the last keyframe's mask carried by optical flow alone
     ref_solidity: float | None = None            # solidity of the keyframe this result descends from
+    break_frame: int | None = None               # the first break (motion < BREAK_MOTION) since the last keyframe
+    cap: float | None = None                     # the lowest confidence since that break: later frames keep it
 
     @property
     def is_keyframe(self) -> bool:
@@ -435,6 +437,7 @@ class Tracker:
                 new[obj.name] = FrameResult(prior.mask, combine(signals), "motion", signals, source.model_age + 1)
             new[obj.name].chain = prior.carried[0]
             new[obj.name].ref_solidity = source.ref_solidity
+            self._after_break(new[obj.name], source, prior.score, t)
         self._resolve_overlap(t, new)
         events = []
         for obj in todo:
@@ -501,6 +504,18 @@ class Tracker:
         return solidity(prior) < solidity(model) - self.options.anchor_solidity
 
     @staticmethod
+    def _after_break(result: FrameResult, source: FrameResult, motion: float, t: int) -> None:
+        """A mask carried through a frame that does not follow from its neighbour (motion < BREAK_MOTION) is no
+        better known after it: every later frame keeps the lowest confidence since the break, until a keyframe.
+        Nothing after the break can tell that the mask recovered (``drift`` follows the same flows through it)."""
+        if source.cap is not None:
+            result.confidence = min(result.confidence, source.cap)
+            result.cap, result.break_frame = result.confidence, source.break_frame
+        if motion < BREAK_MOTION:
+            result.cap = result.confidence
+            result.break_frame = t if result.break_frame is None else result.break_frame
+
+    @staticmethod
     def _shape(mask: np.ndarray, source: FrameResult) -> float | None:
         if source.ref_solidity is None:
             return None
@@ -539,6 +554,10 @@ class Tracker:
     def _reason(self, result: FrameResult, frame: np.ndarray) -> str:
         if float(np.asarray(frame).std()) < 2.0:
             return f"blank frame (confidence {result.confidence:.2f})"
+        if result.break_frame is not None and combine(result.signals) > result.confidence + 1e-9:
+            return (f"low confidence {result.confidence:.2f}: no keyframe since frame {result.break_frame}, which does "
+                    "not follow from its neighbour (blank frame, cut or noise): the mask carried through it is "
+                    "unchecked; correct or accept a frame after it")
         values = {k: v for k, v in result.signals.as_dict().items() if v is not None}
         if not values:
             return f"low confidence {result.confidence:.2f}"
