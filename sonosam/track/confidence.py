@@ -45,15 +45,15 @@ import numpy as np
 
 from ..masks import dice
 
-__all__ = ["Signals", "WEIGHTS", "BREAK_MOTION", "combine", "stability_score", "area_score", "drift_score", "mask_dice", "solidity",
-           "shape_score"]
+__all__ = ["Signals", "WEIGHTS", "BREAK_MOTION", "combine", "stability_score", "area_score", "drift_score", "mask_dice",
+           "solidity", "shape_score"]
 
 WEIGHTS = {"model_iou": 1.0, "stability": 1.0, "agreement": 2.0, "area": 1.0, "motion": 2.0, "drift": 2.0,
            "shape": 2.0}
 AREA_SIGMA = 0.15
-# A frame whose motion score is below this does not follow from its neighbour (blank frame 0.0, a cut 0.03; the
-# clean real loop's lowest 0.77): a *break*. Frames tracked on from it keep the lowest confidence since the break
-# until a keyframe (docs/tracking.md, "Experiment (stop 63)").
+# A frame whose motion score is below this does not follow from its neighbour (a blank frame or a cut scores near 0,
+# consecutive frames of a real loop far above; docs/tracking.md): a *break*. Frames tracked on from it keep the
+# lowest confidence since the break until a keyframe (docs/tracking.md, "Experiment (stop 63)").
 BREAK_MOTION = 0.1
 SHAPE_TOLERANCE, SHAPE_SPAN = 0.03, 0.07
 
