@@ -148,16 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from sonosam.errors import SonoSAMError
-    from sonosam.evaluate.harness import _resolve_start
-    from sonosam.models import get_spec
+    from sonosam.evaluate.harness import check_starts
 
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
-        spec = get_spec(args.model)   # a misspelt model or a start it cannot take: before the data and weights
-        if args.checkpoint is None:
-            _resolve_start(args.start, set(spec.prompt_kinds), args.model)
+        # a misspelt model or a start it cannot take: before the data and weights
+        check_starts(args.model, [args.start] if args.checkpoint is None else [])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             rows = benchmark(args.model, args.images, args.clicks, args.start, args.device, args.checkpoint,

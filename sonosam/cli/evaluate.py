@@ -128,17 +128,13 @@ def run(args) -> int:
     out = Path(args.out)
     check_output_folder(out, REPORT_FILES, args.overwrite, "a report",
                         inputs=[part for item in args.data for part in item.split(",")])
-    from ..evaluate.harness import _resolve_start
-    from ..models import get_spec
+    from ..evaluate.harness import check_starts
 
     for text in args.model or ["litemedsam"]:   # a misspelt model or a start it cannot take: before the data
         name, checkpoint = _parse_model(text)
-        spec = get_spec(name)
+        check_starts(name, [] if checkpoint is not None else args.start or ["auto"])
         if checkpoint is not None:
             check_input_file(checkpoint, what="checkpoint")
-        else:   # (a checkpoint may declare other prompt kinds: checked when it is loaded)
-            for start in args.start or ["auto"]:
-                _resolve_start(start, set(spec.prompt_kinds), name)
     samples = _samples(args)
     print(f"{len(samples)} samples from {', '.join(args.data)}", file=sys.stderr)
 

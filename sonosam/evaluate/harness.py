@@ -178,6 +178,16 @@ def _resolve_start(start: str, kinds: set[str] | None, name: str) -> str:
     return start
 
 
+def check_starts(model_name: str, starts: Sequence[str]) -> None:
+    """A model name that is not registered, or a start it cannot take, refused before any data or weights are read
+    (a checkpoint may declare other prompt kinds: check those when it is loaded)."""
+    from ..models import get_spec
+
+    kinds = set(get_spec(model_name).prompt_kinds)
+    for start in starts:
+        _resolve_start(start, kinds, model_name)
+
+
 def source_of(sample: Sample) -> str:
     """The file a sample was cut from (its key's first part: slices of one volume share it)."""
     return str(sample.key[0]) if sample.key else sample.name
